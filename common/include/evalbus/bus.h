@@ -1,0 +1,40 @@
+/* bus.h -- the NATS connection of a service, driven by the service's libevent loop.
+ * The connection reconnects forever (and keeps retrying when NATS is down at start-up), so a
+ * service starts and keeps running while NATS is away; eb_bus_connected() feeds /readyz.
+ * Message callbacks of subscriptions run on the NATS client's delivery threads, not on the
+ * loop thread: hand work back to the loop with event_active() where loop state is touched. */
+#ifndef EVALBUS_BUS_H
+#define EVALBUS_BUS_H
+
+#include "evalbus/status.h"
+
+#include <event2/event.h>
+#include <nats/nats.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct eb_bus eb_bus;
+
+/* Connects to url (comma-separated list allowed) with the client name name. base may be NULL
+ * (the NATS client then uses its own threads for I/O, as command-line tools do). With
+ * wait_ms <= 0 it returns EB_OK even when NATS is not reachable yet and keeps trying in the
+ * background (services); with wait_ms > 0 it must connect now (within the client's connect
+ * timeout) or fails with EB_ERR_UNAVAILABLE (tools). Free with eb_bus_close(). */
+eb_status eb_bus_connect(struct event_base *base, const char *url, const char *name,
+                         long long wait_ms, eb_bus **out);
+void eb_bus_close(eb_bus *bus);
+
+natsConnection *eb_bus_conn(eb_bus *bus);
+/* The JetStream context of the connection (owned by bus). */
+jsCtx *eb_bus_js(eb_bus *bus);
+bool eb_bus_connected(eb_bus *bus);
+
+/* Creates stream cfg->Name, or updates it to cfg if it exists. */
+eb_status eb_bus_ensure_stream(eb_bus *bus, jsStreamConfig *cfg);
+/* Creates durable consumer cfg->Durable on stream, or updates it. */
+eb_status eb_bus_ensure_consumer(eb_bus *bus, const char *stream, jsConsumerConfig *cfg);
+
+/* Maps a NATS status to an eb_status with a recorded message naming what failed. */
+eb_status eb_bus_error(natsStatus s, const char *what);
+
+#endif

@@ -1,0 +1,66 @@
+/* db.h -- PostgreSQL access: a thread-safe connection pool, checked queries, team-scoped
+ * transactions for row-level security, and migrations under an advisory lock.
+ *
+ * Connections are made lazily and remade when they break, so a service starts and keeps
+ * running while PostgreSQL is down; eb_db_get() then answers NULL with EB_ERR_UNAVAILABLE.
+ * Queries run synchronously on the calling thread; a connection belongs to one thread between
+ * eb_db_get() and eb_db_put(). */
+#ifndef EVALBUS_DB_H
+#define EVALBUS_DB_H
+
+#include "evalbus/status.h"
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* One embedded migration (generated from services/<service>/migrations/NNN_name.sql). */
+typedef struct eb_migration {
+    const char *name;
+    const char *sql;
+} eb_migration;
+
+typedef struct eb_db eb_db;
+
+/* Creates a pool of at most size connections to url (a libpq URI or key=value string).
+ * Does not connect yet. app_name is reported to PostgreSQL. Free with eb_db_close(). */
+eb_db *eb_db_open(const char *url, int size, const char *app_name);
+void eb_db_close(eb_db *db);
+
+/* Takes a healthy connection (waits while all are in use; connects or reconnects as needed).
+ * Returns NULL and records EB_ERR_UNAVAILABLE if PostgreSQL cannot be reached. Give it back with
+ * eb_db_put(); a connection left inside a transaction is rolled back there. */
+PGconn *eb_db_get(eb_db *db);
+void eb_db_put(eb_db *db, PGconn *conn);
+
+/* True if a connection answers SELECT 1 now; detail (may be NULL) gets a short reason. */
+bool eb_db_ping(eb_db *db, char *detail, size_t detail_len);
+
+/* Runs sql with text parameters (NULL entries are SQL NULL). On success *res (if res is not
+ * NULL) gets the result, which the caller frees with PQclear. Errors: EB_ERR_CONFLICT for unique
+ * and exclusion violations, EB_ERR_INVALID for bad input values (SQLSTATE class 22, 23502,
+ * 23514), EB_ERR_FORBIDDEN for row-level security refusals (42501), EB_ERR_UNAVAILABLE when the
+ * connection is lost, EB_ERR_DB otherwise; the message is recorded with eb_error(). */
+eb_status eb_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                     PGresult **res);
+
+/* BEGIN and scope the transaction to one team: sets evalbus.team_id, which the row-level
+ * security policies of every team-owned table check. */
+eb_status eb_db_begin_team(PGconn *conn, const char *team_id);
+/* BEGIN a transaction that may see every team's rows (evalbus.system = on): credential lookups
+ * and operator commands only. */
+eb_status eb_db_begin_system(PGconn *conn);
+eb_status eb_db_commit(PGconn *conn);
+void eb_db_rollback(PGconn *conn);
+
+/* Applies, in order, each migration of schema not yet recorded in <schema>.schema_migrations,
+ * each in its own transaction, holding an advisory lock so that replicas starting together do
+ * not race. *applied (may be NULL) gets the number applied now. */
+eb_status eb_db_migrate(PGconn *conn, const char *schema, const eb_migration *migrations,
+                        size_t count, int *applied);
+
+/* Value of row r, column c of res as a string ("" for NULL). */
+const char *eb_db_val(const PGresult *res, int r, int c);
+bool eb_db_isnull(const PGresult *res, int r, int c);
+
+#endif

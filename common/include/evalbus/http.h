@@ -1,0 +1,110 @@
+/* http.h -- the HTTP server every service uses, on evhttp and the service's libevent loop.
+ *
+ * A service gives a route table: method, path pattern with {name} segments, handler, and who
+ * may call it (public, or a minimum role and a scope). For each request the server assigns a
+ * request id (X-Request-Id, kept from the client or nginx when well-formed), enforces the body
+ * limit (413), finds the route (404 / 405), authenticates the Bearer credential through the
+ * service's authenticator (401 / 503), checks role and scope (403), applies the principal's
+ * rate limit (429 with Retry-After), then calls the handler. Every error body is JSON:
+ * {"error": {"code", "message", "request_id"}}. /healthz, /readyz (dependency checks) and
+ * /metrics (Prometheus text) are built in. Each request is logged once (access log) and
+ * counted in evalbus_http_requests_total.
+ *
+ * A handler answers exactly once through eb_http_reply_*(), now or later (asynchronously);
+ * the eb_http_req is freed by that call. Loop thread only. */
+#ifndef EVALBUS_HTTP_H
+#define EVALBUS_HTTP_H
+
+#include "evalbus/principal.h"
+#include "evalbus/ratelimit.h"
+#include "evalbus/status.h"
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct eb_http_server eb_http_server;
+typedef struct eb_http_req eb_http_req;
+
+typedef void (*eb_http_handler)(eb_http_req *req, void *ctx);
+
+typedef struct eb_http_route {
+    const char *method;  /* "GET", "POST", "PUT", "PATCH", "DELETE" */
+    const char *pattern; /* "/api/v1/keys/{id}" */
+    eb_http_handler handler;
+    bool public_route;   /* no credential needed */
+    eb_role min_role;    /* for non-public routes */
+    unsigned scope;      /* required scope bit (EB_SCOPE_*), 0 for none */
+} eb_http_route;
+
+typedef struct eb_http_options {
+    const char *service; /* for logs and metrics */
+    const char *addr;
+    int port;
+    size_t max_body;           /* bytes; larger bodies get 413 */
+    long long shutdown_delay_ms; /* on shutdown, keep accepting this long (readyz says 503) */
+    long long shutdown_grace_ms; /* then wait at most this long for in-flight requests */
+} eb_http_options;
+
+/* A readiness check: returns true when the dependency is usable; writes a short detail. */
+typedef bool (*eb_ready_fn)(void *arg, char *detail, size_t detail_len);
+
+/* Called when a request is refused after authentication (403) so the service can audit it. */
+typedef void (*eb_denied_fn)(void *arg, const eb_principal *p, const char *method,
+                             const char *path, const char *request_id, const char *why);
+
+eb_http_server *eb_http_server_new(struct event_base *base, const eb_http_options *opts,
+                                   const eb_http_route *routes, size_t nroutes, void *ctx);
+void eb_http_server_free(eb_http_server *srv);
+void eb_http_set_authenticator(eb_http_server *srv, eb_authenticate_fn fn, void *impl);
+void eb_http_set_ratelimit(eb_http_server *srv, eb_ratelimit *rl);
+void eb_http_set_denied_hook(eb_http_server *srv, eb_denied_fn fn, void *arg);
+/* critical: a failing critical check makes /readyz answer 503 "not_ready"; a failing
+ * non-critical one gives 200 "degraded". */
+void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, void *arg,
+                       bool critical);
+
+/* Binds and starts accepting. EB_ERR_IO if the address cannot be bound. */
+eb_status eb_http_listen(eb_http_server *srv);
+/* Graceful stop: /readyz answers 503 at once; after shutdown_delay_ms the listener closes;
+ * then it waits until no request is in flight (or shutdown_grace_ms ends) and calls done(arg)
+ * on the loop thread. */
+void eb_http_shutdown(eb_http_server *srv, void (*done)(void *arg), void *arg);
+/* Number of requests accepted and not yet answered. */
+int eb_http_in_flight(const eb_http_server *srv);
+
+/* Request accessors. Strings are owned by the request. */
+const char *eb_http_req_method(const eb_http_req *req);
+const char *eb_http_req_path(const eb_http_req *req);
+const char *eb_http_req_id(const eb_http_req *req);
+/* Decoded path parameter {name}, or NULL. */
+const char *eb_http_req_param(const eb_http_req *req, const char *name);
+/* Decoded query parameter, or NULL. */
+const char *eb_http_req_query(eb_http_req *req, const char *name);
+const char *eb_http_req_header(const eb_http_req *req, const char *name);
+const char *eb_http_req_remote(const eb_http_req *req);
+/* The raw body (NUL-terminated, len may be 0). */
+const char *eb_http_req_body(const eb_http_req *req, size_t *len);
+/* Parses the body as a JSON object (strict UTF-8). On failure answers 400 itself and returns
+ * NULL: the handler must just return. The caller frees the result with cJSON_Delete. */
+cJSON *eb_http_req_json(eb_http_req *req);
+/* The authenticated caller (NULL on public routes without a credential). */
+const eb_principal *eb_http_req_principal(const eb_http_req *req);
+/* An opaque pointer the handler may attach while it waits asynchronously. */
+void eb_http_req_set_data(eb_http_req *req, void *data);
+void *eb_http_req_get_data(const eb_http_req *req);
+
+/* Replies. Each frees req. */
+/* body: a JSON value, consumed (deleted). NULL sends no body. */
+void eb_http_reply_json(eb_http_req *req, int code, cJSON *body);
+void eb_http_reply_raw(eb_http_req *req, int code, const char *content_type, const void *data,
+                       size_t len);
+void eb_http_reply_error(eb_http_req *req, eb_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Error reply with the calling thread's last eb_error() message. */
+void eb_http_reply_status(eb_http_req *req, eb_status st);
+/* Adds a response header before replying. */
+void eb_http_add_header(eb_http_req *req, const char *name, const char *value);
+
+#endif

@@ -1,0 +1,39 @@
+/* json.h -- cJSON helpers with the checks every API needs: strict UTF-8, typed field access
+ * with errors that name the field, and bounded strings. */
+#ifndef EVALBUS_JSON_H
+#define EVALBUS_JSON_H
+
+#include "evalbus/status.h"
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* True if s[0..n) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+bool eb_utf8_valid(const char *s, size_t n);
+
+/* Parses a JSON object from data[0..n). EB_ERR_INVALID with a message giving the byte offset for
+ * malformed JSON, invalid UTF-8 or a top level that is not an object. *out is freed with
+ * cJSON_Delete. */
+eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out);
+
+/* Reads field name of obj as a string. Missing: EB_ERR_INVALID if required, else *out = NULL
+ * and EB_OK. Wrong type, empty when required, or longer than max_len bytes: EB_ERR_INVALID naming
+ * the field. *out points into obj. */
+eb_status eb_json_string(const cJSON *obj, const char *name, bool required, size_t max_len,
+                         const char **out);
+/* Reads an array of strings; each is checked like eb_json_string. *out points into obj. */
+eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required,
+                               size_t max_items, size_t max_len, const cJSON **out);
+/* Reads a number (integral if integral is true), within [min, max]. Missing and not required:
+ * *out untouched, EB_OK. */
+eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool integral,
+                         double min, double max, double *out);
+
+/* Adds a string member, or null when value is NULL or "" and null_if_empty is true. */
+void eb_json_add_str(cJSON *obj, const char *name, const char *value, bool null_if_empty);
+
+/* Prints item compactly into a new string (caller frees with free()). */
+char *eb_json_print(const cJSON *item);
+
+#endif

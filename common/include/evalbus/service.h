@@ -1,0 +1,92 @@
+/* service.h -- what every evalbus service does the same way: common settings, one libevent
+ * loop, the NATS connection, the PostgreSQL pool, Redis and rate limits, the HTTP server with
+ * its readiness checks, and graceful shutdown on SIGTERM / SIGINT.
+ *
+ * A service embeds eb_service_config in its own config struct, lists EB_SERVICE_SETTINGS(...)
+ * in its settings table, then calls eb_service_start() and eb_service_run(). */
+#ifndef EVALBUS_SERVICE_H
+#define EVALBUS_SERVICE_H
+
+#include "evalbus/bus.h"
+#include "evalbus/config.h"
+#include "evalbus/db.h"
+#include "evalbus/http.h"
+#include "evalbus/ratelimit.h"
+#include "evalbus/redis.h"
+
+#include <stddef.h>
+
+typedef struct eb_service_config {
+    char *http_addr;
+    long long http_port;
+    char *nats_url;
+    char *database_url;
+    char *redis_url;
+    char *log_level;
+    long long max_body;
+    long long db_pool;
+    long long redis_timeout_ms;
+    long long shutdown_delay_ms;
+    long long shutdown_grace_ms;
+} eb_service_config;
+
+/* Settings rows for the eb_service_config member `m` of struct `T`; port is the default port
+ * as a string literal. */
+#define EB_SERVICE_SETTINGS(T, m, port)                                                           \
+    {"http-addr", "EVALBUS_HTTP_ADDR", EB_SET_STRING, "127.0.0.1", 0, 0, false,                  \
+     offsetof(T, m.http_addr), "address the HTTP server binds"},                                  \
+        {"http-port", "EVALBUS_HTTP_PORT", EB_SET_INT, port, 1, 65535, false,                     \
+         offsetof(T, m.http_port), "HTTP port"},                                                  \
+        {"nats-url", "EVALBUS_NATS_URL", EB_SET_STRING, "nats://127.0.0.1:8086", 0, 0, false,     \
+         offsetof(T, m.nats_url), "NATS server URL(s), comma-separated"},                         \
+        {"database-url", "EVALBUS_DATABASE_URL", EB_SET_STRING,                                   \
+         "postgresql://evalbus@127.0.0.1:8087/evalbus", 0, 0, true, offsetof(T, m.database_url),  \
+         "PostgreSQL connection URI"},                                                            \
+        {"redis-url", "EVALBUS_REDIS_URL", EB_SET_STRING, "redis://127.0.0.1:8088", 0, 0, true,   \
+         offsetof(T, m.redis_url), "Redis URL (rate limits, caches); empty disables Redis"},      \
+        {"log-level", "EVALBUS_LOG_LEVEL", EB_SET_STRING, "info", 0, 0, false,                    \
+         offsetof(T, m.log_level), "debug | info | warn | error"},                                \
+        {"max-body", "EVALBUS_MAX_BODY", EB_SET_SIZE, "1MiB", 1, 1073741824.0, false,             \
+         offsetof(T, m.max_body), "largest accepted HTTP request body (413 above)"},              \
+        {"db-pool", "EVALBUS_DB_POOL", EB_SET_INT, "4", 1, 256, false, offsetof(T, m.db_pool),    \
+         "PostgreSQL connections per process"},                                                   \
+        {"redis-timeout", "EVALBUS_REDIS_TIMEOUT", EB_SET_DURATION, "250ms", 1, 60000, false,     \
+         offsetof(T, m.redis_timeout_ms), "wait for Redis before deciding a rate limit locally"}, \
+        {"shutdown-delay", "EVALBUS_SHUTDOWN_DELAY", EB_SET_DURATION, "250ms", 0, 600000, false,  \
+         offsetof(T, m.shutdown_delay_ms),                                                        \
+         "after SIGTERM, keep accepting this long while /readyz says 503"},                       \
+    {                                                                                             \
+        "shutdown-grace", "EVALBUS_SHUTDOWN_GRACE", EB_SET_DURATION, "10s", 0, 3600000, false,    \
+            offsetof(T, m.shutdown_grace_ms), "then wait this long for requests in flight"        \
+    }
+
+typedef struct eb_service {
+    const char *name;
+    struct event_base *base;
+    eb_bus *bus;
+    eb_db *db;
+    eb_redis *redis;
+    eb_ratelimit *rl;
+    eb_http_server *http;
+    struct event *sig_term;
+    struct event *sig_int;
+    int exit_code;
+    void (*on_stop)(void *arg); /* optional: called when shutdown starts */
+    void *on_stop_arg;
+} eb_service;
+
+/* Loads settings (exits the process with status 2 on a bad value or after --help: the only
+ * place outside main that ends the process, since nothing has started yet). */
+void eb_service_load_config(const char *program, const eb_setting *tab, size_t n, void *cfg,
+                            int argc, char **argv);
+
+/* Creates the loop, connects NATS / PostgreSQL / Redis (none needs to be up yet), and builds
+ * the HTTP server (not yet listening) with readiness checks for each. */
+eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_config *cfg,
+                          const eb_http_route *routes, size_t nroutes, void *ctx);
+/* Listens, runs the loop until SIGTERM/SIGINT has drained the server; returns the exit code. */
+int eb_service_run(eb_service *svc);
+/* Frees everything eb_service_init made. */
+void eb_service_cleanup(eb_service *svc);
+
+#endif

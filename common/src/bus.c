@@ -1,0 +1,176 @@
+/* bus.c -- NATS connection setup on a libevent loop, readiness, JetStream stream/consumer
+ * bootstrap. The libevent adapter is initialised once per process. Reconnection is left to the
+ * client library (unlimited attempts, 500 ms apart); state changes are logged. */
+#include "evalbus/bus.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+
+#include <nats/adapters/libevent.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct eb_bus {
+    natsConnection *nc;
+    jsCtx *js;
+    char *name;
+};
+
+static pthread_once_t adapter_once = PTHREAD_ONCE_INIT;
+
+static void adapter_init(void)
+{
+    natsLibevent_Init();
+}
+
+eb_status eb_bus_error(natsStatus s, const char *what)
+{
+    eb_status code = EB_ERR_UNAVAILABLE;
+
+    if (s == NATS_TIMEOUT)
+        code = EB_ERR_TIMEOUT;
+    else if (s == NATS_NOT_FOUND)
+        code = EB_ERR_NOT_FOUND;
+    else if (s == NATS_INVALID_ARG || s == NATS_INVALID_SUBJECT)
+        code = EB_ERR_INVALID;
+    return eb_error(code, "%s: %s (%s)", what, natsStatus_GetText(s), nats_GetLastError(NULL));
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    eb_log_warn(NULL, "NATS disconnected (%s); reconnecting", (const char *)closure);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    char url[256] = "";
+
+    natsConnection_GetConnectedUrl(nc, url, sizeof(url));
+    eb_log_info(NULL, "NATS connected to %s (%s)", url, (const char *)closure);
+}
+
+eb_status eb_bus_connect(struct event_base *base, const char *url, const char *name,
+                         long long wait_ms, eb_bus **out)
+{
+    eb_status st = EB_OK;
+    natsOptions *opts = NULL;
+    natsStatus s;
+    eb_bus *bus = eb_calloc(1, sizeof(*bus));
+
+    *out = NULL;
+    bus->name = eb_strdup(name);
+    if (base)
+        pthread_once(&adapter_once, adapter_init);
+    s = natsOptions_Create(&opts);
+    if (s == NATS_OK)
+        s = natsOptions_SetServers(opts, NULL, 0);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(opts, url);
+    if (s == NATS_OK)
+        s = natsOptions_SetName(opts, name);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(opts, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(opts, 500);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(opts, 2000);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, bus->name);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(opts, on_reconnected, bus->name);
+    if (s == NATS_OK && wait_ms <= 0)
+        s = natsOptions_SetRetryOnFailedConnect(opts, true, on_reconnected, bus->name);
+    if (s == NATS_OK && base)
+        s = natsOptions_SetEventLoop(opts, base, natsLibevent_Attach, natsLibevent_Read,
+                                     natsLibevent_Write, natsLibevent_Detach);
+    if (s != NATS_OK) {
+        st = eb_bus_error(s, "NATS options");
+        goto cleanup;
+    }
+    s = natsConnection_Connect(&bus->nc, opts);
+    if (s == NATS_NOT_YET_CONNECTED)
+        s = NATS_OK; /* retrying in the background */
+    if (s != NATS_OK) {
+        st = eb_bus_error(s, "NATS connect");
+        goto cleanup;
+    }
+    s = natsConnection_JetStream(&bus->js, bus->nc, NULL);
+    if (s != NATS_OK) {
+        st = eb_bus_error(s, "JetStream context");
+        goto cleanup;
+    }
+    *out = bus;
+    bus = NULL;
+cleanup:
+    natsOptions_Destroy(opts);
+    eb_bus_close(bus);
+    return st;
+}
+
+void eb_bus_close(eb_bus *bus)
+{
+    if (!bus)
+        return;
+    jsCtx_Destroy(bus->js);
+    if (bus->nc) {
+        natsConnection_Close(bus->nc);
+        natsConnection_Destroy(bus->nc);
+    }
+    free(bus->name);
+    free(bus);
+}
+
+natsConnection *eb_bus_conn(eb_bus *bus)
+{
+    return bus->nc;
+}
+
+jsCtx *eb_bus_js(eb_bus *bus)
+{
+    return bus->js;
+}
+
+bool eb_bus_connected(eb_bus *bus)
+{
+    return bus && bus->nc && natsConnection_Status(bus->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+eb_status eb_bus_ensure_stream(eb_bus *bus, jsStreamConfig *cfg)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, bus->js, cfg->Name, NULL, &jerr);
+
+    if (s == NATS_OK) {
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+        s = js_UpdateStream(&si, bus->js, cfg, NULL, &jerr);
+    } else if (s == NATS_NOT_FOUND) {
+        s = js_AddStream(&si, bus->js, cfg, NULL, &jerr);
+    }
+    jsStreamInfo_Destroy(si);
+    if (s != NATS_OK)
+        return eb_bus_error(s, cfg->Name);
+    return EB_OK;
+}
+
+eb_status eb_bus_ensure_consumer(eb_bus *bus, const char *stream, jsConsumerConfig *cfg)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, bus->js, stream, cfg->Durable, NULL, &jerr);
+
+    if (s == NATS_OK) {
+        jsConsumerInfo_Destroy(ci);
+        ci = NULL;
+        s = js_UpdateConsumer(&ci, bus->js, stream, cfg, NULL, &jerr);
+    } else if (s == NATS_NOT_FOUND) {
+        s = js_AddConsumer(&ci, bus->js, stream, cfg, NULL, &jerr);
+    }
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK)
+        return eb_bus_error(s, cfg->Durable ? cfg->Durable : stream);
+    return EB_OK;
+}

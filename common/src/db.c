@@ -1,0 +1,323 @@
+/* db.c -- libpq connection pool, checked queries, team-scoped transactions, migrations.
+ * The pool is a fixed array of slots guarded by one mutex and a condition variable. A slot
+ * holds at most one PGconn, made on first use and remade when PQstatus reports it broken.
+ * Threading: any thread may get/put; a PGconn is used by one thread at a time. */
+#include "evalbus/db.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct db_slot {
+    PGconn *conn;
+    bool busy;
+} db_slot;
+
+struct eb_db {
+    char *url;
+    char *app_name;
+    int size;
+    db_slot *slots;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+eb_db *eb_db_open(const char *url, int size, const char *app_name)
+{
+    eb_db *db = eb_calloc(1, sizeof(*db));
+
+    db->url = eb_strdup(url);
+    db->app_name = eb_strdup(app_name ? app_name : "evalbus");
+    db->size = size > 0 ? size : 1;
+    db->slots = eb_calloc((size_t)db->size, sizeof(db_slot));
+    pthread_mutex_init(&db->mu, NULL);
+    pthread_cond_init(&db->cv, NULL);
+    return db;
+}
+
+void eb_db_close(eb_db *db)
+{
+    if (!db)
+        return;
+    for (int i = 0; i < db->size; i++)
+        if (db->slots[i].conn)
+            PQfinish(db->slots[i].conn);
+    pthread_mutex_destroy(&db->mu);
+    pthread_cond_destroy(&db->cv);
+    free(db->slots);
+    free(db->url);
+    free(db->app_name);
+    free(db);
+}
+
+static PGconn *connect_db(eb_db *db)
+{
+    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
+    const char *vals[] = {db->url, "3", db->app_name, NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+
+    if (PQstatus(c) != CONNECTION_OK) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+        msg[strcspn(msg, "\n")] = '\0';
+        eb_error(EB_ERR_UNAVAILABLE, "PostgreSQL unreachable: %s", msg);
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+PGconn *eb_db_get(eb_db *db)
+{
+    db_slot *slot = NULL;
+    PGconn *conn;
+
+    pthread_mutex_lock(&db->mu);
+    for (;;) {
+        for (int i = 0; i < db->size && !slot; i++)
+            if (!db->slots[i].busy)
+                slot = &db->slots[i];
+        if (slot)
+            break;
+        pthread_cond_wait(&db->cv, &db->mu);
+    }
+    slot->busy = true;
+    conn = slot->conn;
+    slot->conn = NULL;
+    pthread_mutex_unlock(&db->mu);
+
+    if (conn && PQstatus(conn) != CONNECTION_OK) {
+        PQfinish(conn);
+        conn = NULL;
+    }
+    if (!conn)
+        conn = connect_db(db);
+    if (!conn) {
+        pthread_mutex_lock(&db->mu);
+        slot->busy = false;
+        pthread_cond_signal(&db->cv);
+        pthread_mutex_unlock(&db->mu);
+        return NULL;
+    }
+    return conn;
+}
+
+void eb_db_put(eb_db *db, PGconn *conn)
+{
+    if (!conn)
+        return;
+    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        PGresult *r = PQexec(conn, "ROLLBACK");
+        PQclear(r);
+    }
+    if (PQstatus(conn) != CONNECTION_OK) {
+        PQfinish(conn);
+        conn = NULL;
+    }
+    pthread_mutex_lock(&db->mu);
+    for (int i = 0; i < db->size; i++) {
+        if (db->slots[i].busy && !db->slots[i].conn) {
+            db->slots[i].conn = conn;
+            db->slots[i].busy = false;
+            break;
+        }
+    }
+    pthread_cond_signal(&db->cv);
+    pthread_mutex_unlock(&db->mu);
+}
+
+bool eb_db_ping(eb_db *db, char *detail, size_t detail_len)
+{
+    PGconn *c = eb_db_get(db);
+    bool ok = false;
+
+    if (c) {
+        ok = eb_db_exec(c, "SELECT 1", 0, NULL, NULL) == EB_OK;
+        eb_db_put(db, c);
+    }
+    if (detail && detail_len)
+        snprintf(detail, detail_len, "%s", ok ? "" : eb_error_message());
+    return ok;
+}
+
+static eb_status map_error(PGconn *conn, PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? PQresultErrorMessage(res) : PQerrorMessage(conn);
+    char text[400];
+    eb_status code = EB_ERR_DB;
+
+    snprintf(text, sizeof(text), "%s", msg && *msg ? msg : "unknown database error");
+    text[strcspn(text, "\n")] = '\0';
+    if (PQstatus(conn) != CONNECTION_OK)
+        code = EB_ERR_UNAVAILABLE;
+    else if (state && (strcmp(state, "23505") == 0 || strcmp(state, "23P01") == 0))
+        code = EB_ERR_CONFLICT;
+    else if (state && (strncmp(state, "22", 2) == 0 || strcmp(state, "23502") == 0 ||
+                       strcmp(state, "23514") == 0 || strcmp(state, "23503") == 0))
+        code = EB_ERR_INVALID;
+    else if (state && strcmp(state, "42501") == 0)
+        code = EB_ERR_FORBIDDEN;
+    return eb_error(code, "%s", text);
+}
+
+eb_status eb_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                     PGresult **res)
+{
+    PGresult *r;
+    ExecStatusType rs;
+
+    if (res)
+        *res = NULL;
+    r = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    rs = PQresultStatus(r);
+    if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
+        eb_status st = map_error(conn, r);
+        PQclear(r);
+        return st;
+    }
+    if (res)
+        *res = r;
+    else
+        PQclear(r);
+    return EB_OK;
+}
+
+eb_status eb_db_begin_team(PGconn *conn, const char *team_id)
+{
+    const char *p[1] = {team_id};
+    eb_status st = eb_db_exec(conn, "BEGIN", 0, NULL, NULL);
+
+    if (st == EB_OK)
+        st = eb_db_exec(conn, "SELECT set_config('evalbus.team_id', $1, true)", 1, p, NULL);
+    if (st != EB_OK)
+        eb_db_rollback(conn);
+    return st;
+}
+
+eb_status eb_db_begin_system(PGconn *conn)
+{
+    eb_status st = eb_db_exec(conn, "BEGIN", 0, NULL, NULL);
+
+    if (st == EB_OK)
+        st = eb_db_exec(conn, "SELECT set_config('evalbus.system', 'on', true)", 0, NULL, NULL);
+    if (st != EB_OK)
+        eb_db_rollback(conn);
+    return st;
+}
+
+eb_status eb_db_commit(PGconn *conn)
+{
+    return eb_db_exec(conn, "COMMIT", 0, NULL, NULL);
+}
+
+void eb_db_rollback(PGconn *conn)
+{
+    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        PGresult *r = PQexec(conn, "ROLLBACK");
+        PQclear(r);
+    }
+}
+
+static bool valid_schema_name(const char *s)
+{
+    if (!*s || strlen(s) > 40)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || *s == '_'))
+            return false;
+    return true;
+}
+
+eb_status eb_db_migrate(PGconn *conn, const char *schema, const eb_migration *migrations,
+                        size_t count, int *applied)
+{
+    eb_status st = EB_OK;
+    char *sql = NULL;
+    const char *p[1] = {schema};
+    bool locked = false;
+    int n = 0;
+
+    if (!valid_schema_name(schema))
+        return eb_error(EB_ERR_INVALID, "bad schema name '%s'", schema);
+    st = eb_db_exec(conn, "SELECT pg_advisory_lock(7236001, hashtext($1))", 1, p, NULL);
+    if (st != EB_OK)
+        goto cleanup;
+    locked = true;
+    sql = eb_asprintf("CREATE SCHEMA IF NOT EXISTS %s;"
+                      "CREATE TABLE IF NOT EXISTS %s.schema_migrations ("
+                      " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+                      schema, schema);
+    {
+        PGresult *r = PQexec(conn, sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            st = map_error(conn, r);
+            PQclear(r);
+            goto cleanup;
+        }
+        PQclear(r);
+    }
+    free(sql);
+    sql = eb_asprintf("SELECT 1 FROM %s.schema_migrations WHERE name = $1", schema);
+    for (size_t i = 0; i < count; i++) {
+        PGresult *r = NULL;
+        const char *mp[1] = {migrations[i].name};
+        char *record;
+        bool done;
+
+        st = eb_db_exec(conn, sql, 1, mp, &r);
+        if (st != EB_OK)
+            goto cleanup;
+        done = PQntuples(r) > 0;
+        PQclear(r);
+        if (done)
+            continue;
+        st = eb_db_exec(conn, "BEGIN", 0, NULL, NULL);
+        if (st != EB_OK)
+            goto cleanup;
+        r = PQexec(conn, migrations[i].sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+            st = map_error(conn, r);
+            PQclear(r);
+            eb_db_rollback(conn);
+            st = eb_error(st, "migration %s/%s failed: %s", schema, migrations[i].name,
+                          eb_error_message());
+            goto cleanup;
+        }
+        PQclear(r);
+        record = eb_asprintf("INSERT INTO %s.schema_migrations (name) VALUES ($1)", schema);
+        st = eb_db_exec(conn, record, 1, mp, NULL);
+        free(record);
+        if (st == EB_OK)
+            st = eb_db_commit(conn);
+        if (st != EB_OK) {
+            eb_db_rollback(conn);
+            goto cleanup;
+        }
+        eb_log_info(NULL, "applied migration %s/%s", schema, migrations[i].name);
+        n++;
+    }
+cleanup:
+    if (locked) {
+        PGresult *r = PQexecParams(conn, "SELECT pg_advisory_unlock(7236001, hashtext($1))", 1,
+                                   NULL, p, NULL, NULL, 0);
+        PQclear(r);
+    }
+    free(sql);
+    if (applied)
+        *applied = n;
+    return st;
+}
+
+const char *eb_db_val(const PGresult *res, int r, int c)
+{
+    return PQgetisnull(res, r, c) ? "" : PQgetvalue(res, r, c);
+}
+
+bool eb_db_isnull(const PGresult *res, int r, int c)
+{
+    return PQgetisnull(res, r, c) != 0;
+}

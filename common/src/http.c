@@ -1,0 +1,735 @@
+/* http.c -- evhttp-based server with routing, authentication, limits and built-in endpoints.
+ *
+ * Flow of a request: on_request() wraps the evhttp request in an eb_http_req, assigns the
+ * request id, checks the body size, matches the route table, then either answers a built-in
+ * endpoint, calls a public handler, or asks the authenticator. The authenticator's callback
+ * (on_authenticated) checks role and scope and asks the rate limiter, whose callback
+ * (on_rate_checked) finally calls the handler. Every path ends in finish(), which sends the
+ * reply, writes the access log line and the metrics, and frees the eb_http_req.
+ *
+ * Ownership: the eb_http_req lives from on_request() to finish(). If the client goes away
+ * meanwhile, evhttp keeps the request until we reply, and then frees it (libevent detaches an
+ * unanswered incoming request from its dead connection).
+ * Threading: loop thread only. */
+#include "evalbus/http.h"
+#include "evalbus/crypto.h"
+#include "evalbus/json.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "evalbus/metrics.h"
+
+#include <sys/queue.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_PARAMS 4
+#define MAX_CHECKS 8
+
+typedef struct ready_check {
+    char *name;
+    eb_ready_fn fn;
+    void *arg;
+    bool critical;
+} ready_check;
+
+struct eb_http_server {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *sock;
+    eb_http_options opts;
+    char *service;
+    char *addr;
+    const eb_http_route *routes;
+    size_t nroutes;
+    void *ctx;
+    eb_authenticate_fn auth_fn;
+    void *auth_impl;
+    eb_ratelimit *rl;
+    eb_denied_fn denied_fn;
+    void *denied_arg;
+    ready_check checks[MAX_CHECKS];
+    int nchecks;
+    int in_flight;
+    /* shutdown */
+    struct event *drain_timer;
+    long long drain_deadline;
+    long long listen_until;
+    int idle_ticks;
+    void (*drain_done)(void *);
+    void *drain_arg;
+};
+
+struct eb_http_req {
+    eb_http_server *srv;
+    struct evhttp_request *ev;
+    const eb_http_route *route;
+    char method[8];
+    char *path;
+    char *query_str;
+    struct evkeyvalq query;
+    bool query_parsed;
+    char *param_names[MAX_PARAMS];
+    char *param_vals[MAX_PARAMS];
+    int nparams;
+    char request_id[72];
+    char remote[64];
+    char *body;
+    size_t body_len;
+    eb_principal principal;
+    bool authenticated;
+    struct timespec start;
+    void *data;
+};
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *method_name(enum evhttp_cmd_type t)
+{
+    switch (t) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    }
+    return "OTHER";
+}
+
+static bool valid_request_id(const char *s)
+{
+    size_t n = 0;
+
+    if (!s)
+        return false;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (n >= 64 || !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                         (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return n > 0;
+}
+
+static void req_free(eb_http_req *req)
+{
+    for (int i = 0; i < req->nparams; i++) {
+        free(req->param_names[i]);
+        free(req->param_vals[i]);
+    }
+    if (req->query_parsed)
+        evhttp_clear_headers(&req->query);
+    free(req->path);
+    free(req->query_str);
+    free(req->body);
+    free(req);
+}
+
+static void finish(eb_http_req *req, int code, const char *content_type, const void *data,
+                   size_t len)
+{
+    eb_http_server *srv = req->srv;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req->ev);
+    struct evbuffer *buf = evbuffer_new();
+    struct timespec now;
+    double ms;
+    char fields[512], labels[256];
+    const char *route = req->route ? req->route->pattern : req->path;
+
+    if (content_type)
+        evhttp_add_header(out, "Content-Type", content_type);
+    evhttp_add_header(out, "X-Request-Id", req->request_id);
+    evhttp_add_header(out, "Cache-Control", "no-store");
+    if (data && len)
+        evbuffer_add(buf, data, len);
+    evhttp_send_reply(req->ev, code, NULL, buf);
+    evbuffer_free(buf);
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    ms = (double)(now.tv_sec - req->start.tv_sec) * 1000.0 +
+         (double)(now.tv_nsec - req->start.tv_nsec) / 1e6;
+    snprintf(fields, sizeof(fields),
+             "\"http\":{\"method\":\"%s\",\"route\":\"%s\",\"status\":%d,\"duration_ms\":%.3f,"
+             "\"bytes\":%zu,\"remote\":\"%s\"}%s%s%s",
+             req->method, route && strlen(route) < 200 ? route : "-", code, ms, len, req->remote,
+             req->authenticated ? ",\"team_id\":\"" : "",
+             req->authenticated ? req->principal.team_id : "", req->authenticated ? "\"" : "");
+    if (!req->route || strcmp(req->route->pattern, "/healthz") != 0)
+        eb_log_write(code >= 500 ? EB_LOG_ERROR : EB_LOG_INFO, req->request_id, fields,
+                     "%s %s %d", req->method, route ? route : "-", code);
+    snprintf(labels, sizeof(labels), "service=\"%s\",method=\"%s\",route=\"%s\",code=\"%d\"",
+             srv->service, req->method, req->route ? req->route->pattern : "unmatched", code);
+    eb_metrics_add("evalbus_http_requests_total", labels, 1);
+    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\"", srv->service,
+             req->route ? req->route->pattern : "unmatched");
+    eb_metrics_add("evalbus_http_request_duration_seconds_sum", labels, ms / 1000.0);
+    eb_metrics_add("evalbus_http_request_duration_seconds_count", labels, 1);
+    srv->in_flight--;
+    req_free(req);
+}
+
+void eb_http_reply_raw(eb_http_req *req, int code, const char *content_type, const void *data,
+                       size_t len)
+{
+    finish(req, code, content_type, data, len);
+}
+
+void eb_http_reply_json(eb_http_req *req, int code, cJSON *body)
+{
+    char *s = NULL;
+
+    if (body) {
+        s = eb_json_print(body);
+        cJSON_Delete(body);
+    }
+    finish(req, code, s ? "application/json" : NULL, s, s ? strlen(s) : 0);
+    free(s);
+}
+
+static void reply_error_text(eb_http_req *req, eb_status st, const char *message)
+{
+    eb_buf b = {0};
+
+    eb_buf_puts(&b, "{\"error\":{\"code\":\"");
+    eb_buf_puts(&b, eb_status_str(st));
+    eb_buf_puts(&b, "\",\"message\":\"");
+    eb_buf_json_escape(&b, message && *message ? message : eb_status_str(st));
+    eb_buf_puts(&b, "\",\"request_id\":\"");
+    eb_buf_json_escape(&b, req->request_id);
+    eb_buf_puts(&b, "\"}}");
+    finish(req, eb_status_http(st), "application/json", b.data, b.len);
+    eb_buf_free(&b);
+}
+
+void eb_http_reply_error(eb_http_req *req, eb_status st, const char *fmt, ...)
+{
+    eb_buf msg = {0};
+    va_list ap;
+
+    va_start(ap, fmt);
+    eb_buf_vprintf(&msg, fmt, ap);
+    va_end(ap);
+    reply_error_text(req, st, msg.data);
+    eb_buf_free(&msg);
+}
+
+void eb_http_reply_status(eb_http_req *req, eb_status st)
+{
+    const char *msg = eb_error_message();
+
+    if (st == EB_ERR_DB || st == EB_ERR_INTERNAL || st == EB_ERR_IO) {
+        /* Internal detail goes to the log, not to the caller. */
+        eb_log_error(req->request_id, "%s %s failed: %s (%s)", req->method, req->path,
+                     msg, eb_error_where());
+        reply_error_text(req, st, "internal error; see the service log for this request id");
+        return;
+    }
+    reply_error_text(req, st, msg);
+}
+
+void eb_http_add_header(eb_http_req *req, const char *name, const char *value)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req->ev), name, value);
+}
+
+const char *eb_http_req_method(const eb_http_req *req)
+{
+    return req->method;
+}
+
+const char *eb_http_req_path(const eb_http_req *req)
+{
+    return req->path;
+}
+
+const char *eb_http_req_id(const eb_http_req *req)
+{
+    return req->request_id;
+}
+
+const char *eb_http_req_param(const eb_http_req *req, const char *name)
+{
+    for (int i = 0; i < req->nparams; i++)
+        if (strcmp(req->param_names[i], name) == 0)
+            return req->param_vals[i];
+    return NULL;
+}
+
+const char *eb_http_req_query(eb_http_req *req, const char *name)
+{
+    if (!req->query_parsed) {
+        TAILQ_INIT(&req->query);
+        if (req->query_str)
+            evhttp_parse_query_str(req->query_str, &req->query);
+        req->query_parsed = true;
+    }
+    return evhttp_find_header(&req->query, name);
+}
+
+const char *eb_http_req_header(const eb_http_req *req, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(req->ev), name);
+}
+
+const char *eb_http_req_remote(const eb_http_req *req)
+{
+    return req->remote;
+}
+
+const char *eb_http_req_body(const eb_http_req *req, size_t *len)
+{
+    if (len)
+        *len = req->body_len;
+    return req->body;
+}
+
+cJSON *eb_http_req_json(eb_http_req *req)
+{
+    cJSON *root = NULL;
+    eb_status st = eb_json_parse_object(req->body, req->body_len, &root);
+
+    if (st != EB_OK) {
+        eb_http_reply_status(req, st);
+        return NULL;
+    }
+    return root;
+}
+
+const eb_principal *eb_http_req_principal(const eb_http_req *req)
+{
+    return req->authenticated ? &req->principal : NULL;
+}
+
+void eb_http_req_set_data(eb_http_req *req, void *data)
+{
+    req->data = data;
+}
+
+void *eb_http_req_get_data(const eb_http_req *req)
+{
+    return req->data;
+}
+
+/* Matches path against pattern; on success stores {name} captures in req. */
+static bool match_route(eb_http_req *req, const char *pattern, const char *path)
+{
+    const char *p = pattern, *s = path;
+    int n = 0;
+    char *names[MAX_PARAMS], *vals[MAX_PARAMS];
+
+    while (*p && *s) {
+        if (*p == '{') {
+            const char *pe = strchr(p, '}');
+            const char *se = strchr(s, '/');
+            size_t vlen;
+            char *raw;
+
+            if (!pe || n >= MAX_PARAMS)
+                goto fail;
+            vlen = se ? (size_t)(se - s) : strlen(s);
+            if (vlen == 0)
+                goto fail;
+            raw = eb_strndup(s, vlen);
+            vals[n] = evhttp_uridecode(raw, 0, NULL);
+            free(raw);
+            if (!vals[n])
+                goto fail;
+            names[n] = eb_strndup(p + 1, (size_t)(pe - p - 1));
+            n++;
+            p = pe + 1;
+            s += vlen;
+        } else if (*p == *s) {
+            p++;
+            s++;
+        } else {
+            goto fail;
+        }
+    }
+    if (*p || *s)
+        goto fail;
+    for (int i = 0; i < n; i++) {
+        req->param_names[i] = names[i];
+        req->param_vals[i] = vals[i];
+    }
+    req->nparams = n;
+    return true;
+fail:
+    for (int i = 0; i < n; i++) {
+        free(names[i]);
+        free(vals[i]);
+    }
+    return false;
+}
+
+static void reply_readyz(eb_http_req *req)
+{
+    eb_http_server *srv = req->srv;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *checks = cJSON_AddObjectToObject(root, "checks");
+    bool critical_fail = false, degraded = false;
+
+    for (int i = 0; i < srv->nchecks; i++) {
+        char detail[256] = "";
+        bool ok = srv->checks[i].fn(srv->checks[i].arg, detail, sizeof(detail));
+        cJSON *c = cJSON_AddObjectToObject(checks, srv->checks[i].name);
+
+        cJSON_AddBoolToObject(c, "ok", ok);
+        if (detail[0])
+            cJSON_AddStringToObject(c, "detail", detail);
+        if (!ok && srv->checks[i].critical)
+            critical_fail = true;
+        else if (!ok)
+            degraded = true;
+    }
+    if (srv->drain_done)
+        critical_fail = true; /* shutting down: take us out of rotation */
+    cJSON_AddStringToObject(root, "status",
+                            critical_fail ? "not_ready" : (degraded ? "degraded" : "ready"));
+    eb_http_reply_json(req, critical_fail ? 503 : 200, root);
+}
+
+static void reply_metrics(eb_http_req *req)
+{
+    eb_buf b = {0};
+
+    eb_metrics_set("evalbus_http_in_flight", NULL, req->srv->in_flight);
+    eb_metrics_render(&b);
+    finish(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    eb_buf_free(&b);
+}
+
+static void run_handler(eb_http_req *req)
+{
+    req->route->handler(req, req->srv->ctx);
+}
+
+static void on_rate_checked(bool allowed, long long retry_after_ms, void *arg)
+{
+    eb_http_req *req = arg;
+
+    if (!allowed) {
+        char secs[32];
+        snprintf(secs, sizeof(secs), "%lld", (retry_after_ms + 999) / 1000);
+        eb_http_add_header(req, "Retry-After", secs);
+        eb_metrics_add("evalbus_rate_limited_total", NULL, 1);
+        eb_http_reply_error(req, EB_ERR_RATE_LIMITED,
+                            "rate limit of the %s tier exceeded; retry after %s s",
+                            req->principal.tier[0] ? req->principal.tier : "team's", secs);
+        return;
+    }
+    run_handler(req);
+}
+
+static void on_authenticated(eb_status st, const eb_principal *p, const char *reason, void *arg)
+{
+    eb_http_req *req = arg;
+    eb_http_server *srv = req->srv;
+    const eb_http_route *r = req->route;
+
+    if (st != EB_OK) {
+        if (st == EB_ERR_UNAUTHENTICATED)
+            eb_http_reply_error(req, st, "credential rejected: %s",
+                                reason && *reason ? reason : "invalid");
+        else
+            eb_http_reply_error(req, EB_ERR_UNAVAILABLE,
+                                "cannot verify the credential right now; retry later");
+        return;
+    }
+    req->principal = *p;
+    req->authenticated = true;
+    if (p->role < r->min_role || (r->scope && !(p->scopes & r->scope))) {
+        const char *why = p->role < r->min_role ? "role" : "scope";
+        if (srv->denied_fn)
+            srv->denied_fn(srv->denied_arg, p, req->method, req->path, req->request_id, why);
+        if (p->role < r->min_role)
+            eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this needs the %s role; you have %s",
+                                eb_role_str(r->min_role), eb_role_str(p->role));
+        else
+            eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this needs the scope %s",
+                                eb_scope_name(__builtin_ctz(r->scope)));
+        return;
+    }
+    if (srv->rl && !p->unlimited) {
+        char kb[96], tb[96];
+        const char *buckets[2] = {kb, tb};
+        snprintf(kb, sizeof(kb), "%s:%s", p->key_id[0] ? "key" : "user",
+                 p->key_id[0] ? p->key_id : p->user_id);
+        snprintf(tb, sizeof(tb), "team:%s", p->team_id);
+        eb_ratelimit_check(srv->rl, buckets, 2, p->rate_per_sec, p->burst, on_rate_checked, req);
+        return;
+    }
+    run_handler(req);
+}
+
+static void on_request(struct evhttp_request *ev, void *arg)
+{
+    eb_http_server *srv = arg;
+    eb_http_req *req = eb_calloc(1, sizeof(*req));
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
+    const char *rid = evhttp_find_header(evhttp_request_get_input_headers(ev), "X-Request-Id");
+    struct evbuffer *in = evhttp_request_get_input_buffer(ev);
+    const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
+    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
+    const char *auth;
+    bool path_matched = false;
+    size_t blen;
+
+    srv->in_flight++;
+    req->srv = srv;
+    req->ev = ev;
+    clock_gettime(CLOCK_MONOTONIC, &req->start);
+    snprintf(req->method, sizeof(req->method), "%s", method_name(evhttp_request_get_command(ev)));
+    if (valid_request_id(rid)) {
+        snprintf(req->request_id, sizeof(req->request_id), "%s", rid);
+    } else {
+        char u[37];
+        eb_uuid_v4(u);
+        snprintf(req->request_id, sizeof(req->request_id), "%s", u);
+    }
+    if (conn) {
+        const char *host = NULL;
+        ev_uint16_t port = 0;
+        evhttp_connection_get_peer(conn, (char **)&host, &port);
+        snprintf(req->remote, sizeof(req->remote), "%s", host ? host : "");
+    }
+    req->path = raw_path ? evhttp_uridecode(raw_path, 0, NULL) : NULL;
+    if (!req->path || !*req->path) {
+        free(req->path);
+        req->path = eb_strdup("/");
+    }
+    req->query_str = q ? eb_strdup(q) : NULL;
+
+    blen = evbuffer_get_length(in);
+    if (blen > srv->opts.max_body) {
+        eb_http_reply_error(req, EB_ERR_TOO_LARGE, "request body of %zu bytes exceeds the limit "
+                            "of %zu bytes", blen, srv->opts.max_body);
+        return;
+    }
+    req->body = eb_malloc(blen + 1);
+    evbuffer_copyout(in, req->body, blen);
+    req->body[blen] = '\0';
+    req->body_len = blen;
+
+    if (strcmp(req->method, "GET") == 0) {
+        if (strcmp(req->path, "/healthz") == 0) {
+            static const char ok[] = "{\"status\":\"ok\"}";
+            finish(req, 200, "application/json", ok, sizeof(ok) - 1);
+            return;
+        }
+        if (strcmp(req->path, "/readyz") == 0) {
+            reply_readyz(req);
+            return;
+        }
+        if (strcmp(req->path, "/metrics") == 0) {
+            reply_metrics(req);
+            return;
+        }
+    }
+    for (size_t i = 0; i < srv->nroutes; i++) {
+        if (!match_route(req, srv->routes[i].pattern, req->path))
+            continue;
+        path_matched = true;
+        if (strcmp(srv->routes[i].method, req->method) == 0) {
+            req->route = &srv->routes[i];
+            break;
+        }
+        for (int k = 0; k < req->nparams; k++) {
+            free(req->param_names[k]);
+            free(req->param_vals[k]);
+        }
+        req->nparams = 0;
+    }
+    if (!req->route) {
+        if (path_matched)
+            eb_http_reply_error(req, EB_ERR_INVALID, "method %s is not allowed on %s",
+                                req->method, req->path);
+        else
+            eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such endpoint: %s %s", req->method,
+                                req->path);
+        return;
+    }
+    auth = eb_http_req_header(req, "Authorization");
+    if (req->route->public_route) {
+        run_handler(req);
+        return;
+    }
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !auth[7]) {
+        eb_http_add_header(req, "WWW-Authenticate", "Bearer");
+        eb_http_reply_error(req, EB_ERR_UNAUTHENTICATED,
+                            "missing credential: send Authorization: Bearer <API key or token>");
+        return;
+    }
+    if (!srv->auth_fn) {
+        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "no authenticator configured");
+        return;
+    }
+    srv->auth_fn(srv->auth_impl, auth + 7, req->request_id, on_authenticated, req);
+}
+
+eb_http_server *eb_http_server_new(struct event_base *base, const eb_http_options *opts,
+                                   const eb_http_route *routes, size_t nroutes, void *ctx)
+{
+    eb_http_server *srv = eb_calloc(1, sizeof(*srv));
+
+    srv->base = base;
+    srv->opts = *opts;
+    srv->service = eb_strdup(opts->service ? opts->service : "evalbus");
+    srv->addr = eb_strdup(opts->addr ? opts->addr : "127.0.0.1");
+    srv->opts.service = srv->service;
+    srv->opts.addr = srv->addr;
+    if (!srv->opts.max_body)
+        srv->opts.max_body = 1 << 20;
+    srv->routes = routes;
+    srv->nroutes = nroutes;
+    srv->ctx = ctx;
+    srv->http = evhttp_new(base);
+    /* evhttp refuses (with its own page) only bodies far over our limit; up to this size we
+     * read the body and answer 413 as JSON ourselves. */
+    evhttp_set_max_body_size(srv->http, (ev_ssize_t)(srv->opts.max_body * 4 + 65536));
+    evhttp_set_max_headers_size(srv->http, 64 * 1024);
+    evhttp_set_timeout(srv->http, 60);
+    evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                              EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE |
+                                              EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS);
+    evhttp_set_gencb(srv->http, on_request, srv);
+    eb_metrics_describe("evalbus_http_requests_total", "counter", "HTTP requests answered");
+    eb_metrics_describe("evalbus_http_request_duration_seconds_sum", "counter",
+                        "Total seconds spent answering HTTP requests");
+    eb_metrics_describe("evalbus_http_request_duration_seconds_count", "counter",
+                        "HTTP requests timed");
+    eb_metrics_describe("evalbus_http_in_flight", "gauge", "HTTP requests being answered");
+    eb_metrics_describe("evalbus_rate_limited_total", "counter", "Requests refused with 429");
+    return srv;
+}
+
+void eb_http_server_free(eb_http_server *srv)
+{
+    if (!srv)
+        return;
+    if (srv->drain_timer)
+        event_free(srv->drain_timer);
+    if (srv->http)
+        evhttp_free(srv->http);
+    for (int i = 0; i < srv->nchecks; i++)
+        free(srv->checks[i].name);
+    free(srv->service);
+    free(srv->addr);
+    free(srv);
+}
+
+void eb_http_set_authenticator(eb_http_server *srv, eb_authenticate_fn fn, void *impl)
+{
+    srv->auth_fn = fn;
+    srv->auth_impl = impl;
+}
+
+void eb_http_set_ratelimit(eb_http_server *srv, eb_ratelimit *rl)
+{
+    srv->rl = rl;
+}
+
+void eb_http_set_denied_hook(eb_http_server *srv, eb_denied_fn fn, void *arg)
+{
+    srv->denied_fn = fn;
+    srv->denied_arg = arg;
+}
+
+void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, void *arg,
+                       bool critical)
+{
+    if (srv->nchecks >= MAX_CHECKS)
+        return;
+    srv->checks[srv->nchecks].name = eb_strdup(name);
+    srv->checks[srv->nchecks].fn = fn;
+    srv->checks[srv->nchecks].arg = arg;
+    srv->checks[srv->nchecks].critical = critical;
+    srv->nchecks++;
+}
+
+eb_status eb_http_listen(eb_http_server *srv)
+{
+    srv->sock = evhttp_bind_socket_with_handle(srv->http, srv->opts.addr,
+                                               (ev_uint16_t)srv->opts.port);
+    if (!srv->sock)
+        return eb_error(EB_ERR_IO, "cannot listen on %s:%d", srv->opts.addr, srv->opts.port);
+    eb_log_info(NULL, "HTTP listening on %s:%d", srv->opts.addr, srv->opts.port);
+    return EB_OK;
+}
+
+int eb_http_in_flight(const eb_http_server *srv)
+{
+    return srv->in_flight;
+}
+
+/* Shutdown runs in two phases on one timer: first the listener stays open for
+ * shutdown_delay_ms while /readyz already says not_ready (connections that reached the backlog
+ * before the signal get accepted, and load balancers stop sending new ones); then the listener
+ * is closed and we wait until no request has been in flight for 100 ms, or the grace ends. */
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    eb_http_server *srv = arg;
+    struct timeval tv = {0, 20000};
+    long long now = mono_ms();
+
+    (void)fd;
+    (void)what;
+    if (srv->sock && now >= srv->listen_until) {
+        evhttp_del_accept_socket(srv->http, srv->sock);
+        srv->sock = NULL;
+        eb_log_info(NULL, "stopped accepting; draining %d requests in flight", srv->in_flight);
+    }
+    if (srv->in_flight > 0)
+        srv->idle_ticks = 0;
+    else
+        srv->idle_ticks++;
+    if ((srv->sock || srv->idle_ticks < 5) && now < srv->drain_deadline) {
+        evtimer_add(srv->drain_timer, &tv);
+        return;
+    }
+    if (srv->in_flight > 0)
+        eb_log_warn(NULL, "shutdown grace period over with %d requests in flight",
+                    srv->in_flight);
+    srv->drain_done(srv->drain_arg);
+}
+
+void eb_http_shutdown(eb_http_server *srv, void (*done)(void *arg), void *arg)
+{
+    struct timeval tv = {0, 0};
+    long long now = mono_ms();
+
+    if (srv->drain_done)
+        return;
+    srv->drain_done = done;
+    srv->drain_arg = arg;
+    srv->listen_until = now + (srv->opts.shutdown_delay_ms >= 0 ? srv->opts.shutdown_delay_ms : 0);
+    srv->drain_deadline = srv->listen_until + (srv->opts.shutdown_grace_ms > 0
+                                                   ? srv->opts.shutdown_grace_ms
+                                                   : 10000);
+    srv->drain_timer = evtimer_new(srv->base, on_drain_tick, srv);
+    evtimer_add(srv->drain_timer, &tv);
+}

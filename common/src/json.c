@@ -1,0 +1,179 @@
+/* json.c -- strict JSON input helpers over cJSON.
+ * cJSON accepts invalid UTF-8 in strings, so bodies are validated before parsing. Field
+ * getters produce errors that name the field and the expected type, for 400 answers. */
+#include "evalbus/json.h"
+#include "evalbus/mem.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool eb_utf8_valid(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t len;
+        unsigned cp;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf) {
+            len = 2;
+            cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + len > n)
+            return false;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
+{
+    const char *end = NULL;
+    cJSON *root;
+
+    *out = NULL;
+    if (n == 0)
+        return eb_error(EB_ERR_INVALID, "request body is empty; expected a JSON object");
+    if (!eb_utf8_valid(data, n))
+        return eb_error(EB_ERR_INVALID, "request body is not valid UTF-8");
+    if (memchr(data, '\0', n))
+        return eb_error(EB_ERR_INVALID, "request body contains a NUL byte");
+    root = cJSON_ParseWithLengthOpts(data, n, &end, false);
+    if (!root) {
+        size_t at = end && end >= data ? (size_t)(end - data) : 0;
+        return eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu", at);
+    }
+    if (end) {
+        while ((size_t)(end - data) < n && (*end == ' ' || *end == '\n' || *end == '\r' ||
+                                            *end == '\t'))
+            end++;
+        if ((size_t)(end - data) < n) {
+            cJSON_Delete(root);
+            return eb_error(EB_ERR_INVALID, "unexpected data after the JSON value at byte %zu",
+                            (size_t)(end - data));
+        }
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return eb_error(EB_ERR_INVALID, "request body must be a JSON object");
+    }
+    *out = root;
+    return EB_OK;
+}
+
+eb_status eb_json_string(const cJSON *obj, const char *name, bool required, size_t max_len,
+                         const char **out)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
+
+    *out = NULL;
+    if (!it || cJSON_IsNull(it)) {
+        if (required)
+            return eb_error(EB_ERR_INVALID, "field '%s' is required", name);
+        return EB_OK;
+    }
+    if (!cJSON_IsString(it))
+        return eb_error(EB_ERR_INVALID, "field '%s' must be a string", name);
+    if (required && !it->valuestring[0])
+        return eb_error(EB_ERR_INVALID, "field '%s' must not be empty", name);
+    if (strlen(it->valuestring) > max_len)
+        return eb_error(EB_ERR_INVALID, "field '%s' is longer than %zu bytes", name, max_len);
+    *out = it->valuestring;
+    return EB_OK;
+}
+
+eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required,
+                               size_t max_items, size_t max_len, const cJSON **out)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
+    const cJSON *e;
+    size_t n = 0;
+
+    *out = NULL;
+    if (!it || cJSON_IsNull(it)) {
+        if (required)
+            return eb_error(EB_ERR_INVALID, "field '%s' is required", name);
+        return EB_OK;
+    }
+    if (!cJSON_IsArray(it))
+        return eb_error(EB_ERR_INVALID, "field '%s' must be an array of strings", name);
+    cJSON_ArrayForEach(e, it)
+    {
+        if (!cJSON_IsString(e))
+            return eb_error(EB_ERR_INVALID, "field '%s' must be an array of strings", name);
+        if (strlen(e->valuestring) > max_len)
+            return eb_error(EB_ERR_INVALID, "an item of '%s' is longer than %zu bytes", name,
+                            max_len);
+        if (++n > max_items)
+            return eb_error(EB_ERR_INVALID, "field '%s' has more than %zu items", name,
+                            max_items);
+    }
+    *out = it;
+    return EB_OK;
+}
+
+eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool integral,
+                         double min, double max, double *out)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
+    double v;
+
+    if (!it || cJSON_IsNull(it)) {
+        if (required)
+            return eb_error(EB_ERR_INVALID, "field '%s' is required", name);
+        return EB_OK;
+    }
+    if (!cJSON_IsNumber(it))
+        return eb_error(EB_ERR_INVALID, "field '%s' must be a number", name);
+    v = it->valuedouble;
+    if (!isfinite(v) || (integral && v != floor(v)))
+        return eb_error(EB_ERR_INVALID, "field '%s' must be %s", name,
+                        integral ? "an integer" : "a finite number");
+    if (v < min || v > max)
+        return eb_error(EB_ERR_INVALID, "field '%s' must be between %g and %g", name, min, max);
+    *out = v;
+    return EB_OK;
+}
+
+void eb_json_add_str(cJSON *obj, const char *name, const char *value, bool null_if_empty)
+{
+    if (!value || (null_if_empty && !*value))
+        cJSON_AddNullToObject(obj, name);
+    else
+        cJSON_AddStringToObject(obj, name, value);
+}
+
+char *eb_json_print(const cJSON *item)
+{
+    char *s = cJSON_PrintUnformatted(item);
+
+    if (!s) {
+        /* cJSON fails only on allocation failure */
+        s = eb_malloc(1);
+        s[0] = '\0';
+    }
+    return s;
+}
