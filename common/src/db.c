@@ -53,6 +53,12 @@ void eb_db_close(eb_db *db)
     free(db);
 }
 
+static void on_notice(void *arg, const char *message)
+{
+    (void)arg;
+    eb_log_debug(NULL, "PostgreSQL: %.*s", (int)strcspn(message, "\n"), message);
+}
+
 static PGconn *connect_db(eb_db *db)
 {
     const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
@@ -67,6 +73,7 @@ static PGconn *connect_db(eb_db *db)
         PQfinish(c);
         return NULL;
     }
+    PQsetNoticeProcessor(c, on_notice, NULL);
     return c;
 }
 
@@ -243,6 +250,7 @@ eb_status eb_db_migrate(PGconn *conn, const char *schema, const eb_migration *mi
 
     if (!valid_schema_name(schema))
         return eb_error(EB_ERR_INVALID, "bad schema name '%s'", schema);
+    PQclear(PQexec(conn, "SET client_min_messages = warning"));
     st = eb_db_exec(conn, "SELECT pg_advisory_lock(7236001, hashtext($1))", 1, p, NULL);
     if (st != EB_OK)
         goto cleanup;
