@@ -14,7 +14,7 @@ void api_audit_list(eb_http_req *req, void *vctx)
     const char *before = eb_http_req_query(req, "cursor");
     const char *action = eb_http_req_query(req, "action");
     long limit = 100;
-    char limit_buf[16];
+    char limit_buf[24];
     const char *params[4];
     PGconn *c;
     PGresult *r = NULL;

@@ -1,0 +1,34 @@
+/* authc.h -- the auth client every service uses to learn who a caller is.
+ * It asks the auth service over NATS (evalbus.v1.auth.verify, protobuf) and caches allowed
+ * answers for a short time, keyed by the SHA-256 of the credential (the credential itself is
+ * never stored). It listens on evalbus.v1.auth.revoked and drops a revoked key, or every entry
+ * of a team whose roles or tier changed, at once. Denials are not cached.
+ * eb_authc_verify() has the eb_authenticate_fn shape, so it plugs into the HTTP server with
+ * eb_http_set_authenticator(srv, eb_authc_verify, client).
+ * Threading: create, verify and free on the loop thread; the NATS callbacks hand their results
+ * back to the loop. */
+#ifndef EVALBUS_AUTHC_H
+#define EVALBUS_AUTHC_H
+
+#include "evalbus/bus.h"
+#include "evalbus/principal.h"
+
+#include <event2/event.h>
+
+typedef struct eb_authc eb_authc;
+
+/* service: the caller's name, sent in VerifyRequest.source. cache_ttl_ms 0 disables the
+ * cache; timeout_ms bounds each request (then done gets EB_ERR_TIMEOUT). */
+eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service,
+                       long long cache_ttl_ms, long long timeout_ms, eb_authc **out);
+/* Pending requests are answered EB_ERR_UNAVAILABLE before it returns. */
+void eb_authc_free(eb_authc *c);
+
+/* impl is the eb_authc. done runs exactly once on the loop thread (at once on a cache hit). */
+void eb_authc_verify(void *impl, const char *credential, const char *request_id,
+                     eb_auth_done done, void *arg);
+
+/* Counters for tests and /metrics: answers from the cache, and requests sent over NATS. */
+void eb_authc_stats(eb_authc *c, unsigned long long *hits, unsigned long long *misses);
+
+#endif

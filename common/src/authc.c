@@ -1,0 +1,405 @@
+/* authc.c -- NATS auth client with a short-lived cache.
+ *
+ * A request gets a sequence number and is published to evalbus.v1.auth.verify with the reply
+ * subject <inbox>.<seq>, where one wildcard subscription <inbox>.* receives every answer.
+ * Answers arrive on a NATS delivery thread: the handler moves the pending entry from the
+ * pending list to the done queue under the mutex and wakes the loop (event_active); the loop
+ * drains the done queue, caches allowed answers and calls the callbacks. A per-request timer
+ * on the loop answers EB_ERR_TIMEOUT if no reply came; a late reply then finds no pending
+ * entry and is dropped.
+ *
+ * The cache is a fixed-size open-addressing table (credential SHA-256 -> principal, expiry),
+ * cleared when half full; revocations mark entries expired. The table is guarded by the mutex
+ * because the revocation handler runs on a NATS thread. */
+#include "evalbus/authc.h"
+#include "evalbus/crypto.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "evalbus/metrics.h"
+#include "evalbus/v1/auth.pb-c.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CACHE_SLOTS 16384
+#define MAX_CREDENTIAL 8192
+
+typedef struct pending {
+    struct pending *next;
+    eb_authc *c;
+    uint64_t seq;
+    char hash[65];
+    eb_auth_done done;
+    void *arg;
+    struct event *timer;
+    /* filled by the NATS thread */
+    bool answered;
+    eb_status st;
+    eb_principal p;
+    char reason[64];
+} pending;
+
+typedef struct centry {
+    bool used;
+    char hash[65];
+    long long expires_ms;
+    eb_principal p;
+} centry;
+
+struct eb_authc {
+    struct event_base *base;
+    eb_bus *bus;
+    char *service;
+    long long ttl_ms;
+    long long timeout_ms;
+    char inbox[128];
+    natsSubscription *reply_sub;
+    natsSubscription *revoked_sub;
+    struct event *wake;
+    pthread_mutex_t mu;
+    pending *waiting; /* sent, no answer yet */
+    pending *ready;   /* answered, callback not yet run */
+    uint64_t next_seq;
+    centry *cache;
+    size_t cache_used;
+    unsigned long long hits, misses;
+};
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static size_t slot_of(const char *hash)
+{
+    uint64_t h = 0;
+
+    for (int i = 0; i < 16; i++)
+        h = (h << 4) | (uint64_t)(hash[i] <= '9' ? hash[i] - '0' : hash[i] - 'a' + 10);
+    return (size_t)(h & (CACHE_SLOTS - 1));
+}
+
+/* Caller holds mu. */
+static centry *cache_find(eb_authc *c, const char *hash, bool create)
+{
+    size_t i;
+
+    if (create && c->cache_used >= CACHE_SLOTS / 2) {
+        memset(c->cache, 0, CACHE_SLOTS * sizeof(centry));
+        c->cache_used = 0;
+    }
+    for (i = slot_of(hash); c->cache[i].used; i = (i + 1) & (CACHE_SLOTS - 1))
+        if (strcmp(c->cache[i].hash, hash) == 0)
+            return &c->cache[i];
+    if (!create)
+        return NULL;
+    c->cache[i].used = true;
+    memcpy(c->cache[i].hash, hash, 65);
+    c->cache_used++;
+    return &c->cache[i];
+}
+
+static void finish(pending *pd)
+{
+    eb_authc *c = pd->c;
+
+    if (pd->timer)
+        event_free(pd->timer);
+    if (pd->st == EB_OK && c->ttl_ms > 0) {
+        long long ttl = c->ttl_ms;
+        if (pd->p.expires_at_ms > 0) {
+            long long left = pd->p.expires_at_ms - (long long)time(NULL) * 1000;
+            ttl = left < ttl ? left : ttl;
+        }
+        if (ttl > 0) {
+            centry *e;
+            pthread_mutex_lock(&c->mu);
+            e = cache_find(c, pd->hash, true);
+            e->p = pd->p;
+            e->expires_ms = mono_ms() + ttl;
+            pthread_mutex_unlock(&c->mu);
+        }
+    }
+    pd->done(pd->st, pd->st == EB_OK ? &pd->p : NULL, pd->reason, pd->arg);
+    free(pd);
+}
+
+/* Loop thread: run the callbacks of answered requests. */
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    eb_authc *c = arg;
+    pending *list;
+
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&c->mu);
+    list = c->ready;
+    c->ready = NULL;
+    pthread_mutex_unlock(&c->mu);
+    while (list) {
+        pending *next = list->next;
+        finish(list);
+        list = next;
+    }
+}
+
+/* Caller holds mu. Removes seq from the waiting list. */
+static pending *take_waiting(eb_authc *c, uint64_t seq)
+{
+    for (pending **pp = &c->waiting; *pp; pp = &(*pp)->next) {
+        if ((*pp)->seq == seq) {
+            pending *pd = *pp;
+            *pp = pd->next;
+            pd->next = NULL;
+            return pd;
+        }
+    }
+    return NULL;
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    pending *pd = arg;
+    eb_authc *c = pd->c;
+    pending *mine;
+
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&c->mu);
+    mine = take_waiting(c, pd->seq);
+    pthread_mutex_unlock(&c->mu);
+    if (!mine)
+        return; /* answered meanwhile; on_wake will finish it */
+    mine->st = eb_error(EB_ERR_TIMEOUT, "the auth service did not answer within %lld ms",
+                        c->timeout_ms);
+    snprintf(mine->reason, sizeof(mine->reason), "timeout");
+    finish(mine);
+}
+
+/* NATS thread. */
+static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    eb_authc *c = closure;
+    const char *subj = natsMsg_GetSubject(msg);
+    const char *dot = strrchr(subj, '.');
+    uint64_t seq = dot ? strtoull(dot + 1, NULL, 10) : 0;
+    Evalbus__V1__VerifyResponse *resp = evalbus__v1__verify_response__unpack(
+        NULL, (size_t)natsMsg_GetDataLength(msg), (const uint8_t *)natsMsg_GetData(msg));
+    pending *pd;
+
+    (void)nc;
+    (void)sub;
+    pthread_mutex_lock(&c->mu);
+    pd = take_waiting(c, seq);
+    if (pd) {
+        pd->answered = true;
+        if (!resp) {
+            pd->st = EB_ERR_UNAVAILABLE;
+            snprintf(pd->reason, sizeof(pd->reason), "bad_reply");
+        } else if (resp->allowed && resp->principal) {
+            pd->st = EB_OK;
+            eb_principal_from_pb(resp->principal, &pd->p);
+        } else {
+            pd->st = strcmp(resp->reason ? resp->reason : "", "unavailable") == 0
+                         ? EB_ERR_UNAVAILABLE
+                         : EB_ERR_UNAUTHENTICATED;
+            snprintf(pd->reason, sizeof(pd->reason), "%s",
+                     resp->reason && *resp->reason ? resp->reason : "denied");
+        }
+        pd->next = c->ready;
+        c->ready = pd;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (pd)
+        event_active(c->wake, EV_READ, 0);
+    if (resp)
+        evalbus__v1__verify_response__free_unpacked(resp, NULL);
+    natsMsg_Destroy(msg);
+}
+
+/* NATS thread. */
+static void on_revoked(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    eb_authc *c = closure;
+    Evalbus__V1__KeyRevoked *kr = evalbus__v1__key_revoked__unpack(
+        NULL, (size_t)natsMsg_GetDataLength(msg), (const uint8_t *)natsMsg_GetData(msg));
+
+    (void)nc;
+    (void)sub;
+    if (kr) {
+        pthread_mutex_lock(&c->mu);
+        if (kr->key_hash_hex && strlen(kr->key_hash_hex) == 64) {
+            centry *e = cache_find(c, kr->key_hash_hex, false);
+            if (e)
+                e->expires_ms = 0;
+        } else if (kr->envelope && kr->envelope->team_id && *kr->envelope->team_id) {
+            for (size_t i = 0; i < CACHE_SLOTS; i++)
+                if (c->cache[i].used && strcmp(c->cache[i].p.team_id, kr->envelope->team_id) == 0)
+                    c->cache[i].expires_ms = 0;
+        }
+        pthread_mutex_unlock(&c->mu);
+        evalbus__v1__key_revoked__free_unpacked(kr, NULL);
+    }
+    natsMsg_Destroy(msg);
+}
+
+eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service,
+                       long long cache_ttl_ms, long long timeout_ms, eb_authc **out)
+{
+    eb_authc *c = eb_calloc(1, sizeof(*c));
+    char nuid[64], wildcard[160];
+    natsStatus s;
+    eb_status st = EB_OK;
+
+    *out = NULL;
+    c->base = base;
+    c->bus = bus;
+    c->service = eb_strdup(service);
+    c->ttl_ms = cache_ttl_ms;
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 2000;
+    c->cache = eb_calloc(CACHE_SLOTS, sizeof(centry));
+    c->next_seq = 1;
+    pthread_mutex_init(&c->mu, NULL);
+    c->wake = event_new(base, -1, 0, on_wake, c);
+    eb_uuid_v4(nuid);
+    snprintf(c->inbox, sizeof(c->inbox), "_INBOX.authc.%s", nuid);
+    snprintf(wildcard, sizeof(wildcard), "%s.*", c->inbox);
+    s = natsConnection_Subscribe(&c->reply_sub, eb_bus_conn(bus), wildcard, on_reply, c);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&c->revoked_sub, eb_bus_conn(bus), "evalbus.v1.auth.revoked",
+                                     on_revoked, c);
+    if (s != NATS_OK) {
+        st = eb_bus_error(s, "auth client subscriptions");
+        eb_authc_free(c);
+        return st;
+    }
+    eb_metrics_describe("evalbus_authc_requests_total", "counter",
+                        "Credential checks by the auth client, by source (cache or nats)");
+    *out = c;
+    return EB_OK;
+}
+
+void eb_authc_free(eb_authc *c)
+{
+    pending *list;
+
+    if (!c)
+        return;
+    if (c->reply_sub) {
+        natsSubscription_Unsubscribe(c->reply_sub);
+        natsSubscription_Destroy(c->reply_sub);
+    }
+    if (c->revoked_sub) {
+        natsSubscription_Unsubscribe(c->revoked_sub);
+        natsSubscription_Destroy(c->revoked_sub);
+    }
+    /* No NATS thread can touch c any more: answer everything still open. */
+    on_wake(-1, 0, c);
+    list = c->waiting;
+    c->waiting = NULL;
+    while (list) {
+        pending *next = list->next;
+        list->st = EB_ERR_UNAVAILABLE;
+        snprintf(list->reason, sizeof(list->reason), "shutting_down");
+        finish(list);
+        list = next;
+    }
+    if (c->wake)
+        event_free(c->wake);
+    pthread_mutex_destroy(&c->mu);
+    free(c->cache);
+    free(c->service);
+    free(c);
+}
+
+void eb_authc_stats(eb_authc *c, unsigned long long *hits, unsigned long long *misses)
+{
+    pthread_mutex_lock(&c->mu);
+    *hits = c->hits;
+    *misses = c->misses;
+    pthread_mutex_unlock(&c->mu);
+}
+
+void eb_authc_verify(void *impl, const char *credential, const char *request_id,
+                     eb_auth_done done, void *arg)
+{
+    eb_authc *c = impl;
+    Evalbus__V1__VerifyRequest vr = EVALBUS__V1__VERIFY_REQUEST__INIT;
+    size_t len = credential ? strnlen(credential, MAX_CREDENTIAL + 1) : 0;
+    char hash[65], subject[200];
+    uint8_t *buf;
+    size_t blen;
+    pending *pd;
+    natsStatus s;
+    struct timeval tv;
+
+    if (len == 0 || len > MAX_CREDENTIAL) {
+        eb_error(EB_ERR_UNAUTHENTICATED, "credential is empty or too long");
+        done(EB_ERR_UNAUTHENTICATED, NULL, "malformed", arg);
+        return;
+    }
+    eb_sha256_hex(credential, len, hash);
+    if (c->ttl_ms > 0) {
+        eb_principal p;
+        bool hit = false;
+        centry *e;
+        pthread_mutex_lock(&c->mu);
+        e = cache_find(c, hash, false);
+        if (e && e->expires_ms > mono_ms()) {
+            p = e->p;
+            hit = true;
+            c->hits++;
+        }
+        pthread_mutex_unlock(&c->mu);
+        if (hit) {
+            eb_metrics_add("evalbus_authc_requests_total", "source=\"cache\"", 1);
+            done(EB_OK, &p, "", arg);
+            return;
+        }
+    }
+    pd = eb_calloc(1, sizeof(*pd));
+    pd->c = c;
+    memcpy(pd->hash, hash, 65);
+    pd->done = done;
+    pd->arg = arg;
+    pthread_mutex_lock(&c->mu);
+    pd->seq = c->next_seq++;
+    c->misses++;
+    pd->next = c->waiting;
+    c->waiting = pd;
+    pthread_mutex_unlock(&c->mu);
+    pd->timer = evtimer_new(c->base, on_timeout, pd);
+    tv.tv_sec = c->timeout_ms / 1000;
+    tv.tv_usec = (c->timeout_ms % 1000) * 1000;
+    evtimer_add(pd->timer, &tv);
+
+    vr.credential = (char *)credential;
+    vr.request_id = (char *)(request_id ? request_id : "");
+    vr.source = c->service;
+    blen = evalbus__v1__verify_request__get_packed_size(&vr);
+    buf = eb_malloc(blen);
+    evalbus__v1__verify_request__pack(&vr, buf);
+    snprintf(subject, sizeof(subject), "%s.%llu", c->inbox, (unsigned long long)pd->seq);
+    eb_metrics_add("evalbus_authc_requests_total", "source=\"nats\"", 1);
+    s = natsConnection_PublishRequest(eb_bus_conn(c->bus), "evalbus.v1.auth.verify", subject, buf,
+                                      (int)blen);
+    free(buf);
+    if (s != NATS_OK) {
+        pending *mine;
+        pthread_mutex_lock(&c->mu);
+        mine = take_waiting(c, pd->seq);
+        pthread_mutex_unlock(&c->mu);
+        if (mine) {
+            mine->st = eb_bus_error(s, "sending auth.verify");
+            snprintf(mine->reason, sizeof(mine->reason), "unavailable");
+            finish(mine);
+        }
+    }
+}

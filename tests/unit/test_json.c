@@ -1,0 +1,128 @@
+/* test_json.c -- strict UTF-8 and JSON object parsing, typed field access errors. */
+#include "evalbus/json.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+typedef struct utf8_case {
+    const char *bytes;
+    size_t len;
+    bool valid;
+} utf8_case;
+
+static void test_utf8(void **state)
+{
+    static const utf8_case cases[] = {
+        {"plain ascii", 11, true},
+        {"caf\xc3\xa9", 5, true},
+        {"\xe2\x82\xac", 3, true},          /* euro sign */
+        {"\xf0\x9f\x98\x80", 4, true},      /* emoji */
+        {"\xc3", 1, false},                 /* truncated */
+        {"\xc0\xaf", 2, false},             /* overlong '/' */
+        {"\xe0\x80\xaf", 3, false},         /* overlong */
+        {"\xed\xa0\x80", 3, false},         /* surrogate */
+        {"\xf4\x90\x80\x80", 4, false},     /* above U+10FFFF */
+        {"\xff", 1, false},
+        {"\x80", 1, false},                 /* lone continuation */
+        {"ok\xe2\x82", 4, false},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (eb_utf8_valid(cases[i].bytes, cases[i].len) != cases[i].valid)
+            fail_msg("case %zu: expected %s", i, cases[i].valid ? "valid" : "invalid");
+}
+
+typedef struct parse_case {
+    const char *body;
+    eb_status st;
+    const char *mention;
+} parse_case;
+
+static void test_parse_object(void **state)
+{
+    static const parse_case cases[] = {
+        {"{\"a\":1}", EB_OK, NULL},
+        {"  {\"a\":1}  \n", EB_OK, NULL},
+        {"", EB_ERR_INVALID, "empty"},
+        {"[1,2]", EB_ERR_INVALID, "object"},
+        {"\"s\"", EB_ERR_INVALID, "object"},
+        {"{\"a\":", EB_ERR_INVALID, "malformed"},
+        {"{\"a\":1} {}", EB_ERR_INVALID, "after"},
+        {"{\"a\":\"\xff\"}", EB_ERR_INVALID, "UTF-8"},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cJSON *o = NULL;
+        eb_status st = eb_json_parse_object(cases[i].body, strlen(cases[i].body), &o);
+        if (st != cases[i].st)
+            fail_msg("case %zu: status %s", i, eb_status_str(st));
+        if (cases[i].mention && !strstr(eb_error_message(), cases[i].mention))
+            fail_msg("case %zu: message '%s' lacks '%s'", i, eb_error_message(),
+                     cases[i].mention);
+        if (st == EB_OK)
+            assert_non_null(o);
+        else
+            assert_null(o);
+        cJSON_Delete(o);
+    }
+}
+
+static void test_nul_inside_body(void **state)
+{
+    const char body[] = "{\"a\":1}\0junk";
+    cJSON *o = NULL;
+
+    (void)state;
+    assert_int_equal(eb_json_parse_object(body, sizeof(body) - 1, &o), EB_ERR_INVALID);
+}
+
+static void test_fields(void **state)
+{
+    cJSON *o = cJSON_Parse("{\"s\":\"abc\",\"n\":3,\"f\":1.5,\"e\":\"\",\"arr\":[\"x\",\"y\"],"
+                           "\"bad\":[1],\"nul\":null}");
+    const char *s = NULL;
+    const cJSON *arr = NULL;
+    double d = 0;
+
+    (void)state;
+    assert_int_equal(eb_json_string(o, "s", true, 10, &s), EB_OK);
+    assert_string_equal(s, "abc");
+    assert_int_equal(eb_json_string(o, "s", true, 2, &s), EB_ERR_INVALID);
+    assert_non_null(strstr(eb_error_message(), "'s'"));
+    assert_int_equal(eb_json_string(o, "n", true, 10, &s), EB_ERR_INVALID);
+    assert_non_null(strstr(eb_error_message(), "must be a string"));
+    assert_int_equal(eb_json_string(o, "missing", true, 10, &s), EB_ERR_INVALID);
+    assert_int_equal(eb_json_string(o, "missing", false, 10, &s), EB_OK);
+    assert_null(s);
+    assert_int_equal(eb_json_string(o, "nul", false, 10, &s), EB_OK);
+    assert_null(s);
+    assert_int_equal(eb_json_string(o, "e", true, 10, &s), EB_ERR_INVALID);
+    assert_int_equal(eb_json_string_array(o, "arr", true, 5, 5, &arr), EB_OK);
+    assert_int_equal(cJSON_GetArraySize(arr), 2);
+    assert_int_equal(eb_json_string_array(o, "arr", true, 1, 5, &arr), EB_ERR_INVALID);
+    assert_int_equal(eb_json_string_array(o, "bad", true, 5, 5, &arr), EB_ERR_INVALID);
+    assert_int_equal(eb_json_number(o, "n", true, true, 0, 10, &d), EB_OK);
+    assert_true(d == 3);
+    assert_int_equal(eb_json_number(o, "f", true, true, 0, 10, &d), EB_ERR_INVALID);
+    assert_int_equal(eb_json_number(o, "n", true, false, 4, 10, &d), EB_ERR_INVALID);
+    assert_int_equal(eb_json_number(o, "s", true, false, 0, 10, &d), EB_ERR_INVALID);
+    cJSON_Delete(o);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_parse_object),
+        cmocka_unit_test(test_nul_inside_body),
+        cmocka_unit_test(test_fields),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
