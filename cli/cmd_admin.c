@@ -190,7 +190,7 @@ static int set_tier(const cli_env *env, int argc, char **argv)
     if (env->nats_url && *env->nats_url) {
         eb_bus *bus = NULL;
         if (eb_bus_connect(NULL, env->nats_url, "evalbus-cli", 2000, &bus) == EB_OK &&
-            auth_publish_revoked(eb_bus_conn(bus), team_id, NULL, NULL) == EB_OK)
+            auth_publish_revoked(eb_bus_conn(bus), team_id, NULL, NULL, true) == EB_OK)
             printf("caches told to reload team %s\n", team);
         else
             fprintf(stderr, "evalbus: warning: could not broadcast the change on NATS (%s); it "

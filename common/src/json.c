@@ -177,3 +177,40 @@ char *eb_json_print(const cJSON *item)
     }
     return s;
 }
+
+static bool digits(const char *s, int n, int min, int max)
+{
+    int v = 0;
+
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v >= min && v <= max;
+}
+
+bool eb_rfc3339_valid(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    const char *p;
+
+    if (n < 20 || n > 40)
+        return false;
+    if (!digits(s, 4, 0, 9999) || s[4] != '-' || !digits(s + 5, 2, 1, 12) || s[7] != '-' ||
+        !digits(s + 8, 2, 1, 31) || (s[10] != 'T' && s[10] != 't') || !digits(s + 11, 2, 0, 23) ||
+        s[13] != ':' || !digits(s + 14, 2, 0, 59) || s[16] != ':' || !digits(s + 17, 2, 0, 60))
+        return false;
+    p = s + 19;
+    if (*p == '.') {
+        p++;
+        if (*p < '0' || *p > '9')
+            return false;
+        while (*p >= '0' && *p <= '9')
+            p++;
+    }
+    if ((*p == 'Z' || *p == 'z') && p[1] == '\0')
+        return true;
+    return (*p == '+' || *p == '-') && digits(p + 1, 2, 0, 23) && p[3] == ':' &&
+           digits(p + 4, 2, 0, 59) && p[6] == '\0';
+}

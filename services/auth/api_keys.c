@@ -67,6 +67,11 @@ void api_key_create(eb_http_req *req, void *vctx)
                       eb_role_str(role), eb_role_str(p->role));
         goto fail;
     }
+    if (expires && !eb_rfc3339_valid(expires)) {
+        st = eb_error(EB_ERR_INVALID, "field 'expires_at' must be an RFC 3339 timestamp such as "
+                                      "2027-01-31T00:00:00Z");
+        goto fail;
+    }
     eb_buf_putc(&arr, '{');
     cJSON_ArrayForEach(e, scopes)
     {

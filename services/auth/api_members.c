@@ -316,7 +316,8 @@ void api_invitations_list(eb_http_req *req, void *vctx)
     if (!c)
         return;
     st = eb_db_exec(c, "SELECT " INVITATION_COLUMNS " FROM auth.invitations"
-                       " WHERE team_id = $1::uuid ORDER BY created_at DESC LIMIT 1000",
+                       " WHERE team_id = $1::uuid AND revoked_at IS NULL"
+                       " ORDER BY created_at DESC LIMIT 1000",
                     1, params, &r);
     if (st != EB_OK) {
         api_fail(ctx, req, c, st);

@@ -21,7 +21,7 @@ extern const size_t eb_migrations_auth_count;
 
 #define T auth_config
 static const eb_setting settings[] = {
-    EB_SERVICE_SETTINGS(auth_config, svc, "8085"),
+    EB_SERVICE_SETTINGS(auth_config, svc, "8085", "64KiB"),
     {"jwt-secret", "EVALBUS_JWT_SECRET", EB_SET_STRING, NULL, 0, 0, true, offsetof(T, jwt_secret),
      "HS256 key for session tokens, at least 32 characters (required)"},
     {"jwt-issuer", "EVALBUS_JWT_ISSUER", EB_SET_STRING, "evalbus", 0, 0, false,
@@ -99,7 +99,8 @@ void auth_broadcast_revoked(auth_ctx *ctx, const char *team_id, const char *key_
         auth_verifier_drop_key(ctx->verifier, key_hash_hex);
     else
         auth_verifier_drop_team(ctx->verifier, team_id);
-    if (auth_publish_revoked(eb_bus_conn(ctx->svc.bus), team_id, key_id, key_hash_hex) != EB_OK)
+    if (auth_publish_revoked(eb_bus_conn(ctx->svc.bus), team_id, key_id, key_hash_hex, false) !=
+        EB_OK)
         eb_log_error(NULL, "revocation for team %s not broadcast (caches expire within the "
                      "verify-cache-ttl): %s", team_id, eb_error_message());
 }

@@ -11,7 +11,7 @@
 #include <sys/time.h>
 
 eb_status auth_publish_revoked(natsConnection *nc, const char *team_id, const char *key_id,
-                               const char *key_hash_hex)
+                               const char *key_hash_hex, bool flush)
 {
     Evalbus__V1__KeyRevoked msg = EVALBUS__V1__KEY_REVOKED__INIT;
     Evalbus__V1__Envelope env = EVALBUS__V1__ENVELOPE__INIT;
@@ -34,7 +34,7 @@ eb_status auth_publish_revoked(natsConnection *nc, const char *team_id, const ch
     buf = eb_malloc(len);
     evalbus__v1__key_revoked__pack(&msg, buf);
     s = natsConnection_Publish(nc, AUTH_SUBJECT_REVOKED, buf, (int)len);
-    if (s == NATS_OK)
+    if (s == NATS_OK && flush)
         s = natsConnection_Flush(nc);
     free(buf);
     if (s != NATS_OK)

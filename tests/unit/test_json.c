@@ -116,6 +116,27 @@ static void test_fields(void **state)
     cJSON_Delete(o);
 }
 
+static void test_rfc3339(void **state)
+{
+    static const struct {
+        const char *s;
+        bool ok;
+    } cases[] = {
+        {"2026-11-22T10:00:00Z", true},       {"2026-11-22T10:00:01.25Z", true},
+        {"2026-11-22t10:00:00z", true},       {"2026-11-22T10:00:00+05:30", true},
+        {"2026-11-22T10:00:00-08:00", true},  {"tomorrow", false},
+        {"2026-11-22", false},                {"2026-11-22 10:00:00Z", false},
+        {"2026-13-01T00:00:00Z", false},      {"2026-11-22T24:00:00Z", false},
+        {"2026-11-22T10:00:00", false},       {"2026-11-22T10:00:00.Z", false},
+        {"2026-11-22T10:00:00+0530", false},  {"2026-11-22T10:00:00Zjunk", false},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (eb_rfc3339_valid(cases[i].s) != cases[i].ok)
+            fail_msg("'%s' should be %s", cases[i].s, cases[i].ok ? "valid" : "invalid");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -123,6 +144,7 @@ int main(void)
         cmocka_unit_test(test_parse_object),
         cmocka_unit_test(test_nul_inside_body),
         cmocka_unit_test(test_fields),
+        cmocka_unit_test(test_rfc3339),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,6 +30,10 @@ eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required
 eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool integral,
                          double min, double max, double *out);
 
+/* True if s is an RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM), with
+ * fields in range ('t' and 'z' accepted in either case). */
+bool eb_rfc3339_valid(const char *s);
+
 /* Adds a string member, or null when value is NULL or "" and null_if_empty is true. */
 void eb_json_add_str(cJSON *obj, const char *name, const char *value, bool null_if_empty);
 

@@ -31,8 +31,8 @@ typedef struct eb_service_config {
 } eb_service_config;
 
 /* Settings rows for the eb_service_config member `m` of struct `T`; port is the default port
- * as a string literal. */
-#define EB_SERVICE_SETTINGS(T, m, port)                                                           \
+ * and body the default body limit, as string literals ("8085", "64KiB"). */
+#define EB_SERVICE_SETTINGS(T, m, port, body)                                                           \
     {"http-addr", "EVALBUS_HTTP_ADDR", EB_SET_STRING, "127.0.0.1", 0, 0, false,                  \
      offsetof(T, m.http_addr), "address the HTTP server binds"},                                  \
         {"http-port", "EVALBUS_HTTP_PORT", EB_SET_INT, port, 1, 65535, false,                     \
@@ -46,7 +46,7 @@ typedef struct eb_service_config {
          offsetof(T, m.redis_url), "Redis URL (rate limits, caches); empty disables Redis"},      \
         {"log-level", "EVALBUS_LOG_LEVEL", EB_SET_STRING, "info", 0, 0, false,                    \
          offsetof(T, m.log_level), "debug | info | warn | error"},                                \
-        {"max-body", "EVALBUS_MAX_BODY", EB_SET_SIZE, "1MiB", 1, 1073741824.0, false,             \
+        {"max-body", "EVALBUS_MAX_BODY", EB_SET_SIZE, body, 1, 1073741824.0, false,             \
          offsetof(T, m.max_body), "largest accepted HTTP request body (413 above)"},              \
         {"db-pool", "EVALBUS_DB_POOL", EB_SET_INT, "4", 1, 256, false, offsetof(T, m.db_pool),    \
          "PostgreSQL connections per process"},                                                   \
