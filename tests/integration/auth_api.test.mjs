@@ -1,0 +1,243 @@
+// The auth service's HTTP API, straight to evalbus-auth: health, readiness, metrics, login and
+// its JWT, whoami, teams, users and keys.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  DOWN_TIMEOUT_MS,
+  RFC3339_RE,
+  Stack,
+  UP_TIMEOUT_MS,
+  assertError,
+  assertStatus,
+  decodeJwt,
+  uniqueSlug,
+} from './harness.mjs';
+
+const stack = new Stack('api');
+const T = { timeout: 60_000 };
+const ALL_SCOPES = ['traces:write', 'traces:read', 'exports:write', 'exports:read', 'analytics:read', 'admin'];
+
+describe('auth HTTP API', () => {
+  let owner; // bootstrap result
+  let session; // login response of the owner
+
+  before(async () => {
+    await stack.up();
+    owner = await stack.bootstrap(uniqueSlug('api'));
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('GET /healthz answers 200 {"status":"ok"} with a fresh X-Request-Id each time', T, stack.wrap(async () => {
+    const a = await stack.api('GET', '/healthz');
+    const b = await stack.api('GET', '/healthz');
+    assertStatus(a, 200);
+    assert.deepEqual(a.body, { status: 'ok' });
+    assert.notEqual(a.headers.get('x-request-id'), b.headers.get('x-request-id'), 'request ids are unique');
+  }));
+
+  it('GET /readyz is ready with postgres, nats and redis all ok', T, stack.wrap(async () => {
+    const r = await stack.api('GET', '/readyz');
+    assertStatus(r, 200);
+    assert.equal(r.body.status, 'ready');
+    for (const dep of ['postgres', 'nats', 'redis']) {
+      assert.equal(r.body.checks?.[dep]?.ok, true, `checks.${dep}.ok: ${r.text}`);
+    }
+  }));
+
+  it('GET /metrics is Prometheus text with evalbus_http_requests_total', T, stack.wrap(async () => {
+    await stack.api('GET', '/healthz');
+    const r = await stack.api('GET', '/metrics');
+    assertStatus(r, 200);
+    assert.match(r.headers.get('content-type') ?? '', /^text\/plain/);
+    assert.match(r.text, /^# TYPE evalbus_http_requests_total counter$/m);
+    assert.match(r.text, /^evalbus_http_requests_total(\{[^}]*\})? \d+(\.\d+)?(e[+-]?\d+)?$/m);
+  }));
+
+  it('login returns an HS256 JWT with the documented claims', T, stack.wrap(async () => {
+    const before = Math.floor(Date.now() / 1000);
+    session = await stack.login(owner.email, owner.password);
+    assert.equal(typeof session.token, 'string');
+    assert.equal(typeof session.user_id, 'string');
+    assert.ok(session.user_id.length > 0);
+    assert.equal(session.team.slug, owner.team);
+    assert.equal(typeof session.team.id, 'string');
+    assert.equal(session.role, 'owner');
+    assert.match(session.expires_at, RFC3339_RE);
+
+    const jwt = decodeJwt(session.token);
+    assert.equal(jwt.header.alg, 'HS256');
+    const c = jwt.payload;
+    for (const claim of ['iss', 'aud', 'exp', 'iat', 'sub', 'team', 'role']) {
+      assert.ok(c[claim] !== undefined && c[claim] !== '', `JWT claim ${claim} present: ${JSON.stringify(c)}`);
+    }
+    assert.equal(c.sub, session.user_id);
+    assert.equal(c.team, session.team.id);
+    assert.equal(c.role, 'owner');
+    assert.ok(c.iat >= before - 5 && c.iat <= Math.ceil(Date.now() / 1000) + 5, `iat is now: ${c.iat}`);
+    assert.ok(c.exp > c.iat, 'exp after iat');
+    assert.ok(Math.abs(Date.parse(session.expires_at) / 1000 - c.exp) <= 1, 'expires_at matches exp');
+  }));
+
+  it('login with a wrong password or an unknown email is 401 with the same message', T, stack.wrap(async () => {
+    const wrong = await stack.api('POST', '/api/v1/auth/login', {
+      body: { email: owner.email, password: 'definitely-not-it' },
+    });
+    assertError(wrong, 'unauthenticated', 'wrong password');
+    const unknown = await stack.api('POST', '/api/v1/auth/login', {
+      body: { email: `nobody-${Date.now()}@example.com`, password: 'definitely-not-it' },
+    });
+    assertError(unknown, 'unauthenticated', 'unknown email');
+    assert.equal(wrong.body.error.message, unknown.body.error.message, 'no user enumeration through the message');
+    const missing = await stack.api('POST', '/api/v1/auth/login', { body: { email: owner.email } });
+    assertError(missing, 'invalid_argument', 'missing password');
+  }));
+
+  it('whoami describes a key and a session', T, stack.wrap(async () => {
+    const k = await stack.whoami(owner.key);
+    assert.equal(k.team.slug, owner.team);
+    assert.equal(k.team.tier, 'free');
+    assert.equal(typeof k.team.id, 'string');
+    assert.equal(k.role, 'owner');
+    assert.ok(k.key_id, 'a key has a key_id');
+    for (const s of ALL_SCOPES) assert.ok(k.scopes.includes(s), `owner key scope ${s}`);
+    assert.deepEqual(k.rate_limit, { tier: 'free', rate_per_sec: 20, burst: 100, unlimited: false });
+    assert.ok('project' in k, 'whoami has a project field');
+
+    assert.ok(session, 'needs the login test');
+    const s = await stack.whoami(session.token);
+    assert.equal(s.user_id, session.user_id);
+    assert.equal(s.team.id, session.team.id);
+    assert.equal(s.role, 'owner');
+    assert.ok(!s.key_id, `a session has no key_id: ${JSON.stringify(s.key_id)}`);
+    assert.ok(Array.isArray(s.scopes));
+  }));
+
+  it('GET /api/v1/teams/current describes the credential\'s team', T, stack.wrap(async () => {
+    const me = await stack.whoami(owner.key);
+    const r = await stack.api('GET', '/api/v1/teams/current', { key: owner.key });
+    assertStatus(r, 200);
+    assert.equal(r.body.id, me.team.id);
+    assert.equal(r.body.slug, owner.team);
+    assert.equal(typeof r.body.name, 'string');
+    assert.equal(r.body.tier, 'free');
+    assert.match(r.body.created_at, RFC3339_RE);
+  }));
+
+  it('POST /api/v1/teams: a session creates a team and becomes its owner; keys may not', T, stack.wrap(async () => {
+    assert.ok(session, 'needs the login test');
+    const slug = uniqueSlug('new');
+    const r = await stack.api('POST', '/api/v1/teams', { key: session.token, body: { slug, name: 'New Team' } });
+    assertStatus(r, 201, 'create team');
+    assert.equal(r.body.slug, slug);
+    assert.equal(r.body.name, 'New Team');
+    assert.equal(r.body.tier, 'free', 'new teams are free');
+    assert.ok(r.body.id);
+    assert.match(r.body.created_at, RFC3339_RE);
+
+    const s2 = await stack.login(owner.email, owner.password, slug);
+    assert.equal(s2.team.slug, slug);
+    assert.equal(s2.team.id, r.body.id);
+    assert.equal(s2.role, 'owner');
+    const cur = await stack.api('GET', '/api/v1/teams/current', { key: s2.token });
+    assert.equal(cur.body.id, r.body.id);
+    const users = await stack.api('GET', '/api/v1/users', { key: s2.token });
+    assertStatus(users, 200);
+    assert.deepEqual(users.body.users.map((u) => [u.id, u.role]), [[session.user_id, 'owner']]);
+
+    const byKey = await stack.api('POST', '/api/v1/teams', { key: owner.key, body: { slug: uniqueSlug('k'), name: 'x' } });
+    assertError(byKey, 'forbidden', 'an API key cannot create teams');
+    for (const bad of ['Bad Slug', 'UPPER', 'a_b', '', 'dots.not.ok']) {
+      const b = await stack.api('POST', '/api/v1/teams', { key: session.token, body: { slug: bad, name: 'x' } });
+      assertError(b, 'invalid_argument', `slug ${JSON.stringify(bad)}`);
+    }
+    const taken = await stack.api('POST', '/api/v1/teams', { key: session.token, body: { slug: owner.team, name: 'dup' } });
+    assertError(taken, 'conflict', 'taken slug');
+    const noAuth = await stack.api('POST', '/api/v1/teams', { body: { slug: uniqueSlug('n'), name: 'x' } });
+    assertError(noAuth, 'unauthenticated');
+  }));
+
+  it('keys: create shows the key once, list never shows a secret, role defaults to member', T, stack.wrap(async () => {
+    const created = await stack.createKey(owner.key, { name: 'ci', scopes: ['traces:write', 'traces:read'], project: 'web' });
+    for (const f of ['id', 'key', 'prefix', 'name', 'scopes', 'role', 'project', 'expires_at', 'created_at']) {
+      assert.ok(f in created, `create key response has ${f}: ${JSON.stringify(Object.keys(created))}`);
+    }
+    assert.equal(created.role, 'member');
+    assert.equal(created.name, 'ci');
+    assert.equal(created.project, 'web');
+    assert.equal(created.prefix, created.key.split('_')[1]);
+    assert.deepEqual([...created.scopes].sort(), ['traces:read', 'traces:write']);
+    assert.match(created.created_at, RFC3339_RE);
+
+    const list = await stack.api('GET', '/api/v1/keys', { key: owner.key });
+    assertStatus(list, 200);
+    const row = list.body.keys.find((k) => k.id === created.id);
+    assert.ok(row, 'the new key is listed');
+    assert.equal(row.prefix, created.prefix);
+    assert.equal(row.name, 'ci');
+    const secret = created.key.slice(created.key.lastIndexOf('_') + 1);
+    const ownerSecret = owner.key.slice(owner.key.lastIndexOf('_') + 1);
+    assert.ok(!list.text.includes(secret) && !list.text.includes(ownerSecret), 'no key secret in GET /api/v1/keys');
+    assert.ok(!list.text.includes(created.key), 'no full key in GET /api/v1/keys');
+
+    const unknownScope = await stack.api('POST', '/api/v1/keys', { key: owner.key, body: { name: 'x', scopes: ['traces:delete'] } });
+    assertError(unknownScope, 'invalid_argument', 'unknown scope');
+    const badRole = await stack.api('POST', '/api/v1/keys', { key: owner.key, body: { name: 'x', scopes: ['traces:read'], role: 'emperor' } });
+    assertError(badRole, 'invalid_argument', 'unknown role');
+    const r2 = await stack.api('DELETE', '/api/v1/keys/00000000-0000-4000-8000-000000000000', { key: owner.key });
+    assertError(r2, 'not_found', 'revoking an unknown key id');
+  }));
+
+  it('users: list, change a role, the last owner stays, remove a member', T, stack.wrap(async () => {
+    const m = await stack.addMember(owner.key, 'member');
+    let list = await stack.api('GET', '/api/v1/users', { key: owner.key });
+    assertStatus(list, 200);
+    const mine = list.body.users.find((u) => u.email === owner.email);
+    assert.ok(mine, 'the owner is listed');
+    assert.equal(mine.role, 'owner');
+    assert.match(mine.joined_at, RFC3339_RE);
+    const row = list.body.users.find((u) => u.id === m.user_id);
+    assert.ok(row, 'the new member is listed');
+    assert.equal(row.email, m.email);
+    assert.equal(row.role, 'member');
+
+    const p = await stack.api('PATCH', `/api/v1/users/${m.user_id}`, { key: owner.key, body: { role: 'admin' } });
+    assertStatus(p, 200, 'promote to admin');
+    assert.equal(p.body.id, m.user_id);
+    assert.equal(p.body.role, 'admin');
+    const s = await stack.login(m.email, m.password);
+    assert.equal(s.role, 'admin', 'the new role shows at login');
+
+    const last = await stack.api('PATCH', `/api/v1/users/${mine.id}`, { key: owner.key, body: { role: 'admin' } });
+    assertError(last, 'conflict', 'demoting the last owner');
+    const badRole = await stack.api('PATCH', `/api/v1/users/${m.user_id}`, { key: owner.key, body: { role: 'god' } });
+    assertError(badRole, 'invalid_argument', 'unknown role');
+
+    const d = await stack.api('DELETE', `/api/v1/users/${m.user_id}`, { key: owner.key });
+    assertStatus(d, 200, 'remove member');
+    assert.equal(d.body.id, m.user_id);
+    list = await stack.api('GET', '/api/v1/users', { key: owner.key });
+    assert.ok(!list.body.users.some((u) => u.id === m.user_id), 'the removed member is gone');
+    const again = await stack.api('DELETE', `/api/v1/users/${m.user_id}`, { key: owner.key });
+    assertError(again, 'not_found', 'removing a removed member');
+  }));
+
+  it('every response carries X-Request-Id, errors included', T, stack.wrap(async () => {
+    const cases = [
+      ['GET', '/healthz', {}],
+      ['GET', '/readyz', {}],
+      ['GET', '/metrics', {}],
+      ['GET', '/api/v1/auth/whoami', { key: owner.key }],
+      ['GET', '/api/v1/auth/whoami', {}],
+      ['GET', '/api/v1/no-such-route', { key: owner.key }],
+      ['POST', '/api/v1/auth/login', { body: {} }],
+    ];
+    for (const [m, p, o] of cases) {
+      const r = await stack.api(m, p, o);
+      assert.ok(r.headers.get('x-request-id'), `${m} ${p} -> ${r.status} has X-Request-Id`);
+    }
+    const nf = await stack.api('GET', '/api/v1/no-such-route', { key: owner.key });
+    assertError(nf, 'not_found', 'unknown route');
+  }));
+});

@@ -1,0 +1,116 @@
+// Redis holds only what can be lost. Killed mid-test (SIGKILL), auth keeps serving with a local
+// rate limit and reports "degraded"; `scripts/stack up` brings Redis back and auth is "ready"
+// again within a few seconds.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  DOWN_TIMEOUT_MS,
+  Stack,
+  UP_TIMEOUT_MS,
+  assertError,
+  assertStatus,
+  connectionRefused,
+  mapLimit,
+  pollUntil,
+  uniqueSlug,
+} from './harness.mjs';
+
+const stack = new Stack('redis');
+const T = { timeout: 90_000 };
+
+describe('Redis killed mid-test', () => {
+  let owner;
+  let other; // a second team, for the local rate-limit burst
+  let session;
+
+  before(async () => {
+    await stack.up();
+    owner = await stack.bootstrap(uniqueSlug('redis'));
+    other = await stack.bootstrap(uniqueSlug('redis2'));
+    session = await stack.login(owner.email, owner.password);
+    await stack.whoami(owner.key); // cached while Redis is up
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('after SIGKILL of Redis, requests still answer 200 and /readyz says degraded', T, stack.wrap(async () => {
+    const ready = await stack.api('GET', '/readyz');
+    assert.equal(ready.body?.status, 'ready', 'ready before Redis is killed');
+
+    const pid = stack.readPid('redis');
+    assert.ok(pid, `${stack.pidFile('redis')} names Redis's pid`);
+    process.kill(pid, 'SIGKILL');
+    const redisPort = Number(new URL(stack.env.EVALBUS_REDIS_URL).port);
+    const gone = await pollUntil(() => connectionRefused(redisPort, 500), { timeoutMs: 5000, intervalMs: 100 });
+    assert.ok(gone.value, `Redis (port ${redisPort}) still accepts connections after SIGKILL`);
+
+    for (let i = 0; i < 10; i++) {
+      const r = await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key });
+      assertStatus(r, 200, `whoami #${i} with Redis down`);
+    }
+    assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: session.token }), 200, 'session with Redis down');
+    const s2 = await stack.login(owner.email, owner.password);
+    assert.equal(s2.role, 'owner', 'login works with Redis down');
+    const k = await stack.createKey(owner.key, { name: 'made-while-redis-down', scopes: ['traces:read'] });
+    assert.equal((await stack.whoami(k.key)).team.slug, owner.team, 'a key made with Redis down works');
+    const v = await stack.verifyOverNats(k.key);
+    assert.equal(v.allowed, true, 'NATS verify works with Redis down');
+
+    const degraded = await pollUntil(async () => {
+      const r = await stack.api('GET', '/readyz');
+      return r.body?.status === 'degraded' ? r : null;
+    }, { timeoutMs: 10_000, intervalMs: 200 });
+    assert.ok(degraded.value, 'readyz reports degraded within 10 s of Redis dying');
+    const r = degraded.value;
+    assertStatus(r, 200, '/readyz degraded answers 200');
+    assert.equal(r.body.checks.redis.ok, false);
+    assert.match(String(r.body.checks.redis.detail ?? ''), /local/i, `checks.redis.detail mentions the local limit: ${r.text}`);
+    assert.equal(r.body.checks.postgres.ok, true);
+    assert.equal(r.body.checks.nats.ok, true);
+    assertStatus(await stack.api('GET', '/healthz'), 200, 'healthz with Redis down');
+  }));
+
+  it('with Redis down a revoked key is still denied within 1 s', T, stack.wrap(async () => {
+    const k = await stack.createKey(owner.key, { name: 'revoke-while-down', scopes: ['traces:read'] });
+    await stack.whoami(k.key);
+    assert.equal((await stack.verifyOverNats(k.key)).allowed, true);
+    await stack.revokeKey(owner.key, k.id);
+    const denied = await pollUntil(
+      async () => (await stack.api('GET', '/api/v1/auth/whoami', { key: k.key })).status === 401,
+      { timeoutMs: 3000, intervalMs: 50 },
+    );
+    assert.ok(denied.value && denied.elapsedMs < 1000, `revoked key denied after ${Math.round(denied.elapsedMs)} ms`);
+    const v = await stack.verifyOverNats(k.key);
+    assert.equal(v.allowed, false);
+    assert.equal(v.reason, 'revoked');
+  }));
+
+  it('with Redis down the local rate limit still answers 429 to a burst', T, stack.wrap(async () => {
+    const results = await mapLimit(150, 10, () => stack.api('GET', '/api/v1/auth/whoami', { key: other.key }));
+    const bad = results.filter((r) => r.status !== 200 && r.status !== 429);
+    assert.equal(bad.length, 0, `only 200/429: ${bad.slice(0, 3).map((r) => `${r.status} ${r.text}`)}`);
+    const limited = results.filter((r) => r.status === 429);
+    assert.ok(limited.length >= 1, '150 quick requests on the free tier got no 429 from the local limiter');
+    assertError(limited[0], 'rate_limited');
+    assert.ok(Number(limited[0].headers.get('retry-after')) >= 1, 'Retry-After >= 1');
+    assert.ok(results.filter((r) => r.status === 200).length >= 20, 'the local limiter still lets a free team through');
+  }));
+
+  it('scripts/stack up brings Redis back and /readyz returns to ready within a few seconds', T, stack.wrap(async () => {
+    const res = await stack.stackCmd('up', 120_000);
+    assert.equal(res.code, 0, `scripts/stack up (again) exited ${res.code}: ${res.stdout}${res.stderr}`);
+    const pid = stack.readPid('redis');
+    assert.ok(pid, 'Redis has a pid file again');
+    const back = await pollUntil(async () => {
+      const r = await stack.api('GET', '/readyz');
+      return r.body?.status === 'ready' ? r : null;
+    }, { timeoutMs: 10_000, intervalMs: 200 });
+    assert.ok(back.value, 'readyz is ready again within 10 s of Redis coming back');
+    assert.equal(back.value.status, 200);
+    assert.equal(back.value.body.checks.redis.ok, true);
+    assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key }), 200, 'whoami after Redis is back');
+    const v = await stack.verifyOverNats(owner.key);
+    assert.equal(v.allowed, true);
+  }));
+});

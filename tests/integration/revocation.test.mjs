@@ -1,0 +1,137 @@
+// Revocation and expiry across replicas: a revoked key is denied everywhere within 1 s (every
+// auth replica and every cache, over HTTP and NATS); an expired key is denied.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  DOWN_TIMEOUT_MS,
+  Stack,
+  UP_TIMEOUT_MS,
+  assertError,
+  pollUntil,
+  rfc3339,
+  sleep,
+  uniqueSlug,
+} from './harness.mjs';
+
+const stack = new Stack('revoke');
+const T = { timeout: 90_000 };
+const LIMIT_MS = 1000;
+const POLL_MS = 50;
+
+describe('revocation and expiry across auth replicas', () => {
+  let owner;
+  let replica;
+
+  before(async () => {
+    await stack.up();
+    owner = await stack.bootstrap(uniqueSlug('rev'));
+    // This file polls fast; keep the free tier's 20 req/s out of the way (rate_limit.test.mjs
+    // tests limits).
+    await stack.setTier(owner.team, 'enterprise', owner.key);
+    replica = await stack.spawnAuth();
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  /** Uses key on both replicas over HTTP and a few times over NATS so every cache holds it. */
+  async function warm(key) {
+    for (const base of [stack.authUrl, replica.url]) {
+      for (let i = 0; i < 2; i++) {
+        const me = await stack.whoami(key, base);
+        assert.equal(me.team.slug, owner.team);
+      }
+    }
+    for (let i = 0; i < 8; i++) {
+      const r = await stack.verifyOverNats(key);
+      assert.equal(r.allowed, true, `NATS verify before revocation: ${JSON.stringify(r)}`);
+    }
+  }
+
+  async function deniedOverHttp(base, key) {
+    const r = await stack.api('GET', '/api/v1/auth/whoami', { key, base });
+    if (r.status === 200) return false;
+    assertError(r, 'unauthenticated', 'a revoked key');
+    return true;
+  }
+
+  /** Revokes through `via`, then polls `other` over HTTP and NATS every 50 ms. */
+  async function revokeAndWatch(via, other) {
+    const k = await stack.createKey(owner.key, { name: `rev-${Date.now()}`, scopes: ['traces:read'] }, via);
+    await warm(k.key);
+
+    const r = await stack.api('DELETE', `/api/v1/keys/${k.id}`, { key: owner.key, base: via });
+    assert.equal(r.status, 200, `revoke: ${r.text}`);
+    assert.equal(r.body.id, k.id);
+    assert.ok(r.body.revoked_at, 'revoked_at set');
+
+    const [http, nats] = await Promise.all([
+      pollUntil(() => deniedOverHttp(other, k.key), { timeoutMs: 3000, intervalMs: POLL_MS }),
+      pollUntil(async () => {
+        const v = await stack.verifyOverNats(k.key);
+        return v.allowed ? false : v;
+      }, { timeoutMs: 3000, intervalMs: POLL_MS }),
+    ]);
+    assert.ok(http.value, `the other replica (${other}) never denied the revoked key in 3 s`);
+    assert.ok(http.elapsedMs < LIMIT_MS, `the other replica denied after ${Math.round(http.elapsedMs)} ms (limit ${LIMIT_MS})`);
+    assert.ok(nats.value, 'NATS verify never denied the revoked key in 3 s');
+    assert.ok(nats.elapsedMs < LIMIT_MS, `NATS denied after ${Math.round(nats.elapsedMs)} ms (limit ${LIMIT_MS})`);
+    assert.equal(nats.value.reason, 'revoked', JSON.stringify(nats.value));
+
+    // Once past the limit, nobody anywhere may still accept it: both HTTP replicas, and NATS
+    // (queue group "auth" spreads these over both replicas).
+    for (const base of [stack.authUrl, replica.url]) {
+      assert.ok(await deniedOverHttp(base, k.key), `${base} denies the revoked key`);
+    }
+    for (let i = 0; i < 10; i++) {
+      const v = await stack.verifyOverNats(k.key);
+      assert.equal(v.allowed, false, `NATS verify #${i} after revocation: ${JSON.stringify(v)}`);
+      assert.equal(v.reason, 'revoked');
+    }
+    return k;
+  }
+
+  it('revoked through the stack\'s auth: the second replica and NATS deny it within 1 s', T, stack.wrap(async () => {
+    await revokeAndWatch(stack.authUrl, replica.url);
+  }));
+
+  it('revoked through the second replica: the stack\'s auth and NATS deny it within 1 s', T, stack.wrap(async () => {
+    await revokeAndWatch(replica.url, stack.authUrl);
+  }));
+
+  it('a revoked key stays revoked: revoking again is harmless and it is still listed as revoked', T, stack.wrap(async () => {
+    const k = await revokeAndWatch(stack.authUrl, replica.url);
+    const again = await stack.api('DELETE', `/api/v1/keys/${k.id}`, { key: owner.key });
+    assert.ok([200, 404].includes(again.status), `revoking twice: ${again.status} ${again.text}`);
+    const still = await stack.verifyOverNats(k.key);
+    assert.equal(still.allowed, false);
+  }));
+
+  it('an expired key is denied on every replica and over NATS', T, stack.wrap(async () => {
+    const expiresMs = (Math.floor(Date.now() / 1000) + 4) * 1000;
+    const k = await stack.createKey(owner.key, { name: 'short-lived', scopes: ['traces:read'], expires_at: rfc3339(expiresMs) });
+    await warm(k.key);
+    await sleep(Math.max(0, expiresMs - Date.now()) + 1100);
+    for (const base of [stack.authUrl, replica.url]) {
+      assert.ok(await deniedOverHttp(base, k.key), `${base} denies the expired key`);
+    }
+    for (let i = 0; i < 6; i++) {
+      const v = await stack.verifyOverNats(k.key);
+      assert.equal(v.allowed, false, `NATS verify of an expired key: ${JSON.stringify(v)}`);
+      assert.equal(v.reason, 'expired');
+    }
+  }));
+
+  it('a key created with an expiry in the past is refused or immediately expired', T, stack.wrap(async () => {
+    const r = await stack.api('POST', '/api/v1/keys', {
+      key: owner.key,
+      body: { name: 'already-expired', scopes: ['traces:read'], expires_at: rfc3339(Date.now() - 60_000) },
+    });
+    if (r.status === 201) {
+      const v = await stack.verifyOverNats(r.body.key);
+      assert.equal(v.allowed, false, 'a key that expired before it was made is never allowed');
+    } else {
+      assertError(r, 'invalid_argument', 'expires_at in the past');
+    }
+  }));
+});
