@@ -25,7 +25,8 @@ static const char db_usage[] =
     "commands (use EVALBUS_DATABASE_URL):\n"
     "  migrate   apply every service's pending migrations (safe to run any time; replicas\n"
     "            starting at the same moment wait for each other)\n"
-    "  health    connect, run a query and list the applied migrations (exit 6 if unreachable)\n";
+    "  health    connect, run a query and count each schema's applied migrations (exit 6 if\n"
+    "            unreachable)\n";
 
 int cmd_db(const cli_env *env, int argc, char **argv)
 {

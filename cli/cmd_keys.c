@@ -125,7 +125,6 @@ static int keys_list(const cli_env *env)
     cJSON_ArrayForEach(k, keys)
     {
         const cJSON *sc = cJSON_GetObjectItemCaseSensitive(k, "scopes"), *s;
-        const cJSON *rev = cJSON_GetObjectItemCaseSensitive(k, "revoked_at");
         eb_buf scopes = {0};
         cJSON_ArrayForEach(s, sc)
         {
@@ -134,7 +133,7 @@ static int keys_list(const cli_env *env)
             eb_buf_puts(&scopes, cJSON_IsString(s) ? s->valuestring : "?");
         }
         printf("%-36s  %-10s  %-7s  %-24.24s  %-8s  %s\n", str(k, "id"), str(k, "prefix"),
-               str(k, "role"), str(k, "name"), cJSON_IsString(rev) ? "revoked" : "active",
+               str(k, "role"), str(k, "name"), str(k, "state"),
                scopes.data ? scopes.data : "");
         eb_buf_free(&scopes);
     }

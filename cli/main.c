@@ -39,6 +39,16 @@ int main(int argc, char **argv)
     int i = 1, rc;
     char *trimmed = NULL;
 
+    /* --json may stand anywhere: take it out before the commands parse their options. */
+    for (int k = 1; k < argc; k++) {
+        if (strcmp(argv[k], "--json") == 0) {
+            env.json = true;
+            for (int m = k; m < argc - 1; m++)
+                argv[m] = argv[m + 1];
+            argc--;
+            k--;
+        }
+    }
     env.api_key = getenv("EVALBUS_API_KEY");
     env.database_url = getenv("EVALBUS_DATABASE_URL");
     env.nats_url = getenv("EVALBUS_NATS_URL");

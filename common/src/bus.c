@@ -37,18 +37,22 @@ eb_status eb_bus_error(natsStatus s, const char *what)
     return eb_error(code, "%s: %s (%s)", what, natsStatus_GetText(s), nats_GetLastError(NULL));
 }
 
+/* Connection callbacks run on the client's own thread, possibly after eb_bus_close() has
+ * returned, so they take no closure. */
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    eb_log_warn(NULL, "NATS disconnected (%s); reconnecting", (const char *)closure);
+    (void)closure;
+    eb_log_warn(NULL, "NATS disconnected; reconnecting");
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     char url[256] = "";
 
+    (void)closure;
     natsConnection_GetConnectedUrl(nc, url, sizeof(url));
-    eb_log_info(NULL, "NATS connected to %s (%s)", url, (const char *)closure);
+    eb_log_info(NULL, "NATS connected to %s", url);
 }
 
 eb_status eb_bus_connect(struct event_base *base, const char *url, const char *name,
@@ -77,11 +81,11 @@ eb_status eb_bus_connect(struct event_base *base, const char *url, const char *n
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(opts, 2000);
     if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, bus->name);
+        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
     if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(opts, on_reconnected, bus->name);
+        s = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
     if (s == NATS_OK && wait_ms <= 0)
-        s = natsOptions_SetRetryOnFailedConnect(opts, true, on_reconnected, bus->name);
+        s = natsOptions_SetRetryOnFailedConnect(opts, true, on_reconnected, NULL);
     if (s == NATS_OK && base)
         s = natsOptions_SetEventLoop(opts, base, natsLibevent_Attach, natsLibevent_Read,
                                      natsLibevent_Write, natsLibevent_Detach);

@@ -77,7 +77,7 @@ struct eb_http_req {
     char *param_names[MAX_PARAMS];
     char *param_vals[MAX_PARAMS];
     int nparams;
-    char request_id[72];
+    char request_id[136];
     char remote[64];
     char *body;
     size_t body_len;
@@ -128,8 +128,8 @@ static bool valid_request_id(const char *s)
         return false;
     for (; s[n]; n++) {
         char c = s[n];
-        if (n >= 64 || !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                         (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+        if (n >= 128 || !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                          (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' || c == ':'))
             return false;
     }
     return n > 0;
@@ -565,12 +565,17 @@ static void on_request(struct evhttp_request *ev, void *arg)
         req->nparams = 0;
     }
     if (!req->route) {
-        if (path_matched)
-            eb_http_reply_error(req, EB_ERR_INVALID, "method %s is not allowed on %s",
-                                req->method, req->path);
-        else
+        if (path_matched) {
+            eb_buf b = {0};
+            eb_buf_printf(&b, "{\"error\":{\"code\":\"method_not_allowed\",\"message\":\"method "
+                              "%s is not allowed on this path\",\"request_id\":\"%s\"}}",
+                          req->method, req->request_id);
+            finish(req, 405, "application/json", b.data, b.len);
+            eb_buf_free(&b);
+        } else {
             eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such endpoint: %s %s", req->method,
                                 req->path);
+        }
         return;
     }
     auth = eb_http_req_header(req, "Authorization");
@@ -727,9 +732,7 @@ void eb_http_shutdown(eb_http_server *srv, void (*done)(void *arg), void *arg)
     srv->drain_done = done;
     srv->drain_arg = arg;
     srv->listen_until = now + (srv->opts.shutdown_delay_ms >= 0 ? srv->opts.shutdown_delay_ms : 0);
-    srv->drain_deadline = srv->listen_until + (srv->opts.shutdown_grace_ms > 0
-                                                   ? srv->opts.shutdown_grace_ms
-                                                   : 10000);
+    srv->drain_deadline = srv->listen_until + srv->opts.shutdown_grace_ms;
     srv->drain_timer = evtimer_new(srv->base, on_drain_tick, srv);
     evtimer_add(srv->drain_timer, &tv);
 }

@@ -35,9 +35,10 @@ const eb_http_route auth_routes[] = {
 };
 const size_t auth_nroutes = sizeof(auth_routes) / sizeof(auth_routes[0]);
 
-/* Failed logins per e-mail address: a burst of this many, then one per LOGIN_REFILL_S. */
-#define LOGIN_BURST 20
-#define LOGIN_RATE 0.5
+/* Password attempts (login and invitation acceptance), per e-mail address and per client
+ * address: a burst of LOGIN_BURST, then LOGIN_RATE per second. Every attempt takes a token. */
+#define LOGIN_BURST AUTH_PASSWORD_BURST
+#define LOGIN_RATE AUTH_PASSWORD_RATE
 
 /* A fixed scrypt hash, verified against when the e-mail is unknown, so that an unknown address
  * costs as much time as a wrong password. */
@@ -152,7 +153,11 @@ static void login_fail_audit(auth_ctx *ctx, PGconn *c, const char *user_id, cons
         eb_principal actor = {0};
         snprintf(actor.user_id, sizeof(actor.user_id), "%s", user_id);
         (void)ctx;
-        audit_write(c, eb_db_val(r, i, 0), &actor, "login_failed", email, d, request_id);
+        if (audit_write(c, eb_db_val(r, i, 0), &actor, "login_failed", email, d, request_id) !=
+            EB_OK) {
+            eb_log_error(request_id, "login_failed audit not written: %s", eb_error_message());
+            break;
+        }
     }
     cJSON_Delete(d);
     PQclear(r);
@@ -309,8 +314,8 @@ void api_login(eb_http_req *req, void *vctx)
     cJSON *body = eb_http_req_json(req);
     const cJSON *email;
     login_state *ls;
-    char bucket[400];
-    const char *buckets[1] = {bucket};
+    char bucket[400], ip_bucket[96];
+    const char *buckets[2] = {bucket, ip_bucket};
 
     if (!body)
         return;
@@ -335,7 +340,8 @@ void api_login(eb_http_req *req, void *vctx)
                                  ? email->valuestring[i] + 32
                                  : email->valuestring[i]),
         bucket[n] = '\0';
-    eb_ratelimit_check(ctx->svc.rl, buckets, 1, LOGIN_RATE, LOGIN_BURST, on_login_limit, req);
+    snprintf(ip_bucket, sizeof(ip_bucket), "password-ip:%s", eb_http_req_remote(req));
+    eb_ratelimit_check(ctx->svc.rl, buckets, 2, LOGIN_RATE, LOGIN_BURST, on_login_limit, req);
 }
 
 /* --- teams --- */

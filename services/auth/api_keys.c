@@ -14,7 +14,9 @@
 
 #define KEY_COLUMNS                                                                                \
     "id, prefix, name, role, array_to_json(scopes)::text, project, auth.iso(created_at),"         \
-    " auth.iso(expires_at), auth.iso(revoked_at), auth.iso(last_used_at)"
+    " auth.iso(expires_at), auth.iso(revoked_at), auth.iso(last_used_at),"                        \
+    " CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at <= now() THEN 'expired'"   \
+    " ELSE 'active' END"
 
 static cJSON *key_json(const PGresult *r, int i)
 {
@@ -31,6 +33,7 @@ static cJSON *key_json(const PGresult *r, int i)
     eb_json_add_str(o, "expires_at", eb_db_val(r, i, 7), true);
     eb_json_add_str(o, "revoked_at", eb_db_val(r, i, 8), true);
     eb_json_add_str(o, "last_used_at", eb_db_val(r, i, 9), true);
+    cJSON_AddStringToObject(o, "state", eb_db_val(r, i, 10));
     return o;
 }
 
@@ -140,7 +143,7 @@ void api_key_create(eb_http_req *req, void *vctx)
         cJSON_AddStringToObject(d, "name", name);
         cJSON_AddStringToObject(d, "prefix", prefix);
         cJSON_AddStringToObject(d, "role", eb_role_str(role));
-        cJSON_AddStringToObject(d, "scopes", arr.data);
+        cJSON_AddItemToObject(d, "scopes", cJSON_Duplicate(scopes, true));
         st = audit_write(c, p->team_id, p, "key_created", eb_db_val(r, 0, 0), d,
                          eb_http_req_id(req));
         cJSON_Delete(d);

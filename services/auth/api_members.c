@@ -375,9 +375,8 @@ void api_invitation_delete(eb_http_req *req, void *vctx)
     eb_http_reply_json(req, 200, o);
 }
 
-void api_invitation_accept(eb_http_req *req, void *vctx)
+static void accept_continue(eb_http_req *req, auth_ctx *ctx)
 {
-    auth_ctx *ctx = vctx;
     cJSON *body = eb_http_req_json(req), *o, *t, *d;
     const char *token = NULL, *password = NULL;
     char thash[65], team_id[41] = "", inv_id[41] = "", email[330] = "", role[16] = "",
@@ -501,4 +500,34 @@ cleanup:
     PQclear(r);
     free(phash);
     cJSON_Delete(body);
+}
+
+/* Acceptance checks a password (for an existing account), so it shares the per-address limit
+ * of password attempts with login. */
+static void on_accept_limit(bool allowed, long long retry_after_ms, void *arg)
+{
+    eb_http_req *req = arg;
+
+    if (!allowed) {
+        char secs[32];
+        snprintf(secs, sizeof(secs), "%lld", (retry_after_ms + 999) / 1000);
+        eb_http_add_header(req, "Retry-After", secs);
+        eb_http_reply_error(req, EB_ERR_RATE_LIMITED,
+                            "too many password attempts from this address; retry after %s s",
+                            secs);
+        return;
+    }
+    accept_continue(req, eb_http_req_get_data(req));
+}
+
+void api_invitation_accept(eb_http_req *req, void *vctx)
+{
+    auth_ctx *ctx = vctx;
+    char bucket[96];
+    const char *buckets[1] = {bucket};
+
+    snprintf(bucket, sizeof(bucket), "password-ip:%s", eb_http_req_remote(req));
+    eb_http_req_set_data(req, ctx);
+    eb_ratelimit_check(ctx->svc.rl, buckets, 1, AUTH_PASSWORD_RATE, AUTH_PASSWORD_BURST,
+                       on_accept_limit, req);
 }

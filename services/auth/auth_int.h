@@ -11,6 +11,10 @@
 #include <stdbool.h>
 
 #define AUTH_MAX_VERIFY_WORKERS 8
+/* Password attempts (login, invitation acceptance) per e-mail address and per client address:
+ * a burst of AUTH_PASSWORD_BURST, then AUTH_PASSWORD_RATE per second. */
+#define AUTH_PASSWORD_BURST 20
+#define AUTH_PASSWORD_RATE 0.5
 
 typedef struct auth_config {
     eb_service_config svc;
@@ -67,6 +71,9 @@ void auth_broadcast_revoked(auth_ctx *ctx, const char *team_id, const char *key_
 
 /* --- NATS verify responder (nats_verify.c) --- */
 eb_status auth_nats_start(auth_ctx *ctx);
+/* Leaves the verify queue group: requests already delivered here are still answered, new ones
+ * go to other replicas. The revocation listener stays until auth_nats_stop(). */
+void auth_nats_drain(auth_ctx *ctx);
 void auth_nats_stop(auth_ctx *ctx);
 
 /* --- audit log (audit.c) --- */

@@ -48,8 +48,8 @@ static const eb_setting settings[] = {
      offsetof(T, enterprise_burst), "enterprise tier: burst"},
     {"verify-cache-ttl", "EVALBUS_VERIFY_CACHE_TTL", EB_SET_DURATION, "30s", 0, 3600000, false,
      offsetof(T, cache_ttl_ms), "how long a verified credential is cached (0 disables)"},
-    {"verify-cache-size", "EVALBUS_VERIFY_CACHE_SIZE", EB_SET_INT, "100000", 16, 10000000, false,
-     offsetof(T, cache_size), "credentials cached at most"},
+    {"verify-cache-size", "EVALBUS_VERIFY_CACHE_SIZE", EB_SET_INT, "32768", 16, 10000000, false,
+     offsetof(T, cache_size), "cache slots (half of them fill before the cache is cleared)"},
     {"verify-workers", "EVALBUS_VERIFY_WORKERS", EB_SET_INT, "2", 1, AUTH_MAX_VERIFY_WORKERS,
      false, offsetof(T, verify_workers), "NATS verify subscriptions (threads) per replica"},
     {"password-cost", "EVALBUS_PASSWORD_COST", EB_SET_INT, "15", 10, 20, false,
@@ -107,7 +107,7 @@ void auth_broadcast_revoked(auth_ctx *ctx, const char *team_id, const char *key_
 
 static void on_stop(void *arg)
 {
-    auth_nats_stop(arg);
+    auth_nats_drain(arg);
 }
 
 static eb_status migrate(auth_ctx *ctx)

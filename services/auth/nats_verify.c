@@ -133,6 +133,13 @@ eb_status auth_nats_start(auth_ctx *ctx)
     return EB_OK;
 }
 
+void auth_nats_drain(auth_ctx *ctx)
+{
+    for (int i = 0; i < AUTH_MAX_VERIFY_WORKERS; i++)
+        if (ctx->verify_subs[i])
+            natsSubscription_Drain(ctx->verify_subs[i]);
+}
+
 void auth_nats_stop(auth_ctx *ctx)
 {
     for (int i = 0; i < AUTH_MAX_VERIFY_WORKERS; i++) {

@@ -7,8 +7,9 @@
  * cache_ttl_ms (bounded by the credential's own expiry); revocations and role/tier changes drop
  * entries at once through auth_verifier_drop_*() (fed by the NATS broadcast).
  *
- * The cache is an open-addressing table of cache_size slots keyed by the credential's SHA-256;
- * when it is half full it is cleared (cheap, and only costs a database round trip per key).
+ * The cache is an open-addressing table of at least cache_size slots (a power of two) keyed by
+ * the credential's SHA-256; when it is half full it is cleared (cheap, and only costs a
+ * database round trip per key).
  * Threading: all functions are thread-safe (one mutex around the table; the database pool is
  * thread-safe). */
 #include "apikey.h"
@@ -54,7 +55,7 @@ auth_verifier *auth_verifier_new(const auth_config *cfg, eb_db *db)
     auth_verifier *v = eb_calloc(1, sizeof(*v));
     size_t n = 1024;
 
-    while (n < (size_t)cfg->cache_size * 2)
+    while (n < (size_t)cfg->cache_size)
         n *= 2;
     v->cfg = cfg;
     v->db = db;
@@ -121,7 +122,9 @@ static void cache_put(auth_verifier *v, const char *hash, const eb_principal *p)
     }
     pthread_mutex_lock(&v->mu);
     if (v->used >= v->nslots / 2) {
-        memset(v->slots, 0, v->nslots * sizeof(cache_entry));
+        /* fresh zero pages instead of touching every slot */
+        free(v->slots);
+        v->slots = eb_calloc(v->nslots, sizeof(cache_entry));
         v->used = 0;
     }
     for (i = slot_of(v, hash); v->slots[i].used; i = (i + 1) & (v->nslots - 1))

@@ -10,6 +10,7 @@ import {
   Stack,
   UP_TIMEOUT_MS,
   assertError,
+  keySecret,
   assertStatus,
   pollUntil,
   uniqueSlug,
@@ -55,7 +56,7 @@ describe('audit log', () => {
     const create = await stack.api('POST', '/api/v1/keys', { key: owner.key, body: { name: 'audited', scopes: ['traces:read'], role: 'viewer' } });
     assertStatus(create, 201);
     const viewer = create.body;
-    secrets.push(viewer.key.slice(viewer.key.lastIndexOf('_') + 1), owner.key.slice(owner.key.lastIndexOf('_') + 1));
+    secrets.push(keySecret(viewer.key), keySecret(owner.key));
     const createRid = create.headers.get('x-request-id');
 
     const deniedRes = await stack.api('POST', '/api/v1/keys', { key: viewer.key, body: { name: 'nope', scopes: ['traces:read'] } });

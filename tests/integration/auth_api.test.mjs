@@ -10,6 +10,7 @@ import {
   Stack,
   UP_TIMEOUT_MS,
   assertError,
+  keySecret,
   assertStatus,
   decodeJwt,
   uniqueSlug,
@@ -176,10 +177,11 @@ describe('auth HTTP API', () => {
     assert.ok(row, 'the new key is listed');
     assert.equal(row.prefix, created.prefix);
     assert.equal(row.name, 'ci');
-    const secret = created.key.slice(created.key.lastIndexOf('_') + 1);
-    const ownerSecret = owner.key.slice(owner.key.lastIndexOf('_') + 1);
+    const secret = keySecret(created.key);
+    const ownerSecret = keySecret(owner.key);
     assert.ok(!list.text.includes(secret) && !list.text.includes(ownerSecret), 'no key secret in GET /api/v1/keys');
     assert.ok(!list.text.includes(created.key), 'no full key in GET /api/v1/keys');
+    assert.doesNotMatch(list.text, /[0-9a-fA-F]{64}/, 'no key hash in GET /api/v1/keys');
 
     const unknownScope = await stack.api('POST', '/api/v1/keys', { key: owner.key, body: { name: 'x', scopes: ['traces:delete'] } });
     assertError(unknownScope, 'invalid_argument', 'unknown scope');

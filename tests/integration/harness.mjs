@@ -71,6 +71,12 @@ const PORT_COUNT = 10;
 // ---------------------------------------------------------------------------------------------
 // small utilities
 
+/** The secret part of an API key: the 43 characters after "eb_<prefix>_" (it may itself
+ * contain "_"). */
+export function keySecret(key) {
+  return String(key).slice('eb_'.length + 10 + 1);
+}
+
 /** A slug that no other test (or earlier run) uses: lowercase letters, digits and '-'. */
 export function uniqueSlug(prefix = 't') {
   return `${prefix}-${crypto.randomBytes(4).toString('hex')}`;

@@ -4,12 +4,16 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
+import { createInbox } from 'nats';
+
 import {
   DOWN_TIMEOUT_MS,
   Stack,
   UP_TIMEOUT_MS,
   assertError,
+  decodeVerifyResponse,
   pollUntil,
+  protoRoot,
   rfc3339,
   sleep,
   uniqueSlug,
@@ -105,6 +109,32 @@ describe('revocation and expiry across auth replicas', () => {
     assert.ok([200, 404].includes(again.status), `revoking twice: ${again.status} ${again.text}`);
     const still = await stack.verifyOverNats(k.key);
     assert.equal(still.allowed, false);
+    const list = await stack.api('GET', '/api/v1/keys', { key: owner.key });
+    const row = list.body.keys.find((x) => x.id === k.id);
+    assert.ok(row, 'a revoked key is still listed');
+    assert.ok(row.revoked_at, `a revoked key is listed with revoked_at: ${JSON.stringify(row)}`);
+  }));
+
+  it('both replicas serve evalbus.v1.auth.verify as one queue group: one reply per request', T, stack.wrap(async () => {
+    const root = await protoRoot();
+    const Req = root.lookupType('evalbus.v1.VerifyRequest');
+    const nc = await stack.nats();
+    const inbox = createInbox();
+    const replies = [];
+    const sub = nc.subscribe(inbox);
+    const done = (async () => {
+      for await (const m of sub) replies.push(decodeVerifyResponse(root, m.data));
+    })();
+    const n = 10;
+    for (let i = 0; i < n; i++) {
+      nc.publish('evalbus.v1.auth.verify', Req.encode(Req.create({ credential: owner.key, request_id: `qg-${i}`, source: 'test' })).finish(), { reply: inbox });
+    }
+    await nc.flush();
+    await sleep(1000);
+    sub.unsubscribe();
+    await done;
+    assert.equal(replies.length, n, `${n} requests with two replicas running got ${replies.length} replies`);
+    assert.ok(replies.every((r) => r.allowed), 'every reply allows the owner key');
   }));
 
   it('an expired key is denied on every replica and over NATS', T, stack.wrap(async () => {

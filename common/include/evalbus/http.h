@@ -3,7 +3,7 @@
  * A service gives a route table: method, path pattern with {name} segments, handler, and who
  * may call it (public, or a minimum role and a scope). For each request the server assigns a
  * request id (X-Request-Id, kept from the client or nginx when well-formed), enforces the body
- * limit (413), finds the route (404 / 405), authenticates the Bearer credential through the
+ * limit (413), finds the route (404, or 405 with code "method_not_allowed"), authenticates the Bearer credential through the
  * service's authenticator (401 / 503), checks role and scope (403), applies the principal's
  * rate limit (429 with Retry-After), then calls the handler. Every error body is JSON:
  * {"error": {"code", "message", "request_id"}}. /healthz, /readyz (dependency checks) and
@@ -67,7 +67,7 @@ void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, vo
 
 /* Binds and starts accepting. EB_ERR_IO if the address cannot be bound. */
 eb_status eb_http_listen(eb_http_server *srv);
-/* Graceful stop: /readyz answers 503 at once; after shutdown_delay_ms the listener closes;
+/* Graceful stop (a grace of 0 answers nothing more that is in flight): /readyz answers 503 at once; after shutdown_delay_ms the listener closes;
  * then it waits until no request is in flight (or shutdown_grace_ms ends) and calls done(arg)
  * on the loop thread. */
 void eb_http_shutdown(eb_http_server *srv, void (*done)(void *arg), void *arg);

@@ -3,7 +3,7 @@
  * its readiness checks, and graceful shutdown on SIGTERM / SIGINT.
  *
  * A service embeds eb_service_config in its own config struct, lists EB_SERVICE_SETTINGS(...)
- * in its settings table, then calls eb_service_start() and eb_service_run(). */
+ * in its settings table, then calls eb_service_init() and eb_service_run(). */
 #ifndef EVALBUS_SERVICE_H
 #define EVALBUS_SERVICE_H
 
@@ -75,8 +75,8 @@ typedef struct eb_service {
     void *on_stop_arg;
 } eb_service;
 
-/* Loads settings (exits the process with status 2 on a bad value or after --help: the only
- * place outside main that ends the process, since nothing has started yet). */
+/* Loads settings. Ends the process (the only place outside main that does, since nothing has
+ * started yet): status 2 on a bad value, 0 after printing --help. */
 void eb_service_load_config(const char *program, const eb_setting *tab, size_t n, void *cfg,
                             int argc, char **argv);
 

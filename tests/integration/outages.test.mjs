@@ -1,6 +1,7 @@
-// Redis holds only what can be lost. Killed mid-test (SIGKILL), auth keeps serving with a local
-// rate limit and reports "degraded"; `scripts/stack up` brings Redis back and auth is "ready"
-// again within a few seconds.
+// Dependency outages. Redis holds only what can be lost: killed mid-test (SIGKILL), auth keeps
+// serving with a local rate limit and reports "degraded"; `scripts/stack up` brings Redis back
+// and auth is "ready" again within a few seconds. PostgreSQL is the system of record: stopped,
+// auth reports "not_ready" (503) and answers what needs it with 503 unavailable, then recovers.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -12,15 +13,16 @@ import {
   assertError,
   assertStatus,
   connectionRefused,
+  pidAlive,
   mapLimit,
   pollUntil,
   uniqueSlug,
 } from './harness.mjs';
 
-const stack = new Stack('redis');
+const stack = new Stack('outages');
 const T = { timeout: 90_000 };
 
-describe('Redis killed mid-test', () => {
+describe('dependency outages', () => {
   let owner;
   let other; // a second team, for the local rate-limit burst
   let session;
@@ -112,5 +114,40 @@ describe('Redis killed mid-test', () => {
     assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key }), 200, 'whoami after Redis is back');
     const v = await stack.verifyOverNats(owner.key);
     assert.equal(v.allowed, true);
+  }));
+
+  it('with PostgreSQL stopped /readyz is 503 not_ready and a login is 503 unavailable; it recovers', T, stack.wrap(async () => {
+    const pid = stack.readPid('postgres');
+    assert.ok(pid, `${stack.pidFile('postgres')} names the postmaster`);
+    process.kill(pid, 'SIGINT'); // fast shutdown
+    const stopped = await pollUntil(() => !pidAlive(pid), { timeoutMs: 15_000, intervalMs: 100 });
+    assert.ok(stopped.value, 'PostgreSQL stopped within 15 s of SIGINT');
+
+    const notReady = await pollUntil(async () => {
+      const r = await stack.api('GET', '/readyz');
+      return r.body?.status === 'not_ready' ? r : null;
+    }, { timeoutMs: 10_000, intervalMs: 200 });
+    assert.ok(notReady.value, 'readyz reports not_ready within 10 s of PostgreSQL stopping');
+    assert.equal(notReady.value.status, 503, '/readyz not_ready answers 503');
+    assert.equal(notReady.value.body.checks.postgres.ok, false);
+    assertStatus(await stack.api('GET', '/healthz'), 200, 'healthz (liveness) does not depend on PostgreSQL');
+
+    const login = await stack.api('POST', '/api/v1/auth/login', { body: { email: owner.email, password: owner.password } });
+    assertError(login, 'unavailable', 'login with PostgreSQL down');
+    const create = await stack.api('POST', '/api/v1/keys', { key: owner.key, body: { name: 'no-db', scopes: ['traces:read'] } });
+    assertError(create, 'unavailable', 'key create with PostgreSQL down (a valid key is never 401 because the database is away)');
+    assert.notEqual(create.status, 201);
+
+    const res = await stack.stackCmd('up', 120_000);
+    assert.equal(res.code, 0, `scripts/stack up (again) exited ${res.code}: ${res.stdout}${res.stderr}`);
+    const back = await pollUntil(async () => {
+      const r = await stack.api('GET', '/readyz');
+      return r.body?.status === 'ready' ? r : null;
+    }, { timeoutMs: 15_000, intervalMs: 200 });
+    assert.ok(back.value, 'readyz is ready again within 15 s of PostgreSQL coming back');
+    const s = await stack.login(owner.email, owner.password);
+    assert.equal(s.role, 'owner', 'login works again');
+    const k = await stack.createKey(owner.key, { name: 'after-db-back', scopes: ['traces:read'] });
+    assert.equal((await stack.whoami(k.key)).team.slug, owner.team);
   }));
 });
