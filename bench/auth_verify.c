@@ -87,9 +87,9 @@ static void *worker(void *arg)
         bool ok = s == NATS_OK;
 
         if (ok && r->check_allowed) {
-            Evalbus__V1__VerifyResponse *vr = evalbus__v1__verify_response__unpack(
-                NULL, (size_t)natsMsg_GetDataLength(reply),
-                (const uint8_t *)natsMsg_GetData(reply));
+            Evalbus__V1__VerifyResponse *vr =
+                evalbus__v1__verify_response__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
+                                                     (const uint8_t *)natsMsg_GetData(reply));
             ok = vr && vr->allowed;
             if (vr)
                 evalbus__v1__verify_response__free_unpacked(vr, NULL);
@@ -118,9 +118,8 @@ static double measure(run *r, int threads)
         pthread_join(t[i], NULL);
     elapsed = now_s() - start;
     if (atomic_load(&r->failed) > 0) {
-        fprintf(stderr, "auth_verify: %ld of %ld requests to %s failed\n",
-                atomic_load(&r->failed), atomic_load(&r->failed) + atomic_load(&r->done),
-                r->subject);
+        fprintf(stderr, "auth_verify: %ld of %ld requests to %s failed\n", atomic_load(&r->failed),
+                atomic_load(&r->failed) + atomic_load(&r->done), r->subject);
         return -1;
     }
     return (double)atomic_load(&r->done) / elapsed;

@@ -193,8 +193,10 @@ static int set_tier(const cli_env *env, int argc, char **argv)
             auth_publish_revoked(eb_bus_conn(bus), team_id, NULL, NULL, true) == EB_OK)
             printf("caches told to reload team %s\n", team);
         else
-            fprintf(stderr, "evalbus: warning: could not broadcast the change on NATS (%s); it "
-                            "applies when cached credentials expire\n", eb_error_message());
+            fprintf(stderr,
+                    "evalbus: warning: could not broadcast the change on NATS (%s); it "
+                    "applies when cached credentials expire\n",
+                    eb_error_message());
         eb_bus_close(bus);
     }
     printf("team %s is now on the %s tier\n", team, tier);

@@ -133,8 +133,7 @@ static int keys_list(const cli_env *env)
             eb_buf_puts(&scopes, cJSON_IsString(s) ? s->valuestring : "?");
         }
         printf("%-36s  %-10s  %-7s  %-24.24s  %-8s  %s\n", str(k, "id"), str(k, "prefix"),
-               str(k, "role"), str(k, "name"), str(k, "state"),
-               scopes.data ? scopes.data : "");
+               str(k, "role"), str(k, "name"), str(k, "state"), scopes.data ? scopes.data : "");
         eb_buf_free(&scopes);
     }
     cJSON_Delete(out);

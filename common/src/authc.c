@@ -177,8 +177,8 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&c->mu);
     if (!mine)
         return; /* answered meanwhile; on_wake will finish it */
-    mine->st = eb_error(EB_ERR_TIMEOUT, "the auth service did not answer within %lld ms",
-                        c->timeout_ms);
+    mine->st =
+        eb_error(EB_ERR_TIMEOUT, "the auth service did not answer within %lld ms", c->timeout_ms);
     snprintf(mine->reason, sizeof(mine->reason), "timeout");
     finish(mine);
 }
@@ -327,8 +327,8 @@ void eb_authc_stats(eb_authc *c, unsigned long long *hits, unsigned long long *m
     pthread_mutex_unlock(&c->mu);
 }
 
-void eb_authc_verify(void *impl, const char *credential, const char *request_id,
-                     eb_auth_done done, void *arg)
+void eb_authc_verify(void *impl, const char *credential, const char *request_id, eb_auth_done done,
+                     void *arg)
 {
     eb_authc *c = impl;
     Evalbus__V1__VerifyRequest vr = EVALBUS__V1__VERIFY_REQUEST__INIT;

@@ -10,8 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const eb_setting *find_setting(const eb_setting *tab, size_t n, const char *name,
-                                      size_t len)
+static const eb_setting *find_setting(const eb_setting *tab, size_t n, const char *name, size_t len)
 {
     for (size_t i = 0; i < n; i++)
         if (strlen(tab[i].name) == len && strncmp(tab[i].name, name, len) == 0)
@@ -64,9 +63,17 @@ bool eb_parse_size(const char *s, long long *out)
     static const struct {
         const char *suffix;
         double mult;
-    } units[] = {{"", 1},     {"B", 1},           {"KiB", 1024.0},       {"K", 1024.0},
-                 {"KB", 1e3}, {"MiB", 1048576.0}, {"M", 1048576.0},      {"MB", 1e6},
-                 {"GiB", 1073741824.0},           {"G", 1073741824.0},   {"GB", 1e9}};
+    } units[] = {{"", 1},
+                 {"B", 1},
+                 {"KiB", 1024.0},
+                 {"K", 1024.0},
+                 {"KB", 1e3},
+                 {"MiB", 1048576.0},
+                 {"M", 1048576.0},
+                 {"MB", 1e6},
+                 {"GiB", 1073741824.0},
+                 {"G", 1073741824.0},
+                 {"GB", 1e9}};
     char *end;
     double v;
 
@@ -88,8 +95,7 @@ bool eb_parse_size(const char *s, long long *out)
 static eb_status bad(const eb_setting *s, const char *value, const char *source, const char *why)
 {
     return eb_error(EB_ERR_INVALID, "setting %s (%s) from %s: %s%s%s%s", s->name, s->env, source,
-                    s->secret ? "" : "'", s->secret ? "value" : value, s->secret ? " " : "' ",
-                    why);
+                    s->secret ? "" : "'", s->secret ? "value" : value, s->secret ? " " : "' ", why);
 }
 
 eb_status eb_config_set(const eb_setting *s, void *target, const char *value, const char *source)
@@ -220,8 +226,8 @@ static eb_status load_file(const eb_setting *tab, size_t n, void *target, const 
         val = trim(eq + 1);
         s = find_setting(tab, n, key, strlen(key));
         if (!s) {
-            st = eb_error(EB_ERR_INVALID, "settings file %s:%d: unknown setting '%s'", path,
-                          lineno, key);
+            st = eb_error(EB_ERR_INVALID, "settings file %s:%d: unknown setting '%s'", path, lineno,
+                          key);
             break;
         }
         snprintf(source, sizeof(source), "%s:%d", path, lineno);
@@ -332,8 +338,9 @@ void eb_config_free(const eb_setting *tab, size_t n, void *target)
 
 void eb_config_print_help(const eb_setting *tab, size_t n, const char *program, FILE *out)
 {
-    fprintf(out, "usage: %s [--config FILE] [--name=value ...]\n\nsettings (flag, environment, "
-                 "default):\n",
+    fprintf(out,
+            "usage: %s [--config FILE] [--name=value ...]\n\nsettings (flag, environment, "
+            "default):\n",
             program);
     for (size_t i = 0; i < n; i++) {
         fprintf(out, "  --%-24s %-34s %s\n      %s%s\n", tab[i].name, tab[i].env,

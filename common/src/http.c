@@ -179,8 +179,8 @@ static void finish(eb_http_req *req, int code, const char *content_type, const v
              req->authenticated ? ",\"team_id\":\"" : "",
              req->authenticated ? req->principal.team_id : "", req->authenticated ? "\"" : "");
     if (!req->route || strcmp(req->route->pattern, "/healthz") != 0)
-        eb_log_write(code >= 500 ? EB_LOG_ERROR : EB_LOG_INFO, req->request_id, fields,
-                     "%s %s %d", req->method, route ? route : "-", code);
+        eb_log_write(code >= 500 ? EB_LOG_ERROR : EB_LOG_INFO, req->request_id, fields, "%s %s %d",
+                     req->method, route ? route : "-", code);
     snprintf(labels, sizeof(labels), "service=\"%s\",method=\"%s\",route=\"%s\",code=\"%d\"",
              srv->service, req->method, req->route ? req->route->pattern : "unmatched", code);
     eb_metrics_add("evalbus_http_requests_total", labels, 1);
@@ -243,8 +243,8 @@ void eb_http_reply_status(eb_http_req *req, eb_status st)
 
     if (st == EB_ERR_DB || st == EB_ERR_INTERNAL || st == EB_ERR_IO) {
         /* Internal detail goes to the log, not to the caller. */
-        eb_log_error(req->request_id, "%s %s failed: %s (%s)", req->method, req->path,
-                     msg, eb_error_where());
+        eb_log_error(req->request_id, "%s %s failed: %s (%s)", req->method, req->path, msg,
+                     eb_error_where());
         reply_error_text(req, st, "internal error; see the service log for this request id");
         return;
     }
@@ -526,8 +526,10 @@ static void on_request(struct evhttp_request *ev, void *arg)
 
     blen = evbuffer_get_length(in);
     if (blen > srv->opts.max_body) {
-        eb_http_reply_error(req, EB_ERR_TOO_LARGE, "request body of %zu bytes exceeds the limit "
-                            "of %zu bytes", blen, srv->opts.max_body);
+        eb_http_reply_error(req, EB_ERR_TOO_LARGE,
+                            "request body of %zu bytes exceeds the limit "
+                            "of %zu bytes",
+                            blen, srv->opts.max_body);
         return;
     }
     req->body = eb_malloc(blen + 1);
@@ -567,8 +569,9 @@ static void on_request(struct evhttp_request *ev, void *arg)
     if (!req->route) {
         if (path_matched) {
             eb_buf b = {0};
-            eb_buf_printf(&b, "{\"error\":{\"code\":\"method_not_allowed\",\"message\":\"method "
-                              "%s is not allowed on this path\",\"request_id\":\"%s\"}}",
+            eb_buf_printf(&b,
+                          "{\"error\":{\"code\":\"method_not_allowed\",\"message\":\"method "
+                          "%s is not allowed on this path\",\"request_id\":\"%s\"}}",
                           req->method, req->request_id);
             finish(req, 405, "application/json", b.data, b.len);
             eb_buf_free(&b);
@@ -678,8 +681,8 @@ void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, vo
 
 eb_status eb_http_listen(eb_http_server *srv)
 {
-    srv->sock = evhttp_bind_socket_with_handle(srv->http, srv->opts.addr,
-                                               (ev_uint16_t)srv->opts.port);
+    srv->sock =
+        evhttp_bind_socket_with_handle(srv->http, srv->opts.addr, (ev_uint16_t)srv->opts.port);
     if (!srv->sock)
         return eb_error(EB_ERR_IO, "cannot listen on %s:%d", srv->opts.addr, srv->opts.port);
     eb_log_info(NULL, "HTTP listening on %s:%d", srv->opts.addr, srv->opts.port);
@@ -717,8 +720,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (srv->in_flight > 0)
-        eb_log_warn(NULL, "shutdown grace period over with %d requests in flight",
-                    srv->in_flight);
+        eb_log_warn(NULL, "shutdown grace period over with %d requests in flight", srv->in_flight);
     srv->drain_done(srv->drain_arg);
 }
 

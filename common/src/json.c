@@ -67,8 +67,8 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
         return eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu", at);
     }
     if (end) {
-        while ((size_t)(end - data) < n && (*end == ' ' || *end == '\n' || *end == '\r' ||
-                                            *end == '\t'))
+        while ((size_t)(end - data) < n &&
+               (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
             end++;
         if ((size_t)(end - data) < n) {
             cJSON_Delete(root);
@@ -105,8 +105,8 @@ eb_status eb_json_string(const cJSON *obj, const char *name, bool required, size
     return EB_OK;
 }
 
-eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required,
-                               size_t max_items, size_t max_len, const cJSON **out)
+eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required, size_t max_items,
+                               size_t max_len, const cJSON **out)
 {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
     const cJSON *e;
@@ -128,8 +128,7 @@ eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required
             return eb_error(EB_ERR_INVALID, "an item of '%s' is longer than %zu bytes", name,
                             max_len);
         if (++n > max_items)
-            return eb_error(EB_ERR_INVALID, "field '%s' has more than %zu items", name,
-                            max_items);
+            return eb_error(EB_ERR_INVALID, "field '%s' has more than %zu items", name, max_items);
     }
     *out = it;
     return EB_OK;

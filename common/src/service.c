@@ -66,7 +66,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     eb_service *svc = arg;
 
     (void)what;
-    eb_log_info(NULL, "received %s; shutting down gracefully", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    eb_log_info(NULL, "received %s; shutting down gracefully",
+                sig == SIGTERM ? "SIGTERM" : "SIGINT");
     if (svc->on_stop)
         svc->on_stop(svc->on_stop_arg);
     eb_http_shutdown(svc->http, on_drained, svc);
@@ -81,8 +82,10 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
     memset(svc, 0, sizeof(*svc));
     svc->name = name;
     if (eb_log_init(name, cfg->log_level) != 0)
-        return eb_error(EB_ERR_INVALID, "setting log-level (EVALBUS_LOG_LEVEL): '%s' is not one "
-                        "of debug, info, warn, error", cfg->log_level);
+        return eb_error(EB_ERR_INVALID,
+                        "setting log-level (EVALBUS_LOG_LEVEL): '%s' is not one "
+                        "of debug, info, warn, error",
+                        cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() != 0)
         return eb_error(EB_ERR_INTERNAL, "libevent has no pthreads support");

@@ -29,8 +29,10 @@ eb_status auth_admin_bootstrap(PGconn *conn, const char *slug, const char *email
     if (team_id_out)
         *team_id_out = NULL;
     if (!auth_slug_valid(slug))
-        return eb_error(EB_ERR_INVALID, "team name '%s' is not valid: use 1-63 lowercase letters,"
-                        " digits and '-', not starting with '-'", slug);
+        return eb_error(EB_ERR_INVALID,
+                        "team name '%s' is not valid: use 1-63 lowercase letters,"
+                        " digits and '-', not starting with '-'",
+                        slug);
     if (!auth_email_valid(email))
         return eb_error(EB_ERR_INVALID, "'%s' is not a valid e-mail address", email);
     if (!auth_tier_valid(default_tier))
@@ -48,8 +50,9 @@ eb_status auth_admin_bootstrap(PGconn *conn, const char *slug, const char *email
         goto cleanup;
     {
         const char *p[3] = {slug, slug, default_tier};
-        st = eb_db_exec(conn, "INSERT INTO auth.teams (slug, name, tier) VALUES ($1, $2, $3)"
-                              " RETURNING id",
+        st = eb_db_exec(conn,
+                        "INSERT INTO auth.teams (slug, name, tier) VALUES ($1, $2, $3)"
+                        " RETURNING id",
                         3, p, &r);
         if (st == EB_ERR_CONFLICT)
             st = eb_error(EB_ERR_CONFLICT, "team '%s' already exists", slug);
@@ -62,8 +65,9 @@ eb_status auth_admin_bootstrap(PGconn *conn, const char *slug, const char *email
     {
         /* An existing user (same e-mail) becomes the owner; the password must match. */
         const char *p[1] = {email};
-        st = eb_db_exec(conn, "SELECT id, password_hash FROM auth.users WHERE lower(email) ="
-                              " lower($1)",
+        st = eb_db_exec(conn,
+                        "SELECT id, password_hash FROM auth.users WHERE lower(email) ="
+                        " lower($1)",
                         1, p, &r);
         if (st != EB_OK)
             goto cleanup;
@@ -79,8 +83,9 @@ eb_status auth_admin_bootstrap(PGconn *conn, const char *slug, const char *email
     }
     if (!user_id[0]) {
         const char *p[2] = {email, phash};
-        st = eb_db_exec(conn, "INSERT INTO auth.users (email, password_hash) VALUES ($1, $2)"
-                              " RETURNING id",
+        st = eb_db_exec(conn,
+                        "INSERT INTO auth.users (email, password_hash) VALUES ($1, $2)"
+                        " RETURNING id",
                         2, p, &r);
         if (st != EB_OK)
             goto cleanup;
@@ -90,8 +95,9 @@ eb_status auth_admin_bootstrap(PGconn *conn, const char *slug, const char *email
     }
     {
         const char *p[2] = {team_id, user_id};
-        st = eb_db_exec(conn, "INSERT INTO auth.memberships (team_id, user_id, role)"
-                              " VALUES ($1::uuid, $2::uuid, 'owner')",
+        st = eb_db_exec(conn,
+                        "INSERT INTO auth.memberships (team_id, user_id, role)"
+                        " VALUES ($1::uuid, $2::uuid, 'owner')",
                         2, p, NULL);
         if (st != EB_OK)
             goto cleanup;
@@ -153,8 +159,7 @@ eb_status auth_admin_set_tier(PGconn *conn, const char *slug, const char *tier,
     st = eb_db_begin_system(conn);
     if (st != EB_OK)
         return st;
-    st = eb_db_exec(conn, "UPDATE auth.teams SET tier = $2 WHERE slug = $1 RETURNING id", 2, p,
-                    &r);
+    st = eb_db_exec(conn, "UPDATE auth.teams SET tier = $2 WHERE slug = $1 RETURNING id", 2, p, &r);
     if (st != EB_OK)
         goto cleanup;
     if (PQntuples(r) == 0) {

@@ -190,8 +190,8 @@ static void login_continue(eb_http_req *req, login_state *ls)
         goto cleanup;
     {
         const char *p[1] = {email};
-        st = eb_db_exec(c, "SELECT id, password_hash FROM auth.users WHERE lower(email) = lower($1)",
-                        1, p, &r);
+        st = eb_db_exec(
+            c, "SELECT id, password_hash FROM auth.users WHERE lower(email) = lower($1)", 1, p, &r);
         if (st != EB_OK) {
             api_fail(ctx, req, c, st);
             c = NULL;
@@ -358,8 +358,9 @@ void api_team_current(eb_http_req *req, void *vctx)
 
     if (!c)
         return;
-    st = eb_db_exec(c, "SELECT id, slug, name, tier, auth.iso(created_at) FROM auth.teams"
-                       " WHERE id = $1::uuid",
+    st = eb_db_exec(c,
+                    "SELECT id, slug, name, tier, auth.iso(created_at) FROM auth.teams"
+                    " WHERE id = $1::uuid",
                     1, params, &r);
     if (st != EB_OK) {
         api_fail(ctx, req, c, st);
@@ -411,8 +412,9 @@ void api_team_create(eb_http_req *req, void *vctx)
     }
     if (!auth_slug_valid(slug)) {
         cJSON_Delete(body);
-        eb_http_reply_error(req, EB_ERR_INVALID, "slug must be 1-63 lowercase letters, digits or "
-                                                 "'-', not starting with '-'");
+        eb_http_reply_error(req, EB_ERR_INVALID,
+                            "slug must be 1-63 lowercase letters, digits or "
+                            "'-', not starting with '-'");
         return;
     }
     c = begin_system(ctx, req);
@@ -422,8 +424,9 @@ void api_team_create(eb_http_req *req, void *vctx)
     }
     {
         const char *params[3] = {slug, name && *name ? name : slug, ctx->cfg->default_tier};
-        st = eb_db_exec(c, "INSERT INTO auth.teams (slug, name, tier) VALUES ($1, $2, $3)"
-                           " RETURNING id, slug, name, tier, auth.iso(created_at)",
+        st = eb_db_exec(c,
+                        "INSERT INTO auth.teams (slug, name, tier) VALUES ($1, $2, $3)"
+                        " RETURNING id, slug, name, tier, auth.iso(created_at)",
                         3, params, &r);
     }
     if (st == EB_ERR_CONFLICT)
@@ -431,8 +434,9 @@ void api_team_create(eb_http_req *req, void *vctx)
     if (st == EB_OK) {
         const char *params[2] = {eb_db_val(r, 0, 0), p->user_id};
         snprintf(team_id, sizeof(team_id), "%s", eb_db_val(r, 0, 0));
-        st = eb_db_exec(c, "INSERT INTO auth.memberships (team_id, user_id, role)"
-                           " VALUES ($1::uuid, $2::uuid, 'owner')",
+        st = eb_db_exec(c,
+                        "INSERT INTO auth.memberships (team_id, user_id, role)"
+                        " VALUES ($1::uuid, $2::uuid, 'owner')",
                         2, params, NULL);
     }
     if (st == EB_OK) {

@@ -13,9 +13,9 @@
 #include <string.h>
 
 #define KEY_COLUMNS                                                                                \
-    "id, prefix, name, role, array_to_json(scopes)::text, project, auth.iso(created_at),"         \
-    " auth.iso(expires_at), auth.iso(revoked_at), auth.iso(last_used_at),"                        \
-    " CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at <= now() THEN 'expired'"   \
+    "id, prefix, name, role, array_to_json(scopes)::text, project, auth.iso(created_at),"          \
+    " auth.iso(expires_at), auth.iso(revoked_at), auth.iso(last_used_at),"                         \
+    " CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at <= now() THEN 'expired'"     \
     " ELSE 'active' END"
 
 static cJSON *key_json(const PGresult *r, int i)
@@ -80,8 +80,10 @@ void api_key_create(eb_http_req *req, void *vctx)
     {
         unsigned bit = eb_scope_parse(e->valuestring);
         if (!bit) {
-            st = eb_error(EB_ERR_INVALID, "unknown scope '%s' (known: traces:write, traces:read, "
-                          "exports:write, exports:read, analytics:read, admin)", e->valuestring);
+            st = eb_error(EB_ERR_INVALID,
+                          "unknown scope '%s' (known: traces:write, traces:read, "
+                          "exports:write, exports:read, analytics:read, admin)",
+                          e->valuestring);
             goto fail;
         }
         if (!(eb_role_scopes(role) & bit)) {
@@ -128,10 +130,15 @@ void api_key_create(eb_http_req *req, void *vctx)
         }
     }
     {
-        const char *params[9] = {p->team_id,          name,    prefix,   khash,
-                                 eb_role_str(role),   arr.data,
+        const char *params[9] = {p->team_id,
+                                 name,
+                                 prefix,
+                                 khash,
+                                 eb_role_str(role),
+                                 arr.data,
                                  project && *project ? project : NULL,
-                                 p->user_id[0] ? p->user_id : NULL, expires};
+                                 p->user_id[0] ? p->user_id : NULL,
+                                 expires};
         st = eb_db_exec(c,
                         "INSERT INTO auth.api_keys (team_id, name, prefix, key_hash, role, scopes,"
                         " project, created_by, expires_at) VALUES ($1::uuid, $2, $3, $4, $5,"
@@ -179,8 +186,9 @@ void api_keys_list(eb_http_req *req, void *vctx)
 
     if (!c)
         return;
-    st = eb_db_exec(c, "SELECT " KEY_COLUMNS " FROM auth.api_keys WHERE team_id = $1::uuid"
-                       " ORDER BY created_at DESC, id LIMIT 1000",
+    st = eb_db_exec(c,
+                    "SELECT " KEY_COLUMNS " FROM auth.api_keys WHERE team_id = $1::uuid"
+                    " ORDER BY created_at DESC, id LIMIT 1000",
                     1, params, &r);
     if (st != EB_OK) {
         api_fail(ctx, req, c, st);

@@ -128,8 +128,9 @@ void api_user_update(eb_http_req *req, void *vctx)
                                        "member owner first");
     } else {
         const char *params[3] = {p->team_id, id, eb_role_str(role)};
-        st = eb_db_exec(c, "UPDATE auth.memberships SET role = $3 WHERE team_id = $1::uuid"
-                           " AND user_id = $2::uuid",
+        st = eb_db_exec(c,
+                        "UPDATE auth.memberships SET role = $3 WHERE team_id = $1::uuid"
+                        " AND user_id = $2::uuid",
                         3, params, NULL);
     }
     if (st == EB_OK && old != role) {
@@ -181,8 +182,9 @@ void api_user_remove(eb_http_req *req, void *vctx)
         st = eb_error(EB_ERR_CONFLICT, "the team's last owner cannot be removed");
     } else {
         const char *params[2] = {p->team_id, id};
-        st = eb_db_exec(c, "DELETE FROM auth.memberships WHERE team_id = $1::uuid"
-                           " AND user_id = $2::uuid",
+        st = eb_db_exec(c,
+                        "DELETE FROM auth.memberships WHERE team_id = $1::uuid"
+                        " AND user_id = $2::uuid",
                         2, params, NULL);
     }
     if (st == EB_OK) {
@@ -207,8 +209,8 @@ void api_user_remove(eb_http_req *req, void *vctx)
 /* --- invitations --- */
 
 #define INVITATION_COLUMNS                                                                         \
-    "id, email, role, auth.iso(created_at), auth.iso(expires_at), auth.iso(accepted_at),"         \
-    " CASE WHEN accepted_at IS NOT NULL THEN 'accepted' WHEN revoked_at IS NOT NULL THEN"         \
+    "id, email, role, auth.iso(created_at), auth.iso(expires_at), auth.iso(accepted_at),"          \
+    " CASE WHEN accepted_at IS NOT NULL THEN 'accepted' WHEN revoked_at IS NOT NULL THEN"          \
     " 'revoked' WHEN expires_at <= now() THEN 'expired' ELSE 'pending' END"
 
 static cJSON *invitation_json(const PGresult *r, int i)
@@ -268,8 +270,8 @@ void api_invitation_create(eb_http_req *req, void *vctx)
         return;
     }
     {
-        const char *params[6] = {p->team_id, email, eb_role_str(role), thash,
-                                 p->user_id[0] ? p->user_id : NULL, ttl};
+        const char *params[6] = {
+            p->team_id, email, eb_role_str(role), thash, p->user_id[0] ? p->user_id : NULL, ttl};
         st = eb_db_exec(c,
                         "INSERT INTO auth.invitations (team_id, email, role, token_hash,"
                         " created_by, expires_at) VALUES ($1::uuid, $2, $3, $4, $5::uuid,"
@@ -315,9 +317,10 @@ void api_invitations_list(eb_http_req *req, void *vctx)
 
     if (!c)
         return;
-    st = eb_db_exec(c, "SELECT " INVITATION_COLUMNS " FROM auth.invitations"
-                       " WHERE team_id = $1::uuid AND revoked_at IS NULL"
-                       " ORDER BY created_at DESC LIMIT 1000",
+    st = eb_db_exec(c,
+                    "SELECT " INVITATION_COLUMNS " FROM auth.invitations"
+                    " WHERE team_id = $1::uuid AND revoked_at IS NULL"
+                    " ORDER BY created_at DESC LIMIT 1000",
                     1, params, &r);
     if (st != EB_OK) {
         api_fail(ctx, req, c, st);
@@ -354,9 +357,10 @@ void api_invitation_delete(eb_http_req *req, void *vctx)
         return;
     {
         const char *params[2] = {p->team_id, id};
-        st = eb_db_exec(c, "UPDATE auth.invitations SET revoked_at = coalesce(revoked_at, now())"
-                           " WHERE team_id = $1::uuid AND id = $2::uuid AND accepted_at IS NULL"
-                           " RETURNING id",
+        st = eb_db_exec(c,
+                        "UPDATE auth.invitations SET revoked_at = coalesce(revoked_at, now())"
+                        " WHERE team_id = $1::uuid AND id = $2::uuid AND accepted_at IS NULL"
+                        " RETURNING id",
                         2, params, &r);
     }
     if (st == EB_OK && PQntuples(r) == 0)
@@ -424,8 +428,9 @@ static void accept_continue(eb_http_req *req, auth_ctx *ctx)
     r = NULL;
     {
         const char *params[1] = {email};
-        st = eb_db_exec(c, "SELECT id, password_hash FROM auth.users WHERE lower(email) ="
-                           " lower($1)",
+        st = eb_db_exec(c,
+                        "SELECT id, password_hash FROM auth.users WHERE lower(email) ="
+                        " lower($1)",
                         1, params, &r);
     }
     if (st != EB_OK)
@@ -446,8 +451,9 @@ static void accept_continue(eb_http_req *req, auth_ctx *ctx)
         params[1] = phash;
         PQclear(r);
         r = NULL;
-        st = eb_db_exec(c, "INSERT INTO auth.users (email, password_hash) VALUES ($1, $2)"
-                           " RETURNING id",
+        st = eb_db_exec(c,
+                        "INSERT INTO auth.users (email, password_hash) VALUES ($1, $2)"
+                        " RETURNING id",
                         2, params, &r);
         if (st != EB_OK)
             goto fail;
@@ -457,16 +463,18 @@ static void accept_continue(eb_http_req *req, auth_ctx *ctx)
     r = NULL;
     {
         const char *params[3] = {team_id, user_id, role};
-        st = eb_db_exec(c, "INSERT INTO auth.memberships (team_id, user_id, role)"
-                           " VALUES ($1::uuid, $2::uuid, $3)",
+        st = eb_db_exec(c,
+                        "INSERT INTO auth.memberships (team_id, user_id, role)"
+                        " VALUES ($1::uuid, $2::uuid, $3)",
                         3, params, NULL);
         if (st == EB_ERR_CONFLICT)
             st = eb_error(EB_ERR_CONFLICT, "you are already a member of this team");
     }
     if (st == EB_OK) {
         const char *params[2] = {team_id, inv_id};
-        st = eb_db_exec(c, "UPDATE auth.invitations SET accepted_at = now() WHERE"
-                           " team_id = $1::uuid AND id = $2::uuid",
+        st = eb_db_exec(c,
+                        "UPDATE auth.invitations SET accepted_at = now() WHERE"
+                        " team_id = $1::uuid AND id = $2::uuid",
                         2, params, NULL);
     }
     if (st == EB_OK) {
@@ -474,8 +482,7 @@ static void accept_continue(eb_http_req *req, auth_ctx *ctx)
         d = cJSON_CreateObject();
         cJSON_AddStringToObject(d, "email", email);
         cJSON_AddStringToObject(d, "role", role);
-        st = audit_write(c, team_id, &actor, "invitation_accepted", inv_id, d,
-                         eb_http_req_id(req));
+        st = audit_write(c, team_id, &actor, "invitation_accepted", inv_id, d, eb_http_req_id(req));
         cJSON_Delete(d);
     }
     if (st != EB_OK)
@@ -513,8 +520,7 @@ static void on_accept_limit(bool allowed, long long retry_after_ms, void *arg)
         snprintf(secs, sizeof(secs), "%lld", (retry_after_ms + 999) / 1000);
         eb_http_add_header(req, "Retry-After", secs);
         eb_http_reply_error(req, EB_ERR_RATE_LIMITED,
-                            "too many password attempts from this address; retry after %s s",
-                            secs);
+                            "too many password attempts from this address; retry after %s s", secs);
         return;
     }
     accept_continue(req, eb_http_req_get_data(req));

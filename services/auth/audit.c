@@ -32,9 +32,8 @@ eb_status audit_write(PGconn *conn, const char *team_id, const eb_principal *act
     return st;
 }
 
-void audit_write_now(eb_db *db, const char *team_id, const eb_principal *actor,
-                     const char *action, const char *target, const cJSON *detail,
-                     const char *request_id)
+void audit_write_now(eb_db *db, const char *team_id, const eb_principal *actor, const char *action,
+                     const char *target, const cJSON *detail, const char *request_id)
 {
     PGconn *c = eb_db_get(db);
     eb_status st;

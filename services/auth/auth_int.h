@@ -83,9 +83,8 @@ eb_status audit_write(PGconn *conn, const char *team_id, const eb_principal *act
                       const char *action, const char *target, const cJSON *detail,
                       const char *request_id);
 /* Appends an event in its own short transaction (used for denials and failed logins). */
-void audit_write_now(eb_db *db, const char *team_id, const eb_principal *actor,
-                     const char *action, const char *target, const cJSON *detail,
-                     const char *request_id);
+void audit_write_now(eb_db *db, const char *team_id, const eb_principal *actor, const char *action,
+                     const char *target, const cJSON *detail, const char *request_id);
 
 /* --- HTTP API (api_*.c) --- */
 extern const eb_http_route auth_routes[];

@@ -16,9 +16,9 @@
 #define JWT_MAX_TOKEN_LEN 8192
 
 typedef struct jwt_claims {
-    char sub[64];       /* user id (UUID) */
-    char team_id[64];   /* "team" claim: team id (UUID) */
-    char role[16];      /* "role": viewer | member | admin | owner */
+    char sub[64];     /* user id (UUID) */
+    char team_id[64]; /* "team" claim: team id (UUID) */
+    char role[16];    /* "role": viewer | member | admin | owner */
     char iss[128];
     char aud[128];
     char jti[64];
@@ -38,7 +38,7 @@ eb_status jwt_sign_hs256(const jwt_claims *claims, const void *secret, size_t se
  * longer than its field is "malformed". A secret shorter than JWT_MIN_SECRET_LEN or a NULL
  * issuer/audience is a configuration fault: every token then fails with "bad_signature". */
 eb_status jwt_verify_hs256(const char *token, const void *secret, size_t secret_len,
-                           const char *issuer, const char *audience, long long now,
-                           int leeway_s, jwt_claims *out, const char **reason);
+                           const char *issuer, const char *audience, long long now, int leeway_s,
+                           jwt_claims *out, const char **reason);
 
 #endif

@@ -40,8 +40,8 @@ static const eb_setting settings[] = {
      offsetof(T, free_burst), "free tier: burst"},
     {"rate-pro", "EVALBUS_RATE_PRO", EB_SET_DOUBLE, "200", 0, 1e9, false, offsetof(T, pro_rate),
      "pro tier: requests per second (0 = unlimited)"},
-    {"burst-pro", "EVALBUS_BURST_PRO", EB_SET_DOUBLE, "1000", 0, 1e9, false,
-     offsetof(T, pro_burst), "pro tier: burst"},
+    {"burst-pro", "EVALBUS_BURST_PRO", EB_SET_DOUBLE, "1000", 0, 1e9, false, offsetof(T, pro_burst),
+     "pro tier: burst"},
     {"rate-enterprise", "EVALBUS_RATE_ENTERPRISE", EB_SET_DOUBLE, "0", 0, 1e9, false,
      offsetof(T, enterprise_rate), "enterprise tier: requests per second (0 = unlimited)"},
     {"burst-enterprise", "EVALBUS_BURST_ENTERPRISE", EB_SET_DOUBLE, "0", 0, 1e9, false,
@@ -50,12 +50,12 @@ static const eb_setting settings[] = {
      offsetof(T, cache_ttl_ms), "how long a verified credential is cached (0 disables)"},
     {"verify-cache-size", "EVALBUS_VERIFY_CACHE_SIZE", EB_SET_INT, "32768", 16, 10000000, false,
      offsetof(T, cache_size), "cache slots (half of them fill before the cache is cleared)"},
-    {"verify-workers", "EVALBUS_VERIFY_WORKERS", EB_SET_INT, "2", 1, AUTH_MAX_VERIFY_WORKERS,
-     false, offsetof(T, verify_workers), "NATS verify subscriptions (threads) per replica"},
+    {"verify-workers", "EVALBUS_VERIFY_WORKERS", EB_SET_INT, "2", 1, AUTH_MAX_VERIFY_WORKERS, false,
+     offsetof(T, verify_workers), "NATS verify subscriptions (threads) per replica"},
     {"password-cost", "EVALBUS_PASSWORD_COST", EB_SET_INT, "15", 10, 20, false,
      offsetof(T, password_cost), "scrypt cost for new passwords, log2(N)"},
-    {"invitation-ttl", "EVALBUS_INVITATION_TTL", EB_SET_DURATION, "7d", 60000, 31536000000.0,
-     false, offsetof(T, invitation_ttl_ms), "how long an invitation can be accepted"},
+    {"invitation-ttl", "EVALBUS_INVITATION_TTL", EB_SET_DURATION, "7d", 60000, 31536000000.0, false,
+     offsetof(T, invitation_ttl_ms), "how long an invitation can be accepted"},
 };
 #undef T
 
@@ -101,8 +101,10 @@ void auth_broadcast_revoked(auth_ctx *ctx, const char *team_id, const char *key_
         auth_verifier_drop_team(ctx->verifier, team_id);
     if (auth_publish_revoked(eb_bus_conn(ctx->svc.bus), team_id, key_id, key_hash_hex, false) !=
         EB_OK)
-        eb_log_error(NULL, "revocation for team %s not broadcast (caches expire within the "
-                     "verify-cache-ttl): %s", team_id, eb_error_message());
+        eb_log_error(NULL,
+                     "revocation for team %s not broadcast (caches expire within the "
+                     "verify-cache-ttl): %s",
+                     team_id, eb_error_message());
 }
 
 static void on_stop(void *arg)
@@ -122,8 +124,7 @@ static eb_status migrate(auth_ctx *ctx)
                 return st;
         }
         if (attempt % 10 == 0)
-            eb_log_warn(NULL, "waiting for PostgreSQL to apply migrations: %s",
-                        eb_error_message());
+            eb_log_warn(NULL, "waiting for PostgreSQL to apply migrations: %s", eb_error_message());
         if (attempt >= 120)
             return eb_error(EB_ERR_UNAVAILABLE, "PostgreSQL did not answer for 60 s: %s",
                             eb_error_message());
@@ -146,8 +147,10 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     if (!auth_tier_valid(cfg.default_tier)) {
-        fprintf(stderr, "evalbus-auth: setting default-tier (EVALBUS_DEFAULT_TIER): '%s' is not "
-                        "one of free, pro, enterprise\n", cfg.default_tier);
+        fprintf(stderr,
+                "evalbus-auth: setting default-tier (EVALBUS_DEFAULT_TIER): '%s' is not "
+                "one of free, pro, enterprise\n",
+                cfg.default_tier);
         goto cleanup;
     }
     ctx.cfg = &cfg;

@@ -47,7 +47,7 @@ static void on_verify(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         goto cleanup; /* nobody to answer */
     if (len > MAX_REQUEST_BYTES ||
         !(vr = evalbus__v1__verify_request__unpack(NULL, (size_t)len,
-                                                  (const uint8_t *)natsMsg_GetData(msg)))) {
+                                                   (const uint8_t *)natsMsg_GetData(msg)))) {
         resp.allowed = false;
         resp.reason = (char *)"malformed";
         resp.detail = (char *)"request is not an evalbus.v1.VerifyRequest";
@@ -60,9 +60,9 @@ static void on_verify(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         resp.allowed = true;
         eb_principal_to_pb(&p, &pb, &rl, scratch);
         resp.principal = &pb;
-        eb_metrics_add("evalbus_auth_verify_total",
-                       hit ? "result=\"allowed\",cache=\"hit\"" : "result=\"allowed\",cache=\"miss\"",
-                       1);
+        eb_metrics_add(
+            "evalbus_auth_verify_total",
+            hit ? "result=\"allowed\",cache=\"hit\"" : "result=\"allowed\",cache=\"miss\"", 1);
     } else {
         resp.allowed = false;
         resp.reason = (char *)(st == EB_ERR_UNAUTHENTICATED ? reason : "unavailable");
@@ -75,8 +75,7 @@ static void on_verify(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
             cJSON_AddStringToObject(d, "via", "nats");
             if (vr->source && *vr->source)
                 cJSON_AddStringToObject(d, "source", vr->source);
-            audit_write_now(ctx->svc.db, denied_team, NULL, "denied", p.key_id, d,
-                            vr->request_id);
+            audit_write_now(ctx->svc.db, denied_team, NULL, "denied", p.key_id, d, vr->request_id);
             cJSON_Delete(d);
         }
     }
@@ -95,10 +94,9 @@ static void on_revoked(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
 
     (void)nc;
     (void)sub;
-    kr = len <= MAX_REQUEST_BYTES
-             ? evalbus__v1__key_revoked__unpack(NULL, (size_t)len,
-                                                (const uint8_t *)natsMsg_GetData(msg))
-             : NULL;
+    kr = len <= MAX_REQUEST_BYTES ? evalbus__v1__key_revoked__unpack(
+                                        NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(msg))
+                                  : NULL;
     if (kr) {
         if (kr->key_hash_hex && strlen(kr->key_hash_hex) == 64)
             auth_verifier_drop_key(ctx->verifier, kr->key_hash_hex);

@@ -209,8 +209,9 @@ static eb_status verify_key(auth_verifier *v, const char *key, const char *hash,
     eb_db_put(v->db, c);
     if (st != EB_OK) {
         PQclear(r);
-        return st == EB_ERR_UNAVAILABLE ? st : eb_error(EB_ERR_UNAVAILABLE, "key lookup failed: %s",
-                                                         eb_error_message());
+        return st == EB_ERR_UNAVAILABLE
+                   ? st
+                   : eb_error(EB_ERR_UNAVAILABLE, "key lookup failed: %s", eb_error_message());
     }
     if (PQntuples(r) == 0) {
         PQclear(r);

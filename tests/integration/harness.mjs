@@ -349,6 +349,18 @@ export class Stack {
     return path.join(this.state, 'run', `${part}.pid`);
   }
 
+  /** Parts with a pid file in $STATE/run (nats, postgres, redis, nginx, auth, ...). */
+  pidParts() {
+    try {
+      const found = fs.readdirSync(path.join(this.state, 'run'))
+        .filter((f) => f.endsWith('.pid'))
+        .map((f) => f.slice(0, -4));
+      return [...new Set([...PID_PARTS, ...found])];
+    } catch {
+      return PID_PARTS;
+    }
+  }
+
   readPid(part) {
     try {
       const pid = Number.parseInt(fs.readFileSync(this.pidFile(part), 'utf8').trim(), 10);
@@ -445,7 +457,7 @@ export class Stack {
       }
     }
     // Pid files go away with `down`: note the pids first, then check that they are gone.
-    const pids = PID_PARTS.map((part) => [part, this.readPid(part)]).filter(([, pid]) => pid);
+    const pids = this.pidParts().map((part) => [part, this.readPid(part)]).filter(([, pid]) => pid);
     const res = await this.stackCmd('down', 90_000);
     if (res.code !== 0) problems.push(`scripts/stack down exited ${res.code}: ${tail(res.stdout + res.stderr, 20)}`);
     for (const [part, pid] of pids) {
@@ -465,7 +477,7 @@ export class Stack {
   downSync() {
     if (!this.state) return;
     for (const r of this.replicas) if (r.exitCode === null) r.proc.kill('SIGKILL');
-    const pids = PID_PARTS.map((part) => this.readPid(part)).filter(Boolean);
+    const pids = this.pidParts().map((part) => this.readPid(part)).filter(Boolean);
     spawnSync(STACK_SCRIPT, ['down'], { env: this.scriptEnv(), timeout: 60_000, stdio: 'ignore' });
     for (const pid of pids) {
       if (pidAlive(pid)) {
@@ -703,16 +715,19 @@ export class Stack {
     fs.mkdirSync(logDir, { recursive: true });
     const logFile = path.join(logDir, `auth-replica-${n}.log`);
     const fd = fs.openSync(logFile, 'a');
-    const env = {
-      ...process.env,
+    // Our environment (PATH, sanitizer options, ...) without any EVALBUS_* setting of the
+    // caller's, then the stack's settings as scripts/stack gives them to auth.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EVALBUS_')));
+    Object.assign(env, {
       EVALBUS_NATS_URL: this.env.EVALBUS_NATS_URL,
       EVALBUS_DATABASE_URL: this.env.EVALBUS_DATABASE_URL,
       EVALBUS_REDIS_URL: this.env.EVALBUS_REDIS_URL,
       EVALBUS_JWT_SECRET_FILE: this.env.EVALBUS_JWT_SECRET_FILE,
       EVALBUS_HTTP_ADDR: '127.0.0.1',
       EVALBUS_HTTP_PORT: String(port),
+      EVALBUS_LOG_LEVEL: process.env.EVALBUS_LOG_LEVEL ?? 'info',
       ...extraEnv,
-    };
+    });
     const proc = spawn(path.join(BIN_DIR, 'evalbus-auth'), [], { env, stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
     const replica = { proc, pid: proc.pid, port, url: `http://127.0.0.1:${port}`, logFile, exitCode: null, signal: null };

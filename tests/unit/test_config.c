@@ -40,8 +40,8 @@ static const eb_setting tab[] = {
 
 static void clear_env(void)
 {
-    const char *vars[] = {"EBT_NAME", "EBT_PORT",  "EBT_FLAG",        "EBT_TIMEOUT",
-                          "EBT_BODY", "EBT_RATIO", "EBT_SECRET",      "EBT_SECRET_FILE",
+    const char *vars[] = {"EBT_NAME",      "EBT_PORT",      "EBT_FLAG",   "EBT_TIMEOUT",
+                          "EBT_BODY",      "EBT_RATIO",     "EBT_SECRET", "EBT_SECRET_FILE",
                           "EBT_PORT_FILE", "EVALBUS_CONFIG"};
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
         unsetenv(vars[i]);
@@ -137,12 +137,12 @@ typedef struct bad_case {
 static void test_bad_values(void **state)
 {
     static const bad_case cases[] = {
-        {"EBT_PORT", "99999", "port"},   {"EBT_PORT", "80x", "port"},
-        {"EBT_PORT", "", "port"},        {"EBT_PORT", "0", "port"},
-        {"EBT_FLAG", "maybe", "flag"},   {"EBT_TIMEOUT", "5 s", "timeout"},
+        {"EBT_PORT", "99999", "port"},     {"EBT_PORT", "80x", "port"},
+        {"EBT_PORT", "", "port"},          {"EBT_PORT", "0", "port"},
+        {"EBT_FLAG", "maybe", "flag"},     {"EBT_TIMEOUT", "5 s", "timeout"},
         {"EBT_TIMEOUT", "-1s", "timeout"}, {"EBT_TIMEOUT", "2m", "timeout"},
-        {"EBT_BODY", "10XB", "body"},    {"EBT_BODY", "0", "body"},
-        {"EBT_RATIO", "1.5", "ratio"},   {"EBT_RATIO", "nan", "ratio"},
+        {"EBT_BODY", "10XB", "body"},      {"EBT_BODY", "0", "body"},
+        {"EBT_RATIO", "1.5", "ratio"},     {"EBT_RATIO", "nan", "ratio"},
     };
 
     (void)state;
@@ -153,8 +153,8 @@ static void test_bad_values(void **state)
         assert_int_equal(eb_config_load(tab, NTAB, &c, 0, NULL, NULL), EB_ERR_INVALID);
         if (!strstr(eb_error_message(), cases[i].must_mention) ||
             !strstr(eb_error_message(), cases[i].env))
-            fail_msg("%s=%s: message does not name the setting: %s", cases[i].env,
-                     cases[i].value, eb_error_message());
+            fail_msg("%s=%s: message does not name the setting: %s", cases[i].env, cases[i].value,
+                     eb_error_message());
         eb_config_free(tab, NTAB, &c);
     }
 }

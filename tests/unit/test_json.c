@@ -20,15 +20,15 @@ static void test_utf8(void **state)
     static const utf8_case cases[] = {
         {"plain ascii", 11, true},
         {"caf\xc3\xa9", 5, true},
-        {"\xe2\x82\xac", 3, true},          /* euro sign */
-        {"\xf0\x9f\x98\x80", 4, true},      /* emoji */
-        {"\xc3", 1, false},                 /* truncated */
-        {"\xc0\xaf", 2, false},             /* overlong '/' */
-        {"\xe0\x80\xaf", 3, false},         /* overlong */
-        {"\xed\xa0\x80", 3, false},         /* surrogate */
-        {"\xf4\x90\x80\x80", 4, false},     /* above U+10FFFF */
+        {"\xe2\x82\xac", 3, true},      /* euro sign */
+        {"\xf0\x9f\x98\x80", 4, true},  /* emoji */
+        {"\xc3", 1, false},             /* truncated */
+        {"\xc0\xaf", 2, false},         /* overlong '/' */
+        {"\xe0\x80\xaf", 3, false},     /* overlong */
+        {"\xed\xa0\x80", 3, false},     /* surrogate */
+        {"\xf4\x90\x80\x80", 4, false}, /* above U+10FFFF */
         {"\xff", 1, false},
-        {"\x80", 1, false},                 /* lone continuation */
+        {"\x80", 1, false}, /* lone continuation */
         {"ok\xe2\x82", 4, false},
     };
 
@@ -64,8 +64,7 @@ static void test_parse_object(void **state)
         if (st != cases[i].st)
             fail_msg("case %zu: status %s", i, eb_status_str(st));
         if (cases[i].mention && !strstr(eb_error_message(), cases[i].mention))
-            fail_msg("case %zu: message '%s' lacks '%s'", i, eb_error_message(),
-                     cases[i].mention);
+            fail_msg("case %zu: message '%s' lacks '%s'", i, eb_error_message(), cases[i].mention);
         if (st == EB_OK)
             assert_non_null(o);
         else
@@ -122,13 +121,20 @@ static void test_rfc3339(void **state)
         const char *s;
         bool ok;
     } cases[] = {
-        {"2026-11-22T10:00:00Z", true},       {"2026-11-22T10:00:01.25Z", true},
-        {"2026-11-22t10:00:00z", true},       {"2026-11-22T10:00:00+05:30", true},
-        {"2026-11-22T10:00:00-08:00", true},  {"tomorrow", false},
-        {"2026-11-22", false},                {"2026-11-22 10:00:00Z", false},
-        {"2026-13-01T00:00:00Z", false},      {"2026-11-22T24:00:00Z", false},
-        {"2026-11-22T10:00:00", false},       {"2026-11-22T10:00:00.Z", false},
-        {"2026-11-22T10:00:00+0530", false},  {"2026-11-22T10:00:00Zjunk", false},
+        {"2026-11-22T10:00:00Z", true},
+        {"2026-11-22T10:00:01.25Z", true},
+        {"2026-11-22t10:00:00z", true},
+        {"2026-11-22T10:00:00+05:30", true},
+        {"2026-11-22T10:00:00-08:00", true},
+        {"tomorrow", false},
+        {"2026-11-22", false},
+        {"2026-11-22 10:00:00Z", false},
+        {"2026-13-01T00:00:00Z", false},
+        {"2026-11-22T24:00:00Z", false},
+        {"2026-11-22T10:00:00", false},
+        {"2026-11-22T10:00:00.Z", false},
+        {"2026-11-22T10:00:00+0530", false},
+        {"2026-11-22T10:00:00Zjunk", false},
     };
 
     (void)state;

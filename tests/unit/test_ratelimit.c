@@ -29,12 +29,12 @@ typedef struct refill_case {
 static void test_refill_table(void **state)
 {
     static const refill_case cases[] = {
-        {20, 100, 0, 50, 1, 0},       /* 50 ms at 20/s gives exactly one token */
-        {20, 100, 0, 25, 0.5, 25},    /* half a token: 25 ms more */
-        {20, 100, 99.5, 1000, 100, 0}, /* capped at burst */
-        {1, 5, 0, 0, 0, 1000},        /* empty, 1/s: a second to wait */
+        {20, 100, 0, 50, 1, 0},         /* 50 ms at 20/s gives exactly one token */
+        {20, 100, 0, 25, 0.5, 25},      /* half a token: 25 ms more */
+        {20, 100, 99.5, 1000, 100, 0},  /* capped at burst */
+        {1, 5, 0, 0, 0, 1000},          /* empty, 1/s: a second to wait */
         {0.5, 20, 0.25, 0, 0.25, 1500}, /* login limiter: 0.75 token at 0.5/s */
-        {200, 1000, 0, 4, 0.8, 1},    /* fractional wait rounds up */
+        {200, 1000, 0, 4, 0.8, 1},      /* fractional wait rounds up */
     };
 
     (void)state;
@@ -42,8 +42,7 @@ static void test_refill_table(void **state)
         const refill_case *c = &cases[i];
         double tokens = c->tokens_before;
         long long last = 10000;
-        long long wait = eb_bucket_refill(&tokens, &last, c->rate, c->burst,
-                                          10000 + c->elapsed_ms);
+        long long wait = eb_bucket_refill(&tokens, &last, c->rate, c->burst, 10000 + c->elapsed_ms);
         if (tokens < c->tokens_after - 1e-9 || tokens > c->tokens_after + 1e-9 ||
             wait != c->wait_ms)
             fail_msg("case %zu: tokens %.6f (want %.6f), wait %lld (want %lld)", i, tokens,

@@ -25,8 +25,8 @@ eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service
 void eb_authc_free(eb_authc *c);
 
 /* impl is the eb_authc. done runs exactly once on the loop thread (at once on a cache hit). */
-void eb_authc_verify(void *impl, const char *credential, const char *request_id,
-                     eb_auth_done done, void *arg);
+void eb_authc_verify(void *impl, const char *credential, const char *request_id, eb_auth_done done,
+                     void *arg);
 
 /* Counters for tests and /metrics: answers from the cache, and requests sent over NATS. */
 void eb_authc_stats(eb_authc *c, unsigned long long *hits, unsigned long long *misses);

@@ -3,9 +3,10 @@
  * A service gives a route table: method, path pattern with {name} segments, handler, and who
  * may call it (public, or a minimum role and a scope). For each request the server assigns a
  * request id (X-Request-Id, kept from the client or nginx when well-formed), enforces the body
- * limit (413), finds the route (404, or 405 with code "method_not_allowed"), authenticates the Bearer credential through the
- * service's authenticator (401 / 503), checks role and scope (403), applies the principal's
- * rate limit (429 with Retry-After), then calls the handler. Every error body is JSON:
+ * limit (413), finds the route (404, or 405 with code "method_not_allowed"), authenticates the
+ * Bearer credential through the service's authenticator (401 / 503), checks role and scope (403),
+ * applies the principal's rate limit (429 with Retry-After), then calls the handler. Every error
+ * body is JSON:
  * {"error": {"code", "message", "request_id"}}. /healthz, /readyz (dependency checks) and
  * /metrics (Prometheus text) are built in. Each request is logged once (access log) and
  * counted in evalbus_http_requests_total.
@@ -33,16 +34,16 @@ typedef struct eb_http_route {
     const char *method;  /* "GET", "POST", "PUT", "PATCH", "DELETE" */
     const char *pattern; /* "/api/v1/keys/{id}" */
     eb_http_handler handler;
-    bool public_route;   /* no credential needed */
-    eb_role min_role;    /* for non-public routes */
-    unsigned scope;      /* required scope bit (EB_SCOPE_*), 0 for none */
+    bool public_route; /* no credential needed */
+    eb_role min_role;  /* for non-public routes */
+    unsigned scope;    /* required scope bit (EB_SCOPE_*), 0 for none */
 } eb_http_route;
 
 typedef struct eb_http_options {
     const char *service; /* for logs and metrics */
     const char *addr;
     int port;
-    size_t max_body;           /* bytes; larger bodies get 413 */
+    size_t max_body;             /* bytes; larger bodies get 413 */
     long long shutdown_delay_ms; /* on shutdown, keep accepting this long (readyz says 503) */
     long long shutdown_grace_ms; /* then wait at most this long for in-flight requests */
 } eb_http_options;
@@ -51,8 +52,8 @@ typedef struct eb_http_options {
 typedef bool (*eb_ready_fn)(void *arg, char *detail, size_t detail_len);
 
 /* Called when a request is refused after authentication (403) so the service can audit it. */
-typedef void (*eb_denied_fn)(void *arg, const eb_principal *p, const char *method,
-                             const char *path, const char *request_id, const char *why);
+typedef void (*eb_denied_fn)(void *arg, const eb_principal *p, const char *method, const char *path,
+                             const char *request_id, const char *why);
 
 eb_http_server *eb_http_server_new(struct event_base *base, const eb_http_options *opts,
                                    const eb_http_route *routes, size_t nroutes, void *ctx);
@@ -67,9 +68,9 @@ void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, vo
 
 /* Binds and starts accepting. EB_ERR_IO if the address cannot be bound. */
 eb_status eb_http_listen(eb_http_server *srv);
-/* Graceful stop (a grace of 0 answers nothing more that is in flight): /readyz answers 503 at once; after shutdown_delay_ms the listener closes;
- * then it waits until no request is in flight (or shutdown_grace_ms ends) and calls done(arg)
- * on the loop thread. */
+/* Graceful stop (a grace of 0 answers nothing more that is in flight): /readyz answers 503 at once;
+ * after shutdown_delay_ms the listener closes; then it waits until no request is in flight (or
+ * shutdown_grace_ms ends) and calls done(arg) on the loop thread. */
 void eb_http_shutdown(eb_http_server *srv, void (*done)(void *arg), void *arg);
 /* Number of requests accepted and not yet answered. */
 int eb_http_in_flight(const eb_http_server *srv);

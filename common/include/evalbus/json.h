@@ -23,8 +23,8 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out);
 eb_status eb_json_string(const cJSON *obj, const char *name, bool required, size_t max_len,
                          const char **out);
 /* Reads an array of strings; each is checked like eb_json_string. *out points into obj. */
-eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required,
-                               size_t max_items, size_t max_len, const cJSON **out);
+eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required, size_t max_items,
+                               size_t max_len, const cJSON **out);
 /* Reads a number (integral if integral is true), within [min, max]. Missing and not required:
  * *out untouched, EB_OK. */
 eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool integral,

@@ -32,32 +32,93 @@ typedef struct eb_service_config {
 
 /* Settings rows for the eb_service_config member `m` of struct `T`; port is the default port
  * and body the default body limit, as string literals ("8085", "64KiB"). */
-#define EB_SERVICE_SETTINGS(T, m, port, body)                                                           \
-    {"http-addr", "EVALBUS_HTTP_ADDR", EB_SET_STRING, "127.0.0.1", 0, 0, false,                  \
-     offsetof(T, m.http_addr), "address the HTTP server binds"},                                  \
-        {"http-port", "EVALBUS_HTTP_PORT", EB_SET_INT, port, 1, 65535, false,                     \
-         offsetof(T, m.http_port), "HTTP port"},                                                  \
-        {"nats-url", "EVALBUS_NATS_URL", EB_SET_STRING, "nats://127.0.0.1:8086", 0, 0, false,     \
-         offsetof(T, m.nats_url), "NATS server URL(s), comma-separated"},                         \
-        {"database-url", "EVALBUS_DATABASE_URL", EB_SET_STRING,                                   \
-         "postgresql://evalbus@127.0.0.1:8087/evalbus", 0, 0, true, offsetof(T, m.database_url),  \
-         "PostgreSQL connection URI"},                                                            \
-        {"redis-url", "EVALBUS_REDIS_URL", EB_SET_STRING, "redis://127.0.0.1:8088", 0, 0, true,   \
-         offsetof(T, m.redis_url), "Redis URL (rate limits, caches); empty disables Redis"},      \
-        {"log-level", "EVALBUS_LOG_LEVEL", EB_SET_STRING, "info", 0, 0, false,                    \
-         offsetof(T, m.log_level), "debug | info | warn | error"},                                \
-        {"max-body", "EVALBUS_MAX_BODY", EB_SET_SIZE, body, 1, 1073741824.0, false,             \
-         offsetof(T, m.max_body), "largest accepted HTTP request body (413 above)"},              \
-        {"db-pool", "EVALBUS_DB_POOL", EB_SET_INT, "4", 1, 256, false, offsetof(T, m.db_pool),    \
-         "PostgreSQL connections per process"},                                                   \
-        {"redis-timeout", "EVALBUS_REDIS_TIMEOUT", EB_SET_DURATION, "250ms", 1, 60000, false,     \
-         offsetof(T, m.redis_timeout_ms), "wait for Redis before deciding a rate limit locally"}, \
-        {"shutdown-delay", "EVALBUS_SHUTDOWN_DELAY", EB_SET_DURATION, "250ms", 0, 600000, false,  \
-         offsetof(T, m.shutdown_delay_ms),                                                        \
-         "after SIGTERM, keep accepting this long while /readyz says 503"},                       \
-    {                                                                                             \
-        "shutdown-grace", "EVALBUS_SHUTDOWN_GRACE", EB_SET_DURATION, "10s", 0, 3600000, false,    \
-            offsetof(T, m.shutdown_grace_ms), "then wait this long for requests in flight"        \
+#define EB_SERVICE_SETTINGS(T, m, port, body)                                                      \
+    {"http-addr",                                                                                  \
+     "EVALBUS_HTTP_ADDR",                                                                          \
+     EB_SET_STRING,                                                                                \
+     "127.0.0.1",                                                                                  \
+     0,                                                                                            \
+     0,                                                                                            \
+     false,                                                                                        \
+     offsetof(T, m.http_addr),                                                                     \
+     "address the HTTP server binds"},                                                             \
+        {"http-port", "EVALBUS_HTTP_PORT",      EB_SET_INT, port, 1, 65535,                        \
+         false,       offsetof(T, m.http_port), "HTTP port"},                                      \
+        {"nats-url",                                                                               \
+         "EVALBUS_NATS_URL",                                                                       \
+         EB_SET_STRING,                                                                            \
+         "nats://127.0.0.1:8086",                                                                  \
+         0,                                                                                        \
+         0,                                                                                        \
+         false,                                                                                    \
+         offsetof(T, m.nats_url),                                                                  \
+         "NATS server URL(s), comma-separated"},                                                   \
+        {"database-url",                                                                           \
+         "EVALBUS_DATABASE_URL",                                                                   \
+         EB_SET_STRING,                                                                            \
+         "postgresql://evalbus@127.0.0.1:8087/evalbus",                                            \
+         0,                                                                                        \
+         0,                                                                                        \
+         true,                                                                                     \
+         offsetof(T, m.database_url),                                                              \
+         "PostgreSQL connection URI"},                                                             \
+        {"redis-url",                                                                              \
+         "EVALBUS_REDIS_URL",                                                                      \
+         EB_SET_STRING,                                                                            \
+         "redis://127.0.0.1:8088",                                                                 \
+         0,                                                                                        \
+         0,                                                                                        \
+         true,                                                                                     \
+         offsetof(T, m.redis_url),                                                                 \
+         "Redis URL (rate limits, caches); empty disables Redis"},                                 \
+        {"log-level",                                                                              \
+         "EVALBUS_LOG_LEVEL",                                                                      \
+         EB_SET_STRING,                                                                            \
+         "info",                                                                                   \
+         0,                                                                                        \
+         0,                                                                                        \
+         false,                                                                                    \
+         offsetof(T, m.log_level),                                                                 \
+         "debug | info | warn | error"},                                                           \
+        {"max-body",                                                                               \
+         "EVALBUS_MAX_BODY",                                                                       \
+         EB_SET_SIZE,                                                                              \
+         body,                                                                                     \
+         1,                                                                                        \
+         1073741824.0,                                                                             \
+         false,                                                                                    \
+         offsetof(T, m.max_body),                                                                  \
+         "largest accepted HTTP request body (413 above)"},                                        \
+        {"db-pool",                                                                                \
+         "EVALBUS_DB_POOL",                                                                        \
+         EB_SET_INT,                                                                               \
+         "4",                                                                                      \
+         1,                                                                                        \
+         256,                                                                                      \
+         false,                                                                                    \
+         offsetof(T, m.db_pool),                                                                   \
+         "PostgreSQL connections per process"},                                                    \
+        {"redis-timeout",                                                                          \
+         "EVALBUS_REDIS_TIMEOUT",                                                                  \
+         EB_SET_DURATION,                                                                          \
+         "250ms",                                                                                  \
+         1,                                                                                        \
+         60000,                                                                                    \
+         false,                                                                                    \
+         offsetof(T, m.redis_timeout_ms),                                                          \
+         "wait for Redis before deciding a rate limit locally"},                                   \
+        {"shutdown-delay",                                                                         \
+         "EVALBUS_SHUTDOWN_DELAY",                                                                 \
+         EB_SET_DURATION,                                                                          \
+         "250ms",                                                                                  \
+         0,                                                                                        \
+         600000,                                                                                   \
+         false,                                                                                    \
+         offsetof(T, m.shutdown_delay_ms),                                                         \
+         "after SIGTERM, keep accepting this long while /readyz says 503"},                        \
+    {                                                                                              \
+        "shutdown-grace", "EVALBUS_SHUTDOWN_GRACE", EB_SET_DURATION, "10s", 0, 3600000, false,     \
+            offsetof(T, m.shutdown_grace_ms), "then wait this long for requests in flight"         \
     }
 
 typedef struct eb_service {
