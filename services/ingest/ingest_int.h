@@ -1,0 +1,98 @@
+/* ingest_int.h -- private interfaces between the files of the ingest service. */
+#ifndef EVALBUS_INGEST_INT_H
+#define EVALBUS_INGEST_INT_H
+
+#include "evalbus/authc.h"
+#include "evalbus/service.h"
+#include "evalbus/v1/trace.pb-c.h"
+#include "limits.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#define INGEST_STREAM "INGEST"
+#define INGEST_SUBJECT_PREFIX "evalbus.v1.ingest.records."
+#define INGEST_NATS_SUBJECT_PREFIX "evalbus.v1.ingest.traces."
+#define INGEST_DEAD_PREFIX "evalbus.v1.ingest.dead."
+#define EVENTS_STREAM "EVENTS"
+#define STORED_SUBJECT_PREFIX "evalbus.v1.traces.stored."
+#define INGEST_WRITER_DURABLE "ingest-writer"
+
+typedef struct ingest_config {
+    eb_service_config svc;
+    long long auth_cache_ttl_ms;
+    long long auth_timeout_ms;
+    long long publish_timeout_ms;
+    long long max_batch_items;
+    long long max_field_bytes;
+    long long max_observations;
+    long long max_messages;
+    long long max_metadata_bytes;
+    long long writer_threads;
+    long long writer_batch;
+    long long stream_max_bytes;
+    long long stream_dupe_window_ms;
+    long long retention_days;
+    long long retention_interval_ms;
+    char *review_reasons; /* comma-separated */
+} ingest_config;
+
+typedef struct ingest_publisher ingest_publisher;
+typedef struct ingest_writer ingest_writer;
+
+typedef struct ingest_ctx {
+    ingest_config *cfg;
+    ingest_limits limits;
+    eb_service svc;
+    eb_authc *authc;
+    ingest_publisher *pub;
+    ingest_writer *writer;
+    natsSubscription *nats_sub;
+    struct event *nats_wake;
+    pthread_mutex_t nats_mu;
+    struct nats_item *nats_queue;
+    struct event *retention_timer;
+} ingest_ctx;
+
+/* --- publishing records to the INGEST stream (publish.c) --- */
+/* results[i] is EB_OK when the stream has record i, else why not. Called on the loop thread. */
+typedef void (*ingest_publish_done)(void *arg, const eb_status *results, size_t n);
+
+ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, long long timeout_ms,
+                                       eb_status *st);
+void ingest_publisher_free(ingest_publisher *p);
+/* Publishes one IngestRecord per trace (traces stay owned by the caller and may be freed once
+ * this returns). done runs once, on the loop thread, when every record is acknowledged by
+ * JetStream or has failed (timeout_ms at most). */
+void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *source, bool merge,
+                    Evalbus__V1__Trace *const *traces, size_t n, ingest_publish_done done,
+                    void *arg);
+
+/* --- the writer: INGEST stream -> PostgreSQL (writer.c) --- */
+ingest_writer *ingest_writer_start(ingest_ctx *ctx);
+/* Stops fetching, finishes the batch in hand, joins the threads. */
+void ingest_writer_stop(ingest_writer *w);
+bool ingest_writer_healthy(ingest_writer *w, char *detail, size_t len);
+
+/* --- streams (streams.c) --- */
+/* Creates or updates INGEST and EVENTS and the writer's durable consumer, with a connection of
+ * its own (no event loop), retrying until NATS answers or give_up_ms passes. */
+eb_status ingest_streams_ensure(const ingest_config *cfg, long long give_up_ms);
+
+/* --- NATS TraceBatch intake (nats_in.c) --- */
+eb_status ingest_nats_start(ingest_ctx *ctx);
+void ingest_nats_stop(ingest_ctx *ctx);
+
+/* --- retention (retention.c) --- */
+void ingest_retention_start(ingest_ctx *ctx);
+/* One pass: drops expired partitions and deletes expired rows of shorter-lived projects. */
+eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted);
+
+/* --- HTTP API --- */
+extern const eb_http_route ingest_routes[];
+extern const size_t ingest_nroutes;
+
+/* Turns a principal's project restriction into a check: EB_OK or EB_ERR_FORBIDDEN. */
+eb_status ingest_check_project(const eb_principal *p, const char *project);
+
+#endif

@@ -1,0 +1,37 @@
+/* otlp.h -- OTLP/HTTP trace requests (protobuf and JSON) -> evalbus.v1.Trace.
+ *
+ * Spans are grouped by trace id; each group becomes one Trace whose id is the 32-hex trace id
+ * and whose observations are the spans (generation when the span carries GenAI or
+ * OpenInference model attributes, tool for tool spans, span otherwise). Trace-level fields come
+ * from the root span when the request holds it and are otherwise left unset, because the spans
+ * of one trace may arrive in several requests: the writer merges fragments. Mapping rules:
+ * docs/api/otlp.md. Attributes that map to no field are kept in attributes_json.
+ * Trees are heap trees (free with evalbus__v1__trace__free_unpacked(t, NULL)). */
+#ifndef EVALBUS_INGEST_OTLP_H
+#define EVALBUS_INGEST_OTLP_H
+
+#include "evalbus/status.h"
+#include "evalbus/v1/trace.pb-c.h"
+#include "limits.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ingest_otlp_result {
+    Evalbus__V1__Trace **traces;
+    size_t ntraces;
+    long long spans;          /* spans accepted */
+    long long rejected_spans; /* spans refused (bad ids, over limits, ...) */
+    char *error_message;      /* why (the first few reasons), or NULL */
+} ingest_otlp_result;
+
+/* Decode an ExportTraceServiceRequest. EB_ERR_INVALID when the body cannot be decoded at all
+ * (answered 400); individual bad spans are counted in rejected_spans instead. The caller frees
+ * out with ingest_otlp_result_free(), also after an error. */
+eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ingest_limits *lim,
+                                      ingest_otlp_result *out);
+eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_limits *lim,
+                                  ingest_otlp_result *out);
+void ingest_otlp_result_free(ingest_otlp_result *r);
+
+#endif

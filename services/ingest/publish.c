@@ -1,0 +1,361 @@
+/* publish.c -- durable hand-off of accepted traces to the JetStream stream INGEST.
+ *
+ * Each trace becomes an IngestRecord published asynchronously on
+ * evalbus.v1.ingest.records.<team slug> with the message id
+ * "<team id>:<trace id>:<first 16 hex of SHA-256 of the record's trace>", so that a resend of
+ * the same trace within the stream's duplicate window is stored once while a changed version
+ * of a trace is a new record (the writer keeps the newest by stream sequence).
+ *
+ * Acknowledgements arrive on a NATS thread through the context's ack handler, which finds the
+ * batch of a message by its pointer in a small table, records the result, and when a batch is
+ * complete queues it for the loop thread (event_active). A timer per batch bounds the wait: the
+ * ack handler reports timeouts itself (jsPubOptions.MaxWait), the timer is a safety net.
+ * Threading: ingest_publish and the done callbacks run on the loop thread. */
+#include "evalbus/bus.h"
+#include "evalbus/crypto.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "evalbus/metrics.h"
+#include "ingest_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+typedef struct pub_batch {
+    struct pub_batch *next;
+    ingest_publisher *p;
+    size_t n;
+    size_t remaining;
+    eb_status *results;
+    ingest_publish_done done;
+    void *arg;
+    struct event *timer;
+    bool finished;
+} pub_batch;
+
+typedef struct inflight {
+    natsMsg *msg; /* key: the message pointer handed to the library */
+    pub_batch *batch;
+    size_t index;
+} inflight;
+
+struct ingest_publisher {
+    struct event_base *base;
+    eb_bus *bus;
+    jsCtx *js;
+    long long timeout_ms;
+    pthread_mutex_t mu;
+    inflight *table; /* open addressing on msg pointer */
+    size_t cap, used;
+    pub_batch *ready;
+    struct event *wake;
+};
+
+static size_t ptr_slot(const ingest_publisher *p, const void *ptr)
+{
+    uintptr_t v = (uintptr_t)ptr;
+
+    v ^= v >> 17;
+    v *= 0x9E3779B97F4A7C15ULL;
+    return (size_t)(v >> 7) & (p->cap - 1);
+}
+
+/* Caller holds mu. */
+static void table_grow(ingest_publisher *p)
+{
+    inflight *old = p->table;
+    size_t oldcap = p->cap;
+
+    p->cap = oldcap ? oldcap * 2 : 4096;
+    p->table = eb_calloc(p->cap, sizeof(inflight));
+    p->used = 0;
+    for (size_t i = 0; i < oldcap; i++) {
+        if (old[i].msg) {
+            size_t j = ptr_slot(p, old[i].msg);
+            while (p->table[j].msg)
+                j = (j + 1) & (p->cap - 1);
+            p->table[j] = old[i];
+            p->used++;
+        }
+    }
+    free(old);
+}
+
+/* Caller holds mu. */
+static void table_put(ingest_publisher *p, natsMsg *msg, pub_batch *b, size_t index)
+{
+    size_t j;
+
+    if ((p->used + 1) * 2 > p->cap)
+        table_grow(p);
+    j = ptr_slot(p, msg);
+    while (p->table[j].msg)
+        j = (j + 1) & (p->cap - 1);
+    p->table[j].msg = msg;
+    p->table[j].batch = b;
+    p->table[j].index = index;
+    p->used++;
+}
+
+/* Caller holds mu. Removes msg; returns false if it is not there. Backward-shift deletion keeps
+ * probe chains intact. */
+static bool table_take(ingest_publisher *p, const natsMsg *msg, pub_batch **b, size_t *index)
+{
+    size_t j;
+
+    if (!p->cap)
+        return false;
+    j = ptr_slot(p, msg);
+    while (p->table[j].msg && p->table[j].msg != msg)
+        j = (j + 1) & (p->cap - 1);
+    if (!p->table[j].msg)
+        return false;
+    *b = p->table[j].batch;
+    *index = p->table[j].index;
+    p->table[j].msg = NULL;
+    p->used--;
+    for (size_t k = (j + 1) & (p->cap - 1); p->table[k].msg; k = (k + 1) & (p->cap - 1)) {
+        inflight e = p->table[k];
+        p->table[k].msg = NULL;
+        p->used--;
+        table_put(p, e.msg, e.batch, e.index);
+    }
+    return true;
+}
+
+/* Caller holds mu: record one result, queue the batch when complete. Returns true if the loop
+ * must be woken. */
+static bool record_result(ingest_publisher *p, pub_batch *b, size_t index, eb_status st)
+{
+    b->results[index] = st;
+    if (--b->remaining > 0 || b->finished)
+        return false;
+    b->finished = true;
+    b->next = p->ready;
+    p->ready = b;
+    return true;
+}
+
+static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    ingest_publisher *p = closure;
+    pub_batch *b = NULL;
+    size_t index = 0;
+    bool wake = false;
+    eb_status st = EB_OK;
+
+    (void)js;
+    if (!pa) {
+        st = EB_ERR_UNAVAILABLE;
+        eb_log_warn(NULL, "JetStream refused a record: %s",
+                    pae && pae->ErrText ? pae->ErrText : "no acknowledgement");
+    }
+    pthread_mutex_lock(&p->mu);
+    if (table_take(p, msg, &b, &index))
+        wake = record_result(p, b, index, st);
+    pthread_mutex_unlock(&p->mu);
+    if (wake)
+        event_active(p->wake, EV_READ, 0);
+    natsMsg_Destroy(msg);
+}
+
+static void batch_free(pub_batch *b)
+{
+    if (b->timer)
+        event_free(b->timer);
+    free(b->results);
+    free(b);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    ingest_publisher *p = arg;
+    pub_batch *list;
+
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&p->mu);
+    list = p->ready;
+    p->ready = NULL;
+    pthread_mutex_unlock(&p->mu);
+    while (list) {
+        pub_batch *next = list->next;
+        list->done(list->arg, list->results, list->n);
+        batch_free(list);
+        list = next;
+    }
+}
+
+/* Safety net: a batch whose acknowledgements did not all come in time fails the rest. */
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    pub_batch *b = arg;
+    ingest_publisher *p = b->p;
+    bool wake = false;
+
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&p->mu);
+    if (!b->finished) {
+        for (size_t i = 0; i < p->cap; i++) {
+            if (p->table[i].msg && p->table[i].batch == b) {
+                /* leave the entry: on_ack will find no batch once it is gone */
+                p->table[i].batch = NULL;
+            }
+        }
+        for (size_t i = 0; i < b->n; i++)
+            if (b->results[i] == EB_ERR_INTERNAL)
+                b->results[i] = EB_ERR_TIMEOUT;
+        b->remaining = 0;
+        b->finished = true;
+        b->next = p->ready;
+        p->ready = b;
+        wake = true;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (wake)
+        on_wake(-1, 0, p);
+}
+
+ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, long long timeout_ms,
+                                       eb_status *st)
+{
+    ingest_publisher *p = eb_calloc(1, sizeof(*p));
+    jsOptions o;
+    natsStatus s;
+
+    p->base = base;
+    p->bus = bus;
+    p->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
+    pthread_mutex_init(&p->mu, NULL);
+    p->wake = event_new(base, -1, 0, on_wake, p);
+    jsOptions_Init(&o);
+    o.PublishAsync.AckHandler = on_ack;
+    o.PublishAsync.AckHandlerClosure = p;
+    o.PublishAsync.MaxPending = 1000000;
+    s = natsConnection_JetStream(&p->js, eb_bus_conn(bus), &o);
+    if (s != NATS_OK) {
+        *st = eb_bus_error(s, "JetStream context for publishing");
+        ingest_publisher_free(p);
+        return NULL;
+    }
+    *st = EB_OK;
+    eb_metrics_describe("evalbus_ingest_records_published_total", "counter",
+                        "Trace records handed to the INGEST stream, by result");
+    return p;
+}
+
+void ingest_publisher_free(ingest_publisher *p)
+{
+    if (!p)
+        return;
+    jsCtx_Destroy(p->js);
+    if (p->wake)
+        event_free(p->wake);
+    pthread_mutex_destroy(&p->mu);
+    free(p->table);
+    free(p);
+}
+
+void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *source, bool merge,
+                    Evalbus__V1__Trace *const *traces, size_t n, ingest_publish_done done,
+                    void *arg)
+{
+    pub_batch *b = eb_calloc(1, sizeof(*b));
+    char subject[160];
+    struct timeval tv;
+    long long now_ms;
+
+    gettimeofday(&tv, NULL);
+    now_ms = (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    b->p = p;
+    b->n = n;
+    b->remaining = n;
+    b->results = eb_calloc(n ? n : 1, sizeof(eb_status));
+    b->done = done;
+    b->arg = arg;
+    for (size_t i = 0; i < n; i++)
+        b->results[i] = EB_ERR_INTERNAL; /* not yet acknowledged */
+    snprintf(subject, sizeof(subject), INGEST_SUBJECT_PREFIX "%s", who->team_slug);
+    if (n == 0) {
+        done(arg, b->results, 0);
+        batch_free(b);
+        return;
+    }
+    tv.tv_sec = (p->timeout_ms + 1000) / 1000;
+    tv.tv_usec = ((p->timeout_ms + 1000) % 1000) * 1000;
+    b->timer = evtimer_new(p->base, on_timeout, b);
+    evtimer_add(b->timer, &tv);
+
+    for (size_t i = 0; i < n; i++) {
+        Evalbus__V1__IngestRecord rec = EVALBUS__V1__INGEST_RECORD__INIT;
+        Evalbus__V1__Envelope env = EVALBUS__V1__ENVELOPE__INIT;
+        char event_id[37], msg_id[256], hash[65];
+        natsMsg *msg = NULL;
+        natsMsg *key;
+        jsPubOptions po;
+        uint8_t *buf;
+        size_t len, tlen;
+        natsStatus s;
+        bool wake = false;
+
+        eb_uuid_v4(event_id);
+        env.event_id = event_id;
+        env.team_id = (char *)who->team_id;
+        env.project_id = traces[i]->project ? traces[i]->project : (char *)"";
+        env.occurred_at_unix_ms = now_ms;
+        env.schema_version = 1;
+        rec.envelope = &env;
+        rec.team_slug = (char *)who->team_slug;
+        rec.trace = traces[i];
+        rec.source = (char *)source;
+        rec.has_merge = 1;
+        rec.merge = merge;
+        rec.has_received_at_unix_ms = 1;
+        rec.received_at_unix_ms = now_ms;
+        len = evalbus__v1__ingest_record__get_packed_size(&rec);
+        buf = eb_malloc(len);
+        evalbus__v1__ingest_record__pack(&rec, buf);
+        /* the id hashes the trace alone, so envelope ids and times do not defeat dedupe */
+        tlen = evalbus__v1__trace__get_packed_size(traces[i]);
+        {
+            uint8_t *tbuf = eb_malloc(tlen);
+            evalbus__v1__trace__pack(traces[i], tbuf);
+            eb_sha256_hex(tbuf, tlen, hash);
+            free(tbuf);
+        }
+        snprintf(msg_id, sizeof(msg_id), "%s:%.180s:%.16s", who->team_id,
+                 traces[i]->id ? traces[i]->id : "", hash);
+        s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
+        free(buf);
+        if (s != NATS_OK) {
+            pthread_mutex_lock(&p->mu);
+            wake = record_result(p, b, i, eb_bus_error(s, "creating a record message"));
+            pthread_mutex_unlock(&p->mu);
+            if (wake)
+                event_active(p->wake, EV_READ, 0);
+            continue;
+        }
+        jsPubOptions_Init(&po);
+        po.MsgId = msg_id;
+        po.MaxWait = p->timeout_ms;
+        key = msg;
+        pthread_mutex_lock(&p->mu);
+        table_put(p, key, b, i);
+        pthread_mutex_unlock(&p->mu);
+        s = js_PublishMsgAsync(p->js, &msg, &po);
+        if (s != NATS_OK) {
+            pub_batch *bb = NULL;
+            size_t idx = 0;
+            pthread_mutex_lock(&p->mu);
+            if (table_take(p, key, &bb, &idx) && bb)
+                wake = record_result(p, bb, idx, eb_bus_error(s, "publishing to INGEST"));
+            pthread_mutex_unlock(&p->mu);
+            natsMsg_Destroy(msg);
+            if (wake)
+                event_active(p->wake, EV_READ, 0);
+        }
+    }
+}

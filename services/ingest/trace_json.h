@@ -1,0 +1,42 @@
+/* trace_json.h -- the JSON batch API's trace objects <-> evalbus.v1.Trace, and the JSON text
+ * the writer stores for messages, tool calls and observations.
+ *
+ * Trees built here are heap trees (every string, array and sub-message from malloc) so that
+ * evalbus__v1__trace__free_unpacked(trace, NULL) frees them. Strings are NULL when absent
+ * (trace.proto is proto2). */
+#ifndef EVALBUS_INGEST_TRACE_JSON_H
+#define EVALBUS_INGEST_TRACE_JSON_H
+
+#include "evalbus/mem.h"
+#include "evalbus/status.h"
+#include "evalbus/v1/trace.pb-c.h"
+#include "limits.h"
+
+#include <cjson/cJSON.h>
+
+/* Parses one trace object of POST /api/v1/traces (format: docs/api/traces.md). A missing id
+ * gets a new UUID. Errors: EB_ERR_INVALID or EB_ERR_TOO_LARGE with an eb_error message that
+ * names the field path, e.g. "observations[2].start_time must be an RFC 3339 timestamp".
+ * *out is NULL on error. */
+eb_status ingest_trace_from_json(const cJSON *item, const ingest_limits *lim,
+                                 Evalbus__V1__Trace **out);
+
+/* Checks a trace that arrived as protobuf (NATS) against the same rules and limits as JSON
+ * ones (required id, sizes, status values, UTF-8 in every string). A missing id is an error
+ * here (the publisher must choose ids so that resends are recognised). */
+eb_status ingest_trace_validate(const Evalbus__V1__Trace *t, const ingest_limits *lim);
+
+/* JSON text of parts of a trace, appended to out, in the shape the query API returns them:
+ * messages as an array of OpenAI-style message objects, tool calls as an array of
+ * {"id","type","function":{"name","arguments"},"result"?, "start_time"?, "end_time"?}, and an
+ * observation as an object (see docs/api/traces.md). */
+void ingest_messages_json(Evalbus__V1__Message *const *msgs, size_t n, eb_buf *out);
+void ingest_tool_calls_json(Evalbus__V1__ToolCall *const *calls, size_t n, eb_buf *out);
+void ingest_observation_json(const Evalbus__V1__Observation *o, eb_buf *out);
+
+/* RFC 3339 text of a time in nanoseconds since the epoch ("" for 0), into buf (>= 40 bytes). */
+void ingest_time_text(long long unix_nano, char *buf, size_t len);
+/* Parses an RFC 3339 timestamp into nanoseconds since the epoch. */
+bool ingest_time_parse(const char *s, long long *unix_nano);
+
+#endif
