@@ -62,6 +62,7 @@ typedef struct auth_ctx {
     auth_verifier *verifier;
     natsSubscription *verify_subs[AUTH_MAX_VERIFY_WORKERS];
     natsSubscription *revoked_sub;
+    natsSubscription *audit_sub;
 } auth_ctx;
 
 /* Drops the cache entries here and tells every replica and every service cache to drop them:

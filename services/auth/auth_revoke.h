@@ -10,6 +10,7 @@
 
 #define AUTH_SUBJECT_VERIFY "evalbus.v1.auth.verify"
 #define AUTH_SUBJECT_REVOKED "evalbus.v1.auth.revoked"
+#define AUTH_SUBJECT_AUDIT "evalbus.v1.auth.audit"
 #define AUTH_QUEUE_GROUP "auth"
 
 /* Publishes KeyRevoked: key_hash_hex set drops one key; empty drops every cached entry of

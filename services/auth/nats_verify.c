@@ -6,10 +6,13 @@
 #include "auth_int.h"
 #include "auth_revoke.h"
 #include "evalbus/bus.h"
+#include "evalbus/crypto.h"
+#include "evalbus/json.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,6 +112,57 @@ static void on_revoked(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     natsMsg_Destroy(msg);
 }
 
+static bool action_name_ok(const char *a)
+{
+    size_t n = a ? strlen(a) : 0;
+
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((a[i] >= 'a' && a[i] <= 'z') || a[i] == '_'))
+            return false;
+    return true;
+}
+
+/* Audit events reported by other services (deletions, exports): appended to the team's log. */
+static void on_audit(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    auth_ctx *ctx = closure;
+    Evalbus__V1__AuditEvent *ev = NULL;
+    cJSON *detail = NULL;
+    eb_principal actor = {0};
+    int len = natsMsg_GetDataLength(msg);
+
+    (void)nc;
+    (void)sub;
+    if (len <= MAX_REQUEST_BYTES)
+        ev = evalbus__v1__audit_event__unpack(NULL, (size_t)len,
+                                              (const uint8_t *)natsMsg_GetData(msg));
+    if (!ev || !eb_uuid_valid(ev->team_id) || !action_name_ok(ev->action) ||
+        (*ev->actor_user_id && !eb_uuid_valid(ev->actor_user_id)) ||
+        (*ev->actor_key_id && !eb_uuid_valid(ev->actor_key_id)) ||
+        !eb_utf8_valid(ev->target, strlen(ev->target)) ||
+        !eb_utf8_valid(ev->request_id, strlen(ev->request_id)) ||
+        !(detail = cJSON_Parse(*ev->detail_json ? ev->detail_json : "{}")) ||
+        !cJSON_IsObject(detail)) {
+        eb_log_warn(NULL, "ignored a malformed audit event on evalbus.v1.auth.audit");
+        eb_metrics_add("evalbus_auth_audit_events_total", "result=\"malformed\"", 1);
+        goto cleanup;
+    }
+    snprintf(actor.user_id, sizeof(actor.user_id), "%s", ev->actor_user_id);
+    snprintf(actor.key_id, sizeof(actor.key_id), "%s", ev->actor_key_id);
+    if (*ev->source)
+        cJSON_AddStringToObject(detail, "via", ev->source);
+    audit_write_now(ctx->svc.db, ev->team_id, &actor, ev->action, *ev->target ? ev->target : NULL,
+                    detail, *ev->request_id ? ev->request_id : NULL);
+    eb_metrics_add("evalbus_auth_audit_events_total", "result=\"written\"", 1);
+cleanup:
+    cJSON_Delete(detail);
+    if (ev)
+        evalbus__v1__audit_event__free_unpacked(ev, NULL);
+    natsMsg_Destroy(msg);
+}
+
 eb_status auth_nats_start(auth_ctx *ctx)
 {
     natsConnection *nc = eb_bus_conn(ctx->svc.bus);
@@ -128,6 +182,10 @@ eb_status auth_nats_start(auth_ctx *ctx)
     s = natsConnection_Subscribe(&ctx->revoked_sub, nc, AUTH_SUBJECT_REVOKED, on_revoked, ctx);
     if (s != NATS_OK)
         return eb_bus_error(s, "subscribing to " AUTH_SUBJECT_REVOKED);
+    s = natsConnection_QueueSubscribe(&ctx->audit_sub, nc, AUTH_SUBJECT_AUDIT, AUTH_QUEUE_GROUP,
+                                      on_audit, ctx);
+    if (s != NATS_OK)
+        return eb_bus_error(s, "subscribing to " AUTH_SUBJECT_AUDIT);
     return EB_OK;
 }
 
@@ -146,6 +204,11 @@ void auth_nats_stop(auth_ctx *ctx)
             natsSubscription_Destroy(ctx->verify_subs[i]);
             ctx->verify_subs[i] = NULL;
         }
+    }
+    if (ctx->audit_sub) {
+        natsSubscription_Unsubscribe(ctx->audit_sub);
+        natsSubscription_Destroy(ctx->audit_sub);
+        ctx->audit_sub = NULL;
     }
     if (ctx->revoked_sub) {
         natsSubscription_Unsubscribe(ctx->revoked_sub);
