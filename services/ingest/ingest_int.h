@@ -5,7 +5,7 @@
 #include "evalbus/authc.h"
 #include "evalbus/service.h"
 #include "evalbus/v1/trace.pb-c.h"
-#include "limits.h"
+#include "ingest_limits.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -81,6 +81,8 @@ eb_status ingest_streams_ensure(const ingest_config *cfg, long long give_up_ms);
 
 /* --- NATS TraceBatch intake (nats_in.c) --- */
 eb_status ingest_nats_start(ingest_ctx *ctx);
+/* Leaves the queue group on shutdown: messages already here are still handled. */
+void ingest_nats_drain(ingest_ctx *ctx);
 void ingest_nats_stop(ingest_ctx *ctx);
 
 /* --- retention (retention.c) --- */
@@ -91,6 +93,16 @@ eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted);
 /* --- HTTP API --- */
 extern const eb_http_route ingest_routes[];
 extern const size_t ingest_nroutes;
+
+void api_traces_post(eb_http_req *req, void *ctx);
+void api_traces_list(eb_http_req *req, void *ctx);
+void api_trace_get(eb_http_req *req, void *ctx);
+void api_trace_delete(eb_http_req *req, void *ctx);
+void api_traces_delete_by_filter(eb_http_req *req, void *ctx);
+void api_otlp_post(eb_http_req *req, void *ctx);
+void api_review_post(eb_http_req *req, void *ctx);
+void api_score_post(eb_http_req *req, void *ctx);
+void api_project_settings_put(eb_http_req *req, void *ctx);
 
 /* Turns a principal's project restriction into a check: EB_OK or EB_ERR_FORBIDDEN. */
 eb_status ingest_check_project(const eb_principal *p, const char *project);

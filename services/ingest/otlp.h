@@ -10,9 +10,11 @@
 #ifndef EVALBUS_INGEST_OTLP_H
 #define EVALBUS_INGEST_OTLP_H
 
+#include "evalbus/mem.h"
+#include "evalbus/otlp/v1/otlp.pb-c.h"
 #include "evalbus/status.h"
 #include "evalbus/v1/trace.pb-c.h"
-#include "limits.h"
+#include "ingest_limits.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -33,5 +35,16 @@ eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ing
 eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_limits *lim,
                                   ingest_otlp_result *out);
 void ingest_otlp_result_free(ingest_otlp_result *r);
+
+/* Maps a decoded request (from either decoder, or built by a caller) to traces, appending to
+ * out (zero it first). The request stays the caller's; out owns copies of everything it keeps.
+ * Per-span problems are counted in out->rejected_spans; this never fails as a whole. */
+void ingest_otlp_map(const Evalbus__Otlp__V1__ExportTraceServiceRequest *req,
+                     const ingest_limits *lim, ingest_otlp_result *out);
+
+/* The ExportTraceServiceResponse for r, appended to out: protobuf (an empty message on full
+ * success) or JSON ({} or {"partialSuccess":{"rejectedSpans":"2","errorMessage":"..."}}). */
+void ingest_otlp_response_protobuf(const ingest_otlp_result *r, eb_buf *out);
+void ingest_otlp_response_json(const ingest_otlp_result *r, eb_buf *out);
 
 #endif

@@ -10,9 +10,11 @@
 #include "evalbus/mem.h"
 #include "evalbus/status.h"
 #include "evalbus/v1/trace.pb-c.h"
-#include "limits.h"
+#include "ingest_limits.h"
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 /* Parses one trace object of POST /api/v1/traces (format: docs/api/traces.md). A missing id
  * gets a new UUID. Errors: EB_ERR_INVALID or EB_ERR_TOO_LARGE with an eb_error message that
@@ -33,10 +35,17 @@ eb_status ingest_trace_validate(const Evalbus__V1__Trace *t, const ingest_limits
 void ingest_messages_json(Evalbus__V1__Message *const *msgs, size_t n, eb_buf *out);
 void ingest_tool_calls_json(Evalbus__V1__ToolCall *const *calls, size_t n, eb_buf *out);
 void ingest_observation_json(const Evalbus__V1__Observation *o, eb_buf *out);
+/* The whole trace as one JSON object (the shape of GET /api/v1/traces/{id} without reviews and
+ * scores), appended to out. It ends with '}': a caller that adds members removes that last byte
+ * and appends ",\"reviews\":[...]}". Valid JSON for any tree, like the functions above. */
+void ingest_trace_json(const Evalbus__V1__Trace *t, eb_buf *out);
 
-/* RFC 3339 text of a time in nanoseconds since the epoch ("" for 0), into buf (>= 40 bytes). */
+/* RFC 3339 text of a time in nanoseconds since the epoch ("" for 0), into buf (>= 40 bytes):
+ * UTC ("Z"), with 3, 6 or 9 fraction digits when the time has a fraction. */
 void ingest_time_text(long long unix_nano, char *buf, size_t len);
-/* Parses an RFC 3339 timestamp into nanoseconds since the epoch. */
+/* Parses an RFC 3339 timestamp into nanoseconds since the epoch (fraction digits beyond 9 are
+ * cut). False for anything else, for impossible dates (02-30), and for times outside
+ * (1970-01-01T00:00:00Z, 2262-04-11T23:47:15Z] (0 means "unknown"; int64 nanoseconds). */
 bool ingest_time_parse(const char *s, long long *unix_nano);
 
 #endif

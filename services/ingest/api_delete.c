@@ -1,0 +1,237 @@
+/* api_delete.c -- deleting traces (admins): one by id, or every trace matching a filter, and
+ * per-project retention settings. A deleted trace leaves every later query and export: its
+ * trace, observations, reviews, scores and key row go in one transaction. Each deletion is
+ * written to the audit log through the auth service (evalbus.v1.auth.audit). */
+#include "evalbus/json.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "evalbus/v1/auth.pb-c.h"
+#include "ingest_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Sends an audit event to the auth service (fire and forget: the deletion is done). */
+static void audit(ingest_ctx *ctx, eb_http_req *req, const char *action, const char *target,
+                  const cJSON *detail)
+{
+    const eb_principal *p = eb_http_req_principal(req);
+    Evalbus__V1__AuditEvent ev = EVALBUS__V1__AUDIT_EVENT__INIT;
+    char *dj = detail ? eb_json_print(detail) : NULL;
+    uint8_t *buf;
+    size_t len;
+
+    ev.team_id = (char *)p->team_id;
+    ev.actor_user_id = (char *)p->user_id;
+    ev.actor_key_id = (char *)p->key_id;
+    ev.action = (char *)action;
+    ev.target = (char *)target;
+    ev.detail_json = dj ? dj : (char *)"{}";
+    ev.request_id = (char *)eb_http_req_id(req);
+    ev.source = (char *)"ingest";
+    len = evalbus__v1__audit_event__get_packed_size(&ev);
+    buf = eb_malloc(len ? len : 1);
+    evalbus__v1__audit_event__pack(&ev, buf);
+    if (natsConnection_Publish(eb_bus_conn(ctx->svc.bus), "evalbus.v1.auth.audit", buf, (int)len) !=
+        NATS_OK)
+        eb_log_error(eb_http_req_id(req), "audit event %s not sent", action);
+    free(buf);
+    free(dj);
+}
+
+/* Deletes the traces selected by the key rows in the CTE "sel" (columns team_id, part_time, id)
+ * and returns their number. */
+static const char delete_tail[] =
+    " , t AS (DELETE FROM ingest.traces t USING sel WHERE t.team_id = sel.team_id AND"
+    "  t.part_time = sel.part_time AND t.id = sel.id),"
+    " o AS (DELETE FROM ingest.observations o USING sel WHERE o.team_id = sel.team_id AND"
+    "  o.part_time = sel.part_time AND o.trace_id = sel.id),"
+    " rv AS (DELETE FROM ingest.reviews r USING sel WHERE r.team_id = sel.team_id AND"
+    "  r.trace_id = sel.id),"
+    " sc AS (DELETE FROM ingest.scores s USING sel WHERE s.team_id = sel.team_id AND"
+    "  s.trace_id = sel.id),"
+    " k AS (DELETE FROM ingest.trace_keys k USING sel WHERE k.team_id = sel.team_id AND"
+    "  k.id = sel.id)"
+    " SELECT count(*) FROM sel";
+
+static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *sql, int n,
+                       const char *const *params, long long *count)
+{
+    PGconn *c = eb_db_get(ctx->svc.db);
+    PGresult *r = NULL;
+    eb_status st;
+
+    if (!c) {
+        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
+        return false;
+    }
+    st = eb_db_begin_team(c, eb_http_req_principal(req)->team_id);
+    if (st == EB_OK)
+        st = eb_db_exec(c, sql, n, params, &r);
+    if (st == EB_OK)
+        st = eb_db_commit(c);
+    if (st != EB_OK) {
+        eb_db_rollback(c);
+        eb_db_put(ctx->svc.db, c);
+        PQclear(r);
+        eb_http_reply_status(req, st);
+        return false;
+    }
+    eb_db_put(ctx->svc.db, c);
+    *count = atoll(eb_db_val(r, 0, 0));
+    PQclear(r);
+    return true;
+}
+
+void api_trace_delete(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    const char *id = eb_http_req_param(req, "id");
+    const char *params[2] = {eb_http_req_principal(req)->team_id, id};
+    char *sql = eb_asprintf("WITH sel AS (SELECT team_id, part_time, id FROM ingest.trace_keys"
+                            " WHERE team_id = $1::uuid AND id = $2 FOR UPDATE)%s",
+                            delete_tail);
+    long long n = 0;
+    cJSON *o;
+
+    if (run_delete(ctx, req, sql, 2, params, &n)) {
+        if (n == 0) {
+            eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such trace");
+        } else {
+            audit(ctx, req, "trace_deleted", id, NULL);
+            o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "id", id);
+            cJSON_AddBoolToObject(o, "deleted", true);
+            eb_http_reply_json(req, 200, o);
+        }
+    }
+    free(sql);
+}
+
+void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    cJSON *body = eb_http_req_json(req), *o;
+    const cJSON *filter;
+    const char *project = NULL, *from = NULL, *to = NULL, *model = NULL, *tag = NULL,
+               *status = NULL;
+    const char *params[7];
+    char *sql;
+    long long n = 0;
+    eb_status st;
+
+    if (!body)
+        return;
+    filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
+    if (!cJSON_IsObject(filter)) {
+        cJSON_Delete(body);
+        eb_http_reply_error(req, EB_ERR_INVALID, "the body must be {\"filter\": {...}}");
+        return;
+    }
+    if ((st = eb_json_string(filter, "project", false, 256, &project)) != EB_OK ||
+        (st = eb_json_string(filter, "from", false, 64, &from)) != EB_OK ||
+        (st = eb_json_string(filter, "to", false, 64, &to)) != EB_OK ||
+        (st = eb_json_string(filter, "model", false, 256, &model)) != EB_OK ||
+        (st = eb_json_string(filter, "tag", false, 256, &tag)) != EB_OK ||
+        (st = eb_json_string(filter, "status", false, 16, &status)) != EB_OK) {
+        cJSON_Delete(body);
+        eb_http_reply_status(req, st);
+        return;
+    }
+    if ((from && !eb_rfc3339_valid(from)) || (to && !eb_rfc3339_valid(to))) {
+        cJSON_Delete(body);
+        eb_http_reply_error(req, EB_ERR_INVALID, "from and to must be RFC 3339 timestamps");
+        return;
+    }
+    if (!project && !from && !to && !model && !tag && !status) {
+        cJSON_Delete(body);
+        eb_http_reply_error(req, EB_ERR_INVALID,
+                            "the filter is empty; name at least one of project, from, to, model,"
+                            " tag, status (deleting everything must be said explicitly)");
+        return;
+    }
+    params[0] = eb_http_req_principal(req)->team_id;
+    params[1] = project;
+    params[2] = from;
+    params[3] = to;
+    params[4] = model;
+    params[5] = tag;
+    params[6] = status;
+    sql = eb_asprintf("WITH sel AS (SELECT t.team_id, t.part_time, t.id FROM ingest.traces t"
+                      " WHERE t.team_id = $1::uuid AND ($2::text IS NULL OR t.project = $2)"
+                      " AND ($3::timestamptz IS NULL OR coalesce(t.start_time, t.part_time) >="
+                      " $3::timestamptz) AND ($4::timestamptz IS NULL OR coalesce(t.start_time,"
+                      " t.part_time) < $4::timestamptz) AND ($5::text IS NULL OR t.model = $5)"
+                      " AND ($6::text IS NULL OR t.tags @> ARRAY[$6::text]) AND ($7::text IS"
+                      " NULL OR t.status = $7) FOR UPDATE)%s",
+                      delete_tail);
+    if (run_delete(ctx, req, sql, 7, params, &n)) {
+        cJSON *detail = cJSON_CreateObject();
+        cJSON_AddItemToObject(detail, "filter", cJSON_Duplicate(filter, true));
+        cJSON_AddNumberToObject(detail, "deleted", (double)n);
+        audit(ctx, req, "traces_deleted", "filter", detail);
+        cJSON_Delete(detail);
+        o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "deleted", (double)n);
+        eb_http_reply_json(req, 200, o);
+    }
+    free(sql);
+    cJSON_Delete(body);
+}
+
+void api_project_settings_put(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    const char *project = eb_http_req_param(req, "project");
+    cJSON *body = eb_http_req_json(req), *o;
+    double days = 0;
+    char days_s[16];
+    PGconn *c;
+    eb_status st;
+
+    if (!body)
+        return;
+    st = eb_json_number(body, "retention_days", true, true, 1, 36500, &days);
+    cJSON_Delete(body);
+    if (st != EB_OK) {
+        eb_http_reply_status(req, st);
+        return;
+    }
+    snprintf(days_s, sizeof(days_s), "%d", (int)days);
+    c = eb_db_get(ctx->svc.db);
+    if (!c) {
+        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
+        return;
+    }
+    {
+        const char *params[3] = {eb_http_req_principal(req)->team_id, project, days_s};
+        st = eb_db_begin_team(c, params[0]);
+        if (st == EB_OK)
+            st = eb_db_exec(c,
+                            "INSERT INTO ingest.project_settings (team_id, project,"
+                            " retention_days) VALUES ($1::uuid, $2, $3::int) ON CONFLICT"
+                            " (team_id, project) DO UPDATE SET retention_days ="
+                            " EXCLUDED.retention_days",
+                            3, params, NULL);
+        if (st == EB_OK)
+            st = eb_db_commit(c);
+    }
+    if (st != EB_OK) {
+        eb_db_rollback(c);
+        eb_db_put(ctx->svc.db, c);
+        eb_http_reply_status(req, st);
+        return;
+    }
+    eb_db_put(ctx->svc.db, c);
+    o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "project", project);
+    cJSON_AddNumberToObject(o, "retention_days", days);
+    {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "retention_days", days);
+        audit(ctx, req, "retention_changed", project, d);
+        cJSON_Delete(d);
+    }
+    eb_http_reply_json(req, 200, o);
+}

@@ -1,0 +1,549 @@
+/* api_traces.c -- the JSON batch API (POST /api/v1/traces) and the trace query API.
+ *
+ * Ingestion answers per item: every item is validated on its own, the valid ones are handed to
+ * the INGEST stream, and the answer waits for JetStream's acknowledgements (nothing is
+ * acknowledged to the caller before the stream has it). 202 when all are accepted, 207 when
+ * some are not, 400 when none is valid, 503 when the stream cannot take them.
+ * Queries read PostgreSQL in a transaction scoped to the caller's team (row-level security);
+ * pagination is keyset (part_time, id) with an opaque cursor, never OFFSET. */
+#include "body.h"
+#include "evalbus/crypto.h"
+#include "evalbus/json.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "evalbus/metrics.h"
+#include "ingest_int.h"
+#include "trace_json.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+eb_status ingest_check_project(const eb_principal *p, const char *project)
+{
+    if (!p->project[0])
+        return EB_OK;
+    if (project && strcmp(project, p->project) == 0)
+        return EB_OK;
+    return eb_error(EB_ERR_FORBIDDEN, "this key may only write to project '%s'", p->project);
+}
+
+typedef struct batch_state {
+    ingest_ctx *ctx;
+    eb_http_req *req;
+    cJSON *rejected;            /* array built during validation */
+    Evalbus__V1__Trace **valid; /* published traces */
+    size_t nvalid;
+    size_t *index; /* position of valid[i] in the request */
+    size_t total;
+} batch_state;
+
+static cJSON *rejection(size_t index, const char *id, eb_status st, const char *msg)
+{
+    cJSON *r = cJSON_CreateObject(), *e;
+
+    cJSON_AddNumberToObject(r, "index", (double)index);
+    eb_json_add_str(r, "id", id, true);
+    e = cJSON_AddObjectToObject(r, "error");
+    cJSON_AddStringToObject(e, "code", eb_status_str(st));
+    cJSON_AddStringToObject(e, "message", msg);
+    return r;
+}
+
+static void batch_free(batch_state *b)
+{
+    for (size_t i = 0; i < b->nvalid; i++)
+        evalbus__v1__trace__free_unpacked(b->valid[i], NULL);
+    free(b->valid);
+    free(b->index);
+    cJSON_Delete(b->rejected);
+    free(b);
+}
+
+static void on_published(void *arg, const eb_status *results, size_t n)
+{
+    batch_state *b = arg;
+    cJSON *root = cJSON_CreateObject(), *accepted = cJSON_AddArrayToObject(root, "accepted");
+    size_t nacc = 0, nunavail = 0;
+    int code;
+
+    for (size_t i = 0; i < n; i++) {
+        if (results[i] == EB_OK) {
+            cJSON_AddItemToArray(accepted, cJSON_CreateString(b->valid[i]->id));
+            nacc++;
+        } else {
+            nunavail++;
+            cJSON_AddItemToArray(b->rejected,
+                                 rejection(b->index[i], b->valid[i]->id, EB_ERR_UNAVAILABLE,
+                                           "the ingest stream did not take it; retry"));
+        }
+    }
+    eb_metrics_add("evalbus_ingest_traces_accepted_total", "source=\"json\"", (double)nacc);
+    eb_metrics_add("evalbus_ingest_traces_rejected_total", "source=\"json\"",
+                   (double)(b->total - nacc));
+    if (nacc == b->total) {
+        code = 202;
+    } else if (nacc > 0) {
+        code = 207;
+    } else {
+        cJSON *e = cJSON_CreateObject();
+        bool unavailable = nunavail > 0 && nunavail == b->total;
+        cJSON_AddStringToObject(e, "code", unavailable ? "unavailable" : "invalid_argument");
+        cJSON_AddStringToObject(e, "message",
+                                unavailable ? "the ingest stream is unavailable; retry"
+                                            : "no trace in the batch was accepted");
+        cJSON_AddStringToObject(e, "request_id", eb_http_req_id(b->req));
+        cJSON_AddItemToObject(root, "error", e);
+        code = unavailable ? 503 : 400;
+        if (unavailable)
+            eb_http_add_header(b->req, "Retry-After", "1");
+    }
+    cJSON_AddItemToObject(root, "rejected", b->rejected);
+    b->rejected = NULL;
+    eb_http_reply_json(b->req, code, root);
+    batch_free(b);
+}
+
+void api_traces_post(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    const eb_principal *p = eb_http_req_principal(req);
+    const char *data;
+    size_t len;
+    char *owned = NULL;
+    cJSON *root = NULL;
+    const cJSON *items, *item;
+    batch_state *b;
+    eb_status st;
+    size_t n, i = 0;
+
+    st = ingest_body(req, (size_t)ctx->cfg->svc.max_body, &data, &len, &owned);
+    if (st == EB_OK)
+        st = eb_json_parse_object(data, len, &root);
+    free(owned);
+    if (st != EB_OK) {
+        eb_http_reply_status(req, st);
+        return;
+    }
+    items = cJSON_GetObjectItemCaseSensitive(root, "traces");
+    if (!cJSON_IsArray(items)) {
+        cJSON_Delete(root);
+        eb_http_reply_error(req, EB_ERR_INVALID,
+                            "the body must be {\"traces\": [...]} with an array of traces");
+        return;
+    }
+    n = (size_t)cJSON_GetArraySize(items);
+    if (n > ctx->limits.max_batch_items) {
+        cJSON_Delete(root);
+        eb_http_reply_error(req, EB_ERR_TOO_LARGE,
+                            "the batch holds %zu traces; the limit (max-batch-items) is %zu", n,
+                            ctx->limits.max_batch_items);
+        return;
+    }
+    b = eb_calloc(1, sizeof(*b));
+    b->ctx = ctx;
+    b->req = req;
+    b->total = n;
+    b->rejected = cJSON_CreateArray();
+    b->valid = eb_calloc(n ? n : 1, sizeof(*b->valid));
+    b->index = eb_calloc(n ? n : 1, sizeof(size_t));
+    cJSON_ArrayForEach(item, items)
+    {
+        Evalbus__V1__Trace *t = NULL;
+        const cJSON *idj = cJSON_GetObjectItemCaseSensitive(item, "id");
+        const char *id = cJSON_IsString(idj) ? idj->valuestring : NULL;
+
+        st = ingest_trace_from_json(item, &ctx->limits, &t);
+        if (st == EB_OK)
+            st = ingest_check_project(p, t->project);
+        if (st != EB_OK) {
+            cJSON_AddItemToArray(b->rejected, rejection(i, id, st, eb_error_message()));
+            if (t)
+                evalbus__v1__trace__free_unpacked(t, NULL);
+        } else {
+            if (p->project[0] && !t->project) {
+                t->project = eb_strdup(p->project);
+            }
+            b->index[b->nvalid] = i;
+            b->valid[b->nvalid++] = t;
+        }
+        i++;
+    }
+    cJSON_Delete(root);
+    ingest_publish(ctx->pub, p, "json", false, b->valid, b->nvalid, on_published, b);
+}
+
+/* --- queries --- */
+
+#define SUMMARY_COLS                                                                               \
+    "t.id, t.project, t.name, t.model, t.provider, t.status, ingest.iso(t.start_time),"            \
+    " ingest.iso(t.end_time), t.latency_ms, t.input_tokens, t.output_tokens, t.total_tokens,"      \
+    " t.cost_usd, array_to_json(t.tags)::text, t.metadata::text, t.review_state, t.source,"        \
+    " t.session_id, t.user_id, ingest.iso(t.part_time), t.status_message, t.environment,"          \
+    " t.release"
+
+static bool number_or_null(const char *s)
+{
+    char *end;
+
+    if (!s)
+        return true;
+    strtod(s, &end);
+    return end != s && *end == '\0';
+}
+
+static void add_num(cJSON *o, const char *name, const PGresult *r, int row, int col)
+{
+    if (eb_db_isnull(r, row, col))
+        cJSON_AddNullToObject(o, name);
+    else
+        cJSON_AddNumberToObject(o, name, atof(eb_db_val(r, row, col)));
+}
+
+static void add_json(cJSON *o, const char *name, const PGresult *r, int row, int col)
+{
+    cJSON *v = eb_db_isnull(r, row, col) ? NULL : cJSON_Parse(eb_db_val(r, row, col));
+    cJSON_AddItemToObject(o, name, v ? v : cJSON_CreateNull());
+}
+
+static cJSON *summary_json(const PGresult *r, int i)
+{
+    cJSON *o = cJSON_CreateObject(), *u;
+
+    cJSON_AddStringToObject(o, "id", eb_db_val(r, i, 0));
+    cJSON_AddStringToObject(o, "project", eb_db_val(r, i, 1));
+    eb_json_add_str(o, "name", eb_db_val(r, i, 2), true);
+    eb_json_add_str(o, "model", eb_db_val(r, i, 3), true);
+    eb_json_add_str(o, "provider", eb_db_val(r, i, 4), true);
+    cJSON_AddStringToObject(o, "status", eb_db_val(r, i, 5));
+    eb_json_add_str(o, "status_message", eb_db_val(r, i, 20), true);
+    eb_json_add_str(o, "start_time", eb_db_val(r, i, 6), true);
+    eb_json_add_str(o, "end_time", eb_db_val(r, i, 7), true);
+    add_num(o, "latency_ms", r, i, 8);
+    u = cJSON_AddObjectToObject(o, "usage");
+    add_num(u, "input_tokens", r, i, 9);
+    add_num(u, "output_tokens", r, i, 10);
+    add_num(u, "total_tokens", r, i, 11);
+    add_num(o, "cost_usd", r, i, 12);
+    add_json(o, "tags", r, i, 13);
+    add_json(o, "metadata", r, i, 14);
+    cJSON_AddStringToObject(o, "review_state", eb_db_val(r, i, 15));
+    cJSON_AddStringToObject(o, "source", eb_db_val(r, i, 16));
+    eb_json_add_str(o, "session_id", eb_db_val(r, i, 17), true);
+    eb_json_add_str(o, "user_id", eb_db_val(r, i, 18), true);
+    eb_json_add_str(o, "environment", eb_db_val(r, i, 21), true);
+    eb_json_add_str(o, "release", eb_db_val(r, i, 22), true);
+    return o;
+}
+
+static PGconn *begin_team(ingest_ctx *ctx, eb_http_req *req)
+{
+    PGconn *c = eb_db_get(ctx->svc.db);
+
+    if (!c) {
+        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
+        return NULL;
+    }
+    if (eb_db_begin_team(c, eb_http_req_principal(req)->team_id) != EB_OK) {
+        eb_db_put(ctx->svc.db, c);
+        eb_http_reply_status(req, EB_ERR_UNAVAILABLE);
+        return NULL;
+    }
+    return c;
+}
+
+static void finish_db(ingest_ctx *ctx, PGconn *c)
+{
+    eb_db_commit(c);
+    eb_db_put(ctx->svc.db, c);
+}
+
+/* Cursor: base64url of "<part_time iso>|<id>". */
+static bool decode_cursor(const char *cur, char *pt, size_t ptlen, char **id)
+{
+    eb_buf raw = {0};
+    char *bar;
+    bool ok = false;
+
+    if (eb_base64url_decode(cur, strlen(cur), &raw) && raw.len > 0 && raw.len < 1024) {
+        raw.data[raw.len] = '\0';
+        bar = strchr(raw.data, '|');
+        if (bar && (size_t)(bar - raw.data) < ptlen && eb_utf8_valid(raw.data, raw.len)) {
+            memcpy(pt, raw.data, (size_t)(bar - raw.data));
+            pt[bar - raw.data] = '\0';
+            *id = eb_strdup(bar + 1);
+            ok = eb_rfc3339_valid(pt);
+        }
+    }
+    eb_buf_free(&raw);
+    if (!ok && *id) {
+        free(*id);
+        *id = NULL;
+    }
+    return ok;
+}
+
+void api_traces_list(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    const eb_principal *p = eb_http_req_principal(req);
+    const char *q_project = eb_http_req_query(req, "project");
+    const char *q_from = eb_http_req_query(req, "from");
+    const char *q_to = eb_http_req_query(req, "to");
+    const char *q_model = eb_http_req_query(req, "model");
+    const char *q_provider = eb_http_req_query(req, "provider");
+    const char *q_status = eb_http_req_query(req, "status");
+    const char *q_review = eb_http_req_query(req, "review");
+    const char *q_tag = eb_http_req_query(req, "tag");
+    const char *q_text = eb_http_req_query(req, "q");
+    const char *q_score = eb_http_req_query(req, "score");
+    const char *q_smin = eb_http_req_query(req, "score_min");
+    const char *q_smax = eb_http_req_query(req, "score_max");
+    const char *q_limit = eb_http_req_query(req, "limit");
+    const char *q_cursor = eb_http_req_query(req, "cursor");
+    char cur_pt[64] = "", limit_s[24], *cur_id = NULL, *like = NULL;
+    long limit = 50;
+    const char *params[16];
+    PGconn *c;
+    PGresult *r = NULL;
+    eb_status st;
+    cJSON *root, *arr;
+    int n;
+
+    if (q_limit) {
+        char *end;
+        limit = strtol(q_limit, &end, 10);
+        if (*end || limit < 1 || limit > 500) {
+            eb_http_reply_error(req, EB_ERR_INVALID, "limit must be an integer from 1 to 500");
+            return;
+        }
+    }
+    if ((q_from && !eb_rfc3339_valid(q_from)) || (q_to && !eb_rfc3339_valid(q_to))) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "from and to must be RFC 3339 timestamps");
+        return;
+    }
+    if (q_review && strcmp(q_review, "accepted") && strcmp(q_review, "rejected") &&
+        strcmp(q_review, "needs_review") && strcmp(q_review, "unreviewed")) {
+        eb_http_reply_error(req, EB_ERR_INVALID,
+                            "review must be accepted, rejected, needs_review or unreviewed");
+        return;
+    }
+    if (q_status && strcmp(q_status, "ok") && strcmp(q_status, "error") &&
+        strcmp(q_status, "unset")) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "status must be ok, error or unset");
+        return;
+    }
+    if (!number_or_null(q_smin) || !number_or_null(q_smax)) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "score_min and score_max must be numbers");
+        return;
+    }
+    if ((q_smin || q_smax) && !q_score) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "score_min / score_max need score=<name>");
+        return;
+    }
+    if (q_cursor && !decode_cursor(q_cursor, cur_pt, sizeof(cur_pt), &cur_id)) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "cursor is not valid");
+        return;
+    }
+    if (q_text) {
+        eb_buf lb = {0};
+        eb_buf_putc(&lb, '%');
+        for (const char *s = q_text; *s; s++) {
+            if (*s == '%' || *s == '_' || *s == '\\')
+                eb_buf_putc(&lb, '\\');
+            eb_buf_putc(&lb, *s);
+        }
+        eb_buf_putc(&lb, '%');
+        like = eb_buf_steal(&lb);
+    }
+    snprintf(limit_s, sizeof(limit_s), "%ld", limit + 1);
+    params[0] = p->team_id;
+    params[1] = q_project;
+    params[2] = q_from;
+    params[3] = q_to;
+    params[4] = q_model;
+    params[5] = q_provider;
+    params[6] = q_status;
+    params[7] = q_review;
+    params[8] = q_tag;
+    params[9] = like;
+    params[10] = q_score;
+    params[11] = q_smin;
+    params[12] = q_smax;
+    params[13] = cur_id ? cur_pt : NULL;
+    params[14] = cur_id;
+    params[15] = limit_s;
+    c = begin_team(ctx, req);
+    if (!c)
+        goto cleanup;
+    st = eb_db_exec(
+        c,
+        "SELECT " SUMMARY_COLS " FROM ingest.traces t WHERE t.team_id = $1::uuid"
+        " AND ($2::text IS NULL OR t.project = $2)"
+        " AND ($3::timestamptz IS NULL OR t.part_time >= $3::timestamptz - interval '1 day')"
+        " AND ($3::timestamptz IS NULL OR coalesce(t.start_time, t.part_time) >= $3::timestamptz)"
+        " AND ($4::timestamptz IS NULL OR t.part_time < $4::timestamptz + interval '1 day')"
+        " AND ($4::timestamptz IS NULL OR coalesce(t.start_time, t.part_time) < $4::timestamptz)"
+        " AND ($5::text IS NULL OR t.model = $5) AND ($6::text IS NULL OR t.provider = $6)"
+        " AND ($7::text IS NULL OR t.status = $7) AND ($8::text IS NULL OR t.review_state = $8)"
+        " AND ($9::text IS NULL OR t.tags @> ARRAY[$9::text])"
+        " AND ($10::text IS NULL OR t.name ILIKE $10 OR t.metadata::text ILIKE $10)"
+        " AND ($11::text IS NULL OR EXISTS (SELECT 1 FROM ingest.scores s WHERE s.team_id ="
+        "  t.team_id AND s.trace_id = t.id AND s.name = $11"
+        "  AND ($12::float8 IS NULL OR s.value_number >= $12::float8)"
+        "  AND ($13::float8 IS NULL OR s.value_number <= $13::float8)))"
+        " AND ($14::timestamptz IS NULL OR (t.part_time, t.id) < ($14::timestamptz, $15::text))"
+        " ORDER BY t.part_time DESC, t.id DESC LIMIT $16::int",
+        16, params, &r);
+    if (st != EB_OK) {
+        eb_db_rollback(c);
+        eb_db_put(ctx->svc.db, c);
+        eb_http_reply_status(req, st);
+        goto cleanup;
+    }
+    finish_db(ctx, c);
+    root = cJSON_CreateObject();
+    arr = cJSON_AddArrayToObject(root, "traces");
+    n = PQntuples(r);
+    for (int i = 0; i < n && i < limit; i++)
+        cJSON_AddItemToArray(arr, summary_json(r, i));
+    if (n > limit) {
+        eb_buf raw = {0}, enc = {0};
+        eb_buf_printf(&raw, "%s|%s", eb_db_val(r, (int)limit - 1, 19),
+                      eb_db_val(r, (int)limit - 1, 0));
+        eb_base64url_encode(raw.data, raw.len, &enc);
+        cJSON_AddStringToObject(root, "next_cursor", enc.data);
+        eb_buf_free(&raw);
+        eb_buf_free(&enc);
+    } else {
+        cJSON_AddNullToObject(root, "next_cursor");
+    }
+    eb_http_reply_json(req, 200, root);
+cleanup:
+    PQclear(r);
+    free(cur_id);
+    free(like);
+}
+
+void api_trace_get(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    const eb_principal *p = eb_http_req_principal(req);
+    const char *id = eb_http_req_param(req, "id");
+    const char *params[2] = {p->team_id, id};
+    PGconn *c;
+    PGresult *r = NULL, *ro = NULL, *rr = NULL, *rs = NULL;
+    eb_status st;
+    cJSON *o, *arr;
+
+    c = begin_team(ctx, req);
+    if (!c)
+        return;
+    st = eb_db_exec(c,
+                    "SELECT " SUMMARY_COLS ", t.input::text, t.output::text, t.tool_calls::text,"
+                    " t.attributes::text FROM ingest.trace_keys k JOIN ingest.traces t ON"
+                    " t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
+                    " WHERE k.team_id = $1::uuid AND k.id = $2",
+                    2, params, &r);
+    if (st == EB_OK && PQntuples(r) == 1)
+        st = eb_db_exec(c,
+                        "SELECT o.id, o.parent_id, o.type, o.name, ingest.iso(o.start_time),"
+                        " ingest.iso(o.end_time), o.status, o.status_message, o.model,"
+                        " o.provider, o.input_tokens, o.output_tokens, o.cost_usd, o.input::text,"
+                        " o.output::text, o.tool_calls::text, o.attributes::text,"
+                        " o.metadata::text FROM ingest.trace_keys k JOIN ingest.observations o"
+                        " ON o.team_id = k.team_id AND o.part_time = k.part_time AND"
+                        " o.trace_id = k.id WHERE k.team_id = $1::uuid AND k.id = $2"
+                        " ORDER BY o.start_time NULLS LAST, o.id LIMIT 10000",
+                        2, params, &ro);
+    if (st == EB_OK && PQntuples(r) == 1)
+        st = eb_db_exec(c,
+                        "SELECT id, decision, reason, score, notes, reviewer_user_id,"
+                        " reviewer_key_id, ingest.iso(created_at) FROM ingest.reviews WHERE"
+                        " team_id = $1::uuid AND trace_id = $2 ORDER BY id DESC LIMIT 1000",
+                        2, params, &rr);
+    if (st == EB_OK && PQntuples(r) == 1)
+        st = eb_db_exec(c,
+                        "SELECT id, observation_id, name, kind, value_number, value_text, source,"
+                        " comment, ingest.iso(created_at) FROM ingest.scores WHERE team_id ="
+                        " $1::uuid AND trace_id = $2 ORDER BY created_at, id LIMIT 1000",
+                        2, params, &rs);
+    if (st != EB_OK) {
+        eb_db_rollback(c);
+        eb_db_put(ctx->svc.db, c);
+        eb_http_reply_status(req, st);
+        goto cleanup;
+    }
+    finish_db(ctx, c);
+    if (PQntuples(r) != 1) {
+        eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such trace");
+        goto cleanup;
+    }
+    o = summary_json(r, 0);
+    add_json(o, "input", r, 0, 23);
+    add_json(o, "output", r, 0, 24);
+    add_json(o, "tool_calls", r, 0, 25);
+    add_json(o, "attributes", r, 0, 26);
+    arr = cJSON_AddArrayToObject(o, "observations");
+    for (int i = 0; i < PQntuples(ro); i++) {
+        cJSON *ob = cJSON_CreateObject(), *u;
+        cJSON_AddStringToObject(ob, "id", eb_db_val(ro, i, 0));
+        eb_json_add_str(ob, "parent_id", eb_db_val(ro, i, 1), true);
+        cJSON_AddStringToObject(ob, "type", eb_db_val(ro, i, 2));
+        eb_json_add_str(ob, "name", eb_db_val(ro, i, 3), true);
+        eb_json_add_str(ob, "start_time", eb_db_val(ro, i, 4), true);
+        eb_json_add_str(ob, "end_time", eb_db_val(ro, i, 5), true);
+        cJSON_AddStringToObject(ob, "status", eb_db_val(ro, i, 6));
+        eb_json_add_str(ob, "status_message", eb_db_val(ro, i, 7), true);
+        eb_json_add_str(ob, "model", eb_db_val(ro, i, 8), true);
+        eb_json_add_str(ob, "provider", eb_db_val(ro, i, 9), true);
+        u = cJSON_AddObjectToObject(ob, "usage");
+        add_num(u, "input_tokens", ro, i, 10);
+        add_num(u, "output_tokens", ro, i, 11);
+        add_num(ob, "cost_usd", ro, i, 12);
+        add_json(ob, "input", ro, i, 13);
+        add_json(ob, "output", ro, i, 14);
+        add_json(ob, "tool_calls", ro, i, 15);
+        add_json(ob, "attributes", ro, i, 16);
+        add_json(ob, "metadata", ro, i, 17);
+        cJSON_AddItemToArray(arr, ob);
+    }
+    arr = cJSON_AddArrayToObject(o, "reviews");
+    for (int i = 0; i < PQntuples(rr); i++) {
+        cJSON *rv = cJSON_CreateObject();
+        cJSON_AddNumberToObject(rv, "id", atof(eb_db_val(rr, i, 0)));
+        cJSON_AddStringToObject(rv, "decision", eb_db_val(rr, i, 1));
+        eb_json_add_str(rv, "reason", eb_db_val(rr, i, 2), true);
+        add_num(rv, "score", rr, i, 3);
+        eb_json_add_str(rv, "notes", eb_db_val(rr, i, 4), true);
+        eb_json_add_str(rv, "reviewer_user_id", eb_db_val(rr, i, 5), true);
+        eb_json_add_str(rv, "reviewer_key_id", eb_db_val(rr, i, 6), true);
+        cJSON_AddStringToObject(rv, "created_at", eb_db_val(rr, i, 7));
+        cJSON_AddItemToArray(arr, rv);
+    }
+    arr = cJSON_AddArrayToObject(o, "scores");
+    for (int i = 0; i < PQntuples(rs); i++) {
+        cJSON *sc = cJSON_CreateObject();
+        const char *kind = eb_db_val(rs, i, 3);
+        cJSON_AddStringToObject(sc, "id", eb_db_val(rs, i, 0));
+        eb_json_add_str(sc, "observation_id", eb_db_val(rs, i, 1), true);
+        cJSON_AddStringToObject(sc, "name", eb_db_val(rs, i, 2));
+        cJSON_AddStringToObject(sc, "kind", kind);
+        if (strcmp(kind, "categorical") == 0)
+            cJSON_AddStringToObject(sc, "value", eb_db_val(rs, i, 5));
+        else if (strcmp(kind, "boolean") == 0)
+            cJSON_AddBoolToObject(sc, "value", atof(eb_db_val(rs, i, 4)) != 0);
+        else
+            add_num(sc, "value", rs, i, 4);
+        cJSON_AddStringToObject(sc, "source", eb_db_val(rs, i, 6));
+        eb_json_add_str(sc, "comment", eb_db_val(rs, i, 7), true);
+        cJSON_AddStringToObject(sc, "created_at", eb_db_val(rs, i, 8));
+        cJSON_AddItemToArray(arr, sc);
+    }
+    eb_http_reply_json(req, 200, o);
+cleanup:
+    PQclear(r);
+    PQclear(ro);
+    PQclear(rr);
+    PQclear(rs);
+}

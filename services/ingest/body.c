@@ -1,0 +1,58 @@
+/* body.c -- request bodies for ingest: Content-Encoding gzip, bounded after inflation. */
+#include "body.h"
+
+#include "evalbus/mem.h"
+
+#include <string.h>
+#include <strings.h>
+#include <zlib.h>
+
+eb_status ingest_body(eb_http_req *req, size_t max_inflated, const char **data, size_t *len,
+                      char **owned)
+{
+    const char *enc = eb_http_req_header(req, "Content-Encoding");
+    const char *raw;
+    size_t raw_len;
+    z_stream zs;
+    eb_buf out = {0};
+    int zr;
+
+    *owned = NULL;
+    raw = eb_http_req_body(req, &raw_len);
+    if (!enc || !*enc || strcasecmp(enc, "identity") == 0) {
+        *data = raw;
+        *len = raw_len;
+        return EB_OK;
+    }
+    if (strcasecmp(enc, "gzip") != 0)
+        return eb_error(EB_ERR_INVALID, "Content-Encoding %s is not supported (use gzip)", enc);
+    memset(&zs, 0, sizeof(zs));
+    if (inflateInit2(&zs, 15 + 16) != Z_OK)
+        return eb_error(EB_ERR_INTERNAL, "zlib initialisation failed");
+    zs.next_in = (Bytef *)(uintptr_t)raw;
+    zs.avail_in = (uInt)raw_len;
+    do {
+        eb_buf_reserve(&out, 65536);
+        zs.next_out = (Bytef *)out.data + out.len;
+        zs.avail_out = (uInt)(out.cap - out.len - 1);
+        zr = inflate(&zs, Z_NO_FLUSH);
+        out.len = (size_t)((char *)zs.next_out - out.data);
+        if (out.len > max_inflated) {
+            inflateEnd(&zs);
+            eb_buf_free(&out);
+            return eb_error(EB_ERR_TOO_LARGE,
+                            "the inflated body exceeds the limit of %zu bytes (max-body)",
+                            max_inflated);
+        }
+    } while (zr == Z_OK);
+    inflateEnd(&zs);
+    if (zr != Z_STREAM_END) {
+        eb_buf_free(&out);
+        return eb_error(EB_ERR_INVALID, "the gzip body is corrupt or truncated");
+    }
+    out.data[out.len] = '\0';
+    *len = out.len;
+    *owned = eb_buf_steal(&out);
+    *data = *owned;
+    return EB_OK;
+}

@@ -1,0 +1,162 @@
+/* main.c -- evalbus-ingest: traces in (JSON batch API, OTLP/HTTP, NATS TraceBatch), durable
+ * in the JetStream stream INGEST, stored in PostgreSQL by the writer; reviews, scores, the
+ * query API, deletion and retention.
+ * Start-up: settings, the service skeleton (loop, NATS, PostgreSQL, Redis, HTTP), migrations
+ * of the ingest schema, the streams and the writer's consumer (created with a connection of
+ * their own), the auth client, the publisher, NATS intake, writer threads, retention timer.
+ * Shutdown (SIGTERM): NATS intake leaves its queue group, HTTP drains; then the writer finishes
+ * the batch in hand (anything not acknowledged stays in the stream). */
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "ingest_int.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern const eb_migration eb_migrations_ingest[];
+extern const size_t eb_migrations_ingest_count;
+
+#define T ingest_config
+static const eb_setting settings[] = {
+    EB_SERVICE_SETTINGS(ingest_config, svc, "8081", "16MiB"),
+    {"auth-cache-ttl", "EVALBUS_AUTH_CACHE_TTL", EB_SET_DURATION, "10s", 0, 3600000, false,
+     offsetof(T, auth_cache_ttl_ms), "how long a verified credential is cached here"},
+    {"auth-timeout", "EVALBUS_AUTH_TIMEOUT", EB_SET_DURATION, "2s", 10, 60000, false,
+     offsetof(T, auth_timeout_ms), "wait for the auth service"},
+    {"publish-timeout", "EVALBUS_PUBLISH_TIMEOUT", EB_SET_DURATION, "5s", 100, 60000, false,
+     offsetof(T, publish_timeout_ms), "wait for JetStream to acknowledge accepted traces"},
+    {"max-batch-items", "EVALBUS_MAX_BATCH_ITEMS", EB_SET_INT, "1000", 1, 100000, false,
+     offsetof(T, max_batch_items), "traces per batch (413 above)"},
+    {"max-field-bytes", "EVALBUS_MAX_FIELD_BYTES", EB_SET_SIZE, "1MiB", 64, 67108864, false,
+     offsetof(T, max_field_bytes), "one text field: content, arguments, input/output text"},
+    {"max-observations", "EVALBUS_MAX_OBSERVATIONS", EB_SET_INT, "5000", 1, 1000000, false,
+     offsetof(T, max_observations), "observations per trace"},
+    {"max-messages", "EVALBUS_MAX_MESSAGES", EB_SET_INT, "1000", 1, 100000, false,
+     offsetof(T, max_messages), "messages in one input or output"},
+    {"max-metadata-bytes", "EVALBUS_MAX_METADATA_BYTES", EB_SET_SIZE, "64KiB", 16, 16777216, false,
+     offsetof(T, max_metadata_bytes), "metadata / attributes of one trace, as JSON"},
+    {"writer-threads", "EVALBUS_WRITER_THREADS", EB_SET_INT, "2", 0, 8, false,
+     offsetof(T, writer_threads), "writer threads (0: this replica only accepts)"},
+    {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "1000", 1, 5000, false,
+     offsetof(T, writer_batch), "records per writer transaction at most"},
+    {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
+     offsetof(T, stream_max_bytes), "size of the INGEST stream (oldest records go first)"},
+    {"stream-dupe-window", "EVALBUS_STREAM_DUPE_WINDOW", EB_SET_DURATION, "2m", 120000, 86400000,
+     false, offsetof(T, stream_dupe_window_ms), "JetStream duplicate window (>= 2 min)"},
+    {"retention-days", "EVALBUS_RETENTION_DAYS", EB_SET_INT, "90", 1, 36500, false,
+     offsetof(T, retention_days), "default retention of a project's traces"},
+    {"retention-interval", "EVALBUS_RETENTION_INTERVAL", EB_SET_DURATION, "1h", 1000, 86400000,
+     false, offsetof(T, retention_interval_ms), "how often retention runs"},
+    {"review-reasons", "EVALBUS_REVIEW_REASONS", EB_SET_STRING,
+     "incorrect,incomplete,hallucination,unsafe,off_topic,formatting,tool_misuse,other", 0, 0,
+     false, offsetof(T, review_reasons), "reasons a reject may give (comma-separated)"},
+};
+#undef T
+
+#define MEMBER EB_ROLE_MEMBER
+#define VIEWER EB_ROLE_VIEWER
+const eb_http_route ingest_routes[] = {
+    {"POST", "/api/v1/traces", api_traces_post, false, MEMBER, EB_SCOPE_TRACES_WRITE},
+    {"GET", "/api/v1/traces", api_traces_list, false, VIEWER, EB_SCOPE_TRACES_READ},
+    {"POST", "/api/v1/traces/delete", api_traces_delete_by_filter, false, EB_ROLE_ADMIN,
+     EB_SCOPE_ADMIN},
+    {"GET", "/api/v1/traces/{id}", api_trace_get, false, VIEWER, EB_SCOPE_TRACES_READ},
+    {"DELETE", "/api/v1/traces/{id}", api_trace_delete, false, EB_ROLE_ADMIN, EB_SCOPE_ADMIN},
+    {"POST", "/api/v1/traces/{id}/review", api_review_post, false, MEMBER, EB_SCOPE_TRACES_WRITE},
+    {"POST", "/api/v1/scores", api_score_post, false, MEMBER, EB_SCOPE_TRACES_WRITE},
+    {"PUT", "/api/v1/projects/{project}/settings", api_project_settings_put, false, EB_ROLE_ADMIN,
+     EB_SCOPE_ADMIN},
+    {"POST", "/otlp/v1/traces", api_otlp_post, false, MEMBER, EB_SCOPE_TRACES_WRITE},
+};
+const size_t ingest_nroutes = sizeof(ingest_routes) / sizeof(ingest_routes[0]);
+
+static bool check_writer(void *arg, char *detail, size_t len)
+{
+    ingest_ctx *ctx = arg;
+
+    return !ctx->writer || ingest_writer_healthy(ctx->writer, detail, len);
+}
+
+static void on_stop(void *arg)
+{
+    ingest_nats_drain(arg);
+}
+
+static eb_status migrate(ingest_ctx *ctx)
+{
+    for (int attempt = 0;; attempt++) {
+        PGconn *c = eb_db_get(ctx->svc.db);
+        eb_status st;
+        if (c) {
+            st = eb_db_migrate(c, "ingest", eb_migrations_ingest, eb_migrations_ingest_count, NULL);
+            eb_db_put(ctx->svc.db, c);
+            if (st != EB_ERR_UNAVAILABLE)
+                return st;
+        }
+        if (attempt % 10 == 0)
+            eb_log_warn(NULL, "waiting for PostgreSQL to apply migrations: %s", eb_error_message());
+        if (attempt >= 120)
+            return eb_error(EB_ERR_UNAVAILABLE, "PostgreSQL did not answer for 60 s: %s",
+                            eb_error_message());
+        usleep(500000);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    ingest_config cfg = {0};
+    ingest_ctx ctx = {0};
+    int rc = 1;
+    eb_status st;
+
+    eb_service_load_config("evalbus-ingest", settings, sizeof(settings) / sizeof(settings[0]), &cfg,
+                           argc, argv);
+    ctx.cfg = &cfg;
+    ctx.limits = INGEST_LIMITS_DEFAULT;
+    ctx.limits.max_batch_items = (size_t)cfg.max_batch_items;
+    ctx.limits.max_field_bytes = (size_t)cfg.max_field_bytes;
+    ctx.limits.max_observations = (size_t)cfg.max_observations;
+    ctx.limits.max_messages = (size_t)cfg.max_messages;
+    ctx.limits.max_metadata_bytes = (size_t)cfg.max_metadata_bytes;
+    ctx.limits.max_trace_bytes = (size_t)cfg.svc.max_body;
+    st = eb_service_init(&ctx.svc, "ingest", &cfg.svc, ingest_routes, ingest_nroutes, &ctx);
+    if (st != EB_OK) {
+        fprintf(stderr, "evalbus-ingest: %s\n", eb_error_message());
+        goto cleanup;
+    }
+    st = migrate(&ctx);
+    if (st == EB_OK)
+        st = ingest_streams_ensure(&cfg, 60000);
+    if (st == EB_OK)
+        st = eb_authc_new(ctx.svc.base, ctx.svc.bus, "ingest", cfg.auth_cache_ttl_ms,
+                          cfg.auth_timeout_ms, &ctx.authc);
+    if (st == EB_OK)
+        ctx.pub = ingest_publisher_new(ctx.svc.base, ctx.svc.bus, cfg.publish_timeout_ms, &st);
+    if (st == EB_OK)
+        st = ingest_nats_start(&ctx);
+    if (st != EB_OK) {
+        eb_log_error(NULL, "start-up failed: %s", eb_error_message());
+        goto cleanup;
+    }
+    eb_http_set_authenticator(ctx.svc.http, eb_authc_verify, ctx.authc);
+    eb_http_add_check(ctx.svc.http, "writer", check_writer, &ctx, false);
+    if (cfg.writer_threads > 0)
+        ctx.writer = ingest_writer_start(&ctx);
+    ingest_retention_start(&ctx);
+    ctx.svc.on_stop = on_stop;
+    ctx.svc.on_stop_arg = &ctx;
+    rc = eb_service_run(&ctx.svc);
+cleanup:
+    ingest_writer_stop(ctx.writer);
+    ingest_nats_stop(&ctx);
+    if (ctx.retention_timer)
+        event_free(ctx.retention_timer);
+    eb_authc_free(ctx.authc);
+    ingest_publisher_free(ctx.pub);
+    eb_service_cleanup(&ctx.svc);
+    eb_config_free(settings, sizeof(settings) / sizeof(settings[0]), &cfg);
+    return rc;
+}

@@ -1,0 +1,282 @@
+/* nats_in.c -- TraceBatch intake over NATS: evalbus.v1.ingest.traces.<team>.
+ * Replicas share the subject as queue group "ingest". A message carries its API key in the
+ * header Evalbus-Api-Key; it is verified like an HTTP credential (auth client with cache), must
+ * belong to the team named in the subject and hold traces:write. Every trace is validated like a
+ * JSON one; the valid ones go to the INGEST stream, and a reply subject gets an IngestAck once
+ * JetStream has them. Messages that cannot be decoded or are not authorized are copied to
+ * evalbus.v1.ingest.dead.<team> with the reason in the header Evalbus-Reason and counted;
+ * nothing a publisher sends can stop or stall the intake.
+ * Threading: the NATS callback only queues the message and wakes the loop; all work happens on
+ * the loop thread. */
+#include "evalbus/bus.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "evalbus/metrics.h"
+#include "ingest_int.h"
+#include "trace_json.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct nats_item {
+    struct nats_item *next;
+    natsMsg *msg;
+    ingest_ctx *ctx;
+    Evalbus__V1__TraceBatch *batch;
+    Evalbus__V1__Trace **valid;
+    size_t nvalid;
+    uint32_t *index;
+    Evalbus__V1__IngestRejected **rejected;
+    size_t nrejected;
+} nats_item;
+
+static const char *subject_team(const natsMsg *msg)
+{
+    const char *s = natsMsg_GetSubject(msg);
+    size_t n = strlen(INGEST_NATS_SUBJECT_PREFIX);
+
+    return strncmp(s, INGEST_NATS_SUBJECT_PREFIX, n) == 0 ? s + n : "";
+}
+
+static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    uint8_t *buf;
+    size_t len;
+
+    if (!reply || !*reply)
+        return;
+    len = evalbus__v1__ingest_ack__get_packed_size(ack);
+    buf = eb_malloc(len ? len : 1);
+    evalbus__v1__ingest_ack__pack(ack, buf);
+    natsConnection_Publish(eb_bus_conn(ctx->svc.bus), reply, buf, (int)len);
+    free(buf);
+}
+
+static void item_free(nats_item *it)
+{
+    for (size_t i = 0; i < it->nrejected; i++) {
+        free(it->rejected[i]->message);
+        free(it->rejected[i]);
+    }
+    free(it->rejected);
+    free(it->valid);
+    free(it->index);
+    if (it->batch)
+        evalbus__v1__trace_batch__free_unpacked(it->batch, NULL);
+    natsMsg_Destroy(it->msg);
+    free(it);
+}
+
+/* Refuses the whole message: dead letter, counted, and an IngestAck with the error. */
+static void refuse(nats_item *it, eb_status st, const char *reason, const char *metric_reason)
+{
+    ingest_ctx *ctx = it->ctx;
+    Evalbus__V1__IngestAck ack = EVALBUS__V1__INGEST_ACK__INIT;
+    natsMsg *dl = NULL;
+    char subject[200], labels[96];
+    const char *team = subject_team(it->msg);
+
+    snprintf(subject, sizeof(subject), INGEST_DEAD_PREFIX "%.100s", *team ? team : "unknown");
+    if (natsMsg_Create(&dl, subject, NULL, natsMsg_GetData(it->msg),
+                       natsMsg_GetDataLength(it->msg)) == NATS_OK) {
+        natsMsgHeader_Set(dl, "Evalbus-Reason", reason);
+        natsMsgHeader_Set(dl, "Evalbus-Stage", "nats-intake");
+        natsMsgHeader_Set(dl, "Evalbus-Subject", natsMsg_GetSubject(it->msg));
+        natsConnection_PublishMsg(eb_bus_conn(ctx->svc.bus), dl);
+        natsMsg_Destroy(dl);
+    }
+    snprintf(labels, sizeof(labels), "stage=\"nats\",reason=\"%s\"", metric_reason);
+    eb_metrics_add("evalbus_ingest_dead_letters_total", labels, 1);
+    eb_log_warn(NULL, "NATS batch on %s refused: %s", natsMsg_GetSubject(it->msg), reason);
+    ack.error = (char *)reason;
+    ack.code = (char *)eb_status_str(st);
+    reply_ack(ctx, it->msg, &ack);
+    item_free(it);
+}
+
+static void on_published(void *arg, const eb_status *results, size_t n)
+{
+    nats_item *it = arg;
+    Evalbus__V1__IngestAck ack = EVALBUS__V1__INGEST_ACK__INIT;
+    char **accepted = eb_calloc(n ? n : 1, sizeof(char *));
+    size_t nacc = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (results[i] == EB_OK) {
+            accepted[nacc++] = it->valid[i]->id;
+        } else {
+            Evalbus__V1__IngestRejected *r = eb_malloc(sizeof(*r));
+            evalbus__v1__ingest_rejected__init(r);
+            r->has_index = 1;
+            r->index = it->index[i];
+            r->id = it->valid[i]->id;
+            r->code = (char *)"unavailable";
+            r->message = eb_strdup("the ingest stream did not take it; retry");
+            it->rejected = eb_realloc(it->rejected, (it->nrejected + 1) * sizeof(*it->rejected));
+            it->rejected[it->nrejected++] = r;
+        }
+    }
+    eb_metrics_add("evalbus_ingest_traces_accepted_total", "source=\"nats\"", (double)nacc);
+    ack.accepted_ids = accepted;
+    ack.n_accepted_ids = nacc;
+    ack.rejected = it->rejected;
+    ack.n_rejected = it->nrejected;
+    reply_ack(it->ctx, it->msg, &ack);
+    free(accepted);
+    item_free(it);
+}
+
+static void on_verified(eb_status st, const eb_principal *p, const char *reason, void *arg)
+{
+    nats_item *it = arg;
+    ingest_ctx *ctx = it->ctx;
+    int len = natsMsg_GetDataLength(it->msg);
+    char why[300];
+
+    if (st != EB_OK) {
+        snprintf(why, sizeof(why), "credential rejected: %s",
+                 st == EB_ERR_UNAUTHENTICATED ? reason : "auth service unavailable");
+        refuse(it, st == EB_ERR_UNAUTHENTICATED ? st : EB_ERR_UNAVAILABLE, why,
+               st == EB_ERR_UNAUTHENTICATED ? "unauthenticated" : "unavailable");
+        return;
+    }
+    if (strcmp(p->team_slug, subject_team(it->msg)) != 0) {
+        refuse(it, EB_ERR_FORBIDDEN, "the key belongs to another team than the subject names",
+               "wrong_team");
+        return;
+    }
+    if (!(p->scopes & EB_SCOPE_TRACES_WRITE) || p->role < EB_ROLE_MEMBER) {
+        refuse(it, EB_ERR_FORBIDDEN, "the key lacks the traces:write scope", "forbidden");
+        return;
+    }
+    if ((long long)len > ctx->cfg->svc.max_body) {
+        refuse(it, EB_ERR_TOO_LARGE, "the message exceeds max-body", "too_large");
+        return;
+    }
+    it->batch = evalbus__v1__trace_batch__unpack(NULL, (size_t)len,
+                                                 (const uint8_t *)natsMsg_GetData(it->msg));
+    if (!it->batch) {
+        refuse(it, EB_ERR_INVALID, "the message is not an evalbus.v1.TraceBatch", "undecodable");
+        return;
+    }
+    if (it->batch->n_traces > ctx->limits.max_batch_items) {
+        refuse(it, EB_ERR_TOO_LARGE, "the batch holds more traces than max-batch-items",
+               "too_large");
+        return;
+    }
+    it->valid = eb_calloc(it->batch->n_traces ? it->batch->n_traces : 1, sizeof(*it->valid));
+    it->index = eb_calloc(it->batch->n_traces ? it->batch->n_traces : 1, sizeof(uint32_t));
+    for (size_t i = 0; i < it->batch->n_traces; i++) {
+        Evalbus__V1__Trace *t = it->batch->traces[i];
+        eb_status vs = ingest_trace_validate(t, &ctx->limits);
+        if (vs == EB_OK)
+            vs = ingest_check_project(p, t->project);
+        if (vs != EB_OK) {
+            Evalbus__V1__IngestRejected *r = eb_malloc(sizeof(*r));
+            evalbus__v1__ingest_rejected__init(r);
+            r->has_index = 1;
+            r->index = (uint32_t)i;
+            r->id = t->id;
+            r->code = (char *)eb_status_str(vs);
+            r->message = eb_strdup(eb_error_message());
+            it->rejected = eb_realloc(it->rejected, (it->nrejected + 1) * sizeof(*it->rejected));
+            it->rejected[it->nrejected++] = r;
+            continue;
+        }
+        it->index[it->nvalid] = (uint32_t)i;
+        it->valid[it->nvalid++] = t;
+    }
+    eb_metrics_add("evalbus_ingest_traces_rejected_total", "source=\"nats\"",
+                   (double)it->nrejected);
+    ingest_publish(ctx->pub, p, "nats", false, it->valid, it->nvalid, on_published, it);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    ingest_ctx *ctx = arg;
+    nats_item *list, *rev = NULL;
+
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&ctx->nats_mu);
+    list = ctx->nats_queue;
+    ctx->nats_queue = NULL;
+    pthread_mutex_unlock(&ctx->nats_mu);
+    while (list) { /* restore arrival order */
+        nats_item *next = list->next;
+        list->next = rev;
+        rev = list;
+        list = next;
+    }
+    while (rev) {
+        nats_item *next = rev->next;
+        const char *key = NULL;
+        if (natsMsgHeader_Get(rev->msg, "Evalbus-Api-Key", &key) != NATS_OK || !key || !*key)
+            refuse(rev, EB_ERR_UNAUTHENTICATED, "missing header Evalbus-Api-Key", "no_key");
+        else
+            eb_authc_verify(ctx->authc, key, NULL, on_verified, rev);
+        rev = next;
+    }
+}
+
+static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    ingest_ctx *ctx = closure;
+    nats_item *it = eb_calloc(1, sizeof(*it));
+
+    (void)nc;
+    (void)sub;
+    it->msg = msg;
+    it->ctx = ctx;
+    pthread_mutex_lock(&ctx->nats_mu);
+    it->next = ctx->nats_queue;
+    ctx->nats_queue = it;
+    pthread_mutex_unlock(&ctx->nats_mu);
+    event_active(ctx->nats_wake, EV_READ, 0);
+}
+
+void ingest_nats_drain(ingest_ctx *ctx)
+{
+    if (ctx->nats_sub)
+        natsSubscription_Drain(ctx->nats_sub);
+}
+
+eb_status ingest_nats_start(ingest_ctx *ctx)
+{
+    natsStatus s;
+
+    pthread_mutex_init(&ctx->nats_mu, NULL);
+    ctx->nats_wake = event_new(ctx->svc.base, -1, 0, on_wake, ctx);
+    eb_metrics_describe("evalbus_ingest_dead_letters_total", "counter",
+                        "Messages moved to evalbus.v1.ingest.dead.<team>, by stage and reason");
+    s = natsConnection_QueueSubscribe(&ctx->nats_sub, eb_bus_conn(ctx->svc.bus),
+                                      INGEST_NATS_SUBJECT_PREFIX "*", "ingest", on_msg, ctx);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(ctx->nats_sub, 100000, 512 * 1024 * 1024);
+    if (s != NATS_OK)
+        return eb_bus_error(s, "subscribing to " INGEST_NATS_SUBJECT_PREFIX "*");
+    return EB_OK;
+}
+
+void ingest_nats_stop(ingest_ctx *ctx)
+{
+    if (ctx->nats_sub) {
+        natsSubscription_Unsubscribe(ctx->nats_sub);
+        natsSubscription_Destroy(ctx->nats_sub);
+        ctx->nats_sub = NULL;
+    }
+    if (ctx->nats_wake) {
+        nats_item *list = ctx->nats_queue;
+        ctx->nats_queue = NULL;
+        while (list) { /* never acknowledged: the publisher's request times out and retries */
+            nats_item *next = list->next;
+            item_free(list);
+            list = next;
+        }
+        event_free(ctx->nats_wake);
+        ctx->nats_wake = NULL;
+        pthread_mutex_destroy(&ctx->nats_mu);
+    }
+}

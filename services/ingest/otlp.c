@@ -1,0 +1,966 @@
+/* otlp.c -- OTLP/HTTP trace export requests, protobuf and JSON, decoded into one form.
+ *
+ * Both decoders produce an Evalbus__Otlp__V1__ExportTraceServiceRequest (proto/evalbus/otlp/
+ * v1/otlp.proto) and hand it to ingest_otlp_map() (otlp_map.c), so the two encodings cannot
+ * map differently.
+ *   - protobuf: a walk over the wire format first checks that it is well formed and that
+ *     messages nest at most OTLP_MAX_DEPTH deep (protobuf-c recurses once per level and has no
+ *     limit of its own: nested AnyValue arrays would overflow the stack), then protobuf-c
+ *     unpacks it.
+ *   - JSON: eb_json_parse_object() (strict UTF-8), then a walk that builds the same structs:
+ *     lowerCamelCase keys (snake_case accepted), hex trace and span ids, int64 and fixed64
+ *     values as strings or numbers, enums as integers (names accepted), AnyValue by member
+ *     name, bytes as base64. A malformed id is kept as a 1-byte id so that the mapper rejects
+ *     that span alone.
+ * Memory: the decoded request lives in a per-request arena (protobuf-c is given it as its
+ * allocator; JSON strings point into the cJSON tree) that is freed in one call once mapped.
+ * The arena refuses to grow beyond OTLP_ARENA_FACTOR times the body plus 1 MiB, which bounds
+ * what a small body full of empty messages can cost (EB_ERR_TOO_LARGE).
+ * Threading: no shared state; any thread may decode. */
+#include "otlp.h"
+
+#include "evalbus/crypto.h"
+#include "evalbus/json.h"
+#include "evalbus/mem.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdalign.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    OTLP_MAX_DEPTH = 64,      /* message nesting on the wire (request = 1) */
+    OTLP_MAX_ANY_DEPTH = 28,  /* AnyValue arrays / kvlists inside one another (JSON) */
+    OTLP_ARENA_FACTOR = 16,   /* decoded bytes per body byte */
+    OTLP_ARENA_CHUNK = 65536, /* arena chunk size (larger allocations get their own) */
+};
+
+typedef Evalbus__Otlp__V1__ExportTraceServiceRequest otlp_request;
+typedef Evalbus__Otlp__V1__ResourceSpans otlp_resource_spans;
+typedef Evalbus__Otlp__V1__ScopeSpans otlp_scope_spans;
+typedef Evalbus__Otlp__V1__Span otlp_span;
+typedef Evalbus__Otlp__V1__Span__Event otlp_event;
+typedef Evalbus__Otlp__V1__Span__Link otlp_link;
+typedef Evalbus__Otlp__V1__KeyValue otlp_kv;
+typedef Evalbus__Otlp__V1__AnyValue otlp_any;
+
+/* ---------------------------------------------------------------------------------------- */
+/* arena                                                                                     */
+
+typedef struct arena_chunk {
+    struct arena_chunk *next;
+    size_t used, size;
+    alignas(max_align_t) unsigned char data[];
+} arena_chunk;
+
+typedef struct otlp_arena {
+    arena_chunk *head;
+    size_t total; /* bytes obtained from malloc */
+    size_t cap;
+    bool exhausted; /* an allocation was refused because of cap */
+} otlp_arena;
+
+/* Returns size bytes aligned for any type, or NULL when the cap would be passed. */
+static void *arena_alloc(otlp_arena *a, size_t size)
+{
+    const size_t align = alignof(max_align_t);
+    arena_chunk *c = a->head;
+    size_t want = (size + align - 1) & ~(align - 1);
+    void *p;
+
+    if (size == 0)
+        want = align;
+    if (want < size)
+        goto refuse;
+    if (!c || c->size - c->used < want) {
+        size_t csize = want > OTLP_ARENA_CHUNK / 4 ? want : OTLP_ARENA_CHUNK;
+
+        if (csize > a->cap || a->total > a->cap - csize)
+            goto refuse;
+        c = eb_malloc(sizeof *c + csize);
+        c->size = csize;
+        c->used = 0;
+        a->total += csize;
+        if (a->head && want > OTLP_ARENA_CHUNK / 4) {
+            /* a large block: keep filling the current chunk afterwards */
+            c->next = a->head->next;
+            a->head->next = c;
+        } else {
+            c->next = a->head;
+            a->head = c;
+        }
+    }
+    p = c->data + c->used;
+    c->used += want;
+    return p;
+refuse:
+    a->exhausted = true;
+    return NULL;
+}
+
+static void arena_free_all(otlp_arena *a)
+{
+    arena_chunk *c = a->head;
+
+    while (c) {
+        arena_chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    a->head = NULL;
+    a->total = 0;
+}
+
+static void *arena_pb_alloc(void *data, size_t size)
+{
+    return arena_alloc(data, size);
+}
+
+static void arena_pb_free(void *data, void *p)
+{
+    (void)data; /* freed with the arena */
+    (void)p;
+}
+
+static void arena_init(otlp_arena *a, size_t body_len)
+{
+    memset(a, 0, sizeof *a);
+    a->cap = body_len > (SIZE_MAX - (1u << 20)) / OTLP_ARENA_FACTOR
+                 ? SIZE_MAX
+                 : body_len * OTLP_ARENA_FACTOR + (1u << 20);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* results                                                                                   */
+
+void ingest_otlp_result_free(ingest_otlp_result *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->ntraces; i++)
+        if (r->traces[i])
+            evalbus__v1__trace__free_unpacked(r->traces[i], NULL);
+    free(r->traces);
+    free(r->error_message);
+    memset(r, 0, sizeof *r);
+}
+
+void ingest_otlp_response_protobuf(const ingest_otlp_result *r, eb_buf *out)
+{
+    Evalbus__Otlp__V1__ExportTraceServiceResponse resp =
+        EVALBUS__OTLP__V1__EXPORT_TRACE_SERVICE_RESPONSE__INIT;
+    Evalbus__Otlp__V1__ExportTracePartialSuccess ps =
+        EVALBUS__OTLP__V1__EXPORT_TRACE_PARTIAL_SUCCESS__INIT;
+    size_t n;
+
+    if (r->rejected_spans > 0) {
+        ps.rejected_spans = r->rejected_spans;
+        ps.error_message = r->error_message ? r->error_message : (char *)"";
+        resp.partial_success = &ps;
+    }
+    n = evalbus__otlp__v1__export_trace_service_response__get_packed_size(&resp);
+    eb_buf_reserve(out, n + 1);
+    evalbus__otlp__v1__export_trace_service_response__pack(&resp, (uint8_t *)out->data + out->len);
+    out->len += n;
+    out->data[out->len] = '\0';
+}
+
+void ingest_otlp_response_json(const ingest_otlp_result *r, eb_buf *out)
+{
+    if (r->rejected_spans <= 0) {
+        eb_buf_puts(out, "{}");
+        return;
+    }
+    eb_buf_printf(out, "{\"partialSuccess\":{\"rejectedSpans\":\"%lld\",\"errorMessage\":\"",
+                  r->rejected_spans);
+    eb_buf_json_escape(out, r->error_message ? r->error_message : "");
+    eb_buf_puts(out, "\"}}");
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* protobuf                                                                                  */
+
+static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+
+    for (int shift = 0; shift < 64; shift += 7) {
+        uint8_t b;
+
+        if (*p >= end)
+            return false;
+        b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Checks that data[0..n) is a well-formed message of type desc (NULL: of unknown type, whose
+ * fields are only skipped) nesting at most OTLP_MAX_DEPTH levels. Recursion is bounded by
+ * that depth. */
+static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescriptor *desc,
+                       int depth)
+{
+    const uint8_t *end = p + n;
+
+    if (depth > OTLP_MAX_DEPTH)
+        return false;
+    while (p < end) {
+        uint64_t tag, len;
+        const ProtobufCFieldDescriptor *f;
+
+        if (!wire_varint(&p, end, &tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1fffffff)
+            return false;
+        switch (tag & 7) {
+        case 0:
+            if (!wire_varint(&p, end, &len))
+                return false;
+            break;
+        case 1:
+            if ((size_t)(end - p) < 8)
+                return false;
+            p += 8;
+            break;
+        case 5:
+            if ((size_t)(end - p) < 4)
+                return false;
+            p += 4;
+            break;
+        case 2:
+            if (!wire_varint(&p, end, &len) || len > (uint64_t)(end - p))
+                return false;
+            f = desc ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3)) : NULL;
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                !wire_check(p, (size_t)len, f->descriptor, depth + 1))
+                return false;
+            p += len;
+            break;
+        default: /* groups (3, 4) are not used by OTLP; 6 and 7 do not exist */
+            return false;
+        }
+    }
+    return true;
+}
+
+eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ingest_limits *lim,
+                                      ingest_otlp_result *out)
+{
+    eb_status st = EB_OK;
+    otlp_arena arena;
+    ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, &arena};
+    otlp_request *req = NULL;
+
+    memset(out, 0, sizeof *out);
+    arena_init(&arena, len);
+    if (!wire_check(data, len, &evalbus__otlp__v1__export_trace_service_request__descriptor, 1)) {
+        st = eb_error(EB_ERR_INVALID,
+                      "body is not an OTLP ExportTraceServiceRequest (malformed protobuf, or "
+                      "nested deeper than %d levels)",
+                      OTLP_MAX_DEPTH);
+        goto cleanup;
+    }
+    req = evalbus__otlp__v1__export_trace_service_request__unpack(&alloc, len, data);
+    if (!req) {
+        if (arena.exhausted)
+            st = eb_error(EB_ERR_TOO_LARGE,
+                          "the request decodes to more than %d times its size; send fewer "
+                          "spans per request",
+                          OTLP_ARENA_FACTOR);
+        else
+            st = eb_error(EB_ERR_INVALID,
+                          "body is not an OTLP ExportTraceServiceRequest (malformed protobuf)");
+        goto cleanup;
+    }
+    ingest_otlp_map(req, lim, out);
+cleanup:
+    arena_free_all(&arena);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* JSON                                                                                      */
+
+typedef struct json_ctx {
+    otlp_arena *arena;
+    char path[160]; /* where the current value is, for error messages */
+} json_ctx;
+
+/* Arena allocation for the JSON walk; EB_ERR_TOO_LARGE when the cap is reached. */
+#define JALLOC(ctx, ptr, n)                                                                        \
+    do {                                                                                           \
+        (ptr) = arena_alloc((ctx)->arena, (n));                                                    \
+        if (!(ptr)) {                                                                              \
+            st = eb_error(EB_ERR_TOO_LARGE, "the request decodes to more than %d times its size",  \
+                          OTLP_ARENA_FACTOR);                                                      \
+            goto cleanup;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* Member camel (or its snake_case spelling snake); NULL when absent or null. */
+static const cJSON *jget(const cJSON *obj, const char *camel, const char *snake)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, camel);
+
+    if (!it && snake)
+        it = cJSON_GetObjectItemCaseSensitive(obj, snake);
+    return it && !cJSON_IsNull(it) ? it : NULL;
+}
+
+static eb_status jbad(const json_ctx *c, const char *field, const char *what)
+{
+    return eb_error(EB_ERR_INVALID, "%s%s%s must be %s", c->path, c->path[0] ? "." : "", field,
+                    what);
+}
+
+/* Appends ".name" (or "name" at the start) and "[idx]" when idx >= 0 to the path; returns the
+ * old length, to restore it with jpath_pop(). */
+static size_t jpath_push(json_ctx *c, const char *name, long idx)
+{
+    size_t old = strlen(c->path);
+    size_t room = sizeof c->path - old;
+
+    if (idx >= 0)
+        snprintf(c->path + old, room, "%s%s[%ld]", old ? "." : "", name, idx);
+    else
+        snprintf(c->path + old, room, "%s%s", old ? "." : "", name);
+    return old;
+}
+
+static void jpath_pop(json_ctx *c, size_t old)
+{
+    c->path[old] = '\0';
+}
+
+/* An array member (empty when absent): *items and *n. */
+static eb_status jarray(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
+                        const cJSON **first, size_t *n)
+{
+    const cJSON *it = jget(obj, camel, snake);
+
+    *first = NULL;
+    *n = 0;
+    if (!it)
+        return EB_OK;
+    if (!cJSON_IsArray(it))
+        return jbad(c, camel, "an array");
+    *first = it->child;
+    *n = (size_t)cJSON_GetArraySize(it);
+    return EB_OK;
+}
+
+/* A string member, pointing into the tree ("" when absent). */
+static eb_status jstring(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
+                         char **out)
+{
+    const cJSON *it = jget(obj, camel, snake);
+
+    *out = (char *)"";
+    if (!it)
+        return EB_OK;
+    if (!cJSON_IsString(it))
+        return jbad(c, camel, "a string");
+    *out = it->valuestring;
+    return EB_OK;
+}
+
+/* Parses a decimal integer string (optional '-', digits only) into *v. */
+static bool parse_int64_text(const char *s, bool allow_negative, int64_t *v)
+{
+    char *end = NULL;
+    const char *p = s;
+
+    if (*p == '-') {
+        if (!allow_negative)
+            return false;
+        p++;
+    }
+    if (*p < '0' || *p > '9')
+        return false;
+    errno = 0;
+    if (allow_negative) {
+        long long x = strtoll(s, &end, 10);
+        if (errno || *end)
+            return false;
+        *v = x;
+    } else {
+        unsigned long long x = strtoull(s, &end, 10);
+        if (errno || *end)
+            return false;
+        *v = (int64_t)x;
+    }
+    return true;
+}
+
+/* An integer given as a string of digits or a JSON number (exact up to 2^53). */
+static bool jint_value(const cJSON *it, bool allow_negative, int64_t *v)
+{
+    if (cJSON_IsString(it))
+        return parse_int64_text(it->valuestring, allow_negative, v);
+    if (cJSON_IsNumber(it)) {
+        double d = it->valuedouble;
+
+        if (!isfinite(d) || d != floor(d) || d >= 18446744073709551616.0 ||
+            d < (allow_negative ? -9223372036854775808.0 : 0))
+            return false;
+        if (d >= 9223372036854775808.0)
+            *v = (int64_t)(uint64_t)d;
+        else
+            *v = (int64_t)d;
+        return true;
+    }
+    return false;
+}
+
+/* Nanoseconds since the epoch (fixed64): "1700000000000000000" or a number. */
+static eb_status jtime(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
+                       uint64_t *out)
+{
+    const cJSON *it = jget(obj, camel, snake);
+    int64_t v = 0;
+
+    *out = 0;
+    if (!it)
+        return EB_OK;
+    if (!jint_value(it, false, &v))
+        return jbad(c, camel, "a time in nanoseconds (a string of digits or an integer)");
+    *out = (uint64_t)v;
+    return EB_OK;
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* A hex id of want bytes. Absent or "": empty. Wrong length or non-hex: a 1-byte id, which
+ * no check accepts, so that the span alone is rejected. Not a string: EB_ERR_INVALID. */
+static eb_status jhex_id(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
+                         size_t want, ProtobufCBinaryData *out)
+{
+    static uint8_t bad_id[1] = {0};
+    eb_status st = EB_OK;
+    const cJSON *it = jget(obj, camel, snake);
+    const char *s;
+    size_t n;
+    uint8_t *bytes = NULL;
+
+    out->len = 0;
+    out->data = NULL;
+    if (!it)
+        goto cleanup;
+    if (!cJSON_IsString(it)) {
+        st = jbad(c, camel, "a hex string");
+        goto cleanup;
+    }
+    s = it->valuestring;
+    n = strlen(s);
+    if (n == 0)
+        goto cleanup;
+    if (n != want * 2)
+        goto bad;
+    JALLOC(c, bytes, want);
+    for (size_t i = 0; i < want; i++) {
+        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+
+        if (hi < 0 || lo < 0)
+            goto bad;
+        bytes[i] = (uint8_t)(hi << 4 | lo);
+    }
+    out->data = bytes;
+    out->len = want;
+    goto cleanup;
+bad:
+    out->data = bad_id;
+    out->len = 1;
+cleanup:
+    return st;
+}
+
+/* An enum given as an integer, a string of digits, or one of the names (index = value). */
+static eb_status jenum(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
+                       const char *const *names, int nnames, int *out)
+{
+    const cJSON *it = jget(obj, camel, snake);
+    int64_t v;
+
+    *out = 0;
+    if (!it)
+        return EB_OK;
+    if (cJSON_IsString(it))
+        for (int i = 0; i < nnames; i++)
+            if (!strcmp(it->valuestring, names[i])) {
+                *out = i;
+                return EB_OK;
+            }
+    if (!jint_value(it, true, &v) || v < INT32_MIN || v > INT32_MAX)
+        return jbad(c, camel, "an enum value (an integer)");
+    *out = (int)v; /* unknown values pass; the mapper treats them as unset */
+    return EB_OK;
+}
+
+static eb_status json_keyvalues(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
+                                int depth, otlp_kv ***out, size_t *nout);
+
+static eb_status json_anyvalue(json_ctx *c, const cJSON *v, int depth, otlp_any **out)
+{
+    eb_status st = EB_OK;
+    otlp_any *a = NULL;
+    const cJSON *it;
+
+    *out = NULL;
+    if (depth > OTLP_MAX_ANY_DEPTH) {
+        st = eb_error(EB_ERR_INVALID, "%s: attribute values nest deeper than %d levels", c->path,
+                      OTLP_MAX_ANY_DEPTH);
+        goto cleanup;
+    }
+    JALLOC(c, a, sizeof *a);
+    *a = (otlp_any)EVALBUS__OTLP__V1__ANY_VALUE__INIT;
+    *out = a;
+    if (!v)
+        goto cleanup;
+    if (!cJSON_IsObject(v)) {
+        st = eb_error(EB_ERR_INVALID, "%s must be an AnyValue object", c->path);
+        goto cleanup;
+    }
+    if ((it = jget(v, "stringValue", "string_value"))) {
+        if (!cJSON_IsString(it)) {
+            st = jbad(c, "stringValue", "a string");
+            goto cleanup;
+        }
+        a->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_STRING_VALUE;
+        a->string_value = it->valuestring;
+    } else if ((it = jget(v, "boolValue", "bool_value"))) {
+        if (!cJSON_IsBool(it)) {
+            st = jbad(c, "boolValue", "true or false");
+            goto cleanup;
+        }
+        a->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_BOOL_VALUE;
+        a->bool_value = cJSON_IsTrue(it);
+    } else if ((it = jget(v, "intValue", "int_value"))) {
+        int64_t x;
+
+        if (!jint_value(it, true, &x)) {
+            st = jbad(c, "intValue", "an integer (a string of digits or a number)");
+            goto cleanup;
+        }
+        a->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_INT_VALUE;
+        a->int_value = x;
+    } else if ((it = jget(v, "doubleValue", "double_value"))) {
+        double d;
+
+        if (cJSON_IsNumber(it)) {
+            d = it->valuedouble;
+        } else if (cJSON_IsString(it) && !strcmp(it->valuestring, "NaN")) {
+            d = NAN;
+        } else if (cJSON_IsString(it) && !strcmp(it->valuestring, "Infinity")) {
+            d = INFINITY;
+        } else if (cJSON_IsString(it) && !strcmp(it->valuestring, "-Infinity")) {
+            d = -INFINITY;
+        } else if (cJSON_IsString(it) && it->valuestring[0]) {
+            char *end = NULL;
+            d = strtod(it->valuestring, &end);
+            if (*end) {
+                st = jbad(c, "doubleValue", "a number");
+                goto cleanup;
+            }
+        } else {
+            st = jbad(c, "doubleValue", "a number");
+            goto cleanup;
+        }
+        a->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_DOUBLE_VALUE;
+        a->double_value = d;
+    } else if ((it = jget(v, "bytesValue", "bytes_value"))) {
+        eb_buf b = {0};
+        size_t n;
+
+        if (!cJSON_IsString(it)) {
+            st = jbad(c, "bytesValue", "a base64 string");
+            goto cleanup;
+        }
+        n = strlen(it->valuestring);
+        if (!eb_base64_decode(it->valuestring, n, &b)) {
+            eb_buf_reset(&b);
+            if (!eb_base64url_decode(it->valuestring, n, &b)) {
+                eb_buf_free(&b);
+                st = jbad(c, "bytesValue", "base64");
+                goto cleanup;
+            }
+        }
+        a->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_BYTES_VALUE;
+        a->bytes_value.len = b.len;
+        a->bytes_value.data = arena_alloc(c->arena, b.len);
+        if (a->bytes_value.data)
+            memcpy(a->bytes_value.data, b.data, b.len);
+        eb_buf_free(&b);
+        if (!a->bytes_value.data) {
+            st = eb_error(EB_ERR_TOO_LARGE, "the request decodes to more than %d times its size",
+                          OTLP_ARENA_FACTOR);
+            goto cleanup;
+        }
+    } else if ((it = jget(v, "arrayValue", "array_value"))) {
+        Evalbus__Otlp__V1__ArrayValue *arr;
+        const cJSON *e;
+        size_t n, i = 0;
+        size_t old;
+
+        if (!cJSON_IsObject(it)) {
+            st = jbad(c, "arrayValue", "an object");
+            goto cleanup;
+        }
+        JALLOC(c, arr, sizeof *arr);
+        *arr = (Evalbus__Otlp__V1__ArrayValue)EVALBUS__OTLP__V1__ARRAY_VALUE__INIT;
+        a->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_ARRAY_VALUE;
+        a->array_value = arr;
+        old = jpath_push(c, "arrayValue", -1);
+        st = jarray(c, it, "values", NULL, &e, &n);
+        if (st == EB_OK && n)
+            arr->values = arena_alloc(c->arena, n * sizeof *arr->values);
+        if (st == EB_OK && n && !arr->values)
+            st = eb_error(EB_ERR_TOO_LARGE, "the request decodes to more than %d times its size",
+                          OTLP_ARENA_FACTOR);
+        for (; st == EB_OK && e; e = e->next, i++) {
+            size_t old2 = jpath_push(c, "values", (long)i);
+            st = json_anyvalue(c, e, depth + 1, &arr->values[i]);
+            jpath_pop(c, old2);
+        }
+        arr->n_values = st == EB_OK ? n : 0;
+        jpath_pop(c, old);
+    } else if ((it = jget(v, "kvlistValue", "kvlist_value"))) {
+        Evalbus__Otlp__V1__KeyValueList *kl;
+        size_t old;
+
+        if (!cJSON_IsObject(it)) {
+            st = jbad(c, "kvlistValue", "an object");
+            goto cleanup;
+        }
+        JALLOC(c, kl, sizeof *kl);
+        *kl = (Evalbus__Otlp__V1__KeyValueList)EVALBUS__OTLP__V1__KEY_VALUE_LIST__INIT;
+        a->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_KVLIST_VALUE;
+        a->kvlist_value = kl;
+        old = jpath_push(c, "kvlistValue", -1);
+        st = json_keyvalues(c, it, "values", NULL, depth + 1, &kl->values, &kl->n_values);
+        jpath_pop(c, old);
+    }
+    /* {} or only unknown members: an empty value */
+cleanup:
+    return st;
+}
+
+static eb_status json_keyvalues(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
+                                int depth, otlp_kv ***out, size_t *nout)
+{
+    eb_status st = EB_OK;
+    const cJSON *e;
+    size_t n, i = 0;
+    otlp_kv **kvs = NULL;
+
+    *out = NULL;
+    *nout = 0;
+    st = jarray(c, obj, camel, snake, &e, &n);
+    if (st != EB_OK || n == 0)
+        goto cleanup;
+    JALLOC(c, kvs, n * sizeof *kvs);
+    for (; e; e = e->next, i++) {
+        size_t old = jpath_push(c, camel, (long)i);
+        otlp_kv *kv;
+
+        if (!cJSON_IsObject(e)) {
+            st = eb_error(EB_ERR_INVALID, "%s must be an object with key and value", c->path);
+            jpath_pop(c, old);
+            goto cleanup;
+        }
+        JALLOC(c, kv, sizeof *kv);
+        *kv = (otlp_kv)EVALBUS__OTLP__V1__KEY_VALUE__INIT;
+        st = jstring(c, e, "key", NULL, &kv->key);
+        if (st == EB_OK) {
+            size_t old2 = jpath_push(c, "value", -1);
+            st = json_anyvalue(c, jget(e, "value", NULL), depth, &kv->value);
+            jpath_pop(c, old2);
+        }
+        jpath_pop(c, old);
+        if (st != EB_OK)
+            goto cleanup;
+        kvs[i] = kv;
+    }
+    *out = kvs;
+    *nout = n;
+cleanup:
+    return st;
+}
+
+static eb_status json_event(json_ctx *c, const cJSON *e, otlp_event **out)
+{
+    eb_status st = EB_OK;
+    otlp_event *ev = NULL;
+
+    if (!cJSON_IsObject(e)) {
+        st = eb_error(EB_ERR_INVALID, "%s must be an object", c->path);
+        goto cleanup;
+    }
+    JALLOC(c, ev, sizeof *ev);
+    *ev = (otlp_event)EVALBUS__OTLP__V1__SPAN__EVENT__INIT;
+    if ((st = jtime(c, e, "timeUnixNano", "time_unix_nano", &ev->time_unix_nano)) != EB_OK ||
+        (st = jstring(c, e, "name", NULL, &ev->name)) != EB_OK ||
+        (st = json_keyvalues(c, e, "attributes", NULL, 0, &ev->attributes, &ev->n_attributes)) !=
+            EB_OK)
+        goto cleanup;
+cleanup:
+    *out = ev;
+    return st;
+}
+
+static eb_status json_link(json_ctx *c, const cJSON *l, otlp_link **out)
+{
+    eb_status st = EB_OK;
+    otlp_link *lk = NULL;
+
+    if (!cJSON_IsObject(l)) {
+        st = eb_error(EB_ERR_INVALID, "%s must be an object", c->path);
+        goto cleanup;
+    }
+    JALLOC(c, lk, sizeof *lk);
+    *lk = (otlp_link)EVALBUS__OTLP__V1__SPAN__LINK__INIT;
+    if ((st = jhex_id(c, l, "traceId", "trace_id", 16, &lk->trace_id)) != EB_OK ||
+        (st = jhex_id(c, l, "spanId", "span_id", 8, &lk->span_id)) != EB_OK ||
+        (st = jstring(c, l, "traceState", "trace_state", &lk->trace_state)) != EB_OK ||
+        (st = json_keyvalues(c, l, "attributes", NULL, 0, &lk->attributes, &lk->n_attributes)) !=
+            EB_OK)
+        goto cleanup;
+cleanup:
+    *out = lk;
+    return st;
+}
+
+static eb_status json_span(json_ctx *c, const cJSON *s, otlp_span **out)
+{
+    static const char *const kinds[] = {"SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL",
+                                        "SPAN_KIND_SERVER",      "SPAN_KIND_CLIENT",
+                                        "SPAN_KIND_PRODUCER",    "SPAN_KIND_CONSUMER"};
+    static const char *const codes[] = {"STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"};
+    eb_status st = EB_OK;
+    otlp_span *sp = NULL;
+    const cJSON *e, *status;
+    size_t n, i;
+    int kind = 0;
+
+    if (!cJSON_IsObject(s)) {
+        st = eb_error(EB_ERR_INVALID, "%s must be an object", c->path);
+        goto cleanup;
+    }
+    JALLOC(c, sp, sizeof *sp);
+    *sp = (otlp_span)EVALBUS__OTLP__V1__SPAN__INIT;
+    if ((st = jhex_id(c, s, "traceId", "trace_id", 16, &sp->trace_id)) != EB_OK ||
+        (st = jhex_id(c, s, "spanId", "span_id", 8, &sp->span_id)) != EB_OK ||
+        (st = jhex_id(c, s, "parentSpanId", "parent_span_id", 8, &sp->parent_span_id)) != EB_OK ||
+        (st = jstring(c, s, "traceState", "trace_state", &sp->trace_state)) != EB_OK ||
+        (st = jstring(c, s, "name", NULL, &sp->name)) != EB_OK ||
+        (st = jenum(c, s, "kind", NULL, kinds, 6, &kind)) != EB_OK ||
+        (st = jtime(c, s, "startTimeUnixNano", "start_time_unix_nano",
+                    &sp->start_time_unix_nano)) != EB_OK ||
+        (st = jtime(c, s, "endTimeUnixNano", "end_time_unix_nano", &sp->end_time_unix_nano)) !=
+            EB_OK ||
+        (st = json_keyvalues(c, s, "attributes", NULL, 0, &sp->attributes, &sp->n_attributes)) !=
+            EB_OK)
+        goto cleanup;
+    sp->kind = (Evalbus__Otlp__V1__Span__SpanKind)kind;
+
+    if ((st = jarray(c, s, "events", NULL, &e, &n)) != EB_OK)
+        goto cleanup;
+    if (n) {
+        JALLOC(c, sp->events, n * sizeof *sp->events);
+        for (i = 0; e; e = e->next, i++) {
+            size_t old = jpath_push(c, "events", (long)i);
+            st = json_event(c, e, &sp->events[i]);
+            jpath_pop(c, old);
+            if (st != EB_OK)
+                goto cleanup;
+            sp->n_events = i + 1;
+        }
+    }
+    if ((st = jarray(c, s, "links", NULL, &e, &n)) != EB_OK)
+        goto cleanup;
+    if (n) {
+        JALLOC(c, sp->links, n * sizeof *sp->links);
+        for (i = 0; e; e = e->next, i++) {
+            size_t old = jpath_push(c, "links", (long)i);
+            st = json_link(c, e, &sp->links[i]);
+            jpath_pop(c, old);
+            if (st != EB_OK)
+                goto cleanup;
+            sp->n_links = i + 1;
+        }
+    }
+    if ((status = jget(s, "status", NULL))) {
+        Evalbus__Otlp__V1__Status *stt;
+        int code = 0;
+        size_t old;
+
+        if (!cJSON_IsObject(status)) {
+            st = jbad(c, "status", "an object");
+            goto cleanup;
+        }
+        JALLOC(c, stt, sizeof *stt);
+        *stt = (Evalbus__Otlp__V1__Status)EVALBUS__OTLP__V1__STATUS__INIT;
+        old = jpath_push(c, "status", -1);
+        if ((st = jstring(c, status, "message", NULL, &stt->message)) == EB_OK)
+            st = jenum(c, status, "code", NULL, codes, 3, &code);
+        jpath_pop(c, old);
+        if (st != EB_OK)
+            goto cleanup;
+        stt->code = (Evalbus__Otlp__V1__Status__StatusCode)code;
+        sp->status = stt;
+    }
+cleanup:
+    *out = sp;
+    return st;
+}
+
+static eb_status json_scope_spans(json_ctx *c, const cJSON *ss, otlp_scope_spans **out)
+{
+    eb_status st = EB_OK;
+    otlp_scope_spans *sc = NULL;
+    const cJSON *scope, *e;
+    size_t n, i;
+
+    if (!cJSON_IsObject(ss)) {
+        st = eb_error(EB_ERR_INVALID, "%s must be an object", c->path);
+        goto cleanup;
+    }
+    JALLOC(c, sc, sizeof *sc);
+    *sc = (otlp_scope_spans)EVALBUS__OTLP__V1__SCOPE_SPANS__INIT;
+    if ((scope = jget(ss, "scope", NULL))) {
+        Evalbus__Otlp__V1__InstrumentationScope *is;
+        size_t old;
+
+        if (!cJSON_IsObject(scope)) {
+            st = jbad(c, "scope", "an object");
+            goto cleanup;
+        }
+        JALLOC(c, is, sizeof *is);
+        *is =
+            (Evalbus__Otlp__V1__InstrumentationScope)EVALBUS__OTLP__V1__INSTRUMENTATION_SCOPE__INIT;
+        old = jpath_push(c, "scope", -1);
+        if ((st = jstring(c, scope, "name", NULL, &is->name)) == EB_OK &&
+            (st = jstring(c, scope, "version", NULL, &is->version)) == EB_OK)
+            st =
+                json_keyvalues(c, scope, "attributes", NULL, 0, &is->attributes, &is->n_attributes);
+        jpath_pop(c, old);
+        if (st != EB_OK)
+            goto cleanup;
+        sc->scope = is;
+    }
+    if ((st = jarray(c, ss, "spans", NULL, &e, &n)) != EB_OK)
+        goto cleanup;
+    if (n) {
+        JALLOC(c, sc->spans, n * sizeof *sc->spans);
+        for (i = 0; e; e = e->next, i++) {
+            size_t old = jpath_push(c, "spans", (long)i);
+            st = json_span(c, e, &sc->spans[i]);
+            jpath_pop(c, old);
+            if (st != EB_OK)
+                goto cleanup;
+            sc->n_spans = i + 1;
+        }
+    }
+cleanup:
+    *out = sc;
+    return st;
+}
+
+static eb_status json_resource_spans(json_ctx *c, const cJSON *rs, otlp_resource_spans **out)
+{
+    eb_status st = EB_OK;
+    otlp_resource_spans *r = NULL;
+    const cJSON *res, *e;
+    size_t n, i;
+
+    if (!cJSON_IsObject(rs)) {
+        st = eb_error(EB_ERR_INVALID, "%s must be an object", c->path);
+        goto cleanup;
+    }
+    JALLOC(c, r, sizeof *r);
+    *r = (otlp_resource_spans)EVALBUS__OTLP__V1__RESOURCE_SPANS__INIT;
+    if ((res = jget(rs, "resource", NULL))) {
+        Evalbus__Otlp__V1__Resource *rr;
+        size_t old;
+
+        if (!cJSON_IsObject(res)) {
+            st = jbad(c, "resource", "an object");
+            goto cleanup;
+        }
+        JALLOC(c, rr, sizeof *rr);
+        *rr = (Evalbus__Otlp__V1__Resource)EVALBUS__OTLP__V1__RESOURCE__INIT;
+        old = jpath_push(c, "resource", -1);
+        st = json_keyvalues(c, res, "attributes", NULL, 0, &rr->attributes, &rr->n_attributes);
+        jpath_pop(c, old);
+        if (st != EB_OK)
+            goto cleanup;
+        r->resource = rr;
+    }
+    if ((st = jarray(c, rs, "scopeSpans", "scope_spans", &e, &n)) != EB_OK)
+        goto cleanup;
+    if (n) {
+        JALLOC(c, r->scope_spans, n * sizeof *r->scope_spans);
+        for (i = 0; e; e = e->next, i++) {
+            size_t old = jpath_push(c, "scopeSpans", (long)i);
+            st = json_scope_spans(c, e, &r->scope_spans[i]);
+            jpath_pop(c, old);
+            if (st != EB_OK)
+                goto cleanup;
+            r->n_scope_spans = i + 1;
+        }
+    }
+cleanup:
+    *out = r;
+    return st;
+}
+
+eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_limits *lim,
+                                  ingest_otlp_result *out)
+{
+    eb_status st = EB_OK;
+    otlp_arena arena;
+    json_ctx ctx = {.arena = &arena, .path = ""};
+    cJSON *root = NULL;
+    otlp_request req = EVALBUS__OTLP__V1__EXPORT_TRACE_SERVICE_REQUEST__INIT;
+    const cJSON *e;
+    size_t n, i;
+
+    memset(out, 0, sizeof *out);
+    arena_init(&arena, len);
+    if ((st = eb_json_parse_object(data, len, &root)) != EB_OK)
+        goto cleanup;
+    if ((st = jarray(&ctx, root, "resourceSpans", "resource_spans", &e, &n)) != EB_OK)
+        goto cleanup;
+    if (n) {
+        JALLOC(&ctx, req.resource_spans, n * sizeof *req.resource_spans);
+        for (i = 0; e; e = e->next, i++) {
+            size_t old = jpath_push(&ctx, "resourceSpans", (long)i);
+            st = json_resource_spans(&ctx, e, &req.resource_spans[i]);
+            jpath_pop(&ctx, old);
+            if (st != EB_OK)
+                goto cleanup;
+            req.n_resource_spans = i + 1;
+        }
+    }
+    ingest_otlp_map(&req, lim, out);
+cleanup:
+    cJSON_Delete(root);
+    arena_free_all(&arena);
+    return st;
+}

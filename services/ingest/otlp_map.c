@@ -1,0 +1,1711 @@
+/* otlp_map.c -- OTLP spans -> evalbus traces and observations.
+ *
+ * The rules are documented in docs/api/otlp.md; in short: spans are grouped by trace id, each
+ * group becomes one Trace (id = 32 lowercase hex characters) and each span one Observation.
+ * GenAI semantic-convention and OpenInference attributes fill the observation's typed fields
+ * (model, provider, tokens, messages, tool calls, input/output text); every attribute that
+ * fills no field stays in attributes_json.
+ *
+ * How "never dropped" is kept: a span's attributes are first rendered into one cJSON object
+ * (AnyValue -> JSON). Each mapping rule that uses an attribute removes it from that object
+ * ("takes" it), and only when it could use it (a token count that is not an integer stays).
+ * Whatever is left is printed as attributes_json. Span events that map to messages are used
+ * up the same way; the others, the links, the instrumentation scope and the span kind are
+ * added under "otel.*" keys.
+ *
+ * Flattened message attributes (gen_ai.prompt.N.*, llm.input_messages.N.message.*) are read
+ * by matching each key against a table of known patterns and sorting the matches by index,
+ * so a span with many attributes costs O(n log n), whatever the indices are.
+ *
+ * A problem with one span (bad ids, a string over a limit, invalid UTF-8, attributes over
+ * max_metadata_bytes, too many spans in one trace) rejects that span only: it is counted in
+ * rejected_spans and the first few reasons are kept for the OTLP partial-success answer.
+ *
+ * Ownership: everything put in a Trace is malloc'd (evalbus__v1__trace__free_unpacked frees
+ * it); the request is only read. Threading: no shared state. */
+#include "otlp.h"
+
+#include "evalbus/crypto.h"
+#include "evalbus/json.h"
+#include "evalbus/mem.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef Evalbus__Otlp__V1__ExportTraceServiceRequest otlp_request;
+typedef Evalbus__Otlp__V1__ResourceSpans otlp_resource_spans;
+typedef Evalbus__Otlp__V1__InstrumentationScope otlp_scope;
+typedef Evalbus__Otlp__V1__Span otlp_span;
+typedef Evalbus__Otlp__V1__Span__Event otlp_event;
+typedef Evalbus__Otlp__V1__KeyValue otlp_kv;
+typedef Evalbus__Otlp__V1__AnyValue otlp_any;
+typedef Evalbus__V1__Trace eb_trace;
+typedef Evalbus__V1__Observation eb_obs;
+typedef Evalbus__V1__Message eb_msg;
+typedef Evalbus__V1__ContentPart eb_part;
+typedef Evalbus__V1__ToolCall eb_tool_call;
+
+enum {
+    MAP_MAX_REASONS = 3,  /* reasons kept in error_message */
+    MAP_MAX_RENDER = 100, /* AnyValue nesting when rendering (decoders allow less) */
+};
+
+#define MAX_SAFE_INT 9007199254740992LL /* 2^53: larger integers are not exact in JSON readers */
+
+/* Appends item to a malloc'd array arr of n elements, growing it at powers of two. */
+#define PUSH(arr, n, item)                                                                         \
+    do {                                                                                           \
+        if (((n) & ((n)-1)) == 0)                                                                  \
+            (arr) = eb_realloc((arr), ((n) ? 2 * (n) : 1) * sizeof *(arr));                        \
+        (arr)[(n)++] = (item);                                                                     \
+    } while (0)
+
+/* ---------------------------------------------------------------------------------------- */
+/* state                                                                                     */
+
+/* Request-wide state. */
+typedef struct map_ctx {
+    const ingest_limits *lim;
+    ingest_otlp_result *out;
+    eb_buf reasons; /* the first MAP_MAX_REASONS reasons, "; "-separated */
+    int nreasons;
+} map_ctx;
+
+/* What one ResourceSpans gives its spans. */
+typedef struct map_resource {
+    char *project;         /* never NULL */
+    char *attributes_json; /* {"resource":{...}}, or NULL without resource attributes */
+    char why[224];         /* non-empty: every span of this resource is rejected */
+} map_resource;
+
+/* One span waiting to be mapped. */
+typedef struct map_entry {
+    const otlp_span *span;
+    const otlp_scope *scope;
+    size_t res; /* index of its map_resource */
+    size_t seq; /* position in the request */
+} map_entry;
+
+/* What a root span gives its trace besides its observation. */
+typedef struct root_extra {
+    char *session_id;
+    char *user_id;
+    char *metadata_json;
+    char **tags;
+    size_t ntags;
+} root_extra;
+
+/* One span being mapped. */
+typedef struct span_map {
+    const ingest_limits *lim;
+    const otlp_span *span;
+    cJSON *attrs;  /* rendered attributes; mapped ones are removed */
+    char why[200]; /* the first problem; non-empty rejects the span */
+    bool is_root;
+    root_extra *root; /* filled when is_root */
+} span_map;
+
+/* Records the first problem of a span; returns false for use in conditions. */
+static bool fail(span_map *sm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool fail(span_map *sm, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (sm->why[0])
+        return false;
+    va_start(ap, fmt);
+    vsnprintf(sm->why, sizeof sm->why, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+static bool failed(const span_map *sm)
+{
+    return sm->why[0] != '\0';
+}
+
+/* Counts a rejected span and keeps the first reasons. */
+static void reject(map_ctx *mc, const otlp_span *sp, size_t seq, const char *why)
+{
+    mc->out->rejected_spans++;
+    if (mc->nreasons >= MAP_MAX_REASONS)
+        return;
+    if (mc->nreasons++)
+        eb_buf_puts(&mc->reasons, "; ");
+    if (sp->span_id.len == 8) {
+        char hex[17];
+
+        eb_hex_encode(sp->span_id.data, 8, hex);
+        eb_buf_printf(&mc->reasons, "span %s: %s", hex, why);
+    } else {
+        eb_buf_printf(&mc->reasons, "span #%zu: %s", seq + 1, why);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* strings and attribute values                                                              */
+
+/* A malloc'd copy of s when it is valid UTF-8 of at most max bytes; NULL for NULL or "" and on
+ * a problem (recorded, naming what). */
+static char *sm_str(span_map *sm, const char *what, const char *s, size_t max)
+{
+    size_t n;
+
+    if (!s || !*s || failed(sm))
+        return NULL;
+    n = strlen(s);
+    if (n > max) {
+        fail(sm, "%s is longer than %zu bytes", what, max);
+        return NULL;
+    }
+    if (!eb_utf8_valid(s, n)) {
+        fail(sm, "%s is not valid UTF-8", what);
+        return NULL;
+    }
+    return eb_strndup(s, n);
+}
+
+static bool utf8_ok(span_map *sm, const char *what, const char *s)
+{
+    if (!eb_utf8_valid(s, strlen(s)))
+        return fail(sm, "%s is not valid UTF-8", what);
+    return true;
+}
+
+static cJSON *int_json(long long v)
+{
+    char buf[24];
+
+    if (v > MAX_SAFE_INT || v < -MAX_SAFE_INT) {
+        snprintf(buf, sizeof buf, "%lld", v);
+        return cJSON_CreateString(buf);
+    }
+    snprintf(buf, sizeof buf, "%lld", v);
+    return cJSON_CreateRaw(buf); /* printed exactly, not through a double */
+}
+
+static cJSON *kvs_json(span_map *sm, Evalbus__Otlp__V1__KeyValue *const *kvs, size_t n, int depth);
+
+/* An AnyValue as JSON (see the file comment); NULL on a problem (recorded). key names the
+ * attribute in messages. */
+static cJSON *any_json(span_map *sm, const char *key, const otlp_any *v, int depth)
+{
+    cJSON *j = NULL;
+
+    if (depth > MAP_MAX_RENDER) {
+        fail(sm, "attribute '%s' nests too deep", key);
+        return NULL;
+    }
+    if (!v)
+        return cJSON_CreateNull();
+    switch (v->value_case) {
+    case EVALBUS__OTLP__V1__ANY_VALUE__VALUE_STRING_VALUE: {
+        size_t n = strlen(v->string_value);
+
+        if (n > sm->lim->max_field_bytes) {
+            fail(sm, "attribute '%s' is longer than %zu bytes", key, sm->lim->max_field_bytes);
+            return NULL;
+        }
+        if (!eb_utf8_valid(v->string_value, n)) {
+            fail(sm, "attribute '%s' is not valid UTF-8", key);
+            return NULL;
+        }
+        return cJSON_CreateString(v->string_value);
+    }
+    case EVALBUS__OTLP__V1__ANY_VALUE__VALUE_BOOL_VALUE:
+        return cJSON_CreateBool(v->bool_value);
+    case EVALBUS__OTLP__V1__ANY_VALUE__VALUE_INT_VALUE:
+        return int_json(v->int_value);
+    case EVALBUS__OTLP__V1__ANY_VALUE__VALUE_DOUBLE_VALUE:
+        if (isnan(v->double_value))
+            return cJSON_CreateString("NaN");
+        if (isinf(v->double_value))
+            return cJSON_CreateString(v->double_value > 0 ? "Infinity" : "-Infinity");
+        return cJSON_CreateNumber(v->double_value);
+    case EVALBUS__OTLP__V1__ANY_VALUE__VALUE_ARRAY_VALUE:
+        j = cJSON_CreateArray();
+        if (v->array_value)
+            for (size_t i = 0; i < v->array_value->n_values; i++) {
+                cJSON *e = any_json(sm, key, v->array_value->values[i], depth + 1);
+
+                if (!e) {
+                    cJSON_Delete(j);
+                    return NULL;
+                }
+                cJSON_AddItemToArray(j, e);
+            }
+        return j;
+    case EVALBUS__OTLP__V1__ANY_VALUE__VALUE_KVLIST_VALUE:
+        if (!v->kvlist_value)
+            return cJSON_CreateObject();
+        return kvs_json(sm, v->kvlist_value->values, v->kvlist_value->n_values, depth + 1);
+    case EVALBUS__OTLP__V1__ANY_VALUE__VALUE_BYTES_VALUE: {
+        eb_buf b = {0};
+
+        if (v->bytes_value.len > sm->lim->max_field_bytes / 4 * 3) {
+            fail(sm, "attribute '%s' is longer than %zu bytes", key, sm->lim->max_field_bytes);
+            return NULL;
+        }
+        eb_base64_encode(v->bytes_value.data, v->bytes_value.len, &b);
+        j = cJSON_CreateString(b.data ? b.data : "");
+        eb_buf_free(&b);
+        return j;
+    }
+    default:
+        return cJSON_CreateNull();
+    }
+}
+
+/* Key/values as a JSON object, in order; duplicate keys are all kept (OTLP forbids them; the
+ * first one is the one mapped). Keys are referenced, not copied: the request outlives it. */
+static cJSON *kvs_json(span_map *sm, Evalbus__Otlp__V1__KeyValue *const *kvs, size_t n, int depth)
+{
+    cJSON *obj = cJSON_CreateObject();
+
+    for (size_t i = 0; i < n; i++) {
+        const otlp_kv *kv = kvs[i];
+        const char *key = kv && kv->key ? kv->key : "";
+        cJSON *v;
+
+        if (!utf8_ok(sm, "an attribute key", key))
+            goto bad;
+        if (!(v = any_json(sm, key, kv ? kv->value : NULL, depth)))
+            goto bad;
+        cJSON_AddItemToObjectCS(obj, key, v);
+    }
+    return obj;
+bad:
+    cJSON_Delete(obj);
+    return NULL;
+}
+
+static cJSON *attr(span_map *sm, const char *key)
+{
+    return cJSON_GetObjectItemCaseSensitive(sm->attrs, key);
+}
+
+/* Removes a mapped attribute. */
+static void take(span_map *sm, cJSON *item)
+{
+    if (item)
+        cJSON_Delete(cJSON_DetachItemViaPointer(sm->attrs, item));
+}
+
+static const char *attr_str(span_map *sm, const char *key)
+{
+    cJSON *it = attr(sm, key);
+
+    return cJSON_IsString(it) && it->valuestring[0] ? it->valuestring : NULL;
+}
+
+/* The first of keys holding a non-empty string, copied and taken; the other keys holding the
+ * same string are taken too (a different value stays an attribute). */
+static char *take_first_str(span_map *sm, const char *const *keys, size_t nkeys, size_t max)
+{
+    char *out = NULL;
+    const char *val = NULL;
+
+    for (size_t i = 0; i < nkeys && !val; i++)
+        if ((val = attr_str(sm, keys[i]))) {
+            out = sm_str(sm, keys[i], val, max);
+            for (size_t k = i + 1; k < nkeys; k++) {
+                cJSON *o = attr(sm, keys[k]);
+
+                if (cJSON_IsString(o) && !strcmp(o->valuestring, val))
+                    take(sm, o);
+            }
+            take(sm, attr(sm, keys[i])); /* val dies here */
+        }
+    return out;
+}
+
+/* An integer JSON value: a raw integer (rendered int), an integral number or digits. */
+static bool json_int(const cJSON *it, long long *v)
+{
+    char *end = NULL;
+
+    if (cJSON_IsNumber(it)) {
+        double d = it->valuedouble;
+
+        if (!isfinite(d) || d != floor(d) || fabs(d) > (double)MAX_SAFE_INT)
+            return false;
+        *v = (long long)d;
+        return true;
+    }
+    if ((cJSON_IsRaw(it) || cJSON_IsString(it)) && it->valuestring[0]) {
+        errno = 0;
+        *v = strtoll(it->valuestring, &end, 10);
+        return !errno && !*end;
+    }
+    return false;
+}
+
+/* The first of keys holding an integer >= 0, taken. */
+static bool take_first_count(span_map *sm, const char *const *keys, size_t nkeys, long long *v)
+{
+    for (size_t i = 0; i < nkeys; i++) {
+        cJSON *it = attr(sm, keys[i]);
+
+        if (it && json_int(it, v) && *v >= 0) {
+            take(sm, it);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Text of a value: a string as is, anything else as compact JSON; NULL for null/absent. */
+static char *value_text(span_map *sm, const char *what, const cJSON *v, size_t max)
+{
+    char *s, *out;
+
+    if (!v || cJSON_IsNull(v))
+        return NULL;
+    if (cJSON_IsString(v))
+        return sm_str(sm, what, v->valuestring, max);
+    s = eb_json_print(v);
+    out = sm_str(sm, what, s, max);
+    free(s);
+    return out;
+}
+
+/* Parses JSON text that must be utf-8 already (it came through any_json or eb_json). */
+static cJSON *parse_json_text(const char *s)
+{
+    return cJSON_ParseWithOpts(s, NULL, true);
+}
+
+/* An attribute that holds JSON structure either as a value (array/kvlist) or as JSON text:
+ * a new tree the caller deletes, or NULL. */
+static cJSON *attr_structured(span_map *sm, const char *key)
+{
+    cJSON *it = attr(sm, key);
+
+    if (cJSON_IsString(it))
+        return parse_json_text(it->valuestring);
+    if (cJSON_IsArray(it) || cJSON_IsObject(it))
+        return cJSON_Duplicate(it, true);
+    return NULL;
+}
+
+static const char *jstr(const cJSON *obj, const char *key)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+    return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* messages                                                                                  */
+
+static eb_msg *msg_new(void)
+{
+    eb_msg *m = eb_malloc(sizeof *m);
+
+    *m = (eb_msg)EVALBUS__V1__MESSAGE__INIT;
+    return m;
+}
+
+static void msg_free(eb_msg *m)
+{
+    if (m)
+        evalbus__v1__message__free_unpacked(m, NULL);
+}
+
+static eb_tool_call *tool_call_new(void)
+{
+    eb_tool_call *tc = eb_malloc(sizeof *tc);
+
+    *tc = (eb_tool_call)EVALBUS__V1__TOOL_CALL__INIT;
+    return tc;
+}
+
+/* Builds one message's content: text and other parts in order. */
+typedef struct msg_builder {
+    eb_msg *m;
+    eb_buf text; /* text parts joined with "\n" */
+    size_t ntext;
+    bool mixed; /* a part that is not text */
+} msg_builder;
+
+static void mb_part(span_map *sm, msg_builder *b, eb_part *p)
+{
+    if (b->m->n_parts >= sm->lim->max_messages) {
+        fail(sm, "a message has more than %zu content parts", sm->lim->max_messages);
+        evalbus__v1__content_part__free_unpacked(p, NULL);
+        return;
+    }
+    PUSH(b->m->parts, b->m->n_parts, p);
+}
+
+static void mb_text(span_map *sm, msg_builder *b, const char *text)
+{
+    eb_part *p;
+
+    if (!text || failed(sm))
+        return;
+    p = eb_malloc(sizeof *p);
+    *p = (eb_part)EVALBUS__V1__CONTENT_PART__INIT;
+    p->type = eb_strdup("text");
+    p->text = sm_str(sm, "message text", text, sm->lim->max_field_bytes);
+    if (b->ntext++)
+        eb_buf_putc(&b->text, '\n');
+    eb_buf_puts(&b->text, text);
+    mb_part(sm, b, p);
+}
+
+/* A part that is not text: type, and url or the whole part as JSON. */
+static void mb_other(span_map *sm, msg_builder *b, const char *type, const char *url,
+                     const cJSON *whole)
+{
+    eb_part *p;
+
+    if (failed(sm))
+        return;
+    p = eb_malloc(sizeof *p);
+    *p = (eb_part)EVALBUS__V1__CONTENT_PART__INIT;
+    p->type = sm_str(sm, "content part type", type ? type : "unknown", sm->lim->max_id_bytes);
+    if (url)
+        p->url = sm_str(sm, "content part url", url, sm->lim->max_field_bytes);
+    else if (whole)
+        p->json = value_text(sm, "content part", whole, sm->lim->max_field_bytes);
+    b->mixed = true;
+    mb_part(sm, b, p);
+}
+
+static void mb_tool_call(span_map *sm, msg_builder *b, eb_tool_call *tc)
+{
+    if (b->m->n_tool_calls >= sm->lim->max_messages) {
+        fail(sm, "a message has more than %zu tool calls", sm->lim->max_messages);
+        evalbus__v1__tool_call__free_unpacked(tc, NULL);
+        return;
+    }
+    PUSH(b->m->tool_calls, b->m->n_tool_calls, tc);
+}
+
+/* Finishes the message: content = the joined text when every part is text; parts are kept
+ * when there is more than one or any is not text. Returns the message or NULL (freed) on a
+ * problem. */
+static eb_msg *mb_finish(span_map *sm, msg_builder *b)
+{
+    eb_msg *m = b->m;
+
+    if (!b->mixed && b->ntext > 0 && !m->content) {
+        if (b->text.len > sm->lim->max_field_bytes)
+            fail(sm, "message content is longer than %zu bytes", sm->lim->max_field_bytes);
+        else
+            m->content = eb_buf_steal(&b->text);
+    }
+    if (!b->mixed && m->n_parts == 1) {
+        evalbus__v1__content_part__free_unpacked(m->parts[0], NULL);
+        free(m->parts);
+        m->parts = NULL;
+        m->n_parts = 0;
+    }
+    eb_buf_free(&b->text);
+    b->m = NULL;
+    if (failed(sm)) {
+        msg_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* A tool call as JSON: {id, type, function: {name, arguments}} (OpenAI, GenAI events) or
+ * {id, name, arguments} (GenAI parts). */
+static eb_tool_call *tool_call_json(span_map *sm, const cJSON *j)
+{
+    eb_tool_call *tc;
+    const cJSON *fn, *args;
+    const size_t idmax = sm->lim->max_id_bytes;
+
+    if (!cJSON_IsObject(j)) {
+        fail(sm, "a tool call is not an object");
+        return NULL;
+    }
+    fn = cJSON_GetObjectItemCaseSensitive(j, "function");
+    if (!cJSON_IsObject(fn))
+        fn = j;
+    args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+    tc = tool_call_new();
+    tc->id = sm_str(sm, "tool call id", jstr(j, "id"), idmax);
+    tc->type = eb_strdup(jstr(j, "type") && strcmp(jstr(j, "type"), "tool_call") ? jstr(j, "type")
+                                                                                 : "function");
+    tc->name = sm_str(sm, "tool call name", jstr(fn, "name"), idmax);
+    tc->arguments = value_text(sm, "tool call arguments", args, sm->lim->max_field_bytes);
+    if (tc->type && strlen(tc->type) > idmax)
+        fail(sm, "tool call type is longer than %zu bytes", idmax);
+    return tc;
+}
+
+/* One message as JSON: GenAI ({role, parts:[...]}), OpenAI-like ({role, content, tool_calls,
+ * tool_call_id, name}) or an event body ({content, tool_calls, id}); a bare string is a
+ * message of default_role. NULL on a problem (recorded). */
+static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role)
+{
+    msg_builder b = {.m = msg_new()};
+    const size_t idmax = sm->lim->max_id_bytes, fmax = sm->lim->max_field_bytes;
+    const cJSON *parts, *content, *calls, *e;
+    const char *role;
+
+    if (cJSON_IsString(j)) {
+        b.m->role = sm_str(sm, "message role", default_role, idmax);
+        b.m->content = sm_str(sm, "message content", j->valuestring, fmax);
+        return mb_finish(sm, &b);
+    }
+    if (!cJSON_IsObject(j)) {
+        fail(sm, "a message is not an object");
+        return mb_finish(sm, &b);
+    }
+    role = jstr(j, "role");
+    b.m->role = sm_str(sm, "message role", role ? role : default_role, idmax);
+    b.m->name = sm_str(sm, "message name", jstr(j, "name"), idmax);
+    b.m->tool_call_id = sm_str(sm, "tool call id", jstr(j, "tool_call_id"), idmax);
+    if (!b.m->tool_call_id && b.m->role && !strcmp(b.m->role, "tool"))
+        b.m->tool_call_id = sm_str(sm, "tool call id", jstr(j, "id"), idmax);
+
+    parts = cJSON_GetObjectItemCaseSensitive(j, "parts");
+    cJSON_ArrayForEach(e, (cJSON_IsArray(parts) ? parts : NULL))
+    {
+        const char *type = jstr(e, "type");
+
+        if (failed(sm))
+            break;
+        if (cJSON_IsString(e)) {
+            mb_text(sm, &b, e->valuestring);
+        } else if (type && !strcmp(type, "text") && jstr(e, "content")) {
+            mb_text(sm, &b, jstr(e, "content"));
+        } else if (type && !strcmp(type, "tool_call")) {
+            eb_tool_call *tc = tool_call_json(sm, e);
+            if (tc)
+                mb_tool_call(sm, &b, tc);
+        } else if (type && !strcmp(type, "tool_call_response") && !b.m->tool_call_id && !b.ntext) {
+            b.m->tool_call_id = sm_str(sm, "tool call id", jstr(e, "id"), idmax);
+            b.m->content = value_text(sm, "tool call response",
+                                      cJSON_GetObjectItemCaseSensitive(e, "response"), fmax);
+            if (!b.m->role)
+                b.m->role = eb_strdup("tool");
+        } else {
+            mb_other(sm, &b, type, NULL, e);
+        }
+    }
+
+    content = cJSON_GetObjectItemCaseSensitive(j, "content");
+    if (cJSON_IsString(content)) {
+        if (!b.m->content)
+            b.m->content = sm_str(sm, "message content", content->valuestring, fmax);
+    } else if (cJSON_IsArray(content)) {
+        cJSON_ArrayForEach(e, content)
+        {
+            const char *type = jstr(e, "type");
+            const cJSON *img = cJSON_GetObjectItemCaseSensitive(e, "image_url");
+
+            if (failed(sm))
+                break;
+            if (cJSON_IsString(e))
+                mb_text(sm, &b, e->valuestring);
+            else if (type && !strcmp(type, "text") && jstr(e, "text"))
+                mb_text(sm, &b, jstr(e, "text"));
+            else if (type && !strcmp(type, "image_url") && cJSON_IsObject(img) && jstr(img, "url"))
+                mb_other(sm, &b, type, jstr(img, "url"), NULL);
+            else
+                mb_other(sm, &b, type, NULL, e);
+        }
+    } else if (content && !cJSON_IsNull(content) && !b.m->content) {
+        b.m->content = value_text(sm, "message content", content, fmax);
+    }
+
+    calls = cJSON_GetObjectItemCaseSensitive(j, "tool_calls");
+    cJSON_ArrayForEach(e, (cJSON_IsArray(calls) ? calls : NULL))
+    {
+        eb_tool_call *tc;
+
+        if (failed(sm))
+            break;
+        if ((tc = tool_call_json(sm, e)))
+            mb_tool_call(sm, &b, tc);
+    }
+    return mb_finish(sm, &b);
+}
+
+static bool msgs_push(span_map *sm, eb_msg ***arr, size_t *n, eb_msg *m)
+{
+    if (!m)
+        return false;
+    if (*n >= sm->lim->max_messages) {
+        msg_free(m);
+        return fail(sm, "more than %zu messages", sm->lim->max_messages);
+    }
+    PUSH(*arr, *n, m);
+    return true;
+}
+
+/* Messages from a JSON array (each item through msg_json). */
+static bool msgs_json_array(span_map *sm, const cJSON *arr, const char *default_role,
+                            eb_msg ***msgs, size_t *n)
+{
+    const cJSON *e;
+
+    cJSON_ArrayForEach(e, arr)
+    {
+        if (!msgs_push(sm, msgs, n, msg_json(sm, e, default_role)))
+            return false;
+    }
+    return true;
+}
+
+/* gen_ai.system_instructions: parts ([{type:"text",content}]) or a string -> a system
+ * message. */
+static void map_system_instructions(span_map *sm, eb_obs *o)
+{
+    cJSON *it = attr(sm, "gen_ai.system_instructions");
+    cJSON *v = NULL, *wrapped = NULL;
+    eb_msg *m;
+
+    if (!it)
+        return;
+    v = cJSON_IsString(it) ? parse_json_text(it->valuestring) : cJSON_Duplicate(it, true);
+    if (!v || !cJSON_IsArray(v)) {
+        /* plain text instructions */
+        cJSON_Delete(v);
+        if (!cJSON_IsString(it))
+            return;
+        v = NULL;
+        m = msg_json(sm, it, "system");
+    } else {
+        wrapped = cJSON_CreateObject();
+        cJSON_AddStringToObject(wrapped, "role", "system");
+        cJSON_AddItemToObject(wrapped, "parts", v);
+        m = msg_json(sm, wrapped, "system");
+        cJSON_Delete(wrapped);
+    }
+    if (msgs_push(sm, &o->input_messages, &o->n_input_messages, m))
+        take(sm, it);
+}
+
+/* gen_ai.input.messages / gen_ai.output.messages (JSON text or structured). */
+static bool map_messages_attr(span_map *sm, const char *key, const char *default_role,
+                              eb_msg ***msgs, size_t *n)
+{
+    cJSON *v = attr_structured(sm, key);
+    bool ok = false;
+
+    if (cJSON_IsArray(v) && msgs_json_array(sm, v, default_role, msgs, n)) {
+        take(sm, attr(sm, key));
+        ok = true;
+    }
+    cJSON_Delete(v);
+    return ok;
+}
+
+/* --- flattened messages: gen_ai.prompt.N.*, llm.input_messages.N.message.*, ... --- */
+
+typedef enum flat_field {
+    F_ROLE,
+    F_CONTENT,
+    F_NAME,
+    F_TOOL_CALL_ID,
+    F_PART_TYPE, /* first field of the parts group (indexed by sub) */
+    F_PART_TEXT,
+    F_PART_URL,
+    F_TC_ID, /* first field of the tool call group (indexed by sub) */
+    F_TC_NAME,
+    F_TC_ARGS,
+} flat_field;
+
+typedef struct flat_pattern {
+    const char *pat; /* '#' matches a decimal index */
+    flat_field field;
+} flat_pattern;
+
+static const flat_pattern oi_patterns[] = {
+    {"message.role", F_ROLE},
+    {"message.content", F_CONTENT},
+    {"message.name", F_NAME},
+    {"message.tool_call_id", F_TOOL_CALL_ID},
+    {"message.contents.#.message_content.type", F_PART_TYPE},
+    {"message.contents.#.message_content.text", F_PART_TEXT},
+    {"message.contents.#.message_content.image.image.url", F_PART_URL},
+    {"message.tool_calls.#.tool_call.id", F_TC_ID},
+    {"message.tool_calls.#.tool_call.function.name", F_TC_NAME},
+    {"message.tool_calls.#.tool_call.function.arguments", F_TC_ARGS},
+};
+
+static const flat_pattern genai_patterns[] = {
+    {"role", F_ROLE},
+    {"content", F_CONTENT},
+    {"name", F_NAME},
+    {"tool_call_id", F_TOOL_CALL_ID},
+    {"tool_calls.#.id", F_TC_ID},
+    {"tool_calls.#.name", F_TC_NAME},
+    {"tool_calls.#.arguments", F_TC_ARGS},
+};
+
+typedef struct flat_item {
+    unsigned n, sub; /* message index, part or tool call index */
+    flat_field field;
+    size_t order; /* position among the attributes: first wins */
+    cJSON *item;
+} flat_item;
+
+/* Reads a decimal index below max at *s; advances *s. */
+static bool read_index(const char **s, size_t max, unsigned *out)
+{
+    unsigned long v = 0;
+    const char *p = *s;
+
+    if (*p < '0' || *p > '9')
+        return false;
+    while (*p >= '0' && *p <= '9') {
+        v = v * 10 + (unsigned long)(*p - '0');
+        if (v >= max)
+            return false;
+        p++;
+    }
+    *out = (unsigned)v;
+    *s = p;
+    return true;
+}
+
+static bool match_pattern(const char *s, const char *pat, size_t max, unsigned *sub)
+{
+    while (*pat) {
+        if (*pat == '#') {
+            if (!read_index(&s, max, sub))
+                return false;
+            pat++;
+        } else if (*s++ != *pat++) {
+            return false;
+        }
+    }
+    return *s == '\0';
+}
+
+static int flat_cmp(const void *pa, const void *pb)
+{
+    const flat_item *a = pa, *b = pb;
+    int ga = a->field >= F_TC_ID ? 2 : a->field >= F_PART_TYPE ? 1 : 0;
+    int gb = b->field >= F_TC_ID ? 2 : b->field >= F_PART_TYPE ? 1 : 0;
+
+    if (a->n != b->n)
+        return a->n < b->n ? -1 : 1;
+    if (ga != gb)
+        return ga - gb;
+    if (ga && a->sub != b->sub)
+        return a->sub < b->sub ? -1 : 1;
+    if (a->field != b->field)
+        return (int)a->field - (int)b->field;
+    return a->order < b->order ? -1 : a->order > b->order;
+}
+
+static bool field_is_text_only(flat_field f)
+{
+    return f != F_CONTENT && f != F_PART_TEXT && f != F_TC_ARGS;
+}
+
+/* Builds the messages at prefix (e.g. "llm.input_messages.") matched by pats; takes the
+ * attributes used. Returns true when there was at least one. */
+static bool map_flat_messages(span_map *sm, const char *prefix, const flat_pattern *pats,
+                              size_t npats, eb_msg ***msgs, size_t *nmsgs)
+{
+    const size_t plen = strlen(prefix), max = sm->lim->max_messages;
+    const size_t idmax = sm->lim->max_id_bytes, fmax = sm->lim->max_field_bytes;
+    flat_item *items = NULL;
+    size_t n = 0, order = 0, i;
+    cJSON *it;
+    msg_builder b = {0};
+    eb_tool_call *tc = NULL;
+    unsigned cur = 0, cur_sub = 0;
+    int cur_group = -1;
+    const char *part_type = NULL, *part_text = NULL, *part_url = NULL;
+    bool any = false;
+
+    cJSON_ArrayForEach(it, sm->attrs)
+    {
+        const char *s = it->string;
+        flat_item fi = {.order = order++, .item = it};
+
+        if (!s || strncmp(s, prefix, plen))
+            continue;
+        s += plen;
+        if (!read_index(&s, max, &fi.n) || *s++ != '.')
+            continue;
+        for (i = 0; i < npats; i++)
+            if (match_pattern(s, pats[i].pat, max, &fi.sub)) {
+                fi.field = pats[i].field;
+                break;
+            }
+        if (i == npats)
+            continue;
+        if (fi.field < F_PART_TYPE)
+            fi.sub = 0;
+        if (field_is_text_only(fi.field) && !cJSON_IsString(it))
+            continue;
+        PUSH(items, n, fi);
+    }
+    if (n == 0)
+        goto cleanup;
+    qsort(items, n, sizeof *items, flat_cmp);
+
+    for (i = 0; i <= n && !failed(sm); i++) {
+        const flat_item *fi = i < n ? &items[i] : NULL;
+        int group = fi ? (fi->field >= F_TC_ID ? 2 : fi->field >= F_PART_TYPE ? 1 : 0) : -1;
+        const char *sv = fi && cJSON_IsString(fi->item) ? fi->item->valuestring : NULL;
+
+        /* close the open part or tool call when the group or index changes */
+        if (b.m && (!fi || fi->n != cur || group != cur_group || fi->sub != cur_sub)) {
+            if (cur_group == 1) {
+                if (!part_type || !strcmp(part_type, "text"))
+                    mb_text(sm, &b, part_text ? part_text : "");
+                else
+                    mb_other(sm, &b, part_type, part_url, NULL);
+                part_type = part_text = part_url = NULL;
+            } else if (cur_group == 2 && tc) {
+                mb_tool_call(sm, &b, tc);
+                tc = NULL;
+            }
+        }
+        if (b.m && (!fi || fi->n != cur)) {
+            if (!msgs_push(sm, msgs, nmsgs, mb_finish(sm, &b)))
+                break;
+        }
+        if (!fi)
+            break;
+        if (!b.m) {
+            b = (msg_builder){.m = msg_new()};
+            cur = fi->n;
+        }
+        cur_group = group;
+        cur_sub = fi->sub;
+        switch (fi->field) {
+        case F_ROLE:
+            if (!b.m->role)
+                b.m->role = sm_str(sm, "message role", sv, idmax);
+            break;
+        case F_CONTENT:
+            if (!b.m->content)
+                b.m->content = value_text(sm, "message content", fi->item, fmax);
+            break;
+        case F_NAME:
+            if (!b.m->name)
+                b.m->name = sm_str(sm, "message name", sv, idmax);
+            break;
+        case F_TOOL_CALL_ID:
+            if (!b.m->tool_call_id)
+                b.m->tool_call_id = sm_str(sm, "tool call id", sv, idmax);
+            break;
+        case F_PART_TYPE:
+            part_type = part_type ? part_type : sv;
+            break;
+        case F_PART_TEXT:
+            if (!part_text && cJSON_IsString(fi->item))
+                part_text = sv;
+            break;
+        case F_PART_URL:
+            part_url = part_url ? part_url : sv;
+            break;
+        case F_TC_ID:
+        case F_TC_NAME:
+        case F_TC_ARGS:
+            if (!tc) {
+                tc = tool_call_new();
+                tc->type = eb_strdup("function");
+            }
+            if (fi->field == F_TC_ID && !tc->id)
+                tc->id = sm_str(sm, "tool call id", sv, idmax);
+            else if (fi->field == F_TC_NAME && !tc->name)
+                tc->name = sm_str(sm, "tool call name", sv, idmax);
+            else if (fi->field == F_TC_ARGS && !tc->arguments)
+                tc->arguments = value_text(sm, "tool call arguments", fi->item, fmax);
+            break;
+        }
+        any = true;
+    }
+    if (!failed(sm))
+        for (i = 0; i < n; i++)
+            take(sm, items[i].item);
+cleanup:
+    if (tc)
+        evalbus__v1__tool_call__free_unpacked(tc, NULL);
+    if (b.m) {
+        eb_buf_free(&b.text);
+        msg_free(b.m);
+    }
+    free(items);
+    return any;
+}
+
+/* --- span events (gen_ai.*.message, gen_ai.choice) --- */
+
+/* The body of a GenAI event: its gen_ai.event.content JSON text when present, else its
+ * attributes. A new tree, or NULL. */
+static cJSON *event_body(span_map *sm, const otlp_event *ev)
+{
+    cJSON *attrs = kvs_json(sm, ev->attributes, ev->n_attributes, 0);
+    cJSON *content;
+
+    if (!attrs)
+        return NULL;
+    content = cJSON_GetObjectItemCaseSensitive(attrs, "gen_ai.event.content");
+    if (cJSON_IsString(content)) {
+        cJSON *body = parse_json_text(content->valuestring);
+
+        cJSON_Delete(attrs);
+        if (cJSON_IsObject(body))
+            return body;
+        cJSON_Delete(body);
+        return NULL;
+    }
+    return attrs;
+}
+
+static const char *event_role(const char *name)
+{
+    static const struct {
+        const char *event, *role;
+    } roles[] = {
+        {"gen_ai.system.message", "system"},
+        {"gen_ai.user.message", "user"},
+        {"gen_ai.assistant.message", "assistant"},
+        {"gen_ai.tool.message", "tool"},
+    };
+
+    for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
+        if (name && !strcmp(name, roles[i].event))
+            return roles[i].role;
+    return NULL;
+}
+
+/* Input messages from message events, output messages from gen_ai.choice events; marks the
+ * events used. want_in / want_out say which side still has no messages. */
+static void map_message_events(span_map *sm, eb_obs *o, bool *used, bool want_in, bool want_out)
+{
+    const otlp_span *sp = sm->span;
+
+    for (size_t i = 0; i < sp->n_events && !failed(sm); i++) {
+        const otlp_event *ev = sp->events[i];
+        const char *role = ev ? event_role(ev->name) : NULL;
+        bool choice = ev && ev->name && !strcmp(ev->name, "gen_ai.choice");
+        cJSON *body, *msg;
+        eb_msg *m;
+
+        if ((!role || !want_in) && (!choice || !want_out))
+            continue;
+        if (!(body = event_body(sm, ev)))
+            continue;
+        if (choice) {
+            msg = cJSON_GetObjectItemCaseSensitive(body, "message");
+            if (cJSON_IsString(msg)) {
+                cJSON *parsed = parse_json_text(msg->valuestring);
+                if (cJSON_IsObject(parsed))
+                    cJSON_ReplaceItemViaPointer(body, msg, parsed);
+                else
+                    cJSON_Delete(parsed);
+                msg = cJSON_GetObjectItemCaseSensitive(body, "message");
+            }
+            m = msg_json(sm, cJSON_IsObject(msg) ? msg : body, "assistant");
+            used[i] = msgs_push(sm, &o->output_messages, &o->n_output_messages, m);
+        } else {
+            m = msg_json(sm, body, role);
+            used[i] = msgs_push(sm, &o->input_messages, &o->n_input_messages, m);
+        }
+        cJSON_Delete(body);
+    }
+}
+
+/* Older single-text events: gen_ai.content.prompt {gen_ai.prompt}, gen_ai.content.completion
+ * {gen_ai.completion}. */
+static void map_text_events(span_map *sm, eb_obs *o, bool *used)
+{
+    const otlp_span *sp = sm->span;
+
+    for (size_t i = 0; i < sp->n_events && !failed(sm); i++) {
+        const otlp_event *ev = sp->events[i];
+        bool prompt = ev && ev->name && !strcmp(ev->name, "gen_ai.content.prompt");
+        bool completion = ev && ev->name && !strcmp(ev->name, "gen_ai.content.completion");
+        const char *key = prompt ? "gen_ai.prompt" : "gen_ai.completion";
+        char **dst = prompt ? &o->input_text : &o->output_text;
+
+        if ((!prompt && !completion) || *dst)
+            continue;
+        for (size_t k = 0; k < ev->n_attributes; k++) {
+            const otlp_kv *kv = ev->attributes[k];
+
+            if (kv && kv->key && !strcmp(kv->key, key) && kv->value &&
+                kv->value->value_case == EVALBUS__OTLP__V1__ANY_VALUE__VALUE_STRING_VALUE &&
+                ev->n_attributes == 1) {
+                *dst = sm_str(sm, key, kv->value->string_value, sm->lim->max_field_bytes);
+                used[i] = *dst != NULL;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* one span                                                                                  */
+
+static bool nonzero(const ProtobufCBinaryData *b)
+{
+    for (size_t i = 0; i < b->len; i++)
+        if (b->data[i])
+            return true;
+    return false;
+}
+
+static char *hex_id(const ProtobufCBinaryData *b)
+{
+    char *s = eb_malloc(b->len * 2 + 1);
+
+    eb_hex_encode(b->data, b->len, s);
+    return s;
+}
+
+static bool str_ieq(const char *a, const char *b)
+{
+    return a && !strcasecmp(a, b);
+}
+
+/* Observation times; false (recorded) when beyond int64. */
+static bool set_time(span_map *sm, uint64_t t, protobuf_c_boolean *has, int64_t *dst,
+                     const char *what)
+{
+    if (t == 0)
+        return true;
+    if (t > INT64_MAX)
+        return fail(sm, "%s is out of range", what);
+    *has = 1;
+    *dst = (int64_t)t;
+    return true;
+}
+
+/* The tool call of a tool span (GenAI execute_tool or OpenInference TOOL). */
+static void map_tool_span(span_map *sm, eb_obs *o)
+{
+    static const char *const id_keys[] = {"gen_ai.tool.call.id", "tool_call.id"};
+    static const char *const name_keys[] = {"gen_ai.tool.name", "tool.name",
+                                            "tool_call.function.name"};
+    const size_t idmax = sm->lim->max_id_bytes, fmax = sm->lim->max_field_bytes;
+    eb_tool_call *tc = tool_call_new();
+    cJSON *it;
+
+    tc->type = eb_strdup("function");
+    tc->id = take_first_str(sm, id_keys, 2, idmax);
+    tc->name = take_first_str(sm, name_keys, 3, idmax);
+    if ((it = attr(sm, "gen_ai.tool.call.arguments")) ||
+        (it = attr(sm, "tool_call.function.arguments"))) {
+        tc->arguments = value_text(sm, "tool call arguments", it, fmax);
+        take(sm, it);
+    } else if (o->input_text) {
+        tc->arguments = eb_strdup(o->input_text);
+    }
+    if ((it = attr(sm, "gen_ai.tool.call.result"))) {
+        tc->result = value_text(sm, "tool call result", it, fmax);
+        take(sm, it);
+    } else if (o->output_text) {
+        tc->result = eb_strdup(o->output_text);
+    }
+    tc->has_start_time_unix_nano = o->has_start_time_unix_nano;
+    tc->start_time_unix_nano = o->start_time_unix_nano;
+    tc->has_end_time_unix_nano = o->has_end_time_unix_nano;
+    tc->end_time_unix_nano = o->end_time_unix_nano;
+    PUSH(o->tool_calls, o->n_tool_calls, tc);
+}
+
+/* metadata (OpenInference): a JSON object as text or as a kvlist -> metadata_json. */
+static char *take_metadata(span_map *sm)
+{
+    cJSON *it = attr(sm, "metadata");
+    cJSON *v = NULL;
+    char *out = NULL;
+
+    if (!it)
+        return NULL;
+    v = cJSON_IsString(it) ? parse_json_text(it->valuestring) : cJSON_Duplicate(it, true);
+    if (cJSON_IsObject(v)) {
+        out = eb_json_print(v);
+        if (strlen(out) > sm->lim->max_metadata_bytes) {
+            fail(sm, "metadata is longer than %zu bytes", sm->lim->max_metadata_bytes);
+            free(out);
+            out = NULL;
+        } else {
+            take(sm, it);
+        }
+    }
+    cJSON_Delete(v);
+    return out;
+}
+
+/* tag.tags (OpenInference): a list of strings, as a value or as JSON text. */
+static void take_tags(span_map *sm, root_extra *rx)
+{
+    cJSON *it = attr(sm, "tag.tags");
+    cJSON *v, *e;
+
+    if (!it)
+        return;
+    v = cJSON_IsString(it) ? parse_json_text(it->valuestring) : cJSON_Duplicate(it, true);
+    if (!cJSON_IsArray(v))
+        goto cleanup;
+    cJSON_ArrayForEach(e, v)
+    {
+        if (!cJSON_IsString(e))
+            goto cleanup;
+    }
+    if ((size_t)cJSON_GetArraySize(v) > sm->lim->max_tags) {
+        fail(sm, "tag.tags has more than %zu tags", sm->lim->max_tags);
+        goto cleanup;
+    }
+    cJSON_ArrayForEach(e, v)
+    {
+        char *t = sm_str(sm, "a tag", e->valuestring, sm->lim->max_id_bytes);
+        if (t)
+            PUSH(rx->tags, rx->ntags, t);
+    }
+    take(sm, it);
+cleanup:
+    cJSON_Delete(v);
+}
+
+/* The events not mapped to messages, the links, the scope and the kind, under otel.*. */
+static void add_otel_keys(span_map *sm, const otlp_scope *scope, const bool *used)
+{
+    static const char *const kinds[] = {NULL,     "internal", "server",
+                                        "client", "producer", "consumer"};
+    const otlp_span *sp = sm->span;
+    cJSON *events = NULL, *links = NULL;
+
+    for (size_t i = 0; i < sp->n_events && !failed(sm); i++) {
+        const otlp_event *ev = sp->events[i];
+        cJSON *e, *a;
+
+        if (used[i] || !ev)
+            continue;
+        if (!(a = kvs_json(sm, ev->attributes, ev->n_attributes, 0)))
+            break;
+        if (!utf8_ok(sm, "an event name", ev->name ? ev->name : "")) {
+            cJSON_Delete(a);
+            break;
+        }
+        e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "name", ev->name ? ev->name : "");
+        if (ev->time_unix_nano && ev->time_unix_nano <= INT64_MAX)
+            cJSON_AddItemToObject(e, "time_unix_nano", int_json((long long)ev->time_unix_nano));
+        if (a->child)
+            cJSON_AddItemToObject(e, "attributes", a);
+        else
+            cJSON_Delete(a);
+        if (!events)
+            events = cJSON_CreateArray();
+        cJSON_AddItemToArray(events, e);
+    }
+    for (size_t i = 0; i < sp->n_links && !failed(sm); i++) {
+        const Evalbus__Otlp__V1__Span__Link *lk = sp->links[i];
+        cJSON *l, *a;
+        char *hex;
+
+        if (!lk)
+            continue;
+        if (!(a = kvs_json(sm, lk->attributes, lk->n_attributes, 0)))
+            break;
+        l = cJSON_CreateObject();
+        hex = hex_id(&lk->trace_id);
+        cJSON_AddStringToObject(l, "trace_id", hex);
+        free(hex);
+        hex = hex_id(&lk->span_id);
+        cJSON_AddStringToObject(l, "span_id", hex);
+        free(hex);
+        if (a->child)
+            cJSON_AddItemToObject(l, "attributes", a);
+        else
+            cJSON_Delete(a);
+        if (!links)
+            links = cJSON_CreateArray();
+        cJSON_AddItemToArray(links, l);
+    }
+    if (failed(sm)) {
+        cJSON_Delete(events);
+        cJSON_Delete(links);
+        return;
+    }
+    if (events && !attr(sm, "otel.events"))
+        cJSON_AddItemToObject(sm->attrs, "otel.events", events);
+    else
+        cJSON_Delete(events);
+    if (links && !attr(sm, "otel.links"))
+        cJSON_AddItemToObject(sm->attrs, "otel.links", links);
+    else
+        cJSON_Delete(links);
+    if (scope && scope->name && scope->name[0] && !attr(sm, "otel.scope.name") &&
+        utf8_ok(sm, "the scope name", scope->name))
+        cJSON_AddStringToObject(sm->attrs, "otel.scope.name", scope->name);
+    if (scope && scope->version && scope->version[0] && !attr(sm, "otel.scope.version") &&
+        utf8_ok(sm, "the scope version", scope->version))
+        cJSON_AddStringToObject(sm->attrs, "otel.scope.version", scope->version);
+    if (sp->kind > 0 && (size_t)sp->kind < sizeof kinds / sizeof kinds[0] &&
+        !attr(sm, "otel.span.kind"))
+        cJSON_AddStringToObject(sm->attrs, "otel.span.kind", kinds[sp->kind]);
+}
+
+/* Maps one span. NULL when it is rejected (sm->why says why). */
+static eb_obs *map_span(span_map *sm, const otlp_scope *scope)
+{
+    static const char *const provider_keys[] = {"gen_ai.provider.name", "gen_ai.system",
+                                                "llm.provider", "llm.system"};
+    static const char *const model_keys[] = {"gen_ai.response.model", "gen_ai.request.model",
+                                             "llm.model_name"};
+    static const char *const in_tok_keys[] = {
+        "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt"};
+    static const char *const out_tok_keys[] = {"gen_ai.usage.output_tokens",
+                                               "gen_ai.usage.completion_tokens",
+                                               "llm.token_count.completion"};
+    static const char *const total_keys[] = {"gen_ai.usage.total_tokens", "llm.token_count.total"};
+    static const char *const session_keys[] = {"session.id", "gen_ai.conversation.id"};
+    static const char *const user_keys[] = {"user.id", "enduser.id"};
+    const otlp_span *sp = sm->span;
+    const ingest_limits *lim = sm->lim;
+    eb_obs *o = eb_malloc(sizeof *o);
+    bool *used = NULL;
+    const char *op, *oi_kind;
+    bool is_tool, is_gen;
+    long long v;
+    cJSON *it;
+    char *printed = NULL;
+
+    *o = (eb_obs)EVALBUS__V1__OBSERVATION__INIT;
+    if (!(sm->attrs = kvs_json(sm, sp->attributes, sp->n_attributes, 0)))
+        goto fail;
+    used = eb_calloc(sp->n_events + 1, sizeof *used);
+
+    o->id = hex_id(&sp->span_id);
+    if (sp->parent_span_id.len == 8 && nonzero(&sp->parent_span_id))
+        o->parent_id = hex_id(&sp->parent_span_id);
+    o->name = sm_str(sm, "name", sp->name, lim->max_id_bytes);
+    set_time(sm, sp->start_time_unix_nano, &o->has_start_time_unix_nano, &o->start_time_unix_nano,
+             "start time");
+    set_time(sm, sp->end_time_unix_nano, &o->has_end_time_unix_nano, &o->end_time_unix_nano,
+             "end time");
+    if (sp->status && sp->status->code == EVALBUS__OTLP__V1__STATUS__STATUS_CODE__STATUS_CODE_OK)
+        o->status = eb_strdup("ok");
+    else if (sp->status &&
+             sp->status->code == EVALBUS__OTLP__V1__STATUS__STATUS_CODE__STATUS_CODE_ERROR)
+        o->status = eb_strdup("error");
+    else
+        o->status = eb_strdup("unset");
+    if (sp->status)
+        o->status_message = sm_str(sm, "status message", sp->status->message, lim->max_field_bytes);
+
+    /* the type: decided before any attribute is taken */
+    op = attr_str(sm, "gen_ai.operation.name");
+    oi_kind = attr_str(sm, "openinference.span.kind");
+    is_tool = (op && !strcmp(op, "execute_tool")) || str_ieq(oi_kind, "TOOL");
+    is_gen = !is_tool && (attr(sm, "gen_ai.request.model") || attr(sm, "gen_ai.response.model") ||
+                          attr(sm, "llm.model_name") || str_ieq(oi_kind, "LLM"));
+    o->type = eb_strdup(is_tool ? "tool" : is_gen ? "generation" : "span");
+
+    o->provider = take_first_str(sm, provider_keys, 4, lim->max_id_bytes);
+    o->model = take_first_str(sm, model_keys, 3, lim->max_id_bytes);
+    if (take_first_count(sm, in_tok_keys, 3, &v)) {
+        o->has_input_tokens = 1;
+        o->input_tokens = v;
+    }
+    if (take_first_count(sm, out_tok_keys, 3, &v)) {
+        o->has_output_tokens = 1;
+        o->output_tokens = v;
+    }
+    /* a total is taken only when it is the sum of the two (it then says nothing more) */
+    for (size_t i = 0; i < 2 && o->has_input_tokens && o->has_output_tokens; i++)
+        if ((it = attr(sm, total_keys[i])) && json_int(it, &v) &&
+            v == o->input_tokens + o->output_tokens)
+            take(sm, it);
+
+    /* input and output text */
+    if ((it = attr(sm, "input.value"))) {
+        o->input_text = value_text(sm, "input.value", it, lim->max_field_bytes);
+        take(sm, it);
+    } else if ((it = attr(sm, "gen_ai.prompt")) && cJSON_IsString(it)) {
+        o->input_text = value_text(sm, "gen_ai.prompt", it, lim->max_field_bytes);
+        take(sm, it);
+    }
+    if ((it = attr(sm, "output.value"))) {
+        o->output_text = value_text(sm, "output.value", it, lim->max_field_bytes);
+        take(sm, it);
+    } else if ((it = attr(sm, "gen_ai.completion")) && cJSON_IsString(it)) {
+        o->output_text = value_text(sm, "gen_ai.completion", it, lim->max_field_bytes);
+        take(sm, it);
+    }
+
+    /* input messages: the current GenAI attributes, else the first older form present */
+    map_system_instructions(sm, o);
+    if (!map_messages_attr(sm, "gen_ai.input.messages", "user", &o->input_messages,
+                           &o->n_input_messages) &&
+        o->n_input_messages == 0 &&
+        !map_flat_messages(sm, "gen_ai.prompt.", genai_patterns,
+                           sizeof genai_patterns / sizeof genai_patterns[0], &o->input_messages,
+                           &o->n_input_messages))
+        map_flat_messages(sm, "llm.input_messages.", oi_patterns,
+                          sizeof oi_patterns / sizeof oi_patterns[0], &o->input_messages,
+                          &o->n_input_messages);
+    if (!map_messages_attr(sm, "gen_ai.output.messages", "assistant", &o->output_messages,
+                           &o->n_output_messages) &&
+        !map_flat_messages(sm, "gen_ai.completion.", genai_patterns,
+                           sizeof genai_patterns / sizeof genai_patterns[0], &o->output_messages,
+                           &o->n_output_messages))
+        map_flat_messages(sm, "llm.output_messages.", oi_patterns,
+                          sizeof oi_patterns / sizeof oi_patterns[0], &o->output_messages,
+                          &o->n_output_messages);
+    map_message_events(sm, o, used, o->n_input_messages == 0, o->n_output_messages == 0);
+    map_text_events(sm, o, used);
+
+    if (is_tool)
+        map_tool_span(sm, o);
+    o->metadata_json = take_metadata(sm);
+    if (sm->is_root) {
+        sm->root->session_id = take_first_str(sm, session_keys, 2, lim->max_id_bytes);
+        sm->root->user_id = take_first_str(sm, user_keys, 2, lim->max_id_bytes);
+        take_tags(sm, sm->root);
+        if (o->metadata_json)
+            sm->root->metadata_json = eb_strdup(o->metadata_json);
+    }
+
+    add_otel_keys(sm, scope, used);
+    if (failed(sm))
+        goto fail;
+    if (sm->attrs->child) {
+        printed = eb_json_print(sm->attrs);
+        if (strlen(printed) > lim->max_metadata_bytes) {
+            fail(sm, "attributes are longer than %zu bytes as JSON", lim->max_metadata_bytes);
+            goto fail;
+        }
+        o->attributes_json = printed;
+        printed = NULL;
+    }
+    free(used);
+    return o;
+fail:
+    free(printed);
+    free(used);
+    evalbus__v1__observation__free_unpacked(o, NULL);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* traces                                                                                    */
+
+static void root_extra_free(root_extra *rx)
+{
+    free(rx->session_id);
+    free(rx->user_id);
+    free(rx->metadata_json);
+    for (size_t i = 0; i < rx->ntags; i++)
+        free(rx->tags[i]);
+    free(rx->tags);
+    memset(rx, 0, sizeof *rx);
+}
+
+static eb_msg **msgs_copy(eb_msg *const *msgs, size_t n)
+{
+    eb_msg **out = eb_malloc((n ? n : 1) * sizeof *out);
+
+    for (size_t i = 0; i < n; i++) {
+        size_t len = evalbus__v1__message__get_packed_size(msgs[i]);
+        uint8_t *buf = eb_malloc(len ? len : 1);
+
+        evalbus__v1__message__pack(msgs[i], buf);
+        out[i] = evalbus__v1__message__unpack(NULL, len, buf);
+        free(buf);
+        if (!out[i]) {
+            fprintf(stderr, "otlp: out of memory copying a message\n");
+            abort();
+        }
+    }
+    return out;
+}
+
+static void set_trace_input(eb_trace *t, const eb_obs *o)
+{
+    if (o->n_input_messages) {
+        t->input_messages = msgs_copy(o->input_messages, o->n_input_messages);
+        t->n_input_messages = o->n_input_messages;
+    }
+    t->input_text = eb_strdup(o->input_text);
+}
+
+static void set_trace_output(eb_trace *t, const eb_obs *o)
+{
+    if (o->n_output_messages) {
+        t->output_messages = msgs_copy(o->output_messages, o->n_output_messages);
+        t->n_output_messages = o->n_output_messages;
+    }
+    t->output_text = eb_strdup(o->output_text);
+}
+
+static bool has_input(const eb_obs *o)
+{
+    return o->n_input_messages || o->input_text;
+}
+
+static bool has_output(const eb_obs *o)
+{
+    return o->n_output_messages || o->output_text;
+}
+
+/* Trace-level fields: from the root (when in this request) and the generations. */
+static void fill_trace(eb_trace *t, const eb_obs *root, root_extra *rx)
+{
+    const eb_obs *first_gen = NULL, *last_gen = NULL, *model_gen = NULL;
+
+    for (size_t i = 0; i < t->n_observations; i++) {
+        const eb_obs *o = t->observations[i];
+
+        if (strcmp(o->type, "generation"))
+            continue;
+        if (!first_gen || o->start_time_unix_nano < first_gen->start_time_unix_nano)
+            first_gen = o;
+        if (!last_gen || o->start_time_unix_nano >= last_gen->start_time_unix_nano)
+            last_gen = o;
+        if ((o->model || o->provider) &&
+            (!model_gen || o->start_time_unix_nano < model_gen->start_time_unix_nano))
+            model_gen = o;
+    }
+    if (model_gen) {
+        t->model = eb_strdup(model_gen->model);
+        t->provider = eb_strdup(model_gen->provider);
+    }
+    if (!root)
+        return;
+    t->name = eb_strdup(root->name);
+    t->has_start_time_unix_nano = root->has_start_time_unix_nano;
+    t->start_time_unix_nano = root->start_time_unix_nano;
+    t->has_end_time_unix_nano = root->has_end_time_unix_nano;
+    t->end_time_unix_nano = root->end_time_unix_nano;
+    if (root->has_start_time_unix_nano && root->has_end_time_unix_nano &&
+        root->end_time_unix_nano >= root->start_time_unix_nano) {
+        t->has_latency_ms = 1;
+        t->latency_ms = (double)(root->end_time_unix_nano - root->start_time_unix_nano) / 1e6;
+    }
+    t->status = eb_strdup(root->status);
+    t->status_message = eb_strdup(root->status_message);
+    if (has_input(root))
+        set_trace_input(t, root);
+    else if (first_gen)
+        set_trace_input(t, first_gen);
+    if (has_output(root))
+        set_trace_output(t, root);
+    else if (last_gen)
+        set_trace_output(t, last_gen);
+    t->session_id = rx->session_id;
+    t->user_id = rx->user_id;
+    t->metadata_json = rx->metadata_json;
+    t->tags = rx->tags;
+    t->n_tags = rx->ntags;
+    memset(rx, 0, sizeof *rx); /* given to the trace */
+}
+
+typedef struct trace_out {
+    eb_trace *t;
+    size_t first_seq;
+} trace_out;
+
+/* Maps the spans of one trace (es[0..n), in request order); appends the trace to *traces. */
+static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_resource *res,
+                      trace_out **traces, size_t *ntraces)
+{
+    const ingest_limits *lim = mc->lim;
+    eb_trace *t = eb_malloc(sizeof *t);
+    root_extra rx = {0};
+    const eb_obs *root = NULL;
+    size_t root_entry = SIZE_MAX, res_entry = SIZE_MAX;
+    trace_out to;
+
+    *t = (eb_trace)EVALBUS__V1__TRACE__INIT;
+    t->id = hex_id(&es[0].span->trace_id);
+    for (size_t i = 0; i < n; i++)
+        if (es[i].span->parent_span_id.len == 0 || !nonzero(&es[i].span->parent_span_id)) {
+            root_entry = i;
+            break;
+        }
+    for (size_t i = 0; i < n; i++) {
+        span_map sm = {.lim = lim, .span = es[i].span, .is_root = i == root_entry, .root = &rx};
+        eb_obs *o;
+
+        if (t->n_observations >= lim->max_observations) {
+            char why[96];
+
+            snprintf(why, sizeof why, "trace has more than %zu spans", lim->max_observations);
+            reject(mc, es[i].span, es[i].seq, why);
+            continue;
+        }
+        o = map_span(&sm, es[i].scope);
+        cJSON_Delete(sm.attrs);
+        if (!o) {
+            reject(mc, es[i].span, es[i].seq, sm.why);
+            if (i == root_entry)
+                root_extra_free(&rx);
+            continue;
+        }
+        if (i == root_entry)
+            root = o;
+        if (res_entry == SIZE_MAX || i == root_entry)
+            res_entry = i;
+        PUSH(t->observations, t->n_observations, o);
+        mc->out->spans++;
+    }
+    if (t->n_observations == 0) {
+        evalbus__v1__trace__free_unpacked(t, NULL);
+        return;
+    }
+    t->project = eb_strdup(res[es[res_entry].res].project);
+    t->attributes_json = eb_strdup(res[es[res_entry].res].attributes_json);
+    fill_trace(t, root, &rx);
+    root_extra_free(&rx);
+    to.t = t;
+    to.first_seq = es[0].seq;
+    PUSH(*traces, *ntraces, to);
+}
+
+/* Project and resource attributes of one ResourceSpans. */
+static void map_resource_init(map_ctx *mc, const otlp_resource_spans *rs, map_resource *r)
+{
+    span_map sm = {.lim = mc->lim};
+    const Evalbus__Otlp__V1__Resource *res = rs ? rs->resource : NULL;
+    cJSON *attrs = kvs_json(&sm, res ? res->attributes : NULL, res ? res->n_attributes : 0, 0);
+    const cJSON *p;
+    const char *project = "default";
+
+    if (attrs) {
+        if ((p = cJSON_GetObjectItemCaseSensitive(attrs, "evalbus.project")) && cJSON_IsString(p) &&
+            p->valuestring[0])
+            project = p->valuestring;
+        else if ((p = cJSON_GetObjectItemCaseSensitive(attrs, "service.name")) &&
+                 cJSON_IsString(p) && p->valuestring[0])
+            project = p->valuestring;
+        if (strlen(project) > mc->lim->max_id_bytes)
+            fail(&sm,
+                 "the project (resource attribute evalbus.project or service.name) is "
+                 "longer than %zu bytes",
+                 mc->lim->max_id_bytes);
+        else
+            r->project = eb_strdup(project);
+        if (attrs->child && !failed(&sm)) {
+            cJSON *wrap = cJSON_CreateObject();
+
+            cJSON_AddItemToObject(wrap, "resource", attrs);
+            attrs = NULL;
+            r->attributes_json = eb_json_print(wrap);
+            cJSON_Delete(wrap);
+            if (strlen(r->attributes_json) > mc->lim->max_metadata_bytes)
+                fail(&sm, "resource attributes are longer than %zu bytes as JSON",
+                     mc->lim->max_metadata_bytes);
+        }
+    }
+    cJSON_Delete(attrs);
+    if (!r->project)
+        r->project = eb_strdup("default");
+    if (failed(&sm))
+        snprintf(r->why, sizeof r->why, "resource: %s", sm.why);
+}
+
+/* Checks a span's ids; NULL when they are fine, else why not. */
+static const char *check_ids(const otlp_span *sp)
+{
+    if (sp->trace_id.len != 16)
+        return "trace id must be 16 bytes (32 hex characters)";
+    if (!nonzero(&sp->trace_id))
+        return "trace id is all zeros";
+    if (sp->span_id.len != 8)
+        return "span id must be 8 bytes (16 hex characters)";
+    if (!nonzero(&sp->span_id))
+        return "span id is all zeros";
+    if (sp->parent_span_id.len != 0 && sp->parent_span_id.len != 8)
+        return "parent span id must be empty or 8 bytes (16 hex characters)";
+    return NULL;
+}
+
+static int entry_cmp(const void *pa, const void *pb)
+{
+    const map_entry *a = pa, *b = pb;
+    int c = memcmp(a->span->trace_id.data, b->span->trace_id.data, 16);
+
+    if (c)
+        return c;
+    return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+static int trace_out_cmp(const void *pa, const void *pb)
+{
+    const trace_out *a = pa, *b = pb;
+
+    return a->first_seq < b->first_seq ? -1 : a->first_seq > b->first_seq;
+}
+
+void ingest_otlp_map(const otlp_request *req, const ingest_limits *lim, ingest_otlp_result *out)
+{
+    map_ctx mc = {.lim = lim, .out = out};
+    map_resource *res = NULL;
+    map_entry *entries = NULL;
+    trace_out *traces = NULL;
+    size_t nentries = 0, ntraces = 0, seq = 0;
+
+    if (req->n_resource_spans)
+        res = eb_calloc(req->n_resource_spans, sizeof *res);
+    for (size_t r = 0; r < req->n_resource_spans; r++) {
+        const otlp_resource_spans *rs = req->resource_spans[r];
+
+        map_resource_init(&mc, rs, &res[r]);
+        for (size_t s = 0; rs && s < rs->n_scope_spans; s++) {
+            const Evalbus__Otlp__V1__ScopeSpans *ss = rs->scope_spans[s];
+
+            for (size_t k = 0; ss && k < ss->n_spans; k++, seq++) {
+                const otlp_span *sp = ss->spans[k];
+                const char *why = check_ids(sp);
+                map_entry e = {.span = sp, .scope = ss->scope, .res = r, .seq = seq};
+
+                if (!why && res[r].why[0])
+                    why = res[r].why;
+                if (why)
+                    reject(&mc, sp, seq, why);
+                else
+                    PUSH(entries, nentries, e);
+            }
+        }
+    }
+    if (nentries)
+        qsort(entries, nentries, sizeof *entries, entry_cmp);
+    for (size_t i = 0; i < nentries;) {
+        size_t j = i + 1;
+
+        while (j < nentries &&
+               !memcmp(entries[j].span->trace_id.data, entries[i].span->trace_id.data, 16))
+            j++;
+        map_trace(&mc, entries + i, j - i, res, &traces, &ntraces);
+        i = j;
+    }
+    if (ntraces) {
+        qsort(traces, ntraces, sizeof *traces, trace_out_cmp);
+        out->traces = eb_realloc(out->traces, (out->ntraces + ntraces) * sizeof *out->traces);
+        for (size_t i = 0; i < ntraces; i++)
+            out->traces[out->ntraces++] = traces[i].t;
+    }
+    if (out->rejected_spans > 0) {
+        if (out->rejected_spans > mc.nreasons)
+            eb_buf_printf(&mc.reasons, " (and %lld more)", out->rejected_spans - mc.nreasons);
+        free(out->error_message);
+        out->error_message = eb_buf_steal(&mc.reasons);
+    }
+    eb_buf_free(&mc.reasons);
+    for (size_t r = 0; r < req->n_resource_spans; r++) {
+        free(res[r].project);
+        free(res[r].attributes_json);
+    }
+    free(res);
+    free(entries);
+    free(traces);
+}

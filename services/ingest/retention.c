@@ -1,0 +1,150 @@
+/* retention.c -- traces older than their project's retention are removed in the background.
+ * Day partitions older than the longest retention in force (the default, or any project's
+ * longer setting) are dropped whole; projects with a shorter retention than that have their
+ * older rows deleted. Reviews and scores of removed traces go with them. One pass runs every
+ * retention-interval on the loop thread, under an advisory lock so replicas do not repeat it. */
+#include "evalbus/log.h"
+#include "evalbus/metrics.h"
+#include "ingest_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted)
+{
+    PGconn *c = eb_db_get(ctx->svc.db);
+    PGresult *r = NULL;
+    eb_status st;
+    char days[16];
+    const char *p1[1] = {days};
+    long long max_days = ctx->cfg->retention_days, n = 0;
+
+    *deleted = 0;
+    if (!c)
+        return EB_ERR_UNAVAILABLE;
+    snprintf(days, sizeof(days), "%lld", ctx->cfg->retention_days);
+    st = eb_db_begin_system(c);
+    if (st == EB_OK)
+        st = eb_db_exec(c, "SELECT pg_try_advisory_xact_lock(7236003, 1)", 0, NULL, &r);
+    if (st != EB_OK || strcmp(eb_db_val(r, 0, 0), "t") != 0)
+        goto cleanup; /* another replica is at it */
+    PQclear(r);
+    r = NULL;
+    st = eb_db_exec(c, "SELECT coalesce(max(retention_days), 0) FROM ingest.project_settings", 0,
+                    NULL, &r);
+    if (st != EB_OK)
+        goto cleanup;
+    if (atoll(eb_db_val(r, 0, 0)) > max_days)
+        max_days = atoll(eb_db_val(r, 0, 0));
+    PQclear(r);
+    r = NULL;
+    /* 1. rows past their project's retention; only days older than the shortest retention
+     * in force are looked at, so partition pruning keeps this cheap */
+    st = eb_db_exec(c,
+                    "WITH expired AS (DELETE FROM ingest.traces t WHERE t.part_time < now() -"
+                    "  make_interval(days => least($1::int, (SELECT coalesce(min(retention_days),"
+                    "  $1::int) FROM ingest.project_settings))) AND t.part_time < now() -"
+                    "  make_interval(days => coalesce((SELECT s.retention_days FROM"
+                    "  ingest.project_settings s WHERE s.team_id = t.team_id AND s.project ="
+                    "  t.project), $1::int)) RETURNING t.team_id, t.part_time, t.id),"
+                    " o AS (DELETE FROM ingest.observations o USING expired e WHERE o.team_id ="
+                    "  e.team_id AND o.part_time = e.part_time AND o.trace_id = e.id),"
+                    " k AS (DELETE FROM ingest.trace_keys k USING expired e WHERE k.team_id ="
+                    "  e.team_id AND k.id = e.id),"
+                    " rv AS (DELETE FROM ingest.reviews r USING expired e WHERE r.team_id ="
+                    "  e.team_id AND r.trace_id = e.id),"
+                    " sc AS (DELETE FROM ingest.scores s USING expired e WHERE s.team_id ="
+                    "  e.team_id AND s.trace_id = e.id)"
+                    " SELECT count(*) FROM expired",
+                    1, p1, &r);
+    if (st != EB_OK)
+        goto cleanup;
+    n += atoll(eb_db_val(r, 0, 0));
+    PQclear(r);
+    r = NULL;
+    /* 2. whole day partitions past the longest retention (now empty or nearly) */
+    st = eb_db_exec(c,
+                    "SELECT substr(c.relname, 9) FROM pg_inherits i JOIN pg_class c ON c.oid ="
+                    " i.inhrelid WHERE i.inhparent = 'ingest.traces'::regclass AND c.relname ~"
+                    " '^traces_p[0-9]{8}$' ORDER BY 1",
+                    0, NULL, &r);
+    if (st != EB_OK)
+        goto cleanup;
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *ymd = eb_db_val(r, i, 0);
+        struct tm tm = {0};
+        time_t day_end;
+        char *sql;
+        PGresult *dr;
+
+        if (!strptime(ymd, "%Y%m%d", &tm))
+            continue;
+        day_end = timegm(&tm) + 86400;
+        if (day_end > time(NULL) - max_days * 86400)
+            continue;
+        sql = eb_asprintf("DELETE FROM ingest.trace_keys WHERE part_time >= '%s'::date AND"
+                          " part_time < '%s'::date + 1; DROP TABLE ingest.observations_p%s;"
+                          " DROP TABLE ingest.traces_p%s",
+                          ymd, ymd, ymd, ymd);
+        dr = PQexec(c, sql);
+        free(sql);
+        if (PQresultStatus(dr) != PGRES_COMMAND_OK) {
+            st = eb_error(EB_ERR_DB, "dropping partition %s: %s", ymd, PQresultErrorMessage(dr));
+            PQclear(dr);
+            goto cleanup;
+        }
+        PQclear(dr);
+        eb_log_info(NULL, "retention: dropped the partitions of %s", ymd);
+    }
+    PQclear(r);
+    r = NULL;
+    /* reviews and scores whose trace went with a partition */
+    st = eb_db_exec(c,
+                    "WITH rv AS (DELETE FROM ingest.reviews r WHERE NOT EXISTS (SELECT 1 FROM"
+                    " ingest.trace_keys k WHERE k.team_id = r.team_id AND k.id = r.trace_id)"
+                    " RETURNING 1), sc AS (DELETE FROM ingest.scores s WHERE NOT EXISTS (SELECT"
+                    " 1 FROM ingest.trace_keys k WHERE k.team_id = s.team_id AND k.id ="
+                    " s.trace_id) RETURNING 1) SELECT (SELECT count(*) FROM rv) + (SELECT"
+                    " count(*) FROM sc)",
+                    0, NULL, NULL);
+cleanup:
+    if (st == EB_OK)
+        st = eb_db_commit(c);
+    else
+        eb_db_rollback(c);
+    PQclear(r);
+    eb_db_put(ctx->svc.db, c);
+    *deleted = n;
+    return st;
+}
+
+static void on_retention(evutil_socket_t fd, short what, void *arg)
+{
+    ingest_ctx *ctx = arg;
+    long long deleted = 0;
+    struct timeval tv;
+    eb_status st = ingest_retention_run(ctx, &deleted);
+
+    (void)fd;
+    (void)what;
+    if (st != EB_OK)
+        eb_log_warn(NULL, "retention pass failed: %s", eb_error_message());
+    else if (deleted)
+        eb_log_info(NULL, "retention removed %lld traces", deleted);
+    eb_metrics_add("evalbus_ingest_retention_deleted_total", NULL, (double)deleted);
+    tv.tv_sec = ctx->cfg->retention_interval_ms / 1000;
+    tv.tv_usec = (ctx->cfg->retention_interval_ms % 1000) * 1000;
+    evtimer_add(ctx->retention_timer, &tv);
+}
+
+void ingest_retention_start(ingest_ctx *ctx)
+{
+    struct timeval tv = {5, 0};
+
+    eb_metrics_describe("evalbus_ingest_retention_deleted_total", "counter",
+                        "Traces removed by retention (row deletes; dropped partitions aside)");
+    ctx->retention_timer = evtimer_new(ctx->svc.base, on_retention, ctx);
+    evtimer_add(ctx->retention_timer, &tv);
+}

@@ -1,0 +1,909 @@
+/* writer.c -- the INGEST stream's writer: JetStream -> PostgreSQL, exactly once in effect.
+ *
+ * Each writer thread pulls batches from the durable consumer "ingest-writer" (any number of
+ * threads and replicas share it) and stores a batch in one transaction:
+ *   1. part_time of every trace: the one already in ingest.trace_keys, else the trace's start
+ *      (or the arrival time when the start is far off); the day partitions are created first,
+ *      in their own transaction, under an advisory lock;
+ *   2. trace_keys rows (ON CONFLICT DO NOTHING) and the authoritative part_time read back;
+ *   3. traces and observations COPYed into temporary tables, then upserted by key: a record
+ *      replaces the row only if it came later in the stream (stream sequence), so redelivered
+ *      or resent records change nothing; OTLP fragments merge (coalesce, least/greatest) and
+ *      their trace totals are recomputed from the observations;
+ *   4. COMMIT, then ack every message, then publish evalbus.v1.traces.stored.<team>.
+ * A trace that appears twice in one batch splits the batch into passes (one transaction each,
+ * in stream order), since one upsert statement may not touch a row twice; messages are acked
+ * only after the last pass commits, and a pass that is redelivered changes nothing.
+ * If PostgreSQL is unavailable the batch is nak'ed with a delay and the stream keeps
+ * everything; when a batch fails for another reason its records are retried one by one and a
+ * record that still fails is terminated and copied to the dead-letter subject.
+ * Threading: each thread owns its subscription and, per batch, one pooled connection. */
+#include "evalbus/bus.h"
+#include "evalbus/crypto.h"
+#include "evalbus/json.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "evalbus/metrics.h"
+#include "ingest_int.h"
+#include "trace_json.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_WRITER_THREADS 8
+#define DAY_NS (86400LL * 1000000000LL)
+
+typedef struct writer_thread {
+    struct ingest_writer *w;
+    pthread_t tid;
+    int index;
+} writer_thread;
+
+struct ingest_writer {
+    ingest_ctx *ctx;
+    atomic_bool stop;
+    int nthreads;
+    writer_thread threads[MAX_WRITER_THREADS];
+    pthread_mutex_t mu;
+    long long known_days[512]; /* day numbers whose partitions exist */
+    int nknown;
+    atomic_llong last_error_ms;
+    char last_error[256];
+};
+
+typedef struct rec {
+    natsMsg *msg;
+    Evalbus__V1__IngestRecord *r;
+    unsigned long long seq;
+    long long part_ns; /* partition time, ns */
+    bool skip;         /* stored by an earlier pass of this batch */
+} rec;
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* --- COPY text format --- */
+
+static void copy_text(eb_buf *b, const char *s)
+{
+    if (!s) {
+        eb_buf_puts(b, "\\N");
+        return;
+    }
+    for (const char *p = s; *p; p++) {
+        switch (*p) {
+        case '\\':
+            eb_buf_append(b, "\\\\", 2);
+            break;
+        case '\t':
+            eb_buf_append(b, "\\t", 2);
+            break;
+        case '\n':
+            eb_buf_append(b, "\\n", 2);
+            break;
+        case '\r':
+            eb_buf_append(b, "\\r", 2);
+            break;
+        default:
+            eb_buf_putc(b, *p);
+        }
+    }
+}
+
+static void copy_time(eb_buf *b, long long ns)
+{
+    char t[48];
+
+    if (ns <= 0) {
+        eb_buf_puts(b, "\\N");
+        return;
+    }
+    ingest_time_text(ns, t, sizeof(t));
+    eb_buf_puts(b, t);
+}
+
+static void copy_int(eb_buf *b, bool has, long long v)
+{
+    if (has)
+        eb_buf_printf(b, "%lld", v);
+    else
+        eb_buf_puts(b, "\\N");
+}
+
+static void copy_double(eb_buf *b, bool has, double v)
+{
+    if (has)
+        eb_buf_printf(b, "%.17g", v);
+    else
+        eb_buf_puts(b, "\\N");
+}
+
+/* {"messages": [...]} or {"text": "..."} or NULL, as COPY text. */
+static void copy_io(eb_buf *b, Evalbus__V1__Message *const *msgs, size_t n, const char *text)
+{
+    eb_buf j = {0};
+
+    if (n) {
+        eb_buf_puts(&j, "{\"messages\":");
+        ingest_messages_json(msgs, n, &j);
+        eb_buf_putc(&j, '}');
+    } else if (text) {
+        eb_buf_puts(&j, "{\"text\":\"");
+        eb_buf_json_escape(&j, text);
+        eb_buf_puts(&j, "\"}");
+    }
+    copy_text(b, j.data);
+    eb_buf_free(&j);
+}
+
+static void copy_tool_calls(eb_buf *b, Evalbus__V1__ToolCall *const *calls, size_t n)
+{
+    eb_buf j = {0};
+
+    if (!n) {
+        eb_buf_puts(b, "\\N");
+        return;
+    }
+    ingest_tool_calls_json(calls, n, &j);
+    copy_text(b, j.data);
+    eb_buf_free(&j);
+}
+
+/* text[] literal: {"a","b"} with quotes and backslashes escaped inside elements. */
+static void copy_tags(eb_buf *b, char *const *tags, size_t n)
+{
+    eb_buf a = {0};
+
+    eb_buf_putc(&a, '{');
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            eb_buf_putc(&a, ',');
+        eb_buf_putc(&a, '"');
+        for (const char *p = tags[i]; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                eb_buf_putc(&a, '\\');
+            eb_buf_putc(&a, *p);
+        }
+        eb_buf_putc(&a, '"');
+    }
+    eb_buf_putc(&a, '}');
+    copy_text(b, a.data);
+    eb_buf_free(&a);
+}
+
+static const char *or_null(const char *s)
+{
+    return s && *s ? s : NULL;
+}
+
+static void trace_row(eb_buf *b, const rec *x)
+{
+    const Evalbus__V1__IngestRecord *r = x->r;
+    const Evalbus__V1__Trace *t = r->trace;
+    long long latency_has = t->has_latency_ms;
+    double latency = t->latency_ms;
+
+    if (!latency_has && t->start_time_unix_nano > 0 && t->end_time_unix_nano > 0) {
+        latency_has = 1;
+        latency = (double)(t->end_time_unix_nano - t->start_time_unix_nano) / 1e6;
+    }
+    copy_text(b, r->envelope->team_id);
+    eb_buf_putc(b, '\t');
+    copy_time(b, x->part_ns);
+    eb_buf_putc(b, '\t');
+    copy_text(b, t->id);
+    eb_buf_putc(b, '\t');
+    copy_text(b, t->project && *t->project ? t->project : "default");
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->name));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->model));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->provider));
+    eb_buf_putc(b, '\t');
+    copy_text(b, t->status && *t->status ? t->status : "unset");
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->status_message));
+    eb_buf_putc(b, '\t');
+    copy_time(b, t->start_time_unix_nano);
+    eb_buf_putc(b, '\t');
+    copy_time(b, t->end_time_unix_nano);
+    eb_buf_putc(b, '\t');
+    copy_double(b, latency_has, latency);
+    eb_buf_putc(b, '\t');
+    copy_int(b, t->has_input_tokens, t->input_tokens);
+    eb_buf_putc(b, '\t');
+    copy_int(b, t->has_output_tokens, t->output_tokens);
+    eb_buf_putc(b, '\t');
+    if (t->has_total_tokens)
+        copy_int(b, true, t->total_tokens);
+    else
+        copy_int(b, t->has_input_tokens || t->has_output_tokens,
+                 t->input_tokens + t->output_tokens);
+    eb_buf_putc(b, '\t');
+    copy_double(b, t->has_cost_usd, t->cost_usd);
+    eb_buf_putc(b, '\t');
+    copy_io(b, t->input_messages, t->n_input_messages, or_null(t->input_text));
+    eb_buf_putc(b, '\t');
+    copy_io(b, t->output_messages, t->n_output_messages, or_null(t->output_text));
+    eb_buf_putc(b, '\t');
+    copy_tool_calls(b, t->tool_calls, t->n_tool_calls);
+    eb_buf_putc(b, '\t');
+    copy_text(b, t->metadata_json && *t->metadata_json ? t->metadata_json : "{}");
+    eb_buf_putc(b, '\t');
+    copy_tags(b, t->tags, t->n_tags);
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->session_id));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->user_id));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->environment));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->release));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(t->attributes_json));
+    eb_buf_putc(b, '\t');
+    copy_text(b, r->source && *r->source ? r->source : "json");
+    eb_buf_putc(b, '\t');
+    eb_buf_printf(b, "%llu\n", x->seq);
+}
+
+static void observation_row(eb_buf *b, const rec *x, const Evalbus__V1__Observation *o)
+{
+    const Evalbus__V1__IngestRecord *r = x->r;
+
+    copy_text(b, r->envelope->team_id);
+    eb_buf_putc(b, '\t');
+    copy_time(b, x->part_ns);
+    eb_buf_putc(b, '\t');
+    copy_text(b, r->trace->id);
+    eb_buf_putc(b, '\t');
+    copy_text(b, o->id);
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(o->parent_id));
+    eb_buf_putc(b, '\t');
+    copy_text(b, o->type && *o->type ? o->type : "span");
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(o->name));
+    eb_buf_putc(b, '\t');
+    copy_time(b, o->start_time_unix_nano);
+    eb_buf_putc(b, '\t');
+    copy_time(b, o->end_time_unix_nano);
+    eb_buf_putc(b, '\t');
+    copy_text(b, o->status && *o->status ? o->status : "unset");
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(o->status_message));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(o->model));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(o->provider));
+    eb_buf_putc(b, '\t');
+    copy_int(b, o->has_input_tokens, o->input_tokens);
+    eb_buf_putc(b, '\t');
+    copy_int(b, o->has_output_tokens, o->output_tokens);
+    eb_buf_putc(b, '\t');
+    copy_double(b, o->has_cost_usd, o->cost_usd);
+    eb_buf_putc(b, '\t');
+    copy_io(b, o->input_messages, o->n_input_messages, or_null(o->input_text));
+    eb_buf_putc(b, '\t');
+    copy_io(b, o->output_messages, o->n_output_messages, or_null(o->output_text));
+    eb_buf_putc(b, '\t');
+    copy_tool_calls(b, o->tool_calls, o->n_tool_calls);
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(o->attributes_json));
+    eb_buf_putc(b, '\t');
+    copy_text(b, or_null(o->metadata_json));
+    eb_buf_putc(b, '\t');
+    eb_buf_printf(b, "%llu\n", x->seq);
+}
+
+/* --- SQL --- */
+
+static const char tmp_sql[] =
+    "CREATE TEMP TABLE IF NOT EXISTS tmp_traces (team_id uuid, part_time timestamptz, id text,"
+    " project text, name text, model text, provider text, status text, status_message text,"
+    " start_time timestamptz, end_time timestamptz, latency_ms double precision,"
+    " input_tokens bigint, output_tokens bigint, total_tokens bigint, cost_usd double precision,"
+    " input jsonb, output jsonb, tool_calls jsonb, metadata jsonb, tags text[], session_id text,"
+    " user_id text, environment text, release text, attributes jsonb, source text,"
+    " stream_seq bigint) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS tmp_observations (team_id uuid, part_time timestamptz,"
+    " trace_id text, id text, parent_id text, type text, name text, start_time timestamptz,"
+    " end_time timestamptz, status text, status_message text, model text, provider text,"
+    " input_tokens bigint, output_tokens bigint, cost_usd double precision, input jsonb,"
+    " output jsonb, tool_calls jsonb, attributes jsonb, metadata jsonb, stream_seq bigint)"
+    " ON COMMIT DELETE ROWS";
+
+#define TRACE_COLS                                                                                 \
+    "team_id, part_time, id, project, name, model, provider, status, status_message, start_time,"  \
+    " end_time, latency_ms, input_tokens, output_tokens, total_tokens, cost_usd, input, output,"   \
+    " tool_calls, metadata, tags, session_id, user_id, environment, release, attributes, source,"  \
+    " stream_seq"
+#define OBS_COLS                                                                                   \
+    "team_id, part_time, trace_id, id, parent_id, type, name, start_time, end_time, status,"       \
+    " status_message, model, provider, input_tokens, output_tokens, cost_usd, input, output,"      \
+    " tool_calls, attributes, metadata, stream_seq"
+
+/* OTLP fragments merge; everything else replaces when it is newer in the stream. */
+#define M(col)                                                                                     \
+#col " = CASE WHEN excluded.source = 'otlp' THEN coalesce(excluded." #col ", t." #col          \
+         ") ELSE excluded." #col " END"
+static const char
+    upsert_traces
+        [] =
+            "INSERT INTO ingest.traces AS t (" TRACE_COLS ") SELECT " TRACE_COLS " FROM tmp_traces"
+            " ON CONFLICT (team_id, part_time, id) DO UPDATE SET " M(project) ", " M(name) ", " M(model) ", " M(provider) ", " M(
+                status_message) ", " M(latency_ms) ", " M(input_tokens) ", " M(output_tokens) ","
+                                                                                              " " M(total_tokens) ", " M(cost_usd) ", " M(input) ", " M(output) ", " M(tool_calls) ", " M(session_id) ", " M(user_id) ", " M(environment) ", " M(release) ", "
+                                                                                                                                                                                                                                                          " status = CASE WHEN excluded.source <> 'otlp' THEN excluded.status WHEN 'error' IN (excluded.status, t.status)"
+                                                                                                                                                                                                                                                          "  THEN 'error' WHEN excluded.status <> 'unset' THEN excluded.status ELSE t.status END,"
+                                                                                                                                                                                                                                                          " start_time = CASE WHEN excluded.source = 'otlp' THEN least(excluded.start_time, t.start_time)"
+                                                                                                                                                                                                                                                          "  ELSE excluded.start_time END,"
+                                                                                                                                                                                                                                                          " end_time = CASE WHEN excluded.source = 'otlp' THEN greatest(excluded.end_time, t.end_time)"
+                                                                                                                                                                                                                                                          "  ELSE excluded.end_time END,"
+                                                                                                                                                                                                                                                          " metadata = CASE WHEN excluded.source = 'otlp' THEN t.metadata || excluded.metadata ELSE excluded.metadata END,"
+                                                                                                                                                                                                                                                          " tags = CASE WHEN excluded.source = 'otlp' THEN ARRAY(SELECT DISTINCT unnest(t.tags || excluded.tags))"
+                                                                                                                                                                                                                                                          "  ELSE excluded.tags END,"
+                                                                                                                                                                                                                                                          " attributes = CASE WHEN excluded.source = 'otlp' THEN coalesce(t.attributes, '{}') ||"
+                                                                                                                                                                                                                                                          "  coalesce(excluded.attributes, '{}') ELSE excluded.attributes END,"
+                                                                                                                                                                                                                                                          " source = excluded.source, stream_seq = greatest(t.stream_seq, excluded.stream_seq), updated_at = now()"
+                                                                                                                                                                                                                                                          " WHERE t.stream_seq < excluded.stream_seq OR excluded.source = 'otlp'";
+#undef M
+
+static const char upsert_observations[] =
+    "INSERT INTO ingest.observations AS o (" OBS_COLS ") SELECT DISTINCT ON (team_id, part_time,"
+    " trace_id, id) " OBS_COLS " FROM tmp_observations ORDER BY team_id, part_time, trace_id, id,"
+    " stream_seq DESC"
+    " ON CONFLICT (team_id, part_time, trace_id, id) DO UPDATE SET parent_id = excluded.parent_id,"
+    " type = excluded.type, name = excluded.name, start_time = excluded.start_time, end_time = "
+    "excluded.end_time,"
+    " status = excluded.status, status_message = excluded.status_message, model = excluded.model,"
+    " provider = excluded.provider, input_tokens = excluded.input_tokens, output_tokens = "
+    "excluded.output_tokens,"
+    " cost_usd = excluded.cost_usd, input = excluded.input, output = excluded.output, tool_calls = "
+    "excluded.tool_calls,"
+    " attributes = excluded.attributes, metadata = excluded.metadata, stream_seq = "
+    "excluded.stream_seq"
+    " WHERE o.stream_seq <= excluded.stream_seq";
+
+/* Totals of merged (OTLP) traces, from their observations. */
+static const char recompute_sql[] =
+    "UPDATE ingest.traces t SET input_tokens = s.i, output_tokens = s.o,"
+    " total_tokens = coalesce(s.i, 0) + coalesce(s.o, 0), cost_usd = s.c,"
+    " model = coalesce(t.model, s.model), provider = coalesce(t.provider, s.provider),"
+    " start_time = least(t.start_time, s.st), end_time = greatest(t.end_time, s.et),"
+    " latency_ms = extract(epoch FROM greatest(t.end_time, s.et) - least(t.start_time, s.st))"
+    "  * 1000,"
+    " status = CASE WHEN s.err THEN 'error' ELSE t.status END"
+    " FROM (SELECT o.team_id, o.part_time, o.trace_id, sum(o.input_tokens) i,"
+    "  sum(o.output_tokens) o, sum(o.cost_usd) c, min(o.model) FILTER (WHERE o.type ="
+    "  'generation') model, min(o.provider) FILTER (WHERE o.type = 'generation') provider,"
+    "  min(o.start_time) st, max(o.end_time) et, bool_or(o.status = 'error') err"
+    "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
+    "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
+    "  GROUP BY 1, 2, 3) s"
+    " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id";
+
+static eb_status copy_in(PGconn *c, const char *sql, const eb_buf *data)
+{
+    PGresult *r = PQexec(c, sql);
+    eb_status st = EB_OK;
+
+    if (PQresultStatus(r) != PGRES_COPY_IN) {
+        st = eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE, "COPY: %s",
+                      PQerrorMessage(c));
+        PQclear(r);
+        return st;
+    }
+    PQclear(r);
+    if (data->len && PQputCopyData(c, data->data, (int)data->len) != 1)
+        st = eb_error(EB_ERR_UNAVAILABLE, "COPY data: %s", PQerrorMessage(c));
+    if (PQputCopyEnd(c, st == EB_OK ? NULL : "aborted") != 1 && st == EB_OK)
+        st = eb_error(EB_ERR_UNAVAILABLE, "COPY end: %s", PQerrorMessage(c));
+    while ((r = PQgetResult(c)) != NULL) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && st == EB_OK)
+            st = eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE, "COPY: %s",
+                          PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    return st;
+}
+
+static bool partition_known(ingest_writer *w, long long part_ns)
+{
+    long long day = part_ns / DAY_NS;
+    bool known = false;
+
+    pthread_mutex_lock(&w->mu);
+    for (int i = 0; i < w->nknown && !known; i++)
+        known = w->known_days[i] == day;
+    pthread_mutex_unlock(&w->mu);
+    return known;
+}
+
+/* Creates the day partitions of traces and observations for part_ns, once per process. */
+static eb_status ensure_partition(ingest_writer *w, PGconn *c, long long part_ns)
+{
+    long long day = part_ns / DAY_NS;
+    time_t t0 = (time_t)(day * 86400), t1 = t0 + 86400;
+    struct tm a, b;
+    char from[16], to[16], name[16], *sql;
+    eb_status st;
+
+    if (partition_known(w, part_ns))
+        return EB_OK;
+    gmtime_r(&t0, &a);
+    gmtime_r(&t1, &b);
+    strftime(from, sizeof(from), "%Y-%m-%d", &a);
+    strftime(to, sizeof(to), "%Y-%m-%d", &b);
+    strftime(name, sizeof(name), "%Y%m%d", &a);
+    sql = eb_asprintf("SELECT pg_advisory_xact_lock(7236002, 1);"
+                      "CREATE TABLE IF NOT EXISTS ingest.traces_p%s PARTITION OF ingest.traces"
+                      " FOR VALUES FROM ('%s') TO ('%s');"
+                      "CREATE TABLE IF NOT EXISTS ingest.observations_p%s PARTITION OF"
+                      " ingest.observations FOR VALUES FROM ('%s') TO ('%s')",
+                      name, from, to, name, from, to);
+    st = eb_db_exec(c, "BEGIN", 0, NULL, NULL);
+    if (st == EB_OK) {
+        PGresult *r = PQexec(c, sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+            st = eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
+                          "creating partition %s: %s", name, PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    if (st == EB_OK)
+        st = eb_db_commit(c);
+    else
+        eb_db_rollback(c);
+    free(sql);
+    if (st == EB_OK) {
+        pthread_mutex_lock(&w->mu);
+        if (w->nknown < (int)(sizeof(w->known_days) / sizeof(w->known_days[0])))
+            w->known_days[w->nknown++] = day;
+        else
+            w->nknown = 0; /* forget and re-check: CREATE IF NOT EXISTS is cheap enough */
+        pthread_mutex_unlock(&w->mu);
+    }
+    return st;
+}
+
+/* Adds a quoted literal to an array literal buffer. */
+static void array_item(eb_buf *a, const char *s)
+{
+    eb_buf_putc(a, a->len > 1 ? ',' : '{');
+    eb_buf_putc(a, '"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            eb_buf_putc(a, '\\');
+        eb_buf_putc(a, *s);
+    }
+    eb_buf_putc(a, '"');
+}
+
+/* Assigns part_ns to every record of the pass: existing keys keep theirs. */
+static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n)
+{
+    eb_buf teams = {0}, ids = {0}, times = {0};
+    PGresult *r = NULL;
+    eb_status st;
+    long long now = now_ns();
+    const char *params[3];
+
+    for (size_t i = 0; i < n; i++) {
+        const Evalbus__V1__Trace *t = recs[i].r->trace;
+        long long start = t->start_time_unix_nano;
+        char tt[48];
+        if (recs[i].skip)
+            continue;
+        if (start <= 0 || start < now - 3650 * DAY_NS || start > now + DAY_NS)
+            start = recs[i].r->received_at_unix_ms * 1000000LL;
+        if (start <= 0)
+            start = now;
+        recs[i].part_ns = start;
+        ingest_time_text(start, tt, sizeof(tt));
+        array_item(&teams, recs[i].r->envelope->team_id);
+        array_item(&ids, t->id);
+        array_item(&times, tt);
+    }
+    if (teams.len == 0)
+        goto cleanup_ok;
+    eb_buf_putc(&teams, '}');
+    eb_buf_putc(&ids, '}');
+    eb_buf_putc(&times, '}');
+    params[0] = teams.data;
+    params[1] = ids.data;
+    params[2] = times.data;
+    /* New keys first take their own time; days must exist before any row goes in. */
+    st = eb_db_begin_system(c);
+    if (st != EB_OK)
+        goto cleanup;
+    st = eb_db_exec(c,
+                    "SELECT u.team_id, u.id, ingest.iso(coalesce(k.part_time, u.part_time)),"
+                    " extract(epoch FROM coalesce(k.part_time, u.part_time))::numeric * 1000000000"
+                    " FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(team_id, id,"
+                    " part_time) LEFT JOIN ingest.trace_keys k ON k.team_id = u.team_id AND"
+                    " k.id = u.id",
+                    3, params, &r);
+    if (st == EB_OK)
+        st = eb_db_commit(c);
+    if (st != EB_OK)
+        goto cleanup;
+    for (int row = 0; row < PQntuples(r); row++) {
+        long long ns = atoll(eb_db_val(r, row, 3));
+        st = ensure_partition(w, c, ns);
+        if (st != EB_OK)
+            goto cleanup;
+    }
+    PQclear(r);
+    r = NULL;
+    st = eb_db_begin_system(c);
+    if (st != EB_OK)
+        goto cleanup;
+    st = eb_db_exec(c,
+                    "INSERT INTO ingest.trace_keys (team_id, id, part_time) SELECT * FROM"
+                    " unnest($1::uuid[], $2::text[], $3::timestamptz[]) ON CONFLICT DO NOTHING",
+                    3, params, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(c,
+                        "SELECT (extract(epoch FROM k.part_time)::numeric * 1000000000)::bigint"
+                        " FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(team_id, id,"
+                        " ord) JOIN ingest.trace_keys k ON k.team_id = u.team_id AND k.id = u.id"
+                        " ORDER BY u.ord",
+                        2, params, &r);
+    if (st != EB_OK)
+        goto cleanup;
+    {
+        int row = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (recs[i].skip)
+                continue;
+            if (row >= PQntuples(r)) {
+                st = eb_error(EB_ERR_INTERNAL, "trace key lookup returned too few rows");
+                goto cleanup;
+            }
+            recs[i].part_ns = atoll(eb_db_val(r, row++, 0));
+        }
+    }
+    /* a key stored by another writer meanwhile may name a day we have not created */
+    for (size_t i = 0; i < n; i++)
+        if (!recs[i].skip && !partition_known(w, recs[i].part_ns)) {
+            /* another writer stored this key meanwhile with a day new to this process; DDL
+             * cannot run inside this transaction, so fail the pass: the retry creates it */
+            st = eb_error(EB_ERR_UNAVAILABLE, "partition for a concurrently stored key is new");
+            goto cleanup;
+        }
+cleanup_ok:
+    st = EB_OK;
+cleanup:
+    PQclear(r);
+    eb_buf_free(&teams);
+    eb_buf_free(&ids);
+    eb_buf_free(&times);
+    return st;
+}
+
+/* Stores recs[0..n) (skipping those marked) inside the open transaction: one pass. */
+static eb_status store_pass(PGconn *c, rec *recs, size_t n)
+{
+    eb_buf traces = {0}, obs = {0};
+    eb_status st;
+
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i].skip)
+            continue;
+        trace_row(&traces, &recs[i]);
+        for (size_t k = 0; k < recs[i].r->trace->n_observations; k++)
+            observation_row(&obs, &recs[i], recs[i].r->trace->observations[k]);
+    }
+    st = copy_in(c, "COPY tmp_traces (" TRACE_COLS ") FROM STDIN", &traces);
+    if (st == EB_OK)
+        st = eb_db_exec(c, upsert_traces, 0, NULL, NULL);
+    if (st == EB_OK && obs.len)
+        st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", &obs);
+    if (st == EB_OK && obs.len)
+        st = eb_db_exec(c, upsert_observations, 0, NULL, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(c, recompute_sql, 0, NULL, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(c, "TRUNCATE tmp_traces, tmp_observations", 0, NULL, NULL);
+    eb_buf_free(&traces);
+    eb_buf_free(&obs);
+    return st;
+}
+
+static bool same_key(const rec *a, const rec *b)
+{
+    return strcmp(a->r->envelope->team_id, b->r->envelope->team_id) == 0 &&
+           strcmp(a->r->trace->id, b->r->trace->id) == 0;
+}
+
+/* Stores a batch in one transaction, in passes without repeated keys. */
+static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
+{
+    eb_status st = EB_OK;
+    bool *done = eb_calloc(n ? n : 1, sizeof(bool));
+    size_t left = n;
+
+    {
+        PGresult *tr = PQexec(c, tmp_sql);
+        st = PQresultStatus(tr) == PGRES_COMMAND_OK
+                 ? EB_OK
+                 : eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
+                            "temporary tables: %s", PQresultErrorMessage(tr));
+        PQclear(tr);
+    }
+    while (st == EB_OK && left > 0) {
+        /* a pass: the first not-done record of each key, in stream order */
+        for (size_t i = 0; i < n; i++) {
+            recs[i].skip = done[i];
+            for (size_t j = 0; j < i && !recs[i].skip; j++)
+                if (!recs[j].skip && same_key(&recs[i], &recs[j]))
+                    recs[i].skip = true;
+        }
+        st = resolve_part_times(w, c, recs, n); /* opens the transaction on the first pass */
+        if (st == EB_OK)
+            st = store_pass(c, recs, n);
+        if (st == EB_OK)
+            st = eb_db_commit(c);
+        if (st != EB_OK)
+            break;
+        for (size_t i = 0; i < n; i++)
+            if (!recs[i].skip) {
+                done[i] = true;
+                left--;
+            }
+    }
+    if (st != EB_OK)
+        eb_db_rollback(c);
+    free(done);
+    return st;
+}
+
+static void dead_letter(ingest_ctx *ctx, natsMsg *msg, const char *team, const char *reason)
+{
+    natsMsg *dl = NULL;
+    char subject[200];
+
+    snprintf(subject, sizeof(subject), INGEST_DEAD_PREFIX "%s", team && *team ? team : "unknown");
+    if (natsMsg_Create(&dl, subject, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg)) ==
+        NATS_OK) {
+        natsMsgHeader_Set(dl, "Evalbus-Reason", reason);
+        natsMsgHeader_Set(dl, "Evalbus-Stage", "writer");
+        natsConnection_PublishMsg(eb_bus_conn(ctx->svc.bus), dl);
+        natsMsg_Destroy(dl);
+    }
+    eb_metrics_add("evalbus_ingest_dead_letters_total", "stage=\"writer\"", 1);
+}
+
+static void publish_stored(ingest_ctx *ctx, rec *recs, size_t n)
+{
+    /* one event per team in the batch */
+    for (size_t i = 0; i < n; i++) {
+        Evalbus__V1__TracesStored ev = EVALBUS__V1__TRACES_STORED__INIT;
+        Evalbus__V1__Envelope env = EVALBUS__V1__ENVELOPE__INIT;
+        char **ids = NULL, event_id[37], subject[160];
+        size_t nids = 0, len;
+        uint8_t *buf;
+        bool first = true;
+        struct timeval tv;
+
+        if (!recs[i].r)
+            continue;
+        for (size_t j = 0; j < i && first; j++)
+            first = !recs[j].r ||
+                    strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) != 0;
+        if (!first)
+            continue;
+        ids = eb_malloc(n * sizeof(char *));
+        for (size_t j = i; j < n; j++)
+            if (recs[j].r &&
+                strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) == 0)
+                ids[nids++] = recs[j].r->trace->id;
+        eb_uuid_v4(event_id);
+        gettimeofday(&tv, NULL);
+        env.event_id = event_id;
+        env.team_id = recs[i].r->envelope->team_id;
+        env.occurred_at_unix_ms = (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+        env.schema_version = 1;
+        ev.envelope = &env;
+        ev.trace_ids = ids;
+        ev.n_trace_ids = nids;
+        len = evalbus__v1__traces_stored__get_packed_size(&ev);
+        buf = eb_malloc(len);
+        evalbus__v1__traces_stored__pack(&ev, buf);
+        snprintf(subject, sizeof(subject), STORED_SUBJECT_PREFIX "%s",
+                 recs[i].r->team_slug ? recs[i].r->team_slug : "unknown");
+        natsConnection_Publish(eb_bus_conn(ctx->svc.bus), subject, buf, (int)len);
+        free(buf);
+        free(ids);
+    }
+}
+
+static void handle_batch(ingest_writer *w, natsMsgList *list)
+{
+    ingest_ctx *ctx = w->ctx;
+    rec *recs = eb_calloc((size_t)list->Count, sizeof(rec));
+    size_t n = 0;
+    PGconn *c = NULL;
+    eb_status st;
+
+    for (int i = 0; i < list->Count; i++) {
+        natsMsg *m = list->Msgs[i];
+        jsMsgMetaData *meta = NULL;
+        Evalbus__V1__IngestRecord *r = evalbus__v1__ingest_record__unpack(
+            NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+
+        if (!r || !r->envelope || !r->envelope->team_id || !eb_uuid_valid(r->envelope->team_id) ||
+            !r->trace || !r->trace->id || !*r->trace->id ||
+            natsMsg_GetMetaData(&meta, m) != NATS_OK) {
+            eb_log_error(NULL, "writer: undecodable record on %s; dead-lettered",
+                         natsMsg_GetSubject(m));
+            dead_letter(ctx, m, NULL, "undecodable IngestRecord");
+            natsMsg_Term(m, NULL);
+            if (r)
+                evalbus__v1__ingest_record__free_unpacked(r, NULL);
+            jsMsgMetaData_Destroy(meta);
+            continue;
+        }
+        recs[n].msg = m;
+        recs[n].r = r;
+        recs[n].seq = (unsigned long long)meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+        n++;
+    }
+    if (n == 0)
+        goto cleanup;
+    c = eb_db_get(ctx->svc.db);
+    if (!c) {
+        st = EB_ERR_UNAVAILABLE;
+    } else {
+        st = store_batch(w, c, recs, n);
+        if (st != EB_OK && st != EB_ERR_UNAVAILABLE && n > 1) {
+            /* isolate the record that fails: one by one */
+            eb_log_warn(NULL, "writer: batch of %zu failed (%s); retrying one by one", n,
+                        eb_error_message());
+            st = EB_OK;
+            for (size_t i = 0; i < n; i++) {
+                eb_status one = store_batch(w, c, &recs[i], 1);
+                if (one == EB_ERR_UNAVAILABLE) {
+                    st = one;
+                    break;
+                }
+                if (one != EB_OK) {
+                    eb_log_error(NULL, "writer: trace %s of team %s cannot be stored: %s",
+                                 recs[i].r->trace->id, recs[i].r->envelope->team_id,
+                                 eb_error_message());
+                    dead_letter(ctx, recs[i].msg, recs[i].r->team_slug, eb_error_message());
+                    natsMsg_Term(recs[i].msg, NULL);
+                    evalbus__v1__ingest_record__free_unpacked(recs[i].r, NULL);
+                    recs[i].r = NULL;
+                    recs[i].msg = NULL;
+                } else {
+                    natsMsg_Ack(recs[i].msg, NULL);
+                    recs[i].msg = NULL;
+                }
+            }
+        }
+    }
+    if (st == EB_OK) {
+        for (size_t i = 0; i < n; i++)
+            if (recs[i].msg)
+                natsMsg_Ack(recs[i].msg, NULL);
+        eb_metrics_add("evalbus_ingest_traces_stored_total", NULL, (double)n);
+        publish_stored(ctx, recs, n);
+    } else {
+        pthread_mutex_lock(&w->mu);
+        snprintf(w->last_error, sizeof(w->last_error), "%s", eb_error_message());
+        pthread_mutex_unlock(&w->mu);
+        atomic_store(&w->last_error_ms, now_ns() / 1000000);
+        eb_log_warn(NULL, "writer: %zu records wait for PostgreSQL: %s", n, eb_error_message());
+        for (size_t i = 0; i < n; i++)
+            if (recs[i].msg)
+                natsMsg_NakWithDelay(recs[i].msg, 1000, NULL);
+        eb_metrics_add("evalbus_ingest_writer_retries_total", NULL, 1);
+    }
+cleanup:
+    if (c)
+        eb_db_put(ctx->svc.db, c);
+    for (size_t i = 0; i < n; i++)
+        if (recs[i].r)
+            evalbus__v1__ingest_record__free_unpacked(recs[i].r, NULL);
+    free(recs);
+    if (st != EB_OK && n > 0)
+        sleep(1); /* back off while PostgreSQL is away */
+}
+
+static void *writer_main(void *arg)
+{
+    writer_thread *t = arg;
+    ingest_writer *w = t->w;
+    ingest_ctx *ctx = w->ctx;
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsErrCode jerr = 0;
+    natsStatus s;
+
+    jsSubOptions_Init(&so);
+    so.Stream = INGEST_STREAM;
+    so.Consumer = INGEST_WRITER_DURABLE;
+    while (!atomic_load(&w->stop)) {
+        s = js_PullSubscribe(&sub, eb_bus_js(ctx->svc.bus), INGEST_SUBJECT_PREFIX ">",
+                             INGEST_WRITER_DURABLE, NULL, &so, &jerr);
+        if (s == NATS_OK)
+            break;
+        eb_log_warn(NULL, "writer %d: cannot bind to %s/%s yet: %s", t->index, INGEST_STREAM,
+                    INGEST_WRITER_DURABLE, natsStatus_GetText(s));
+        sleep(1);
+    }
+    while (!atomic_load(&w->stop)) {
+        natsMsgList list = {0};
+        s = natsSubscription_Fetch(&list, sub, (int)ctx->cfg->writer_batch, 250, &jerr);
+        if (s == NATS_OK && list.Count > 0)
+            handle_batch(w, &list);
+        else if (s != NATS_OK && s != NATS_TIMEOUT)
+            usleep(200000);
+        natsMsgList_Destroy(&list);
+    }
+    if (sub) {
+        natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+    }
+    return NULL;
+}
+
+ingest_writer *ingest_writer_start(ingest_ctx *ctx)
+{
+    ingest_writer *w = eb_calloc(1, sizeof(*w));
+
+    w->ctx = ctx;
+    pthread_mutex_init(&w->mu, NULL);
+    w->nthreads = (int)ctx->cfg->writer_threads;
+    if (w->nthreads > MAX_WRITER_THREADS)
+        w->nthreads = MAX_WRITER_THREADS;
+    eb_metrics_describe("evalbus_ingest_traces_stored_total", "counter",
+                        "Trace records committed to PostgreSQL");
+    eb_metrics_describe("evalbus_ingest_writer_retries_total", "counter",
+                        "Writer batches put back because PostgreSQL was unavailable");
+    eb_metrics_describe("evalbus_ingest_dead_letters_total", "counter",
+                        "Messages moved to evalbus.v1.ingest.dead.<team>, by stage");
+    for (int i = 0; i < w->nthreads; i++) {
+        w->threads[i].w = w;
+        w->threads[i].index = i;
+        pthread_create(&w->threads[i].tid, NULL, writer_main, &w->threads[i]);
+    }
+    return w;
+}
+
+void ingest_writer_stop(ingest_writer *w)
+{
+    if (!w)
+        return;
+    atomic_store(&w->stop, true);
+    for (int i = 0; i < w->nthreads; i++)
+        pthread_join(w->threads[i].tid, NULL);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+bool ingest_writer_healthy(ingest_writer *w, char *detail, size_t len)
+{
+    long long last = atomic_load(&w->last_error_ms);
+    bool ok = last == 0 || now_ns() / 1000000 - last > 5000;
+
+    if (!ok) {
+        pthread_mutex_lock(&w->mu);
+        snprintf(detail, len, "writer is waiting for PostgreSQL: %s", w->last_error);
+        pthread_mutex_unlock(&w->mu);
+    }
+    return ok;
+}

@@ -1,0 +1,1153 @@
+/* test_otlp.c -- OTLP/HTTP decoding (protobuf and JSON) and the span -> trace mapping.
+ * Each case is a request, built in C with the generated protobuf-c structs and packed, or
+ * written as OTLP JSON, plus the expected counts and a check of the mapped traces. A request
+ * builder (tb_*) allocates everything it hands out and frees it in one call. */
+#include "otlp.h"
+
+#include "evalbus/mem.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+typedef Evalbus__Otlp__V1__Span otlp_span;
+typedef Evalbus__Otlp__V1__Span__Event otlp_event;
+typedef Evalbus__Otlp__V1__KeyValue otlp_kv;
+typedef Evalbus__Otlp__V1__AnyValue otlp_any;
+typedef Evalbus__V1__Observation eb_obs;
+typedef Evalbus__V1__Trace eb_trace;
+
+enum { TB_MAX_ITEMS = 64, TB_MAX_ALLOCS = 4096 };
+
+#define T0 1700000000000000000ULL /* 2023-11-14T22:13:20Z */
+
+/* ---------------------------------------------------------------------------------------- */
+/* request builder                                                                           */
+
+typedef struct tb {
+    Evalbus__Otlp__V1__ExportTraceServiceRequest req;
+    Evalbus__Otlp__V1__ResourceSpans *rs; /* the current resource */
+    Evalbus__Otlp__V1__ScopeSpans *ss;    /* its scope */
+    void *allocs[TB_MAX_ALLOCS];
+    size_t nallocs;
+} tb;
+
+static void *tb_alloc(tb *b, size_t n)
+{
+    void *p = eb_calloc(1, n);
+
+    assert_true(b->nallocs < TB_MAX_ALLOCS);
+    b->allocs[b->nallocs++] = p;
+    return p;
+}
+
+static char *tb_str(tb *b, const char *s)
+{
+    char *p = tb_alloc(b, strlen(s) + 1);
+
+    memcpy(p, s, strlen(s) + 1);
+    return p;
+}
+
+static void tb_free(tb *b)
+{
+    for (size_t i = 0; i < b->nallocs; i++)
+        free(b->allocs[i]);
+    b->nallocs = 0;
+}
+
+/* Starts a new ResourceSpans with one scope; service may be NULL. */
+static void tb_resource(tb *b, const char *service)
+{
+    Evalbus__Otlp__V1__Resource *res = tb_alloc(b, sizeof *res);
+    Evalbus__Otlp__V1__InstrumentationScope *scope = tb_alloc(b, sizeof *scope);
+
+    if (!b->req.resource_spans) {
+        b->req = (Evalbus__Otlp__V1__ExportTraceServiceRequest)
+            EVALBUS__OTLP__V1__EXPORT_TRACE_SERVICE_REQUEST__INIT;
+        b->req.resource_spans = tb_alloc(b, TB_MAX_ITEMS * sizeof *b->req.resource_spans);
+    }
+    b->rs = tb_alloc(b, sizeof *b->rs);
+    *b->rs = (Evalbus__Otlp__V1__ResourceSpans)EVALBUS__OTLP__V1__RESOURCE_SPANS__INIT;
+    *res = (Evalbus__Otlp__V1__Resource)EVALBUS__OTLP__V1__RESOURCE__INIT;
+    res->attributes = tb_alloc(b, TB_MAX_ITEMS * sizeof *res->attributes);
+    b->rs->resource = res;
+    b->rs->scope_spans = tb_alloc(b, sizeof *b->rs->scope_spans);
+    b->ss = tb_alloc(b, sizeof *b->ss);
+    *b->ss = (Evalbus__Otlp__V1__ScopeSpans)EVALBUS__OTLP__V1__SCOPE_SPANS__INIT;
+    *scope = (Evalbus__Otlp__V1__InstrumentationScope)
+        EVALBUS__OTLP__V1__INSTRUMENTATION_SCOPE__INIT;
+    scope->name = tb_str(b, "evalbus-test");
+    b->ss->scope = scope;
+    b->ss->spans = tb_alloc(b, TB_MAX_ITEMS * sizeof *b->ss->spans);
+    b->rs->scope_spans[0] = b->ss;
+    b->rs->n_scope_spans = 1;
+    b->req.resource_spans[b->req.n_resource_spans++] = b->rs;
+    if (service) {
+        otlp_kv *kv = tb_alloc(b, sizeof *kv);
+        otlp_any *v = tb_alloc(b, sizeof *v);
+
+        *kv = (otlp_kv)EVALBUS__OTLP__V1__KEY_VALUE__INIT;
+        *v = (otlp_any)EVALBUS__OTLP__V1__ANY_VALUE__INIT;
+        v->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_STRING_VALUE;
+        v->string_value = tb_str(b, service);
+        kv->key = tb_str(b, "service.name");
+        kv->value = v;
+        res->attributes[res->n_attributes++] = kv;
+    }
+}
+
+static ProtobufCBinaryData tb_hex(tb *b, const char *hex)
+{
+    ProtobufCBinaryData d = {0, NULL};
+    size_t n = hex ? strlen(hex) / 2 : 0;
+
+    if (!n)
+        return d;
+    d.data = tb_alloc(b, n);
+    d.len = n;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        sscanf(hex + 2 * i, "%2x", &v);
+        d.data[i] = (uint8_t)v;
+    }
+    return d;
+}
+
+static otlp_span *tb_span(tb *b, const char *trace, const char *span, const char *parent,
+                          const char *name, uint64_t start, uint64_t end)
+{
+    otlp_span *s = tb_alloc(b, sizeof *s);
+
+    *s = (otlp_span)EVALBUS__OTLP__V1__SPAN__INIT;
+    s->trace_id = tb_hex(b, trace);
+    s->span_id = tb_hex(b, span);
+    s->parent_span_id = tb_hex(b, parent);
+    s->name = tb_str(b, name);
+    s->start_time_unix_nano = start;
+    s->end_time_unix_nano = end;
+    s->attributes = tb_alloc(b, TB_MAX_ITEMS * sizeof *s->attributes);
+    s->events = tb_alloc(b, TB_MAX_ITEMS * sizeof *s->events);
+    b->ss->spans[b->ss->n_spans++] = s;
+    return s;
+}
+
+static otlp_any *tb_any(tb *b, Evalbus__Otlp__V1__AnyValue__ValueCase c)
+{
+    otlp_any *v = tb_alloc(b, sizeof *v);
+
+    *v = (otlp_any)EVALBUS__OTLP__V1__ANY_VALUE__INIT;
+    v->value_case = c;
+    return v;
+}
+
+static otlp_any *tb_sv(tb *b, const char *s)
+{
+    otlp_any *v = tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE_STRING_VALUE);
+
+    v->string_value = tb_str(b, s);
+    return v;
+}
+
+static otlp_any *tb_iv(tb *b, int64_t i)
+{
+    otlp_any *v = tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE_INT_VALUE);
+
+    v->int_value = i;
+    return v;
+}
+
+static otlp_kv *tb_kv(tb *b, const char *key, otlp_any *v)
+{
+    otlp_kv *kv = tb_alloc(b, sizeof *kv);
+
+    *kv = (otlp_kv)EVALBUS__OTLP__V1__KEY_VALUE__INIT;
+    kv->key = tb_str(b, key);
+    kv->value = v;
+    return kv;
+}
+
+/* An array of the given values (NULL-terminated). */
+static otlp_any *tb_array(tb *b, ...)
+{
+    otlp_any *v = tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE_ARRAY_VALUE);
+    Evalbus__Otlp__V1__ArrayValue *a = tb_alloc(b, sizeof *a);
+    va_list ap;
+    otlp_any *e;
+
+    *a = (Evalbus__Otlp__V1__ArrayValue)EVALBUS__OTLP__V1__ARRAY_VALUE__INIT;
+    a->values = tb_alloc(b, TB_MAX_ITEMS * sizeof *a->values);
+    va_start(ap, b);
+    while ((e = va_arg(ap, otlp_any *)))
+        a->values[a->n_values++] = e;
+    va_end(ap);
+    v->array_value = a;
+    return v;
+}
+
+/* A kvlist of the given key/values (NULL-terminated). */
+static otlp_any *tb_kvlist(tb *b, ...)
+{
+    otlp_any *v = tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE_KVLIST_VALUE);
+    Evalbus__Otlp__V1__KeyValueList *l = tb_alloc(b, sizeof *l);
+    va_list ap;
+    otlp_kv *e;
+
+    *l = (Evalbus__Otlp__V1__KeyValueList)EVALBUS__OTLP__V1__KEY_VALUE_LIST__INIT;
+    l->values = tb_alloc(b, TB_MAX_ITEMS * sizeof *l->values);
+    va_start(ap, b);
+    while ((e = va_arg(ap, otlp_kv *)))
+        l->values[l->n_values++] = e;
+    va_end(ap);
+    v->kvlist_value = l;
+    return v;
+}
+
+static void tb_attr(tb *b, otlp_span *s, const char *key, otlp_any *v)
+{
+    assert_true(s->n_attributes < TB_MAX_ITEMS);
+    s->attributes[s->n_attributes++] = tb_kv(b, key, v);
+}
+
+static void tb_attr_s(tb *b, otlp_span *s, const char *key, const char *val)
+{
+    tb_attr(b, s, key, tb_sv(b, val));
+}
+
+static void tb_attr_i(tb *b, otlp_span *s, const char *key, int64_t val)
+{
+    tb_attr(b, s, key, tb_iv(b, val));
+}
+
+static otlp_event *tb_event(tb *b, otlp_span *s, const char *name, uint64_t t)
+{
+    otlp_event *e = tb_alloc(b, sizeof *e);
+
+    *e = (otlp_event)EVALBUS__OTLP__V1__SPAN__EVENT__INIT;
+    e->name = tb_str(b, name);
+    e->time_unix_nano = t;
+    e->attributes = tb_alloc(b, TB_MAX_ITEMS * sizeof *e->attributes);
+    s->events[s->n_events++] = e;
+    return e;
+}
+
+static void tb_event_attr(tb *b, otlp_event *e, const char *key, otlp_any *v)
+{
+    e->attributes[e->n_attributes++] = tb_kv(b, key, v);
+}
+
+static void tb_status(tb *b, otlp_span *s, int code, const char *message)
+{
+    Evalbus__Otlp__V1__Status *st = tb_alloc(b, sizeof *st);
+
+    *st = (Evalbus__Otlp__V1__Status)EVALBUS__OTLP__V1__STATUS__INIT;
+    st->code = (Evalbus__Otlp__V1__Status__StatusCode)code;
+    st->message = tb_str(b, message);
+    s->status = st;
+}
+
+/* Packs the request; the caller frees. */
+static uint8_t *tb_pack(tb *b, size_t *len)
+{
+    uint8_t *buf;
+
+    *len = evalbus__otlp__v1__export_trace_service_request__get_packed_size(&b->req);
+    buf = eb_malloc(*len + 1);
+    evalbus__otlp__v1__export_trace_service_request__pack(&b->req, buf);
+    return buf;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* checks                                                                                    */
+
+static const eb_obs *find_obs(const ingest_otlp_result *r, const char *id)
+{
+    for (size_t i = 0; i < r->ntraces; i++)
+        for (size_t k = 0; k < r->traces[i]->n_observations; k++)
+            if (!strcmp(r->traces[i]->observations[k]->id, id))
+                return r->traces[i]->observations[k];
+    fail_msg("no observation %s", id);
+    return NULL;
+}
+
+static void assert_contains(const char *hay, const char *needle)
+{
+    if (!hay || !strstr(hay, needle))
+        fail_msg("expected \"%s\" in \"%s\"", needle, hay ? hay : "(null)");
+}
+
+static void assert_lacks(const char *hay, const char *needle)
+{
+    if (hay && strstr(hay, needle))
+        fail_msg("did not expect \"%s\" in \"%s\"", needle, hay);
+}
+
+#define assert_str(a, b) assert_string_equal((a) ? (a) : "(null)", (b))
+
+/* ---------------------------------------------------------------------------------------- */
+/* cases                                                                                     */
+
+#define TRACE_A "4bf92f3577b34da6a3ce929d0e0e4736"
+#define TRACE_B "0af7651916cd43dd8448eb211c80319c"
+#define SPAN_1 "00f067aa0ba902b7"
+#define SPAN_2 "b7ad6b7169203331"
+#define SPAN_3 "53995c3f42cd8ad8"
+
+/* GenAI chat span, current conventions: system_instructions, input/output messages. */
+static void build_genai_chat(tb *b)
+{
+    otlp_span *s;
+
+    tb_resource(b, "support-bot");
+    s = tb_span(b, TRACE_A, SPAN_1, NULL, "chat gpt-4o", T0, T0 + 1200000000ULL);
+    tb_attr_s(b, s, "gen_ai.operation.name", "chat");
+    tb_attr_s(b, s, "gen_ai.provider.name", "openai");
+    tb_attr_s(b, s, "gen_ai.request.model", "gpt-4o");
+    tb_attr_s(b, s, "gen_ai.response.model", "gpt-4o-2024-08-06");
+    tb_attr_i(b, s, "gen_ai.usage.input_tokens", 120);
+    tb_attr_i(b, s, "gen_ai.usage.output_tokens", 40);
+    tb_attr_s(b, s, "gen_ai.system_instructions",
+              "[{\"type\":\"text\",\"content\":\"You are helpful.\"}]");
+    tb_attr_s(b, s, "gen_ai.input.messages",
+              "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"Weather in "
+              "Paris?\"}]},"
+              "{\"role\":\"assistant\",\"parts\":[{\"type\":\"tool_call\",\"id\":\"call_1\","
+              "\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]},"
+              "{\"role\":\"tool\",\"parts\":[{\"type\":\"tool_call_response\",\"id\":\"call_1\","
+              "\"response\":\"rainy, 57F\"}]}]");
+    tb_attr_s(b, s, "gen_ai.output.messages",
+              "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"text\",\"content\":\"It is "
+              "rainy.\"}],\"finish_reason\":\"stop\"}]");
+    tb_attr_s(b, s, "server.address", "api.openai.com");
+    tb_status(b, s, 1, "");
+    s->kind = EVALBUS__OTLP__V1__SPAN__SPAN_KIND__SPAN_KIND_CLIENT;
+}
+
+static void check_genai_chat(const ingest_otlp_result *r)
+{
+    const eb_trace *t = r->traces[0];
+    const eb_obs *o = t->observations[0];
+
+    assert_str(t->id, TRACE_A);
+    assert_str(t->project, "support-bot");
+    assert_str(t->name, "chat gpt-4o");
+    assert_str(t->status, "ok");
+    assert_str(t->model, "gpt-4o-2024-08-06");
+    assert_str(t->provider, "openai");
+    assert_true(t->has_start_time_unix_nano && t->start_time_unix_nano == (int64_t)T0);
+    assert_true(t->has_latency_ms && t->latency_ms > 1199.9 && t->latency_ms < 1200.1);
+    assert_false(t->has_input_tokens); /* the writer sums observations */
+    assert_str(t->attributes_json, "{\"resource\":{\"service.name\":\"support-bot\"}}");
+    assert_int_equal(t->n_input_messages, 4);
+    assert_int_equal(t->n_output_messages, 1);
+
+    assert_str(o->type, "generation");
+    assert_null(o->parent_id);
+    assert_str(o->model, "gpt-4o-2024-08-06");
+    assert_str(o->provider, "openai");
+    assert_true(o->has_input_tokens && o->input_tokens == 120);
+    assert_true(o->has_output_tokens && o->output_tokens == 40);
+    assert_int_equal(o->n_input_messages, 4);
+    assert_str(o->input_messages[0]->role, "system");
+    assert_str(o->input_messages[0]->content, "You are helpful.");
+    assert_str(o->input_messages[1]->role, "user");
+    assert_str(o->input_messages[1]->content, "Weather in Paris?");
+    assert_int_equal(o->input_messages[1]->n_parts, 0);
+    assert_str(o->input_messages[2]->role, "assistant");
+    assert_null(o->input_messages[2]->content);
+    assert_int_equal(o->input_messages[2]->n_tool_calls, 1);
+    assert_str(o->input_messages[2]->tool_calls[0]->id, "call_1");
+    assert_str(o->input_messages[2]->tool_calls[0]->type, "function");
+    assert_str(o->input_messages[2]->tool_calls[0]->name, "get_weather");
+    assert_str(o->input_messages[2]->tool_calls[0]->arguments, "{\"city\":\"Paris\"}");
+    assert_str(o->input_messages[3]->role, "tool");
+    assert_str(o->input_messages[3]->tool_call_id, "call_1");
+    assert_str(o->input_messages[3]->content, "rainy, 57F");
+    assert_str(o->output_messages[0]->role, "assistant");
+    assert_str(o->output_messages[0]->content, "It is rainy.");
+    /* the request model differs from the response model: it stays an attribute */
+    assert_str(o->attributes_json,
+               "{\"gen_ai.operation.name\":\"chat\",\"gen_ai.request.model\":\"gpt-4o\","
+               "\"server.address\":\"api.openai.com\",\"otel.scope.name\":\"evalbus-test\","
+               "\"otel.span.kind\":\"client\"}");
+}
+
+/* GenAI, older conventions: gen_ai.prompt.N / gen_ai.completion.N with tool calls. */
+static const char json_genai_old[] =
+    "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":"
+    "{\"stringValue\":\"rag\"}}]},\"scopeSpans\":[{\"scope\":{\"name\":\"openllmetry\"},"
+    "\"spans\":[{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_1 "\",\"parentSpanId\":\"\","
+    "\"name\":\"openai.chat\",\"kind\":3,\"startTimeUnixNano\":\"1700000000000000000\","
+    "\"endTimeUnixNano\":\"1700000000500000000\",\"attributes\":["
+    "{\"key\":\"gen_ai.system\",\"value\":{\"stringValue\":\"openai\"}},"
+    "{\"key\":\"gen_ai.request.model\",\"value\":{\"stringValue\":\"gpt-4o-mini\"}},"
+    "{\"key\":\"gen_ai.usage.prompt_tokens\",\"value\":{\"intValue\":\"31\"}},"
+    "{\"key\":\"gen_ai.usage.completion_tokens\",\"value\":{\"intValue\":9}},"
+    "{\"key\":\"gen_ai.prompt.0.role\",\"value\":{\"stringValue\":\"system\"}},"
+    "{\"key\":\"gen_ai.prompt.0.content\",\"value\":{\"stringValue\":\"Be brief.\"}},"
+    "{\"key\":\"gen_ai.prompt.1.role\",\"value\":{\"stringValue\":\"user\"}},"
+    "{\"key\":\"gen_ai.prompt.1.content\",\"value\":{\"stringValue\":\"Find order 7\"}},"
+    "{\"key\":\"gen_ai.completion.0.role\",\"value\":{\"stringValue\":\"assistant\"}},"
+    "{\"key\":\"gen_ai.completion.0.finish_reason\",\"value\":{\"stringValue\":\"tool_calls\"}},"
+    "{\"key\":\"gen_ai.completion.0.tool_calls.0.id\",\"value\":{\"stringValue\":\"c9\"}},"
+    "{\"key\":\"gen_ai.completion.0.tool_calls.0.name\",\"value\":{\"stringValue\":\"lookup\"}},"
+    "{\"key\":\"gen_ai.completion.0.tool_calls.0.arguments\",\"value\":{\"stringValue\":"
+    "\"{\\\"order\\\":7}\"}}"
+    "],\"status\":{\"code\":2,\"message\":\"rate limited\"}}]}]}]}";
+
+static void check_genai_old(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_str(r->traces[0]->project, "rag");
+    assert_str(o->type, "generation");
+    assert_str(o->provider, "openai");
+    assert_str(o->model, "gpt-4o-mini");
+    assert_str(o->status, "error");
+    assert_str(o->status_message, "rate limited");
+    assert_str(r->traces[0]->status, "error");
+    assert_true(o->has_input_tokens && o->input_tokens == 31);
+    assert_true(o->has_output_tokens && o->output_tokens == 9);
+    assert_true(o->has_end_time_unix_nano && o->end_time_unix_nano == 1700000000500000000LL);
+    assert_int_equal(o->n_input_messages, 2);
+    assert_str(o->input_messages[0]->role, "system");
+    assert_str(o->input_messages[0]->content, "Be brief.");
+    assert_str(o->input_messages[1]->role, "user");
+    assert_str(o->input_messages[1]->content, "Find order 7");
+    assert_int_equal(o->n_output_messages, 1);
+    assert_str(o->output_messages[0]->role, "assistant");
+    assert_int_equal(o->output_messages[0]->n_tool_calls, 1);
+    assert_str(o->output_messages[0]->tool_calls[0]->id, "c9");
+    assert_str(o->output_messages[0]->tool_calls[0]->name, "lookup");
+    assert_str(o->output_messages[0]->tool_calls[0]->arguments, "{\"order\":7}");
+    /* finish_reason has no field: kept */
+    assert_str(o->attributes_json,
+               "{\"gen_ai.completion.0.finish_reason\":\"tool_calls\","
+               "\"otel.scope.name\":\"openllmetry\",\"otel.span.kind\":\"client\"}");
+}
+
+/* GenAI span events: system/user messages in, gen_ai.choice out, other events kept. */
+static void build_genai_events(tb *b)
+{
+    otlp_span *s;
+    otlp_event *e;
+
+    tb_resource(b, NULL);
+    s = tb_span(b, TRACE_A, SPAN_1, NULL, "chat", T0, T0 + 1000);
+    tb_attr_s(b, s, "gen_ai.system", "anthropic");
+    tb_attr_s(b, s, "gen_ai.request.model", "claude-3-5-sonnet");
+    e = tb_event(b, s, "gen_ai.system.message", T0);
+    tb_event_attr(b, e, "gen_ai.system", tb_sv(b, "anthropic"));
+    tb_event_attr(b, e, "content", tb_sv(b, "Answer in French."));
+    e = tb_event(b, s, "gen_ai.user.message", T0);
+    tb_event_attr(b, e, "gen_ai.event.content", tb_sv(b, "{\"content\":\"Hello\"}"));
+    e = tb_event(b, s, "gen_ai.choice", T0 + 900);
+    tb_event_attr(b, e, "index", tb_iv(b, 0));
+    tb_event_attr(b, e, "finish_reason", tb_sv(b, "stop"));
+    tb_event_attr(b, e, "message",
+                  tb_kvlist(b, tb_kv(b, "role", tb_sv(b, "assistant")),
+                            tb_kv(b, "content", tb_sv(b, "Bonjour")), NULL));
+    e = tb_event(b, s, "exception", T0 + 950);
+    tb_event_attr(b, e, "exception.type", tb_sv(b, "Timeout"));
+}
+
+static void check_genai_events(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_str(r->traces[0]->project, "default");
+    assert_null(r->traces[0]->attributes_json); /* no resource attributes */
+    assert_str(o->type, "generation");
+    assert_str(o->provider, "anthropic");
+    assert_str(o->model, "claude-3-5-sonnet");
+    assert_int_equal(o->n_input_messages, 2);
+    assert_str(o->input_messages[0]->role, "system");
+    assert_str(o->input_messages[0]->content, "Answer in French.");
+    assert_str(o->input_messages[1]->role, "user");
+    assert_str(o->input_messages[1]->content, "Hello");
+    assert_int_equal(o->n_output_messages, 1);
+    assert_str(o->output_messages[0]->role, "assistant");
+    assert_str(o->output_messages[0]->content, "Bonjour");
+    assert_str(o->attributes_json,
+               "{\"otel.events\":[{\"name\":\"exception\",\"time_unix_nano\":"
+               "\"1700000000000000950\",\"attributes\":{\"exception.type\":\"Timeout\"}}],"
+               "\"otel.scope.name\":\"evalbus-test\"}");
+}
+
+/* OpenInference LLM span with messages, content parts and tool calls; root-level session,
+ * user, tags and metadata. */
+static const char json_openinference[] =
+    "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":"
+    "{\"stringValue\":\"svc\"}},{\"key\":\"evalbus.project\",\"value\":{\"stringValue\":"
+    "\"agents\"}}]},\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_B "\",\"spanId\":\"" SPAN_2
+    "\",\"name\":\"ChatOpenAI\",\"startTimeUnixNano\":1700000000000000000,"
+    "\"endTimeUnixNano\":\"1700000002000000000\",\"attributes\":["
+    "{\"key\":\"openinference.span.kind\",\"value\":{\"stringValue\":\"LLM\"}},"
+    "{\"key\":\"llm.model_name\",\"value\":{\"stringValue\":\"gpt-4o\"}},"
+    "{\"key\":\"llm.provider\",\"value\":{\"stringValue\":\"openai\"}},"
+    "{\"key\":\"llm.token_count.prompt\",\"value\":{\"intValue\":\"50\"}},"
+    "{\"key\":\"llm.token_count.completion\",\"value\":{\"intValue\":\"7\"}},"
+    "{\"key\":\"llm.token_count.total\",\"value\":{\"intValue\":\"57\"}},"
+    "{\"key\":\"llm.input_messages.0.message.role\",\"value\":{\"stringValue\":\"system\"}},"
+    "{\"key\":\"llm.input_messages.0.message.content\",\"value\":{\"stringValue\":\"Sys\"}},"
+    "{\"key\":\"llm.input_messages.1.message.role\",\"value\":{\"stringValue\":\"user\"}},"
+    "{\"key\":\"llm.input_messages.1.message.contents.0.message_content.type\",\"value\":"
+    "{\"stringValue\":\"text\"}},"
+    "{\"key\":\"llm.input_messages.1.message.contents.0.message_content.text\",\"value\":"
+    "{\"stringValue\":\"What is this?\"}},"
+    "{\"key\":\"llm.input_messages.1.message.contents.1.message_content.type\",\"value\":"
+    "{\"stringValue\":\"image\"}},"
+    "{\"key\":\"llm.input_messages.1.message.contents.1.message_content.image.image.url\","
+    "\"value\":{\"stringValue\":\"https://example.com/cat.png\"}},"
+    "{\"key\":\"llm.output_messages.0.message.role\",\"value\":{\"stringValue\":"
+    "\"assistant\"}},"
+    "{\"key\":\"llm.output_messages.0.message.tool_calls.0.tool_call.id\",\"value\":"
+    "{\"stringValue\":\"t1\"}},"
+    "{\"key\":\"llm.output_messages.0.message.tool_calls.0.tool_call.function.name\","
+    "\"value\":{\"stringValue\":\"classify\"}},"
+    "{\"key\":\"llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments\","
+    "\"value\":{\"stringValue\":\"{\\\"kind\\\":\\\"cat\\\"}\"}},"
+    "{\"key\":\"llm.output_messages.0.message.tool_calls.1.tool_call.function.name\","
+    "\"value\":{\"stringValue\":\"second\"}},"
+    "{\"key\":\"input.value\",\"value\":{\"stringValue\":\"What is this?\"}},"
+    "{\"key\":\"input.mime_type\",\"value\":{\"stringValue\":\"text/plain\"}},"
+    "{\"key\":\"output.value\",\"value\":{\"stringValue\":\"a cat\"}},"
+    "{\"key\":\"metadata\",\"value\":{\"stringValue\":\"{\\\"tier\\\": \\\"gold\\\"}\"}},"
+    "{\"key\":\"session.id\",\"value\":{\"stringValue\":\"sess-1\"}},"
+    "{\"key\":\"user.id\",\"value\":{\"stringValue\":\"u-9\"}},"
+    "{\"key\":\"tag.tags\",\"value\":{\"arrayValue\":{\"values\":[{\"stringValue\":\"prod\"},"
+    "{\"stringValue\":\"beta\"}]}}}"
+    "]}]}]}]}";
+
+static void check_openinference(const ingest_otlp_result *r)
+{
+    const eb_trace *t = r->traces[0];
+    const eb_obs *o = t->observations[0];
+    const Evalbus__V1__Message *m;
+
+    assert_str(t->id, TRACE_B);
+    assert_str(t->project, "agents");
+    assert_str(t->session_id, "sess-1");
+    assert_str(t->user_id, "u-9");
+    assert_int_equal(t->n_tags, 2);
+    assert_str(t->tags[0], "prod");
+    assert_str(t->tags[1], "beta");
+    assert_str(t->metadata_json, "{\"tier\":\"gold\"}");
+    assert_str(t->model, "gpt-4o");
+    assert_true(t->start_time_unix_nano == (int64_t)T0);
+
+    assert_str(o->type, "generation");
+    assert_str(o->model, "gpt-4o");
+    assert_str(o->provider, "openai");
+    assert_true(o->has_input_tokens && o->input_tokens == 50);
+    assert_true(o->has_output_tokens && o->output_tokens == 7);
+    assert_str(o->input_text, "What is this?");
+    assert_str(o->output_text, "a cat");
+    assert_str(o->metadata_json, "{\"tier\":\"gold\"}");
+    assert_int_equal(o->n_input_messages, 2);
+    assert_str(o->input_messages[0]->role, "system");
+    assert_str(o->input_messages[0]->content, "Sys");
+    m = o->input_messages[1];
+    assert_str(m->role, "user");
+    assert_null(m->content); /* not only text */
+    assert_int_equal(m->n_parts, 2);
+    assert_str(m->parts[0]->type, "text");
+    assert_str(m->parts[0]->text, "What is this?");
+    assert_str(m->parts[1]->type, "image");
+    assert_str(m->parts[1]->url, "https://example.com/cat.png");
+    m = o->output_messages[0];
+    assert_int_equal(o->n_output_messages, 1);
+    assert_int_equal(m->n_tool_calls, 2);
+    assert_str(m->tool_calls[0]->id, "t1");
+    assert_str(m->tool_calls[0]->name, "classify");
+    assert_str(m->tool_calls[0]->arguments, "{\"kind\":\"cat\"}");
+    assert_str(m->tool_calls[1]->name, "second");
+    /* the trace's input/output come from the root's own input.value / output.value */
+    assert_str(t->input_text, "What is this?");
+    assert_str(t->output_text, "a cat");
+    /* the span kind and mime type are kept, the total (= sum) is not */
+    assert_str(o->attributes_json,
+               "{\"openinference.span.kind\":\"LLM\",\"input.mime_type\":\"text/plain\"}");
+}
+
+/* Tool spans: GenAI execute_tool (protobuf) and OpenInference TOOL (JSON). */
+static void build_tool(tb *b)
+{
+    otlp_span *s;
+
+    tb_resource(b, "tools");
+    s = tb_span(b, TRACE_A, SPAN_3, SPAN_1, "execute_tool get_weather", T0 + 10, T0 + 20);
+    tb_attr_s(b, s, "gen_ai.operation.name", "execute_tool");
+    tb_attr_s(b, s, "gen_ai.tool.name", "get_weather");
+    tb_attr_s(b, s, "gen_ai.tool.call.id", "call_1");
+    tb_attr_s(b, s, "gen_ai.tool.call.arguments", "{\"city\":\"Paris\"}");
+    tb_attr_s(b, s, "gen_ai.tool.call.result", "rainy");
+    tb_attr_s(b, s, "gen_ai.tool.type", "function");
+}
+
+static void check_tool(const ingest_otlp_result *r)
+{
+    const eb_trace *t = r->traces[0];
+    const eb_obs *o = find_obs(r, SPAN_3);
+    const Evalbus__V1__ToolCall *tc;
+
+    assert_null(t->name); /* no root in this request: trace fields stay unset */
+    assert_null(t->status);
+    assert_false(t->has_start_time_unix_nano);
+    assert_str(t->project, "tools");
+    assert_str(o->type, "tool");
+    assert_str(o->parent_id, SPAN_1);
+    assert_int_equal(o->n_tool_calls, 1);
+    tc = o->tool_calls[0];
+    assert_str(tc->id, "call_1");
+    assert_str(tc->name, "get_weather");
+    assert_str(tc->arguments, "{\"city\":\"Paris\"}");
+    assert_str(tc->result, "rainy");
+    assert_true(tc->has_start_time_unix_nano && tc->start_time_unix_nano == (int64_t)T0 + 10);
+    assert_true(tc->has_end_time_unix_nano && tc->end_time_unix_nano == (int64_t)T0 + 20);
+    assert_str(o->attributes_json,
+               "{\"gen_ai.operation.name\":\"execute_tool\",\"gen_ai.tool.type\":\"function\","
+               "\"otel.scope.name\":\"evalbus-test\"}");
+}
+
+static const char json_oi_tool[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+    "\",\"spanId\":\"" SPAN_3 "\",\"parentSpanId\":\"" SPAN_1 "\",\"name\":\"search\","
+    "\"attributes\":[{\"key\":\"openinference.span.kind\",\"value\":{\"stringValue\":\"TOOL\"}},"
+    "{\"key\":\"tool.name\",\"value\":{\"stringValue\":\"search\"}},"
+    "{\"key\":\"tool.description\",\"value\":{\"stringValue\":\"web search\"}},"
+    "{\"key\":\"input.value\",\"value\":{\"stringValue\":\"{\\\"q\\\":\\\"cats\\\"}\"}},"
+    "{\"key\":\"output.value\",\"value\":{\"stringValue\":\"3 results\"}}]}]}]}]}";
+
+static void check_oi_tool(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_3);
+
+    assert_str(o->type, "tool");
+    assert_int_equal(o->n_tool_calls, 1);
+    assert_str(o->tool_calls[0]->name, "search");
+    assert_str(o->tool_calls[0]->arguments, "{\"q\":\"cats\"}");
+    assert_str(o->tool_calls[0]->result, "3 results");
+    assert_str(o->input_text, "{\"q\":\"cats\"}");
+    assert_str(o->output_text, "3 results");
+    assert_false(o->has_start_time_unix_nano);
+    assert_str(o->attributes_json,
+               "{\"openinference.span.kind\":\"TOOL\",\"tool.description\":\"web search\"}");
+}
+
+/* A root (agent, error status) and a child generation, the child first as exporters send. */
+static void build_two_spans(tb *b)
+{
+    otlp_span *root, *child;
+
+    tb_resource(b, "agent-svc");
+    child = tb_span(b, TRACE_A, SPAN_2, SPAN_1, "chat", T0 + 100, T0 + 900);
+    tb_attr_s(b, child, "gen_ai.request.model", "gpt-4o");
+    tb_attr_s(b, child, "gen_ai.system", "openai");
+    tb_attr_s(b, child, "gen_ai.input.messages",
+              "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"hi\"}]}]");
+    tb_attr_s(b, child, "gen_ai.output.messages",
+              "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"text\",\"content\":\"hello\"}]}]");
+    tb_attr_s(b, child, "session.id", "not-root"); /* only the root's is the trace's */
+    root = tb_span(b, TRACE_A, SPAN_1, NULL, "agent run", T0, T0 + 1000000);
+    tb_attr_s(b, root, "gen_ai.operation.name", "invoke_agent");
+    tb_attr_s(b, root, "gen_ai.conversation.id", "conv-7");
+    tb_status(b, root, 2, "tool failed");
+}
+
+static void check_two_spans(const ingest_otlp_result *r)
+{
+    const eb_trace *t = r->traces[0];
+    const eb_obs *root = find_obs(r, SPAN_1), *child = find_obs(r, SPAN_2);
+
+    assert_int_equal(t->n_observations, 2);
+    assert_str(t->name, "agent run");
+    assert_str(t->status, "error");
+    assert_str(t->status_message, "tool failed");
+    assert_true(t->has_end_time_unix_nano && t->end_time_unix_nano == (int64_t)T0 + 1000000);
+    assert_str(t->session_id, "conv-7");
+    assert_str(t->model, "gpt-4o");
+    assert_str(t->provider, "openai");
+    /* the root has no input of its own: the first generation's */
+    assert_int_equal(t->n_input_messages, 1);
+    assert_str(t->input_messages[0]->content, "hi");
+    assert_int_equal(t->n_output_messages, 1);
+    assert_str(t->output_messages[0]->content, "hello");
+    assert_str(root->type, "span");
+    assert_null(root->parent_id);
+    assert_str(child->type, "generation");
+    assert_str(child->parent_id, SPAN_1);
+    assert_contains(child->attributes_json, "\"session.id\":\"not-root\"");
+    assert_lacks(root->attributes_json, "conversation");
+}
+
+/* Two traces in one request, in two resources; upper-case ids are folded to lower case. */
+static const char json_two_traces[] =
+    "{\"resource_spans\":[{\"resource\":{\"attributes\":[{\"key\":\"evalbus.project\",\"value\":"
+    "{\"stringValue\":\"p1\"}}]},\"scope_spans\":[{\"spans\":["
+    "{\"trace_id\":\"0AF7651916CD43DD8448EB211C80319C\",\"span_id\":\"B7AD6B7169203331\","
+    "\"name\":\"second\"}]}]},"
+    "{\"resource\":{},\"scopeSpans\":[{\"spans\":["
+    "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"first\"},"
+    "{\"traceId\":\"0af7651916cd43dd8448eb211c80319c\",\"spanId\":\"" SPAN_3 "\","
+    "\"parentSpanId\":\"B7AD6B7169203331\",\"name\":\"child\"}]}]}]}";
+
+static void check_two_traces(const ingest_otlp_result *r)
+{
+    assert_str(r->traces[0]->id, TRACE_B); /* in order of first appearance */
+    assert_str(r->traces[0]->project, "p1");
+    assert_str(r->traces[0]->name, "second");
+    assert_int_equal(r->traces[0]->n_observations, 2);
+    assert_str(r->traces[0]->observations[0]->id, SPAN_2);
+    assert_str(r->traces[0]->observations[1]->parent_id, SPAN_2);
+    assert_str(r->traces[1]->id, TRACE_A);
+    assert_str(r->traces[1]->project, "default");
+    assert_str(r->traces[1]->name, "first");
+    assert_str(r->traces[1]->observations[0]->status, "unset");
+}
+
+/* Unknown attributes of every type are kept, with their types. */
+static void build_unknown(tb *b)
+{
+    otlp_span *s;
+    otlp_any *d = tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE_DOUBLE_VALUE);
+    otlp_any *t = tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE_BOOL_VALUE);
+    otlp_any *by = tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE_BYTES_VALUE);
+    static uint8_t bytes[] = {0, 1, 2};
+
+    d->double_value = 1.5;
+    t->bool_value = 1;
+    by->bytes_value.data = bytes;
+    by->bytes_value.len = 3;
+    tb_resource(b, "svc");
+    s = tb_span(b, TRACE_A, SPAN_1, NULL, "work", T0, T0 + 1);
+    tb_attr_s(b, s, "s", "x\"y");
+    tb_attr_i(b, s, "i", -42);
+    tb_attr_i(b, s, "big", 1152921504606846976LL); /* 2^60: a string */
+    tb_attr(b, s, "d", d);
+    tb_attr(b, s, "b", t);
+    tb_attr(b, s, "arr", tb_array(b, tb_sv(b, "a"), tb_iv(b, 1), NULL));
+    tb_attr(b, s, "kv", tb_kvlist(b, tb_kv(b, "k", tb_sv(b, "v")), tb_kv(b, "n", tb_iv(b, 2)),
+                                  NULL));
+    tb_attr(b, s, "raw", by);
+    tb_attr(b, s, "empty", tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE__NOT_SET));
+    /* a token count that is not a number has no field to go to: kept */
+    tb_attr_s(b, s, "gen_ai.usage.input_tokens", "many");
+}
+
+static void check_unknown(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_str(o->type, "span");
+    assert_false(o->has_input_tokens);
+    assert_str(o->attributes_json,
+               "{\"s\":\"x\\\"y\",\"i\":-42,\"big\":\"1152921504606846976\",\"d\":1.5,"
+               "\"b\":true,\"arr\":[\"a\",1],\"kv\":{\"k\":\"v\",\"n\":2},\"raw\":\"AAEC\","
+               "\"empty\":null,\"gen_ai.usage.input_tokens\":\"many\","
+               "\"otel.scope.name\":\"evalbus-test\"}");
+}
+
+/* The same in JSON, with intValue as a string and as a number, and a doubleValue string. */
+static const char json_unknown[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+    "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"work\",\"attributes\":["
+    "{\"key\":\"i\",\"value\":{\"intValue\":\"-42\"}},"
+    "{\"key\":\"j\",\"value\":{\"intValue\":7}},"
+    "{\"key\":\"big\",\"value\":{\"intValue\":\"9007199254740993\"}},"
+    "{\"key\":\"d\",\"value\":{\"doubleValue\":0.25}},"
+    "{\"key\":\"inf\",\"value\":{\"doubleValue\":\"Infinity\"}},"
+    "{\"key\":\"b\",\"value\":{\"boolValue\":false}},"
+    "{\"key\":\"raw\",\"value\":{\"bytesValue\":\"AAEC\"}},"
+    "{\"key\":\"arr\",\"value\":{\"arrayValue\":{\"values\":[{\"kvlistValue\":{\"values\":"
+    "[{\"key\":\"x\",\"value\":{\"arrayValue\":{}}}]}}]}}},"
+    "{\"key\":\"kv\",\"value\":{\"kvlistValue\":{}}},"
+    "{\"key\":\"none\",\"value\":{}},"
+    "{\"key\":\"gen_ai.usage.output_tokens\",\"value\":{\"intValue\":\"12\"}}"
+    "]}]}]}]}";
+
+static void check_unknown_json(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_true(o->has_output_tokens && o->output_tokens == 12);
+    assert_str(o->attributes_json,
+               "{\"i\":-42,\"j\":7,\"big\":\"9007199254740993\",\"d\":0.25,\"inf\":\"Infinity\","
+               "\"b\":false,\"raw\":\"AAEC\",\"arr\":[{\"x\":[]}],\"kv\":{},\"none\":null}");
+}
+
+/* Bad ids: the span alone is rejected. */
+static const char json_bad_ids[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":["
+    "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"00f067aa0ba902b\",\"name\":\"short\"},"
+    "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_2 "\",\"name\":\"good\"},"
+    "{\"traceId\":\"4bf92f3577b34da6a3ce929d0e0e47\",\"spanId\":\"" SPAN_3 "\",\"name\":\"t\"},"
+    "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"zzf067aa0ba902b7\",\"name\":\"nonhex\"},"
+    "{\"traceId\":\"00000000000000000000000000000000\",\"spanId\":\"" SPAN_1 "\"},"
+    "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_1 "\",\"parentSpanId\":\"0102\"}"
+    "]}]}]}";
+
+static void check_bad_ids(const ingest_otlp_result *r)
+{
+    assert_int_equal(r->ntraces, 1);
+    assert_int_equal(r->traces[0]->n_observations, 1);
+    assert_str(r->traces[0]->observations[0]->name, "good");
+    assert_contains(r->error_message, "span #1: span id must be 8 bytes");
+    assert_contains(r->error_message, "span " SPAN_3 ": trace id must be 16 bytes");
+    assert_contains(r->error_message, "(and 2 more)");
+}
+
+static void build_bad_ids(tb *b)
+{
+    otlp_span *s;
+
+    tb_resource(b, "svc");
+    tb_span(b, TRACE_A, "00f067aa", NULL, "short", T0, T0);
+    tb_span(b, TRACE_A, SPAN_2, NULL, "good", T0, T0);
+    s = tb_span(b, TRACE_A, SPAN_3, SPAN_2, "bad utf-8", T0, T0);
+    tb_attr_s(b, s, "k", "\xc3\x28");
+}
+
+static void check_bad_ids_pb(const ingest_otlp_result *r)
+{
+    assert_int_equal(r->traces[0]->n_observations, 1);
+    assert_contains(r->error_message, "span #1: span id must be 8 bytes");
+    assert_contains(r->error_message, "span " SPAN_3 ": attribute 'k' is not valid UTF-8");
+}
+
+/* Limits: observations per trace, string size, attributes size. */
+static void build_limits(tb *b)
+{
+    otlp_span *s;
+    static char big[300];
+
+    memset(big, 'x', sizeof big - 1);
+    tb_resource(b, "svc");
+    tb_span(b, TRACE_A, SPAN_1, NULL, "root", T0, T0);
+    s = tb_span(b, TRACE_A, SPAN_2, SPAN_1, "big string", T0, T0);
+    tb_attr_s(b, s, "input.value", big); /* > max_field_bytes 200 */
+    s = tb_span(b, TRACE_A, SPAN_3, SPAN_1, "many attributes", T0, T0);
+    for (int i = 0; i < 10; i++)
+        tb_attr_s(b, s, i % 2 ? "aaaaaaaaaaaaaaaaaaaa" : "bbbbbbbbbbbbbbbbbbbb", big + 150);
+    tb_span(b, TRACE_A, "1111111111111111", SPAN_1, "ok", T0, T0);
+    tb_span(b, TRACE_A, "2222222222222222", SPAN_1, "third", T0, T0); /* > 2 per trace */
+}
+
+static void check_limits(const ingest_otlp_result *r)
+{
+    assert_int_equal(r->traces[0]->n_observations, 2);
+    assert_contains(r->error_message, "attribute 'input.value' is longer than 200 bytes");
+    assert_contains(r->error_message, "attributes are longer than 400 bytes");
+    assert_contains(r->error_message, "trace has more than 2 spans");
+}
+
+typedef struct otlp_case {
+    const char *name;
+    void (*build)(tb *b); /* a protobuf request, or */
+    const char *json;     /* a JSON one */
+    const ingest_limits *lim;
+    long long spans, rejected;
+    size_t ntraces;
+    void (*check)(const ingest_otlp_result *r);
+} otlp_case;
+
+static const ingest_limits small_limits = {1000, 200, 256, 1000, 2, 64, 400, 4194304};
+
+static const otlp_case map_cases[] = {
+    {"genai chat (current conventions)", build_genai_chat, NULL, NULL, 1, 0, 1, check_genai_chat},
+    {"genai prompt.N / completion.N", NULL, json_genai_old, NULL, 1, 0, 1, check_genai_old},
+    {"genai events", build_genai_events, NULL, NULL, 1, 0, 1, check_genai_events},
+    {"openinference llm", NULL, json_openinference, NULL, 1, 0, 1, check_openinference},
+    {"genai tool span", build_tool, NULL, NULL, 1, 0, 1, check_tool},
+    {"openinference tool span", NULL, json_oi_tool, NULL, 1, 0, 1, check_oi_tool},
+    {"root and child", build_two_spans, NULL, NULL, 2, 0, 1, check_two_spans},
+    {"two traces, ids folded", NULL, json_two_traces, NULL, 3, 0, 2, check_two_traces},
+    {"unknown attributes kept", build_unknown, NULL, NULL, 1, 0, 1, check_unknown},
+    {"unknown attributes kept (json)", NULL, json_unknown, NULL, 1, 0, 1, check_unknown_json},
+    {"bad ids rejected alone (json)", NULL, json_bad_ids, NULL, 1, 5, 1, check_bad_ids},
+    {"bad span rejected alone", build_bad_ids, NULL, NULL, 1, 2, 1, check_bad_ids_pb},
+    {"limits", build_limits, NULL, &small_limits, 2, 3, 1, check_limits},
+    {"empty request", NULL, "{}", NULL, 0, 0, 0, NULL},
+    {"empty lists", NULL, "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[]}]}]}", NULL, 0, 0,
+     0, NULL},
+};
+
+static void run_case(const otlp_case *c)
+{
+    const ingest_limits def = INGEST_LIMITS_DEFAULT;
+    const ingest_limits *lim = c->lim ? c->lim : &def;
+    ingest_otlp_result r;
+    eb_status st;
+
+    if (c->build) {
+        tb b = {0};
+        uint8_t *buf;
+        size_t len;
+
+        c->build(&b);
+        buf = tb_pack(&b, &len);
+        st = ingest_otlp_decode_protobuf(buf, len, lim, &r);
+        free(buf);
+        tb_free(&b);
+    } else {
+        st = ingest_otlp_decode_json(c->json, strlen(c->json), lim, &r);
+    }
+    if (st != EB_OK)
+        fail_msg("%s: status %s (%s)", c->name, eb_status_str(st), eb_error_message());
+    if (r.spans != c->spans || r.rejected_spans != c->rejected || r.ntraces != c->ntraces)
+        fail_msg("%s: spans %lld rejected %lld traces %zu, expected %lld %lld %zu (%s)", c->name,
+                 r.spans, r.rejected_spans, r.ntraces, c->spans, c->rejected, c->ntraces,
+                 r.error_message ? r.error_message : "");
+    if ((r.rejected_spans > 0) != (r.error_message != NULL))
+        fail_msg("%s: error_message must be set exactly when spans are rejected", c->name);
+    if (c->check)
+        c->check(&r);
+    /* every trace must survive a protobuf round trip (well-formed heap tree) */
+    for (size_t i = 0; i < r.ntraces; i++) {
+        size_t n = evalbus__v1__trace__get_packed_size(r.traces[i]);
+        uint8_t *buf = eb_malloc(n + 1);
+        Evalbus__V1__Trace *t;
+
+        evalbus__v1__trace__pack(r.traces[i], buf);
+        t = evalbus__v1__trace__unpack(NULL, n, buf);
+        assert_non_null(t);
+        evalbus__v1__trace__free_unpacked(t, NULL);
+        free(buf);
+    }
+    ingest_otlp_result_free(&r);
+    assert_null(r.traces);
+}
+
+static void test_cases(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof map_cases / sizeof map_cases[0]; i++)
+        run_case(&map_cases[i]);
+}
+
+/* The same spans as protobuf and as JSON map to identical traces. */
+static const char json_two_spans[] =
+    "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":"
+    "{\"stringValue\":\"agent-svc\"}}]},\"scopeSpans\":[{\"scope\":{\"name\":\"evalbus-test\"},"
+    "\"spans\":[{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_2 "\",\"parentSpanId\":\"" SPAN_1
+    "\",\"name\":\"chat\",\"startTimeUnixNano\":\"1700000000000000100\",\"endTimeUnixNano\":"
+    "\"1700000000000000900\",\"attributes\":["
+    "{\"key\":\"gen_ai.request.model\",\"value\":{\"stringValue\":\"gpt-4o\"}},"
+    "{\"key\":\"gen_ai.system\",\"value\":{\"stringValue\":\"openai\"}},"
+    "{\"key\":\"gen_ai.input.messages\",\"value\":{\"stringValue\":\"[{\\\"role\\\":\\\"user\\\","
+    "\\\"parts\\\":[{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"hi\\\"}]}]\"}},"
+    "{\"key\":\"gen_ai.output.messages\",\"value\":{\"stringValue\":\"[{\\\"role\\\":"
+    "\\\"assistant\\\",\\\"parts\\\":[{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"hello\\\"}]}]"
+    "\"}},{\"key\":\"session.id\",\"value\":{\"stringValue\":\"not-root\"}}]},"
+    "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"agent run\","
+    "\"startTimeUnixNano\":\"1700000000000000000\",\"endTimeUnixNano\":\"1700000000001000000\","
+    "\"attributes\":[{\"key\":\"gen_ai.operation.name\",\"value\":{\"stringValue\":"
+    "\"invoke_agent\"}},{\"key\":\"gen_ai.conversation.id\",\"value\":{\"stringValue\":"
+    "\"conv-7\"}}],\"status\":{\"code\":\"STATUS_CODE_ERROR\",\"message\":\"tool failed\"}}]}]}]}";
+
+static void test_json_equals_protobuf(void **state)
+{
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    ingest_otlp_result rp, rj;
+    tb b = {0};
+    uint8_t *buf, *p1, *p2;
+    size_t len, n1, n2;
+
+    (void)state;
+    build_two_spans(&b);
+    buf = tb_pack(&b, &len);
+    assert_int_equal(ingest_otlp_decode_protobuf(buf, len, &lim, &rp), EB_OK);
+    free(buf);
+    tb_free(&b);
+    assert_int_equal(ingest_otlp_decode_json(json_two_spans, strlen(json_two_spans), &lim, &rj),
+                     EB_OK);
+    assert_int_equal(rp.ntraces, 1);
+    assert_int_equal(rj.ntraces, 1);
+    n1 = evalbus__v1__trace__get_packed_size(rp.traces[0]);
+    n2 = evalbus__v1__trace__get_packed_size(rj.traces[0]);
+    p1 = eb_malloc(n1 + 1);
+    p2 = eb_malloc(n2 + 1);
+    evalbus__v1__trace__pack(rp.traces[0], p1);
+    evalbus__v1__trace__pack(rj.traces[0], p2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(p1, p2, n1);
+    free(p1);
+    free(p2);
+    ingest_otlp_result_free(&rp);
+    ingest_otlp_result_free(&rj);
+}
+
+typedef struct bad_case {
+    const char *bytes;
+    size_t len;
+    eb_status st;
+} bad_case;
+
+static void test_malformed_protobuf(void **state)
+{
+    static const bad_case cases[] = {
+        {"\x0a\x05\x12\x03", 4, EB_ERR_INVALID},     /* length beyond the end */
+        {"\x0a", 1, EB_ERR_INVALID},                 /* truncated */
+        {"\x08\xff\xff\xff", 4, EB_ERR_INVALID},     /* unterminated varint */
+        {"\x0b\x00", 2, EB_ERR_INVALID},             /* a group */
+        {"\x00\x01", 2, EB_ERR_INVALID},             /* field number 0 */
+        {"\x0a\x02\x12\x05", 4, EB_ERR_INVALID},     /* inner length beyond its message */
+        {"\x0a\x03\x12\x01\x0f", 5, EB_ERR_INVALID}, /* wire type 7 inside a span list */
+    };
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    ingest_otlp_result r;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        eb_status st =
+            ingest_otlp_decode_protobuf((const uint8_t *)cases[i].bytes, cases[i].len, &lim, &r);
+        if (st != cases[i].st)
+            fail_msg("case %zu: %s", i, eb_status_str(st));
+        ingest_otlp_result_free(&r);
+    }
+    /* an empty body is an empty request */
+    assert_int_equal(ingest_otlp_decode_protobuf((const uint8_t *)"", 0, &lim, &r), EB_OK);
+    assert_int_equal(r.ntraces, 0);
+    ingest_otlp_result_free(&r);
+}
+
+/* Prepends a length-delimited field header (tag, length of buf[0..*len)) to buf. */
+static void wrap_field(uint8_t *buf, size_t *len, size_t cap, uint8_t tag)
+{
+    uint8_t hdr[12];
+    size_t h = 0, inner = *len;
+
+    hdr[h++] = tag;
+    do {
+        hdr[h++] = (uint8_t)((inner & 0x7f) | (inner > 0x7f ? 0x80 : 0));
+        inner >>= 7;
+    } while (inner);
+    assert_true(*len + h <= cap);
+    memmove(buf + h, buf, *len);
+    memcpy(buf, hdr, h);
+    *len += h;
+}
+
+/* AnyValue arrays nested 10000 deep in a span attribute: refused before protobuf-c recurses. */
+static void test_deep_protobuf(void **state)
+{
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    enum { LEVELS = 10000 };
+    static const uint8_t outer[] = {
+        0x12, /* KeyValue.value */
+        0x4a, /* Span.attributes */
+        0x12, /* ScopeSpans.spans */
+        0x12, /* ResourceSpans.scope_spans */
+        0x0a, /* ExportTraceServiceRequest.resource_spans */
+    };
+    size_t cap = LEVELS * 4 + 64, len = 0;
+    uint8_t *buf = eb_malloc(cap);
+    ingest_otlp_result r;
+
+    (void)state;
+    /* inside out: ArrayValue.values (1) and AnyValue.array_value (5) in turn */
+    for (int i = 0; i < LEVELS; i++)
+        wrap_field(buf, &len, cap, i % 2 ? 0x2a : 0x0a);
+    for (size_t i = 0; i < sizeof outer; i++)
+        wrap_field(buf, &len, cap, outer[i]);
+    assert_int_equal(ingest_otlp_decode_protobuf(buf, len, &lim, &r), EB_ERR_INVALID);
+    assert_non_null(strstr(eb_error_message(), "nested"));
+    ingest_otlp_result_free(&r);
+
+    /* 20 levels are fine */
+    len = 0;
+    for (int i = 0; i < 20; i++)
+        wrap_field(buf, &len, cap, i % 2 ? 0x2a : 0x0a);
+    for (size_t i = 0; i < sizeof outer; i++)
+        wrap_field(buf, &len, cap, outer[i]);
+    assert_int_equal(ingest_otlp_decode_protobuf(buf, len, &lim, &r), EB_OK);
+    assert_int_equal(r.rejected_spans, 1); /* it has no ids */
+    ingest_otlp_result_free(&r);
+    free(buf);
+}
+
+static void test_malformed_json(void **state)
+{
+    static const char *const cases[] = {
+        "{",
+        "[]",
+        "",
+        "{\"resourceSpans\":5}",
+        "{\"resourceSpans\":[5]}",
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[\"x\"]}]}]}",
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"startTimeUnixNano\":\"soon\"}]}]}]}",
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"startTimeUnixNano\":-1}]}]}]}",
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":7}]}]}]}",
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"attributes\":[{\"key\":\"k\","
+        "\"value\":{\"intValue\":\"1.5\"}}]}]}]}]}",
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"attributes\":[{\"key\":\"k\","
+        "\"value\":{\"bytesValue\":\"!!\"}}]}]}]}]}",
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"attributes\":[{\"key\":\"k\","
+        "\"value\":{\"stringValue\":\"\xff\"}}]}]}]}]}",
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"kind\":\"SPAN_KIND_NOPE\"}]}]}]}",
+        "{\"resourceSpans\":[]} x",
+    };
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    ingest_otlp_result r;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        eb_status st = ingest_otlp_decode_json(cases[i], strlen(cases[i]), &lim, &r);
+        if (st != EB_ERR_INVALID)
+            fail_msg("case %zu: %s", i, eb_status_str(st));
+        ingest_otlp_result_free(&r);
+    }
+    /* the path of the bad value is named */
+    assert_int_equal(ingest_otlp_decode_json(cases[6], strlen(cases[6]), &lim, &r),
+                     EB_ERR_INVALID);
+    assert_non_null(strstr(eb_error_message(),
+                           "resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano"));
+    ingest_otlp_result_free(&r);
+}
+
+static void test_response(void **state)
+{
+    ingest_otlp_result ok = {0}, partial = {0};
+    eb_buf b = {0};
+    Evalbus__Otlp__V1__ExportTraceServiceResponse *resp;
+
+    (void)state;
+    partial.rejected_spans = 2;
+    partial.error_message = (char *)"span #1: \"bad\"";
+
+    ingest_otlp_response_json(&ok, &b);
+    assert_string_equal(b.data, "{}");
+    eb_buf_reset(&b);
+    ingest_otlp_response_json(&partial, &b);
+    assert_string_equal(b.data, "{\"partialSuccess\":{\"rejectedSpans\":\"2\",\"errorMessage\":"
+                                "\"span #1: \\\"bad\\\"\"}}");
+    eb_buf_reset(&b);
+    ingest_otlp_response_protobuf(&ok, &b);
+    assert_int_equal(b.len, 0);
+    ingest_otlp_response_protobuf(&partial, &b);
+    resp = evalbus__otlp__v1__export_trace_service_response__unpack(NULL, b.len,
+                                                                   (const uint8_t *)b.data);
+    assert_non_null(resp);
+    assert_non_null(resp->partial_success);
+    assert_int_equal(resp->partial_success->rejected_spans, 2);
+    assert_string_equal(resp->partial_success->error_message, "span #1: \"bad\"");
+    evalbus__otlp__v1__export_trace_service_response__free_unpacked(resp, NULL);
+    eb_buf_free(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cases),           cmocka_unit_test(test_json_equals_protobuf),
+        cmocka_unit_test(test_malformed_protobuf), cmocka_unit_test(test_deep_protobuf),
+        cmocka_unit_test(test_malformed_json),  cmocka_unit_test(test_response),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
