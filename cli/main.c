@@ -3,6 +3,7 @@
  * EVALBUS_NATS_URL) and may be overridden by global flags before the command. Exit codes are
  * listed in cli.h and docs/cli.md. */
 #include "cli.h"
+#include "evalbus/log.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -49,6 +50,7 @@ int main(int argc, char **argv)
             k--;
         }
     }
+    eb_log_init("evalbus", "error"); /* library warnings (e.g. NATS reconnects) stay quiet */
     env.api_key = getenv("EVALBUS_API_KEY");
     env.database_url = getenv("EVALBUS_DATABASE_URL");
     env.nats_url = getenv("EVALBUS_NATS_URL");

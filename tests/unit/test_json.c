@@ -55,6 +55,8 @@ static void test_parse_object(void **state)
         {"{\"a\":", EB_ERR_INVALID, "malformed"},
         {"{\"a\":1} {}", EB_ERR_INVALID, "after"},
         {"{\"a\":\"\xff\"}", EB_ERR_INVALID, "UTF-8"},
+        {"{\"a\":\"x\\u0000y\"}", EB_ERR_INVALID, "NUL"},
+        {"{\"a\":\"x\\\\u0000y\"}", EB_OK, NULL},
     };
 
     (void)state;

@@ -81,8 +81,8 @@ static void tb_resource(tb *b, const char *service)
     b->rs->scope_spans = tb_alloc(b, sizeof *b->rs->scope_spans);
     b->ss = tb_alloc(b, sizeof *b->ss);
     *b->ss = (Evalbus__Otlp__V1__ScopeSpans)EVALBUS__OTLP__V1__SCOPE_SPANS__INIT;
-    *scope = (Evalbus__Otlp__V1__InstrumentationScope)
-        EVALBUS__OTLP__V1__INSTRUMENTATION_SCOPE__INIT;
+    *scope =
+        (Evalbus__Otlp__V1__InstrumentationScope)EVALBUS__OTLP__V1__INSTRUMENTATION_SCOPE__INIT;
     scope->name = tb_str(b, "evalbus-test");
     b->ss->scope = scope;
     b->ss->spans = tb_alloc(b, TB_MAX_ITEMS * sizeof *b->ss->spans);
@@ -733,12 +733,14 @@ static void build_unknown(tb *b)
     tb_attr(b, s, "d", d);
     tb_attr(b, s, "b", t);
     tb_attr(b, s, "arr", tb_array(b, tb_sv(b, "a"), tb_iv(b, 1), NULL));
-    tb_attr(b, s, "kv", tb_kvlist(b, tb_kv(b, "k", tb_sv(b, "v")), tb_kv(b, "n", tb_iv(b, 2)),
-                                  NULL));
+    tb_attr(b, s, "kv",
+            tb_kvlist(b, tb_kv(b, "k", tb_sv(b, "v")), tb_kv(b, "n", tb_iv(b, 2)), NULL));
     tb_attr(b, s, "raw", by);
     tb_attr(b, s, "empty", tb_any(b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE__NOT_SET));
     /* a token count that is not a number has no field to go to: kept */
     tb_attr_s(b, s, "gen_ai.usage.input_tokens", "many");
+    /* messages that are not JSON cannot be mapped: kept */
+    tb_attr_s(b, s, "gen_ai.input.messages", "[not json");
 }
 
 static void check_unknown(const ingest_otlp_result *r)
@@ -751,6 +753,7 @@ static void check_unknown(const ingest_otlp_result *r)
                "{\"s\":\"x\\\"y\",\"i\":-42,\"big\":\"1152921504606846976\",\"d\":1.5,"
                "\"b\":true,\"arr\":[\"a\",1],\"kv\":{\"k\":\"v\",\"n\":2},\"raw\":\"AAEC\","
                "\"empty\":null,\"gen_ai.usage.input_tokens\":\"many\","
+               "\"gen_ai.input.messages\":\"[not json\","
                "\"otel.scope.name\":\"evalbus-test\"}");
 }
 
@@ -874,8 +877,8 @@ static const otlp_case map_cases[] = {
     {"bad span rejected alone", build_bad_ids, NULL, NULL, 1, 2, 1, check_bad_ids_pb},
     {"limits", build_limits, NULL, &small_limits, 2, 3, 1, check_limits},
     {"empty request", NULL, "{}", NULL, 0, 0, 0, NULL},
-    {"empty lists", NULL, "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[]}]}]}", NULL, 0, 0,
-     0, NULL},
+    {"empty lists", NULL, "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[]}]}]}", NULL, 0, 0, 0,
+     NULL},
 };
 
 static void run_case(const otlp_case *c)
@@ -1072,6 +1075,27 @@ static void test_deep_protobuf(void **state)
     free(buf);
 }
 
+/* A small body of empty spans would decode to far more memory than it is long: refused. */
+static void test_decoded_size_cap(void **state)
+{
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    enum { SPANS = 200000 };
+    size_t cap = SPANS * 2 + 64, len = 0;
+    uint8_t *buf = eb_malloc(cap);
+    ingest_otlp_result r;
+
+    (void)state;
+    for (int i = 0; i < SPANS; i++) {
+        buf[len++] = 0x12; /* ScopeSpans.spans, an empty Span */
+        buf[len++] = 0x00;
+    }
+    wrap_field(buf, &len, cap, 0x12); /* ResourceSpans.scope_spans */
+    wrap_field(buf, &len, cap, 0x0a); /* ExportTraceServiceRequest.resource_spans */
+    assert_int_equal(ingest_otlp_decode_protobuf(buf, len, &lim, &r), EB_ERR_TOO_LARGE);
+    ingest_otlp_result_free(&r);
+    free(buf);
+}
+
 static void test_malformed_json(void **state)
 {
     static const char *const cases[] = {
@@ -1104,10 +1128,9 @@ static void test_malformed_json(void **state)
         ingest_otlp_result_free(&r);
     }
     /* the path of the bad value is named */
-    assert_int_equal(ingest_otlp_decode_json(cases[6], strlen(cases[6]), &lim, &r),
-                     EB_ERR_INVALID);
-    assert_non_null(strstr(eb_error_message(),
-                           "resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano"));
+    assert_int_equal(ingest_otlp_decode_json(cases[6], strlen(cases[6]), &lim, &r), EB_ERR_INVALID);
+    assert_non_null(
+        strstr(eb_error_message(), "resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano"));
     ingest_otlp_result_free(&r);
 }
 
@@ -1132,7 +1155,7 @@ static void test_response(void **state)
     assert_int_equal(b.len, 0);
     ingest_otlp_response_protobuf(&partial, &b);
     resp = evalbus__otlp__v1__export_trace_service_response__unpack(NULL, b.len,
-                                                                   (const uint8_t *)b.data);
+                                                                    (const uint8_t *)b.data);
     assert_non_null(resp);
     assert_non_null(resp->partial_success);
     assert_int_equal(resp->partial_success->rejected_spans, 2);
@@ -1144,9 +1167,13 @@ static void test_response(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cases),           cmocka_unit_test(test_json_equals_protobuf),
-        cmocka_unit_test(test_malformed_protobuf), cmocka_unit_test(test_deep_protobuf),
-        cmocka_unit_test(test_malformed_json),  cmocka_unit_test(test_response),
+        cmocka_unit_test(test_cases),
+        cmocka_unit_test(test_json_equals_protobuf),
+        cmocka_unit_test(test_malformed_protobuf),
+        cmocka_unit_test(test_deep_protobuf),
+        cmocka_unit_test(test_decoded_size_cap),
+        cmocka_unit_test(test_malformed_json),
+        cmocka_unit_test(test_response),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
