@@ -8,7 +8,6 @@
 #include "evalbus/json.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
-#include "evalbus/otlp/v1/otlp.pb-c.h"
 #include "ingest_int.h"
 #include "otlp.h"
 
@@ -29,38 +28,19 @@ typedef struct otlp_state {
 
 static void reply(otlp_state *s, long long rejected, const char *message)
 {
-    if (s->json) {
-        eb_buf b = {0};
-        if (rejected > 0) {
-            eb_buf_printf(&b, "{\"partialSuccess\":{\"rejectedSpans\":\"%lld\",\"errorMessage\":\"",
-                          rejected);
-            eb_buf_json_escape(&b, message ? message : "");
-            eb_buf_puts(&b, "\"}}");
-        } else {
-            eb_buf_puts(&b, "{}");
-        }
-        eb_http_reply_raw(s->req, 200, "application/json", b.data, b.len);
-        eb_buf_free(&b);
-    } else {
-        Evalbus__Otlp__V1__ExportTraceServiceResponse resp =
-            EVALBUS__OTLP__V1__EXPORT_TRACE_SERVICE_RESPONSE__INIT;
-        Evalbus__Otlp__V1__ExportTracePartialSuccess ps =
-            EVALBUS__OTLP__V1__EXPORT_TRACE_PARTIAL_SUCCESS__INIT;
-        uint8_t buf[1024];
-        size_t len;
-        if (rejected > 0) {
-            ps.rejected_spans = rejected;
-            ps.error_message = (char *)(message ? message : "");
-            resp.partial_success = &ps;
-        }
-        len = evalbus__otlp__v1__export_trace_service_response__get_packed_size(&resp);
-        if (len > sizeof(buf)) {
-            ps.error_message = (char *)"spans were rejected";
-            len = evalbus__otlp__v1__export_trace_service_response__get_packed_size(&resp);
-        }
-        evalbus__otlp__v1__export_trace_service_response__pack(&resp, buf);
-        eb_http_reply_raw(s->req, 200, "application/x-protobuf", buf, len);
-    }
+    eb_buf b = {0};
+
+    /* the response reports every refused span: the decoder's and ours */
+    s->res.rejected_spans = rejected;
+    free(s->res.error_message);
+    s->res.error_message = rejected > 0 ? eb_strdup(message ? message : "") : NULL;
+    if (s->json)
+        ingest_otlp_response_json(&s->res, &b);
+    else
+        ingest_otlp_response_protobuf(&s->res, &b);
+    eb_http_reply_raw(s->req, 200, s->json ? "application/json" : "application/x-protobuf", b.data,
+                      b.len);
+    eb_buf_free(&b);
 }
 
 static void state_free(otlp_state *s)
