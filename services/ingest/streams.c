@@ -58,7 +58,7 @@ static eb_status ensure_all(eb_bus *bus, const ingest_config *cfg)
     jsConsumerConfig_Init(&cc);
     cc.Durable = INGEST_WRITER_DURABLE;
     cc.AckPolicy = js_AckExplicit;
-    cc.AckWait = 30LL * 1000000000LL;
+    cc.AckWait = 10LL * 1000000000LL; /* a dead writer's batch comes back this soon */
     cc.MaxAckPending = 50000;
     cc.DeliverPolicy = js_DeliverAll;
     cc.MaxRequestBatch = 5000;

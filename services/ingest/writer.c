@@ -360,21 +360,35 @@ static const char
                                                                                                                                                                                                                                                           " WHERE t.stream_seq < excluded.stream_seq OR excluded.source = 'otlp'";
 #undef M
 
+/* Observations of a record are written only if its trace row is not newer (an old record
+ * redelivered after a newer version must not bring back observations the newer one dropped);
+ * OTLP fragments always merge. */
 static const char upsert_observations[] =
-    "INSERT INTO ingest.observations AS o (" OBS_COLS ") SELECT DISTINCT ON (team_id, part_time,"
-    " trace_id, id) " OBS_COLS " FROM tmp_observations ORDER BY team_id, part_time, trace_id, id,"
-    " stream_seq DESC"
-    " ON CONFLICT (team_id, part_time, trace_id, id) DO UPDATE SET parent_id = excluded.parent_id,"
-    " type = excluded.type, name = excluded.name, start_time = excluded.start_time, end_time = "
-    "excluded.end_time,"
-    " status = excluded.status, status_message = excluded.status_message, model = excluded.model,"
-    " provider = excluded.provider, input_tokens = excluded.input_tokens, output_tokens = "
-    "excluded.output_tokens,"
-    " cost_usd = excluded.cost_usd, input = excluded.input, output = excluded.output, tool_calls = "
-    "excluded.tool_calls,"
-    " attributes = excluded.attributes, metadata = excluded.metadata, stream_seq = "
-    "excluded.stream_seq"
+    "INSERT INTO ingest.observations AS o (" OBS_COLS ") SELECT DISTINCT ON (x.team_id,"
+    " x.part_time, x.trace_id, x.id) x.team_id, x.part_time, x.trace_id, x.id, x.parent_id,"
+    " x.type, x.name, x.start_time, x.end_time, x.status, x.status_message, x.model,"
+    " x.provider, x.input_tokens, x.output_tokens, x.cost_usd, x.input, x.output, x.tool_calls,"
+    " x.attributes, x.metadata, x.stream_seq FROM tmp_observations x JOIN tmp_traces r ON"
+    " r.team_id = x.team_id AND r.part_time = x.part_time AND r.id = x.trace_id JOIN"
+    " ingest.traces t ON t.team_id = x.team_id AND t.part_time = x.part_time AND t.id ="
+    " x.trace_id WHERE r.source = 'otlp' OR x.stream_seq >= t.stream_seq"
+    " ORDER BY x.team_id, x.part_time, x.trace_id, x.id, x.stream_seq DESC"
+    " ON CONFLICT (team_id, part_time, trace_id, id) DO UPDATE SET parent_id ="
+    " excluded.parent_id, type = excluded.type, name = excluded.name, start_time ="
+    " excluded.start_time, end_time = excluded.end_time, status = excluded.status,"
+    " status_message = excluded.status_message, model = excluded.model, provider ="
+    " excluded.provider, input_tokens = excluded.input_tokens, output_tokens ="
+    " excluded.output_tokens, cost_usd = excluded.cost_usd, input = excluded.input, output ="
+    " excluded.output, tool_calls = excluded.tool_calls, attributes = excluded.attributes,"
+    " metadata = excluded.metadata, stream_seq = excluded.stream_seq"
     " WHERE o.stream_seq <= excluded.stream_seq";
+
+/* A replaced (non-OTLP) trace keeps only the observations of the record that replaced it. */
+static const char drop_replaced_observations[] =
+    "DELETE FROM ingest.observations o USING tmp_traces x, ingest.traces t WHERE x.source <>"
+    " 'otlp' AND t.team_id = x.team_id AND t.part_time = x.part_time AND t.id = x.id AND"
+    " t.stream_seq = x.stream_seq AND o.team_id = x.team_id AND o.part_time = x.part_time AND"
+    " o.trace_id = x.id AND o.stream_seq < x.stream_seq";
 
 /* Totals of merged (OTLP) traces, from their observations. */
 static const char recompute_sql[] =
@@ -612,6 +626,8 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
         st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", &obs);
     if (st == EB_OK && obs.len)
         st = eb_db_exec(c, upsert_observations, 0, NULL, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(c, drop_replaced_observations, 0, NULL, NULL);
     if (st == EB_OK)
         st = eb_db_exec(c, recompute_sql, 0, NULL, NULL);
     if (st == EB_OK)

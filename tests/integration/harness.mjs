@@ -703,7 +703,81 @@ export class Stack {
   }
 
   // -------------------------------------------------------------------------------------------
+  // PostgreSQL
+
+  /** Runs sql with psql against the stack's database (EVALBUS_DATABASE_URL, the services' own
+   * role) with row-level security lifted for this session (evalbus.system=on); resolves the rows
+   * as arrays of strings (unaligned, tab-separated). Throws when psql fails. */
+  async psql(sql, { timeoutMs = 30_000 } = {}) {
+    const env = { ...process.env, PGOPTIONS: '-c evalbus.system=on', PGCONNECT_TIMEOUT: '5' };
+    const res = await run(
+      'psql',
+      ['-X', '-q', '-A', '-t', '-F', '\t', '-v', 'ON_ERROR_STOP=1', '-d', this.env.EVALBUS_DATABASE_URL, '-c', sql],
+      { env, timeoutMs },
+    );
+    if (res.code !== 0) throw new Error(`psql exited ${res.code}: ${res.stderr.trim()}\n  sql: ${sql}`);
+    return res.stdout.split('\n').filter((l) => l.length > 0).map((l) => l.split('\t'));
+  }
+
+  // -------------------------------------------------------------------------------------------
   // auth replicas
+
+  /** Starts another evalbus-<name> (a service binary in BIN_DIR) with the stack's settings as
+   * scripts/stack gives them to services, extraEnv on top, on a free port, and waits for GET
+   * /readyz to answer 200. Stopped by down() like auth replicas. Returns {proc, pid, port, url,
+   * exited, exitCode, logFile}. */
+  async spawnService(name, extraEnv = {}) {
+    const avoid = [[this.portBase, this.portBase + PORT_COUNT]];
+    const port = await findFreePortBase(1, avoid);
+    const n = ++this.replicaCount;
+    const logDir = path.join(this.state, 'logs');
+    fs.mkdirSync(logDir, { recursive: true });
+    const logFile = path.join(logDir, `${name}-replica-${n}.log`);
+    const fd = fs.openSync(logFile, 'a');
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EVALBUS_')));
+    Object.assign(env, {
+      EVALBUS_NATS_URL: this.env.EVALBUS_NATS_URL,
+      EVALBUS_DATABASE_URL: this.env.EVALBUS_DATABASE_URL,
+      EVALBUS_REDIS_URL: this.env.EVALBUS_REDIS_URL,
+      EVALBUS_OBJECT_STORE: this.env.EVALBUS_OBJECT_STORE,
+      EVALBUS_HTTP_ADDR: '127.0.0.1',
+      EVALBUS_HTTP_PORT: String(port),
+      EVALBUS_LOG_LEVEL: process.env.EVALBUS_LOG_LEVEL ?? 'info',
+      ...(name === 'auth' ? { EVALBUS_JWT_SECRET_FILE: this.env.EVALBUS_JWT_SECRET_FILE } : {}),
+      ...extraEnv,
+    });
+    for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
+    const proc = spawn(path.join(BIN_DIR, `evalbus-${name}`), [], { env, stdio: ['ignore', fd, fd] });
+    fs.closeSync(fd);
+    const replica = { proc, pid: proc.pid, port, url: `http://127.0.0.1:${port}`, logFile, exitCode: null, signal: null };
+    replica.exited = new Promise((resolve) => {
+      proc.once('exit', (code, signal) => {
+        replica.exitCode = code ?? -1;
+        replica.signal = signal;
+        resolve({ code, signal });
+      });
+      proc.once('error', (err) => {
+        replica.exitCode = -1;
+        resolve({ code: -1, signal: null, error: err });
+      });
+    });
+    this.replicas.push(replica);
+    const ready = await pollUntil(
+      async () => {
+        if (replica.exitCode !== null) return 'exited';
+        const r = await this.api('GET', '/readyz', { base: replica.url, timeoutMs: 2000 }).catch(() => null);
+        return r && r.status === 200 ? 'ready' : null;
+      },
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+    if (ready.value !== 'ready') {
+      throw new Error(
+        `${name} replica on port ${port} ${ready.value === 'exited' ? `exited with ${replica.exitCode}` : 'not ready in 30 s'}:\n` +
+          tail(fs.readFileSync(logFile, 'utf8'), 30),
+      );
+    }
+    return replica;
+  }
 
   /** Starts another evalbus-auth with the stack's settings on a free port and waits for
    * GET /readyz to answer 200. Returns {proc, pid, port, url, exited, exitCode, logFile}. */

@@ -1,0 +1,1417 @@
+/* ingest.c -- end-to-end ingest throughput (HTTP JSON and NATS protobuf) next to a raw COPY.
+ *
+ *   ingest --http-team SLUG --nats-team SLUG [--traces N] [--batch B] [--inflight F]
+ *          [--pid INGEST_PID] [--paced-seconds S] [--timeout SECONDS]
+ *
+ * Addresses and credentials come from the environment, never the command line (where ps shows
+ * them): EVALBUS_INGEST_URL, EVALBUS_NATS_URL, EVALBUS_DATABASE_URL (as scripts/stack writes them
+ * to stack.env), and the API keys of the two teams in BENCH_INGEST_HTTP_KEY and
+ * BENCH_INGEST_NATS_KEY (traces:write; a tier without a rate limit). N defaults to
+ * BENCH_INGEST_TRACES or 50000, B to 100, F to 8, S to 6, the timeout of each phase to 60 s.
+ *
+ * Every trace is generated from (run tag, phase, index) by one generator, so the HTTP JSON
+ * body, the NATS TraceBatch and the COPY row of trace i carry the same content: a system, a user
+ * and an assistant message, one tool call (in the assistant message and at the trace level, with
+ * its result), metadata, tags, and one or two observations (a generation, sometimes a tool span);
+ * about 2 KB as JSON. Ids are fresh in every run.
+ *
+ * Phases, one after the other, each ending when all its traces are committed:
+ *   1. ingest_http: N traces in batches of B POSTed to INGEST_URL/api/v1/traces with F requests
+ *      in flight (libcurl multi, one thread); every answer must be 202. The clock runs from the
+ *      first send until the team's rows in ingest.traces number N more than before the phase,
+ *      polled every 50 ms once the last batch is accepted. The polls count ingest.trace_keys
+ *      (same transaction, one row per trace, cheap) and then confirm with SELECT count(*) FROM
+ *      ingest.traces WHERE team_id = $1, whose cost (25-50 ms at 50,000 rows: every heap page)
+ *      would otherwise take half a core from the writer it measures (10-20 % lower figures on
+ *      2 cores); BENCH_INGEST_POLL_TRACES=1 polls ingest.traces itself.
+ *   2. ingest_nats: the same N traces as TraceBatch messages to evalbus.v1.ingest.traces.<slug>,
+ *      F threads doing request/reply on one connection; every IngestAck must accept all B.
+ *   3. ingest_rss: VmHWM of the ingest process (its peak RSS since start, which covers 1 and 2).
+ *   4. baseline: N rows like phase 1's COPYed straight into ingest.traces (the writer's column
+ *      set and text format) under a random team id, in one transaction, timed from BEGIN to the
+ *      end of COMMIT. Run as the PostgreSQL superuser (see baseline_copy): PostgreSQL refuses
+ *      COPY FROM into a table under row-level security, which ingest.traces forces.
+ *   5. ingest_http_p99: batches sent at a fixed rate of half the ingest_http figure for S seconds;
+ *      a request's latency runs from its scheduled send time (so a stall is not hidden) to the
+ *      end of its answer.
+ * Each phase starts with a warm-up of two batches (credential cache, partitions, connections).
+ * Any error (a non-202 answer, a refused NATS batch, a timeout, rows that never arrive) stops the
+ * run with a message on stderr and exit status 1; a figure is printed only once measured.
+ * Afterwards the rows of the teams used here are deleted, so repeated runs start alike.
+ *
+ * Ownership: buffers are per phase and per thread; nothing is shared between NATS threads except
+ * the connection and atomics. */
+#include "evalbus/v1/trace.pb-c.h"
+
+#include <curl/curl.h>
+#include <libpq-fe.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_INFLIGHT 64
+#define POLL_MS 50
+#define MAX_OBS 2
+
+/* ---------------------------------------------------------------------------------------------
+ * Small helpers: clock, growable buffer, escaping. */
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static long long wall_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+} sbuf;
+
+static void sb_reserve(sbuf *b, size_t more)
+{
+    if (b->len + more + 1 <= b->cap)
+        return;
+    b->cap = (b->len + more + 1) * 2;
+    b->p = realloc(b->p, b->cap);
+    if (!b->p) {
+        fputs("ingest: out of memory\n", stderr);
+        abort();
+    }
+}
+
+static void sb_put(sbuf *b, const char *s, size_t n)
+{
+    sb_reserve(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sb_puts(sbuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+static void sb_putc(sbuf *b, char c)
+{
+    sb_put(b, &c, 1);
+}
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    sb_reserve(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+static void sb_free(sbuf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* A JSON string literal of s (UTF-8 passes through). */
+static void sb_json(sbuf *b, const char *s)
+{
+    sb_putc(b, '"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            sb_putc(b, '\\');
+            sb_putc(b, (char)c);
+        } else if (c < 0x20) {
+            sb_printf(b, "\\u%04x", c);
+        } else {
+            sb_putc(b, (char)c);
+        }
+    }
+    sb_putc(b, '"');
+}
+
+/* s in COPY text format (backslash, tab, newline, carriage return escaped). */
+static void sb_copy(sbuf *b, const char *s)
+{
+    for (; *s; s++) {
+        switch (*s) {
+        case '\\':
+            sb_put(b, "\\\\", 2);
+            break;
+        case '\t':
+            sb_put(b, "\\t", 2);
+            break;
+        case '\n':
+            sb_put(b, "\\n", 2);
+            break;
+        case '\r':
+            sb_put(b, "\\r", 2);
+            break;
+        default:
+            sb_putc(b, *s);
+        }
+    }
+}
+
+/* RFC 3339 UTC with milliseconds. */
+static void time_text(long long ns, char *out, size_t len)
+{
+    time_t secs = (time_t)(ns / 1000000000LL);
+    struct tm tm;
+    char base[32];
+
+    gmtime_r(&secs, &tm);
+    strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, len, "%s.%03lldZ", base, ns / 1000000LL % 1000);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The trace generator. */
+
+typedef struct rng {
+    uint64_t s;
+} rng;
+
+static uint64_t rng_next(rng *r)
+{
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 2685821657736338717ULL;
+}
+
+static int rng_range(rng *r, int lo, int hi)
+{
+    return lo + (int)(rng_next(r) % (uint64_t)(hi - lo + 1));
+}
+
+static const char *const words[] = {
+    "the",      "customer", "asked",     "about",    "refund",   "policy",    "for",
+    "an",       "order",    "that",      "arrived",  "damaged",  "please",    "check",
+    "shipment", "status",   "and",       "explain",  "next",     "steps",     "clearly",
+    "we",       "can",      "offer",     "a",        "voucher",  "or",        "replacement",
+    "within",   "five",     "business",  "days",    "café",     "Zürich",    "naïve",
+    "invoice",  "account",  "billing",   "address",  "support",  "ticket",    "escalate",
+    "agent",    "summary",  "tracking",  "number",   "carrier",  "delayed",   "warehouse",
+    "confirm",  "identity", "politely",  "concise",  "answer",   "in",        "English",
+    "use",      "tools",    "when",      "needed",   "never",    "invent",    "facts"};
+#define NWORDS (sizeof words / sizeof words[0])
+
+/* Fills out with words up to about len bytes (never more than cap - 1). */
+static void words_text(rng *r, char *out, size_t cap, int len)
+{
+    size_t n = 0;
+
+    while (n < (size_t)len && n + 16 < cap) {
+        const char *w = words[rng_next(r) % NWORDS];
+        size_t wl = strlen(w);
+        if (n)
+            out[n++] = ' ';
+        memcpy(out + n, w, wl);
+        n += wl;
+    }
+    if (n + 1 < cap)
+        out[n++] = '.';
+    out[n] = '\0';
+}
+
+static const char *const projects[] = {"support-bot", "search", "checkout-assistant", "triage"};
+static const char *const models[] = {"gpt-4o-mini", "gpt-4o", "claude-3-5-sonnet", "llama-3.1-70b"};
+static const char *const providers[] = {"openai", "openai", "anthropic", "together"};
+static const char *const tools[] = {"lookup_order", "search_kb", "create_ticket", "get_weather"};
+static const char *const tag_pool[] = {"prod", "beta", "eu", "us", "vip", "retry", "mobile", "web"};
+static const char *const envs[] = {"production", "staging"};
+
+typedef struct gen_trace {
+    char id[64], call_id[48], gen_id[80], tool_id[80], session_id[48], user_id[48];
+    const char *project, *name, *model, *provider, *tool, *env, *release, *tags[3];
+    int ntags, nobs;
+    long long start_ns, end_ns, gen_end_ns, tool_start_ns, tool_end_ns;
+    long long in_tok, out_tok;
+    double cost;
+    char system[512], user[640], assistant[768], args[256], result[384], metadata[384];
+    char gen_in[256], gen_out[256];
+} gen_trace;
+
+/* Trace index i of the phase named tag; base_ns is about "now". */
+static void gen_make(gen_trace *t, const char *tag, long i, long long base_ns)
+{
+    rng r = {0x9e3779b97f4a7c15ULL ^ ((uint64_t)i * 0xbf58476d1ce4e5b9ULL)};
+    int m;
+
+    for (const char *p = tag; *p; p++)
+        r.s = (r.s ^ (uint64_t)(unsigned char)*p) * 0x100000001b3ULL;
+    if (!r.s)
+        r.s = 1;
+    rng_next(&r);
+    m = rng_range(&r, 0, 3);
+    snprintf(t->id, sizeof t->id, "%s-%08ld", tag, i);
+    snprintf(t->call_id, sizeof t->call_id, "call_%016llx", (unsigned long long)rng_next(&r));
+    snprintf(t->gen_id, sizeof t->gen_id, "%s-gen", t->id);
+    snprintf(t->tool_id, sizeof t->tool_id, "%s-tool", t->id);
+    snprintf(t->session_id, sizeof t->session_id, "sess-%04d", rng_range(&r, 0, 9999));
+    snprintf(t->user_id, sizeof t->user_id, "user-%05d", rng_range(&r, 0, 99999));
+    t->project = projects[rng_range(&r, 0, 3)];
+    t->name = "chat-turn";
+    t->model = models[m];
+    t->provider = providers[m];
+    t->tool = tools[rng_range(&r, 0, 3)];
+    t->env = envs[rng_range(&r, 0, 1)];
+    t->release = "2026.11.3";
+    t->ntags = rng_range(&r, 1, 3);
+    for (int k = 0; k < t->ntags; k++)
+        t->tags[k] = tag_pool[(k * 3 + rng_range(&r, 0, 2)) % 8];
+    t->nobs = rng_range(&r, 1, 2);
+    t->start_ns = base_ns - (long long)rng_range(&r, 1000, 120000) * 1000000LL;
+    t->gen_end_ns = t->start_ns + (long long)rng_range(&r, 200, 4000) * 1000000LL;
+    t->tool_start_ns = t->gen_end_ns + 1000000LL;
+    t->tool_end_ns = t->tool_start_ns + (long long)rng_range(&r, 5, 400) * 1000000LL;
+    t->end_ns = t->nobs == 2 ? t->tool_end_ns : t->gen_end_ns;
+    t->in_tok = rng_range(&r, 200, 1800);
+    t->out_tok = rng_range(&r, 40, 600);
+    t->cost = (double)(t->in_tok * 15 + t->out_tok * 60) / 1e8;
+    words_text(&r, t->system, sizeof t->system, rng_range(&r, 80, 180));
+    words_text(&r, t->user, sizeof t->user, rng_range(&r, 100, 220));
+    words_text(&r, t->assistant, sizeof t->assistant, rng_range(&r, 120, 240));
+    {
+        char q[96];
+        words_text(&r, q, sizeof q, rng_range(&r, 10, 40));
+        snprintf(t->args, sizeof t->args, "{\"query\":\"%s\",\"order_id\":\"A%07d\",\"limit\":5}", q,
+                 rng_range(&r, 0, 9999999));
+    }
+    words_text(&r, t->result, sizeof t->result, rng_range(&r, 50, 110));
+    snprintf(t->metadata, sizeof t->metadata,
+             "{\"customer\":\"acme-%d\",\"region\":\"eu-west-%d\",\"request_id\":\"req-%016llx\","
+             "\"feature\":\"%s\",\"ab_bucket\":%d,\"latency_budget_ms\":%d}",
+             rng_range(&r, 1, 500), rng_range(&r, 1, 3), (unsigned long long)rng_next(&r),
+             t->project, rng_range(&r, 0, 9), rng_range(&r, 1, 20) * 500);
+    words_text(&r, t->gen_in, sizeof t->gen_in, rng_range(&r, 20, 60));
+    words_text(&r, t->gen_out, sizeof t->gen_out, rng_range(&r, 20, 60));
+}
+
+/* --- the three encodings --- */
+
+static void json_time(sbuf *b, const char *key, long long ns)
+{
+    char t[48];
+
+    time_text(ns, t, sizeof t);
+    sb_printf(b, ",\"%s\":\"%s\"", key, t);
+}
+
+static void json_trace(sbuf *b, const gen_trace *t)
+{
+    sb_puts(b, "{\"id\":");
+    sb_json(b, t->id);
+    sb_printf(b, ",\"project\":\"%s\",\"name\":\"%s\",\"model\":\"%s\",\"provider\":\"%s\","
+                 "\"status\":\"ok\"",
+              t->project, t->name, t->model, t->provider);
+    json_time(b, "start_time", t->start_ns);
+    json_time(b, "end_time", t->end_ns);
+    sb_printf(b, ",\"usage\":{\"input_tokens\":%lld,\"output_tokens\":%lld},\"cost_usd\":%.8f",
+              t->in_tok, t->out_tok, t->cost);
+    sb_puts(b, ",\"input\":[{\"role\":\"system\",\"content\":");
+    sb_json(b, t->system);
+    sb_puts(b, "},{\"role\":\"user\",\"content\":");
+    sb_json(b, t->user);
+    sb_puts(b, "}],\"output\":[{\"role\":\"assistant\",\"content\":");
+    sb_json(b, t->assistant);
+    sb_printf(b, ",\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"%s\","
+                 "\"arguments\":",
+              t->call_id, t->tool);
+    sb_json(b, t->args);
+    sb_printf(b, "}}]}],\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"name\":\"%s\","
+                 "\"arguments\":",
+              t->call_id, t->tool);
+    sb_json(b, t->args);
+    sb_puts(b, ",\"result\":");
+    sb_json(b, t->result);
+    sb_printf(b, "}],\"metadata\":%s,\"tags\":[", t->metadata);
+    for (int k = 0; k < t->ntags; k++)
+        sb_printf(b, "%s\"%s\"", k ? "," : "", t->tags[k]);
+    sb_printf(b, "],\"session_id\":\"%s\",\"user_id\":\"%s\",\"environment\":\"%s\","
+                 "\"release\":\"%s\",\"observations\":[{\"id\":",
+              t->session_id, t->user_id, t->env, t->release);
+    sb_json(b, t->gen_id);
+    sb_puts(b, ",\"type\":\"generation\",\"name\":\"chat.completions\"");
+    json_time(b, "start_time", t->start_ns);
+    json_time(b, "end_time", t->gen_end_ns);
+    sb_printf(b, ",\"model\":\"%s\",\"provider\":\"%s\",\"usage\":{\"input_tokens\":%lld,"
+                 "\"output_tokens\":%lld},\"cost_usd\":%.8f,\"status\":\"ok\",\"input\":",
+              t->model, t->provider, t->in_tok, t->out_tok, t->cost);
+    sb_json(b, t->gen_in);
+    sb_puts(b, ",\"output\":");
+    sb_json(b, t->gen_out);
+    sb_putc(b, '}');
+    if (t->nobs == 2) {
+        sb_puts(b, ",{\"id\":");
+        sb_json(b, t->tool_id);
+        sb_puts(b, ",\"parent_id\":");
+        sb_json(b, t->gen_id);
+        sb_printf(b, ",\"type\":\"tool\",\"name\":\"%s\",\"status\":\"ok\"", t->tool);
+        json_time(b, "start_time", t->tool_start_ns);
+        json_time(b, "end_time", t->tool_end_ns);
+        sb_puts(b, ",\"input\":");
+        sb_json(b, t->args);
+        sb_puts(b, ",\"output\":");
+        sb_json(b, t->result);
+        sb_putc(b, '}');
+    }
+    sb_puts(b, "]}");
+}
+
+/* protobuf-c structures pointing into a gen_trace (which must outlive them). */
+typedef struct pb_trace {
+    Evalbus__V1__Trace t;
+    Evalbus__V1__Message msg[3], *in[2], *out[1];
+    Evalbus__V1__ToolCall call_msg, call_trace, *msg_calls[1], *trace_calls[1];
+    Evalbus__V1__Observation obs[MAX_OBS], *obsp[MAX_OBS];
+    char *tags[3];
+} pb_trace;
+
+#define S(x) ((char *)(x))
+
+static void pb_fill(pb_trace *p, const gen_trace *g)
+{
+    Evalbus__V1__Trace *t = &p->t;
+    Evalbus__V1__Observation *o;
+
+    evalbus__v1__trace__init(t);
+    t->id = S(g->id);
+    t->project = S(g->project);
+    t->name = S(g->name);
+    t->model = S(g->model);
+    t->provider = S(g->provider);
+    t->status = S("ok");
+    t->has_start_time_unix_nano = t->has_end_time_unix_nano = 1;
+    t->start_time_unix_nano = g->start_ns / 1000000 * 1000000; /* ms, as the JSON carries */
+    t->end_time_unix_nano = g->end_ns / 1000000 * 1000000;
+    t->has_input_tokens = t->has_output_tokens = t->has_cost_usd = 1;
+    t->input_tokens = g->in_tok;
+    t->output_tokens = g->out_tok;
+    t->cost_usd = g->cost;
+    for (int k = 0; k < 3; k++)
+        evalbus__v1__message__init(&p->msg[k]);
+    p->msg[0].role = S("system");
+    p->msg[0].content = S(g->system);
+    p->msg[1].role = S("user");
+    p->msg[1].content = S(g->user);
+    p->msg[2].role = S("assistant");
+    p->msg[2].content = S(g->assistant);
+    evalbus__v1__tool_call__init(&p->call_msg);
+    p->call_msg.id = S(g->call_id);
+    p->call_msg.type = S("function");
+    p->call_msg.name = S(g->tool);
+    p->call_msg.arguments = S(g->args);
+    p->call_trace = p->call_msg;
+    p->call_trace.result = S(g->result);
+    p->msg_calls[0] = &p->call_msg;
+    p->trace_calls[0] = &p->call_trace;
+    p->msg[2].tool_calls = p->msg_calls;
+    p->msg[2].n_tool_calls = 1;
+    p->in[0] = &p->msg[0];
+    p->in[1] = &p->msg[1];
+    p->out[0] = &p->msg[2];
+    t->input_messages = p->in;
+    t->n_input_messages = 2;
+    t->output_messages = p->out;
+    t->n_output_messages = 1;
+    t->tool_calls = p->trace_calls;
+    t->n_tool_calls = 1;
+    t->metadata_json = S(g->metadata);
+    for (int k = 0; k < g->ntags; k++)
+        p->tags[k] = S(g->tags[k]);
+    t->tags = p->tags;
+    t->n_tags = (size_t)g->ntags;
+    t->session_id = S(g->session_id);
+    t->user_id = S(g->user_id);
+    t->environment = S(g->env);
+    t->release = S(g->release);
+
+    o = &p->obs[0];
+    evalbus__v1__observation__init(o);
+    o->id = S(g->gen_id);
+    o->type = S("generation");
+    o->name = S("chat.completions");
+    o->has_start_time_unix_nano = o->has_end_time_unix_nano = 1;
+    o->start_time_unix_nano = g->start_ns / 1000000 * 1000000;
+    o->end_time_unix_nano = g->gen_end_ns / 1000000 * 1000000;
+    o->status = S("ok");
+    o->model = S(g->model);
+    o->provider = S(g->provider);
+    o->has_input_tokens = o->has_output_tokens = o->has_cost_usd = 1;
+    o->input_tokens = g->in_tok;
+    o->output_tokens = g->out_tok;
+    o->cost_usd = g->cost;
+    o->input_text = S(g->gen_in);
+    o->output_text = S(g->gen_out);
+    if (g->nobs == 2) {
+        o = &p->obs[1];
+        evalbus__v1__observation__init(o);
+        o->id = S(g->tool_id);
+        o->parent_id = S(g->gen_id);
+        o->type = S("tool");
+        o->name = S(g->tool);
+        o->has_start_time_unix_nano = o->has_end_time_unix_nano = 1;
+        o->start_time_unix_nano = g->tool_start_ns / 1000000 * 1000000;
+        o->end_time_unix_nano = g->tool_end_ns / 1000000 * 1000000;
+        o->status = S("ok");
+        o->input_text = S(g->args);
+        o->output_text = S(g->result);
+    }
+    for (int k = 0; k < g->nobs; k++)
+        p->obsp[k] = &p->obs[k];
+    t->observations = p->obsp;
+    t->n_observations = (size_t)g->nobs;
+}
+
+/* One row of ingest.traces in COPY text format, as the writer fills it (source "json"). */
+#define TRACE_COLS                                                                                 \
+    "team_id, part_time, id, project, name, model, provider, status, status_message, start_time,"  \
+    " end_time, latency_ms, input_tokens, output_tokens, total_tokens, cost_usd, input, output,"   \
+    " tool_calls, metadata, tags, session_id, user_id, environment, release, attributes, source,"  \
+    " stream_seq"
+
+static void copy_row(sbuf *b, const gen_trace *g, const char *team_id, long long seq)
+{
+    char st[48], et[48];
+    sbuf j = {0};
+    long long start = g->start_ns / 1000000 * 1000000, end = g->end_ns / 1000000 * 1000000;
+
+    time_text(start, st, sizeof st);
+    time_text(end, et, sizeof et);
+    sb_printf(b, "%s\t%s\t", team_id, st);
+    sb_copy(b, g->id);
+    sb_printf(b, "\t%s\t%s\t%s\t%s\tok\t\\N\t%s\t%s\t%.17g\t%lld\t%lld\t%lld\t%.17g\t", g->project,
+              g->name, g->model, g->provider, st, et, (double)(end - start) / 1e6, g->in_tok,
+              g->out_tok, g->in_tok + g->out_tok, g->cost);
+    sb_puts(&j, "{\"messages\":[{\"role\":\"system\",\"content\":");
+    sb_json(&j, g->system);
+    sb_puts(&j, "},{\"role\":\"user\",\"content\":");
+    sb_json(&j, g->user);
+    sb_puts(&j, "}]}");
+    sb_copy(b, j.p);
+    sb_putc(b, '\t');
+    j.len = 0;
+    sb_puts(&j, "{\"messages\":[{\"role\":\"assistant\",\"content\":");
+    sb_json(&j, g->assistant);
+    sb_printf(&j, ",\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":"
+                  "\"%s\",\"arguments\":",
+              g->call_id, g->tool);
+    sb_json(&j, g->args);
+    sb_puts(&j, "}}]}]}");
+    sb_copy(b, j.p);
+    sb_putc(b, '\t');
+    j.len = 0;
+    sb_printf(&j, "[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"%s\",\"arguments\":",
+              g->call_id, g->tool);
+    sb_json(&j, g->args);
+    sb_puts(&j, "},\"result\":");
+    sb_json(&j, g->result);
+    sb_puts(&j, "}]");
+    sb_copy(b, j.p);
+    sb_putc(b, '\t');
+    sb_copy(b, g->metadata);
+    sb_puts(b, "\t{");
+    for (int k = 0; k < g->ntags; k++)
+        sb_printf(b, "%s\"%s\"", k ? "," : "", g->tags[k]);
+    sb_printf(b, "}\t%s\t%s\t%s\t%s\t\\N\tjson\t%lld\n", g->session_id, g->user_id, g->env,
+              g->release, seq);
+    sb_free(&j);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * PostgreSQL: the evalbus role sees every team only with evalbus.system on (row-level security). */
+
+static PGconn *db_connect(const char *url)
+{
+    PGconn *c = PQconnectdb(url);
+    PGresult *r;
+
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "ingest: cannot connect to PostgreSQL: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    r = PQexec(c, "SET evalbus.system = 'on'; SET client_min_messages = warning");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        fprintf(stderr, "ingest: SET evalbus.system: %s", PQerrorMessage(c));
+        PQclear(r);
+        PQfinish(c);
+        return NULL;
+    }
+    PQclear(r);
+    return c;
+}
+
+static bool db_exec(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+
+    if (!ok)
+        fprintf(stderr, "ingest: %.60s...: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    return ok;
+}
+
+/* count(*) of the team's rows in ingest.traces (or, with keys, ingest.trace_keys), or -1.
+ * *query_ms gets the time the query took. */
+static long long db_count(PGconn *c, const char *team_id, bool keys, double *query_ms)
+{
+    const char *p[1] = {team_id};
+    double t0 = now_s();
+    PGresult *r = PQexecParams(c,
+                               keys ? "SELECT count(*) FROM ingest.trace_keys WHERE team_id = $1::uuid"
+                                    : "SELECT count(*) FROM ingest.traces WHERE team_id = $1::uuid",
+                               1, NULL, p, NULL, NULL, 0);
+    long long n = -1;
+
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+        n = atoll(PQgetvalue(r, 0, 0));
+    else
+        fprintf(stderr, "ingest: count of traces: %s", PQerrorMessage(c));
+    PQclear(r);
+    if (query_ms)
+        *query_ms = (now_s() - t0) * 1000;
+    return n;
+}
+
+typedef struct poll_stats {
+    int polls;
+    double total_ms; /* time spent in count queries */
+    double last_ms;  /* the last count(*) FROM ingest.traces */
+} poll_stats;
+
+/* Polls every POLL_MS until ingest.traces holds target rows of the team; returns the time of the
+ * poll that saw them, or -1 after the deadline (with the count reached in *seen).
+ * With keys, the polls count ingest.trace_keys, which the writer fills in the same transaction
+ * as ingest.traces (one row per trace), and ingest.traces is counted once they are complete:
+ * with 50,000 rows of 2 KB a count(*) of ingest.traces reads every heap page and takes 25-50 ms,
+ * so polling it every 50 ms would spend half a core next to the writer it measures. */
+static double wait_committed(PGconn *c, const char *team_id, long long target,
+                             long long key_target, double deadline, bool keys, long long *seen,
+                             poll_stats *ps)
+{
+    for (;;) {
+        double q = 0;
+        long long n = db_count(c, team_id, keys, &q);
+        double t = now_s();
+
+        ps->polls++;
+        ps->total_ms += q;
+        if (n < 0)
+            return -1;
+        if (keys && n >= key_target) {
+            n = db_count(c, team_id, false, &ps->last_ms); /* committed with the keys */
+            ps->total_ms += ps->last_ms;
+            if (n < 0)
+                return -1;
+            if (n < target) {
+                fprintf(stderr, "ingest: %lld trace keys but %lld traces; counting traces\n",
+                        key_target, n);
+                keys = false;
+            }
+        } else if (!keys) {
+            ps->last_ms = q;
+        }
+        if (!keys || n >= target) {
+            *seen = n;
+            if (n >= target)
+                return t;
+        }
+        if (t > deadline) {
+            if (keys)
+                *seen = db_count(c, team_id, false, NULL);
+            return -1;
+        }
+        usleep(POLL_MS * 1000);
+    }
+}
+
+static bool team_id_of(PGconn *c, const char *slug, char *out, size_t len)
+{
+    const char *p[1] = {slug};
+    PGresult *r = PQexecParams(c, "SELECT id FROM auth.teams WHERE slug = $1", 1, NULL, p, NULL,
+                               NULL, 0);
+    bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+
+    if (ok)
+        snprintf(out, len, "%s", PQgetvalue(r, 0, 0));
+    else
+        fprintf(stderr, "ingest: team '%s' not found: %s", slug, PQerrorMessage(c));
+    PQclear(r);
+    return ok;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * HTTP: libcurl multi, a fixed number of requests in flight, optionally paced. */
+
+typedef struct http_slot {
+    CURL *h;
+    sbuf body;
+    char resp[300];
+    size_t rlen;
+    long batch;
+    double t_sched;
+    bool busy;
+} http_slot;
+
+typedef struct http_run {
+    const char *url; /* .../api/v1/traces */
+    struct curl_slist *hdrs;
+    const char *tag; /* id prefix of this phase */
+    long long base_ns;
+    long nbatches, batch;
+    int inflight;
+    double rate;     /* batches per second; 0: as fast as the slots allow */
+    double *lat_ms;  /* [nbatches], filled when not NULL */
+    double deadline; /* monotonic */
+    size_t bytes;    /* body bytes sent */
+} http_run;
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg)
+{
+    http_slot *s = arg;
+    size_t len = size * n, room = sizeof s->resp - 1 - s->rlen;
+
+    if (room > len)
+        room = len;
+    memcpy(s->resp + s->rlen, data, room);
+    s->rlen += room;
+    s->resp[s->rlen] = '\0';
+    return len;
+}
+
+static void http_body(http_run *r, sbuf *b, long batch)
+{
+    gen_trace g;
+
+    b->len = 0;
+    sb_puts(b, "{\"traces\":[");
+    for (long k = 0; k < r->batch; k++) {
+        gen_make(&g, r->tag, batch * r->batch + k, r->base_ns);
+        if (k)
+            sb_putc(b, ',');
+        json_trace(b, &g);
+    }
+    sb_puts(b, "]}");
+}
+
+/* Sends r->nbatches batches; returns true when every answer was 202. */
+static bool http_send(http_run *r)
+{
+    CURLM *m = curl_multi_init();
+    http_slot slots[MAX_INFLIGHT];
+    long next = 0, done = 0;
+    double t0 = now_s();
+    bool ok = true;
+
+    memset(slots, 0, sizeof slots);
+    for (int i = 0; i < r->inflight; i++) {
+        slots[i].h = curl_easy_init();
+        curl_easy_setopt(slots[i].h, CURLOPT_URL, r->url);
+        curl_easy_setopt(slots[i].h, CURLOPT_HTTPHEADER, r->hdrs);
+        curl_easy_setopt(slots[i].h, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(slots[i].h, CURLOPT_WRITEDATA, &slots[i]);
+        curl_easy_setopt(slots[i].h, CURLOPT_PRIVATE, &slots[i]);
+        curl_easy_setopt(slots[i].h, CURLOPT_TIMEOUT_MS, 30000L);
+        curl_easy_setopt(slots[i].h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(slots[i].h, CURLOPT_TCP_NODELAY, 1L);
+    }
+    while (ok && done < r->nbatches) {
+        int running = 0, q = 0;
+        long wait_ms = 100;
+        CURLMsg *msg;
+
+        for (int i = 0; i < r->inflight && next < r->nbatches; i++) {
+            double due = r->rate > 0 ? t0 + (double)next / r->rate : 0;
+            if (slots[i].busy)
+                continue;
+            if (r->rate > 0 && now_s() < due)
+                break;
+            http_body(r, &slots[i].body, next);
+            r->bytes += slots[i].body.len;
+            slots[i].rlen = 0;
+            slots[i].resp[0] = '\0';
+            slots[i].batch = next++;
+            slots[i].t_sched = r->rate > 0 ? due : now_s();
+            slots[i].busy = true;
+            curl_easy_setopt(slots[i].h, CURLOPT_POSTFIELDS, slots[i].body.p);
+            curl_easy_setopt(slots[i].h, CURLOPT_POSTFIELDSIZE_LARGE,
+                             (curl_off_t)slots[i].body.len);
+            curl_multi_add_handle(m, slots[i].h);
+        }
+        curl_multi_perform(m, &running);
+        while ((msg = curl_multi_info_read(m, &q)) != NULL) {
+            http_slot *s = NULL;
+            long code = 0;
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
+            if (msg->data.result != CURLE_OK) {
+                fprintf(stderr, "ingest: HTTP batch %ld: %s\n", s->batch,
+                        curl_easy_strerror(msg->data.result));
+                ok = false;
+            } else if (code != 202) {
+                fprintf(stderr, "ingest: HTTP batch %ld answered %ld: %s\n", s->batch, code,
+                        s->resp);
+                ok = false;
+            } else if (r->lat_ms) {
+                r->lat_ms[s->batch] = (now_s() - s->t_sched) * 1000;
+            }
+            curl_multi_remove_handle(m, s->h);
+            s->busy = false;
+            done++;
+        }
+        if (now_s() > r->deadline) {
+            fprintf(stderr, "ingest: HTTP: only %ld of %ld batches answered before the deadline\n",
+                    done, r->nbatches);
+            ok = false;
+        }
+        if (r->rate > 0 && next < r->nbatches) {
+            double until = (t0 + (double)next / r->rate - now_s()) * 1000;
+            wait_ms = until < 0 ? 0 : until > 100 ? 100 : (long)until;
+        }
+        if (ok && done < r->nbatches)
+            curl_multi_poll(m, NULL, 0, (int)wait_ms, NULL);
+    }
+    for (int i = 0; i < r->inflight; i++) {
+        if (slots[i].busy)
+            curl_multi_remove_handle(m, slots[i].h);
+        curl_easy_cleanup(slots[i].h);
+        sb_free(&slots[i].body);
+    }
+    curl_multi_cleanup(m);
+    return ok;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * NATS: F threads, each doing request/reply with one TraceBatch at a time, on one connection. */
+
+typedef struct nats_run {
+    natsConnection *nc;
+    const char *subject, *key, *tag;
+    long long base_ns;
+    long nbatches, batch;
+    atomic_long next;
+    atomic_bool failed;
+    atomic_llong bytes;
+    double deadline;
+} nats_run;
+
+static void *nats_worker(void *arg)
+{
+    nats_run *r = arg;
+    gen_trace *g = calloc((size_t)r->batch, sizeof *g);
+    pb_trace *p = calloc((size_t)r->batch, sizeof *p);
+    Evalbus__V1__Trace **tp = calloc((size_t)r->batch, sizeof *tp);
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+
+    for (;;) {
+        long b = atomic_fetch_add(&r->next, 1);
+        Evalbus__V1__TraceBatch tb = EVALBUS__V1__TRACE_BATCH__INIT;
+        Evalbus__V1__IngestAck *ack = NULL;
+        natsMsg *msg = NULL, *reply = NULL;
+        natsStatus s;
+        size_t len;
+
+        if (b >= r->nbatches || atomic_load(&r->failed))
+            break;
+        if (now_s() > r->deadline) {
+            fprintf(stderr, "ingest: NATS: batch %ld not sent before the deadline\n", b);
+            atomic_store(&r->failed, true);
+            break;
+        }
+        for (long k = 0; k < r->batch; k++) {
+            gen_make(&g[k], r->tag, b * r->batch + k, r->base_ns);
+            pb_fill(&p[k], &g[k]);
+            tp[k] = &p[k].t;
+        }
+        tb.traces = tp;
+        tb.n_traces = (size_t)r->batch;
+        len = evalbus__v1__trace_batch__get_packed_size(&tb);
+        if (len > cap) {
+            cap = len * 2;
+            buf = realloc(buf, cap);
+        }
+        evalbus__v1__trace_batch__pack(&tb, buf);
+        atomic_fetch_add(&r->bytes, (long long)len);
+        s = natsMsg_Create(&msg, r->subject, NULL, (const char *)buf, (int)len);
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(msg, "Evalbus-Api-Key", r->key);
+        if (s == NATS_OK)
+            s = natsConnection_RequestMsg(&reply, r->nc, msg, 30000);
+        if (s != NATS_OK) {
+            fprintf(stderr, "ingest: NATS batch %ld: %s\n", b, natsStatus_GetText(s));
+            atomic_store(&r->failed, true);
+        } else {
+            ack = evalbus__v1__ingest_ack__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
+                                                  (const uint8_t *)natsMsg_GetData(reply));
+            if (!ack) {
+                fprintf(stderr, "ingest: NATS batch %ld: the reply is not an IngestAck\n", b);
+                atomic_store(&r->failed, true);
+            } else if (ack->error || ack->n_rejected || ack->n_accepted_ids != (size_t)r->batch) {
+                fprintf(stderr, "ingest: NATS batch %ld: %zu accepted, %zu rejected%s%s%s%s\n", b,
+                        ack->n_accepted_ids, ack->n_rejected, ack->error ? ": " : "",
+                        ack->error ? ack->error : "", ack->n_rejected ? ": " : "",
+                        ack->n_rejected && ack->rejected[0]->message ? ack->rejected[0]->message
+                                                                     : "");
+                atomic_store(&r->failed, true);
+            }
+            if (ack)
+                evalbus__v1__ingest_ack__free_unpacked(ack, NULL);
+        }
+        natsMsg_Destroy(reply);
+        natsMsg_Destroy(msg);
+    }
+    free(buf);
+    free(tp);
+    free(p);
+    free(g);
+    return NULL;
+}
+
+static bool nats_send(nats_run *r, int threads)
+{
+    pthread_t t[MAX_INFLIGHT];
+
+    atomic_store(&r->next, 0);
+    atomic_store(&r->failed, false);
+    for (int i = 0; i < threads; i++)
+        pthread_create(&t[i], NULL, nats_worker, r);
+    for (int i = 0; i < threads; i++)
+        pthread_join(t[i], NULL);
+    return !atomic_load(&r->failed);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The phases. */
+
+typedef struct cfg {
+    const char *url, *nats_url, *db_url, *http_key, *http_team, *nats_key, *nats_team;
+    long traces, batch;
+    int inflight;
+    int pid;
+    double paced_seconds, timeout;
+    char run_tag[24];
+    char http_team_id[64], nats_team_id[64], base_team_id[64];
+    struct curl_slist *hdrs;
+    char traces_url[512];
+    PGconn *db;
+    natsConnection *nc;
+} cfg;
+
+typedef struct phase_result {
+    double rate;      /* traces per second, first send to last commit */
+    double send_s;    /* first send to last acceptance */
+    double commit_s;  /* first send to all committed */
+    double bytes;     /* wire payload */
+    poll_stats polls; /* the commit polls */
+} phase_result;
+
+/* Sends nbatches of the phase named tag over HTTP or NATS, ending when all are committed. */
+static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate,
+                  double *lat_ms, phase_result *out)
+{
+    const char *team_id = nats ? c->nats_team_id : c->http_team_id;
+    long long before, seen = 0;
+    long long keys_before;
+    double t0, t_sent, t_done;
+    bool keys = !getenv("BENCH_INGEST_POLL_TRACES");
+    bool ok;
+
+    before = db_count(c->db, team_id, false, NULL);
+    keys_before = db_count(c->db, team_id, true, NULL);
+    if (before < 0 || keys_before < 0)
+        return false;
+    t0 = now_s();
+    if (!nats) {
+        http_run r = {.url = c->traces_url, .hdrs = c->hdrs, .tag = tag, .base_ns = wall_ns(),
+                      .nbatches = nbatches, .batch = c->batch,
+                      .inflight = rate > 0 ? MAX_INFLIGHT : c->inflight, .rate = rate,
+                      .lat_ms = lat_ms, .deadline = t0 + c->timeout};
+        ok = http_send(&r);
+        out->bytes = (double)r.bytes;
+    } else {
+        char subject[200];
+        nats_run r = {.nc = c->nc, .subject = subject, .key = c->nats_key, .tag = tag,
+                      .base_ns = wall_ns(), .nbatches = nbatches, .batch = c->batch,
+                      .deadline = t0 + c->timeout};
+        snprintf(subject, sizeof subject, "evalbus.v1.ingest.traces.%s", c->nats_team);
+        ok = nats_send(&r, c->inflight);
+        out->bytes = (double)atomic_load(&r.bytes);
+    }
+    t_sent = now_s();
+    if (!ok)
+        return false;
+    t_done = wait_committed(c->db, team_id, before + nbatches * c->batch,
+                            keys_before + nbatches * c->batch, t_sent + c->timeout, keys, &seen,
+                            &out->polls);
+    if (t_done < 0) {
+        fprintf(stderr,
+                "ingest: %s: %lld of %ld traces committed %.0f s after the last was accepted; "
+                "the writer did not keep up or lost traces (see the ingest log)\n",
+                tag, seen - before, nbatches * c->batch, c->timeout);
+        return false;
+    }
+    if (seen != before + nbatches * c->batch) {
+        fprintf(stderr, "ingest: %s: %lld traces committed, %ld sent\n", tag, seen - before,
+                nbatches * c->batch);
+        return false;
+    }
+    out->send_s = t_sent - t0;
+    out->commit_s = t_done - t0;
+    out->rate = (double)(nbatches * c->batch) / out->commit_s;
+    return true;
+}
+
+/* A random version-4 UUID (the baseline's team id). */
+static void uuid_v4(char *out, size_t len)
+{
+    unsigned char b[16];
+    FILE *f = fopen("/dev/urandom", "rb");
+
+    if (!f || fread(b, 1, sizeof b, f) != sizeof b) {
+        for (size_t i = 0; i < sizeof b; i++)
+            b[i] = (unsigned char)(rand() & 0xff);
+    }
+    if (f)
+        fclose(f);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(out, len,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
+}
+
+/* Creates the day partitions covering [from_ns, to_ns] as writer.c does (under its lock). */
+static bool ensure_partitions(PGconn *db, long long from_ns, long long to_ns)
+{
+    for (long long day = from_ns / 86400000000000LL; day <= to_ns / 86400000000000LL; day++) {
+        time_t t0 = (time_t)(day * 86400), t1 = t0 + 86400;
+        struct tm a, b;
+        char from[16], to[16], name[16], sql[640];
+        bool ok;
+
+        gmtime_r(&t0, &a);
+        gmtime_r(&t1, &b);
+        strftime(from, sizeof from, "%Y-%m-%d", &a);
+        strftime(to, sizeof to, "%Y-%m-%d", &b);
+        strftime(name, sizeof name, "%Y%m%d", &a);
+        snprintf(sql, sizeof sql,
+                 "BEGIN; SELECT pg_advisory_xact_lock(7236002, 1);"
+                 "CREATE TABLE IF NOT EXISTS ingest.traces_p%s PARTITION OF ingest.traces"
+                 " FOR VALUES FROM ('%s') TO ('%s');"
+                 "CREATE TABLE IF NOT EXISTS ingest.observations_p%s PARTITION OF"
+                 " ingest.observations FOR VALUES FROM ('%s') TO ('%s'); COMMIT",
+                 name, from, to, name, from, to);
+        ok = db_exec(db, sql);
+        if (!ok) {
+            db_exec(db, "ROLLBACK");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The COPY itself (the --copy-baseline child): rows tag-0 .. tag-(n-1) for team, generated
+ * before the clock starts, COPYed in one transaction over conninfo. Prints "<seconds> <bytes>"
+ * on stdout; exit status 0 on success. */
+static int copy_child(const char *conninfo, const char *tag, long long base_ns, const char *team,
+                      long n)
+{
+    sbuf data = {0};
+    gen_trace g;
+    PGconn *db = PQconnectdb(conninfo);
+    PGresult *r;
+    double t0, elapsed;
+    bool ok;
+
+    if (PQstatus(db) != CONNECTION_OK) {
+        fprintf(stderr, "ingest: baseline: cannot connect as the PostgreSQL superuser (%s): %s",
+                conninfo, PQerrorMessage(db));
+        PQfinish(db);
+        return 1;
+    }
+    for (long i = 0; i < n; i++) {
+        gen_make(&g, tag, i, base_ns);
+        copy_row(&data, &g, team, i + 1);
+    }
+    t0 = now_s();
+    ok = db_exec(db, "BEGIN");
+    if (ok) {
+        r = PQexec(db, "COPY ingest.traces (" TRACE_COLS ") FROM STDIN");
+        ok = PQresultStatus(r) == PGRES_COPY_IN;
+        if (!ok)
+            fprintf(stderr, "ingest: baseline COPY: %s", PQerrorMessage(db));
+        PQclear(r);
+    }
+    for (size_t off = 0; ok && off < data.len;) {
+        size_t len = data.len - off > (1 << 20) ? (1 << 20) : data.len - off;
+        ok = PQputCopyData(db, data.p + off, (int)len) == 1;
+        off += len;
+    }
+    if (PQputCopyEnd(db, ok ? NULL : "aborted") != 1)
+        ok = false;
+    while ((r = PQgetResult(db)) != NULL) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && ok) {
+            fprintf(stderr, "ingest: baseline COPY: %s", PQresultErrorMessage(r));
+            ok = false;
+        }
+        PQclear(r);
+    }
+    ok = ok && db_exec(db, "COMMIT");
+    elapsed = now_s() - t0;
+    if (ok)
+        printf("%.6f %zu\n", elapsed, data.len);
+    PQfinish(db);
+    sb_free(&data);
+    return ok ? 0 : 1;
+}
+
+/* Raw COPY of N rows like the HTTP phase's (same generator, own ids) under a random team id;
+ * returns traces per second or -1. The evalbus role cannot COPY into ingest.traces (row-level
+ * security is forced, and PostgreSQL refuses COPY FROM under it), so the COPY runs as the
+ * cluster's superuser (EVALBUS_STACK_PG_SUPERUSER over the socket in EVALBUS_STACK_PG_SOCKET_DIR,
+ * peer authentication): a child process of this program, which first takes that user's identity
+ * when we are root, as scripts/stack does. The day partitions are created beforehand by the
+ * evalbus role, as the writer would, so their owner does not change. */
+static double baseline_copy(cfg *c, double *bytes)
+{
+    const char *sock = getenv("EVALBUS_STACK_PG_SOCKET_DIR");
+    const char *su = getenv("EVALBUS_STACK_PG_SUPERUSER");
+    char exe[4096], conninfo[1024], tag[48], base[32], n[32], out[128] = "";
+    char *const envp[] = {(char *)"PATH=/usr/bin:/bin", NULL};
+    long long base_ns = wall_ns();
+    struct passwd *pw = NULL;
+    ssize_t len;
+    int fd[2], status = 0;
+    double elapsed = 0, data_bytes = 0;
+    pid_t pid;
+    FILE *f;
+
+    if (!sock || !*sock || !su || !*su) {
+        fprintf(stderr, "ingest: baseline: EVALBUS_STACK_PG_SOCKET_DIR and "
+                        "EVALBUS_STACK_PG_SUPERUSER are not set (stack.env of scripts/stack)\n");
+        return -1;
+    }
+    if (geteuid() == 0 && strcmp(su, "root") != 0 && !(pw = getpwnam(su))) {
+        fprintf(stderr, "ingest: baseline: no user %s\n", su);
+        return -1;
+    }
+    len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0)
+        return -1;
+    exe[len] = '\0';
+    snprintf(conninfo, sizeof conninfo, "host=%s port=%s dbname=%s user=%s", sock, PQport(c->db),
+             PQdb(c->db), su);
+    snprintf(tag, sizeof tag, "%s-c", c->run_tag);
+    snprintf(base, sizeof base, "%lld", base_ns);
+    snprintf(n, sizeof n, "%ld", c->traces);
+    uuid_v4(c->base_team_id, sizeof c->base_team_id);
+    /* start times lie up to 2 minutes before base_ns */
+    if (!ensure_partitions(c->db, base_ns - 121000000000LL, base_ns))
+        return -1;
+    if (pipe(fd) != 0)
+        return -1;
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        char *const args[] = {exe, (char *)"--copy-baseline", conninfo, tag, base,
+                              c->base_team_id, n, NULL};
+        dup2(fd[1], STDOUT_FILENO);
+        close(fd[0]);
+        close(fd[1]);
+        if (pw && (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 ||
+                   setuid(pw->pw_uid) != 0))
+            _exit(126);
+        execve(exe, args, envp);
+        _exit(127);
+    }
+    close(fd[1]);
+    f = fdopen(fd[0], "r");
+    if (f) {
+        if (!fgets(out, sizeof out, f))
+            out[0] = '\0';
+        fclose(f);
+    } else {
+        close(fd[0]);
+    }
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+        sscanf(out, "%lf %lf", &elapsed, &data_bytes) != 2 || elapsed <= 0) {
+        fprintf(stderr, "ingest: baseline COPY as %s failed (status %d)\n", su, status);
+        return -1;
+    }
+    *bytes = data_bytes;
+    return (double)c->traces / elapsed;
+}
+
+static double vm_kib(int pid, const char *field)
+{
+    char path[64], line[256];
+    FILE *f;
+    double v = -1;
+    size_t n = strlen(field);
+
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, n) == 0 && line[n] == ':')
+            v = atof(line + n + 1);
+    fclose(f);
+    return v;
+}
+
+static bool is_ingest(int pid)
+{
+    char path[64], name[64] = "";
+    FILE *f;
+
+    snprintf(path, sizeof path, "/proc/%d/comm", pid);
+    f = fopen(path, "r");
+    if (!f)
+        return false;
+    if (!fgets(name, sizeof name, f))
+        name[0] = '\0';
+    fclose(f);
+    name[strcspn(name, "\n")] = '\0';
+    return strcmp(name, "evalbus-ingest") == 0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static void cleanup_rows(cfg *c)
+{
+    char sql[1024];
+    double t0 = now_s();
+
+    snprintf(sql, sizeof sql,
+             "DELETE FROM ingest.observations WHERE team_id IN ('%s', '%s');"
+             "DELETE FROM ingest.trace_keys WHERE team_id IN ('%s', '%s');"
+             "DELETE FROM ingest.traces WHERE team_id IN ('%s', '%s', '%s')",
+             c->http_team_id, c->nats_team_id, c->http_team_id, c->nats_team_id,
+             c->http_team_id, c->nats_team_id, c->base_team_id[0] ? c->base_team_id
+                                                                   : c->http_team_id);
+    if (db_exec(c->db, sql))
+        fprintf(stderr, "ingest: deleted this run's rows in %.1f s\n", now_s() - t0);
+}
+
+static long env_long(const char *name, long def)
+{
+    const char *v = getenv(name);
+
+    return v && *v ? atol(v) : def;
+}
+
+int main(int argc, char **argv)
+{
+    cfg c = {0};
+    phase_result http = {0}, nats = {0}, warm = {0}, paced = {0};
+    double base_rate = -1, base_bytes = 0, hwm = -1, *lat = NULL;
+    long nbatches, paced_batches = 0;
+    char tag[64], auth[600];
+    int rc = 1;
+    bool rows = false;
+
+    if (argc == 7 && strcmp(argv[1], "--copy-baseline") == 0)
+        return copy_child(argv[2], argv[3], atoll(argv[4]), argv[5], atol(argv[6]));
+    c.url = getenv("EVALBUS_INGEST_URL");
+    c.nats_url = getenv("EVALBUS_NATS_URL");
+    c.db_url = getenv("EVALBUS_DATABASE_URL");
+    c.http_key = getenv("BENCH_INGEST_HTTP_KEY");
+    c.nats_key = getenv("BENCH_INGEST_NATS_KEY");
+    c.traces = env_long("BENCH_INGEST_TRACES", 50000);
+    c.batch = 100;
+    c.inflight = 8;
+    c.paced_seconds = 6;
+    c.timeout = 60;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *a = argv[i], *v = argv[i + 1];
+        if (!strcmp(a, "--http-team"))
+            c.http_team = v;
+        else if (!strcmp(a, "--nats-team"))
+            c.nats_team = v;
+        else if (!strcmp(a, "--traces"))
+            c.traces = atol(v);
+        else if (!strcmp(a, "--batch"))
+            c.batch = atol(v);
+        else if (!strcmp(a, "--inflight"))
+            c.inflight = atoi(v);
+        else if (!strcmp(a, "--pid"))
+            c.pid = atoi(v);
+        else if (!strcmp(a, "--paced-seconds"))
+            c.paced_seconds = atof(v);
+        else if (!strcmp(a, "--timeout"))
+            c.timeout = atof(v);
+    }
+    if (!c.url || !c.nats_url || !c.db_url || !c.http_key || !c.http_team || !c.nats_key ||
+        !c.nats_team || c.batch < 1 || c.batch > 1000 || c.traces < c.batch ||
+        c.inflight < 1 || c.inflight > MAX_INFLIGHT || c.paced_seconds <= 0 || c.timeout <= 0) {
+        fprintf(stderr, "usage: ingest --http-team SLUG --nats-team SLUG [--traces N] "
+                        "[--batch B<=1000] [--inflight F<=%d] [--pid PID] [--paced-seconds S] "
+                        "[--timeout S]\n"
+                        "with EVALBUS_INGEST_URL, EVALBUS_NATS_URL, EVALBUS_DATABASE_URL, "
+                        "BENCH_INGEST_HTTP_KEY and BENCH_INGEST_NATS_KEY set\n",
+                MAX_INFLIGHT);
+        return 2;
+    }
+    nbatches = c.traces / c.batch;
+    c.traces = nbatches * c.batch;
+    snprintf(c.run_tag, sizeof c.run_tag, "b%lx%x", (long)time(NULL) & 0xffffff,
+             (unsigned)getpid() & 0xffff);
+    snprintf(c.traces_url, sizeof c.traces_url, "%s/api/v1/traces", c.url);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", c.http_key);
+    c.hdrs = curl_slist_append(c.hdrs, auth);
+    c.hdrs = curl_slist_append(c.hdrs, "Content-Type: application/json");
+    c.hdrs = curl_slist_append(c.hdrs, "Expect:");
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+
+    c.db = db_connect(c.db_url);
+    if (!c.db)
+        goto cleanup;
+    if (!team_id_of(c.db, c.http_team, c.http_team_id, sizeof c.http_team_id) ||
+        !team_id_of(c.db, c.nats_team, c.nats_team_id, sizeof c.nats_team_id))
+        goto cleanup;
+    if (natsConnection_ConnectTo(&c.nc, c.nats_url) != NATS_OK) {
+        fprintf(stderr, "ingest: cannot connect to NATS at %s\n", c.nats_url);
+        goto cleanup;
+    }
+    rows = true;
+    fprintf(stderr, "ingest: %ld traces in batches of %ld, %d in flight, run %s\n", c.traces,
+            c.batch, c.inflight, c.run_tag);
+
+    /* 1. HTTP */
+    snprintf(tag, sizeof tag, "%s-hw", c.run_tag);
+    if (!phase(&c, false, tag, 2, 0, NULL, &warm))
+        goto cleanup;
+    snprintf(tag, sizeof tag, "%s-h", c.run_tag);
+    if (!phase(&c, false, tag, nbatches, 0, NULL, &http))
+        goto cleanup;
+    fprintf(stderr, "ingest: HTTP  %8.0f traces/s  (all accepted %.2f s, all committed %.2f s, "
+                    "%.0f B JSON per trace; %d commit polls took %.0f ms, the last count(*) of "
+                    "ingest.traces %.1f ms)\n",
+            http.rate, http.send_s, http.commit_s, http.bytes / (double)c.traces,
+            http.polls.polls, http.polls.total_ms, http.polls.last_ms);
+
+    /* 2. NATS */
+    snprintf(tag, sizeof tag, "%s-nw", c.run_tag);
+    if (!phase(&c, true, tag, 2, 0, NULL, &warm))
+        goto cleanup;
+    snprintf(tag, sizeof tag, "%s-n", c.run_tag);
+    if (!phase(&c, true, tag, nbatches, 0, NULL, &nats))
+        goto cleanup;
+    fprintf(stderr, "ingest: NATS  %8.0f traces/s  (all acked    %.2f s, all committed %.2f s, "
+                    "%.0f B protobuf per trace; %d commit polls took %.0f ms)\n",
+            nats.rate, nats.send_s, nats.commit_s, nats.bytes / (double)c.traces,
+            nats.polls.polls, nats.polls.total_ms);
+
+    /* 3. peak RSS of the ingest service so far */
+    if (c.pid > 0) {
+        if (!is_ingest(c.pid)) {
+            fprintf(stderr, "ingest: process %d is not evalbus-ingest\n", c.pid);
+            goto cleanup;
+        }
+        hwm = vm_kib(c.pid, "VmHWM");
+        if (hwm < 0) {
+            fprintf(stderr, "ingest: cannot read /proc/%d/status (is the ingest pid right?)\n",
+                    c.pid);
+            goto cleanup;
+        }
+        fprintf(stderr, "ingest: ingest service pid %d: peak RSS %.1f MiB, now %.1f MiB\n", c.pid,
+                hwm / 1024, vm_kib(c.pid, "VmRSS") / 1024);
+    }
+
+    /* 4. baseline */
+    base_rate = baseline_copy(&c, &base_bytes);
+    if (base_rate <= 0)
+        goto cleanup;
+    fprintf(stderr, "ingest: COPY  %8.0f traces/s  (%.2f s, %.0f B per row; one COPY into "
+                    "ingest.traces as the superuser: no trace_keys, observations, upsert or "
+                    "row-level security)\n",
+            base_rate, (double)c.traces / base_rate, base_bytes / (double)c.traces);
+    printf("BENCH name=ingest_http value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n",
+           http.rate, base_rate, http.rate / base_rate);
+    printf("BENCH name=ingest_nats value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n",
+           nats.rate, base_rate, nats.rate / base_rate);
+    if (hwm >= 0)
+        printf("BENCH name=ingest_rss value=%.1f unit=MiB baseline=- ratio=-\n", hwm / 1024);
+    fflush(stdout);
+
+    /* 5. HTTP latency at half the measured rate */
+    {
+        double rate = http.rate / 2 / (double)c.batch; /* batches per second */
+        paced_batches = (long)(rate * c.paced_seconds);
+        if (paced_batches < 20)
+            paced_batches = 20;
+        lat = calloc((size_t)paced_batches, sizeof *lat);
+        snprintf(tag, sizeof tag, "%s-p", c.run_tag);
+        if (!phase(&c, false, tag, paced_batches, rate, lat, &paced))
+            goto cleanup;
+        qsort(lat, (size_t)paced_batches, sizeof *lat, cmp_double);
+#define PCT(p) lat[(size_t)((double)(paced_batches - 1) * (p) + 0.5)]
+        fprintf(stderr, "ingest: HTTP paced at %.0f traces/s (%.1f batches/s) for %.1f s: "
+                        "latency p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms "
+                        "(%ld requests, all committed %.2f s after the first)\n",
+                rate * (double)c.batch, rate, paced.send_s, PCT(0.50), PCT(0.90), PCT(0.99),
+                lat[paced_batches - 1], paced_batches, paced.commit_s);
+        printf("BENCH name=ingest_http_p99 value=%.1f unit=ms baseline=- ratio=-\n", PCT(0.99));
+#undef PCT
+        fflush(stdout);
+    }
+    rc = 0;
+cleanup:
+    if (rows && c.db)
+        cleanup_rows(&c);
+    free(lat);
+    if (c.db)
+        PQfinish(c.db);
+    natsConnection_Destroy(c.nc);
+    nats_Close();
+    curl_slist_free_all(c.hdrs);
+    curl_global_cleanup();
+    return rc;
+}

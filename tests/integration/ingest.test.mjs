@@ -1,0 +1,648 @@
+// The ingest service's JSON batch API and trace query API, through the nginx edge of a real
+// stack: a full trace round trip, per-item answers (202 / 207 / 400), limits (413), resends
+// stored once, reviews and scores, cross-team 404s, deletion with its audit events, keyset
+// pagination and the query filters. Some checks read PostgreSQL directly (stack.psql).
+
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import zlib from 'node:zlib';
+
+import {
+  BIN_DIR,
+  DOWN_TIMEOUT_MS,
+  Stack,
+  UP_TIMEOUT_MS,
+  assertError,
+  assertStatus,
+  pollUntil,
+  uniqueSlug,
+} from './harness.mjs';
+
+const stack = new Stack('ingest');
+const T = { timeout: 90_000 };
+const STORE_TIMEOUT_MS = 3000; // "readable within a second" of the 2xx; ASan builds get slack
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const UTC_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}|\.\d{6}|\.\d{9})?Z$/;
+
+const rid = (p = 't') => `${p}-${crypto.randomBytes(5).toString('hex')}`;
+const iso = (ms) => new Date(ms).toISOString();
+const same = (a, b) => Date.parse(a) === Date.parse(b);
+/** Text-only input / output: docs/api/traces.md says a string; the service also answers
+ * {"text": "..."} (which it accepts back as the same input). */
+const textOf = (v) => (typeof v === 'string' ? v : v && typeof v === 'object' && Object.keys(v).join() === 'text' ? v.text : v);
+
+/** Edge request with the caller's key. */
+function api(method, p, key, opts = {}) {
+  return stack.api(method, p, { base: stack.url, key, ...opts });
+}
+
+async function postTraces(key, traces, opts = {}) {
+  return api('POST', '/api/v1/traces', key, { body: { traces }, ...opts });
+}
+
+/** Posts and asserts 202 with every id accepted (in order); returns the accepted ids. */
+async function ingestOk(key, traces, what = 'ingest') {
+  const r = await postTraces(key, traces);
+  assertStatus(r, 202, what);
+  assert.deepEqual(r.body.rejected, [], `${what}: nothing rejected`);
+  const sent = traces.map((t) => t.id).filter(Boolean);
+  if (sent.length === traces.length) assert.deepEqual(r.body.accepted, sent, `${what}: accepted ids in order`);
+  return r.body.accepted;
+}
+
+/** Polls GET /api/v1/traces/{id} until it answers 200 (and pred(body) holds). */
+async function waitTrace(key, id, pred = () => true, timeoutMs = STORE_TIMEOUT_MS) {
+  let last;
+  const res = await pollUntil(async () => {
+    last = await api('GET', `/api/v1/traces/${encodeURIComponent(id)}`, key);
+    return last.status === 200 && pred(last.body) ? last.body : null;
+  }, { timeoutMs, intervalMs: 100 });
+  assert.ok(res.value, `trace ${id} readable within ${timeoutMs} ms of the 2xx; last answer ${last.status}: ${last.text.slice(0, 300)}`);
+  return res.value;
+}
+
+/** GET /api/v1/traces with query params; asserts 200. */
+async function list(key, params = {}) {
+  const qs = new URLSearchParams(params).toString();
+  const r = await api('GET', `/api/v1/traces${qs ? `?${qs}` : ''}`, key);
+  assertStatus(r, 200, `list ${qs}`);
+  assert.ok(Array.isArray(r.body.traces), 'traces is an array');
+  return r.body;
+}
+
+async function listIds(key, params) {
+  return (await list(key, { limit: '500', ...params })).traces.map((t) => t.id).sort();
+}
+
+/** Waits until every id is readable. */
+async function waitAll(key, ids) {
+  for (const id of ids) await waitTrace(key, id);
+}
+
+async function auditEvent(key, pred) {
+  let events = [];
+  const res = await pollUntil(async () => {
+    const r = await stack.api('GET', '/api/v1/audit?limit=50', { key });
+    assertStatus(r, 200, 'read audit');
+    events = r.body.events;
+    return events.find(pred);
+  }, { timeoutMs: 3000, intervalMs: 150 });
+  assert.ok(res.value, `audit event not found within 3 s; last events: ${JSON.stringify(events.slice(0, 5))}`);
+  return res.value;
+}
+
+describe('ingest: JSON batch API and trace queries', () => {
+  let A; // {key (owner), team, id, member, viewer}
+  let B;
+
+  async function makeTeam(prefix) {
+    const o = await stack.bootstrap(uniqueSlug(prefix));
+    await stack.setTier(o.team, 'enterprise', o.key); // this file is not about rate limits
+    const me = await stack.whoami(o.key);
+    const member = await stack.createKey(o.key, { name: 'member', role: 'member', scopes: ['traces:read', 'traces:write'] });
+    const viewer = await stack.createKey(o.key, { name: 'viewer', role: 'viewer', scopes: ['traces:read'] });
+    return { ...o, id: me.team.id, member: member.key, memberKeyId: member.id, viewer: viewer.key };
+  }
+
+  before(async () => {
+    assert.ok(fs.existsSync(path.join(BIN_DIR, 'evalbus-ingest')), `${BIN_DIR}/evalbus-ingest must exist`);
+    await stack.up();
+    assert.ok(stack.env.EVALBUS_INGEST_URL, 'stack.env names EVALBUS_INGEST_URL (ingest was started)');
+    A = await makeTeam('ia');
+    B = await makeTeam('ib');
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('a full trace round-trips: every field sent comes back from GET /api/v1/traces/{id}', T, stack.wrap(async () => {
+    const t0 = Date.now() - 60_000;
+    const id = rid('full');
+    const trace = {
+      id,
+      project: 'support-bot',
+      name: 'answer',
+      model: 'gpt-4o',
+      provider: 'openai',
+      status: 'error',
+      status_message: 'tool timed out',
+      start_time: iso(t0),
+      end_time: iso(t0 + 1200),
+      latency_ms: 1200,
+      usage: { input_tokens: 120, output_tokens: 40 },
+      cost_usd: 0.0012,
+      input: {
+        messages: [
+          { role: 'system', content: 'Be brief.' },
+          { role: 'user', content: [{ type: 'text', text: 'What is this?' }, { type: 'image_url', image_url: { url: 'https://x.test/a.png' } }], name: 'ann' },
+        ],
+      },
+      output: {
+        messages: [{
+          role: 'assistant',
+          content: null,
+          tool_calls: [{ id: 'c1', type: 'function', function: { name: 'lookup', arguments: '{"q": 1}' } }],
+        }],
+      },
+      tool_calls: [{
+        id: 'c1', name: 'lookup', arguments: { q: 1 }, result: 'found',
+        start_time: iso(t0 + 500), end_time: iso(t0 + 750),
+      }],
+      metadata: { customer_tier: 'gold', nested: { n: 1, ok: true } },
+      tags: ['prod', 'beta'],
+      session_id: 's-9',
+      user_id: 'u-7',
+      environment: 'prod',
+      release: '1.2.3',
+      temperature: 0.2, // unknown member: kept in attributes
+      observations: [
+        {
+          id: 'o1', type: 'generation', name: 'llm', start_time: iso(t0 + 100), end_time: iso(t0 + 1000),
+          status: 'error', status_message: 'boom', model: 'gpt-4o', provider: 'openai',
+          usage: { input_tokens: 100, output_tokens: 30 }, cost_usd: 0.001,
+          input: { messages: [{ role: 'user', content: 'hi' }] }, output: 'hello',
+          metadata: { k: 1 },
+        },
+        {
+          id: 'o2', parent_id: 'o1', type: 'tool', name: 'lookup', start_time: iso(t0 + 500), end_time: iso(t0 + 750),
+          status: 'ok', input: '{"q": 1}', output: 'found',
+        },
+        { id: 'o3', type: 'event', name: 'cache-miss', start_time: iso(t0 + 50), end_time: iso(t0 + 50) },
+      ],
+    };
+    await ingestOk(A.member, [trace], 'full trace');
+    const g = await waitTrace(A.key, id);
+
+    // scalar fields
+    for (const f of ['id', 'project', 'name', 'model', 'provider', 'status', 'status_message', 'session_id', 'user_id', 'environment', 'release']) {
+      assert.equal(g[f], trace[f], `field ${f}`);
+    }
+    for (const f of ['start_time', 'end_time']) {
+      assert.match(g[f], UTC_RE, `${f} is UTC with Z`);
+      assert.ok(same(g[f], trace[f]), `${f}: ${g[f]} is ${trace[f]}`);
+    }
+    assert.equal(g.latency_ms, 1200, 'latency_ms');
+    assert.deepEqual(g.usage, { input_tokens: 120, output_tokens: 40, total_tokens: 160 }, 'usage (total derived)');
+    assert.equal(g.cost_usd, 0.0012, 'cost_usd');
+    assert.deepEqual(g.metadata, trace.metadata, 'metadata');
+    assert.deepEqual([...g.tags].sort(), ['beta', 'prod'], 'tags');
+    assert.deepEqual(g.attributes, { temperature: 0.2 }, 'the unknown member is kept in attributes');
+    assert.equal(g.review_state, 'unreviewed', 'review_state');
+    assert.equal(g.source, 'json', 'source');
+    assert.deepEqual(g.reviews, [], 'no reviews');
+    assert.deepEqual(g.scores, [], 'no scores');
+
+    // messages
+    assert.deepEqual(g.input, {
+      messages: [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: [{ type: 'text', text: 'What is this?' }, { type: 'image_url', image_url: { url: 'https://x.test/a.png' } }], name: 'ann' },
+      ],
+    }, 'input messages with content parts');
+    assert.deepEqual(g.output, trace.output, 'output message with its tool call');
+    assert.equal(g.tool_calls.length, 1, 'one trace-level tool call');
+    const tc = g.tool_calls[0];
+    assert.equal(tc.id, 'c1');
+    assert.equal(tc.type, 'function', 'type defaults to function');
+    assert.deepEqual(tc.function, { name: 'lookup', arguments: '{"q":1}' }, 'object arguments come back as compact JSON text');
+    assert.equal(tc.result, 'found');
+    assert.ok(same(tc.start_time, iso(t0 + 500)) && same(tc.end_time, iso(t0 + 750)), 'tool call timings');
+
+    // observations
+    assert.equal(g.observations.length, 3, 'three observations');
+    const ob = Object.fromEntries(g.observations.map((o) => [o.id, o]));
+    assert.deepEqual(Object.keys(ob).sort(), ['o1', 'o2', 'o3']);
+    const o1 = ob.o1;
+    assert.equal(o1.type, 'generation');
+    assert.equal(o1.parent_id, null);
+    assert.equal(o1.name, 'llm');
+    assert.ok(same(o1.start_time, iso(t0 + 100)) && same(o1.end_time, iso(t0 + 1000)), 'o1 times');
+    assert.equal(o1.status, 'error');
+    assert.equal(o1.status_message, 'boom');
+    assert.equal(o1.model, 'gpt-4o');
+    assert.equal(o1.provider, 'openai');
+    assert.deepEqual(o1.usage, { input_tokens: 100, output_tokens: 30 }, 'o1 usage');
+    assert.equal(o1.cost_usd, 0.001);
+    assert.deepEqual(o1.input, { messages: [{ role: 'user', content: 'hi' }] }, 'o1 input');
+    assert.equal(textOf(o1.output), 'hello', `o1 output text: ${JSON.stringify(o1.output)}`);
+    assert.deepEqual(o1.metadata, { k: 1 }, 'o1 metadata');
+    assert.equal(ob.o2.parent_id, 'o1', 'o2 nests under o1');
+    assert.equal(ob.o2.type, 'tool');
+    assert.equal(ob.o2.status, 'ok');
+    assert.equal(textOf(ob.o2.input), '{"q": 1}', 'o2 input text');
+    assert.equal(textOf(ob.o2.output), 'found', 'o2 output text');
+    assert.equal(ob.o3.type, 'event');
+    assert.equal(ob.o3.name, 'cache-miss');
+
+    // the summary in the list
+    const l = await list(A.key, { project: 'support-bot' });
+    const s = l.traces.find((x) => x.id === id);
+    assert.ok(s, 'the trace is in the list');
+    assert.equal(s.model, 'gpt-4o');
+    assert.deepEqual(s.usage, { input_tokens: 120, output_tokens: 40, total_tokens: 160 });
+    assert.equal(s.review_state, 'unreviewed');
+    assert.equal(s.input, undefined, 'the list holds summaries, not inputs');
+
+    // a gzip body is accepted the same way
+    const gz = { ...trace, id: rid('gz') };
+    const r = await api('POST', '/api/v1/traces', A.member, {
+      raw: zlib.gzipSync(JSON.stringify({ traces: [gz] })), headers: { 'content-encoding': 'gzip' },
+    });
+    assertStatus(r, 202, 'gzip body');
+    assert.deepEqual(r.body.accepted, [gz.id]);
+    const gg = await waitTrace(A.key, gz.id);
+    assert.equal(gg.observations.length, 3, 'gzip trace stored whole');
+    assert.deepEqual(gg.input, g.input, 'gzip trace input');
+  }));
+
+  it('207: bad items are rejected one by one and the good ones are stored', T, stack.wrap(async () => {
+    const t0 = Date.now() - 30_000;
+    const good = (id) => ({ id, project: 'p207', name: 'ok', start_time: iso(t0) });
+    const ids = [rid('g0'), rid('b1'), rid('g2'), rid('b3'), rid('b4'), rid('b5')];
+    const batch = [
+      good(ids[0]),
+      { ...good(ids[1]), status: 'weird' },
+      good(ids[2]),
+      { ...good(ids[3]), start_time: iso(t0 + 1000), end_time: iso(t0) },
+      { ...good(ids[4]), input: { messages: [{ role: 'wizard', content: 'x' }] } },
+      { ...good(ids[5]), input: { messages: [{ role: 'user', content: 'x'.repeat(1024 * 1024 + 1) }] } },
+      { project: 'p207', name: 'no id given' },
+    ];
+    const r = await postTraces(A.member, batch);
+    assertStatus(r, 207, 'mixed batch');
+    assert.equal(r.body.accepted.length, 3, `three accepted: ${JSON.stringify(r.body.accepted)}`);
+    assert.equal(r.body.accepted[0], ids[0]);
+    assert.equal(r.body.accepted[1], ids[2]);
+    const assigned = r.body.accepted[2];
+    assert.match(assigned, UUID_RE, 'a trace sent without an id gets a UUID');
+    const rej = r.body.rejected;
+    assert.deepEqual(rej.map((x) => x.index), [1, 3, 4, 5], 'rejected indices');
+    assert.deepEqual(rej.map((x) => x.id), [ids[1], ids[3], ids[4], ids[5]], 'rejected ids');
+    assert.deepEqual(rej.map((x) => x.error.code), ['invalid_argument', 'invalid_argument', 'invalid_argument', 'too_large']);
+    assert.match(rej[0].error.message, /status/, 'names the field');
+    assert.match(rej[1].error.message, /end_time/, 'names the field');
+    assert.match(rej[2].error.message, /input\.messages\[0\]\.role/, 'names the field path');
+    assert.match(rej[3].error.message, /input\.messages\[0\]\.content.*max-field-bytes/, 'names the path and the limit');
+    await waitAll(A.key, [ids[0], ids[2], assigned]);
+    const a = await waitTrace(A.key, assigned);
+    assert.equal(a.name, 'no id given');
+    for (const bad of [ids[1], ids[3], ids[4], ids[5]]) {
+      assertError(await api('GET', `/api/v1/traces/${bad}`, A.key), 'not_found', `rejected ${bad} is not stored`);
+    }
+    assert.deepEqual(await listIds(A.key, { project: 'p207' }), [ids[0], ids[2], assigned].sort(), 'only the good ones are listed');
+  }));
+
+  it('400 and 413: malformed JSON, invalid UTF-8, no traces array, nothing valid, too many items, too large a body', T, stack.wrap(async () => {
+    const h = { 'content-type': 'application/json' };
+    let r = await api('POST', '/api/v1/traces', A.member, { raw: '{"traces": [{"id": "x"', headers: h });
+    assertError(r, 'invalid_argument', 'truncated JSON');
+    r = await api('POST', '/api/v1/traces', A.member, { raw: Buffer.from([...Buffer.from('{"traces": [{"id": "'), 0xff, 0xfe, ...Buffer.from('"}]}')]) });
+    assertError(r, 'invalid_argument', 'invalid UTF-8');
+    assert.match(r.body.error.message, /UTF-8/i, 'the message says UTF-8');
+    r = await api('POST', '/api/v1/traces', A.member, { body: { traces: { id: 'x' } } });
+    assertError(r, 'invalid_argument', 'traces is not an array');
+    r = await api('POST', '/api/v1/traces', A.member, { raw: zlib.gzipSync('{"traces": []}').subarray(0, 12), headers: { 'content-encoding': 'gzip' } });
+    assertError(r, 'invalid_argument', 'truncated gzip');
+
+    const bad = [rid('n0'), rid('n1')];
+    r = await postTraces(A.member, [{ id: bad[0], status: 'nope' }, { id: bad[1], tags: [''] }]);
+    assertError(r, 'invalid_argument', 'no valid trace');
+    assert.deepEqual(r.body.accepted, [], 'nothing accepted');
+    assert.deepEqual(r.body.rejected.map((x) => x.index), [0, 1], 'each item has its error');
+
+    // the default limit (1000 items) through the edge
+    const many = Array.from({ length: 1001 }, (_, i) => ({ id: `over-${i}` }));
+    r = await postTraces(A.member, many);
+    assertError(r, 'too_large', '1001 items');
+    assert.match(r.body.error.message, /max-batch-items/, 'the message names the limit');
+    assertError(await api('GET', '/api/v1/traces/over-0', A.key), 'not_found', 'nothing of a refused batch is stored');
+
+    // a replica with small limits
+    const rep = await stack.spawnService('ingest', {
+      EVALBUS_MAX_BATCH_ITEMS: '5', EVALBUS_MAX_BODY: '64KiB', EVALBUS_WRITER_THREADS: '0',
+    });
+    const direct = (traces, opts = {}) => stack.api('POST', '/api/v1/traces', { base: rep.url, key: A.member, body: { traces }, ...opts });
+    const t0 = Date.now() - 10_000;
+    const six = Array.from({ length: 6 }, () => ({ id: rid('six'), project: 'plimit', start_time: iso(t0) }));
+    r = await direct(six);
+    assertError(r, 'too_large', '6 items, limit 5');
+    assert.match(r.body.error.message, /max-batch-items/);
+    assert.match(r.body.error.message, /\b5\b/, 'the message gives the limit 5');
+    r = await direct(six.slice(0, 5));
+    assertStatus(r, 202, '5 items, limit 5');
+    assert.deepEqual(r.body.accepted, six.slice(0, 5).map((t) => t.id));
+    await waitAll(A.key, six.slice(0, 5).map((t) => t.id)); // the stack's writer stores them
+    assertError(await api('GET', `/api/v1/traces/${six[5].id}`, A.key), 'not_found');
+
+    const big = JSON.stringify({ traces: [{ id: rid('big'), input: 'x'.repeat(70 * 1024) }] });
+    r = await stack.api('POST', '/api/v1/traces', { base: rep.url, key: A.member, raw: big });
+    assertError(r, 'too_large', 'a 70 KiB body, max-body 64 KiB');
+    r = await stack.api('POST', '/api/v1/traces', {
+      base: rep.url, key: A.member, raw: zlib.gzipSync(big), headers: { 'content-encoding': 'gzip' },
+    });
+    assertError(r, 'too_large', 'a small gzip body that inflates beyond max-body');
+    assert.match(r.body.error.message, /max-body/);
+  }));
+
+  it('the same trace sent twice is stored once; a changed resend replaces it', T, stack.wrap(async () => {
+    const t0 = Date.now() - 20_000;
+    const project = `dup-${crypto.randomBytes(3).toString('hex')}`;
+    const id = rid('dup');
+    const trace = {
+      id, project, name: 'v1', start_time: iso(t0), end_time: iso(t0 + 500),
+      usage: { input_tokens: 10, output_tokens: 5 },
+      observations: [
+        { id: 'a', type: 'generation', usage: { input_tokens: 10, output_tokens: 5 } },
+        { id: 'b', type: 'tool' },
+        { type: 'event', name: 'derived-id' },
+      ],
+    };
+    await ingestOk(A.member, [trace], 'first send');
+    await waitTrace(A.key, id);
+    await ingestOk(A.member, [trace], 'second send');
+    await ingestOk(A.member, [trace, trace], 'twice in one batch');
+    await new Promise((res) => setTimeout(res, 1500)); // let the writer store the resends
+    const g = await waitTrace(A.key, id);
+    assert.equal(g.observations.length, 3, `observations not doubled: ${g.observations.map((o) => o.id)}`);
+    assert.equal(new Set(g.observations.map((o) => o.id)).size, 3, 'the derived observation id is stable');
+    assert.deepEqual(g.usage, { input_tokens: 10, output_tokens: 5, total_tokens: 15 }, 'totals not summed');
+    assert.deepEqual(await listIds(A.key, { project }), [id], 'listed once');
+    const [[nt, no]] = await stack.psql(
+      `SELECT (SELECT count(*) FROM ingest.traces WHERE team_id = '${A.id}' AND id = '${id}'),` +
+      ` (SELECT count(*) FROM ingest.observations WHERE team_id = '${A.id}' AND trace_id = '${id}')`,
+    );
+    assert.equal(nt, '1', 'one row in ingest.traces');
+    assert.equal(no, '3', 'three rows in ingest.observations');
+
+    // newest wins: the trace's fields and its observations are those of the last version
+    const v2 = { id, project, name: 'v2', start_time: iso(t0), status: 'ok', observations: [{ id: 'c', type: 'span' }] };
+    await ingestOk(A.member, [v2], 'changed resend');
+    const g2 = await waitTrace(A.key, id, (b) => b.name === 'v2');
+    assert.equal(g2.status, 'ok');
+    assert.equal(g2.usage.input_tokens, null, 'usage of the old version is gone');
+    assert.deepEqual(g2.observations.map((o) => o.id), ['c'],
+      'a replaced trace has only the observations of its newest version');
+    assert.deepEqual(await listIds(A.key, { project }), [id], 'still listed once');
+  }));
+
+  it('reviews: accept / reject / needs_review set the review state, keep the history and drive the review filter', T, stack.wrap(async () => {
+    const project = `rev-${crypto.randomBytes(3).toString('hex')}`;
+    const t0 = Date.now() - 10_000;
+    const [t1, t2] = [rid('r1'), rid('r2')];
+    await ingestOk(A.member, [{ id: t1, project, start_time: iso(t0) }, { id: t2, project, start_time: iso(t0) }]);
+    await waitAll(A.key, [t1, t2]);
+    const review = (id, body, key = A.member) => api('POST', `/api/v1/traces/${id}/review`, key, { body });
+
+    let r = await review(t1, { decision: 'accept', score: 4.5, notes: 'good answer' });
+    assertStatus(r, 201, 'accept');
+    assert.equal(r.body.decision, 'accept');
+    assert.equal(r.body.review_state, 'accepted');
+    assert.equal(r.body.score, 4.5);
+    assert.equal(r.body.notes, 'good answer');
+    assert.equal(r.body.reviewer_key_id, A.memberKeyId, 'the reviewer comes from the credential');
+    let g = await waitTrace(A.key, t1);
+    assert.equal(g.review_state, 'accepted');
+    assert.equal(g.reviews.length, 1);
+    assert.equal(g.reviews[0].decision, 'accept');
+    assert.equal(g.reviews[0].score, 4.5);
+    assert.equal(g.reviews[0].notes, 'good answer');
+    assert.equal(g.reviews[0].reviewer_key_id, A.memberKeyId);
+
+    assertError(await review(t1, { decision: 'reject' }), 'invalid_argument', 'reject without a reason');
+    assertError(await review(t1, { decision: 'reject', reason: 'boring' }), 'invalid_argument', 'a reason not in the list');
+    assertError(await review(t1, { decision: 'maybe' }), 'invalid_argument', 'an unknown decision');
+    assertError(await review(t1, { decision: 'accept' }, A.viewer), 'forbidden', 'a viewer cannot review');
+    assertError(await review(rid('nosuch'), { decision: 'accept' }), 'not_found', 'an unknown trace');
+
+    r = await review(t1, { decision: 'reject', reason: 'hallucination', notes: 'made up a price' });
+    assertStatus(r, 201, 'reject');
+    assert.equal(r.body.review_state, 'rejected');
+    g = await waitTrace(A.key, t1);
+    assert.equal(g.review_state, 'rejected', 'the latest review is the state');
+    assert.deepEqual(g.reviews.map((x) => x.decision), ['reject', 'accept'], 'history, newest first');
+    assert.equal(g.reviews[0].reason, 'hallucination');
+    r = await review(t2, { decision: 'needs_review' }, A.key);
+    assertStatus(r, 201, 'needs_review');
+    assert.equal((await waitTrace(A.key, t2)).review_state, 'needs_review');
+
+    assert.deepEqual(await listIds(A.key, { project, review: 'rejected' }), [t1]);
+    assert.deepEqual(await listIds(A.key, { project, review: 'needs_review' }), [t2]);
+    assert.deepEqual(await listIds(A.key, { project, review: 'accepted' }), []);
+    assert.deepEqual(await listIds(A.key, { project, review: 'unreviewed' }), []);
+    r = await review(t1, { decision: 'accept' });
+    assertStatus(r, 201, 'accept again');
+    assert.deepEqual(await listIds(A.key, { project, review: 'accepted' }), [t1]);
+    assert.equal((await waitTrace(A.key, t1)).reviews.length, 3, 'three reviews kept');
+    assertError(await api('GET', '/api/v1/traces?review=maybe', A.key), 'invalid_argument', 'review filter value');
+  }));
+
+  it('scores: numeric, boolean and categorical on traces and observations, and the score filter', T, stack.wrap(async () => {
+    const project = `sc-${crypto.randomBytes(3).toString('hex')}`;
+    const t0 = Date.now() - 10_000;
+    const [t1, t2] = [rid('s1'), rid('s2')];
+    await ingestOk(A.member, [
+      { id: t1, project, start_time: iso(t0), observations: [{ id: 'gen', type: 'generation' }] },
+      { id: t2, project, start_time: iso(t0) },
+    ]);
+    await waitAll(A.key, [t1, t2]);
+    const score = (body, key = A.member) => api('POST', '/api/v1/scores', key, { body });
+
+    let r = await score({ trace_id: t1, name: 'quality', value: 0.8, source: 'llm_judge', comment: 'judge v1' });
+    assertStatus(r, 201, 'numeric score');
+    assert.equal(r.body.kind, 'numeric');
+    assert.equal(r.body.value, 0.8);
+    assert.equal(r.body.source, 'llm_judge');
+    assertStatus(await score({ trace_id: t1, name: 'helpful', value: true, source: 'human' }), 201, 'boolean score');
+    assertStatus(await score({ trace_id: t1, name: 'tone', value: 'friendly' }), 201, 'categorical score');
+    r = await score({ trace_id: t1, observation_id: 'gen', name: 'latency_ok', value: false });
+    assertStatus(r, 201, 'observation score');
+    assert.equal(r.body.observation_id, 'gen');
+    assertStatus(await score({ trace_id: t2, name: 'quality', value: 0.3 }), 201, 't2 score');
+
+    assertError(await score({ trace_id: t1, name: 'q', value: 'x', kind: 'numeric' }), 'invalid_argument', 'kind does not match the value');
+    assertError(await score({ trace_id: t1, name: 'q', value: 1, source: 'robot' }), 'invalid_argument', 'unknown source');
+    assertError(await score({ trace_id: t1, name: 'q', value: null }), 'invalid_argument', 'no value');
+    assertError(await score({ trace_id: t1, observation_id: 'nope', name: 'q', value: 1 }), 'not_found', 'unknown observation');
+    assertError(await score({ trace_id: rid('nosuch'), name: 'q', value: 1 }), 'not_found', 'unknown trace');
+    assertError(await score({ trace_id: t1, name: 'q', value: 1 }, A.viewer), 'forbidden', 'a viewer cannot score');
+
+    const g = await waitTrace(A.key, t1);
+    const byName = Object.fromEntries(g.scores.map((s) => [s.name, s]));
+    assert.deepEqual(Object.keys(byName).sort(), ['helpful', 'latency_ok', 'quality', 'tone']);
+    assert.deepEqual([byName.quality.kind, byName.quality.value, byName.quality.source, byName.quality.comment], ['numeric', 0.8, 'llm_judge', 'judge v1']);
+    assert.deepEqual([byName.helpful.kind, byName.helpful.value, byName.helpful.source], ['boolean', true, 'human']);
+    assert.deepEqual([byName.tone.kind, byName.tone.value, byName.tone.source], ['categorical', 'friendly', 'api']);
+    assert.deepEqual([byName.latency_ok.kind, byName.latency_ok.value, byName.latency_ok.observation_id], ['boolean', false, 'gen']);
+    assert.equal(byName.quality.observation_id, null);
+
+    assert.deepEqual(await listIds(A.key, { project, score: 'quality' }), [t1, t2].sort(), 'score name alone');
+    assert.deepEqual(await listIds(A.key, { project, score: 'quality', score_min: '0.5' }), [t1], 'score_min');
+    assert.deepEqual(await listIds(A.key, { project, score: 'quality', score_max: '0.5' }), [t2], 'score_max');
+    assert.deepEqual(await listIds(A.key, { project, score: 'quality', score_min: '0.9' }), [], 'nothing above 0.9');
+    assert.deepEqual(await listIds(A.key, { project, score: 'tone' }), [t1], 'categorical score name');
+    assertError(await api('GET', `/api/v1/traces?score_min=0.5`, A.key), 'invalid_argument', 'score_min without score');
+    assertError(await api('GET', `/api/v1/traces?score=quality&score_min=abc`, A.key), 'invalid_argument', 'score_min not a number');
+  }));
+
+  it("another team's trace answers 404 everywhere and is left untouched", T, stack.wrap(async () => {
+    const t0 = Date.now() - 10_000;
+    const id = rid('iso');
+    await ingestOk(A.member, [{ id, project: 'iso', name: 'team A', start_time: iso(t0), observations: [{ id: 'o', type: 'span' }] }]);
+    await waitTrace(A.key, id);
+    assertError(await api('GET', `/api/v1/traces/${id}`, B.key), 'not_found', 'GET');
+    assertError(await api('POST', `/api/v1/traces/${id}/review`, B.key, { body: { decision: 'accept' } }), 'not_found', 'review');
+    assertError(await api('POST', '/api/v1/scores', B.key, { body: { trace_id: id, name: 'q', value: 1 } }), 'not_found', 'score');
+    assertError(await api('POST', '/api/v1/scores', B.key, { body: { trace_id: id, observation_id: 'o', name: 'q', value: 1 } }), 'not_found', 'observation score');
+    assertError(await api('DELETE', `/api/v1/traces/${id}`, B.key), 'not_found', 'DELETE');
+    assert.ok(!(await listIds(B.key, { project: 'iso' })).includes(id), "B's list does not show A's trace");
+    let r = await api('POST', '/api/v1/traces/delete', B.key, { body: { filter: { project: 'iso' } } });
+    assertStatus(r, 200, 'B deletes by filter');
+    assert.equal(r.body.deleted, 0, "B's delete by filter does not reach A's trace");
+    const g = await waitTrace(A.key, id);
+    assert.equal(g.review_state, 'unreviewed', 'untouched review state');
+    assert.deepEqual(g.reviews, []);
+    assert.deepEqual(g.scores, []);
+
+    // the same id in team B is B's own trace
+    await ingestOk(B.key, [{ id, project: 'iso', name: 'team B', start_time: iso(t0) }]);
+    assert.equal((await waitTrace(B.key, id)).name, 'team B');
+    assert.equal((await waitTrace(A.key, id)).name, 'team A', "A's trace is not replaced by B's");
+  }));
+
+  it('deletion by id and by filter: admin only, gone from every query, recorded in the audit log', T, stack.wrap(async () => {
+    const t0 = Date.now() - 10_000;
+    const tag = `del-${crypto.randomBytes(3).toString('hex')}`;
+    const project = `del-${crypto.randomBytes(3).toString('hex')}`;
+    const one = rid('d1');
+    const tagged = [rid('dt'), rid('dt'), rid('dt')];
+    const keep = rid('dk');
+    await ingestOk(A.member, [
+      { id: one, project, start_time: iso(t0), observations: [{ id: 'o', type: 'span' }] },
+      ...tagged.map((id) => ({ id, project, tags: [tag], start_time: iso(t0) })),
+      { id: keep, project, tags: ['other'], start_time: iso(t0) },
+    ]);
+    await waitAll(A.key, [one, ...tagged, keep]);
+    assertStatus(await api('POST', `/api/v1/traces/${one}/review`, A.member, { body: { decision: 'accept' } }), 201);
+    assertStatus(await api('POST', '/api/v1/scores', A.member, { body: { trace_id: one, name: 'q', value: 1 } }), 201);
+
+    assertError(await api('DELETE', `/api/v1/traces/${one}`, A.member), 'forbidden', 'a member cannot delete');
+    assertError(await api('POST', '/api/v1/traces/delete', A.member, { body: { filter: { tag } } }), 'forbidden', 'a member cannot delete by filter');
+    let r = await api('DELETE', `/api/v1/traces/${one}`, A.key);
+    assertStatus(r, 200, 'admin deletes');
+    assert.deepEqual(r.body, { id: one, deleted: true });
+    assertError(await api('GET', `/api/v1/traces/${one}`, A.key), 'not_found', 'deleted trace');
+    assertError(await api('DELETE', `/api/v1/traces/${one}`, A.key), 'not_found', 'delete twice');
+    assertError(await api('POST', `/api/v1/traces/${one}/review`, A.member, { body: { decision: 'accept' } }), 'not_found', 'review a deleted trace');
+    assert.ok(!(await listIds(A.key, { project })).includes(one), 'not listed');
+    const [[n]] = await stack.psql(
+      `SELECT (SELECT count(*) FROM ingest.observations WHERE team_id = '${A.id}' AND trace_id = '${one}')` +
+      ` + (SELECT count(*) FROM ingest.reviews WHERE team_id = '${A.id}' AND trace_id = '${one}')` +
+      ` + (SELECT count(*) FROM ingest.scores WHERE team_id = '${A.id}' AND trace_id = '${one}')`,
+    );
+    assert.equal(n, '0', 'observations, reviews and scores went with the trace');
+    const ev = await auditEvent(A.key, (e) => e.action === 'trace_deleted' && e.target === one);
+    assert.ok(ev.actor.user_id || ev.actor.key_id, `the audit event names the actor: ${JSON.stringify(ev)}`);
+
+    assertError(await api('POST', '/api/v1/traces/delete', A.key, { body: { filter: {} } }), 'invalid_argument', 'an empty filter');
+    assertError(await api('POST', '/api/v1/traces/delete', A.key, { body: { filter: { from: 'yesterday' } } }), 'invalid_argument', 'a bad time');
+    r = await api('POST', '/api/v1/traces/delete', A.key, { body: { filter: { tag } } });
+    assertStatus(r, 200, 'delete by filter');
+    assert.equal(r.body.deleted, 3, 'three traces deleted');
+    assert.deepEqual(await listIds(A.key, { tag }), [], 'gone from the tag filter');
+    assert.deepEqual(await listIds(A.key, { project }), [keep], 'the others stay');
+    for (const id of tagged) assertError(await api('GET', `/api/v1/traces/${id}`, A.key), 'not_found', `deleted ${id}`);
+    const ev2 = await auditEvent(A.key, (e) => e.action === 'traces_deleted' && e.detail?.filter?.tag === tag);
+    assert.equal(ev2.detail.deleted, 3, 'the audit event counts the deleted traces');
+
+    // a later resend of a deleted id is a new trace, without the old reviews or scores
+    await ingestOk(A.member, [{ id: one, project, start_time: iso(t0) }]);
+    const g = await waitTrace(A.key, one);
+    assert.deepEqual([g.reviews, g.scores, g.observations, g.review_state], [[], [], [], 'unreviewed']);
+  }));
+
+  it('keyset pagination: 31 traces, limit 7, every trace exactly once in order', T, stack.wrap(async () => {
+    const project = `page-${crypto.randomBytes(3).toString('hex')}`;
+    const t0 = Date.now() - 120_000;
+    // groups of three share a start time, so that the order needs the id as a tie-breaker
+    const traces = Array.from({ length: 31 }, (_, i) => ({
+      id: `pg-${String(i).padStart(2, '0')}-${crypto.randomBytes(2).toString('hex')}`,
+      project, start_time: iso(t0 + Math.floor(i / 3) * 1000),
+    }));
+    await ingestOk(A.member, traces);
+    await pollUntil(async () => (await listIds(A.key, { project })).length === 31, { timeoutMs: 5000 });
+    const late = `pg-late-${crypto.randomBytes(2).toString('hex')}`;
+    const seen = [];
+    let cursor;
+    let pages = 0;
+    do {
+      const body = await list(A.key, { project, limit: '7', ...(cursor ? { cursor } : {}) });
+      pages++;
+      assert.ok(body.traces.length <= 7, 'at most limit traces per page');
+      if (body.next_cursor) assert.equal(body.traces.length, 7, 'a page with a next cursor is full');
+      seen.push(...body.traces);
+      cursor = body.next_cursor;
+      assert.ok(pages <= 6, 'no more than 5 pages');
+      if (pages === 1) {
+        // a newer trace arriving between pages must not shift the later pages (keyset, not OFFSET)
+        await ingestOk(A.member, [{ id: late, project, start_time: iso(Date.now()) }]);
+        await waitTrace(A.key, late);
+      }
+    } while (cursor);
+    assert.equal(pages, 5, '31 traces in pages of 7: 5 pages');
+    const ids = seen.map((t) => t.id);
+    assert.equal(new Set(ids).size, ids.length, `no trace twice: ${ids}`);
+    assert.deepEqual([...ids].sort(), traces.map((t) => t.id).sort(), 'every trace once (the late one is newer than the cursor)');
+    assert.equal((await list(A.key, { project, limit: '1' })).traces[0].id, late, 'the late trace heads a fresh first page');
+    for (let i = 1; i < seen.length; i++) {
+      const a = Date.parse(seen[i - 1].start_time);
+      const b = Date.parse(seen[i].start_time);
+      assert.ok(a > b || (a === b && seen[i - 1].id > seen[i].id), `newest first, then by id: ${seen[i - 1].id} before ${seen[i].id}`);
+    }
+    assertError(await api('GET', '/api/v1/traces?cursor=not-a-cursor', A.key), 'invalid_argument', 'a bad cursor');
+    assertError(await api('GET', '/api/v1/traces?limit=0', A.key), 'invalid_argument', 'limit 0');
+    assertError(await api('GET', '/api/v1/traces?limit=501', A.key), 'invalid_argument', 'limit 501');
+  }));
+
+  it('query filters: project, time range, model, provider, status, tag, free text', T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const [p1, p2] = [`fa-${sfx}`, `fb-${sfx}`];
+    const t0 = Date.now() - 3_600_000;
+    const mk = (n, extra) => ({ id: `f${n}-${sfx}`, project: p1, start_time: iso(t0 + n * 60_000), ...extra });
+    const traces = [
+      mk(0, { model: 'gpt-4o', provider: 'openai', status: 'ok', tags: ['prod'], name: 'answer' }),
+      mk(1, { model: 'gpt-4o', provider: 'openai', status: 'error', tags: ['prod', 'beta'], name: 'answer' }),
+      mk(2, { model: 'claude-sonnet-4', provider: 'anthropic', status: 'ok', tags: ['beta'], name: `needle-${sfx} search` }),
+      mk(3, { model: 'claude-sonnet-4', provider: 'anthropic', status: 'unset', metadata: { note: `has NEEDLE-${sfx} inside` } }),
+      mk(4, { model: 'llama-3', provider: 'meta', status: 'ok', name: '100%_literal' }),
+      { id: `f5-${sfx}`, project: p2, model: 'gpt-4o', provider: 'openai', status: 'ok', start_time: iso(t0 + 5 * 60_000) },
+    ];
+    await ingestOk(A.member, traces);
+    await waitAll(A.key, traces.map((t) => t.id));
+    const ids = (...ns) => ns.map((n) => `f${n}-${sfx}`).sort();
+    const q = (params) => listIds(A.key, { project: p1, ...params });
+
+    assert.deepEqual(await listIds(A.key, { project: p1 }), ids(0, 1, 2, 3, 4), 'project');
+    assert.deepEqual(await listIds(A.key, { project: p2 }), ids(5), 'other project');
+    assert.deepEqual(await q({ model: 'gpt-4o' }), ids(0, 1), 'model');
+    assert.deepEqual(await q({ provider: 'anthropic' }), ids(2, 3), 'provider');
+    assert.deepEqual(await q({ status: 'ok' }), ids(0, 2, 4), 'status ok');
+    assert.deepEqual(await q({ status: 'error' }), ids(1), 'status error');
+    assert.deepEqual(await q({ status: 'unset' }), ids(3), 'status unset');
+    assert.deepEqual(await q({ tag: 'prod' }), ids(0, 1), 'tag prod');
+    assert.deepEqual(await q({ tag: 'beta' }), ids(1, 2), 'tag beta');
+    assert.deepEqual(await q({ q: `needle-${sfx}` }), ids(2, 3), 'free text in name and metadata, any case');
+    assert.deepEqual(await q({ q: '100%_' }), ids(4), '% and _ are literal in free text');
+    assert.deepEqual(await q({ q: '1%0' }), [], '% is not a wildcard (it would match "100")');
+    assert.deepEqual(await q({ q: '1_0' }), [], '_ is not a wildcard (it would match "100")');
+    assert.deepEqual(await q({ from: iso(t0 + 60_000), to: iso(t0 + 3 * 60_000) }), ids(1, 2), 'from inclusive, to exclusive');
+    assert.deepEqual(await q({ from: iso(t0 + 4 * 60_000) }), ids(4), 'from only');
+    assert.deepEqual(await q({ to: iso(t0 + 60_000) }), ids(0), 'to only');
+    assert.deepEqual(await q({ model: 'gpt-4o', status: 'error', tag: 'beta' }), ids(1), 'filters combine');
+    assert.deepEqual(await listIds(A.viewer, { project: p1, provider: 'meta' }), ids(4), 'a viewer key reads');
+    assertError(await api('GET', '/api/v1/traces?status=weird', A.key), 'invalid_argument', 'status value');
+    assertError(await api('GET', '/api/v1/traces?from=yesterday', A.key), 'invalid_argument', 'from value');
+    assertError(await postTraces(A.viewer, [mk(9, {})]), 'forbidden', 'a viewer key cannot write');
+    assertError(await api('GET', '/api/v1/traces'), 'unauthenticated', 'no credential');
+  }));
+});

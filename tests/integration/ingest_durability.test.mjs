@@ -1,0 +1,237 @@
+// The ingest service's durability promise against a real stack: nothing acknowledged (2xx) is
+// lost and nothing is stored twice when
+//   - the ingest process (HTTP intake and writer in one) is killed with SIGKILL in the middle of
+//     an ingestion of 2000 traces and restarted with `scripts/stack up`, and
+//   - PostgreSQL is stopped for 10 s during ingestion (the INGEST stream buffers; HTTP goes on
+//     answering 202) and started again with `scripts/stack up`.
+// The client behaves like a real one: a batch that did not get a 2xx (the edge answers 502/503
+// while ingest is down) is sent again with the same ids. PostgreSQL is checked directly.
+
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  BIN_DIR,
+  DOWN_TIMEOUT_MS,
+  Stack,
+  UP_TIMEOUT_MS,
+  pidAlive,
+  pollUntil,
+  run,
+  sleep,
+  uniqueSlug,
+} from './harness.mjs';
+
+const stack = new Stack('ingest-durability');
+const T = { timeout: 120_000 };
+const PG_BIN = '/usr/lib/postgresql/15/bin';
+const STORE_TIMEOUT_MS = 30_000; // after an outage: "every accepted trace is stored within ~30 s"
+// After a SIGKILL, records the dead writer had fetched but not acknowledged come back only when
+// the consumer's AckWait (30 s, services/ingest/streams.c) expires: allow that plus slack.
+const STORE_AFTER_KILL_TIMEOUT_MS = 45_000;
+
+/** One batch of small traces (one observation each) with ids `${prefix}-${i}`. */
+function batch(prefix, from, count) {
+  const t0 = Date.now() - 60_000;
+  return Array.from({ length: count }, (_, k) => {
+    const i = from + k;
+    return {
+      id: `${prefix}-${String(i).padStart(5, '0')}`,
+      project: prefix,
+      name: 'durable',
+      model: 'gpt-4o-mini',
+      start_time: new Date(t0 + i).toISOString(),
+      usage: { input_tokens: 3, output_tokens: 2 },
+      input: { messages: [{ role: 'user', content: `question ${i}` }] },
+      output: `answer ${i}`,
+      observations: [{ id: 'gen', type: 'generation', model: 'gpt-4o-mini' }],
+    };
+  });
+}
+
+/** Sends one batch until every trace in it has been accepted (a 2xx listing it), retrying what
+ * was not with the same ids. Records every answer in log; returns the ids accepted. */
+async function sendUntilAccepted(key, traces, log, { deadline }) {
+  let pending = traces;
+  const accepted = [];
+  while (pending.length) {
+    assert.ok(Date.now() < deadline, `batch not accepted before the deadline; answers so far: ${summarize(log)}`);
+    let res;
+    try {
+      res = await stack.api('POST', '/api/v1/traces', { base: stack.url, key, body: { traces: pending }, timeoutMs: 20_000 });
+    } catch (err) {
+      log.push({ at: Date.now(), status: `error ${err.cause?.code ?? err.name}` });
+      await sleep(200);
+      continue;
+    }
+    log.push({ at: Date.now(), status: res.status });
+    if (res.status === 202 || res.status === 207) {
+      accepted.push(...res.body.accepted);
+      const ok = new Set(res.body.accepted);
+      for (const r of res.body.rejected) {
+        assert.equal(r.error.code, 'unavailable', `only 'unavailable' rejections are expected here: ${JSON.stringify(r)}`);
+      }
+      pending = pending.filter((t) => !ok.has(t.id));
+    } else {
+      assert.ok([502, 503, 504].includes(res.status), `a failed send answers 502/503/504, not ${res.status}: ${res.text.slice(0, 300)}`);
+      await sleep(200);
+    }
+  }
+  return accepted;
+}
+
+function summarize(log) {
+  const counts = {};
+  for (const e of log) counts[e.status] = (counts[e.status] ?? 0) + 1;
+  return JSON.stringify(counts);
+}
+
+/** {rows, distinct, obs} for the team's traces of one project (prefix). */
+async function stored(teamId, prefix) {
+  const [[rows, distinct, obs]] = await stack.psql(
+    `SELECT count(*), count(DISTINCT id), (SELECT count(*) FROM ingest.observations o WHERE o.team_id = '${teamId}'` +
+    ` AND o.trace_id LIKE '${prefix}-%') FROM ingest.traces WHERE team_id = '${teamId}' AND project = '${prefix}'`,
+  );
+  return { rows: Number(rows), distinct: Number(distinct), obs: Number(obs) };
+}
+
+/** Waits until `expected` traces of the project are stored, then checks exactly once and that
+ * no accepted id is missing. */
+async function assertStoredExactlyOnce(teamId, prefix, acceptedIds, expected, timeoutMs = STORE_TIMEOUT_MS) {
+  let last = null;
+  const start = Date.now();
+  const res = await pollUntil(async () => {
+    last = await stored(teamId, prefix).catch((err) => ({ error: err.message }));
+    return last.distinct >= expected;
+  }, { timeoutMs, intervalMs: 500 });
+  assert.ok(res.value, `all ${expected} traces stored within ${timeoutMs / 1000} s; last count ${JSON.stringify(last)}`);
+  const storedAfterMs = Date.now() - start;
+  await sleep(1000); // a late duplicate would show up now
+  last = await stored(teamId, prefix);
+  assert.equal(last.rows, last.distinct, `no trace stored twice: ${last.rows} rows for ${last.distinct} ids`);
+  assert.equal(last.distinct, expected, `exactly the ${expected} traces sent`);
+  assert.equal(last.obs, expected, `one observation per trace, none doubled: ${last.obs}`);
+  const ids = (await stack.psql(
+    `SELECT id FROM ingest.traces WHERE team_id = '${teamId}' AND project = '${prefix}'`,
+  )).map(([id]) => id);
+  const have = new Set(ids);
+  const missing = [...new Set(acceptedIds)].filter((id) => !have.has(id));
+  assert.deepEqual(missing.slice(0, 20), [], `${missing.length} acknowledged traces are missing from PostgreSQL`);
+  return storedAfterMs;
+}
+
+function asPostgres(file, args, timeoutMs) {
+  const root = process.getuid?.() === 0;
+  return root
+    ? run('runuser', ['-u', stack.env.EVALBUS_STACK_PG_SUPERUSER || 'postgres', '--', file, ...args], { timeoutMs })
+    : run(file, args, { timeoutMs });
+}
+
+describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
+  let A;
+
+  before(async () => {
+    assert.ok(fs.existsSync(path.join(BIN_DIR, 'evalbus-ingest')), `${BIN_DIR}/evalbus-ingest must exist`);
+    await stack.up();
+    A = await stack.bootstrap(uniqueSlug('du'));
+    await stack.setTier(A.team, 'enterprise', A.key); // not about rate limits
+    A.id = (await stack.whoami(A.key)).team.id;
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('ingest killed with SIGKILL mid-ingestion and restarted: every acknowledged trace is stored exactly once', T, stack.wrap(async () => {
+    const prefix = `kill-${crypto.randomBytes(3).toString('hex')}`;
+    const N = 2000;
+    const SIZE = 100;
+    const nb = N / SIZE;
+    const log = [];
+    const accepted = [];
+    const deadline = Date.now() + 90_000;
+    const pid1 = stack.readPid('ingest');
+    assert.ok(pid1 && pidAlive(pid1), `ingest runs (pid file ${stack.pidFile('ingest')})`);
+    let killedAt = null;
+    let restart = null;
+    let next = 0;
+    // two senders, like a client with two connections; the kill comes when half is acknowledged
+    const sender = async () => {
+      while (next < nb) {
+        const b = next++;
+        accepted.push(...await sendUntilAccepted(A.key, batch(prefix, b * SIZE, SIZE), log, { deadline }));
+        if (killedAt === null && accepted.length >= N / 2) {
+          killedAt = Date.now();
+          process.kill(pid1, 'SIGKILL');
+          restart = (async () => {
+            await pollUntil(() => !pidAlive(pid1), { timeoutMs: 5000, intervalMs: 20 });
+            return stack.stackCmd('up', 90_000);
+          })();
+        }
+      }
+    };
+    await Promise.all([sender(), sender()]);
+    assert.ok(killedAt !== null, 'the process was killed during the ingestion');
+    const up = await restart;
+    assert.equal(up.code, 0, `scripts/stack up restarted ingest: ${up.stdout}${up.stderr}`);
+    const pid2 = stack.readPid('ingest');
+    assert.ok(pid2 && pid2 !== pid1 && pidAlive(pid2), `a new ingest process runs (old ${pid1}, new ${pid2})`);
+    assert.ok(!pidAlive(pid1), 'the killed process is gone');
+    assert.equal(new Set(accepted).size, N, `every trace was accepted in the end (answers: ${summarize(log)})`);
+    const afterKill = log.filter((e) => e.at >= killedAt);
+    process.stderr.write(`[durability] SIGKILL once half was acknowledged; answers: ${summarize(log)}; after the kill: ${summarize(afterKill)}\n`);
+    const ms = await assertStoredExactlyOnce(A.id, prefix, accepted, N, STORE_AFTER_KILL_TIMEOUT_MS);
+    process.stderr.write(`[durability] all ${N} stored ${ms} ms after the last 2xx (${Date.now() - killedAt} ms after the kill)\n`);
+  }));
+
+  it('PostgreSQL stopped for 10 s during ingestion: HTTP keeps answering 202 and every trace is stored exactly once afterwards', T, stack.wrap(async () => {
+    const prefix = `pg-${crypto.randomBytes(3).toString('hex')}`;
+    const SIZE = 50;
+    assert.ok(stack.env.EVALBUS_STACK_PGDATA && fs.existsSync(stack.env.EVALBUS_STACK_PGDATA),
+      `stack.env names the PostgreSQL data folder (${stack.env.EVALBUS_STACK_PGDATA})`);
+    // the cluster may live outside the state folder (a symlink): the postgres user needs the real path
+    const pgdata = fs.realpathSync(stack.env.EVALBUS_STACK_PGDATA);
+    const accepted = [];
+    const log = [];
+    let b = 0;
+    const sendOne = async (what) => {
+      const traces = batch(prefix, b++ * SIZE, SIZE);
+      const res = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces }, timeoutMs: 20_000 });
+      log.push({ at: Date.now(), status: res.status, what });
+      assert.equal(res.status, 202, `${what}: batch ${b - 1} answered ${res.status}, not 202: ${res.text.slice(0, 300)}`);
+      assert.deepEqual(res.body.accepted, traces.map((t) => t.id), `${what}: every trace accepted`);
+      accepted.push(...res.body.accepted);
+    };
+    // before: two batches, stored
+    await sendOne('before the outage');
+    await sendOne('before the outage');
+    const pre = await pollUntil(async () => (await stored(A.id, prefix)).distinct === 2 * SIZE, { timeoutMs: 5000, intervalMs: 200 });
+    assert.ok(pre.value, 'the first batches are stored before PostgreSQL stops');
+
+    const stop = await asPostgres(`${PG_BIN}/pg_ctl`, ['-D', pgdata, 'stop', '-m', 'fast', '-w', '-t', '30'], 40_000);
+    assert.equal(stop.code, 0, `pg_ctl stop: ${stop.stdout}${stop.stderr}`);
+    const stoppedAt = Date.now();
+    let down = true;
+    try {
+      // during the outage: a batch about every 700 ms for 10 s, each must be 202
+      while (Date.now() - stoppedAt < 10_000) {
+        const t = Date.now();
+        await sendOne(`${((t - stoppedAt) / 1000).toFixed(1)} s into the outage`);
+        await sleep(Math.max(0, 700 - (Date.now() - t)));
+      }
+      const st = await asPostgres(`${PG_BIN}/pg_ctl`, ['-D', pgdata, 'status'], 10_000);
+      assert.notEqual(st.code, 0, 'PostgreSQL was really down during the outage');
+    } finally {
+      const up = await stack.stackCmd('up', 90_000);
+      down = up.code !== 0;
+      assert.equal(up.code, 0, `scripts/stack up started PostgreSQL again: ${up.stdout}${up.stderr}`);
+    }
+    assert.ok(!down);
+    const during = log.filter((e) => e.at > stoppedAt).length;
+    assert.ok(during >= 8, `batches were sent during the outage (${during})`);
+    await sendOne('after the outage');
+    process.stderr.write(`[durability] PostgreSQL outage: ${accepted.length} traces in ${b} batches, ${during} batches during the outage\n`);
+    const ms = await assertStoredExactlyOnce(A.id, prefix, accepted, b * SIZE);
+    process.stderr.write(`[durability] all ${b * SIZE} stored ${ms} ms after the last 2xx\n`);
+  }));
+});

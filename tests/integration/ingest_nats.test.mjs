@@ -1,0 +1,299 @@
+// The ingest service's NATS intake: protobuf evalbus.v1.TraceBatch published with the nats
+// client to evalbus.v1.ingest.traces.<team> with the header Evalbus-Api-Key; the IngestAck
+// reply; resends stored once; messages that cannot be decoded or are not authorized go to
+// evalbus.v1.ingest.dead.<team> with Evalbus-Reason, are counted in the ingest service's
+// /metrics, and do not stop the intake.
+
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import { headers as natsHeaders } from 'nats';
+import protobuf from 'protobufjs';
+
+import {
+  BIN_DIR,
+  DOWN_TIMEOUT_MS,
+  PROTO_ROOT,
+  Stack,
+  UP_TIMEOUT_MS,
+  assertError,
+  assertStatus,
+  pollUntil,
+  sleep,
+  uniqueSlug,
+} from './harness.mjs';
+
+const stack = new Stack('ingest-nats');
+const T = { timeout: 60_000 };
+const SUBJECT = 'evalbus.v1.ingest.traces.';
+const DEAD = 'evalbus.v1.ingest.dead.';
+const ACK_TIMEOUT_MS = 5000;
+
+const rid = (p = 'n') => `${p}-${crypto.randomBytes(5).toString('hex')}`;
+const ns = (ms) => String(BigInt(ms) * 1_000_000n);
+
+let types;
+async function loadTypes() {
+  if (!types) {
+    const root = new protobuf.Root();
+    root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
+    await root.load('evalbus/v1/trace.proto', { keepCase: true });
+    types = {
+      TraceBatch: root.lookupType('evalbus.v1.TraceBatch'),
+      IngestAck: root.lookupType('evalbus.v1.IngestAck'),
+    };
+  }
+  return types;
+}
+
+function encodeBatch(traces) {
+  const { TraceBatch } = types;
+  const msg = TraceBatch.fromObject({ traces });
+  assert.equal(TraceBatch.verify(msg), null, 'the test builds a valid TraceBatch');
+  return TraceBatch.encode(msg).finish();
+}
+
+function decodeAck(bytes) {
+  const { IngestAck } = types;
+  return IngestAck.toObject(IngestAck.decode(bytes), { defaults: true, arrays: true, longs: Number });
+}
+
+/** NATS request with optional API key header; resolves the decoded IngestAck. */
+async function publishBatch(team, data, key, { timeoutMs = ACK_TIMEOUT_MS } = {}) {
+  const nc = await stack.nats();
+  const h = natsHeaders();
+  if (key !== undefined) h.set('Evalbus-Api-Key', key);
+  const reply = await nc.request(SUBJECT + team, data, { timeout: timeoutMs, headers: h, noMux: true });
+  return decodeAck(reply.data);
+}
+
+function api(method, p, key, opts = {}) {
+  return stack.api(method, p, { base: stack.url, key, ...opts });
+}
+
+async function waitTrace(key, id, timeoutMs = 3000) {
+  let last;
+  const res = await pollUntil(async () => {
+    last = await api('GET', `/api/v1/traces/${encodeURIComponent(id)}`, key);
+    return last.status === 200 ? last.body : null;
+  }, { timeoutMs, intervalMs: 100 });
+  assert.ok(res.value, `trace ${id} readable within ${timeoutMs} ms of the IngestAck; last ${last.status}: ${last.text.slice(0, 300)}`);
+  return res.value;
+}
+
+/** evalbus_ingest_dead_letters_total summed over the series whose labels include `reason`
+ * (all series when reason is null), from the ingest service's own /metrics. */
+async function deadLetters(reason = null) {
+  const r = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
+  assert.equal(r.status, 200, `ingest /metrics: ${r.status}`);
+  let sum = 0;
+  for (const line of r.text.split('\n')) {
+    const m = /^evalbus_ingest_dead_letters_total(?:\{([^}]*)\})?\s+([0-9.eE+-]+)$/.exec(line.trim());
+    if (!m) continue;
+    if (reason && !new RegExp(`reason="${reason}"`).test(m[1] ?? '')) continue;
+    sum += Number(m[2]);
+  }
+  return sum;
+}
+
+/** Subscribes to the team's dead-letter subject; next(timeoutMs) resolves the next message. */
+async function deadLetterTap(team) {
+  const nc = await stack.nats();
+  const sub = nc.subscribe(DEAD + team);
+  const queue = [];
+  const waiters = [];
+  (async () => {
+    for await (const m of sub) {
+      const w = waiters.shift();
+      if (w) w(m);
+      else queue.push(m);
+    }
+  })();
+  await nc.flush();
+  return {
+    next(timeoutMs = 3000) {
+      if (queue.length) return Promise.resolve(queue.shift());
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no dead letter on ${DEAD}${team} within ${timeoutMs} ms`)), timeoutMs);
+        waiters.push((m) => {
+          clearTimeout(timer);
+          resolve(m);
+        });
+      });
+    },
+    pending: () => queue.length,
+    close: () => sub.unsubscribe(),
+  };
+}
+
+function trace(id, extra = {}) {
+  const t0 = Date.now() - 30_000;
+  return {
+    id,
+    project: 'nats-app',
+    name: 'nats trace',
+    model: 'gpt-4o-mini',
+    provider: 'openai',
+    status: 'ok',
+    start_time_unix_nano: ns(t0),
+    end_time_unix_nano: ns(t0 + 800),
+    input_tokens: 12,
+    output_tokens: 7,
+    cost_usd: 0.0004,
+    input_messages: [{ role: 'user', content: 'What is 2+2?' }],
+    output_messages: [{
+      role: 'assistant', content: '4',
+      tool_calls: [{ id: 'c1', type: 'function', name: 'calc', arguments: '{"e":"2+2"}' }],
+    }],
+    metadata_json: JSON.stringify({ via: 'nats' }),
+    tags: ['nats'],
+    observations: [
+      { id: 'g1', type: 'generation', name: 'llm', model: 'gpt-4o-mini', input_tokens: 12, output_tokens: 7, start_time_unix_nano: ns(t0 + 10), end_time_unix_nano: ns(t0 + 700) },
+      { id: 't1', parent_id: 'g1', type: 'tool', name: 'calc', output_text: '4' },
+    ],
+    ...extra,
+  };
+}
+
+describe('ingest: TraceBatch over NATS', () => {
+  let A;
+  let B;
+  let viewerKey;
+
+  before(async () => {
+    assert.ok(fs.existsSync(path.join(BIN_DIR, 'evalbus-ingest')), `${BIN_DIR}/evalbus-ingest must exist`);
+    await loadTypes();
+    await stack.up();
+    assert.ok(stack.env.EVALBUS_INGEST_URL, 'stack.env names EVALBUS_INGEST_URL');
+    A = await stack.bootstrap(uniqueSlug('na'));
+    B = await stack.bootstrap(uniqueSlug('nb'));
+    await stack.setTier(A.team, 'enterprise', A.key);
+    viewerKey = (await stack.createKey(A.key, { name: 'viewer', role: 'viewer', scopes: ['traces:read'] })).key;
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('a TraceBatch is acknowledged with IngestAck and stored with its fields', T, stack.wrap(async () => {
+    const ids = [rid('a'), rid('b')];
+    const ack = await publishBatch(A.team, encodeBatch(ids.map((id) => trace(id))), A.key);
+    assert.deepEqual(ack.accepted_ids, ids, `IngestAck lists the accepted ids: ${JSON.stringify(ack)}`);
+    assert.deepEqual(ack.rejected, []);
+    assert.equal(ack.error, '', 'no error');
+    const g = await waitTrace(A.key, ids[0]);
+    assert.equal(g.source, 'nats');
+    assert.equal(g.project, 'nats-app');
+    assert.equal(g.model, 'gpt-4o-mini');
+    assert.equal(g.status, 'ok');
+    assert.deepEqual(g.usage, { input_tokens: 12, output_tokens: 7, total_tokens: 19 });
+    assert.equal(g.cost_usd, 0.0004);
+    assert.equal(g.latency_ms, 800, 'latency from the times');
+    assert.deepEqual(g.metadata, { via: 'nats' });
+    assert.deepEqual(g.tags, ['nats']);
+    assert.deepEqual(g.input, { messages: [{ role: 'user', content: 'What is 2+2?' }] });
+    assert.equal(g.output.messages[0].content, '4');
+    assert.deepEqual(g.output.messages[0].tool_calls[0], { id: 'c1', type: 'function', function: { name: 'calc', arguments: '{"e":"2+2"}' } });
+    assert.deepEqual(g.observations.map((o) => o.id).sort(), ['g1', 't1']);
+    const t1 = g.observations.find((o) => o.id === 't1');
+    assert.equal(t1.parent_id, 'g1');
+    await waitTrace(A.key, ids[1]);
+  }));
+
+  it('invalid traces are rejected one by one in the IngestAck; the valid ones are stored', T, stack.wrap(async () => {
+    const good = rid('good');
+    const bad = rid('bad');
+    const ack = await publishBatch(A.team, encodeBatch([
+      trace(bad, { status: 'weird' }),
+      trace(good),
+      { name: 'no id' }, // over NATS the publisher must choose ids
+    ]), A.key);
+    assert.deepEqual(ack.accepted_ids, [good], JSON.stringify(ack));
+    assert.deepEqual(ack.rejected.map((r) => [r.index, r.id, r.code]), [[0, bad, 'invalid_argument'], [2, '', 'invalid_argument']]);
+    assert.match(ack.rejected[0].message, /status/);
+    assert.match(ack.rejected[1].message, /id/);
+    await waitTrace(A.key, good);
+    assertError(await api('GET', `/api/v1/traces/${bad}`, A.key), 'not_found', 'the invalid trace is not stored');
+  }));
+
+  it('the same batch published twice is stored once', T, stack.wrap(async () => {
+    const id = rid('twice');
+    const data = encodeBatch([trace(id, { project: `nats-dup-${id}` })]);
+    assert.deepEqual((await publishBatch(A.team, data, A.key)).accepted_ids, [id]);
+    await waitTrace(A.key, id);
+    assert.deepEqual((await publishBatch(A.team, data, A.key)).accepted_ids, [id], 'the resend is acknowledged too');
+    // without a reply subject as well
+    const nc = await stack.nats();
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', A.key);
+    nc.publish(SUBJECT + A.team, data, { headers: h });
+    await nc.flush();
+    await sleep(1500);
+    const l = await api('GET', `/api/v1/traces?project=nats-dup-${id}`, A.key);
+    assertStatus(l, 200);
+    assert.deepEqual(l.body.traces.map((t) => t.id), [id], 'listed once');
+    const g = await waitTrace(A.key, id);
+    assert.equal(g.observations.length, 2, 'observations not doubled');
+    const [[nt, no]] = await stack.psql(
+      `SELECT (SELECT count(*) FROM ingest.traces WHERE id = '${id}'),` +
+      ` (SELECT count(*) FROM ingest.observations WHERE trace_id = '${id}')`,
+    );
+    assert.deepEqual([nt, no], ['1', '2'], 'one trace row and two observation rows in PostgreSQL');
+  }));
+
+  it('garbage, a missing or wrong key, another team\'s key and a read-only key: IngestAck error, dead letter, counted; the intake goes on', T, stack.wrap(async () => {
+    const tap = await deadLetterTap(A.team);
+    try {
+      const valid = encodeBatch([trace(rid('never'))]);
+      const cases = [
+        // [what, data, key, reason label, code, header pattern]
+        ['garbage bytes', Buffer.alloc(64, 0xff), A.key, 'undecodable', 'invalid_argument', /TraceBatch/],
+        ['no API key', valid, undefined, 'no_key', 'unauthenticated', /Evalbus-Api-Key/],
+        ['a wrong API key', valid, `eb_aaaaaaaaaa_${'A'.repeat(43)}`, 'unauthenticated', 'unauthenticated', /credential/],
+        ["another team's key", valid, B.key, 'wrong_team', 'forbidden', /another team/],
+        ['a key without traces:write', valid, viewerKey, 'forbidden', 'forbidden', /traces:write/],
+      ];
+      for (const [what, data, key, reason, code, why] of cases) {
+        const before = await deadLetters(reason);
+        const beforeAll = await deadLetters();
+        const ack = await publishBatch(A.team, data, key);
+        assert.equal(ack.code, code, `${what}: IngestAck.code (${JSON.stringify(ack)})`);
+        assert.ok(ack.error.length > 0, `${what}: IngestAck.error says why`);
+        assert.deepEqual(ack.accepted_ids, [], `${what}: nothing accepted`);
+        const dl = await tap.next(3000);
+        const hdr = dl.headers?.get('Evalbus-Reason') ?? '';
+        assert.match(hdr, why, `${what}: Evalbus-Reason header (${hdr})`);
+        assert.ok(Buffer.from(dl.data).equals(Buffer.from(data)), `${what}: the dead letter carries the original bytes`);
+        const counted = await pollUntil(async () => (await deadLetters(reason)) === before + 1, { timeoutMs: 2000 });
+        assert.ok(counted.value, `${what}: evalbus_ingest_dead_letters_total{reason="${reason}"} went from ${before} to ${before + 1}`);
+        assert.equal(await deadLetters(), beforeAll + 1, `${what}: counted once`);
+      }
+      assert.equal(tap.pending(), 0, 'one dead letter per refused message');
+      // nothing of the refused messages was stored, and the intake still works
+      const id = rid('after');
+      const ack = await publishBatch(A.team, encodeBatch([trace(id)]), A.key);
+      assert.deepEqual(ack.accepted_ids, [id], 'the intake works after the refused messages');
+      await waitTrace(A.key, id);
+      const l = await api('GET', '/api/v1/traces?project=nats-app&limit=500', A.key);
+      assertStatus(l, 200);
+      assert.ok(!l.body.traces.some((t) => t.id.startsWith('never-')), 'no refused trace was stored');
+    } finally {
+      tap.close();
+    }
+  }));
+
+  it('a burst of garbage does not stall the intake', T, stack.wrap(async () => {
+    const nc = await stack.nats();
+    const before = await deadLetters('undecodable');
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', A.key);
+    for (let i = 0; i < 200; i++) nc.publish(SUBJECT + A.team, crypto.randomBytes(8).fill(0xff, 0, 1).fill(0x0f, 1, 2), { headers: h });
+    await nc.flush();
+    const id = rid('burst');
+    const ack = await publishBatch(A.team, encodeBatch([trace(id)]), A.key, { timeoutMs: 10_000 });
+    assert.deepEqual(ack.accepted_ids, [id], 'a valid batch behind 200 bad ones is acknowledged');
+    await waitTrace(A.key, id);
+    const counted = await pollUntil(async () => (await deadLetters('undecodable')) >= before + 200, { timeoutMs: 5000 });
+    assert.ok(counted.value, `200 undecodable messages counted (before ${before}, now ${await deadLetters('undecodable')})`);
+  }));
+});

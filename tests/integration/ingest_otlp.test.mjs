@@ -1,0 +1,428 @@
+// The ingest service's OTLP/HTTP endpoint through the nginx edge: POST /otlp/v1/traces with
+// JSON and protobuf bodies (encoded here with protobufjs from proto/evalbus/otlp/v1/otlp.proto),
+// gzip, spans mapped to traces with the OpenTelemetry GenAI conventions, resends stored once,
+// a trace split across requests merged, bad spans reported in partial_success, and an end-to-end
+// export with the real OpenTelemetry JS SDK and both of its OTLP/HTTP exporters.
+
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import zlib from 'node:zlib';
+
+import { SpanKind, SpanStatusCode, context as otelContext, trace as otelTrace } from '@opentelemetry/api';
+import { OTLPTraceExporter as OTLPHttpExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { OTLPTraceExporter as OTLPProtoExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
+import protobuf from 'protobufjs';
+
+import {
+  BIN_DIR,
+  DOWN_TIMEOUT_MS,
+  PROTO_ROOT,
+  Stack,
+  UP_TIMEOUT_MS,
+  assertError,
+  assertStatus,
+  pollUntil,
+  sleep,
+  uniqueSlug,
+} from './harness.mjs';
+
+const stack = new Stack('ingest-otlp');
+const T = { timeout: 60_000 };
+const HEX32 = /^[0-9a-f]{32}$/;
+
+const hex = (n) => crypto.randomBytes(n).toString('hex');
+const nsStr = (ms) => String(BigInt(Math.round(ms * 1000)) * 1000n);
+
+let types;
+async function loadTypes() {
+  if (!types) {
+    const root = new protobuf.Root();
+    root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
+    await root.load('evalbus/otlp/v1/otlp.proto', { keepCase: true });
+    types = {
+      Req: root.lookupType('evalbus.otlp.v1.ExportTraceServiceRequest'),
+      Resp: root.lookupType('evalbus.otlp.v1.ExportTraceServiceResponse'),
+    };
+  }
+  return types;
+}
+
+// --- building requests: one neutral description, two encodings ------------------------------
+
+/** A span description: {traceId, spanId, parentSpanId?, name, startMs, endMs, attrs: {k: v},
+ * status?: 0|1|2, kind?}. Attribute values: string, integer (as int), float, boolean. */
+function anyValueJson(v) {
+  if (typeof v === 'string') return { stringValue: v };
+  if (typeof v === 'boolean') return { boolValue: v };
+  if (Number.isInteger(v)) return { intValue: String(v) };
+  return { doubleValue: v };
+}
+
+function anyValuePb(v) {
+  if (typeof v === 'string') return { string_value: v };
+  if (typeof v === 'boolean') return { bool_value: v };
+  if (Number.isInteger(v)) return { int_value: v };
+  return { double_value: v };
+}
+
+function otlpJson(service, spans) {
+  return {
+    resourceSpans: [{
+      resource: { attributes: [{ key: 'service.name', value: { stringValue: service } }] },
+      scopeSpans: [{
+        scope: { name: 'evalbus-it', version: '1' },
+        spans: spans.map((s) => ({
+          traceId: s.traceId,
+          spanId: s.spanId,
+          ...(s.parentSpanId ? { parentSpanId: s.parentSpanId } : {}),
+          name: s.name,
+          kind: s.kind ?? 3,
+          startTimeUnixNano: nsStr(s.startMs),
+          endTimeUnixNano: nsStr(s.endMs),
+          attributes: Object.entries(s.attrs ?? {}).map(([key, v]) => ({ key, value: anyValueJson(v) })),
+          status: { code: s.status ?? 0 },
+        })),
+      }],
+    }],
+  };
+}
+
+function otlpProto(service, spans) {
+  const { Req } = types;
+  const obj = {
+    resource_spans: [{
+      resource: { attributes: [{ key: 'service.name', value: { string_value: service } }] },
+      scope_spans: [{
+        scope: { name: 'evalbus-it', version: '1' },
+        spans: spans.map((s) => ({
+          trace_id: Buffer.from(s.traceId, 'hex'),
+          span_id: Buffer.from(s.spanId, 'hex'),
+          parent_span_id: s.parentSpanId ? Buffer.from(s.parentSpanId, 'hex') : Buffer.alloc(0),
+          name: s.name,
+          kind: s.kind ?? 3,
+          start_time_unix_nano: nsStr(s.startMs),
+          end_time_unix_nano: nsStr(s.endMs),
+          attributes: Object.entries(s.attrs ?? {}).map(([key, v]) => ({ key, value: anyValuePb(v) })),
+          status: { code: s.status ?? 0 },
+        })),
+      }],
+    }],
+  };
+  const msg = Req.fromObject(obj);
+  assert.equal(Req.verify(msg), null, 'the test builds a valid ExportTraceServiceRequest');
+  return Buffer.from(Req.encode(msg).finish());
+}
+
+/** POST /otlp/v1/traces; enc 'json' | 'proto'; gzip true|false. Returns the response with
+ * `otlp` = the decoded ExportTraceServiceResponse as {rejected, message} (0/'' when none). */
+async function postOtlp(key, enc, service, spans, { gzip = false } = {}) {
+  let raw = enc === 'json' ? Buffer.from(JSON.stringify(otlpJson(service, spans))) : otlpProto(service, spans);
+  const headers = {};
+  if (gzip) {
+    raw = zlib.gzipSync(raw);
+    headers['content-encoding'] = 'gzip';
+  }
+  const res = await fetch(`${stack.url}/otlp/v1/traces`, {
+    method: 'POST',
+    headers: {
+      authorization: `Bearer ${key}`,
+      'content-type': enc === 'json' ? 'application/json' : 'application/x-protobuf',
+      ...headers,
+    },
+    body: raw,
+    signal: AbortSignal.timeout(15_000),
+  });
+  const buf = Buffer.from(await res.arrayBuffer());
+  const out = { status: res.status, headers: res.headers, buf, text: buf.toString('utf8') };
+  if (res.status === 200) {
+    if (enc === 'json') {
+      assert.match(res.headers.get('content-type') ?? '', /^application\/json/, 'a JSON request gets a JSON answer');
+      const b = JSON.parse(out.text);
+      const ps = b.partialSuccess ?? b.partial_success;
+      out.otlp = { rejected: Number(ps?.rejectedSpans ?? ps?.rejected_spans ?? 0), message: ps?.errorMessage ?? ps?.error_message ?? '' };
+    } else {
+      assert.match(res.headers.get('content-type') ?? '', /^application\/x-protobuf/, 'a protobuf request gets a protobuf answer');
+      const { Resp } = types;
+      const b = Resp.toObject(Resp.decode(buf), { longs: Number, defaults: false });
+      out.otlp = { rejected: Number(b.partial_success?.rejected_spans ?? 0), message: b.partial_success?.error_message ?? '' };
+    }
+  }
+  return out;
+}
+
+function api(method, p, key, opts = {}) {
+  return stack.api(method, p, { base: stack.url, key, ...opts });
+}
+
+async function waitTrace(key, id, pred = () => true, timeoutMs = 3000) {
+  let last;
+  const res = await pollUntil(async () => {
+    last = await api('GET', `/api/v1/traces/${encodeURIComponent(id)}`, key);
+    return last.status === 200 && pred(last.body) ? last.body : null;
+  }, { timeoutMs, intervalMs: 100 });
+  assert.ok(res.value, `trace ${id} readable (as expected) within ${timeoutMs} ms; last ${last.status}: ${last.text.slice(0, 600)}`);
+  return res.value;
+}
+
+/** A GenAI chat span with a tool span under it. */
+function chatSpans(traceId, t0, { model = 'gpt-4o', input = 11, output = 4 } = {}) {
+  const root = hex(8);
+  return [
+    {
+      traceId, spanId: root, name: `chat ${model}`, startMs: t0, endMs: t0 + 900, status: 1,
+      attrs: {
+        'gen_ai.operation.name': 'chat',
+        'gen_ai.system': 'openai',
+        'gen_ai.request.model': model,
+        'gen_ai.usage.input_tokens': input,
+        'gen_ai.usage.output_tokens': output,
+        'gen_ai.input.messages': JSON.stringify([{ role: 'user', parts: [{ type: 'text', content: 'What is the capital of France?' }] }]),
+        'gen_ai.output.messages': JSON.stringify([{ role: 'assistant', parts: [{ type: 'text', content: 'Paris.' }], finish_reason: 'stop' }]),
+        'gen_ai.request.temperature': 0.5,
+        'app.custom_flag': true,
+      },
+    },
+    {
+      traceId, spanId: hex(8), parentSpanId: root, name: 'execute_tool lookup', startMs: t0 + 100, endMs: t0 + 200, kind: 1,
+      attrs: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup', 'gen_ai.tool.call.id': 'call-1' },
+    },
+  ];
+}
+
+function checkChatTrace(g, traceId, service) {
+  assert.equal(g.id, traceId, 'the OTLP trace id is the evalbus trace id');
+  assert.match(g.id, HEX32);
+  assert.equal(g.source, 'otlp');
+  assert.equal(g.project, service, 'the project comes from service.name');
+  assert.equal(g.name, 'chat gpt-4o', 'the root span names the trace');
+  assert.equal(g.model, 'gpt-4o');
+  assert.equal(g.provider, 'openai');
+  assert.equal(g.status, 'ok');
+  assert.deepEqual(g.usage, { input_tokens: 11, output_tokens: 4, total_tokens: 15 });
+  assert.equal(g.latency_ms, 900);
+  assert.deepEqual(g.input, { messages: [{ role: 'user', content: 'What is the capital of France?' }] }, 'input messages');
+  assert.equal(g.output?.messages?.[0]?.role, 'assistant', `output messages: ${JSON.stringify(g.output)}`);
+  assert.equal(g.output.messages[0].content, 'Paris.');
+  assert.equal(g.observations.length, 2, 'two observations');
+  const gen = g.observations.find((o) => o.type === 'generation');
+  const tool = g.observations.find((o) => o.type === 'tool');
+  assert.ok(gen && tool, `a generation and a tool: ${g.observations.map((o) => o.type)}`);
+  assert.match(gen.id, /^[0-9a-f]{16}$/, 'observation ids are the span ids');
+  assert.equal(tool.parent_id, gen.id, 'the tool span nests under the chat span');
+  assert.deepEqual(gen.usage, { input_tokens: 11, output_tokens: 4 });
+  assert.equal(gen.model, 'gpt-4o');
+  assert.equal(gen.attributes?.['app.custom_flag'], true, `unknown attributes are kept: ${JSON.stringify(gen.attributes)}`);
+  assert.equal(gen.attributes?.['gen_ai.request.temperature'], 0.5, 'unmapped gen_ai attributes are kept');
+  assert.equal(tool.tool_calls?.[0]?.function?.name, 'lookup', `tool call: ${JSON.stringify(tool.tool_calls)}`);
+}
+
+describe('ingest: OTLP/HTTP traces', () => {
+  let A;
+
+  before(async () => {
+    assert.ok(fs.existsSync(path.join(BIN_DIR, 'evalbus-ingest')), `${BIN_DIR}/evalbus-ingest must exist`);
+    await loadTypes();
+    await stack.up();
+    A = await stack.bootstrap(uniqueSlug('oa'));
+    await stack.setTier(A.team, 'enterprise', A.key);
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  for (const enc of ['json', 'proto']) {
+    it(`OTLP ${enc} with gzip: GenAI spans become a trace with its model, tokens and messages`, T, stack.wrap(async () => {
+      const traceId = hex(16);
+      const service = `otel-${enc}-${hex(3)}`;
+      const r = await postOtlp(A.key, enc, service, chatSpans(traceId, Date.now() - 5000), { gzip: true });
+      assert.equal(r.status, 200, `export answered ${r.status}: ${r.text.slice(0, 300)}`);
+      assert.deepEqual(r.otlp, { rejected: 0, message: '' }, 'no partial success: everything accepted');
+      checkChatTrace(await waitTrace(A.key, traceId), traceId, service);
+      const l = await api('GET', `/api/v1/traces?project=${service}`, A.key);
+      assertStatus(l, 200);
+      assert.deepEqual(l.body.traces.map((t) => t.id), [traceId], 'listed under its project');
+    }));
+  }
+
+  it('the same spans sent twice are stored once', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const service = `otel-dup-${hex(3)}`;
+    const spans = chatSpans(traceId, Date.now() - 5000);
+    let r = await postOtlp(A.key, 'proto', service, spans);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, traceId);
+    r = await postOtlp(A.key, 'proto', service, spans);
+    assert.equal(r.status, 200, 'the resend is accepted');
+    r = await postOtlp(A.key, 'json', service, spans, { gzip: true });
+    assert.equal(r.status, 200, 'the resend as JSON is accepted');
+    await sleep(1500); // let the writer store the resends
+    const g = await waitTrace(A.key, traceId);
+    assert.equal(g.observations.length, 2, 'observations not doubled');
+    assert.deepEqual(g.usage, { input_tokens: 11, output_tokens: 4, total_tokens: 15 }, 'tokens not doubled');
+    const l = await api('GET', `/api/v1/traces?project=${service}`, A.key);
+    assert.deepEqual(l.body.traces.map((t) => t.id), [traceId], 'listed once');
+    const [[nt, no]] = await stack.psql(
+      `SELECT (SELECT count(*) FROM ingest.traces WHERE id = '${traceId}'),` +
+      ` (SELECT count(*) FROM ingest.observations WHERE trace_id = '${traceId}')`,
+    );
+    assert.deepEqual([nt, no], ['1', '2'], 'one trace row, two observation rows');
+  }));
+
+  it('a trace split across two requests is merged: all observations, totals summed', T, stack.wrap(async () => {
+    const t0 = Date.now() - 10_000;
+    const service = `otel-split-${hex(3)}`;
+    const gen = (traceId, parent, startMs, model, i, o) => ({
+      traceId, spanId: hex(8), parentSpanId: parent, name: `chat ${model}`, startMs, endMs: startMs + 300,
+      attrs: { 'gen_ai.system': 'openai', 'gen_ai.request.model': model, 'gen_ai.usage.input_tokens': i, 'gen_ai.usage.output_tokens': o },
+    });
+    // root first, then a later request with another child
+    const t1 = hex(16);
+    const root1 = hex(8);
+    let r = await postOtlp(A.key, 'proto', service, [
+      { traceId: t1, spanId: root1, name: 'agent run', startMs: t0, endMs: t0 + 2000, kind: 1, attrs: {} },
+      gen(t1, root1, t0 + 100, 'gpt-4o', 10, 5),
+    ]);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, t1);
+    r = await postOtlp(A.key, 'json', service, [gen(t1, root1, t0 + 1000, 'gpt-4o', 20, 7)]);
+    assert.equal(r.status, 200);
+    let g = await waitTrace(A.key, t1, (b) => b.observations.length === 3);
+    assert.equal(g.name, 'agent run', 'the root span still names the trace');
+    assert.deepEqual(g.usage, { input_tokens: 30, output_tokens: 12, total_tokens: 42 }, 'totals summed over both requests');
+    assert.ok(Date.parse(g.start_time) === Math.round(t0) && g.latency_ms === 2000, `times span the trace: ${g.start_time} ${g.latency_ms}`);
+
+    // children first (quickly, one after the other), the root last
+    const t2 = hex(16);
+    const root2 = hex(8);
+    r = await postOtlp(A.key, 'json', service, [gen(t2, root2, t0 + 100, 'gpt-4o-mini', 1, 2)]);
+    assert.equal(r.status, 200);
+    r = await postOtlp(A.key, 'proto', service, [gen(t2, root2, t0 + 500, 'gpt-4o-mini', 3, 4)]);
+    assert.equal(r.status, 200);
+    r = await postOtlp(A.key, 'proto', service, [
+      { traceId: t2, spanId: root2, name: 'late root', startMs: t0, endMs: t0 + 3000, status: 2, attrs: {} },
+    ]);
+    assert.equal(r.status, 200);
+    g = await waitTrace(A.key, t2, (b) => b.observations.length === 3 && b.name === 'late root');
+    assert.deepEqual(g.usage, { input_tokens: 4, output_tokens: 6, total_tokens: 10 }, 'totals of the children');
+    assert.equal(g.model, 'gpt-4o-mini');
+    assert.equal(g.status, 'error', 'the root span\'s error status wins');
+    const [[nt, no]] = await stack.psql(
+      `SELECT (SELECT count(*) FROM ingest.traces WHERE id IN ('${t1}', '${t2}')),` +
+      ` (SELECT count(*) FROM ingest.observations WHERE trace_id IN ('${t1}', '${t2}'))`,
+    );
+    assert.deepEqual([nt, no], ['2', '6'], 'two trace rows, six observation rows');
+  }));
+
+  it('bad span ids are rejected in partial_success; the other spans are stored', T, stack.wrap(async () => {
+    const t0 = Date.now() - 5000;
+    const service = `otel-bad-${hex(3)}`;
+    const traceId = hex(16);
+    const okSpans = chatSpans(traceId, t0);
+    const bad = [
+      { traceId, spanId: 'abcd1234', name: 'short span id', startMs: t0, endMs: t0 + 1 },
+      { traceId: '0'.repeat(32), spanId: hex(8), name: 'zero trace id', startMs: t0, endMs: t0 + 1 },
+    ];
+    let r = await postOtlp(A.key, 'proto', service, [okSpans[0], bad[0], okSpans[1], bad[1]], { gzip: true });
+    assert.equal(r.status, 200, `partial success is 200: ${r.text}`);
+    assert.equal(r.otlp.rejected, 2, 'two spans rejected');
+    assert.match(r.otlp.message, /span id/, `the message says why: ${r.otlp.message}`);
+    assert.match(r.otlp.message, /trace id/, `the message says why: ${r.otlp.message}`);
+    const g = await waitTrace(A.key, traceId);
+    assert.equal(g.observations.length, 2, 'the good spans are stored');
+    assertError(await api('GET', `/api/v1/traces/${'0'.repeat(32)}`, A.key), 'not_found', 'nothing for the zero trace id');
+
+    const t2 = hex(16);
+    const s2 = chatSpans(t2, t0);
+    r = await postOtlp(A.key, 'json', service, [...s2, { traceId: t2, spanId: 'zz'.repeat(8), name: 'not hex', startMs: t0, endMs: t0 + 1 }]);
+    assert.equal(r.status, 200);
+    assert.equal(r.otlp.rejected, 1, 'one span rejected (JSON)');
+    assert.ok(r.otlp.message.length > 0, 'with a message');
+    assert.equal((await waitTrace(A.key, t2)).observations.length, 2, 'the good spans of the trace are stored');
+  }));
+
+  it('credentials, content types and undecodable bodies', T, stack.wrap(async () => {
+    const body = otlpProto('svc', chatSpans(hex(16), Date.now()));
+    const post = (headers, b = body) => fetch(`${stack.url}/otlp/v1/traces`, { method: 'POST', headers, body: b });
+    let r = await post({ 'content-type': 'application/x-protobuf' });
+    assert.equal(r.status, 401, 'no credential');
+    r = await post({ 'content-type': 'text/plain', authorization: `Bearer ${A.key}` });
+    assert.equal(r.status, 415, 'unsupported content type');
+    r = await post({ 'content-type': 'application/x-protobuf', authorization: `Bearer ${A.key}` }, Buffer.alloc(32, 0xff));
+    assert.equal(r.status, 400, 'undecodable protobuf');
+    r = await post({ 'content-type': 'application/json', authorization: `Bearer ${A.key}` }, '{"resourceSpans": [');
+    assert.equal(r.status, 400, 'malformed JSON');
+  }));
+
+  for (const kind of ['proto', 'http']) {
+    it(`the OpenTelemetry JS SDK exports GenAI spans through the edge (exporter-trace-otlp-${kind})`, T, stack.wrap(async () => {
+      const service = `sdk-${kind}-${hex(3)}`;
+      const Exporter = kind === 'proto' ? OTLPProtoExporter : OTLPHttpExporter;
+      const exporter = new Exporter({
+        url: `${stack.url}/otlp/v1/traces`,
+        headers: { Authorization: `Bearer ${A.key}` },
+        ...(kind === 'proto' ? { compression: 'gzip' } : {}),
+        timeoutMillis: 10_000,
+      });
+      const ended = [];
+      const collector = { onStart() {}, onEnd(s) { ended.push(s); }, forceFlush: async () => {}, shutdown: async () => {} };
+      const provider = new NodeTracerProvider({
+        resource: resourceFromAttributes({ 'service.name': service }),
+        spanProcessors: [collector],
+      });
+      const tracer = provider.getTracer('evalbus-it', '1.0.0');
+      const root = tracer.startSpan('chat gpt-4o', {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          'gen_ai.operation.name': 'chat',
+          'gen_ai.system': 'openai',
+          'gen_ai.request.model': 'gpt-4o',
+          'gen_ai.usage.input_tokens': 42,
+          'gen_ai.usage.output_tokens': 17,
+          'gen_ai.input.messages': JSON.stringify([
+            { role: 'system', parts: [{ type: 'text', content: 'You are terse.' }] },
+            { role: 'user', parts: [{ type: 'text', content: 'Name a prime.' }] },
+          ]),
+          'gen_ai.output.messages': JSON.stringify([{ role: 'assistant', parts: [{ type: 'text', content: '7' }], finish_reason: 'stop' }]),
+        },
+      });
+      const ctx = otelTrace.setSpan(otelContext.active(), root);
+      const tool = tracer.startSpan('execute_tool check_prime', {
+        attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'check_prime' },
+      }, ctx);
+      await sleep(5);
+      tool.end();
+      root.setStatus({ code: SpanStatusCode.OK });
+      root.end();
+      await provider.forceFlush();
+      assert.equal(ended.length, 2, 'two spans ended');
+      const traceId = root.spanContext().traceId;
+      assert.match(traceId, HEX32);
+
+      const result = await new Promise((resolve) => exporter.export(ended, resolve));
+      assert.equal(result.code, 0, `the exporter reports success (ExportResultCode.SUCCESS): ${result.error?.message ?? ''}`);
+      await exporter.shutdown();
+      await provider.shutdown();
+
+      const g = await waitTrace(A.key, traceId);
+      assert.equal(g.id, traceId);
+      assert.equal(g.project, service);
+      assert.equal(g.source, 'otlp');
+      assert.equal(g.model, 'gpt-4o');
+      assert.equal(g.provider, 'openai');
+      assert.equal(g.status, 'ok');
+      assert.deepEqual(g.usage, { input_tokens: 42, output_tokens: 17, total_tokens: 59 }, 'the stored tokens');
+      assert.deepEqual(g.input?.messages, [{ role: 'system', content: 'You are terse.' }, { role: 'user', content: 'Name a prime.' }], 'the stored input messages');
+      assert.equal(g.output?.messages?.[0]?.content, '7');
+      assert.equal(g.observations.length, 2);
+      const gen = g.observations.find((o) => o.id === root.spanContext().spanId);
+      assert.ok(gen, 'the chat span is an observation with its span id');
+      assert.equal(gen.type, 'generation');
+      const t = g.observations.find((o) => o.id === tool.spanContext().spanId);
+      assert.equal(t?.parent_id, gen.id, 'the tool span nests under the chat span');
+      assert.equal(t?.type, 'tool');
+    }));
+  }
+});
