@@ -18,12 +18,11 @@
  * Phases, one after the other, each ending when all its traces are committed:
  *   1. ingest_http: N traces in batches of B POSTed to INGEST_URL/api/v1/traces with F requests
  *      in flight (libcurl multi, one thread); every answer must be 202. The clock runs from the
- *      first send until the team's rows in ingest.traces number N more than before the phase,
- *      polled every 50 ms once the last batch is accepted. The polls count ingest.trace_keys
- *      (same transaction, one row per trace, cheap) and then confirm with SELECT count(*) FROM
- *      ingest.traces WHERE team_id = $1, whose cost (25-50 ms at 50,000 rows: every heap page)
- *      would otherwise take half a core from the writer it measures (10-20 % lower figures on
- *      2 cores); BENCH_INGEST_POLL_TRACES=1 polls ingest.traces itself.
+ *      first send until the team's rows in ingest.traces number N more than before the phase
+ *      (SELECT count(*) FROM ingest.traces WHERE team_id = $1, with libpq). The writer's
+ *      evalbus.v1.traces.stored.<team> events say when to count, and the last of them when the
+ *      last COMMIT happened (see wait_committed); BENCH_INGEST_POLL_TRACES=1 polls the count
+ *      every 50 ms instead.
  *   2. ingest_nats: the same N traces as TraceBatch messages to evalbus.v1.ingest.traces.<slug>,
  *      F threads doing request/reply on one connection; every IngestAck must accept all B.
  *   3. ingest_rss: VmHWM of the ingest process (its peak RSS since start, which covers 1 and 2).
@@ -216,15 +215,15 @@ static int rng_range(rng *r, int lo, int hi)
 }
 
 static const char *const words[] = {
-    "the",      "customer", "asked",     "about",    "refund",   "policy",    "for",
-    "an",       "order",    "that",      "arrived",  "damaged",  "please",    "check",
-    "shipment", "status",   "and",       "explain",  "next",     "steps",     "clearly",
-    "we",       "can",      "offer",     "a",        "voucher",  "or",        "replacement",
-    "within",   "five",     "business",  "days",    "café",     "Zürich",    "naïve",
-    "invoice",  "account",  "billing",   "address",  "support",  "ticket",    "escalate",
-    "agent",    "summary",  "tracking",  "number",   "carrier",  "delayed",   "warehouse",
-    "confirm",  "identity", "politely",  "concise",  "answer",   "in",        "English",
-    "use",      "tools",    "when",      "needed",   "never",    "invent",    "facts"};
+    "the",      "customer", "asked",    "about",   "refund",  "policy",  "for",
+    "an",       "order",    "that",     "arrived", "damaged", "please",  "check",
+    "shipment", "status",   "and",      "explain", "next",    "steps",   "clearly",
+    "we",       "can",      "offer",    "a",       "voucher", "or",      "replacement",
+    "within",   "five",     "business", "days",    "café",    "Zürich",  "naïve",
+    "invoice",  "account",  "billing",  "address", "support", "ticket",  "escalate",
+    "agent",    "summary",  "tracking", "number",  "carrier", "delayed", "warehouse",
+    "confirm",  "identity", "politely", "concise", "answer",  "in",      "English",
+    "use",      "tools",    "when",     "needed",  "never",   "invent",  "facts"};
 #define NWORDS (sizeof words / sizeof words[0])
 
 /* Fills out with words up to about len bytes (never more than cap - 1). */
@@ -306,8 +305,8 @@ static void gen_make(gen_trace *t, const char *tag, long i, long long base_ns)
     {
         char q[96];
         words_text(&r, q, sizeof q, rng_range(&r, 10, 40));
-        snprintf(t->args, sizeof t->args, "{\"query\":\"%s\",\"order_id\":\"A%07d\",\"limit\":5}", q,
-                 rng_range(&r, 0, 9999999));
+        snprintf(t->args, sizeof t->args, "{\"query\":\"%s\",\"order_id\":\"A%07d\",\"limit\":5}",
+                 q, rng_range(&r, 0, 9999999));
     }
     words_text(&r, t->result, sizeof t->result, rng_range(&r, 50, 110));
     snprintf(t->metadata, sizeof t->metadata,
@@ -333,8 +332,9 @@ static void json_trace(sbuf *b, const gen_trace *t)
 {
     sb_puts(b, "{\"id\":");
     sb_json(b, t->id);
-    sb_printf(b, ",\"project\":\"%s\",\"name\":\"%s\",\"model\":\"%s\",\"provider\":\"%s\","
-                 "\"status\":\"ok\"",
+    sb_printf(b,
+              ",\"project\":\"%s\",\"name\":\"%s\",\"model\":\"%s\",\"provider\":\"%s\","
+              "\"status\":\"ok\"",
               t->project, t->name, t->model, t->provider);
     json_time(b, "start_time", t->start_ns);
     json_time(b, "end_time", t->end_ns);
@@ -346,12 +346,14 @@ static void json_trace(sbuf *b, const gen_trace *t)
     sb_json(b, t->user);
     sb_puts(b, "}],\"output\":[{\"role\":\"assistant\",\"content\":");
     sb_json(b, t->assistant);
-    sb_printf(b, ",\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"%s\","
-                 "\"arguments\":",
+    sb_printf(b,
+              ",\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"%s\","
+              "\"arguments\":",
               t->call_id, t->tool);
     sb_json(b, t->args);
-    sb_printf(b, "}}]}],\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"name\":\"%s\","
-                 "\"arguments\":",
+    sb_printf(b,
+              "}}]}],\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"name\":\"%s\","
+              "\"arguments\":",
               t->call_id, t->tool);
     sb_json(b, t->args);
     sb_puts(b, ",\"result\":");
@@ -359,15 +361,17 @@ static void json_trace(sbuf *b, const gen_trace *t)
     sb_printf(b, "}],\"metadata\":%s,\"tags\":[", t->metadata);
     for (int k = 0; k < t->ntags; k++)
         sb_printf(b, "%s\"%s\"", k ? "," : "", t->tags[k]);
-    sb_printf(b, "],\"session_id\":\"%s\",\"user_id\":\"%s\",\"environment\":\"%s\","
-                 "\"release\":\"%s\",\"observations\":[{\"id\":",
+    sb_printf(b,
+              "],\"session_id\":\"%s\",\"user_id\":\"%s\",\"environment\":\"%s\","
+              "\"release\":\"%s\",\"observations\":[{\"id\":",
               t->session_id, t->user_id, t->env, t->release);
     sb_json(b, t->gen_id);
     sb_puts(b, ",\"type\":\"generation\",\"name\":\"chat.completions\"");
     json_time(b, "start_time", t->start_ns);
     json_time(b, "end_time", t->gen_end_ns);
-    sb_printf(b, ",\"model\":\"%s\",\"provider\":\"%s\",\"usage\":{\"input_tokens\":%lld,"
-                 "\"output_tokens\":%lld},\"cost_usd\":%.8f,\"status\":\"ok\",\"input\":",
+    sb_printf(b,
+              ",\"model\":\"%s\",\"provider\":\"%s\",\"usage\":{\"input_tokens\":%lld,"
+              "\"output_tokens\":%lld},\"cost_usd\":%.8f,\"status\":\"ok\",\"input\":",
               t->model, t->provider, t->in_tok, t->out_tok, t->cost);
     sb_json(b, t->gen_in);
     sb_puts(b, ",\"output\":");
@@ -525,15 +529,17 @@ static void copy_row(sbuf *b, const gen_trace *g, const char *team_id, long long
     j.len = 0;
     sb_puts(&j, "{\"messages\":[{\"role\":\"assistant\",\"content\":");
     sb_json(&j, g->assistant);
-    sb_printf(&j, ",\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":"
-                  "\"%s\",\"arguments\":",
+    sb_printf(&j,
+              ",\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":"
+              "\"%s\",\"arguments\":",
               g->call_id, g->tool);
     sb_json(&j, g->args);
     sb_puts(&j, "}}]}]}");
     sb_copy(b, j.p);
     sb_putc(b, '\t');
     j.len = 0;
-    sb_printf(&j, "[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"%s\",\"arguments\":",
+    sb_printf(&j,
+              "[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"%s\",\"arguments\":",
               g->call_id, g->tool);
     sb_json(&j, g->args);
     sb_puts(&j, "},\"result\":");
@@ -585,16 +591,13 @@ static bool db_exec(PGconn *c, const char *sql)
     return ok;
 }
 
-/* count(*) of the team's rows in ingest.traces (or, with keys, ingest.trace_keys), or -1.
- * *query_ms gets the time the query took. */
-static long long db_count(PGconn *c, const char *team_id, bool keys, double *query_ms)
+/* count(*) of the team's rows in ingest.traces, or -1. *query_ms gets the time the query took. */
+static long long db_count(PGconn *c, const char *team_id, double *query_ms)
 {
     const char *p[1] = {team_id};
     double t0 = now_s();
-    PGresult *r = PQexecParams(c,
-                               keys ? "SELECT count(*) FROM ingest.trace_keys WHERE team_id = $1::uuid"
-                                    : "SELECT count(*) FROM ingest.traces WHERE team_id = $1::uuid",
-                               1, NULL, p, NULL, NULL, 0);
+    PGresult *r = PQexecParams(c, "SELECT count(*) FROM ingest.traces WHERE team_id = $1::uuid", 1,
+                               NULL, p, NULL, NULL, 0);
     long long n = -1;
 
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
@@ -607,54 +610,90 @@ static long long db_count(PGconn *c, const char *team_id, bool keys, double *que
     return n;
 }
 
+/* The ids of one phase ("<tag>-<index>") announced in evalbus.v1.traces.stored.<team>, which the
+ * writer publishes after each COMMIT: a bit per index, so redeliveries count once. */
+typedef struct stored_watch {
+    char prefix[64];
+    size_t plen;
+    long n;
+    unsigned char *bits;
+    pthread_mutex_t mu;
+    long distinct;   /* under mu */
+    double last_new; /* when the latest new id arrived, under mu */
+} stored_watch;
+
+static void on_stored(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    stored_watch *w = closure;
+    Evalbus__V1__TracesStored *ev = evalbus__v1__traces_stored__unpack(
+        NULL, (size_t)natsMsg_GetDataLength(msg), (const uint8_t *)natsMsg_GetData(msg));
+    double t = now_s();
+
+    (void)nc;
+    (void)sub;
+    if (ev) {
+        pthread_mutex_lock(&w->mu);
+        for (size_t i = 0; i < ev->n_trace_ids; i++) {
+            const char *id = ev->trace_ids[i];
+            char *end;
+            long k;
+            if (!id || strncmp(id, w->prefix, w->plen) != 0)
+                continue;
+            k = strtol(id + w->plen, &end, 10);
+            if (*end || k < 0 || k >= w->n || (w->bits[k / 8] & (1u << (k % 8))))
+                continue;
+            w->bits[k / 8] |= (unsigned char)(1u << (k % 8));
+            w->distinct++;
+            w->last_new = t;
+        }
+        pthread_mutex_unlock(&w->mu);
+        evalbus__v1__traces_stored__free_unpacked(ev, NULL);
+    }
+    natsMsg_Destroy(msg);
+}
+
 typedef struct poll_stats {
-    int polls;
-    double total_ms; /* time spent in count queries */
-    double last_ms;  /* the last count(*) FROM ingest.traces */
+    int polls;       /* count(*) queries */
+    double total_ms; /* time they took */
+    double last_ms;  /* the last one */
 } poll_stats;
 
-/* Polls every POLL_MS until ingest.traces holds target rows of the team; returns the time of the
- * poll that saw them, or -1 after the deadline (with the count reached in *seen).
- * With keys, the polls count ingest.trace_keys, which the writer fills in the same transaction
- * as ingest.traces (one row per trace), and ingest.traces is counted once they are complete:
- * with 50,000 rows of 2 KB a count(*) of ingest.traces reads every heap page and takes 25-50 ms,
- * so polling it every 50 ms would spend half a core next to the writer it measures. */
-static double wait_committed(PGconn *c, const char *team_id, long long target,
-                             long long key_target, double deadline, bool keys, long long *seen,
-                             poll_stats *ps)
+/* Waits until ingest.traces holds target rows of the team; returns the time they were all
+ * committed, or -1 after the deadline (with the count reached in *seen).
+ * With a watch, the writer's stored events tell when all ids of the phase are committed; one
+ * SELECT count(*) FROM ingest.traces WHERE team_id = $1 then confirms it, and the time is that of
+ * the last event (published after its COMMIT). Between events the count is also polled once a
+ * second, and every POLL_MS once the events are complete but the count is not (should an event
+ * be lost or early). A count(*) reads every heap page of the team's rows (25-50 ms at 50,000
+ * rows of 2 KB); polling it every POLL_MS from the start would take half a core from the writer
+ * it measures, 10-20 % of the figure on 2 cores. Without a watch, the count is polled every
+ * POLL_MS (BENCH_INGEST_POLL_TRACES=1). */
+static double wait_committed(PGconn *c, const char *team_id, long long target, stored_watch *w,
+                             double deadline, long long *seen, poll_stats *ps)
 {
-    for (;;) {
-        double q = 0;
-        long long n = db_count(c, team_id, keys, &q);
-        double t = now_s();
+    for (int i = 0;; i++) {
+        long distinct = 0;
+        double last = 0, t;
 
-        ps->polls++;
-        ps->total_ms += q;
-        if (n < 0)
-            return -1;
-        if (keys && n >= key_target) {
-            n = db_count(c, team_id, false, &ps->last_ms); /* committed with the keys */
+        if (w) {
+            pthread_mutex_lock(&w->mu);
+            distinct = w->distinct;
+            last = w->last_new;
+            pthread_mutex_unlock(&w->mu);
+        }
+        if (!w || distinct >= w->n || i % (1000 / POLL_MS) == 0) {
+            long long n = db_count(c, team_id, &ps->last_ms);
+            ps->polls++;
             ps->total_ms += ps->last_ms;
+            *seen = n;
             if (n < 0)
                 return -1;
-            if (n < target) {
-                fprintf(stderr, "ingest: %lld trace keys but %lld traces; counting traces\n",
-                        key_target, n);
-                keys = false;
-            }
-        } else if (!keys) {
-            ps->last_ms = q;
-        }
-        if (!keys || n >= target) {
-            *seen = n;
             if (n >= target)
-                return t;
+                return w && distinct >= w->n ? last : now_s();
         }
-        if (t > deadline) {
-            if (keys)
-                *seen = db_count(c, team_id, false, NULL);
+        t = now_s();
+        if (t > deadline)
             return -1;
-        }
         usleep(POLL_MS * 1000);
     }
 }
@@ -662,8 +701,8 @@ static double wait_committed(PGconn *c, const char *team_id, long long target,
 static bool team_id_of(PGconn *c, const char *slug, char *out, size_t len)
 {
     const char *p[1] = {slug};
-    PGresult *r = PQexecParams(c, "SELECT id FROM auth.teams WHERE slug = $1", 1, NULL, p, NULL,
-                               NULL, 0);
+    PGresult *r =
+        PQexecParams(c, "SELECT id FROM auth.teams WHERE slug = $1", 1, NULL, p, NULL, NULL, 0);
     bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
 
     if (ok)
@@ -943,32 +982,55 @@ typedef struct phase_result {
 } phase_result;
 
 /* Sends nbatches of the phase named tag over HTTP or NATS, ending when all are committed. */
-static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate,
-                  double *lat_ms, phase_result *out)
+static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate, double *lat_ms,
+                  phase_result *out)
 {
     const char *team_id = nats ? c->nats_team_id : c->http_team_id;
-    long long before, seen = 0;
-    long long keys_before;
+    long long before, seen = 0, n = nbatches * c->batch;
     double t0, t_sent, t_done;
-    bool keys = !getenv("BENCH_INGEST_POLL_TRACES");
-    bool ok;
+    stored_watch w = {.n = n};
+    natsSubscription *sub = NULL;
+    char subject[200], stored[200];
+    bool ok = false;
 
-    before = db_count(c->db, team_id, false, NULL);
-    keys_before = db_count(c->db, team_id, true, NULL);
-    if (before < 0 || keys_before < 0)
+    before = db_count(c->db, team_id, NULL);
+    if (before < 0)
         return false;
+    if (!getenv("BENCH_INGEST_POLL_TRACES")) {
+        snprintf(w.prefix, sizeof w.prefix, "%s-", tag);
+        w.plen = strlen(w.prefix);
+        w.bits = calloc((size_t)n / 8 + 1, 1);
+        pthread_mutex_init(&w.mu, NULL);
+        snprintf(stored, sizeof stored, "evalbus.v1.traces.stored.%s",
+                 nats ? c->nats_team : c->http_team);
+        if (natsConnection_Subscribe(&sub, c->nc, stored, on_stored, &w) != NATS_OK ||
+            natsConnection_Flush(c->nc) != NATS_OK) {
+            fprintf(stderr, "ingest: cannot subscribe to %s\n", stored);
+            goto cleanup;
+        }
+    }
     t0 = now_s();
     if (!nats) {
-        http_run r = {.url = c->traces_url, .hdrs = c->hdrs, .tag = tag, .base_ns = wall_ns(),
-                      .nbatches = nbatches, .batch = c->batch,
-                      .inflight = rate > 0 ? MAX_INFLIGHT : c->inflight, .rate = rate,
-                      .lat_ms = lat_ms, .deadline = t0 + c->timeout};
+        http_run r = {.url = c->traces_url,
+                      .hdrs = c->hdrs,
+                      .tag = tag,
+                      .base_ns = wall_ns(),
+                      .nbatches = nbatches,
+                      .batch = c->batch,
+                      .inflight = rate > 0 ? MAX_INFLIGHT : c->inflight,
+                      .rate = rate,
+                      .lat_ms = lat_ms,
+                      .deadline = t0 + c->timeout};
         ok = http_send(&r);
         out->bytes = (double)r.bytes;
     } else {
-        char subject[200];
-        nats_run r = {.nc = c->nc, .subject = subject, .key = c->nats_key, .tag = tag,
-                      .base_ns = wall_ns(), .nbatches = nbatches, .batch = c->batch,
+        nats_run r = {.nc = c->nc,
+                      .subject = subject,
+                      .key = c->nats_key,
+                      .tag = tag,
+                      .base_ns = wall_ns(),
+                      .nbatches = nbatches,
+                      .batch = c->batch,
                       .deadline = t0 + c->timeout};
         snprintf(subject, sizeof subject, "evalbus.v1.ingest.traces.%s", c->nats_team);
         ok = nats_send(&r, c->inflight);
@@ -976,26 +1038,37 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
     }
     t_sent = now_s();
     if (!ok)
-        return false;
-    t_done = wait_committed(c->db, team_id, before + nbatches * c->batch,
-                            keys_before + nbatches * c->batch, t_sent + c->timeout, keys, &seen,
+        goto cleanup;
+    ok = false;
+    t_done = wait_committed(c->db, team_id, before + n, sub ? &w : NULL, t_sent + c->timeout, &seen,
                             &out->polls);
     if (t_done < 0) {
         fprintf(stderr,
-                "ingest: %s: %lld of %ld traces committed %.0f s after the last was accepted; "
+                "ingest: %s: %lld of %lld traces committed %.0f s after the last was accepted; "
                 "the writer did not keep up or lost traces (see the ingest log)\n",
-                tag, seen - before, nbatches * c->batch, c->timeout);
-        return false;
+                tag, seen - before, n, c->timeout);
+        goto cleanup;
     }
-    if (seen != before + nbatches * c->batch) {
-        fprintf(stderr, "ingest: %s: %lld traces committed, %ld sent\n", tag, seen - before,
-                nbatches * c->batch);
-        return false;
+    if (seen != before + n) {
+        fprintf(stderr, "ingest: %s: %lld traces committed, %lld sent\n", tag, seen - before, n);
+        goto cleanup;
     }
     out->send_s = t_sent - t0;
     out->commit_s = t_done - t0;
-    out->rate = (double)(nbatches * c->batch) / out->commit_s;
-    return true;
+    out->rate = (double)n / out->commit_s;
+    ok = true;
+cleanup:
+    if (sub) {
+        /* drained, so no callback still uses w */
+        if (natsSubscription_Drain(sub) == NATS_OK)
+            natsSubscription_WaitForDrainCompletion(sub, 5000);
+        natsSubscription_Destroy(sub);
+    }
+    if (w.bits) {
+        pthread_mutex_destroy(&w.mu);
+        free(w.bits);
+    }
+    return ok;
 }
 
 /* A random version-4 UUID (the baseline's team id). */
@@ -1012,10 +1085,9 @@ static void uuid_v4(char *out, size_t len)
         fclose(f);
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, len,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-             b[15]);
+    snprintf(out, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
 }
 
 /* Creates the day partitions covering [from_ns, to_ns] as writer.c does (under its lock). */
@@ -1153,13 +1225,12 @@ static double baseline_copy(cfg *c, double *bytes)
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        char *const args[] = {exe, (char *)"--copy-baseline", conninfo, tag, base,
-                              c->base_team_id, n, NULL};
+        char *const args[] = {exe,  (char *)"--copy-baseline", conninfo, tag,
+                              base, c->base_team_id,           n,        NULL};
         dup2(fd[1], STDOUT_FILENO);
         close(fd[0]);
         close(fd[1]);
-        if (pw && (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 ||
-                   setuid(pw->pw_uid) != 0))
+        if (pw && (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0))
             _exit(126);
         execve(exe, args, envp);
         _exit(127);
@@ -1233,9 +1304,8 @@ static void cleanup_rows(cfg *c)
              "DELETE FROM ingest.observations WHERE team_id IN ('%s', '%s');"
              "DELETE FROM ingest.trace_keys WHERE team_id IN ('%s', '%s');"
              "DELETE FROM ingest.traces WHERE team_id IN ('%s', '%s', '%s')",
-             c->http_team_id, c->nats_team_id, c->http_team_id, c->nats_team_id,
-             c->http_team_id, c->nats_team_id, c->base_team_id[0] ? c->base_team_id
-                                                                   : c->http_team_id);
+             c->http_team_id, c->nats_team_id, c->http_team_id, c->nats_team_id, c->http_team_id,
+             c->nats_team_id, c->base_team_id[0] ? c->base_team_id : c->http_team_id);
     if (db_exec(c->db, sql))
         fprintf(stderr, "ingest: deleted this run's rows in %.1f s\n", now_s() - t0);
 }
@@ -1289,13 +1359,14 @@ int main(int argc, char **argv)
             c.timeout = atof(v);
     }
     if (!c.url || !c.nats_url || !c.db_url || !c.http_key || !c.http_team || !c.nats_key ||
-        !c.nats_team || c.batch < 1 || c.batch > 1000 || c.traces < c.batch ||
-        c.inflight < 1 || c.inflight > MAX_INFLIGHT || c.paced_seconds <= 0 || c.timeout <= 0) {
-        fprintf(stderr, "usage: ingest --http-team SLUG --nats-team SLUG [--traces N] "
-                        "[--batch B<=1000] [--inflight F<=%d] [--pid PID] [--paced-seconds S] "
-                        "[--timeout S]\n"
-                        "with EVALBUS_INGEST_URL, EVALBUS_NATS_URL, EVALBUS_DATABASE_URL, "
-                        "BENCH_INGEST_HTTP_KEY and BENCH_INGEST_NATS_KEY set\n",
+        !c.nats_team || c.batch < 1 || c.batch > 1000 || c.traces < c.batch || c.inflight < 1 ||
+        c.inflight > MAX_INFLIGHT || c.paced_seconds <= 0 || c.timeout <= 0) {
+        fprintf(stderr,
+                "usage: ingest --http-team SLUG --nats-team SLUG [--traces N] "
+                "[--batch B<=1000] [--inflight F<=%d] [--pid PID] [--paced-seconds S] "
+                "[--timeout S]\n"
+                "with EVALBUS_INGEST_URL, EVALBUS_NATS_URL, EVALBUS_DATABASE_URL, "
+                "BENCH_INGEST_HTTP_KEY and BENCH_INGEST_NATS_KEY set\n",
                 MAX_INFLIGHT);
         return 2;
     }
@@ -1331,11 +1402,11 @@ int main(int argc, char **argv)
     snprintf(tag, sizeof tag, "%s-h", c.run_tag);
     if (!phase(&c, false, tag, nbatches, 0, NULL, &http))
         goto cleanup;
-    fprintf(stderr, "ingest: HTTP  %8.0f traces/s  (all accepted %.2f s, all committed %.2f s, "
-                    "%.0f B JSON per trace; %d commit polls took %.0f ms, the last count(*) of "
-                    "ingest.traces %.1f ms)\n",
-            http.rate, http.send_s, http.commit_s, http.bytes / (double)c.traces,
-            http.polls.polls, http.polls.total_ms, http.polls.last_ms);
+    fprintf(stderr,
+            "ingest: HTTP  %8.0f traces/s  (all accepted %.2f s, all committed %.2f s, "
+            "%.0f B JSON per trace; %d count(*) took %.0f ms, the last %.1f ms)\n",
+            http.rate, http.send_s, http.commit_s, http.bytes / (double)c.traces, http.polls.polls,
+            http.polls.total_ms, http.polls.last_ms);
 
     /* 2. NATS */
     snprintf(tag, sizeof tag, "%s-nw", c.run_tag);
@@ -1344,10 +1415,11 @@ int main(int argc, char **argv)
     snprintf(tag, sizeof tag, "%s-n", c.run_tag);
     if (!phase(&c, true, tag, nbatches, 0, NULL, &nats))
         goto cleanup;
-    fprintf(stderr, "ingest: NATS  %8.0f traces/s  (all acked    %.2f s, all committed %.2f s, "
-                    "%.0f B protobuf per trace; %d commit polls took %.0f ms)\n",
-            nats.rate, nats.send_s, nats.commit_s, nats.bytes / (double)c.traces,
-            nats.polls.polls, nats.polls.total_ms);
+    fprintf(stderr,
+            "ingest: NATS  %8.0f traces/s  (all acked    %.2f s, all committed %.2f s, "
+            "%.0f B protobuf per trace; %d count(*) took %.0f ms, the last %.1f ms)\n",
+            nats.rate, nats.send_s, nats.commit_s, nats.bytes / (double)c.traces, nats.polls.polls,
+            nats.polls.total_ms, nats.polls.last_ms);
 
     /* 3. peak RSS of the ingest service so far */
     if (c.pid > 0) {
@@ -1369,14 +1441,15 @@ int main(int argc, char **argv)
     base_rate = baseline_copy(&c, &base_bytes);
     if (base_rate <= 0)
         goto cleanup;
-    fprintf(stderr, "ingest: COPY  %8.0f traces/s  (%.2f s, %.0f B per row; one COPY into "
-                    "ingest.traces as the superuser: no trace_keys, observations, upsert or "
-                    "row-level security)\n",
+    fprintf(stderr,
+            "ingest: COPY  %8.0f traces/s  (%.2f s, %.0f B per row; one COPY into "
+            "ingest.traces as the superuser: no trace_keys, observations, upsert or "
+            "row-level security)\n",
             base_rate, (double)c.traces / base_rate, base_bytes / (double)c.traces);
-    printf("BENCH name=ingest_http value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n",
-           http.rate, base_rate, http.rate / base_rate);
-    printf("BENCH name=ingest_nats value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n",
-           nats.rate, base_rate, nats.rate / base_rate);
+    printf("BENCH name=ingest_http value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n", http.rate,
+           base_rate, http.rate / base_rate);
+    printf("BENCH name=ingest_nats value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n", nats.rate,
+           base_rate, nats.rate / base_rate);
     if (hwm >= 0)
         printf("BENCH name=ingest_rss value=%.1f unit=MiB baseline=- ratio=-\n", hwm / 1024);
     fflush(stdout);
@@ -1393,9 +1466,10 @@ int main(int argc, char **argv)
             goto cleanup;
         qsort(lat, (size_t)paced_batches, sizeof *lat, cmp_double);
 #define PCT(p) lat[(size_t)((double)(paced_batches - 1) * (p) + 0.5)]
-        fprintf(stderr, "ingest: HTTP paced at %.0f traces/s (%.1f batches/s) for %.1f s: "
-                        "latency p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms "
-                        "(%ld requests, all committed %.2f s after the first)\n",
+        fprintf(stderr,
+                "ingest: HTTP paced at %.0f traces/s (%.1f batches/s) for %.1f s: "
+                "latency p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms "
+                "(%ld requests, all committed %.2f s after the first)\n",
                 rate * (double)c.batch, rate, paced.send_s, PCT(0.50), PCT(0.90), PCT(0.99),
                 lat[paced_batches - 1], paced_batches, paced.commit_s);
         printf("BENCH name=ingest_http_p99 value=%.1f unit=ms baseline=- ratio=-\n", PCT(0.99));

@@ -177,7 +177,8 @@ for (let b = 0; b < PER_WAY; b += 100) {
     const ns = BigInt(s.start) * 1000000n;
     traces.push({
       id: s.id, project: s.project, name: 'answer', model: s.model, provider: s.provider,
-      status: s.error ? 'error' : 'ok', start_time_unix_nano: ns, end_time_unix_nano: ns + BigInt(s.latency) * 1000000n,
+      status: s.error ? 'error' : 'ok', start_time_unix_nano: String(ns),
+      end_time_unix_nano: String(ns + BigInt(s.latency) * 1000000n),
       input_tokens: s.inTok, output_tokens: s.outTok,
       input_messages: [{ role: 'user', content: s.user }],
       output_messages: [{ role: 'assistant', content: s.answer }],

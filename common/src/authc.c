@@ -26,6 +26,9 @@
 #include <time.h>
 
 #define CACHE_SLOTS 16384
+/* While the auth service cannot answer (timeout, unavailable), an expired entry that was not
+ * revoked is still used for this long: ingestion goes on through an auth or database outage. */
+#define STALE_MS (10 * 60 * 1000)
 #define MAX_CREDENTIAL 8192
 
 typedef struct pending {
@@ -45,6 +48,7 @@ typedef struct pending {
 
 typedef struct centry {
     bool used;
+    bool revoked;
     char hash[65];
     long long expires_ms;
     eb_principal p;
@@ -112,6 +116,23 @@ static void finish(pending *pd)
 
     if (pd->timer)
         event_free(pd->timer);
+    if ((pd->st == EB_ERR_UNAVAILABLE || pd->st == EB_ERR_TIMEOUT) && c->ttl_ms > 0) {
+        centry *e;
+        pthread_mutex_lock(&c->mu);
+        e = cache_find(c, pd->hash, false);
+        if (e && !e->revoked && mono_ms() < e->expires_ms + STALE_MS) {
+            pd->p = e->p;
+            pd->st = EB_OK;
+            c->hits++;
+        }
+        pthread_mutex_unlock(&c->mu);
+        if (pd->st == EB_OK) {
+            eb_log_warn(NULL, "auth service unavailable: using an expired cache entry");
+            pd->done(pd->st, &pd->p, "", pd->arg);
+            free(pd);
+            return;
+        }
+    }
     if (pd->st == EB_OK && c->ttl_ms > 0) {
         long long ttl = c->ttl_ms;
         if (pd->p.expires_at_ms > 0) {
@@ -123,6 +144,7 @@ static void finish(pending *pd)
             pthread_mutex_lock(&c->mu);
             e = cache_find(c, pd->hash, true);
             e->p = pd->p;
+            e->revoked = false;
             e->expires_ms = mono_ms() + ttl;
             pthread_mutex_unlock(&c->mu);
         }
@@ -237,12 +259,16 @@ static void on_revoked(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
         pthread_mutex_lock(&c->mu);
         if (kr->key_hash_hex && strlen(kr->key_hash_hex) == 64) {
             centry *e = cache_find(c, kr->key_hash_hex, false);
-            if (e)
+            if (e) {
                 e->expires_ms = 0;
+                e->revoked = true;
+            }
         } else if (kr->envelope && kr->envelope->team_id && *kr->envelope->team_id) {
             for (size_t i = 0; i < CACHE_SLOTS; i++)
-                if (c->cache[i].used && strcmp(c->cache[i].p.team_id, kr->envelope->team_id) == 0)
+                if (c->cache[i].used && strcmp(c->cache[i].p.team_id, kr->envelope->team_id) == 0) {
                     c->cache[i].expires_ms = 0;
+                    c->cache[i].revoked = true;
+                }
         }
         pthread_mutex_unlock(&c->mu);
         evalbus__v1__key_revoked__free_unpacked(kr, NULL);

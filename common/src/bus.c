@@ -41,8 +41,9 @@ eb_status eb_bus_error(natsStatus s, const char *what)
  * returned, so they take no closure. */
 static void on_disconnected(natsConnection *nc, void *closure)
 {
-    (void)nc;
     (void)closure;
+    if (natsConnection_IsClosed(nc))
+        return; /* closed on purpose */
     eb_log_warn(NULL, "NATS disconnected; reconnecting");
 }
 

@@ -679,6 +679,13 @@ void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, vo
     srv->nchecks++;
 }
 
+void eb_http_set_check_critical(eb_http_server *srv, const char *name, bool critical)
+{
+    for (int i = 0; i < srv->nchecks; i++)
+        if (strcmp(srv->checks[i].name, name) == 0)
+            srv->checks[i].critical = critical;
+}
+
 eb_status eb_http_listen(eb_http_server *srv)
 {
     srv->sock =

@@ -64,8 +64,9 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
     /* cJSON would cut a string at an escaped NUL: refuse it like a raw one */
     for (const char *q = data; (q = memchr(q, '\\', n - (size_t)(q - data))) != NULL;) {
         if ((size_t)(data + n - q) >= 6 && memcmp(q, "\\u0000", 6) == 0)
-            return eb_error(EB_ERR_INVALID, "request body contains an escaped NUL (\\u0000) "
-                                            "at byte %zu",
+            return eb_error(EB_ERR_INVALID,
+                            "request body contains an escaped NUL (\\u0000) "
+                            "at byte %zu",
                             (size_t)(q - data));
         q += (size_t)(data + n - q) >= 2 ? 2 : 1; /* skip the escaped character */
     }

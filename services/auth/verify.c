@@ -26,8 +26,13 @@
 #include <string.h>
 #include <time.h>
 
+/* While PostgreSQL is unavailable, an expired entry that was not revoked is still used for
+ * this long, so callers keep working through a database outage. */
+#define STALE_MS (10 * 60 * 1000)
+
 typedef struct cache_entry {
     bool used;
+    bool revoked;
     char hash[65];
     long long expires_ms; /* monotonic */
     eb_principal p;
@@ -133,10 +138,32 @@ static void cache_put(auth_verifier *v, const char *hash, const eb_principal *p)
     if (!v->slots[i].used)
         v->used++;
     v->slots[i].used = true;
+    v->slots[i].revoked = false;
     memcpy(v->slots[i].hash, hash, 65);
     v->slots[i].expires_ms = mono_ms() + ttl;
     v->slots[i].p = *p;
     pthread_mutex_unlock(&v->mu);
+}
+
+/* An expired, unrevoked entry, for use while the database cannot be asked. */
+static bool cache_get_stale(auth_verifier *v, const char *hash, eb_principal *out)
+{
+    bool hit = false;
+
+    if (v->cfg->cache_ttl_ms <= 0)
+        return false;
+    pthread_mutex_lock(&v->mu);
+    for (size_t i = slot_of(v, hash); v->slots[i].used; i = (i + 1) & (v->nslots - 1)) {
+        if (strcmp(v->slots[i].hash, hash) == 0) {
+            if (!v->slots[i].revoked && v->slots[i].expires_ms + STALE_MS > mono_ms()) {
+                *out = v->slots[i].p;
+                hit = true;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&v->mu);
+    return hit;
 }
 
 /* Expiring in place keeps probe chains intact (entries are never removed one by one). */
@@ -144,8 +171,10 @@ void auth_verifier_drop_key(auth_verifier *v, const char *key_hash_hex)
 {
     pthread_mutex_lock(&v->mu);
     for (size_t i = slot_of(v, key_hash_hex); v->slots[i].used; i = (i + 1) & (v->nslots - 1))
-        if (strcmp(v->slots[i].hash, key_hash_hex) == 0)
+        if (strcmp(v->slots[i].hash, key_hash_hex) == 0) {
             v->slots[i].expires_ms = 0;
+            v->slots[i].revoked = true;
+        }
     pthread_mutex_unlock(&v->mu);
 }
 
@@ -153,8 +182,10 @@ void auth_verifier_drop_team(auth_verifier *v, const char *team_id)
 {
     pthread_mutex_lock(&v->mu);
     for (size_t i = 0; i < v->nslots; i++)
-        if (v->slots[i].used && strcmp(v->slots[i].p.team_id, team_id) == 0)
+        if (v->slots[i].used && strcmp(v->slots[i].p.team_id, team_id) == 0) {
             v->slots[i].expires_ms = 0;
+            v->slots[i].revoked = true;
+        }
     pthread_mutex_unlock(&v->mu);
 }
 
@@ -329,7 +360,13 @@ eb_status auth_verify(auth_verifier *v, const char *credential, eb_principal *ou
         }
         st = verify_session(v, &cl, out, reason);
     }
-    if (st == EB_OK)
+    if (st == EB_OK) {
         cache_put(v, hash, out);
+    } else if (st == EB_ERR_UNAVAILABLE && cache_get_stale(v, hash, out)) {
+        eb_log_warn(NULL, "PostgreSQL unavailable: a credential was verified from an expired "
+                          "cache entry");
+        *cache_hit = true;
+        st = EB_OK;
+    }
     return st;
 }

@@ -154,6 +154,8 @@ void api_traces_post(eb_http_req *req, void *vctx)
         const char *id = cJSON_IsString(idj) ? idj->valuestring : NULL;
 
         st = ingest_trace_from_json(item, &ctx->limits, &t);
+        if (st == EB_OK && p->project[0] && !t->project)
+            t->project = eb_strdup(p->project); /* a restricted key writes to its project */
         if (st == EB_OK)
             st = ingest_check_project(p, t->project);
         if (st != EB_OK) {
@@ -161,9 +163,6 @@ void api_traces_post(eb_http_req *req, void *vctx)
             if (t)
                 evalbus__v1__trace__free_unpacked(t, NULL);
         } else {
-            if (p->project[0] && !t->project) {
-                t->project = eb_strdup(p->project);
-            }
             b->index[b->nvalid] = i;
             b->valid[b->nvalid++] = t;
         }
@@ -310,6 +309,14 @@ void api_traces_list(eb_http_req *req, void *vctx)
     cJSON *root, *arr;
     int n;
 
+    if (p->project[0]) { /* a project-restricted key sees its project only */
+        if (q_project && strcmp(q_project, p->project) != 0) {
+            eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this key may only read project '%s'",
+                                p->project);
+            return;
+        }
+        q_project = p->project;
+    }
     if (q_limit) {
         char *end;
         limit = strtol(q_limit, &end, 10);
@@ -430,7 +437,7 @@ void api_trace_get(eb_http_req *req, void *vctx)
     ingest_ctx *ctx = vctx;
     const eb_principal *p = eb_http_req_principal(req);
     const char *id = eb_http_req_param(req, "id");
-    const char *params[2] = {p->team_id, id};
+    const char *params[3] = {p->team_id, id, p->project[0] ? p->project : NULL};
     PGconn *c;
     PGresult *r = NULL, *ro = NULL, *rr = NULL, *rs = NULL;
     eb_status st;
@@ -443,8 +450,9 @@ void api_trace_get(eb_http_req *req, void *vctx)
                     "SELECT " SUMMARY_COLS ", t.input::text, t.output::text, t.tool_calls::text,"
                     " t.attributes::text FROM ingest.trace_keys k JOIN ingest.traces t ON"
                     " t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
-                    " WHERE k.team_id = $1::uuid AND k.id = $2",
-                    2, params, &r);
+                    " WHERE k.team_id = $1::uuid AND k.id = $2 AND ($3::text IS NULL OR"
+                    " t.project = $3)",
+                    3, params, &r);
     if (st == EB_OK && PQntuples(r) == 1)
         st = eb_db_exec(c,
                         "SELECT o.id, o.parent_id, o.type, o.name, ingest.iso(o.start_time),"

@@ -28,6 +28,8 @@ typedef struct ingest_config {
     long long max_observations;
     long long max_messages;
     long long max_metadata_bytes;
+    long long max_trace_bytes;
+    long long stream_replicas;
     long long writer_threads;
     long long writer_batch;
     long long stream_max_bytes;

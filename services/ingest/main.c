@@ -36,6 +36,11 @@ static const eb_setting settings[] = {
      offsetof(T, max_observations), "observations per trace"},
     {"max-messages", "EVALBUS_MAX_MESSAGES", EB_SET_INT, "1000", 1, 100000, false,
      offsetof(T, max_messages), "messages in one input or output"},
+    {"max-trace-bytes", "EVALBUS_MAX_TRACE_BYTES", EB_SET_SIZE, "4MiB", 1024, 8000000, false,
+     offsetof(T, max_trace_bytes),
+     "one trace (it travels as one NATS message: keep it under the server's max_payload)"},
+    {"stream-replicas", "EVALBUS_STREAM_REPLICAS", EB_SET_INT, "1", 1, 5, false,
+     offsetof(T, stream_replicas), "replicas of the INGEST stream (3 on a 3-node NATS cluster)"},
     {"max-metadata-bytes", "EVALBUS_MAX_METADATA_BYTES", EB_SET_SIZE, "64KiB", 16, 16777216, false,
      offsetof(T, max_metadata_bytes), "metadata / attributes of one trace, as JSON"},
     {"writer-threads", "EVALBUS_WRITER_THREADS", EB_SET_INT, "2", 0, 8, false,
@@ -121,7 +126,7 @@ int main(int argc, char **argv)
     ctx.limits.max_observations = (size_t)cfg.max_observations;
     ctx.limits.max_messages = (size_t)cfg.max_messages;
     ctx.limits.max_metadata_bytes = (size_t)cfg.max_metadata_bytes;
-    ctx.limits.max_trace_bytes = (size_t)cfg.svc.max_body;
+    ctx.limits.max_trace_bytes = (size_t)cfg.max_trace_bytes;
     st = eb_service_init(&ctx.svc, "ingest", &cfg.svc, ingest_routes, ingest_nroutes, &ctx);
     if (st != EB_OK) {
         fprintf(stderr, "evalbus-ingest: %s\n", eb_error_message());
@@ -143,6 +148,8 @@ int main(int argc, char **argv)
     }
     eb_http_set_authenticator(ctx.svc.http, eb_authc_verify, ctx.authc);
     eb_http_add_check(ctx.svc.http, "writer", check_writer, &ctx, false);
+    /* accepted traces wait in the stream while PostgreSQL is away: stay in rotation */
+    eb_http_set_check_critical(ctx.svc.http, "postgres", false);
     if (cfg.writer_threads > 0)
         ctx.writer = ingest_writer_start(&ctx);
     ingest_retention_start(&ctx);

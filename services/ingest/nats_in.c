@@ -29,6 +29,7 @@ typedef struct nats_item {
     uint32_t *index;
     Evalbus__V1__IngestRejected **rejected;
     size_t nrejected;
+    bool verified; /* the key belongs to the subject's team */
 } nats_item;
 
 static const char *subject_team(const natsMsg *msg)
@@ -78,7 +79,10 @@ static void refuse(nats_item *it, eb_status st, const char *reason, const char *
     char subject[200], labels[96];
     const char *team = subject_team(it->msg);
 
-    snprintf(subject, sizeof(subject), INGEST_DEAD_PREFIX "%.100s", *team ? team : "unknown");
+    /* before the key is verified the subject's team is only a claim: such messages go to
+     * the operators' subject, never to a team that did not send them */
+    snprintf(subject, sizeof(subject), INGEST_DEAD_PREFIX "%.100s",
+             it->verified && *team ? team : "_unverified");
     if (natsMsg_Create(&dl, subject, NULL, natsMsg_GetData(it->msg),
                        natsMsg_GetDataLength(it->msg)) == NATS_OK) {
         natsMsgHeader_Set(dl, "Evalbus-Reason", reason);
@@ -147,6 +151,7 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
                "wrong_team");
         return;
     }
+    it->verified = true;
     if (!(p->scopes & EB_SCOPE_TRACES_WRITE) || p->role < EB_ROLE_MEMBER) {
         refuse(it, EB_ERR_FORBIDDEN, "the key lacks the traces:write scope", "forbidden");
         return;
@@ -171,6 +176,8 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
     for (size_t i = 0; i < it->batch->n_traces; i++) {
         Evalbus__V1__Trace *t = it->batch->traces[i];
         eb_status vs = ingest_trace_validate(t, &ctx->limits);
+        if (vs == EB_OK && p->project[0] && !t->project)
+            t->project = eb_strdup(p->project); /* a restricted key writes to its project */
         if (vs == EB_OK)
             vs = ingest_check_project(p, t->project);
         if (vs != EB_OK) {

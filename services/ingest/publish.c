@@ -153,7 +153,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
                     pae && pae->ErrText ? pae->ErrText : "no acknowledgement");
     }
     pthread_mutex_lock(&p->mu);
-    if (table_take(p, msg, &b, &index))
+    if (table_take(p, msg, &b, &index) && b) /* b is NULL when the batch already timed out */
         wake = record_result(p, b, index, st);
     pthread_mutex_unlock(&p->mu);
     if (wake)

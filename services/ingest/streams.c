@@ -32,6 +32,7 @@ static eb_status ensure_all(eb_bus *bus, const ingest_config *cfg)
     sc.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
     sc.Duplicates = cfg->stream_dupe_window_ms * 1000000LL;
     sc.Discard = js_DiscardOld;
+    sc.Replicas = cfg->stream_replicas;
     st = eb_bus_ensure_stream(bus, &sc);
     if (st != EB_OK)
         return st;

@@ -339,25 +339,372 @@ static const char tmp_sql[] =
 #col " = CASE WHEN excluded.source = 'otlp' THEN coalesce(excluded." #col ", t." #col          \
          ") ELSE excluded." #col " END"
 static const char
-    upsert_traces
-        [] =
-            "INSERT INTO ingest.traces AS t (" TRACE_COLS ") SELECT " TRACE_COLS " FROM tmp_traces"
-            " ON CONFLICT (team_id, part_time, id) DO UPDATE SET " M(project) ", " M(name) ", " M(model) ", " M(provider) ", " M(
-                status_message) ", " M(latency_ms) ", " M(input_tokens) ", " M(output_tokens) ","
-                                                                                              " " M(total_tokens) ", " M(cost_usd) ", " M(input) ", " M(output) ", " M(tool_calls) ", " M(session_id) ", " M(user_id) ", " M(environment) ", " M(release) ", "
-                                                                                                                                                                                                                                                          " status = CASE WHEN excluded.source <> 'otlp' THEN excluded.status WHEN 'error' IN (excluded.status, t.status)"
-                                                                                                                                                                                                                                                          "  THEN 'error' WHEN excluded.status <> 'unset' THEN excluded.status ELSE t.status END,"
-                                                                                                                                                                                                                                                          " start_time = CASE WHEN excluded.source = 'otlp' THEN least(excluded.start_time, t.start_time)"
-                                                                                                                                                                                                                                                          "  ELSE excluded.start_time END,"
-                                                                                                                                                                                                                                                          " end_time = CASE WHEN excluded.source = 'otlp' THEN greatest(excluded.end_time, t.end_time)"
-                                                                                                                                                                                                                                                          "  ELSE excluded.end_time END,"
-                                                                                                                                                                                                                                                          " metadata = CASE WHEN excluded.source = 'otlp' THEN t.metadata || excluded.metadata ELSE excluded.metadata END,"
-                                                                                                                                                                                                                                                          " tags = CASE WHEN excluded.source = 'otlp' THEN ARRAY(SELECT DISTINCT unnest(t.tags || excluded.tags))"
-                                                                                                                                                                                                                                                          "  ELSE excluded.tags END,"
-                                                                                                                                                                                                                                                          " attributes = CASE WHEN excluded.source = 'otlp' THEN coalesce(t.attributes, '{}') ||"
-                                                                                                                                                                                                                                                          "  coalesce(excluded.attributes, '{}') ELSE excluded.attributes END,"
-                                                                                                                                                                                                                                                          " source = excluded.source, stream_seq = greatest(t.stream_seq, excluded.stream_seq), updated_at = now()"
-                                                                                                                                                                                                                                                          " WHERE t.stream_seq < excluded.stream_seq OR excluded.source = 'otlp'";
+    upsert_traces[] =
+        "INSERT INTO ingest.traces AS t (" TRACE_COLS ") SELECT " TRACE_COLS " FROM tmp_traces"
+        " ON CONFLICT (team_id, part_time, id) DO UPDATE SET " M(project) ", " M(name) ", " M(model) ", " M(provider) ", " M(status_message) ", " M(latency_ms) ", " M(input_tokens) ", " M(
+            output_tokens) ","
+                           " " M(total_tokens) ", " M(cost_usd) ", " M(input) ", " M(output) ", " M(tool_calls) ", " M(
+                               session_id) ", " M(user_id) ", " M(environment) ", " M(release) ", "
+                                                                                               " st"
+                                                                                               "atu"
+                                                                                               "s "
+                                                                                               "= "
+                                                                                               "CAS"
+                                                                                               "E "
+                                                                                               "WHE"
+                                                                                               "N "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               " <>"
+                                                                                               " '"
+                                                                                               "otl"
+                                                                                               "p' "
+                                                                                               "THE"
+                                                                                               "N "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sta"
+                                                                                               "tus"
+                                                                                               " WH"
+                                                                                               "EN "
+                                                                                               "'er"
+                                                                                               "ror"
+                                                                                               "' "
+                                                                                               "IN "
+                                                                                               "(ex"
+                                                                                               "clu"
+                                                                                               "ded"
+                                                                                               ".st"
+                                                                                               "atu"
+                                                                                               "s, "
+                                                                                               "t."
+                                                                                               "sta"
+                                                                                               "tus"
+                                                                                               ")"
+                                                                                               "  "
+                                                                                               "THE"
+                                                                                               "N "
+                                                                                               "'er"
+                                                                                               "ror"
+                                                                                               "' "
+                                                                                               "WHE"
+                                                                                               "N "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sta"
+                                                                                               "tus"
+                                                                                               " <>"
+                                                                                               " '"
+                                                                                               "uns"
+                                                                                               "et'"
+                                                                                               " TH"
+                                                                                               "EN "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sta"
+                                                                                               "tus"
+                                                                                               " EL"
+                                                                                               "SE "
+                                                                                               "t."
+                                                                                               "sta"
+                                                                                               "tus"
+                                                                                               " EN"
+                                                                                               "D,"
+                                                                                               " st"
+                                                                                               "art"
+                                                                                               "_ti"
+                                                                                               "me "
+                                                                                               "= "
+                                                                                               "CAS"
+                                                                                               "E "
+                                                                                               "WHE"
+                                                                                               "N "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               " = "
+                                                                                               "'ot"
+                                                                                               "lp'"
+                                                                                               " TH"
+                                                                                               "EN "
+                                                                                               "lea"
+                                                                                               "st("
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sta"
+                                                                                               "rt_"
+                                                                                               "tim"
+                                                                                               "e, "
+                                                                                               "t."
+                                                                                               "sta"
+                                                                                               "rt_"
+                                                                                               "tim"
+                                                                                               "e)"
+                                                                                               "  "
+                                                                                               "ELS"
+                                                                                               "E "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sta"
+                                                                                               "rt_"
+                                                                                               "tim"
+                                                                                               "e "
+                                                                                               "END"
+                                                                                               ","
+                                                                                               " en"
+                                                                                               "d_"
+                                                                                               "tim"
+                                                                                               "e "
+                                                                                               "= "
+                                                                                               "CAS"
+                                                                                               "E "
+                                                                                               "WHE"
+                                                                                               "N "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               " = "
+                                                                                               "'ot"
+                                                                                               "lp'"
+                                                                                               " TH"
+                                                                                               "EN "
+                                                                                               "gre"
+                                                                                               "ate"
+                                                                                               "st("
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "end"
+                                                                                               "_ti"
+                                                                                               "me,"
+                                                                                               " t."
+                                                                                               "end"
+                                                                                               "_ti"
+                                                                                               "me)"
+                                                                                               "  "
+                                                                                               "ELS"
+                                                                                               "E "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "end"
+                                                                                               "_ti"
+                                                                                               "me "
+                                                                                               "END"
+                                                                                               ","
+                                                                                               " me"
+                                                                                               "tad"
+                                                                                               "ata"
+                                                                                               " = "
+                                                                                               "CAS"
+                                                                                               "E "
+                                                                                               "WHE"
+                                                                                               "N "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               " = "
+                                                                                               "'ot"
+                                                                                               "lp'"
+                                                                                               " TH"
+                                                                                               "EN "
+                                                                                               "t."
+                                                                                               "met"
+                                                                                               "ada"
+                                                                                               "ta "
+                                                                                               "|| "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "met"
+                                                                                               "ada"
+                                                                                               "ta "
+                                                                                               "ELS"
+                                                                                               "E "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "met"
+                                                                                               "ada"
+                                                                                               "ta "
+                                                                                               "END"
+                                                                                               ","
+                                                                                               " ta"
+                                                                                               "gs "
+                                                                                               "= "
+                                                                                               "CAS"
+                                                                                               "E "
+                                                                                               "WHE"
+                                                                                               "N "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               " = "
+                                                                                               "'ot"
+                                                                                               "lp'"
+                                                                                               " TH"
+                                                                                               "EN "
+                                                                                               "ARR"
+                                                                                               "AY("
+                                                                                               "SEL"
+                                                                                               "ECT"
+                                                                                               " DI"
+                                                                                               "STI"
+                                                                                               "NCT"
+                                                                                               " un"
+                                                                                               "nes"
+                                                                                               "t("
+                                                                                               "t."
+                                                                                               "tag"
+                                                                                               "s "
+                                                                                               "|| "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "tag"
+                                                                                               "s))"
+                                                                                               "  "
+                                                                                               "ELS"
+                                                                                               "E "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "tag"
+                                                                                               "s "
+                                                                                               "END"
+                                                                                               ","
+                                                                                               " at"
+                                                                                               "tri"
+                                                                                               "but"
+                                                                                               "es "
+                                                                                               "= "
+                                                                                               "CAS"
+                                                                                               "E "
+                                                                                               "WHE"
+                                                                                               "N "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               " = "
+                                                                                               "'ot"
+                                                                                               "lp'"
+                                                                                               " TH"
+                                                                                               "EN "
+                                                                                               "coa"
+                                                                                               "les"
+                                                                                               "ce("
+                                                                                               "t."
+                                                                                               "att"
+                                                                                               "rib"
+                                                                                               "ute"
+                                                                                               "s, "
+                                                                                               "'{}"
+                                                                                               "') "
+                                                                                               "||"
+                                                                                               "  "
+                                                                                               "coa"
+                                                                                               "les"
+                                                                                               "ce("
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "att"
+                                                                                               "rib"
+                                                                                               "ute"
+                                                                                               "s, "
+                                                                                               "'{}"
+                                                                                               "') "
+                                                                                               "ELS"
+                                                                                               "E "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "att"
+                                                                                               "rib"
+                                                                                               "ute"
+                                                                                               "s "
+                                                                                               "END"
+                                                                                               ","
+                                                                                               " so"
+                                                                                               "urc"
+                                                                                               "e "
+                                                                                               "= "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               ", "
+                                                                                               "str"
+                                                                                               "eam"
+                                                                                               "_se"
+                                                                                               "q "
+                                                                                               "= "
+                                                                                               "gre"
+                                                                                               "ate"
+                                                                                               "st("
+                                                                                               "t."
+                                                                                               "str"
+                                                                                               "eam"
+                                                                                               "_se"
+                                                                                               "q, "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "str"
+                                                                                               "eam"
+                                                                                               "_se"
+                                                                                               "q),"
+                                                                                               " up"
+                                                                                               "dat"
+                                                                                               "ed_"
+                                                                                               "at "
+                                                                                               "= "
+                                                                                               "now"
+                                                                                               "()"
+                                                                                               " WH"
+                                                                                               "ERE"
+                                                                                               " t."
+                                                                                               "str"
+                                                                                               "eam"
+                                                                                               "_se"
+                                                                                               "q "
+                                                                                               "< "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "str"
+                                                                                               "eam"
+                                                                                               "_se"
+                                                                                               "q "
+                                                                                               "OR "
+                                                                                               "exc"
+                                                                                               "lud"
+                                                                                               "ed."
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               " = "
+                                                                                               "'ot"
+                                                                                               "lp"
+                                                                                               "'";
 #undef M
 
 /* Observations of a record are written only if its trace row is not newer (an old record
@@ -504,14 +851,18 @@ static void array_item(eb_buf *a, const char *s)
     eb_buf_putc(a, '"');
 }
 
-/* Assigns part_ns to every record of the pass: existing keys keep theirs. */
+/* Assigns part_ns to every record of the pass, and opens the pass's transaction: new keys are
+ * stored with their own day (whose partitions are created first, outside the transaction);
+ * existing keys keep theirs (their partitions exist since they were first stored). One
+ * statement inserts the new keys and reads back every key's day through index lookups. */
 static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n)
 {
     eb_buf teams = {0}, ids = {0}, times = {0};
     PGresult *r = NULL;
-    eb_status st;
+    eb_status st = EB_OK;
     long long now = now_ns();
     const char *params[3];
+    int row = 0;
 
     for (size_t i = 0; i < n; i++) {
         const Evalbus__V1__Trace *t = recs[i].r->trace;
@@ -524,80 +875,52 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
         if (start <= 0)
             start = now;
         recs[i].part_ns = start;
+        st = ensure_partition(w, c, start);
+        if (st != EB_OK)
+            goto cleanup;
         ingest_time_text(start, tt, sizeof(tt));
         array_item(&teams, recs[i].r->envelope->team_id);
         array_item(&ids, t->id);
         array_item(&times, tt);
     }
-    if (teams.len == 0)
-        goto cleanup_ok;
+    st = eb_db_begin_system(c);
+    if (st != EB_OK || teams.len == 0)
+        goto cleanup;
     eb_buf_putc(&teams, '}');
     eb_buf_putc(&ids, '}');
     eb_buf_putc(&times, '}');
     params[0] = teams.data;
     params[1] = ids.data;
     params[2] = times.data;
-    /* New keys first take their own time; days must exist before any row goes in. */
-    st = eb_db_begin_system(c);
-    if (st != EB_OK)
-        goto cleanup;
     st = eb_db_exec(c,
-                    "SELECT u.team_id, u.id, ingest.iso(coalesce(k.part_time, u.part_time)),"
-                    " extract(epoch FROM coalesce(k.part_time, u.part_time))::numeric * 1000000000"
-                    " FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(team_id, id,"
-                    " part_time) LEFT JOIN ingest.trace_keys k ON k.team_id = u.team_id AND"
-                    " k.id = u.id",
+                    "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])"
+                    "  WITH ORDINALITY AS u(team_id, id, part_time, ord)),"
+                    " ins AS (INSERT INTO ingest.trace_keys (team_id, id, part_time)"
+                    "  SELECT team_id, id, part_time FROM u ON CONFLICT DO NOTHING"
+                    "  RETURNING team_id, id, part_time)"
+                    " SELECT (extract(epoch FROM coalesce(ins.part_time, old.part_time))::numeric"
+                    "  * 1000000000)::bigint FROM u LEFT JOIN ins ON ins.team_id = u.team_id AND"
+                    "  ins.id = u.id LEFT JOIN LATERAL (SELECT k.part_time FROM ingest.trace_keys"
+                    "  k WHERE k.team_id = u.team_id AND k.id = u.id) old ON true ORDER BY u.ord",
                     3, params, &r);
-    if (st == EB_OK)
-        st = eb_db_commit(c);
     if (st != EB_OK)
         goto cleanup;
-    for (int row = 0; row < PQntuples(r); row++) {
-        long long ns = atoll(eb_db_val(r, row, 3));
-        st = ensure_partition(w, c, ns);
-        if (st != EB_OK)
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i].skip)
+            continue;
+        if (row >= PQntuples(r) || eb_db_isnull(r, row, 0)) {
+            /* a key another writer is inserting right now: retry the pass */
+            st = eb_error(EB_ERR_UNAVAILABLE, "trace key is being stored concurrently");
             goto cleanup;
-    }
-    PQclear(r);
-    r = NULL;
-    st = eb_db_begin_system(c);
-    if (st != EB_OK)
-        goto cleanup;
-    st = eb_db_exec(c,
-                    "INSERT INTO ingest.trace_keys (team_id, id, part_time) SELECT * FROM"
-                    " unnest($1::uuid[], $2::text[], $3::timestamptz[]) ON CONFLICT DO NOTHING",
-                    3, params, NULL);
-    if (st == EB_OK)
-        st = eb_db_exec(c,
-                        "SELECT (extract(epoch FROM k.part_time)::numeric * 1000000000)::bigint"
-                        " FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(team_id, id,"
-                        " ord) JOIN ingest.trace_keys k ON k.team_id = u.team_id AND k.id = u.id"
-                        " ORDER BY u.ord",
-                        2, params, &r);
-    if (st != EB_OK)
-        goto cleanup;
-    {
-        int row = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (recs[i].skip)
-                continue;
-            if (row >= PQntuples(r)) {
-                st = eb_error(EB_ERR_INTERNAL, "trace key lookup returned too few rows");
-                goto cleanup;
-            }
-            recs[i].part_ns = atoll(eb_db_val(r, row++, 0));
         }
-    }
-    /* a key stored by another writer meanwhile may name a day we have not created */
-    for (size_t i = 0; i < n; i++)
-        if (!recs[i].skip && !partition_known(w, recs[i].part_ns)) {
-            /* another writer stored this key meanwhile with a day new to this process; DDL
-             * cannot run inside this transaction, so fail the pass: the retry creates it */
+        recs[i].part_ns = atoll(eb_db_val(r, row++, 0));
+        if (!partition_known(w, recs[i].part_ns)) {
+            /* stored meanwhile by another writer with a day new to this process; DDL cannot
+             * run inside this transaction, so fail the pass: the retry creates it */
             st = eb_error(EB_ERR_UNAVAILABLE, "partition for a concurrently stored key is new");
             goto cleanup;
         }
-cleanup_ok:
-    st = EB_OK;
+    }
 cleanup:
     PQclear(r);
     eb_buf_free(&teams);
@@ -784,7 +1107,7 @@ static void handle_batch(ingest_writer *w, natsMsgList *list)
         st = EB_ERR_UNAVAILABLE;
     } else {
         st = store_batch(w, c, recs, n);
-        if (st != EB_OK && st != EB_ERR_UNAVAILABLE && n > 1) {
+        if (st != EB_OK && st != EB_ERR_UNAVAILABLE) {
             /* isolate the record that fails: one by one */
             eb_log_warn(NULL, "writer: batch of %zu failed (%s); retrying one by one", n,
                         eb_error_message());

@@ -1,7 +1,7 @@
 // The ingest service's NATS intake: protobuf evalbus.v1.TraceBatch published with the nats
 // client to evalbus.v1.ingest.traces.<team> with the header Evalbus-Api-Key; the IngestAck
 // reply; resends stored once; messages that cannot be decoded or are not authorized go to
-// evalbus.v1.ingest.dead.<team> with Evalbus-Reason, are counted in the ingest service's
+// evalbus.v1.ingest.dead.<team> (or .dead._unverified when the key does not prove the team) with Evalbus-Reason, are counted in the ingest service's
 // /metrics, and do not stop the intake.
 
 import assert from 'node:assert/strict';
@@ -242,25 +242,28 @@ describe('ingest: TraceBatch over NATS', () => {
   }));
 
   it('garbage, a missing or wrong key, another team\'s key and a read-only key: IngestAck error, dead letter, counted; the intake goes on', T, stack.wrap(async () => {
+    // Messages whose key is not verified for the subject's team go to the operators' subject
+    // (the team named in the subject did not necessarily send them); the others to the team's.
     const tap = await deadLetterTap(A.team);
+    const unverifiedTap = await deadLetterTap('_unverified');
     try {
       const valid = encodeBatch([trace(rid('never'))]);
       const cases = [
-        // [what, data, key, reason label, code, header pattern]
-        ['garbage bytes', Buffer.alloc(64, 0xff), A.key, 'undecodable', 'invalid_argument', /TraceBatch/],
-        ['no API key', valid, undefined, 'no_key', 'unauthenticated', /Evalbus-Api-Key/],
-        ['a wrong API key', valid, `eb_aaaaaaaaaa_${'A'.repeat(43)}`, 'unauthenticated', 'unauthenticated', /credential/],
-        ["another team's key", valid, B.key, 'wrong_team', 'forbidden', /another team/],
-        ['a key without traces:write', valid, viewerKey, 'forbidden', 'forbidden', /traces:write/],
+        // [what, data, key, reason label, code, header pattern, tap]
+        ['garbage bytes', Buffer.alloc(64, 0xff), A.key, 'undecodable', 'invalid_argument', /TraceBatch/, tap],
+        ['no API key', valid, undefined, 'no_key', 'unauthenticated', /Evalbus-Api-Key/, unverifiedTap],
+        ['a wrong API key', valid, `eb_aaaaaaaaaa_${'A'.repeat(43)}`, 'unauthenticated', 'unauthenticated', /credential/, unverifiedTap],
+        ["another team's key", valid, B.key, 'wrong_team', 'forbidden', /another team/, unverifiedTap],
+        ['a key without traces:write', valid, viewerKey, 'forbidden', 'forbidden', /traces:write/, tap],
       ];
-      for (const [what, data, key, reason, code, why] of cases) {
+      for (const [what, data, key, reason, code, why, where] of cases) {
         const before = await deadLetters(reason);
         const beforeAll = await deadLetters();
         const ack = await publishBatch(A.team, data, key);
         assert.equal(ack.code, code, `${what}: IngestAck.code (${JSON.stringify(ack)})`);
         assert.ok(ack.error.length > 0, `${what}: IngestAck.error says why`);
         assert.deepEqual(ack.accepted_ids, [], `${what}: nothing accepted`);
-        const dl = await tap.next(3000);
+        const dl = await where.next(3000);
         const hdr = dl.headers?.get('Evalbus-Reason') ?? '';
         assert.match(hdr, why, `${what}: Evalbus-Reason header (${hdr})`);
         assert.ok(Buffer.from(dl.data).equals(Buffer.from(data)), `${what}: the dead letter carries the original bytes`);
@@ -268,7 +271,7 @@ describe('ingest: TraceBatch over NATS', () => {
         assert.ok(counted.value, `${what}: evalbus_ingest_dead_letters_total{reason="${reason}"} went from ${before} to ${before + 1}`);
         assert.equal(await deadLetters(), beforeAll + 1, `${what}: counted once`);
       }
-      assert.equal(tap.pending(), 0, 'one dead letter per refused message');
+      assert.equal(tap.pending() + unverifiedTap.pending(), 0, 'one dead letter per refused message');
       // nothing of the refused messages was stored, and the intake still works
       const id = rid('after');
       const ack = await publishBatch(A.team, encodeBatch([trace(id)]), A.key);
@@ -279,6 +282,7 @@ describe('ingest: TraceBatch over NATS', () => {
       assert.ok(!l.body.traces.some((t) => t.id.startsWith('never-')), 'no refused trace was stored');
     } finally {
       tap.close();
+      unverifiedTap.close();
     }
   }));
 

@@ -66,6 +66,10 @@ void eb_http_set_denied_hook(eb_http_server *srv, eb_denied_fn fn, void *arg);
 void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, void *arg,
                        bool critical);
 
+/* Changes whether the named check is critical (e.g. ingest keeps accepting while PostgreSQL is
+ * down, so for it PostgreSQL is not). */
+void eb_http_set_check_critical(eb_http_server *srv, const char *name, bool critical);
+
 /* Binds and starts accepting. EB_ERR_IO if the address cannot be bound. */
 eb_status eb_http_listen(eb_http_server *srv);
 /* Graceful stop (a grace of 0 answers nothing more that is in flight): /readyz answers 503 at once;
