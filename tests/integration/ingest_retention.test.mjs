@@ -1,0 +1,71 @@
+// Retention: a project's retention period (PUT /api/v1/projects/{project}/settings, admins only)
+// removes its older traces in the background, with their observations, reviews and scores;
+// other projects keep theirs (the default retention is longer).
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertError, pollUntil, uniqueSlug } from './harness.mjs';
+
+const stack = new Stack('retention');
+const api = (method, p, opts = {}) => stack.api(method, p, { base: stack.url, ...opts });
+const DAY = 86_400_000;
+
+function trace(id, project, ageDays) {
+  const start = Date.now() - ageDays * DAY;
+  return {
+    id, project, name: 'answer', model: 'gpt-4o', status: 'ok',
+    start_time: new Date(start).toISOString(), end_time: new Date(start + 500).toISOString(),
+    observations: [{ id: 'gen', type: 'generation', name: 'llm', model: 'gpt-4o' }],
+  };
+}
+
+describe('retention per project', () => {
+  let owner;
+  let replica;
+
+  before(async () => {
+    await stack.up();
+    owner = await stack.bootstrap(uniqueSlug('ret'));
+    await stack.setTier(owner.team, 'enterprise', owner.key);
+    // a replica that runs retention every second (the stack's own runs hourly)
+    replica = await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s' });
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('only admins set it, and it must be 1..36500 days', stack.wrap(async () => {
+    const member = await stack.createKey(owner.key, { name: 'm', scopes: ['traces:write', 'traces:read'], role: 'member' });
+    assertError(await api('PUT', '/api/v1/projects/short/settings', { key: member.key, body: { retention_days: 1 } }), 'forbidden');
+    assertError(await api('PUT', '/api/v1/projects/short/settings', { key: owner.key, body: { retention_days: 0 } }), 'invalid_argument');
+    assertError(await api('PUT', '/api/v1/projects/short/settings', { key: owner.key, body: { retention_days: 'x' } }), 'invalid_argument');
+  }), { timeout: 30_000 });
+
+  it('removes a project\'s traces older than its retention, and nothing else', stack.wrap(async () => {
+    const r = await api('POST', '/api/v1/traces', {
+      key: owner.key,
+      body: { traces: [trace('old-short', 'short', 3), trace('new-short', 'short', 0), trace('old-long', 'long', 3)] },
+    });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    const stored = await pollUntil(async () => (await api('GET', '/api/v1/traces/old-short', { key: owner.key })).status === 200, { timeoutMs: 5000 });
+    assert.ok(stored.value, 'the old trace was stored first');
+    const rev = await api('POST', '/api/v1/traces/old-short/review', { key: owner.key, body: { decision: 'accept' } });
+    assert.equal(rev.status, 201);
+
+    const set = await api('PUT', '/api/v1/projects/short/settings', { key: owner.key, body: { retention_days: 1 } });
+    assert.equal(set.status, 200, JSON.stringify(set.body));
+    assert.equal(set.body.retention_days, 1);
+
+    const gone = await pollUntil(async () => (await api('GET', '/api/v1/traces/old-short', { key: owner.key })).status === 404, { timeoutMs: 10_000, intervalMs: 250 });
+    assert.ok(gone.value, 'the 3-day-old trace of a 1-day project is removed by retention');
+    assert.equal((await api('GET', '/api/v1/traces/new-short', { key: owner.key })).status, 200, 'the new trace of that project stays');
+    assert.equal((await api('GET', '/api/v1/traces/old-long', { key: owner.key })).status, 200, 'another project keeps its 3-day-old trace');
+    const rows = await stack.psql(
+      `SELECT (SELECT count(*) FROM ingest.observations WHERE trace_id = 'old-short'),` +
+      ` (SELECT count(*) FROM ingest.reviews WHERE trace_id = 'old-short'),` +
+      ` (SELECT count(*) FROM ingest.trace_keys WHERE id = 'old-short')`);
+    assert.deepEqual(rows[0], ['0', '0', '0'], 'observations, reviews and the key went too');
+    const audit = await api('GET', '/api/v1/audit?action=retention_changed', { key: owner.key });
+    assert.ok(audit.body.events.some((e) => e.target === 'short'), 'the change is in the audit log');
+    assert.ok(replica.pid > 0);
+  }), { timeout: 60_000 });
+});
