@@ -222,7 +222,11 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     pd = take_waiting(c, seq);
     if (pd) {
         pd->answered = true;
-        if (!resp) {
+        if (natsMsg_IsNoResponders(msg) || natsMsg_GetDataLength(msg) == 0) {
+            /* no auth replica is subscribed: the server answers for it */
+            pd->st = EB_ERR_UNAVAILABLE;
+            snprintf(pd->reason, sizeof(pd->reason), "no_auth_service");
+        } else if (!resp) {
             pd->st = EB_ERR_UNAVAILABLE;
             snprintf(pd->reason, sizeof(pd->reason), "bad_reply");
         } else if (resp->allowed && resp->principal) {
