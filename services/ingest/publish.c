@@ -309,23 +309,27 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
         env.schema_version = 1;
         rec.envelope = &env;
         rec.team_slug = (char *)who->team_slug;
-        rec.trace = traces[i];
         rec.source = (char *)source;
         rec.has_merge = 1;
         rec.merge = merge;
         rec.has_received_at_unix_ms = 1;
         rec.received_at_unix_ms = now_ms;
-        len = evalbus__v1__ingest_record__get_packed_size(&rec);
-        buf = eb_malloc(len);
-        evalbus__v1__ingest_record__pack(&rec, buf);
-        /* the id hashes the trace alone, so envelope ids and times do not defeat dedupe */
+        /* The trace is packed once: hashed for the message id (the trace alone, so envelope
+         * ids and times do not defeat dedupe), then appended to the record as field 3 (a
+         * length-delimited field may stand anywhere in a protobuf message). */
         tlen = evalbus__v1__trace__get_packed_size(traces[i]);
-        {
-            uint8_t *tbuf = eb_malloc(tlen);
-            evalbus__v1__trace__pack(traces[i], tbuf);
-            eb_sha256_hex(tbuf, tlen, hash);
-            free(tbuf);
+        len = evalbus__v1__ingest_record__get_packed_size(&rec);
+        buf = eb_malloc(len + 1 + 10 + tlen);
+        evalbus__v1__ingest_record__pack(&rec, buf);
+        buf[len++] = (3 << 3) | 2;
+        for (size_t v = tlen; ; v >>= 7) {
+            buf[len++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+            if (v <= 0x7f)
+                break;
         }
+        evalbus__v1__trace__pack(traces[i], buf + len);
+        eb_sha256_hex(buf + len, tlen, hash);
+        len += tlen;
         snprintf(msg_id, sizeof(msg_id), "%s:%.180s:%.16s", who->team_id,
                  traces[i]->id ? traces[i]->id : "", hash);
         s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);

@@ -58,6 +58,7 @@ struct ingest_writer {
 
 typedef struct rec {
     natsMsg *msg;
+    bool existed; /* the trace was stored before this pass */
     Evalbus__V1__IngestRecord *r;
     unsigned long long seq;
     long long part_ns; /* partition time, ns */
@@ -730,6 +731,13 @@ static const char upsert_observations[] =
     " metadata = excluded.metadata, stream_seq = excluded.stream_seq"
     " WHERE o.stream_seq <= excluded.stream_seq";
 
+/* All traces of the pass are new: their observations go straight in (ids may repeat within
+ * one trace's record only if the client repeated them; the newest record's copy wins). */
+static const char insert_observations[] =
+    "INSERT INTO ingest.observations (" OBS_COLS ") SELECT DISTINCT ON (team_id, part_time,"
+    " trace_id, id) " OBS_COLS " FROM tmp_observations ORDER BY team_id, part_time, trace_id,"
+    " id, stream_seq DESC ON CONFLICT (team_id, part_time, trace_id, id) DO NOTHING";
+
 /* A replaced (non-OTLP) trace keeps only the observations of the record that replaced it. */
 static const char drop_replaced_observations[] =
     "DELETE FROM ingest.observations o USING tmp_traces x, ingest.traces t WHERE x.source <>"
@@ -899,7 +907,7 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
                     "  SELECT team_id, id, part_time FROM u ON CONFLICT DO NOTHING"
                     "  RETURNING team_id, id, part_time)"
                     " SELECT (extract(epoch FROM coalesce(ins.part_time, old.part_time))::numeric"
-                    "  * 1000000000)::bigint FROM u LEFT JOIN ins ON ins.team_id = u.team_id AND"
+                    "  * 1000000000)::bigint, ins.id IS NULL FROM u LEFT JOIN ins ON ins.team_id = u.team_id AND"
                     "  ins.id = u.id LEFT JOIN LATERAL (SELECT k.part_time FROM ingest.trace_keys"
                     "  k WHERE k.team_id = u.team_id AND k.id = u.id) old ON true ORDER BY u.ord",
                     3, params, &r);
@@ -913,6 +921,7 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
             st = eb_error(EB_ERR_UNAVAILABLE, "trace key is being stored concurrently");
             goto cleanup;
         }
+        recs[i].existed = strcmp(eb_db_val(r, row, 1), "t") == 0;
         recs[i].part_ns = atoll(eb_db_val(r, row++, 0));
         if (!partition_known(w, recs[i].part_ns)) {
             /* stored meanwhile by another writer with a day new to this process; DDL cannot
@@ -934,10 +943,13 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
 {
     eb_buf traces = {0}, obs = {0};
     eb_status st;
+    bool existing = false, merges = false;
 
     for (size_t i = 0; i < n; i++) {
         if (recs[i].skip)
             continue;
+        existing |= recs[i].existed;
+        merges |= recs[i].r->source && strcmp(recs[i].r->source, "otlp") == 0;
         trace_row(&traces, &recs[i]);
         for (size_t k = 0; k < recs[i].r->trace->n_observations; k++)
             observation_row(&obs, &recs[i], recs[i].r->trace->observations[k]);
@@ -947,14 +959,15 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
         st = eb_db_exec(c, upsert_traces, 0, NULL, NULL);
     if (st == EB_OK && obs.len)
         st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", &obs);
+    /* only traces stored before can have stale observations; only OTLP traces merge */
     if (st == EB_OK && obs.len)
-        st = eb_db_exec(c, upsert_observations, 0, NULL, NULL);
-    if (st == EB_OK)
+        st = eb_db_exec(c, existing || merges ? upsert_observations : insert_observations, 0,
+                        NULL, NULL);
+    if (st == EB_OK && existing)
         st = eb_db_exec(c, drop_replaced_observations, 0, NULL, NULL);
-    if (st == EB_OK)
+    if (st == EB_OK && merges)
         st = eb_db_exec(c, recompute_sql, 0, NULL, NULL);
-    if (st == EB_OK)
-        st = eb_db_exec(c, "TRUNCATE tmp_traces, tmp_observations", 0, NULL, NULL);
+    /* the temporary tables empty themselves at COMMIT (ON COMMIT DELETE ROWS) */
     eb_buf_free(&traces);
     eb_buf_free(&obs);
     return st;

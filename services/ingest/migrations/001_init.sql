@@ -60,7 +60,7 @@ CREATE TABLE ingest.traces (
   updated_at     timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (team_id, part_time, id)
 ) PARTITION BY RANGE (part_time);
-CREATE INDEX traces_team_time_idx ON ingest.traces (team_id, part_time DESC, id DESC);
+-- the primary key (team_id, part_time, id) serves time-ordered listing (scanned backwards)
 CREATE INDEX traces_team_project_idx ON ingest.traces (team_id, project, part_time DESC);
 CREATE INDEX traces_team_model_idx ON ingest.traces (team_id, model, part_time DESC);
 CREATE INDEX traces_team_review_idx ON ingest.traces (team_id, review_state, part_time DESC);
