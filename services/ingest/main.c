@@ -45,7 +45,7 @@ static const eb_setting settings[] = {
      offsetof(T, max_metadata_bytes), "metadata / attributes of one trace, as JSON"},
     {"writer-threads", "EVALBUS_WRITER_THREADS", EB_SET_INT, "2", 0, 8, false,
      offsetof(T, writer_threads), "writer threads (0: this replica only accepts)"},
-    {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "2000", 1, 5000, false,
+    {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "1000", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
      offsetof(T, stream_max_bytes), "size of the INGEST stream (oldest records go first)"},

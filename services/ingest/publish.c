@@ -322,7 +322,7 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
         buf = eb_malloc(len + 1 + 10 + tlen);
         evalbus__v1__ingest_record__pack(&rec, buf);
         buf[len++] = (3 << 3) | 2;
-        for (size_t v = tlen; ; v >>= 7) {
+        for (size_t v = tlen;; v >>= 7) {
             buf[len++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
             if (v <= 0x7f)
                 break;

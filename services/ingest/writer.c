@@ -28,6 +28,7 @@
 #include "trace_json.h"
 
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,23 +82,16 @@ static void copy_text(eb_buf *b, const char *s)
         eb_buf_puts(b, "\\N");
         return;
     }
-    for (const char *p = s; *p; p++) {
-        switch (*p) {
-        case '\\':
-            eb_buf_append(b, "\\\\", 2);
+    /* append runs of ordinary bytes at once; escape the four that COPY treats specially */
+    while (*s) {
+        size_t run = strcspn(s, "\\\t\n\r");
+        eb_buf_append(b, s, run);
+        s += run;
+        if (!*s)
             break;
-        case '\t':
-            eb_buf_append(b, "\\t", 2);
-            break;
-        case '\n':
-            eb_buf_append(b, "\\n", 2);
-            break;
-        case '\r':
-            eb_buf_append(b, "\\r", 2);
-            break;
-        default:
-            eb_buf_putc(b, *p);
-        }
+        eb_buf_putc(b, '\\');
+        eb_buf_putc(b, *s == '\\' ? '\\' : *s == '\t' ? 't' : *s == '\n' ? 'n' : 'r');
+        s++;
     }
 }
 
@@ -907,7 +901,8 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
                     "  SELECT team_id, id, part_time FROM u ON CONFLICT DO NOTHING"
                     "  RETURNING team_id, id, part_time)"
                     " SELECT (extract(epoch FROM coalesce(ins.part_time, old.part_time))::numeric"
-                    "  * 1000000000)::bigint, ins.id IS NULL FROM u LEFT JOIN ins ON ins.team_id = u.team_id AND"
+                    "  * 1000000000)::bigint, ins.id IS NULL FROM u LEFT JOIN ins ON ins.team_id = "
+                    "u.team_id AND"
                     "  ins.id = u.id LEFT JOIN LATERAL (SELECT k.part_time FROM ingest.trace_keys"
                     "  k WHERE k.team_id = u.team_id AND k.id = u.id) old ON true ORDER BY u.ord",
                     3, params, &r);
@@ -961,8 +956,8 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
         st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", &obs);
     /* only traces stored before can have stale observations; only OTLP traces merge */
     if (st == EB_OK && obs.len)
-        st = eb_db_exec(c, existing || merges ? upsert_observations : insert_observations, 0,
-                        NULL, NULL);
+        st = eb_db_exec(c, existing || merges ? upsert_observations : insert_observations, 0, NULL,
+                        NULL);
     if (st == EB_OK && existing)
         st = eb_db_exec(c, drop_replaced_observations, 0, NULL, NULL);
     if (st == EB_OK && merges)
@@ -979,12 +974,52 @@ static bool same_key(const rec *a, const rec *b)
            strcmp(a->r->trace->id, b->r->trace->id) == 0;
 }
 
+static uint64_t key_hash(const rec *x)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (const char *p = x->r->envelope->team_id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;
+    for (const char *p = x->r->trace->id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h;
+}
+
+/* Marks recs[i].skip for records that are done or whose key an earlier record of this pass
+ * already has: an open-addressing set of record indexes keyed by (team, trace id). */
+static void plan_pass(rec *recs, size_t n, const bool *done, size_t *set, size_t cap)
+{
+    for (size_t k = 0; k < cap; k++)
+        set[k] = SIZE_MAX;
+    for (size_t i = 0; i < n; i++) {
+        size_t slot;
+        recs[i].skip = done[i];
+        if (recs[i].skip)
+            continue;
+        for (slot = key_hash(&recs[i]) & (cap - 1); set[slot] != SIZE_MAX;
+             slot = (slot + 1) & (cap - 1)) {
+            if (same_key(&recs[set[slot]], &recs[i])) {
+                recs[i].skip = true;
+                break;
+            }
+        }
+        if (!recs[i].skip)
+            set[slot] = i;
+    }
+}
+
 /* Stores a batch in one transaction, in passes without repeated keys. */
 static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
 {
     eb_status st = EB_OK;
     bool *done = eb_calloc(n ? n : 1, sizeof(bool));
-    size_t left = n;
+    size_t left = n, cap = 16;
+    size_t *set;
+
+    while (cap < 2 * n)
+        cap *= 2;
+    set = eb_malloc(cap * sizeof(size_t));
 
     {
         PGresult *tr = PQexec(c, tmp_sql);
@@ -996,12 +1031,7 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
     }
     while (st == EB_OK && left > 0) {
         /* a pass: the first not-done record of each key, in stream order */
-        for (size_t i = 0; i < n; i++) {
-            recs[i].skip = done[i];
-            for (size_t j = 0; j < i && !recs[i].skip; j++)
-                if (!recs[j].skip && same_key(&recs[i], &recs[j]))
-                    recs[i].skip = true;
-        }
+        plan_pass(recs, n, done, set, cap);
         st = resolve_part_times(w, c, recs, n); /* opens the transaction on the first pass */
         if (st == EB_OK)
             st = store_pass(c, recs, n);
@@ -1017,6 +1047,7 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
     }
     if (st != EB_OK)
         eb_db_rollback(c);
+    free(set);
     free(done);
     return st;
 }
