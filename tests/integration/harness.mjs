@@ -186,15 +186,30 @@ export async function portIsFree(port) {
   });
 }
 
+// Ports are chosen below the kernel's ephemeral range (ip_local_port_range, 32768-60999 on
+// Debian): a port there can be taken at any moment as the local end of an outgoing connection,
+// between the check below and the server's bind.
+const PORT_LO = 20000;
+const PORT_HI = ephemeralLow();
+
+function ephemeralLow() {
+  try {
+    const lo = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(lo) && lo > PORT_LO + 1000 ? lo : 32768;
+  } catch {
+    return 32768;
+  }
+}
+
 export async function findFreePortBase(count = PORT_COUNT, avoid = []) {
   for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 20000 + crypto.randomInt(0, 40000 - count);
+    const base = PORT_LO + crypto.randomInt(0, PORT_HI - PORT_LO - count);
     if (avoid.some(([lo, hi]) => base + count > lo && base < hi)) continue;
     let ok = true;
     for (let p = base; p < base + count && ok; p++) ok = await portIsFree(p);
     if (ok) return base;
   }
-  throw new Error(`no ${count} consecutive free loopback ports found in 20000-60000`);
+  throw new Error(`no ${count} consecutive free loopback ports found in ${PORT_LO}-${PORT_HI}`);
 }
 
 /** Resolves true when a TCP connection to 127.0.0.1:port is refused (ECONNREFUSED). */
