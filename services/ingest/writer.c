@@ -60,6 +60,7 @@ struct ingest_writer {
 typedef struct rec {
     natsMsg *msg;
     bool existed; /* the trace was stored before this pass */
+    bool direct;  /* new in this pass: COPYed straight into its day's partitions */
     Evalbus__V1__IngestRecord *r;
     unsigned long long seq;
     long long part_ns; /* partition time, ns */
@@ -934,14 +935,91 @@ cleanup:
 }
 
 /* Stores recs[0..n) (skipping those marked) inside the open transaction: one pass. */
+static int cmp_obs_id(const void *a, const void *b)
+{
+    const Evalbus__V1__Observation *const *x = a, *const *y = b;
+
+    return strcmp((*x)->id ? (*x)->id : "", (*y)->id ? (*y)->id : "");
+}
+
+/* True if the record's observations have distinct ids (COPY would refuse a repeated key). */
+static bool observation_ids_distinct(const Evalbus__V1__Trace *t)
+{
+    Evalbus__V1__Observation **sorted;
+    bool ok = true;
+
+    if (t->n_observations < 2)
+        return true;
+    sorted = eb_malloc(t->n_observations * sizeof(*sorted));
+    memcpy(sorted, t->observations, t->n_observations * sizeof(*sorted));
+    qsort(sorted, t->n_observations, sizeof(*sorted), cmp_obs_id);
+    for (size_t i = 1; i < t->n_observations && ok; i++)
+        ok = cmp_obs_id(&sorted[i - 1], &sorted[i]) != 0;
+    free(sorted);
+    return ok;
+}
+
+/* Traces stored for the first time in this pass (their keys were inserted by this
+ * transaction, so no row can conflict) go with COPY straight into their day's partitions, the
+ * cheapest way into PostgreSQL. The day partitions carry no row-level security policies of
+ * their own (the parent's apply to every query, which goes through the parent); that is what
+ * lets this writer COPY into them. OTLP fragments and replaced traces take the upsert path. */
+static eb_status copy_new(PGconn *c, rec *recs, size_t n)
+{
+    eb_status st = EB_OK;
+
+    for (size_t i = 0; i < n; i++) {
+        recs[i].direct = !recs[i].skip && !recs[i].existed &&
+                         !(recs[i].r->source && strcmp(recs[i].r->source, "otlp") == 0) &&
+                         observation_ids_distinct(recs[i].r->trace);
+    }
+    for (size_t i = 0; i < n && st == EB_OK; i++) {
+        long long day;
+        eb_buf traces = {0}, obs = {0};
+        char name[16], *sql;
+        time_t t0;
+        struct tm tm;
+
+        if (!recs[i].direct)
+            continue;
+        day = recs[i].part_ns / DAY_NS;
+        for (size_t j = 0; j < i; j++) /* this day was copied already */
+            if (recs[j].direct && recs[j].part_ns / DAY_NS == day)
+                goto next;
+        for (size_t j = i; j < n; j++) {
+            if (!recs[j].direct || recs[j].part_ns / DAY_NS != day)
+                continue;
+            trace_row(&traces, &recs[j]);
+            for (size_t k = 0; k < recs[j].r->trace->n_observations; k++)
+                observation_row(&obs, &recs[j], recs[j].r->trace->observations[k]);
+        }
+        t0 = (time_t)(day * 86400);
+        gmtime_r(&t0, &tm);
+        strftime(name, sizeof(name), "%Y%m%d", &tm);
+        sql = eb_asprintf("COPY ingest.traces_p%s (" TRACE_COLS ") FROM STDIN", name);
+        st = copy_in(c, sql, &traces);
+        free(sql);
+        if (st == EB_OK && obs.len) {
+            sql = eb_asprintf("COPY ingest.observations_p%s (" OBS_COLS ") FROM STDIN", name);
+            st = copy_in(c, sql, &obs);
+            free(sql);
+        }
+        eb_buf_free(&traces);
+        eb_buf_free(&obs);
+    next:;
+    }
+    return st;
+}
+
 static eb_status store_pass(PGconn *c, rec *recs, size_t n)
 {
     eb_buf traces = {0}, obs = {0};
     eb_status st;
     bool existing = false, merges = false;
 
-    for (size_t i = 0; i < n; i++) {
-        if (recs[i].skip)
+    st = copy_new(c, recs, n);
+    for (size_t i = 0; i < n && st == EB_OK; i++) {
+        if (recs[i].skip || recs[i].direct)
             continue;
         existing |= recs[i].existed;
         merges |= recs[i].r->source && strcmp(recs[i].r->source, "otlp") == 0;
@@ -949,6 +1027,8 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
         for (size_t k = 0; k < recs[i].r->trace->n_observations; k++)
             observation_row(&obs, &recs[i], recs[i].r->trace->observations[k]);
     }
+    if (st != EB_OK || traces.len == 0)
+        goto cleanup; /* everything went in directly */
     st = copy_in(c, "COPY tmp_traces (" TRACE_COLS ") FROM STDIN", &traces);
     if (st == EB_OK)
         st = eb_db_exec(c, upsert_traces, 0, NULL, NULL);
@@ -963,6 +1043,7 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
     if (st == EB_OK && merges)
         st = eb_db_exec(c, recompute_sql, 0, NULL, NULL);
     /* the temporary tables empty themselves at COMMIT (ON COMMIT DELETE ROWS) */
+cleanup:
     eb_buf_free(&traces);
     eb_buf_free(&obs);
     return st;
