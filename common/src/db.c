@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct db_slot {
     PGconn *conn;
@@ -318,6 +319,28 @@ cleanup:
     if (applied)
         *applied = n;
     return st;
+}
+
+eb_status eb_db_migrate_wait(eb_db *db, const char *schema, const eb_migration *migrations,
+                             size_t count, long long give_up_ms)
+{
+    for (long long waited = 0;; waited += 500) {
+        PGconn *c = eb_db_get(db);
+        eb_status st;
+        if (c) {
+            st = eb_db_migrate(c, schema, migrations, count, NULL);
+            eb_db_put(db, c);
+            if (st != EB_ERR_UNAVAILABLE)
+                return st;
+        }
+        if (waited % 5000 == 0)
+            eb_log_warn(NULL, "waiting for PostgreSQL to apply the %s migrations: %s", schema,
+                        eb_error_message());
+        if (waited >= give_up_ms)
+            return eb_error(EB_ERR_UNAVAILABLE, "PostgreSQL did not answer for %lld s: %s",
+                            give_up_ms / 1000, eb_error_message());
+        usleep(500000);
+    }
 }
 
 const char *eb_db_val(const PGresult *res, int r, int c)

@@ -112,26 +112,6 @@ static void on_stop(void *arg)
     auth_nats_drain(arg);
 }
 
-static eb_status migrate(auth_ctx *ctx)
-{
-    for (int attempt = 0;; attempt++) {
-        PGconn *c = eb_db_get(ctx->svc.db);
-        eb_status st;
-        if (c) {
-            st = eb_db_migrate(c, "auth", eb_migrations_auth, eb_migrations_auth_count, NULL);
-            eb_db_put(ctx->svc.db, c);
-            if (st != EB_ERR_UNAVAILABLE)
-                return st;
-        }
-        if (attempt % 10 == 0)
-            eb_log_warn(NULL, "waiting for PostgreSQL to apply migrations: %s", eb_error_message());
-        if (attempt >= 120)
-            return eb_error(EB_ERR_UNAVAILABLE, "PostgreSQL did not answer for 60 s: %s",
-                            eb_error_message());
-        usleep(500000);
-    }
-}
-
 int main(int argc, char **argv)
 {
     auth_config cfg = {0};
@@ -159,7 +139,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "evalbus-auth: %s\n", eb_error_message());
         goto cleanup;
     }
-    st = migrate(&ctx);
+    st =
+        eb_db_migrate_wait(ctx.svc.db, "auth", eb_migrations_auth, eb_migrations_auth_count, 60000);
     if (st != EB_OK) {
         eb_log_error(NULL, "migrations failed: %s", eb_error_message());
         goto cleanup;

@@ -92,26 +92,6 @@ static void on_stop(void *arg)
     ingest_nats_drain(arg);
 }
 
-static eb_status migrate(ingest_ctx *ctx)
-{
-    for (int attempt = 0;; attempt++) {
-        PGconn *c = eb_db_get(ctx->svc.db);
-        eb_status st;
-        if (c) {
-            st = eb_db_migrate(c, "ingest", eb_migrations_ingest, eb_migrations_ingest_count, NULL);
-            eb_db_put(ctx->svc.db, c);
-            if (st != EB_ERR_UNAVAILABLE)
-                return st;
-        }
-        if (attempt % 10 == 0)
-            eb_log_warn(NULL, "waiting for PostgreSQL to apply migrations: %s", eb_error_message());
-        if (attempt >= 120)
-            return eb_error(EB_ERR_UNAVAILABLE, "PostgreSQL did not answer for 60 s: %s",
-                            eb_error_message());
-        usleep(500000);
-    }
-}
-
 int main(int argc, char **argv)
 {
     ingest_config cfg = {0};
@@ -134,7 +114,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "evalbus-ingest: %s\n", eb_error_message());
         goto cleanup;
     }
-    st = migrate(&ctx);
+    st = eb_db_migrate_wait(ctx.svc.db, "ingest", eb_migrations_ingest, eb_migrations_ingest_count,
+                            60000);
     if (st == EB_OK)
         st = ingest_streams_ensure(&cfg, 60000);
     if (st == EB_OK)

@@ -59,6 +59,11 @@ void eb_db_rollback(PGconn *conn);
 eb_status eb_db_migrate(PGconn *conn, const char *schema, const eb_migration *migrations,
                         size_t count, int *applied);
 
+/* eb_db_migrate on a pooled connection, retried every 500 ms while PostgreSQL is unreachable
+ * (a service may start before its database), for at most give_up_ms. */
+eb_status eb_db_migrate_wait(eb_db *db, const char *schema, const eb_migration *migrations,
+                             size_t count, long long give_up_ms);
+
 /* Value of row r, column c of res as a string ("" for NULL). */
 const char *eb_db_val(const PGresult *res, int r, int c);
 bool eb_db_isnull(const PGresult *res, int r, int c);
