@@ -62,12 +62,16 @@ static void on_published(void *arg, const eb_status *results, size_t n)
             rejected += (long long)(s->sent[i]->n_observations ? s->sent[i]->n_observations : 1);
         }
     }
-    if (n > 0 && failed == (long long)n) {
+    if (failed > 0) {
+        /* OTLP exporters retry a 503 but never a partial success: ask for the whole request
+         * again (what the stream already has is recognised by its message id, and fragments
+         * merge idempotently) */
         eb_http_add_header(s->req, "Retry-After", "1");
-        eb_http_reply_error(s->req, EB_ERR_UNAVAILABLE, "the ingest stream is unavailable; retry");
+        eb_http_reply_error(s->req, EB_ERR_UNAVAILABLE,
+                            "the ingest stream did not take %lld of "
+                            "%zu traces; retry",
+                            failed, n);
     } else {
-        if (failed)
-            eb_buf_puts(&s->why, "; some traces could not be stored now, retry them");
         eb_metrics_add("evalbus_ingest_spans_accepted_total", NULL,
                        (double)(s->res.spans - (rejected - s->res.rejected_spans)));
         eb_metrics_add("evalbus_ingest_spans_rejected_total", NULL, (double)rejected);
