@@ -43,10 +43,9 @@ static const eb_setting settings[] = {
      offsetof(T, stream_replicas), "replicas of the INGEST stream (3 on a 3-node NATS cluster)"},
     {"max-metadata-bytes", "EVALBUS_MAX_METADATA_BYTES", EB_SET_SIZE, "64KiB", 16, 16777216, false,
      offsetof(T, max_metadata_bytes), "metadata / attributes of one trace, as JSON"},
-    {"writer-threads", "EVALBUS_WRITER_THREADS", EB_SET_INT, "1", 0, 8, false,
+    {"writer-threads", "EVALBUS_WRITER_THREADS", EB_SET_INT, "2", 0, 8, false,
      offsetof(T, writer_threads),
-     "writer threads (0: this replica only accepts; scale out with replicas: two threads in"
-     " one process crashed once in a few benchmark runs, under investigation)"},
+     "writer threads, each with its own NATS connection (0: this replica only accepts)"},
     {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "1000", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,

@@ -43,6 +43,7 @@ typedef struct writer_thread {
     struct ingest_writer *w;
     pthread_t tid;
     int index;
+    eb_bus *bus; /* a NATS connection of its own, without the event loop */
 } writer_thread;
 
 struct ingest_writer {
@@ -1133,7 +1134,7 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
     return st;
 }
 
-static void dead_letter(ingest_ctx *ctx, natsMsg *msg, const char *team, const char *reason)
+static void dead_letter(eb_bus *bus, natsMsg *msg, const char *team, const char *reason)
 {
     natsMsg *dl = NULL;
     char subject[200];
@@ -1143,13 +1144,13 @@ static void dead_letter(ingest_ctx *ctx, natsMsg *msg, const char *team, const c
         NATS_OK) {
         natsMsgHeader_Set(dl, "Evalbus-Reason", reason);
         natsMsgHeader_Set(dl, "Evalbus-Stage", "writer");
-        natsConnection_PublishMsg(eb_bus_conn(ctx->svc.bus), dl);
+        natsConnection_PublishMsg(eb_bus_conn(bus), dl);
         natsMsg_Destroy(dl);
     }
     eb_metrics_add("evalbus_ingest_dead_letters_total", "stage=\"writer\"", 1);
 }
 
-static void publish_stored(ingest_ctx *ctx, rec *recs, size_t n)
+static void publish_stored(eb_bus *bus, rec *recs, size_t n)
 {
     /* one event per team in the batch */
     for (size_t i = 0; i < n; i++) {
@@ -1187,13 +1188,13 @@ static void publish_stored(ingest_ctx *ctx, rec *recs, size_t n)
         evalbus__v1__traces_stored__pack(&ev, buf);
         snprintf(subject, sizeof(subject), STORED_SUBJECT_PREFIX "%s",
                  recs[i].r->team_slug ? recs[i].r->team_slug : "unknown");
-        natsConnection_Publish(eb_bus_conn(ctx->svc.bus), subject, buf, (int)len);
+        natsConnection_Publish(eb_bus_conn(bus), subject, buf, (int)len);
         free(buf);
         free(ids);
     }
 }
 
-static void handle_batch(ingest_writer *w, natsMsgList *list)
+static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list)
 {
     ingest_ctx *ctx = w->ctx;
     rec *recs = eb_calloc((size_t)list->Count, sizeof(rec));
@@ -1212,7 +1213,7 @@ static void handle_batch(ingest_writer *w, natsMsgList *list)
             natsMsg_GetMetaData(&meta, m) != NATS_OK) {
             eb_log_error(NULL, "writer: undecodable record on %s; dead-lettered",
                          natsMsg_GetSubject(m));
-            dead_letter(ctx, m, NULL, "undecodable IngestRecord");
+            dead_letter(bus, m, NULL, "undecodable IngestRecord");
             natsMsg_Term(m, NULL);
             if (r)
                 evalbus__v1__ingest_record__free_unpacked(r, NULL);
@@ -1247,7 +1248,7 @@ static void handle_batch(ingest_writer *w, natsMsgList *list)
                     eb_log_error(NULL, "writer: trace %s of team %s cannot be stored: %s",
                                  recs[i].r->trace->id, recs[i].r->envelope->team_id,
                                  eb_error_message());
-                    dead_letter(ctx, recs[i].msg, recs[i].r->team_slug, eb_error_message());
+                    dead_letter(bus, recs[i].msg, recs[i].r->team_slug, eb_error_message());
                     natsMsg_Term(recs[i].msg, NULL);
                     evalbus__v1__ingest_record__free_unpacked(recs[i].r, NULL);
                     recs[i].r = NULL;
@@ -1264,7 +1265,7 @@ static void handle_batch(ingest_writer *w, natsMsgList *list)
             if (recs[i].msg)
                 natsMsg_Ack(recs[i].msg, NULL);
         eb_metrics_add("evalbus_ingest_traces_stored_total", NULL, (double)n);
-        publish_stored(ctx, recs, n);
+        publish_stored(bus, recs, n);
     } else {
         pthread_mutex_lock(&w->mu);
         snprintf(w->last_error, sizeof(w->last_error), "%s", eb_error_message());
@@ -1296,12 +1297,19 @@ static void *writer_main(void *arg)
     jsSubOptions so;
     jsErrCode jerr = 0;
     natsStatus s;
+    char name[64];
 
+    /* Each writer pulls on a connection of its own: pulls of several threads never share
+     * one connection's state, and the service's loop never waits on a writer. */
+    snprintf(name, sizeof(name), "evalbus-ingest-writer-%d", t->index);
+    while (!atomic_load(&w->stop) &&
+           eb_bus_connect(NULL, ctx->cfg->svc.nats_url, name, 0, &t->bus) != EB_OK)
+        sleep(1);
     jsSubOptions_Init(&so);
     so.Stream = INGEST_STREAM;
     so.Consumer = INGEST_WRITER_DURABLE;
-    while (!atomic_load(&w->stop)) {
-        s = js_PullSubscribe(&sub, eb_bus_js(ctx->svc.bus), INGEST_SUBJECT_PREFIX ">",
+    while (!atomic_load(&w->stop) && t->bus) {
+        s = js_PullSubscribe(&sub, eb_bus_js(t->bus), INGEST_SUBJECT_PREFIX ">",
                              INGEST_WRITER_DURABLE, NULL, &so, &jerr);
         if (s == NATS_OK)
             break;
@@ -1313,7 +1321,7 @@ static void *writer_main(void *arg)
         natsMsgList list = {0};
         s = natsSubscription_Fetch(&list, sub, (int)ctx->cfg->writer_batch, 250, &jerr);
         if (s == NATS_OK && list.Count > 0)
-            handle_batch(w, &list);
+            handle_batch(w, t->bus, &list);
         else if (s != NATS_OK && s != NATS_TIMEOUT)
             usleep(200000);
         natsMsgList_Destroy(&list);
@@ -1322,6 +1330,8 @@ static void *writer_main(void *arg)
         natsSubscription_Unsubscribe(sub);
         natsSubscription_Destroy(sub);
     }
+    eb_bus_close(t->bus);
+    t->bus = NULL;
     return NULL;
 }
 
