@@ -49,6 +49,72 @@ bool eb_utf8_valid(const char *str, size_t n)
     return true;
 }
 
+/* --- output --- */
+
+/* Length of the well-formed UTF-8 sequence at s[0..n), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    size_t len;
+
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        len = 2;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        len = 3;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        len = 4;
+    else
+        return 0;
+    return len <= n && eb_utf8_valid((const char *)s, len) ? len : 0;
+}
+
+void eb_buf_json_escape(eb_buf *b, const char *str)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n = strlen(str), i = 0, run = 0;
+
+    while (i < n) {
+        unsigned char ch = s[i];
+        size_t len;
+
+        if (ch >= 0x20 && ch < 0x80 && ch != '"' && ch != '\\') {
+            i++;
+            continue;
+        }
+        if (ch >= 0x80 && (len = utf8_seq(s + i, n - i)) != 0) {
+            i += len;
+            continue;
+        }
+        eb_buf_append(b, s + run, i - run);
+        switch (ch) {
+        case '"':
+            eb_buf_append(b, "\\\"", 2);
+            break;
+        case '\\':
+            eb_buf_append(b, "\\\\", 2);
+            break;
+        case '\n':
+            eb_buf_append(b, "\\n", 2);
+            break;
+        case '\r':
+            eb_buf_append(b, "\\r", 2);
+            break;
+        case '\t':
+            eb_buf_append(b, "\\t", 2);
+            break;
+        default:
+            if (ch < 0x20) {
+                char u[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+                eb_buf_append(b, u, 6);
+            } else {
+                eb_buf_append(b, "\\ufffd", 6);
+            }
+        }
+        run = ++i;
+    }
+    eb_buf_append(b, s + run, n - run);
+}
+
 eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
 {
     const char *end = NULL;

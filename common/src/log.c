@@ -2,6 +2,7 @@
  * Builds each line in a local buffer and emits it with a single write(2) so that lines from
  * several threads never interleave. Level and service name are set once at start-up. */
 #include "evalbus/log.h"
+#include "evalbus/json.h"
 #include "evalbus/mem.h"
 
 #include <stdio.h>

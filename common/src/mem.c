@@ -123,38 +123,6 @@ void eb_buf_printf(eb_buf *b, const char *fmt, ...)
     va_end(ap);
 }
 
-void eb_buf_json_escape(eb_buf *b, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"':
-            eb_buf_append(b, "\\\"", 2);
-            break;
-        case '\\':
-            eb_buf_append(b, "\\\\", 2);
-            break;
-        case '\n':
-            eb_buf_append(b, "\\n", 2);
-            break;
-        case '\r':
-            eb_buf_append(b, "\\r", 2);
-            break;
-        case '\t':
-            eb_buf_append(b, "\\t", 2);
-            break;
-        default:
-            if (*p < 0x20) {
-                char u[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
-                eb_buf_append(b, u, 6);
-            } else {
-                eb_buf_putc(b, (char)*p);
-            }
-        }
-    }
-}
-
 void eb_buf_reset(eb_buf *b)
 {
     b->len = 0;

@@ -29,6 +29,43 @@ void eb_service_load_config(const char *program, const eb_setting *tab, size_t n
     }
 }
 
+PGconn *eb_req_db_begin(eb_db *db, eb_http_req *req, bool system)
+{
+    PGconn *c = eb_db_get(db);
+    eb_status st;
+
+    if (!c) {
+        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
+        return NULL;
+    }
+    st = system ? eb_db_begin_system(c) : eb_db_begin_team(c, eb_http_req_principal(req)->team_id);
+    if (st != EB_OK) {
+        eb_db_put(db, c);
+        eb_http_reply_status(req, st);
+        return NULL;
+    }
+    return c;
+}
+
+bool eb_req_db_commit(eb_db *db, eb_http_req *req, PGconn *conn)
+{
+    eb_status st = eb_db_commit(conn);
+
+    eb_db_put(db, conn);
+    if (st != EB_OK) {
+        eb_http_reply_status(req, st);
+        return false;
+    }
+    return true;
+}
+
+void eb_req_db_fail(eb_db *db, eb_http_req *req, PGconn *conn, eb_status st)
+{
+    eb_db_rollback(conn);
+    eb_db_put(db, conn);
+    eb_http_reply_status(req, st);
+}
+
 static bool check_db(void *arg, char *detail, size_t len)
 {
     return eb_db_ping(arg, detail, len);

@@ -44,61 +44,6 @@ const size_t auth_nroutes = sizeof(auth_routes) / sizeof(auth_routes[0]);
  * costs as much time as a wrong password. */
 static char *dummy_hash;
 
-PGconn *api_begin_team(auth_ctx *ctx, eb_http_req *req)
-{
-    PGconn *c = eb_db_get(ctx->svc.db);
-    eb_status st;
-
-    if (!c) {
-        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
-        return NULL;
-    }
-    st = eb_db_begin_team(c, eb_http_req_principal(req)->team_id);
-    if (st != EB_OK) {
-        eb_db_put(ctx->svc.db, c);
-        eb_http_reply_status(req, st);
-        return NULL;
-    }
-    return c;
-}
-
-static PGconn *begin_system(auth_ctx *ctx, eb_http_req *req)
-{
-    PGconn *c = eb_db_get(ctx->svc.db);
-    eb_status st;
-
-    if (!c) {
-        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
-        return NULL;
-    }
-    st = eb_db_begin_system(c);
-    if (st != EB_OK) {
-        eb_db_put(ctx->svc.db, c);
-        eb_http_reply_status(req, st);
-        return NULL;
-    }
-    return c;
-}
-
-bool api_commit(auth_ctx *ctx, eb_http_req *req, PGconn *conn)
-{
-    eb_status st = eb_db_commit(conn);
-
-    eb_db_put(ctx->svc.db, conn);
-    if (st != EB_OK) {
-        eb_http_reply_status(req, st);
-        return false;
-    }
-    return true;
-}
-
-void api_fail(auth_ctx *ctx, eb_http_req *req, PGconn *conn, eb_status st)
-{
-    eb_db_rollback(conn);
-    eb_db_put(ctx->svc.db, conn);
-    eb_http_reply_status(req, st);
-}
-
 static cJSON *principal_json(const eb_principal *p)
 {
     cJSON *o = cJSON_CreateObject(), *team, *scopes, *rl;
@@ -185,7 +130,7 @@ static void login_continue(eb_http_req *req, login_state *ls)
         eb_http_reply_status(req, st);
         goto cleanup;
     }
-    c = begin_system(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, true);
     if (!c)
         goto cleanup;
     {
@@ -193,7 +138,7 @@ static void login_continue(eb_http_req *req, login_state *ls)
         st = eb_db_exec(
             c, "SELECT id, password_hash FROM auth.users WHERE lower(email) = lower($1)", 1, p, &r);
         if (st != EB_OK) {
-            api_fail(ctx, req, c, st);
+            eb_req_db_fail(ctx->svc.db, req, c, st);
             c = NULL;
             goto cleanup;
         }
@@ -215,7 +160,7 @@ static void login_continue(eb_http_req *req, login_state *ls)
     }
     if (!password_verify(password, hash)) {
         login_fail_audit(ctx, c, user_id, email, eb_http_req_id(req));
-        if (api_commit(ctx, req, c))
+        if (eb_req_db_commit(ctx->svc.db, req, c))
             eb_http_reply_error(req, EB_ERR_UNAUTHENTICATED, "invalid e-mail or password");
         c = NULL;
         goto cleanup;
@@ -228,7 +173,7 @@ static void login_continue(eb_http_req *req, login_state *ls)
                         " AND ($2::text IS NULL OR t.slug = $2) ORDER BY m.created_at LIMIT 1",
                         2, p, &r);
         if (st != EB_OK) {
-            api_fail(ctx, req, c, st);
+            eb_req_db_fail(ctx->svc.db, req, c, st);
             c = NULL;
             goto cleanup;
         }
@@ -252,7 +197,7 @@ static void login_continue(eb_http_req *req, login_state *ls)
     cl.exp = exp;
     st = jwt_sign_hs256(&cl, ctx->cfg->jwt_secret, strlen(ctx->cfg->jwt_secret), &token);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         c = NULL;
         goto cleanup;
     }
@@ -262,11 +207,11 @@ static void login_continue(eb_http_req *req, login_state *ls)
     st = audit_write(c, cl.team_id, &actor, "login", email, d, eb_http_req_id(req));
     cJSON_Delete(d);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         c = NULL;
         goto cleanup;
     }
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         c = NULL;
         goto cleanup;
     }
@@ -351,7 +296,7 @@ void api_team_current(eb_http_req *req, void *vctx)
     auth_ctx *ctx = vctx;
     const eb_principal *p = eb_http_req_principal(req);
     const char *params[1] = {p->team_id};
-    PGconn *c = api_begin_team(ctx, req);
+    PGconn *c = eb_req_db_begin(ctx->svc.db, req, false);
     PGresult *r = NULL;
     eb_status st;
     cJSON *o;
@@ -363,10 +308,10 @@ void api_team_current(eb_http_req *req, void *vctx)
                     " WHERE id = $1::uuid",
                     1, params, &r);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         PQclear(r);
         return;
     }
@@ -417,7 +362,7 @@ void api_team_create(eb_http_req *req, void *vctx)
                             "'-', not starting with '-'");
         return;
     }
-    c = begin_system(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, true);
     if (!c) {
         cJSON_Delete(body);
         return;
@@ -450,10 +395,10 @@ void api_team_create(eb_http_req *req, void *vctx)
     cJSON_Delete(body);
     if (st != EB_OK) {
         PQclear(r);
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         PQclear(r);
         return;
     }

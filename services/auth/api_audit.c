@@ -43,7 +43,7 @@ void api_audit_list(eb_http_req *req, void *vctx)
     params[1] = before;
     params[2] = action;
     params[3] = limit_buf;
-    c = api_begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         return;
     st = eb_db_exec(c,
@@ -55,10 +55,10 @@ void api_audit_list(eb_http_req *req, void *vctx)
                     " ORDER BY id DESC LIMIT $4::int",
                     4, params, &r);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         PQclear(r);
         return;
     }

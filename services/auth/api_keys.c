@@ -110,7 +110,7 @@ void api_key_create(eb_http_req *req, void *vctx)
     }
     apikey_generate(key, prefix);
     apikey_hash_hex(key, khash);
-    c = api_begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         goto cleanup;
     if (expires) {
@@ -156,10 +156,10 @@ void api_key_create(eb_http_req *req, void *vctx)
         cJSON_Delete(d);
     }
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         goto cleanup;
     }
-    if (!api_commit(ctx, req, c))
+    if (!eb_req_db_commit(ctx->svc.db, req, c))
         goto cleanup;
     out = key_json(r, 0);
     cJSON_AddStringToObject(out, "key", key);
@@ -179,7 +179,7 @@ void api_keys_list(eb_http_req *req, void *vctx)
     auth_ctx *ctx = vctx;
     const eb_principal *p = eb_http_req_principal(req);
     const char *params[1] = {p->team_id};
-    PGconn *c = api_begin_team(ctx, req);
+    PGconn *c = eb_req_db_begin(ctx->svc.db, req, false);
     PGresult *r = NULL;
     eb_status st;
     cJSON *root, *keys;
@@ -191,10 +191,10 @@ void api_keys_list(eb_http_req *req, void *vctx)
                     " ORDER BY created_at DESC, id LIMIT 1000",
                     1, params, &r);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         PQclear(r);
         return;
     }
@@ -222,7 +222,7 @@ void api_key_revoke(eb_http_req *req, void *vctx)
         eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such key");
         return;
     }
-    c = api_begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         return;
     {
@@ -236,7 +236,7 @@ void api_key_revoke(eb_http_req *req, void *vctx)
                         2, params, &r);
     }
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
     if (PQntuples(r) == 0) {
@@ -253,11 +253,11 @@ void api_key_revoke(eb_http_req *req, void *vctx)
     if (newly) {
         st = audit_write(c, p->team_id, p, "key_revoked", id, NULL, eb_http_req_id(req));
         if (st != EB_OK) {
-            api_fail(ctx, req, c, st);
+            eb_req_db_fail(ctx->svc.db, req, c, st);
             return;
         }
     }
-    if (!api_commit(ctx, req, c))
+    if (!eb_req_db_commit(ctx->svc.db, req, c))
         return;
     auth_broadcast_revoked(ctx, p->team_id, id, hash);
     o = cJSON_CreateObject();

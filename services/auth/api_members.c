@@ -19,7 +19,7 @@ void api_users_list(eb_http_req *req, void *vctx)
     auth_ctx *ctx = vctx;
     const eb_principal *p = eb_http_req_principal(req);
     const char *params[1] = {p->team_id};
-    PGconn *c = api_begin_team(ctx, req);
+    PGconn *c = eb_req_db_begin(ctx->svc.db, req, false);
     PGresult *r = NULL;
     eb_status st;
     cJSON *root, *users;
@@ -32,10 +32,10 @@ void api_users_list(eb_http_req *req, void *vctx)
                     " ORDER BY m.created_at, u.id",
                     1, params, &r);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         PQclear(r);
         return;
     }
@@ -70,7 +70,7 @@ static bool load_member(auth_ctx *ctx, eb_http_req *req, PGconn *c, const char *
                     " WHERE m.team_id = $1::uuid AND m.user_id = $2::uuid FOR UPDATE OF m",
                     2, params, &r);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return false;
     }
     if (PQntuples(r) == 0) {
@@ -116,7 +116,7 @@ void api_user_update(eb_http_req *req, void *vctx)
         eb_http_reply_status(req, st);
         return;
     }
-    c = api_begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c || !load_member(ctx, req, c, id, &old, email, sizeof(email), &owners)) {
         cJSON_Delete(body);
         return;
@@ -143,10 +143,10 @@ void api_user_update(eb_http_req *req, void *vctx)
     }
     cJSON_Delete(body);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c))
+    if (!eb_req_db_commit(ctx->svc.db, req, c))
         return;
     if (old != role)
         auth_broadcast_revoked(ctx, p->team_id, NULL, NULL);
@@ -173,7 +173,7 @@ void api_user_remove(eb_http_req *req, void *vctx)
         eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such member in your team");
         return;
     }
-    c = api_begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c || !load_member(ctx, req, c, id, &old, email, sizeof(email), &owners))
         return;
     if (old == EB_ROLE_OWNER && p->role != EB_ROLE_OWNER) {
@@ -195,10 +195,10 @@ void api_user_remove(eb_http_req *req, void *vctx)
         cJSON_Delete(d);
     }
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c))
+    if (!eb_req_db_commit(ctx->svc.db, req, c))
         return;
     auth_broadcast_revoked(ctx, p->team_id, NULL, NULL);
     o = cJSON_CreateObject();
@@ -263,7 +263,7 @@ void api_invitation_create(eb_http_req *req, void *vctx)
     eb_base64url_encode(raw, sizeof(raw), &token);
     eb_sha256_hex(token.data, token.len, thash);
     snprintf(ttl, sizeof(ttl), "%lld milliseconds", ctx->cfg->invitation_ttl_ms);
-    c = api_begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c) {
         cJSON_Delete(body);
         eb_buf_free(&token);
@@ -290,10 +290,10 @@ void api_invitation_create(eb_http_req *req, void *vctx)
     if (st != EB_OK) {
         PQclear(r);
         eb_buf_free(&token);
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         PQclear(r);
         eb_buf_free(&token);
         return;
@@ -310,7 +310,7 @@ void api_invitations_list(eb_http_req *req, void *vctx)
     auth_ctx *ctx = vctx;
     const eb_principal *p = eb_http_req_principal(req);
     const char *params[1] = {p->team_id};
-    PGconn *c = api_begin_team(ctx, req);
+    PGconn *c = eb_req_db_begin(ctx->svc.db, req, false);
     PGresult *r = NULL;
     eb_status st;
     cJSON *root, *arr;
@@ -323,10 +323,10 @@ void api_invitations_list(eb_http_req *req, void *vctx)
                     " ORDER BY created_at DESC LIMIT 1000",
                     1, params, &r);
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         PQclear(r);
         return;
     }
@@ -352,7 +352,7 @@ void api_invitation_delete(eb_http_req *req, void *vctx)
         eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such invitation");
         return;
     }
-    c = api_begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         return;
     {
@@ -369,10 +369,10 @@ void api_invitation_delete(eb_http_req *req, void *vctx)
     if (st == EB_OK)
         st = audit_write(c, p->team_id, p, "invitation_revoked", id, NULL, eb_http_req_id(req));
     if (st != EB_OK) {
-        api_fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    if (!api_commit(ctx, req, c))
+    if (!eb_req_db_commit(ctx->svc.db, req, c))
         return;
     o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", id);
@@ -487,7 +487,7 @@ static void accept_continue(eb_http_req *req, auth_ctx *ctx)
     }
     if (st != EB_OK)
         goto fail;
-    if (!api_commit(ctx, req, c)) {
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
         c = NULL;
         goto cleanup;
     }
@@ -501,7 +501,7 @@ static void accept_continue(eb_http_req *req, auth_ctx *ctx)
     eb_http_reply_json(req, 200, o);
     goto cleanup;
 fail:
-    api_fail(ctx, req, c, st);
+    eb_req_db_fail(ctx->svc.db, req, c, st);
     c = NULL;
 cleanup:
     PQclear(r);

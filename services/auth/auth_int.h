@@ -108,14 +108,6 @@ void api_keys_list(eb_http_req *req, void *ctx);
 void api_key_revoke(eb_http_req *req, void *ctx);
 void api_audit_list(eb_http_req *req, void *ctx);
 
-/* Shared by the handlers (api.c): a pooled connection in a transaction scoped to the caller's
- * team, or NULL after answering 503. */
-PGconn *api_begin_team(auth_ctx *ctx, eb_http_req *req);
-/* Commits and returns the connection; on failure answers the request and returns false. */
-bool api_commit(auth_ctx *ctx, eb_http_req *req, PGconn *conn);
-/* Rolls back, returns the connection and answers st with the last error message. */
-void api_fail(auth_ctx *ctx, eb_http_req *req, PGconn *conn, eb_status st);
-
 /* --- operator commands shared with the CLI (admin.c) --- */
 /* Creates team slug (tier default_tier), its owner email with password, and an owner API key
  * with every scope. *key_out gets the key (caller frees). EB_ERR_CONFLICT if the team exists. */

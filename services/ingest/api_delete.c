@@ -58,27 +58,21 @@ static const char delete_tail[] =
 static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *sql, int n,
                        const char *const *params, long long *count)
 {
-    PGconn *c = eb_db_get(ctx->svc.db);
+    PGconn *c = eb_req_db_begin(ctx->svc.db, req, false);
     PGresult *r = NULL;
     eb_status st;
 
-    if (!c) {
-        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
+    if (!c)
         return false;
-    }
-    st = eb_db_begin_team(c, eb_http_req_principal(req)->team_id);
-    if (st == EB_OK)
-        st = eb_db_exec(c, sql, n, params, &r);
-    if (st == EB_OK)
-        st = eb_db_commit(c);
+    st = eb_db_exec(c, sql, n, params, &r);
     if (st != EB_OK) {
-        eb_db_rollback(c);
-        eb_db_put(ctx->svc.db, c);
-        PQclear(r);
-        eb_http_reply_status(req, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return false;
     }
-    eb_db_put(ctx->svc.db, c);
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
+        PQclear(r);
+        return false;
+    }
     *count = atoll(eb_db_val(r, 0, 0));
     PQclear(r);
     return true;

@@ -29,29 +29,6 @@ static bool reason_allowed(const char *list, const char *reason)
     return false;
 }
 
-static PGconn *begin(ingest_ctx *ctx, eb_http_req *req)
-{
-    PGconn *c = eb_db_get(ctx->svc.db);
-
-    if (!c) {
-        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
-        return NULL;
-    }
-    if (eb_db_begin_team(c, eb_http_req_principal(req)->team_id) != EB_OK) {
-        eb_db_put(ctx->svc.db, c);
-        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
-        return NULL;
-    }
-    return c;
-}
-
-static void fail(ingest_ctx *ctx, eb_http_req *req, PGconn *c, eb_status st)
-{
-    eb_db_rollback(c);
-    eb_db_put(ctx->svc.db, c);
-    eb_http_reply_status(req, st);
-}
-
 void api_review_post(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
@@ -93,7 +70,7 @@ void api_review_post(eb_http_req *req, void *vctx)
         goto invalid;
     }
     snprintf(score_s, sizeof(score_s), "%.17g", score);
-    c = begin(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         goto cleanup;
     {
@@ -119,7 +96,7 @@ void api_review_post(eb_http_req *req, void *vctx)
                         9, params, &r);
     }
     if (st != EB_OK) {
-        fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         goto cleanup;
     }
     if (PQntuples(r) == 0) {
@@ -130,12 +107,8 @@ void api_review_post(eb_http_req *req, void *vctx)
                             "up to a second to be stored)");
         goto cleanup;
     }
-    if (eb_db_commit(c) != EB_OK) {
-        eb_db_put(ctx->svc.db, c);
-        eb_http_reply_status(req, EB_ERR_UNAVAILABLE);
+    if (!eb_req_db_commit(ctx->svc.db, req, c))
         goto cleanup;
-    }
-    eb_db_put(ctx->svc.db, c);
     eb_metrics_add("evalbus_ingest_reviews_total", NULL, 1);
     o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", atof(eb_db_val(r, 0, 0)));
@@ -214,7 +187,7 @@ void api_score_post(eb_http_req *req, void *vctx)
         st = eb_error(EB_ERR_INVALID, "source must be human, api or llm_judge");
         goto invalid;
     }
-    c = begin(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         goto cleanup;
     {
@@ -241,7 +214,7 @@ void api_score_post(eb_http_req *req, void *vctx)
                         11, params, &r);
     }
     if (st != EB_OK) {
-        fail(ctx, req, c, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         goto cleanup;
     }
     if (PQntuples(r) == 0) {
@@ -250,12 +223,8 @@ void api_score_post(eb_http_req *req, void *vctx)
         eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such trace or observation");
         goto cleanup;
     }
-    if (eb_db_commit(c) != EB_OK) {
-        eb_db_put(ctx->svc.db, c);
-        eb_http_reply_status(req, EB_ERR_UNAVAILABLE);
+    if (!eb_req_db_commit(ctx->svc.db, req, c))
         goto cleanup;
-    }
-    eb_db_put(ctx->svc.db, c);
     o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", eb_db_val(r, 0, 0));
     cJSON_AddStringToObject(o, "trace_id", trace_id);

@@ -235,22 +235,6 @@ static cJSON *summary_json(const PGresult *r, int i)
     return o;
 }
 
-static PGconn *begin_team(ingest_ctx *ctx, eb_http_req *req)
-{
-    PGconn *c = eb_db_get(ctx->svc.db);
-
-    if (!c) {
-        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
-        return NULL;
-    }
-    if (eb_db_begin_team(c, eb_http_req_principal(req)->team_id) != EB_OK) {
-        eb_db_put(ctx->svc.db, c);
-        eb_http_reply_status(req, EB_ERR_UNAVAILABLE);
-        return NULL;
-    }
-    return c;
-}
-
 static void finish_db(ingest_ctx *ctx, PGconn *c)
 {
     eb_db_commit(c);
@@ -380,7 +364,7 @@ void api_traces_list(eb_http_req *req, void *vctx)
     params[13] = cur_id ? cur_pt : NULL;
     params[14] = cur_id;
     params[15] = limit_s;
-    c = begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         goto cleanup;
     st = eb_db_exec(
@@ -443,7 +427,7 @@ void api_trace_get(eb_http_req *req, void *vctx)
     eb_status st;
     cJSON *o, *arr;
 
-    c = begin_team(ctx, req);
+    c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         return;
     st = eb_db_exec(c,

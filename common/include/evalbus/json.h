@@ -3,6 +3,7 @@
 #ifndef EVALBUS_JSON_H
 #define EVALBUS_JSON_H
 
+#include "evalbus/mem.h"
 #include "evalbus/status.h"
 
 #include <cjson/cJSON.h>
@@ -11,6 +12,11 @@
 
 /* True if s[0..n) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 bool eb_utf8_valid(const char *s, size_t n);
+
+/* Appends s as the body of a JSON string (no surrounding quotes): quotes, backslashes and
+ * control characters escaped, runs of ordinary bytes copied at once, and bytes that are not
+ * well-formed UTF-8 written as U+FFFD, so the output is valid JSON whatever s holds. */
+void eb_buf_json_escape(eb_buf *b, const char *s);
 
 /* Parses a JSON object from data[0..n). EB_ERR_INVALID with a message giving the byte offset for
  * malformed JSON, invalid UTF-8 or a top level that is not an object. *out is freed with

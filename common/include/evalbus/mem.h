@@ -31,8 +31,6 @@ void eb_buf_puts(eb_buf *b, const char *s);
 void eb_buf_putc(eb_buf *b, char c);
 void eb_buf_printf(eb_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void eb_buf_vprintf(eb_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
-/* Appends s as the body of a JSON string (escapes quotes, controls; no surrounding quotes). */
-void eb_buf_json_escape(eb_buf *b, const char *s);
 void eb_buf_reset(eb_buf *b);
 /* Gives the data to the caller (who frees it) and leaves b empty. */
 char *eb_buf_steal(eb_buf *b);

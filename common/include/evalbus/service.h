@@ -136,6 +136,16 @@ typedef struct eb_service {
     void *on_stop_arg;
 } eb_service;
 
+/* Database access from an HTTP handler. eb_req_db_begin takes a pooled connection and opens
+ * a transaction scoped to the caller's team (system = false) or to every team (system = true:
+ * credential lookups and the like); it answers 503 itself and returns NULL when it cannot.
+ * eb_req_db_commit commits and returns the connection; on failure it answers the error and
+ * returns false. eb_req_db_fail rolls back, returns the connection and answers st with the last
+ * error message. After any of the three the connection belongs to the pool again. */
+PGconn *eb_req_db_begin(eb_db *db, eb_http_req *req, bool system);
+bool eb_req_db_commit(eb_db *db, eb_http_req *req, PGconn *conn);
+void eb_req_db_fail(eb_db *db, eb_http_req *req, PGconn *conn, eb_status st);
+
 /* Loads settings. Ends the process (the only place outside main that does, since nothing has
  * started yet): status 2 on a bad value, 0 after printing --help. */
 void eb_service_load_config(const char *program, const eb_setting *tab, size_t n, void *cfg,
