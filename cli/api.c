@@ -41,6 +41,35 @@ int cli_exit_for_http(long code)
     return CLI_FAILURE;
 }
 
+static void (*error_hook)(void);
+
+void cli_set_error_hook(void (*hook)(void))
+{
+    error_hook = hook;
+}
+
+static void before_error(void)
+{
+    if (error_hook)
+        error_hook();
+}
+
+void cli_print_api_error(long code, const char *body, size_t len)
+{
+    cJSON *err = body && len ? cJSON_ParseWithLength(body, len) : NULL;
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(err, "error");
+    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(e, "message");
+    const cJSON *ecode = cJSON_GetObjectItemCaseSensitive(e, "code");
+
+    before_error();
+    if (cJSON_IsString(msg))
+        fprintf(stderr, "evalbus: %s (%ld %s)\n", msg->valuestring, code,
+                cJSON_IsString(ecode) ? ecode->valuestring : "");
+    else
+        fprintf(stderr, "evalbus: the server answered %ld\n", code);
+    cJSON_Delete(err);
+}
+
 static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     eb_buf *b = userdata;
@@ -91,6 +120,7 @@ int cli_api(const cli_env *env, const char *method, const char *path, const cJSO
     curl_easy_setopt(curl, CURLOPT_USERAGENT, "evalbus-cli/0.1");
     cc = curl_easy_perform(curl);
     if (cc != CURLE_OK) {
+        before_error();
         fprintf(stderr, "evalbus: cannot reach %s: %s\n", env->url, curl_easy_strerror(cc));
         rc = CLI_UNAVAILABLE;
         goto cleanup;
@@ -101,22 +131,14 @@ int cli_api(const cli_env *env, const char *method, const char *path, const cJSO
         if (resp.len) {
             *out = cJSON_ParseWithLength(resp.data, resp.len);
             if (!*out) {
+                before_error();
                 fprintf(stderr, "evalbus: the server answered %ld with a body that is not JSON\n",
                         code);
                 rc = CLI_FAILURE;
             }
         }
     } else {
-        cJSON *err = resp.len ? cJSON_ParseWithLength(resp.data, resp.len) : NULL;
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(err, "error");
-        const cJSON *msg = cJSON_GetObjectItemCaseSensitive(e, "message");
-        const cJSON *ecode = cJSON_GetObjectItemCaseSensitive(e, "code");
-        if (cJSON_IsString(msg))
-            fprintf(stderr, "evalbus: %s (%ld %s)\n", msg->valuestring, code,
-                    cJSON_IsString(ecode) ? ecode->valuestring : "");
-        else
-            fprintf(stderr, "evalbus: the server answered %ld\n", code);
-        cJSON_Delete(err);
+        cli_print_api_error(code, resp.data, resp.len);
     }
 cleanup:
     curl_slist_free_all(hdrs);

@@ -18,11 +18,14 @@ static const char usage[] =
     "  keys create|list|revoke    API keys (EVALBUS_URL, EVALBUS_API_KEY)\n"
     "  db migrate|health          database schema and health (EVALBUS_DATABASE_URL)\n"
     "  whoami                     who the API key is\n"
+    "  export --format FMT ...    export traces as a data set (EVALBUS_URL, EVALBUS_API_KEY)\n"
+    "  export list|status|cancel|download   manage exports\n"
+    "  stats                      statistics of the traces a filter selects\n"
     "\n"
     "environment: EVALBUS_URL (default http://127.0.0.1:8080), EVALBUS_API_KEY,\n"
     "  EVALBUS_DATABASE_URL, EVALBUS_NATS_URL\n"
     "exit codes: 0 ok, 1 failure, 2 usage, 3 conflict, 4 not found, 5 unauthenticated or\n"
-    "  forbidden, 6 unavailable\n"
+    "  forbidden, 6 unavailable, 130 interrupted (Ctrl-C)\n"
     "`evalbus <command> --help` describes each command.\n";
 
 bool cli_wants_help(int argc, char **argv)
@@ -89,6 +92,10 @@ int main(int argc, char **argv)
         rc = cmd_db(&env, argc - i, argv + i);
     else if (strcmp(argv[i], "whoami") == 0)
         rc = cmd_whoami(&env, argc - i, argv + i);
+    else if (strcmp(argv[i], "export") == 0)
+        rc = cmd_export(&env, argc - i, argv + i);
+    else if (strcmp(argv[i], "stats") == 0)
+        rc = cmd_stats(&env, argc - i, argv + i);
     else {
         fprintf(stderr, "evalbus: unknown command '%s'\n%s", argv[i], usage);
         rc = CLI_USAGE;

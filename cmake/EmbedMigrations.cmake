@@ -2,6 +2,7 @@
 set(_body "/* generated from services/${SERVICE}/migrations -- do not edit */\n#include \"evalbus/db.h\"\n\n")
 set(_entries "")
 set(_i 0)
+string(REPLACE "|" ";" FILES "${FILES}")
 foreach(f IN LISTS FILES)
   get_filename_component(_name ${f} NAME)
   file(READ ${f} _hex HEX)

@@ -13,6 +13,7 @@
  * because the revocation handler runs on a NATS thread. */
 #include "evalbus/authc.h"
 #include "evalbus/crypto.h"
+#include "evalbus/json.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
@@ -432,4 +433,29 @@ void eb_authc_verify(void *impl, const char *credential, const char *request_id,
             finish(mine);
         }
     }
+}
+
+void eb_audit_send(eb_bus *bus, const eb_principal *p, const char *request_id, const char *source,
+                   const char *action, const char *target, const cJSON *detail)
+{
+    Evalbus__V1__AuditEvent ev = EVALBUS__V1__AUDIT_EVENT__INIT;
+    char *dj = detail ? eb_json_print(detail) : NULL;
+    uint8_t *buf;
+    size_t len;
+
+    ev.team_id = (char *)p->team_id;
+    ev.actor_user_id = (char *)p->user_id;
+    ev.actor_key_id = (char *)p->key_id;
+    ev.action = (char *)action;
+    ev.target = (char *)(target ? target : "");
+    ev.detail_json = dj ? dj : (char *)"{}";
+    ev.request_id = (char *)(request_id ? request_id : "");
+    ev.source = (char *)source;
+    len = evalbus__v1__audit_event__get_packed_size(&ev);
+    buf = eb_malloc(len ? len : 1);
+    evalbus__v1__audit_event__pack(&ev, buf);
+    if (natsConnection_Publish(eb_bus_conn(bus), "evalbus.v1.auth.audit", buf, (int)len) != NATS_OK)
+        eb_log_error(request_id, "audit event %s not sent", action);
+    free(buf);
+    free(dj);
 }

@@ -20,6 +20,7 @@
 
 #include <sys/queue.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <stdarg.h>
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_PARAMS 4
 #define MAX_CHECKS 8
@@ -85,6 +87,11 @@ struct eb_http_req {
     bool authenticated;
     struct timespec start;
     void *data;
+    /* streamed replies */
+    int stream_code;
+    size_t stream_bytes;
+    void (*on_close)(void *arg);
+    void *on_close_arg;
 };
 
 static long long mono_ms(void)
@@ -149,25 +156,24 @@ static void req_free(eb_http_req *req)
     free(req);
 }
 
-static void finish(eb_http_req *req, int code, const char *content_type, const void *data,
-                   size_t len)
+static void add_reply_headers(eb_http_req *req, const char *content_type)
 {
-    eb_http_server *srv = req->srv;
     struct evkeyvalq *out = evhttp_request_get_output_headers(req->ev);
-    struct evbuffer *buf = evbuffer_new();
-    struct timespec now;
-    double ms;
-    char fields[512], labels[256];
-    const char *route = req->route ? req->route->pattern : req->path;
 
     if (content_type)
         evhttp_add_header(out, "Content-Type", content_type);
     evhttp_add_header(out, "X-Request-Id", req->request_id);
     evhttp_add_header(out, "Cache-Control", "no-store");
-    if (data && len)
-        evbuffer_add(buf, data, len);
-    evhttp_send_reply(req->ev, code, NULL, buf);
-    evbuffer_free(buf);
+}
+
+/* Logs and counts the answered request, then frees it. */
+static void account(eb_http_req *req, int code, size_t len)
+{
+    eb_http_server *srv = req->srv;
+    struct timespec now;
+    double ms;
+    char fields[512], labels[256];
+    const char *route = req->route ? req->route->pattern : req->path;
 
     clock_gettime(CLOCK_MONOTONIC, &now);
     ms = (double)(now.tv_sec - req->start.tv_sec) * 1000.0 +
@@ -190,6 +196,95 @@ static void finish(eb_http_req *req, int code, const char *content_type, const v
     eb_metrics_add("evalbus_http_request_duration_seconds_count", labels, 1);
     srv->in_flight--;
     req_free(req);
+}
+
+static void finish(eb_http_req *req, int code, const char *content_type, const void *data,
+                   size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+
+    add_reply_headers(req, content_type);
+    if (data && len)
+        evbuffer_add(buf, data, len);
+    evhttp_send_reply(req->ev, code, NULL, buf);
+    evbuffer_free(buf);
+    account(req, code, len);
+}
+
+void eb_http_reply_file(eb_http_req *req, int code, const char *content_type, int fd, size_t size)
+{
+    struct evbuffer *buf = evbuffer_new();
+
+    add_reply_headers(req, content_type);
+    if (evbuffer_add_file(buf, fd, 0, (ev_off_t)size) != 0) {
+        evbuffer_free(buf);
+        close(fd);
+        eb_http_reply_error(req, EB_ERR_INTERNAL, "cannot send the file");
+        return;
+    }
+    evhttp_send_reply(req->ev, code, NULL, buf);
+    evbuffer_free(buf);
+    account(req, code, size);
+}
+
+static void stream_closed(struct evhttp_connection *evcon, void *arg)
+{
+    eb_http_req *req = arg;
+    void (*cb)(void *) = req->on_close;
+
+    (void)evcon;
+    req->ev = NULL; /* libevent frees the request with its connection */
+    req->on_close = NULL;
+    if (cb)
+        cb(req->on_close_arg);
+}
+
+void eb_http_stream_start(eb_http_req *req, int code, const char *content_type,
+                          void (*on_close)(void *arg), void *arg)
+{
+    add_reply_headers(req, content_type);
+    req->stream_code = code;
+    req->on_close = on_close;
+    req->on_close_arg = arg;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req->ev), stream_closed, req);
+    evhttp_send_reply_start(req->ev, code, NULL);
+}
+
+bool eb_http_stream_write(eb_http_req *req, const void *data, size_t len)
+{
+    struct evbuffer *buf;
+
+    if (!req->ev)
+        return false;
+    if (len == 0)
+        return true;
+    buf = evbuffer_new();
+    evbuffer_add(buf, data, len);
+    evhttp_send_reply_chunk(req->ev, buf);
+    evbuffer_free(buf);
+    req->stream_bytes += len;
+    return true;
+}
+
+size_t eb_http_stream_pending(eb_http_req *req)
+{
+    struct evhttp_connection *evcon;
+    struct bufferevent *bev;
+
+    if (!req->ev)
+        return 0;
+    evcon = evhttp_request_get_connection(req->ev);
+    bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+void eb_http_stream_end(eb_http_req *req)
+{
+    if (req->ev) {
+        evhttp_connection_set_closecb(evhttp_request_get_connection(req->ev), NULL, NULL);
+        evhttp_send_reply_end(req->ev);
+    }
+    account(req, req->stream_code, req->stream_bytes);
 }
 
 void eb_http_reply_raw(eb_http_req *req, int code, const char *content_type, const void *data,
@@ -279,7 +374,7 @@ const char *eb_http_req_param(const eb_http_req *req, const char *name)
     return NULL;
 }
 
-const char *eb_http_req_query(eb_http_req *req, const char *name)
+static void parse_query(eb_http_req *req)
 {
     if (!req->query_parsed) {
         TAILQ_INIT(&req->query);
@@ -287,7 +382,29 @@ const char *eb_http_req_query(eb_http_req *req, const char *name)
             evhttp_parse_query_str(req->query_str, &req->query);
         req->query_parsed = true;
     }
+}
+
+const char *eb_http_req_query(eb_http_req *req, const char *name)
+{
+    parse_query(req);
     return evhttp_find_header(&req->query, name);
+}
+
+size_t eb_http_req_query_all(eb_http_req *req, const char *name, const char **vals, size_t max)
+{
+    struct evkeyval *kv;
+    size_t n = 0;
+
+    parse_query(req);
+    TAILQ_FOREACH(kv, &req->query, next)
+    {
+        if (strcmp(kv->key, name) != 0)
+            continue;
+        if (n < max)
+            vals[n] = kv->value;
+        n++;
+    }
+    return n;
 }
 
 const char *eb_http_req_header(const eb_http_req *req, const char *name)

@@ -16,28 +16,8 @@
 static void audit(ingest_ctx *ctx, eb_http_req *req, const char *action, const char *target,
                   const cJSON *detail)
 {
-    const eb_principal *p = eb_http_req_principal(req);
-    Evalbus__V1__AuditEvent ev = EVALBUS__V1__AUDIT_EVENT__INIT;
-    char *dj = detail ? eb_json_print(detail) : NULL;
-    uint8_t *buf;
-    size_t len;
-
-    ev.team_id = (char *)p->team_id;
-    ev.actor_user_id = (char *)p->user_id;
-    ev.actor_key_id = (char *)p->key_id;
-    ev.action = (char *)action;
-    ev.target = (char *)target;
-    ev.detail_json = dj ? dj : (char *)"{}";
-    ev.request_id = (char *)eb_http_req_id(req);
-    ev.source = (char *)"ingest";
-    len = evalbus__v1__audit_event__get_packed_size(&ev);
-    buf = eb_malloc(len ? len : 1);
-    evalbus__v1__audit_event__pack(&ev, buf);
-    if (natsConnection_Publish(eb_bus_conn(ctx->svc.bus), "evalbus.v1.auth.audit", buf, (int)len) !=
-        NATS_OK)
-        eb_log_error(eb_http_req_id(req), "audit event %s not sent", action);
-    free(buf);
-    free(dj);
+    eb_audit_send(ctx->svc.bus, eb_http_req_principal(req), eb_http_req_id(req), "ingest", action,
+                  target, detail);
 }
 
 /* Deletes the traces selected by the key rows in the CTE "sel" (columns team_id, part_time, id)

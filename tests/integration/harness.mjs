@@ -66,7 +66,7 @@ const STACK_ENV_REQUIRED = [
   'EVALBUS_JWT_SECRET_FILE',
 ];
 const LOG_TAIL_LINES = 60;
-const PORT_COUNT = 10;
+const PORT_COUNT = 14; // base .. base+9, and +10..+13 for the S3 store's backends
 
 // ---------------------------------------------------------------------------------------------
 // small utilities
@@ -331,8 +331,13 @@ process.once('exit', () => {
 });
 
 export class Stack {
-  constructor(name) {
+  /**
+   * opts.env: extra environment for scripts/stack and the services it starts (for example
+   * { EVALBUS_OBJECT_STORE: 's3', EVALBUS_EXPORT_PART_SIZE: '65536' }).
+   */
+  constructor(name, opts = {}) {
     this.name = name;
+    this.opts = opts;
     this.state = null;
     this.portBase = null;
     this.env = {};
@@ -346,6 +351,7 @@ export class Stack {
   scriptEnv() {
     return {
       ...process.env,
+      ...(this.opts.env ?? {}),
       EVALBUS_STATE_DIR: this.state,
       EVALBUS_PORT_BASE: String(this.portBase),
       EVALBUS_BIN_DIR: BIN_DIR,

@@ -13,6 +13,7 @@
 #include "evalbus/bus.h"
 #include "evalbus/principal.h"
 
+#include <cjson/cJSON.h>
 #include <event2/event.h>
 
 typedef struct eb_authc eb_authc;
@@ -30,5 +31,11 @@ void eb_authc_verify(void *impl, const char *credential, const char *request_id,
 
 /* Counters for tests and /metrics: answers from the cache, and requests sent over NATS. */
 void eb_authc_stats(eb_authc *c, unsigned long long *hits, unsigned long long *misses);
+
+/* Sends an audit event (who: p; what: action on target, with detail, a JSON object or NULL) to
+ * the auth service's audit intake (evalbus.v1.auth.audit). Fire and forget: a failure to send is
+ * logged with request_id. source names the reporting service. Any thread. */
+void eb_audit_send(eb_bus *bus, const eb_principal *p, const char *request_id, const char *source,
+                   const char *action, const char *target, const cJSON *detail);
 
 #endif

@@ -87,6 +87,9 @@ const char *eb_http_req_id(const eb_http_req *req);
 const char *eb_http_req_param(const eb_http_req *req, const char *name);
 /* Decoded query parameter, or NULL. */
 const char *eb_http_req_query(eb_http_req *req, const char *name);
+/* Every value of a repeated query parameter (?tag=a&tag=b): stores up to max pointers (owned by
+ * req) in vals and returns how many there are (which may exceed max). */
+size_t eb_http_req_query_all(eb_http_req *req, const char *name, const char **vals, size_t max);
 const char *eb_http_req_header(const eb_http_req *req, const char *name);
 const char *eb_http_req_remote(const eb_http_req *req);
 /* The raw body (NUL-terminated, len may be 0). */
@@ -109,6 +112,22 @@ void eb_http_reply_error(eb_http_req *req, eb_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Error reply with the calling thread's last eb_error() message. */
 void eb_http_reply_status(eb_http_req *req, eb_status st);
+/* Sends size bytes of the open file fd (from offset 0) as the body, without reading it into
+ * memory; takes ownership of fd (closed when sent, or now on failure). */
+void eb_http_reply_file(eb_http_req *req, int code, const char *content_type, int fd, size_t size);
+
+/* Streamed replies (chunked transfer encoding): start sends the status and headers, write sends
+ * a chunk (false once the client has gone: stop producing), end finishes and frees req.
+ * on_close (may be NULL) is called on the loop thread when the client closes the connection
+ * before end; the owner must still call eb_http_stream_end(req) exactly once, which then only
+ * accounts for the request. pending tells how many bytes wait in the socket's output buffer
+ * (for back-pressure). */
+void eb_http_stream_start(eb_http_req *req, int code, const char *content_type,
+                          void (*on_close)(void *arg), void *arg);
+bool eb_http_stream_write(eb_http_req *req, const void *data, size_t len);
+size_t eb_http_stream_pending(eb_http_req *req);
+void eb_http_stream_end(eb_http_req *req);
+
 /* Adds a response header before replying. */
 void eb_http_add_header(eb_http_req *req, const char *name, const char *value);
 

@@ -1,0 +1,267 @@
+/* api_stream.c -- exports answered in the HTTP response itself: GET /api/v1/exports/stream
+ * (any format, chunked transfer encoding, for small and medium pulls) and
+ * GET /api/v1/datasets/statistics (the statistics of what an export would hold, without
+ * writing it).
+ *
+ * The export pipeline blocks (COPY, compression), so each request runs it on a thread of its
+ * own with a PostgreSQL connection of its own, at most max-streams at a time per process (429
+ * above). The thread hands output to the loop thread through a queue under a mutex and wakes
+ * the loop (event_active); the loop writes it to the client. The queue is bounded (4 MiB): the
+ * thread waits while the client reads slowly, so memory stays flat. A client that goes away
+ * stops the thread at its next write.
+ * Errors before the first byte are ordinary JSON errors; after it the response ends early
+ * (the client sees an incomplete chunked body). */
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "export_int.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    QUEUE_MAX = 4 * 1024 * 1024,
+    MAX_STREAMS = 4,
+};
+
+static atomic_int active_pulls;
+
+typedef struct pull {
+    export_ctx *ctx;
+    eb_http_req *req;
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct event *wake;
+    eb_buf queue;
+    bool started, finished, gone, replied;
+    eb_status st;
+    char *errmsg;
+    export_run run;
+    cJSON *filter;
+    char team_id[41];
+} pull;
+
+static eb_status pull_write(void *arg, const void *data, size_t len)
+{
+    pull *pl = arg;
+    eb_status st = EB_OK;
+
+    pthread_mutex_lock(&pl->mu);
+    while (pl->queue.len > QUEUE_MAX && !pl->gone)
+        pthread_cond_wait(&pl->cv, &pl->mu);
+    if (pl->gone)
+        st = eb_error(EB_ERR_CONFLICT, "the client went away");
+    else
+        eb_buf_append(&pl->queue, data, len);
+    pthread_mutex_unlock(&pl->mu);
+    event_active(pl->wake, EV_READ, 0);
+    return st;
+}
+
+static eb_status pull_tick(void *arg, uint64_t rows, uint64_t bytes)
+{
+    pull *pl = arg;
+    bool gone;
+
+    (void)rows;
+    (void)bytes;
+    pthread_mutex_lock(&pl->mu);
+    gone = pl->gone;
+    pthread_mutex_unlock(&pl->mu);
+    return gone ? eb_error(EB_ERR_CONFLICT, "the client went away") : EB_OK;
+}
+
+static void *pull_main(void *arg)
+{
+    pull *pl = arg;
+    export_sink sink = {pull_write, pull_tick, pl};
+    PGconn *c = PQconnectdb(pl->ctx->cfg->svc.database_url);
+    eb_status st;
+
+    if (PQstatus(c) != CONNECTION_OK)
+        st = eb_error(EB_ERR_UNAVAILABLE, "PostgreSQL is unavailable");
+    else
+        st = export_pipeline_run(c, &pl->run, pl->ctx->cfg, &sink);
+    PQfinish(c);
+    pthread_mutex_lock(&pl->mu);
+    pl->st = st;
+    if (st != EB_OK)
+        pl->errmsg = eb_strdup(eb_error_message());
+    pl->finished = true;
+    pthread_mutex_unlock(&pl->mu);
+    event_active(pl->wake, EV_READ, 0);
+    return NULL;
+}
+
+static void pull_free(pull *pl)
+{
+    pthread_join(pl->tid, NULL);
+    event_free(pl->wake);
+    pthread_mutex_destroy(&pl->mu);
+    pthread_cond_destroy(&pl->cv);
+    eb_buf_free(&pl->queue);
+    free(pl->errmsg);
+    cJSON_Delete(pl->filter);
+    cJSON_Delete(pl->run.statistics);
+    free(pl);
+    atomic_fetch_sub(&active_pulls, 1);
+}
+
+static void pull_closed(void *arg)
+{
+    pull *pl = arg;
+
+    pthread_mutex_lock(&pl->mu);
+    pl->gone = true;
+    pthread_cond_signal(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
+}
+
+/* Loop thread: moves queued output to the client; finishes the reply when the thread is done. */
+static void pull_wake(evutil_socket_t fd, short what, void *arg)
+{
+    pull *pl = arg;
+    eb_buf chunk = {0};
+    bool finished;
+
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&pl->mu);
+    chunk = pl->queue;
+    memset(&pl->queue, 0, sizeof(pl->queue));
+    finished = pl->finished;
+    pthread_cond_signal(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
+
+    if (pl->run.stats_only) {
+        if (finished) {
+            if (pl->st != EB_OK) {
+                eb_http_reply_error(pl->req, pl->st, "%s", pl->errmsg);
+            } else {
+                cJSON *root = cJSON_CreateObject();
+                cJSON_AddItemToObject(root, "filter", cJSON_Duplicate(pl->filter, true));
+                cJSON_AddNumberToObject(root, "rows", (double)pl->run.rows);
+                cJSON_AddItemToObject(root, "statistics", pl->run.statistics);
+                pl->run.statistics = NULL;
+                eb_http_reply_json(pl->req, 200, root);
+            }
+            pull_free(pl);
+        }
+        eb_buf_free(&chunk);
+        return;
+    }
+    if (!pl->started && (chunk.len > 0 || (finished && pl->st == EB_OK))) {
+        const char *ct = strcmp(pl->run.compression, "gzip") == 0 ? "application/gzip"
+                         : strcmp(pl->run.compression, "zstd") == 0
+                             ? "application/zstd"
+                             : export_format_content_type(pl->run.format);
+        eb_http_stream_start(pl->req, 200, ct, pull_closed, pl);
+        pl->started = true;
+    }
+    if (chunk.len > 0)
+        eb_http_stream_write(pl->req, chunk.data, chunk.len);
+    eb_buf_free(&chunk);
+    if (!finished)
+        return;
+    if (!pl->started)
+        eb_http_reply_error(pl->req, pl->st, "%s", pl->errmsg ? pl->errmsg : "export failed");
+    else {
+        if (pl->st != EB_OK && pl->st != EB_ERR_CONFLICT)
+            eb_log_error(NULL, "streamed export ended early: %s", pl->errmsg);
+        eb_http_stream_end(pl->req);
+    }
+    pull_free(pl);
+}
+
+static void start_pull(eb_http_req *req, export_ctx *ctx, bool stats_only)
+{
+    const eb_principal *p = eb_http_req_principal(req);
+    const char *fmt = eb_http_req_query(req, "format"),
+               *comp = eb_http_req_query(req, "compression");
+    const char *anon = eb_http_req_query(req, "anonymize"), *lim = eb_http_req_query(req, "limit");
+    pull *pl;
+    cJSON *filter = NULL;
+    export_format format = EXPORT_JSONL;
+    long long limit = ctx->cfg->stream_max_rows;
+    bool anonymize = true;
+    eb_status st;
+
+    if (fmt && (st = export_format_parse(fmt, &format)) != EB_OK) {
+        eb_http_reply_status(req, st);
+        return;
+    }
+    if (!comp)
+        comp = "none";
+    if (strcmp(comp, "none") && strcmp(comp, "gzip") && strcmp(comp, "zstd")) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "compression must be gzip, zstd or none");
+        return;
+    }
+    if (anon) {
+        if (strcmp(anon, "true") && strcmp(anon, "false")) {
+            eb_http_reply_error(req, EB_ERR_INVALID, "anonymize must be true or false");
+            return;
+        }
+        anonymize = strcmp(anon, "true") == 0;
+    }
+    if (!anonymize && p->role < EB_ROLE_ADMIN) {
+        eb_http_reply_error(req, EB_ERR_FORBIDDEN,
+                            "turning anonymization off needs the admin role");
+        return;
+    }
+    if (lim && !stats_only) {
+        char *end;
+        long long v = strtoll(lim, &end, 10);
+        if (*end || v < 1 || v > ctx->cfg->stream_max_rows) {
+            eb_http_reply_error(req, EB_ERR_INVALID,
+                                "limit must be from 1 to %lld (stream-max-rows)",
+                                ctx->cfg->stream_max_rows);
+            return;
+        }
+        limit = v;
+    }
+    st = export_filter_from_query(req, &filter);
+    if (st != EB_OK) {
+        eb_http_reply_status(req, st);
+        return;
+    }
+    if (atomic_fetch_add(&active_pulls, 1) >= MAX_STREAMS) {
+        atomic_fetch_sub(&active_pulls, 1);
+        cJSON_Delete(filter);
+        eb_http_add_header(req, "Retry-After", "5");
+        eb_http_reply_error(req, EB_ERR_RATE_LIMITED,
+                            "too many streamed exports at once; use POST /api/v1/exports");
+        return;
+    }
+    pl = eb_calloc(1, sizeof(*pl));
+    pl->ctx = ctx;
+    pl->req = req;
+    pl->filter = filter;
+    snprintf(pl->team_id, sizeof(pl->team_id), "%s", p->team_id);
+    pl->run.team_id = pl->team_id;
+    pl->run.format = format;
+    pl->run.filter = filter;
+    pl->run.compression = comp;
+    pl->run.level = (int)(strcmp(comp, "zstd") == 0 ? ctx->cfg->zstd_level : ctx->cfg->gzip_level);
+    pl->run.anonymize = anonymize;
+    pl->run.stats_only = stats_only;
+    pl->run.max_rows = stats_only ? 0 : (uint64_t)limit;
+    pthread_mutex_init(&pl->mu, NULL);
+    pthread_cond_init(&pl->cv, NULL);
+    pl->wake = event_new(ctx->svc.base, -1, 0, pull_wake, pl);
+    eb_audit_send(ctx->svc.bus, p, eb_http_req_id(req), "export",
+                  stats_only ? "statistics_read" : "export_streamed", export_format_name(format),
+                  filter);
+    pthread_create(&pl->tid, NULL, pull_main, pl);
+}
+
+void api_exports_stream(eb_http_req *req, void *ctx)
+{
+    start_pull(req, ctx, false);
+}
+
+void api_datasets_statistics(eb_http_req *req, void *ctx)
+{
+    start_pull(req, ctx, true);
+}

@@ -1,0 +1,446 @@
+/* pipeline.c -- one export run: rows out of PostgreSQL, through the format writer (which
+ * redacts and counts statistics), through the compressor, into a sink.
+ *
+ * Rows come from COPY (SELECT <record as text> ...) TO STDOUT (FORMAT binary) inside one
+ * REPEATABLE READ READ ONLY transaction, so the count, the rows and the statistics describe one
+ * snapshot, and memory holds one row at a time whatever the size of the export. Binary COPY
+ * hands the text column over as raw UTF-8 (no unescaping). Output is compressed in 256 KiB
+ * steps (gzip through zlib, zstd through libzstd's streaming API) and handed to the sink, which
+ * cuts parts and uploads them. About once a second the sink's tick learns the counts (progress,
+ * cancellation, keeping the job's message alive).
+ *
+ * Ownership: the caller owns conn (a connection of its own: a COPY occupies it) and run; on
+ * return run->statistics (when set) belongs to the caller. Threading: one run per thread. */
+#include "evalbus/crypto.h"
+#include "evalbus/db.h"
+#include "evalbus/json.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "export_int.h"
+#include "redact.h"
+#include "stats.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zlib.h>
+#include <zstd.h>
+
+enum {
+    FEED_STEP = 256 * 1024, /* formatted bytes collected before compressing */
+    TICK_ROWS = 512,        /* rows between clock checks */
+};
+
+typedef struct compressor {
+    int kind; /* 0 none, 1 gzip, 2 zstd */
+    z_stream z;
+    ZSTD_CStream *zs;
+    eb_buf out;
+} compressor;
+
+static eb_status comp_init(compressor *c, const char *name, int level)
+{
+    memset(c, 0, sizeof(*c));
+    if (strcmp(name, "gzip") == 0) {
+        c->kind = 1;
+        if (deflateInit2(&c->z, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+            return eb_error(EB_ERR_INTERNAL, "zlib: deflateInit2 failed");
+    } else if (strcmp(name, "zstd") == 0) {
+        c->kind = 2;
+        c->zs = ZSTD_createCStream();
+        if (!c->zs || ZSTD_isError(ZSTD_initCStream(c->zs, level)))
+            return eb_error(EB_ERR_INTERNAL, "zstd: cannot start a stream");
+    }
+    return EB_OK;
+}
+
+static void comp_free(compressor *c)
+{
+    if (c->kind == 1)
+        deflateEnd(&c->z);
+    ZSTD_freeCStream(c->zs);
+    eb_buf_free(&c->out);
+}
+
+/* Compresses in[0..len) (finishing the stream when last) and passes the output to the sink. */
+static eb_status comp_feed(compressor *c, const void *in, size_t len, bool last,
+                           const export_sink *sink, uint64_t *bytes_out)
+{
+    eb_status st = EB_OK;
+
+    if (c->kind == 0) {
+        if (len)
+            st = sink->write(sink->arg, in, len);
+        *bytes_out += len;
+        return st;
+    }
+    if (c->kind == 1) {
+        int flush = last ? Z_FINISH : Z_NO_FLUSH, zr;
+        c->z.next_in = (Bytef *)(uintptr_t)in;
+        c->z.avail_in = (uInt)len;
+        do {
+            eb_buf_reserve(&c->out, 65536);
+            c->z.next_out = (Bytef *)c->out.data + c->out.len;
+            c->z.avail_out = (uInt)(c->out.cap - c->out.len);
+            zr = deflate(&c->z, flush);
+            if (zr == Z_STREAM_ERROR)
+                return eb_error(EB_ERR_INTERNAL, "zlib: deflate failed");
+            c->out.len = c->out.cap - c->z.avail_out;
+        } while (c->z.avail_out == 0 || (last && zr != Z_STREAM_END));
+    } else {
+        ZSTD_inBuffer ib = {in, len, 0};
+        size_t rem;
+        do {
+            ZSTD_outBuffer ob;
+            eb_buf_reserve(&c->out, ZSTD_CStreamOutSize());
+            ob.dst = c->out.data + c->out.len;
+            ob.size = c->out.cap - c->out.len;
+            ob.pos = 0;
+            rem = last ? ZSTD_compressStream2(c->zs, &ob, &ib, ZSTD_e_end)
+                       : ZSTD_compressStream2(c->zs, &ob, &ib, ZSTD_e_continue);
+            if (ZSTD_isError(rem))
+                return eb_error(EB_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(rem));
+            c->out.len += ob.pos;
+        } while (ib.pos < ib.size || (last && rem != 0));
+    }
+    if (c->out.len) {
+        st = sink->write(sink->arg, c->out.data, c->out.len);
+        *bytes_out += c->out.len;
+        c->out.len = 0;
+    }
+    return st;
+}
+
+/* Reads the text value of the one column of a binary COPY data message: skips the file header
+ * in the first message; *done on the trailer. */
+static eb_status copy_value(const char *msg, int n, bool *first, const char **val, size_t *len,
+                            bool *done)
+{
+    static const char sig[11] = "PGCOPY\n\377\r\n";
+    size_t off = 0;
+    uint16_t nf;
+    int32_t fl;
+
+    *done = false;
+    if (*first) {
+        uint32_t ext;
+        if (n < 19 || memcmp(msg, sig, 11) != 0)
+            return eb_error(EB_ERR_INTERNAL, "COPY: no binary header");
+        memcpy(&ext, msg + 15, 4);
+        off = 19 + (size_t)ntohl(ext);
+        *first = false;
+    }
+    if ((size_t)n < off + 2)
+        return eb_error(EB_ERR_INTERNAL, "COPY: short row");
+    memcpy(&nf, msg + off, 2);
+    nf = ntohs(nf);
+    if (nf == 0xffff) {
+        *done = true;
+        return EB_OK;
+    }
+    if (nf != 1 || (size_t)n < off + 6)
+        return eb_error(EB_ERR_INTERNAL, "COPY: expected one column");
+    memcpy(&fl, msg + off + 2, 4);
+    fl = (int32_t)ntohl((uint32_t)fl);
+    if (fl < 0 || (size_t)n < off + 6 + (size_t)fl)
+        return eb_error(EB_ERR_INTERNAL, "COPY: bad field length");
+    *val = msg + off + 6;
+    *len = (size_t)fl;
+    return EB_OK;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+eb_status export_team_redactor(PGconn *conn, const char *team_id, redactor **out)
+{
+    PGresult *r = NULL, *rp = NULL;
+    const char *params[2] = {team_id, NULL};
+    char hex[65];
+    unsigned char key[32];
+    eb_buf kb = {0};
+    redact_pattern *pats = NULL;
+    redact_config rc = {0};
+    eb_status st;
+    int n = 0;
+
+    *out = NULL;
+    eb_random_bytes(key, sizeof(key));
+    eb_hex_encode(key, sizeof(key), hex);
+    params[1] = hex;
+    st = eb_db_begin_team(conn, team_id);
+    if (st == EB_OK)
+        st = eb_db_exec(conn,
+                        "INSERT INTO export.team_keys (team_id, key) VALUES ($1::uuid,"
+                        " decode($2, 'hex')) ON CONFLICT (team_id) DO NOTHING",
+                        2, params, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(conn,
+                        "SELECT encode(key, 'hex') FROM export.team_keys WHERE team_id ="
+                        " $1::uuid",
+                        1, params, &r);
+    if (st == EB_OK)
+        st = eb_db_exec(conn,
+                        "SELECT label, regex FROM export.team_patterns WHERE team_id = $1::uuid"
+                        " ORDER BY label",
+                        1, params, &rp);
+    if (st == EB_OK)
+        st = eb_db_commit(conn);
+    else
+        eb_db_rollback(conn);
+    eb_cleanse(key, sizeof(key));
+    eb_cleanse(hex, sizeof(hex));
+    if (st != EB_OK)
+        goto cleanup;
+    if (PQntuples(r) != 1) {
+        st = eb_error(EB_ERR_INTERNAL, "no pseudonymization key for the team");
+        goto cleanup;
+    }
+    {
+        const char *h = eb_db_val(r, 0, 0);
+        size_t hl = strlen(h);
+        eb_buf_reserve(&kb, hl / 2 + 1);
+        for (size_t i = 0; i + 1 < hl; i += 2) {
+            char two[3] = {h[i], h[i + 1], 0};
+            eb_buf_putc(&kb, (char)strtol(two, NULL, 16));
+        }
+    }
+    n = PQntuples(rp);
+    if (n > REDACT_MAX_PATTERNS)
+        n = REDACT_MAX_PATTERNS;
+    pats = eb_calloc((size_t)n + 1, sizeof(*pats));
+    for (int i = 0; i < n; i++) {
+        pats[i].label = eb_db_val(rp, i, 0);
+        pats[i].regex = eb_db_val(rp, i, 1);
+    }
+    rc.key = kb.data;
+    rc.key_len = kb.len;
+    rc.patterns = pats;
+    rc.n_patterns = (size_t)n;
+    st = redact_new(&rc, out);
+cleanup:
+    if (kb.data)
+        eb_cleanse(kb.data, kb.len);
+    eb_buf_free(&kb);
+    free(pats);
+    PQclear(r);
+    PQclear(rp);
+    return st;
+}
+
+/* Collects the strings of fields.include / fields.exclude. */
+static size_t field_list(const cJSON *fields, const char *name, const char ***out)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(fields, name), *it;
+    size_t n = 0;
+
+    *out = NULL;
+    if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) == 0)
+        return 0;
+    *out = eb_calloc((size_t)cJSON_GetArraySize(arr), sizeof(char *));
+    cJSON_ArrayForEach(it, arr)
+    {
+        if (cJSON_IsString(it))
+            (*out)[n++] = it->valuestring;
+    }
+    return n;
+}
+
+/* Stops a COPY in progress and brings the connection back to idle (rolled back). */
+static void abandon_copy(PGconn *conn)
+{
+    PGcancel *cn = PQgetCancel(conn);
+    char err[256];
+    char *buf = NULL;
+    PGresult *r;
+
+    if (cn) {
+        PQcancel(cn, err, sizeof(err));
+        PQfreeCancel(cn);
+    }
+    while (PQgetCopyData(conn, &buf, 0) > 0) {
+        PQfreemem(buf);
+        buf = NULL;
+    }
+    while ((r = PQgetResult(conn)) != NULL)
+        PQclear(r);
+    eb_db_rollback(conn);
+}
+
+eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config *cfg,
+                              const export_sink *sink)
+{
+    redactor *rd = NULL;
+    export_writer *w = NULL;
+    export_stats *stats = NULL;
+    export_options opt = {0};
+    compressor comp = {0};
+    const char **inc = NULL, **exc = NULL;
+    eb_buf sql = {0}, out = {0};
+    PGresult *r = NULL;
+    const char *params[1] = {run->team_id};
+    char stamp[32];
+    char *filter_json = NULL;
+    bool in_copy = false, in_tx = false, first = true;
+    long long last_tick = now_ms();
+    eb_status st;
+    time_t t = time(NULL);
+    struct tm tm;
+
+    (void)cfg; /* settings the pipeline may take in the future (buffer sizes) */
+    run->rows = run->bytes_out = run->bytes_raw = 0;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (run->anonymize) {
+        st = export_team_redactor(conn, run->team_id, &rd);
+        if (st != EB_OK)
+            goto cleanup;
+    }
+    filter_json = run->filter ? eb_json_print(run->filter) : NULL;
+    opt.format = run->format;
+    opt.n_include = field_list(run->fields, "include", &inc);
+    opt.include = inc;
+    opt.n_exclude = field_list(run->fields, "exclude", &exc);
+    opt.exclude = exc;
+    opt.redact = rd;
+    opt.exported_at = stamp;
+    opt.filter_json = filter_json;
+    st = export_writer_new(&opt, &w);
+    if (st != EB_OK)
+        goto cleanup;
+    stats = export_stats_new();
+    st = comp_init(&comp, run->compression ? run->compression : "none", run->level);
+    if (st != EB_OK)
+        goto cleanup;
+
+    st = eb_db_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL);
+    if (st != EB_OK)
+        goto cleanup;
+    in_tx = true;
+    st = eb_db_exec(conn, "SELECT set_config('evalbus.team_id', $1, true)", 1, params, NULL);
+    if (st != EB_OK)
+        goto cleanup;
+    if (!run->stats_only) {
+        st = export_query_sql(conn, run->team_id, run->format, run->filter, true, &sql);
+        if (st == EB_OK)
+            st = eb_db_exec(conn, sql.data, 0, NULL, &r);
+        if (st != EB_OK)
+            goto cleanup;
+        run->total_rows = strtoull(eb_db_val(r, 0, 0), NULL, 10);
+        if (run->max_rows && run->total_rows > run->max_rows)
+            run->total_rows = run->max_rows;
+        PQclear(r);
+        r = NULL;
+        if (sink->tick && (st = sink->tick(sink->arg, 0, 0)) != EB_OK)
+            goto cleanup;
+    }
+    eb_buf_reset(&sql);
+    eb_buf_puts(&sql, "COPY (");
+    st = export_query_sql(conn, run->team_id, run->format, run->filter, false, &sql);
+    if (st != EB_OK)
+        goto cleanup;
+    if (run->max_rows)
+        eb_buf_printf(&sql, " LIMIT %llu", (unsigned long long)run->max_rows);
+    eb_buf_puts(&sql, ") TO STDOUT (FORMAT binary)");
+    r = PQexec(conn, sql.data);
+    if (PQresultStatus(r) != PGRES_COPY_OUT) {
+        st = eb_error(EB_ERR_DB, "export query failed: %s", PQerrorMessage(conn));
+        goto cleanup;
+    }
+    PQclear(r);
+    r = NULL;
+    in_copy = true;
+    if (!run->stats_only)
+        st = export_writer_begin(w, &out);
+    for (;;) {
+        char *msg = NULL;
+        const char *val = NULL;
+        size_t vlen = 0;
+        bool done = false;
+        cJSON *rec;
+        int n = PQgetCopyData(conn, &msg, 0);
+        if (n == -1)
+            break;
+        if (n < 0) {
+            st = eb_error(EB_ERR_DB, "reading export rows: %s", PQerrorMessage(conn));
+            goto cleanup;
+        }
+        st = copy_value(msg, n, &first, &val, &vlen, &done);
+        if (st == EB_OK && !done) {
+            rec = cJSON_ParseWithLength(val, vlen);
+            if (!rec) {
+                st = eb_error(EB_ERR_INTERNAL, "a record is not JSON");
+            } else {
+                eb_buf *dst = &out;
+                size_t before = out.len;
+                st = export_writer_record(w, rec, dst, stats);
+                if (run->stats_only)
+                    out.len = before; /* statistics only: nothing is written */
+                cJSON_Delete(rec);
+                run->rows++;
+            }
+        }
+        PQfreemem(msg);
+        if (st != EB_OK)
+            goto cleanup;
+        if (out.len >= FEED_STEP) {
+            run->bytes_raw += out.len;
+            st = comp_feed(&comp, out.data, out.len, false, sink, &run->bytes_out);
+            out.len = 0;
+            if (st != EB_OK)
+                goto cleanup;
+        }
+        if (run->rows % TICK_ROWS == 0 && sink->tick && now_ms() - last_tick >= 1000) {
+            last_tick = now_ms();
+            st = sink->tick(sink->arg, run->rows, run->bytes_out);
+            if (st != EB_OK)
+                goto cleanup;
+        }
+    }
+    in_copy = false;
+    while ((r = PQgetResult(conn)) != NULL) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            st = eb_error(EB_ERR_DB, "export query failed: %s", PQresultErrorMessage(r));
+            goto cleanup;
+        }
+        PQclear(r);
+    }
+    if (!run->stats_only)
+        st = export_writer_end(w, stats, &out);
+    if (st != EB_OK)
+        goto cleanup;
+    run->bytes_raw += out.len;
+    if (!run->stats_only) {
+        st = comp_feed(&comp, out.data, out.len, true, sink, &run->bytes_out);
+        if (st != EB_OK)
+            goto cleanup;
+    }
+    st = eb_db_commit(conn);
+    in_tx = false;
+    if (st != EB_OK)
+        goto cleanup;
+    run->records = export_stats_records(stats);
+    run->statistics = export_stats_json(stats);
+cleanup:
+    if (in_copy)
+        abandon_copy(conn);
+    else if (in_tx)
+        eb_db_rollback(conn);
+    PQclear(r);
+    comp_free(&comp);
+    export_writer_free(w);
+    export_stats_free(stats);
+    redact_free(rd);
+    free(inc);
+    free(exc);
+    free(filter_json);
+    eb_buf_free(&sql);
+    eb_buf_free(&out);
+    return st;
+}

@@ -1,0 +1,448 @@
+// The export service against a real stack (file object store): each format against its
+// contract, pseudonymization (tokens stable within a team, different across teams, look-alikes
+// kept), statistics, the file beside its manifest, downloads with their SHA-256, streamed exports
+// and statistics without exporting, progress as server-sent events, cross-team 404s, roles,
+// the audit log and bad requests.
+
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import zlib from 'node:zlib';
+
+import { parse as parseCsv } from 'csv-parse/sync';
+
+import {
+  BIN_DIR,
+  DOWN_TIMEOUT_MS,
+  Stack,
+  UP_TIMEOUT_MS,
+  assertError,
+  assertStatus,
+  pollUntil,
+  uniqueSlug,
+} from './harness.mjs';
+
+const stack = new Stack('export');
+const T = { timeout: 120_000 };
+const JOB_TIMEOUT_MS = 60_000;
+
+const iso = (ms) => new Date(ms).toISOString();
+const MODELS = [
+  ['gpt-4o', 'openai'],
+  ['claude-sonnet-4', 'anthropic'],
+  ['gpt-4o-mini', 'openai'],
+];
+
+function api(method, p, key, opts = {}) {
+  return stack.api(method, p, { base: stack.url, key, ...opts });
+}
+
+/** The sample: 60 chat traces with PII, 10 preference pairs, 12 NL-to-SQL traces. */
+function sample(tag) {
+  const t0 = Date.now() - 3_600_000;
+  const traces = [];
+  for (let i = 0; i < 60; i++) {
+    const [model, provider] = MODELS[i % 3];
+    const t = {
+      id: `${tag}-chat-${i}`,
+      project: 'support',
+      name: i === 7 ? '=HYPERLINK("http://evil.test","x")' : 'answer',
+      model,
+      provider,
+      status: i % 10 === 9 ? 'error' : 'ok',
+      start_time: iso(t0 + i * 1000),
+      end_time: iso(t0 + i * 1000 + 800),
+      usage: { input_tokens: 100 + i, output_tokens: 20 + i },
+      cost_usd: 0.001,
+      input: {
+        messages: [
+          { role: 'system', content: 'You are a support agent.' },
+          { role: 'user', content: `I am ann${i % 7}@example.com, call me at +1 415 555 0${100 + (i % 50)}. Where is order #A-10023?` },
+        ],
+      },
+      output: { messages: [{ role: 'assistant', content: `Order #A-10023 shipped with release 2.3.1 on 2026-11-20 (case ${i}).` }] },
+      tags: i % 2 ? ['prod'] : ['beta'],
+      metadata: { customer_tier: i % 4 ? 'gold' : 'silver' },
+    };
+    if (i % 5 === 0) {
+      t.output.messages[0] = {
+        role: 'assistant',
+        content: null,
+        tool_calls: [{ id: `c${i}`, type: 'function', function: { name: 'lookup_order', arguments: '{"order":"A-10023"}' } }],
+      };
+    }
+    traces.push(t);
+  }
+  for (let k = 0; k < 10; k++) {
+    const input = { messages: [{ role: 'user', content: `Summarize ticket ${k} in one line.` }] };
+    for (const good of [true, false]) {
+      traces.push({
+        id: `${tag}-pref-${k}-${good ? 'a' : 'r'}`,
+        project: 'summaries',
+        model: 'gpt-4o',
+        provider: 'openai',
+        status: 'ok',
+        start_time: iso(t0 + 100_000 + k * 1000 + (good ? 0 : 500)),
+        input,
+        output: { messages: [{ role: 'assistant', content: good ? `Ticket ${k}: refund approved.` : `I cannot help with ticket ${k}.` }] },
+      });
+    }
+  }
+  const queries = [
+    ['How many customers signed up last week?', 'SELECT count(*) FROM customers WHERE created_at > now() - interval \'7 days\''],
+    ['Top products by revenue', 'SELECT p.name, sum(o.total) FROM orders o JOIN products p ON p.id = o.product_id GROUP BY 1'],
+    ['Mark order 5 shipped', 'UPDATE orders SET status = \'shipped\' WHERE id = 5'],
+  ];
+  for (let i = 0; i < 12; i++) {
+    const [q, sql] = queries[i % 3];
+    traces.push({
+      id: `${tag}-sql-${i}`,
+      project: 'sql-bot',
+      model: 'gpt-4o',
+      provider: 'openai',
+      status: i === 11 ? 'error' : 'ok',
+      start_time: iso(t0 + 200_000 + i * 1000),
+      input: { messages: [{ role: 'user', content: q }] },
+      output: { messages: [{ role: 'assistant', content: sql }] },
+      metadata: { sql, question: q, database_type: 'postgresql', database: 'shopdb' },
+    });
+  }
+  return traces;
+}
+
+async function ingest(key, traces) {
+  for (let i = 0; i < traces.length; i += 50) {
+    const r = await api('POST', '/api/v1/traces', key, { body: { traces: traces.slice(i, i + 50) } });
+    assertStatus(r, 202, 'ingest sample');
+  }
+  const last = traces[traces.length - 1].id;
+  const seen = await pollUntil(async () => (await api('GET', `/api/v1/traces/${last}`, key)).status === 200, { timeoutMs: 10_000 });
+  assert.ok(seen.value, 'sample stored');
+}
+
+async function review(key, id, decision) {
+  const r = await api('POST', `/api/v1/traces/${id}/review`, key, {
+    body: decision === 'reject' ? { decision, reason: 'incorrect' } : { decision },
+  });
+  assertStatus(r, 201, `review ${id}`);
+}
+
+/** POST /api/v1/exports, then polls until the job is no longer queued or running. */
+async function runExport(key, body) {
+  const r = await api('POST', '/api/v1/exports', key, { body });
+  assertStatus(r, 202, `create export ${JSON.stringify(body)}`);
+  assert.equal(r.body.state, 'queued');
+  assert.match(r.body.id, /^[0-9a-f-]{36}$/);
+  assert.equal(r.headers.get('location'), `/api/v1/exports/${r.body.id}`);
+  let job;
+  const done = await pollUntil(async () => {
+    const g = await api('GET', `/api/v1/exports/${r.body.id}`, key);
+    assertStatus(g, 200, 'get export');
+    job = g.body;
+    return !['queued', 'running'].includes(job.state) ? job : null;
+  }, { timeoutMs: JOB_TIMEOUT_MS, intervalMs: 200 });
+  assert.ok(done.value, `export finished within ${JOB_TIMEOUT_MS} ms; last: ${JSON.stringify(job)}`);
+  return job;
+}
+
+/** Downloads a finished job; checks the SHA-256 against the result; returns the bytes,
+ * decompressed. */
+async function download(key, job) {
+  const r = await fetch(`${stack.url}/api/v1/exports/${job.id}/download`, {
+    headers: { authorization: `Bearer ${key}` },
+    redirect: 'manual',
+  });
+  assert.equal(r.status, 200, `download ${job.id}: ${r.status}`);
+  assert.match(r.headers.get('content-disposition') ?? '', new RegExp(job.result.file_name.replace(/\./g, '\\.')));
+  const raw = Buffer.from(await r.arrayBuffer());
+  assert.equal(raw.length, job.result.bytes, 'downloaded size = result.bytes');
+  assert.equal(crypto.createHash('sha256').update(raw).digest('hex'), job.result.sha256, 'SHA-256 matches');
+  if (job.compression === 'gzip') return zlib.gunzipSync(raw).toString('utf8');
+  if (job.compression === 'zstd') return zlib.zstdDecompressSync ? zlib.zstdDecompressSync(raw).toString('utf8') : null;
+  return raw.toString('utf8');
+}
+
+const jsonLines = (text) => text.split('\n').filter((l) => l.length > 0).map((l, i) => {
+  try {
+    return JSON.parse(l);
+  } catch (e) {
+    throw new Error(`line ${i + 1} is not JSON: ${e.message}: ${l.slice(0, 200)}`);
+  }
+});
+
+describe('export: jobs, formats, privacy', () => {
+  let A; // owner of team A: {key, team, ...}
+  let B;
+  let traces;
+  let storeRoot;
+
+  before(async () => {
+    assert.ok(fs.existsSync(path.join(BIN_DIR, 'evalbus-export')), `${BIN_DIR}/evalbus-export must exist`);
+    await stack.up();
+    assert.ok(stack.env.EVALBUS_EXPORT_URL, 'stack.env names EVALBUS_EXPORT_URL (export was started)');
+    storeRoot = new URL(stack.env.EVALBUS_OBJECT_STORE).pathname;
+    A = await stack.bootstrap(uniqueSlug('ea'));
+    B = await stack.bootstrap(uniqueSlug('eb'));
+    await stack.setTier(A.team, 'enterprise', A.key);
+    await stack.setTier(B.team, 'enterprise', B.key);
+    traces = sample('a');
+    await ingest(A.key, traces);
+    for (let k = 0; k < 10; k++) {
+      await review(A.key, `a-pref-${k}-a`, 'accept');
+      await review(A.key, `a-pref-${k}-r`, 'reject');
+    }
+    await ingest(B.key, sample('b').slice(0, 5));
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('jsonl + gzip: every trace once, PII replaced by tokens, look-alikes kept, file and manifest in the store', T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'jsonl' });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    assert.equal(job.compression, 'gzip');
+    assert.equal(job.anonymize, true);
+    assert.equal(job.progress.percent, 100);
+    assert.equal(job.result.rows, traces.length);
+    const text = await download(A.key, job);
+    const recs = jsonLines(text);
+    assert.equal(recs.length, traces.length, 'one line per trace');
+    assert.deepEqual(recs.map((r) => r.id).sort(), traces.map((t) => t.id).sort(), 'every trace exactly once');
+    assert.ok(!/ann\d@example\.com/.test(text), 'no e-mail address survives');
+    assert.ok(!/415 555/.test(text), 'no phone number survives');
+    assert.match(text, /<EMAIL_[0-9a-f]{8}>/);
+    assert.match(text, /<PHONE_[0-9a-f]{8}>/);
+    assert.match(text, /order #A-10023/, 'order numbers stay');
+    assert.match(text, /release 2\.3\.1 on 2026-11-20/, 'versions and dates stay');
+    const rec = recs.find((r) => r.id === 'a-pref-0-a');
+    assert.equal(rec.review_state, 'accepted');
+    assert.equal(rec.reviews[0].decision, 'accept');
+    assert.ok(Array.isArray(rec.observations) && Array.isArray(rec.scores));
+    // the file and its manifest, side by side under the team's folder
+    const file = path.join(storeRoot, job.result.key);
+    assert.ok(fs.existsSync(file), `${file} exists`);
+    const manifest = JSON.parse(fs.readFileSync(path.join(storeRoot, job.result.manifest_key), 'utf8'));
+    assert.equal(manifest.job_id, job.id);
+    assert.equal(manifest.result.sha256, job.result.sha256);
+    assert.equal(manifest.result.statistics.records ?? manifest.result.rows, traces.length);
+    assert.ok(!fs.readdirSync(path.dirname(file)).some((f) => f.includes('.partial')), 'no partial file left');
+    // statistics
+    const st = job.result.statistics;
+    assert.ok(st, 'statistics stored with the job');
+    assert.equal(JSON.stringify(st).includes('example.com'), false, 'statistics hold no PII');
+  }));
+
+  it('filters select exactly the matching traces (model, status, project, tags, time)', T, stack.wrap(async () => {
+    const want = traces.filter((t) => t.model === 'gpt-4o' && t.status === 'ok' && t.project === 'support' && (t.tags ?? []).includes('prod'));
+    const job = await runExport(A.key, {
+      format: 'jsonl',
+      compression: 'none',
+      filter: { models: ['gpt-4o'], statuses: ['ok'], projects: ['support'], tags: ['prod'], since: iso(Date.now() - 7_200_000) },
+    });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    const recs = jsonLines(await download(A.key, job));
+    assert.deepEqual(recs.map((r) => r.id).sort(), want.map((t) => t.id).sort());
+    const none = await runExport(A.key, { format: 'jsonl', compression: 'none', filter: { until: iso(Date.now() - 86_400_000 * 30) } });
+    assert.equal(none.state, 'succeeded');
+    assert.equal(none.result.rows, 0);
+  }));
+
+  it('openai-chat: the fine-tuning contract holds on every line; skipped records are counted by reason', T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'openai-chat', compression: 'zstd', filter: { projects: ['support'] } });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    assert.equal(job.result.file_name.endsWith('.jsonl.zst'), true);
+    const text = await download(A.key, job);
+    if (text === null) return; // this Node has no zstd; the SHA-256 was checked
+    const lines = jsonLines(text);
+    const roles = new Set(['system', 'user', 'assistant', 'tool']);
+    for (const l of lines) {
+      assert.ok(Array.isArray(l.messages) && l.messages.length > 0);
+      assert.ok(l.messages.some((m) => m.role === 'assistant'), 'an assistant message');
+      for (const m of l.messages) {
+        assert.ok(roles.has(m.role), `role ${m.role}`);
+        if (m.tool_calls) {
+          for (const c of m.tool_calls) {
+            assert.equal(c.type, 'function');
+            assert.equal(typeof c.function.arguments, 'string');
+          }
+        }
+      }
+    }
+    const skipped = job.result.statistics.skipped ?? {};
+    const nSkipped = Object.values(skipped).reduce((a, b) => a + b, 0);
+    assert.equal(lines.length + nSkipped, 60, `written + skipped = selected (${JSON.stringify(skipped)})`);
+    assert.equal(lines.length, job.result.rows);
+  }));
+
+  it('openai-preference: one pair per input from its accepted and rejected answers', T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'openai-preference', compression: 'none' });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    const lines = jsonLines(await download(A.key, job));
+    assert.equal(lines.length, 10);
+    for (const l of lines) {
+      const k = /ticket (\d+)/.exec(l.input.messages[0].content)[1];
+      assert.equal(l.preferred_output[0].role, 'assistant');
+      assert.equal(l.preferred_output[0].content, `Ticket ${k}: refund approved.`);
+      assert.equal(l.non_preferred_output[0].content, `I cannot help with ticket ${k}.`);
+    }
+  }));
+
+  it('anthropic (Bedrock): system apart, user / assistant alternating, starting with user and ending with assistant', T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'anthropic', compression: 'gzip', filter: { projects: ['support'] } });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    const lines = jsonLines(await download(A.key, job));
+    assert.ok(lines.length > 0);
+    for (const l of lines) {
+      assert.equal(typeof l.system, 'string');
+      assert.equal(l.messages[0].role, 'user');
+      assert.equal(l.messages[l.messages.length - 1].role, 'assistant');
+      l.messages.forEach((m, i) => assert.equal(m.role, i % 2 ? 'assistant' : 'user'));
+    }
+  }));
+
+  it('csv: read back with a real CSV reader; formulas neutralized', T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'csv', compression: 'none', filter: { projects: ['support'] } });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    const text = await download(A.key, job);
+    const rows = parseCsv(text, { columns: true, relax_column_count: false });
+    assert.equal(rows.length, 60);
+    assert.ok('id' in rows[0] && 'model' in rows[0] && 'input_text' in rows[0]);
+    const evil = rows.find((r) => r.id === 'a-chat-7');
+    assert.ok(evil.name.startsWith("'="), `formula neutralized: ${evil.name}`);
+    assert.ok(!text.includes('example.com'));
+    const pick = await runExport(A.key, { format: 'csv', compression: 'none', fields: { include: ['id', 'model', 'metadata.customer_tier'] }, filter: { projects: ['support'] } });
+    assert.equal(pick.state, 'succeeded', JSON.stringify(pick.error));
+    const p = parseCsv(await download(A.key, pick), { columns: true });
+    assert.deepEqual(Object.keys(p[0]), ['id', 'model', 'metadata.customer_tier']);
+    assert.ok(['gold', 'silver'].includes(p[0]['metadata.customer_tier']));
+  }));
+
+  it('sql-pairs: question, SQL, query type, tables, hashed database name', T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'sql-pairs', compression: 'none', filter: { projects: ['sql-bot'] } });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    const lines = jsonLines(await download(A.key, job));
+    assert.equal(lines.length, 12);
+    const upd = lines.find((l) => l.query_type === 'UPDATE');
+    assert.ok(upd, 'an UPDATE');
+    assert.deepEqual(upd.tables, ['orders']);
+    const join = lines.find((l) => l.sql.includes('JOIN'));
+    assert.deepEqual([...join.tables].sort(), ['orders', 'products']);
+    for (const l of lines) {
+      assert.equal(l.database_type, 'postgresql');
+      assert.notEqual(l.database_hash, 'shopdb');
+      assert.match(l.database_hash, /^[0-9a-f]{16}$/);
+    }
+    assert.equal(lines.filter((l) => l.success === false).length, 1);
+    const qt = job.result.statistics;
+    assert.ok(JSON.stringify(qt).includes('SELECT'), 'query types in the statistics');
+  }));
+
+  it('tokens are equal within a team and differ across teams', T, stack.wrap(async () => {
+    const tokens = async (key, filter) => {
+      const job = await runExport(key, { format: 'jsonl', compression: 'none', filter });
+      assert.equal(job.state, 'succeeded');
+      const text = await download(key, job);
+      const rec = jsonLines(text).find((r) => r.id.endsWith('-chat-0'));
+      return /<EMAIL_[0-9a-f]{8}>/.exec(JSON.stringify(rec.input))[0];
+    };
+    const a1 = await tokens(A.key, { projects: ['support'] });
+    const a2 = await tokens(A.key, { models: ['gpt-4o'] });
+    const b1 = await tokens(B.key, {});
+    assert.equal(a1, a2, 'same value, same team, same token');
+    assert.notEqual(a1, b1, 'same value, other team, other token');
+  }));
+
+  it('anonymize=false needs the admin role and is audited', T, stack.wrap(async () => {
+    const member = await stack.createKey(A.key, { name: 'exporter', role: 'member', scopes: ['exports:read', 'exports:write'] });
+    const denied = await api('POST', '/api/v1/exports', member.key, { body: { format: 'jsonl', anonymize: false } });
+    assertError(denied, 'forbidden', 'member without anonymization');
+    const job = await runExport(A.key, { format: 'jsonl', compression: 'none', anonymize: false, filter: { projects: ['support'] } });
+    assert.equal(job.state, 'succeeded');
+    assert.match(await download(A.key, job), /ann0@example\.com/, 'raw values without anonymization');
+    const seen = await pollUntil(async () => {
+      const r = await stack.api('GET', '/api/v1/audit?limit=100', { key: A.key });
+      return r.body?.events?.find((e) => e.action === 'export_requested' && e.target === job.id);
+    }, { timeoutMs: 5000, intervalMs: 200 });
+    assert.ok(seen.value, 'export_requested in the audit log');
+    const dl = await pollUntil(async () => {
+      const r = await stack.api('GET', '/api/v1/audit?limit=100', { key: A.key });
+      return r.body?.events?.find((e) => e.action === 'export_downloaded' && e.target === job.id);
+    }, { timeoutMs: 5000, intervalMs: 200 });
+    assert.ok(dl.value, 'export_downloaded in the audit log');
+  }));
+
+  it("another team's export answers 404 everywhere; lists are per team", T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'jsonl', compression: 'none', filter: { projects: ['summaries'] } });
+    for (const [m, p] of [['GET', ''], ['GET', '/download'], ['GET', '/events'], ['DELETE', '']]) {
+      const r = await api(m, `/api/v1/exports/${job.id}${p}`, B.key);
+      assertError(r, 'not_found', `${m} ${p} of another team's export`);
+    }
+    const list = await api('GET', '/api/v1/exports?limit=200', B.key);
+    assertStatus(list, 200);
+    assert.ok(!list.body.exports.some((e) => e.id === job.id));
+    const mine = await api('GET', '/api/v1/exports?limit=2', A.key);
+    assertStatus(mine, 200);
+    assert.equal(mine.body.exports.length, 2);
+    assert.ok(mine.body.next_cursor, 'a cursor to the next page');
+    const next = await api('GET', `/api/v1/exports?limit=2&cursor=${mine.body.next_cursor}`, A.key);
+    assertStatus(next, 200);
+    assert.ok(!next.body.exports.some((e) => mine.body.exports.some((m) => m.id === e.id)), 'pages do not overlap');
+    const done = await api('DELETE', `/api/v1/exports/${job.id}`, A.key);
+    assertError(done, 'conflict', 'cancelling a finished export');
+  }));
+
+  it('streamed export and statistics without exporting', T, stack.wrap(async () => {
+    const r = await api('GET', '/api/v1/exports/stream?format=jsonl&model=gpt-4o&project=support', A.key);
+    assertStatus(r, 200, 'stream');
+    const lines = jsonLines(r.text);
+    assert.equal(lines.length, traces.filter((t) => t.model === 'gpt-4o' && t.project === 'support').length);
+    assert.ok(!r.text.includes('example.com'));
+    const s = await api('GET', '/api/v1/datasets/statistics?project=sql-bot&format=sql-pairs', A.key);
+    assertStatus(s, 200, 'statistics');
+    assert.equal(s.body.rows, 12);
+    assert.ok(s.body.statistics);
+    const bad = await api('GET', '/api/v1/exports/stream?format=parquet', A.key);
+    assertError(bad, 'invalid_argument', 'unknown format');
+  }));
+
+  it('progress as server-sent events ends with the finished job', T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'json', compression: 'none', filter: { projects: ['summaries'] } });
+    assert.equal(job.state, 'succeeded');
+    const doc = JSON.parse(await download(A.key, job));
+    assert.equal(doc.format_version, 1);
+    assert.equal(doc.records.length, 20);
+    assert.ok(doc.statistics && doc.exported_at);
+    const r = await fetch(`${stack.url}/api/v1/exports/${job.id}/events`, { headers: { authorization: `Bearer ${A.key}` }, signal: AbortSignal.timeout(10_000) });
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get('content-type'), /text\/event-stream/);
+    const text = await r.text();
+    assert.match(text, /event: done\ndata: \{.*"state":"succeeded"/);
+  }));
+
+  it('bad requests get clear errors and create nothing', T, stack.wrap(async () => {
+    const before = (await stack.psql(`SELECT count(*) FROM export.jobs`))[0][0];
+    const cases = [
+      [{ format: 'parquet' }, /format/],
+      [{}, /format/],
+      [{ format: 'jsonl', compression: 'brotli' }, /compression/],
+      [{ format: 'jsonl', filter: { modle: ['x'] } }, /modle/],
+      [{ format: 'jsonl', filter: { since: 'yesterday' } }, /since/],
+      [{ format: 'jsonl', filter: { statuses: ['fine'] } }, /statuses/],
+      [{ format: 'jsonl', destination: 'file:///etc' }, /destination/],
+      [{ format: 'jsonl', destination: `${stack.env.EVALBUS_OBJECT_STORE}/../x` }, /destination/],
+      [{ format: 'jsonl', anonymize: 'yes' }, /anonymize/],
+      [{ format: 'jsonl', extra: 1 }, /extra/],
+    ];
+    for (const [body, re] of cases) {
+      const r = await api('POST', '/api/v1/exports', A.key, { body });
+      assertError(r, 'invalid_argument', JSON.stringify(body));
+      assert.match(r.body.error.message, re, JSON.stringify(body));
+    }
+    const notJson = await api('POST', '/api/v1/exports', A.key, { raw: '{"format": ' });
+    assert.equal(notJson.status, 400);
+    assertError(await api('GET', '/api/v1/exports/not-a-uuid', A.key), 'not_found');
+    assertError(await api('GET', `/api/v1/exports/${crypto.randomUUID()}`, A.key), 'not_found');
+    const after = (await stack.psql(`SELECT count(*) FROM export.jobs`))[0][0];
+    assert.equal(after, before, 'no job was created');
+  }));
+});
