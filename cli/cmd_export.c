@@ -601,15 +601,44 @@ static int parse_id(const char *arg, char id[37])
 }
 
 /* The job's statistics highlights: records and skipped records by reason. */
+/* One line "label: k1 n1, k2 n2, ..." of a {key: count} object (largest first, at most 6). */
+static void print_counts(const char *label, const cJSON *obj)
+{
+    const cJSON *r, *best[6] = {0};
+    char num[32];
+    int n = 0;
+
+    if (!cJSON_IsObject(obj) || !obj->child)
+        return;
+    cJSON_ArrayForEach(r, obj)
+    {
+        if (!cJSON_IsNumber(r) || r->valuedouble <= 0)
+            continue;
+        for (int i = 0; i < 6; i++) {
+            if (!best[i] || r->valuedouble > best[i]->valuedouble) {
+                for (int k = 5; k > i; k--)
+                    best[k] = best[k - 1];
+                best[i] = r;
+                break;
+            }
+        }
+    }
+    for (int i = 0; i < 6 && best[i]; i++) {
+        fmt_count(best[i]->valuedouble, num, sizeof(num));
+        printf("%s%s %s", n++ ? ", " : label, best[i]->string, num);
+    }
+    if (n)
+        printf("\n");
+}
+
 static void print_statistics(const cJSON *stats)
 {
-    const cJSON *skipped = cJSON_GetObjectItemCaseSensitive(stats, "skipped"), *r;
+    const cJSON *reasons = cJSON_GetObjectItemCaseSensitive(stats, "skipped_by_reason");
+    const cJSON *skipped = cJSON_GetObjectItemCaseSensitive(stats, "skipped");
+    const cJSON *red = cJSON_GetObjectItemCaseSensitive(stats, "redactions");
     char num[32];
     double v;
-    int shown = 0;
 
-    if (!cJSON_IsObject(skipped) && !cJSON_IsNumber(skipped))
-        skipped = cJSON_GetObjectItemCaseSensitive(stats, "skipped_by_reason");
     if (jnum(stats, "records", &v)) {
         fmt_count(v, num, sizeof(num));
         printf("records:   %s\n", num);
@@ -617,24 +646,13 @@ static void print_statistics(const cJSON *stats)
     if (cJSON_IsNumber(skipped)) {
         fmt_count(skipped->valuedouble, num, sizeof(num));
         printf("skipped:   %s\n", num);
-    } else if (cJSON_IsObject(skipped)) {
-        double total = 0;
-        cJSON_ArrayForEach(r, skipped)
-        {
-            if (cJSON_IsNumber(r))
-                total += r->valuedouble;
-        }
-        fmt_count(total, num, sizeof(num));
-        printf("skipped:   %s", num);
-        cJSON_ArrayForEach(r, skipped)
-        {
-            if (!cJSON_IsNumber(r) || r->valuedouble == 0)
-                continue;
-            fmt_count(r->valuedouble, num, sizeof(num));
-            printf("%s%s %s", shown++ ? ", " : " (", r->string, num);
-        }
-        printf("%s\n", shown ? ")" : "");
     }
+    print_counts("  reasons: ", reasons);
+    print_counts("models:    ", cJSON_GetObjectItemCaseSensitive(stats, "by_model"));
+    print_counts("projects:  ", cJSON_GetObjectItemCaseSensitive(stats, "by_project"));
+    print_counts("reviews:   ", cJSON_GetObjectItemCaseSensitive(stats, "by_review_state"));
+    if (jnum(red, "total", &v) && v > 0)
+        print_counts("redacted:  ", cJSON_GetObjectItemCaseSensitive(red, "by_kind"));
 }
 
 /* A human summary of a job; saved is the local file it was downloaded to, or NULL. */

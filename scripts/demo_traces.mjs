@@ -217,6 +217,41 @@ for (let i = 0; i < Math.min(300, PER_WAY); i++) {
 }
 console.log(`   reviewed:        ${accepted} accepted, ${rejected} rejected (with reasons), ${accepted + rejected} scored`);
 
+// 4b. Preference pairs: two answers to the same question, one accepted and one rejected (what
+// the openai-preference export is built from).
+const pairs = [];
+for (let k = 0; k < 20; k++) {
+  const question = `${pick(QUESTIONS['support-bot'])} (ticket ${1000 + k})`;
+  const input = { messages: [{ role: 'system', content: 'You are a concise support agent.' }, { role: 'user', content: question }] };
+  const t = Date.UTC(2026, 10, 22, 9, 0, 0) + k * 2000;
+  for (const good of [true, false]) {
+    pairs.push({
+      id: `demo-pair-${k}-${good ? 'good' : 'bad'}`, project: 'support-bot', name: 'answer',
+      model: 'gpt-4o', provider: 'openai', status: 'ok', start_time: new Date(t + (good ? 0 : 1000)).toISOString(),
+      input,
+      output: { messages: [{ role: 'assistant', content: good
+        ? `I have checked ticket ${1000 + k}: it is resolved and you will get an e-mail confirmation today.`
+        : 'Please contact support.' }] },
+      tags: ['prod', 'pairs'],
+    });
+  }
+}
+{
+  const r = await post('/api/v1/traces', { traces: pairs });
+  if (r.rejected?.length) throw new Error(`pairs rejected: ${JSON.stringify(r.rejected[0])}`);
+  for (let k = 0; k < 20; k++) {
+    let ok = false;
+    for (let i = 0; i < 50 && !ok; i++) {
+      const g = await fetch(`${URL}/api/v1/traces/demo-pair-${k}-bad`, { headers: AUTH });
+      ok = g.status === 200;
+      if (!ok) await new Promise((res) => setTimeout(res, 100));
+    }
+    await post(`/api/v1/traces/demo-pair-${k}-good/review`, { decision: 'accept', score: 1 });
+    await post(`/api/v1/traces/demo-pair-${k}-bad/review`, { decision: 'reject', reason: 'incomplete', score: 0.1 });
+  }
+  console.log('   preference:      20 questions answered twice, one answer accepted and one rejected');
+}
+
 // 5. Counts from the query API
 const rows = [
   ['all traces', ''],

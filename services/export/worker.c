@@ -348,8 +348,8 @@ static eb_status run_attempt(job_run *jr, const PGresult *job, cJSON **result)
         goto cleanup;
     gmtime_r(&t, &tm);
     strftime(date, sizeof(date), "%Y-%m-%d", &tm);
-    fname = eb_asprintf("%s.%s%s", jr->id, export_format_extension(run.format),
-                        compression_ext(compression));
+    fname = eb_asprintf("%s-%s.%s%s", export_format_name(run.format), jr->id,
+                        export_format_extension(run.format), compression_ext(compression));
     jr->key = eb_asprintf("%s/%s/%s", jr->team_slug, date, fname);
     st = eb_store_upload_begin(
         jr->store, jr->key, compression_type(compression, export_format_content_type(run.format)),
@@ -422,7 +422,8 @@ static eb_status run_attempt(job_run *jr, const PGresult *job, cJSON **result)
     cJSON_AddItemToObject(manifest, "fields", cJSON_Duplicate(fields, true));
     cJSON_AddItemToObject(manifest, "result", cJSON_Duplicate(res, true));
     mtext = eb_json_print(manifest);
-    mkey = eb_asprintf("%s/%s/%s.manifest.json", jr->team_slug, date, jr->id);
+    mkey = eb_asprintf("%s/%s/%s-%s.manifest.json", jr->team_slug, date,
+                       export_format_name(run.format), jr->id);
     st = eb_store_put(jr->store, mkey, "application/json", mtext, strlen(mtext));
     if (st != EB_OK)
         goto cleanup;
