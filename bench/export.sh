@@ -18,7 +18,7 @@
 set -euo pipefail
 
 team=$1
-key=${BENCH_EXPORT_KEY:?BENCH_EXPORT_KEY must hold the owner key}
+api_key=${BENCH_EXPORT_KEY:?BENCH_EXPORT_KEY must hold the owner key}
 rows=${BENCH_EXPORT_ROWS:-1000000}
 url=${EVALBUS_EXPORT_URL:?load stack.env first}
 db=${EVALBUS_DATABASE_URL:?load stack.env first}
@@ -72,12 +72,12 @@ log "seeded in $(echo "$(now) - $t0" | bc) s"
 # Runs one export through the API; prints "seconds rows uncompressed_bytes".
 export_job() {
     local compression=$1 id state body
-    body=$(curl -fsS -X POST -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+    body=$(curl -fsS -X POST -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
         -d "{\"format\":\"jsonl\",\"compression\":\"$compression\",\"filter\":{\"tags\":[\"bench\"]}}" \
         "$url/api/v1/exports")
     id=$(jq -r .id <<<"$body")
     for _ in $(seq 1 3600); do
-        body=$(curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/exports/$id")
+        body=$(curl -fsS -H "Authorization: Bearer $api_key" "$url/api/v1/exports/$id")
         state=$(jq -r .state <<<"$body")
         [[ $state == queued || $state == running ]] || break
         sleep 0.5

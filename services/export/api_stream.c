@@ -4,7 +4,7 @@
  * writing it).
  *
  * The export pipeline blocks (COPY, compression), so each request runs it on a thread of its
- * own with a PostgreSQL connection of its own, at most max-streams at a time per process (429
+ * own with a PostgreSQL connection of its own, at most MAX_STREAMS at a time per process (429
  * above). The thread hands output to the loop thread through a queue under a mutex and wakes
  * the loop (event_active); the loop writes it to the client. The queue is bounded (4 MiB): the
  * thread waits while the client reads slowly, so memory stays flat. A client that goes away
@@ -157,6 +157,7 @@ static void pull_wake(evutil_socket_t fd, short what, void *arg)
                          : strcmp(pl->run.compression, "zstd") == 0
                              ? "application/zstd"
                              : export_format_content_type(pl->run.format);
+        eb_http_add_header(pl->req, "X-Accel-Buffering", "no");
         eb_http_stream_start(pl->req, 200, ct, pull_closed, pl);
         pl->started = true;
     }

@@ -82,17 +82,22 @@ eb_status export_query_sql(PGconn *conn, const char *team_id, export_format form
                            const cJSON *filter, bool count_only, eb_buf *sql);
 
 /* Column list and JSON of a job row, for the API (SELECT EXPORT_JOB_COLS FROM export.jobs). */
+#define EXPORT_JOB_TIME(c) "to_char(" c " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 #define EXPORT_JOB_COLS                                                                            \
-    "id, state, format, compression, anonymize, filter::text, fields::text, destination,"          \
-    " created_at, started_at, finished_at, rows_done, bytes_done, total_rows, rate_rows,"          \
-    " result::text, error::text, cancel_requested, attempts, schedule_id"
+    "id, state, format, compression, anonymize, filter::text, fields::text, "                      \
+    "destination, " EXPORT_JOB_TIME("created_at") ", " EXPORT_JOB_TIME(                            \
+        "started_at") ", " EXPORT_JOB_TIME("finished_at") ", rows_done, bytes_done, total_rows, "  \
+                                                          "rate_rows,"                             \
+                                                          " result::text, error::text, "           \
+                                                          "cancel_requested, attempts, "           \
+                                                          "schedule_id"
 cJSON *export_job_json(const PGresult *r, int row);
 
 /* ---- store config ---- */
 /* The store of a job: destination (may be NULL) or the configured default. */
 eb_status export_store_open(const export_config *cfg, const char *destination, eb_store **out);
 
-/* ---- api_exports.c / api_schedules.c ---- */
+/* ---- api_exports.c, api_stream.c, scheduler.c ---- */
 void api_exports_create(eb_http_req *req, void *ctx);
 void api_exports_list(eb_http_req *req, void *ctx);
 void api_exports_get(eb_http_req *req, void *ctx);

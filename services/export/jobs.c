@@ -83,8 +83,9 @@ static eb_status copy_list(const cJSON *obj, const char *where, const char *name
 static eb_status check_filter(const cJSON *in, cJSON **out)
 {
     static const char *const known[] = {
-        "since",         "until", "projects", "models",          "providers", "statuses",
-        "review_states", "tags",  "score",    "successful_only", NULL};
+        "since",     "until",    "stored_since",  "stored_until", "projects",        "models",
+        "providers", "statuses", "review_states", "tags",         "successful_only", "score",
+        NULL};
     cJSON *f = cJSON_CreateObject();
     const cJSON *it, *score;
     eb_status st = EB_OK;
@@ -98,14 +99,16 @@ static eb_status check_filter(const cJSON *in, cJSON **out)
     {
         if (!one_of(it->string, known)) {
             st = eb_error(EB_ERR_INVALID,
-                          "filter has no member '%s' (known: since, until, projects, models, "
-                          "providers, statuses, review_states, tags, score, successful_only)",
+                          "filter has no member '%s' (known: since, until, stored_since, "
+                          "stored_until, projects, models, providers, statuses, review_states, "
+                          "tags, score, successful_only)",
                           it->string);
             goto cleanup;
         }
     }
-    for (int i = 0; i < 2 && in; i++) {
-        const char *name = i == 0 ? "since" : "until";
+    for (int i = 0; i < 4 && in; i++) {
+        static const char *const names[] = {"since", "until", "stored_since", "stored_until"};
+        const char *name = names[i];
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(in, name);
         if (!v || cJSON_IsNull(v))
             continue;
@@ -196,6 +199,37 @@ cleanup:
     return st;
 }
 
+/* Builds the format's writer once with the requested fields, so that a field the format cannot
+ * use is refused with the request (400) rather than failing the job later. */
+static eb_status check_fields_for_format(const export_spec *spec)
+{
+    const char *inc[FIELDS_MAX], *exc[FIELDS_MAX];
+    const cJSON *it;
+    export_options opt = {0};
+    export_writer *w = NULL;
+    eb_status st;
+
+    opt.format = spec->format;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(spec->fields, "include"))
+    {
+        if (opt.n_include < FIELDS_MAX)
+            inc[opt.n_include++] = it->valuestring;
+    }
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(spec->fields, "exclude"))
+    {
+        if (opt.n_exclude < FIELDS_MAX)
+            exc[opt.n_exclude++] = it->valuestring;
+    }
+    opt.include = inc;
+    opt.exclude = exc;
+    opt.exported_at = "1970-01-01T00:00:00Z";
+    st = export_writer_new(&opt, &w);
+    export_writer_free(w);
+    if (st != EB_OK)
+        return eb_error(EB_ERR_INVALID, "fields: %s", eb_error_message());
+    return EB_OK;
+}
+
 eb_status export_spec_parse(const cJSON *body, const export_config *cfg, export_spec *spec)
 {
     static const char *const known[] = {"format",      "filter",      "fields", "anonymize",
@@ -240,6 +274,9 @@ eb_status export_spec_parse(const cJSON *body, const export_config *cfg, export_
     st = check_filter(cJSON_GetObjectItemCaseSensitive(body, "filter"), &spec->filter);
     if (st == EB_OK)
         st = check_fields(cJSON_GetObjectItemCaseSensitive(body, "fields"), &spec->fields);
+    if (st != EB_OK)
+        goto fail;
+    st = check_fields_for_format(spec);
     if (st != EB_OK)
         goto fail;
     s = NULL;
@@ -398,6 +435,17 @@ eb_status export_filter_sql(PGconn *conn, const cJSON *filter, eb_buf *sql)
         put_literal(conn, sql, v->valuestring);
         eb_buf_puts(sql, "::timestamptz");
     }
+    /* when the trace was stored (scheduled exports take what arrived since their last run) */
+    if ((v = cJSON_GetObjectItemCaseSensitive(filter, "stored_since")) != NULL) {
+        eb_buf_puts(sql, " AND v.created_at >= ");
+        put_literal(conn, sql, v->valuestring);
+        eb_buf_puts(sql, "::timestamptz");
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(filter, "stored_until")) != NULL) {
+        eb_buf_puts(sql, " AND v.created_at < ");
+        put_literal(conn, sql, v->valuestring);
+        eb_buf_puts(sql, "::timestamptz");
+    }
     for (size_t i = 0; i < sizeof(list_filters) / sizeof(list_filters[0]); i++) {
         v = cJSON_GetObjectItemCaseSensitive(filter, list_filters[i][0]);
         if (!v)
@@ -479,30 +527,6 @@ static void add_json_or_null(cJSON *o, const char *name, const PGresult *r, int 
     cJSON_AddItemToObject(o, name, v ? v : cJSON_CreateNull());
 }
 
-/* Timestamps as PostgreSQL prints them ("2026-11-22 10:00:00.123+00") to RFC 3339. */
-static void add_time(cJSON *o, const char *name, const PGresult *r, int row, int col)
-{
-    char buf[64];
-    const char *s;
-    size_t n;
-
-    if (eb_db_isnull(r, row, col)) {
-        cJSON_AddNullToObject(o, name);
-        return;
-    }
-    s = eb_db_val(r, row, col);
-    n = strlen(s);
-    if (n + 4 >= sizeof(buf) || n < 19) {
-        cJSON_AddStringToObject(o, name, s);
-        return;
-    }
-    memcpy(buf, s, n + 1);
-    buf[10] = 'T';
-    if (n >= 3 && strcmp(buf + n - 3, "+00") == 0)
-        memcpy(buf + n - 3, "Z", 2);
-    cJSON_AddStringToObject(o, name, buf);
-}
-
 cJSON *export_job_json(const PGresult *r, int i)
 {
     cJSON *o = cJSON_CreateObject(), *p;
@@ -517,9 +541,9 @@ cJSON *export_job_json(const PGresult *r, int i)
     add_json_or_null(o, "filter", r, i, 5);
     add_json_or_null(o, "fields", r, i, 6);
     add_text_or_null(o, "destination", r, i, 7);
-    add_time(o, "created_at", r, i, 8);
-    add_time(o, "started_at", r, i, 9);
-    add_time(o, "finished_at", r, i, 10);
+    add_text_or_null(o, "created_at", r, i, 8);
+    add_text_or_null(o, "started_at", r, i, 9);
+    add_text_or_null(o, "finished_at", r, i, 10);
     cJSON_AddBoolToObject(o, "cancel_requested", eb_db_val(r, i, 17)[0] == 't');
     cJSON_AddNumberToObject(o, "attempts", atof(eb_db_val(r, i, 18)));
     add_text_or_null(o, "schedule_id", r, i, 19);

@@ -165,11 +165,14 @@ int main(int argc, char **argv)
     if (st == EB_OK)
         st = eb_store_ensure_bucket(probe);
     eb_store_free(probe);
-    if (st != EB_OK) {
+    if (st == EB_ERR_INVALID) {
         fprintf(stderr, "evalbus-export: object store %s: %s\n", cfg.object_store,
                 eb_error_message());
         goto cleanup;
     }
+    if (st != EB_OK) /* e.g. no right to create the bucket, or the store is not up yet */
+        fprintf(stderr, "evalbus-export: warning: object store %s not checked: %s\n",
+                cfg.object_store, eb_error_message());
     st = eb_service_init(&ctx.svc, "export", &cfg.svc, routes, sizeof(routes) / sizeof(routes[0]),
                          &ctx);
     if (st != EB_OK) {

@@ -21,6 +21,8 @@
 #include "stats.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -32,12 +34,84 @@ enum {
     TICK_ROWS = 512,        /* rows between clock checks */
 };
 
+/* The compressor runs on a thread of its own, one step behind the formatting: while it
+ * compresses step n, the calling thread formats step n+1 (as psql | gzip runs in two
+ * processes). Every sink call stays on the calling thread. Without compression there is no
+ * thread and the formatted bytes go straight to the sink. */
 typedef struct compressor {
     int kind; /* 0 none, 1 gzip, 2 zstd */
     z_stream z;
     ZSTD_CStream *zs;
-    eb_buf out;
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, busy, last, quit;
+    eb_buf in;  /* the step being compressed (owned by the thread while busy) */
+    eb_buf out; /* its compressed output (read by the caller once not busy) */
+    eb_status st;
+    char err[128];
 } compressor;
+
+/* Compresses c->in into c->out (finishing the stream when c->last). Compressor thread. */
+static eb_status comp_step(compressor *c)
+{
+    if (c->kind == 1) {
+        int flush = c->last ? Z_FINISH : Z_NO_FLUSH, zr;
+        c->z.next_in = (Bytef *)c->in.data;
+        c->z.avail_in = (uInt)c->in.len;
+        do {
+            eb_buf_reserve(&c->out, 65536);
+            c->z.next_out = (Bytef *)c->out.data + c->out.len;
+            c->z.avail_out = (uInt)(c->out.cap - c->out.len);
+            zr = deflate(&c->z, flush);
+            if (zr == Z_STREAM_ERROR) {
+                snprintf(c->err, sizeof(c->err), "zlib: deflate failed");
+                return EB_ERR_INTERNAL;
+            }
+            c->out.len = c->out.cap - c->z.avail_out;
+        } while (c->z.avail_out == 0 || (c->last && zr != Z_STREAM_END));
+    } else {
+        ZSTD_inBuffer ib = {c->in.data, c->in.len, 0};
+        size_t rem;
+        do {
+            ZSTD_outBuffer ob;
+            eb_buf_reserve(&c->out, ZSTD_CStreamOutSize());
+            ob.dst = c->out.data + c->out.len;
+            ob.size = c->out.cap - c->out.len;
+            ob.pos = 0;
+            rem = ZSTD_compressStream2(c->zs, &ob, &ib, c->last ? ZSTD_e_end : ZSTD_e_continue);
+            if (ZSTD_isError(rem)) {
+                snprintf(c->err, sizeof(c->err), "zstd: %s", ZSTD_getErrorName(rem));
+                return EB_ERR_INTERNAL;
+            }
+            c->out.len += ob.pos;
+        } while (ib.pos < ib.size || (c->last && rem != 0));
+    }
+    c->in.len = 0;
+    return EB_OK;
+}
+
+static void *comp_main(void *arg)
+{
+    compressor *c = arg;
+
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->busy && !c->quit)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->quit)
+            break;
+        pthread_mutex_unlock(&c->mu);
+        eb_status st = c->st == EB_OK ? comp_step(c) : EB_OK;
+        pthread_mutex_lock(&c->mu);
+        if (st != EB_OK)
+            c->st = st;
+        c->busy = false;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
 
 static eb_status comp_init(compressor *c, const char *name, int level)
 {
@@ -52,64 +126,85 @@ static eb_status comp_init(compressor *c, const char *name, int level)
         if (!c->zs || ZSTD_isError(ZSTD_initCStream(c->zs, level)))
             return eb_error(EB_ERR_INTERNAL, "zstd: cannot start a stream");
     }
+    if (c->kind) {
+        pthread_mutex_init(&c->mu, NULL);
+        pthread_cond_init(&c->cv, NULL);
+        if (pthread_create(&c->tid, NULL, comp_main, c) != 0)
+            return eb_error(EB_ERR_INTERNAL, "cannot start the compression thread");
+        c->started = true;
+    }
     return EB_OK;
 }
 
-static void comp_free(compressor *c)
+/* Waits until the thread is idle; passes its output to the sink. */
+static eb_status comp_drain(compressor *c, const export_sink *sink, uint64_t *bytes_out)
 {
-    if (c->kind == 1)
-        deflateEnd(&c->z);
-    ZSTD_freeCStream(c->zs);
-    eb_buf_free(&c->out);
-}
+    eb_status st;
 
-/* Compresses in[0..len) (finishing the stream when last) and passes the output to the sink. */
-static eb_status comp_feed(compressor *c, const void *in, size_t len, bool last,
-                           const export_sink *sink, uint64_t *bytes_out)
-{
-    eb_status st = EB_OK;
-
-    if (c->kind == 0) {
-        if (len)
-            st = sink->write(sink->arg, in, len);
-        *bytes_out += len;
-        return st;
-    }
-    if (c->kind == 1) {
-        int flush = last ? Z_FINISH : Z_NO_FLUSH, zr;
-        c->z.next_in = (Bytef *)(uintptr_t)in;
-        c->z.avail_in = (uInt)len;
-        do {
-            eb_buf_reserve(&c->out, 65536);
-            c->z.next_out = (Bytef *)c->out.data + c->out.len;
-            c->z.avail_out = (uInt)(c->out.cap - c->out.len);
-            zr = deflate(&c->z, flush);
-            if (zr == Z_STREAM_ERROR)
-                return eb_error(EB_ERR_INTERNAL, "zlib: deflate failed");
-            c->out.len = c->out.cap - c->z.avail_out;
-        } while (c->z.avail_out == 0 || (last && zr != Z_STREAM_END));
-    } else {
-        ZSTD_inBuffer ib = {in, len, 0};
-        size_t rem;
-        do {
-            ZSTD_outBuffer ob;
-            eb_buf_reserve(&c->out, ZSTD_CStreamOutSize());
-            ob.dst = c->out.data + c->out.len;
-            ob.size = c->out.cap - c->out.len;
-            ob.pos = 0;
-            rem = last ? ZSTD_compressStream2(c->zs, &ob, &ib, ZSTD_e_end)
-                       : ZSTD_compressStream2(c->zs, &ob, &ib, ZSTD_e_continue);
-            if (ZSTD_isError(rem))
-                return eb_error(EB_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(rem));
-            c->out.len += ob.pos;
-        } while (ib.pos < ib.size || (last && rem != 0));
-    }
+    pthread_mutex_lock(&c->mu);
+    while (c->busy)
+        pthread_cond_wait(&c->cv, &c->mu);
+    st = c->st;
+    pthread_mutex_unlock(&c->mu);
+    if (st != EB_OK)
+        return eb_error(st, "%s", c->err);
     if (c->out.len) {
         st = sink->write(sink->arg, c->out.data, c->out.len);
         *bytes_out += c->out.len;
         c->out.len = 0;
     }
     return st;
+}
+
+static void comp_free(compressor *c)
+{
+    if (c->started) {
+        pthread_mutex_lock(&c->mu);
+        while (c->busy)
+            pthread_cond_wait(&c->cv, &c->mu);
+        c->quit = true;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        pthread_join(c->tid, NULL);
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+    }
+    if (c->kind == 1)
+        deflateEnd(&c->z);
+    ZSTD_freeCStream(c->zs);
+    eb_buf_free(&c->in);
+    eb_buf_free(&c->out);
+}
+
+/* Hands the formatted bytes in *buf to the compressor (swapping buffers: *buf comes back empty)
+ * after passing the previous step's output to the sink; with last, also waits for the final
+ * output. Without compression, writes *buf to the sink. */
+static eb_status comp_feed(compressor *c, eb_buf *buf, bool last, const export_sink *sink,
+                           uint64_t *bytes_out)
+{
+    eb_status st = EB_OK;
+    eb_buf t;
+
+    if (c->kind == 0) {
+        if (buf->len)
+            st = sink->write(sink->arg, buf->data, buf->len);
+        *bytes_out += buf->len;
+        buf->len = 0;
+        return st;
+    }
+    st = comp_drain(c, sink, bytes_out);
+    if (st != EB_OK)
+        return st;
+    pthread_mutex_lock(&c->mu);
+    t = c->in;
+    c->in = *buf;
+    *buf = t;
+    buf->len = 0;
+    c->last = last;
+    c->busy = true;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    return last ? comp_drain(c, sink, bytes_out) : EB_OK;
 }
 
 /* Reads the text value of the one column of a binary COPY data message: skips the file header
@@ -391,8 +486,7 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
             goto cleanup;
         if (out.len >= FEED_STEP) {
             run->bytes_raw += out.len;
-            st = comp_feed(&comp, out.data, out.len, false, sink, &run->bytes_out);
-            out.len = 0;
+            st = comp_feed(&comp, &out, false, sink, &run->bytes_out);
             if (st != EB_OK)
                 goto cleanup;
         }
@@ -417,7 +511,7 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
         goto cleanup;
     run->bytes_raw += out.len;
     if (!run->stats_only) {
-        st = comp_feed(&comp, out.data, out.len, true, sink, &run->bytes_out);
+        st = comp_feed(&comp, &out, true, sink, &run->bytes_out);
         if (st != EB_OK)
             goto cleanup;
     }

@@ -2,13 +2,14 @@
  * timer that turns due schedules into ordinary export jobs.
  *
  * A schedule holds an export request (`export`, as POST /api/v1/exports takes it) and how often
- * it runs (hourly, daily, weekly). Each run exports the traces that arrived since the last
+ * it runs (hourly, daily, weekly). Each run exports the traces that were stored since the last
  * successful run (its `watermark`) up to the time of the run: the job's filter gets
- * since = watermark and until = now. The watermark moves only when the previous job succeeded,
- * so a failed or cancelled run is covered by the next one. While a schedule's previous job is
- * still queued or running, the schedule waits.
- * Any number of replicas run the timer: due rows are taken with FOR UPDATE SKIP LOCKED, so each
- * due schedule starts one job. Threading: loop thread (short indexed queries). */
+ * stored_since = watermark and stored_until = now (the time a trace was stored, so a trace
+ * that arrives late, with an old start time, is still taken by the next run). The watermark moves
+ * only when the previous job succeeded, so a failed or cancelled run is covered by the next one.
+ * While a schedule's previous job is still queued or running, the schedule waits. Any number of
+ * replicas run the timer: due rows are taken with FOR UPDATE SKIP LOCKED, so each due schedule
+ * starts one job. Threading: loop thread (short indexed queries). */
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"
@@ -27,13 +28,16 @@ static const char *interval_sql(const char *every)
                                          : "7 days";
 }
 
-static void rfc3339_now(char out[32])
+static void rfc3339_now(char out[40])
 {
-    time_t t = time(NULL);
+    struct timespec ts;
     struct tm tm;
+    char sec[24];
 
-    gmtime_r(&t, &tm);
-    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, 40, "%.19s.%06dZ", sec, (int)(ts.tv_nsec / 1000));
 }
 
 /* Starts the job of one due schedule (row i of r) in the open system transaction of c. */
@@ -44,7 +48,7 @@ static eb_status run_schedule(export_ctx *ctx, PGconn *c, const PGresult *r, int
     export_spec spec = {0};
     eb_principal who = {0};
     PGresult *last = NULL;
-    char now[32], job_id[37];
+    char now[40], job_id[37];
     const char *watermark = eb_db_isnull(r, i, 5) ? NULL : eb_db_val(r, i, 5);
     const char *p[5];
     eb_status st = EB_OK;
@@ -52,7 +56,7 @@ static eb_status run_schedule(export_ctx *ctx, PGconn *c, const PGresult *r, int
     if (!eb_db_isnull(r, i, 6)) {
         const char *lp[2] = {team, eb_db_val(r, i, 6)};
         st = eb_db_exec(c,
-                        "SELECT state, filter->>'until' FROM export.jobs WHERE team_id ="
+                        "SELECT state, filter->>'stored_until' FROM export.jobs WHERE team_id ="
                         " $1::uuid AND id = $2::uuid",
                         2, lp, &last);
         if (st != EB_OK)
@@ -69,11 +73,11 @@ static eb_status run_schedule(export_ctx *ctx, PGconn *c, const PGresult *r, int
     filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
     if (!filter)
         filter = cJSON_AddObjectToObject(body, "filter");
-    cJSON_DeleteItemFromObjectCaseSensitive(filter, "since");
-    cJSON_DeleteItemFromObjectCaseSensitive(filter, "until");
+    cJSON_DeleteItemFromObjectCaseSensitive(filter, "stored_since");
+    cJSON_DeleteItemFromObjectCaseSensitive(filter, "stored_until");
     if (watermark)
-        cJSON_AddStringToObject(filter, "since", watermark);
-    cJSON_AddStringToObject(filter, "until", now);
+        cJSON_AddStringToObject(filter, "stored_since", watermark);
+    cJSON_AddStringToObject(filter, "stored_until", now);
     st = export_spec_parse(body, ctx->cfg, &spec);
     if (st != EB_OK)
         goto cleanup;

@@ -9,9 +9,10 @@
  * redelivers the message after AckWait, and the next worker restarts the job cleanly: it aborts
  * the upload the dead attempt left (its id is recorded on the job) and starts again, so the
  * final object is always complete and exact and nothing partial is ever under the final name.
- * A worker that cannot take the lock (another one holds it) drops the duplicate message.
- * While a job runs, the worker tells JetStream it is in progress about once a second (the
- * message's AckWait never runs out) and reads the job's cancel flag; a cancel aborts the upload.
+ * A worker that cannot take the lock (another one holds it) puts the message back for later.
+ * While a job runs, a keep-alive thread tells JetStream every second that the message is in
+ * progress (its AckWait never runs out under a live worker), and the pipeline's progress tick
+ * reads the job's cancel flag about once a second; a cancel aborts the upload.
  *
  * Outcomes: succeeded (object completed, manifest written, result recorded, message acked);
  * failed (bad request such as an unknown field, or attempts used up); cancelled; or a
@@ -235,7 +236,6 @@ static eb_status sink_tick(void *arg, uint64_t rows, uint64_t bytes)
         jr->total_rows = jr->run->total_rows;
     if (atomic_load(&jr->wk->ws->stop))
         return eb_error(EB_ERR_UNAVAILABLE, "the worker is shutting down");
-    natsMsg_InProgress(jr->msg, NULL);
     snprintf(srows, sizeof(srows), "%llu", (unsigned long long)rows);
     snprintf(sbytes, sizeof(sbytes), "%llu", (unsigned long long)bytes);
     snprintf(stotal, sizeof(stotal), "%llu", (unsigned long long)jr->total_rows);
@@ -476,6 +476,56 @@ static cJSON *error_json(eb_status st, const char *message)
     return e;
 }
 
+/* While a job runs, a small thread tells JetStream every second that its message is in
+ * progress, whatever the pipeline is doing (a long count or sort before the first row, a slow
+ * part upload): the message's AckWait never runs out under a live worker. */
+typedef struct keepalive {
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    natsMsg *msg;
+    bool running, stop;
+} keepalive;
+
+static void *keepalive_main(void *arg)
+{
+    keepalive *ka = arg;
+    struct timespec until;
+
+    pthread_mutex_lock(&ka->mu);
+    while (!ka->stop) {
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&ka->cv, &ka->mu, &until);
+        if (!ka->stop)
+            natsMsg_InProgress(ka->msg, NULL);
+    }
+    pthread_mutex_unlock(&ka->mu);
+    return NULL;
+}
+
+static void keepalive_start(keepalive *ka, natsMsg *msg)
+{
+    ka->msg = msg;
+    pthread_mutex_init(&ka->mu, NULL);
+    pthread_cond_init(&ka->cv, NULL);
+    ka->running = pthread_create(&ka->tid, NULL, keepalive_main, ka) == 0;
+}
+
+static void keepalive_stop(keepalive *ka)
+{
+    if (!ka->running)
+        return;
+    pthread_mutex_lock(&ka->mu);
+    ka->stop = true;
+    pthread_cond_signal(&ka->cv);
+    pthread_mutex_unlock(&ka->mu);
+    pthread_join(ka->tid, NULL);
+    pthread_mutex_destroy(&ka->mu);
+    pthread_cond_destroy(&ka->cv);
+    ka->running = false;
+}
+
 /* How long ago JetStream stored msg (0 when unknown). */
 static long long message_age_ms(natsMsg *msg)
 {
@@ -497,7 +547,8 @@ static void handle(worker *wk, natsMsg *msg)
     export_ctx *ctx = wk->ws->ctx;
     Evalbus__V1__ExportJobQueued *q = NULL;
     job_run jr = {0};
-    PGresult *job = NULL, *lr = NULL;
+    PGresult *job = NULL, *lr = NULL, *started = NULL;
+    keepalive ka = {0};
     const char *p[2];
     cJSON *result = NULL, *err = NULL;
     eb_store *old_store = NULL;
@@ -530,8 +581,10 @@ static void handle(worker *wk, natsMsg *msg)
         goto cleanup;
     }
     if (eb_db_val(lr, 0, 0)[0] != 't') {
-        /* another worker runs this job: this message is a duplicate */
-        natsMsg_Term(msg, NULL);
+        /* Another worker holds the job. It keeps the message alive while it works, so this
+         * delivery means it went quiet: come back later; once its lock is gone (the worker
+         * died) or the job is finished, a later delivery settles it. */
+        natsMsg_NakWithDelay(msg, ctx->cfg->job_ack_wait_ms, NULL);
         goto cleanup;
     }
     locked = true;
@@ -587,16 +640,25 @@ static void handle(worker *wk, natsMsg *msg)
     st = eb_db_exec(wk->ctl,
                     "UPDATE export.jobs SET state = 'running', attempts = attempts + 1,"
                     " started_at = coalesce(started_at, now()), heartbeat_at = now(),"
-                    " rows_done = 0, bytes_done = 0 WHERE team_id = $1::uuid AND id = $2::uuid",
-                    2, p, NULL);
+                    " rows_done = 0, bytes_done = 0 WHERE team_id = $1::uuid AND id = $2::uuid"
+                    " AND state IN ('queued', 'running') AND NOT cancel_requested RETURNING id",
+                    2, p, &started);
     if (st != EB_OK) {
         eb_log_warn(NULL, "export %s: cannot start, retrying: %s", jr.id, eb_error_message());
         natsMsg_NakWithDelay(msg, 2000, NULL);
         goto cleanup;
     }
+    if (PQntuples(started) != 1) {
+        /* cancelled (or finished) between the read above and now */
+        finish(&jr, "cancelled", NULL, NULL);
+        natsMsg_Ack(msg, NULL);
+        goto cleanup;
+    }
+    keepalive_start(&ka, msg);
     eb_log_info(NULL, "export %s: running (%s, team %s)", jr.id, eb_db_val(job, 0, 5),
                 jr.team_slug);
     st = run_attempt(&jr, job, &result);
+    keepalive_stop(&ka); /* before the message is acknowledged or put back */
     if (st == EB_OK) {
         cJSON *detail = cJSON_CreateObject();
         cJSON *rows = cJSON_GetObjectItemCaseSensitive(result, "rows");
@@ -638,6 +700,8 @@ static void handle(worker *wk, natsMsg *msg)
         free(message);
     }
 cleanup:
+    keepalive_stop(&ka);
+    PQclear(started);
     if (locked && wk->ctl && PQstatus(wk->ctl) == CONNECTION_OK) {
         p[1] = jr.id;
         eb_db_exec(wk->ctl, "SELECT pg_advisory_unlock(hashtextextended($1, 7))", 1, p + 1, NULL);

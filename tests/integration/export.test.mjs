@@ -24,7 +24,7 @@ import {
   uniqueSlug,
 } from './harness.mjs';
 
-const stack = new Stack('export');
+const stack = new Stack('export', { env: { EVALBUS_EXPORT_SCHEDULE_INTERVAL: '1s' } });
 const T = { timeout: 120_000 };
 const JOB_TIMEOUT_MS = 60_000;
 
@@ -432,6 +432,7 @@ describe('export: jobs, formats, privacy', () => {
       [{ format: 'jsonl', destination: `${stack.env.EVALBUS_OBJECT_STORE}/../x` }, /destination/],
       [{ format: 'jsonl', anonymize: 'yes' }, /anonymize/],
       [{ format: 'jsonl', extra: 1 }, /extra/],
+      [{ format: 'csv', fields: { exclude: ['no_such_column'] } }, /no_such_column/],
     ];
     for (const [body, re] of cases) {
       const r = await api('POST', '/api/v1/exports', A.key, { body });
@@ -444,5 +445,35 @@ describe('export: jobs, formats, privacy', () => {
     assertError(await api('GET', `/api/v1/exports/${crypto.randomUUID()}`, A.key), 'not_found');
     const after = (await stack.psql(`SELECT count(*) FROM export.jobs`))[0][0];
     assert.equal(after, before, 'no job was created');
+  }));
+
+  it('scheduled exports: each run is an ordinary job, incremental since the last successful run', T, stack.wrap(async () => {
+    const c = await api('POST', '/api/v1/export-schedules', A.key, {
+      body: { every: 'hourly', export: { format: 'jsonl', compression: 'none', filter: { projects: ['summaries'] } } },
+    });
+    assertStatus(c, 201, 'create schedule');
+    const sid = c.body.id;
+    const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
+    const first = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 });
+    assert.ok(first.value, 'the first run happened');
+    assert.equal(first.value.result.rows, 20);
+    assert.equal(first.value.filter.stored_since, undefined, 'the first run has no lower bound');
+    assert.ok(first.value.filter.stored_until);
+    // one new trace, then make the schedule due again
+    const r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: 'a-late', project: 'summaries', input: 'late question', output: 'late answer' }] } });
+    assertStatus(r, 202);
+    await pollUntil(async () => (await api('GET', '/api/v1/traces/a-late', A.key)).status === 200, { timeoutMs: 10_000 });
+    await stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
+    const second = await pollUntil(async () => (await jobsOf()).find((e) => e.id !== first.value.id && e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 });
+    assert.ok(second.value, 'the second run happened');
+    assert.equal(second.value.filter.stored_since, first.value.filter.stored_until, 'it starts where the last successful run ended');
+    assert.equal(second.value.result.rows, 1, 'only what is new');
+    const list = await api('GET', '/api/v1/export-schedules', A.key);
+    assertStatus(list, 200);
+    assert.ok(list.body.schedules.some((x) => x.id === sid));
+    assertError(await api('DELETE', `/api/v1/export-schedules/${sid}`, B.key), 'not_found', "another team's schedule");
+    assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204, 'delete schedule');
+    assert.ok(!(await api('GET', '/api/v1/export-schedules', A.key)).body.schedules.some((x) => x.id === sid));
+    assertError(await api('POST', '/api/v1/export-schedules', A.key, { body: { every: 'minutely', export: { format: 'jsonl' } } }), 'invalid_argument');
   }));
 });

@@ -8,7 +8,7 @@
 CREATE VIEW ingest.export_traces WITH (security_invoker = true) AS
 SELECT
   t.team_id, t.part_time, t.id, t.project, t.model, t.provider, t.status, t.review_state,
-  t.tags, t.start_time, t.input,
+  t.tags, t.start_time, t.input, t.created_at,
   json_build_object(
     'id', t.id, 'project', t.project, 'name', t.name, 'model', t.model,
     'provider', t.provider, 'status', t.status, 'status_message', t.status_message,
