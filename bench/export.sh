@@ -36,12 +36,12 @@ day=$(date -u +%Y-%m-%d)
 log "seeding $rows traces for team $team"
 t0=$(now)
 psql_sys <<SQL
-SELECT pg_advisory_lock(7236002, 1);
+SELECT pg_advisory_lock(7236002, 1) \gset
 CREATE TABLE IF NOT EXISTS ingest.traces_p$(date -u +%Y%m%d) PARTITION OF ingest.traces
   FOR VALUES FROM ('$day') TO ('$(date -u -d "$day + 1 day" +%Y-%m-%d)');
 CREATE TABLE IF NOT EXISTS ingest.observations_p$(date -u +%Y%m%d) PARTITION OF ingest.observations
   FOR VALUES FROM ('$day') TO ('$(date -u -d "$day + 1 day" +%Y-%m-%d)');
-SELECT pg_advisory_unlock(7236002, 1);
+SELECT pg_advisory_unlock(7236002, 1) \gset
 INSERT INTO ingest.trace_keys (team_id, id, part_time)
   SELECT '$team_id', 'bx-' || g, '$day'::timestamptz + (g % 80000) * interval '1 second'
   FROM generate_series(1, $rows) g;

@@ -36,6 +36,7 @@ typedef struct export_config {
     char *s3_secret_access_key;
     bool s3_path_style;
     long long s3_retries;
+    long long stream_replicas;
 } export_config;
 
 typedef struct export_workers export_workers;

@@ -58,6 +58,8 @@ static const eb_setting settings[] = {
      offsetof(T, s3_secret_access_key), "S3 secret access key"},
     {"s3-path-style", "EVALBUS_S3_PATH_STYLE", EB_SET_BOOL, "true", 0, 0, false,
      offsetof(T, s3_path_style), "path-style addressing (false: virtual-host style)"},
+    {"stream-replicas", "EVALBUS_STREAM_REPLICAS", EB_SET_INT, "1", 1, 5, false,
+     offsetof(T, stream_replicas), "replicas of the EXPORTS stream (3 on a 3-node NATS cluster)"},
     {"s3-retries", "EVALBUS_S3_RETRIES", EB_SET_INT, "3", 0, 20, false, offsetof(T, s3_retries),
      "retries of one S3 request (each part on its own)"},
 };
@@ -119,6 +121,7 @@ static eb_status ensure_streams(eb_bus *bus, const export_config *cfg)
     sc.Retention = js_WorkQueuePolicy;
     sc.Duplicates = 120LL * 1000000000LL;
     sc.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
+    sc.Replicas = cfg->stream_replicas;
     st = eb_bus_ensure_stream(bus, &sc);
     if (st != EB_OK)
         return st;
