@@ -80,7 +80,8 @@ void eb_buf_reserve(eb_buf *b, size_t extra)
 
 void eb_buf_append(eb_buf *b, const void *p, size_t n)
 {
-    eb_buf_reserve(b, n);
+    if (b->len + n + 1 > b->cap) /* the common case (room left) costs one comparison */
+        eb_buf_reserve(b, n);
     if (n)
         memcpy(b->data + b->len, p, n);
     b->len += n;
@@ -94,7 +95,10 @@ void eb_buf_puts(eb_buf *b, const char *s)
 
 void eb_buf_putc(eb_buf *b, char c)
 {
-    eb_buf_append(b, &c, 1);
+    if (b->len + 2 > b->cap)
+        eb_buf_reserve(b, 1);
+    b->data[b->len++] = c;
+    b->data[b->len] = '\0';
 }
 
 void eb_buf_vprintf(eb_buf *b, const char *fmt, va_list ap)

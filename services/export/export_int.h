@@ -162,6 +162,10 @@ typedef struct export_run {
     cJSON *statistics;   /* owned by the caller after the run */
 } export_run;
 
+/* Installs the pipeline's cJSON allocation hooks (per-row arenas); call once in main() before
+ * any thread starts. */
+void export_pipeline_init(void);
+
 /* Runs the export in one REPEATABLE READ READ ONLY transaction on conn (a connection of the
  * caller's own, not a pooled one), loading the team's pseudonymization key and patterns through
  * ctl (another connection; NULL = conn before the transaction). */

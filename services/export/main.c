@@ -164,6 +164,7 @@ int main(int argc, char **argv)
     eb_service_load_config("evalbus-export", settings, sizeof(settings) / sizeof(settings[0]), &cfg,
                            argc, argv);
     ctx.cfg = &cfg;
+    export_pipeline_init();
     st = export_store_open(&cfg, NULL, &probe);
     if (st == EB_OK)
         st = eb_store_ensure_bucket(probe);
