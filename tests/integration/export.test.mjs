@@ -476,4 +476,32 @@ describe('export: jobs, formats, privacy', () => {
     assert.ok(!(await api('GET', '/api/v1/export-schedules', A.key)).body.schedules.some((x) => x.id === sid));
     assertError(await api('POST', '/api/v1/export-schedules', A.key, { body: { every: 'minutely', export: { format: 'jsonl' } } }), 'invalid_argument');
   }));
+
+  it('the CLI: evalbus export downloads and checks the file; list, status and stats', T, stack.wrap(async () => {
+    const dir = fs.mkdtempSync(path.join(stack.state, 'cli-out-'));
+    const env = { EVALBUS_API_KEY: A.key, EVALBUS_URL: stack.url };
+    const r = await stack.cli(['export', '--format', 'openai-chat', '--review', 'accepted', '--compression', 'none', '--out', `${dir}/`], { env, timeoutMs: 90_000 });
+    assert.equal(r.code, 0, `evalbus export exited ${r.code}: ${r.stderr}`);
+    const files = fs.readdirSync(dir);
+    assert.equal(files.length, 1, `one file in ${dir}: ${files}`);
+    assert.match(files[0], /^openai-chat-[0-9a-f-]{36}\.jsonl$/);
+    const lines = jsonLines(fs.readFileSync(path.join(dir, files[0]), 'utf8'));
+    assert.equal(lines.length, 10, 'the ten accepted answers');
+    assert.match(r.stdout, /sha256: +[0-9a-f]{64}/);
+    assert.match(r.stdout, /records: +10/);
+    const id = /id: +([0-9a-f-]{36})/.exec(r.stdout)[1];
+    const st = await stack.cli(['--json', 'export', 'status', id], { env });
+    assert.equal(st.code, 0, st.stderr);
+    assert.equal(JSON.parse(st.stdout).state, 'succeeded');
+    const ls = await stack.cli(['export', 'list', '--limit', '5'], { env });
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.ok(ls.stdout.includes(id), 'the job is listed');
+    const stats = await stack.cli(['--json', 'stats', '--project', 'sql-bot', '--format', 'sql-pairs'], { env });
+    assert.equal(stats.code, 0, stats.stderr);
+    assert.equal(JSON.parse(stats.stdout).rows, 12);
+    const bad = await stack.cli(['export', '--format', 'parquet'], { env });
+    assert.equal(bad.code, 2, 'usage error for an unknown format');
+    const other = await stack.cli(['export', 'status', id], { env: { ...env, EVALBUS_API_KEY: B.key } });
+    assert.equal(other.code, 4, "another team's export: not found");
+  }));
 });

@@ -146,6 +146,23 @@ describe('export to S3 (Swift s3api): scale, crash, cancel', () => {
     const r = await api('POST', '/api/v1/exports', A.key, { body: { format: 'jsonl', compression: 'gzip' } });
     assertStatus(r, 202);
     const running = await waitJob(A.key, r.body.id, (j) => j.state !== 'queued', 30_000);
+    // While it runs on the only worker, two more wait in the queue: the team's limit of active
+    // exports (max-active-jobs, 3) answers the next request with 429; cancelling a queued job
+    // frees its place at once.
+    const q1 = await api('POST', '/api/v1/exports', A.key, { body: { format: 'csv' } });
+    const q2 = await api('POST', '/api/v1/exports', A.key, { body: { format: 'csv' } });
+    assertStatus(q1, 202);
+    assertStatus(q2, 202);
+    const over = await api('POST', '/api/v1/exports', A.key, { body: { format: 'csv' } });
+    assert.equal(over.status, 429, `limit of active exports: ${over.text}`);
+    assert.equal(over.body.error.code, 'rate_limited');
+    assert.match(over.body.error.message, /max-active-jobs/);
+    assert.ok(over.headers.get('retry-after'));
+    for (const q of [q1, q2]) {
+      const c = await api('DELETE', `/api/v1/exports/${q.body.id}`, A.key);
+      assertStatus(c, 200, 'cancel a queued export');
+      assert.equal(c.body.state, 'cancelled');
+    }
     const done = await waitJob(A.key, r.body.id, (j) => !['queued', 'running'].includes(j.state), 540_000);
     assert.equal(done.state, 'succeeded', JSON.stringify(done.error));
     assert.ok(running.progress.total_rows === ROWS || done.progress.total_rows === ROWS, 'total rows known');
