@@ -5,9 +5,9 @@
  * REPEATABLE READ READ ONLY transaction, so the count, the rows and the statistics describe one
  * snapshot, and memory holds one row at a time whatever the size of the export. Binary COPY
  * hands the text column over as raw UTF-8 (no unescaping). Output is compressed in 256 KiB
- * steps (gzip through zlib, zstd through libzstd's streaming API) and handed to the sink, which
- * cuts parts and uploads them. About once a second the sink's tick learns the counts (progress,
- * cancellation, keeping the job's message alive).
+ * steps (gzip through zlib, zstd through libzstd's streaming API, on a thread of their own) and
+ * handed to the sink, which cuts parts and uploads them. About once a second the sink's tick
+ * learns the counts (progress, cancellation).
  *
  * Ownership: the caller owns conn (a connection of its own: a COPY occupies it) and run; on
  * return run->statistics (when set) belongs to the caller. Threading: one run per thread. */
