@@ -11,6 +11,7 @@
  *
  * Ownership: the caller owns conn (a connection of its own: a COPY occupies it) and run; on
  * return run->statistics (when set) belongs to the caller. Threading: one run per thread. */
+#include "evalbus/arena.h"
 #include "evalbus/crypto.h"
 #include "evalbus/db.h"
 #include "evalbus/json.h"
@@ -207,83 +208,13 @@ static eb_status comp_feed(compressor *c, eb_buf *buf, bool last, const export_s
     return last ? comp_drain(c, sink, bytes_out) : EB_OK;
 }
 
-/* Rows are parsed into cJSON trees that live for one row. cJSON's allocation hooks send the
- * allocations of the thread running a row into a per-thread arena that is reset after the row
- * (and make its frees no-ops), instead of hundreds of malloc/free pairs per row. Other threads,
- * and this one between rows, use malloc and free as usual: a pointer is "arena" only when it lies
- * in one of the current thread's chunks. Nothing allocated during a row outlives it (the writer
- * and the statistics copy what they keep). Sanitizer builds keep plain malloc so that ASan still
- * sees every row's memory. */
-#if defined(__SANITIZE_ADDRESS__)
-#define EXPORT_ROW_ARENA 0
-#else
-#define EXPORT_ROW_ARENA 1
-#endif
-
-enum { ARENA_CHUNK = 256 * 1024, ARENA_MAX_CHUNKS = 64 };
-
-typedef struct row_arena {
-    char *chunk[ARENA_MAX_CHUNKS];
-    size_t size[ARENA_MAX_CHUNKS];
-    int n;       /* chunks allocated */
-    int cur;     /* chunk in use */
-    size_t used; /* bytes used in chunk cur */
-} row_arena;
-
-static _Thread_local row_arena *tls_arena;
-
-static void *arena_malloc(size_t sz)
-{
-    row_arena *a = tls_arena;
-
-    if (!a)
-        return malloc(sz);
-    sz = (sz + 15) & ~(size_t)15;
-    while (a->cur < a->n && a->used + sz > a->size[a->cur]) {
-        a->cur++;
-        a->used = 0;
-    }
-    if (a->cur == a->n) {
-        size_t csz = sz > ARENA_CHUNK ? sz : ARENA_CHUNK;
-        if (a->n == ARENA_MAX_CHUNKS)
-            return malloc(sz); /* a huge row: the rest comes from malloc (and is freed) */
-        a->chunk[a->n] = eb_malloc(csz);
-        a->size[a->n] = csz;
-        a->n++;
-        a->used = 0;
-    }
-    a->used += sz;
-    return a->chunk[a->cur] + a->used - sz;
-}
-
-static void arena_free(void *p)
-{
-    row_arena *a = tls_arena;
-
-    if (a && p) {
-        for (int i = 0; i < a->n; i++)
-            if ((char *)p >= a->chunk[i] && (char *)p < a->chunk[i] + a->size[i])
-                return;
-    }
-    free(p);
-}
-
-static void arena_release(row_arena *a)
-{
-    for (int i = 0; i < a->n; i++)
-        free(a->chunk[i]);
-    memset(a, 0, sizeof(*a));
-}
-
+/* Rows are parsed into cJSON trees that live for one row: while a row is handled, this thread's
+ * cJSON allocations come from an arena (common/src/arena.c) that is reset after the row,
+ * instead of hundreds of malloc/free pairs per row. Nothing allocated during a row outlives it
+ * (the writer and the statistics copy what they keep). */
 void export_pipeline_init(void)
 {
-#if EXPORT_ROW_ARENA
-    cJSON_Hooks hooks = {arena_malloc, arena_free};
-    cJSON_InitHooks(&hooks);
-#else
-    (void)arena_malloc;
-    (void)arena_free;
-#endif
+    eb_arena_cjson_init();
 }
 
 /* Reads the text value of the one column of a binary COPY data message: skips the file header
@@ -462,7 +393,7 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     char stamp[32];
     char *filter_json = NULL;
     bool in_copy = false, in_tx = false, first = true;
-    row_arena arena = {0};
+    eb_arena *arena = eb_arena_new();
     long long last_tick = now_ms();
     eb_status st;
     time_t t = time(NULL);
@@ -470,7 +401,6 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
 
     (void)cfg; /* settings the pipeline may take in the future (buffer sizes) */
     run->rows = run->bytes_out = run->bytes_raw = 0;
-    tls_arena = NULL;
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
     if (run->anonymize) {
@@ -549,11 +479,7 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
         }
         st = copy_value(msg, n, &first, &val, &vlen, &done);
         if (st == EB_OK && !done) {
-            if (EXPORT_ROW_ARENA) {
-                arena.cur = 0;
-                arena.used = 0;
-                tls_arena = &arena;
-            }
+            eb_arena_cjson_bind(arena);
             rec = cJSON_ParseWithLength(val, vlen);
             if (!rec) {
                 st = eb_error(EB_ERR_INTERNAL, "a record is not JSON");
@@ -566,7 +492,8 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
                 cJSON_Delete(rec);
                 run->rows++;
             }
-            tls_arena = NULL;
+            eb_arena_cjson_bind(NULL);
+            eb_arena_reset(arena);
         }
         PQfreemem(msg);
         if (st != EB_OK)
@@ -609,8 +536,8 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     run->records = export_stats_records(stats);
     run->statistics = export_stats_json(stats);
 cleanup:
-    tls_arena = NULL;
-    arena_release(&arena);
+    eb_arena_cjson_bind(NULL);
+    eb_arena_free(arena);
     if (in_copy)
         abandon_copy(conn);
     else if (in_tx)

@@ -4,8 +4,14 @@
  * the INGEST stream, and the answer waits for JetStream's acknowledgements (nothing is
  * acknowledged to the caller before the stream has it). 202 when all are accepted, 207 when
  * some are not, 400 when none is valid, 503 when the stream cannot take them.
+ * The loop thread only takes the request and answers it: inflating, parsing, validating and
+ * packing the records run on the service's pool threads (pool.c, decode_batch), several
+ * batches at a time. The parsed body lives in an arena (one free for the whole tree); the
+ * Trace trees are freed there too, so a batch waits for JetStream holding only its packed
+ * messages and ids.
  * Queries read PostgreSQL in a transaction scoped to the caller's team (row-level security);
  * pagination is keyset (part_time, id) with an opaque cursor, never OFFSET. */
+#include "evalbus/arena.h"
 #include "body.h"
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
@@ -28,11 +34,21 @@ eb_status ingest_check_project(const eb_principal *p, const char *project)
     return eb_error(EB_ERR_FORBIDDEN, "this key may only write to project '%s'", p->project);
 }
 
+/* One POST: filled in by decode_batch on a pool thread, answered on the loop thread. */
 typedef struct batch_state {
     ingest_ctx *ctx;
-    eb_http_req *req;
-    cJSON *rejected;            /* array built during validation */
-    Evalbus__V1__Trace **valid; /* published traces */
+    eb_http_req *req; /* touched on the loop thread only */
+    eb_principal who; /* copied: the pool thread reads it */
+    const char *body; /* owned by req, which lives until the answer */
+    size_t body_len;
+    char *encoding; /* Content-Encoding, or NULL */
+    /* whole-request failure (before any item was looked at) */
+    eb_status st;
+    char *error; /* its message */
+    /* per item */
+    cJSON *rejected; /* array built during validation */
+    natsMsg **msgs;  /* packed records of the valid traces, for the stream */
+    char **ids;      /* ids of the valid traces */
     size_t nvalid;
     size_t *index; /* position of valid[i] in the request */
     size_t total;
@@ -52,10 +68,15 @@ static cJSON *rejection(size_t index, const char *id, eb_status st, const char *
 
 static void batch_free(batch_state *b)
 {
-    for (size_t i = 0; i < b->nvalid; i++)
-        evalbus__v1__trace__free_unpacked(b->valid[i], NULL);
-    free(b->valid);
+    for (size_t i = 0; i < b->nvalid; i++) {
+        natsMsg_Destroy(b->msgs ? b->msgs[i] : NULL);
+        free(b->ids[i]);
+    }
+    free(b->msgs);
+    free(b->ids);
     free(b->index);
+    free(b->encoding);
+    free(b->error);
     cJSON_Delete(b->rejected);
     free(b);
 }
@@ -69,12 +90,12 @@ static void on_published(void *arg, const eb_status *results, size_t n)
 
     for (size_t i = 0; i < n; i++) {
         if (results[i] == EB_OK) {
-            cJSON_AddItemToArray(accepted, cJSON_CreateString(b->valid[i]->id));
+            cJSON_AddItemToArray(accepted, cJSON_CreateString(b->ids[i]));
             nacc++;
         } else {
             nunavail++;
             cJSON_AddItemToArray(b->rejected,
-                                 rejection(b->index[i], b->valid[i]->id, EB_ERR_UNAVAILABLE,
+                                 rejection(b->index[i], b->ids[i], EB_ERR_UNAVAILABLE,
                                            "the ingest stream did not take it; retry"));
         }
     }
@@ -104,72 +125,111 @@ static void on_published(void *arg, const eb_status *results, size_t n)
     batch_free(b);
 }
 
-void api_traces_post(eb_http_req *req, void *vctx)
+/* Pool thread: body -> JSON -> one Trace per item -> checks -> packed record. Touches neither
+ * the request nor the loop; records a whole-request failure in b->st / b->error. */
+static void decode_batch(void *arg)
 {
-    ingest_ctx *ctx = vctx;
-    const eb_principal *p = eb_http_req_principal(req);
+    batch_state *b = arg;
+    const ingest_limits *lim = &b->ctx->limits;
+    const eb_principal *p = &b->who;
     const char *data;
-    size_t len;
+    size_t len, n, i = 0;
     char *owned = NULL;
     cJSON *root = NULL;
     const cJSON *items, *item;
-    batch_state *b;
+    eb_arena *arena = eb_arena_new();
+    long long now_ms;
     eb_status st;
-    size_t n, i = 0;
 
-    st = ingest_body(req, (size_t)ctx->cfg->svc.max_body, &data, &len, &owned);
-    if (st == EB_OK)
+    st = ingest_body_decode(b->body, b->body_len, b->encoding, (size_t)b->ctx->cfg->svc.max_body,
+                            &data, &len, &owned);
+    if (st == EB_OK) {
+        /* the tree is read-only from here on and dies whole: parse it into the arena */
+        eb_arena_cjson_bind(arena);
         st = eb_json_parse_object(data, len, &root);
+        eb_arena_cjson_bind(NULL);
+    }
     free(owned);
     if (st != EB_OK) {
-        eb_http_reply_status(req, st);
-        return;
+        b->st = st;
+        b->error = eb_strdup(eb_error_message());
+        goto cleanup;
     }
     items = cJSON_GetObjectItemCaseSensitive(root, "traces");
     if (!cJSON_IsArray(items)) {
-        cJSON_Delete(root);
-        eb_http_reply_error(req, EB_ERR_INVALID,
-                            "the body must be {\"traces\": [...]} with an array of traces");
-        return;
+        b->st = EB_ERR_INVALID;
+        b->error = eb_strdup("the body must be {\"traces\": [...]} with an array of traces");
+        goto cleanup;
     }
     n = (size_t)cJSON_GetArraySize(items);
-    if (n > ctx->limits.max_batch_items) {
-        cJSON_Delete(root);
-        eb_http_reply_error(req, EB_ERR_TOO_LARGE,
-                            "the batch holds %zu traces; the limit (max-batch-items) is %zu", n,
-                            ctx->limits.max_batch_items);
-        return;
+    if (n > lim->max_batch_items) {
+        b->st = EB_ERR_TOO_LARGE;
+        b->error = eb_asprintf("the batch holds %zu traces; the limit (max-batch-items) is %zu", n,
+                               lim->max_batch_items);
+        goto cleanup;
     }
-    b = eb_calloc(1, sizeof(*b));
-    b->ctx = ctx;
-    b->req = req;
     b->total = n;
     b->rejected = cJSON_CreateArray();
-    b->valid = eb_calloc(n ? n : 1, sizeof(*b->valid));
+    b->msgs = eb_calloc(n ? n : 1, sizeof(*b->msgs));
+    b->ids = eb_calloc(n ? n : 1, sizeof(*b->ids));
     b->index = eb_calloc(n ? n : 1, sizeof(size_t));
+    now_ms = ingest_now_ms();
     cJSON_ArrayForEach(item, items)
     {
         Evalbus__V1__Trace *t = NULL;
         const cJSON *idj = cJSON_GetObjectItemCaseSensitive(item, "id");
         const char *id = cJSON_IsString(idj) ? idj->valuestring : NULL;
+        natsMsg *msg = NULL;
 
-        st = ingest_trace_from_json(item, &ctx->limits, &t);
+        st = ingest_trace_from_json(item, lim, &t);
         if (st == EB_OK && p->project[0] && !t->project)
             t->project = eb_strdup(p->project); /* a restricted key writes to its project */
         if (st == EB_OK)
             st = ingest_check_project(p, t->project);
         if (st != EB_OK) {
             cJSON_AddItemToArray(b->rejected, rejection(i, id, st, eb_error_message()));
-            if (t)
-                evalbus__v1__trace__free_unpacked(t, NULL);
         } else {
+            /* a record that cannot be made (NULL) is answered like one the stream refused */
+            (void)ingest_record_pack(p, "json", false, now_ms, t, &msg);
             b->index[b->nvalid] = i;
-            b->valid[b->nvalid++] = t;
+            b->ids[b->nvalid] = eb_strdup(t->id);
+            b->msgs[b->nvalid++] = msg;
         }
+        if (t)
+            evalbus__v1__trace__free_unpacked(t, NULL);
         i++;
     }
-    cJSON_Delete(root);
-    ingest_publish(ctx->pub, p, "json", false, b->valid, b->nvalid, on_published, b);
+cleanup:
+    eb_arena_free(arena); /* root */
+}
+
+/* Loop thread: answer a whole-request failure, or hand the packed records to the stream. */
+static void on_decoded(void *arg)
+{
+    batch_state *b = arg;
+
+    if (b->st != EB_OK) {
+        /* the detail recorded on the pool thread, as this thread's own */
+        eb_status st = eb_error(b->st, "%s", b->error);
+        eb_http_reply_status(b->req, st);
+        batch_free(b);
+        return;
+    }
+    ingest_publish_packed(b->ctx->pub, b->msgs, b->nvalid, on_published, b);
+}
+
+void api_traces_post(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    const char *enc = eb_http_req_header(req, "Content-Encoding");
+    batch_state *b = eb_calloc(1, sizeof(*b));
+
+    b->ctx = ctx;
+    b->req = req;
+    b->who = *eb_http_req_principal(req);
+    b->body = eb_http_req_body(req, &b->body_len);
+    b->encoding = enc ? eb_strdup(enc) : NULL;
+    ingest_pool_submit(ctx->pool, decode_batch, on_decoded, b);
 }
 
 /* --- queries --- */

@@ -1,4 +1,5 @@
-/* body.c -- request bodies for ingest: Content-Encoding gzip, bounded after inflation. */
+/* body.c -- request bodies for ingest: Content-Encoding gzip, bounded after inflation.
+ * ingest_body_decode works on bytes and a header value only, so a pool thread may run it. */
 #include "body.h"
 
 #include "evalbus/mem.h"
@@ -10,15 +11,22 @@
 eb_status ingest_body(eb_http_req *req, size_t max_inflated, const char **data, size_t *len,
                       char **owned)
 {
-    const char *enc = eb_http_req_header(req, "Content-Encoding");
     const char *raw;
     size_t raw_len;
+
+    raw = eb_http_req_body(req, &raw_len);
+    return ingest_body_decode(raw, raw_len, eb_http_req_header(req, "Content-Encoding"),
+                              max_inflated, data, len, owned);
+}
+
+eb_status ingest_body_decode(const char *raw, size_t raw_len, const char *enc, size_t max_inflated,
+                             const char **data, size_t *len, char **owned)
+{
     z_stream zs;
     eb_buf out = {0};
     int zr;
 
     *owned = NULL;
-    raw = eb_http_req_body(req, &raw_len);
     if (!enc || !*enc || strcasecmp(enc, "identity") == 0) {
         *data = raw;
         *len = raw_len;

@@ -9,5 +9,9 @@
  * request). */
 eb_status ingest_body(eb_http_req *req, size_t max_inflated, const char **data, size_t *len,
                       char **owned);
+/* The same for a body already taken from its request: raw[0..raw_len) with the request's
+ * Content-Encoding enc (NULL when absent). *data points into raw unless it was inflated. */
+eb_status ingest_body_decode(const char *raw, size_t raw_len, const char *enc, size_t max_inflated,
+                             const char **data, size_t *len, char **owned);
 
 #endif

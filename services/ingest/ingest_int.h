@@ -32,6 +32,7 @@ typedef struct ingest_config {
     long long stream_replicas;
     long long writer_threads;
     long long writer_batch;
+    long long decode_threads;
     long long stream_max_bytes;
     long long stream_dupe_window_ms;
     long long retention_days;
@@ -41,6 +42,7 @@ typedef struct ingest_config {
 
 typedef struct ingest_publisher ingest_publisher;
 typedef struct ingest_writer ingest_writer;
+typedef struct ingest_pool ingest_pool;
 
 typedef struct ingest_ctx {
     ingest_config *cfg;
@@ -48,6 +50,7 @@ typedef struct ingest_ctx {
     eb_service svc;
     eb_authc *authc;
     ingest_publisher *pub;
+    ingest_pool *pool;
     ingest_writer *writer;
     natsSubscription *nats_sub;
     struct event *nats_wake;
@@ -69,6 +72,28 @@ void ingest_publisher_free(ingest_publisher *p);
 void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *source, bool merge,
                     Evalbus__V1__Trace *const *traces, size_t n, ingest_publish_done done,
                     void *arg);
+/* The two halves of ingest_publish, for callers that pack away from the loop thread.
+ * ingest_record_pack turns one trace into the IngestRecord message for the stream (subject,
+ * Nats-Msg-Id header, payload); it touches no shared state, so any thread may call it. The
+ * caller owns the message (natsMsg_Destroy) until it hands it to ingest_publish_packed.
+ * EB_OK, or why the message could not be made (*out is then NULL). */
+eb_status ingest_record_pack(const eb_principal *who, const char *source, bool merge,
+                             long long now_ms, const Evalbus__V1__Trace *t, natsMsg **out);
+/* Publishes msgs[0..n) (taking every message and setting the entries to NULL; a NULL entry
+ * counts as failed with EB_ERR_UNAVAILABLE) and calls done like ingest_publish. Loop thread. */
+void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest_publish_done done,
+                           void *arg);
+/* Milliseconds since the epoch (received_at of the records). */
+long long ingest_now_ms(void);
+
+/* --- a small pool of threads for CPU-bound request work (pool.c) --- */
+typedef void (*ingest_pool_fn)(void *arg);
+/* NULL if no thread could be started. */
+ingest_pool *ingest_pool_new(struct event_base *base, int nthreads);
+/* Runs work(arg) on a pool thread, then done(arg) on the loop thread. Loop thread. */
+void ingest_pool_submit(ingest_pool *p, ingest_pool_fn work, ingest_pool_fn done, void *arg);
+/* Runs the jobs still queued, joins the threads (their done callbacks no longer run). */
+void ingest_pool_free(ingest_pool *p);
 
 /* --- the writer: INGEST stream -> PostgreSQL (writer.c) --- */
 ingest_writer *ingest_writer_start(ingest_ctx *ctx);

@@ -3,9 +3,11 @@
  * query API, deletion and retention.
  * Start-up: settings, the service skeleton (loop, NATS, PostgreSQL, Redis, HTTP), migrations
  * of the ingest schema, the streams and the writer's consumer (created with a connection of
- * their own), the auth client, the publisher, NATS intake, writer threads, retention timer.
+ * their own), the auth client, the publisher, the decode pool (threads that turn JSON batches
+ * into records), NATS intake, writer threads, retention timer.
  * Shutdown (SIGTERM): NATS intake leaves its queue group, HTTP drains; then the writer finishes
  * the batch in hand (anything not acknowledged stays in the stream). */
+#include "evalbus/arena.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "ingest_int.h"
@@ -46,6 +48,9 @@ static const eb_setting settings[] = {
     {"writer-threads", "EVALBUS_WRITER_THREADS", EB_SET_INT, "2", 0, 8, false,
      offsetof(T, writer_threads),
      "writer threads, each with its own NATS connection (0: this replica only accepts)"},
+    {"decode-threads", "EVALBUS_DECODE_THREADS", EB_SET_INT, "2", 1, 16, false,
+     offsetof(T, decode_threads),
+     "threads that parse, validate and pack JSON batches (the loop thread only answers)"},
     {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "1000", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
@@ -98,6 +103,7 @@ int main(int argc, char **argv)
     int rc = 1;
     eb_status st;
 
+    eb_arena_cjson_init(); /* before any thread: cJSON's hooks are global */
     eb_service_load_config("evalbus-ingest", settings, sizeof(settings) / sizeof(settings[0]), &cfg,
                            argc, argv);
     ctx.cfg = &cfg;
@@ -122,6 +128,8 @@ int main(int argc, char **argv)
                           cfg.auth_timeout_ms, &ctx.authc);
     if (st == EB_OK)
         ctx.pub = ingest_publisher_new(ctx.svc.base, ctx.svc.bus, cfg.publish_timeout_ms, &st);
+    if (st == EB_OK && !(ctx.pool = ingest_pool_new(ctx.svc.base, (int)cfg.decode_threads)))
+        st = eb_error(EB_ERR_INTERNAL, "cannot start the decode threads");
     if (st == EB_OK)
         st = ingest_nats_start(&ctx);
     if (st != EB_OK) {
@@ -141,6 +149,7 @@ int main(int argc, char **argv)
 cleanup:
     ingest_writer_stop(ctx.writer);
     ingest_nats_stop(&ctx);
+    ingest_pool_free(ctx.pool);
     if (ctx.retention_timer)
         event_free(ctx.retention_timer);
     eb_authc_free(ctx.authc);

@@ -6,11 +6,18 @@
  * the same trace within the stream's duplicate window is stored once while a changed version
  * of a trace is a new record (the writer keeps the newest by stream sequence).
  *
+ * Packing (ingest_record_pack: the record, the hash, the message with its Nats-Msg-Id header)
+ * needs no publisher state, so the JSON batch API does it on its pool threads; handing the
+ * messages to the library (ingest_publish_packed) happens on the loop thread, which drives the
+ * NATS connection. The library keeps up to 1,000,000 publishes in flight (MaxPending): a batch
+ * goes out without waiting for the acknowledgements of earlier ones.
+ *
  * Acknowledgements arrive on a NATS thread through the context's ack handler, which finds the
  * batch of a message by its pointer in a small table, records the result, and when a batch is
  * complete queues it for the loop thread (event_active). A timer per batch bounds the wait: the
  * ack handler reports timeouts itself (jsPubOptions.MaxWait), the timer is a safety net.
- * Threading: ingest_publish and the done callbacks run on the loop thread. */
+ * Threading: ingest_publish, ingest_publish_packed and the done callbacks run on the loop
+ * thread; ingest_record_pack on any thread. */
 #include "evalbus/bus.h"
 #include "evalbus/crypto.h"
 #include "evalbus/log.h"
@@ -259,17 +266,90 @@ void ingest_publisher_free(ingest_publisher *p)
     free(p);
 }
 
+long long ingest_now_ms(void)
+{
+    struct timeval tv;
+
+    gettimeofday(&tv, NULL);
+    return (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+eb_status ingest_record_pack(const eb_principal *who, const char *source, bool merge,
+                             long long now_ms, const Evalbus__V1__Trace *t, natsMsg **out)
+{
+    Evalbus__V1__IngestRecord rec = EVALBUS__V1__INGEST_RECORD__INIT;
+    Evalbus__V1__Envelope env = EVALBUS__V1__ENVELOPE__INIT;
+    char subject[160], event_id[37], msg_id[256], hash[65];
+    natsMsg *msg = NULL;
+    uint8_t *buf;
+    size_t len, tlen;
+    natsStatus s;
+
+    *out = NULL;
+    snprintf(subject, sizeof(subject), INGEST_SUBJECT_PREFIX "%s", who->team_slug);
+    eb_uuid_v4(event_id);
+    env.event_id = event_id;
+    env.team_id = (char *)who->team_id;
+    env.project_id = t->project ? t->project : (char *)"";
+    env.occurred_at_unix_ms = now_ms;
+    env.schema_version = 1;
+    rec.envelope = &env;
+    rec.team_slug = (char *)who->team_slug;
+    rec.source = (char *)source;
+    rec.has_merge = 1;
+    rec.merge = merge;
+    rec.has_received_at_unix_ms = 1;
+    rec.received_at_unix_ms = now_ms;
+    /* The trace is packed once: hashed for the message id (the trace alone, so envelope ids
+     * and times do not defeat dedupe), then appended to the record as field 3 (a
+     * length-delimited field may stand anywhere in a protobuf message). */
+    tlen = evalbus__v1__trace__get_packed_size(t);
+    len = evalbus__v1__ingest_record__get_packed_size(&rec);
+    buf = eb_malloc(len + 1 + 10 + tlen);
+    evalbus__v1__ingest_record__pack(&rec, buf);
+    buf[len++] = (3 << 3) | 2;
+    for (size_t v = tlen;; v >>= 7) {
+        buf[len++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        if (v <= 0x7f)
+            break;
+    }
+    evalbus__v1__trace__pack(t, buf + len);
+    eb_sha256_hex(buf + len, tlen, hash);
+    len += tlen;
+    snprintf(msg_id, sizeof(msg_id), "%s:%.180s:%.16s", who->team_id, t->id ? t->id : "", hash);
+    s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
+    free(buf);
+    /* the header js_PublishMsgAsync would set from jsPubOptions.MsgId */
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(msg, "Nats-Msg-Id", msg_id);
+    if (s != NATS_OK) {
+        natsMsg_Destroy(msg);
+        return eb_bus_error(s, "creating a record message");
+    }
+    *out = msg;
+    return EB_OK;
+}
+
 void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *source, bool merge,
                     Evalbus__V1__Trace *const *traces, size_t n, ingest_publish_done done,
                     void *arg)
 {
-    pub_batch *b = eb_calloc(1, sizeof(*b));
-    char subject[160];
-    struct timeval tv;
-    long long now_ms;
+    natsMsg **msgs = eb_calloc(n ? n : 1, sizeof(*msgs));
+    long long now_ms = ingest_now_ms();
 
-    gettimeofday(&tv, NULL);
-    now_ms = (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    for (size_t i = 0; i < n; i++)
+        (void)ingest_record_pack(who, source, merge, now_ms, traces[i], &msgs[i]);
+    ingest_publish_packed(p, msgs, n, done, arg);
+    free(msgs);
+}
+
+void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest_publish_done done,
+                           void *arg)
+{
+    pub_batch *b = eb_calloc(1, sizeof(*b));
+    struct timeval tv;
+    jsPubOptions po;
+
     b->p = p;
     b->n = n;
     b->remaining = n;
@@ -278,7 +358,6 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
     b->arg = arg;
     for (size_t i = 0; i < n; i++)
         b->results[i] = EB_ERR_INTERNAL; /* not yet acknowledged */
-    snprintf(subject, sizeof(subject), INGEST_SUBJECT_PREFIX "%s", who->team_slug);
     if (n == 0) {
         done(arg, b->results, 0);
         batch_free(b);
@@ -288,67 +367,30 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
     tv.tv_usec = ((p->timeout_ms + 1000) % 1000) * 1000;
     b->timer = evtimer_new(p->base, on_timeout, b);
     evtimer_add(b->timer, &tv);
+    jsPubOptions_Init(&po);
+    po.MaxWait = p->timeout_ms;
 
+    /* Every message goes into the table before the first publish: no acknowledgement can then
+     * complete the batch while later messages are still being handed over. */
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < n; i++)
+        if (msgs[i])
+            table_put(p, msgs[i], b, i);
+    pthread_mutex_unlock(&p->mu);
     for (size_t i = 0; i < n; i++) {
-        Evalbus__V1__IngestRecord rec = EVALBUS__V1__INGEST_RECORD__INIT;
-        Evalbus__V1__Envelope env = EVALBUS__V1__ENVELOPE__INIT;
-        char event_id[37], msg_id[256], hash[65];
-        natsMsg *msg = NULL;
-        natsMsg *key;
-        jsPubOptions po;
-        uint8_t *buf;
-        size_t len, tlen;
+        natsMsg *msg = msgs[i], *key = msgs[i];
         natsStatus s;
         bool wake = false;
 
-        eb_uuid_v4(event_id);
-        env.event_id = event_id;
-        env.team_id = (char *)who->team_id;
-        env.project_id = traces[i]->project ? traces[i]->project : (char *)"";
-        env.occurred_at_unix_ms = now_ms;
-        env.schema_version = 1;
-        rec.envelope = &env;
-        rec.team_slug = (char *)who->team_slug;
-        rec.source = (char *)source;
-        rec.has_merge = 1;
-        rec.merge = merge;
-        rec.has_received_at_unix_ms = 1;
-        rec.received_at_unix_ms = now_ms;
-        /* The trace is packed once: hashed for the message id (the trace alone, so envelope
-         * ids and times do not defeat dedupe), then appended to the record as field 3 (a
-         * length-delimited field may stand anywhere in a protobuf message). */
-        tlen = evalbus__v1__trace__get_packed_size(traces[i]);
-        len = evalbus__v1__ingest_record__get_packed_size(&rec);
-        buf = eb_malloc(len + 1 + 10 + tlen);
-        evalbus__v1__ingest_record__pack(&rec, buf);
-        buf[len++] = (3 << 3) | 2;
-        for (size_t v = tlen;; v >>= 7) {
-            buf[len++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-            if (v <= 0x7f)
-                break;
-        }
-        evalbus__v1__trace__pack(traces[i], buf + len);
-        eb_sha256_hex(buf + len, tlen, hash);
-        len += tlen;
-        snprintf(msg_id, sizeof(msg_id), "%s:%.180s:%.16s", who->team_id,
-                 traces[i]->id ? traces[i]->id : "", hash);
-        s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
-        free(buf);
-        if (s != NATS_OK) {
+        msgs[i] = NULL;
+        if (!msg) {
             pthread_mutex_lock(&p->mu);
-            wake = record_result(p, b, i, eb_bus_error(s, "creating a record message"));
+            wake = record_result(p, b, i, EB_ERR_UNAVAILABLE); /* it could not be made */
             pthread_mutex_unlock(&p->mu);
             if (wake)
                 event_active(p->wake, EV_READ, 0);
             continue;
         }
-        jsPubOptions_Init(&po);
-        po.MsgId = msg_id;
-        po.MaxWait = p->timeout_ms;
-        key = msg;
-        pthread_mutex_lock(&p->mu);
-        table_put(p, key, b, i);
-        pthread_mutex_unlock(&p->mu);
         s = js_PublishMsgAsync(p->js, &msg, &po);
         if (s != NATS_OK) {
             pub_batch *bb = NULL;

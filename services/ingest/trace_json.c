@@ -65,23 +65,39 @@ static void *need(void *p)
     return p;
 }
 
+/* Appends n bytes of s to the path, cut where the buffer ends (the path stays terminated). */
+static void path_put(walk_ctx *c, const char *s, size_t n)
+{
+    size_t room = sizeof c->path - c->len - 1;
+
+    if (n > room)
+        n = room;
+    memcpy(c->path + c->len, s, n);
+    c->len += n;
+    c->path[c->len] = '\0';
+}
+
 static size_t path_push_key(walk_ctx *c, const char *key)
 {
     size_t old = c->len;
-    int n = snprintf(c->path + c->len, sizeof c->path - c->len, "%s%s", c->len ? "." : "", key);
 
-    if (n > 0)
-        c->len += (size_t)n < sizeof c->path - c->len ? (size_t)n : sizeof c->path - c->len - 1;
+    if (c->len)
+        path_put(c, ".", 1);
+    path_put(c, key, strlen(key));
     return old;
 }
 
 static size_t path_push_index(walk_ctx *c, size_t i)
 {
     size_t old = c->len;
-    int n = snprintf(c->path + c->len, sizeof c->path - c->len, "[%zu]", i);
+    char buf[24], *p = buf + sizeof buf;
 
-    if (n > 0)
-        c->len += (size_t)n < sizeof c->path - c->len ? (size_t)n : sizeof c->path - c->len - 1;
+    *--p = ']';
+    do
+        *--p = (char)('0' + i % 10);
+    while ((i /= 10) != 0);
+    *--p = '[';
+    path_put(c, p, (size_t)(buf + sizeof buf - p));
     return old;
 }
 
@@ -282,10 +298,21 @@ bool ingest_time_parse(const char *s, long long *unix_nano)
     return true;
 }
 
+/* Writes v as exactly width decimal digits (v < 10^width). */
+static char *put_digits(char *p, long long v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        p[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return p + width;
+}
+
 void ingest_time_text(long long unix_nano, char *buf, size_t len)
 {
     long long secs, nanos, days, rem, y;
     unsigned mo, d;
+    char *p = buf;
     int n;
 
     if (len == 0)
@@ -306,6 +333,32 @@ void ingest_time_text(long long unix_nano, char *buf, size_t len)
         days--;
     }
     civil_from_days(days, &y, &mo, &d);
+    if (len >= 40 && y >= 0 && y <= 9999) {
+        /* the writer formats several times per row: by hand, not through printf */
+        p = put_digits(p, y, 4);
+        *p++ = '-';
+        p = put_digits(p, mo, 2);
+        *p++ = '-';
+        p = put_digits(p, d, 2);
+        *p++ = 'T';
+        p = put_digits(p, rem / 3600, 2);
+        *p++ = ':';
+        p = put_digits(p, rem / 60 % 60, 2);
+        *p++ = ':';
+        p = put_digits(p, rem % 60, 2);
+        if (nanos) {
+            *p++ = '.';
+            if (nanos % 1000000 == 0)
+                p = put_digits(p, nanos / 1000000, 3);
+            else if (nanos % 1000 == 0)
+                p = put_digits(p, nanos / 1000, 6);
+            else
+                p = put_digits(p, nanos, 9);
+        }
+        *p++ = 'Z';
+        *p = '\0';
+        return;
+    }
     n = snprintf(buf, len, "%04lld-%02u-%02uT%02lld:%02lld:%02lld", y, mo, d, rem / 3600,
                  rem / 60 % 60, rem % 60);
     if (n < 0 || (size_t)n >= len)

@@ -17,7 +17,10 @@
  * If PostgreSQL is unavailable the batch is nak'ed with a delay and the stream keeps
  * everything; when a batch fails for another reason its records are retried one by one and a
  * record that still fails is terminated and copied to the dead-letter subject.
- * Threading: each thread owns its subscription and, per batch, one pooled connection. */
+ * Memory: the records of a fetch are unpacked into the thread's arena and freed together.
+ * Threading: each thread owns its subscription, its arena and, per batch, one pooled
+ * connection. */
+#include "evalbus/arena.h"
 #include "evalbus/bus.h"
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
@@ -109,12 +112,29 @@ static void copy_time(eb_buf *b, long long ns)
     eb_buf_puts(b, t);
 }
 
+/* Decimal text of v (what %llu prints), without printf: several per row. */
+static void put_ull(eb_buf *b, unsigned long long v)
+{
+    char buf[24], *p = buf + sizeof buf;
+
+    do
+        *--p = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    eb_buf_append(b, p, (size_t)(buf + sizeof buf - p));
+}
+
 static void copy_int(eb_buf *b, bool has, long long v)
 {
-    if (has)
-        eb_buf_printf(b, "%lld", v);
-    else
+    if (!has) {
         eb_buf_puts(b, "\\N");
+        return;
+    }
+    if (v < 0) {
+        eb_buf_putc(b, '-');
+        put_ull(b, 0ULL - (unsigned long long)v);
+    } else {
+        put_ull(b, (unsigned long long)v);
+    }
 }
 
 static void copy_double(eb_buf *b, bool has, double v)
@@ -252,7 +272,8 @@ static void trace_row(eb_buf *b, const rec *x)
     eb_buf_putc(b, '\t');
     copy_text(b, r->source && *r->source ? r->source : "json");
     eb_buf_putc(b, '\t');
-    eb_buf_printf(b, "%llu\n", x->seq);
+    put_ull(b, x->seq);
+    eb_buf_putc(b, '\n');
 }
 
 static void observation_row(eb_buf *b, const rec *x, const Evalbus__V1__Observation *o)
@@ -301,7 +322,8 @@ static void observation_row(eb_buf *b, const rec *x, const Evalbus__V1__Observat
     eb_buf_putc(b, '\t');
     copy_text(b, or_null(o->metadata_json));
     eb_buf_putc(b, '\t');
-    eb_buf_printf(b, "%llu\n", x->seq);
+    put_ull(b, x->seq);
+    eb_buf_putc(b, '\n');
 }
 
 /* --- SQL --- */
@@ -1194,19 +1216,21 @@ static void publish_stored(eb_bus *bus, rec *recs, size_t n)
     }
 }
 
-static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list)
+static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_arena *arena)
 {
     ingest_ctx *ctx = w->ctx;
     rec *recs = eb_calloc((size_t)list->Count, sizeof(rec));
     size_t n = 0;
     PGconn *c = NULL;
     eb_status st;
+    /* the batch's records die together: unpacked into one arena, freed in one call */
+    ProtobufCAllocator al = eb_arena_pb_allocator(arena);
 
     for (int i = 0; i < list->Count; i++) {
         natsMsg *m = list->Msgs[i];
         jsMsgMetaData *meta = NULL;
         Evalbus__V1__IngestRecord *r = evalbus__v1__ingest_record__unpack(
-            NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+            &al, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
 
         if (!r || !r->envelope || !r->envelope->team_id || !eb_uuid_valid(r->envelope->team_id) ||
             !r->trace || !r->trace->id || !*r->trace->id ||
@@ -1215,8 +1239,6 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list)
                          natsMsg_GetSubject(m));
             dead_letter(bus, m, NULL, "undecodable IngestRecord");
             natsMsg_Term(m, NULL);
-            if (r)
-                evalbus__v1__ingest_record__free_unpacked(r, NULL);
             jsMsgMetaData_Destroy(meta);
             continue;
         }
@@ -1250,8 +1272,7 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list)
                                  eb_error_message());
                     dead_letter(bus, recs[i].msg, recs[i].r->team_slug, eb_error_message());
                     natsMsg_Term(recs[i].msg, NULL);
-                    evalbus__v1__ingest_record__free_unpacked(recs[i].r, NULL);
-                    recs[i].r = NULL;
+                    recs[i].r = NULL; /* its memory goes with the arena */
                     recs[i].msg = NULL;
                 } else {
                     natsMsg_Ack(recs[i].msg, NULL);
@@ -1280,9 +1301,7 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list)
 cleanup:
     if (c)
         eb_db_put(ctx->svc.db, c);
-    for (size_t i = 0; i < n; i++)
-        if (recs[i].r)
-            evalbus__v1__ingest_record__free_unpacked(recs[i].r, NULL);
+    eb_arena_reset(arena); /* every record of the batch */
     free(recs);
     if (st != EB_OK && n > 0)
         sleep(1); /* back off while PostgreSQL is away */
@@ -1298,6 +1317,7 @@ static void *writer_main(void *arg)
     jsErrCode jerr = 0;
     natsStatus s;
     char name[64];
+    eb_arena *arena = eb_arena_new();
 
     /* Each writer pulls on a connection of its own: pulls of several threads never share
      * one connection's state, and the service's loop never waits on a writer. */
@@ -1321,7 +1341,7 @@ static void *writer_main(void *arg)
         natsMsgList list = {0};
         s = natsSubscription_Fetch(&list, sub, (int)ctx->cfg->writer_batch, 250, &jerr);
         if (s == NATS_OK && list.Count > 0)
-            handle_batch(w, t->bus, &list);
+            handle_batch(w, t->bus, &list, arena);
         else if (s != NATS_OK && s != NATS_TIMEOUT)
             usleep(200000);
         natsMsgList_Destroy(&list);
@@ -1332,6 +1352,7 @@ static void *writer_main(void *arg)
     }
     eb_bus_close(t->bus);
     t->bus = NULL;
+    eb_arena_free(arena);
     return NULL;
 }
 
