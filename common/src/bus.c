@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct eb_bus {
     natsConnection *nc;
@@ -178,4 +179,25 @@ eb_status eb_bus_ensure_consumer(eb_bus *bus, const char *stream, jsConsumerConf
     if (s != NATS_OK)
         return eb_bus_error(s, cfg->Durable ? cfg->Durable : stream);
     return EB_OK;
+}
+
+eb_status eb_bus_setup(const char *url, const char *name,
+                       eb_status (*fn)(eb_bus *bus, const void *arg), const void *arg,
+                       long long give_up_ms)
+{
+    eb_status st = EB_ERR_UNAVAILABLE;
+
+    for (long long waited = 0; waited <= give_up_ms; waited += 500) {
+        eb_bus *bus = NULL;
+        st = eb_bus_connect(NULL, url, name, 2000, &bus);
+        if (st == EB_OK)
+            st = fn(bus, arg);
+        eb_bus_close(bus);
+        if (st == EB_OK)
+            return EB_OK;
+        if (waited % 5000 == 0)
+            eb_log_warn(NULL, "waiting for NATS JetStream: %s", eb_error_message());
+        usleep(500000);
+    }
+    return st;
 }

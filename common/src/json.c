@@ -5,6 +5,7 @@
 #include "evalbus/mem.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -287,4 +288,43 @@ bool eb_rfc3339_valid(const char *s)
         return true;
     return (*p == '+' || *p == '-') && digits(p + 1, 2, 0, 23) && p[3] == ':' &&
            digits(p + 4, 2, 0, 59) && p[6] == '\0';
+}
+
+/* Integers exactly (no printf), other numbers as the shortest of %.15g..%.17g that reads back
+ * as v, with '.' whatever the locale; non-finite numbers (which JSON has not) as null. */
+void eb_buf_json_number(eb_buf *b, double v)
+{
+    char text[40], *endp;
+    size_t k = 0;
+
+    if (!isfinite(v)) {
+        eb_buf_puts(b, "null");
+        return;
+    }
+    if (v == floor(v) && fabs(v) < 9007199254740992.0) {
+        long long i = (long long)v;
+        unsigned long long u = i < 0 ? 0ull - (unsigned long long)i : (unsigned long long)i;
+        char *p = text + sizeof text;
+        do {
+            *--p = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (i < 0)
+            *--p = '-';
+        eb_buf_append(b, p, (size_t)(text + sizeof text - p));
+        return;
+    }
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(text, sizeof text, "%.*g", prec, v);
+        if (strtod(text, &endp) == v)
+            break;
+    }
+    for (size_t i = 0; text[i]; i++) {
+        char ch = text[i];
+        if ((ch >= '0' && ch <= '9') || ch == '-' || ch == '+' || ch == 'e' || ch == 'E')
+            text[k++] = ch;
+        else if (k == 0 || text[k - 1] != '.')
+            text[k++] = '.'; /* the locale's decimal point, whatever its bytes */
+    }
+    eb_buf_append(b, text, k);
 }

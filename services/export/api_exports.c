@@ -123,6 +123,37 @@ static bool valid_id(eb_http_req *req, const char *id)
     return false;
 }
 
+/* Reads job id of the caller's team in a transaction of the request. Returns the row, or NULL
+ * when it has answered already (404 for a malformed or unknown id, or the database's error). */
+static PGresult *load_job(export_ctx *ctx, eb_http_req *req, const char *id)
+{
+    const eb_principal *p = eb_http_req_principal(req);
+    PGconn *c;
+    PGresult *r = NULL;
+    eb_status st;
+
+    if (!valid_id(req, id))
+        return NULL;
+    c = eb_req_db_begin(ctx->svc.db, req, false);
+    if (!c)
+        return NULL;
+    st = read_job(c, p->team_id, id, &r);
+    if (st != EB_OK) {
+        eb_req_db_fail(ctx->svc.db, req, c, st);
+        return NULL;
+    }
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
+        PQclear(r);
+        return NULL;
+    }
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such export");
+        return NULL;
+    }
+    return r;
+}
+
 void api_exports_create(eb_http_req *req, void *vctx)
 {
     export_ctx *ctx = vctx;
@@ -204,30 +235,11 @@ cleanup:
 
 void api_exports_get(eb_http_req *req, void *vctx)
 {
-    export_ctx *ctx = vctx;
-    const eb_principal *p = eb_http_req_principal(req);
-    const char *id = eb_http_req_param(req, "id");
-    PGconn *c;
-    PGresult *r = NULL;
-    eb_status st;
+    PGresult *r = load_job(vctx, req, eb_http_req_param(req, "id"));
 
-    if (!valid_id(req, id))
+    if (!r)
         return;
-    c = eb_req_db_begin(ctx->svc.db, req, false);
-    if (!c)
-        return;
-    st = read_job(c, p->team_id, id, &r);
-    if (st != EB_OK) {
-        eb_req_db_fail(ctx->svc.db, req, c, st);
-        return;
-    }
-    if (!eb_req_db_commit(ctx->svc.db, req, c))
-        goto cleanup;
-    if (PQntuples(r) != 1)
-        eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such export");
-    else
-        eb_http_reply_json(req, 200, export_job_json(r, 0));
-cleanup:
+    eb_http_reply_json(req, 200, export_job_json(r, 0));
     PQclear(r);
 }
 
@@ -364,31 +376,15 @@ cleanup:
 void api_exports_download(eb_http_req *req, void *vctx)
 {
     export_ctx *ctx = vctx;
-    const eb_principal *p = eb_http_req_principal(req);
     const char *id = eb_http_req_param(req, "id");
-    PGconn *c;
-    PGresult *r = NULL;
+    PGresult *r = load_job(ctx, req, id);
     cJSON *job = NULL, *res, *key, *fname, *ctype;
     eb_store *store = NULL;
     char *path = NULL, *url = NULL, *disp = NULL;
     eb_status st;
 
-    if (!valid_id(req, id))
+    if (!r)
         return;
-    c = eb_req_db_begin(ctx->svc.db, req, false);
-    if (!c)
-        return;
-    st = read_job(c, p->team_id, id, &r);
-    if (st != EB_OK) {
-        eb_req_db_fail(ctx->svc.db, req, c, st);
-        return;
-    }
-    if (!eb_req_db_commit(ctx->svc.db, req, c))
-        goto cleanup;
-    if (PQntuples(r) != 1) {
-        eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such export");
-        goto cleanup;
-    }
     job = export_job_json(r, 0);
     res = cJSON_GetObjectItemCaseSensitive(job, "result");
     key = cJSON_GetObjectItemCaseSensitive(res, "key");
@@ -535,28 +531,12 @@ void api_exports_events(eb_http_req *req, void *vctx)
     export_ctx *ctx = vctx;
     const eb_principal *p = eb_http_req_principal(req);
     const char *id = eb_http_req_param(req, "id");
-    PGconn *c;
-    PGresult *r = NULL;
+    PGresult *r = load_job(ctx, req, id);
     sse_watch *w;
     struct timeval now = {0, 0};
-    eb_status st;
 
-    if (!valid_id(req, id))
+    if (!r)
         return;
-    c = eb_req_db_begin(ctx->svc.db, req, false);
-    if (!c)
-        return;
-    st = read_job(c, p->team_id, id, &r);
-    if (st != EB_OK) {
-        eb_req_db_fail(ctx->svc.db, req, c, st);
-        return;
-    }
-    if (!eb_req_db_commit(ctx->svc.db, req, c))
-        goto cleanup;
-    if (PQntuples(r) != 1) {
-        eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such export");
-        goto cleanup;
-    }
     w = eb_calloc(1, sizeof(*w));
     w->ctx = ctx;
     w->req = req;
@@ -566,7 +546,6 @@ void api_exports_events(eb_http_req *req, void *vctx)
     eb_http_add_header(req, "X-Accel-Buffering", "no");
     eb_http_stream_start(req, 200, "text/event-stream", sse_closed, w);
     event_add(w->timer, &now);
-cleanup:
     PQclear(r);
 }
 

@@ -229,45 +229,6 @@ static void put_key(eb_buf *b, const char *key, bool first)
     eb_buf_putc(b, ':');
 }
 
-/* Integers exactly (no printf), other numbers as the shortest of %.15g..%.17g that reads back
- * as v, with '.' whatever the locale; non-finite numbers (which JSON has not) as null. */
-static void put_number(eb_buf *b, double v)
-{
-    char text[40], *endp;
-    size_t k = 0;
-
-    if (!isfinite(v)) {
-        put_lit(b, "null");
-        return;
-    }
-    if (v == floor(v) && fabs(v) < 9007199254740992.0) {
-        long long i = (long long)v;
-        unsigned long long u = i < 0 ? 0ull - (unsigned long long)i : (unsigned long long)i;
-        char *p = text + sizeof text;
-        do {
-            *--p = (char)('0' + u % 10);
-            u /= 10;
-        } while (u);
-        if (i < 0)
-            *--p = '-';
-        eb_buf_append(b, p, (size_t)(text + sizeof text - p));
-        return;
-    }
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(text, sizeof text, "%.*g", prec, v);
-        if (strtod(text, &endp) == v)
-            break;
-    }
-    for (size_t i = 0; text[i]; i++) {
-        char ch = text[i];
-        if ((ch >= '0' && ch <= '9') || ch == '-' || ch == '+' || ch == 'e' || ch == 'E')
-            text[k++] = ch;
-        else if (k == 0 || text[k - 1] != '.')
-            text[k++] = '.'; /* the locale's decimal point, whatever its bytes */
-    }
-    eb_buf_append(b, text, k);
-}
-
 /* Compact JSON of item. Raw items (which parsed records never hold) are written as they are. */
 static void put_json(eb_buf *b, const cJSON *item)
 {
@@ -286,7 +247,7 @@ static void put_json(eb_buf *b, const cJSON *item)
         put_lit(b, "true");
         break;
     case cJSON_Number:
-        put_number(b, item->valuedouble);
+        eb_buf_json_number(b, item->valuedouble);
         break;
     case cJSON_String:
         put_str(b, item->valuestring);
@@ -675,7 +636,7 @@ static void csv_value_cell(export_writer *w, eb_buf *b, const cJSON *v)
         csv_text_cell(w, b, v->valuestring);
     } else if (cJSON_IsNumber(v)) {
         eb_buf_reset(&w->cell);
-        put_number(&w->cell, v->valuedouble);
+        eb_buf_json_number(&w->cell, v->valuedouble);
         csv_cell(b, w->cell.data, w->cell.len, false);
     } else if (cJSON_IsBool(v)) {
         put_lit(b, cJSON_IsTrue(v) ? "true" : "false");
@@ -1318,7 +1279,7 @@ static const char *write_sql_pair(export_writer *w, const cJSON *trace, eb_buf *
     put_lit(b, !status_error(trace) && !q->failed ? "true" : "false");
     put_lit(b, ",\"execution_ms\":");
     if (q->has_execution_ms)
-        put_number(b, round(q->execution_ms * 1000) / 1000);
+        eb_buf_json_number(b, round(q->execution_ms * 1000) / 1000);
     else
         put_lit(b, "null");
     put_lit(b, ",\"query_type\":");

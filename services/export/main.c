@@ -134,23 +134,14 @@ static eb_status ensure_streams(eb_bus *bus, const export_config *cfg)
     return eb_bus_ensure_consumer(bus, EXPORTS_STREAM, &cc);
 }
 
+static eb_status ensure_cb(eb_bus *bus, const void *arg)
+{
+    return ensure_streams(bus, arg);
+}
+
 eb_status export_streams_ensure(const export_config *cfg, long long give_up_ms)
 {
-    eb_status st = EB_ERR_UNAVAILABLE;
-
-    for (long long waited = 0; waited <= give_up_ms; waited += 500) {
-        eb_bus *bus = NULL;
-        st = eb_bus_connect(NULL, cfg->svc.nats_url, "evalbus-export-setup", 2000, &bus);
-        if (st == EB_OK)
-            st = ensure_streams(bus, cfg);
-        eb_bus_close(bus);
-        if (st == EB_OK)
-            return EB_OK;
-        if (waited % 5000 == 0)
-            eb_log_warn(NULL, "waiting for NATS JetStream: %s", eb_error_message());
-        usleep(500000);
-    }
-    return st;
+    return eb_bus_setup(cfg->svc.nats_url, "evalbus-export-setup", ensure_cb, cfg, give_up_ms);
 }
 
 int main(int argc, char **argv)

@@ -66,21 +66,12 @@ static eb_status ensure_all(eb_bus *bus, const ingest_config *cfg)
     return eb_bus_ensure_consumer(bus, INGEST_STREAM, &cc);
 }
 
+static eb_status ensure_cb(eb_bus *bus, const void *arg)
+{
+    return ensure_all(bus, arg);
+}
+
 eb_status ingest_streams_ensure(const ingest_config *cfg, long long give_up_ms)
 {
-    eb_status st = EB_ERR_UNAVAILABLE;
-
-    for (long long waited = 0; waited <= give_up_ms; waited += 500) {
-        eb_bus *bus = NULL;
-        st = eb_bus_connect(NULL, cfg->svc.nats_url, "evalbus-ingest-setup", 2000, &bus);
-        if (st == EB_OK)
-            st = ensure_all(bus, cfg);
-        eb_bus_close(bus);
-        if (st == EB_OK)
-            return EB_OK;
-        if (waited % 5000 == 0)
-            eb_log_warn(NULL, "waiting for NATS JetStream: %s", eb_error_message());
-        usleep(500000);
-    }
-    return st;
+    return eb_bus_setup(cfg->svc.nats_url, "evalbus-ingest-setup", ensure_cb, cfg, give_up_ms);
 }

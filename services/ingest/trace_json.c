@@ -1679,38 +1679,11 @@ static void put_member_str(eb_buf *b, const char *key, const char *s)
     put_str(b, s);
 }
 
-/* The shortest %g text that reads back as v, with '.' whatever the locale. */
-static void put_double(eb_buf *b, double v)
-{
-    char text[40], *endp;
-    size_t k = 0;
-
-    if (!isfinite(v)) {
-        eb_buf_puts(b, "null");
-        return;
-    }
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(text, sizeof text, "%.*g", prec, v);
-        if (strtod(text, &endp) == v)
-            break;
-    }
-    /* the locale's decimal point (possibly several bytes) becomes '.' */
-    for (size_t i = 0; text[i]; i++) {
-        char ch = text[i];
-        if ((ch >= '0' && ch <= '9') || ch == '-' || ch == '+' || ch == 'e' || ch == 'E')
-            text[k++] = ch;
-        else if (k == 0 || text[k - 1] != '.')
-            text[k++] = '.';
-    }
-    text[k] = '\0';
-    eb_buf_puts(b, text);
-}
-
 static void put_member_double(eb_buf *b, const char *key, protobuf_c_boolean has, double v)
 {
     put_key(b, key);
     if (has)
-        put_double(b, v);
+        eb_buf_json_number(b, v);
     else
         eb_buf_puts(b, "null");
 }

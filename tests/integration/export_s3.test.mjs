@@ -7,6 +7,7 @@
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { Readable } from 'node:stream';
@@ -19,6 +20,7 @@ import {
   Stack,
   UP_TIMEOUT_MS,
   assertStatus,
+  pidAlive,
   pollUntil,
   run,
   uniqueSlug,
@@ -177,6 +179,13 @@ describe('export to S3 (Swift s3api): scale, crash, cancel', () => {
   }));
 
   it('a worker killed with SIGKILL mid-export: another replica restarts the job and it completes exactly', T, stack.wrap(async () => {
+    // The job starts on the stack's own replica (the only worker so far) ...
+    const r = await api('POST', '/api/v1/exports', A.key, { body: { format: 'jsonl', compression: 'gzip', filter: { tags: ['bulk'] } } });
+    assertStatus(r, 202);
+    await waitJob(A.key, r.body.id, (j) => j.state === 'running' && j.progress.bytes > 2 * PART_SIZE, 120_000);
+    const [[parts]] = await stack.psql(`SELECT count(*) FROM export.job_parts WHERE job_id = '${r.body.id}'`);
+    assert.ok(Number(parts) >= 1, 'parts were uploaded before the kill');
+    // ... a second replica stands by, and the first one is killed in the middle of the upload.
     const standby = await stack.spawnService('export', {
       EVALBUS_S3_ENDPOINT: stack.env.EVALBUS_S3_ENDPOINT,
       EVALBUS_S3_REGION: stack.env.EVALBUS_S3_REGION,
@@ -185,29 +194,32 @@ describe('export to S3 (Swift s3api): scale, crash, cancel', () => {
       EVALBUS_EXPORT_PART_SIZE: String(PART_SIZE),
       EVALBUS_EXPORT_WORKERS: '1',
     });
-    const r = await api('POST', '/api/v1/exports', A.key, { body: { format: 'jsonl', compression: 'gzip', filter: { tags: ['bulk'] } } });
-    assertStatus(r, 202);
-    // wait until the job has uploaded parts, then kill whichever process runs it
-    await waitJob(A.key, r.body.id, (j) => j.state === 'running' && j.progress.bytes > 2 * PART_SIZE, 120_000);
-    const mainPid = stack.readPid('export');
-    const [[owner]] = await stack.psql(`SELECT count(*) FROM export.job_parts WHERE job_id = '${r.body.id}'`);
-    assert.ok(Number(owner) >= 1, 'parts were uploaded before the kill');
-    // Both processes have one worker each; kill the one that runs the job.
-    const victim = await pickVictim(r.body.id, mainPid, standby.pid);
+    const victim = stack.readPid('export');
     process.kill(victim, 'SIGKILL');
+    await pollUntil(() => !pidAlive(victim), { timeoutMs: 5000 });
+    // The standby takes the job over once its message comes back (job-ack-wait). Progress is
+    // read through the standby while the stack's replica is down.
+    const viaStandby = async () => {
+      const g = await stack.api('GET', `/api/v1/exports/${r.body.id}`, { base: standby.url, key: A.key });
+      assertStatus(g, 200, 'get export from the standby');
+      return g.body;
+    };
+    const taken = await pollUntil(async () => {
+      const j = await viaStandby();
+      return j.attempts >= 2 ? j : null;
+    }, { timeoutMs: 60_000, intervalMs: 250 });
+    assert.ok(taken.value, 'the standby started the job again');
+    assert.ok(fs.readFileSync(standby.logFile, 'utf8').includes(`export ${r.body.id}: running`), 'on the standby');
+    const up = await stack.stackCmd('up', 120_000); // the stack's replica back, for the edge
+    assert.equal(up.code, 0, up.stderr);
     const done = await waitJob(A.key, r.body.id, (j) => !['queued', 'running'].includes(j.state), 540_000);
     assert.equal(done.state, 'succeeded', JSON.stringify(done.error));
-    assert.equal(done.attempts, 2, 'the job ran a second time');
+    assert.equal(done.attempts, 2, 'the job ran a second time, and only once more');
     assert.equal(done.result.rows, ROWS - 1);
     const got = await downloadCount(A.key, done);
     assert.equal(got.lines, ROWS - 1, 'complete and exact after the crash');
     assert.equal(got.sha256, done.result.sha256);
     assert.deepEqual(await incompleteUploads(), [], "the dead attempt's upload was aborted");
-    if (victim === mainPid) {
-      // bring the stack's own replica back for the next test
-      const up = await stack.stackCmd('up', 120_000);
-      assert.equal(up.code, 0, up.stderr);
-    }
   }));
 
   it('cancel: the running export stops, its upload is aborted, no object is left', T, stack.wrap(async () => {
@@ -230,16 +242,3 @@ describe('export to S3 (Swift s3api): scale, crash, cancel', () => {
     assert.match(probe.stdout, /not_found/, `no object under ${key}: ${probe.stdout}`);
   }));
 });
-
-/** The pid of the export process that runs job id (the one whose log says so). */
-async function pickVictim(id, mainPid, standbyPid) {
-  const fs = await import('node:fs');
-  const logs = [
-    [mainPid, path.join(stack.state, 'logs', 'export.log')],
-    [standbyPid, ...fs.readdirSync(path.join(stack.state, 'logs')).filter((f) => f.startsWith('export-replica')).map((f) => path.join(stack.state, 'logs', f))],
-  ];
-  for (const [pid, file] of logs) {
-    if (fs.readFileSync(file, 'utf8').includes(`export ${id}: running`)) return pid;
-  }
-  throw new Error(`no export process logged that it runs ${id}`);
-}

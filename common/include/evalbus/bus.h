@@ -34,6 +34,14 @@ eb_status eb_bus_ensure_stream(eb_bus *bus, jsStreamConfig *cfg);
 /* Creates durable consumer cfg->Durable on stream, or updates it. */
 eb_status eb_bus_ensure_consumer(eb_bus *bus, const char *stream, jsConsumerConfig *cfg);
 
+/* Start-up set-up (streams, consumers) on a connection of its own, without an event loop (the
+ * service's loop is not running yet): connects, runs fn(bus, arg), and retries both every half
+ * second until fn succeeds or give_up_ms have passed (logging while it waits). Returns fn's last
+ * status. */
+eb_status eb_bus_setup(const char *url, const char *name,
+                       eb_status (*fn)(eb_bus *bus, const void *arg), const void *arg,
+                       long long give_up_ms);
+
 /* Maps a NATS status to an eb_status with a recorded message naming what failed. */
 eb_status eb_bus_error(natsStatus s, const char *what);
 

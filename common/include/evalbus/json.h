@@ -17,6 +17,9 @@ bool eb_utf8_valid(const char *s, size_t n);
  * control characters escaped, runs of ordinary bytes copied at once, and bytes that are not
  * well-formed UTF-8 written as U+FFFD, so the output is valid JSON whatever s holds. */
 void eb_buf_json_escape(eb_buf *b, const char *s);
+/* Appends v as a JSON number: integers (up to 2^53) exactly, other numbers as the shortest of
+ * %.15g..%.17g that reads back as v, with '.' whatever the locale; non-finite values as null. */
+void eb_buf_json_number(eb_buf *b, double v);
 
 /* Parses a JSON object from data[0..n). EB_ERR_INVALID with a message giving the byte offset for
  * malformed JSON, invalid UTF-8 or a top level that is not an object. *out is freed with
