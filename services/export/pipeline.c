@@ -18,11 +18,13 @@
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "export_int.h"
+#include "format_pool.h"
 #include "redact.h"
 #include "stats.h"
 
 #include <arpa/inet.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +34,7 @@
 
 enum {
     FEED_STEP = 256 * 1024, /* formatted bytes collected before compressing */
+    FORMAT_THREADS = 2,     /* threads formatting rows (formats whose records stand alone) */
     TICK_ROWS = 512,        /* rows between clock checks */
 };
 
@@ -378,10 +381,54 @@ static void abandon_copy(PGconn *conn)
     eb_db_rollback(conn);
 }
 
+/* The number of rows an export will write, counted on a connection of its own in the export's
+ * own snapshot (exported by the exporting transaction), while the rows already stream: the
+ * progress knows the total without the export waiting for a count first. */
+typedef struct row_counter {
+    pthread_t tid;
+    bool started;
+    const char *conninfo;
+    const char *team_id;
+    char snapshot[64];
+    char *sql;
+    _Atomic long long total; /* -1 until counted (or when counting failed) */
+} row_counter;
+
+static void *counter_main(void *arg)
+{
+    row_counter *rc = arg;
+    PGconn *c = PQconnectdb(rc->conninfo);
+    const char *p2[1] = {rc->team_id};
+    PGresult *r = NULL;
+    eb_status st = EB_ERR_UNAVAILABLE;
+
+    if (PQstatus(c) == CONNECTION_OK) {
+        char *set = eb_asprintf("SET TRANSACTION SNAPSHOT '%s'", rc->snapshot);
+        st = eb_db_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL);
+        if (st == EB_OK)
+            st = eb_db_exec(c, set, 0, NULL, NULL);
+        if (st == EB_OK)
+            st = eb_db_exec(c, "SELECT set_config('evalbus.team_id', $1, true)", 1, p2, NULL);
+        if (st == EB_OK)
+            st = eb_db_exec(c, rc->sql, 0, NULL, &r);
+        if (st == EB_OK)
+            atomic_store(&rc->total, strtoll(eb_db_val(r, 0, 0), NULL, 10));
+        eb_db_rollback(c);
+        free(set);
+    }
+    if (st != EB_OK)
+        eb_log_warn(NULL, "export: counting the rows failed (progress shows no total): %s",
+                    eb_error_message());
+    PQclear(r);
+    PQfinish(c);
+    return NULL;
+}
+
 eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config *cfg,
                               const export_sink *sink)
 {
-    redactor *rd = NULL;
+    redactor *rd = NULL, *prd[FORMAT_THREADS] = {0};
+    format_pool *pool = NULL;
     export_writer *w = NULL;
     export_stats *stats = NULL;
     export_options opt = {0};
@@ -394,16 +441,16 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     char *filter_json = NULL;
     bool in_copy = false, in_tx = false, first = true;
     eb_arena *arena = eb_arena_new();
+    row_counter counter = {.total = -1};
     long long last_tick = now_ms();
     eb_status st;
     time_t t = time(NULL);
     struct tm tm;
 
-    (void)cfg; /* settings the pipeline may take in the future (buffer sizes) */
     run->rows = run->bytes_out = run->bytes_raw = 0;
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    if (run->anonymize) {
+    if (run->anonymize && run->format == EXPORT_JSON) { /* others redact on the pool's threads */
         st = export_team_redactor(conn, run->team_id, &rd);
         if (st != EB_OK)
             goto cleanup;
@@ -421,6 +468,16 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     if (st != EB_OK)
         goto cleanup;
     stats = export_stats_new();
+    if (run->format != EXPORT_JSON) {
+        /* records stand alone: format them on a pool of threads (each its own redactor) */
+        for (int i = 0; i < FORMAT_THREADS && run->anonymize && st == EB_OK; i++)
+            st = export_team_redactor(conn, run->team_id, &prd[i]);
+        if (st == EB_OK)
+            st = format_pool_new(FORMAT_THREADS, &opt, run->anonymize ? prd : NULL, run->stats_only,
+                                 &pool);
+        if (st != EB_OK)
+            goto cleanup;
+    }
     st = comp_init(&comp, run->compression ? run->compression : "none", run->level);
     if (st != EB_OK)
         goto cleanup;
@@ -433,16 +490,22 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     if (st != EB_OK)
         goto cleanup;
     if (!run->stats_only) {
-        st = export_query_sql(conn, run->team_id, run->format, run->filter, true, &sql);
-        if (st == EB_OK)
-            st = eb_db_exec(conn, sql.data, 0, NULL, &r);
+        /* the snapshot's id only contains safe characters ([0-9A-F-]); it is checked anyway */
+        st = eb_db_exec(conn, "SELECT pg_export_snapshot()", 0, NULL, &r);
         if (st != EB_OK)
             goto cleanup;
-        run->total_rows = strtoull(eb_db_val(r, 0, 0), NULL, 10);
-        if (run->max_rows && run->total_rows > run->max_rows)
-            run->total_rows = run->max_rows;
+        snprintf(counter.snapshot, sizeof(counter.snapshot), "%s", eb_db_val(r, 0, 0));
         PQclear(r);
         r = NULL;
+        if (strspn(counter.snapshot, "0123456789ABCDEFabcdef-") == strlen(counter.snapshot)) {
+            st = export_query_sql(conn, run->team_id, run->format, run->filter, true, &sql);
+            if (st != EB_OK)
+                goto cleanup;
+            counter.sql = eb_buf_steal(&sql);
+            counter.conninfo = cfg->svc.database_url;
+            counter.team_id = run->team_id;
+            counter.started = pthread_create(&counter.tid, NULL, counter_main, &counter) == 0;
+        }
         if (sink->tick && (st = sink->tick(sink->arg, 0, 0)) != EB_OK)
             goto cleanup;
     }
@@ -478,7 +541,10 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
             goto cleanup;
         }
         st = copy_value(msg, n, &first, &val, &vlen, &done);
-        if (st == EB_OK && !done) {
+        if (st == EB_OK && !done && pool) {
+            st = format_pool_add(pool, val, vlen, &out);
+            run->rows++;
+        } else if (st == EB_OK && !done) {
             eb_arena_cjson_bind(arena);
             rec = cJSON_ParseWithLength(val, vlen);
             if (!rec) {
@@ -505,6 +571,11 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
                 goto cleanup;
         }
         if (run->rows % TICK_ROWS == 0 && sink->tick && now_ms() - last_tick >= 1000) {
+            long long total = atomic_load(&counter.total);
+            if (total >= 0)
+                run->total_rows = run->max_rows && (uint64_t)total > run->max_rows
+                                      ? run->max_rows
+                                      : (uint64_t)total;
             last_tick = now_ms();
             st = sink->tick(sink->arg, run->rows, run->bytes_out);
             if (st != EB_OK)
@@ -519,6 +590,12 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
         }
         PQclear(r);
     }
+    if (pool) {
+        st = format_pool_finish(pool, &out);
+        if (st != EB_OK)
+            goto cleanup;
+        format_pool_merge_stats(pool, stats);
+    }
     if (!run->stats_only)
         st = export_writer_end(w, stats, &out);
     if (st != EB_OK)
@@ -529,6 +606,11 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
         if (st != EB_OK)
             goto cleanup;
     }
+    if (counter.started) { /* the snapshot must outlive the count: join before COMMIT */
+        pthread_join(counter.tid, NULL);
+        counter.started = false;
+    }
+    run->total_rows = run->rows; /* exact now */
     st = eb_db_commit(conn);
     in_tx = false;
     if (st != EB_OK)
@@ -538,11 +620,17 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
 cleanup:
     eb_arena_cjson_bind(NULL);
     eb_arena_free(arena);
+    if (counter.started) /* before the transaction (and its snapshot) ends */
+        pthread_join(counter.tid, NULL);
+    free(counter.sql);
     if (in_copy)
         abandon_copy(conn);
     else if (in_tx)
         eb_db_rollback(conn);
     PQclear(r);
+    format_pool_free(pool);
+    for (int i = 0; i < FORMAT_THREADS; i++)
+        redact_free(prd[i]);
     comp_free(&comp);
     export_writer_free(w);
     export_stats_free(stats);

@@ -1,0 +1,30 @@
+/* format_pool.h -- rows formatted on several threads, output kept in row order (format_pool.c). */
+#ifndef EVALBUS_EXPORT_FORMAT_POOL_H
+#define EVALBUS_EXPORT_FORMAT_POOL_H
+
+#include "format.h"
+#include "redact.h"
+#include "stats.h"
+
+#include <stdbool.h>
+
+typedef struct format_pool format_pool;
+
+/* Starts nthreads threads, each with a writer made from opt but with redactors[i] (NULL array:
+ * no redaction); the redactors stay the caller's and must outlive the pool. With discard the
+ * formatted output is dropped (statistics only). Only for formats whose records stand alone
+ * (not EXPORT_JSON). Free with format_pool_free(). */
+eb_status format_pool_new(int nthreads, const export_options *opt, redactor *const *redactors,
+                          bool discard, format_pool **out);
+/* Adds one record's JSON text (copied). Appends to out the formatted output of every batch that
+ * is complete, in row order; may wait for the oldest batch when all are busy. An error of a
+ * batch (a record that is not JSON, a redaction pattern over its limit) is returned here. */
+eb_status format_pool_add(format_pool *pool, const char *text, size_t len, eb_buf *out);
+/* Formats what is left and appends the rest of the output, in order. */
+eb_status format_pool_finish(format_pool *pool, eb_buf *out);
+/* Adds every thread's statistics to dst (after finish). */
+void format_pool_merge_stats(format_pool *pool, export_stats *dst);
+/* Stops the threads (after the batch in hand) and frees everything. NULL is ignored. */
+void format_pool_free(format_pool *pool);
+
+#endif
