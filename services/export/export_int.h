@@ -154,7 +154,8 @@ typedef struct export_run {
     bool stats_only;   /* statistics without output */
     uint64_t max_rows; /* 0 = no limit */
     /* out */
-    uint64_t total_rows; /* rows the query selects (counted first unless stats_only) */
+    bool count_rows;     /* count the total alongside (for progress) */
+    uint64_t total_rows; /* rows the query selects: counted alongside, exact at the end */
     uint64_t rows;       /* records read */
     uint64_t records;    /* records written (read minus skipped) */
     uint64_t bytes_out;  /* compressed bytes handed to the sink */

@@ -2,9 +2,11 @@
  * redacts and counts statistics), through the compressor, into a sink.
  *
  * Rows come from COPY (SELECT <record as text> ...) TO STDOUT (FORMAT binary) inside one
- * REPEATABLE READ READ ONLY transaction, so the count, the rows and the statistics describe one
- * snapshot, and memory holds one row at a time whatever the size of the export. Binary COPY
- * hands the text column over as raw UTF-8 (no unescaping). Output is compressed in 256 KiB
+ * REPEATABLE READ READ ONLY transaction, so the rows, the statistics and the total (counted on
+ * a connection of its own in the same, exported, snapshot while the rows stream) describe one
+ * snapshot, and memory holds a few batches of rows whatever the size of the export. Binary COPY
+ * hands the text column over as raw UTF-8 (no unescaping). Rows are formatted on a pool of
+ * threads (format_pool.c; the json format on this thread), the output compressed in 256 KiB
  * steps (gzip through zlib, zstd through libzstd's streaming API, on a thread of their own) and
  * handed to the sink, which cuts parts and uploads them. About once a second the sink's tick
  * learns the counts (progress, cancellation).
@@ -489,7 +491,7 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     st = eb_db_exec(conn, "SELECT set_config('evalbus.team_id', $1, true)", 1, params, NULL);
     if (st != EB_OK)
         goto cleanup;
-    if (!run->stats_only) {
+    if (!run->stats_only && run->count_rows) {
         /* the snapshot's id only contains safe characters ([0-9A-F-]); it is checked anyway */
         st = eb_db_exec(conn, "SELECT pg_export_snapshot()", 0, NULL, &r);
         if (st != EB_OK)

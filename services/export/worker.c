@@ -371,7 +371,8 @@ static eb_status run_attempt(job_run *jr, const PGresult *job, cJSON **result)
     jr->started_ms = now_ms();
     jr->run = &run;
 
-    /* the count comes first: tick sees total_rows through run once the pipeline set it */
+    /* tick sees total_rows through run once the count (running alongside) has it */
+    run.count_rows = true;
     st = export_pipeline_run(jr->wk->data, &run, cfg, &sink);
     jr->total_rows = run.total_rows;
     jr->run = NULL;
@@ -458,6 +459,7 @@ static void finish(job_run *jr, const char *state, const cJSON *result, const cJ
              "UPDATE export.jobs SET state = $3, result = $4::jsonb, error = $5::jsonb,"
              " finished_at = now(), heartbeat_at = now(), upload_id = NULL,"
              " rows_done = coalesce(($4::jsonb->>'rows_read')::bigint, rows_done),"
+             " total_rows = coalesce(($4::jsonb->>'rows_read')::bigint, total_rows),"
              " bytes_done = coalesce(($4::jsonb->>'bytes')::bigint, bytes_done)"
              " WHERE team_id = $1::uuid AND id = $2::uuid",
              5, p, NULL);

@@ -203,6 +203,8 @@ describe('export: jobs, formats, privacy', () => {
     assert.equal(job.compression, 'gzip');
     assert.equal(job.anonymize, true);
     assert.equal(job.progress.percent, 100);
+    assert.equal(job.progress.total_rows, traces.length, 'the total is exact once done');
+    assert.equal(job.progress.rows, traces.length);
     assert.equal(job.result.rows, traces.length);
     const text = await download(A.key, job);
     const recs = jsonLines(text);
