@@ -141,6 +141,7 @@ typedef struct conv_msg {
 struct export_writer {
     export_format format;
     redactor *redact;
+    bool skip_plain; /* only built-in kinds: values that cannot hold any are not scanned */
     char *exported_at;
     char *filter;  /* compact JSON, or NULL */
     sel_node *sel; /* NULL: whole records */
@@ -1293,6 +1294,29 @@ static const char *write_sql_pair(export_writer *w, const cJSON *trace, eb_buf *
 /* ================================================================== redaction */
 
 /* Replaces every string value below item (not member names) by its redacted form. */
+/* True for a value the built-in kinds never replace, so scanning it can be skipped: an RFC 3339
+ * timestamp (the trace format's times) or one of the format's enumerated words (roles, states,
+ * kinds). A team pattern could match such a value, so with team patterns every value is
+ * scanned. */
+static bool plain_value(const char *v, size_t n)
+{
+    static const char *const words[] = {
+        "ok",     "error",     "unset",        "span",      "generation",  "event",
+        "tool",   "system",    "user",         "assistant", "developer",   "function",
+        "accept", "reject",    "needs_review", "accepted",  "rejected",    "unreviewed",
+        "text",   "image_url", "numeric",      "boolean",   "categorical", "human",
+        "api",    "llm_judge", "json",         "otlp",      "nats",        NULL};
+
+    if (n >= 20 && n <= 35 && v[0] >= '0' && v[0] <= '9')
+        return eb_rfc3339_valid(v);
+    if (n > 12)
+        return false;
+    for (const char *const *w = words; *w; w++)
+        if (strcmp(v, *w) == 0)
+            return true;
+    return false;
+}
+
 static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs)
 {
     eb_status st = EB_OK;
@@ -1300,6 +1324,8 @@ static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs)
     for (cJSON *c = item->child; c; c = c->next) {
         if (cJSON_IsString(c) && c->valuestring && c->valuestring[0]) {
             size_t n = strlen(c->valuestring);
+            if (w->skip_plain && plain_value(c->valuestring, n))
+                continue;
             eb_buf_reset(&w->red);
             if ((st = redact_json_string(w->redact, c->valuestring, n, &w->red, rs)) != EB_OK)
                 return st;
@@ -1350,6 +1376,7 @@ eb_status export_writer_new(const export_options *opt, export_writer **out)
     w = eb_calloc(1, sizeof *w);
     w->format = opt->format;
     w->redact = opt->redact;
+    w->skip_plain = w->redact && redact_kind_count(w->redact) == REDACT_BUILTIN_COUNT;
     w->exported_at = opt->exported_at ? eb_strdup(opt->exported_at) : NULL;
     if (opt->filter_json) {
         cJSON *f = cJSON_ParseWithOpts(opt->filter_json, NULL, true);
