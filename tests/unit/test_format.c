@@ -1251,6 +1251,32 @@ static void test_redaction(void **state)
     redact_free(r);
 }
 
+/* Timestamps and the format's words are never replaced by the built-in kinds (and not scanned);
+ * a team pattern still applies to them. */
+static void test_redaction_plain_values(void **state)
+{
+    (void)state;
+    static const redact_pattern team[] = {{"assist[a-z]+", "ROLE"}};
+    redactor *builtin = make_redactor(NULL, 0), *custom = make_redactor(team, 1);
+    const char *rec = "{\"start_time\":\"2026-11-22T08:00:00.519000Z\",\"status\":\"ok\","
+                      "\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":\"call "
+                      "+1 415 555 0134\"}]}}";
+    for (int k = 0; k < 2; k++) {
+        export_writer *w = writer(EXPORT_JSONL, NULL, 0, NULL, 0, k ? custom : builtin);
+        char *text = one(w, trace(rec), NULL);
+        assert_non_null(strstr(text, "\"2026-11-22T08:00:00.519000Z\""));
+        assert_non_null(strstr(text, "<PHONE_"));
+        if (k == 0)
+            assert_non_null(strstr(text, "\"role\":\"assistant\""));
+        else
+            assert_non_null(strstr(text, "\"role\":\"<ROLE_"));
+        free(text);
+        export_writer_free(w);
+    }
+    redact_free(builtin);
+    redact_free(custom);
+}
+
 static void test_null_arguments(void **state)
 {
     (void)state;
@@ -1449,6 +1475,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format_names),
+        cmocka_unit_test(test_redaction_plain_values),
         cmocka_unit_test(test_jsonl_round_trip),
         cmocka_unit_test(test_jsonl_field_selection),
         cmocka_unit_test(test_writer_option_errors),
