@@ -24,7 +24,10 @@ import {
   uniqueSlug,
 } from './harness.mjs';
 
-const stack = new Stack('export', { env: { EVALBUS_EXPORT_SCHEDULE_INTERVAL: '1s' } });
+const stack = new Stack('export', {
+  // schedules looked for every second; a job that meets a store error fails at once
+  env: { EVALBUS_EXPORT_SCHEDULE_INTERVAL: '1s', EVALBUS_EXPORT_MAX_ATTEMPTS: '1' },
+});
 const T = { timeout: 120_000 };
 const JOB_TIMEOUT_MS = 60_000;
 
@@ -505,5 +508,43 @@ describe('export: jobs, formats, privacy', () => {
     assert.equal(bad.code, 2, 'usage error for an unknown format');
     const other = await stack.cli(['export', 'status', id], { env: { ...env, EVALBUS_API_KEY: B.key } });
     assert.equal(other.code, 4, "another team's export: not found");
+  }));
+
+  it('a failed scheduled run is covered by the next one (the watermark stays)', T, stack.wrap(async () => {
+    const dest = `${stack.env.EVALBUS_OBJECT_STORE}/sched`;
+    const root = path.join(storeRoot, 'sched');
+    const c = await api('POST', '/api/v1/export-schedules', A.key, {
+      body: { every: 'daily', export: { format: 'jsonl', compression: 'none', destination: dest, filter: { projects: ['late'] } } },
+    });
+    assertStatus(c, 201, 'create schedule');
+    const sid = c.body.id;
+    const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
+    const due = () => stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
+    const addTrace = async (id) => {
+      assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id, project: 'late', input: 'q', output: 'a' }] } }), 202);
+      await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, A.key)).status === 200, { timeoutMs: 10_000 });
+    };
+    await addTrace('late-1');
+    const first = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 });
+    assert.ok(first.value, 'first run');
+    assert.equal(first.value.result.rows, 1);
+    // the destination folder becomes a file: the second run fails
+    fs.renameSync(root, `${root}.saved`);
+    fs.writeFileSync(root, 'not a folder');
+    await addTrace('late-2');
+    await due();
+    const failed = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'failed'), { timeoutMs: 60_000, intervalMs: 300 });
+    assert.ok(failed.value, 'the second run failed');
+    fs.rmSync(root);
+    fs.renameSync(`${root}.saved`, root);
+    await addTrace('late-3');
+    await due();
+    const third = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded' && e.id !== first.value.id), { timeoutMs: 30_000, intervalMs: 300 });
+    assert.ok(third.value, 'the third run succeeded (the schedule was not disabled)');
+    assert.equal(third.value.filter.stored_since, first.value.filter.stored_until, 'from the last successful run');
+    assert.equal(third.value.result.rows, 2, "the failed run's trace and the new one");
+    const list = await api('GET', '/api/v1/export-schedules', A.key);
+    assert.ok(list.body.schedules.find((x) => x.id === sid).enabled);
+    assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
   }));
 });
