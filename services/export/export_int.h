@@ -173,8 +173,9 @@ void export_pipeline_init(void);
 eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config *cfg,
                               const export_sink *sink);
 
-/* The team's pseudonymization key (created on first use) and patterns, read or created in a
- * transaction of its own on conn. */
-eb_status export_team_redactor(PGconn *conn, const char *team_id, struct redactor **out);
+/* n redactors (one per thread that redacts) over the team's pseudonymization key (created on
+ * first use) and patterns, read once in a transaction of its own on conn. On failure out[] are
+ * all NULL. The caller frees each with redact_free(). */
+eb_status export_team_redactors(PGconn *conn, const char *team_id, struct redactor **out, size_t n);
 
 #endif

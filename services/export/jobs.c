@@ -512,12 +512,10 @@ eb_status export_query_sql(PGconn *conn, const char *team_id, export_format form
     return EB_OK;
 }
 
+/* The text of column col (NULL -> null). */
 static void add_text_or_null(cJSON *o, const char *name, const PGresult *r, int row, int col)
 {
-    if (eb_db_isnull(r, row, col))
-        cJSON_AddNullToObject(o, name);
-    else
-        cJSON_AddStringToObject(o, name, eb_db_val(r, row, col));
+    eb_json_add_str(o, name, eb_db_isnull(r, row, col) ? NULL : eb_db_val(r, row, col), false);
 }
 
 static void add_json_or_null(cJSON *o, const char *name, const PGresult *r, int row, int col)

@@ -21,10 +21,7 @@ extern const size_t eb_migrations_export_count;
 #define T export_config
 static const eb_setting settings[] = {
     EB_SERVICE_SETTINGS(export_config, svc, "8082", "1MiB"),
-    {"auth-cache-ttl", "EVALBUS_AUTH_CACHE_TTL", EB_SET_DURATION, "10s", 0, 3600000, false,
-     offsetof(T, auth_cache_ttl_ms), "how long a verified credential is cached here"},
-    {"auth-timeout", "EVALBUS_AUTH_TIMEOUT", EB_SET_DURATION, "2s", 10, 60000, false,
-     offsetof(T, auth_timeout_ms), "wait for the auth service"},
+    EB_AUTHC_SETTINGS(T, auth_cache_ttl_ms, auth_timeout_ms),
     {"workers", "EVALBUS_EXPORT_WORKERS", EB_SET_INT, "2", 0, 16, false, offsetof(T, workers),
      "export worker threads (0: this replica only answers the API)"},
     {"part-size", "EVALBUS_EXPORT_PART_SIZE", EB_SET_SIZE, "8MiB", 65536, 5368709120.0, false,

@@ -268,7 +268,7 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-eb_status export_team_redactor(PGconn *conn, const char *team_id, redactor **out)
+eb_status export_team_redactors(PGconn *conn, const char *team_id, redactor **out, size_t n)
 {
     PGresult *r = NULL, *rp = NULL;
     const char *params[2] = {team_id, NULL};
@@ -278,9 +278,10 @@ eb_status export_team_redactor(PGconn *conn, const char *team_id, redactor **out
     redact_pattern *pats = NULL;
     redact_config rc = {0};
     eb_status st;
-    int n = 0;
+    int np = 0;
 
-    *out = NULL;
+    for (size_t i = 0; i < n; i++)
+        out[i] = NULL;
     eb_random_bytes(key, sizeof(key));
     eb_hex_encode(key, sizeof(key), hex);
     params[1] = hex;
@@ -292,7 +293,7 @@ eb_status export_team_redactor(PGconn *conn, const char *team_id, redactor **out
                         2, params, NULL);
     if (st == EB_OK)
         st = eb_db_exec(conn,
-                        "SELECT encode(key, 'hex') FROM export.team_keys WHERE team_id ="
+                        "SELECT encode(key, 'base64') FROM export.team_keys WHERE team_id ="
                         " $1::uuid",
                         1, params, &r);
     if (st == EB_OK)
@@ -308,32 +309,31 @@ eb_status export_team_redactor(PGconn *conn, const char *team_id, redactor **out
     eb_cleanse(hex, sizeof(hex));
     if (st != EB_OK)
         goto cleanup;
-    if (PQntuples(r) != 1) {
+    if (PQntuples(r) != 1 ||
+        !eb_base64_decode(eb_db_val(r, 0, 0), strlen(eb_db_val(r, 0, 0)), &kb)) {
         st = eb_error(EB_ERR_INTERNAL, "no pseudonymization key for the team");
         goto cleanup;
     }
-    {
-        const char *h = eb_db_val(r, 0, 0);
-        size_t hl = strlen(h);
-        eb_buf_reserve(&kb, hl / 2 + 1);
-        for (size_t i = 0; i + 1 < hl; i += 2) {
-            char two[3] = {h[i], h[i + 1], 0};
-            eb_buf_putc(&kb, (char)strtol(two, NULL, 16));
-        }
-    }
-    n = PQntuples(rp);
-    if (n > REDACT_MAX_PATTERNS)
-        n = REDACT_MAX_PATTERNS;
-    pats = eb_calloc((size_t)n + 1, sizeof(*pats));
-    for (int i = 0; i < n; i++) {
+    np = PQntuples(rp);
+    if (np > REDACT_MAX_PATTERNS)
+        np = REDACT_MAX_PATTERNS;
+    pats = eb_calloc((size_t)np + 1, sizeof(*pats));
+    for (int i = 0; i < np; i++) {
         pats[i].label = eb_db_val(rp, i, 0);
         pats[i].regex = eb_db_val(rp, i, 1);
     }
     rc.key = kb.data;
     rc.key_len = kb.len;
     rc.patterns = pats;
-    rc.n_patterns = (size_t)n;
-    st = redact_new(&rc, out);
+    rc.n_patterns = (size_t)np;
+    for (size_t i = 0; i < n && st == EB_OK; i++)
+        st = redact_new(&rc, &out[i]);
+    if (st != EB_OK) {
+        for (size_t i = 0; i < n; i++) {
+            redact_free(out[i]);
+            out[i] = NULL;
+        }
+    }
 cleanup:
     if (kb.data)
         eb_cleanse(kb.data, kb.len);
@@ -453,7 +453,7 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
     if (run->anonymize && run->format == EXPORT_JSON) { /* others redact on the pool's threads */
-        st = export_team_redactor(conn, run->team_id, &rd);
+        st = export_team_redactors(conn, run->team_id, &rd, 1);
         if (st != EB_OK)
             goto cleanup;
     }
@@ -472,8 +472,8 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     stats = export_stats_new();
     if (run->format != EXPORT_JSON) {
         /* records stand alone: format them on a pool of threads (each its own redactor) */
-        for (int i = 0; i < FORMAT_THREADS && run->anonymize && st == EB_OK; i++)
-            st = export_team_redactor(conn, run->team_id, &prd[i]);
+        if (run->anonymize) /* the team's key and patterns read once */
+            st = export_team_redactors(conn, run->team_id, prd, FORMAT_THREADS);
         if (st == EB_OK)
             st = format_pool_new(FORMAT_THREADS, &opt, run->anonymize ? prd : NULL, run->stats_only,
                                  &pool);

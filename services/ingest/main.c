@@ -24,10 +24,7 @@ extern const size_t eb_migrations_ingest_count;
 #define T ingest_config
 static const eb_setting settings[] = {
     EB_SERVICE_SETTINGS(ingest_config, svc, "8081", "16MiB"),
-    {"auth-cache-ttl", "EVALBUS_AUTH_CACHE_TTL", EB_SET_DURATION, "10s", 0, 3600000, false,
-     offsetof(T, auth_cache_ttl_ms), "how long a verified credential is cached here"},
-    {"auth-timeout", "EVALBUS_AUTH_TIMEOUT", EB_SET_DURATION, "2s", 10, 60000, false,
-     offsetof(T, auth_timeout_ms), "wait for the auth service"},
+    EB_AUTHC_SETTINGS(T, auth_cache_ttl_ms, auth_timeout_ms),
     {"publish-timeout", "EVALBUS_PUBLISH_TIMEOUT", EB_SET_DURATION, "5s", 100, 60000, false,
      offsetof(T, publish_timeout_ms), "wait for JetStream to acknowledge accepted traces"},
     {"max-batch-items", "EVALBUS_MAX_BATCH_ITEMS", EB_SET_INT, "1000", 1, 100000, false,

@@ -11,6 +11,7 @@
 #define EVALBUS_AUTHC_H
 
 #include "evalbus/bus.h"
+#include "evalbus/config.h"
 #include "evalbus/principal.h"
 
 #include <cjson/cJSON.h>
@@ -31,6 +32,24 @@ void eb_authc_verify(void *impl, const char *credential, const char *request_id,
 
 /* Counters for tests and /metrics: answers from the cache, and requests sent over NATS. */
 void eb_authc_stats(eb_authc *c, unsigned long long *hits, unsigned long long *misses);
+
+/* The settings rows of a service that verifies credentials through eb_authc: members ttl and
+ * timeout (long long, milliseconds) of struct T, for eb_authc_new's cache_ttl_ms and
+ * timeout_ms. */
+#define EB_AUTHC_SETTINGS(T, ttl, timeout)                                                         \
+    {"auth-cache-ttl",                                                                             \
+     "EVALBUS_AUTH_CACHE_TTL",                                                                     \
+     EB_SET_DURATION,                                                                              \
+     "10s",                                                                                        \
+     0,                                                                                            \
+     3600000,                                                                                      \
+     false,                                                                                        \
+     offsetof(T, ttl),                                                                             \
+     "how long a verified credential is cached here"},                                             \
+    {                                                                                              \
+        "auth-timeout", "EVALBUS_AUTH_TIMEOUT", EB_SET_DURATION, "2s", 10, 60000, false,           \
+            offsetof(T, timeout), "wait for the auth service"                                      \
+    }
 
 /* Sends an audit event (who: p; what: action on target, with detail, a JSON object or NULL) to
  * the auth service's audit intake (evalbus.v1.auth.audit). Fire and forget: a failure to send is
