@@ -77,8 +77,9 @@ eb_status export_destination_check(const export_config *cfg, const char *dest);
 /* Appends to sql the WHERE conditions (after "WHERE team_id = ...") that a filter selects on
  * the view ingest.export_traces (alias v), with literals escaped for conn. */
 eb_status export_filter_sql(PGconn *conn, const cJSON *filter, eb_buf *sql);
-/* The whole SELECT for a job's rows: one text column, the record (or the preference pair), in
- * a stable order. count_only gives SELECT count(*) of the same rows. */
+/* The whole SELECT for a job's rows, in a stable order: the record's columns
+ * (EXPORT_RECORD_COLUMNS, record.h), or for openai-preference one text column, the pair. count_only
+ * gives SELECT count(*) of the same rows. */
 eb_status export_query_sql(PGconn *conn, const char *team_id, export_format format,
                            const cJSON *filter, bool count_only, eb_buf *sql);
 

@@ -18,6 +18,7 @@
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "format_pool.h"
+#include "record.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -35,7 +36,7 @@ typedef enum slot_state { SLOT_FREE, SLOT_QUEUED, SLOT_DONE } slot_state;
 typedef struct slot {
     slot_state state;
     unsigned long long seq;
-    eb_buf in; /* rows: 4-byte length, then the text, repeated */
+    eb_buf in; /* rows: 4-byte length, then the binary COPY row, repeated */
     size_t rows;
     eb_buf out; /* formatted */
     eb_status st;
@@ -49,6 +50,7 @@ typedef struct worker {
     export_writer *w;
     export_stats *stats;
     eb_arena *arena;
+    eb_buf scratch; /* export_record_from_row's working space */
 } worker;
 
 struct format_pool {
@@ -75,10 +77,9 @@ static void format_batch(worker *wk, slot *s)
         memcpy(&len, p, 4);
         p += 4;
         eb_arena_cjson_bind(wk->arena);
-        rec = cJSON_ParseWithLength(p, len);
-        if (!rec) {
-            s->st = EB_ERR_INTERNAL;
-            snprintf(s->err, sizeof(s->err), "a record is not JSON");
+        s->st = export_record_from_row(p, len, &wk->scratch, &rec);
+        if (s->st != EB_OK) {
+            snprintf(s->err, sizeof(s->err), "%s", eb_error_message());
         } else {
             size_t before = s->out.len;
             s->st = export_writer_record(wk->w, rec, &s->out, wk->stats);
@@ -214,14 +215,14 @@ static eb_status submit(format_pool *pool, eb_buf *out)
     return st;
 }
 
-eb_status format_pool_add(format_pool *pool, const char *text, size_t len, eb_buf *out)
+eb_status format_pool_add(format_pool *pool, const char *row, size_t len, eb_buf *out)
 {
     slot *s = &pool->slots[pool->fill % (unsigned long long)pool->nslots];
     uint32_t l = (uint32_t)len;
 
     /* the slot being filled is free: submit() took it back before moving on to it */
     eb_buf_append(&s->in, &l, 4);
-    eb_buf_append(&s->in, text, len);
+    eb_buf_append(&s->in, row, len);
     s->rows++;
     if (s->in.len >= BATCH_BYTES || s->rows >= BATCH_ROWS)
         return submit(pool, out);
@@ -262,6 +263,7 @@ void format_pool_free(format_pool *pool)
         export_writer_free(wk->w);
         export_stats_free(wk->stats);
         eb_arena_free(wk->arena);
+        eb_buf_free(&wk->scratch);
     }
     for (int i = 0; i < pool->nslots; i++) {
         eb_buf_free(&pool->slots[i].in);

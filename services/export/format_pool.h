@@ -16,10 +16,11 @@ typedef struct format_pool format_pool;
  * (not EXPORT_JSON). Free with format_pool_free(). */
 eb_status format_pool_new(int nthreads, const export_options *opt, redactor *const *redactors,
                           bool discard, format_pool **out);
-/* Adds one record's JSON text (copied). Appends to out the formatted output of every batch that
- * is complete, in row order; may wait for the oldest batch when all are busy. An error of a
- * batch (a record that is not JSON, a redaction pattern over its limit) is returned here. */
-eb_status format_pool_add(format_pool *pool, const char *text, size_t len, eb_buf *out);
+/* Adds one row (a binary COPY row, copied; see export_record_from_row). Appends to out the
+ * formatted output of every batch that is complete, in row order; may wait for the oldest batch
+ * when all are busy. An error of a batch (a row not of the expected form, a redaction pattern
+ * over its limit) is returned here. */
+eb_status format_pool_add(format_pool *pool, const char *row, size_t len, eb_buf *out);
 /* Formats what is left and appends the rest of the output, in order. */
 eb_status format_pool_finish(format_pool *pool, eb_buf *out);
 /* Adds every thread's statistics to dst (after finish). */

@@ -11,6 +11,7 @@
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "export_int.h"
+#include "record.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -504,7 +505,7 @@ eb_status export_query_sql(PGconn *conn, const char *team_id, export_format form
         eb_buf_printf(sql, "SELECT count(*) FROM ingest.export_traces v WHERE %s", where.data);
     } else {
         eb_buf_printf(sql,
-                      "SELECT v.record::text FROM ingest.export_traces v WHERE %s"
+                      "SELECT " EXPORT_RECORD_COLUMNS " FROM ingest.export_traces v WHERE %s"
                       " ORDER BY v.part_time, v.id",
                       where.data);
     }

@@ -237,6 +237,56 @@ describe('export: jobs, formats, privacy', () => {
     assert.equal(JSON.stringify(st).includes('example.com'), false, 'statistics hold no PII');
   }));
 
+  it('records built from the view\'s columns equal the view\'s record, key for key (observations, reviews, scores)', T, stack.wrap(async () => {
+    // a team of its own, so the shared sample's counts stay as they are
+    const C = await stack.bootstrap(uniqueSlug('ec'));
+    const t0 = Date.now() - 1_800_000;
+    const rich = [
+      {
+        id: 'c-rich-1', project: 'agents', name: 'plan', model: 'gpt-4o', provider: 'openai', status: 'error',
+        status_message: 'tool failed: "timeout"', start_time: iso(t0), end_time: iso(t0 + 1234),
+        usage: { input_tokens: 9007199254740991, output_tokens: 0 }, cost_usd: 0.000125,
+        input: { messages: [{ role: 'system', content: 'Ünïcödé ✓ and "quotes" \\ back\nslash' }, { role: 'user', content: [{ type: 'text', text: 'part' }] }] },
+        output: { messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'k1', type: 'function', function: { name: 'f', arguments: '{"a":[1,2.5,null]}' } }] }] },
+        metadata: { nested: { deep: [true, false, null, -1.5e-7] }, emoji: '😀' },
+        tags: ['x', 'y z'], session_id: 's-1', user_id: 'u-1', environment: 'prod', release: '9.9.9',
+        observations: [
+          { id: 'o2', type: 'span', name: 'retrieve', start_time: iso(t0 + 10), end_time: iso(t0 + 20) },
+          { id: 'o1', type: 'generation', name: 'llm', start_time: iso(t0 + 5), model: 'gpt-4o', usage: { input_tokens: 3, output_tokens: 4 }, cost_usd: 0.5, input: 'hi', output: 'hello', metadata: { k: 1 } },
+        ],
+      },
+      { id: 'c-bare-2', project: 'agents', start_time: iso(t0 + 5000) },
+    ];
+    await ingest(C.key, rich);
+    await review(C.key, 'c-rich-1', 'reject');
+    await review(C.key, 'c-rich-1', 'accept');
+    for (const body of [
+      { trace_id: 'c-rich-1', name: 'quality', value: 0.75, source: 'llm_judge', comment: 'judge' },
+      { trace_id: 'c-rich-1', name: 'helpful', value: true },
+      { trace_id: 'c-rich-1', observation_id: 'o1', name: 'tone', value: 'dry' },
+    ]) assertStatus(await api('POST', '/api/v1/scores', C.key, { body }), 201, 'score');
+    const job = await runExport(C.key, { format: 'jsonl', anonymize: false, compression: 'none' });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    const got = jsonLines(await download(C.key, job));
+    const teamId = (await stack.whoami(C.key)).team.id;
+    assert.match(teamId, /^[0-9a-f-]{36}$/);
+    const rows = await stack.psql(`SELECT v.record::text FROM ingest.export_traces v
+      WHERE v.team_id = '${teamId}' ORDER BY v.part_time, v.id`);
+    const want = rows.map((r) => JSON.parse(r[0]));
+    assert.equal(want.length, 2);
+    assert.deepEqual(got, want, 'the export writes exactly the view\'s record, in the view\'s order');
+    assert.deepEqual(Object.keys(got[0]), Object.keys(want[0]), 'keys in the documented order');
+    const r1 = got.find((r) => r.id === 'c-rich-1');
+    assert.equal(r1.observations.length, 2);
+    assert.equal(r1.reviews.length, 2);
+    assert.equal(r1.reviews[0].decision, 'accept', 'newest review first');
+    assert.equal(r1.scores.length, 3);
+    assert.deepEqual(r1.tags, ['x', 'y z']);
+    assert.match(r1.start_time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/);
+    const bare = got.find((r) => r.id === 'c-bare-2');
+    assert.deepEqual([bare.observations, bare.reviews, bare.scores, bare.end_time], [[], [], [], null]);
+  }));
+
   it('filters select exactly the matching traces (model, status, project, tags, time)', T, stack.wrap(async () => {
     const want = traces.filter((t) => t.model === 'gpt-4o' && t.status === 'ok' && t.project === 'support' && (t.tags ?? []).includes('prod'));
     const job = await runExport(A.key, {
