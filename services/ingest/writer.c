@@ -877,18 +877,47 @@ static void array_item(eb_buf *a, const char *s)
     eb_buf_putc(a, '"');
 }
 
+/* FNV-1a of a (team, trace id) key: the slot of plan_pass()'s set. */
+static uint64_t key_hash_of(const char *team, const char *id)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (const char *p = team; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h;
+}
+
+/* The record of this pass with key (team, id) in plan_pass()'s set, or SIZE_MAX. */
+static size_t find_rec(const rec *recs, const size_t *set, size_t cap, const char *team,
+                       const char *id)
+{
+    for (size_t slot = key_hash_of(team, id) & (cap - 1); set[slot] != SIZE_MAX;
+         slot = (slot + 1) & (cap - 1)) {
+        const rec *x = &recs[set[slot]];
+        if (strcmp(x->r->trace->id, id) == 0 && strcmp(x->r->envelope->team_id, team) == 0)
+            return set[slot];
+    }
+    return SIZE_MAX;
+}
+
 /* Assigns part_ns to every record of the pass, and opens the pass's transaction: new keys are
  * stored with their own day (whose partitions are created first, outside the transaction);
- * existing keys keep theirs (their partitions exist since they were first stored). One
- * statement inserts the new keys and reads back every key's day through index lookups. */
-static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n)
+ * existing keys keep theirs (their partitions exist since they were first stored). One plain
+ * INSERT ... ON CONFLICT DO NOTHING RETURNING stores the new keys (cheap to plan, one index
+ * probe per key); only when some key was there already does a second statement read those
+ * keys' days. set / cap: plan_pass()'s set of this pass's records. */
+static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n,
+                                    const size_t *set, size_t cap)
 {
     eb_buf teams = {0}, ids = {0}, times = {0};
     PGresult *r = NULL;
     eb_status st = EB_OK;
     long long now = now_ns();
     const char *params[3];
-    int row = 0;
+    size_t *old = NULL, n_old = 0;
 
     for (size_t i = 0; i < n; i++) {
         const Evalbus__V1__Trace *t = recs[i].r->trace;
@@ -901,6 +930,7 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
         if (start <= 0)
             start = now;
         recs[i].part_ns = start;
+        recs[i].existed = true; /* until the INSERT returns its key */
         st = ensure_partition(w, c, start);
         if (st != EB_OK)
             goto cleanup;
@@ -919,29 +949,57 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     params[1] = ids.data;
     params[2] = times.data;
     st = eb_db_exec(c,
-                    "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])"
-                    "  WITH ORDINALITY AS u(team_id, id, part_time, ord)),"
-                    " ins AS (INSERT INTO ingest.trace_keys (team_id, id, part_time)"
-                    "  SELECT team_id, id, part_time FROM u ON CONFLICT DO NOTHING"
-                    "  RETURNING team_id, id, part_time)"
-                    " SELECT (extract(epoch FROM coalesce(ins.part_time, old.part_time))::numeric"
-                    "  * 1000000000)::bigint, ins.id IS NULL FROM u LEFT JOIN ins ON ins.team_id = "
-                    "u.team_id AND"
-                    "  ins.id = u.id LEFT JOIN LATERAL (SELECT k.part_time FROM ingest.trace_keys"
-                    "  k WHERE k.team_id = u.team_id AND k.id = u.id) old ON true ORDER BY u.ord",
+                    "INSERT INTO ingest.trace_keys (team_id, id, part_time)"
+                    " SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])"
+                    " ON CONFLICT DO NOTHING RETURNING team_id::text, id",
                     3, params, &r);
     if (st != EB_OK)
         goto cleanup;
+    for (int row = 0; row < PQntuples(r); row++) {
+        size_t i = find_rec(recs, set, cap, eb_db_val(r, row, 0), eb_db_val(r, row, 1));
+        if (i != SIZE_MAX)
+            recs[i].existed = false; /* new: its day is the one proposed */
+    }
+    PQclear(r);
+    r = NULL;
+    /* keys stored before (or by another writer meanwhile): read their days */
+    eb_buf_reset(&teams);
+    eb_buf_reset(&ids);
+    old = eb_malloc(n * sizeof(*old));
     for (size_t i = 0; i < n; i++) {
-        if (recs[i].skip)
+        if (recs[i].skip || !recs[i].existed)
             continue;
-        if (row >= PQntuples(r) || eb_db_isnull(r, row, 0)) {
-            /* a key another writer is inserting right now: retry the pass */
-            st = eb_error(EB_ERR_UNAVAILABLE, "trace key is being stored concurrently");
+        old[n_old++] = i;
+        array_item(&teams, recs[i].r->envelope->team_id);
+        array_item(&ids, recs[i].r->trace->id);
+    }
+    if (n_old == 0)
+        goto cleanup;
+    eb_buf_putc(&teams, '}');
+    eb_buf_putc(&ids, '}');
+    params[0] = teams.data;
+    params[1] = ids.data;
+    st = eb_db_exec(c,
+                    "SELECT u.ord, (extract(epoch FROM k.part_time)::numeric * 1000000000)::bigint"
+                    " FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(team_id, id, ord)"
+                    " JOIN ingest.trace_keys k ON k.team_id = u.team_id AND k.id = u.id",
+                    2, params, &r);
+    if (st != EB_OK)
+        goto cleanup;
+    if ((size_t)PQntuples(r) != n_old) {
+        /* a key another writer is inserting right now: retry the pass */
+        st = eb_error(EB_ERR_UNAVAILABLE, "trace key is being stored concurrently");
+        goto cleanup;
+    }
+    for (int row = 0; row < PQntuples(r); row++) {
+        long long ord = atoll(eb_db_val(r, row, 0));
+        size_t i;
+        if (ord < 1 || (size_t)ord > n_old) {
+            st = eb_error(EB_ERR_INTERNAL, "trace key lookup: bad ordinal");
             goto cleanup;
         }
-        recs[i].existed = strcmp(eb_db_val(r, row, 1), "t") == 0;
-        recs[i].part_ns = atoll(eb_db_val(r, row++, 0));
+        i = old[ord - 1];
+        recs[i].part_ns = atoll(eb_db_val(r, row, 1));
         if (!partition_known(w, recs[i].part_ns)) {
             /* stored meanwhile by another writer with a day new to this process; DDL cannot
              * run inside this transaction, so fail the pass: the retry creates it */
@@ -951,6 +1009,7 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     }
 cleanup:
     PQclear(r);
+    free(old);
     eb_buf_free(&teams);
     eb_buf_free(&ids);
     eb_buf_free(&times);
@@ -1052,7 +1111,18 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
     }
     if (st != EB_OK || traces.len == 0)
         goto cleanup; /* everything went in directly */
-    st = copy_in(c, "COPY tmp_traces (" TRACE_COLS ") FROM STDIN", &traces);
+    {
+        /* the upsert path's temporary tables (once per session; inside the transaction, so a
+         * rollback takes them away and the next pass makes them again) */
+        PGresult *tr = PQexec(c, tmp_sql);
+        st = PQresultStatus(tr) == PGRES_COMMAND_OK
+                 ? EB_OK
+                 : eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
+                            "temporary tables: %s", PQresultErrorMessage(tr));
+        PQclear(tr);
+    }
+    if (st == EB_OK)
+        st = copy_in(c, "COPY tmp_traces (" TRACE_COLS ") FROM STDIN", &traces);
     if (st == EB_OK)
         st = eb_db_exec(c, upsert_traces, 0, NULL, NULL);
     if (st == EB_OK && obs.len)
@@ -1080,14 +1150,7 @@ static bool same_key(const rec *a, const rec *b)
 
 static uint64_t key_hash(const rec *x)
 {
-    uint64_t h = 1469598103934665603ULL;
-
-    for (const char *p = x->r->envelope->team_id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    h = (h ^ 0xff) * 1099511628211ULL;
-    for (const char *p = x->r->trace->id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    return h;
+    return key_hash_of(x->r->envelope->team_id, x->r->trace->id);
 }
 
 /* Marks recs[i].skip for records that are done or whose key an earlier record of this pass
@@ -1125,18 +1188,10 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
         cap *= 2;
     set = eb_malloc(cap * sizeof(size_t));
 
-    {
-        PGresult *tr = PQexec(c, tmp_sql);
-        st = PQresultStatus(tr) == PGRES_COMMAND_OK
-                 ? EB_OK
-                 : eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
-                            "temporary tables: %s", PQresultErrorMessage(tr));
-        PQclear(tr);
-    }
     while (st == EB_OK && left > 0) {
         /* a pass: the first not-done record of each key, in stream order */
         plan_pass(recs, n, done, set, cap);
-        st = resolve_part_times(w, c, recs, n); /* opens the transaction on the first pass */
+        st = resolve_part_times(w, c, recs, n, set, cap); /* opens the pass's transaction */
         if (st == EB_OK)
             st = store_pass(c, recs, n);
         if (st == EB_OK)
