@@ -287,6 +287,18 @@ void eb_http_stream_end(eb_http_req *req)
     account(req, req->stream_code, req->stream_bytes);
 }
 
+void eb_http_stream_abort(eb_http_req *req)
+{
+    if (req->ev) {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(req->ev);
+        evhttp_connection_set_closecb(evcon, NULL, NULL);
+        /* no terminating chunk: the client sees a transfer cut short, not a complete body */
+        evhttp_connection_free(evcon); /* frees req->ev with it */
+        req->ev = NULL;
+    }
+    account(req, 500, req->stream_bytes);
+}
+
 void eb_http_reply_raw(eb_http_req *req, int code, const char *content_type, const void *data,
                        size_t len)
 {

@@ -168,9 +168,11 @@ static void pull_wake(evutil_socket_t fd, short what, void *arg)
         return;
     if (!pl->started)
         eb_http_reply_error(pl->req, pl->st, "%s", pl->errmsg ? pl->errmsg : "export failed");
-    else {
-        if (pl->st != EB_OK && pl->st != EB_ERR_CONFLICT)
-            eb_log_error(NULL, "streamed export ended early: %s", pl->errmsg);
+    else if (pl->st != EB_OK && pl->st != EB_ERR_CONFLICT) {
+        /* the status line went out with the first chunk: cut the transfer short instead */
+        eb_log_error(NULL, "streamed export ended early: %s", pl->errmsg);
+        eb_http_stream_abort(pl->req);
+    } else {
         eb_http_stream_end(pl->req);
     }
     pull_free(pl);

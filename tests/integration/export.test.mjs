@@ -460,6 +460,54 @@ describe('export: jobs, formats, privacy', () => {
     assertError(bad, 'invalid_argument', 'unknown format');
   }));
 
+  it('a streamed export that fails after its first bytes is cut short, never ended like a complete body', T, stack.wrap(async () => {
+    // a team of its own with enough rows that the stream is still running when its database
+    // session is ended from outside (as a failover or an operator would)
+    const D = await stack.bootstrap(uniqueSlug('ed'));
+    const teamId = (await stack.whoami(D.key)).team.id;
+    const day = new Date().toISOString().slice(0, 10);
+    const ymd = day.replace(/-/g, '');
+    const next = new Date(Date.parse(day) + 86_400_000).toISOString().slice(0, 10);
+    await stack.psql(`SELECT pg_advisory_lock(7236002, 1);
+      CREATE TABLE IF NOT EXISTS ingest.traces_p${ymd} PARTITION OF ingest.traces FOR VALUES FROM ('${day}') TO ('${next}');
+      CREATE TABLE IF NOT EXISTS ingest.observations_p${ymd} PARTITION OF ingest.observations FOR VALUES FROM ('${day}') TO ('${next}');
+      SELECT pg_advisory_unlock(7236002, 1);
+      INSERT INTO ingest.trace_keys (team_id, id, part_time)
+        SELECT '${teamId}', 'bulk-' || g, '${day}'::timestamptz + g * interval '1 ms' FROM generate_series(1, 60000) g;
+      INSERT INTO ingest.traces (team_id, part_time, id, project, source, stream_seq, input)
+        SELECT '${teamId}', '${day}'::timestamptz + g * interval '1 ms', 'bulk-' || g, 'bulk', 'api', g,
+          jsonb_build_object('messages', jsonb_build_array(jsonb_build_object('role', 'user',
+            'content', 'write to me at user' || g || '@example.com about order ' || g)))
+        FROM generate_series(1, 60000) g;`);
+    const res = await fetch(`${stack.url}/api/v1/exports/stream?format=jsonl&limit=60000`, {
+      headers: { authorization: `Bearer ${D.key}` },
+      signal: AbortSignal.timeout(60_000),
+    });
+    assert.equal(res.status, 200);
+    const reader = res.body.getReader();
+    const first = await reader.read();
+    assert.ok(!first.done && first.value.length > 0, 'the first bytes arrive');
+    const killed = await stack.psql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+      WHERE query LIKE 'COPY (SELECT v.id::text%' AND pid <> pg_backend_pid()`);
+    assert.equal(killed[0][0], '1', 'the stream\'s COPY was running and is ended');
+    let received = first.value.length;
+    let error = null;
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        received += value.length;
+      }
+    } catch (e) {
+      error = e;
+    }
+    assert.ok(error, `the body must end in an error, not as complete (${received} bytes received)`);
+    // the service goes on answering
+    const ok = await api('GET', '/api/v1/exports/stream?format=jsonl&project=bulk&limit=5', D.key);
+    assertStatus(ok, 200, 'a later stream');
+    assert.equal(jsonLines(ok.text).length, 5);
+  }));
+
   it('progress as server-sent events ends with the finished job', T, stack.wrap(async () => {
     const job = await runExport(A.key, { format: 'json', compression: 'none', filter: { projects: ['summaries'] } });
     assert.equal(job.state, 'succeeded');

@@ -127,6 +127,11 @@ void eb_http_stream_start(eb_http_req *req, int code, const char *content_type,
 bool eb_http_stream_write(eb_http_req *req, const void *data, size_t len);
 size_t eb_http_stream_pending(eb_http_req *req);
 void eb_http_stream_end(eb_http_req *req);
+/* Instead of end, when the body cannot be completed (an error after the first chunk): closes
+ * the connection without the terminating chunk, so that the client (and a proxy in between)
+ * sees an incomplete transfer rather than a complete but short body; frees req. Accounted as a
+ * 500. */
+void eb_http_stream_abort(eb_http_req *req);
 
 /* Adds a response header before replying. */
 void eb_http_add_header(eb_http_req *req, const char *name, const char *value);
