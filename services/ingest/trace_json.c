@@ -448,7 +448,8 @@ static eb_status scan_members(walk_ctx *c, const cJSON *obj, const char *const *
 
         if (!m->string)
             continue;
-        while (i < n && strcmp(m->string, names[i]) != 0)
+        /* the first byte settles most comparisons without a call */
+        while (i < n && (m->string[0] != names[i][0] || strcmp(m->string, names[i]) != 0))
             i++;
         if (i < n) {
             if (seen & ((uint64_t)1 << i))

@@ -36,6 +36,25 @@ static void test_utf8(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         if (eb_utf8_valid(cases[i].bytes, cases[i].len) != cases[i].valid)
             fail_msg("case %zu: expected %s", i, cases[i].valid ? "valid" : "invalid");
+    /* long ASCII runs (read eight bytes at a time) with a bad or good sequence at every offset
+     * and every alignment, and bytes past n never read */
+    for (size_t at = 0; at < 40; at++) {
+        for (size_t start = 0; start < 8; start++) {
+            char buf[64];
+            memset(buf, 'a', sizeof(buf));
+            buf[start + at] = (char)0xff;
+            if (eb_utf8_valid(buf + start, 48))
+                fail_msg("0xff at %zu (start %zu) passed", at, start);
+            if (!eb_utf8_valid(buf + start, at))
+                fail_msg("the %zu ASCII bytes before it failed", at);
+            memcpy(buf + start + at, "\xc3\xa9", 2);
+            if (!eb_utf8_valid(buf + start, 48))
+                fail_msg("e-acute at %zu (start %zu) failed", at, start);
+            buf[start + at + 1] = 'a'; /* truncated sequence */
+            if (eb_utf8_valid(buf + start, 48))
+                fail_msg("a truncated sequence at %zu passed", at);
+        }
+    }
 }
 
 typedef struct parse_case {
