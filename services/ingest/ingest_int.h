@@ -34,6 +34,7 @@ typedef struct ingest_config {
     long long writer_batch;
     long long decode_threads;
     long long stream_max_bytes;
+    long long stream_high_water; /* percent */
     long long stream_dupe_window_ms;
     long long retention_days;
     long long retention_interval_ms;
@@ -43,6 +44,7 @@ typedef struct ingest_config {
 typedef struct ingest_publisher ingest_publisher;
 typedef struct ingest_writer ingest_writer;
 typedef struct ingest_pool ingest_pool;
+typedef struct ingest_watch ingest_watch;
 
 typedef struct ingest_ctx {
     ingest_config *cfg;
@@ -52,6 +54,7 @@ typedef struct ingest_ctx {
     ingest_publisher *pub;
     ingest_pool *pool;
     ingest_writer *writer;
+    ingest_watch *watch;
     natsSubscription *nats_sub;
     struct event *nats_wake;
     pthread_mutex_t nats_mu;
@@ -83,8 +86,16 @@ eb_status ingest_record_pack(const eb_principal *who, const char *source, bool m
  * counts as failed with EB_ERR_UNAVAILABLE) and calls done like ingest_publish. Loop thread. */
 void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest_publish_done done,
                            void *arg);
+/* While full is set, every record handed to the publisher fails at once with
+ * EB_ERR_UNAVAILABLE (the stream watch sets it; any thread). */
+void ingest_publisher_set_full(ingest_publisher *p, bool full);
 /* Milliseconds since the epoch (received_at of the records). */
 long long ingest_now_ms(void);
+
+/* --- the stream watch: refuses new records before unstored ones could be pushed out of the
+ * stream (stream_watch.c) --- */
+ingest_watch *ingest_watch_start(ingest_ctx *ctx);
+void ingest_watch_stop(ingest_watch *w); /* NULL is ignored */
 
 /* --- a small pool of threads for CPU-bound request work (pool.c) --- */
 typedef void (*ingest_pool_fn)(void *arg);

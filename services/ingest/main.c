@@ -52,6 +52,10 @@ static const eb_setting settings[] = {
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
      offsetof(T, stream_max_bytes), "size of the INGEST stream (oldest records go first)"},
+    {"stream-high-water", "EVALBUS_STREAM_HIGH_WATER", EB_SET_INT, "90", 10, 99, false,
+     offsetof(T, stream_high_water),
+     "percent of stream-max-bytes that records not yet stored may fill before new ones are "
+     "refused (accepted again 10 points below)"},
     {"stream-dupe-window", "EVALBUS_STREAM_DUPE_WINDOW", EB_SET_DURATION, "2m", 120000, 86400000,
      false, offsetof(T, stream_dupe_window_ms), "JetStream duplicate window (>= 2 min)"},
     {"retention-days", "EVALBUS_RETENTION_DAYS", EB_SET_INT, "90", 1, 36500, false,
@@ -139,11 +143,13 @@ int main(int argc, char **argv)
     eb_http_set_check_critical(ctx.svc.http, "postgres", false);
     if (cfg.writer_threads > 0)
         ctx.writer = ingest_writer_start(&ctx);
+    ctx.watch = ingest_watch_start(&ctx);
     ingest_retention_start(&ctx);
     ctx.svc.on_stop = on_stop;
     ctx.svc.on_stop_arg = &ctx;
     rc = eb_service_run(&ctx.svc);
 cleanup:
+    ingest_watch_stop(ctx.watch);
     ingest_writer_stop(ctx.writer);
     ingest_nats_stop(&ctx);
     ingest_pool_free(ctx.pool);

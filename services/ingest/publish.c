@@ -25,6 +25,7 @@
 #include "evalbus/metrics.h"
 #include "ingest_int.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,7 @@ struct ingest_publisher {
     size_t cap, used;
     pub_batch *ready;
     struct event *wake;
+    atomic_bool full; /* the stream watch's verdict: refuse new records */
 };
 
 static size_t ptr_slot(const ingest_publisher *p, const void *ptr)
@@ -343,6 +345,12 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
     free(msgs);
 }
 
+void ingest_publisher_set_full(ingest_publisher *p, bool full)
+{
+    if (p)
+        atomic_store(&p->full, full);
+}
+
 void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest_publish_done done,
                            void *arg)
 {
@@ -358,8 +366,16 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest
     b->arg = arg;
     for (size_t i = 0; i < n; i++)
         b->results[i] = EB_ERR_INTERNAL; /* not yet acknowledged */
-    if (n == 0) {
-        done(arg, b->results, 0);
+    if (n == 0 || atomic_load(&p->full)) {
+        /* refused while the stream is nearly full of records not yet stored */
+        for (size_t i = 0; i < n; i++) {
+            natsMsg_Destroy(msgs[i]);
+            msgs[i] = NULL;
+            b->results[i] = EB_ERR_UNAVAILABLE;
+        }
+        if (n)
+            eb_metrics_add("evalbus_ingest_refused_stream_full_total", NULL, (double)n);
+        done(arg, b->results, n);
         batch_free(b);
         return;
     }

@@ -1,0 +1,133 @@
+/* stream_watch.c -- keeps accepted records from being pushed out of INGEST before they are
+ * stored.
+ *
+ * INGEST keeps records by limits (7 days, stream-max-bytes), discarding the oldest when full,
+ * so that written records stay for replay without anyone deleting them. The price: while the
+ * writer cannot store (PostgreSQL down, writers stopped), accepted records pile up, and once
+ * the stream is full the oldest of them would be discarded unwritten. This thread prevents
+ * that: once a second it reads the stream's size and the writer consumer's backlog (records
+ * not yet delivered plus delivered but not acknowledged) and estimates the bytes of records not
+ * yet stored (backlog x the stream's mean record size). Above stream-high-water percent of
+ * stream-max-bytes the publisher refuses new records (callers get 503 / "unavailable" and
+ * retry, as OpenTelemetry exporters do), until the backlog is 10 points below the mark again.
+ * What was acknowledged stays until it is written; what is refused was never acknowledged.
+ *
+ * The check runs on its own thread with its own NATS connection (the JetStream management
+ * calls are synchronous). If the stream or the consumer cannot be read, the last verdict
+ * stands. Threading: the thread only calls ingest_publisher_set_full (atomic) and metrics. */
+#include "evalbus/bus.h"
+#include "evalbus/log.h"
+#include "evalbus/mem.h"
+#include "evalbus/metrics.h"
+#include "ingest_int.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <unistd.h>
+
+struct ingest_watch {
+    ingest_ctx *ctx;
+    pthread_t tid;
+    atomic_bool stop;
+    bool full;
+};
+
+/* Bytes of records in the stream that the writer has not stored yet; false if unknown. */
+static bool unwritten_bytes(eb_bus *bus, double *bytes, int64_t *max_bytes)
+{
+    jsStreamInfo *si = NULL;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    bool ok = false;
+
+    if (js_GetStreamInfo(&si, eb_bus_js(bus), INGEST_STREAM, NULL, &jerr) == NATS_OK &&
+        js_GetConsumerInfo(&ci, eb_bus_js(bus), INGEST_STREAM, INGEST_WRITER_DURABLE, NULL,
+                           &jerr) == NATS_OK) {
+        double backlog =
+            (double)ci->NumPending + (double)(ci->NumAckPending > 0 ? ci->NumAckPending : 0);
+        double msgs = (double)si->State.Msgs;
+        if (backlog > msgs)
+            backlog = msgs;
+        *bytes = msgs > 0 ? (double)si->State.Bytes * backlog / msgs : 0;
+        *max_bytes = si->Config ? si->Config->MaxBytes : -1;
+        ok = true;
+    }
+    jsStreamInfo_Destroy(si);
+    jsConsumerInfo_Destroy(ci);
+    return ok;
+}
+
+static void check(ingest_watch *w, eb_bus *bus)
+{
+    const ingest_config *cfg = w->ctx->cfg;
+    double bytes = 0, share;
+    int64_t max_bytes = -1;
+
+    if (!unwritten_bytes(bus, &bytes, &max_bytes))
+        return;
+    eb_metrics_set("evalbus_ingest_stream_unstored_bytes", NULL, bytes);
+    if (max_bytes <= 0)
+        return; /* no size limit: nothing is pushed out by size */
+    share = 100.0 * bytes / (double)max_bytes;
+    if (!w->full && share >= (double)cfg->stream_high_water) {
+        w->full = true;
+        eb_log_warn(NULL,
+                    "INGEST holds %.0f bytes of records not yet stored (%.0f%% of "
+                    "stream-max-bytes, high water %lld%%): new records are refused until the "
+                    "writer catches up",
+                    bytes, share, cfg->stream_high_water);
+    } else if (w->full && share < (double)cfg->stream_high_water - 10.0) {
+        w->full = false;
+        eb_log_info(NULL, "INGEST backlog down to %.0f%% of stream-max-bytes: accepting again",
+                    share);
+    }
+    eb_metrics_set("evalbus_ingest_stream_full", NULL, w->full ? 1 : 0);
+    ingest_publisher_set_full(w->ctx->pub, w->full);
+}
+
+static void *watch_main(void *arg)
+{
+    ingest_watch *w = arg;
+    eb_bus *bus = NULL;
+
+    while (!atomic_load(&w->stop) && eb_bus_connect(NULL, w->ctx->cfg->svc.nats_url,
+                                                    "evalbus-ingest-watch", 0, &bus) != EB_OK)
+        sleep(1);
+    while (!atomic_load(&w->stop)) {
+        check(w, bus);
+        for (int i = 0; i < 10 && !atomic_load(&w->stop); i++)
+            usleep(100000);
+    }
+    eb_bus_close(bus);
+    return NULL;
+}
+
+ingest_watch *ingest_watch_start(ingest_ctx *ctx)
+{
+    ingest_watch *w = eb_calloc(1, sizeof(*w));
+
+    w->ctx = ctx;
+    eb_metrics_describe("evalbus_ingest_stream_unstored_bytes", "gauge",
+                        "bytes of records in INGEST not yet stored (estimated)");
+    eb_metrics_describe(
+        "evalbus_ingest_stream_full", "gauge",
+        "1 while new records are refused: unstored records above stream-high-water");
+    eb_metrics_describe("evalbus_ingest_refused_stream_full_total", "counter",
+                        "records refused while the stream was full of records not yet stored");
+    if (pthread_create(&w->tid, NULL, watch_main, w) != 0) {
+        eb_log_error(NULL, "cannot start the stream watch thread");
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void ingest_watch_stop(ingest_watch *w)
+{
+    if (!w)
+        return;
+    atomic_store(&w->stop, true);
+    pthread_join(w->tid, NULL);
+    free(w);
+}

@@ -1,0 +1,99 @@
+// The INGEST stream keeps records by limits and discards its oldest when full; the ingest
+// service must never let that discard a record it acknowledged but has not stored yet. Here no
+// writer runs at first (writer-threads 0, as when every writer or PostgreSQL is down), the
+// stream is small (1 MiB, high water 50 %), and traces arrive at a steady pace:
+//   - once records not yet stored pass the mark, new batches are refused with 503
+//     `unavailable` and Retry-After (nothing acknowledged beyond what the stream can hold);
+//   - a replica with writers then stores every acknowledged trace, exactly once, none lost;
+//   - with the backlog gone, batches are accepted again.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertStatus, pollUntil, sleep, uniqueSlug } from './harness.mjs';
+
+const LIMITS = { EVALBUS_STREAM_MAX_BYTES: '1MiB', EVALBUS_STREAM_HIGH_WATER: '50' };
+const stack = new Stack('ingest-backpressure', { env: { ...LIMITS, EVALBUS_WRITER_THREADS: '0' } });
+const T = { timeout: 180_000 };
+
+/** n traces of about 8 KB each (about 40 KB a batch of 5). */
+function batch(prefix, from, n) {
+  const filler = 'lorem ipsum dolor sit amet '.repeat(300);
+  return Array.from({ length: n }, (_, k) => ({
+    id: `${prefix}-${String(from + k).padStart(5, '0')}`,
+    project: 'backpressure',
+    name: 'paced',
+    start_time: new Date(Date.now() - 60_000).toISOString(),
+    input: { messages: [{ role: 'user', content: `${from + k} ${filler}` }] },
+    output: 'ok',
+  }));
+}
+
+async function metric(name) {
+  const r = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
+  assertStatus(r, 200, 'metrics');
+  const line = r.text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+  return line ? Number(line.split(' ').pop()) : null;
+}
+
+describe('ingest: records not yet stored are never pushed out of a full stream', () => {
+  let A;
+
+  before(async () => {
+    await stack.up();
+    A = await stack.bootstrap(uniqueSlug('bp'));
+    await stack.setTier(A.team, 'enterprise', A.key); // no request rate limit in the way
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('refuses new batches with 503 once the backlog passes the high water, then stores every acknowledged trace once a writer runs', T, stack.wrap(async () => {
+    const accepted = [];
+    let refused = null;
+    let next = 0;
+    const deadline = Date.now() + 60_000;
+    // about 200 KB/s: the watch (once a second) sees the mark passed long before the stream is full
+    while (!refused) {
+      assert.ok(Date.now() < deadline, `no refusal within 60 s; ${accepted.length} traces accepted`);
+      const traces = batch('bp', next, 5);
+      next += 5;
+      const r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces } });
+      if (r.status === 202) {
+        accepted.push(...r.body.accepted);
+      } else {
+        assert.equal(r.status, 503, `a batch is accepted whole or refused whole: ${r.status} ${r.text.slice(0, 300)}`);
+        refused = r;
+      }
+      await sleep(200);
+    }
+    assert.equal(refused.body.error.code, 'unavailable');
+    assert.equal(refused.headers.get('retry-after'), '1');
+    assert.ok(refused.body.rejected.every((x) => x.error.code === 'unavailable'));
+    assert.ok(accepted.length >= 40, `about half of 1 MiB was accepted first (${accepted.length} traces)`);
+    assert.equal(await metric('evalbus_ingest_stream_full'), 1, 'the refusal shows in /metrics');
+    assert.ok((await metric('evalbus_ingest_refused_stream_full_total')) >= 5);
+    // refused for as long as nothing is stored
+    await sleep(1500);
+    const again = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: batch('bp', next, 5) } });
+    assert.equal(again.status, 503, 'still refused while the backlog stays');
+
+    // a replica with writers stores the backlog: every acknowledged trace, once
+    await stack.spawnService('ingest', { ...LIMITS, EVALBUS_WRITER_THREADS: '2' });
+    const teamId = (await stack.whoami(A.key)).team.id;
+    const stored = await pollUntil(async () => {
+      const rows = await stack.psql(`SELECT count(*), count(DISTINCT id) FROM ingest.traces WHERE team_id = '${teamId}'`);
+      return Number(rows[0][0]) >= accepted.length ? rows[0] : null;
+    }, { timeoutMs: 60_000, intervalMs: 300 });
+    assert.ok(stored.value, `all ${accepted.length} acknowledged traces stored`);
+    const ids = (await stack.psql(`SELECT id FROM ingest.traces WHERE team_id = '${teamId}' ORDER BY id`)).map((r) => r[0]);
+    assert.deepEqual(ids, [...accepted].sort(), 'exactly the acknowledged traces, each once: none pushed out, none refused stored');
+
+    // the backlog is gone: accepted again within a few seconds
+    const open = await pollUntil(async () => {
+      const r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: batch('bp-late', next, 1) } });
+      next += 1;
+      return r.status === 202 ? r : null;
+    }, { timeoutMs: 15_000, intervalMs: 500 });
+    assert.ok(open.value, 'batches are accepted again once the writer has caught up');
+    assert.equal(await metric('evalbus_ingest_stream_full'), 0);
+  }));
+});
