@@ -129,10 +129,15 @@ static eb_status tags_item(const unsigned char *v, size_t n, eb_buf *scratch, cJ
     ndim = get_u32(v);
     if (ndim == 0)
         return EB_OK;
-    if (ndim > 6 || n < 12 + (size_t)ndim * 8)
+    if (ndim > 6 || n < 12 + (size_t)ndim * 8 || get_u32(v + 8) != 25 /* text */)
         return eb_error(EB_ERR_INTERNAL, "record: a text[] column is malformed");
-    for (uint32_t d = 0; d < ndim; d++, off += 8)
-        count *= get_u32(v + off);
+    for (uint32_t d = 0; d < ndim; d++, off += 8) {
+        uint32_t size = get_u32(v + off);
+        /* every element takes 4 bytes at least: a larger count cannot be in n bytes */
+        if (size > (n - 12) / 4 || (size && count > (n - 12) / 4 / size))
+            return eb_error(EB_ERR_INTERNAL, "record: a text[] column is malformed");
+        count *= size;
+    }
     for (size_t i = 0; i < count; i++) {
         int32_t len;
         if (n - off < 4)
@@ -148,6 +153,8 @@ static eb_status tags_item(const unsigned char *v, size_t n, eb_buf *scratch, cJ
         cJSON_AddItemToArray(arr, text_item(v + off, (size_t)len, scratch));
         off += (size_t)len;
     }
+    if (off != n)
+        return eb_error(EB_ERR_INTERNAL, "record: a text[] column has bytes left over");
     return EB_OK;
 }
 
@@ -253,6 +260,8 @@ eb_status export_record_from_row(const char *row, size_t len, eb_buf *scratch, c
             cJSON_AddItemToObjectCS(rec, cols[i].key, item);
         }
     }
+    if (st == EB_OK && p != end)
+        st = eb_error(EB_ERR_INTERNAL, "record: bytes left over after the last column");
     if (st != EB_OK) {
         cJSON_Delete(rec);
         return st;

@@ -52,7 +52,7 @@ static const eb_setting settings[] = {
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
      offsetof(T, stream_max_bytes), "size of the INGEST stream (oldest records go first)"},
-    {"stream-high-water", "EVALBUS_STREAM_HIGH_WATER", EB_SET_INT, "90", 10, 99, false,
+    {"stream-high-water", "EVALBUS_STREAM_HIGH_WATER", EB_SET_INT, "90", 20, 99, false,
      offsetof(T, stream_high_water),
      "percent of stream-max-bytes that records not yet stored may fill before new ones are "
      "refused (accepted again 10 points below)"},

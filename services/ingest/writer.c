@@ -818,6 +818,21 @@ static bool partition_known(ingest_writer *w, long long part_ns)
     return known;
 }
 
+/* Records that the partitions of part_ns's day exist. */
+static void remember_day(ingest_writer *w, long long part_ns)
+{
+    long long day = part_ns / DAY_NS;
+
+    if (partition_known(w, part_ns))
+        return;
+    pthread_mutex_lock(&w->mu);
+    if (w->nknown < (int)(sizeof(w->known_days) / sizeof(w->known_days[0])))
+        w->known_days[w->nknown++] = day;
+    else
+        w->nknown = 0; /* forget and re-check: CREATE IF NOT EXISTS is cheap enough */
+    pthread_mutex_unlock(&w->mu);
+}
+
 /* Creates the day partitions of traces and observations for part_ns, once per process. */
 static eb_status ensure_partition(ingest_writer *w, PGconn *c, long long part_ns)
 {
@@ -853,14 +868,8 @@ static eb_status ensure_partition(ingest_writer *w, PGconn *c, long long part_ns
     else
         eb_db_rollback(c);
     free(sql);
-    if (st == EB_OK) {
-        pthread_mutex_lock(&w->mu);
-        if (w->nknown < (int)(sizeof(w->known_days) / sizeof(w->known_days[0])))
-            w->known_days[w->nknown++] = day;
-        else
-            w->nknown = 0; /* forget and re-check: CREATE IF NOT EXISTS is cheap enough */
-        pthread_mutex_unlock(&w->mu);
-    }
+    if (st == EB_OK)
+        remember_day(w, part_ns);
     return st;
 }
 
@@ -1000,12 +1009,10 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
         }
         i = old[ord - 1];
         recs[i].part_ns = atoll(eb_db_val(r, row, 1));
-        if (!partition_known(w, recs[i].part_ns)) {
-            /* stored meanwhile by another writer with a day new to this process; DDL cannot
-             * run inside this transaction, so fail the pass: the retry creates it */
-            st = eb_error(EB_ERR_UNAVAILABLE, "partition for a concurrently stored key is new");
-            goto cleanup;
-        }
+        /* a stored key's day has its partitions: whoever stored the key (this process before
+         * a restart, another replica, a start time since changed) made them first, and
+         * retention drops a day's keys with its partitions */
+        remember_day(w, recs[i].part_ns);
     }
 cleanup:
     PQclear(r);

@@ -184,6 +184,39 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     process.stderr.write(`[durability] all ${N} stored ${ms} ms after the last 2xx (${Date.now() - killedAt} ms after the kill)\n`);
   }));
 
+  it('after a restart, a trace sent again with its start moved to another day is stored in the day it has', T, stack.wrap(async () => {
+    // The writer knows which day partitions exist per process; a key stored before a restart
+    // (or by another replica) names a day this process has not seen. It must be trusted, not
+    // retried forever.
+    const id = `moved-${crypto.randomBytes(3).toString('hex')}`;
+    const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000).toISOString();
+    const send = (name, start) => stack.api('POST', '/api/v1/traces', {
+      base: stack.url, key: A.key, body: { traces: [{ id, project: 'moved', name, start_time: start }] },
+    });
+    let r = await send('first', twoDaysAgo);
+    assert.equal(r.status, 202, r.text);
+    const stored = await pollUntil(async () => {
+      const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+      return g.status === 200 ? g : null;
+    }, { timeoutMs: 10_000, intervalMs: 100 });
+    assert.ok(stored.value, 'the first version is stored');
+    const pid1 = stack.readPid('ingest');
+    process.kill(pid1, 'SIGTERM');
+    await pollUntil(() => !pidAlive(pid1), { timeoutMs: 20_000, intervalMs: 50 });
+    const up = await stack.stackCmd('up', 90_000);
+    assert.equal(up.code, 0, `scripts/stack up restarted ingest: ${up.stdout}${up.stderr}`);
+    r = await send('second', new Date().toISOString());
+    assert.equal(r.status, 202, r.text);
+    const moved = await pollUntil(async () => {
+      const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+      return g.status === 200 && g.body.name === 'second' ? g : null;
+    }, { timeoutMs: 15_000, intervalMs: 200 });
+    assert.ok(moved.value, 'the second version replaced the first');
+    const rows = await stack.psql(`SELECT count(*), min(part_time)::date = (now() - interval '2 days')::date
+      FROM ingest.traces WHERE team_id = '${A.id}' AND id = '${id}'`);
+    assert.deepEqual(rows[0], ['1', 't'], 'one row, still in the day it was first stored in');
+  }));
+
   it('PostgreSQL stopped for 10 s during ingestion: HTTP keeps answering 202 and every trace is stored exactly once afterwards', T, stack.wrap(async () => {
     const prefix = `pg-${crypto.randomBytes(3).toString('hex')}`;
     const SIZE = 50;

@@ -342,13 +342,81 @@ static void test_infinite_time(void **state)
     eb_buf_free(&b);
 }
 
+/* EXPORT_RECORD_COLUMNS names as many columns as the table in record.c reads. */
+static void test_column_list(void **state)
+{
+    (void)state;
+    const char *cols = EXPORT_RECORD_COLUMNS;
+    int n = 1;
+
+    for (const char *p = cols; *p; p++)
+        n += *p == ',';
+    assert_int_equal(n, EXPORT_RECORD_NCOLS);
+}
+
+/* text[] structures that cannot be: an element count past the bytes, another element type,
+ * bytes after the last element */
+static void huge_tags(eb_buf *b)
+{
+    put32(b, 28);
+    put32(b, 2);
+    put32(b, 0);
+    put32(b, 25);
+    put32(b, 0x10000); /* 65536 x 65536 elements */
+    put32(b, 1);
+    put32(b, 0x10000);
+    put32(b, 1);
+}
+
+static void int_tags(eb_buf *b)
+{
+    put32(b, 24);
+    put32(b, 1);
+    put32(b, 0);
+    put32(b, 23); /* int4 */
+    put32(b, 1);
+    put32(b, 1);
+    put32(b, 0xffffffffu);
+}
+
+static void extra_tags(eb_buf *b)
+{
+    put32(b, 25);
+    put32(b, 1);
+    put32(b, 0);
+    put32(b, 25);
+    put32(b, 1);
+    put32(b, 1);
+    put32(b, 0xffffffffu);
+    eb_buf_putc(b, 'x');
+}
+
+static void test_bad_arrays(void **state)
+{
+    (void)state;
+    void (*cases[])(eb_buf *) = {huge_tags, int_tags, extra_tags};
+    eb_buf b = {0};
+    eb_status st;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        row_with(&b, 18, cases[i]);
+        assert_null(build(&b, &st));
+        assert_int_equal(st, EB_ERR_INTERNAL);
+    }
+    /* a whole row with a byte after its last column */
+    full_row(&b);
+    eb_buf_putc(&b, 0);
+    assert_null(build(&b, &st));
+    assert_int_equal(st, EB_ERR_INTERNAL);
+    eb_buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_row),
-        cmocka_unit_test(test_one_column),
-        cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_infinite_time),
+        cmocka_unit_test(test_full_row),    cmocka_unit_test(test_one_column),
+        cmocka_unit_test(test_malformed),   cmocka_unit_test(test_infinite_time),
+        cmocka_unit_test(test_column_list), cmocka_unit_test(test_bad_arrays),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
