@@ -8,6 +8,7 @@
  * nothing a publisher sends can stop or stall the intake.
  * Threading: the NATS callback only queues the message and wakes the loop; all work happens on
  * the loop thread. */
+#include "evalbus/arena.h"
 #include "evalbus/bus.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
@@ -23,7 +24,8 @@ typedef struct nats_item {
     struct nats_item *next;
     natsMsg *msg;
     ingest_ctx *ctx;
-    Evalbus__V1__TraceBatch *batch;
+    Evalbus__V1__TraceBatch *batch; /* unpacked into arena: freed with it, never one by one */
+    eb_arena *arena;
     Evalbus__V1__Trace **valid;
     size_t nvalid;
     uint32_t *index;
@@ -64,8 +66,7 @@ static void item_free(nats_item *it)
     free(it->rejected);
     free(it->valid);
     free(it->index);
-    if (it->batch)
-        evalbus__v1__trace_batch__free_unpacked(it->batch, NULL);
+    eb_arena_free(it->arena); /* the batch and everything in it */
     natsMsg_Destroy(it->msg);
     free(it);
 }
@@ -160,8 +161,14 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
         refuse(it, EB_ERR_TOO_LARGE, "the message exceeds max-body", "too_large");
         return;
     }
-    it->batch = evalbus__v1__trace_batch__unpack(NULL, (size_t)len,
-                                                 (const uint8_t *)natsMsg_GetData(it->msg));
+    {
+        /* the batch's hundreds of strings and sub-messages come from one arena, not malloc */
+        ProtobufCAllocator al;
+        it->arena = eb_arena_new();
+        al = eb_arena_pb_allocator(it->arena);
+        it->batch = evalbus__v1__trace_batch__unpack(&al, (size_t)len,
+                                                     (const uint8_t *)natsMsg_GetData(it->msg));
+    }
     if (!it->batch) {
         refuse(it, EB_ERR_INVALID, "the message is not an evalbus.v1.TraceBatch", "undecodable");
         return;
@@ -176,8 +183,11 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
     for (size_t i = 0; i < it->batch->n_traces; i++) {
         Evalbus__V1__Trace *t = it->batch->traces[i];
         eb_status vs = ingest_trace_validate(t, &ctx->limits);
-        if (vs == EB_OK && p->project[0] && !t->project)
-            t->project = eb_strdup(p->project); /* a restricted key writes to its project */
+        if (vs == EB_OK && p->project[0] && !t->project) {
+            /* a restricted key writes to its project (a copy in the batch's arena) */
+            size_t n = strlen(p->project) + 1;
+            t->project = memcpy(eb_arena_alloc(it->arena, n), p->project, n);
+        }
         if (vs == EB_OK)
             vs = ingest_check_project(p, t->project);
         if (vs != EB_OK) {
