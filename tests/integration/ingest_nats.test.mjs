@@ -216,6 +216,20 @@ describe('ingest: TraceBatch over NATS', () => {
     assertError(await api('GET', `/api/v1/traces/${bad}`, A.key), 'not_found', 'the invalid trace is not stored');
   }));
 
+  it('a key restricted to a project: traces without a project get it, another project is refused', T, stack.wrap(async () => {
+    const web = (await stack.createKey(A.key, { name: 'web', scopes: ['traces:write', 'traces:read'], project: 'web' })).key;
+    const [noProject, other] = [rid('rp'), rid('ro')];
+    const t = trace(noProject);
+    delete t.project;
+    const ack = await publishBatch(A.team, encodeBatch([t, trace(other, { project: 'elsewhere' })]), web);
+    assert.deepEqual(ack.accepted_ids, [noProject], JSON.stringify(ack));
+    assert.equal(ack.rejected.length, 1);
+    assert.equal(ack.rejected[0].id, other);
+    assert.equal(ack.rejected[0].code, 'forbidden');
+    const g = await waitTrace(A.key, noProject);
+    assert.equal(g.project, 'web', 'the key\'s project is filled in');
+  }));
+
   it('the same batch published twice is stored once', T, stack.wrap(async () => {
     const id = rid('twice');
     const data = encodeBatch([trace(id, { project: `nats-dup-${id}` })]);
