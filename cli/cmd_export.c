@@ -600,7 +600,6 @@ static int parse_id(const char *arg, char id[37])
     return CLI_OK;
 }
 
-/* The job's statistics highlights: records and skipped records by reason. */
 /* One line "label: k1 n1, k2 n2, ..." of a {key: count} object (largest first, at most 6). */
 static void print_counts(const char *label, const cJSON *obj)
 {
@@ -631,6 +630,7 @@ static void print_counts(const char *label, const cJSON *obj)
         printf("\n");
 }
 
+/* The job's statistics highlights: records and skipped records by reason. */
 static void print_statistics(const cJSON *stats)
 {
     const cJSON *reasons = cJSON_GetObjectItemCaseSensitive(stats, "skipped_by_reason");

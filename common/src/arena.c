@@ -117,7 +117,8 @@ static void *cjson_malloc(size_t size)
     return bound ? eb_arena_alloc(bound, size) : malloc(size);
 }
 
-bool eb_arena_owns(const eb_arena *a, const void *p)
+/* True when p lies in one of a's chunks. */
+static bool arena_owns(const eb_arena *a, const void *p)
 {
     for (const chunk *c = a->head; c; c = c->next)
         if ((const unsigned char *)p >= c->data && (const unsigned char *)p < c->data + c->cap)
@@ -127,7 +128,7 @@ bool eb_arena_owns(const eb_arena *a, const void *p)
 
 static void cjson_free(void *ptr)
 {
-    if (!bound || !eb_arena_owns(bound, ptr))
+    if (!bound || !arena_owns(bound, ptr))
         free(ptr);
 }
 

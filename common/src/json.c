@@ -303,7 +303,7 @@ bool eb_rfc3339_valid(const char *s)
  * as v, with '.' whatever the locale; non-finite numbers (which JSON has not) as null. */
 void eb_buf_json_number(eb_buf *b, double v)
 {
-    char text[40], *endp;
+    char text[40];
     size_t k = 0;
 
     if (!isfinite(v)) {
@@ -325,7 +325,7 @@ void eb_buf_json_number(eb_buf *b, double v)
     }
     for (int prec = 15; prec <= 17; prec++) {
         snprintf(text, sizeof text, "%.*g", prec, v);
-        if (strtod(text, &endp) == v)
+        if (strtod(text, NULL) == v)
             break;
     }
     for (size_t i = 0; text[i]; i++) {

@@ -291,8 +291,7 @@ void api_exports_list(eb_http_req *req, void *vctx)
     if (!c)
         goto cleanup;
     st = eb_db_exec(c,
-                    "SELECT " EXPORT_JOB_COLS ", to_char(created_at AT TIME ZONE 'UTC',"
-                    " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM export.jobs WHERE team_id ="
+                    "SELECT " EXPORT_JOB_COLS " FROM export.jobs WHERE team_id ="
                     " $1::uuid AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR"
                     " (created_at, id) < ($3::timestamptz, $4::uuid)) ORDER BY created_at DESC,"
                     " id DESC LIMIT $5::int",
@@ -310,7 +309,8 @@ void api_exports_list(eb_http_req *req, void *vctx)
         cJSON_AddItemToArray(arr, export_job_json(r, i));
     if (n > limit) {
         eb_buf cur = {0}, enc = {0};
-        eb_buf_printf(&cur, "%s|%s", eb_db_val(r, (int)limit - 1, 20),
+        /* column 8: created_at as EXPORT_JOB_TIME writes it (microseconds, UTC) */
+        eb_buf_printf(&cur, "%s|%s", eb_db_val(r, (int)limit - 1, 8),
                       eb_db_val(r, (int)limit - 1, 0));
         eb_base64url_encode(cur.data, cur.len, &enc);
         cJSON_AddStringToObject(root, "next_cursor", enc.data);

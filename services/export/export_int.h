@@ -74,6 +74,11 @@ eb_status export_filter_from_query(eb_http_req *req, cJSON **filter);
  * folder; a deeper prefix is allowed). */
 eb_status export_destination_check(const export_config *cfg, const char *dest);
 
+/* Sets opt's include / exclude lists from a spec's fields ({"include": [...], "exclude":
+ * [...]}); the strings stay fields'. Free the lists with export_options_clear_fields. */
+void export_options_set_fields(export_options *opt, const cJSON *fields);
+void export_options_clear_fields(export_options *opt);
+
 /* Appends to sql the WHERE conditions (after "WHERE team_id = ...") that a filter selects on
  * the view ingest.export_traces (alias v), with literals escaped for conn. */
 eb_status export_filter_sql(PGconn *conn, const cJSON *filter, eb_buf *sql);

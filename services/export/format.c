@@ -1293,7 +1293,6 @@ static const char *write_sql_pair(export_writer *w, const cJSON *trace, eb_buf *
 
 /* ================================================================== redaction */
 
-/* Replaces every string value below item (not member names) by its redacted form. */
 /* True for a value the built-in kinds never replace, so scanning it can be skipped: an RFC 3339
  * timestamp (the trace format's times) or one of the format's enumerated words (roles, states,
  * kinds). A team pattern could match such a value, so with team patterns every value is
@@ -1317,6 +1316,7 @@ static bool plain_value(const char *v, size_t n)
     return false;
 }
 
+/* Replaces every string value below item (not member names) by its redacted form. */
 static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs)
 {
     eb_status st = EB_OK;

@@ -66,33 +66,39 @@ struct format_pool {
     bool quit;
 };
 
+eb_status export_format_row(export_writer *w, eb_arena *arena, eb_buf *scratch, const char *row,
+                            size_t len, bool discard, eb_buf *out, export_stats *stats)
+{
+    size_t before = out->len;
+    cJSON *rec;
+    eb_status st;
+
+    eb_arena_cjson_bind(arena);
+    st = export_record_from_row(row, len, scratch, &rec);
+    if (st == EB_OK)
+        st = export_writer_record(w, rec, out, stats);
+    if (discard)
+        out->len = before;
+    eb_arena_cjson_bind(NULL);
+    eb_arena_reset(arena); /* the record's tree with it: no cJSON_Delete walk per row */
+    return st;
+}
+
 static void format_batch(worker *wk, slot *s)
 {
     const char *p = s->in.data, *end = s->in.data + s->in.len;
 
     s->st = EB_OK;
-    while (p && p < end) {
+    while (p < end) {
         uint32_t len;
-        cJSON *rec;
         memcpy(&len, p, 4);
         p += 4;
-        eb_arena_cjson_bind(wk->arena);
-        s->st = export_record_from_row(p, len, &wk->scratch, &rec);
+        s->st = export_format_row(wk->w, wk->arena, &wk->scratch, p, len, wk->pool->discard,
+                                  &s->out, wk->stats);
         if (s->st != EB_OK) {
             snprintf(s->err, sizeof(s->err), "%s", eb_error_message());
-        } else {
-            size_t before = s->out.len;
-            s->st = export_writer_record(wk->w, rec, &s->out, wk->stats);
-            if (s->st != EB_OK)
-                snprintf(s->err, sizeof(s->err), "%s", eb_error_message());
-            if (wk->pool->discard)
-                s->out.len = before;
-            cJSON_Delete(rec);
-        }
-        eb_arena_cjson_bind(NULL);
-        eb_arena_reset(wk->arena);
-        if (s->st != EB_OK)
             break;
+        }
         p += len;
     }
 }

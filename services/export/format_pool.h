@@ -2,6 +2,7 @@
 #ifndef EVALBUS_EXPORT_FORMAT_POOL_H
 #define EVALBUS_EXPORT_FORMAT_POOL_H
 
+#include "evalbus/arena.h"
 #include "format.h"
 #include "redact.h"
 #include "stats.h"
@@ -9,6 +10,14 @@
 #include <stdbool.h>
 
 typedef struct format_pool format_pool;
+
+/* Formats one row (a binary COPY row, see export_record_from_row) with w into out and adds it to
+ * stats: the record is built in arena, bound to this thread for the call and reset after it, so
+ * the tree dies with the row; scratch is the builder's working space. With discard the output
+ * is dropped (statistics only). The step every format thread, and the json format's single
+ * thread, takes for each row. */
+eb_status export_format_row(export_writer *w, eb_arena *arena, eb_buf *scratch, const char *row,
+                            size_t len, bool discard, eb_buf *out, export_stats *stats);
 
 /* Starts nthreads threads, each with a writer made from opt but with redactors[i] (NULL array:
  * no redaction); the redactors stay the caller's and must outlive the pool. With discard the

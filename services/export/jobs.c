@@ -20,7 +20,15 @@
 enum {
     FILTER_MAX_ITEMS = 100, /* values of one list filter */
     FILTER_MAX_LEN = 256,   /* bytes of one value */
-    FIELDS_MAX = 200,
+};
+
+/* The time filters: member, column of the view, comparison (in this order in the SQL). */
+static const char *const time_filters[][3] = {
+    {"since", "part_time", ">="},
+    {"until", "part_time", "<"},
+    /* when the trace was stored (scheduled exports take what arrived since their last run) */
+    {"stored_since", "created_at", ">="},
+    {"stored_until", "created_at", "<"},
 };
 
 static const char *const list_filters[][2] = {
@@ -107,9 +115,8 @@ static eb_status check_filter(const cJSON *in, cJSON **out)
             goto cleanup;
         }
     }
-    for (int i = 0; i < 4 && in; i++) {
-        static const char *const names[] = {"since", "until", "stored_since", "stored_until"};
-        const char *name = names[i];
+    for (size_t i = 0; i < sizeof(time_filters) / sizeof(time_filters[0]) && in; i++) {
+        const char *name = time_filters[i][0];
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(in, name);
         if (!v || cJSON_IsNull(v))
             continue;
@@ -200,32 +207,52 @@ cleanup:
     return st;
 }
 
+/* Collects the strings of fields[name] (an array) into a new array; *n gets their number. */
+static const char **field_list(const cJSON *fields, const char *name, size_t *n)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(fields, name), *it;
+    const char **out;
+
+    *n = 0;
+    if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) == 0)
+        return NULL;
+    out = eb_calloc((size_t)cJSON_GetArraySize(arr), sizeof(char *));
+    cJSON_ArrayForEach(it, arr)
+    {
+        if (cJSON_IsString(it))
+            out[(*n)++] = it->valuestring;
+    }
+    return out;
+}
+
+void export_options_set_fields(export_options *opt, const cJSON *fields)
+{
+    opt->include = field_list(fields, "include", &opt->n_include);
+    opt->exclude = field_list(fields, "exclude", &opt->n_exclude);
+}
+
+void export_options_clear_fields(export_options *opt)
+{
+    free((void *)opt->include);
+    free((void *)opt->exclude);
+    opt->include = opt->exclude = NULL;
+    opt->n_include = opt->n_exclude = 0;
+}
+
 /* Builds the format's writer once with the requested fields, so that a field the format cannot
  * use is refused with the request (400) rather than failing the job later. */
 static eb_status check_fields_for_format(const export_spec *spec)
 {
-    const char *inc[FIELDS_MAX], *exc[FIELDS_MAX];
-    const cJSON *it;
     export_options opt = {0};
     export_writer *w = NULL;
     eb_status st;
 
     opt.format = spec->format;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(spec->fields, "include"))
-    {
-        if (opt.n_include < FIELDS_MAX)
-            inc[opt.n_include++] = it->valuestring;
-    }
-    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(spec->fields, "exclude"))
-    {
-        if (opt.n_exclude < FIELDS_MAX)
-            exc[opt.n_exclude++] = it->valuestring;
-    }
-    opt.include = inc;
-    opt.exclude = exc;
+    export_options_set_fields(&opt, spec->fields);
     opt.exported_at = "1970-01-01T00:00:00Z";
     st = export_writer_new(&opt, &w);
     export_writer_free(w);
+    export_options_clear_fields(&opt);
     if (st != EB_OK)
         return eb_error(EB_ERR_INVALID, "fields: %s", eb_error_message());
     return EB_OK;
@@ -426,24 +453,10 @@ eb_status export_filter_sql(PGconn *conn, const cJSON *filter, eb_buf *sql)
 {
     const cJSON *v, *score;
 
-    if ((v = cJSON_GetObjectItemCaseSensitive(filter, "since")) != NULL) {
-        eb_buf_puts(sql, " AND v.part_time >= ");
-        put_literal(conn, sql, v->valuestring);
-        eb_buf_puts(sql, "::timestamptz");
-    }
-    if ((v = cJSON_GetObjectItemCaseSensitive(filter, "until")) != NULL) {
-        eb_buf_puts(sql, " AND v.part_time < ");
-        put_literal(conn, sql, v->valuestring);
-        eb_buf_puts(sql, "::timestamptz");
-    }
-    /* when the trace was stored (scheduled exports take what arrived since their last run) */
-    if ((v = cJSON_GetObjectItemCaseSensitive(filter, "stored_since")) != NULL) {
-        eb_buf_puts(sql, " AND v.created_at >= ");
-        put_literal(conn, sql, v->valuestring);
-        eb_buf_puts(sql, "::timestamptz");
-    }
-    if ((v = cJSON_GetObjectItemCaseSensitive(filter, "stored_until")) != NULL) {
-        eb_buf_puts(sql, " AND v.created_at < ");
+    for (size_t i = 0; i < sizeof(time_filters) / sizeof(time_filters[0]); i++) {
+        if ((v = cJSON_GetObjectItemCaseSensitive(filter, time_filters[i][0])) == NULL)
+            continue;
+        eb_buf_printf(sql, " AND v.%s %s ", time_filters[i][1], time_filters[i][2]);
         put_literal(conn, sql, v->valuestring);
         eb_buf_puts(sql, "::timestamptz");
     }

@@ -338,24 +338,6 @@ cleanup:
     return st;
 }
 
-/* Collects the strings of fields.include / fields.exclude. */
-static size_t field_list(const cJSON *fields, const char *name, const char ***out)
-{
-    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(fields, name), *it;
-    size_t n = 0;
-
-    *out = NULL;
-    if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) == 0)
-        return 0;
-    *out = eb_calloc((size_t)cJSON_GetArraySize(arr), sizeof(char *));
-    cJSON_ArrayForEach(it, arr)
-    {
-        if (cJSON_IsString(it))
-            (*out)[n++] = it->valuestring;
-    }
-    return n;
-}
-
 /* Stops a COPY in progress and brings the connection back to idle (rolled back). */
 static void abandon_copy(PGconn *conn)
 {
@@ -423,13 +405,12 @@ static void *counter_main(void *arg)
 eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config *cfg,
                               const export_sink *sink)
 {
-    redactor *rd = NULL, *prd[FORMAT_THREADS] = {0};
+    redactor *rd[FORMAT_THREADS] = {0}; /* one per formatting thread (json: one thread) */
     format_pool *pool = NULL;
     export_writer *w = NULL;
     export_stats *stats = NULL;
     export_options opt = {0};
     compressor comp = {0};
-    const char **inc = NULL, **exc = NULL;
     eb_buf sql = {0}, out = {0}, scratch = {0};
     PGresult *r = NULL;
     const char *params[1] = {run->team_id};
@@ -446,18 +427,16 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     run->rows = run->bytes_out = run->bytes_raw = 0;
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    if (run->anonymize && run->format == EXPORT_JSON) { /* others redact on the pool's threads */
-        st = export_team_redactors(conn, run->team_id, &rd, 1);
+    if (run->anonymize) { /* the team's key and patterns read once */
+        st = export_team_redactors(conn, run->team_id, rd,
+                                   run->format == EXPORT_JSON ? 1 : FORMAT_THREADS);
         if (st != EB_OK)
             goto cleanup;
     }
     filter_json = run->filter ? eb_json_print(run->filter) : NULL;
     opt.format = run->format;
-    opt.n_include = field_list(run->fields, "include", &inc);
-    opt.include = inc;
-    opt.n_exclude = field_list(run->fields, "exclude", &exc);
-    opt.exclude = exc;
-    opt.redact = rd;
+    export_options_set_fields(&opt, run->fields);
+    opt.redact = run->format == EXPORT_JSON ? rd[0] : NULL; /* the pool's: rd[i] each */
     opt.exported_at = stamp;
     opt.filter_json = filter_json;
     st = export_writer_new(&opt, &w);
@@ -466,11 +445,7 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     stats = export_stats_new();
     if (run->format != EXPORT_JSON) {
         /* records stand alone: format them on a pool of threads (each its own redactor) */
-        if (run->anonymize) /* the team's key and patterns read once */
-            st = export_team_redactors(conn, run->team_id, prd, FORMAT_THREADS);
-        if (st == EB_OK)
-            st = format_pool_new(FORMAT_THREADS, &opt, run->anonymize ? prd : NULL, run->stats_only,
-                                 &pool);
+        st = format_pool_new(FORMAT_THREADS, &opt, rd, run->stats_only, &pool);
         if (st != EB_OK)
             goto cleanup;
     }
@@ -528,7 +503,6 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
         const char *row = NULL;
         size_t rlen = 0;
         bool done = false;
-        cJSON *rec;
         int n = PQgetCopyData(conn, &msg, 0);
         if (n == -1)
             break;
@@ -541,19 +515,9 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
             st = format_pool_add(pool, row, rlen, &out);
             run->rows++;
         } else if (st == EB_OK && !done) {
-            eb_arena_cjson_bind(arena);
-            st = export_record_from_row(row, rlen, &scratch, &rec);
-            if (st == EB_OK) {
-                eb_buf *dst = &out;
-                size_t before = out.len;
-                st = export_writer_record(w, rec, dst, stats);
-                if (run->stats_only)
-                    out.len = before; /* statistics only: nothing is written */
-                cJSON_Delete(rec);
+            st = export_format_row(w, arena, &scratch, row, rlen, run->stats_only, &out, stats);
+            if (st == EB_OK)
                 run->rows++;
-            }
-            eb_arena_cjson_bind(NULL);
-            eb_arena_reset(arena);
         }
         PQfreemem(msg);
         if (st != EB_OK)
@@ -623,14 +587,12 @@ cleanup:
         eb_db_rollback(conn);
     PQclear(r);
     format_pool_free(pool);
-    for (int i = 0; i < FORMAT_THREADS; i++)
-        redact_free(prd[i]);
     comp_free(&comp);
     export_writer_free(w);
+    for (int i = 0; i < FORMAT_THREADS; i++) /* after the writers that use them */
+        redact_free(rd[i]);
     export_stats_free(stats);
-    redact_free(rd);
-    free(inc);
-    free(exc);
+    export_options_clear_fields(&opt);
     free(filter_json);
     eb_buf_free(&sql);
     eb_buf_free(&out);

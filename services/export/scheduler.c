@@ -125,14 +125,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         goto done;
     st = eb_db_begin_system(c);
     if (st == EB_OK)
-        st =
-            eb_db_exec(c,
-                       "SELECT team_id, id, team_slug, spec::text, every, to_char(watermark AT TIME"
-                       " ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), last_job_id,"
-                       " created_by_user, created_by_key FROM export.schedules WHERE enabled AND"
-                       " next_run_at <= now() ORDER BY next_run_at LIMIT 20"
-                       " FOR UPDATE SKIP LOCKED",
-                       0, NULL, &r);
+        st = eb_db_exec(c,
+                        "SELECT team_id, id, team_slug, spec::text, every, " EXPORT_JOB_TIME(
+                            "watermark") ", last_job_id,"
+                                         " created_by_user, created_by_key FROM export.schedules "
+                                         "WHERE enabled AND"
+                                         " next_run_at <= now() ORDER BY next_run_at LIMIT 20"
+                                         " FOR UPDATE SKIP LOCKED",
+                        0, NULL, &r);
     for (int i = 0; st == EB_OK && i < PQntuples(r); i++) {
         st = run_schedule(ctx, c, r, i);
         if (st == EB_ERR_INVALID) {

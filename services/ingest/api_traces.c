@@ -41,7 +41,7 @@ typedef struct batch_state {
     eb_principal who; /* copied: the pool thread reads it */
     const char *body; /* owned by req, which lives until the answer */
     size_t body_len;
-    char *encoding; /* Content-Encoding, or NULL */
+    const char *encoding; /* Content-Encoding, or NULL (owned by req, like body) */
     /* whole-request failure (before any item was looked at) */
     eb_status st;
     char *error; /* its message */
@@ -50,7 +50,7 @@ typedef struct batch_state {
     natsMsg **msgs;  /* packed records of the valid traces, for the stream */
     char **ids;      /* ids of the valid traces */
     size_t nvalid;
-    size_t *index; /* position of valid[i] in the request */
+    size_t *index; /* position of msgs[i] / ids[i] in the request */
     size_t total;
 } batch_state;
 
@@ -69,13 +69,12 @@ static cJSON *rejection(size_t index, const char *id, eb_status st, const char *
 static void batch_free(batch_state *b)
 {
     for (size_t i = 0; i < b->nvalid; i++) {
-        natsMsg_Destroy(b->msgs ? b->msgs[i] : NULL);
+        natsMsg_Destroy(b->msgs[i]);
         free(b->ids[i]);
     }
     free(b->msgs);
     free(b->ids);
     free(b->index);
-    free(b->encoding);
     free(b->error);
     cJSON_Delete(b->rejected);
     free(b);
@@ -228,7 +227,7 @@ void api_traces_post(eb_http_req *req, void *vctx)
     b->req = req;
     b->who = *eb_http_req_principal(req);
     b->body = eb_http_req_body(req, &b->body_len);
-    b->encoding = enc ? eb_strdup(enc) : NULL;
+    b->encoding = enc;
     ingest_pool_submit(ctx->pool, decode_batch, on_decoded, b);
 }
 

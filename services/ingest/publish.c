@@ -251,8 +251,8 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
         return NULL;
     }
     *st = EB_OK;
-    eb_metrics_describe("evalbus_ingest_records_published_total", "counter",
-                        "Trace records handed to the INGEST stream, by result");
+    eb_metrics_describe("evalbus_ingest_refused_stream_full_total", "counter",
+                        "records refused while the stream was full of records not yet stored");
     return p;
 }
 

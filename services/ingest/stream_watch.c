@@ -113,8 +113,6 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
     eb_metrics_describe(
         "evalbus_ingest_stream_full", "gauge",
         "1 while new records are refused: unstored records above stream-high-water");
-    eb_metrics_describe("evalbus_ingest_refused_stream_full_total", "counter",
-                        "records refused while the stream was full of records not yet stored");
     if (pthread_create(&w->tid, NULL, watch_main, w) != 0) {
         eb_log_error(NULL, "cannot start the stream watch thread");
         free(w);

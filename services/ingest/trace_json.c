@@ -313,7 +313,6 @@ void ingest_time_text(long long unix_nano, char *buf, size_t len)
     long long secs, nanos, days, rem, y;
     unsigned mo, d;
     char *p = buf;
-    int n;
 
     if (len == 0)
         return;
@@ -333,44 +332,32 @@ void ingest_time_text(long long unix_nano, char *buf, size_t len)
         days--;
     }
     civil_from_days(days, &y, &mo, &d);
-    if (len >= 40 && y >= 0 && y <= 9999) {
-        /* the writer formats several times per row: by hand, not through printf */
-        p = put_digits(p, y, 4);
-        *p++ = '-';
-        p = put_digits(p, mo, 2);
-        *p++ = '-';
-        p = put_digits(p, d, 2);
-        *p++ = 'T';
-        p = put_digits(p, rem / 3600, 2);
-        *p++ = ':';
-        p = put_digits(p, rem / 60 % 60, 2);
-        *p++ = ':';
-        p = put_digits(p, rem % 60, 2);
-        if (nanos) {
-            *p++ = '.';
-            if (nanos % 1000000 == 0)
-                p = put_digits(p, nanos / 1000000, 3);
-            else if (nanos % 1000 == 0)
-                p = put_digits(p, nanos / 1000, 6);
-            else
-                p = put_digits(p, nanos, 9);
-        }
-        *p++ = 'Z';
-        *p = '\0';
+    /* nanoseconds in a long long reach the years 1677 to 2262: four digits always do; the
+     * writer formats several times per row: by hand, not through printf */
+    if (len < 40)
         return;
+    p = put_digits(p, y, 4);
+    *p++ = '-';
+    p = put_digits(p, mo, 2);
+    *p++ = '-';
+    p = put_digits(p, d, 2);
+    *p++ = 'T';
+    p = put_digits(p, rem / 3600, 2);
+    *p++ = ':';
+    p = put_digits(p, rem / 60 % 60, 2);
+    *p++ = ':';
+    p = put_digits(p, rem % 60, 2);
+    if (nanos) {
+        *p++ = '.';
+        if (nanos % 1000000 == 0)
+            p = put_digits(p, nanos / 1000000, 3);
+        else if (nanos % 1000 == 0)
+            p = put_digits(p, nanos / 1000, 6);
+        else
+            p = put_digits(p, nanos, 9);
     }
-    n = snprintf(buf, len, "%04lld-%02u-%02uT%02lld:%02lld:%02lld", y, mo, d, rem / 3600,
-                 rem / 60 % 60, rem % 60);
-    if (n < 0 || (size_t)n >= len)
-        return;
-    if (nanos % 1000000 == 0 && nanos)
-        n += snprintf(buf + n, len - (size_t)n, ".%03lld", nanos / 1000000);
-    else if (nanos % 1000 == 0 && nanos)
-        n += snprintf(buf + n, len - (size_t)n, ".%06lld", nanos / 1000);
-    else if (nanos)
-        n += snprintf(buf + n, len - (size_t)n, ".%09lld", nanos);
-    if (n > 0 && (size_t)n < len)
-        snprintf(buf + n, len - (size_t)n, "Z");
+    *p++ = 'Z';
+    *p = '\0';
 }
 
 /* ---------------------------------------------------------------------------------------------

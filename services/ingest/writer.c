@@ -822,13 +822,14 @@ static bool partition_known(ingest_writer *w, long long part_ns)
 static void remember_day(ingest_writer *w, long long part_ns)
 {
     long long day = part_ns / DAY_NS;
+    bool known = false;
 
-    if (partition_known(w, part_ns))
-        return;
     pthread_mutex_lock(&w->mu);
-    if (w->nknown < (int)(sizeof(w->known_days) / sizeof(w->known_days[0])))
+    for (int i = 0; i < w->nknown && !known; i++)
+        known = w->known_days[i] == day;
+    if (!known && w->nknown < (int)(sizeof(w->known_days) / sizeof(w->known_days[0])))
         w->known_days[w->nknown++] = day;
-    else
+    else if (!known)
         w->nknown = 0; /* forget and re-check: CREATE IF NOT EXISTS is cheap enough */
     pthread_mutex_unlock(&w->mu);
 }
@@ -899,17 +900,26 @@ static uint64_t key_hash_of(const char *team, const char *id)
     return h;
 }
 
-/* The record of this pass with key (team, id) in plan_pass()'s set, or SIZE_MAX. */
-static size_t find_rec(const rec *recs, const size_t *set, size_t cap, const char *team,
+/* The slot of plan_pass()'s set that holds the record with key (team, id), or the empty slot
+ * where it would go. */
+static size_t key_slot(const rec *recs, const size_t *set, size_t cap, const char *team,
                        const char *id)
 {
-    for (size_t slot = key_hash_of(team, id) & (cap - 1); set[slot] != SIZE_MAX;
-         slot = (slot + 1) & (cap - 1)) {
+    size_t slot = key_hash_of(team, id) & (cap - 1);
+
+    for (; set[slot] != SIZE_MAX; slot = (slot + 1) & (cap - 1)) {
         const rec *x = &recs[set[slot]];
         if (strcmp(x->r->trace->id, id) == 0 && strcmp(x->r->envelope->team_id, team) == 0)
-            return set[slot];
+            break;
     }
-    return SIZE_MAX;
+    return slot;
+}
+
+/* Closes an array literal begun by array_item and returns its text. */
+static const char *array_end(eb_buf *a)
+{
+    eb_buf_putc(a, '}');
+    return a->data;
 }
 
 /* Assigns part_ns to every record of the pass, and opens the pass's transaction: new keys are
@@ -951,12 +961,9 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     st = eb_db_begin_system(c);
     if (st != EB_OK || teams.len == 0)
         goto cleanup;
-    eb_buf_putc(&teams, '}');
-    eb_buf_putc(&ids, '}');
-    eb_buf_putc(&times, '}');
-    params[0] = teams.data;
-    params[1] = ids.data;
-    params[2] = times.data;
+    params[0] = array_end(&teams);
+    params[1] = array_end(&ids);
+    params[2] = array_end(&times);
     st = eb_db_exec(c,
                     "INSERT INTO ingest.trace_keys (team_id, id, part_time)"
                     " SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])"
@@ -965,7 +972,7 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     if (st != EB_OK)
         goto cleanup;
     for (int row = 0; row < PQntuples(r); row++) {
-        size_t i = find_rec(recs, set, cap, eb_db_val(r, row, 0), eb_db_val(r, row, 1));
+        size_t i = set[key_slot(recs, set, cap, eb_db_val(r, row, 0), eb_db_val(r, row, 1))];
         if (i != SIZE_MAX)
             recs[i].existed = false; /* new: its day is the one proposed */
     }
@@ -984,10 +991,8 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     }
     if (n_old == 0)
         goto cleanup;
-    eb_buf_putc(&teams, '}');
-    eb_buf_putc(&ids, '}');
-    params[0] = teams.data;
-    params[1] = ids.data;
+    params[0] = array_end(&teams);
+    params[1] = array_end(&ids);
     st = eb_db_exec(c,
                     "SELECT u.ord, (extract(epoch FROM k.part_time)::numeric * 1000000000)::bigint"
                     " FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(team_id, id, ord)"
@@ -1149,17 +1154,6 @@ cleanup:
     return st;
 }
 
-static bool same_key(const rec *a, const rec *b)
-{
-    return strcmp(a->r->envelope->team_id, b->r->envelope->team_id) == 0 &&
-           strcmp(a->r->trace->id, b->r->trace->id) == 0;
-}
-
-static uint64_t key_hash(const rec *x)
-{
-    return key_hash_of(x->r->envelope->team_id, x->r->trace->id);
-}
-
 /* Marks recs[i].skip for records that are done or whose key an earlier record of this pass
  * already has: an open-addressing set of record indexes keyed by (team, trace id). */
 static void plan_pass(rec *recs, size_t n, const bool *done, size_t *set, size_t cap)
@@ -1171,14 +1165,10 @@ static void plan_pass(rec *recs, size_t n, const bool *done, size_t *set, size_t
         recs[i].skip = done[i];
         if (recs[i].skip)
             continue;
-        for (slot = key_hash(&recs[i]) & (cap - 1); set[slot] != SIZE_MAX;
-             slot = (slot + 1) & (cap - 1)) {
-            if (same_key(&recs[set[slot]], &recs[i])) {
-                recs[i].skip = true;
-                break;
-            }
-        }
-        if (!recs[i].skip)
+        slot = key_slot(recs, set, cap, recs[i].r->envelope->team_id, recs[i].r->trace->id);
+        if (set[slot] != SIZE_MAX)
+            recs[i].skip = true; /* an earlier record has the key */
+        else
             set[slot] = i;
     }
 }

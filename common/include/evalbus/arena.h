@@ -33,7 +33,5 @@ ProtobufCAllocator eb_arena_pb_allocator(eb_arena *a);
  * then may outlive the next reset of a (bind only around work whose trees die with it). */
 void eb_arena_cjson_init(void);
 void eb_arena_cjson_bind(eb_arena *a);
-/* True when p lies in one of a's chunks. */
-bool eb_arena_owns(const eb_arena *a, const void *p);
 
 #endif
