@@ -720,7 +720,6 @@ static bool team_id_of(PGconn *c, const char *slug, char *out, size_t len)
 
 typedef struct http_slot {
     CURL *h;
-    sbuf body;
     char resp[300];
     size_t rlen;
     long batch;
@@ -731,9 +730,8 @@ typedef struct http_slot {
 typedef struct http_run {
     const char *url; /* .../api/v1/traces */
     struct curl_slist *hdrs;
-    const char *tag; /* id prefix of this phase */
-    long long base_ns;
-    long nbatches, batch;
+    const sbuf *bodies; /* [nbatches], made before the clock starts */
+    long nbatches;
     int inflight;
     double rate;     /* batches per second; 0: as fast as the slots allow */
     double *lat_ms;  /* [nbatches], filled when not NULL */
@@ -754,14 +752,15 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
     return len;
 }
 
-static void http_body(http_run *r, sbuf *b, long batch)
+/* The JSON body of batch number `batch` (traces batch * size ... + size - 1) of phase tag. */
+static void http_body(sbuf *b, const char *tag, long batch, long size, long long base_ns)
 {
     gen_trace g;
 
     b->len = 0;
     sb_puts(b, "{\"traces\":[");
-    for (long k = 0; k < r->batch; k++) {
-        gen_make(&g, r->tag, batch * r->batch + k, r->base_ns);
+    for (long k = 0; k < size; k++) {
+        gen_make(&g, tag, batch * size + k, base_ns);
         if (k)
             sb_putc(b, ',');
         json_trace(b, &g);
@@ -801,16 +800,15 @@ static bool http_send(http_run *r)
                 continue;
             if (r->rate > 0 && now_s() < due)
                 break;
-            http_body(r, &slots[i].body, next);
-            r->bytes += slots[i].body.len;
+            r->bytes += r->bodies[next].len;
             slots[i].rlen = 0;
             slots[i].resp[0] = '\0';
             slots[i].batch = next++;
             slots[i].t_sched = r->rate > 0 ? due : now_s();
             slots[i].busy = true;
-            curl_easy_setopt(slots[i].h, CURLOPT_POSTFIELDS, slots[i].body.p);
             curl_easy_setopt(slots[i].h, CURLOPT_POSTFIELDSIZE_LARGE,
-                             (curl_off_t)slots[i].body.len);
+                             (curl_off_t)r->bodies[slots[i].batch].len);
+            curl_easy_setopt(slots[i].h, CURLOPT_POSTFIELDS, r->bodies[slots[i].batch].p);
             curl_multi_add_handle(m, slots[i].h);
         }
         curl_multi_perform(m, &running);
@@ -852,7 +850,6 @@ static bool http_send(http_run *r)
         if (slots[i].busy)
             curl_multi_remove_handle(m, slots[i].h);
         curl_easy_cleanup(slots[i].h);
-        sb_free(&slots[i].body);
     }
     curl_multi_cleanup(m);
     return ok;
@@ -863,8 +860,8 @@ static bool http_send(http_run *r)
 
 typedef struct nats_run {
     natsConnection *nc;
-    const char *subject, *key, *tag;
-    long long base_ns;
+    const char *subject, *key;
+    const sbuf *bodies; /* [nbatches] packed TraceBatch messages, made before the clock starts */
     long nbatches, batch;
     atomic_long next;
     atomic_bool failed;
@@ -872,18 +869,38 @@ typedef struct nats_run {
     double deadline;
 } nats_run;
 
+/* The packed TraceBatch of batch number `batch` of phase tag (as http_body). */
+static void nats_body(sbuf *b, const char *tag, long batch, long size, long long base_ns)
+{
+    gen_trace *g = calloc((size_t)size, sizeof *g);
+    pb_trace *p = calloc((size_t)size, sizeof *p);
+    Evalbus__V1__Trace **tp = calloc((size_t)size, sizeof *tp);
+    Evalbus__V1__TraceBatch tb = EVALBUS__V1__TRACE_BATCH__INIT;
+    size_t len;
+
+    for (long k = 0; k < size; k++) {
+        gen_make(&g[k], tag, batch * size + k, base_ns);
+        pb_fill(&p[k], &g[k]);
+        tp[k] = &p[k].t;
+    }
+    tb.traces = tp;
+    tb.n_traces = (size_t)size;
+    len = evalbus__v1__trace_batch__get_packed_size(&tb);
+    b->len = 0;
+    sb_reserve(b, len);
+    evalbus__v1__trace_batch__pack(&tb, (uint8_t *)b->p);
+    b->len = len;
+    free(tp);
+    free(p);
+    free(g);
+}
+
 static void *nats_worker(void *arg)
 {
     nats_run *r = arg;
-    gen_trace *g = calloc((size_t)r->batch, sizeof *g);
-    pb_trace *p = calloc((size_t)r->batch, sizeof *p);
-    Evalbus__V1__Trace **tp = calloc((size_t)r->batch, sizeof *tp);
-    uint8_t *buf = NULL;
-    size_t cap = 0;
 
     for (;;) {
         long b = atomic_fetch_add(&r->next, 1);
-        Evalbus__V1__TraceBatch tb = EVALBUS__V1__TRACE_BATCH__INIT;
         Evalbus__V1__IngestAck *ack = NULL;
         natsMsg *msg = NULL, *reply = NULL;
         natsStatus s;
@@ -896,21 +913,9 @@ static void *nats_worker(void *arg)
             atomic_store(&r->failed, true);
             break;
         }
-        for (long k = 0; k < r->batch; k++) {
-            gen_make(&g[k], r->tag, b * r->batch + k, r->base_ns);
-            pb_fill(&p[k], &g[k]);
-            tp[k] = &p[k].t;
-        }
-        tb.traces = tp;
-        tb.n_traces = (size_t)r->batch;
-        len = evalbus__v1__trace_batch__get_packed_size(&tb);
-        if (len > cap) {
-            cap = len * 2;
-            buf = realloc(buf, cap);
-        }
-        evalbus__v1__trace_batch__pack(&tb, buf);
+        len = r->bodies[b].len;
         atomic_fetch_add(&r->bytes, (long long)len);
-        s = natsMsg_Create(&msg, r->subject, NULL, (const char *)buf, (int)len);
+        s = natsMsg_Create(&msg, r->subject, NULL, r->bodies[b].p, (int)len);
         if (s == NATS_OK)
             s = natsMsgHeader_Set(msg, "Evalbus-Api-Key", r->key);
         if (s == NATS_OK)
@@ -938,10 +943,6 @@ static void *nats_worker(void *arg)
         natsMsg_Destroy(reply);
         natsMsg_Destroy(msg);
     }
-    free(buf);
-    free(tp);
-    free(p);
-    free(g);
     return NULL;
 }
 
@@ -990,14 +991,22 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
     const char *team_id = nats ? c->nats_team_id : c->http_team_id;
     long long before, seen = 0, n = nbatches * c->batch;
     double t0, t_sent, t_done;
+    long long base_ns = wall_ns();
     stored_watch w = {.n = n};
     natsSubscription *sub = NULL;
     char subject[200], stored[200];
+    sbuf *bodies = calloc((size_t)nbatches, sizeof *bodies);
     bool ok = false;
+
+    /* Every body is made before the clock starts, as the baseline's rows are: the client's
+     * generating and encoding is not what is measured, and must not take CPU from the service
+     * while it is. */
+    for (long b = 0; b < nbatches; b++)
+        (nats ? nats_body : http_body)(&bodies[b], tag, b, c->batch, base_ns);
 
     before = db_count(c->db, team_id, NULL);
     if (before < 0)
-        return false;
+        goto cleanup;
     if (!getenv("BENCH_INGEST_POLL_TRACES")) {
         snprintf(w.prefix, sizeof w.prefix, "%s-", tag);
         w.plen = strlen(w.prefix);
@@ -1015,10 +1024,8 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
     if (!nats) {
         http_run r = {.url = c->traces_url,
                       .hdrs = c->hdrs,
-                      .tag = tag,
-                      .base_ns = wall_ns(),
+                      .bodies = bodies,
                       .nbatches = nbatches,
-                      .batch = c->batch,
                       .inflight = rate > 0 ? MAX_INFLIGHT : c->inflight,
                       .rate = rate,
                       .lat_ms = lat_ms,
@@ -1029,8 +1036,7 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
         nats_run r = {.nc = c->nc,
                       .subject = subject,
                       .key = c->nats_key,
-                      .tag = tag,
-                      .base_ns = wall_ns(),
+                      .bodies = bodies,
                       .nbatches = nbatches,
                       .batch = c->batch,
                       .deadline = t0 + c->timeout};
@@ -1070,6 +1076,9 @@ cleanup:
         pthread_mutex_destroy(&w.mu);
         free(w.bits);
     }
+    for (long b = 0; b < nbatches; b++)
+        sb_free(&bodies[b]);
+    free(bodies);
     return ok;
 }
 

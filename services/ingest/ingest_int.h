@@ -45,6 +45,7 @@ typedef struct ingest_publisher ingest_publisher;
 typedef struct ingest_writer ingest_writer;
 typedef struct ingest_pool ingest_pool;
 typedef struct ingest_watch ingest_watch;
+typedef struct ingest_retention ingest_retention;
 
 typedef struct ingest_ctx {
     ingest_config *cfg;
@@ -59,7 +60,7 @@ typedef struct ingest_ctx {
     struct event *nats_wake;
     pthread_mutex_t nats_mu;
     struct nats_item *nats_queue;
-    struct event *retention_timer;
+    ingest_retention *retention;
 } ingest_ctx;
 
 /* --- publishing records to the INGEST stream (publish.c) --- */
@@ -124,7 +125,9 @@ void ingest_nats_drain(ingest_ctx *ctx);
 void ingest_nats_stop(ingest_ctx *ctx);
 
 /* --- retention (retention.c) --- */
-void ingest_retention_start(ingest_ctx *ctx);
+/* Starts the retention thread (NULL if it cannot be started); stop waits for a pass under way. */
+ingest_retention *ingest_retention_start(ingest_ctx *ctx);
+void ingest_retention_stop(ingest_retention *rt); /* NULL is ignored */
 /* One pass: drops expired partitions and deletes expired rows of shorter-lived projects. */
 eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted);
 

@@ -4,7 +4,7 @@
  * Start-up: settings, the service skeleton (loop, NATS, PostgreSQL, Redis, HTTP), migrations
  * of the ingest schema, the streams and the writer's consumer (created with a connection of
  * their own), the auth client, the publisher, the decode pool (threads that turn JSON batches
- * into records), NATS intake, writer threads, retention timer.
+ * into records), NATS intake, writer threads, retention thread.
  * Shutdown (SIGTERM): NATS intake leaves its queue group, HTTP drains; then the writer finishes
  * the batch in hand (anything not acknowledged stays in the stream). */
 #include "evalbus/arena.h"
@@ -144,17 +144,16 @@ int main(int argc, char **argv)
     if (cfg.writer_threads > 0)
         ctx.writer = ingest_writer_start(&ctx);
     ctx.watch = ingest_watch_start(&ctx);
-    ingest_retention_start(&ctx);
+    ctx.retention = ingest_retention_start(&ctx);
     ctx.svc.on_stop = on_stop;
     ctx.svc.on_stop_arg = &ctx;
     rc = eb_service_run(&ctx.svc);
 cleanup:
+    ingest_retention_stop(ctx.retention);
     ingest_watch_stop(ctx.watch);
     ingest_writer_stop(ctx.writer);
     ingest_nats_stop(&ctx);
     ingest_pool_free(ctx.pool);
-    if (ctx.retention_timer)
-        event_free(ctx.retention_timer);
     eb_authc_free(ctx.authc);
     ingest_publisher_free(ctx.pub);
     eb_service_cleanup(&ctx.svc);
