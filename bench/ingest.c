@@ -14,7 +14,9 @@
  * body, the NATS TraceBatch and the COPY row of trace i carry the same content: a system, a user
  * and an assistant message, one tool call (in the assistant message and at the trace level, with
  * its result), metadata, tags, and one or two observations (a generation, sometimes a tool span);
- * about 2 KB as JSON. Ids are fresh in every run.
+ * about 2 KB as JSON. Ids are fresh in every run. Each phase makes all its bodies (JSON or packed
+ * TraceBatch) before its clock starts, as the baseline makes its rows before its COPY: what is
+ * measured is the service, not the client's generating and encoding.
  *
  * Phases, one after the other, each ending when all its traces are committed:
  *   1. ingest_http: N traces in batches of B POSTed to INGEST_URL/api/v1/traces with F requests
