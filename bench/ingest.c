@@ -40,6 +40,9 @@
  *      a request's latency runs from its scheduled send time (so a stall is not hidden) to the
  *      end of its answer.
  * Each phase starts with a warm-up of two batches (credential cache, partitions, connections).
+ * Before each measured phase (and each baseline COPY) the database is quiesced: a CHECKPOINT,
+ * then a wait until no autovacuum worker is busy (see quiesce), so that no phase pays for the
+ * writes and the vacuuming left by the one before it.
  * Any error (a non-202 answer, a refused NATS batch, a timeout, rows that never arrive) stops the
  * run with a message on stderr and exit status 1; a figure is printed only once measured.
  * Afterwards the rows of the teams used here are deleted, so repeated runs start alike.
@@ -1190,59 +1193,50 @@ static int copy_child(const char *conninfo, const char *tag, long long base_ns, 
     return ok ? 0 : 1;
 }
 
-/* Raw COPY of N rows like the HTTP phase's (same generator, own ids) under a random team id;
- * returns traces per second or -1. The evalbus role cannot COPY into ingest.traces (row-level
- * security is forced, and PostgreSQL refuses COPY FROM under it), so the COPY runs as the
- * cluster's superuser (EVALBUS_STACK_PG_SUPERUSER over the socket in EVALBUS_STACK_PG_SOCKET_DIR,
- * peer authentication): a child process of this program, which first takes that user's identity
- * when we are root, as scripts/stack does. The day partitions are created beforehand by the
- * evalbus role, as the writer would, so their owner does not change. */
-static double baseline_copy(cfg *c, int run, double *bytes)
+/* Runs this program again as the cluster's superuser (EVALBUS_STACK_PG_SUPERUSER over the socket
+ * in EVALBUS_STACK_PG_SOCKET_DIR, peer authentication) with `mode` and the arguments after it,
+ * conninfo first: a child process which first takes that user's identity when we are root, as
+ * scripts/stack does. The child's first line of output goes to out; true if it exited with 0. */
+static bool as_superuser(cfg *c, const char *mode, const char *const *more, int nmore, char *out,
+                         size_t outlen)
 {
     const char *sock = getenv("EVALBUS_STACK_PG_SOCKET_DIR");
     const char *su = getenv("EVALBUS_STACK_PG_SUPERUSER");
-    char exe[4096], conninfo[1024], tag[48], base[32], n[32], out[128] = "";
+    char exe[4096], conninfo[1024];
     char *const envp[] = {(char *)"PATH=/usr/bin:/bin", NULL};
-    long long base_ns = wall_ns();
     struct passwd *pw = NULL;
     ssize_t len;
     int fd[2], status = 0;
-    double elapsed = 0, data_bytes = 0;
     pid_t pid;
     FILE *f;
 
+    out[0] = '\0';
     if (!sock || !*sock || !su || !*su) {
-        fprintf(stderr, "ingest: baseline: EVALBUS_STACK_PG_SOCKET_DIR and "
-                        "EVALBUS_STACK_PG_SUPERUSER are not set (stack.env of scripts/stack)\n");
-        return -1;
+        fprintf(stderr, "ingest: EVALBUS_STACK_PG_SOCKET_DIR and EVALBUS_STACK_PG_SUPERUSER are "
+                        "not set (stack.env of scripts/stack)\n");
+        return false;
     }
     if (geteuid() == 0 && strcmp(su, "root") != 0 && !(pw = getpwnam(su))) {
-        fprintf(stderr, "ingest: baseline: no user %s\n", su);
-        return -1;
+        fprintf(stderr, "ingest: no user %s\n", su);
+        return false;
     }
     len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len <= 0)
-        return -1;
+    if (len <= 0 || nmore > 8)
+        return false;
     exe[len] = '\0';
     snprintf(conninfo, sizeof conninfo, "host=%s port=%s dbname=%s user=%s", sock, PQport(c->db),
              PQdb(c->db), su);
-    snprintf(tag, sizeof tag, "%s-c%d", c->run_tag, run);
-    snprintf(base, sizeof base, "%lld", base_ns);
-    snprintf(n, sizeof n, "%ld", c->traces);
-    if (!c->base_team_id[0])
-        uuid_v4(c->base_team_id, sizeof c->base_team_id);
-    /* start times lie up to 2 minutes before base_ns */
-    if (!ensure_partitions(c->db, base_ns - 121000000000LL, base_ns))
-        return -1;
     if (pipe(fd) != 0)
-        return -1;
+        return false;
     fflush(NULL);
     pid = fork();
     if (pid < 0)
-        return -1;
+        return false;
     if (pid == 0) {
-        char *const args[] = {exe,  (char *)"--copy-baseline", conninfo, tag,
-                              base, c->base_team_id,           n,        NULL};
+        char *args[12] = {exe, (char *)mode, conninfo};
+        for (int i = 0; i < nmore; i++)
+            args[3 + i] = (char *)more[i];
+        args[3 + nmore] = NULL;
         dup2(fd[1], STDOUT_FILENO);
         close(fd[0]);
         close(fd[1]);
@@ -1254,16 +1248,75 @@ static double baseline_copy(cfg *c, int run, double *bytes)
     close(fd[1]);
     f = fdopen(fd[0], "r");
     if (f) {
-        if (!fgets(out, sizeof out, f))
+        if (!fgets(out, (int)outlen, f))
             out[0] = '\0';
         fclose(f);
     } else {
         close(fd[0]);
     }
     waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "ingest: %s as %s failed (status %d)\n", mode, su, status);
+        return false;
+    }
+    return true;
+}
+
+/* The --quiesce child: a CHECKPOINT (so that a phase does not pay for writing out the dirty
+ * buffers of the one before), then waits (up to 60 s) until no autovacuum worker is busy in
+ * this database (autovacuum starts on tables that just took many rows). */
+static int quiesce_child(const char *conninfo)
+{
+    PGconn *db = PQconnectdb(conninfo);
+    bool ok = PQstatus(db) == CONNECTION_OK && db_exec(db, "CHECKPOINT");
+
+    for (int i = 0; ok && i < 600; i++) {
+        PGresult *r = PQexec(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type ="
+                                 " 'autovacuum worker' AND datname = current_database()");
+        bool idle = PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 0), "0") == 0;
+        PQclear(r);
+        if (idle)
+            break;
+        usleep(100000);
+    }
+    if (!ok)
+        fprintf(stderr, "ingest: quiesce: %s", PQerrorMessage(db));
+    PQfinish(db);
+    return ok ? 0 : 1;
+}
+
+/* Before each measured phase: the database starts it as the one before it left it, written out
+ * and without autovacuum at work. */
+static bool quiesce(cfg *c)
+{
+    char out[16];
+
+    return as_superuser(c, "--quiesce", NULL, 0, out, sizeof out);
+}
+
+/* Raw COPY of N rows like the HTTP phase's (same generator, own ids) under a random team id;
+ * returns traces per second or -1. The evalbus role cannot COPY into ingest.traces (row-level
+ * security is forced, and PostgreSQL refuses COPY FROM under it), so the COPY runs as the
+ * cluster's superuser (as_superuser). The day partitions are created beforehand by the evalbus
+ * role, as the writer would, so their owner does not change. */
+static double baseline_copy(cfg *c, int run, double *bytes)
+{
+    char tag[48], base[32], n[32], out[128];
+    const char *more[4] = {tag, base, c->base_team_id, n};
+    long long base_ns = wall_ns();
+    double elapsed = 0, data_bytes = 0;
+
+    snprintf(tag, sizeof tag, "%s-c%d", c->run_tag, run);
+    snprintf(base, sizeof base, "%lld", base_ns);
+    snprintf(n, sizeof n, "%ld", c->traces);
+    if (!c->base_team_id[0])
+        uuid_v4(c->base_team_id, sizeof c->base_team_id);
+    /* start times lie up to 2 minutes before base_ns */
+    if (!ensure_partitions(c->db, base_ns - 121000000000LL, base_ns) || !quiesce(c))
+        return -1;
+    if (!as_superuser(c, "--copy-baseline", more, 4, out, sizeof out) ||
         sscanf(out, "%lf %lf", &elapsed, &data_bytes) != 2 || elapsed <= 0) {
-        fprintf(stderr, "ingest: baseline COPY as %s failed (status %d)\n", su, status);
+        fprintf(stderr, "ingest: the baseline COPY failed\n");
         return -1;
     }
     *bytes = data_bytes;
@@ -1358,6 +1411,8 @@ int main(int argc, char **argv)
 
     if (argc == 7 && strcmp(argv[1], "--copy-baseline") == 0)
         return copy_child(argv[2], argv[3], atoll(argv[4]), argv[5], atol(argv[6]));
+    if (argc == 3 && strcmp(argv[1], "--quiesce") == 0)
+        return quiesce_child(argv[2]);
     c.url = getenv("EVALBUS_INGEST_URL");
     c.nats_url = getenv("EVALBUS_NATS_URL");
     c.db_url = getenv("EVALBUS_DATABASE_URL");
@@ -1429,7 +1484,7 @@ int main(int argc, char **argv)
     if (!phase(&c, false, tag, 2, 0, NULL, &warm))
         goto cleanup;
     snprintf(tag, sizeof tag, "%s-h", c.run_tag);
-    if (!phase(&c, false, tag, nbatches, 0, NULL, &http))
+    if (!quiesce(&c) || !phase(&c, false, tag, nbatches, 0, NULL, &http))
         goto cleanup;
     fprintf(stderr,
             "ingest: HTTP  %8.0f traces/s  (all accepted %.2f s, all committed %.2f s, "
@@ -1442,7 +1497,7 @@ int main(int argc, char **argv)
     if (!phase(&c, true, tag, 2, 0, NULL, &warm))
         goto cleanup;
     snprintf(tag, sizeof tag, "%s-n", c.run_tag);
-    if (!phase(&c, true, tag, nbatches, 0, NULL, &nats))
+    if (!quiesce(&c) || !phase(&c, true, tag, nbatches, 0, NULL, &nats))
         goto cleanup;
     fprintf(stderr,
             "ingest: NATS  %8.0f traces/s  (all acked    %.2f s, all committed %.2f s, "
@@ -1502,7 +1557,7 @@ int main(int argc, char **argv)
          * half load, not of the seconds in which the previous phase's bulk COPY is still being
          * flushed and analyzed by PostgreSQL */
         snprintf(tag, sizeof tag, "%s-pw", c.run_tag);
-        if (!phase(&c, false, tag, (long)(rate * 2) + 1, rate, NULL, &warm))
+        if (!quiesce(&c) || !phase(&c, false, tag, (long)(rate * 2) + 1, rate, NULL, &warm))
             goto cleanup;
         snprintf(tag, sizeof tag, "%s-p", c.run_tag);
         if (!phase(&c, false, tag, paced_batches, rate, lat, &paced))

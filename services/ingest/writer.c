@@ -5,7 +5,8 @@
  *   1. part_time of every trace: the one already in ingest.trace_keys, else the trace's start
  *      (or the arrival time when the start is far off); the day partitions are created first,
  *      in their own transaction, under an advisory lock;
- *   2. trace_keys rows (ON CONFLICT DO NOTHING) and the authoritative part_time read back;
+ *   2. trace_keys rows (a plain INSERT when every key is new, else ON CONFLICT DO NOTHING) and
+ *      the authoritative part_time read back;
  *   3. traces and observations COPYed into temporary tables, then upserted by key: a record
  *      replaces the row only if it came later in the stream (stream sequence), so redelivered
  *      or resent records change nothing; OTLP fragments merge (coalesce, least/greatest) and
@@ -55,7 +56,8 @@ struct ingest_writer {
     int nthreads;
     writer_thread threads[MAX_WRITER_THREADS];
     pthread_mutex_t mu;
-    long long known_days[512]; /* day numbers whose partitions exist */
+    atomic_int plain_keys_skip; /* passes left that go straight to INSERT ... ON CONFLICT */
+    long long known_days[512];  /* day numbers whose partitions exist */
     int nknown;
     atomic_llong last_error_ms;
     char last_error[256];
@@ -927,7 +929,15 @@ static const char *array_end(eb_buf *a)
  * existing keys keep theirs (their partitions exist since they were first stored). One plain
  * INSERT ... ON CONFLICT DO NOTHING RETURNING stores the new keys (cheap to plan, one index
  * probe per key); only when some key was there already does a second statement read those
- * keys' days. set / cap: plan_pass()'s set of this pass's records. */
+ * keys' days. set / cap: plan_pass()'s set of this pass's records.
+ *
+ * Most passes hold only new traces, so the keys first go in by a plain INSERT (no ON CONFLICT,
+ * no RETURNING), which costs PostgreSQL about two thirds as much (measured: 4.6-5.5 against
+ * 7.2-7.9 us a key), as the transaction's first statement: if a key is stored already, it fails
+ * with a unique violation (which PostgreSQL logs), the transaction, which holds nothing else, is
+ * rolled back, and the pass takes the INSERT ... ON CONFLICT. Passes with OTLP records (whose
+ * spans often add to a stored trace) take it directly, and so do the writer's next passes after
+ * a plain INSERT failed. */
 static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n,
                                     const size_t *set, size_t cap)
 {
@@ -938,12 +948,16 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     const char *params[3];
     size_t *old = NULL, n_old = 0;
 
+    bool plain = atomic_load(&w->plain_keys_skip) <= 0;
+
     for (size_t i = 0; i < n; i++) {
         const Evalbus__V1__Trace *t = recs[i].r->trace;
         long long start = t->start_time_unix_nano;
         char tt[48];
         if (recs[i].skip)
             continue;
+        if (recs[i].r->source && strcmp(recs[i].r->source, "otlp") == 0)
+            plain = false;
         if (start <= 0 || start < now - 3650 * DAY_NS || start > now + DAY_NS)
             start = recs[i].r->received_at_unix_ms * 1000000LL;
         if (start <= 0)
@@ -964,6 +978,27 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     params[0] = array_end(&teams);
     params[1] = array_end(&ids);
     params[2] = array_end(&times);
+    if (plain) {
+        st = eb_db_exec(c,
+                        "INSERT INTO ingest.trace_keys (team_id, id, part_time)"
+                        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])",
+                        3, params, NULL);
+        if (st == EB_OK) {
+            for (size_t i = 0; i < n; i++)
+                if (!recs[i].skip)
+                    recs[i].existed = false; /* every key is new: its day is the one proposed */
+            goto cleanup;
+        }
+        if (st != EB_ERR_CONFLICT)
+            goto cleanup;
+        atomic_store(&w->plain_keys_skip, 16);
+        eb_db_rollback(c);
+        st = eb_db_begin_system(c);
+        if (st != EB_OK)
+            goto cleanup;
+    } else if (atomic_load(&w->plain_keys_skip) > 0) {
+        atomic_fetch_sub(&w->plain_keys_skip, 1);
+    }
     st = eb_db_exec(c,
                     "INSERT INTO ingest.trace_keys (team_id, id, part_time)"
                     " SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])"
