@@ -96,10 +96,11 @@ eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted)
         day_end = timegm(&tm) + 86400;
         if (day_end > time(NULL) - max_days * 86400)
             continue;
-        sql = eb_asprintf("DELETE FROM ingest.trace_keys WHERE part_time >= '%s'::date AND"
-                          " part_time < '%s'::date + 1; DROP TABLE ingest.observations_p%s;"
-                          " DROP TABLE ingest.traces_p%s",
-                          ymd, ymd, ymd, ymd);
+        /* the day's keys, found through its traces (trace_keys has no part_time index) */
+        sql = eb_asprintf("DELETE FROM ingest.trace_keys k USING ingest.traces_p%s t WHERE"
+                          " k.team_id = t.team_id AND k.id = t.id AND k.part_time = t.part_time;"
+                          " DROP TABLE ingest.observations_p%s; DROP TABLE ingest.traces_p%s",
+                          ymd, ymd, ymd);
         dr = PQexec(c, sql);
         free(sql);
         if (PQresultStatus(dr) != PGRES_COMMAND_OK) {

@@ -3,6 +3,7 @@
 // other projects keep theirs (the default retention is longer).
 
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertError, pollUntil, uniqueSlug } from './harness.mjs';
@@ -67,5 +68,25 @@ describe('retention per project', () => {
     const audit = await api('GET', '/api/v1/audit?action=retention_changed', { key: owner.key });
     assert.ok(audit.body.events.some((e) => e.target === 'short'), 'the change is in the audit log');
     assert.ok(replica.pid > 0);
+  }), { timeout: 60_000 });
+
+  it('drops the day partitions older than the longest retention, with their keys', stack.wrap(async () => {
+    // 100 days old: past the default retention (90 days), and no project keeps more
+    const old = trace('ancient', 'archive', 100);
+    const day = old.start_time.slice(0, 10).replaceAll('-', '');
+    const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [old] } });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    // The writer makes the day's partitions to store it; a retention pass then removes the trace
+    // (or the day's partitions before the trace is in them: then the writer cannot store it).
+    const dropped = await pollUntil(() => fs.readFileSync(replica.logFile, 'utf8').includes(`dropped the partitions of ${day}`),
+      { timeoutMs: 15_000, intervalMs: 250 });
+    assert.ok(dropped.value, `retention dropped the partitions of ${day}`);
+    const [[traces, observations, keys]] = await stack.psql(
+      `SELECT to_regclass('ingest.traces_p${day}') IS NULL, to_regclass('ingest.observations_p${day}') IS NULL,` +
+      ` (SELECT count(*) FROM ingest.trace_keys WHERE id = 'ancient')`);
+    assert.deepEqual([traces, observations, keys], ['t', 't', '0'], 'both partitions and the key are gone');
+    assert.equal((await api('GET', '/api/v1/traces/ancient', { key: owner.key })).status, 404);
+    assert.equal((await api('GET', '/api/v1/traces/new-short', { key: owner.key })).status, 200, 'today\'s traces stay');
+    assert.ok(!fs.readFileSync(replica.logFile, 'utf8').includes('retention pass failed'), 'no retention pass failed');
   }), { timeout: 60_000 });
 });
