@@ -12,7 +12,6 @@
 #include "evalbus/mem.h"
 #include "ingest_int.h"
 
-#include <malloc.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,11 +104,6 @@ int main(int argc, char **argv)
     int rc = 1;
     eb_status st;
 
-    /* Buffers of 128 KiB and more (request bodies, NATS batches, arena chunks, COPY data) come
-     * from mmap and go back to the system when freed. By default glibc raises this threshold as
-     * such buffers are freed, after which they come from the heaps of ~20 threads, and the peak
-     * RSS under load wandered from 50 to 64 MiB between runs; with it fixed, 46 MiB. */
-    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
     eb_arena_cjson_init(); /* before any thread: cJSON's hooks are global */
     eb_service_load_config("evalbus-ingest", settings, sizeof(settings) / sizeof(settings[0]), &cfg,
                            argc, argv);

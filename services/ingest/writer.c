@@ -42,6 +42,7 @@
 
 #define MAX_WRITER_THREADS 8
 #define DAY_NS (86400LL * 1000000000LL)
+#define COPY_PIECE (64 * 1024)
 
 typedef struct writer_thread {
     struct ingest_writer *w;
@@ -795,8 +796,15 @@ static eb_status copy_in(PGconn *c, const char *sql, const eb_buf *data)
         return st;
     }
     PQclear(r);
-    if (data->len && PQputCopyData(c, data->data, (int)data->len) != 1)
-        st = eb_error(EB_ERR_UNAVAILABLE, "COPY data: %s", PQerrorMessage(c));
+    /* in pieces: libpq holds a message it is given whole in its output buffer, which then keeps
+     * that size for the connection's life (a batch's COPY data is megabytes, on every pooled
+     * connection a writer used) */
+    for (size_t off = 0; off < data->len && st == EB_OK;) {
+        size_t piece = data->len - off < COPY_PIECE ? data->len - off : COPY_PIECE;
+        if (PQputCopyData(c, data->data + off, (int)piece) != 1)
+            st = eb_error(EB_ERR_UNAVAILABLE, "COPY data: %s", PQerrorMessage(c));
+        off += piece;
+    }
     if (PQputCopyEnd(c, st == EB_OK ? NULL : "aborted") != 1 && st == EB_OK)
         st = eb_error(EB_ERR_UNAVAILABLE, "COPY end: %s", PQerrorMessage(c));
     while ((r = PQgetResult(c)) != NULL) {
