@@ -68,6 +68,8 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <errno.h>
+#include <fcntl.h>
 
 #define MAX_INFLIGHT 64
 #define POLL_MS 50
@@ -1226,12 +1228,16 @@ static bool as_superuser(cfg *c, const char *mode, const char *const *more, int 
     exe[len] = '\0';
     snprintf(conninfo, sizeof conninfo, "host=%s port=%s dbname=%s user=%s", sock, PQport(c->db),
              PQdb(c->db), su);
-    if (pipe(fd) != 0)
+    /* close-on-exec: the child gets its stdout (dup2 clears the flag), not our sockets */
+    if (pipe2(fd, O_CLOEXEC) != 0)
         return false;
     fflush(NULL);
     pid = fork();
-    if (pid < 0)
+    if (pid < 0) {
+        close(fd[0]);
+        close(fd[1]);
         return false;
+    }
     if (pid == 0) {
         char *args[12] = {exe, (char *)mode, conninfo};
         for (int i = 0; i < nmore; i++)
@@ -1254,7 +1260,12 @@ static bool as_superuser(cfg *c, const char *mode, const char *const *more, int 
     } else {
         close(fd[0]);
     }
-    waitpid(pid, &status, 0);
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            fprintf(stderr, "ingest: %s as %s: waitpid: %s\n", mode, su, strerror(errno));
+            return false;
+        }
+    }
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "ingest: %s as %s failed (status %d)\n", mode, su, status);
         return false;
@@ -1268,19 +1279,21 @@ static bool as_superuser(cfg *c, const char *mode, const char *const *more, int 
 static int quiesce_child(const char *conninfo)
 {
     PGconn *db = PQconnectdb(conninfo);
-    bool ok = PQstatus(db) == CONNECTION_OK && db_exec(db, "CHECKPOINT");
+    bool ok = PQstatus(db) == CONNECTION_OK && db_exec(db, "CHECKPOINT"), idle = false;
 
-    for (int i = 0; ok && i < 600; i++) {
+    for (int i = 0; ok && !idle && i < 600; i++) {
         PGresult *r = PQexec(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type ="
                                  " 'autovacuum worker' AND datname = current_database()");
-        bool idle = PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 0), "0") == 0;
+        ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+        idle = ok && strcmp(PQgetvalue(r, 0, 0), "0") == 0;
         PQclear(r);
-        if (idle)
-            break;
-        usleep(100000);
+        if (ok && !idle)
+            usleep(100000);
     }
     if (!ok)
         fprintf(stderr, "ingest: quiesce: %s", PQerrorMessage(db));
+    else if (!idle)
+        fprintf(stderr, "ingest: quiesce: autovacuum still busy after 60 s; measuring anyway\n");
     PQfinish(db);
     return ok ? 0 : 1;
 }

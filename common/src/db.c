@@ -169,6 +169,8 @@ static eb_status map_error(PGconn *conn, PGresult *res)
         code = EB_ERR_INVALID;
     else if (state && strcmp(state, "42501") == 0)
         code = EB_ERR_FORBIDDEN;
+    else if (state && strcmp(state, "55P03") == 0)
+        code = EB_ERR_UNAVAILABLE; /* lock_timeout: a lock held elsewhere for now; retry */
     return eb_error(code, "%s", text);
 }
 

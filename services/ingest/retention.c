@@ -38,6 +38,11 @@ eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted)
      * 0.5 s of CPU) than the pruned statement. */
     if (st == EB_OK)
         st = eb_db_exec(c, "SET LOCAL jit = off", 0, NULL, NULL);
+    /* Dropping a day's partitions locks ingest.traces exclusively: a pass that would wait more
+     * than 5 s for that (behind a long export, say) gives up, so writers and queries never queue
+     * behind its wait, and tries again at its next interval. */
+    if (st == EB_OK)
+        st = eb_db_exec(c, "SET LOCAL lock_timeout = '5s'", 0, NULL, NULL);
     if (st == EB_OK)
         st = eb_db_exec(c, "SELECT pg_try_advisory_xact_lock(7236003, 1)", 0, NULL, &r);
     if (st != EB_OK || strcmp(eb_db_val(r, 0, 0), "t") != 0)
@@ -96,11 +101,15 @@ eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted)
         day_end = timegm(&tm) + 86400;
         if (day_end > time(NULL) - max_days * 86400)
             continue;
-        /* the day's keys, found through its traces (trace_keys has no part_time index) */
-        sql = eb_asprintf("DELETE FROM ingest.trace_keys k USING ingest.traces_p%s t WHERE"
-                          " k.team_id = t.team_id AND k.id = t.id AND k.part_time = t.part_time;"
-                          " DROP TABLE ingest.observations_p%s; DROP TABLE ingest.traces_p%s",
-                          ymd, ymd, ymd);
+        /* The day's keys, found through its traces (trace_keys has no part_time index). The
+         * partitions are locked first: the DELETE's snapshot then includes every writer
+         * transaction that stored into them, so no key outlives its trace. */
+        sql = eb_asprintf("LOCK TABLE ingest.traces_p%s, ingest.observations_p%s IN ACCESS"
+                          " EXCLUSIVE MODE; DELETE FROM ingest.trace_keys k USING"
+                          " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
+                          " k.part_time = t.part_time; DROP TABLE ingest.observations_p%s;"
+                          " DROP TABLE ingest.traces_p%s",
+                          ymd, ymd, ymd, ymd, ymd);
         dr = PQexec(c, sql);
         free(sql);
         if (PQresultStatus(dr) != PGRES_COMMAND_OK) {

@@ -956,7 +956,7 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     const char *params[3];
     size_t *old = NULL, n_old = 0;
 
-    bool plain = atomic_load(&w->plain_keys_skip) <= 0;
+    bool plain = true;
 
     for (size_t i = 0; i < n; i++) {
         const Evalbus__V1__Trace *t = recs[i].r->trace;
@@ -970,6 +970,9 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
             start = recs[i].r->received_at_unix_ms * 1000000LL;
         if (start <= 0)
             start = now;
+        /* PostgreSQL keeps microseconds (it would round 23:59:59.9999996 up to the next day,
+         * away from the partition the day is computed for here) */
+        start -= start % 1000;
         recs[i].part_ns = start;
         recs[i].existed = true; /* until the INSERT returns its key */
         st = ensure_partition(w, c, start);
@@ -986,6 +989,13 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     params[0] = array_end(&teams);
     params[1] = array_end(&ids);
     params[2] = array_end(&times);
+    if (plain) {
+        /* a pass that could go the plain way uses up one of the passes to skip, if any */
+        int left = atomic_load(&w->plain_keys_skip);
+        while (left > 0 && !atomic_compare_exchange_weak(&w->plain_keys_skip, &left, left - 1))
+            ;
+        plain = left <= 0;
+    }
     if (plain) {
         st = eb_db_exec(c,
                         "INSERT INTO ingest.trace_keys (team_id, id, part_time)"
@@ -1004,8 +1014,6 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
         st = eb_db_begin_system(c);
         if (st != EB_OK)
             goto cleanup;
-    } else if (atomic_load(&w->plain_keys_skip) > 0) {
-        atomic_fetch_sub(&w->plain_keys_skip, 1);
     }
     st = eb_db_exec(c,
                     "INSERT INTO ingest.trace_keys (team_id, id, part_time)"
