@@ -217,6 +217,25 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     assert.deepEqual(rows[0], ['1', 't'], 'one row, still in the day it was first stored in');
   }));
 
+  it('a start time nanoseconds before midnight is stored in its own day', T, stack.wrap(async () => {
+    // PostgreSQL keeps microseconds: the writer must not let it round 23:59:59.9999997 into the
+    // next day while it picks the partition of the day the nanoseconds say
+    const id = `midnight-${crypto.randomBytes(3).toString('hex')}`;
+    const day = new Date(Date.now() - 86_400_000).toISOString().slice(0, 10);
+    const r = await stack.api('POST', '/api/v1/traces', {
+      base: stack.url, key: A.key, body: { traces: [{ id, project: 'edge', name: 'late', start_time: `${day}T23:59:59.999999700Z` }] },
+    });
+    assert.equal(r.status, 202, r.text);
+    const got = await pollUntil(async () => {
+      const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+      return g.status === 200 ? g : null;
+    }, { timeoutMs: 10_000, intervalMs: 100 });
+    assert.ok(got.value, 'the trace is stored');
+    const rows = await stack.psql(`SELECT to_char(part_time AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM ingest.trace_keys
+      WHERE team_id = '${A.id}' AND id = '${id}'`);
+    assert.deepEqual(rows, [[day]], 'its key is in the day of its start');
+  }));
+
   it('PostgreSQL stopped for 10 s during ingestion: HTTP keeps answering 202 and every trace is stored exactly once afterwards', T, stack.wrap(async () => {
     const prefix = `pg-${crypto.randomBytes(3).toString('hex')}`;
     const SIZE = 50;
