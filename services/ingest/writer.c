@@ -790,8 +790,12 @@ static eb_status copy_in(PGconn *c, const char *sql, const eb_buf *data)
     eb_status st = EB_OK;
 
     if (PQresultStatus(r) != PGRES_COPY_IN) {
-        st = eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE, "COPY: %s",
-                      PQerrorMessage(c));
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        /* EB_ERR_NOT_FOUND: the table (a day partition) does not exist */
+        st = eb_error(PQstatus(c) != CONNECTION_OK           ? EB_ERR_UNAVAILABLE
+                      : state && strcmp(state, "42P01") == 0 ? EB_ERR_NOT_FOUND
+                                                             : EB_ERR_DB,
+                      "COPY: %s", PQerrorMessage(c));
         PQclear(r);
         return st;
     }
@@ -1254,6 +1258,14 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
     }
     if (st != EB_OK)
         eb_db_rollback(c);
+    if (st == EB_ERR_NOT_FOUND) {
+        /* a day partition this process made was dropped since (retention, or by hand): forget
+         * the days it knows, and let the batch come back; the next pass makes the day again */
+        pthread_mutex_lock(&w->mu);
+        w->nknown = 0;
+        pthread_mutex_unlock(&w->mu);
+        st = eb_error(EB_ERR_UNAVAILABLE, "a day partition was dropped meanwhile; trying again");
+    }
     free(set);
     free(done);
     return st;

@@ -236,6 +236,28 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     assert.deepEqual(rows, [[day]], 'its key is in the day of its start');
   }));
 
+  it('a day partition dropped after the writer made it is made again for the next trace of that day', T, stack.wrap(async () => {
+    // The writer remembers the days whose partitions it made; retention (or an operator) may
+    // drop one meanwhile. The next trace of that day must be stored, not dead-lettered.
+    const tag = crypto.randomBytes(3).toString('hex');
+    const start = new Date(Date.now() - 5 * 86_400_000);
+    const day = start.toISOString().slice(0, 10).replaceAll('-', '');
+    const send = async (id) => {
+      const r = await stack.api('POST', '/api/v1/traces', {
+        base: stack.url, key: A.key, body: { traces: [{ id, project: 'dropped', name: 'n', start_time: start.toISOString() }] },
+      });
+      assert.equal(r.status, 202, r.text);
+      return pollUntil(async () => (await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key })).status === 200,
+        { timeoutMs: 15_000, intervalMs: 100 });
+    };
+    assert.ok((await send(`first-${tag}`)).value, 'the first trace of the day is stored (its partitions made)');
+    await stack.psql(`DELETE FROM ingest.trace_keys WHERE team_id = '${A.id}' AND id = 'first-${tag}';
+      DROP TABLE ingest.observations_p${day}; DROP TABLE ingest.traces_p${day}`);
+    assert.ok((await send(`second-${tag}`)).value, 'the next trace of that day is stored too');
+    const [[made]] = await stack.psql(`SELECT to_regclass('ingest.traces_p${day}') IS NOT NULL`);
+    assert.equal(made, 't', 'the day partition was made again');
+  }));
+
   it('PostgreSQL stopped for 10 s during ingestion: HTTP keeps answering 202 and every trace is stored exactly once afterwards', T, stack.wrap(async () => {
     const prefix = `pg-${crypto.randomBytes(3).toString('hex')}`;
     const SIZE = 50;
