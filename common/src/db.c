@@ -170,7 +170,7 @@ static eb_status map_error(PGconn *conn, PGresult *res)
     else if (state && strcmp(state, "42501") == 0)
         code = EB_ERR_FORBIDDEN;
     else if (state && strcmp(state, "55P03") == 0)
-        code = EB_ERR_UNAVAILABLE; /* lock_timeout: a lock held elsewhere for now; retry */
+        code = EB_ERR_UNAVAILABLE; /* lock_not_available: lock_timeout ran out, try later */
     return eb_error(code, "%s", text);
 }
 

@@ -820,31 +820,44 @@ static eb_status copy_in(PGconn *c, const char *sql, const eb_buf *data)
     return st;
 }
 
+/* Caller holds mu. */
+static bool day_known_locked(const ingest_writer *w, long long day)
+{
+    for (int i = 0; i < w->nknown; i++)
+        if (w->known_days[i] == day)
+            return true;
+    return false;
+}
+
 static bool partition_known(ingest_writer *w, long long part_ns)
 {
-    long long day = part_ns / DAY_NS;
-    bool known = false;
+    bool known;
 
     pthread_mutex_lock(&w->mu);
-    for (int i = 0; i < w->nknown && !known; i++)
-        known = w->known_days[i] == day;
+    known = day_known_locked(w, part_ns / DAY_NS);
     pthread_mutex_unlock(&w->mu);
     return known;
+}
+
+/* Forgets every day: their partitions are checked (CREATE IF NOT EXISTS) again when used. */
+static void forget_days(ingest_writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->nknown = 0;
+    pthread_mutex_unlock(&w->mu);
 }
 
 /* Records that the partitions of part_ns's day exist. */
 static void remember_day(ingest_writer *w, long long part_ns)
 {
     long long day = part_ns / DAY_NS;
-    bool known = false;
 
     pthread_mutex_lock(&w->mu);
-    for (int i = 0; i < w->nknown && !known; i++)
-        known = w->known_days[i] == day;
-    if (!known && w->nknown < (int)(sizeof(w->known_days) / sizeof(w->known_days[0])))
+    if (!day_known_locked(w, day)) {
+        if (w->nknown == (int)(sizeof(w->known_days) / sizeof(w->known_days[0])))
+            w->nknown = 0; /* full: forget and re-check, CREATE IF NOT EXISTS is cheap enough */
         w->known_days[w->nknown++] = day;
-    else if (!known)
-        w->nknown = 0; /* forget and re-check: CREATE IF NOT EXISTS is cheap enough */
+    }
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -1261,9 +1274,7 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
     if (st == EB_ERR_NOT_FOUND) {
         /* a day partition this process made was dropped since (retention, or by hand): forget
          * the days it knows, and let the batch come back; the next pass makes the day again */
-        pthread_mutex_lock(&w->mu);
-        w->nknown = 0;
-        pthread_mutex_unlock(&w->mu);
+        forget_days(w);
         st = eb_error(EB_ERR_UNAVAILABLE, "a day partition was dropped meanwhile; trying again");
     }
     free(set);

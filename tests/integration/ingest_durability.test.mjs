@@ -132,6 +132,11 @@ function asPostgres(file, args, timeoutMs) {
 
 describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
   let A;
+  // true once GET /api/v1/traces/{id} answers 200 (and `also` holds for that answer), within 15 s
+  const traceStored = async (id, also = () => true) => (await pollUntil(async () => {
+    const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+    return g.status === 200 && also(g);
+  }, { timeoutMs: 15_000, intervalMs: 100 })).value;
 
   before(async () => {
     assert.ok(fs.existsSync(path.join(BIN_DIR, 'evalbus-ingest')), `${BIN_DIR}/evalbus-ingest must exist`);
@@ -195,11 +200,7 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     });
     let r = await send('first', twoDaysAgo);
     assert.equal(r.status, 202, r.text);
-    const stored = await pollUntil(async () => {
-      const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
-      return g.status === 200 ? g : null;
-    }, { timeoutMs: 10_000, intervalMs: 100 });
-    assert.ok(stored.value, 'the first version is stored');
+    assert.ok(await traceStored(id), 'the first version is stored');
     const pid1 = stack.readPid('ingest');
     process.kill(pid1, 'SIGTERM');
     await pollUntil(() => !pidAlive(pid1), { timeoutMs: 20_000, intervalMs: 50 });
@@ -207,11 +208,7 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     assert.equal(up.code, 0, `scripts/stack up restarted ingest: ${up.stdout}${up.stderr}`);
     r = await send('second', new Date().toISOString());
     assert.equal(r.status, 202, r.text);
-    const moved = await pollUntil(async () => {
-      const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
-      return g.status === 200 && g.body.name === 'second' ? g : null;
-    }, { timeoutMs: 15_000, intervalMs: 200 });
-    assert.ok(moved.value, 'the second version replaced the first');
+    assert.ok(await traceStored(id, (g) => g.body.name === 'second'), 'the second version replaced the first');
     const rows = await stack.psql(`SELECT count(*), min(part_time)::date = (now() - interval '2 days')::date
       FROM ingest.traces WHERE team_id = '${A.id}' AND id = '${id}'`);
     assert.deepEqual(rows[0], ['1', 't'], 'one row, still in the day it was first stored in');
@@ -226,11 +223,7 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
       base: stack.url, key: A.key, body: { traces: [{ id, project: 'edge', name: 'late', start_time: `${day}T23:59:59.999999700Z` }] },
     });
     assert.equal(r.status, 202, r.text);
-    const got = await pollUntil(async () => {
-      const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
-      return g.status === 200 ? g : null;
-    }, { timeoutMs: 10_000, intervalMs: 100 });
-    assert.ok(got.value, 'the trace is stored');
+    assert.ok(await traceStored(id), 'the trace is stored');
     const rows = await stack.psql(`SELECT to_char(part_time AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM ingest.trace_keys
       WHERE team_id = '${A.id}' AND id = '${id}'`);
     assert.deepEqual(rows, [[day]], 'its key is in the day of its start');
@@ -247,13 +240,12 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
         base: stack.url, key: A.key, body: { traces: [{ id, project: 'dropped', name: 'n', start_time: start.toISOString() }] },
       });
       assert.equal(r.status, 202, r.text);
-      return pollUntil(async () => (await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key })).status === 200,
-        { timeoutMs: 15_000, intervalMs: 100 });
+      return traceStored(id);
     };
-    assert.ok((await send(`first-${tag}`)).value, 'the first trace of the day is stored (its partitions made)');
+    assert.ok(await send(`first-${tag}`), 'the first trace of the day is stored (its partitions made)');
     await stack.psql(`DELETE FROM ingest.trace_keys WHERE team_id = '${A.id}' AND id = 'first-${tag}';
       DROP TABLE ingest.observations_p${day}; DROP TABLE ingest.traces_p${day}`);
-    assert.ok((await send(`second-${tag}`)).value, 'the next trace of that day is stored too');
+    assert.ok(await send(`second-${tag}`), 'the next trace of that day is stored too');
     const [[made]] = await stack.psql(`SELECT to_regclass('ingest.traces_p${day}') IS NOT NULL`);
     assert.equal(made, 't', 'the day partition was made again');
   }));

@@ -40,7 +40,8 @@ bool eb_db_ping(eb_db *db, char *detail, size_t detail_len);
  * NULL) gets the result, which the caller frees with PQclear. Errors: EB_ERR_CONFLICT for unique
  * and exclusion violations, EB_ERR_INVALID for bad input values (SQLSTATE class 22, 23502,
  * 23514), EB_ERR_FORBIDDEN for row-level security refusals (42501), EB_ERR_UNAVAILABLE when the
- * connection is lost, EB_ERR_DB otherwise; the message is recorded with eb_error(). */
+ * connection is lost or a lock_timeout ran out (55P03), EB_ERR_DB otherwise; the message is
+ * recorded with eb_error(). */
 eb_status eb_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                      PGresult **res);
 
