@@ -849,8 +849,10 @@ static bool http_send(http_run *r)
             ok = false;
         }
         if (r->rate > 0 && next < r->nbatches) {
+            /* rounded up: a wait cut to 0 ms would spin until the batch is due and take CPU
+             * from the service measured; sending up to 1 ms late counts in its latency */
             double until = (t0 + (double)next / r->rate - now_s()) * 1000;
-            wait_ms = until < 0 ? 0 : until > 100 ? 100 : (long)until;
+            wait_ms = until <= 0 ? 0 : until >= 100 ? 100 : (long)until + 1;
         }
         if (ok && done < r->nbatches)
             curl_multi_poll(m, NULL, 0, (int)wait_ms, NULL);
