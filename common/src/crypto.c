@@ -1,11 +1,16 @@
 /* crypto.c -- digests, MACs, randomness, base64 and UUIDs over OpenSSL 3.
- * Digests and HMAC go through OpenSSL one-shot calls (EVP_Digest, HMAC); randomness through
- * RAND_bytes, whose failure aborts (see crypto.h). Base64 (RFC 4648 sections 4 and 5) is written
- * here: the decoders are strict -- no whitespace, no stray padding, and the unused low bits of the
- * last character must be zero -- so that every byte string has exactly one accepted encoding,
- * which keeps signed tokens from being malleable.
- * Ownership: only the eb_buf outputs grow, and the caller owns them; a failed decode leaves the
- * buffer as it was. Threading: every function is reentrant. */
+ * Digests and HMAC go through OpenSSL one-shot calls (EVP_Digest, HMAC); SHA-256 uses one
+ * algorithm fetched once, since a one-shot call with EVP_sha256() fetches it again, under
+ * locks, on every call. Randomness comes from RAND_bytes, whose failure aborts (see crypto.h).
+ * UUIDs draw from a per-thread block of RAND_bytes output (ingest makes one per record, and a
+ * RAND_bytes call per UUID cost more than the rest of the UUID); a forked child discards the
+ * block it inherited, so parent and child never hand out the same bytes. Secrets
+ * (eb_random_bytes) always come straight from RAND_bytes. Base64 (RFC 4648 sections 4 and 5) is
+ * written here: the decoders are strict -- no whitespace, no stray padding, and the unused low bits
+ * of the last character must be zero -- so that every byte string has exactly one accepted
+ * encoding, which keeps signed tokens from being malleable. Ownership: only the eb_buf outputs
+ * grow, and the caller owns them; a failed decode leaves the buffer as it was. Threading: every
+ * function is reentrant. */
 #include "evalbus/crypto.h"
 
 #include <openssl/crypto.h>
@@ -14,6 +19,8 @@
 #include <openssl/rand.h>
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,12 +53,21 @@ void eb_random_bytes(void *buf, size_t n)
     }
 }
 
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void eb_sha256(const void *p, size_t n, unsigned char out[32])
 {
     static const unsigned char empty = 0;
     unsigned int len = 0;
 
-    if (EVP_Digest(p ? p : &empty, n, out, &len, EVP_sha256(), NULL) != 1 || len != 32)
+    pthread_once(&sha256_once, sha256_fetch);
+    if (!sha256_md || EVP_Digest(p ? p : &empty, n, out, &len, sha256_md, NULL) != 1 || len != 32)
         crypto_fatal("SHA-256");
 }
 
@@ -206,12 +222,47 @@ bool eb_base64_decode(const char *in, size_t n, eb_buf *out)
     return b64_decode_unpadded(in, body, '+', '/', out);
 }
 
+/* Bumped in a forked child: a thread's block of random bytes is only used in the process
+ * generation that drew it. */
+static atomic_uint fork_generation = 1;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    atomic_fetch_add(&fork_generation, 1);
+}
+
+static void fork_hook(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+/* 16 random bytes for a UUID from the thread's block, refilled by one RAND_bytes call. */
+static void uuid_random(unsigned char b[16])
+{
+    static _Thread_local unsigned char block[4096];
+    static _Thread_local size_t used = sizeof block;
+    static _Thread_local unsigned generation;
+    unsigned now;
+
+    pthread_once(&fork_once, fork_hook);
+    now = atomic_load(&fork_generation);
+    if (generation != now || used + 16 > sizeof block) {
+        eb_random_bytes(block, sizeof block);
+        used = 0;
+        generation = now;
+    }
+    memcpy(b, block + used, 16);
+    memset(block + used, 0, 16); /* handed out once */
+    used += 16;
+}
+
 void eb_uuid_v4(char out[37])
 {
     unsigned char b[16];
     size_t o = 0;
 
-    eb_random_bytes(b, sizeof b);
+    uuid_random(b);
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
     for (size_t i = 0; i < 16; i++) {

@@ -13,6 +13,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 struct sha_case {
     const char *msg;
@@ -353,6 +355,36 @@ static void test_uuid_v4_shape_and_uniqueness(void **state)
     free(ids);
 }
 
+/* UUIDs come from a per-thread block of random bytes: a forked child must not hand out the
+ * bytes its parent hands out next. */
+static void test_uuid_v4_fork(void **state)
+{
+    char parent_next[37], child_next[37] = {0}, first[37];
+    int fds[2];
+    pid_t pid;
+    int status = 0;
+
+    (void)state;
+    eb_uuid_v4(first); /* the block is drawn, the next UUIDs are already decided */
+    assert_int_equal(pipe(fds), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char id[37];
+        eb_uuid_v4(id);
+        _exit(write(fds[1], id, sizeof id) == (ssize_t)sizeof id ? 0 : 1);
+    }
+    close(fds[1]);
+    assert_int_equal(read(fds[0], child_next, sizeof child_next), (ssize_t)sizeof child_next);
+    close(fds[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    eb_uuid_v4(parent_next);
+    assert_true(eb_uuid_valid(child_next));
+    assert_string_not_equal(child_next, parent_next);
+    assert_string_not_equal(child_next, first);
+}
+
 struct uuid_case {
     const char *s;
     bool valid;
@@ -399,6 +431,7 @@ int main(void)
         cmocka_unit_test(test_random_bytes_differ),
         cmocka_unit_test(test_cleanse),
         cmocka_unit_test(test_uuid_v4_shape_and_uniqueness),
+        cmocka_unit_test(test_uuid_v4_fork),
         cmocka_unit_test(test_uuid_valid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -32,7 +32,8 @@ bool eb_base64url_decode(const char *in, size_t n, eb_buf *out);
 /* Standard base64 with padding (RFC 4648 section 4), for formats that need it. */
 void eb_base64_encode(const void *in, size_t n, eb_buf *out);
 bool eb_base64_decode(const char *in, size_t n, eb_buf *out);
-/* A random (version 4) UUID in canonical lowercase form; out gets 36 characters and a NUL. */
+/* A random (version 4) UUID in canonical lowercase form; out gets 36 characters and a NUL.
+ * Thread-safe and fork-safe: drawn from a per-thread block of RAND_bytes output. */
 void eb_uuid_v4(char out[37]);
 /* True if s is a canonical UUID (8-4-4-4-12 hex). */
 bool eb_uuid_valid(const char *s);
