@@ -137,6 +137,22 @@ void eb_db_put(eb_db *db, PGconn *conn)
     pthread_mutex_unlock(&db->mu);
 }
 
+void eb_db_discard(eb_db *db, PGconn *conn)
+{
+    if (!conn)
+        return;
+    PQfinish(conn);
+    pthread_mutex_lock(&db->mu);
+    for (int i = 0; i < db->size; i++) {
+        if (db->slots[i].busy && !db->slots[i].conn) {
+            db->slots[i].busy = false;
+            break;
+        }
+    }
+    pthread_cond_signal(&db->cv);
+    pthread_mutex_unlock(&db->mu);
+}
+
 bool eb_db_ping(eb_db *db, char *detail, size_t detail_len)
 {
     PGconn *c = eb_db_get(db);

@@ -125,11 +125,13 @@ void ingest_nats_drain(ingest_ctx *ctx);
 void ingest_nats_stop(ingest_ctx *ctx);
 
 /* --- retention (retention.c) --- */
-/* Starts the retention thread (NULL if it cannot be started); stop waits for a pass under way. */
+/* Starts the retention thread (NULL if it cannot be started); stop cancels a pass under way
+ * (it rolls back) and waits for the thread. */
 ingest_retention *ingest_retention_start(ingest_ctx *ctx);
 void ingest_retention_stop(ingest_retention *rt); /* NULL is ignored */
-/* One pass: drops expired partitions and deletes expired rows of shorter-lived projects. */
-eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted);
+/* One pass: drops expired partitions and deletes expired rows of shorter-lived projects; rt
+ * (may be NULL) makes it cancellable by ingest_retention_stop. */
+eb_status ingest_retention_run(ingest_ctx *ctx, ingest_retention *rt, long long *deleted);
 
 /* --- HTTP API --- */
 extern const eb_http_route ingest_routes[];

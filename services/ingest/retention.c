@@ -6,20 +6,68 @@
  *
  * Passes run on a thread of their own: a pass may delete many rows and take seconds, and the
  * loop thread, which answers HTTP and publishes every accepted record, must not wait for it.
- * Threading: the thread uses the database pool (thread-safe), logs and metrics only. */
+ * Stopping does not wait for a pass either: its statement is cancelled (PQcancel, repeated
+ * every 100 ms until the pass has ended), its transaction rolls back, and the next start runs
+ * it again; the connection is closed rather than pooled, so a late cancel hits nothing else.
+ * Threading: the thread uses the database pool (thread-safe), logs and metrics only; the stop
+ * call and the thread share the cancel handle under the mutex. */
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
 #include "ingest_int.h"
 
 #include <errno.h>
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted)
+struct ingest_retention {
+    ingest_ctx *ctx;
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cond; /* signalled to stop, and when a pass ends */
+    bool stop;
+    PGcancel *cancel; /* the running pass's connection; NULL between passes */
+    bool cancelled;   /* a cancel was sent to it */
+};
+
+/* Makes the pass's connection cancellable by ingest_retention_stop; false if stopping. */
+static bool pass_begin(ingest_retention *rt, PGconn *c)
+{
+    bool go;
+
+    if (!rt)
+        return true;
+    pthread_mutex_lock(&rt->mu);
+    go = !rt->stop;
+    if (go) {
+        rt->cancel = PQgetCancel(c);
+        rt->cancelled = false;
+    }
+    pthread_mutex_unlock(&rt->mu);
+    return go;
+}
+
+/* Ends what pass_begin started; true if a cancel was sent to the connection meanwhile. */
+static bool pass_end(ingest_retention *rt)
+{
+    bool cancelled;
+
+    if (!rt)
+        return false;
+    pthread_mutex_lock(&rt->mu);
+    PQfreeCancel(rt->cancel);
+    rt->cancel = NULL;
+    cancelled = rt->cancelled;
+    pthread_cond_broadcast(&rt->cond);
+    pthread_mutex_unlock(&rt->mu);
+    return cancelled;
+}
+
+eb_status ingest_retention_run(ingest_ctx *ctx, ingest_retention *rt, long long *deleted)
 {
     PGconn *c = eb_db_get(ctx->svc.db);
     PGresult *r = NULL;
@@ -31,6 +79,10 @@ eb_status ingest_retention_run(ingest_ctx *ctx, long long *deleted)
     *deleted = 0;
     if (!c)
         return EB_ERR_UNAVAILABLE;
+    if (!pass_begin(rt, c)) {
+        eb_db_put(ctx->svc.db, c);
+        return EB_OK;
+    }
     snprintf(days, sizeof(days), "%lld", ctx->cfg->retention_days);
     st = eb_db_begin_system(c);
     /* The row delete below is planned over every day partition and pruned only when it runs,
@@ -137,18 +189,13 @@ cleanup:
     else
         eb_db_rollback(c);
     PQclear(r);
-    eb_db_put(ctx->svc.db, c);
+    if (pass_end(rt))
+        eb_db_discard(ctx->svc.db, c);
+    else
+        eb_db_put(ctx->svc.db, c);
     *deleted = n;
     return st;
 }
-
-struct ingest_retention {
-    ingest_ctx *ctx;
-    pthread_t tid;
-    pthread_mutex_t mu;
-    pthread_cond_t cond; /* signalled to stop */
-    bool stop;
-};
 
 /* Waits ms or until stopped; true if stopped. */
 static bool wait_or_stop(ingest_retention *rt, long long ms)
@@ -178,9 +225,18 @@ static void *retention_main(void *arg)
 
     while (!wait_or_stop(rt, wait_ms)) {
         long long deleted = 0;
-        eb_status st = ingest_retention_run(rt->ctx, &deleted);
+        eb_status st = ingest_retention_run(rt->ctx, rt, &deleted);
+        bool cancelled;
 
-        if (st != EB_OK)
+        pthread_mutex_lock(&rt->mu);
+        cancelled = rt->cancelled;
+        pthread_mutex_unlock(&rt->mu);
+        if (st != EB_OK && cancelled)
+            eb_log_info(NULL,
+                        "retention pass cancelled by shutdown (%s); it runs again after the "
+                        "next start",
+                        eb_error_message());
+        else if (st != EB_OK)
             eb_log_warn(NULL, "retention pass failed: %s", eb_error_message());
         else if (deleted)
             eb_log_info(NULL, "retention removed %lld traces", deleted);
@@ -219,9 +275,25 @@ void ingest_retention_stop(ingest_retention *rt)
         return;
     pthread_mutex_lock(&rt->mu);
     rt->stop = true;
-    pthread_cond_signal(&rt->cond);
+    pthread_cond_broadcast(&rt->cond);
+    /* a pass under way: cancel its statement, and the next one it may start, until it ends */
+    while (rt->cancel) {
+        char err[256];
+        struct timespec until;
+
+        if (!PQcancel(rt->cancel, err, sizeof(err)))
+            eb_log_warn(NULL, "cannot cancel the retention pass: %s", err);
+        rt->cancelled = true;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += 100000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&rt->cond, &rt->mu, &until);
+    }
     pthread_mutex_unlock(&rt->mu);
-    pthread_join(rt->tid, NULL); /* a pass under way finishes first */
+    pthread_join(rt->tid, NULL);
     pthread_cond_destroy(&rt->cond);
     pthread_mutex_destroy(&rt->mu);
     free(rt);

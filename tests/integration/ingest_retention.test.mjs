@@ -24,6 +24,7 @@ function trace(id, project, ageDays) {
 describe('retention per project', () => {
   let owner;
   let replica;
+  let replicaStarted;
 
   before(async () => {
     await stack.up();
@@ -31,6 +32,7 @@ describe('retention per project', () => {
     await stack.setTier(owner.team, 'enterprise', owner.key);
     // a replica that runs retention every second (the stack's own runs hourly)
     replica = await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s' });
+    replicaStarted = Date.now();
   }, { timeout: UP_TIMEOUT_MS });
   after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
 
@@ -88,5 +90,37 @@ describe('retention per project', () => {
     assert.equal((await api('GET', '/api/v1/traces/ancient', { key: owner.key })).status, 404);
     assert.equal((await api('GET', '/api/v1/traces/new-short', { key: owner.key })).status, 200, 'today\'s traces stay');
     assert.ok(!fs.readFileSync(replica.logFile, 'utf8').includes('retention pass failed'), 'no retention pass failed');
+  }), { timeout: 60_000 });
+
+  it('a pass under way does not hold up shutdown: it is cancelled and rolls back', stack.wrap(async () => {
+    // A transaction holds project_settings, which every pass reads first: the replica's next pass
+    // waits for it (up to the pass's 5 s lock_timeout) when SIGTERM comes. Every service runs its
+    // first pass 5 s after its start, and only the replica runs one every second after that:
+    // from 6.5 s after the replica's start, a pass waiting for the lock is the replica's.
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, replicaStarted + 6500 - Date.now())));
+    const holder = stack.psql('BEGIN; LOCK TABLE ingest.project_settings IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;',
+      { timeoutMs: 20_000 });
+    try {
+      const waiting = await pollUntil(async () => {
+        const [[n]] = await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'" +
+          " AND query LIKE '%FROM ingest.project_settings%' AND pid <> pg_backend_pid()");
+        return Number(n) > 0;
+      }, { timeoutMs: 10_000, intervalMs: 100 });
+      assert.ok(waiting.value, 'a retention pass waits for the lock');
+      const t0 = Date.now();
+      replica.proc.kill('SIGTERM');
+      const exit = await replica.exited;
+      const ms = Date.now() - t0;
+      assert.equal(exit.code, 0, `the replica exits cleanly (${JSON.stringify(exit)})`);
+      // without the cancel, the pass would wait out its lock_timeout (5 s) before the exit
+      assert.ok(ms < 3500, `the replica exited ${ms} ms after SIGTERM, without waiting for the pass`);
+      const log = fs.readFileSync(replica.logFile, 'utf8');
+      assert.match(log, /retention pass cancelled by shutdown/);
+      const [[left]] = await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'" +
+        " AND query LIKE '%FROM ingest.project_settings%' AND pid <> pg_backend_pid()");
+      assert.equal(left, '0', 'the cancelled pass left no backend waiting');
+    } finally {
+      await holder;
+    }
   }), { timeout: 60_000 });
 });

@@ -32,6 +32,10 @@ void eb_db_close(eb_db *db);
  * eb_db_put(); a connection left inside a transaction is rolled back there. */
 PGconn *eb_db_get(eb_db *db);
 void eb_db_put(eb_db *db, PGconn *conn);
+/* Closes a connection taken with eb_db_get instead of giving it back (its slot reconnects when
+ * next taken): for one that a cancel request (PQcancel) may still reach, so that the cancel
+ * cannot hit the next user's statement. */
+void eb_db_discard(eb_db *db, PGconn *conn);
 
 /* True if a connection answers SELECT 1 now; detail (may be NULL) gets a short reason. */
 bool eb_db_ping(eb_db *db, char *detail, size_t detail_len);
