@@ -193,7 +193,7 @@ cleanup:
         eb_db_discard(ctx->svc.db, c);
     else
         eb_db_put(ctx->svc.db, c);
-    *deleted = n;
+    *deleted = st == EB_OK ? n : 0; /* a rolled-back pass removed nothing */
     return st;
 }
 
