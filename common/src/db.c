@@ -1,6 +1,8 @@
 /* db.c -- libpq connection pool, checked queries, team-scoped transactions, migrations.
- * The pool is a fixed array of slots guarded by one mutex and a condition variable. A slot
- * holds at most one PGconn, made on first use and remade when PQstatus reports it broken.
+ * The pool counts the connections handed out (at most size) and keeps the idle ones on a stack,
+ * guarded by one mutex and a condition variable. A connection is made when none is idle, and
+ * made again when PQstatus reports the idle one broken; get, put, discard and a failed connect
+ * each move the count by one, so no failure path can lose a place in the pool.
  * Threading: any thread may get/put; a PGconn is used by one thread at a time. */
 #include "evalbus/db.h"
 #include "evalbus/log.h"
@@ -12,16 +14,13 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef struct db_slot {
-    PGconn *conn;
-    bool busy;
-} db_slot;
-
 struct eb_db {
     char *url;
     char *app_name;
     int size;
-    db_slot *slots;
+    int out;       /* connections handed out, or being made for a caller */
+    PGconn **idle; /* [size] stack of idle connections */
+    int nidle;
     pthread_mutex_t mu;
     pthread_cond_t cv;
 };
@@ -33,7 +32,7 @@ eb_db *eb_db_open(const char *url, int size, const char *app_name)
     db->url = eb_strdup(url);
     db->app_name = eb_strdup(app_name ? app_name : "evalbus");
     db->size = size > 0 ? size : 1;
-    db->slots = eb_calloc((size_t)db->size, sizeof(db_slot));
+    db->idle = eb_calloc((size_t)db->size, sizeof(PGconn *));
     pthread_mutex_init(&db->mu, NULL);
     pthread_cond_init(&db->cv, NULL);
     return db;
@@ -43,12 +42,11 @@ void eb_db_close(eb_db *db)
 {
     if (!db)
         return;
-    for (int i = 0; i < db->size; i++)
-        if (db->slots[i].conn)
-            PQfinish(db->slots[i].conn);
+    for (int i = 0; i < db->nidle; i++)
+        PQfinish(db->idle[i]);
     pthread_mutex_destroy(&db->mu);
     pthread_cond_destroy(&db->cv);
-    free(db->slots);
+    free(db->idle);
     free(db->url);
     free(db->app_name);
     free(db);
@@ -78,23 +76,29 @@ static PGconn *connect_db(eb_db *db)
     return c;
 }
 
+/* Gives back a place in the pool; keep (when not NULL) goes on the idle stack. */
+static void release(eb_db *db, PGconn *keep)
+{
+    pthread_mutex_lock(&db->mu);
+    if (keep && db->nidle < db->size)
+        db->idle[db->nidle++] = keep;
+    else if (keep)
+        PQfinish(keep); /* cannot happen: at most size are out */
+    db->out--;
+    pthread_cond_signal(&db->cv);
+    pthread_mutex_unlock(&db->mu);
+}
+
 PGconn *eb_db_get(eb_db *db)
 {
-    db_slot *slot = NULL;
-    PGconn *conn;
+    PGconn *conn = NULL;
 
     pthread_mutex_lock(&db->mu);
-    for (;;) {
-        for (int i = 0; i < db->size && !slot; i++)
-            if (!db->slots[i].busy)
-                slot = &db->slots[i];
-        if (slot)
-            break;
+    while (db->out >= db->size)
         pthread_cond_wait(&db->cv, &db->mu);
-    }
-    slot->busy = true;
-    conn = slot->conn;
-    slot->conn = NULL;
+    db->out++;
+    if (db->nidle > 0)
+        conn = db->idle[--db->nidle];
     pthread_mutex_unlock(&db->mu);
 
     if (conn && PQstatus(conn) != CONNECTION_OK) {
@@ -103,13 +107,8 @@ PGconn *eb_db_get(eb_db *db)
     }
     if (!conn)
         conn = connect_db(db);
-    if (!conn) {
-        pthread_mutex_lock(&db->mu);
-        slot->busy = false;
-        pthread_cond_signal(&db->cv);
-        pthread_mutex_unlock(&db->mu);
-        return NULL;
-    }
+    if (!conn)
+        release(db, NULL);
     return conn;
 }
 
@@ -125,16 +124,7 @@ void eb_db_put(eb_db *db, PGconn *conn)
         PQfinish(conn);
         conn = NULL;
     }
-    pthread_mutex_lock(&db->mu);
-    for (int i = 0; i < db->size; i++) {
-        if (db->slots[i].busy && !db->slots[i].conn) {
-            db->slots[i].conn = conn;
-            db->slots[i].busy = false;
-            break;
-        }
-    }
-    pthread_cond_signal(&db->cv);
-    pthread_mutex_unlock(&db->mu);
+    release(db, conn);
 }
 
 void eb_db_discard(eb_db *db, PGconn *conn)
@@ -142,15 +132,7 @@ void eb_db_discard(eb_db *db, PGconn *conn)
     if (!conn)
         return;
     PQfinish(conn);
-    pthread_mutex_lock(&db->mu);
-    for (int i = 0; i < db->size; i++) {
-        if (db->slots[i].busy && !db->slots[i].conn) {
-            db->slots[i].busy = false;
-            break;
-        }
-    }
-    pthread_cond_signal(&db->cv);
-    pthread_mutex_unlock(&db->mu);
+    release(db, NULL);
 }
 
 bool eb_db_ping(eb_db *db, char *detail, size_t detail_len)

@@ -126,7 +126,7 @@ void ingest_nats_stop(ingest_ctx *ctx);
 
 /* --- retention (retention.c) --- */
 /* Starts the retention thread (NULL if it cannot be started); stop cancels a pass under way
- * (it rolls back) and waits for the thread. */
+ * (it rolls back, unless already committing) and waits for the thread. */
 ingest_retention *ingest_retention_start(ingest_ctx *ctx);
 void ingest_retention_stop(ingest_retention *rt); /* NULL is ignored */
 /* One pass: drops expired partitions and deletes expired rows of shorter-lived projects; rt

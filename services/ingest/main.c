@@ -6,8 +6,9 @@
  * their own), the auth client, the publisher, the decode pool (threads that turn JSON batches
  * into records), NATS intake, writer threads, retention thread.
  * Shutdown (SIGTERM): NATS intake leaves its queue group, HTTP drains; then a retention pass
- * under way is cancelled (it rolls back and runs again after the next start), and the writer
- * finishes the batch in hand (anything not acknowledged stays in the stream). */
+ * under way is cancelled (it rolls back, unless already committing, and runs again after the
+ * next start), and the writer finishes the batch in hand (anything not acknowledged stays in
+ * the stream). */
 #include "evalbus/arena.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"

@@ -6,9 +6,10 @@
  *
  * Passes run on a thread of their own: a pass may delete many rows and take seconds, and the
  * loop thread, which answers HTTP and publishes every accepted record, must not wait for it.
- * Stopping does not wait for a pass either: its statement is cancelled (PQcancel, repeated
- * every 100 ms until the pass has ended), its transaction rolls back, and the next start runs
- * it again; the connection is closed rather than pooled, so a late cancel hits nothing else.
+ * Stopping does not wait for a pass to finish either: its statement is cancelled (PQcancel,
+ * repeated every 100 ms until the pass has ended, as long as PostgreSQL takes cancel requests),
+ * its transaction rolls back (unless it was already committing), and the next start runs it
+ * again; the connection is closed rather than pooled, so a late cancel hits nothing else.
  * Threading: the thread uses the database pool (thread-safe), logs and metrics only; the stop
  * call and the thread share the cancel handle under the mutex. */
 #include "evalbus/log.h"
@@ -281,8 +282,9 @@ void ingest_retention_stop(ingest_retention *rt)
         char err[256];
         struct timespec until;
 
-        if (!PQcancel(rt->cancel, err, sizeof(err)))
-            eb_log_warn(NULL, "cannot cancel the retention pass: %s", err);
+        if (!PQcancel(rt->cancel, err, sizeof(err)) && !rt->cancelled)
+            eb_log_warn(NULL, "cannot cancel the retention pass (trying again until it ends): %s",
+                        err);
         rt->cancelled = true;
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_nsec += 100000000L;
