@@ -33,8 +33,8 @@
  *      set and text format) under a random team id, in one transaction, timed from BEGIN to the
  *      end of COMMIT; three times (own ids each time), the median is the figure (a single ~2 s
  *      COPY moved by +-15 % between runs here). Run as the PostgreSQL superuser (see
- * baseline_copy): PostgreSQL refuses COPY FROM into a table under row-level security, which
- * ingest.traces forces.
+ *      baseline_copy): PostgreSQL refuses COPY FROM into a table under row-level security,
+ *      which ingest.traces forces.
  *   5. ingest_http_p99: batches sent at a fixed rate of half the ingest_http figure for S seconds
  *      (after 2 s at that rate that are not measured);
  *      a request's latency runs from its scheduled send time (so a stall is not hidden) to the
@@ -1340,17 +1340,6 @@ static double baseline_copy(cfg *c, int run, double *bytes)
 
 #define BASELINE_RUNS 3
 
-static double median3(const double *v)
-{
-    double a = v[0], b = v[1], x = v[2];
-
-    if ((a <= b && b <= x) || (x <= b && b <= a))
-        return b;
-    if ((b <= a && a <= x) || (x <= a && a <= b))
-        return a;
-    return x;
-}
-
 static double vm_kib(int pid, const char *field)
 {
     char path[64], line[256];
@@ -1539,13 +1528,14 @@ int main(int argc, char **argv)
     /* 4. baseline: the median of BASELINE_RUNS COPYs (one ~2 s COPY alone moved by +-15 %
      * between runs on a shared machine) */
     {
-        double rates[BASELINE_RUNS];
+        double rates[BASELINE_RUNS], sorted[BASELINE_RUNS];
         for (int k = 0; k < BASELINE_RUNS; k++) {
-            rates[k] = baseline_copy(&c, k, &base_bytes);
+            rates[k] = sorted[k] = baseline_copy(&c, k, &base_bytes);
             if (rates[k] <= 0)
                 goto cleanup;
         }
-        base_rate = median3(rates);
+        qsort(sorted, BASELINE_RUNS, sizeof *sorted, cmp_double);
+        base_rate = sorted[BASELINE_RUNS / 2];
         fprintf(stderr,
                 "ingest: COPY  %8.0f traces/s  (median of %d COPYs: %.0f, %.0f, %.0f; %.2f s, "
                 "%.0f B per row; each one COPY into ingest.traces as the superuser: no "

@@ -129,9 +129,6 @@ void ingest_nats_stop(ingest_ctx *ctx);
  * (it rolls back, unless already committing) and waits for the thread. */
 ingest_retention *ingest_retention_start(ingest_ctx *ctx);
 void ingest_retention_stop(ingest_retention *rt); /* NULL is ignored */
-/* One pass: drops expired partitions and deletes expired rows of shorter-lived projects; rt
- * (may be NULL) makes it cancellable by ingest_retention_stop. */
-eb_status ingest_retention_run(ingest_ctx *ctx, ingest_retention *rt, long long *deleted);
 
 /* --- HTTP API --- */
 extern const eb_http_route ingest_routes[];

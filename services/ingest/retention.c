@@ -40,8 +40,6 @@ static bool pass_begin(ingest_retention *rt, PGconn *c)
 {
     bool go;
 
-    if (!rt)
-        return true;
     pthread_mutex_lock(&rt->mu);
     go = !rt->stop;
     if (go) {
@@ -57,8 +55,6 @@ static bool pass_end(ingest_retention *rt)
 {
     bool cancelled;
 
-    if (!rt)
-        return false;
     pthread_mutex_lock(&rt->mu);
     PQfreeCancel(rt->cancel);
     rt->cancel = NULL;
@@ -68,8 +64,11 @@ static bool pass_end(ingest_retention *rt)
     return cancelled;
 }
 
-eb_status ingest_retention_run(ingest_ctx *ctx, ingest_retention *rt, long long *deleted)
+/* One pass: drops expired partitions and deletes expired rows of shorter-lived projects;
+ * *cancelled tells whether ingest_retention_stop sent it a cancel. */
+static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancelled)
 {
+    ingest_ctx *ctx = rt->ctx;
     PGconn *c = eb_db_get(ctx->svc.db);
     PGresult *r = NULL;
     eb_status st;
@@ -78,6 +77,7 @@ eb_status ingest_retention_run(ingest_ctx *ctx, ingest_retention *rt, long long 
     long long max_days = ctx->cfg->retention_days, n = 0;
 
     *deleted = 0;
+    *cancelled = false;
     if (!c)
         return EB_ERR_UNAVAILABLE;
     if (!pass_begin(rt, c)) {
@@ -190,7 +190,8 @@ cleanup:
     else
         eb_db_rollback(c);
     PQclear(r);
-    if (pass_end(rt))
+    *cancelled = pass_end(rt);
+    if (*cancelled)
         eb_db_discard(ctx->svc.db, c);
     else
         eb_db_put(ctx->svc.db, c);
@@ -198,19 +199,27 @@ cleanup:
     return st;
 }
 
+/* The CLOCK_MONOTONIC time ms from now (the condition variable's clock). */
+static struct timespec after_ms(long long ms)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_sec += (time_t)(ms / 1000);
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
 /* Waits ms or until stopped; true if stopped. */
 static bool wait_or_stop(ingest_retention *rt, long long ms)
 {
-    struct timespec until;
+    struct timespec until = after_ms(ms);
     bool stop;
 
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t)(ms / 1000);
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&rt->mu);
     while (!rt->stop && pthread_cond_timedwait(&rt->cond, &rt->mu, &until) != ETIMEDOUT)
         ;
@@ -226,12 +235,9 @@ static void *retention_main(void *arg)
 
     while (!wait_or_stop(rt, wait_ms)) {
         long long deleted = 0;
-        eb_status st = ingest_retention_run(rt->ctx, rt, &deleted);
         bool cancelled;
+        eb_status st = run_pass(rt, &deleted, &cancelled);
 
-        pthread_mutex_lock(&rt->mu);
-        cancelled = rt->cancelled;
-        pthread_mutex_unlock(&rt->mu);
         if (st != EB_OK && cancelled)
             eb_log_info(NULL,
                         "retention pass cancelled by shutdown (%s); it runs again after the "
@@ -286,12 +292,7 @@ void ingest_retention_stop(ingest_retention *rt)
             eb_log_warn(NULL, "cannot cancel the retention pass (trying again until it ends): %s",
                         err);
         rt->cancelled = true;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += 100000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        until = after_ms(100);
         pthread_cond_timedwait(&rt->cond, &rt->mu, &until);
     }
     pthread_mutex_unlock(&rt->mu);

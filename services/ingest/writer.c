@@ -972,8 +972,7 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     long long now = now_ns();
     const char *params[3];
     size_t *old = NULL, n_old = 0;
-
-    bool plain = true;
+    bool plain = true; /* every key new: try the plain INSERT first */
 
     for (size_t i = 0; i < n; i++) {
         const Evalbus__V1__Trace *t = recs[i].r->trace;

@@ -101,11 +101,10 @@ describe('retention per project', () => {
     const holder = stack.psql('BEGIN; LOCK TABLE ingest.project_settings IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;',
       { timeoutMs: 20_000 });
     try {
-      const waiting = await pollUntil(async () => {
-        const [[n]] = await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'" +
-          " AND query LIKE '%FROM ingest.project_settings%' AND pid <> pg_backend_pid()");
-        return Number(n) > 0;
-      }, { timeoutMs: 10_000, intervalMs: 100 });
+      // backends of passes waiting for the lock (this query's own excluded)
+      const waitingPasses = async () => Number((await stack.psql("SELECT count(*) FROM pg_stat_activity" +
+        " WHERE wait_event_type = 'Lock' AND query LIKE '%FROM ingest.project_settings%' AND pid <> pg_backend_pid()"))[0][0]);
+      const waiting = await pollUntil(async () => await waitingPasses() > 0, { timeoutMs: 10_000, intervalMs: 100 });
       assert.ok(waiting.value, 'a retention pass waits for the lock');
       const t0 = Date.now();
       replica.proc.kill('SIGTERM');
@@ -116,9 +115,7 @@ describe('retention per project', () => {
       assert.ok(ms < 3500, `the replica exited ${ms} ms after SIGTERM, without waiting for the pass`);
       const log = fs.readFileSync(replica.logFile, 'utf8');
       assert.match(log, /retention pass cancelled by shutdown/);
-      const [[left]] = await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'" +
-        " AND query LIKE '%FROM ingest.project_settings%' AND pid <> pg_backend_pid()");
-      assert.equal(left, '0', 'the cancelled pass left no backend waiting');
+      assert.equal(await waitingPasses(), 0, 'the cancelled pass left no backend waiting');
     } finally {
       await holder;
     }
