@@ -50,6 +50,7 @@ typedef struct export_ctx {
      * published synchronously (JetStream acknowledgement awaited) from the loop thread */
     eb_bus *queue_bus;
     struct event *schedule_timer;
+    bool warned_blind; /* the scheduler warned that ingest's sessions are invisible (loop) */
 } export_ctx;
 
 /* ---- jobs.c: the job specification (request body), filters as SQL, job rows as JSON ---- */

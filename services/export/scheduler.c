@@ -4,8 +4,9 @@
  * A schedule holds an export request (`export`, as POST /api/v1/exports takes it) and how often
  * it runs (hourly, daily, weekly). Each run exports the traces that were stored since the last
  * successful run (its `watermark`) up to the time of the run: the job's filter gets
- * stored_since = watermark and stored_until = now (the time a trace was stored, so a trace
- * that arrives late, with an old start time, is still taken by the next run). The watermark moves
+ * stored_since = watermark and stored_until = now, or earlier while an ingest transaction is
+ * still open (run_bound()) -- the time a trace was stored, so a trace that arrives late, with an
+ * old start time, is still taken by the next run. The watermark moves
  * only when the previous job succeeded, so a failed or cancelled run is covered by the next one.
  * While a schedule's previous job is still queued or running, the schedule waits. Any number of
  * replicas run the timer: due rows are taken with FOR UPDATE SKIP LOCKED, so each due schedule
@@ -19,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static const char *interval_sql(const char *every)
 {
@@ -28,27 +28,70 @@ static const char *interval_sql(const char *every)
                                          : "7 days";
 }
 
-static void rfc3339_now(char out[40])
-{
-    struct timespec ts;
-    struct tm tm;
-    char sec[24];
+/* The application name ingest's connections report to PostgreSQL (its service name). */
+#define INGEST_APP_NAME "ingest"
+/* How far a run's upper bound stays behind the clock when ingest's sessions cannot be seen. */
+#define BLIND_MARGIN "60 seconds"
+/* A session whose transaction start the export role cannot see. */
+#define HIDDEN_SESSION "(state IS NULL OR state = 'disabled')"
+/* $1: the clock. The clock or the oldest open transaction's start, whichever is earlier. */
+#define BOUND_EXPR                                                                                 \
+    "least(CASE WHEN bool_or(" HIDDEN_SESSION ") THEN $1::timestamptz - interval '" BLIND_MARGIN   \
+    "' ELSE $1::timestamptz END, min(xact_start))"
+/* $1: the clock, $2: INGEST_APP_NAME. The bound, and whether some session was hidden. */
+#define BOUND_SQL                                                                                  \
+    "SELECT " EXPORT_JOB_TIME(BOUND_EXPR) ", coalesce(bool_or(" HIDDEN_SESSION "), false)"         \
+                                          " FROM pg_stat_activity WHERE datname ="                 \
+                                          " current_database() AND application_name = $2"
 
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out, 40, "%.19s.%06dZ", sec, (int)(ts.tv_nsec / 1000));
+/* The upper bound (stored_until) of the runs started in this tick, on PostgreSQL's clock, into
+ * out (RFC 3339, UTC, microseconds). A trace's stored time is the start of the ingest transaction
+ * that stored it (created_at DEFAULT now()), and that transaction may commit after a run has
+ * read: with "now" as the bound, a trace committed late would fall before the bound, unseen by
+ * this run, and the next run (which starts at the bound) would never take it. So the bound is the
+ * clock, read before looking at the sessions, or the start of the oldest open transaction of
+ * ingest, whichever is earlier: every trace stored before the bound is committed when the run
+ * reads. The export role must see ingest's sessions in pg_stat_activity (the same role, or
+ * pg_read_all_stats); when it cannot, the bound stays BLIND_MARGIN behind the clock and a
+ * warning says so (once). */
+static eb_status run_bound(export_ctx *ctx, PGconn *c, char out[40])
+{
+    PGresult *clock = NULL, *r = NULL;
+    const char *p[2] = {NULL, INGEST_APP_NAME};
+    eb_status st = eb_db_exec(c, "SELECT clock_timestamp()", 0, NULL, &clock);
+
+    if (st == EB_OK) {
+        p[0] = eb_db_val(clock, 0, 0);
+        /* pg_stat_activity is read once per transaction: this is the tick's first look */
+        st = eb_db_exec(c, BOUND_SQL, 2, p, &r);
+    }
+    if (st == EB_OK) {
+        snprintf(out, 40, "%s", eb_db_val(r, 0, 0));
+        if (eb_db_val(r, 0, 1)[0] == 't' && !ctx->warned_blind) {
+            ctx->warned_blind = true;
+            eb_log_warn(
+                NULL, "export scheduler: ingest's sessions are not visible in pg_stat_activity"
+                      " (grant pg_read_all_stats to the export role, and keep"
+                      " track_activities on); scheduled runs take traces stored until " BLIND_MARGIN
+                      " ago");
+        }
+    }
+    PQclear(clock);
+    PQclear(r);
+    return st;
 }
 
-/* Starts the job of one due schedule (row i of r) in the open system transaction of c. */
-static eb_status run_schedule(export_ctx *ctx, PGconn *c, const PGresult *r, int i)
+/* Starts the job of one due schedule (row i of r) in the open system transaction of c, for the
+ * traces stored before bound (run_bound()). */
+static eb_status run_schedule(export_ctx *ctx, PGconn *c, const PGresult *r, int i,
+                              const char *bound)
 {
     const char *team = eb_db_val(r, i, 0), *id = eb_db_val(r, i, 1);
     cJSON *body = cJSON_Parse(eb_db_val(r, i, 3)), *filter;
     export_spec spec = {0};
     eb_principal who = {0};
     PGresult *last = NULL;
-    char now[40], job_id[37];
+    char job_id[37];
     const char *watermark = eb_db_isnull(r, i, 5) ? NULL : eb_db_val(r, i, 5);
     const char *p[5];
     eb_status st = EB_OK;
@@ -69,7 +112,6 @@ static eb_status run_schedule(export_ctx *ctx, PGconn *c, const PGresult *r, int
                 watermark = eb_db_val(last, 0, 1);
         }
     }
-    rfc3339_now(now);
     filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
     if (!filter)
         filter = cJSON_AddObjectToObject(body, "filter");
@@ -77,7 +119,11 @@ static eb_status run_schedule(export_ctx *ctx, PGconn *c, const PGresult *r, int
     cJSON_DeleteItemFromObjectCaseSensitive(filter, "stored_until");
     if (watermark)
         cJSON_AddStringToObject(filter, "stored_since", watermark);
-    cJSON_AddStringToObject(filter, "stored_until", now);
+    /* never before the watermark (the bound can fall back when ingest's sessions turn invisible):
+     * such a run takes nothing and the next one goes on from the watermark */
+    if (watermark && strcmp(bound, watermark) < 0)
+        bound = watermark;
+    cJSON_AddStringToObject(filter, "stored_until", bound);
     st = export_spec_parse(body, ctx->cfg, &spec);
     if (st != EB_OK)
         goto cleanup;
@@ -115,6 +161,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     export_ctx *ctx = arg;
     PGconn *c = eb_db_get(ctx->svc.db);
     PGresult *r = NULL;
+    char bound[40];
     struct timeval tv = {ctx->cfg->schedule_interval_ms / 1000,
                          (ctx->cfg->schedule_interval_ms % 1000) * 1000};
     eb_status st;
@@ -133,8 +180,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
                                          " next_run_at <= now() ORDER BY next_run_at LIMIT 20"
                                          " FOR UPDATE SKIP LOCKED",
                         0, NULL, &r);
+    if (st == EB_OK && PQntuples(r) > 0)
+        st = run_bound(ctx, c, bound);
     for (int i = 0; st == EB_OK && i < PQntuples(r); i++) {
-        st = run_schedule(ctx, c, r, i);
+        st = run_schedule(ctx, c, r, i, bound);
         if (st == EB_ERR_INVALID) {
             /* the request no longer validates (e.g. the store changed): stop the schedule */
             const char *p[2] = {eb_db_val(r, i, 0), eb_db_val(r, i, 1)};

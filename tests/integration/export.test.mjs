@@ -611,6 +611,12 @@ describe('export: jobs, formats, privacy', () => {
   it('a failed scheduled run is covered by the next one (the watermark stays)', T, stack.wrap(async () => {
     const dest = `${stack.env.EVALBUS_OBJECT_STORE}/sched`;
     const root = path.join(storeRoot, 'sched');
+    const addTrace = async (id) => {
+      assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id, project: 'late', input: 'q', output: 'a' }] } }), 202);
+      await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, A.key)).status === 200, { timeoutMs: 10_000 });
+    };
+    // stored before the schedule exists: a new schedule runs at once
+    await addTrace('late-1');
     const c = await api('POST', '/api/v1/export-schedules', A.key, {
       body: { every: 'daily', export: { format: 'jsonl', compression: 'none', destination: dest, filter: { projects: ['late'] } } },
     });
@@ -618,11 +624,6 @@ describe('export: jobs, formats, privacy', () => {
     const sid = c.body.id;
     const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
     const due = () => stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
-    const addTrace = async (id) => {
-      assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id, project: 'late', input: 'q', output: 'a' }] } }), 202);
-      await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, A.key)).status === 200, { timeoutMs: 10_000 });
-    };
-    await addTrace('late-1');
     const first = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 });
     assert.ok(first.value, 'first run');
     assert.equal(first.value.result.rows, 1);
@@ -643,6 +644,84 @@ describe('export: jobs, formats, privacy', () => {
     assert.equal(third.value.result.rows, 2, "the failed run's trace and the new one");
     const list = await api('GET', '/api/v1/export-schedules', A.key);
     assert.ok(list.body.schedules.find((x) => x.id === sid).enabled);
+    assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
+  }));
+
+  it('a trace whose storing transaction is still open when a run starts is taken by the next run', T, stack.wrap(async () => {
+    const teamId = (await stack.whoami(A.key)).team.id;
+    assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: 'open-0', project: 'open-txn', input: 'q', output: 'a' }] } }), 202);
+    await pollUntil(async () => (await api('GET', '/api/v1/traces/open-0', A.key)).status === 200, { timeoutMs: 10_000 });
+    const c = await api('POST', '/api/v1/export-schedules', A.key, {
+      body: { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['open-txn'] } } },
+    });
+    assertStatus(c, 201, 'create schedule');
+    const sid = c.body.id;
+    const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
+    const due = () => stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
+    const done = async (seen) => {
+      const run = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded' && !seen.includes(e.id)), { timeoutMs: 30_000, intervalMs: 300 });
+      assert.ok(run.value, `a run after ${seen.length} succeeded`);
+      return run.value;
+    };
+    const first = await done([]);
+    assert.equal(first.result.rows, 1);
+    // a session named as ingest's stores a trace the way ingest's writer does (created_at is the
+    // start of its transaction) and holds the transaction open while the next run starts
+    const holder = stack.psql(`BEGIN;
+      INSERT INTO ingest.trace_keys (team_id, id, part_time)
+        SELECT team_id, 'open-1', part_time FROM ingest.traces WHERE team_id = '${teamId}' AND id = 'open-0';
+      INSERT INTO ingest.traces (team_id, part_time, id, project, source, stream_seq, input)
+        SELECT team_id, part_time, 'open-1', 'open-txn', 'api', 1, '"q"' FROM ingest.traces WHERE team_id = '${teamId}' AND id = 'open-0';
+      SELECT pg_sleep(10); COMMIT;`, { appName: 'ingest' });
+    let settled = false;
+    holder.then(() => (settled = true), () => (settled = true));
+    const started = await pollUntil(async () => (await stack.psql(`SELECT to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+      FROM pg_stat_activity WHERE application_name = 'ingest' AND query LIKE '%pg_sleep(10)%' AND pid <> pg_backend_pid()`))[0]?.[0], { timeoutMs: 10_000, intervalMs: 100 });
+    assert.ok(started.value, 'the storing transaction is open');
+    await due();
+    const second = await done([first.id]);
+    assert.ok(!settled, 'the second run finished while the transaction was still open');
+    assert.ok(second.filter.stored_until <= started.value, `the run stops at the open transaction: ${second.filter.stored_until} > ${started.value}`);
+    assert.equal(second.result.rows, 0);
+    await holder;
+    await due();
+    const third = await done([first.id, second.id]);
+    assert.equal(third.filter.stored_since, second.filter.stored_until);
+    assert.equal(third.result.rows, 1, 'the trace stored by the transaction that was open');
+    assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
+  }));
+
+  it("when ingest's sessions cannot be seen, runs stop a minute back and the export log says why", T, stack.wrap(async () => {
+    assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: 'blind-0', project: 'blind', input: 'q', output: 'a' }] } }), 202);
+    await pollUntil(async () => (await api('GET', '/api/v1/traces/blind-0', A.key)).status === 200, { timeoutMs: 10_000 });
+    // a session of another role (the superuser), named as ingest's: its transaction start is
+    // hidden from the services' role
+    const holder = stack.psqlSuperuser('BEGIN; SELECT pg_sleep(8); COMMIT;', { appName: 'ingest' });
+    let settled = false;
+    holder.then(() => (settled = true), () => (settled = true));
+    const seen = await pollUntil(async () => (await stack.psql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ingest' AND state IS NULL`))[0][0] === '1', { timeoutMs: 10_000, intervalMs: 100 });
+    assert.ok(seen.value, 'the hidden session is there');
+    const createdMs = Date.now();
+    const c = await api('POST', '/api/v1/export-schedules', A.key, {
+      body: { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['blind'] } } },
+    });
+    assertStatus(c, 201, 'create schedule');
+    const sid = c.body.id;
+    const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
+    const first = (await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 })).value;
+    assert.ok(first, 'the first run succeeded');
+    assert.ok(!settled, 'it ran while the hidden transaction was open');
+    const lagMs = createdMs - Date.parse(first.filter.stored_until);
+    assert.ok(lagMs >= 59_000 && lagMs < 75_000, `stored_until is a minute back: ${first.filter.stored_until}, ${lagMs} ms`);
+    assert.equal(first.result.rows, 0, 'the trace stored just now is left to the next run');
+    const log = fs.readFileSync(path.join(stack.state, 'logs', 'export.log'), 'utf8');
+    assert.equal(log.split('\n').filter((l) => l.includes("ingest's sessions are not visible")).length, 1, 'one warning');
+    await holder;
+    await stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
+    const second = (await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded' && e.id !== first.id), { timeoutMs: 30_000, intervalMs: 300 })).value;
+    assert.ok(second, 'the second run succeeded');
+    assert.equal(second.filter.stored_since, first.filter.stored_until);
+    assert.equal(second.result.rows, 1, 'the trace the first run left');
     assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
   }));
 });

@@ -728,15 +728,33 @@ export class Stack {
 
   /** Runs sql with psql against the stack's database (EVALBUS_DATABASE_URL, the services' own
    * role) with row-level security lifted for this session (evalbus.system=on); resolves the rows
-   * as arrays of strings (unaligned, tab-separated). Throws when psql fails. */
-  async psql(sql, { timeoutMs = 30_000 } = {}) {
+   * as arrays of strings (unaligned, tab-separated). Throws when psql fails. appName: the
+   * session's application_name (psql's own by default). */
+  async psql(sql, { timeoutMs = 30_000, appName } = {}) {
     const env = { ...process.env, PGOPTIONS: '-c evalbus.system=on', PGCONNECT_TIMEOUT: '5' };
+    if (appName) env.PGAPPNAME = appName;
     const res = await run(
       'psql',
       ['-X', '-q', '-A', '-t', '-F', '\t', '-v', 'ON_ERROR_STOP=1', '-d', this.env.EVALBUS_DATABASE_URL, '-c', sql],
       { env, timeoutMs },
     );
     if (res.code !== 0) throw new Error(`psql exited ${res.code}: ${res.stderr.trim()}\n  sql: ${sql}`);
+    return res.stdout.split('\n').filter((l) => l.length > 0).map((l) => l.split('\t'));
+  }
+
+  /** Runs sql with psql as the cluster's superuser (EVALBUS_STACK_PG_SUPERUSER over the socket,
+   * peer authentication, taking that user's identity first when we are root, as scripts/stack
+   * does): a session the services' role cannot see into. Resolves like psql(). */
+  async psqlSuperuser(sql, { timeoutMs = 30_000, appName } = {}) {
+    const su = this.env.EVALBUS_STACK_PG_SUPERUSER;
+    const { port, pathname } = new URL(this.env.EVALBUS_DATABASE_URL);
+    const args = ['-X', '-q', '-A', '-t', '-F', '\t', '-v', 'ON_ERROR_STOP=1', '-h', this.env.EVALBUS_STACK_PG_SOCKET_DIR,
+      '-p', port, '-U', su, '-d', pathname.slice(1), '-c', sql];
+    const env = { PATH: process.env.PATH, PGCONNECT_TIMEOUT: '5', ...(appName ? { PGAPPNAME: appName } : {}) };
+    const asSu = process.getuid() === 0 && su !== 'root';
+    const res = asSu ? await run('runuser', ['-u', su, '--', 'env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'psql', ...args], { timeoutMs })
+      : await run('psql', args, { env, timeoutMs });
+    if (res.code !== 0) throw new Error(`psql (superuser) exited ${res.code}: ${res.stderr.trim()}\n  sql: ${sql}`);
     return res.stdout.split('\n').filter((l) => l.length > 0).map((l) => l.split('\t'));
   }
 
