@@ -570,7 +570,8 @@ describe('ingest: JSON batch API and trace queries', () => {
       project, start_time: iso(t0 + Math.floor(i / 3) * 1000),
     }));
     await ingestOk(A.member, traces);
-    await pollUntil(async () => (await listIds(A.key, { project })).length === 31, { timeoutMs: 5000 });
+    const all = await pollUntil(async () => (await listIds(A.key, { project })).length === 31, { timeoutMs: 10_000 });
+    assert.ok(all.value, 'the 31 traces were stored');
     const late = `pg-late-${crypto.randomBytes(2).toString('hex')}`;
     const seen = [];
     let cursor;

@@ -209,7 +209,7 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     r = await send('second', new Date().toISOString());
     assert.equal(r.status, 202, r.text);
     assert.ok(await traceStored(id, (g) => g.body.name === 'second'), 'the second version replaced the first');
-    const rows = await stack.psql(`SELECT count(*), min(part_time)::date = (now() - interval '2 days')::date
+    const rows = await stack.psql(`SELECT count(*), (min(part_time) AT TIME ZONE 'UTC')::date = '${twoDaysAgo.slice(0, 10)}'
       FROM ingest.traces WHERE team_id = '${A.id}' AND id = '${id}'`);
     assert.deepEqual(rows[0], ['1', 't'], 'one row, still in the day it was first stored in');
   }));
