@@ -4,13 +4,13 @@
  * A schedule holds an export request (`export`, as POST /api/v1/exports takes it) and how often
  * it runs (hourly, daily, weekly). Each run exports the traces that were stored since the last
  * successful run (its `watermark`) up to the time of the run: the job's filter gets
- * stored_since = watermark and stored_until = now, or earlier while an ingest transaction is
- * still open (run_bound()) -- the time a trace was stored, so a trace that arrives late, with an
- * old start time, is still taken by the next run. The watermark moves
- * only when the previous job succeeded, so a failed or cancelled run is covered by the next one.
- * While a schedule's previous job is still queued or running, the schedule waits. Any number of
- * replicas run the timer: due rows are taken with FOR UPDATE SKIP LOCKED, so each due schedule
- * starts one job. Threading: loop thread (short indexed queries). */
+ * stored_since = watermark and stored_until = now less a moment, or earlier while an ingest
+ * transaction is still open (run_bound()) -- the time a trace was stored, so a trace that arrives
+ * late, with an old start time, is still taken by the next run. The watermark moves only when the
+ * previous job succeeded, so a failed or cancelled run is covered by the next one. While a
+ * schedule's previous job is still queued or running, the schedule waits. Any number of replicas
+ * run the timer: due rows are taken with FOR UPDATE SKIP LOCKED, so each due schedule starts one
+ * job. Threading: loop thread (short indexed queries). */
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"
@@ -30,30 +30,45 @@ static const char *interval_sql(const char *every)
 
 /* The application name ingest's connections report to PostgreSQL (its service name). */
 #define INGEST_APP_NAME "ingest"
-/* How far a run's upper bound stays behind the clock when ingest's sessions cannot be seen. */
+/* How far a run's upper bound stays behind the clock at least: a transaction takes its start
+ * time a moment before pg_stat_activity shows it. */
+#define SETTLE_MARGIN "2 seconds"
+/* ... and when some of ingest's sessions cannot be seen. */
 #define BLIND_MARGIN "60 seconds"
-/* A session whose transaction start the export role cannot see. */
-#define HIDDEN_SESSION "(state IS NULL OR state = 'disabled')"
-/* $1: the clock. The clock or the oldest open transaction's start, whichever is earlier. */
+/* An ingest transaction open this long holds the bound back: say so. */
+#define STUCK_AFTER "5 minutes"
+/* ingest's sessions ($2): each one's open transaction start, and whether it is hidden from the
+ * export role (another role without pg_read_all_stats, or track_activities off). A session still
+ * connecting has no state yet and counts as neither. */
+#define SESSIONS_SQL                                                                               \
+    "SELECT pid, state, xact_start, state = 'disabled' OR query = '<insufficient privilege>' AS"   \
+    " hidden FROM pg_stat_activity WHERE datname = current_database() AND application_name = $2"
+/* $1: the clock. The bound, from h (whether a session is hidden) and o (the oldest open
+ * transaction). */
 #define BOUND_EXPR                                                                                 \
-    "least(CASE WHEN bool_or(" HIDDEN_SESSION ") THEN $1::timestamptz - interval '" BLIND_MARGIN   \
-    "' ELSE $1::timestamptz END, min(xact_start))"
-/* $1: the clock, $2: INGEST_APP_NAME. The bound, and whether some session was hidden. */
+    "least($1::timestamptz - CASE WHEN h.hidden THEN interval '" BLIND_MARGIN                      \
+    "' ELSE interval '" SETTLE_MARGIN "' END, o.xact_start)"
+#define STUCK_EXPR "o.xact_start < $1::timestamptz - interval '" STUCK_AFTER "'"
+/* The bound; whether a session was hidden; then the oldest open transaction: whether it is stuck,
+ * its pid, state and start. */
 #define BOUND_SQL                                                                                  \
-    "SELECT " EXPORT_JOB_TIME(BOUND_EXPR) ", coalesce(bool_or(" HIDDEN_SESSION "), false)"         \
-                                          " FROM pg_stat_activity WHERE datname ="                 \
-                                          " current_database() AND application_name = $2"
+    "WITH s AS (" SESSIONS_SQL "), o AS (SELECT pid, state, xact_start FROM s WHERE xact_start IS" \
+    " NOT NULL ORDER BY xact_start LIMIT 1), h AS (SELECT coalesce(bool_or(hidden), false) AS"     \
+    " hidden FROM s) SELECT " EXPORT_JOB_TIME(                                                     \
+        BOUND_EXPR) ", h.hidden, " STUCK_EXPR ", o.pid,"                                           \
+                    " o.state, " EXPORT_JOB_TIME("o.xact_start") " FROM h LEFT JOIN o ON true"
 
 /* The upper bound (stored_until) of the runs started in this tick, on PostgreSQL's clock, into
  * out (RFC 3339, UTC, microseconds). A trace's stored time is the start of the ingest transaction
  * that stored it (created_at DEFAULT now()), and that transaction may commit after a run has
  * read: with "now" as the bound, a trace committed late would fall before the bound, unseen by
  * this run, and the next run (which starts at the bound) would never take it. So the bound is the
- * clock, read before looking at the sessions, or the start of the oldest open transaction of
- * ingest, whichever is earlier: every trace stored before the bound is committed when the run
- * reads. The export role must see ingest's sessions in pg_stat_activity (the same role, or
- * pg_read_all_stats); when it cannot, the bound stays BLIND_MARGIN behind the clock and a
- * warning says so (once). */
+ * clock, read before looking at the sessions, less SETTLE_MARGIN, or the start of the oldest open
+ * transaction of ingest, whichever is earlier: every trace stored before the bound is committed
+ * when the run reads. The export role must see ingest's sessions in pg_stat_activity (the same
+ * role, or pg_read_all_stats); when it cannot, the bound stays BLIND_MARGIN behind the clock and
+ * a warning says so (once). Any transaction of ingest holds the bound back, so one left open
+ * (STUCK_AFTER) is named in a warning. */
 static eb_status run_bound(export_ctx *ctx, PGconn *c, char out[40])
 {
     PGresult *clock = NULL, *r = NULL;
@@ -70,11 +85,16 @@ static eb_status run_bound(export_ctx *ctx, PGconn *c, char out[40])
         if (eb_db_val(r, 0, 1)[0] == 't' && !ctx->warned_blind) {
             ctx->warned_blind = true;
             eb_log_warn(
-                NULL, "export scheduler: ingest's sessions are not visible in pg_stat_activity"
-                      " (grant pg_read_all_stats to the export role, and keep"
+                NULL, "export scheduler: some of ingest's sessions are not visible in"
+                      " pg_stat_activity (grant pg_read_all_stats to the export role, and keep"
                       " track_activities on); scheduled runs take traces stored until " BLIND_MARGIN
                       " ago");
         }
+        if (eb_db_val(r, 0, 2)[0] == 't')
+            eb_log_warn(NULL,
+                        "export scheduler: ingest session %s (%s) has had a transaction open since"
+                        " %s; scheduled runs take only traces stored before it",
+                        eb_db_val(r, 0, 3), eb_db_val(r, 0, 4), eb_db_val(r, 0, 5));
     }
     PQclear(clock);
     PQclear(r);
@@ -119,10 +139,15 @@ static eb_status run_schedule(export_ctx *ctx, PGconn *c, const PGresult *r, int
     cJSON_DeleteItemFromObjectCaseSensitive(filter, "stored_until");
     if (watermark)
         cJSON_AddStringToObject(filter, "stored_since", watermark);
-    /* never before the watermark (the bound can fall back when ingest's sessions turn invisible):
-     * such a run takes nothing and the next one goes on from the watermark */
-    if (watermark && strcmp(bound, watermark) < 0)
+    /* never before the watermark: such a run takes nothing and the next one goes on from it */
+    if (watermark && strcmp(bound, watermark) < 0) {
+        eb_log_warn(NULL,
+                    "schedule %s: the bound %s is before the last run's end %s (ingest's sessions"
+                    " turned invisible, or an ingest transaction older than that run is still"
+                    " open: traces it stores may fall between runs)",
+                    id, bound, watermark);
         bound = watermark;
+    }
     cJSON_AddStringToObject(filter, "stored_until", bound);
     st = export_spec_parse(body, ctx->cfg, &spec);
     if (st != EB_OK)

@@ -21,6 +21,7 @@ import {
   assertError,
   assertStatus,
   pollUntil,
+  sleep,
   uniqueSlug,
 } from './harness.mjs';
 
@@ -29,6 +30,9 @@ const stack = new Stack('export', {
   env: { EVALBUS_EXPORT_SCHEDULE_INTERVAL: '1s', EVALBUS_EXPORT_MAX_ATTEMPTS: '1' },
 });
 const T = { timeout: 120_000 };
+// a scheduled run takes the traces stored until 2 s before it (scheduler.c SETTLE_MARGIN)
+const SETTLE_MS = 2100;
+const PG_TIME = (expr) => `to_char(${expr} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
 const JOB_TIMEOUT_MS = 60_000;
 
 const iso = (ms) => new Date(ms).toISOString();
@@ -570,6 +574,7 @@ describe('export: jobs, formats, privacy', () => {
     assertStatus(r, 202);
     const stored = await pollUntil(async () => (await api('GET', '/api/v1/traces/a-late', A.key)).status === 200, { timeoutMs: 10_000 });
     assert.ok(stored.value, 'the new trace was stored');
+    await sleep(SETTLE_MS);
     await stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
     const second = await pollUntil(async () => (await jobsOf()).find((e) => e.id !== first.value.id && e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 });
     assert.ok(second.value, 'the second run happened');
@@ -618,6 +623,7 @@ describe('export: jobs, formats, privacy', () => {
     const addTrace = async (id) => {
       assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id, project: 'late', input: 'q', output: 'a' }] } }), 202);
       assert.ok((await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, A.key)).status === 200, { timeoutMs: 10_000 })).value, `${id} stored`);
+      await sleep(SETTLE_MS);
     };
     // stored before the schedule exists: a new schedule runs at once
     await addTrace('late-1');
@@ -655,6 +661,7 @@ describe('export: jobs, formats, privacy', () => {
     const teamId = (await stack.whoami(A.key)).team.id;
     assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: 'open-0', project: 'open-txn', input: 'q', output: 'a' }] } }), 202);
     assert.ok((await pollUntil(async () => (await api('GET', '/api/v1/traces/open-0', A.key)).status === 200, { timeoutMs: 10_000 })).value, 'open-0 stored');
+    await sleep(SETTLE_MS);
     const c = await api('POST', '/api/v1/export-schedules', A.key, {
       body: { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['open-txn'] } } },
     });
@@ -676,18 +683,17 @@ describe('export: jobs, formats, privacy', () => {
         SELECT team_id, 'open-1', part_time FROM ingest.traces WHERE team_id = '${teamId}' AND id = 'open-0';
       INSERT INTO ingest.traces (team_id, part_time, id, project, source, stream_seq, input)
         SELECT team_id, part_time, 'open-1', 'open-txn', 'api', 1, '"q"' FROM ingest.traces WHERE team_id = '${teamId}' AND id = 'open-0';
-      SELECT pg_sleep(10); COMMIT;`, { appName: 'ingest' });
-    let settled = false;
-    holder.then(() => (settled = true), () => (settled = true));
-    const started = await pollUntil(async () => (await stack.psql(`SELECT to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+      SELECT pg_sleep(10); SELECT ${PG_TIME('clock_timestamp()')}; COMMIT;`, { appName: 'ingest' });
+    const started = await pollUntil(async () => (await stack.psql(`SELECT ${PG_TIME('xact_start')}
       FROM pg_stat_activity WHERE application_name = 'ingest' AND query LIKE '%pg_sleep(10)%' AND pid <> pg_backend_pid()`))[0]?.[0], { timeoutMs: 10_000, intervalMs: 100 });
     assert.ok(started.value, 'the storing transaction is open');
+    await sleep(SETTLE_MS); // the clock alone would now give a bound after its start
     await due();
     const second = await done([first.id]);
-    assert.ok(!settled, 'the second run finished while the transaction was still open');
+    const ended = (await holder).at(-1)[0];
+    assert.ok(second.created_at < ended, `the second run started while the transaction was open (${second.created_at}, ${ended})`);
     assert.ok(second.filter.stored_until <= started.value, `the run stops at the open transaction: ${second.filter.stored_until} > ${started.value}`);
     assert.equal(second.result.rows, 0);
-    await holder;
     await due();
     const third = await done([first.id, second.id]);
     assert.equal(third.filter.stored_since, second.filter.stored_until);
@@ -700,10 +706,8 @@ describe('export: jobs, formats, privacy', () => {
     assert.ok((await pollUntil(async () => (await api('GET', '/api/v1/traces/blind-0', A.key)).status === 200, { timeoutMs: 10_000 })).value, 'blind-0 stored');
     // a session of another role (the superuser), named as ingest's: its transaction start is
     // hidden from the services' role
-    const holder = stack.psqlSuperuser('BEGIN; SELECT pg_sleep(8); COMMIT;', { appName: 'ingest' });
-    let settled = false;
-    holder.then(() => (settled = true), () => (settled = true));
-    const seen = await pollUntil(async () => (await stack.psql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ingest' AND state IS NULL`))[0][0] === '1', { timeoutMs: 10_000, intervalMs: 100 });
+    const holder = stack.psqlSuperuser(`BEGIN; SELECT pg_sleep(8); SELECT ${PG_TIME('clock_timestamp()')}; COMMIT;`, { appName: 'ingest' });
+    const seen = await pollUntil(async () => (await stack.psql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ingest' AND query = '<insufficient privilege>'`))[0][0] === '1', { timeoutMs: 10_000, intervalMs: 100 });
     assert.ok(seen.value, 'the hidden session is there');
     const c = await api('POST', '/api/v1/export-schedules', A.key, {
       body: { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['blind'] } } },
@@ -713,14 +717,14 @@ describe('export: jobs, formats, privacy', () => {
     const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
     const first = (await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 })).value;
     assert.ok(first, 'the first run succeeded');
-    assert.ok(!settled, 'it ran while the hidden transaction was open');
+    const ended = (await holder).at(-1)[0];
+    assert.ok(first.created_at < ended, `the run started while the hidden transaction was open (${first.created_at}, ${ended})`);
     // the job's created_at is PostgreSQL's clock at its insert, just after the run read the clock
     const lagMs = Date.parse(first.created_at) - Date.parse(first.filter.stored_until);
     assert.ok(lagMs >= 60_000 && lagMs < 61_000, `stored_until is a minute before the run: ${first.filter.stored_until}, created ${first.created_at}`);
     assert.equal(first.result.rows, 0, 'the trace stored just now is left to the next run');
     const log = fs.readFileSync(path.join(stack.state, 'logs', 'export.log'), 'utf8');
     assert.equal(log.split('\n').filter((l) => l.includes("ingest's sessions are not visible")).length, 1, 'one warning');
-    await holder;
     await stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
     const second = (await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded' && e.id !== first.id), { timeoutMs: 30_000, intervalMs: 300 })).value;
     assert.ok(second, 'the second run succeeded');
