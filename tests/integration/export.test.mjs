@@ -139,6 +139,33 @@ async function review(key, id, decision) {
   assertStatus(r, 201, `review ${id}`);
 }
 
+/** Stores one trace and waits until a scheduled run started now would take it: readable, and
+ * SETTLE_MS old. */
+async function storeForRun(key, id, project, fields = { input: 'q', output: 'a' }) {
+  assertStatus(await api('POST', '/api/v1/traces', key, { body: { traces: [{ id, project, ...fields }] } }), 202);
+  const stored = await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, key)).status === 200, { timeoutMs: 10_000 });
+  assert.ok(stored.value, `${id} stored`);
+  await sleep(SETTLE_MS);
+}
+
+/** POST /api/v1/export-schedules; resolves the schedule's id. */
+async function createSchedule(key, body) {
+  const c = await api('POST', '/api/v1/export-schedules', key, { body });
+  assertStatus(c, 201, 'create schedule');
+  return c.body.id;
+}
+
+/** Makes schedule sid due now. */
+const makeDue = (sid) => stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
+
+/** Waits for a job of schedule sid in `state` that is not one of `seen` (ids); resolves it. */
+async function scheduledRun(key, sid, { state = 'succeeded', seen = [], timeoutMs = 30_000 } = {}) {
+  const run = await pollUntil(async () => (await api('GET', '/api/v1/exports?limit=200', key)).body.exports
+    .find((e) => e.schedule_id === sid && e.state === state && !seen.includes(e.id)), { timeoutMs, intervalMs: 300 });
+  assert.ok(run.value, `a ${state} run of schedule ${sid} after ${seen.length}`);
+  return run.value;
+}
+
 /** POST /api/v1/exports, then polls until the job is no longer queued or running. */
 async function runExport(key, body) {
   const r = await api('POST', '/api/v1/exports', key, { body });
@@ -558,28 +585,17 @@ describe('export: jobs, formats, privacy', () => {
   }));
 
   it('scheduled exports: each run is an ordinary job, incremental since the last successful run', T, stack.wrap(async () => {
-    const c = await api('POST', '/api/v1/export-schedules', A.key, {
-      body: { every: 'hourly', export: { format: 'jsonl', compression: 'none', filter: { projects: ['summaries'] } } },
-    });
-    assertStatus(c, 201, 'create schedule');
-    const sid = c.body.id;
-    const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
-    const first = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 });
-    assert.ok(first.value, 'the first run happened');
-    assert.equal(first.value.result.rows, 20);
-    assert.equal(first.value.filter.stored_since, undefined, 'the first run has no lower bound');
-    assert.ok(first.value.filter.stored_until);
+    const sid = await createSchedule(A.key, { every: 'hourly', export: { format: 'jsonl', compression: 'none', filter: { projects: ['summaries'] } } });
+    const first = await scheduledRun(A.key, sid);
+    assert.equal(first.result.rows, 20);
+    assert.equal(first.filter.stored_since, undefined, 'the first run has no lower bound');
+    assert.ok(first.filter.stored_until);
     // one new trace, then make the schedule due again
-    const r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: 'a-late', project: 'summaries', input: 'late question', output: 'late answer' }] } });
-    assertStatus(r, 202);
-    const stored = await pollUntil(async () => (await api('GET', '/api/v1/traces/a-late', A.key)).status === 200, { timeoutMs: 10_000 });
-    assert.ok(stored.value, 'the new trace was stored');
-    await sleep(SETTLE_MS);
-    await stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
-    const second = await pollUntil(async () => (await jobsOf()).find((e) => e.id !== first.value.id && e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 });
-    assert.ok(second.value, 'the second run happened');
-    assert.equal(second.value.filter.stored_since, first.value.filter.stored_until, 'it starts where the last successful run ended');
-    assert.equal(second.value.result.rows, 1, 'only what is new');
+    await storeForRun(A.key, 'a-late', 'summaries', { input: 'late question', output: 'late answer' });
+    await makeDue(sid);
+    const second = await scheduledRun(A.key, sid, { seen: [first.id] });
+    assert.equal(second.filter.stored_since, first.filter.stored_until, 'it starts where the last successful run ended');
+    assert.equal(second.result.rows, 1, 'only what is new');
     const list = await api('GET', '/api/v1/export-schedules', A.key);
     assertStatus(list, 200);
     assert.ok(list.body.schedules.some((x) => x.id === sid));
@@ -620,38 +636,25 @@ describe('export: jobs, formats, privacy', () => {
   it('a failed scheduled run is covered by the next one (the watermark stays)', T, stack.wrap(async () => {
     const dest = `${stack.env.EVALBUS_OBJECT_STORE}/sched`;
     const root = path.join(storeRoot, 'sched');
-    const addTrace = async (id) => {
-      assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id, project: 'late', input: 'q', output: 'a' }] } }), 202);
-      assert.ok((await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, A.key)).status === 200, { timeoutMs: 10_000 })).value, `${id} stored`);
-      await sleep(SETTLE_MS);
-    };
     // stored before the schedule exists: a new schedule runs at once
-    await addTrace('late-1');
-    const c = await api('POST', '/api/v1/export-schedules', A.key, {
-      body: { every: 'daily', export: { format: 'jsonl', compression: 'none', destination: dest, filter: { projects: ['late'] } } },
-    });
-    assertStatus(c, 201, 'create schedule');
-    const sid = c.body.id;
-    const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
-    const due = () => stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
-    const first = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 });
-    assert.ok(first.value, 'first run');
-    assert.equal(first.value.result.rows, 1);
+    await storeForRun(A.key, 'late-1', 'late');
+    const sid = await createSchedule(A.key, { every: 'daily', export: { format: 'jsonl', compression: 'none', destination: dest, filter: { projects: ['late'] } } });
+    const first = await scheduledRun(A.key, sid);
+    assert.equal(first.result.rows, 1);
     // the destination folder becomes a file: the second run fails
     fs.renameSync(root, `${root}.saved`);
     fs.writeFileSync(root, 'not a folder');
-    await addTrace('late-2');
-    await due();
-    const failed = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'failed'), { timeoutMs: 60_000, intervalMs: 300 });
-    assert.ok(failed.value, 'the second run failed');
+    await storeForRun(A.key, 'late-2', 'late');
+    await makeDue(sid);
+    await scheduledRun(A.key, sid, { state: 'failed', timeoutMs: 60_000 });
     fs.rmSync(root);
     fs.renameSync(`${root}.saved`, root);
-    await addTrace('late-3');
-    await due();
-    const third = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded' && e.id !== first.value.id), { timeoutMs: 30_000, intervalMs: 300 });
-    assert.ok(third.value, 'the third run succeeded (the schedule was not disabled)');
-    assert.equal(third.value.filter.stored_since, first.value.filter.stored_until, 'from the last successful run');
-    assert.equal(third.value.result.rows, 2, "the failed run's trace and the new one");
+    await storeForRun(A.key, 'late-3', 'late');
+    await makeDue(sid);
+    // (succeeded: the schedule was not disabled)
+    const third = await scheduledRun(A.key, sid, { seen: [first.id] });
+    assert.equal(third.filter.stored_since, first.filter.stored_until, 'from the last successful run');
+    assert.equal(third.result.rows, 2, "the failed run's trace and the new one");
     const list = await api('GET', '/api/v1/export-schedules', A.key);
     assert.ok(list.body.schedules.find((x) => x.id === sid).enabled);
     assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
@@ -659,22 +662,9 @@ describe('export: jobs, formats, privacy', () => {
 
   it('a trace whose storing transaction is still open when a run starts is taken by the next run', T, stack.wrap(async () => {
     const teamId = (await stack.whoami(A.key)).team.id;
-    assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: 'open-0', project: 'open-txn', input: 'q', output: 'a' }] } }), 202);
-    assert.ok((await pollUntil(async () => (await api('GET', '/api/v1/traces/open-0', A.key)).status === 200, { timeoutMs: 10_000 })).value, 'open-0 stored');
-    await sleep(SETTLE_MS);
-    const c = await api('POST', '/api/v1/export-schedules', A.key, {
-      body: { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['open-txn'] } } },
-    });
-    assertStatus(c, 201, 'create schedule');
-    const sid = c.body.id;
-    const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
-    const due = () => stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
-    const done = async (seen) => {
-      const run = await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded' && !seen.includes(e.id)), { timeoutMs: 30_000, intervalMs: 300 });
-      assert.ok(run.value, `a run after ${seen.length} succeeded`);
-      return run.value;
-    };
-    const first = await done([]);
+    await storeForRun(A.key, 'open-0', 'open-txn');
+    const sid = await createSchedule(A.key, { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['open-txn'] } } });
+    const first = await scheduledRun(A.key, sid);
     assert.equal(first.result.rows, 1);
     // a session named as ingest's stores a trace the way ingest's writer does (created_at is the
     // start of its transaction) and holds the transaction open while the next run starts
@@ -688,35 +678,28 @@ describe('export: jobs, formats, privacy', () => {
       FROM pg_stat_activity WHERE application_name = 'ingest' AND query LIKE '%pg_sleep(10)%' AND pid <> pg_backend_pid()`))[0]?.[0], { timeoutMs: 10_000, intervalMs: 100 });
     assert.ok(started.value, 'the storing transaction is open');
     await sleep(SETTLE_MS); // the clock alone would now give a bound after its start
-    await due();
-    const second = await done([first.id]);
+    await makeDue(sid);
+    const second = await scheduledRun(A.key, sid, { seen: [first.id] });
     const ended = (await holder).at(-1)[0];
     assert.ok(second.created_at < ended, `the second run started while the transaction was open (${second.created_at}, ${ended})`);
     assert.ok(second.filter.stored_until <= started.value, `the run stops at the open transaction: ${second.filter.stored_until} > ${started.value}`);
     assert.equal(second.result.rows, 0);
-    await due();
-    const third = await done([first.id, second.id]);
+    await makeDue(sid);
+    const third = await scheduledRun(A.key, sid, { seen: [first.id, second.id] });
     assert.equal(third.filter.stored_since, second.filter.stored_until);
     assert.equal(third.result.rows, 1, 'the trace stored by the transaction that was open');
     assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
   }));
 
   it("when ingest's sessions cannot be seen, runs stop a minute back and the export log says why", T, stack.wrap(async () => {
-    assertStatus(await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: 'blind-0', project: 'blind', input: 'q', output: 'a' }] } }), 202);
-    assert.ok((await pollUntil(async () => (await api('GET', '/api/v1/traces/blind-0', A.key)).status === 200, { timeoutMs: 10_000 })).value, 'blind-0 stored');
+    await storeForRun(A.key, 'blind-0', 'blind');
     // a session of another role (the superuser), named as ingest's: its transaction start is
     // hidden from the services' role
     const holder = stack.psqlSuperuser(`BEGIN; SELECT pg_sleep(8); SELECT ${PG_TIME('clock_timestamp()')}; COMMIT;`, { appName: 'ingest' });
     const seen = await pollUntil(async () => (await stack.psql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ingest' AND query = '<insufficient privilege>'`))[0][0] === '1', { timeoutMs: 10_000, intervalMs: 100 });
     assert.ok(seen.value, 'the hidden session is there');
-    const c = await api('POST', '/api/v1/export-schedules', A.key, {
-      body: { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['blind'] } } },
-    });
-    assertStatus(c, 201, 'create schedule');
-    const sid = c.body.id;
-    const jobsOf = async () => (await api('GET', '/api/v1/exports?limit=200', A.key)).body.exports.filter((e) => e.schedule_id === sid);
-    const first = (await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded'), { timeoutMs: 30_000, intervalMs: 300 })).value;
-    assert.ok(first, 'the first run succeeded');
+    const sid = await createSchedule(A.key, { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['blind'] } } });
+    const first = await scheduledRun(A.key, sid);
     const ended = (await holder).at(-1)[0];
     assert.ok(first.created_at < ended, `the run started while the hidden transaction was open (${first.created_at}, ${ended})`);
     // the job's created_at is PostgreSQL's clock at its insert, just after the run read the clock
@@ -725,9 +708,8 @@ describe('export: jobs, formats, privacy', () => {
     assert.equal(first.result.rows, 0, 'the trace stored just now is left to the next run');
     const log = fs.readFileSync(path.join(stack.state, 'logs', 'export.log'), 'utf8');
     assert.equal(log.split('\n').filter((l) => l.includes("ingest's sessions are not visible")).length, 1, 'one warning');
-    await stack.psql(`UPDATE export.schedules SET next_run_at = now() WHERE id = '${sid}'`);
-    const second = (await pollUntil(async () => (await jobsOf()).find((e) => e.state === 'succeeded' && e.id !== first.id), { timeoutMs: 30_000, intervalMs: 300 })).value;
-    assert.ok(second, 'the second run succeeded');
+    await makeDue(sid);
+    const second = await scheduledRun(A.key, sid, { seen: [first.id] });
     assert.equal(second.filter.stored_since, first.filter.stored_until);
     assert.equal(second.result.rows, 1, 'the trace the first run left');
     assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);

@@ -112,6 +112,15 @@ export function signJwtHs256(header, payload, secret) {
   return `${input}.${sig}`;
 }
 
+/** psql's flags for machine-readable rows: no psqlrc, quiet, unaligned, tuples only, tabs. */
+const PSQL_FLAGS = ['-X', '-q', '-A', '-t', '-F', '\t', '-v', 'ON_ERROR_STOP=1'];
+
+/** The rows a psql run printed with PSQL_FLAGS, as arrays of strings; throws when it failed. */
+function psqlRows(res, what, sql) {
+  if (res.code !== 0) throw new Error(`${what} exited ${res.code}: ${res.stderr.trim()}\n  sql: ${sql}`);
+  return res.stdout.split('\n').filter((l) => l.length > 0).map((l) => l.split('\t'));
+}
+
 /** Calls fn every intervalMs until it returns a truthy value or timeoutMs passes; returns
  * {value, elapsedMs} of the first truthy result, or {value: last, elapsedMs, timedOut: true}. */
 export async function pollUntil(fn, { timeoutMs = 5000, intervalMs = 100 } = {}) {
@@ -733,13 +742,8 @@ export class Stack {
   async psql(sql, { timeoutMs = 30_000, appName } = {}) {
     const env = { ...process.env, PGOPTIONS: '-c evalbus.system=on', PGCONNECT_TIMEOUT: '5' };
     if (appName) env.PGAPPNAME = appName;
-    const res = await run(
-      'psql',
-      ['-X', '-q', '-A', '-t', '-F', '\t', '-v', 'ON_ERROR_STOP=1', '-d', this.env.EVALBUS_DATABASE_URL, '-c', sql],
-      { env, timeoutMs },
-    );
-    if (res.code !== 0) throw new Error(`psql exited ${res.code}: ${res.stderr.trim()}\n  sql: ${sql}`);
-    return res.stdout.split('\n').filter((l) => l.length > 0).map((l) => l.split('\t'));
+    const res = await run('psql', [...PSQL_FLAGS, '-d', this.env.EVALBUS_DATABASE_URL, '-c', sql], { env, timeoutMs });
+    return psqlRows(res, 'psql', sql);
   }
 
   /** Runs sql with psql as the cluster's superuser (EVALBUS_STACK_PG_SUPERUSER over the socket,
@@ -748,14 +752,12 @@ export class Stack {
   async psqlSuperuser(sql, { timeoutMs = 30_000, appName } = {}) {
     const su = this.env.EVALBUS_STACK_PG_SUPERUSER;
     const { port, pathname } = new URL(this.env.EVALBUS_DATABASE_URL);
-    const args = ['-X', '-q', '-A', '-t', '-F', '\t', '-v', 'ON_ERROR_STOP=1', '-h', this.env.EVALBUS_STACK_PG_SOCKET_DIR,
-      '-p', port, '-U', su, '-d', pathname.slice(1), '-c', sql];
+    const args = [...PSQL_FLAGS, '-h', this.env.EVALBUS_STACK_PG_SOCKET_DIR, '-p', port, '-U', su, '-d', pathname.slice(1), '-c', sql];
     const env = { PATH: process.env.PATH, PGCONNECT_TIMEOUT: '5', ...(appName ? { PGAPPNAME: appName } : {}) };
     const asSu = process.getuid() === 0 && su !== 'root';
     const res = asSu ? await run('runuser', ['-u', su, '--', 'env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'psql', ...args], { timeoutMs })
       : await run('psql', args, { env, timeoutMs });
-    if (res.code !== 0) throw new Error(`psql (superuser) exited ${res.code}: ${res.stderr.trim()}\n  sql: ${sql}`);
-    return res.stdout.split('\n').filter((l) => l.length > 0).map((l) => l.split('\t'));
+    return psqlRows(res, 'psql (superuser)', sql);
   }
 
   // -------------------------------------------------------------------------------------------

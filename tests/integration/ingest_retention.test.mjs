@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertError, pollUntil, uniqueSlug } from './harness.mjs';
+import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertError, pollUntil, sleep, uniqueSlug } from './harness.mjs';
 
 const stack = new Stack('retention');
 const api = (method, p, opts = {}) => stack.api(method, p, { base: stack.url, ...opts });
@@ -101,7 +101,7 @@ describe('retention per project', () => {
     // waits for it (up to the pass's 5 s lock_timeout) when SIGTERM comes. Every service runs its
     // first pass 5 s after its start, and only the replica runs one every second after that:
     // from 6.5 s after the replica's start, a pass waiting for the lock is the replica's.
-    await new Promise((resolve) => setTimeout(resolve, Math.max(0, replicaStarted + 6500 - Date.now())));
+    await sleep(Math.max(0, replicaStarted + 6500 - Date.now()));
     const holder = stack.psql('BEGIN; LOCK TABLE ingest.project_settings IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;',
       { timeoutMs: 20_000 });
     try {
