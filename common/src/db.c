@@ -17,6 +17,7 @@
 struct eb_db {
     char *url;
     char *app_name;
+    long long idle_tx_timeout_ms; /* 0: the server's setting */
     int size;
     int out;       /* connections handed out, or being made for a caller */
     PGconn **idle; /* [size] stack of idle connections */
@@ -25,12 +26,13 @@ struct eb_db {
     pthread_cond_t cv;
 };
 
-eb_db *eb_db_open(const char *url, int size, const char *app_name)
+eb_db *eb_db_open(const char *url, int size, const char *app_name, long long idle_tx_timeout_ms)
 {
     eb_db *db = eb_calloc(1, sizeof(*db));
 
     db->url = eb_strdup(url);
     db->app_name = eb_strdup(app_name ? app_name : "evalbus");
+    db->idle_tx_timeout_ms = idle_tx_timeout_ms > 0 ? idle_tx_timeout_ms : 0;
     db->size = size > 0 ? size : 1;
     db->idle = eb_calloc((size_t)db->size, sizeof(PGconn *));
     pthread_mutex_init(&db->mu, NULL);
@@ -73,6 +75,23 @@ static PGconn *connect_db(eb_db *db)
         return NULL;
     }
     PQsetNoticeProcessor(c, on_notice, NULL);
+    if (db->idle_tx_timeout_ms > 0) {
+        /* a SET, not the startup packet's options: those would replace any the URL has */
+        char sql[96];
+        PGresult *r;
+        snprintf(sql, sizeof(sql), "SET idle_in_transaction_session_timeout = %lld",
+                 db->idle_tx_timeout_ms);
+        r = PQexec(c, sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
+                     "setting idle_in_transaction_session_timeout: %.*s",
+                     (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+            PQclear(r);
+            PQfinish(c);
+            return NULL;
+        }
+        PQclear(r);
+    }
     return c;
 }
 

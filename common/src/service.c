@@ -136,7 +136,7 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
     st = eb_bus_connect(svc->base, cfg->nats_url, name, 0, &svc->bus);
     if (st != EB_OK)
         return st;
-    svc->db = eb_db_open(cfg->database_url, (int)cfg->db_pool, name);
+    svc->db = eb_db_open(cfg->database_url, (int)cfg->db_pool, name, cfg->db_idle_tx_timeout_ms);
     if (cfg->redis_url && *cfg->redis_url) {
         st = eb_redis_new(svc->base, cfg->redis_url, &svc->redis);
         if (st != EB_OK)

@@ -29,6 +29,7 @@ typedef struct export_config {
     long long presign_expiry_ms;
     long long stream_max_rows;
     long long schedule_interval_ms;
+    long long schedule_stuck_after_ms;
     char *object_store; /* file:///path or s3://bucket/prefix */
     char *s3_endpoint;
     char *s3_region;

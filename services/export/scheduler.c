@@ -35,8 +35,6 @@ static const char *interval_sql(const char *every)
 #define SETTLE_MARGIN "2 seconds"
 /* ... and when some of ingest's sessions cannot be seen. */
 #define BLIND_MARGIN "60 seconds"
-/* An ingest transaction open this long holds the bound back: say so. */
-#define STUCK_AFTER "5 minutes"
 /* ingest's sessions ($2): each one's open transaction start, and whether it is hidden from the
  * export role (another role without pg_read_all_stats, or track_activities off). A session still
  * connecting has no state yet and counts as neither. */
@@ -48,7 +46,8 @@ static const char *interval_sql(const char *every)
 #define BOUND_EXPR                                                                                 \
     "least($1::timestamptz - CASE WHEN h.hidden THEN interval '" BLIND_MARGIN                      \
     "' ELSE interval '" SETTLE_MARGIN "' END, o.xact_start)"
-#define STUCK_EXPR "o.xact_start < $1::timestamptz - interval '" STUCK_AFTER "'"
+/* An ingest transaction open longer than $3 ms (schedule-stuck-after) holds the bound back. */
+#define STUCK_EXPR "o.xact_start < $1::timestamptz - $3::bigint * interval '1 millisecond'"
 /* The bound; whether a session was hidden; then the oldest open transaction: whether it is stuck,
  * its pid, state and start. */
 #define BOUND_SQL                                                                                  \
@@ -67,18 +66,20 @@ static const char *interval_sql(const char *every)
  * transaction of ingest, whichever is earlier: every trace stored before the bound is committed
  * when the run reads. The export role must see ingest's sessions in pg_stat_activity (the same
  * role, or pg_read_all_stats); when it cannot, the bound stays BLIND_MARGIN behind the clock and
- * a warning says so (once). Any transaction of ingest holds the bound back, so one left open
- * (STUCK_AFTER) is named in a warning. */
+ * a warning says so (once). Any transaction of ingest holds the bound back, so one open longer
+ * than schedule-stuck-after is named in a warning (every tick until it ends). */
 static eb_status run_bound(export_ctx *ctx, PGconn *c, char out[40])
 {
     PGresult *clock = NULL, *r = NULL;
-    const char *p[2] = {NULL, INGEST_APP_NAME};
+    char stuck_ms[24];
+    const char *p[3] = {NULL, INGEST_APP_NAME, stuck_ms};
     eb_status st = eb_db_exec(c, "SELECT clock_timestamp()", 0, NULL, &clock);
 
     if (st == EB_OK) {
         p[0] = eb_db_val(clock, 0, 0);
         /* pg_stat_activity is read once per transaction: this is the tick's first look */
-        st = eb_db_exec(c, BOUND_SQL, 2, p, &r);
+        snprintf(stuck_ms, sizeof(stuck_ms), "%lld", ctx->cfg->schedule_stuck_after_ms);
+        st = eb_db_exec(c, BOUND_SQL, 3, p, &r);
     }
     if (st == EB_OK) {
         snprintf(out, 40, "%s", eb_db_val(r, 0, 0));

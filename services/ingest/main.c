@@ -26,6 +26,7 @@ extern const size_t eb_migrations_ingest_count;
 #define T ingest_config
 static const eb_setting settings[] = {
     EB_SERVICE_SETTINGS(ingest_config, svc, "8081", "16MiB"),
+    EB_DB_IDLE_TX_SETTING(ingest_config, svc, "60s"),
     EB_AUTHC_SETTINGS(T, auth_cache_ttl_ms, auth_timeout_ms),
     {"publish-timeout", "EVALBUS_PUBLISH_TIMEOUT", EB_SET_DURATION, "5s", 100, 60000, false,
      offsetof(T, publish_timeout_ms), "wait for JetStream to acknowledge accepted traces"},

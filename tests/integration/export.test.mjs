@@ -25,9 +25,11 @@ import {
   uniqueSlug,
 } from './harness.mjs';
 
+const STUCK_AFTER_MS = 4000;
 const stack = new Stack('export', {
-  // schedules looked for every second; a job that meets a store error fails at once
-  env: { EVALBUS_EXPORT_SCHEDULE_INTERVAL: '1s', EVALBUS_EXPORT_MAX_ATTEMPTS: '1' },
+  // schedules looked for every second; a job that meets a store error fails at once; an ingest
+  // transaction open 4 s is named in a warning
+  env: { EVALBUS_EXPORT_SCHEDULE_INTERVAL: '1s', EVALBUS_EXPORT_MAX_ATTEMPTS: '1', EVALBUS_EXPORT_SCHEDULE_STUCK_AFTER: `${STUCK_AFTER_MS}ms` },
 });
 const T = { timeout: 120_000 };
 // a scheduled run takes the traces stored until 2 s before it (scheduler.c SETTLE_MARGIN)
@@ -712,6 +714,32 @@ describe('export: jobs, formats, privacy', () => {
     const second = await scheduledRun(A.key, sid, { seen: [first.id] });
     assert.equal(second.filter.stored_since, first.filter.stored_until);
     assert.equal(second.result.rows, 1, 'the trace the first run left');
+    assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
+  }));
+
+  it('an ingest transaction open longer than schedule-stuck-after is named in the export log', T, stack.wrap(async () => {
+    const exportLog = () => fs.readFileSync(path.join(stack.state, 'logs', 'export.log'), 'utf8');
+    const holder = stack.psql(`BEGIN; SELECT pg_sleep(12); COMMIT;`, { appName: 'ingest' });
+    const open = await pollUntil(async () => (await stack.psql(`SELECT pid, ${PG_TIME('xact_start')}
+      FROM pg_stat_activity WHERE application_name = 'ingest' AND query LIKE '%pg_sleep(12)%' AND pid <> pg_backend_pid()`))[0], { timeoutMs: 10_000, intervalMs: 100 });
+    assert.ok(open.value, 'the transaction is open');
+    const [pid, since] = open.value;
+    const named = () => exportLog().split('\n').filter((l) => l.includes(`ingest session ${pid} (`) && l.includes(`open since ${since};`));
+    const sid = await createSchedule(A.key, { every: 'daily', export: { format: 'jsonl', compression: 'none', filter: { projects: ['stuck'] } } });
+    // a run while the transaction is younger than the setting: no warning
+    const first = await scheduledRun(A.key, sid);
+    const youngMs = Date.parse(first.created_at) - Date.parse(since);
+    assert.ok(youngMs < STUCK_AFTER_MS, `the first run came ${youngMs} ms into the transaction`);
+    assert.deepEqual(named(), [], 'no warning while the transaction is young');
+    assert.ok(first.filter.stored_until <= since, 'the open transaction holds the bound');
+    // a run once it is older
+    await sleep(Math.max(0, Date.parse(since) + STUCK_AFTER_MS + 500 - Date.now()));
+    await makeDue(sid);
+    const second = await scheduledRun(A.key, sid, { seen: [first.id] });
+    assert.ok(Date.parse(second.created_at) - Date.parse(since) > STUCK_AFTER_MS, 'the second run came after the setting');
+    assert.ok(second.filter.stored_until <= since, 'the open transaction still holds the bound');
+    assert.ok((await pollUntil(() => named().length > 0, { timeoutMs: 5000, intervalMs: 100 })).value, `a warning names session ${pid}: ${exportLog().slice(-2000)}`);
+    await holder;
     assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
   }));
 });

@@ -25,7 +25,9 @@ import {
   uniqueSlug,
 } from './harness.mjs';
 
-const stack = new Stack('ingest-durability');
+// ingest's sessions end after 3 s idle inside a transaction (60 s by default)
+const IDLE_TX_TIMEOUT_MS = 3000;
+const stack = new Stack('ingest-durability', { env: { EVALBUS_DB_IDLE_TX_TIMEOUT: `${IDLE_TX_TIMEOUT_MS}ms` } });
 const T = { timeout: 120_000 };
 const PG_BIN = '/usr/lib/postgresql/15/bin';
 const STORE_TIMEOUT_MS = 30_000; // after an outage: "every accepted trace is stored within ~30 s"
@@ -248,6 +250,67 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     assert.ok(await send(`second-${tag}`), 'the next trace of that day is stored too');
     const [[made]] = await stack.psql(`SELECT to_regclass('ingest.traces_p${day}') IS NOT NULL`);
     assert.equal(made, 't', 'the day partition was made again');
+  }));
+
+  it('a writer stopped inside its transaction loses the session after db-idle-tx-timeout, and every trace is still stored once', T, stack.wrap(async () => {
+    // A writer that stops between the statements of its transaction (a stopped process, a
+    // stalled thread) would hold its locks and snapshot, and the scheduled exports' bound,
+    // for as long as it stays stopped. PostgreSQL must end the session; the writer, running
+    // again, finds its connection gone and the batch is stored by a later attempt.
+    const prefix = `idle-${crypto.randomBytes(3).toString('hex')}`;
+    const SIZE = 100;
+    const MAX_BATCHES = 400;
+    const log = [];
+    const accepted = [];
+    const deadline = Date.now() + 100_000;
+    const pid = stack.readPid('ingest');
+    assert.ok(pid && pidAlive(pid), 'ingest runs');
+    let next = 0;
+    let stop = false;
+    const sender = async () => {
+      while (!stop && next < MAX_BATCHES) {
+        const b = next++;
+        accepted.push(...await sendUntilAccepted(A.key, batch(prefix, b * SIZE, SIZE), log, { deadline }));
+      }
+    };
+    const senders = [sender(), sender()];
+    let caught = null;
+    let tries = 0;
+    try {
+      await pollUntil(() => accepted.length > 0, { timeoutMs: 20_000, intervalMs: 50 });
+      // stop the process until one of its sessions is idle inside a transaction
+      while (!caught && next < MAX_BATCHES && Date.now() < deadline - 40_000) {
+        tries++;
+        process.kill(pid, 'SIGSTOP');
+        let rows = [];
+        try {
+          rows = await stack.psql(`SELECT pid, extract(epoch FROM clock_timestamp() - state_change) * 1000, left(query, 60)
+            FROM pg_stat_activity WHERE application_name = 'ingest' AND state = 'idle in transaction'`);
+        } finally {
+          if (!rows.length) process.kill(pid, 'SIGCONT');
+        }
+        if (rows.length) caught = { backend: rows[0][0], idleMs: Number(rows[0][1]), query: rows[0][2], at: Date.now() };
+        else await sleep(10 + Math.random() * 40);
+      }
+      assert.ok(caught, `ingest was never caught idle inside a transaction (${tries} tries)`);
+      const gone = await pollUntil(async () => (await stack.psql(
+        `SELECT count(*) FROM pg_stat_activity WHERE pid = ${caught.backend}`))[0][0] === '0',
+      { timeoutMs: IDLE_TX_TIMEOUT_MS + 10_000, intervalMs: 100 });
+      assert.ok(gone.value, `PostgreSQL ended backend ${caught.backend}, idle in a transaction of the stopped writer`);
+      const endedAfterMs = Date.now() - caught.at + caught.idleMs;
+      assert.ok(endedAfterMs >= IDLE_TX_TIMEOUT_MS - 200, `not before the timeout: ${endedAfterMs} ms`);
+      process.stderr.write(`[durability] caught idle in a transaction (after: ${caught.query}) after ${tries} tries; session ended ${Math.round(endedAfterMs)} ms into the idle time\n`);
+    } finally {
+      stop = true;
+      process.kill(pid, 'SIGCONT');
+    }
+    await Promise.all(senders);
+    assert.ok(pidAlive(pid), 'the same ingest process runs on');
+    assert.equal(new Set(accepted).size, next * SIZE, `every batch sent was accepted (answers: ${summarize(log)})`);
+    await assertStoredExactlyOnce(A.id, prefix, accepted, next * SIZE, STORE_AFTER_KILL_TIMEOUT_MS);
+    const ready = await pollUntil(async () => (await stack.api('GET', '/readyz', { base: stack.env.EVALBUS_INGEST_URL })).status === 200,
+      { timeoutMs: 15_000, intervalMs: 200 });
+    assert.ok(ready.value, 'ingest is ready again');
   }));
 
   it('PostgreSQL stopped for 10 s during ingestion: HTTP keeps answering 202 and every trace is stored exactly once afterwards', T, stack.wrap(async () => {

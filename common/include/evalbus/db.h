@@ -23,8 +23,11 @@ typedef struct eb_migration {
 typedef struct eb_db eb_db;
 
 /* Creates a pool of at most size connections to url (a libpq URI or key=value string).
- * Does not connect yet. app_name is reported to PostgreSQL. Free with eb_db_close(). */
-eb_db *eb_db_open(const char *url, int size, const char *app_name);
+ * Does not connect yet. app_name is reported to PostgreSQL. idle_tx_timeout_ms > 0 sets
+ * idle_in_transaction_session_timeout on every connection (a session left idle inside a
+ * transaction is ended by the server, and its transaction rolled back); 0 leaves the server's
+ * setting. Free with eb_db_close(). */
+eb_db *eb_db_open(const char *url, int size, const char *app_name, long long idle_tx_timeout_ms);
 void eb_db_close(eb_db *db);
 
 /* Takes a healthy connection (waits while all are in use; connects or reconnects as needed).

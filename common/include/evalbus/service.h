@@ -28,6 +28,7 @@ typedef struct eb_service_config {
     long long redis_timeout_ms;
     long long shutdown_delay_ms;
     long long shutdown_grace_ms;
+    long long db_idle_tx_timeout_ms; /* 0: PostgreSQL's own setting (EB_DB_IDLE_TX_SETTING) */
 } eb_service_config;
 
 /* Settings rows for the eb_service_config member `m` of struct `T`; port is the default port
@@ -119,6 +120,18 @@ typedef struct eb_service_config {
     {                                                                                              \
         "shutdown-grace", "EVALBUS_SHUTDOWN_GRACE", EB_SET_DURATION, "10s", 0, 3600000, false,     \
             offsetof(T, m.shutdown_grace_ms), "then wait this long for requests in flight"         \
+    }
+
+/* The settings row that ends a PostgreSQL session idle inside a transaction this long
+ * (idle_in_transaction_session_timeout, set on each pooled connection), for services whose
+ * transactions never wait on anything but their own statements; dflt as a string ("60s").
+ * A service without the row leaves PostgreSQL's setting alone. */
+#define EB_DB_IDLE_TX_SETTING(T, m, dflt)                                                          \
+    {                                                                                              \
+        "db-idle-tx-timeout", "EVALBUS_DB_IDLE_TX_TIMEOUT", EB_SET_DURATION, dflt, 0, 86400000,    \
+            false, offsetof(T, m.db_idle_tx_timeout_ms),                                           \
+            "PostgreSQL ends a session of this service idle in a transaction this long (0: the "   \
+            "server's setting)"                                                                    \
     }
 
 typedef struct eb_service {
