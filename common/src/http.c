@@ -76,6 +76,7 @@ struct eb_http_req {
     char *query_str;
     struct evkeyvalq query;
     bool query_parsed;
+    bool query_bad;
     char *param_names[MAX_PARAMS];
     char *param_vals[MAX_PARAMS];
     int nparams;
@@ -386,14 +387,20 @@ const char *eb_http_req_param(const eb_http_req *req, const char *name)
     return NULL;
 }
 
-static void parse_query(eb_http_req *req)
+/* Parses the query string once; false if it is malformed (a parameter without '=', or a %00
+ * that would cut a value short), and then no parameter is kept. */
+static bool parse_query(eb_http_req *req)
 {
     if (!req->query_parsed) {
         TAILQ_INIT(&req->query);
-        if (req->query_str)
-            evhttp_parse_query_str(req->query_str, &req->query);
         req->query_parsed = true;
+        if (req->query_str && (strstr(req->query_str, "%00") ||
+                               evhttp_parse_query_str(req->query_str, &req->query) != 0)) {
+            evhttp_clear_headers(&req->query);
+            req->query_bad = true;
+        }
     }
+    return !req->query_bad;
 }
 
 const char *eb_http_req_query(eb_http_req *req, const char *name)
@@ -463,7 +470,9 @@ void *eb_http_req_get_data(const eb_http_req *req)
     return req->data;
 }
 
-/* Matches path against pattern; on success stores {name} captures in req. */
+/* Matches path (as sent: still percent-encoded) against pattern; on success stores the {name}
+ * captures in req, each decoded once. Matching the raw path keeps an encoded '/' inside a
+ * capture ("a%2Fb" is one id) and decodes "%2541" to "%41", never further to "A". */
 static bool match_route(eb_http_req *req, const char *pattern, const char *path)
 {
     const char *p = pattern, *s = path;
@@ -474,7 +483,7 @@ static bool match_route(eb_http_req *req, const char *pattern, const char *path)
         if (*p == '{') {
             const char *pe = strchr(p, '}');
             const char *se = strchr(s, '/');
-            size_t vlen;
+            size_t vlen, dlen = 0;
             char *raw;
 
             if (!pe || n >= MAX_PARAMS)
@@ -483,8 +492,12 @@ static bool match_route(eb_http_req *req, const char *pattern, const char *path)
             if (vlen == 0)
                 goto fail;
             raw = eb_strndup(s, vlen);
-            vals[n] = evhttp_uridecode(raw, 0, NULL);
+            vals[n] = evhttp_uridecode(raw, 0, &dlen);
             free(raw);
+            if (vals[n] && strlen(vals[n]) != dlen) { /* a %00 inside */
+                free(vals[n]);
+                vals[n] = NULL;
+            }
             if (!vals[n])
                 goto fail;
             names[n] = eb_strndup(p + 1, (size_t)(pe - p - 1));
@@ -652,6 +665,12 @@ static void on_request(struct evhttp_request *ev, void *arg)
         req->path = eb_strdup("/");
     }
     req->query_str = q ? eb_strdup(q) : NULL;
+    if (!parse_query(req)) {
+        eb_http_reply_error(req, EB_ERR_INVALID,
+                            "malformed query string: each parameter must be name=value, "
+                            "percent-encoded, without %%00");
+        return;
+    }
 
     blen = evbuffer_get_length(in);
     if (blen > srv->opts.max_body) {
@@ -682,7 +701,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
         }
     }
     for (size_t i = 0; i < srv->nroutes; i++) {
-        if (!match_route(req, srv->routes[i].pattern, req->path))
+        if (!match_route(req, srv->routes[i].pattern, raw_path && *raw_path ? raw_path : "/"))
             continue;
         path_matched = true;
         if (strcmp(srv->routes[i].method, req->method) == 0) {

@@ -61,15 +61,20 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *sql, int n
 void api_trace_delete(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
+    const eb_principal *p = eb_http_req_principal(req);
     const char *id = eb_http_req_param(req, "id");
-    const char *params[2] = {eb_http_req_principal(req)->team_id, id};
-    char *sql = eb_asprintf("WITH sel AS (SELECT team_id, part_time, id FROM ingest.trace_keys"
-                            " WHERE team_id = $1::uuid AND id = $2 FOR UPDATE)%s",
+    const char *params[3] = {p->team_id, id, p->project[0] ? p->project : NULL};
+    /* a project-restricted key finds the traces of its project only */
+    char *sql = eb_asprintf("WITH sel AS (SELECT k.team_id, k.part_time, k.id FROM"
+                            " ingest.trace_keys k WHERE k.team_id = $1::uuid AND k.id = $2 AND"
+                            " ($3::text IS NULL OR EXISTS (SELECT 1 FROM ingest.traces t WHERE"
+                            " t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
+                            " AND t.project = $3)) FOR UPDATE OF k)%s",
                             delete_tail);
     long long n = 0;
     cJSON *o;
 
-    if (run_delete(ctx, req, sql, 2, params, &n)) {
+    if (run_delete(ctx, req, sql, 3, params, &n)) {
         if (n == 0) {
             eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such trace");
         } else {
@@ -85,9 +90,11 @@ void api_trace_delete(eb_http_req *req, void *vctx)
 
 void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
 {
+    static const char *const members[] = {"project", "from", "to", "model", "tag", "status"};
     ingest_ctx *ctx = vctx;
+    const eb_principal *p = eb_http_req_principal(req);
     cJSON *body = eb_http_req_json(req), *o;
-    const cJSON *filter;
+    const cJSON *filter, *m;
     const char *project = NULL, *from = NULL, *to = NULL, *model = NULL, *tag = NULL,
                *status = NULL;
     const char *params[7];
@@ -98,10 +105,26 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
     if (!body)
         return;
     filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
-    if (!cJSON_IsObject(filter)) {
+    if (!cJSON_IsObject(filter) || cJSON_GetArraySize(body) != 1) {
         cJSON_Delete(body);
-        eb_http_reply_error(req, EB_ERR_INVALID, "the body must be {\"filter\": {...}}");
+        eb_http_reply_error(req, EB_ERR_INVALID, "the body must be {\"filter\": {...}} alone");
         return;
+    }
+    /* a member this endpoint does not know must not be dropped: the deletion would be wider
+     * than the caller meant */
+    cJSON_ArrayForEach(m, filter)
+    {
+        size_t k = 0;
+        while (k < sizeof(members) / sizeof(members[0]) && strcmp(m->string, members[k]) != 0)
+            k++;
+        if (k == sizeof(members) / sizeof(members[0])) {
+            eb_http_reply_error(req, EB_ERR_INVALID,
+                                "filter member '%.64s' is not known here; a deletion filter may"
+                                " name project, from, to, model, tag and status",
+                                m->string);
+            cJSON_Delete(body);
+            return;
+        }
     }
     if ((st = eb_json_string(filter, "project", false, 256, &project)) != EB_OK ||
         (st = eb_json_string(filter, "from", false, 64, &from)) != EB_OK ||
@@ -118,6 +141,19 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
         eb_http_reply_error(req, EB_ERR_INVALID, "from and to must be RFC 3339 timestamps");
         return;
     }
+    if (status && strcmp(status, "ok") && strcmp(status, "error") && strcmp(status, "unset")) {
+        cJSON_Delete(body);
+        eb_http_reply_error(req, EB_ERR_INVALID, "status must be ok, error or unset");
+        return;
+    }
+    if (p->project[0]) { /* a project-restricted key deletes in its project only */
+        if (project && strcmp(project, p->project) != 0) {
+            cJSON_Delete(body);
+            eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this key may only delete in project '%s'",
+                                p->project);
+            return;
+        }
+    }
     if (!project && !from && !to && !model && !tag && !status) {
         cJSON_Delete(body);
         eb_http_reply_error(req, EB_ERR_INVALID,
@@ -125,21 +161,21 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
                             " tag, status (deleting everything must be said explicitly)");
         return;
     }
-    params[0] = eb_http_req_principal(req)->team_id;
-    params[1] = project;
+    params[0] = p->team_id;
+    params[1] = p->project[0] ? p->project : project;
     params[2] = from;
     params[3] = to;
     params[4] = model;
     params[5] = tag;
     params[6] = status;
-    sql = eb_asprintf("WITH sel AS (SELECT t.team_id, t.part_time, t.id FROM ingest.traces t"
-                      " WHERE t.team_id = $1::uuid AND ($2::text IS NULL OR t.project = $2)"
-                      " AND ($3::timestamptz IS NULL OR coalesce(t.start_time, t.part_time) >="
-                      " $3::timestamptz) AND ($4::timestamptz IS NULL OR coalesce(t.start_time,"
-                      " t.part_time) < $4::timestamptz) AND ($5::text IS NULL OR t.model = $5)"
-                      " AND ($6::text IS NULL OR t.tags @> ARRAY[$6::text]) AND ($7::text IS"
-                      " NULL OR t.status = $7) FOR UPDATE)%s",
-                      delete_tail);
+    sql = eb_asprintf(
+        "WITH sel AS (SELECT t.team_id, t.part_time, t.id FROM ingest.traces t"
+        " WHERE t.team_id = $1::uuid AND ($2::text IS NULL OR t.project = $2)"
+        " AND " INGEST_FROM_SQL("$3") " AND " INGEST_TO_SQL(
+            "$4") " AND ($5::text IS NULL OR t.model = $5)"
+                  " AND ($6::text IS NULL OR t.tags @> ARRAY[$6::text]) AND ($7::text IS"
+                  " NULL OR t.status = $7) FOR UPDATE)%s",
+        delete_tail);
     if (run_delete(ctx, req, sql, 7, params, &n)) {
         cJSON *detail = cJSON_CreateObject();
         cJSON_AddItemToObject(detail, "filter", cJSON_Duplicate(filter, true));
@@ -166,6 +202,13 @@ void api_project_settings_put(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
+    if (eb_http_req_principal(req)->project[0] &&
+        strcmp(eb_http_req_principal(req)->project, project) != 0) {
+        cJSON_Delete(body);
+        eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this key may only change project '%s'",
+                            eb_http_req_principal(req)->project);
+        return;
+    }
     st = eb_json_number(body, "retention_days", true, true, 1, 36500, &days);
     cJSON_Delete(body);
     if (st != EB_OK) {

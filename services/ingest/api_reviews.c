@@ -74,26 +74,27 @@ void api_review_post(eb_http_req *req, void *vctx)
     if (!c)
         goto cleanup;
     {
-        const char *params[9] = {p->team_id,
-                                 trace_id,
-                                 decision,
-                                 reason,
-                                 isnan(score) ? NULL : score_s,
-                                 notes,
-                                 p->user_id[0] ? p->user_id : NULL,
-                                 p->key_id[0] ? p->key_id : NULL,
-                                 state};
+        const char *params[10] = {p->team_id,
+                                  trace_id,
+                                  decision,
+                                  reason,
+                                  isnan(score) ? NULL : score_s,
+                                  notes,
+                                  p->user_id[0] ? p->user_id : NULL,
+                                  p->key_id[0] ? p->key_id : NULL,
+                                  state,
+                                  p->project[0] ? p->project : NULL};
         st = eb_db_exec(c,
                         "WITH k AS (SELECT team_id, part_time, id FROM ingest.trace_keys WHERE"
                         "  team_id = $1::uuid AND id = $2),"
                         " upd AS (UPDATE ingest.traces t SET review_state = $9 FROM k WHERE"
                         "  t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
-                        "  RETURNING t.id)"
+                        "  AND ($10::text IS NULL OR t.project = $10) RETURNING t.id)"
                         " INSERT INTO ingest.reviews (team_id, trace_id, decision, reason, score,"
                         " notes, reviewer_user_id, reviewer_key_id) SELECT $1::uuid, $2, $3, $4,"
                         " $5::float8, $6, $7::uuid, $8::uuid FROM upd"
                         " RETURNING id, ingest.iso(created_at)",
-                        9, params, &r);
+                        10, params, &r);
     }
     if (st != EB_OK) {
         eb_req_db_fail(ctx->svc.db, req, c, st);
@@ -191,7 +192,7 @@ void api_score_post(eb_http_req *req, void *vctx)
     if (!c)
         goto cleanup;
     {
-        const char *params[11] = {p->team_id,
+        const char *params[12] = {p->team_id,
                                   trace_id,
                                   obs_id,
                                   name,
@@ -201,7 +202,8 @@ void api_score_post(eb_http_req *req, void *vctx)
                                   source,
                                   comment,
                                   p->user_id[0] ? p->user_id : NULL,
-                                  p->key_id[0] ? p->key_id : NULL};
+                                  p->key_id[0] ? p->key_id : NULL,
+                                  p->project[0] ? p->project : NULL};
         st = eb_db_exec(c,
                         "INSERT INTO ingest.scores (team_id, trace_id, observation_id, name, kind,"
                         " value_number, value_text, source, comment, created_by_user,"
@@ -210,8 +212,11 @@ void api_score_post(eb_http_req *req, void *vctx)
                         " $1::uuid AND k.id = $2 AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM"
                         " ingest.observations o WHERE o.team_id = k.team_id AND o.part_time ="
                         " k.part_time AND o.trace_id = k.id AND o.id = $3))"
+                        " AND ($12::text IS NULL OR EXISTS (SELECT 1 FROM ingest.traces t WHERE"
+                        " t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
+                        " AND t.project = $12))"
                         " RETURNING id, ingest.iso(created_at)",
-                        11, params, &r);
+                        12, params, &r);
     }
     if (st != EB_OK) {
         eb_req_db_fail(ctx->svc.db, req, c, st);

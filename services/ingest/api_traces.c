@@ -22,6 +22,7 @@
 #include "trace_json.h"
 
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -240,14 +241,19 @@ void api_traces_post(eb_http_req *req, void *vctx)
     " t.session_id, t.user_id, ingest.iso(t.part_time), t.status_message, t.environment,"          \
     " t.release"
 
+/* True for an absent parameter or a finite decimal number ("nan", "inf" and leading spaces are
+ * not numbers here, though strtod takes them). */
 static bool number_or_null(const char *s)
 {
     char *end;
+    double v;
 
     if (!s)
         return true;
-    strtod(s, &end);
-    return end != s && *end == '\0';
+    if (!(*s == '-' || *s == '+' || *s == '.' || (*s >= '0' && *s <= '9')))
+        return false;
+    v = strtod(s, &end);
+    return end != s && *end == '\0' && isfinite(v);
 }
 
 static void add_num(cJSON *o, const char *name, const PGresult *r, int row, int col)
@@ -430,20 +436,22 @@ void api_traces_list(eb_http_req *req, void *vctx)
         c,
         "SELECT " SUMMARY_COLS " FROM ingest.traces t WHERE t.team_id = $1::uuid"
         " AND ($2::text IS NULL OR t.project = $2)"
-        " AND ($3::timestamptz IS NULL OR t.part_time >= $3::timestamptz - interval '1 day')"
-        " AND ($3::timestamptz IS NULL OR coalesce(t.start_time, t.part_time) >= $3::timestamptz)"
-        " AND ($4::timestamptz IS NULL OR t.part_time < $4::timestamptz + interval '1 day')"
-        " AND ($4::timestamptz IS NULL OR coalesce(t.start_time, t.part_time) < $4::timestamptz)"
-        " AND ($5::text IS NULL OR t.model = $5) AND ($6::text IS NULL OR t.provider = $6)"
-        " AND ($7::text IS NULL OR t.status = $7) AND ($8::text IS NULL OR t.review_state = $8)"
-        " AND ($9::text IS NULL OR t.tags @> ARRAY[$9::text])"
-        " AND ($10::text IS NULL OR t.name ILIKE $10 OR t.metadata::text ILIKE $10)"
-        " AND ($11::text IS NULL OR EXISTS (SELECT 1 FROM ingest.scores s WHERE s.team_id ="
-        "  t.team_id AND s.trace_id = t.id AND s.name = $11"
-        "  AND ($12::float8 IS NULL OR s.value_number >= $12::float8)"
-        "  AND ($13::float8 IS NULL OR s.value_number <= $13::float8)))"
-        " AND ($14::timestamptz IS NULL OR (t.part_time, t.id) < ($14::timestamptz, $15::text))"
-        " ORDER BY t.part_time DESC, t.id DESC LIMIT $16::int",
+        " AND " INGEST_FROM_SQL("$3") " AND " INGEST_TO_SQL(
+            "$4") ""
+                  " AND ($5::text IS NULL OR t.model = $5) AND ($6::text IS NULL OR t.provider = "
+                  "$6)"
+                  " AND ($7::text IS NULL OR t.status = $7) AND ($8::text IS NULL OR "
+                  "t.review_state = $8)"
+                  " AND ($9::text IS NULL OR t.tags @> ARRAY[$9::text])"
+                  " AND ($10::text IS NULL OR t.name ILIKE $10 OR t.metadata::text ILIKE $10)"
+                  " AND ($11::text IS NULL OR EXISTS (SELECT 1 FROM ingest.scores s WHERE "
+                  "s.team_id ="
+                  "  t.team_id AND s.trace_id = t.id AND s.name = $11"
+                  "  AND ($12::float8 IS NULL OR s.value_number >= $12::float8)"
+                  "  AND ($13::float8 IS NULL OR s.value_number <= $13::float8)))"
+                  " AND ($14::timestamptz IS NULL OR (t.part_time, t.id) < ($14::timestamptz, "
+                  "$15::text))"
+                  " ORDER BY t.part_time DESC, t.id DESC LIMIT $16::int",
         16, params, &r);
     if (st != EB_OK) {
         eb_db_rollback(c);

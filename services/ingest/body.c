@@ -52,6 +52,9 @@ eb_status ingest_body_decode(const char *raw, size_t raw_len, const char *enc, s
                             "the inflated body exceeds the limit of %zu bytes (max-body)",
                             max_inflated);
         }
+        /* a gzip body may hold several members one after another (RFC 1952): inflate all */
+        if (zr == Z_STREAM_END && zs.avail_in > 0)
+            zr = inflateReset(&zs);
     } while (zr == Z_OK);
     inflateEnd(&zs);
     if (zr != Z_STREAM_END) {

@@ -408,7 +408,8 @@ static bool jint_value(const cJSON *it, bool allow_negative, int64_t *v)
     if (cJSON_IsNumber(it)) {
         double d = it->valuedouble;
 
-        if (!isfinite(d) || d != floor(d) || d >= 18446744073709551616.0 ||
+        if (!isfinite(d) || d != floor(d) ||
+            d >= (allow_negative ? 9223372036854775808.0 : 18446744073709551616.0) ||
             d < (allow_negative ? -9223372036854775808.0 : 0))
             return false;
         if (d >= 9223372036854775808.0)

@@ -3,14 +3,18 @@
  * stream as a merge record, and the answer (ExportTraceServiceResponse, in the request's
  * encoding) waits for JetStream. Spans that were refused are reported in partial_success, as
  * OTLP prescribes; when the stream cannot take the data the answer is 503 with Retry-After, which
- * OTLP exporters retry. */
+ * OTLP exporters retry. Errors of this handler carry a google.rpc.Status in the request's
+ * encoding, as OTLP/HTTP asks (those of the shared HTTP layer before it, such as 401 and 429,
+ * keep the evalbus error body). */
 #include "body.h"
 #include "evalbus/json.h"
+#include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
 #include "ingest_int.h"
 #include "otlp.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +47,60 @@ static void reply(otlp_state *s, long long rejected, const char *message)
     eb_buf_free(&b);
 }
 
+/* google.rpc.Code of a status. */
+static int rpc_code(eb_status st)
+{
+    switch (st) {
+    case EB_ERR_INVALID:
+        return 3; /* INVALID_ARGUMENT */
+    case EB_ERR_NOT_FOUND:
+        return 5;
+    case EB_ERR_FORBIDDEN:
+        return 7;
+    case EB_ERR_RATE_LIMITED:
+    case EB_ERR_TOO_LARGE:
+        return 8; /* RESOURCE_EXHAUSTED */
+    case EB_ERR_UNAVAILABLE:
+        return 14;
+    case EB_ERR_TIMEOUT:
+        return 4; /* DEADLINE_EXCEEDED */
+    case EB_ERR_UNAUTHENTICATED:
+        return 16;
+    default:
+        return 13; /* INTERNAL */
+    }
+}
+
+/* An error answer: the HTTP status of st, with a Status of msg in the request's encoding
+ * (protobuf, or its JSON mapping {"code": 3, "message": "..."}). */
+static void reply_error(eb_http_req *req, bool json, eb_status st, const char *msg)
+{
+    eb_buf b = {0};
+
+    if (st == EB_ERR_DB || st == EB_ERR_INTERNAL || st == EB_ERR_IO) {
+        eb_log_error(eb_http_req_id(req), "OTLP request failed: %s", msg);
+        msg = "internal error; see the service log for this request id";
+    }
+    if (json) {
+        eb_buf_printf(&b, "{\"code\":%d,\"message\":\"", rpc_code(st));
+        eb_buf_json_escape(&b, msg);
+        eb_buf_puts(&b, "\"}");
+    } else {
+        Evalbus__Otlp__V1__RpcStatus rs = EVALBUS__OTLP__V1__RPC_STATUS__INIT;
+        size_t n;
+
+        rs.code = rpc_code(st);
+        rs.message = (char *)msg;
+        n = evalbus__otlp__v1__rpc_status__get_packed_size(&rs);
+        eb_buf_reserve(&b, n + 1);
+        evalbus__otlp__v1__rpc_status__pack(&rs, (uint8_t *)b.data);
+        b.len = n;
+    }
+    eb_http_reply_raw(req, eb_status_http(st), json ? "application/json" : "application/x-protobuf",
+                      b.data, b.len);
+    eb_buf_free(&b);
+}
+
 static void state_free(otlp_state *s)
 {
     ingest_otlp_result_free(&s->res);
@@ -66,11 +124,12 @@ static void on_published(void *arg, const eb_status *results, size_t n)
         /* OTLP exporters retry a 503 but never a partial success: ask for the whole request
          * again (what the stream already has is recognised by its message id, and fragments
          * merge idempotently) */
+        char msg[96];
+
+        snprintf(msg, sizeof(msg), "the ingest stream did not take %lld of %zu traces; retry",
+                 failed, n);
         eb_http_add_header(s->req, "Retry-After", "1");
-        eb_http_reply_error(s->req, EB_ERR_UNAVAILABLE,
-                            "the ingest stream did not take %lld of "
-                            "%zu traces; retry",
-                            failed, n);
+        reply_error(s->req, s->json, EB_ERR_UNAVAILABLE, msg);
     } else {
         eb_metrics_add("evalbus_ingest_spans_accepted_total", NULL,
                        (double)(s->res.spans - (rejected - s->res.rejected_spans)));
@@ -78,6 +137,33 @@ static void on_published(void *arg, const eb_status *results, size_t n)
         reply(s, rejected, s->why.data);
     }
     state_free(s);
+}
+
+/* Appends one reason to the partial success's error message. */
+static void reason(otlp_state *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reason(otlp_state *s, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (s->why.len)
+        eb_buf_puts(&s->why, "; ");
+    va_start(ap, fmt);
+    eb_buf_vprintf(&s->why, fmt, ap);
+    va_end(ap);
+}
+
+/* True if the Content-Type value type is the media type want (any case; parameters such as
+ * "; charset=utf-8" after it allowed, nothing else). */
+static bool media_is(const char *type, const char *want)
+{
+    size_t n = strlen(want);
+
+    if (!type || strncasecmp(type, want, n) != 0)
+        return false;
+    type += n;
+    while (*type == ' ' || *type == '\t')
+        type++;
+    return *type == '\0' || *type == ';';
 }
 
 static void reply_415(eb_http_req *req, const char *type)
@@ -104,16 +190,16 @@ void api_otlp_post(eb_http_req *req, void *vctx)
     char *owned = NULL;
     otlp_state *s;
     eb_status st;
+    bool wrong_project = false;
 
-    if (!type || (strncasecmp(type, "application/x-protobuf", 22) != 0 &&
-                  strncasecmp(type, "application/protobuf", 20) != 0 &&
-                  strncasecmp(type, "application/json", 16) != 0)) {
+    if (!media_is(type, "application/x-protobuf") && !media_is(type, "application/protobuf") &&
+        !media_is(type, "application/json")) {
         reply_415(req, type);
         return;
     }
     s = eb_calloc(1, sizeof(*s));
     s->req = req;
-    s->json = strncasecmp(type, "application/json", 16) == 0;
+    s->json = media_is(type, "application/json");
     st = ingest_body(req, (size_t)ctx->cfg->svc.max_body, &data, &len, &owned);
     if (st == EB_OK)
         st = s->json
@@ -121,7 +207,7 @@ void api_otlp_post(eb_http_req *req, void *vctx)
                  : ingest_otlp_decode_protobuf((const uint8_t *)data, len, &ctx->limits, &s->res);
     free(owned);
     if (st != EB_OK) {
-        eb_http_reply_status(req, st);
+        reply_error(req, s->json, st, eb_error_message());
         state_free(s);
         return;
     }
@@ -131,11 +217,22 @@ void api_otlp_post(eb_http_req *req, void *vctx)
     s->sent = eb_calloc(s->res.ntraces ? s->res.ntraces : 1, sizeof(*s->sent));
     for (size_t i = 0; i < s->res.ntraces; i++) {
         Evalbus__V1__Trace *t = s->res.traces[i];
+        size_t packed;
+
         if (ingest_check_project(p, t->project) != EB_OK) {
             s->rejected += (long long)t->n_observations;
-            if (s->why.len)
-                eb_buf_puts(&s->why, "; ");
-            eb_buf_printf(&s->why, "this key may only write to project '%s'", p->project);
+            if (!wrong_project) /* said once, however many traces */
+                reason(s, "this key may only write to project '%s'", p->project);
+            wrong_project = true;
+            continue;
+        }
+        /* a trace travels as one NATS message: one larger than max-trace-bytes would be refused
+         * by the server at every retry, so its spans are rejected here, for good */
+        packed = evalbus__v1__trace__get_packed_size(t);
+        if (packed > ctx->limits.max_trace_bytes) {
+            s->rejected += (long long)t->n_observations;
+            reason(s, "trace %s: %zu bytes of spans in one request exceed max-trace-bytes (%zu)",
+                   t->id, packed, ctx->limits.max_trace_bytes);
             continue;
         }
         s->sent[s->nsent++] = t;

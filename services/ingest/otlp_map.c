@@ -348,13 +348,14 @@ static bool json_int(const cJSON *it, long long *v)
     return false;
 }
 
-/* The first of keys holding an integer >= 0, taken. */
+/* The first of keys holding an integer in 0..2^53 (the counts the JSON API takes), taken; a
+ * larger one stays an attribute. */
 static bool take_first_count(span_map *sm, const char *const *keys, size_t nkeys, long long *v)
 {
     for (size_t i = 0; i < nkeys; i++) {
         cJSON *it = attr(sm, keys[i]);
 
-        if (it && json_int(it, v) && *v >= 0) {
+        if (it && json_int(it, v) && *v >= 0 && *v <= (long long)MAX_SAFE_INT) {
             take(sm, it);
             return true;
         }
@@ -811,10 +812,10 @@ static bool field_is_text_only(flat_field f)
     return f != F_CONTENT && f != F_PART_TEXT && f != F_TC_ARGS;
 }
 
-/* Builds the messages at prefix (e.g. "llm.input_messages.") matched by pats; takes the
- * attributes used. Returns true when there was at least one. */
+/* Builds the messages at prefix (e.g. "llm.input_messages.") matched by pats, of default_role
+ * when they name none; takes the attributes used. Returns true when there was at least one. */
 static bool map_flat_messages(span_map *sm, const char *prefix, const flat_pattern *pats,
-                              size_t npats, eb_msg ***msgs, size_t *nmsgs)
+                              size_t npats, const char *default_role, eb_msg ***msgs, size_t *nmsgs)
 {
     const size_t plen = strlen(prefix), max = sm->lim->max_messages;
     const size_t idmax = sm->lim->max_id_bytes, fmax = sm->lim->max_field_bytes;
@@ -874,6 +875,8 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
             }
         }
         if (b.m && (!fi || fi->n != cur)) {
+            if (!b.m->role)
+                b.m->role = sm_str(sm, "message role", default_role, idmax);
             if (!msgs_push(sm, msgs, nmsgs, mb_finish(sm, &b)))
                 break;
         }
@@ -1348,19 +1351,19 @@ static eb_obs *map_span(span_map *sm, const otlp_scope *scope)
                            &o->n_input_messages) &&
         o->n_input_messages == 0 &&
         !map_flat_messages(sm, "gen_ai.prompt.", genai_patterns,
-                           sizeof genai_patterns / sizeof genai_patterns[0], &o->input_messages,
-                           &o->n_input_messages))
+                           sizeof genai_patterns / sizeof genai_patterns[0], "user",
+                           &o->input_messages, &o->n_input_messages))
         map_flat_messages(sm, "llm.input_messages.", oi_patterns,
-                          sizeof oi_patterns / sizeof oi_patterns[0], &o->input_messages,
+                          sizeof oi_patterns / sizeof oi_patterns[0], "user", &o->input_messages,
                           &o->n_input_messages);
     if (!map_messages_attr(sm, "gen_ai.output.messages", "assistant", &o->output_messages,
                            &o->n_output_messages) &&
         !map_flat_messages(sm, "gen_ai.completion.", genai_patterns,
-                           sizeof genai_patterns / sizeof genai_patterns[0], &o->output_messages,
-                           &o->n_output_messages))
+                           sizeof genai_patterns / sizeof genai_patterns[0], "assistant",
+                           &o->output_messages, &o->n_output_messages))
         map_flat_messages(sm, "llm.output_messages.", oi_patterns,
-                          sizeof oi_patterns / sizeof oi_patterns[0], &o->output_messages,
-                          &o->n_output_messages);
+                          sizeof oi_patterns / sizeof oi_patterns[0], "assistant",
+                          &o->output_messages, &o->n_output_messages);
     map_message_events(sm, o, used, o->n_input_messages == 0, o->n_output_messages == 0);
     map_text_events(sm, o, used);
 

@@ -646,4 +646,92 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertError(await postTraces(A.viewer, [mk(9, {})]), 'forbidden', 'a viewer key cannot write');
     assertError(await api('GET', '/api/v1/traces'), 'unauthenticated', 'no credential');
   }));
+
+  it('ids in paths are decoded once; malformed query strings and non-finite scores are 400', T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const pct = `pct%41-${sfx}`;
+    const plain = `pctA-${sfx}`;
+    const slash = `sl/ash-${sfx}`;
+    const project = `dec-${sfx}`;
+    await ingestOk(A.member, [pct, plain, slash].map((id) => ({ id, project, name: id })));
+    await waitAll(A.key, [pct, plain, slash]);
+    for (const id of [pct, plain, slash]) {
+      const g = await api('GET', `/api/v1/traces/${encodeURIComponent(id)}`, A.key);
+      assertStatus(g, 200, `GET ${id}`);
+      assert.equal(g.body.id, id, `GET ${encodeURIComponent(id)} finds ${id}, no other`);
+    }
+    const rv = await api('POST', `/api/v1/traces/${encodeURIComponent(slash)}/review`, A.member, { body: { decision: 'accept' } });
+    assertStatus(rv, 201, 'review of an id with a slash');
+    assert.equal(rv.body.trace_id, slash);
+    const d = await api('DELETE', `/api/v1/traces/${encodeURIComponent(pct)}`, A.key);
+    assertStatus(d, 200, 'delete by id');
+    assert.deepEqual(d.body, { id: pct, deleted: true }, 'the id asked for is deleted');
+    assertStatus(await api('GET', `/api/v1/traces/${encodeURIComponent(plain)}`, A.key), 200, 'the look-alike is still there');
+    assertError(await api('GET', `/api/v1/traces/${encodeURIComponent(pct)}`, A.key), 'not_found', 'the deleted one is gone');
+
+    // a parameter without '=' or with %00 would drop or cut filters: refused, never widened
+    assertError(await api('GET', `/api/v1/traces?project=${project}&junk`, A.key), 'invalid_argument', 'a parameter without a value');
+    assertError(await api('GET', `/api/v1/traces?junk&project=${project}&limit=1`, A.key), 'invalid_argument', 'a parameter without a value, first');
+    assertError(await api('GET', `/api/v1/traces?project=${project}%00x`, A.key), 'invalid_argument', '%00 in a value');
+    assert.deepEqual(await listIds(A.key, { project }), [plain, slash].sort(), 'well-formed queries still work');
+    for (const v of ['nan', 'inf', '-infinity', ' 1', '1e999']) {
+      assertError(await api('GET', `/api/v1/traces?score=q&score_max=${encodeURIComponent(v)}`, A.key), 'invalid_argument', `score_max=${v}`);
+    }
+  }));
+
+  it('deletion by filter: unknown members are refused, not ignored; the time window is the listing one', T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const project = `dw-${sfx}`;
+    const now = Date.now();
+    const threeDaysAgo = now - 3 * 86_400_000;
+    // stored first without a start time (partition time: now), then resent with a start three
+    // days back: its start is more than a day from its partition time
+    const far = `far-${sfx}`;
+    const near = `near-${sfx}`;
+    await ingestOk(A.member, [{ id: far, project }, { id: near, project, start_time: iso(threeDaysAgo), provider: 'openai' }]);
+    await waitAll(A.key, [far, near]);
+    await ingestOk(A.member, [{ id: far, project, start_time: iso(threeDaysAgo), name: 'moved' }]);
+    await waitTrace(A.key, far, (b) => b.name === 'moved');
+    const del = (filter) => api('POST', '/api/v1/traces/delete', A.key, { body: { filter } });
+    for (const filter of [{ project, provider: 'openai' }, { project, q: 'x' }, { project, satus: 'error' }, { project, review: 'rejected' }]) {
+      const r = await del(filter);
+      assertError(r, 'invalid_argument', `filter ${JSON.stringify(filter)}`);
+      assert.match(r.body.error.message, /not known here/);
+    }
+    assertError(await del({ project, status: 'broken' }), 'invalid_argument', 'a status that does not exist');
+    assertError(await api('POST', '/api/v1/traces/delete', A.key, { body: { filter: { project }, dry_run: true } }), 'invalid_argument', 'a member beside filter');
+    assert.deepEqual(await listIds(A.key, { project }), [far, near].sort(), 'nothing was deleted by the refused filters');
+    // what a list with the same members shows is what goes
+    const window = { project, from: iso(threeDaysAgo - 3_600_000), to: iso(threeDaysAgo + 3_600_000) };
+    const shown = await listIds(A.key, window);
+    assert.deepEqual(shown, [near], 'the listing window');
+    const r = await del(window);
+    assertStatus(r, 200, 'delete the window');
+    assert.equal(r.body.deleted, shown.length, 'deletes what the list showed');
+    assert.deepEqual(await listIds(A.key, { project }), [far], 'the trace the list did not show stays');
+  }));
+
+  it('a project-restricted key reviews, scores, deletes and sets retention in its project only', T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const [mine, theirs] = [`pm-${sfx}`, `pt-${sfx}`];
+    const admin = (await stack.createKey(A.key, { name: 'proj-admin', role: 'admin', scopes: ['traces:read', 'traces:write', 'admin'], project: mine })).key;
+    const [a, b] = [`own-${sfx}`, `other-${sfx}`];
+    await ingestOk(A.member, [{ id: a, project: mine }, { id: b, project: theirs, observations: [{ id: 'o1', type: 'span' }] }]);
+    await waitAll(A.key, [a, b]);
+    assertStatus(await api('POST', `/api/v1/traces/${a}/review`, admin, { body: { decision: 'accept' } }), 201, 'review in its project');
+    assertError(await api('POST', `/api/v1/traces/${b}/review`, admin, { body: { decision: 'accept' } }), 'not_found', 'review in another project');
+    assertStatus(await api('POST', '/api/v1/scores', admin, { body: { trace_id: a, name: 'q', value: 1 } }), 201, 'score in its project');
+    assertError(await api('POST', '/api/v1/scores', admin, { body: { trace_id: b, name: 'q', value: 1 } }), 'not_found', 'score in another project');
+    assertError(await api('POST', '/api/v1/scores', admin, { body: { trace_id: b, observation_id: 'o1', name: 'q', value: 1 } }), 'not_found', 'score of an observation in another project');
+    assertError(await api('DELETE', `/api/v1/traces/${b}`, admin), 'not_found', 'delete in another project');
+    assertError(await api('POST', '/api/v1/traces/delete', admin, { body: { filter: { project: theirs } } }), 'forbidden', 'delete by filter in another project');
+    assertError(await api('PUT', `/api/v1/projects/${theirs}/settings`, admin, { body: { retention_days: 7 } }), 'forbidden', 'retention of another project');
+    // a filter without a project stays in the key's project
+    const r = await api('POST', '/api/v1/traces/delete', admin, { body: { filter: { to: iso(Date.now() + 60_000) } } });
+    assertStatus(r, 200, 'delete by time');
+    assert.equal(r.body.deleted, 1, 'only the trace of its project');
+    const g = await waitTrace(A.key, b);
+    assert.deepEqual([g.review_state, g.scores.length], ['unreviewed', 0], "the other project's trace is untouched");
+    assertStatus(await api('PUT', `/api/v1/projects/${mine}/settings`, admin, { body: { retention_days: 30 } }), 200, 'retention of its project');
+  }));
 });

@@ -862,6 +862,32 @@ typedef struct otlp_case {
 
 static const ingest_limits small_limits = {1000, 200, 256, 1000, 2, 64, 400, 4194304};
 
+/* Counts beyond 2^53 (what the JSON API takes) are not counts: they stay attributes; flattened
+ * messages without a role take their side's. */
+static const char json_big_counts[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+    "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"chat\",\"attributes\":["
+    "{\"key\":\"gen_ai.usage.input_tokens\",\"value\":{\"intValue\":\"9223372036854775807\"}},"
+    "{\"key\":\"gen_ai.usage.output_tokens\",\"value\":{\"intValue\":\"9007199254740992\"}},"
+    "{\"key\":\"gen_ai.prompt.0.content\",\"value\":{\"stringValue\":\"q\"}},"
+    "{\"key\":\"gen_ai.completion.0.content\",\"value\":{\"stringValue\":\"a\"}}"
+    "]}]}]}]}";
+
+static void check_big_counts(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_false(o->has_input_tokens);
+    assert_true(o->has_output_tokens && o->output_tokens == 9007199254740992LL);
+    assert_str(o->attributes_json, "{\"gen_ai.usage.input_tokens\":\"9223372036854775807\"}");
+    assert_int_equal(o->n_input_messages, 1);
+    assert_str(o->input_messages[0]->role, "user");
+    assert_str(o->input_messages[0]->content, "q");
+    assert_int_equal(o->n_output_messages, 1);
+    assert_str(o->output_messages[0]->role, "assistant");
+    assert_str(o->output_messages[0]->content, "a");
+}
+
 static const otlp_case map_cases[] = {
     {"genai chat (current conventions)", build_genai_chat, NULL, NULL, 1, 0, 1, check_genai_chat},
     {"genai prompt.N / completion.N", NULL, json_genai_old, NULL, 1, 0, 1, check_genai_old},
@@ -876,6 +902,7 @@ static const otlp_case map_cases[] = {
     {"bad ids rejected alone (json)", NULL, json_bad_ids, NULL, 1, 5, 1, check_bad_ids},
     {"bad span rejected alone", build_bad_ids, NULL, NULL, 1, 2, 1, check_bad_ids_pb},
     {"limits", build_limits, NULL, &small_limits, 2, 3, 1, check_limits},
+    {"big counts, roles by side", NULL, json_big_counts, NULL, 1, 0, 1, check_big_counts},
     {"empty request", NULL, "{}", NULL, 0, 0, 0, NULL},
     {"empty lists", NULL, "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[]}]}]}", NULL, 0, 0, 0,
      NULL},
@@ -1112,6 +1139,9 @@ static void test_malformed_json(void **state)
         "\"value\":{\"intValue\":\"1.5\"}}]}]}]}]}",
         "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"attributes\":[{\"key\":\"k\","
         "\"value\":{\"bytesValue\":\"!!\"}}]}]}]}]}",
+        /* an int64 cannot hold 2^63 (a number, not wrapped to a negative one) */
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"attributes\":[{\"key\":\"k\","
+        "\"value\":{\"intValue\":1e19}}]}]}]}]}",
         "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"attributes\":[{\"key\":\"k\","
         "\"value\":{\"stringValue\":\"\xff\"}}]}]}]}]}",
         "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"kind\":\"SPAN_KIND_NOPE\"}]}]}]}",
