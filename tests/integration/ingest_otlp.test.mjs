@@ -47,6 +47,7 @@ async function loadTypes() {
     types = {
       Req: root.lookupType('evalbus.otlp.v1.ExportTraceServiceRequest'),
       Resp: root.lookupType('evalbus.otlp.v1.ExportTraceServiceResponse'),
+      Status: root.lookupType('evalbus.otlp.v1.RpcStatus'),
     };
   }
   return types;
@@ -57,6 +58,7 @@ async function loadTypes() {
 /** A span description: {traceId, spanId, parentSpanId?, name, startMs, endMs, attrs: {k: v},
  * status?: 0|1|2, kind?}. Attribute values: string, integer (as int), float, boolean. */
 function anyValueJson(v) {
+  if (typeof v === 'bigint') return { intValue: v.toString() };
   if (typeof v === 'string') return { stringValue: v };
   if (typeof v === 'boolean') return { boolValue: v };
   if (Number.isInteger(v)) return { intValue: String(v) };
@@ -354,6 +356,92 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.equal(r.status, 400, 'undecodable protobuf');
     r = await post({ 'content-type': 'application/json', authorization: `Bearer ${A.key}` }, '{"resourceSpans": [');
     assert.equal(r.status, 400, 'malformed JSON');
+  }));
+
+  it('errors carry a Status in the request encoding; media types are exact; gzip members are all read', T, stack.wrap(async () => {
+    const { Status } = types;
+    const post = (type, body, extra = {}) => fetch(`${stack.url}/otlp/v1/traces`, {
+      method: 'POST', headers: { 'content-type': type, authorization: `Bearer ${A.key}`, ...extra }, body, signal: AbortSignal.timeout(15_000),
+    });
+    let r = await post('application/x-protobuf', Buffer.alloc(32, 0xff));
+    assert.equal(r.status, 400);
+    assert.match(r.headers.get('content-type') ?? '', /^application\/x-protobuf/, 'a protobuf error for a protobuf request');
+    const st = Status.toObject(Status.decode(Buffer.from(await r.arrayBuffer())), { defaults: true });
+    assert.equal(st.code, 3, 'INVALID_ARGUMENT');
+    assert.ok(st.message.length > 0, 'with a message');
+    r = await post('application/json', '{"resourceSpans": [');
+    assert.equal(r.status, 400);
+    const js = await r.json();
+    assert.equal(js.code, 3, `a JSON Status: ${JSON.stringify(js)}`);
+    assert.equal(typeof js.message, 'string');
+    assert.equal((await post('application/jsonx', '{}')).status, 415, 'application/jsonx is not application/json');
+    assert.equal((await post('application/x-protobufs', Buffer.alloc(0))).status, 415, 'nor is application/x-protobufs');
+    const traceId = hex(16);
+    const service = `otel-ct-${hex(3)}`;
+    const body = JSON.stringify(otlpJson(service, chatSpans(traceId, Date.now() - 5000)));
+    assert.equal((await post('application/json; charset=utf-8', body)).status, 200, 'parameters after the media type are fine');
+    await waitTrace(A.key, traceId);
+    // a body of two gzip members (RFC 1952): both are inflated
+    const t2 = hex(16);
+    const text = JSON.stringify(otlpJson(service, chatSpans(t2, Date.now() - 5000)));
+    const half = Math.floor(text.length / 2);
+    const two = Buffer.concat([zlib.gzipSync(text.slice(0, half)), zlib.gzipSync(text.slice(half))]);
+    r = await post('application/json', two, { 'content-encoding': 'gzip' });
+    assert.equal(r.status, 200, `two gzip members: ${r.status}`);
+    assert.equal((await waitTrace(A.key, t2)).observations.length, 2);
+    r = await post('application/json', Buffer.concat([zlib.gzipSync(text), Buffer.from('trailing junk')]), { 'content-encoding': 'gzip' });
+    assert.equal(r.status, 400, 'bytes after the gzip data are not ignored');
+  }));
+
+  it('a token count beyond 2^53 stays an attribute and the trace is stored', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const spans = [{
+      traceId, spanId: hex(8), name: 'chat huge', startMs: Date.now() - 2000, endMs: Date.now() - 1000,
+      attrs: { 'gen_ai.request.model': 'gpt-4o', 'gen_ai.usage.input_tokens': 9223372036854775807n, 'gen_ai.usage.output_tokens': 1 },
+    }];
+    const r = await postOtlp(A.key, 'json', `otel-big-${hex(3)}`, spans);
+    assert.equal(r.status, 200);
+    const g = await waitTrace(A.key, traceId);
+    const o = g.observations[0];
+    assert.equal(o.usage?.output_tokens ?? o.output_tokens, 1, `the count that fits is taken: ${JSON.stringify(o)}`);
+    assert.equal(String(o.attributes?.['gen_ai.usage.input_tokens']), '9223372036854775807', `the other stays an attribute: ${JSON.stringify(o.attributes)}`);
+  }));
+
+  it("a later fragment never moves a trace to another project, not even with a project-restricted key", T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const t0 = Date.now() - 5000;
+    const [svcA, svcB, projX] = [`svca-${hex(3)}`, `svcb-${hex(3)}`, `projx-${hex(3)}`];
+    const root = hex(8);
+    let r = await postOtlp(A.key, 'json', svcA, [{ traceId, spanId: root, name: 'root', startMs: t0, endMs: t0 + 1000 }]);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, traceId);
+    r = await postOtlp(A.key, 'json', svcB, [{ traceId, spanId: hex(8), parentSpanId: root, name: 'b', startMs: t0 + 10, endMs: t0 + 20 }]);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, traceId, (b) => b.observations.length === 2);
+    const restricted = (await stack.createKey(A.key, { name: 'projx', scopes: ['traces:write', 'traces:read'], project: projX })).key;
+    r = await postOtlp(restricted, 'json', projX, [{ traceId, spanId: hex(8), parentSpanId: root, name: 'x', startMs: t0 + 30, endMs: t0 + 40 }]);
+    assert.equal(r.status, 200);
+    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 3);
+    assert.equal(g.project, svcA, 'the project of the first fragment stays');
+    assertStatus(await api('GET', `/api/v1/traces/${traceId}`, restricted), 404, 'the restricted key still cannot read it');
+  }));
+
+  it('a trace larger than max-trace-bytes is rejected in partial_success (never a 503 to retry); the rest is stored', T, stack.wrap(async () => {
+    const [big, small] = [hex(16), hex(16)];
+    const t0 = Date.now() - 5000;
+    const root = hex(8);
+    const text = 'x'.repeat(900_000);
+    const spans = [
+      { traceId: big, spanId: root, name: 'big root', startMs: t0, endMs: t0 + 1000 },
+      ...Array.from({ length: 5 }, (_, i) => ({ traceId: big, spanId: hex(8), parentSpanId: root, name: `part ${i}`, startMs: t0 + i, endMs: t0 + i + 1, attrs: { 'input.value': text } })),
+      ...chatSpans(small, t0),
+    ];
+    const r = await postOtlp(A.key, 'json', `otel-size-${hex(3)}`, spans, { gzip: true });
+    assert.equal(r.status, 200, `answered ${r.status}: ${r.text.slice(0, 300)}`);
+    assert.equal(r.otlp.rejected, 6, 'the spans of the big trace');
+    assert.match(r.otlp.message, /max-trace-bytes/);
+    await waitTrace(A.key, small);
+    assertStatus(await api('GET', `/api/v1/traces/${big}`, A.key), 404, 'the big trace is not stored');
   }));
 
   for (const kind of ['proto', 'http']) {
