@@ -770,20 +770,36 @@ static const char drop_replaced_observations[] =
     " o.trace_id = x.id AND o.stream_seq < x.stream_seq";
 
 /* Totals of merged (OTLP) traces, from their observations (sums are numeric: they are capped
- * rather than let a bigint overflow fail the batch). */
+ * rather than let a bigint overflow fail the batch), and the fields that depend on which spans
+ * came in which request: model and provider of the trace's earliest generation, and input and
+ * output of the root span, else of the earliest / latest generation. */
 #define BIGINT_MAX "9223372036854775807"
+/* col of the trace's first generation with one, by order (of traces t) */
+#define FIRST_GENERATION(col, order)                                                               \
+    "(SELECT g." col " FROM ingest.observations g WHERE g.team_id = t.team_id AND g.part_time ="   \
+    " t.part_time AND g.trace_id = t.id AND g.type = 'generation' AND g." col " IS NOT NULL"       \
+    " ORDER BY g." order " NULLS LAST, g.id LIMIT 1)"
+/* col of the root span's observation, else of the first generation by order */
+#define ROOT_OR_GENERATION(col, order)                                                             \
+    "(SELECT g." col " FROM ingest.observations g WHERE g.team_id = t.team_id AND g.part_time ="   \
+    " t.part_time AND g.trace_id = t.id AND (g.parent_id IS NULL OR g.type = 'generation') AND"    \
+    " g." col " IS NOT NULL ORDER BY g.parent_id IS NULL DESC, g." order " NULLS LAST, g.id"       \
+    " LIMIT 1)"
+#define GEN_MODEL FIRST_GENERATION("model", "start_time")
+#define GEN_PROVIDER FIRST_GENERATION("provider", "start_time")
+#define GEN_INPUT ROOT_OR_GENERATION("input", "start_time")
+#define GEN_OUTPUT ROOT_OR_GENERATION("output", "end_time DESC")
 static const char recompute_sql[] =
     "UPDATE ingest.traces t SET input_tokens = least(s.i, " BIGINT_MAX "), output_tokens ="
     " least(s.o, " BIGINT_MAX
-    "), total_tokens = least(coalesce(s.i, 0) + coalesce(s.o, 0), " BIGINT_MAX "), cost_usd = s.c,"
-    " model = coalesce(t.model, s.model), provider = coalesce(t.provider, s.provider),"
-    " start_time = least(t.start_time, s.st), end_time = greatest(t.end_time, s.et),"
-    " latency_ms = extract(epoch FROM greatest(t.end_time, s.et) - least(t.start_time, s.st))"
-    "  * 1000,"
-    " status = CASE WHEN s.err THEN 'error' ELSE t.status END"
+    "), total_tokens = least(coalesce(s.i, 0) + coalesce(s.o, 0), " BIGINT_MAX
+    "), cost_usd = s.c, model = coalesce(" GEN_MODEL ", t.model), provider ="
+    " coalesce(" GEN_PROVIDER ", t.provider), input = coalesce(" GEN_INPUT ", t.input), output ="
+    " coalesce(" GEN_OUTPUT ", t.output), start_time = least(t.start_time, s.st), end_time ="
+    " greatest(t.end_time, s.et), latency_ms = extract(epoch FROM greatest(t.end_time, s.et) -"
+    " least(t.start_time, s.st)) * 1000, status = CASE WHEN s.err THEN 'error' ELSE t.status END"
     " FROM (SELECT o.team_id, o.part_time, o.trace_id, sum(o.input_tokens) i,"
-    "  sum(o.output_tokens) o, sum(o.cost_usd) c, min(o.model) FILTER (WHERE o.type ="
-    "  'generation') model, min(o.provider) FILTER (WHERE o.type = 'generation') provider,"
+    "  sum(o.output_tokens) o, sum(o.cost_usd) c,"
     "  min(o.start_time) st, max(o.end_time) et, bool_or(o.status = 'error') err"
     "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"

@@ -426,6 +426,34 @@ describe('ingest: OTLP/HTTP traces', () => {
     assertStatus(await api('GET', `/api/v1/traces/${traceId}`, restricted), 404, 'the restricted key still cannot read it');
   }));
 
+  it('children before their root: the trace takes input, output, model and provider from its generations', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const t0 = Date.now() - 5000;
+    const root = hex(8);
+    const service = `otel-late-${hex(3)}`;
+    const gen = (model, system, question, answer, start, end) => ({
+      traceId, spanId: hex(8), parentSpanId: root, name: `chat ${model}`, startMs: start, endMs: end,
+      attrs: {
+        'gen_ai.operation.name': 'chat', 'gen_ai.system': system, 'gen_ai.request.model': model,
+        'gen_ai.input.messages': JSON.stringify([{ role: 'user', parts: [{ type: 'text', content: question }] }]),
+        'gen_ai.output.messages': JSON.stringify([{ role: 'assistant', parts: [{ type: 'text', content: answer }] }]),
+      },
+    });
+    // the later generation arrives first, then the earlier one, then the root (as SDKs export)
+    let r = await postOtlp(A.key, 'json', service, [gen('claude-sonnet-4', 'anthropic', 'second question', 'final answer', t0 + 500, t0 + 900)]);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, traceId);
+    r = await postOtlp(A.key, 'json', service, [gen('gpt-4o', 'openai', 'first question', 'draft', t0 + 100, t0 + 400)]);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, traceId, (b) => b.observations.length === 2);
+    r = await postOtlp(A.key, 'json', service, [{ traceId, spanId: root, name: 'agent run', startMs: t0, endMs: t0 + 1000 }]);
+    assert.equal(r.status, 200);
+    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 3 && b.name === 'agent run');
+    assert.equal(g.input?.messages?.[0]?.content, 'first question', `input of the earliest generation: ${JSON.stringify(g.input)}`);
+    assert.equal(g.output?.messages?.[0]?.content, 'final answer', `output of the latest: ${JSON.stringify(g.output)}`);
+    assert.deepEqual([g.model, g.provider], ['gpt-4o', 'openai'], 'model and provider of the earliest generation');
+  }));
+
   it('a trace larger than max-trace-bytes is rejected in partial_success (never a 503 to retry); the rest is stored', T, stack.wrap(async () => {
     const [big, small] = [hex(16), hex(16)];
     const t0 = Date.now() - 5000;
