@@ -1527,6 +1527,8 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
     const eb_obs *root = NULL;
     size_t root_entry = SIZE_MAX, res_entry = SIZE_MAX;
     trace_out to;
+    /* the span of each observation so far (at most max_observations) */
+    const otlp_span **taken = eb_calloc(n, sizeof *taken);
 
     *t = (eb_trace)EVALBUS__V1__TRACE__INIT;
     t->id = hex_id(&es[0].span->trace_id);
@@ -1538,12 +1540,23 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
     for (size_t i = 0; i < n; i++) {
         span_map sm = {.lim = lim, .span = es[i].span, .is_root = i == root_entry, .root = &rx};
         eb_obs *o;
+        bool dup = false;
 
         if (t->n_observations >= lim->max_observations) {
             char why[96];
 
             snprintf(why, sizeof why, "trace has more than %zu spans", lim->max_observations);
             reject(mc, es[i].span, es[i].seq, why);
+            continue;
+        }
+        /* a span id taken earlier in this request: the first one stays, this one is refused
+         * (storing either would be arbitrary) */
+        for (size_t k = 0; k < t->n_observations && !dup; k++)
+            dup = taken[k]->span_id.len == es[i].span->span_id.len &&
+                  memcmp(taken[k]->span_id.data, es[i].span->span_id.data,
+                         es[i].span->span_id.len) == 0;
+        if (dup) {
+            reject(mc, es[i].span, es[i].seq, "a span with this id came earlier in the request");
             continue;
         }
         o = map_span(&sm, es[i].scope);
@@ -1558,9 +1571,11 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
             root = o;
         if (res_entry == SIZE_MAX || i == root_entry)
             res_entry = i;
+        taken[t->n_observations] = es[i].span;
         PUSH(t->observations, t->n_observations, o);
         mc->out->spans++;
     }
+    free(taken);
     if (t->n_observations == 0) {
         evalbus__v1__trace__free_unpacked(t, NULL);
         return;

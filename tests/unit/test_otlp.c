@@ -888,6 +888,19 @@ static void check_big_counts(const ingest_otlp_result *r)
     assert_str(o->output_messages[0]->content, "a");
 }
 
+/* The same span id twice in one trace: the first is kept, the second rejected and counted. */
+static const char json_dup_span[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":["
+    "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"first\"},"
+    "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"second\"}]}]}]}";
+
+static void check_dup_span(const ingest_otlp_result *r)
+{
+    assert_int_equal(r->traces[0]->n_observations, 1);
+    assert_str(r->traces[0]->observations[0]->name, "first");
+    assert_non_null(strstr(r->error_message, "came earlier"));
+}
+
 static const otlp_case map_cases[] = {
     {"genai chat (current conventions)", build_genai_chat, NULL, NULL, 1, 0, 1, check_genai_chat},
     {"genai prompt.N / completion.N", NULL, json_genai_old, NULL, 1, 0, 1, check_genai_old},
@@ -903,6 +916,7 @@ static const otlp_case map_cases[] = {
     {"bad span rejected alone", build_bad_ids, NULL, NULL, 1, 2, 1, check_bad_ids_pb},
     {"limits", build_limits, NULL, &small_limits, 2, 3, 1, check_limits},
     {"big counts, roles by side", NULL, json_big_counts, NULL, 1, 0, 1, check_big_counts},
+    {"a span id twice", NULL, json_dup_span, NULL, 1, 1, 1, check_dup_span},
     {"empty request", NULL, "{}", NULL, 0, 0, 0, NULL},
     {"empty lists", NULL, "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[]}]}]}", NULL, 0, 0, 0,
      NULL},
