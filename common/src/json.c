@@ -281,10 +281,17 @@ bool eb_rfc3339_valid(const char *s)
 
     if (n < 20 || n > 40)
         return false;
-    if (!digits(s, 4, 0, 9999) || s[4] != '-' || !digits(s + 5, 2, 1, 12) || s[7] != '-' ||
+    if (!digits(s, 4, 1, 9999) || s[4] != '-' || !digits(s + 5, 2, 1, 12) || s[7] != '-' ||
         !digits(s + 8, 2, 1, 31) || (s[10] != 'T' && s[10] != 't') || !digits(s + 11, 2, 0, 23) ||
         s[13] != ':' || !digits(s + 14, 2, 0, 59) || s[16] != ':' || !digits(s + 17, 2, 0, 60))
         return false;
+    { /* the day exists in its month (2024-02-30 does not) */
+        static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+        int y = atoi(s), m = (s[5] - '0') * 10 + (s[6] - '0'), d = (s[8] - '0') * 10 + (s[9] - '0');
+        bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        if (d > mdays[m - 1] || (m == 2 && d == 29 && !leap))
+            return false;
+    }
     p = s + 19;
     if (*p == '.') {
         p++;
