@@ -179,6 +179,8 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
     if (run_delete(ctx, req, sql, 7, params, &n)) {
         cJSON *detail = cJSON_CreateObject();
         cJSON_AddItemToObject(detail, "filter", cJSON_Duplicate(filter, true));
+        if (p->project[0]) /* the project a restricted key implies */
+            cJSON_AddStringToObject(detail, "key_project", p->project);
         cJSON_AddNumberToObject(detail, "deleted", (double)n);
         audit(ctx, req, "traces_deleted", "filter", detail);
         cJSON_Delete(detail);

@@ -1517,6 +1517,42 @@ typedef struct trace_out {
     size_t first_seq;
 } trace_out;
 
+typedef struct id_pos {
+    uint64_t id;
+    size_t pos;
+} id_pos;
+
+static int cmp_id_pos(const void *a, const void *b)
+{
+    const id_pos *x = a, *y = b;
+
+    if (x->id != y->id)
+        return x->id < y->id ? -1 : 1;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* [n] flags: the span's 8-byte id came earlier among es[0..n) (one sort, not a scan per span:
+ * a request may hold thousands of spans of one trace). Storing either of two spans with one id
+ * would be arbitrary, so only the first can be kept. */
+static bool *repeated_span_ids(const map_entry *es, size_t n)
+{
+    bool *dup = eb_calloc(n, sizeof *dup);
+    id_pos *ids = eb_malloc(n * sizeof *ids);
+    size_t m = 0;
+
+    for (size_t i = 0; i < n; i++)
+        if (es[i].span->span_id.len == 8) {
+            memcpy(&ids[m].id, es[i].span->span_id.data, 8);
+            ids[m++].pos = i;
+        }
+    qsort(ids, m, sizeof *ids, cmp_id_pos);
+    for (size_t k = 1; k < m; k++)
+        if (ids[k].id == ids[k - 1].id)
+            dup[ids[k].pos] = true;
+    free(ids);
+    return dup;
+}
+
 /* Maps the spans of one trace (es[0..n), in request order); appends the trace to *traces. */
 static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_resource *res,
                       trace_out **traces, size_t *ntraces)
@@ -1527,8 +1563,7 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
     const eb_obs *root = NULL;
     size_t root_entry = SIZE_MAX, res_entry = SIZE_MAX;
     trace_out to;
-    /* the span of each observation so far (at most max_observations) */
-    const otlp_span **taken = eb_calloc(n, sizeof *taken);
+    bool *dup = repeated_span_ids(es, n);
 
     *t = (eb_trace)EVALBUS__V1__TRACE__INIT;
     t->id = hex_id(&es[0].span->trace_id);
@@ -1540,7 +1575,6 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
     for (size_t i = 0; i < n; i++) {
         span_map sm = {.lim = lim, .span = es[i].span, .is_root = i == root_entry, .root = &rx};
         eb_obs *o;
-        bool dup = false;
 
         if (t->n_observations >= lim->max_observations) {
             char why[96];
@@ -1549,13 +1583,7 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
             reject(mc, es[i].span, es[i].seq, why);
             continue;
         }
-        /* a span id taken earlier in this request: the first one stays, this one is refused
-         * (storing either would be arbitrary) */
-        for (size_t k = 0; k < t->n_observations && !dup; k++)
-            dup = taken[k]->span_id.len == es[i].span->span_id.len &&
-                  memcmp(taken[k]->span_id.data, es[i].span->span_id.data,
-                         es[i].span->span_id.len) == 0;
-        if (dup) {
+        if (dup[i]) {
             reject(mc, es[i].span, es[i].seq, "a span with this id came earlier in the request");
             continue;
         }
@@ -1571,11 +1599,10 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
             root = o;
         if (res_entry == SIZE_MAX || i == root_entry)
             res_entry = i;
-        taken[t->n_observations] = es[i].span;
         PUSH(t->observations, t->n_observations, o);
         mc->out->spans++;
     }
-    free(taken);
+    free(dup);
     if (t->n_observations == 0) {
         evalbus__v1__trace__free_unpacked(t, NULL);
         return;

@@ -302,6 +302,7 @@ eb_status ingest_record_pack(const eb_principal *who, const char *source, bool m
     rec.merge = merge;
     rec.has_received_at_unix_ms = 1;
     rec.received_at_unix_ms = now_ms;
+    rec.restricted_project = who->project[0] ? (char *)who->project : NULL;
     /* The trace is packed once: hashed for the message id (the trace alone, so envelope ids
      * and times do not defeat dedupe), then appended to the record as field 3 (a
      * length-delimited field may stand anywhere in a protobuf message). */

@@ -774,17 +774,15 @@ static const char drop_replaced_observations[] =
  * came in which request: model and provider of the trace's earliest generation, and input and
  * output of the root span, else of the earliest / latest generation. */
 #define BIGINT_MAX "9223372036854775807"
-/* col of the trace's first generation with one, by order (of traces t) */
+/* col of the trace's first generation with one, by order, from its observations o (an aggregate
+ * of the recompute's grouping) */
 #define FIRST_GENERATION(col, order)                                                               \
-    "(SELECT g." col " FROM ingest.observations g WHERE g.team_id = t.team_id AND g.part_time ="   \
-    " t.part_time AND g.trace_id = t.id AND g.type = 'generation' AND g." col " IS NOT NULL"       \
-    " ORDER BY g." order " NULLS LAST, g.id LIMIT 1)"
+    "(array_agg(o." col " ORDER BY o." order " NULLS LAST, o.id) FILTER (WHERE o.type ="           \
+    " 'generation' AND o." col " IS NOT NULL))[1]"
 /* col of the root span's observation, else of the first generation by order */
 #define ROOT_OR_GENERATION(col, order)                                                             \
-    "(SELECT g." col " FROM ingest.observations g WHERE g.team_id = t.team_id AND g.part_time ="   \
-    " t.part_time AND g.trace_id = t.id AND (g.parent_id IS NULL OR g.type = 'generation') AND"    \
-    " g." col " IS NOT NULL ORDER BY g.parent_id IS NULL DESC, g." order " NULLS LAST, g.id"       \
-    " LIMIT 1)"
+    "coalesce((array_agg(o." col ") FILTER (WHERE o.parent_id IS NULL AND o." col " IS NOT"        \
+    " NULL))[1], " FIRST_GENERATION(col, order) ")"
 #define GEN_MODEL FIRST_GENERATION("model", "start_time")
 #define GEN_PROVIDER FIRST_GENERATION("provider", "start_time")
 #define GEN_INPUT ROOT_OR_GENERATION("input", "start_time")
@@ -793,14 +791,15 @@ static const char recompute_sql[] =
     "UPDATE ingest.traces t SET input_tokens = least(s.i, " BIGINT_MAX "), output_tokens ="
     " least(s.o, " BIGINT_MAX
     "), total_tokens = least(coalesce(s.i, 0) + coalesce(s.o, 0), " BIGINT_MAX
-    "), cost_usd = s.c, model = coalesce(" GEN_MODEL ", t.model), provider ="
-    " coalesce(" GEN_PROVIDER ", t.provider), input = coalesce(" GEN_INPUT ", t.input), output ="
-    " coalesce(" GEN_OUTPUT ", t.output), start_time = least(t.start_time, s.st), end_time ="
+    "), cost_usd = s.c, model = coalesce(s.model, t.model), provider ="
+    " coalesce(s.provider, t.provider), input = coalesce(s.input, t.input), output ="
+    " coalesce(s.output, t.output), start_time = least(t.start_time, s.st), end_time ="
     " greatest(t.end_time, s.et), latency_ms = extract(epoch FROM greatest(t.end_time, s.et) -"
     " least(t.start_time, s.st)) * 1000, status = CASE WHEN s.err THEN 'error' ELSE t.status END"
     " FROM (SELECT o.team_id, o.part_time, o.trace_id, sum(o.input_tokens) i,"
-    "  sum(o.output_tokens) o, sum(o.cost_usd) c,"
-    "  min(o.start_time) st, max(o.end_time) et, bool_or(o.status = 'error') err"
+    "  sum(o.output_tokens) o, sum(o.cost_usd) c, min(o.start_time) st, max(o.end_time) et,"
+    "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
+    " input, " GEN_OUTPUT " output"
     "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
     "  GROUP BY 1, 2, 3) s"
@@ -1194,13 +1193,44 @@ static eb_status copy_new(PGconn *c, rec *recs, size_t n)
     return st;
 }
 
+/* A record from a project-restricted key may change a stored trace of its project only: another
+ * project's trace is not that key's to replace or merge into (EB_ERR_FORBIDDEN, so the batch is
+ * retried one by one and this record dead-lettered with the reason). */
+static eb_status check_projects(PGconn *c, const rec *recs, size_t n)
+{
+    eb_status st = EB_OK;
+
+    for (size_t i = 0; i < n && st == EB_OK; i++) {
+        const char *only = recs[i].r->restricted_project;
+        const char *p[3] = {recs[i].r->envelope->team_id, recs[i].r->trace->id, only};
+        PGresult *r = NULL;
+
+        if (recs[i].skip || !recs[i].existed || !only || !*only)
+            continue;
+        st = eb_db_exec(c,
+                        "SELECT t.project FROM ingest.trace_keys k JOIN ingest.traces t ON"
+                        " t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
+                        " WHERE k.team_id = $1::uuid AND k.id = $2 AND t.project <> $3",
+                        3, p, &r);
+        if (st == EB_OK && PQntuples(r) > 0)
+            st = eb_error(EB_ERR_FORBIDDEN,
+                          "trace %s is stored in project '%s'; the sending key may only write to"
+                          " project '%s'",
+                          recs[i].r->trace->id, eb_db_val(r, 0, 0), only);
+        PQclear(r);
+    }
+    return st;
+}
+
 static eb_status store_pass(PGconn *c, rec *recs, size_t n)
 {
     eb_buf traces = {0}, obs = {0};
     eb_status st;
     bool existing = false, merges = false;
 
-    st = copy_new(c, recs, n);
+    st = check_projects(c, recs, n);
+    if (st == EB_OK)
+        st = copy_new(c, recs, n);
     for (size_t i = 0; i < n && st == EB_OK; i++) {
         if (recs[i].skip || recs[i].direct)
             continue;

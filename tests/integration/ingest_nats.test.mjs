@@ -230,6 +230,33 @@ describe('ingest: TraceBatch over NATS', () => {
     assert.equal(g.project, 'web', 'the key\'s project is filled in');
   }));
 
+  it("a project-restricted key cannot replace or merge into another project's stored trace: dead-lettered with the reason", T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const key = (await stack.createKey(A.key, { name: `only-${sfx}`, scopes: ['traces:write', 'traces:read'], project: `only-${sfx}` })).key;
+    const theirs = rid('theirs');
+    let r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: theirs, project: `theirs-${sfx}`, name: 'original', observations: [{ id: 'o1', type: 'span' }] }] } });
+    assertStatus(r, 202);
+    await waitTrace(A.key, theirs);
+    const tap = await deadLetterTap(A.team);
+    try {
+      // the same id, in the key's own project: accepted at the door (the intake cannot know the
+      // id is taken), refused by the writer
+      r = await api('POST', '/api/v1/traces', key, { body: { traces: [{ id: theirs, name: 'taken over' }] } });
+      assertStatus(r, 202);
+      const dl = await tap.next(15_000);
+      assert.match(dl.headers?.get('Evalbus-Reason') ?? '', /stored in project 'theirs-/, 'the reason names the project');
+      // and its own traces are stored as before
+      const mine = rid('mine');
+      r = await api('POST', '/api/v1/traces', key, { body: { traces: [{ id: mine, name: 'mine' }] } });
+      assertStatus(r, 202);
+      await waitTrace(A.key, mine);
+    } finally {
+      tap.close();
+    }
+    const g = await waitTrace(A.key, theirs);
+    assert.deepEqual([g.project, g.name, g.observations.length], [`theirs-${sfx}`, 'original', 1], 'the stored trace is untouched');
+  }));
+
   it('the same batch published twice is stored once', T, stack.wrap(async () => {
     const id = rid('twice');
     const data = encodeBatch([trace(id, { project: `nats-dup-${id}` })]);

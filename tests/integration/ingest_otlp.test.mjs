@@ -407,7 +407,7 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.equal(String(o.attributes?.['gen_ai.usage.input_tokens']), '9223372036854775807', `the other stays an attribute: ${JSON.stringify(o.attributes)}`);
   }));
 
-  it("a later fragment never moves a trace to another project, not even with a project-restricted key", T, stack.wrap(async () => {
+  it("a later fragment never moves a trace to another project; a key restricted to another project cannot add to it", T, stack.wrap(async () => {
     const traceId = hex(16);
     const t0 = Date.now() - 5000;
     const [svcA, svcB, projX] = [`svca-${hex(3)}`, `svcb-${hex(3)}`, `projx-${hex(3)}`];
@@ -418,11 +418,19 @@ describe('ingest: OTLP/HTTP traces', () => {
     r = await postOtlp(A.key, 'json', svcB, [{ traceId, spanId: hex(8), parentSpanId: root, name: 'b', startMs: t0 + 10, endMs: t0 + 20 }]);
     assert.equal(r.status, 200);
     await waitTrace(A.key, traceId, (b) => b.observations.length === 2);
+    // a key restricted to another project: its spans are refused by the writer (dead-lettered),
+    // so the trace neither moves nor changes
     const restricted = (await stack.createKey(A.key, { name: 'projx', scopes: ['traces:write', 'traces:read'], project: projX })).key;
-    r = await postOtlp(restricted, 'json', projX, [{ traceId, spanId: hex(8), parentSpanId: root, name: 'x', startMs: t0 + 30, endMs: t0 + 40 }]);
+    const x = hex(8);
+    r = await postOtlp(restricted, 'json', projX, [{ traceId, spanId: x, parentSpanId: root, name: 'x', startMs: t0 + 30, endMs: t0 + 40 }]);
     assert.equal(r.status, 200);
-    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 3);
+    const y = hex(8);
+    r = await postOtlp(A.key, 'json', svcB, [{ traceId, spanId: y, parentSpanId: root, name: 'y', startMs: t0 + 50, endMs: t0 + 60 }]);
+    assert.equal(r.status, 200);
+    const g = await waitTrace(A.key, traceId, (b) => b.observations.some((o) => o.id === y));
     assert.equal(g.project, svcA, 'the project of the first fragment stays');
+    assert.ok(!g.observations.some((o) => o.id === x), "the restricted key's span was not merged");
+    assert.equal(g.observations.length, 3);
     assertStatus(await api('GET', `/api/v1/traces/${traceId}`, restricted), 404, 'the restricted key still cannot read it');
   }));
 
