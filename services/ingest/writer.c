@@ -1081,15 +1081,20 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
         goto cleanup;
     params[0] = array_end(&teams);
     params[1] = array_end(&ids);
+    /* FOR KEY SHARE: a deletion (which locks the key FOR UPDATE) cannot remove the trace
+     * between this read and the upsert, which would leave a trace row without its key; one
+     * under way is waited for, and its key is then missing here */
     st = eb_db_exec(c,
                     "SELECT u.ord, (extract(epoch FROM k.part_time)::numeric * 1000000000)::bigint"
                     " FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(team_id, id, ord)"
-                    " JOIN ingest.trace_keys k ON k.team_id = u.team_id AND k.id = u.id",
+                    " JOIN ingest.trace_keys k ON k.team_id = u.team_id AND k.id = u.id"
+                    " FOR KEY SHARE OF k",
                     2, params, &r);
     if (st != EB_OK)
         goto cleanup;
     if ((size_t)PQntuples(r) != n_old) {
-        /* a key another writer is inserting right now: retry the pass */
+        /* a key another writer is inserting, or a deletion removed, right now: retry the
+         * pass */
         st = eb_error(EB_ERR_UNAVAILABLE, "trace key is being stored concurrently");
         goto cleanup;
     }
