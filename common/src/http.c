@@ -615,6 +615,15 @@ static void on_authenticated(eb_status st, const eb_principal *p, const char *re
                                 eb_scope_name(__builtin_ctz(r->scope)));
         return;
     }
+    if (r->team_wide && p->project[0]) {
+        if (srv->denied_fn)
+            srv->denied_fn(srv->denied_arg, p, req->method, req->path, req->request_id, "project");
+        eb_http_reply_error(req, EB_ERR_FORBIDDEN,
+                            "this key is restricted to project '%s', and this acts on the whole"
+                            " team: use a key without a project restriction",
+                            p->project);
+        return;
+    }
     if (srv->rl && !p->unlimited) {
         char kb[96], tb[96];
         const char *buckets[2] = {kb, tb};

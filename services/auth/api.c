@@ -15,16 +15,18 @@
 #include <string.h>
 #include <time.h>
 
-#define ADMIN EB_ROLE_ADMIN, EB_SCOPE_ADMIN
+/* team administration: never with a project-restricted key (it could otherwise make itself an
+ * unrestricted one) */
+#define ADMIN EB_ROLE_ADMIN, EB_SCOPE_ADMIN, true
 const eb_http_route auth_routes[] = {
-    {"POST", "/api/v1/auth/login", api_login, true, EB_ROLE_NONE, 0},
-    {"GET", "/api/v1/auth/whoami", api_whoami, false, EB_ROLE_VIEWER, 0},
-    {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0},
-    {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0},
-    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0},
+    {"POST", "/api/v1/auth/login", api_login, true, EB_ROLE_NONE, 0, false},
+    {"GET", "/api/v1/auth/whoami", api_whoami, false, EB_ROLE_VIEWER, 0, false},
+    {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0, false},
+    {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0, false},
+    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, false},
     {"PATCH", "/api/v1/users/{id}", api_user_update, false, ADMIN},
     {"DELETE", "/api/v1/users/{id}", api_user_remove, false, ADMIN},
-    {"POST", "/api/v1/invitations/accept", api_invitation_accept, true, EB_ROLE_NONE, 0},
+    {"POST", "/api/v1/invitations/accept", api_invitation_accept, true, EB_ROLE_NONE, 0, false},
     {"POST", "/api/v1/invitations", api_invitation_create, false, ADMIN},
     {"GET", "/api/v1/invitations", api_invitations_list, false, ADMIN},
     {"DELETE", "/api/v1/invitations/{id}", api_invitation_delete, false, ADMIN},

@@ -67,27 +67,32 @@ static const eb_setting settings[] = {
 
 #define VIEWER EB_ROLE_VIEWER
 #define MEMBER EB_ROLE_MEMBER
+/* Exports, datasets and their settings cover the whole team: project-restricted keys get 403
+ * (team_wide). */
 static const eb_http_route routes[] = {
-    {"POST", "/api/v1/exports", api_exports_create, false, MEMBER, EB_SCOPE_EXPORTS_WRITE},
-    {"GET", "/api/v1/exports", api_exports_list, false, VIEWER, EB_SCOPE_EXPORTS_READ},
-    {"GET", "/api/v1/exports/stream", api_exports_stream, false, VIEWER, EB_SCOPE_EXPORTS_READ},
-    {"GET", "/api/v1/exports/{id}", api_exports_get, false, VIEWER, EB_SCOPE_EXPORTS_READ},
-    {"DELETE", "/api/v1/exports/{id}", api_exports_cancel, false, MEMBER, EB_SCOPE_EXPORTS_WRITE},
+    {"POST", "/api/v1/exports", api_exports_create, false, MEMBER, EB_SCOPE_EXPORTS_WRITE, true},
+    {"GET", "/api/v1/exports", api_exports_list, false, VIEWER, EB_SCOPE_EXPORTS_READ, true},
+    {"GET", "/api/v1/exports/stream", api_exports_stream, false, VIEWER, EB_SCOPE_EXPORTS_READ,
+     true},
+    {"GET", "/api/v1/exports/{id}", api_exports_get, false, VIEWER, EB_SCOPE_EXPORTS_READ, true},
+    {"DELETE", "/api/v1/exports/{id}", api_exports_cancel, false, MEMBER, EB_SCOPE_EXPORTS_WRITE,
+     true},
     {"GET", "/api/v1/exports/{id}/download", api_exports_download, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ},
-    {"GET", "/api/v1/exports/{id}/events", api_exports_events, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ},
+     EB_SCOPE_EXPORTS_READ, true},
+    {"GET", "/api/v1/exports/{id}/events", api_exports_events, false, VIEWER, EB_SCOPE_EXPORTS_READ,
+     true},
     {"GET", "/api/v1/datasets/statistics", api_datasets_statistics, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ},
+     EB_SCOPE_EXPORTS_READ, true},
     {"GET", "/api/v1/export-settings", api_export_settings_get, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ},
+     EB_SCOPE_EXPORTS_READ, true},
     {"PUT", "/api/v1/export-settings", api_export_settings_put, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN},
+     EB_SCOPE_ADMIN, true},
     {"POST", "/api/v1/export-schedules", api_schedules_create, false, MEMBER,
-     EB_SCOPE_EXPORTS_WRITE},
-    {"GET", "/api/v1/export-schedules", api_schedules_list, false, VIEWER, EB_SCOPE_EXPORTS_READ},
+     EB_SCOPE_EXPORTS_WRITE, true},
+    {"GET", "/api/v1/export-schedules", api_schedules_list, false, VIEWER, EB_SCOPE_EXPORTS_READ,
+     true},
     {"DELETE", "/api/v1/export-schedules/{id}", api_schedules_delete, false, MEMBER,
-     EB_SCOPE_EXPORTS_WRITE},
+     EB_SCOPE_EXPORTS_WRITE, true},
 };
 
 eb_status export_store_open(const export_config *cfg, const char *destination, eb_store **out)

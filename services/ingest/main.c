@@ -74,17 +74,19 @@ static const eb_setting settings[] = {
 #define MEMBER EB_ROLE_MEMBER
 #define VIEWER EB_ROLE_VIEWER
 const eb_http_route ingest_routes[] = {
-    {"POST", "/api/v1/traces", api_traces_post, false, MEMBER, EB_SCOPE_TRACES_WRITE},
-    {"GET", "/api/v1/traces", api_traces_list, false, VIEWER, EB_SCOPE_TRACES_READ},
+    {"POST", "/api/v1/traces", api_traces_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false},
+    {"GET", "/api/v1/traces", api_traces_list, false, VIEWER, EB_SCOPE_TRACES_READ, false},
     {"POST", "/api/v1/traces/delete", api_traces_delete_by_filter, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN},
-    {"GET", "/api/v1/traces/{id}", api_trace_get, false, VIEWER, EB_SCOPE_TRACES_READ},
-    {"DELETE", "/api/v1/traces/{id}", api_trace_delete, false, EB_ROLE_ADMIN, EB_SCOPE_ADMIN},
-    {"POST", "/api/v1/traces/{id}/review", api_review_post, false, MEMBER, EB_SCOPE_TRACES_WRITE},
-    {"POST", "/api/v1/scores", api_score_post, false, MEMBER, EB_SCOPE_TRACES_WRITE},
+     EB_SCOPE_ADMIN, false},
+    {"GET", "/api/v1/traces/{id}", api_trace_get, false, VIEWER, EB_SCOPE_TRACES_READ, false},
+    {"DELETE", "/api/v1/traces/{id}", api_trace_delete, false, EB_ROLE_ADMIN, EB_SCOPE_ADMIN,
+     false},
+    {"POST", "/api/v1/traces/{id}/review", api_review_post, false, MEMBER, EB_SCOPE_TRACES_WRITE,
+     false},
+    {"POST", "/api/v1/scores", api_score_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false},
     {"PUT", "/api/v1/projects/{project}/settings", api_project_settings_put, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN},
-    {"POST", "/otlp/v1/traces", api_otlp_post, false, MEMBER, EB_SCOPE_TRACES_WRITE},
+     EB_SCOPE_ADMIN, false},
+    {"POST", "/otlp/v1/traces", api_otlp_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false},
 };
 const size_t ingest_nroutes = sizeof(ingest_routes) / sizeof(ingest_routes[0]);
 

@@ -92,6 +92,29 @@ describe('roles, scopes and invitations', () => {
     assert.equal(made.role, 'member', 'role defaults to member');
   }));
 
+  it('a project-restricted key cannot administer the team or export: team-wide routes answer 403', T, stack.wrap(async () => {
+    const restricted = await stack.createKey(owner.key, {
+      name: 'web-admin', role: 'admin', scopes: ['admin', 'traces:read', 'exports:read', 'exports:write'], project: 'web',
+    });
+    const denied = async (method, p, body, what) => {
+      const r = await stack.api(method, p, { base: stack.url, key: restricted.key, ...(body ? { body } : {}) }); // through the edge
+      assertError(r, 'forbidden', what);
+      assert.match(r.body.error.message, /restricted to project 'web'/, `${what}: says why`);
+    };
+    // it could otherwise make itself an unrestricted key
+    await denied('POST', '/api/v1/keys', newKeyBody(), 'create a key');
+    await denied('GET', '/api/v1/keys', null, 'list keys');
+    await denied('GET', '/api/v1/audit?limit=5', null, 'read the audit log');
+    await denied('POST', '/api/v1/invitations', { email: 'x@example.com', role: 'member' }, 'invite');
+    await denied('GET', '/api/v1/exports', null, 'list exports');
+    await denied('POST', '/api/v1/exports', { format: 'jsonl' }, 'create an export');
+    await denied('GET', '/api/v1/datasets/statistics', null, 'dataset statistics');
+    await denied('GET', '/api/v1/export-schedules', null, 'list export schedules');
+    // the traces API knows projects: the key reads its own
+    assertStatus(await stack.api('GET', '/api/v1/traces?limit=1', { base: stack.url, key: restricted.key }), 200, 'traces of its project');
+    assertStatus(await stack.api('GET', '/api/v1/keys', { key: owner.key }), 200, 'an unrestricted key administers');
+  }));
+
   it('a key\'s role may not exceed its creator\'s, and scopes must fit the role', T, stack.wrap(async () => {
     const admin = await stack.createKey(owner.key, { name: 'admin2', role: 'admin', scopes: ['admin'] });
     const tooHigh = await stack.api('POST', '/api/v1/keys', { key: admin.key, body: { name: 'x', role: 'owner', scopes: ['admin'] } });

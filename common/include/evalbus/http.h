@@ -37,6 +37,7 @@ typedef struct eb_http_route {
     bool public_route; /* no credential needed */
     eb_role min_role;  /* for non-public routes */
     unsigned scope;    /* required scope bit (EB_SCOPE_*), 0 for none */
+    bool team_wide;    /* acts on the whole team: a project-restricted credential gets 403 */
 } eb_http_route;
 
 typedef struct eb_http_options {
