@@ -75,8 +75,7 @@ struct eb_http_req {
     char *path;
     char *query_str;
     struct evkeyvalq query;
-    bool query_parsed;
-    bool query_bad;
+    bool query_parsed; /* query is initialised (parse_query ran) */
     char *param_names[MAX_PARAMS];
     char *param_vals[MAX_PARAMS];
     int nparams;
@@ -387,25 +386,22 @@ const char *eb_http_req_param(const eb_http_req *req, const char *name)
     return NULL;
 }
 
-/* Parses the query string once; false if it is malformed (a parameter without '=', or a %00
- * that would cut a value short), and then no parameter is kept. */
+/* Parses the query string (once per request, before any handler); false if it is malformed (a
+ * parameter without '=', or a %00 that would cut a value short), and then no parameter is kept. */
 static bool parse_query(eb_http_req *req)
 {
-    if (!req->query_parsed) {
-        TAILQ_INIT(&req->query);
-        req->query_parsed = true;
-        if (req->query_str && (strstr(req->query_str, "%00") ||
-                               evhttp_parse_query_str(req->query_str, &req->query) != 0)) {
-            evhttp_clear_headers(&req->query);
-            req->query_bad = true;
-        }
+    TAILQ_INIT(&req->query);
+    req->query_parsed = true;
+    if (req->query_str && (strstr(req->query_str, "%00") ||
+                           evhttp_parse_query_str(req->query_str, &req->query) != 0)) {
+        evhttp_clear_headers(&req->query);
+        return false;
     }
-    return !req->query_bad;
+    return true;
 }
 
 const char *eb_http_req_query(eb_http_req *req, const char *name)
 {
-    parse_query(req);
     return evhttp_find_header(&req->query, name);
 }
 
@@ -414,7 +410,6 @@ size_t eb_http_req_query_all(eb_http_req *req, const char *name, const char **va
     struct evkeyval *kv;
     size_t n = 0;
 
-    parse_query(req);
     TAILQ_FOREACH(kv, &req->query, next)
     {
         if (strcmp(kv->key, name) != 0)

@@ -146,14 +146,6 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
         eb_http_reply_error(req, EB_ERR_INVALID, "status must be ok, error or unset");
         return;
     }
-    if (p->project[0]) { /* a project-restricted key deletes in its project only */
-        if (project && strcmp(project, p->project) != 0) {
-            cJSON_Delete(body);
-            eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this key may only delete in project '%s'",
-                                p->project);
-            return;
-        }
-    }
     if (!project && !from && !to && !model && !tag && !status) {
         cJSON_Delete(body);
         eb_http_reply_error(req, EB_ERR_INVALID,
@@ -161,21 +153,23 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
                             " tag, status (deleting everything must be said explicitly)");
         return;
     }
+    if (!ingest_project_scope(req, &project, "delete in")) {
+        cJSON_Delete(body);
+        return;
+    }
     params[0] = p->team_id;
-    params[1] = p->project[0] ? p->project : project;
+    params[1] = project;
     params[2] = from;
     params[3] = to;
     params[4] = model;
     params[5] = tag;
     params[6] = status;
-    sql = eb_asprintf(
-        "WITH sel AS (SELECT t.team_id, t.part_time, t.id FROM ingest.traces t"
-        " WHERE t.team_id = $1::uuid AND ($2::text IS NULL OR t.project = $2)"
-        " AND " INGEST_FROM_SQL("$3") " AND " INGEST_TO_SQL(
-            "$4") " AND ($5::text IS NULL OR t.model = $5)"
-                  " AND ($6::text IS NULL OR t.tags @> ARRAY[$6::text]) AND ($7::text IS"
-                  " NULL OR t.status = $7) FOR UPDATE)%s",
-        delete_tail);
+    sql = eb_asprintf("WITH sel AS (SELECT t.team_id, t.part_time, t.id FROM ingest.traces t"
+                      " WHERE t.team_id = $1::uuid AND " INGEST_PROJECT_WINDOW_SQL
+                      " AND ($5::text IS NULL OR t.model = $5)"
+                      " AND ($6::text IS NULL OR t.tags @> ARRAY[$6::text])"
+                      " AND ($7::text IS NULL OR t.status = $7) FOR UPDATE)%s",
+                      delete_tail);
     if (run_delete(ctx, req, sql, 7, params, &n)) {
         cJSON *detail = cJSON_CreateObject();
         cJSON_AddItemToObject(detail, "filter", cJSON_Duplicate(filter, true));
@@ -204,11 +198,8 @@ void api_project_settings_put(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if (eb_http_req_principal(req)->project[0] &&
-        strcmp(eb_http_req_principal(req)->project, project) != 0) {
+    if (!ingest_project_scope(req, &project, "change")) {
         cJSON_Delete(body);
-        eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this key may only change project '%s'",
-                            eb_http_req_principal(req)->project);
         return;
     }
     st = eb_json_number(body, "retention_days", true, true, 1, 36500, &days);

@@ -35,6 +35,21 @@ eb_status ingest_check_project(const eb_principal *p, const char *project)
     return eb_error(EB_ERR_FORBIDDEN, "this key may only write to project '%s'", p->project);
 }
 
+bool ingest_project_scope(eb_http_req *req, const char **project, const char *verb)
+{
+    const eb_principal *p = eb_http_req_principal(req);
+
+    if (!p->project[0])
+        return true;
+    if (*project && strcmp(*project, p->project) != 0) {
+        eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this key may only %s project '%s'", verb,
+                            p->project);
+        return false;
+    }
+    *project = p->project;
+    return true;
+}
+
 /* One POST: filled in by decode_batch on a pool thread, answered on the loop thread. */
 typedef struct batch_state {
     ingest_ctx *ctx;
@@ -358,14 +373,8 @@ void api_traces_list(eb_http_req *req, void *vctx)
     cJSON *root, *arr;
     int n;
 
-    if (p->project[0]) { /* a project-restricted key sees its project only */
-        if (q_project && strcmp(q_project, p->project) != 0) {
-            eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this key may only read project '%s'",
-                                p->project);
-            return;
-        }
-        q_project = p->project;
-    }
+    if (!ingest_project_scope(req, &q_project, "read"))
+        return;
     if (q_limit) {
         char *end;
         limit = strtol(q_limit, &end, 10);
@@ -435,23 +444,17 @@ void api_traces_list(eb_http_req *req, void *vctx)
     st = eb_db_exec(
         c,
         "SELECT " SUMMARY_COLS " FROM ingest.traces t WHERE t.team_id = $1::uuid"
-        " AND ($2::text IS NULL OR t.project = $2)"
-        " AND " INGEST_FROM_SQL("$3") " AND " INGEST_TO_SQL(
-            "$4") ""
-                  " AND ($5::text IS NULL OR t.model = $5) AND ($6::text IS NULL OR t.provider = "
-                  "$6)"
-                  " AND ($7::text IS NULL OR t.status = $7) AND ($8::text IS NULL OR "
-                  "t.review_state = $8)"
-                  " AND ($9::text IS NULL OR t.tags @> ARRAY[$9::text])"
-                  " AND ($10::text IS NULL OR t.name ILIKE $10 OR t.metadata::text ILIKE $10)"
-                  " AND ($11::text IS NULL OR EXISTS (SELECT 1 FROM ingest.scores s WHERE "
-                  "s.team_id ="
-                  "  t.team_id AND s.trace_id = t.id AND s.name = $11"
-                  "  AND ($12::float8 IS NULL OR s.value_number >= $12::float8)"
-                  "  AND ($13::float8 IS NULL OR s.value_number <= $13::float8)))"
-                  " AND ($14::timestamptz IS NULL OR (t.part_time, t.id) < ($14::timestamptz, "
-                  "$15::text))"
-                  " ORDER BY t.part_time DESC, t.id DESC LIMIT $16::int",
+        " AND " INGEST_PROJECT_WINDOW_SQL
+        " AND ($5::text IS NULL OR t.model = $5) AND ($6::text IS NULL OR t.provider = $6)"
+        " AND ($7::text IS NULL OR t.status = $7) AND ($8::text IS NULL OR t.review_state = $8)"
+        " AND ($9::text IS NULL OR t.tags @> ARRAY[$9::text])"
+        " AND ($10::text IS NULL OR t.name ILIKE $10 OR t.metadata::text ILIKE $10)"
+        " AND ($11::text IS NULL OR EXISTS (SELECT 1 FROM ingest.scores s WHERE s.team_id ="
+        "  t.team_id AND s.trace_id = t.id AND s.name = $11"
+        "  AND ($12::float8 IS NULL OR s.value_number >= $12::float8)"
+        "  AND ($13::float8 IS NULL OR s.value_number <= $13::float8)))"
+        " AND ($14::timestamptz IS NULL OR (t.part_time, t.id) < ($14::timestamptz, $15::text))"
+        " ORDER BY t.part_time DESC, t.id DESC LIMIT $16::int",
         16, params, &r);
     if (st != EB_OK) {
         eb_db_rollback(c);

@@ -144,17 +144,21 @@ void api_review_post(eb_http_req *req, void *ctx);
 void api_score_post(eb_http_req *req, void *ctx);
 void api_project_settings_put(eb_http_req *req, void *ctx);
 
-/* The from / to filters of listing and of deletion by filter (one meaning for both, so a list
- * previews a deletion), on traces t: a trace's time is its start time, else its partition time;
- * part_time must also lie within a day of the bound, so only the partitions in range are read
- * (a trace whose start is more than a day from its partition time falls outside: README).
- * from and to are the SQL parameters ("$3"), NULL for no bound; to is exclusive. */
-#define INGEST_FROM_SQL(from)                                                                      \
-    "(" from "::timestamptz IS NULL OR (t.part_time >= " from "::timestamptz - interval '1 day'"   \
-    " AND coalesce(t.start_time, t.part_time) >= " from "::timestamptz))"
-#define INGEST_TO_SQL(to)                                                                          \
-    "(" to "::timestamptz IS NULL OR (t.part_time < " to "::timestamptz + interval '1 day'"        \
-    " AND coalesce(t.start_time, t.part_time) < " to "::timestamptz))"
+/* The filters of listing and of deletion by filter on traces t that both know: the project $2
+ * and the window from $3 to $4 (each NULL for none; to exclusive). One text for both, so that a
+ * list previews a deletion. A trace's time is its start time, else its partition time; part_time
+ * must also lie within a day of a bound, so only the partitions in range are read (a trace whose
+ * start is more than a day from its partition time falls outside: README). */
+#define INGEST_PROJECT_WINDOW_SQL                                                                  \
+    "($2::text IS NULL OR t.project = $2) AND ($3::timestamptz IS NULL OR (t.part_time >="         \
+    " $3::timestamptz - interval '1 day' AND coalesce(t.start_time, t.part_time) >="               \
+    " $3::timestamptz)) AND ($4::timestamptz IS NULL OR (t.part_time < $4::timestamptz + interval" \
+    " '1 day' AND coalesce(t.start_time, t.part_time) < $4::timestamptz))"
+
+/* The project a request may see: the one asked for (NULL: every one), confined to the key's
+ * project when the key is restricted. Answers 403 itself (another project, verb as in "may only
+ * read project 'p'") and returns false. */
+bool ingest_project_scope(eb_http_req *req, const char **project, const char *verb);
 
 /* Turns a principal's project restriction into a check: EB_OK or EB_ERR_FORBIDDEN. */
 eb_status ingest_check_project(const eb_principal *p, const char *project);
