@@ -252,6 +252,55 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     assert.equal(made, 't', 'the day partition was made again');
   }));
 
+  it('a resend racing a deletion of its trace is stored whole afterwards: no trace row is left without its key', T, stack.wrap(async () => {
+    // A deletion locks the trace's key (FOR UPDATE), deletes the trace's rows, then the key, in
+    // one transaction. A writer storing a resend of that trace meanwhile must not read the key
+    // before the deletion commits and then write the trace into the day the key named: the
+    // deletion would take the key away and leave the new trace row without it (unreachable, and
+    // a second row once the trace is sent again). Here the deletion is stretched by a pg_sleep
+    // between its statements, so that the writer is sure to come in the middle.
+    const tag = crypto.randomBytes(3).toString('hex');
+    const id = `race-${tag}`;
+    const trace = (name) => ({ id, project: 'race', name, start_time: new Date(Date.now() - 3_600_000).toISOString(),
+      observations: [{ id: 'gen', type: 'generation' }] });
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('first')] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id), 'the first version is stored');
+
+    const app = `racing-delete-${tag}`;
+    const where = `team_id = '${A.id}' AND id = '${id}'`;
+    const deletion = stack.psql(`BEGIN;
+      SELECT 1 FROM ingest.trace_keys WHERE ${where} FOR UPDATE;
+      DELETE FROM ingest.traces WHERE ${where};
+      DELETE FROM ingest.observations WHERE team_id = '${A.id}' AND trace_id = '${id}';
+      SELECT pg_sleep(3);
+      DELETE FROM ingest.trace_keys WHERE ${where};
+      COMMIT`, { appName: app });
+    const sleeping = await pollUntil(async () => (await stack.psql(
+      `SELECT count(*) FROM pg_stat_activity WHERE application_name = '${app}' AND query LIKE '%pg_sleep%'`))[0][0] === '1',
+    { timeoutMs: 10_000, intervalMs: 50 });
+    assert.ok(sleeping.value, 'the deletion holds the key and sleeps');
+
+    r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('second')] } });
+    assert.equal(r.status, 202, r.text);
+    // the writer meets the deletion's lock (waiting, not writing around it)
+    const waiting = await pollUntil(async () => Number((await stack.psql(
+      `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name <> '${app}'
+         AND backend_type = 'client backend'`))[0][0]) > 0, { timeoutMs: 10_000, intervalMs: 50 });
+    assert.ok(waiting.value, 'the writer waits for the deletion');
+    await deletion;
+
+    assert.ok(await traceStored(id, (g) => g.body.name === 'second'), 'the resend is stored after the deletion');
+    const [[rows, keys, orphans, obs]] = await stack.psql(`SELECT
+      (SELECT count(*) FROM ingest.traces WHERE ${where}),
+      (SELECT count(*) FROM ingest.trace_keys WHERE ${where}),
+      (SELECT count(*) FROM ingest.traces t WHERE t.team_id = '${A.id}' AND NOT EXISTS (SELECT 1 FROM ingest.trace_keys k
+         WHERE k.team_id = t.team_id AND k.id = t.id AND k.part_time = t.part_time)),
+      (SELECT count(*) FROM ingest.observations WHERE team_id = '${A.id}' AND trace_id = '${id}')`);
+    assert.deepEqual([rows, keys, orphans, obs], ['1', '1', '0', '1'],
+      'one trace row, its key in the same day, no trace row without a key, one observation');
+  }));
+
   it('a writer stopped inside its transaction loses the session after db-idle-tx-timeout, and every trace is still stored once', T, stack.wrap(async () => {
     // A writer that stops between the statements of its transaction (a stopped process, a
     // stalled thread) would hold its locks and snapshot, and the scheduled exports' bound,
