@@ -444,9 +444,10 @@ static const char drop_replaced_observations[] =
     " o.trace_id = x.id AND o.stream_seq < x.stream_seq";
 
 /* Totals of merged (OTLP) traces, from their observations (sums are numeric: they are capped
- * rather than let a bigint overflow fail the batch), and the fields that depend on which spans
- * came in which request: model and provider of the trace's earliest generation, and input and
- * output of the root span, else of the earliest / latest generation. */
+ * rather than let a bigint overflow fail the batch; a total no observation has keeps the trace's
+ * own, as sent with it: least() would take a NULL sum for the cap), and the fields that depend on
+ * which spans came in which request: model and provider of the trace's earliest generation, and
+ * input and output of the root span, else of the earliest / latest generation. */
 #define BIGINT_MAX "9223372036854775807"
 /* col of the trace's first generation with one, by order, from its observations o (an aggregate
  * of the recompute's grouping) */
@@ -462,10 +463,11 @@ static const char drop_replaced_observations[] =
 #define GEN_INPUT ROOT_OR_GENERATION("input", "start_time")
 #define GEN_OUTPUT ROOT_OR_GENERATION("output", "end_time DESC")
 static const char recompute_sql[] =
-    "UPDATE ingest.traces t SET input_tokens = least(s.i, " BIGINT_MAX "), output_tokens ="
-    " least(s.o, " BIGINT_MAX
-    "), total_tokens = least(coalesce(s.i, 0) + coalesce(s.o, 0), " BIGINT_MAX
-    "), cost_usd = s.c, model = coalesce(s.model, t.model), provider ="
+    "UPDATE ingest.traces t SET input_tokens = CASE WHEN s.i IS NULL THEN t.input_tokens ELSE"
+    " least(s.i, " BIGINT_MAX ") END, output_tokens = CASE WHEN s.o IS NULL THEN t.output_tokens"
+    " ELSE least(s.o, " BIGINT_MAX ") END, total_tokens = CASE WHEN s.i IS NULL AND s.o IS NULL"
+    " THEN t.total_tokens ELSE least(coalesce(s.i, 0) + coalesce(s.o, 0), " BIGINT_MAX
+    ") END, cost_usd = coalesce(s.c, t.cost_usd), model = coalesce(s.model, t.model), provider ="
     " coalesce(s.provider, t.provider), input = coalesce(s.input, t.input), output ="
     " coalesce(s.output, t.output), start_time = least(t.start_time, s.st), end_time ="
     " greatest(t.end_time, s.et), latency_ms = extract(epoch FROM greatest(t.end_time, s.et) -"

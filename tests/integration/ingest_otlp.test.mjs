@@ -429,6 +429,8 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.equal(r.status, 200);
     const g = await waitTrace(A.key, traceId, (b) => b.observations.some((o) => o.id === y));
     assert.equal(g.project, svcA, 'the project of the first fragment stays');
+    assert.deepEqual([g.usage, g.cost_usd], [{ input_tokens: null, output_tokens: null, total_tokens: null }, null],
+      'spans without token counts or cost leave the totals empty');
     assert.ok(!g.observations.some((o) => o.id === x), "the restricted key's span was not merged");
     assert.equal(g.observations.length, 3);
     assertStatus(await api('GET', `/api/v1/traces/${traceId}`, restricted), 404, 'the restricted key still cannot read it');
@@ -460,6 +462,31 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.equal(g.input?.messages?.[0]?.content, 'first question', `input of the earliest generation: ${JSON.stringify(g.input)}`);
     assert.equal(g.output?.messages?.[0]?.content, 'final answer', `output of the latest: ${JSON.stringify(g.output)}`);
     assert.deepEqual([g.model, g.provider], ['gpt-4o', 'openai'], 'model and provider of the earliest generation');
+  }));
+
+  it('spans added over OTLP to a trace sent as JSON keep the totals and messages its spans do not have', T, stack.wrap(async () => {
+    // The trace-level usage, cost, model and messages of a JSON trace are the client's word;
+    // a span without any of them must not blank them when the totals are taken again.
+    const traceId = hex(16);
+    const t0 = Date.now() - 5000;
+    const project = `mixed-${hex(3)}`;
+    const r0 = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{
+      id: traceId, project, name: 'answer', model: 'gpt-4o', provider: 'openai',
+      start_time: new Date(t0).toISOString(), end_time: new Date(t0 + 1000).toISOString(),
+      usage: { input_tokens: 120, output_tokens: 40 }, cost_usd: 0.0012,
+      input: { messages: [{ role: 'user', content: 'where is my order?' }] },
+      output: { messages: [{ role: 'assistant', content: 'on its way' }] },
+    }] } });
+    assert.equal(r0.status, 202, r0.text);
+    await waitTrace(A.key, traceId);
+    const r = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), name: 'http.request', startMs: t0 + 10, endMs: t0 + 20 }]);
+    assert.equal(r.status, 200);
+    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 1);
+    assert.deepEqual(g.usage, { input_tokens: 120, output_tokens: 40, total_tokens: 160 }, 'the usage stays');
+    assert.equal(g.cost_usd, 0.0012, 'the cost stays');
+    assert.deepEqual([g.model, g.provider, g.project], ['gpt-4o', 'openai', project]);
+    assert.equal(g.input?.messages?.[0]?.content, 'where is my order?');
+    assert.equal(g.output?.messages?.[0]?.content, 'on its way');
   }));
 
   it('a trace larger than max-trace-bytes is rejected in partial_success (never a 503 to retry); the rest is stored', T, stack.wrap(async () => {
