@@ -190,6 +190,8 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
         }
         if (vs == EB_OK)
             vs = ingest_check_project(p, t->project);
+        if (vs == EB_OK)
+            ingest_trace_canonical_json(t, it->arena);
         if (vs != EB_OK) {
             Evalbus__V1__IngestRejected *r = eb_malloc(sizeof(*r));
             evalbus__v1__ingest_rejected__init(r);

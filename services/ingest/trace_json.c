@@ -1571,6 +1571,34 @@ static eb_status v_observation(walk_ctx *c, const Evalbus__V1__Observation *o)
     return v_json_object(c, o->metadata_json, "metadata");
 }
 
+/* *text (a JSON object cJSON parses: validated) as cJSON prints it, copied into arena. */
+static void canonical_json(char **text, eb_arena *arena)
+{
+    cJSON *o = NULL;
+    char *printed;
+    size_t n;
+
+    if (!*text || eb_json_parse_object(*text, strlen(*text), &o) != EB_OK) {
+        eb_error_clear();
+        return;
+    }
+    printed = eb_json_print(o);
+    cJSON_Delete(o);
+    n = strlen(printed) + 1;
+    *text = memcpy(eb_arena_alloc(arena, n), printed, n);
+    free(printed);
+}
+
+void ingest_trace_canonical_json(Evalbus__V1__Trace *t, eb_arena *arena)
+{
+    canonical_json(&t->metadata_json, arena);
+    canonical_json(&t->attributes_json, arena);
+    for (size_t i = 0; i < t->n_observations; i++) {
+        canonical_json(&t->observations[i]->metadata_json, arena);
+        canonical_json(&t->observations[i]->attributes_json, arena);
+    }
+}
+
 eb_status ingest_trace_validate(const Evalbus__V1__Trace *t, const ingest_limits *lim)
 {
     walk_ctx c = {.lim = lim};

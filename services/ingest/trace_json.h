@@ -7,6 +7,7 @@
 #ifndef EVALBUS_INGEST_TRACE_JSON_H
 #define EVALBUS_INGEST_TRACE_JSON_H
 
+#include "evalbus/arena.h"
 #include "evalbus/mem.h"
 #include "evalbus/status.h"
 #include "evalbus/v1/trace.pb-c.h"
@@ -27,6 +28,13 @@ eb_status ingest_trace_from_json(const cJSON *item, const ingest_limits *lim,
  * ones (required id, sizes, status values, UTF-8 in every string). A missing id is an error
  * here (the publisher must choose ids so that resends are recognised). */
 eb_status ingest_trace_validate(const Evalbus__V1__Trace *t, const ingest_limits *lim);
+
+/* Replaces the JSON texts of a validated protobuf trace (metadata_json and attributes_json of
+ * the trace and its observations) by cJSON's printing of them, in memory from arena. They were
+ * checked with cJSON, which takes what PostgreSQL's jsonb refuses (leading zeros, "1.", raw
+ * control characters inside strings, form feeds as white space): printed again, they are what
+ * the JSON batch API stores for the same object, and the writer can store them. */
+void ingest_trace_canonical_json(Evalbus__V1__Trace *t, eb_arena *arena);
 
 /* JSON text of parts of a trace, appended to out, in the shape the query API returns them:
  * messages as an array of OpenAI-style message objects, tool calls as an array of

@@ -72,6 +72,7 @@ typedef struct rec {
     unsigned long long seq;
     long long part_ns; /* partition time, ns */
     bool skip;         /* stored by an earlier pass of this batch */
+    bool stored;       /* committed and acknowledged: announced in TracesStored */
 } rec;
 
 static long long now_ns(void)
@@ -1042,16 +1043,16 @@ static void publish_stored(eb_bus *bus, rec *recs, size_t n)
         bool first = true;
         struct timeval tv;
 
-        if (!recs[i].r)
+        if (!recs[i].stored)
             continue;
         for (size_t j = 0; j < i && first; j++)
-            first = !recs[j].r ||
+            first = !recs[j].stored ||
                     strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) != 0;
         if (!first)
             continue;
         ids = eb_malloc(n * sizeof(char *));
         for (size_t j = i; j < n; j++)
-            if (recs[j].r &&
+            if (recs[j].stored &&
                 strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) == 0)
                 ids[nids++] = recs[j].r->trace->id;
         eb_uuid_v4(event_id);
@@ -1130,30 +1131,45 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_ar
                                  eb_error_message());
                     dead_letter(bus, recs[i].msg, recs[i].r->team_slug, eb_error_message());
                     natsMsg_Term(recs[i].msg, NULL);
-                    recs[i].r = NULL; /* its memory goes with the arena */
                     recs[i].msg = NULL;
                 } else {
                     natsMsg_Ack(recs[i].msg, NULL);
                     recs[i].msg = NULL;
+                    recs[i].stored = true;
                 }
+            }
+        } else if (st == EB_OK) {
+            for (size_t i = 0; i < n; i++) {
+                natsMsg_Ack(recs[i].msg, NULL);
+                recs[i].msg = NULL;
+                recs[i].stored = true;
             }
         }
     }
-    if (st == EB_OK) {
+    {
+        /* what was committed is counted and announced, also when PostgreSQL went away in the
+         * middle of a one-by-one retry */
+        size_t stored = 0;
         for (size_t i = 0; i < n; i++)
-            if (recs[i].msg)
-                natsMsg_Ack(recs[i].msg, NULL);
-        eb_metrics_add("evalbus_ingest_traces_stored_total", NULL, (double)n);
-        publish_stored(bus, recs, n);
-    } else {
+            stored += recs[i].stored;
+        if (stored > 0) {
+            eb_metrics_add("evalbus_ingest_traces_stored_total", NULL, (double)stored);
+            publish_stored(bus, recs, n);
+        }
+    }
+    if (st != EB_OK) {
+        size_t waiting = 0;
         pthread_mutex_lock(&w->mu);
         snprintf(w->last_error, sizeof(w->last_error), "%s", eb_error_message());
         pthread_mutex_unlock(&w->mu);
         atomic_store(&w->last_error_ms, now_ns() / 1000000);
-        eb_log_warn(NULL, "writer: %zu records wait for PostgreSQL: %s", n, eb_error_message());
         for (size_t i = 0; i < n; i++)
-            if (recs[i].msg)
+            if (recs[i].msg) {
                 natsMsg_NakWithDelay(recs[i].msg, 1000, NULL);
+                waiting++;
+            }
+        eb_log_warn(NULL, "writer: %zu records wait for PostgreSQL: %s", waiting,
+                    eb_error_message());
         eb_metrics_add("evalbus_ingest_writer_retries_total", NULL, 1);
     }
 cleanup:

@@ -26,7 +26,8 @@ import {
   uniqueSlug,
 } from './harness.mjs';
 
-const stack = new Stack('ingest-nats');
+// one writer thread: the records of one TraceBatch are fetched together, in one writer batch
+const stack = new Stack('ingest-nats', { env: { EVALBUS_WRITER_THREADS: '1' } });
 const T = { timeout: 60_000 };
 const SUBJECT = 'evalbus.v1.ingest.traces.';
 const DEAD = 'evalbus.v1.ingest.dead.';
@@ -44,6 +45,7 @@ async function loadTypes() {
     types = {
       TraceBatch: root.lookupType('evalbus.v1.TraceBatch'),
       IngestAck: root.lookupType('evalbus.v1.IngestAck'),
+      TracesStored: root.lookupType('evalbus.v1.TracesStored'),
     };
   }
   return types;
@@ -87,14 +89,20 @@ async function waitTrace(key, id, timeoutMs = 3000) {
 /** evalbus_ingest_dead_letters_total summed over the series whose labels include `reason`
  * (all series when reason is null), from the ingest service's own /metrics. */
 async function deadLetters(reason = null) {
+  return metric('evalbus_ingest_dead_letters_total', reason && `reason="${reason}"`);
+}
+
+/** The ingest service's counter `name` summed over its series (those whose labels include
+ * `label` when given). */
+async function metric(name, label = null) {
   const r = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
   assert.equal(r.status, 200, `ingest /metrics: ${r.status}`);
   let sum = 0;
   for (const line of r.text.split('\n')) {
-    const m = /^evalbus_ingest_dead_letters_total(?:\{([^}]*)\})?\s+([0-9.eE+-]+)$/.exec(line.trim());
-    if (!m) continue;
-    if (reason && !new RegExp(`reason="${reason}"`).test(m[1] ?? '')) continue;
-    sum += Number(m[2]);
+    const m = /^([a-z_]+)(?:\{([^}]*)\})?\s+([0-9.eE+-]+)$/.exec(line.trim());
+    if (!m || m[1] !== name) continue;
+    if (label && !(m[2] ?? '').includes(label)) continue;
+    sum += Number(m[3]);
   }
   return sum;
 }
@@ -216,6 +224,22 @@ describe('ingest: TraceBatch over NATS', () => {
     assertError(await api('GET', `/api/v1/traces/${bad}`, A.key), 'not_found', 'the invalid trace is not stored');
   }));
 
+  it('JSON texts that parse but that PostgreSQL would refuse are stored as the JSON API stores them, never acknowledged and lost', T, stack.wrap(async () => {
+    // leading zeros, a trailing dot, a raw tab inside a string, a form feed as white space, and
+    // the same in an observation: accepted in the IngestAck, so they must be stored
+    const cases = [
+      [{ metadata_json: '{"n":01}' }, (g) => assert.deepEqual(g.metadata, { n: 1 })],
+      [{ metadata_json: '{"n":1.}' }, (g) => assert.deepEqual(g.metadata, { n: 1 })],
+      [{ metadata_json: '{"s":"a\tb"}' }, (g) => assert.deepEqual(g.metadata, { s: 'a\tb' })],
+      [{ metadata_json: '{\f"a":1}' }, (g) => assert.deepEqual(g.metadata, { a: 1 })],
+      [{ observations: [{ id: 'o1', type: 'span', metadata_json: '{"n":-.5}' }] }, (g) => assert.deepEqual(g.observations[0].metadata, { n: -0.5 })],
+    ];
+    const ids = cases.map(() => rid('lenient'));
+    const ack = await publishBatch(A.team, encodeBatch(cases.map(([extra], i) => trace(ids[i], extra))), A.key);
+    assert.deepEqual(ack.accepted_ids, ids, JSON.stringify(ack));
+    for (let i = 0; i < cases.length; i++) cases[i][1](await waitTrace(A.key, ids[i]));
+  }));
+
   it('a key restricted to a project: traces without a project get it, another project is refused', T, stack.wrap(async () => {
     const web = (await stack.createKey(A.key, { name: 'web', scopes: ['traces:write', 'traces:read'], project: 'web' })).key;
     const [noProject, other] = [rid('rp'), rid('ro')];
@@ -238,6 +262,7 @@ describe('ingest: TraceBatch over NATS', () => {
     assertStatus(r, 202);
     await waitTrace(A.key, theirs);
     const tap = await deadLetterTap(A.team);
+    const storedBefore = await metric('evalbus_ingest_traces_stored_total');
     try {
       // the same id, in the key's own project: accepted at the door (the intake cannot know the
       // id is taken), refused by the writer
@@ -250,11 +275,55 @@ describe('ingest: TraceBatch over NATS', () => {
       r = await api('POST', '/api/v1/traces', key, { body: { traces: [{ id: mine, name: 'mine' }] } });
       assertStatus(r, 202);
       await waitTrace(A.key, mine);
+      assert.equal(await metric('evalbus_ingest_traces_stored_total') - storedBefore, 1,
+        'the stored count has the trace stored, not the one dead-lettered');
     } finally {
       tap.close();
     }
     const g = await waitTrace(A.key, theirs);
     assert.deepEqual([g.project, g.name, g.observations.length], [`theirs-${sfx}`, 'original', 1], 'the stored trace is untouched');
+  }));
+
+  it('a batch that fails, is retried one by one and meets a PostgreSQL error: what was stored is counted and announced', T, stack.wrap(async () => {
+    // One TraceBatch, one writer batch: a record the writer refuses (a restricted key's resend of
+    // another project's trace) makes the batch go one by one; the second record is stored and
+    // acknowledged; the third finds its day's partitions dropped (as retention does), which
+    // puts it back for later. The second must still be in TracesStored and in the stored count.
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const oldT0 = Date.now() - 5 * 86_400_000;
+    const day = new Date(oldT0).toISOString().slice(0, 10).replaceAll('-', '');
+    const old = rid('oldday');
+    let ack = await publishBatch(A.team, encodeBatch([trace(old, { start_time_unix_nano: ns(oldT0), end_time_unix_nano: ns(oldT0 + 5) })]), A.key);
+    assert.deepEqual(ack.accepted_ids, [old]);
+    await waitTrace(A.key, old);
+    const theirs = rid('theirs');
+    ack = await publishBatch(A.team, encodeBatch([trace(theirs, { project: `theirs-${sfx}` })]), A.key);
+    await waitTrace(A.key, theirs);
+    await stack.psql(`DELETE FROM ingest.trace_keys WHERE team_id = (SELECT team_id FROM ingest.trace_keys WHERE id = '${old}')
+      AND id = '${old}'; DROP TABLE ingest.observations_p${day}; DROP TABLE ingest.traces_p${day}`);
+    const key = (await stack.createKey(A.key, { name: `only-${sfx}`, scopes: ['traces:write'], project: `only-${sfx}` })).key;
+    const nc = await stack.nats();
+    const events = nc.subscribe(`evalbus.v1.traces.stored.${A.team}`);
+    const announced = [];
+    (async () => {
+      for await (const m of events) announced.push(...types.TracesStored.decode(m.data).trace_ids);
+    })();
+    await nc.flush();
+    const storedBefore = await metric('evalbus_ingest_traces_stored_total');
+    try {
+      const [today, onDropped] = [rid('today'), rid('dropped')];
+      const { project: _p, ...noProject } = trace(theirs);
+      ack = await publishBatch(A.team, encodeBatch([noProject, trace(today, { project: undefined }),
+        trace(onDropped, { project: undefined, start_time_unix_nano: ns(oldT0 + 1000), end_time_unix_nano: ns(oldT0 + 1005) })]), key);
+      assert.deepEqual(ack.accepted_ids, [theirs, today, onDropped], JSON.stringify(ack));
+      await waitTrace(A.key, onDropped, 15_000);
+      await waitTrace(A.key, today);
+      const done = await pollUntil(() => announced.includes(today) && announced.includes(onDropped), { timeoutMs: 5000 });
+      assert.ok(done.value, `both stored traces are announced: ${JSON.stringify(announced)}`);
+      assert.equal(await metric('evalbus_ingest_traces_stored_total') - storedBefore, 2, 'both are counted, the refused one is not');
+    } finally {
+      events.unsubscribe();
+    }
   }));
 
   it('the same batch published twice is stored once', T, stack.wrap(async () => {
