@@ -38,21 +38,21 @@ t0=$(now)
 psql_sys <<SQL
 SELECT pg_advisory_lock(7236002, 1) \gset
 CREATE TABLE IF NOT EXISTS ingest.traces_p$(date -u +%Y%m%d) PARTITION OF ingest.traces
-  FOR VALUES FROM ('$day') TO ('$(date -u -d "$day + 1 day" +%Y-%m-%d)');
+  FOR VALUES FROM ('$day 00:00:00+00') TO ('$(date -u -d "$day + 1 day" +%Y-%m-%d) 00:00:00+00');
 CREATE TABLE IF NOT EXISTS ingest.observations_p$(date -u +%Y%m%d) PARTITION OF ingest.observations
-  FOR VALUES FROM ('$day') TO ('$(date -u -d "$day + 1 day" +%Y-%m-%d)');
+  FOR VALUES FROM ('$day 00:00:00+00') TO ('$(date -u -d "$day + 1 day" +%Y-%m-%d) 00:00:00+00');
 SELECT pg_advisory_unlock(7236002, 1) \gset
 INSERT INTO ingest.trace_keys (team_id, id, part_time)
-  SELECT '$team_id', 'bx-' || g, '$day'::timestamptz + (g % 80000) * interval '1 second'
+  SELECT '$team_id', 'bx-' || g, '$day 00:00:00+00'::timestamptz + (g % 80000) * interval '1 second'
   FROM generate_series(1, $rows) g;
 INSERT INTO ingest.traces (team_id, part_time, id, project, name, model, provider, status,
   start_time, end_time, latency_ms, input_tokens, output_tokens, total_tokens, cost_usd,
   input, output, metadata, tags, source, stream_seq)
-SELECT '$team_id', '$day'::timestamptz + (g % 80000) * interval '1 second', 'bx-' || g,
+SELECT '$team_id', '$day 00:00:00+00'::timestamptz + (g % 80000) * interval '1 second', 'bx-' || g,
   'support-bot', 'answer', (ARRAY['gpt-4o', 'claude-sonnet-4', 'gpt-4o-mini'])[1 + g % 3],
   (ARRAY['openai', 'anthropic', 'openai'])[1 + g % 3], CASE WHEN g % 20 = 0 THEN 'error' ELSE 'ok' END,
-  '$day'::timestamptz + (g % 80000) * interval '1 second',
-  '$day'::timestamptz + (g % 80000) * interval '1 second' + interval '1.2 seconds', 1200,
+  '$day 00:00:00+00'::timestamptz + (g % 80000) * interval '1 second',
+  '$day 00:00:00+00'::timestamptz + (g % 80000) * interval '1 second' + interval '1.2 seconds', 1200,
   120 + g % 50, 40 + g % 30, 160 + g % 80, 0.0012,
   jsonb_build_object('messages', jsonb_build_array(
     jsonb_build_object('role', 'system', 'content', 'You are a helpful support agent for an online shop. Answer briefly and politely.'),

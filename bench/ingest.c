@@ -1129,9 +1129,10 @@ static bool ensure_partitions(PGconn *db, long long from_ns, long long to_ns)
         snprintf(sql, sizeof sql,
                  "BEGIN; SELECT pg_advisory_xact_lock(7236002, 1);"
                  "CREATE TABLE IF NOT EXISTS ingest.traces_p%s PARTITION OF ingest.traces"
-                 " FOR VALUES FROM ('%s') TO ('%s');"
+                 " FOR VALUES FROM ('%s 00:00:00+00') TO ('%s 00:00:00+00');"
                  "CREATE TABLE IF NOT EXISTS ingest.observations_p%s PARTITION OF"
-                 " ingest.observations FOR VALUES FROM ('%s') TO ('%s'); COMMIT",
+                 " ingest.observations FOR VALUES FROM ('%s 00:00:00+00') TO"
+                 " ('%s 00:00:00+00'); COMMIT",
                  name, from, to, name, from, to);
         ok = db_exec(db, sql);
         if (!ok) {

@@ -75,16 +75,20 @@ static PGconn *connect_db(eb_db *db)
         return NULL;
     }
     PQsetNoticeProcessor(c, on_notice, NULL);
-    if (db->idle_tx_timeout_ms > 0) {
-        /* a SET, not the startup packet's options: those would replace any the URL has */
-        char sql[96];
+    {
+        /* SETs, not the startup packet's options: those would replace any the URL has. Every
+         * session works in UTC, whatever the server's, database's or role's time zone: day
+         * partitions, retention and every time PostgreSQL prints are UTC. */
+        char sql[160];
         PGresult *r;
-        snprintf(sql, sizeof(sql), "SET idle_in_transaction_session_timeout = %lld",
-                 db->idle_tx_timeout_ms);
+        int n = snprintf(sql, sizeof(sql), "SET TimeZone = 'UTC'");
+        if (db->idle_tx_timeout_ms > 0)
+            snprintf(sql + n, sizeof(sql) - (size_t)n,
+                     "; SET idle_in_transaction_session_timeout = %lld", db->idle_tx_timeout_ms);
         r = PQexec(c, sql);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
-                     "setting idle_in_transaction_session_timeout: %.*s",
+                     "setting the session's time zone and timeouts: %.*s",
                      (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
             PQclear(r);
             PQfinish(c);

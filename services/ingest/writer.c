@@ -575,11 +575,13 @@ static eb_status ensure_partition(ingest_writer *w, PGconn *c, long long part_ns
     strftime(from, sizeof(from), "%Y-%m-%d", &a);
     strftime(to, sizeof(to), "%Y-%m-%d", &b);
     strftime(name, sizeof(name), "%Y%m%d", &a);
+    /* the bounds name their zone: a bare date would be read in the session's time zone */
     sql = eb_asprintf("SELECT pg_advisory_xact_lock(7236002, 1);"
                       "CREATE TABLE IF NOT EXISTS ingest.traces_p%s PARTITION OF ingest.traces"
-                      " FOR VALUES FROM ('%s') TO ('%s');"
+                      " FOR VALUES FROM ('%s 00:00:00+00') TO ('%s 00:00:00+00');"
                       "CREATE TABLE IF NOT EXISTS ingest.observations_p%s PARTITION OF"
-                      " ingest.observations FOR VALUES FROM ('%s') TO ('%s')",
+                      " ingest.observations FOR VALUES FROM ('%s 00:00:00+00') TO"
+                      " ('%s 00:00:00+00')",
                       name, from, to, name, from, to);
     st = eb_db_exec(c, "BEGIN", 0, NULL, NULL);
     if (st == EB_OK) {

@@ -505,13 +505,13 @@ describe('export: jobs, formats, privacy', () => {
     const ymd = day.replace(/-/g, '');
     const next = new Date(Date.parse(day) + 86_400_000).toISOString().slice(0, 10);
     await stack.psql(`SELECT pg_advisory_lock(7236002, 1);
-      CREATE TABLE IF NOT EXISTS ingest.traces_p${ymd} PARTITION OF ingest.traces FOR VALUES FROM ('${day}') TO ('${next}');
-      CREATE TABLE IF NOT EXISTS ingest.observations_p${ymd} PARTITION OF ingest.observations FOR VALUES FROM ('${day}') TO ('${next}');
+      CREATE TABLE IF NOT EXISTS ingest.traces_p${ymd} PARTITION OF ingest.traces FOR VALUES FROM ('${day} 00:00:00+00') TO ('${next} 00:00:00+00');
+      CREATE TABLE IF NOT EXISTS ingest.observations_p${ymd} PARTITION OF ingest.observations FOR VALUES FROM ('${day} 00:00:00+00') TO ('${next} 00:00:00+00');
       SELECT pg_advisory_unlock(7236002, 1);
       INSERT INTO ingest.trace_keys (team_id, id, part_time)
-        SELECT '${teamId}', 'bulk-' || g, '${day}'::timestamptz + g * interval '1 ms' FROM generate_series(1, 60000) g;
+        SELECT '${teamId}', 'bulk-' || g, '${day} 00:00:00+00'::timestamptz + g * interval '1 ms' FROM generate_series(1, 60000) g;
       INSERT INTO ingest.traces (team_id, part_time, id, project, source, stream_seq, input)
-        SELECT '${teamId}', '${day}'::timestamptz + g * interval '1 ms', 'bulk-' || g, 'bulk', 'api', g,
+        SELECT '${teamId}', '${day} 00:00:00+00'::timestamptz + g * interval '1 ms', 'bulk-' || g, 'bulk', 'api', g,
           jsonb_build_object('messages', jsonb_build_array(jsonb_build_object('role', 'user',
             'content', 'write to me at user' || g || '@example.com about order ' || g)))
         FROM generate_series(1, 60000) g;`);

@@ -231,6 +231,37 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     assert.deepEqual(rows, [[day]], 'its key is in the day of its start');
   }));
 
+  it('day partitions are UTC days whatever time zone PostgreSQL gives the sessions', T, stack.wrap(async () => {
+    // A role (or database, or server) time zone other than UTC must not shift the bounds of the
+    // day partitions the writer makes: a trace early in a UTC day would not fit its own day's
+    // partition (and be dead-lettered), and retention, which drops UTC days, would drop hours of
+    // a day still kept.
+    const role = decodeURIComponent(new URL(stack.env.EVALBUS_DATABASE_URL).username);
+    const reconnect = () => stack.psqlSuperuser(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+      WHERE application_name = 'ingest' AND usename = '${role}'`);
+    await stack.psqlSuperuser(`ALTER ROLE "${role}" SET timezone = 'Etc/GMT+12'`);
+    try {
+      await reconnect();
+      const tag = crypto.randomBytes(3).toString('hex');
+      const day = new Date(Date.now() - 20 * 86_400_000).toISOString().slice(0, 10);
+      const next = new Date(Date.parse(day) + 86_400_000).toISOString().slice(0, 10);
+      const traces = [['early', '05:00:00'], ['late', '23:30:00']].map(([k, time]) => (
+        { id: `tz-${k}-${tag}`, project: 'tz', name: k, start_time: `${day}T${time}Z` }));
+      let r;
+      // until the writer's connections are new ones (a send into a dead connection is put back
+      // and comes again: the trace is stored either way)
+      r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces } });
+      assert.equal(r.status, 202, r.text);
+      for (const t of traces) assert.ok(await traceStored(t.id), `${t.id} (${t.start_time}) is stored`);
+      const [[bound]] = await stack.psqlSuperuser(`SET TimeZone = 'UTC';
+        SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'traces_p${day.replaceAll('-', '')}'`);
+      assert.equal(bound, `FOR VALUES FROM ('${day} 00:00:00+00') TO ('${next} 00:00:00+00')`, 'the partition is the UTC day');
+    } finally {
+      await stack.psqlSuperuser(`ALTER ROLE "${role}" RESET timezone`);
+      await reconnect();
+    }
+  }));
+
   it('a day partition dropped after the writer made it is made again for the next trace of that day', T, stack.wrap(async () => {
     // The writer remembers the days whose partitions it made; retention (or an operator) may
     // drop one meanwhile. The next trace of that day must be stored, not dead-lettered.
