@@ -649,6 +649,38 @@ static bool msgs_push(span_map *sm, eb_msg ***arr, size_t *n, eb_msg *m)
     return true;
 }
 
+/* True if j has the shape of a message msg_json takes: a string, or an object whose tool_calls
+ * (when an array) are objects. A message of another shape is not ours to read: the attribute
+ * or event it came in stays as it is, and the span is stored. */
+static bool message_shape_ok(const cJSON *j)
+{
+    const cJSON *calls, *e;
+
+    if (cJSON_IsString(j))
+        return true;
+    if (!cJSON_IsObject(j))
+        return false;
+    calls = cJSON_GetObjectItemCaseSensitive(j, "tool_calls");
+    cJSON_ArrayForEach(e, (cJSON_IsArray(calls) ? calls : NULL))
+    {
+        if (!cJSON_IsObject(e))
+            return false;
+    }
+    return true;
+}
+
+static bool messages_shape_ok(const cJSON *arr)
+{
+    const cJSON *e;
+
+    cJSON_ArrayForEach(e, arr)
+    {
+        if (!message_shape_ok(e))
+            return false;
+    }
+    return true;
+}
+
 /* Messages from a JSON array (each item through msg_json). */
 static bool msgs_json_array(span_map *sm, const cJSON *arr, const char *default_role,
                             eb_msg ***msgs, size_t *n)
@@ -699,7 +731,7 @@ static bool map_messages_attr(span_map *sm, const char *key, const char *default
     cJSON *v = attr_structured(sm, key);
     bool ok = false;
 
-    if (cJSON_IsArray(v) && msgs_json_array(sm, v, default_role, msgs, n)) {
+    if (cJSON_IsArray(v) && messages_shape_ok(v) && msgs_json_array(sm, v, default_role, msgs, n)) {
         take(sm, attr(sm, key));
         ok = true;
     }
@@ -1014,9 +1046,13 @@ static void map_message_events(span_map *sm, eb_obs *o, bool *used, bool want_in
                     cJSON_Delete(parsed);
                 msg = cJSON_GetObjectItemCaseSensitive(body, "message");
             }
-            m = msg_json(sm, cJSON_IsObject(msg) ? msg : body, "assistant");
-            used[i] = msgs_push(sm, &o->output_messages, &o->n_output_messages, m);
-        } else {
+            if (!cJSON_IsObject(msg))
+                msg = body;
+            if (message_shape_ok(msg)) {
+                m = msg_json(sm, msg, "assistant");
+                used[i] = msgs_push(sm, &o->output_messages, &o->n_output_messages, m);
+            }
+        } else if (message_shape_ok(body)) {
             m = msg_json(sm, body, role);
             used[i] = msgs_push(sm, &o->input_messages, &o->n_input_messages, m);
         }

@@ -149,7 +149,8 @@ static void copy_double(eb_buf *b, bool has, double v)
         eb_buf_puts(b, "\\N");
 }
 
-/* {"messages": [...]} or {"text": "..."} or NULL, as COPY text. */
+/* {"messages": [...]}, {"messages": [...], "text": "..."}, {"text": "..."} or NULL, as COPY
+ * text. */
 static void copy_io(eb_buf *b, Evalbus__V1__Message *const *msgs, size_t n, const char *text)
 {
     eb_buf j = {0};
@@ -157,6 +158,11 @@ static void copy_io(eb_buf *b, Evalbus__V1__Message *const *msgs, size_t n, cons
     if (n) {
         eb_buf_puts(&j, "{\"messages\":");
         ingest_messages_json(msgs, n, &j);
+        if (text) {
+            eb_buf_puts(&j, ",\"text\":\"");
+            eb_buf_json_escape(&j, text);
+            eb_buf_putc(&j, '"');
+        }
         eb_buf_putc(&j, '}');
     } else if (text) {
         eb_buf_puts(&j, "{\"text\":\"");
@@ -214,7 +220,8 @@ static void trace_row(eb_buf *b, const rec *x)
     long long latency_has = t->has_latency_ms;
     double latency = t->latency_ms;
 
-    if (!latency_has && t->start_time_unix_nano > 0 && t->end_time_unix_nano > 0) {
+    if (!latency_has && t->start_time_unix_nano > 0 &&
+        t->end_time_unix_nano >= t->start_time_unix_nano) {
         latency_has = 1;
         latency = (double)(t->end_time_unix_nano - t->start_time_unix_nano) / 1e6;
     }
@@ -397,10 +404,11 @@ static const char upsert_traces[] =
     " ELSE excluded.end_time END,"
     " metadata = CASE WHEN excluded.source = 'otlp' THEN t.metadata || excluded.metadata ELSE"
     " excluded.metadata END,"
-    " tags = CASE WHEN excluded.source = 'otlp' THEN ARRAY(SELECT DISTINCT unnest(t.tags ||"
-    " excluded.tags)) ELSE excluded.tags END,"
-    " attributes = CASE WHEN excluded.source = 'otlp' THEN coalesce(t.attributes, '{}') ||"
-    " coalesce(excluded.attributes, '{}') ELSE excluded.attributes END,"
+    " tags = CASE WHEN excluded.source = 'otlp' THEN ARRAY(SELECT x.tag FROM unnest(t.tags ||"
+    " excluded.tags) WITH ORDINALITY x(tag, n) GROUP BY x.tag ORDER BY min(x.n)) ELSE"
+    " excluded.tags END,"
+    " attributes = CASE WHEN excluded.source = 'otlp' THEN coalesce(excluded.attributes, '{}')"
+    " || coalesce(t.attributes, '{}') ELSE excluded.attributes END,"
     " source = excluded.source, stream_seq = greatest(t.stream_seq, excluded.stream_seq),"
     " updated_at = now() WHERE t.stream_seq < excluded.stream_seq OR excluded.source = 'otlp'";
 #undef TRACE_MERGE_SET
@@ -471,8 +479,10 @@ static const char recompute_sql[] =
     ") END, cost_usd = coalesce(s.c, t.cost_usd), model = coalesce(s.model, t.model), provider ="
     " coalesce(s.provider, t.provider), input = coalesce(s.input, t.input), output ="
     " coalesce(s.output, t.output), start_time = least(t.start_time, s.st), end_time ="
-    " greatest(t.end_time, s.et), latency_ms = extract(epoch FROM greatest(t.end_time, s.et) -"
-    " least(t.start_time, s.st)) * 1000, status = CASE WHEN s.err THEN 'error' ELSE t.status END"
+    " greatest(t.end_time, s.et), latency_ms = CASE WHEN greatest(t.end_time, s.et) >="
+    " least(t.start_time, s.st) THEN extract(epoch FROM greatest(t.end_time, s.et) -"
+    " least(t.start_time, s.st)) * 1000 END, status = CASE WHEN s.err THEN 'error' ELSE"
+    " t.status END"
     " FROM (SELECT o.team_id, o.part_time, o.trace_id, sum(o.input_tokens) i,"
     "  sum(o.output_tokens) o, sum(o.cost_usd) c, min(o.start_time) st, max(o.end_time) et,"
     "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT

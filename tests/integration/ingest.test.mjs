@@ -161,7 +161,7 @@ describe('ingest: JSON batch API and trace queries', () => {
           id: 'o1', type: 'generation', name: 'llm', start_time: iso(t0 + 100), end_time: iso(t0 + 1000),
           status: 'error', status_message: 'boom', model: 'gpt-4o', provider: 'openai',
           usage: { input_tokens: 100, output_tokens: 30 }, cost_usd: 0.001,
-          input: { messages: [{ role: 'user', content: 'hi' }] }, output: 'hello',
+          input: { messages: [{ role: 'user', content: 'hi' }], text: 'raw: hi' }, output: 'hello',
           metadata: { k: 1 },
         },
         {
@@ -224,7 +224,7 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.equal(o1.provider, 'openai');
     assert.deepEqual(o1.usage, { input_tokens: 100, output_tokens: 30 }, 'o1 usage');
     assert.equal(o1.cost_usd, 0.001);
-    assert.deepEqual(o1.input, { messages: [{ role: 'user', content: 'hi' }] }, 'o1 input');
+    assert.deepEqual(o1.input, { messages: [{ role: 'user', content: 'hi' }], text: 'raw: hi' }, 'o1 input: messages and text');
     assert.equal(textOf(o1.output), 'hello', `o1 output text: ${JSON.stringify(o1.output)}`);
     assert.deepEqual(o1.metadata, { k: 1 }, 'o1 metadata');
     assert.equal(ob.o2.parent_id, 'o1', 'o2 nests under o1');

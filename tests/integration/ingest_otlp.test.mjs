@@ -56,8 +56,10 @@ async function loadTypes() {
 // --- building requests: one neutral description, two encodings ------------------------------
 
 /** A span description: {traceId, spanId, parentSpanId?, name, startMs, endMs, attrs: {k: v},
- * status?: 0|1|2, kind?}. Attribute values: string, integer (as int), float, boolean. */
+ * status?: 0|1|2, kind?}. Attribute values: string, integer (as int), float, boolean, and (JSON
+ * only) arrays of those. */
 function anyValueJson(v) {
+  if (Array.isArray(v)) return { arrayValue: { values: v.map(anyValueJson) } };
   if (typeof v === 'bigint') return { intValue: v.toString() };
   if (typeof v === 'string') return { stringValue: v };
   if (typeof v === 'boolean') return { boolValue: v };
@@ -487,6 +489,26 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.deepEqual([g.model, g.provider, g.project], ['gpt-4o', 'openai', project]);
     assert.equal(g.input?.messages?.[0]?.content, 'where is my order?');
     assert.equal(g.output?.messages?.[0]?.content, 'on its way');
+  }));
+
+  it('merging keeps the first fragment\'s resource and the tags\' order; an end before the start gives no latency', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const t0 = Date.now() - 5000;
+    const root = hex(8);
+    const [svcRoot, svcChild] = [`front-${hex(3)}`, `back-${hex(3)}`];
+    // a root whose clock ran backwards (end before start), with tags in an order of its own
+    let r = await postOtlp(A.key, 'json', svcRoot, [{ traceId, spanId: root, name: 'root', startMs: t0 + 1000, endMs: t0,
+      attrs: { 'tag.tags': ['zeta', 'alpha', 'mid'] } }]);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, traceId);
+    r = await postOtlp(A.key, 'json', svcChild, [{ traceId, spanId: hex(8), parentSpanId: root, name: 'child', startMs: t0 + 1100, endMs: t0 + 500 }]);
+    assert.equal(r.status, 200);
+    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 2);
+    assert.deepEqual(g.tags, ['zeta', 'alpha', 'mid'], 'the tags keep their order');
+    assert.equal(g.project, svcRoot);
+    assert.equal(g.attributes?.resource?.['service.name'], svcRoot, `the resource of the fragment that names the project: ${JSON.stringify(g.attributes)}`);
+    assert.equal(g.latency_ms, null, 'no negative latency');
+    for (const o of g.observations) assert.equal(o.latency_ms ?? null, null, `no negative latency on ${o.name}`);
   }));
 
   it('a trace larger than max-trace-bytes is rejected in partial_success (never a 503 to retry); the rest is stored', T, stack.wrap(async () => {

@@ -901,6 +901,31 @@ static void check_dup_span(const ingest_otlp_result *r)
     assert_non_null(strstr(r->error_message, "came earlier"));
 }
 
+/* Messages of a shape we do not read (an item that is neither an object nor a string, a tool call
+ * that is not an object) leave their attribute as it is: the span is stored, not rejected. */
+static const char json_odd_messages[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+    "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"chat\",\"attributes\":["
+    "{\"key\":\"gen_ai.request.model\",\"value\":{\"stringValue\":\"gpt-4o\"}},"
+    "{\"key\":\"gen_ai.usage.input_tokens\",\"value\":{\"intValue\":\"7\"}},"
+    "{\"key\":\"gen_ai.input.messages\",\"value\":{\"stringValue\":"
+    "\"[{\\\"role\\\":\\\"user\\\",\\\"content\\\":\\\"hi\\\"},null]\"}},"
+    "{\"key\":\"gen_ai.output.messages\",\"value\":{\"stringValue\":"
+    "\"[{\\\"role\\\":\\\"assistant\\\",\\\"tool_calls\\\":[1]}]\"}}"
+    "]}]}]}]}";
+
+static void check_odd_messages(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_true(o->has_input_tokens && o->input_tokens == 7);
+    assert_str(o->model, "gpt-4o");
+    assert_int_equal(o->n_input_messages, 0);
+    assert_int_equal(o->n_output_messages, 0);
+    assert_contains(o->attributes_json, "\"gen_ai.input.messages\":");
+    assert_contains(o->attributes_json, "\"gen_ai.output.messages\":");
+}
+
 static const otlp_case map_cases[] = {
     {"genai chat (current conventions)", build_genai_chat, NULL, NULL, 1, 0, 1, check_genai_chat},
     {"genai prompt.N / completion.N", NULL, json_genai_old, NULL, 1, 0, 1, check_genai_old},
@@ -917,6 +942,8 @@ static const otlp_case map_cases[] = {
     {"limits", build_limits, NULL, &small_limits, 2, 3, 1, check_limits},
     {"big counts, roles by side", NULL, json_big_counts, NULL, 1, 0, 1, check_big_counts},
     {"a span id twice", NULL, json_dup_span, NULL, 1, 1, 1, check_dup_span},
+    {"messages of another shape stay attributes", NULL, json_odd_messages, NULL, 1, 0, 1,
+     check_odd_messages},
     {"empty request", NULL, "{}", NULL, 0, 0, 0, NULL},
     {"empty lists", NULL, "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[]}]}]}", NULL, 0, 0, 0,
      NULL},
