@@ -35,8 +35,13 @@ static const char delete_tail[] =
     "  k.id = sel.id)"
     " SELECT count(*) FROM sel";
 
-static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *sql, int n,
-                       const char *const *params, long long *count)
+/* Runs lock (a statement locking the keys of the traces to delete, with the first n_lock of
+ * params), then sql (the deletion, with n params), in one transaction. The deletion is a
+ * statement of its own after the lock: its snapshot is taken once the keys are locked, so it
+ * sees every review and score that held a key (FOR KEY SHARE) until its commit, and deletes
+ * them with their trace instead of leaving them behind. */
+static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int n_lock,
+                       const char *sql, int n, const char *const *params, long long *count)
 {
     PGconn *c = eb_req_db_begin(ctx->svc.db, req, false);
     PGresult *r = NULL;
@@ -44,7 +49,9 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *sql, int n
 
     if (!c)
         return false;
-    st = eb_db_exec(c, sql, n, params, &r);
+    st = eb_db_exec(c, lock, n_lock, params, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(c, sql, n, params, &r);
     if (st != EB_OK) {
         eb_req_db_fail(ctx->svc.db, req, c, st);
         return false;
@@ -74,7 +81,10 @@ void api_trace_delete(eb_http_req *req, void *vctx)
     long long n = 0;
     cJSON *o;
 
-    if (run_delete(ctx, req, sql, 3, params, &n)) {
+    if (run_delete(ctx, req,
+                   "SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys WHERE"
+                   " team_id = $1::uuid AND id = $2 FOR UPDATE) x",
+                   2, sql, 3, params, &n)) {
         if (n == 0) {
             eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such trace");
         } else {
@@ -164,13 +174,18 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
     params[4] = model;
     params[5] = tag;
     params[6] = status;
-    sql = eb_asprintf("WITH sel AS (SELECT t.team_id, t.part_time, t.id FROM ingest.traces t"
-                      " WHERE t.team_id = $1::uuid AND " INGEST_PROJECT_WINDOW_SQL
-                      " AND ($5::text IS NULL OR t.model = $5)"
-                      " AND ($6::text IS NULL OR t.tags @> ARRAY[$6::text])"
-                      " AND ($7::text IS NULL OR t.status = $7) FOR UPDATE)%s",
-                      delete_tail);
-    if (run_delete(ctx, req, sql, 7, params, &n)) {
+#define FILTER_SQL                                                                                 \
+    " WHERE t.team_id = $1::uuid AND " INGEST_PROJECT_WINDOW_SQL                                   \
+    " AND ($5::text IS NULL OR t.model = $5) AND ($6::text IS NULL OR t.tags @> ARRAY[$6::text])"  \
+    " AND ($7::text IS NULL OR t.status = $7)"
+    sql = eb_asprintf(
+        "WITH sel AS (SELECT t.team_id, t.part_time, t.id FROM ingest.traces t" FILTER_SQL
+        " FOR UPDATE)%s",
+        delete_tail);
+    if (run_delete(ctx, req,
+                   "SELECT count(*) FROM (SELECT 1 FROM ingest.traces t JOIN ingest.trace_keys k"
+                   " ON k.team_id = t.team_id AND k.id = t.id" FILTER_SQL " FOR UPDATE OF k) x",
+                   7, sql, 7, params, &n)) {
         cJSON *detail = cJSON_CreateObject();
         cJSON_AddItemToObject(detail, "filter", cJSON_Duplicate(filter, true));
         if (p->project[0]) /* the project a restricted key implies */
@@ -185,6 +200,7 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
     free(sql);
     cJSON_Delete(body);
 }
+#undef FILTER_SQL
 
 void api_project_settings_put(eb_http_req *req, void *vctx)
 {

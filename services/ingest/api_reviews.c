@@ -86,7 +86,7 @@ void api_review_post(eb_http_req *req, void *vctx)
                                   p->project[0] ? p->project : NULL};
         st = eb_db_exec(c,
                         "WITH k AS (SELECT team_id, part_time, id FROM ingest.trace_keys WHERE"
-                        "  team_id = $1::uuid AND id = $2),"
+                        "  team_id = $1::uuid AND id = $2 FOR KEY SHARE),"
                         " upd AS (UPDATE ingest.traces t SET review_state = $9 FROM k WHERE"
                         "  t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
                         "  AND ($10::text IS NULL OR t.project = $10) RETURNING t.id)"
@@ -205,11 +205,13 @@ void api_score_post(eb_http_req *req, void *vctx)
                                   p->key_id[0] ? p->key_id : NULL,
                                   p->project[0] ? p->project : NULL};
         st = eb_db_exec(c,
-                        "INSERT INTO ingest.scores (team_id, trace_id, observation_id, name, kind,"
+                        "WITH k AS (SELECT team_id, part_time, id FROM ingest.trace_keys WHERE"
+                        " team_id = $1::uuid AND id = $2 FOR KEY SHARE)"
+                        " INSERT INTO ingest.scores (team_id, trace_id, observation_id, name, kind,"
                         " value_number, value_text, source, comment, created_by_user,"
                         " created_by_key) SELECT $1::uuid, $2, $3, $4, $5, $6::float8, $7, $8,"
-                        " $9, $10::uuid, $11::uuid FROM ingest.trace_keys k WHERE k.team_id ="
-                        " $1::uuid AND k.id = $2 AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM"
+                        " $9, $10::uuid, $11::uuid FROM k WHERE"
+                        " ($3::text IS NULL OR EXISTS (SELECT 1 FROM"
                         " ingest.observations o WHERE o.team_id = k.team_id AND o.part_time ="
                         " k.part_time AND o.trace_id = k.id AND o.id = $3))"
                         " AND ($12::text IS NULL OR EXISTS (SELECT 1 FROM ingest.traces t WHERE"

@@ -231,6 +231,45 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     assert.deepEqual(rows, [[day]], 'its key is in the day of its start');
   }));
 
+  it('a review or a score racing a deletion of its trace waits for it and answers 404, leaving nothing behind', T, stack.wrap(async () => {
+    // A deletion holds the trace's key locked until it commits. A review or score coming in
+    // meanwhile must wait for it (and then find no trace), not write rows the deletion does not
+    // see: those would stay behind, and attach to the trace if its id is sent again.
+    const tag = crypto.randomBytes(3).toString('hex');
+    const id = `judged-${tag}`;
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key,
+      body: { traces: [{ id, project: 'judged', name: 'n', observations: [{ id: 'gen', type: 'generation' }] }] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id));
+    const app = `deleting-${tag}`;
+    const where = `team_id = '${A.id}' AND id = '${id}'`;
+    const other = `team_id = '${A.id}' AND trace_id = '${id}'`;
+    const deletion = stack.psql(`BEGIN;
+      SELECT 1 FROM ingest.trace_keys WHERE ${where} FOR UPDATE;
+      SELECT pg_sleep(2);
+      DELETE FROM ingest.traces WHERE ${where}; DELETE FROM ingest.observations WHERE ${other};
+      DELETE FROM ingest.reviews WHERE ${other}; DELETE FROM ingest.scores WHERE ${other};
+      DELETE FROM ingest.trace_keys WHERE ${where};
+      COMMIT`, { appName: app });
+    const sleeping = await pollUntil(async () => (await stack.psql(
+      `SELECT count(*) FROM pg_stat_activity WHERE application_name = '${app}' AND query LIKE '%pg_sleep%'`))[0][0] === '1',
+    { timeoutMs: 10_000, intervalMs: 50 });
+    assert.ok(sleeping.value, 'the deletion holds the key');
+    const started = Date.now();
+    const [score, obsScore, review] = await Promise.all([
+      stack.api('POST', '/api/v1/scores', { base: stack.url, key: A.key, body: { trace_id: id, name: 'q', value: 1 } }),
+      stack.api('POST', '/api/v1/scores', { base: stack.url, key: A.key, body: { trace_id: id, observation_id: 'gen', name: 'q', value: 1 } }),
+      stack.api('POST', `/api/v1/traces/${id}/review`, { base: stack.url, key: A.key, body: { decision: 'accept' } }),
+      deletion,
+    ]);
+    assert.deepEqual([score.status, obsScore.status, review.status], [404, 404, 404],
+      `the trace was being deleted: ${score.text} ${obsScore.text} ${review.text}`);
+    assert.ok(Date.now() - started >= 1000, 'they waited for the deletion');
+    const [[reviews, scores]] = await stack.psql(`SELECT (SELECT count(*) FROM ingest.reviews WHERE ${other}),
+      (SELECT count(*) FROM ingest.scores WHERE ${other})`);
+    assert.deepEqual([reviews, scores], ['0', '0'], 'no review or score is left behind');
+  }));
+
   it('day partitions are UTC days whatever time zone PostgreSQL gives the sessions', T, stack.wrap(async () => {
     // A role (or database, or server) time zone other than UTC must not shift the bounds of the
     // day partitions the writer makes: a trace early in a UTC day would not fit its own day's
