@@ -387,9 +387,12 @@ const char *eb_http_req_param(const eb_http_req *req, const char *name)
 }
 
 /* Parses the query string (once per request, before any handler); false if it is malformed (a
- * parameter without '=', or a %00 that would cut a value short), and then no parameter is kept. */
+ * parameter without '=', a %00 that would cut a value short, or a name or value that is not
+ * UTF-8 once decoded), and then no parameter is kept. */
 static bool parse_query(eb_http_req *req)
 {
+    const struct evkeyval *kv;
+
     TAILQ_INIT(&req->query);
     req->query_parsed = true;
     if (req->query_str && (strstr(req->query_str, "%00") ||
@@ -397,6 +400,31 @@ static bool parse_query(eb_http_req *req)
         evhttp_clear_headers(&req->query);
         return false;
     }
+    TAILQ_FOREACH(kv, &req->query, next)
+    {
+        if (!eb_utf8_valid(kv->key, strlen(kv->key)) ||
+            !eb_utf8_valid(kv->value, strlen(kv->value))) {
+            evhttp_clear_headers(&req->query);
+            return false;
+        }
+    }
+    return true;
+}
+
+bool eb_http_parse_count(const char *s, long long min, long long max, long long *out)
+{
+    long long v = 0;
+
+    if (!s || !*s)
+        return false;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > (max - (*s - '0')) / 10)
+            return false; /* not a digit, or beyond max (and so never overflowing) */
+        v = v * 10 + (*s - '0');
+    }
+    if (v < min)
+        return false;
+    *out = v;
     return true;
 }
 
@@ -489,7 +517,8 @@ static bool match_route(eb_http_req *req, const char *pattern, const char *path)
             raw = eb_strndup(s, vlen);
             vals[n] = evhttp_uridecode(raw, 0, &dlen);
             free(raw);
-            if (vals[n] && strlen(vals[n]) != dlen) { /* a %00 inside */
+            /* a %00 inside, or not UTF-8: no id or name of ours can be that */
+            if (vals[n] && (strlen(vals[n]) != dlen || !eb_utf8_valid(vals[n], dlen))) {
                 free(vals[n]);
                 vals[n] = NULL;
             }
@@ -672,7 +701,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
     if (!parse_query(req)) {
         eb_http_reply_error(req, EB_ERR_INVALID,
                             "malformed query string: each parameter must be name=value, "
-                            "percent-encoded, without %%00");
+                            "percent-encoded UTF-8, without %%00");
         return;
     }
 

@@ -302,7 +302,8 @@ bool eb_rfc3339_valid(const char *s)
     }
     if ((*p == 'Z' || *p == 'z') && p[1] == '\0')
         return true;
-    return (*p == '+' || *p == '-') && digits(p + 1, 2, 0, 23) && p[3] == ':' &&
+    /* offsets as PostgreSQL takes them (no zone is more than 14 hours away) */
+    return (*p == '+' || *p == '-') && digits(p + 1, 2, 0, 15) && p[3] == ':' &&
            digits(p + 4, 2, 0, 59) && p[6] == '\0';
 }
 

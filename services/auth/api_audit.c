@@ -3,6 +3,7 @@
 #include "auth_int.h"
 #include "evalbus/json.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -23,17 +24,16 @@ void api_audit_list(eb_http_req *req, void *vctx)
     int n;
 
     if (limit_s) {
-        char *end;
-        limit = strtol(limit_s, &end, 10);
-        if (*end || limit < 1 || limit > 1000) {
+        long long v;
+        if (!eb_http_parse_count(limit_s, 1, 1000, &v)) {
             eb_http_reply_error(req, EB_ERR_INVALID, "limit must be an integer from 1 to 1000");
             return;
         }
+        limit = (long)v;
     }
     if (before) {
-        char *end;
-        long long b = strtoll(before, &end, 10);
-        if (*end || b < 1) {
+        long long b;
+        if (!eb_http_parse_count(before, 1, LLONG_MAX, &b)) {
             eb_http_reply_error(req, EB_ERR_INVALID, "cursor is not valid");
             return;
         }

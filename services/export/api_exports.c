@@ -261,12 +261,12 @@ void api_exports_list(eb_http_req *req, void *vctx)
     int n;
 
     if (lim) {
-        char *end;
-        limit = strtol(lim, &end, 10);
-        if (*end || limit < 1 || limit > 200) {
+        long long v;
+        if (!eb_http_parse_count(lim, 1, 200, &v)) {
             eb_http_reply_error(req, EB_ERR_INVALID, "limit must be an integer from 1 to 200");
             return;
         }
+        limit = (long)v;
     }
     if (state && strcmp(state, "queued") && strcmp(state, "running") &&
         strcmp(state, "succeeded") && strcmp(state, "failed") && strcmp(state, "cancelled")) {

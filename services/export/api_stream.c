@@ -214,9 +214,8 @@ static void start_pull(eb_http_req *req, export_ctx *ctx, bool stats_only)
         return;
     }
     if (lim && !stats_only) {
-        char *end;
-        long long v = strtoll(lim, &end, 10);
-        if (*end || v < 1 || v > ctx->cfg->stream_max_rows) {
+        long long v;
+        if (!eb_http_parse_count(lim, 1, ctx->cfg->stream_max_rows, &v)) {
             eb_http_reply_error(req, EB_ERR_INVALID,
                                 "limit must be from 1 to %lld (stream-max-rows)",
                                 ctx->cfg->stream_max_rows);

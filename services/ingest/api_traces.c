@@ -376,12 +376,12 @@ void api_traces_list(eb_http_req *req, void *vctx)
     if (!ingest_project_scope(req, &q_project, "read"))
         return;
     if (q_limit) {
-        char *end;
-        limit = strtol(q_limit, &end, 10);
-        if (*end || limit < 1 || limit > 500) {
+        long long v;
+        if (!eb_http_parse_count(q_limit, 1, 500, &v)) {
             eb_http_reply_error(req, EB_ERR_INVALID, "limit must be an integer from 1 to 500");
             return;
         }
+        limit = (long)v;
     }
     if ((q_from && !eb_rfc3339_valid(q_from)) || (q_to && !eb_rfc3339_valid(q_to))) {
         eb_http_reply_error(req, EB_ERR_INVALID, "from and to must be RFC 3339 timestamps");

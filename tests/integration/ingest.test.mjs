@@ -673,6 +673,17 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertError(await api('GET', `/api/v1/traces?project=${project}&junk`, A.key), 'invalid_argument', 'a parameter without a value');
     assertError(await api('GET', `/api/v1/traces?junk&project=${project}&limit=1`, A.key), 'invalid_argument', 'a parameter without a value, first');
     assertError(await api('GET', `/api/v1/traces?project=${project}%00x`, A.key), 'invalid_argument', '%00 in a value');
+    // bytes that are not UTF-8 never reach PostgreSQL (whose error text would be the answer)
+    for (const q of [`project=%FF${project}`, 'q=%C3%28', `project=${project}&model=%E2%82`]) {
+      const e = await api('GET', `/api/v1/traces?${q}`, A.key);
+      assertError(e, 'invalid_argument', `not UTF-8: ${q}`);
+      assert.match(e.body.error.message, /malformed query string/, e.text);
+    }
+    assertError(await api('GET', '/api/v1/traces/%FF%FE', A.key), 'not_found', 'an id that is not UTF-8');
+    for (const l of ['%2B5', '%205', '5%20', '0x5']) {
+      assertError(await api('GET', `/api/v1/traces?limit=${l}`, A.key), 'invalid_argument', `limit=${l}`);
+    }
+    assertError(await api('GET', `/api/v1/traces?from=${encodeURIComponent('2026-11-22T10:00:00+20:00')}`, A.key), 'invalid_argument', 'an offset PostgreSQL does not take');
     assert.deepEqual(await listIds(A.key, { project }), [plain, slash].sort(), 'well-formed queries still work');
     for (const v of ['nan', 'inf', '-infinity', ' 1', '1e999']) {
       assertError(await api('GET', `/api/v1/traces?score=q&score_max=${encodeURIComponent(v)}`, A.key), 'invalid_argument', `score_max=${v}`);

@@ -1,7 +1,9 @@
 /* test_config.c -- the settings loader: defaults, environment, *_FILE, flags, files, and the
  * errors for bad values (each must name the setting). */
 #include "evalbus/config.h"
+#include "evalbus/http.h"
 
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -207,6 +209,19 @@ static void test_parsers(void **state)
     assert_true(eb_parse_size("2GB", &v) && v == 2000000000);
     assert_false(eb_parse_size("-1", &v));
     assert_false(eb_parse_size("1e30GiB", &v));
+    /* query parameter counts: digits only, in range */
+    assert_true(eb_http_parse_count("500", 1, 500, &v) && v == 500);
+    assert_true(eb_http_parse_count("0007", 1, 500, &v) && v == 7);
+    assert_true(eb_http_parse_count("9223372036854775807", 1, LLONG_MAX, &v) && v == LLONG_MAX);
+    assert_false(eb_http_parse_count("9223372036854775808", 1, LLONG_MAX, &v));
+    assert_false(eb_http_parse_count("501", 1, 500, &v));
+    assert_false(eb_http_parse_count("0", 1, 500, &v));
+    assert_false(eb_http_parse_count(" 5", 1, 500, &v));
+    assert_false(eb_http_parse_count("+5", 1, 500, &v));
+    assert_false(eb_http_parse_count("-5", 1, 500, &v));
+    assert_false(eb_http_parse_count("5 ", 1, 500, &v));
+    assert_false(eb_http_parse_count("", 1, 500, &v));
+    assert_false(eb_http_parse_count(NULL, 1, 500, &v));
 }
 
 int main(void)

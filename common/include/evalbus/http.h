@@ -91,6 +91,8 @@ const char *eb_http_req_query(eb_http_req *req, const char *name);
 /* Every value of a repeated query parameter (?tag=a&tag=b): stores up to max pointers (owned by
  * req) in vals and returns how many there are (which may exceed max). */
 size_t eb_http_req_query_all(eb_http_req *req, const char *name, const char **vals, size_t max);
+/* A query parameter's count: decimal digits only (no sign, no spaces), from min to max. */
+bool eb_http_parse_count(const char *s, long long min, long long max, long long *out);
 const char *eb_http_req_header(const eb_http_req *req, const char *name);
 const char *eb_http_req_remote(const eb_http_req *req);
 /* The raw body (NUL-terminated, len may be 0). */

@@ -40,7 +40,8 @@ eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool
                          double min, double max, double *out);
 
 /* True if s is an RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM), with
- * fields in range ('t' and 'z' accepted in either case). */
+ * fields in range ('t' and 'z' accepted in either case) and an offset of at most 15:59, as
+ * PostgreSQL takes it. */
 bool eb_rfc3339_valid(const char *s);
 
 /* Adds a string member, or null when value is NULL or "" and null_if_empty is true. */
