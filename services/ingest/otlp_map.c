@@ -348,14 +348,14 @@ static bool json_int(const cJSON *it, long long *v)
     return false;
 }
 
-/* The first of keys holding an integer in 0..2^53 (the counts the JSON API takes), taken; a
+/* The first of keys holding an integer in 0..2^53-1 (the counts the JSON API takes), taken; a
  * larger one stays an attribute. */
 static bool take_first_count(span_map *sm, const char *const *keys, size_t nkeys, long long *v)
 {
     for (size_t i = 0; i < nkeys; i++) {
         cJSON *it = attr(sm, keys[i]);
 
-        if (it && json_int(it, v) && *v >= 0 && *v <= (long long)MAX_SAFE_INT) {
+        if (it && json_int(it, v) && *v >= 0 && *v < (long long)MAX_SAFE_INT) {
             take(sm, it);
             return true;
         }

@@ -544,8 +544,9 @@ static eb_status count_field(walk_ctx *c, const cJSON *v, const char *key, proto
     d = cJSON_IsNumber(v) ? v->valuedouble : -1;
     if (!isfinite(d) || d < 0 || d != floor(d)) {
         st = fail(c, EB_ERR_INVALID, "must be a non-negative integer");
-    } else if (d > MAX_SAFE_INT) {
-        st = fail(c, EB_ERR_INVALID, "must be at most 2^53");
+    } else if (d >= MAX_SAFE_INT) {
+        /* 2^53 + 1 reads as 2^53: from 2^53 on, the number sent may not be the one parsed */
+        st = fail(c, EB_ERR_INVALID, "must be below 2^53");
     } else {
         *out = (int64_t)d;
         *has = 1;
@@ -1391,8 +1392,8 @@ static eb_status v_count(walk_ctx *c, protobuf_c_boolean has, int64_t v, const c
     mark = path_push_key(c, key);
     if (v < 0)
         st = fail(c, EB_ERR_INVALID, "must be a non-negative integer");
-    else if ((double)v > MAX_SAFE_INT)
-        st = fail(c, EB_ERR_INVALID, "must be at most 2^53");
+    else if ((double)v >= MAX_SAFE_INT)
+        st = fail(c, EB_ERR_INVALID, "must be below 2^53");
     path_pop(c, mark);
     return st;
 }

@@ -256,7 +256,7 @@ static void trace_row(eb_buf *b, const rec *x)
     if (t->has_total_tokens)
         copy_int(b, true, t->total_tokens);
     else
-        copy_int(b, t->has_input_tokens || t->has_output_tokens,
+        copy_int(b, t->has_input_tokens && t->has_output_tokens,
                  t->input_tokens + t->output_tokens);
     eb_buf_putc(b, '\t');
     copy_double(b, t->has_cost_usd, t->cost_usd);

@@ -168,6 +168,7 @@ static void test_rfc3339(void **state)
         {"2026-04-31T00:00:00Z", false},
         {"2026-12-31T23:59:59Z", true},
         {"0000-01-01T00:00:00Z", false},
+        {"2026-11-22T10:00:60Z", false}, /* no leap seconds: PostgreSQL would make it 10:01 */
     };
 
     (void)state;
