@@ -125,6 +125,32 @@ void eb_buf_json_escape(eb_buf *b, const char *str)
     eb_buf_append(b, s + run, n - run);
 }
 
+/* Where the text opens its (CJSON_NESTING_LIMIT + 1)th nested array or object, or SIZE_MAX: cJSON
+ * refuses such text as if it were malformed. */
+static size_t too_deep_at(const char *data, size_t n)
+{
+    size_t depth = 0;
+    bool in_string = false;
+
+    for (size_t i = 0; i < n; i++) {
+        char ch = data[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_string = false;
+        } else if (ch == '"') {
+            in_string = true;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > CJSON_NESTING_LIMIT)
+                return i;
+        } else if ((ch == ']' || ch == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    return SIZE_MAX;
+}
+
 eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
 {
     const char *end = NULL;
@@ -149,6 +175,11 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
     root = cJSON_ParseWithLengthOpts(data, n, &end, false);
     if (!root) {
         size_t at = end && end >= data ? (size_t)(end - data) : 0;
+        size_t deep = too_deep_at(data, n);
+        if (deep != SIZE_MAX)
+            return eb_error(EB_ERR_INVALID,
+                            "JSON nests deeper than %d arrays and objects (at byte %zu)",
+                            CJSON_NESTING_LIMIT, deep);
         return eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu", at);
     }
     if (end) {
@@ -250,16 +281,108 @@ void eb_json_add_str(cJSON *obj, const char *name, const char *value, bool null_
         cJSON_AddStringToObject(obj, name, value);
 }
 
+static void print_value(eb_buf *b, const cJSON *v)
+{
+    const cJSON *c;
+    bool first = true;
+
+    switch (v->type & 0xFF) {
+    case cJSON_False:
+        eb_buf_puts(b, "false");
+        break;
+    case cJSON_True:
+        eb_buf_puts(b, "true");
+        break;
+    case cJSON_Number:
+        eb_buf_json_number(b, v->valuedouble);
+        break;
+    case cJSON_String:
+        eb_buf_putc(b, '"');
+        eb_buf_json_escape(b, v->valuestring ? v->valuestring : "");
+        eb_buf_putc(b, '"');
+        break;
+    case cJSON_Raw:
+        eb_buf_puts(b, v->valuestring ? v->valuestring : "null");
+        break;
+    case cJSON_Array:
+    case cJSON_Object:
+        eb_buf_putc(b, cJSON_IsArray(v) ? '[' : '{');
+        for (c = v->child; c; c = c->next) {
+            if (!first)
+                eb_buf_putc(b, ',');
+            first = false;
+            if (cJSON_IsObject(v)) {
+                eb_buf_putc(b, '"');
+                eb_buf_json_escape(b, c->string ? c->string : "");
+                eb_buf_puts(b, "\":");
+            }
+            print_value(b, c);
+        }
+        eb_buf_putc(b, cJSON_IsArray(v) ? ']' : '}');
+        break;
+    default: /* null, and cJSON_Invalid */
+        eb_buf_puts(b, "null");
+    }
+}
+
+/* Our own printing, not cJSON's: cJSON 1.7 prints a number with 15 digits whenever they read back
+ * within a rounding error of it (0.30000000000000004 became 0.3); eb_buf_json_number keeps
+ * every number exactly. */
 char *eb_json_print(const cJSON *item)
 {
-    char *s = cJSON_PrintUnformatted(item);
+    eb_buf b = {0};
 
-    if (!s) {
-        /* cJSON fails only on allocation failure */
-        s = eb_malloc(1);
-        s[0] = '\0';
+    if (item)
+        print_value(&b, item);
+    return eb_buf_steal(&b); /* eb_buf keeps its text NUL-terminated */
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A name obj (an object) gives twice, or NULL: pairwise for small objects, sorted for large
+ * ones (a 64 KiB object can have 10,000 members). */
+static const char *repeated_name(const cJSON *obj)
+{
+    const cJSON *c, *d;
+    const char **names, *r = NULL;
+    size_t n = 0;
+
+    for (c = obj->child; c; c = c->next)
+        n++;
+    if (n <= 16) {
+        for (c = obj->child; c; c = c->next)
+            for (d = c->next; d; d = d->next)
+                if (strcmp(c->string ? c->string : "", d->string ? d->string : "") == 0)
+                    return c->string ? c->string : "";
+        return NULL;
     }
-    return s;
+    names = eb_malloc(n * sizeof(*names));
+    n = 0;
+    for (c = obj->child; c; c = c->next)
+        names[n++] = c->string ? c->string : "";
+    qsort(names, n, sizeof(*names), cmp_name);
+    for (size_t i = 1; i < n && !r; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            r = names[i];
+    free(names);
+    return r;
+}
+
+const char *eb_json_repeated_member(const cJSON *v)
+{
+    const cJSON *c;
+    const char *r;
+
+    if (cJSON_IsObject(v) && (r = repeated_name(v)) != NULL)
+        return r;
+    if (cJSON_IsObject(v) || cJSON_IsArray(v))
+        for (c = v->child; c; c = c->next)
+            if ((r = eb_json_repeated_member(c)) != NULL)
+                return r;
+    return NULL;
 }
 
 static bool digits(const char *s, int n, int min, int max)

@@ -171,9 +171,12 @@ static void decode_batch(void *arg)
         goto cleanup;
     }
     items = cJSON_GetObjectItemCaseSensitive(root, "traces");
+    for (const cJSON *m = root->child; m && cJSON_IsArray(items); m = m->next)
+        if (m != items && m->string && strcmp(m->string, "traces") == 0)
+            items = NULL; /* {"traces": [...], "traces": [...]}: which one is meant? */
     if (!cJSON_IsArray(items)) {
         b->st = EB_ERR_INVALID;
-        b->error = eb_strdup("the body must be {\"traces\": [...]} with an array of traces");
+        b->error = eb_strdup("the body must be {\"traces\": [...]} with one array of traces");
         goto cleanup;
     }
     n = (size_t)cJSON_GetArraySize(items);

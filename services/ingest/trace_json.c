@@ -500,8 +500,14 @@ cleanup:
 static eb_status json_text_field(walk_ctx *c, const cJSON *v, size_t max, const char *limit_name,
                                  char **out)
 {
-    char *s = eb_json_print(v);
-    size_t n = strlen(s);
+    const char *twice = eb_json_repeated_member(v);
+    char *s;
+    size_t n;
+
+    if (twice)
+        return fail(c, EB_ERR_INVALID, "has an object with the member '%s' twice", twice);
+    s = eb_json_print(v);
+    n = strlen(s);
 
     if (n > max) {
         free(s);
@@ -1014,6 +1020,13 @@ static eb_status take_extras(walk_ctx *c, char **out)
 
     if (!c->extras)
         return EB_OK;
+    if (eb_json_repeated_member(c->extras)) {
+        st = fail(c, EB_ERR_INVALID, "has an object with the member '%s' twice",
+                  eb_json_repeated_member(c->extras));
+        cJSON_Delete(c->extras);
+        c->extras = NULL;
+        return st;
+    }
     *out = eb_json_print(c->extras);
     if (strlen(*out) > c->lim->max_metadata_bytes)
         st = fail(c, EB_ERR_TOO_LARGE,

@@ -149,7 +149,7 @@ describe('ingest: JSON batch API and trace queries', () => {
         id: 'c1', name: 'lookup', arguments: { q: 1 }, result: 'found',
         start_time: iso(t0 + 500), end_time: iso(t0 + 750),
       }],
-      metadata: { customer_tier: 'gold', nested: { n: 1, ok: true } },
+      metadata: { customer_tier: 'gold', nested: { n: 1, ok: true }, price: 0.30000000000000004, big: 9007199254740991 },
       tags: ['prod', 'beta'],
       session_id: 's-9',
       user_id: 'u-7',
@@ -302,6 +302,8 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.match(r.body.error.message, /UTF-8/i, 'the message says UTF-8');
     r = await api('POST', '/api/v1/traces', A.member, { body: { traces: { id: 'x' } } });
     assertError(r, 'invalid_argument', 'traces is not an array');
+    r = await api('POST', '/api/v1/traces', A.member, { raw: `{"traces":[],"traces":[{"id":"${rid('twice')}"}]}`, headers: h });
+    assertError(r, 'invalid_argument', 'traces given twice: never one of them silently');
     r = await api('POST', '/api/v1/traces', A.member, { raw: zlib.gzipSync('{"traces": []}').subarray(0, 12), headers: { 'content-encoding': 'gzip' } });
     assertError(r, 'invalid_argument', 'truncated gzip');
 

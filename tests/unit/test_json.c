@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,6 +104,37 @@ static void test_nul_inside_body(void **state)
     assert_int_equal(eb_json_parse_object(body, sizeof(body) - 1, &o), EB_ERR_INVALID);
 }
 
+/* Nesting beyond what cJSON takes is named as such, not called malformed; "[" inside strings does
+ * not count. */
+static void test_too_deep(void **state)
+{
+    enum { DEEP = 1500 };
+    char body[2 * DEEP + 64];
+    size_t n = 0;
+    cJSON *o = NULL;
+
+    (void)state;
+    n += (size_t)snprintf(body, sizeof body, "{\"s\":\"[[[[{{\",\"a\":");
+    for (int i = 0; i < DEEP; i++)
+        body[n++] = '[';
+    for (int i = 0; i < DEEP; i++)
+        body[n++] = ']';
+    body[n++] = '}';
+    assert_int_equal(eb_json_parse_object(body, n, &o), EB_ERR_INVALID);
+    assert_non_null(strstr(eb_error_message(), "nests deeper than 1000"));
+    assert_int_equal(eb_json_parse_object("{\"s\":\"[[[[\",", strlen("{\"s\":\"[[[[\","), &o),
+                     EB_ERR_INVALID);
+    assert_non_null(strstr(eb_error_message(), "malformed JSON"));
+    n = (size_t)snprintf(body, sizeof body, "{\"s\":\"[[[[{{\",\"a\":");
+    for (int i = 0; i < 500; i++)
+        body[n++] = '[';
+    for (int i = 0; i < 500; i++)
+        body[n++] = ']';
+    body[n++] = '}';
+    assert_int_equal(eb_json_parse_object(body, n, &o), EB_OK);
+    cJSON_Delete(o);
+}
+
 static void test_fields(void **state)
 {
     cJSON *o = cJSON_Parse("{\"s\":\"abc\",\"n\":3,\"f\":1.5,\"e\":\"\",\"arr\":[\"x\",\"y\"],"
@@ -183,6 +215,7 @@ int main(void)
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_parse_object),
         cmocka_unit_test(test_nul_inside_body),
+        cmocka_unit_test(test_too_deep),
         cmocka_unit_test(test_fields),
         cmocka_unit_test(test_rfc3339),
     };

@@ -441,6 +441,16 @@ static void test_errors(void **state)
         {"{\"tool_calls\":[{\"name\":\"a\",\"function\":{\"name\":\"b\"}}]}", EB_ERR_INVALID,
          "tool_calls[0] gives name both in function and beside it"},
         {"{\"observations\":{}}", EB_ERR_INVALID, "observations must be an array"},
+        /* a member given twice, at any depth of a stored JSON text */
+        {"{\"metadata\":{\"k\":1,\"k\":2}}", EB_ERR_INVALID,
+         "metadata has an object with the member 'k' twice"},
+        {"{\"metadata\":{\"a\":[{\"x\":1,\"y\":0,\"x\":2}]}}", EB_ERR_INVALID,
+         "metadata has an object with the member 'x' twice"},
+        {"{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+         "\"text\":\"A\",\"text\":\"B\"}]}]}}",
+         EB_ERR_INVALID, "has an object with the member 'text' twice"},
+        {"{\"extra\":{\"q\":1,\"q\":1}}", EB_ERR_INVALID,
+         "has an object with the member 'q' twice"},
         {"{\"observations\":[{}, 3]}", EB_ERR_INVALID, "observations[1] must be an object"},
         /* timestamps */
         {"{\"start_time\":1700000000}", EB_ERR_INVALID, "start_time must be an RFC 3339"},
@@ -987,6 +997,24 @@ static void test_output_any_tree(void **state)
     eb_buf_free(&b);
 }
 
+/* Numbers in stored JSON texts (metadata, unknown members, object arguments) keep every digit
+ * that tells them apart from their neighbours. */
+static void test_numbers_in_json_texts(void **state)
+{
+    Evalbus__V1__Trace *t =
+        parse_ok("{\"id\":\"n\",\"metadata\":{\"p\":0.30000000000000004,\"m\":9007199254740991,"
+                 "\"l\":1.0000000000000002,\"s\":[-2.5e-8,1e300]},\"x\":0.30000000000000004,"
+                 "\"tool_calls\":[{\"name\":\"f\",\"arguments\":{\"v\":0.1}}]}",
+                 NULL);
+
+    (void)state;
+    assert_string_equal(t->metadata_json, "{\"p\":0.30000000000000004,\"m\":9007199254740991,"
+                                          "\"l\":1.0000000000000002,\"s\":[-2.5e-08,1e+300]}");
+    assert_string_equal(t->attributes_json, "{\"x\":0.30000000000000004}");
+    assert_string_equal(t->tool_calls[0]->arguments, "{\"v\":0.1}");
+    evalbus__v1__trace__free_unpacked(t, NULL);
+}
+
 static void test_numbers_in_output(void **state)
 {
     static const double values[] = {0.0012, 0.1, 1e-7, 123456789.125, 1e300, 5e-324, 3.0};
@@ -1070,6 +1098,7 @@ int main(void)
         cmocka_unit_test(test_validate_trace_size),
         cmocka_unit_test(test_output_roundtrip),
         cmocka_unit_test(test_output_any_tree),
+        cmocka_unit_test(test_numbers_in_json_texts),
         cmocka_unit_test(test_numbers_in_output),
         cmocka_unit_test(test_time),
     };

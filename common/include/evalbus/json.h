@@ -47,7 +47,12 @@ bool eb_rfc3339_valid(const char *s);
 /* Adds a string member, or null when value is NULL or "" and null_if_empty is true. */
 void eb_json_add_str(cJSON *obj, const char *name, const char *value, bool null_if_empty);
 
-/* Prints item compactly into a new string (caller frees with free()). */
+/* Prints item compactly into a new string (caller frees with free()), every number exactly (as
+ * eb_buf_json_number does). */
 char *eb_json_print(const cJSON *item);
+
+/* The name of a member that an object repeats, anywhere in v (objects inside arrays and objects
+ * included), or NULL when none is. */
+const char *eb_json_repeated_member(const cJSON *v);
 
 #endif
