@@ -347,15 +347,10 @@ void ingest_time_text(long long unix_nano, char *buf, size_t len)
     p = put_digits(p, rem / 60 % 60, 2);
     *p++ = ':';
     p = put_digits(p, rem % 60, 2);
-    if (nanos) {
-        *p++ = '.';
-        if (nanos % 1000000 == 0)
-            p = put_digits(p, nanos / 1000000, 3);
-        else if (nanos % 1000 == 0)
-            p = put_digits(p, nanos / 1000, 6);
-        else
-            p = put_digits(p, nanos, 9);
-    }
+    /* microseconds, as PostgreSQL keeps them (and as every time the API returns is written):
+     * the nanoseconds below are cut off, never rounded into the next second */
+    *p++ = '.';
+    p = put_digits(p, nanos / 1000, 6);
     *p++ = 'Z';
     *p = '\0';
 }

@@ -49,7 +49,7 @@ void ingest_observation_json(const Evalbus__V1__Observation *o, eb_buf *out);
 void ingest_trace_json(const Evalbus__V1__Trace *t, eb_buf *out);
 
 /* RFC 3339 text of a time in nanoseconds since the epoch ("" for 0), into buf (>= 40 bytes):
- * UTC ("Z"), with 3, 6 or 9 fraction digits when the time has a fraction. */
+ * UTC ("Z"), with 6 fraction digits (microseconds: finer digits are cut off). */
 void ingest_time_text(long long unix_nano, char *buf, size_t len);
 /* Parses an RFC 3339 timestamp into nanoseconds since the epoch (fraction digits beyond 9 are
  * cut). False for anything else, for impossible dates (02-30), and for times outside
