@@ -180,6 +180,52 @@ static void reply_415(eb_http_req *req, const char *type)
     eb_buf_free(&b);
 }
 
+/* The project t's resource names with evalbus.project (a copy), or NULL when its project only
+ * comes from service.name or the default. */
+static char *named_project(const Evalbus__V1__Trace *t)
+{
+    cJSON *a = NULL;
+    const cJSON *p;
+    char *named = NULL;
+
+    if (t->attributes_json &&
+        eb_json_parse_object(t->attributes_json, strlen(t->attributes_json), &a) == EB_OK) {
+        p = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(a, "resource"),
+                                             "evalbus.project");
+        if (cJSON_IsString(p) && p->valuestring[0])
+            named = eb_strdup(p->valuestring);
+    }
+    eb_error_clear();
+    cJSON_Delete(a);
+    return named;
+}
+
+/* A project-restricted key's spans go to its project, as a JSON trace without a project does,
+ * unless the resource names another one with evalbus.project (service.name names a service, not
+ * a project): true if t may be sent. */
+static bool confine_project(otlp_state *s, const eb_principal *p, Evalbus__V1__Trace *t, bool *said)
+{
+    char *named;
+
+    if (ingest_check_project(p, t->project) == EB_OK)
+        return true;
+    eb_error_clear();
+    named = named_project(t);
+    if (!named) {
+        free(t->project);
+        t->project = eb_strdup(p->project);
+        return true;
+    }
+    if (!*said) /* said once, however many traces */
+        reason(s,
+               "this key may only write to project '%s', and the resource attribute"
+               " evalbus.project names '%s'",
+               p->project, named);
+    *said = true;
+    free(named);
+    return false;
+}
+
 void api_otlp_post(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
@@ -219,11 +265,8 @@ void api_otlp_post(eb_http_req *req, void *vctx)
         Evalbus__V1__Trace *t = s->res.traces[i];
         size_t packed;
 
-        if (ingest_check_project(p, t->project) != EB_OK) {
+        if (!confine_project(s, p, t, &wrong_project)) {
             s->rejected += (long long)t->n_observations;
-            if (!wrong_project) /* said once, however many traces */
-                reason(s, "this key may only write to project '%s'", p->project);
-            wrong_project = true;
             continue;
         }
         /* a trace travels as one NATS message: one larger than max-trace-bytes would be refused

@@ -74,10 +74,11 @@ function anyValuePb(v) {
   return { double_value: v };
 }
 
-function otlpJson(service, spans) {
+function otlpJson(service, spans, resource = {}) {
   return {
     resourceSpans: [{
-      resource: { attributes: [{ key: 'service.name', value: { stringValue: service } }] },
+      resource: { attributes: [{ key: 'service.name', value: { stringValue: service } },
+        ...Object.entries(resource).map(([key, v]) => ({ key, value: anyValueJson(v) }))] },
       scopeSpans: [{
         scope: { name: 'evalbus-it', version: '1' },
         spans: spans.map((s) => ({
@@ -124,8 +125,8 @@ function otlpProto(service, spans) {
 
 /** POST /otlp/v1/traces; enc 'json' | 'proto'; gzip true|false. Returns the response with
  * `otlp` = the decoded ExportTraceServiceResponse as {rejected, message} (0/'' when none). */
-async function postOtlp(key, enc, service, spans, { gzip = false } = {}) {
-  let raw = enc === 'json' ? Buffer.from(JSON.stringify(otlpJson(service, spans))) : otlpProto(service, spans);
+async function postOtlp(key, enc, service, spans, { gzip = false, resource } = {}) {
+  let raw = enc === 'json' ? Buffer.from(JSON.stringify(otlpJson(service, spans, resource))) : otlpProto(service, spans);
   const headers = {};
   if (gzip) {
     raw = zlib.gzipSync(raw);
@@ -436,6 +437,29 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.ok(!g.observations.some((o) => o.id === x), "the restricted key's span was not merged");
     assert.equal(g.observations.length, 3);
     assertStatus(await api('GET', `/api/v1/traces/${traceId}`, restricted), 404, 'the restricted key still cannot read it');
+  }));
+
+  it("a project-restricted key's spans go to its project unless evalbus.project names another", T, stack.wrap(async () => {
+    const proj = `only-${hex(3)}`;
+    const key = (await stack.createKey(A.key, { name: proj, scopes: ['traces:write', 'traces:read'], project: proj })).key;
+    const t0 = Date.now() - 5000;
+    // service.name names a service: the spans go to the key's project, as a JSON trace without one
+    const mine = hex(16);
+    let r = await postOtlp(key, 'json', `svc-${hex(3)}`, [{ traceId: mine, spanId: hex(8), name: 'root', startMs: t0, endMs: t0 + 10 }]);
+    assert.equal(r.status, 200);
+    assert.equal(r.otlp.rejected, 0, r.otlp.message);
+    assert.equal((await waitTrace(key, mine)).project, proj);
+    // evalbus.project naming the key's own project is fine; naming another is refused, saying so
+    const named = hex(16);
+    r = await postOtlp(key, 'json', 'svc', [{ traceId: named, spanId: hex(8), name: 'root', startMs: t0, endMs: t0 + 10 }], { resource: { 'evalbus.project': proj } });
+    assert.equal(r.otlp.rejected, 0, r.otlp.message);
+    const other = hex(16);
+    r = await postOtlp(key, 'json', 'svc', [{ traceId: other, spanId: hex(8), name: 'root', startMs: t0, endMs: t0 + 10 }], { resource: { 'evalbus.project': 'elsewhere' } });
+    assert.equal(r.status, 200);
+    assert.equal(r.otlp.rejected, 1);
+    assert.match(r.otlp.message, new RegExp(`only write to project '${proj}'.*evalbus.project names 'elsewhere'`));
+    await waitTrace(key, named);
+    assertStatus(await api('GET', `/api/v1/traces/${other}`, A.key), 404, 'the refused span was not stored');
   }));
 
   it('children before their root: the trace takes input, output, model and provider from its generations', T, stack.wrap(async () => {
