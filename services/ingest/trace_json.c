@@ -1164,12 +1164,16 @@ static eb_status check_unique_obs(walk_ctx *c, Evalbus__V1__Observation *const *
     return st;
 }
 
+/* The last four are what the query output adds (review state, source, reviews, scores): known,
+ * so that a trace read back and sent again does not keep them as unknown members, and ignored
+ * (they are the store's, not the sender's). */
 static const char *const trace_fields[] = {
-    "id",       "project",        "name",       "model",    "provider",
-    "status",   "status_message", "start_time", "end_time", "latency_ms",
-    "usage",    "cost_usd",       "input",      "output",   "tool_calls",
-    "metadata", "tags",           "session_id", "user_id",  "environment",
-    "release",  "observations"};
+    "id",       "project",        "name",         "model",    "provider",
+    "status",   "status_message", "start_time",   "end_time", "latency_ms",
+    "usage",    "cost_usd",       "input",        "output",   "tool_calls",
+    "metadata", "tags",           "session_id",   "user_id",  "environment",
+    "release",  "observations",   "review_state", "source",   "reviews",
+    "scores"};
 enum {
     TF_ID,
     TF_PROJECT,
@@ -1193,6 +1197,10 @@ enum {
     TF_ENV,
     TF_RELEASE,
     TF_OBSERVATIONS,
+    TF_REVIEW_STATE, /* ignored */
+    TF_SOURCE,       /* ignored */
+    TF_REVIEWS,      /* ignored */
+    TF_SCORES,       /* ignored */
     TF_N
 };
 _Static_assert(ARRAY_LEN(trace_fields) == TF_N, "trace_fields");

@@ -997,6 +997,19 @@ static void test_output_any_tree(void **state)
     eb_buf_free(&b);
 }
 
+/* What only the query output has is ignored when a trace read back is sent again. */
+static void test_output_members_ignored(void **state)
+{
+    Evalbus__V1__Trace *t =
+        parse_ok("{\"id\":\"r\",\"review_state\":\"accepted\",\"source\":\"json\","
+                 "\"reviews\":[{\"decision\":\"accept\"}],\"scores\":[]}",
+                 NULL);
+
+    (void)state;
+    assert_null(t->attributes_json);
+    evalbus__v1__trace__free_unpacked(t, NULL);
+}
+
 /* Numbers in stored JSON texts (metadata, unknown members, object arguments) keep every digit
  * that tells them apart from their neighbours. */
 static void test_numbers_in_json_texts(void **state)
@@ -1098,6 +1111,7 @@ int main(void)
         cmocka_unit_test(test_validate_trace_size),
         cmocka_unit_test(test_output_roundtrip),
         cmocka_unit_test(test_output_any_tree),
+        cmocka_unit_test(test_output_members_ignored),
         cmocka_unit_test(test_numbers_in_json_texts),
         cmocka_unit_test(test_numbers_in_output),
         cmocka_unit_test(test_time),
