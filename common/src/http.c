@@ -411,6 +411,35 @@ static bool parse_query(eb_http_req *req)
     return true;
 }
 
+bool eb_http_req_query_only(eb_http_req *req, const char *const *known, size_t n)
+{
+    const struct evkeyval *kv, *o;
+
+    TAILQ_FOREACH(kv, &req->query, next)
+    {
+        size_t i = 0;
+        while (i < n && strcmp(kv->key, known[i]) != 0)
+            i++;
+        if (i == n) {
+            eb_buf names = {0};
+            for (i = 0; i < n; i++)
+                eb_buf_printf(&names, "%s%s", i ? ", " : "", known[i]);
+            eb_http_reply_error(req, EB_ERR_INVALID,
+                                "unknown query parameter '%.64s'; this endpoint takes %s", kv->key,
+                                names.data ? names.data : "none");
+            eb_buf_free(&names);
+            return false;
+        }
+        for (o = TAILQ_NEXT(kv, next); o; o = TAILQ_NEXT(o, next))
+            if (strcmp(o->key, kv->key) == 0) {
+                eb_http_reply_error(req, EB_ERR_INVALID, "query parameter '%.64s' is given twice",
+                                    kv->key);
+                return false;
+            }
+    }
+    return true;
+}
+
 bool eb_http_parse_count(const char *s, long long min, long long max, long long *out)
 {
     long long v = 0;

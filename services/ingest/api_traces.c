@@ -349,6 +349,10 @@ static bool decode_cursor(const char *cur, char *pt, size_t ptlen, char **id)
     return ok;
 }
 
+static const char *const list_params[] = {"project",   "from",      "to",    "model", "provider",
+                                          "status",    "review",    "tag",   "q",     "score",
+                                          "score_min", "score_max", "limit", "cursor"};
+
 void api_traces_list(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
@@ -376,7 +380,8 @@ void api_traces_list(eb_http_req *req, void *vctx)
     cJSON *root, *arr;
     int n;
 
-    if (!ingest_project_scope(req, &q_project, "read"))
+    if (!eb_http_req_query_only(req, list_params, sizeof(list_params) / sizeof(*list_params)) ||
+        !ingest_project_scope(req, &q_project, "read"))
         return;
     if (q_limit) {
         long long v;

@@ -682,6 +682,12 @@ describe('ingest: JSON batch API and trace queries', () => {
       assert.match(e.body.error.message, /malformed query string/, e.text);
     }
     assertError(await api('GET', '/api/v1/traces/%FF%FE', A.key), 'not_found', 'an id that is not UTF-8');
+    // a typo or a repeat must not widen the listing to everything
+    let e = await api('GET', `/api/v1/traces?projct=${project}`, A.key);
+    assertError(e, 'invalid_argument', 'an unknown parameter');
+    assert.match(e.body.error.message, /unknown query parameter 'projct'.*project/, e.text);
+    e = await api('GET', `/api/v1/traces?project=${project}&project=other`, A.key);
+    assertError(e, 'invalid_argument', 'a parameter given twice');
     for (const l of ['%2B5', '%205', '5%20', '0x5']) {
       assertError(await api('GET', `/api/v1/traces?limit=${l}`, A.key), 'invalid_argument', `limit=${l}`);
     }
