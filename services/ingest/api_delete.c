@@ -88,6 +88,7 @@ void api_trace_delete(eb_http_req *req, void *vctx)
         if (n == 0) {
             eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such trace");
         } else {
+            ingest_deletions_announce(ctx, p, id);
             audit(ctx, req, "trace_deleted", id, NULL);
             o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "id", id);
@@ -187,6 +188,8 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
                    " ON k.team_id = t.team_id AND k.id = t.id" FILTER_SQL " FOR UPDATE OF k) x",
                    7, sql, 7, params, &n)) {
         cJSON *detail = cJSON_CreateObject();
+        if (n > 0)
+            ingest_deletions_announce(ctx, p, NULL);
         cJSON_AddItemToObject(detail, "filter", cJSON_Duplicate(filter, true));
         if (p->project[0]) /* the project a restricted key implies */
             cJSON_AddStringToObject(detail, "key_project", p->project);

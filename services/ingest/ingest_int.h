@@ -61,6 +61,7 @@ typedef struct ingest_ctx {
     pthread_mutex_t nats_mu;
     struct nats_item *nats_queue;
     ingest_retention *retention;
+    natsSubscription *deleted_sub; /* evalbus.v1.traces.deleted.> (deletions.c) */
 } ingest_ctx;
 
 /* --- publishing records to the INGEST stream (publish.c) --- */
@@ -92,6 +93,17 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest
 void ingest_publisher_set_full(ingest_publisher *p, bool full);
 /* Milliseconds since the epoch (received_at of the records). */
 long long ingest_now_ms(void);
+
+/* --- deletions of a team's traces, as the message ids need them (deletions.c) --- */
+/* The time (ms) of the team's last deletion if it is within the stream's duplicate window, else
+ * 0: ingest_record_pack puts it in the message ids of the team's records. Any thread. */
+long long ingest_deletion_epoch(const char *team_id, long long now_ms);
+/* Subscribes to evalbus.v1.traces.deleted.> (every replica's deletions); stop unsubscribes. */
+eb_status ingest_deletions_start(ingest_ctx *ctx);
+void ingest_deletions_stop(ingest_ctx *ctx);
+/* Notes a deletion of who's team's traces (trace_id, or NULL for a deletion by filter) that has
+ * committed, and tells the other replicas (TracesDeleted). */
+void ingest_deletions_announce(ingest_ctx *ctx, const eb_principal *who, const char *trace_id);
 
 /* --- the stream watch: refuses new records before unstored ones could be pushed out of the
  * stream (stream_watch.c) --- */

@@ -137,6 +137,8 @@ int main(int argc, char **argv)
     if (st == EB_OK && !(ctx.pool = ingest_pool_new(ctx.svc.base, (int)cfg.decode_threads)))
         st = eb_error(EB_ERR_INTERNAL, "cannot start the decode threads");
     if (st == EB_OK)
+        st = ingest_deletions_start(&ctx);
+    if (st == EB_OK)
         st = ingest_nats_start(&ctx);
     if (st != EB_OK) {
         eb_log_error(NULL, "start-up failed: %s", eb_error_message());
@@ -158,6 +160,7 @@ cleanup:
     ingest_watch_stop(ctx.watch);
     ingest_writer_stop(ctx.writer);
     ingest_nats_stop(&ctx);
+    ingest_deletions_stop(&ctx);
     ingest_pool_free(ctx.pool);
     eb_authc_free(ctx.authc);
     ingest_publisher_free(ctx.pub);

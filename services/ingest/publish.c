@@ -319,7 +319,17 @@ eb_status ingest_record_pack(const eb_principal *who, const char *source, bool m
     evalbus__v1__trace__pack(t, buf + len);
     eb_sha256_hex(buf + len, tlen, hash);
     len += tlen;
-    snprintf(msg_id, sizeof(msg_id), "%s:%.180s:%.16s", who->team_id, t->id ? t->id : "", hash);
+    {
+        /* after a deletion of the team's traces, a resend is not a duplicate of what was
+         * deleted (deletions.c) */
+        long long epoch = ingest_deletion_epoch(who->team_id, now_ms);
+        if (epoch)
+            snprintf(msg_id, sizeof(msg_id), "%s:%.180s:%.16s:%lld", who->team_id,
+                     t->id ? t->id : "", hash, epoch);
+        else
+            snprintf(msg_id, sizeof(msg_id), "%s:%.180s:%.16s", who->team_id, t->id ? t->id : "",
+                     hash);
+    }
     s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
     free(buf);
     /* the header js_PublishMsgAsync would set from jsPubOptions.MsgId */

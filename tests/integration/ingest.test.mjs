@@ -18,6 +18,7 @@ import {
   assertError,
   assertStatus,
   pollUntil,
+  sleep,
   uniqueSlug,
 } from './harness.mjs';
 
@@ -561,6 +562,28 @@ describe('ingest: JSON batch API and trace queries', () => {
     await ingestOk(A.member, [{ id: one, project, start_time: iso(t0) }]);
     const g = await waitTrace(A.key, one);
     assert.deepEqual([g.reviews, g.scores, g.observations, g.review_state], [[], [], [], 'unreviewed']);
+  }));
+
+  it('a deleted trace sent again unchanged right away is stored again (not taken for a duplicate)', T, stack.wrap(async () => {
+    // the stream drops a record whose message id it saw within its duplicate window (2 min):
+    // a resend after a deletion must not be taken for the record that was deleted
+    const project = `again-${crypto.randomBytes(3).toString('hex')}`;
+    const [one, two] = [rid('again'), rid('again')];
+    const traces = [one, two].map((id) => ({ id, project, name: 'same content', output: 'x' }));
+    await ingestOk(A.member, traces);
+    await waitAll(A.key, [one, two]);
+    assertStatus(await api('DELETE', `/api/v1/traces/${one}`, A.key), 200, 'delete by id');
+    await ingestOk(A.member, [traces[0]], 'the same trace again');
+    await waitTrace(A.key, one);
+    const byFilter = await api('POST', '/api/v1/traces/delete', A.key, { body: { filter: { project } } });
+    assertStatus(byFilter, 200, 'delete by filter');
+    assert.equal(byFilter.body.deleted, 2);
+    await ingestOk(A.member, traces, 'both again');
+    await waitAll(A.key, [one, two]);
+    // a plain retry (no deletion in between) is still recognised: stored once
+    await ingestOk(A.member, traces, 'a retry');
+    await sleep(500);
+    assert.deepEqual(await listIds(A.key, { project }), [one, two].sort());
   }));
 
   it('keyset pagination: 31 traces, limit 7, every trace exactly once in order', T, stack.wrap(async () => {
