@@ -23,6 +23,7 @@
 #include "ingest_int.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,7 +32,8 @@
 
 static struct {
     pthread_mutex_t mu;
-    long long window_ms;
+    atomic_llong window_ms;
+    atomic_llong latest_ms; /* the latest deletion noted: most records need no lock */
     struct {
         char team_id[40];
         long long at_ms;
@@ -57,6 +59,8 @@ static void note(const char *team_id, long long at_ms)
         snprintf(deletions.slot[use].team_id, sizeof(deletions.slot[use].team_id), "%s", team_id);
         deletions.slot[use].at_ms = at_ms;
     }
+    if (atomic_load(&deletions.latest_ms) < at_ms)
+        atomic_store(&deletions.latest_ms, at_ms);
     pthread_mutex_unlock(&deletions.mu);
 }
 
@@ -64,13 +68,15 @@ long long ingest_deletion_epoch(const char *team_id, long long now_ms)
 {
     long long at = 0;
 
+    if (now_ms - atomic_load(&deletions.latest_ms) >= atomic_load(&deletions.window_ms))
+        return 0; /* no deletion of any team within the window */
     pthread_mutex_lock(&deletions.mu);
     for (int i = 0; i < DELETIONS_SLOTS; i++)
         if (deletions.slot[i].at_ms && strcmp(deletions.slot[i].team_id, team_id) == 0) {
             at = deletions.slot[i].at_ms;
             break;
         }
-    if (at && now_ms - at >= deletions.window_ms)
+    if (at && now_ms - at >= atomic_load(&deletions.window_ms))
         at = 0; /* the window has passed: every record since is after the deletion anyway */
     pthread_mutex_unlock(&deletions.mu);
     return at;
@@ -97,7 +103,7 @@ eb_status ingest_deletions_start(ingest_ctx *ctx)
 {
     natsStatus s;
 
-    deletions.window_ms = ctx->cfg->stream_dupe_window_ms;
+    atomic_store(&deletions.window_ms, ctx->cfg->stream_dupe_window_ms);
     s = natsConnection_Subscribe(&ctx->deleted_sub, eb_bus_conn(ctx->svc.bus),
                                  DELETED_SUBJECT_PREFIX ">", on_deleted, NULL);
     return s == NATS_OK ? EB_OK : eb_bus_error(s, "subscribing to " DELETED_SUBJECT_PREFIX ">");
