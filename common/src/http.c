@@ -198,6 +198,46 @@ static void account(eb_http_req *req, int code, size_t len)
     req_free(req);
 }
 
+/* The reason phrase of a status line (libevent's own is only per class: "207 Success", "429
+ * Client Error"). */
+static const char *reason_phrase(int code)
+{
+    static const struct {
+        int code;
+        const char *phrase;
+    } phrases[] = {
+        {200, "OK"},
+        {201, "Created"},
+        {202, "Accepted"},
+        {204, "No Content"},
+        {206, "Partial Content"},
+        {207, "Multi-Status"},
+        {304, "Not Modified"},
+        {400, "Bad Request"},
+        {401, "Unauthorized"},
+        {403, "Forbidden"},
+        {404, "Not Found"},
+        {405, "Method Not Allowed"},
+        {409, "Conflict"},
+        {410, "Gone"},
+        {412, "Precondition Failed"},
+        {413, "Content Too Large"},
+        {415, "Unsupported Media Type"},
+        {416, "Range Not Satisfiable"},
+        {422, "Unprocessable Content"},
+        {429, "Too Many Requests"},
+        {500, "Internal Server Error"},
+        {502, "Bad Gateway"},
+        {503, "Service Unavailable"},
+        {504, "Gateway Timeout"},
+    };
+
+    for (size_t i = 0; i < sizeof(phrases) / sizeof(phrases[0]); i++)
+        if (phrases[i].code == code)
+            return phrases[i].phrase;
+    return NULL; /* libevent's, by class */
+}
+
 static void finish(eb_http_req *req, int code, const char *content_type, const void *data,
                    size_t len)
 {
@@ -206,7 +246,7 @@ static void finish(eb_http_req *req, int code, const char *content_type, const v
     add_reply_headers(req, content_type);
     if (data && len)
         evbuffer_add(buf, data, len);
-    evhttp_send_reply(req->ev, code, NULL, buf);
+    evhttp_send_reply(req->ev, code, reason_phrase(code), buf);
     evbuffer_free(buf);
     account(req, code, len);
 }
@@ -222,7 +262,7 @@ void eb_http_reply_file(eb_http_req *req, int code, const char *content_type, in
         eb_http_reply_error(req, EB_ERR_INTERNAL, "cannot send the file");
         return;
     }
-    evhttp_send_reply(req->ev, code, NULL, buf);
+    evhttp_send_reply(req->ev, code, reason_phrase(code), buf);
     evbuffer_free(buf);
     account(req, code, size);
 }
@@ -247,7 +287,7 @@ void eb_http_stream_start(eb_http_req *req, int code, const char *content_type,
     req->on_close = on_close;
     req->on_close_arg = arg;
     evhttp_connection_set_closecb(evhttp_request_get_connection(req->ev), stream_closed, req);
-    evhttp_send_reply_start(req->ev, code, NULL);
+    evhttp_send_reply_start(req->ev, code, reason_phrase(code));
 }
 
 bool eb_http_stream_write(eb_http_req *req, const void *data, size_t len)

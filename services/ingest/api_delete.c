@@ -161,7 +161,8 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
         cJSON_Delete(body);
         eb_http_reply_error(req, EB_ERR_INVALID,
                             "the filter is empty; name at least one of project, from, to, model,"
-                            " tag, status (deleting everything must be said explicitly)");
+                            " tag, status (to delete every trace, say so with"
+                            " {\"from\": \"1970-01-01T00:00:00Z\"})");
         return;
     }
     if (!ingest_project_scope(req, &project, "delete in")) {

@@ -272,6 +272,13 @@ describe('ingest: JSON batch API and trace queries', () => {
     ];
     const r = await postTraces(A.member, batch);
     assertStatus(r, 207, 'mixed batch');
+    // the status line's reason phrase is the standard one (libevent's is per class: "Success")
+    const raw = await fetch(`${stack.env.EVALBUS_INGEST_URL}/api/v1/traces`, {
+      method: 'POST', headers: { authorization: `Bearer ${A.member}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ traces: [{ ...good(rid('g')), project: 'phrase' }, { ...good(rid('b')), status: 'weird' }] }),
+    });
+    assert.equal(`${raw.status} ${raw.statusText}`, '207 Multi-Status');
+    await raw.arrayBuffer();
     assert.equal(r.body.accepted.length, 3, `three accepted: ${JSON.stringify(r.body.accepted)}`);
     assert.equal(r.body.accepted[0], ids[0]);
     assert.equal(r.body.accepted[1], ids[2]);
