@@ -265,3 +265,43 @@ void api_project_settings_put(eb_http_req *req, void *vctx)
     }
     eb_http_reply_json(req, 200, o);
 }
+
+void api_project_settings_get(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    const char *project = eb_http_req_param(req, "project");
+    PGconn *c;
+    PGresult *r = NULL;
+    eb_status st;
+    cJSON *o;
+
+    if (!ingest_project_scope(req, &project, "read"))
+        return;
+    c = eb_req_db_begin(ctx->svc.db, req, false);
+    if (!c)
+        return;
+    {
+        const char *params[2] = {eb_http_req_principal(req)->team_id, project};
+        st = eb_db_exec(c,
+                        "SELECT retention_days FROM ingest.project_settings WHERE team_id ="
+                        " $1::uuid AND project = $2",
+                        2, params, &r);
+    }
+    if (st != EB_OK) {
+        eb_req_db_fail(ctx->svc.db, req, c, st);
+        return;
+    }
+    if (!eb_req_db_commit(ctx->svc.db, req, c)) {
+        PQclear(r);
+        return;
+    }
+    o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "project", project);
+    /* a project without its own setting has the service's default (retention-days) */
+    cJSON_AddNumberToObject(o, "retention_days",
+                            PQntuples(r) ? atof(eb_db_val(r, 0, 0))
+                                         : (double)ctx->cfg->retention_days);
+    cJSON_AddBoolToObject(o, "default", PQntuples(r) == 0);
+    PQclear(r);
+    eb_http_reply_json(req, 200, o);
+}

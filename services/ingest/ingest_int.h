@@ -155,6 +155,7 @@ void api_otlp_post(eb_http_req *req, void *ctx);
 void api_review_post(eb_http_req *req, void *ctx);
 void api_score_post(eb_http_req *req, void *ctx);
 void api_project_settings_put(eb_http_req *req, void *ctx);
+void api_project_settings_get(eb_http_req *req, void *ctx);
 
 /* The filters of listing and of deletion by filter on traces t that both know: the project $2
  * and the window from $3 to $4 (each NULL for none; to exclusive). One text for both, so that a

@@ -86,6 +86,8 @@ const eb_http_route ingest_routes[] = {
     {"POST", "/api/v1/scores", api_score_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false},
     {"PUT", "/api/v1/projects/{project}/settings", api_project_settings_put, false, EB_ROLE_ADMIN,
      EB_SCOPE_ADMIN, false},
+    {"GET", "/api/v1/projects/{project}/settings", api_project_settings_get, false, VIEWER,
+     EB_SCOPE_TRACES_READ, false},
     {"POST", "/otlp/v1/traces", api_otlp_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false},
 };
 const size_t ingest_nroutes = sizeof(ingest_routes) / sizeof(ingest_routes[0]);

@@ -41,6 +41,13 @@ describe('retention per project', () => {
     assertError(await api('PUT', '/api/v1/projects/short/settings', { key: member.key, body: { retention_days: 1 } }), 'forbidden');
     assertError(await api('PUT', '/api/v1/projects/short/settings', { key: owner.key, body: { retention_days: 0 } }), 'invalid_argument');
     assertError(await api('PUT', '/api/v1/projects/short/settings', { key: owner.key, body: { retention_days: 'x' } }), 'invalid_argument');
+    // anyone who reads traces reads it back; a project without its own has the default
+    let g = await api('GET', '/api/v1/projects/readback/settings', { key: member.key });
+    assert.equal(g.status, 200, g.text);
+    assert.deepEqual(g.body, { project: 'readback', retention_days: 90, default: true });
+    assert.equal((await api('PUT', '/api/v1/projects/readback/settings', { key: owner.key, body: { retention_days: 14 } })).status, 200);
+    g = await api('GET', '/api/v1/projects/readback/settings', { key: member.key });
+    assert.deepEqual(g.body, { project: 'readback', retention_days: 14, default: false });
   }), { timeout: 30_000 });
 
   it('removes a project\'s traces older than its retention, and nothing else', stack.wrap(async () => {
