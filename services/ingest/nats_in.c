@@ -190,8 +190,11 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
         }
         if (vs == EB_OK)
             vs = ingest_check_project(p, t->project);
-        if (vs == EB_OK)
+        if (vs == EB_OK) {
+            /* printed again, a text can grow ("1e15"): the limits hold for what is stored */
             ingest_trace_canonical_json(t, it->arena);
+            vs = ingest_trace_validate(t, &ctx->limits);
+        }
         if (vs != EB_OK) {
             Evalbus__V1__IngestRejected *r = eb_malloc(sizeof(*r));
             evalbus__v1__ingest_rejected__init(r);

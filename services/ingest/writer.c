@@ -475,7 +475,8 @@ static const char recompute_sql[] =
     "UPDATE ingest.traces t SET input_tokens = CASE WHEN s.i IS NULL THEN t.input_tokens ELSE"
     " least(s.i, " BIGINT_MAX ") END, output_tokens = CASE WHEN s.o IS NULL THEN t.output_tokens"
     " ELSE least(s.o, " BIGINT_MAX ") END, total_tokens = CASE WHEN s.i IS NULL AND s.o IS NULL"
-    " THEN t.total_tokens ELSE least(coalesce(s.i, 0) + coalesce(s.o, 0), " BIGINT_MAX
+    " THEN t.total_tokens ELSE least(coalesce(s.i, t.input_tokens, 0) + coalesce(s.o,"
+    " t.output_tokens, 0), " BIGINT_MAX
     ") END, cost_usd = coalesce(s.c, t.cost_usd), model = coalesce(s.model, t.model), provider ="
     " coalesce(s.provider, t.provider), input = coalesce(s.input, t.input), output ="
     " coalesce(s.output, t.output), start_time = least(t.start_time, s.st), end_time ="

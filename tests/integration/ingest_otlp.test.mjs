@@ -505,7 +505,7 @@ describe('ingest: OTLP/HTTP traces', () => {
     }] } });
     assert.equal(r0.status, 202, r0.text);
     await waitTrace(A.key, traceId);
-    const r = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), name: 'http.request', startMs: t0 + 10, endMs: t0 + 20 }]);
+    let r = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), name: 'http.request', startMs: t0 + 10, endMs: t0 + 20 }]);
     assert.equal(r.status, 200);
     const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 1);
     assert.deepEqual(g.usage, { input_tokens: 120, output_tokens: 40, total_tokens: 160 }, 'the usage stays');
@@ -513,6 +513,12 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.deepEqual([g.model, g.provider, g.project], ['gpt-4o', 'openai', project]);
     assert.equal(g.input?.messages?.[0]?.content, 'where is my order?');
     assert.equal(g.output?.messages?.[0]?.content, 'on its way');
+    // a span with one count: the other stays, and the total is their sum
+    r = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), name: 'llm', startMs: t0 + 30, endMs: t0 + 40,
+      attrs: { 'gen_ai.usage.output_tokens': 7 } }]);
+    assert.equal(r.status, 200);
+    const g2 = await waitTrace(A.key, traceId, (b) => b.observations.length === 2);
+    assert.deepEqual(g2.usage, { input_tokens: 120, output_tokens: 7, total_tokens: 127 }, 'the total agrees with its counts');
   }));
 
   it('merging keeps the first fragment\'s resource and the tags\' order; an end before the start gives no latency', T, stack.wrap(async () => {
