@@ -125,6 +125,13 @@ async function assertStoredExactlyOnce(teamId, prefix, acceptedIds, expected, ti
   return storedAfterMs;
 }
 
+/** True once the session named app is inside its pg_sleep (within 10 s). */
+async function inPgSleep(app) {
+  return (await pollUntil(async () => (await stack.psql(
+    `SELECT count(*) FROM pg_stat_activity WHERE application_name = '${app}' AND query LIKE '%pg_sleep%'`))[0][0] === '1',
+  { timeoutMs: 10_000, intervalMs: 50 })).value;
+}
+
 function asPostgres(file, args, timeoutMs) {
   const root = process.getuid?.() === 0;
   return root
@@ -251,10 +258,7 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
       DELETE FROM ingest.reviews WHERE ${other}; DELETE FROM ingest.scores WHERE ${other};
       DELETE FROM ingest.trace_keys WHERE ${where};
       COMMIT`, { appName: app });
-    const sleeping = await pollUntil(async () => (await stack.psql(
-      `SELECT count(*) FROM pg_stat_activity WHERE application_name = '${app}' AND query LIKE '%pg_sleep%'`))[0][0] === '1',
-    { timeoutMs: 10_000, intervalMs: 50 });
-    assert.ok(sleeping.value, 'the deletion holds the key');
+    assert.ok(await inPgSleep(app), 'the deletion holds the key');
     const started = Date.now();
     const [score, obsScore, review] = await Promise.all([
       stack.api('POST', '/api/v1/scores', { base: stack.url, key: A.key, body: { trace_id: id, name: 'q', value: 1 } }),
@@ -346,10 +350,7 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
       SELECT pg_sleep(3);
       DELETE FROM ingest.trace_keys WHERE ${where};
       COMMIT`, { appName: app });
-    const sleeping = await pollUntil(async () => (await stack.psql(
-      `SELECT count(*) FROM pg_stat_activity WHERE application_name = '${app}' AND query LIKE '%pg_sleep%'`))[0][0] === '1',
-    { timeoutMs: 10_000, intervalMs: 50 });
-    assert.ok(sleeping.value, 'the deletion holds the key and sleeps');
+    assert.ok(await inPgSleep(app), 'the deletion holds the key and sleeps');
 
     r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('second')] } });
     assert.equal(r.status, 202, r.text);
