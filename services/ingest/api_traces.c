@@ -259,6 +259,44 @@ void api_traces_post(eb_http_req *req, void *vctx)
     " t.session_id, t.user_id, ingest.iso(t.part_time), t.status_message, t.environment,"          \
     " t.release"
 
+/* The ILIKE pattern "%<s>%" with LIKE's special characters escaped. With json, s is first
+ * written the way PostgreSQL writes a string inside jsonb text ('"' as \", a newline as \n,
+ * other control characters as \u00XX), so that q finds a metadata value holding a quote or a
+ * backslash as it was typed. */
+static char *like_pattern(const char *s, bool json)
+{
+    static const char hex[] = "0123456789abcdef";
+    eb_buf b = {0};
+
+    eb_buf_putc(&b, '%');
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[8] = {(char)ch, 0};
+
+        if (json && (ch == '"' || ch == '\\' || ch < 0x20)) {
+            const char *named = ch == '"'    ? "\\\""
+                                : ch == '\\' ? "\\\\"
+                                : ch == '\b' ? "\\b"
+                                : ch == '\f' ? "\\f"
+                                : ch == '\n' ? "\\n"
+                                : ch == '\r' ? "\\r"
+                                : ch == '\t' ? "\\t"
+                                             : NULL;
+            if (named)
+                snprintf(esc, sizeof esc, "%s", named);
+            else
+                snprintf(esc, sizeof esc, "\\u00%c%c", hex[ch >> 4], hex[ch & 15]);
+        }
+        for (const char *e = esc; *e; e++) {
+            if (*e == '%' || *e == '_' || *e == '\\')
+                eb_buf_putc(&b, '\\');
+            eb_buf_putc(&b, *e);
+        }
+    }
+    eb_buf_putc(&b, '%');
+    return eb_buf_steal(&b);
+}
+
 /* True for an absent parameter or a finite decimal number ("nan", "inf" and leading spaces are
  * not numbers here, though strtod takes them). */
 static bool number_or_null(const char *s)
@@ -371,9 +409,9 @@ void api_traces_list(eb_http_req *req, void *vctx)
     const char *q_smax = eb_http_req_query(req, "score_max");
     const char *q_limit = eb_http_req_query(req, "limit");
     const char *q_cursor = eb_http_req_query(req, "cursor");
-    char cur_pt[64] = "", limit_s[24], *cur_id = NULL, *like = NULL;
+    char cur_pt[64] = "", limit_s[24], *cur_id = NULL, *like = NULL, *like_json = NULL;
     long limit = 50;
-    const char *params[16];
+    const char *params[17];
     PGconn *c;
     PGresult *r = NULL;
     eb_status st;
@@ -419,15 +457,12 @@ void api_traces_list(eb_http_req *req, void *vctx)
         return;
     }
     if (q_text) {
-        eb_buf lb = {0};
-        eb_buf_putc(&lb, '%');
-        for (const char *s = q_text; *s; s++) {
-            if (*s == '%' || *s == '_' || *s == '\\')
-                eb_buf_putc(&lb, '\\');
-            eb_buf_putc(&lb, *s);
+        like = like_pattern(q_text, false);
+        like_json = like_pattern(q_text, true);
+        if (strcmp(like, like_json) == 0) {
+            free(like_json);
+            like_json = NULL;
         }
-        eb_buf_putc(&lb, '%');
-        like = eb_buf_steal(&lb);
     }
     snprintf(limit_s, sizeof(limit_s), "%ld", limit + 1);
     params[0] = p->team_id;
@@ -446,6 +481,7 @@ void api_traces_list(eb_http_req *req, void *vctx)
     params[13] = cur_id ? cur_pt : NULL;
     params[14] = cur_id;
     params[15] = limit_s;
+    params[16] = like_json;
     c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)
         goto cleanup;
@@ -456,14 +492,15 @@ void api_traces_list(eb_http_req *req, void *vctx)
         " AND ($5::text IS NULL OR t.model = $5) AND ($6::text IS NULL OR t.provider = $6)"
         " AND ($7::text IS NULL OR t.status = $7) AND ($8::text IS NULL OR t.review_state = $8)"
         " AND ($9::text IS NULL OR t.tags @> ARRAY[$9::text])"
-        " AND ($10::text IS NULL OR t.name ILIKE $10 OR t.metadata::text ILIKE $10)"
+        " AND ($10::text IS NULL OR t.name ILIKE $10 OR t.metadata::text ILIKE $10"
+        "  OR t.metadata::text ILIKE $17)"
         " AND ($11::text IS NULL OR EXISTS (SELECT 1 FROM ingest.scores s WHERE s.team_id ="
         "  t.team_id AND s.trace_id = t.id AND s.name = $11"
         "  AND ($12::float8 IS NULL OR s.value_number >= $12::float8)"
         "  AND ($13::float8 IS NULL OR s.value_number <= $13::float8)))"
         " AND ($14::timestamptz IS NULL OR (t.part_time, t.id) < ($14::timestamptz, $15::text))"
         " ORDER BY t.part_time DESC, t.id DESC LIMIT $16::int",
-        16, params, &r);
+        17, params, &r);
     if (st != EB_OK) {
         eb_db_rollback(c);
         eb_db_put(ctx->svc.db, c);
@@ -492,6 +529,7 @@ cleanup:
     PQclear(r);
     free(cur_id);
     free(like);
+    free(like_json);
 }
 
 void api_trace_get(eb_http_req *req, void *vctx)

@@ -649,6 +649,8 @@ describe('ingest: JSON batch API and trace queries', () => {
       mk(3, { model: 'claude-sonnet-4', provider: 'anthropic', status: 'unset', metadata: { note: `has NEEDLE-${sfx} inside` } }),
       mk(4, { model: 'llama-3', provider: 'meta', status: 'ok', name: '100%_literal' }),
       { id: `f5-${sfx}`, project: p2, model: 'gpt-4o', provider: 'openai', status: 'ok', start_time: iso(t0 + 5 * 60_000) },
+      { id: `f6-${sfx}`, project: p2, start_time: iso(t0 + 6 * 60_000),
+        metadata: { path: 'C:\\temp\\x', quote: 'say "hi" now', lines: 'one\ntwo', bell: 'a\u0007b' } },
     ];
     await ingestOk(A.member, traces);
     await waitAll(A.key, traces.map((t) => t.id));
@@ -656,7 +658,7 @@ describe('ingest: JSON batch API and trace queries', () => {
     const q = (params) => listIds(A.key, { project: p1, ...params });
 
     assert.deepEqual(await listIds(A.key, { project: p1 }), ids(0, 1, 2, 3, 4), 'project');
-    assert.deepEqual(await listIds(A.key, { project: p2 }), ids(5), 'other project');
+    assert.deepEqual(await listIds(A.key, { project: p2 }), ids(5, 6), 'other project');
     assert.deepEqual(await q({ model: 'gpt-4o' }), ids(0, 1), 'model');
     assert.deepEqual(await q({ provider: 'anthropic' }), ids(2, 3), 'provider');
     assert.deepEqual(await q({ status: 'ok' }), ids(0, 2, 4), 'status ok');
@@ -668,6 +670,14 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.deepEqual(await q({ q: '100%_' }), ids(4), '% and _ are literal in free text');
     assert.deepEqual(await q({ q: '1%0' }), [], '% is not a wildcard (it would match "100")');
     assert.deepEqual(await q({ q: '1_0' }), [], '_ is not a wildcard (it would match "100")');
+    // metadata values are found as typed, though the JSON text escapes some of their characters
+    const q2 = (text) => listIds(A.key, { project: p2, q: text });
+    assert.deepEqual(await q2('SAY "hi"'), ids(6), 'a quote in a metadata value');
+    assert.deepEqual(await q2('C:\\temp\\'), ids(6), 'backslashes in a metadata value');
+    assert.deepEqual(await q2('one\ntwo'), ids(6), 'a newline in a metadata value');
+    assert.deepEqual(await q2('a\u0007b'), ids(6), 'a control character in a metadata value');
+    assert.deepEqual(await q2('"quote": "say'), ids(6), 'the JSON text itself still matches');
+    assert.deepEqual(await q2('temp\\y'), [], 'no match is no match');
     assert.deepEqual(await q({ from: iso(t0 + 60_000), to: iso(t0 + 3 * 60_000) }), ids(1, 2), 'from inclusive, to exclusive');
     assert.deepEqual(await q({ from: iso(t0 + 4 * 60_000) }), ids(4), 'from only');
     assert.deepEqual(await q({ to: iso(t0 + 60_000) }), ids(0), 'to only');
