@@ -76,6 +76,7 @@ void eb_buf_reserve(eb_buf *b, size_t extra)
         cap *= 2;
     b->data = eb_realloc(b->data, cap);
     b->cap = cap;
+    b->data[b->len] = '\0'; /* a buffer reserved and not yet written to is "" */
 }
 
 void eb_buf_append(eb_buf *b, const void *p, size_t n)

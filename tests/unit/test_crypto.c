@@ -194,11 +194,12 @@ static void test_base64_vectors(void **state)
         assert_int_equal(b.len, c->rawlen);
         if (c->rawlen)
             assert_memory_equal(b.data, c->raw, c->rawlen);
-        eb_buf_reset(&b);
+        eb_buf_free(&b);
 
+        /* into a new buffer: its text is NUL-terminated even when empty */
         eb_base64_encode(c->raw, c->rawlen, &b);
         assert_int_equal(b.len, strlen(c->std));
-        assert_memory_equal(b.data, c->std, b.len);
+        assert_string_equal(b.data ? b.data : "", c->std);
         eb_buf_reset(&b);
         assert_true(eb_base64_decode(c->std, strlen(c->std), &b));
         assert_int_equal(b.len, c->rawlen);
