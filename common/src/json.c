@@ -151,6 +151,136 @@ static size_t too_deep_at(const char *data, size_t n)
     return SIZE_MAX;
 }
 
+/* Length of the JSON number at s[0..n) by the strict grammar
+ * -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, with in *sig its digits after any leading zeros
+ * and in *exp the magnitude of its exponent (capped); 0 if s does not start with one. */
+static size_t strict_number(const char *s, size_t n, size_t *sig, long *exp)
+{
+    size_t i = 0;
+    bool leading = true;
+
+    *sig = 0;
+    *exp = 0;
+    if (i < n && s[i] == '-')
+        i++;
+    if (i < n && s[i] == '0')
+        i++;
+    else if (i < n && s[i] >= '1' && s[i] <= '9') {
+        leading = false;
+        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+            (*sig)++;
+    } else
+        return 0;
+    if (i < n && s[i] == '.') {
+        size_t f = ++i;
+        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
+            leading = leading && s[i] == '0';
+            *sig += !leading;
+        }
+        if (i == f)
+            return 0;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        size_t e;
+        if (++i < n && (s[i] == '+' || s[i] == '-'))
+            i++;
+        for (e = i; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+            if (*exp < 100000)
+                *exp = *exp * 10 + (s[i] - '0');
+        if (i == e)
+            return 0;
+    }
+    return i;
+}
+
+typedef struct exact_num {
+    size_t index; /* the how-manyth number of the text */
+    const char *text;
+    size_t len;
+} exact_num;
+
+/* Numbers of v's tree in document order (the order of their text); gives each listed one its
+ * text. */
+static void give_texts(cJSON *v, size_t *seen, const exact_num *list, size_t n, size_t *next)
+{
+    for (; v && *next < n; v = v->next) {
+        if (cJSON_IsNumber(v)) {
+            if (*seen == list[*next].index && !v->valuestring) {
+                char *t = cJSON_malloc(list[*next].len + 1);
+                if (t) {
+                    memcpy(t, list[*next].text, list[*next].len);
+                    t[list[*next].len] = '\0';
+                    v->valuestring = t;
+                }
+                (*next)++;
+            }
+            (*seen)++;
+        } else if (v->child) {
+            give_texts(v->child, seen, list, n, next);
+        }
+    }
+}
+
+/* The end of the string whose opening quote is at text[i]: the index just past its closing
+ * quote (a quote preceded by an odd number of backslashes is escaped), or n. */
+static size_t string_end(const char *text, size_t n, size_t i)
+{
+    for (i++; i < n;) {
+        const char *q = memchr(text + i, '"', n - i);
+        size_t at, bs = 0;
+        if (!q)
+            return n;
+        at = (size_t)(q - text);
+        while (at - bs > i && text[at - bs - 1] == '\\')
+            bs++;
+        i = at + 1;
+        if (bs % 2 == 0)
+            return i;
+    }
+    return n;
+}
+
+void eb_json_keep_exact(cJSON *root, const char *text, size_t n)
+{
+    exact_num *list = NULL;
+    size_t count = 0, cap = 0, number = 0, seen = 0, next = 0;
+
+    if (!root || !text)
+        return;
+    for (size_t i = 0; i < n;) {
+        char ch = text[i];
+        size_t len, sig;
+        long exp;
+
+        if (ch == '"') {
+            i = string_end(text, n, i);
+            continue;
+        }
+        if (ch != '-' && (ch < '0' || ch > '9')) {
+            i++;
+            continue;
+        }
+        /* a number: cJSON reads it into a double, exact up to 15 significant digits and within
+         * its exponent range; beyond either, its text is kept */
+        len = strict_number(text + i, n - i, &sig, &exp);
+        if (len && (sig > 15 || exp > 300)) {
+            if (count == cap) {
+                cap = cap ? cap * 2 : 8;
+                list = eb_realloc(list, cap * sizeof *list);
+            }
+            list[count++] = (exact_num){number, text + i, len};
+        }
+        number++;
+        i += len ? len : 1;
+        while (i < n && ((text[i] >= '0' && text[i] <= '9') || text[i] == '.' || text[i] == 'e' ||
+                         text[i] == 'E' || text[i] == '+' || text[i] == '-'))
+            i++; /* the rest of a token the grammar refused (cJSON may take "01") */
+    }
+    if (count)
+        give_texts(root, &seen, list, count, &next);
+    free(list);
+}
+
 eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
 {
     const char *end = NULL;
@@ -196,6 +326,7 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
         cJSON_Delete(root);
         return eb_error(EB_ERR_INVALID, "request body must be a JSON object");
     }
+    eb_json_keep_exact(root, data, n);
     *out = root;
     return EB_OK;
 }
@@ -294,7 +425,7 @@ static void print_value(eb_buf *b, const cJSON *v)
         eb_buf_puts(b, "true");
         break;
     case cJSON_Number:
-        eb_buf_json_number(b, v->valuedouble);
+        eb_buf_json_number_item(b, v);
         break;
     case cJSON_String:
         eb_buf_putc(b, '"');
@@ -428,6 +559,14 @@ bool eb_rfc3339_valid(const char *s)
     /* offsets as PostgreSQL takes them (no zone is more than 14 hours away) */
     return (*p == '+' || *p == '-') && digits(p + 1, 2, 0, 15) && p[3] == ':' &&
            digits(p + 4, 2, 0, 59) && p[6] == '\0';
+}
+
+void eb_buf_json_number_item(eb_buf *b, const cJSON *v)
+{
+    if (v->valuestring) /* its exact text (eb_json_keep_exact) */
+        eb_buf_puts(b, v->valuestring);
+    else
+        eb_buf_json_number(b, v->valuedouble);
 }
 
 /* Integers exactly (no printf), other numbers as the shortest of %.15g..%.17g that reads back

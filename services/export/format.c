@@ -248,7 +248,7 @@ static void put_json(eb_buf *b, const cJSON *item)
         put_lit(b, "true");
         break;
     case cJSON_Number:
-        eb_buf_json_number(b, item->valuedouble);
+        eb_buf_json_number_item(b, item);
         break;
     case cJSON_String:
         put_str(b, item->valuestring);
@@ -637,7 +637,7 @@ static void csv_value_cell(export_writer *w, eb_buf *b, const cJSON *v)
         csv_text_cell(w, b, v->valuestring);
     } else if (cJSON_IsNumber(v)) {
         eb_buf_reset(&w->cell);
-        eb_buf_json_number(&w->cell, v->valuedouble);
+        eb_buf_json_number_item(&w->cell, v);
         csv_cell(b, w->cell.data, w->cell.len, false);
     } else if (cJSON_IsBool(v)) {
         put_lit(b, cJSON_IsTrue(v) ? "true" : "false");

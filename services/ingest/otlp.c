@@ -400,11 +400,15 @@ static bool parse_int64_text(const char *s, bool allow_negative, int64_t *v)
     return true;
 }
 
-/* An integer given as a string of digits or a JSON number (exact up to 2^53). */
+/* An integer given as a string of digits or a JSON number: exact either way, since a number
+ * with more digits than a double holds keeps its text (eb_json_keep_exact). */
 static bool jint_value(const cJSON *it, bool allow_negative, int64_t *v)
 {
     if (cJSON_IsString(it))
         return parse_int64_text(it->valuestring, allow_negative, v);
+    if (cJSON_IsNumber(it) && it->valuestring &&
+        parse_int64_text(it->valuestring, allow_negative, v))
+        return true;
     if (cJSON_IsNumber(it)) {
         double d = it->valuedouble;
 

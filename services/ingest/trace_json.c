@@ -1757,6 +1757,8 @@ static void put_json_text(eb_buf *b, const char *s, bool want_object)
     }
     if (eb_utf8_valid(s, strlen(s)))
         v = cJSON_ParseWithOpts(s, &end, true);
+    if (v)
+        eb_json_keep_exact(v, s, strlen(s));
     if (!v || (want_object && !cJSON_IsObject(v))) {
         put_str(b, s);
     } else {

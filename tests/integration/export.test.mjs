@@ -293,7 +293,14 @@ describe('export: jobs, formats, privacy', () => {
       },
       { id: 'c-bare-2', project: 'agents', start_time: iso(t0 + 5000) },
     ];
+    // a 64-bit id in metadata, sent as raw text (JSON.stringify would round it first)
+    const bigMember = '"snowflake":1234567890123456789';
+    assertStatus(await api('POST', '/api/v1/traces', C.key, {
+      raw: `{"traces":[{"id":"c-big-3","project":"agents","start_time":"${iso(t0 + 6000)}","metadata":{${bigMember}}}]}`,
+    }), 202);
     await ingest(C.key, rich);
+    const stored = await pollUntil(async () => (await stack.psql("SELECT count(*) FROM ingest.traces WHERE id = 'c-big-3'"))[0][0] === '1', { timeoutMs: 20_000, intervalMs: 200 });
+    assert.ok(stored.value, 'c-big-3 stored');
     await review(C.key, 'c-rich-1', 'reject');
     await review(C.key, 'c-rich-1', 'accept');
     for (const body of [
@@ -303,13 +310,15 @@ describe('export: jobs, formats, privacy', () => {
     ]) assertStatus(await api('POST', '/api/v1/scores', C.key, { body }), 201, 'score');
     const job = await runExport(C.key, { format: 'jsonl', anonymize: false, compression: 'none' });
     assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
-    const got = jsonLines(await download(C.key, job));
+    const text = await download(C.key, job);
+    const got = jsonLines(text);
+    assert.ok(text.includes(bigMember), 'a 64-bit id in metadata is written exactly');
     const teamId = (await stack.whoami(C.key)).team.id;
     assert.match(teamId, /^[0-9a-f-]{36}$/);
     const rows = await stack.psql(`SELECT v.record::text FROM ingest.export_traces v
       WHERE v.team_id = '${teamId}' ORDER BY v.part_time, v.id`);
     const want = rows.map((r) => JSON.parse(r[0]));
-    assert.equal(want.length, 2);
+    assert.equal(want.length, 3);
     assert.deepEqual(got, want, 'the export writes exactly the view\'s record, in the view\'s order');
     assert.deepEqual(Object.keys(got[0]), Object.keys(want[0]), 'keys in the documented order');
     const r1 = got.find((r) => r.id === 'c-rich-1');

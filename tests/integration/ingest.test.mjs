@@ -637,6 +637,28 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertError(await api('GET', '/api/v1/traces?limit=501', A.key), 'invalid_argument', 'limit 501');
   }));
 
+  it('numbers a double cannot hold (64-bit ids, long decimals) come back exactly as sent', T, stack.wrap(async () => {
+    const id = rid('exact');
+    // raw text: JSON.stringify would round these before they leave; stored as jsonb, whose
+    // members come back in its own order, so each is looked for on its own
+    const members = ['"snowflake":1234567890123456789', '"neg":-9007199254740993',
+      '"pi":3.14159265358979323846', '"list":[12345678901234567890,0.1,7]', '"small":123456789012345'];
+    const raw = `{"traces":[{"id":"${id}","project":"exact","metadata":{${members.join(',')}},`
+      + `"observations":[{"id":"o1","type":"span","metadata":{"n":9223372036854775807}}]}]}`;
+    assertStatus(await api('POST', '/api/v1/traces', A.member, { raw }), 202);
+    await waitTrace(A.key, id);
+    const got = await api('GET', `/api/v1/traces/${id}`, A.key);
+    const listed = await api('GET', '/api/v1/traces?project=exact', A.key);
+    for (const m of members) {
+      assert.ok(got.text.includes(m), `the trace has ${m}: ${got.text.slice(0, 500)}`);
+      assert.ok(listed.text.includes(m), `the listing has ${m}`);
+    }
+    assert.ok(got.text.includes('"metadata":{"n":9223372036854775807}'), 'the observation\'s metadata as sent');
+    const [[snowflake, pi]] = await stack.psql(
+      `SELECT metadata->>'snowflake', metadata->>'pi' FROM ingest.traces WHERE id = '${id}'`);
+    assert.deepEqual([snowflake, pi], ['1234567890123456789', '3.14159265358979323846'], 'stored exactly');
+  }));
+
   it('query filters: project, time range, model, provider, status, tag, free text', T, stack.wrap(async () => {
     const sfx = crypto.randomBytes(3).toString('hex');
     const [p1, p2] = [`fa-${sfx}`, `fb-${sfx}`];

@@ -240,6 +240,17 @@ describe('ingest: TraceBatch over NATS', () => {
     for (let i = 0; i < cases.length; i++) cases[i][1](await waitTrace(A.key, ids[i]));
   }));
 
+  it('numbers in JSON texts that a double cannot hold are stored exactly', T, stack.wrap(async () => {
+    const id = rid('exact');
+    const members = ['"snowflake":1234567890123456789', '"pi":3.14159265358979323846'];
+    const meta = `{${members.join(',')}}`;
+    const ack = await publishBatch(A.team, encodeBatch([trace(id, { metadata_json: meta })]), A.key);
+    assert.deepEqual(ack.accepted_ids, [id], JSON.stringify(ack));
+    await waitTrace(A.key, id);
+    const got = await api('GET', `/api/v1/traces/${id}`, A.key);
+    for (const m of members) assert.ok(got.text.includes(m), `${m}: ${got.text.slice(0, 400)}`);
+  }));
+
   it('a key restricted to a project: traces without a project get it, another project is refused', T, stack.wrap(async () => {
     const web = (await stack.createKey(A.key, { name: 'web', scopes: ['traces:write', 'traces:read'], project: 'web' })).key;
     const [noProject, other] = [rid('rp'), rid('ro')];

@@ -209,6 +209,47 @@ static void test_rfc3339(void **state)
             fail_msg("'%s' should be %s", cases[i].s, cases[i].ok ? "valid" : "invalid");
 }
 
+/* Numbers a double cannot hold exactly print as they were written; others as before. */
+static void test_exact_numbers(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"{\"id\":1234567890123456789}", "{\"id\":1234567890123456789}"},
+        {"{\"n\":-9007199254740993,\"m\":9007199254740993.5}",
+         "{\"n\":-9007199254740993,\"m\":9007199254740993.5}"},
+        {"{\"p\":3.14159265358979323846264338327950288}",
+         "{\"p\":3.14159265358979323846264338327950288}"},
+        {"{\"big\":1e400,\"tiny\":2.5E-320}", "{\"big\":1e400,\"tiny\":2.5E-320}"},
+        /* a string holding digits, escaped quotes before numbers, numbers in nested arrays */
+        {"{\"s\":\"12345678901234567890 \\\"\",\"a\":[1,[2.50,12345678901234567890],"
+         "{\"k\":true}],\"z\":0.1}",
+         "{\"s\":\"12345678901234567890 \\\"\",\"a\":[1,[2.5,12345678901234567890],"
+         "{\"k\":true}],\"z\":0.1}"},
+        /* up to 15 significant digits: read into the double, printed from it */
+        {"{\"x\":1.50,\"y\":000.000000000000000000001e0}", "{\"x\":1.5,\"y\":1e-21}"},
+        {"{\"x\":123456789012345}", "{\"x\":123456789012345}"},
+        {"{\"x\":-0.0000000000000000000012345678901234567}",
+         "{\"x\":-0.0000000000000000000012345678901234567}"},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cJSON *o = NULL;
+        char *printed;
+        eb_status st = eb_json_parse_object(cases[i].in, strlen(cases[i].in), &o);
+
+        if (st != EB_OK) {
+            fail_msg("%s: %s", cases[i].in, eb_error_message());
+        }
+        printed = eb_json_print(o);
+        if (strcmp(printed, cases[i].out) != 0)
+            fail_msg("%s printed as %s, expected %s", cases[i].in, printed, cases[i].out);
+        free(printed);
+        cJSON_Delete(o);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -218,6 +259,7 @@ int main(void)
         cmocka_unit_test(test_too_deep),
         cmocka_unit_test(test_fields),
         cmocka_unit_test(test_rfc3339),
+        cmocka_unit_test(test_exact_numbers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1054,6 +1054,36 @@ static void test_json_equals_protobuf(void **state)
     ingest_otlp_result_free(&rj);
 }
 
+/* JSON numbers with more digits than a double holds are read exactly: a time to the nanosecond,
+ * an int attribute beyond 2^53 (kept as a string of its digits). And an empty bytes value. */
+static void test_json_exact_integers(void **state)
+{
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    static const char body[] =
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+        "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"root\",\"startTimeUnixNano\":"
+        "1700000000123456789,\"endTimeUnixNano\":1700000001987654321,\"attributes\":[{\"key\":"
+        "\"app.big\",\"value\":{\"intValue\":1234567890123456789}},{\"key\":\"app.empty\","
+        "\"value\":{\"bytesValue\":\"\"}}]}]}]}]}";
+    ingest_otlp_result r;
+    const char *attrs;
+
+    (void)state;
+    assert_int_equal(ingest_otlp_decode_json(body, strlen(body), &lim, &r), EB_OK);
+    assert_int_equal(r.ntraces, 1);
+    assert_true(r.traces[0]->has_start_time_unix_nano);
+    assert_int_equal(r.traces[0]->start_time_unix_nano, 1700000000123456789LL);
+    assert_int_equal(r.traces[0]->end_time_unix_nano, 1700000001987654321LL);
+    assert_int_equal(r.traces[0]->n_observations, 1);
+    attrs = r.traces[0]->observations[0]->attributes_json;
+    if (!attrs || !strstr(attrs, "\"app.big\":\"1234567890123456789\""))
+        fail_msg("the span's attributes %s lack the exact int", attrs ? attrs : "(none)");
+    /* empty bytes are an empty string (its base64), not whatever the buffer held */
+    if (!strstr(attrs, "\"app.empty\":\"\""))
+        fail_msg("the span's attributes %s lack the empty bytes", attrs);
+    ingest_otlp_result_free(&r);
+}
+
 typedef struct bad_case {
     const char *bytes;
     size_t len;
@@ -1240,6 +1270,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cases),
         cmocka_unit_test(test_json_equals_protobuf),
+        cmocka_unit_test(test_json_exact_integers),
         cmocka_unit_test(test_malformed_protobuf),
         cmocka_unit_test(test_deep_protobuf),
         cmocka_unit_test(test_decoded_size_cap),
