@@ -151,46 +151,66 @@ static size_t too_deep_at(const char *data, size_t n)
     return SIZE_MAX;
 }
 
-/* Length of the JSON number at s[0..n) by the strict grammar
- * -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, with in *sig its digits after any leading zeros
- * and in *exp the magnitude of its exponent (capped); 0 if s does not start with one. */
-static size_t strict_number(const char *s, size_t n, size_t *sig, long *exp)
-{
-    size_t i = 0;
-    bool leading = true;
+/* A number token of JSON text: its length (the whole run of number characters, as cJSON reads
+ * it), whether it follows the strict grammar -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+ * (cJSON also takes "01", "1." and "-.5"), its significant digits (from the first non-zero digit
+ * to the last digit) and the decimal exponent of its first significant digit (1234 has 3, 0.05
+ * has -2), clamped to +-10^6. */
+typedef struct num_token {
+    size_t len;
+    bool strict;
+    size_t sig;
+    long e10;
+} num_token;
 
-    *sig = 0;
-    *exp = 0;
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static num_token scan_number(const char *s, size_t n)
+{
+    num_token t = {0, true, 0, 0};
+    size_t i = 0, int_at, int_n, frac_at = 0, frac_n = 0, first = SIZE_MAX;
+    long exp = 0;
+    bool neg_exp = false;
+
     if (i < n && s[i] == '-')
         i++;
-    if (i < n && s[i] == '0')
-        i++;
-    else if (i < n && s[i] >= '1' && s[i] <= '9') {
-        leading = false;
-        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++)
-            (*sig)++;
-    } else
-        return 0;
+    for (int_at = i; i < n && is_digit(s[i]); i++)
+        ;
+    int_n = i - int_at;
+    if (int_n == 0 || (int_n > 1 && s[int_at] == '0'))
+        t.strict = false;
     if (i < n && s[i] == '.') {
-        size_t f = ++i;
-        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
-            leading = leading && s[i] == '0';
-            *sig += !leading;
-        }
-        if (i == f)
-            return 0;
+        for (frac_at = ++i; i < n && is_digit(s[i]); i++)
+            ;
+        frac_n = i - frac_at;
+        t.strict = t.strict && frac_n > 0;
     }
     if (i < n && (s[i] == 'e' || s[i] == 'E')) {
         size_t e;
         if (++i < n && (s[i] == '+' || s[i] == '-'))
-            i++;
-        for (e = i; i < n && s[i] >= '0' && s[i] <= '9'; i++)
-            if (*exp < 100000)
-                *exp = *exp * 10 + (s[i] - '0');
-        if (i == e)
-            return 0;
+            neg_exp = s[i++] == '-';
+        for (e = i; i < n && is_digit(s[i]); i++)
+            if (exp < 1000000)
+                exp = exp * 10 + (s[i] - '0');
+        t.strict = t.strict && i > e;
     }
-    return i;
+    for (; i < n && (is_digit(s[i]) || s[i] == '.' || s[i] == 'e' || s[i] == 'E' || s[i] == '+' ||
+                     s[i] == '-');
+         i++)
+        t.strict = false; /* more of the run than the grammar has */
+    t.len = i;
+    /* the first significant digit, among the integer digits, then the fraction's */
+    for (size_t k = 0; k < int_n + frac_n && first == SIZE_MAX; k++)
+        if ((k < int_n ? s[int_at + k] : s[frac_at + k - int_n]) != '0')
+            first = k;
+    if (first == SIZE_MAX)
+        return t; /* zero */
+    t.sig = int_n + frac_n - first;
+    t.e10 = (long)int_n - 1 - (long)first + (neg_exp ? -exp : exp);
+    return t;
 }
 
 typedef struct exact_num {
@@ -240,51 +260,54 @@ static size_t string_end(const char *text, size_t n, size_t i)
     return n;
 }
 
-void eb_json_keep_exact(cJSON *root, const char *text, size_t n)
+size_t eb_json_keep_exact(cJSON *root, const char *text, size_t n)
 {
     exact_num *list = NULL;
-    size_t count = 0, cap = 0, number = 0, seen = 0, next = 0;
+    size_t count = 0, cap = 0, number = 0, seen = 0, next = 0, refused = SIZE_MAX;
 
     if (!root || !text)
-        return;
+        return SIZE_MAX;
     for (size_t i = 0; i < n;) {
         char ch = text[i];
-        size_t len, sig;
-        long exp;
+        num_token t;
 
         if (ch == '"') {
             i = string_end(text, n, i);
             continue;
         }
-        if (ch != '-' && (ch < '0' || ch > '9')) {
+        if (ch != '-' && !is_digit(ch)) {
             i++;
             continue;
         }
         /* a number: cJSON reads it into a double, exact up to 15 significant digits and within
-         * its exponent range; beyond either, its text is kept */
-        len = strict_number(text + i, n - i, &sig, &exp);
-        if (len && (sig > 15 || exp > 300)) {
+         * its exponent range; beyond either, its text is kept, within bounds that keep it short
+         * in PostgreSQL's plain notation and inside its numeric type */
+        t = scan_number(text + i, n - i);
+        if (t.sig > EB_JSON_MAX_DIGITS || t.e10 > EB_JSON_MAX_EXPONENT ||
+            t.e10 < -EB_JSON_MAX_EXPONENT) {
+            if (refused == SIZE_MAX)
+                refused = i;
+        } else if (t.strict && (t.sig > 15 || t.e10 > 300 || t.e10 < -300)) {
             if (count == cap) {
                 cap = cap ? cap * 2 : 8;
                 list = eb_realloc(list, cap * sizeof *list);
             }
-            list[count++] = (exact_num){number, text + i, len};
+            list[count++] = (exact_num){number, text + i, t.len};
         }
         number++;
-        i += len ? len : 1;
-        while (i < n && ((text[i] >= '0' && text[i] <= '9') || text[i] == '.' || text[i] == 'e' ||
-                         text[i] == 'E' || text[i] == '+' || text[i] == '-'))
-            i++; /* the rest of a token the grammar refused (cJSON may take "01") */
+        i += t.len ? t.len : 1;
     }
     if (count)
         give_texts(root, &seen, list, count, &next);
     free(list);
+    return refused;
 }
 
 eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
 {
     const char *end = NULL;
     cJSON *root;
+    size_t out_of_range;
 
     *out = NULL;
     if (n == 0)
@@ -304,13 +327,13 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
     }
     root = cJSON_ParseWithLengthOpts(data, n, &end, false);
     if (!root) {
-        size_t at = end && end >= data ? (size_t)(end - data) : 0;
         size_t deep = too_deep_at(data, n);
         if (deep != SIZE_MAX)
             return eb_error(EB_ERR_INVALID,
                             "JSON nests deeper than %d arrays and objects (at byte %zu)",
                             CJSON_NESTING_LIMIT, deep);
-        return eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu", at);
+        return eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu",
+                        end && end >= data ? (size_t)(end - data) : 0);
     }
     if (end) {
         while ((size_t)(end - data) < n &&
@@ -326,7 +349,14 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
         cJSON_Delete(root);
         return eb_error(EB_ERR_INVALID, "request body must be a JSON object");
     }
-    eb_json_keep_exact(root, data, n);
+    if ((out_of_range = eb_json_keep_exact(root, data, n)) != SIZE_MAX) {
+        cJSON_Delete(root);
+        return eb_error(EB_ERR_INVALID,
+                        "the number at byte %zu is out of range: numbers may have up to %d"
+                        " significant digits and a magnitude from 1e-%d to 1e%d",
+                        out_of_range, EB_JSON_MAX_DIGITS, EB_JSON_MAX_EXPONENT,
+                        EB_JSON_MAX_EXPONENT);
+    }
     *out = root;
     return EB_OK;
 }

@@ -206,11 +206,16 @@ static eb_status check_order(walk_ctx *c, bool has_start, long long start, bool 
     return st;
 }
 
-static bool json_text_is_object(const char *s)
+/* Whether s is the text of a JSON object; if not, why[] says what is wrong with it ("" when it
+ * is JSON of another kind). */
+static bool json_text_is_object(const char *s, char *why, size_t len)
 {
     cJSON *o = NULL;
     eb_status st = eb_json_parse_object(s, strlen(s), &o);
 
+    why[0] = '\0';
+    if (st != EB_OK && !strstr(eb_error_message(), "must be a JSON object"))
+        snprintf(why, len, ": %s", eb_error_message());
     cJSON_Delete(o);
     eb_error_clear();
     return st == EB_OK;
@@ -1447,6 +1452,7 @@ static eb_status v_json_object(walk_ctx *c, const char *s, const char *key)
 {
     eb_status st = EB_OK;
     size_t mark, n;
+    char why[160];
 
     if (!s)
         return EB_OK;
@@ -1457,8 +1463,8 @@ static eb_status v_json_object(walk_ctx *c, const char *s, const char *key)
                   c->lim->max_metadata_bytes);
     else if (!eb_utf8_valid(s, n))
         st = fail(c, EB_ERR_INVALID, "is not valid UTF-8");
-    else if (!json_text_is_object(s))
-        st = fail(c, EB_ERR_INVALID, "must be the text of a JSON object");
+    else if (!json_text_is_object(s, why, sizeof why))
+        st = fail(c, EB_ERR_INVALID, "must be the text of a JSON object%s", why);
     path_pop(c, mark);
     return st;
 }
@@ -1509,6 +1515,7 @@ static eb_status v_part(walk_ctx *c, const Evalbus__V1__ContentPart *p)
 {
     eb_status st = EB_OK;
     size_t mark = c->len;
+    char why[160];
 
     if (!p)
         return fail(c, EB_ERR_INVALID, "is missing");
@@ -1517,9 +1524,9 @@ static eb_status v_part(walk_ctx *c, const Evalbus__V1__ContentPart *p)
         (st = v_text(c, p->url, "url", TEXT_FREE, false)) != EB_OK ||
         (st = v_text(c, p->json, "json", TEXT_FREE, false)) != EB_OK)
         return st;
-    if (p->json && !json_text_is_object(p->json)) {
+    if (p->json && !json_text_is_object(p->json, why, sizeof why)) {
         path_push_key(c, "json");
-        st = fail(c, EB_ERR_INVALID, "must be the text of a JSON object");
+        st = fail(c, EB_ERR_INVALID, "must be the text of a JSON object%s", why);
         path_pop(c, mark);
     }
     return st;

@@ -657,6 +657,11 @@ describe('ingest: JSON batch API and trace queries', () => {
     const [[snowflake, pi]] = await stack.psql(
       `SELECT metadata->>'snowflake', metadata->>'pi' FROM ingest.traces WHERE id = '${id}'`);
     assert.deepEqual([snowflake, pi], ['1234567890123456789', '3.14159265358979323846'], 'stored exactly');
+    // a magnitude PostgreSQL would print as thousands of digits is refused, naming its place
+    const huge = `{"traces":[{"id":"${rid('huge')}","metadata":{"n":1e400}}]}`;
+    const r = await api('POST', '/api/v1/traces', A.member, { raw: huge });
+    assertError(r, 'invalid_argument', 'a number out of range');
+    assert.match(r.body.error.message, new RegExp(`number at byte ${huge.indexOf('1e400')} is out of range`));
   }));
 
   it('query filters: project, time range, model, provider, status, tag, free text', T, stack.wrap(async () => {

@@ -249,6 +249,12 @@ describe('ingest: TraceBatch over NATS', () => {
     await waitTrace(A.key, id);
     const got = await api('GET', `/api/v1/traces/${id}`, A.key);
     for (const m of members) assert.ok(got.text.includes(m), `${m}: ${got.text.slice(0, 400)}`);
+    // out of range: refused in the IngestAck with the reason
+    const huge = rid('huge');
+    const nack = await publishBatch(A.team, encodeBatch([trace(huge, { metadata_json: '{"n":1e-400}' })]), A.key);
+    assert.deepEqual(nack.accepted_ids, [], JSON.stringify(nack));
+    assert.equal(nack.rejected[0].code, 'invalid_argument');
+    assert.match(nack.rejected[0].message, /metadata must be the text of a JSON object: the number at byte 5 is out of range/);
   }));
 
   it('a key restricted to a project: traces without a project get it, another project is refused', T, stack.wrap(async () => {

@@ -220,7 +220,11 @@ static void test_exact_numbers(void **state)
          "{\"n\":-9007199254740993,\"m\":9007199254740993.5}"},
         {"{\"p\":3.14159265358979323846264338327950288}",
          "{\"p\":3.14159265358979323846264338327950288}"},
-        {"{\"big\":1e400,\"tiny\":2.5E-320}", "{\"big\":1e400,\"tiny\":2.5E-320}"},
+        {"{\"big\":1e330,\"tiny\":2.5E-320,\"z\":0e-20000}",
+         "{\"big\":1e330,\"tiny\":2.5E-320,\"z\":0}"},
+        /* the magnitude counts the digits before the exponent */
+        {"{\"a\":100000000000e300,\"b\":0.00000000001e-300}",
+         "{\"a\":100000000000e300,\"b\":0.00000000001e-300}"},
         /* a string holding digits, escaped quotes before numbers, numbers in nested arrays */
         {"{\"s\":\"12345678901234567890 \\\"\",\"a\":[1,[2.50,12345678901234567890],"
          "{\"k\":true}],\"z\":0.1}",
@@ -250,6 +254,49 @@ static void test_exact_numbers(void **state)
     }
 }
 
+/* Numbers beyond the limits are refused, naming where they are; zero is never out of range. */
+static void test_numbers_out_of_range(void **state)
+{
+    static const char *const refused[] = {
+        "{\"a\":1e331}",
+        "{\"a\":-1E+331}",
+        "{\"a\":1e-331}",
+        "{\"a\":[1,{\"b\":1000e328}]}",
+        "{\"a\":0.0001e-327}",
+        "{\"a\":1.e400}", /* a form cJSON takes */
+        "{\"a\":1e99999999999999}",
+    };
+    char digits[1100];
+    cJSON *o = NULL;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        o = NULL;
+        if (eb_json_parse_object(refused[i], strlen(refused[i]), &o) != EB_ERR_INVALID)
+            fail_msg("%s was taken", refused[i]);
+        assert_null(o);
+        assert_non_null(strstr(eb_error_message(), "out of range"));
+    }
+    o = NULL;
+    assert_int_equal(eb_json_parse_object("{\"s\":\"x\",\"a\":1e331}", 19, &o), EB_ERR_INVALID);
+    assert_non_null(strstr(eb_error_message(), "at byte 13"));
+    /* 1000 significant digits are kept, 1001 are not: 7.77...7 */
+    memcpy(digits, "{\"a\":7.", 7);
+    memset(digits + 7, '7', 999);
+    memcpy(digits + 1006, "}", 2);
+    assert_int_equal(eb_json_parse_object(digits, strlen(digits), &o), EB_OK);
+    {
+        char *printed = eb_json_print(o);
+        assert_string_equal(printed, digits);
+        free(printed);
+    }
+    cJSON_Delete(o);
+    memcpy(digits + 1006, "7}", 3);
+    assert_int_equal(eb_json_parse_object(digits, strlen(digits), &o), EB_ERR_INVALID);
+    assert_int_equal(eb_json_parse_object("{\"a\":0e-99999,\"b\":-0.000}", 25, &o), EB_OK);
+    cJSON_Delete(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -260,6 +307,7 @@ int main(void)
         cmocka_unit_test(test_fields),
         cmocka_unit_test(test_rfc3339),
         cmocka_unit_test(test_exact_numbers),
+        cmocka_unit_test(test_numbers_out_of_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

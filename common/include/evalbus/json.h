@@ -24,16 +24,26 @@ void eb_buf_json_number(eb_buf *b, double v);
  * eb_buf_json_number writes its value. */
 void eb_buf_json_number_item(eb_buf *b, const cJSON *v);
 
+/* The numbers JSON input may hold: up to this many significant digits, with a magnitude from
+ * 1e-EB_JSON_MAX_EXPONENT to 1e+EB_JSON_MAX_EXPONENT (every double and a little more; PostgreSQL
+ * prints jsonb numbers in plain notation, so a larger exponent would be a short input that
+ * grows a thousandfold on every read). */
+#define EB_JSON_MAX_DIGITS 1000
+#define EB_JSON_MAX_EXPONENT 330
+
 /* Gives every number of root that a double cannot hold exactly (more than 15 significant digits,
- * or an exponent beyond 300) the text it has in text[0..n), the JSON text root was parsed from,
- * as its valuestring (in cJSON's memory, freed by cJSON_Delete); eb_json_print prints that text,
- * so such numbers (64-bit ids, say) pass through unchanged. valuedouble is left as cJSON read it.
- * A number whose value is changed later must have its valuestring freed and cleared. */
-void eb_json_keep_exact(cJSON *root, const char *text, size_t n);
+ * or a magnitude beyond 1e+-300) the text it has in text[0..n), the JSON text root was parsed
+ * from, as its valuestring (in cJSON's memory, freed by cJSON_Delete); eb_json_print prints that
+ * text, so such numbers (64-bit ids, say) pass through unchanged. valuedouble is left as cJSON
+ * read it. A number whose value is changed later must have its valuestring freed and cleared.
+ * Returns the byte offset of the first number outside the limits above (which keeps only its
+ * double), or SIZE_MAX when there is none. */
+size_t eb_json_keep_exact(cJSON *root, const char *text, size_t n);
 
 /* Parses a JSON object from data[0..n). EB_ERR_INVALID with a message giving the byte offset for
- * malformed JSON, invalid UTF-8 or a top level that is not an object. Numbers keep their exact
- * text as eb_json_keep_exact gives it. *out is freed with cJSON_Delete. */
+ * malformed JSON, invalid UTF-8, a number outside the limits above or a top level that is not an
+ * object. Numbers keep their exact text as eb_json_keep_exact gives it. *out is freed with
+ * cJSON_Delete. */
 eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out);
 
 /* Reads field name of obj as a string. Missing: EB_ERR_INVALID if required, else *out = NULL
