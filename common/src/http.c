@@ -689,9 +689,11 @@ static void on_authenticated(eb_status st, const eb_principal *p, const char *re
         if (st == EB_ERR_UNAUTHENTICATED)
             eb_http_reply_error(req, st, "credential rejected: %s",
                                 reason && *reason ? reason : "invalid");
-        else
+        else {
+            eb_http_add_header(req, "Retry-After", "1");
             eb_http_reply_error(req, EB_ERR_UNAVAILABLE,
                                 "cannot verify the credential right now; retry later");
+        }
         return;
     }
     req->principal = *p;

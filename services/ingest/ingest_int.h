@@ -70,6 +70,11 @@ typedef void (*ingest_publish_done)(void *arg, const eb_status *results, size_t 
 
 ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, long long timeout_ms,
                                        eb_status *st);
+/* At shutdown, after the loop has ended: refuses new records and runs the loop until every
+ * batch in flight has its answer (acknowledged, or failed after timeout_ms), so that callers
+ * get a reply and nothing is left behind. Loop thread. */
+void ingest_publisher_finish(ingest_publisher *p);
+/* Closes the NATS connection (no acknowledgement can then arrive) and frees the publisher. */
 void ingest_publisher_free(ingest_publisher *p);
 /* Publishes one IngestRecord per trace (traces stay owned by the caller and may be freed once
  * this returns). done runs once, on the loop thread, when every record is acknowledged by

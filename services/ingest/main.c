@@ -8,7 +8,8 @@
  * Shutdown (SIGTERM): NATS intake leaves its queue group, HTTP drains; then a retention pass
  * under way is cancelled (it rolls back, unless already committing, and runs again after the
  * next start), and the writer finishes the batch in hand (anything not acknowledged stays in
- * the stream). */
+ * the stream). Before that, records still waiting for JetStream's acknowledgement get it or
+ * fail (publish-timeout at most), and their callers are answered. */
 #include "evalbus/arena.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
@@ -157,6 +158,7 @@ int main(int argc, char **argv)
     ctx.svc.on_stop = on_stop;
     ctx.svc.on_stop_arg = &ctx;
     rc = eb_service_run(&ctx.svc);
+    ingest_publisher_finish(ctx.pub);
 cleanup:
     ingest_retention_stop(ctx.retention);
     ingest_watch_stop(ctx.watch);

@@ -60,6 +60,8 @@ struct ingest_publisher {
     pub_batch *ready;
     struct event *wake;
     atomic_bool full; /* the stream watch's verdict: refuse new records */
+    size_t open;      /* batches handed over and not yet answered (loop thread) */
+    bool closing;     /* shutting down: refuse new records (loop thread) */
 };
 
 static size_t ptr_slot(const ingest_publisher *p, const void *ptr)
@@ -191,6 +193,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&p->mu);
     while (list) {
         pub_batch *next = list->next;
+        p->open--;
         list->done(list->arg, list->results, list->n);
         batch_free(list);
         list = next;
@@ -253,13 +256,48 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
     *st = EB_OK;
     eb_metrics_describe("evalbus_ingest_refused_stream_full_total", "counter",
                         "records refused while the stream was full of records not yet stored");
+    eb_metrics_describe("evalbus_ingest_refused_nats_down_total", "counter",
+                        "records refused while the connection to NATS was down");
     return p;
+}
+
+void ingest_publisher_finish(ingest_publisher *p)
+{
+    struct timeval tick = {0, 50000};
+    long long until;
+
+    if (!p)
+        return;
+    p->closing = true;
+    until = ingest_now_ms() + p->timeout_ms + 2000; /* every batch's timer fires before */
+    if (p->open)
+        eb_log_info(NULL, "waiting for JetStream to acknowledge %zu batches", p->open);
+    while (p->open && ingest_now_ms() < until) {
+        event_base_loopexit(p->base, &tick);
+        event_base_dispatch(p->base);
+    }
+    for (;;) { /* a safety net, like the timers: fail what is still open */
+        pub_batch *b = NULL;
+        pthread_mutex_lock(&p->mu);
+        for (size_t i = 0; i < p->cap && !b; i++)
+            b = p->table[i].msg ? p->table[i].batch : NULL;
+        pthread_mutex_unlock(&p->mu);
+        if (!b)
+            break;
+        on_timeout(-1, 0, b);
+    }
+    /* let the answers go out */
+    event_base_loopexit(p->base, &tick);
+    event_base_dispatch(p->base);
 }
 
 void ingest_publisher_free(ingest_publisher *p)
 {
     if (!p)
         return;
+    /* The acknowledgement handler uses p: close the (shared) connection first, so that none
+     * can come after p is gone. eb_bus_close() closes it again, harmlessly. */
+    natsConnection_Close(eb_bus_conn(p->bus));
     jsCtx_Destroy(p->js);
     if (p->wake)
         event_free(p->wake);
@@ -356,6 +394,16 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
     free(msgs);
 }
 
+/* While the connection is down the library would keep what is published in its reconnect
+ * buffer and send it after reconnecting: by then the batch has been answered 503 after the
+ * publish timeout, and a client that sends it again (an id-less trace gets a new id) would have
+ * it stored twice. So nothing is handed over unless the connection is up: a refusal comes at
+ * once, and what is refused is never sent. */
+static bool nats_up(ingest_publisher *p)
+{
+    return natsConnection_Status(eb_bus_conn(p->bus)) == NATS_CONN_STATUS_CONNECTED;
+}
+
 void ingest_publisher_set_full(ingest_publisher *p, bool full)
 {
     if (p)
@@ -377,19 +425,24 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest
     b->arg = arg;
     for (size_t i = 0; i < n; i++)
         b->results[i] = EB_ERR_INTERNAL; /* not yet acknowledged */
-    if (n == 0 || atomic_load(&p->full)) {
-        /* refused while the stream is nearly full of records not yet stored */
+    if (n == 0 || p->closing || atomic_load(&p->full) || !nats_up(p)) {
+        /* refused while shutting down, while the stream is nearly full of records not yet
+         * stored, or while the connection to NATS is down */
+        bool full = atomic_load(&p->full);
         for (size_t i = 0; i < n; i++) {
             natsMsg_Destroy(msgs[i]);
             msgs[i] = NULL;
             b->results[i] = EB_ERR_UNAVAILABLE;
         }
-        if (n)
-            eb_metrics_add("evalbus_ingest_refused_stream_full_total", NULL, (double)n);
+        if (n && !p->closing)
+            eb_metrics_add(full ? "evalbus_ingest_refused_stream_full_total"
+                                : "evalbus_ingest_refused_nats_down_total",
+                           NULL, (double)n);
         done(arg, b->results, n);
         batch_free(b);
         return;
     }
+    p->open++;
     tv.tv_sec = (p->timeout_ms + 1000) / 1000;
     tv.tv_usec = ((p->timeout_ms + 1000) % 1000) * 1000;
     b->timer = evtimer_new(p->base, on_timeout, b);
@@ -418,7 +471,8 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest
                 event_active(p->wake, EV_READ, 0);
             continue;
         }
-        s = js_PublishMsgAsync(p->js, &msg, &po);
+        /* checked again for every message: the connection may drop while a batch goes out */
+        s = nats_up(p) ? js_PublishMsgAsync(p->js, &msg, &po) : NATS_CONNECTION_DISCONNECTED;
         if (s != NATS_OK) {
             pub_batch *bb = NULL;
             size_t idx = 0;

@@ -3,7 +3,9 @@
 //   - the ingest process (HTTP intake and writer in one) is killed with SIGKILL in the middle of
 //     an ingestion of 2000 traces and restarted with `scripts/stack up`, and
 //   - PostgreSQL is stopped for 10 s during ingestion (the INGEST stream buffers; HTTP goes on
-//     answering 202) and started again with `scripts/stack up`.
+//     answering 202) and started again with `scripts/stack up`, and
+//   - nats-server is killed (ingest refuses at once with 503, and nothing it refused is stored
+//     when NATS returns) and started again with `scripts/stack up`.
 // The client behaves like a real one: a batch that did not get a 2xx (the edge answers 502/503
 // while ingest is down) is sent again with the same ids. PostgreSQL is checked directly.
 
@@ -18,6 +20,7 @@ import {
   DOWN_TIMEOUT_MS,
   Stack,
   UP_TIMEOUT_MS,
+  connectionRefused,
   pidAlive,
   pollUntil,
   run,
@@ -139,7 +142,7 @@ function asPostgres(file, args, timeoutMs) {
     : run(file, args, { timeoutMs });
 }
 
-describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
+describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () => {
   let A;
   // true once GET /api/v1/traces/{id} answers 200 (and `also` holds for that answer), within 15 s
   const traceStored = async (id, also = () => true) => (await pollUntil(async () => {
@@ -482,5 +485,99 @@ describe('ingest: durability under SIGKILL and a PostgreSQL outage', () => {
     process.stderr.write(`[durability] PostgreSQL outage: ${accepted.length} traces in ${b} batches, ${during} batches during the outage\n`);
     const ms = await assertStoredExactlyOnce(A.id, prefix, accepted, b * SIZE);
     process.stderr.write(`[durability] all ${b * SIZE} stored ${ms} ms after the last 2xx\n`);
+  }));
+
+  it('NATS killed: ingest refuses at once with 503, what it refused is never stored after NATS returns, and intake resumes', T, stack.wrap(async () => {
+    const refusedProject = `natsdown-${crypto.randomBytes(3).toString('hex')}`;
+    const afterProject = `natsback-${crypto.randomBytes(3).toString('hex')}`;
+    const ingestUrl = stack.env.EVALBUS_INGEST_URL;
+    const natsPort = Number(new URL(stack.env.EVALBUS_NATS_URL).port);
+    const pid = stack.readPid('nats');
+    assert.ok(pid && pidAlive(pid), `nats-server runs (pid file ${stack.pidFile('nats')})`);
+    // id-less traces: a client sending one again after a 503 gets a new id for it, so a refused
+    // trace that was stored anyway would be stored twice
+    const idless = (project, i) => ({ project, name: `refused-${i}`, model: 'gpt-4o-mini', output: `answer ${i}` });
+    // the key is verified (over NATS) and cached for auth-cache-ttl (10 s) before NATS goes
+    assert.equal((await stack.api('GET', '/api/v1/traces?limit=1', { base: ingestUrl, key: A.key })).status, 200);
+    process.kill(pid, 'SIGKILL');
+    let restarted = false;
+    try {
+      const gone = await pollUntil(() => connectionRefused(natsPort, 500), { timeoutMs: 5000, intervalMs: 50 });
+      assert.ok(gone.value, `nats-server (port ${natsPort}) still accepts connections after SIGKILL`);
+      const notReady = await pollUntil(async () => {
+        const r = await stack.api('GET', '/readyz', { base: ingestUrl });
+        return r.status === 503 && r.body?.checks?.nats?.ok === false;
+      }, { timeoutMs: 5000, intervalMs: 50 });
+      assert.ok(notReady.value, 'ingest /readyz answers 503 with the nats check failing');
+      for (let i = 0; i < 5; i++) {
+        const t = Date.now();
+        const res = await stack.api('POST', '/api/v1/traces', { base: ingestUrl, key: A.key, body: { traces: [idless(refusedProject, i)] }, timeoutMs: 20_000 });
+        const ms = Date.now() - t;
+        assert.equal(res.status, 503, `with NATS down a batch answers 503, not ${res.status}: ${res.text.slice(0, 300)}`);
+        assert.equal(res.body?.error?.code, 'unavailable');
+        assert.equal(res.headers.get('retry-after'), '1', `Retry-After: ${res.text}`);
+        assert.deepEqual(res.body.accepted, []);
+        // the refusal does not wait for the publish timeout (5 s): nothing was handed to NATS
+        assert.ok(ms < 4000, `the refusal came after ${ms} ms, as if the record had been sent`);
+      }
+      // a credential not cached cannot be verified meanwhile: 503 with Retry-After too
+      const other = await stack.api('POST', '/api/v1/traces', { base: ingestUrl, key: `${A.key.slice(0, -4)}AAAA`, body: { traces: [idless(refusedProject, 9)] } });
+      assert.equal(other.status, 503, `an unverifiable key: ${other.status} ${other.text.slice(0, 300)}`);
+      assert.equal(other.headers.get('retry-after'), '1', `Retry-After on ${other.text}`);
+      const metrics = await stack.api('GET', '/metrics', { base: ingestUrl });
+      const line = metrics.text.split('\n').find((l) => l.startsWith('evalbus_ingest_refused_nats_down_total '));
+      assert.ok(line && Number(line.split(' ').pop()) >= 5, `evalbus_ingest_refused_nats_down_total counts the refusals: ${line}`);
+    } finally {
+      const up = await stack.stackCmd('up', 90_000);
+      restarted = up.code === 0;
+      assert.equal(up.code, 0, `scripts/stack up started nats-server again: ${up.stdout}${up.stderr}`);
+    }
+    assert.ok(restarted);
+    const ready = await pollUntil(async () => (await stack.api('GET', '/readyz', { base: ingestUrl })).status === 200,
+      { timeoutMs: 15_000, intervalMs: 100 });
+    assert.ok(ready.value, 'ingest is ready again once NATS is back');
+    // intake resumes; once this later trace is stored, anything the client library had kept
+    // from the outage would have been sent before it
+    const res = await stack.api('POST', '/api/v1/traces', { base: ingestUrl, key: A.key, body: { traces: [idless(afterProject, 0)] } });
+    assert.equal(res.status, 202, `after NATS is back: ${res.status} ${res.text.slice(0, 300)}`);
+    assert.ok(await traceStored(res.body.accepted[0]), 'the trace sent after the outage is stored');
+    await sleep(1000);
+    assert.deepEqual(await stored(A.id, refusedProject), { rows: 0, distinct: 0, obs: 0 },
+      'no trace refused during the outage was stored');
+  }));
+
+  it('SIGTERM while batches wait for JetStream (NATS hung): each is answered 503 before the replica exits 0', T, stack.wrap(async () => {
+    const project = `hung-${crypto.randomBytes(3).toString('hex')}`;
+    // a drain shorter than the publish timeout: the batches outlive the HTTP drain
+    const replica = await stack.spawnService('ingest', {
+      EVALBUS_WRITER_THREADS: '0', EVALBUS_SHUTDOWN_DELAY: '0s', EVALBUS_SHUTDOWN_GRACE: '200ms', EVALBUS_PUBLISH_TIMEOUT: '2s',
+    });
+    assert.equal((await stack.api('GET', '/api/v1/traces?limit=1', { base: replica.url, key: A.key })).status, 200);
+    const natsPid = stack.readPid('nats');
+    assert.ok(natsPid && pidAlive(natsPid), 'nats-server runs');
+    process.kill(natsPid, 'SIGSTOP');
+    let results;
+    let exit;
+    try {
+      const sends = Array.from({ length: 3 }, (_, i) => stack.api('POST', '/api/v1/traces', {
+        base: replica.url, key: A.key, timeoutMs: 20_000,
+        body: { traces: [{ id: `${project}-${i}`, project, name: 'hung', output: `answer ${i}` }] },
+      }).catch((err) => ({ error: err })));
+      await sleep(300); // handed to the library, waiting for acknowledgements
+      replica.proc.kill('SIGTERM');
+      results = await Promise.all(sends);
+      exit = await Promise.race([replica.exited, sleep(15_000, 'timeout')]);
+    } finally {
+      process.kill(natsPid, 'SIGCONT');
+    }
+    for (const [i, r] of results.entries()) {
+      assert.ok(!r.error, `batch ${i} got no answer: ${r.error?.message} ${r.error?.cause?.code ?? ''}`);
+      assert.equal(r.status, 503, `batch ${i}: ${r.status} ${r.text?.slice(0, 300)}`);
+      assert.equal(r.body?.rejected?.[0]?.error?.code, 'unavailable', r.text);
+    }
+    assert.notEqual(exit, 'timeout', 'the replica exited within 15 s of SIGTERM');
+    const log = fs.readFileSync(replica.logFile, 'utf8');
+    assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${log.slice(-3000)})`);
+    assert.match(log, /waiting for JetStream to acknowledge \d+ batches/);
   }));
 });
