@@ -303,11 +303,45 @@ size_t eb_json_keep_exact(cJSON *root, const char *text, size_t n)
     return refused;
 }
 
-eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
+/* Parses the JSON value in data[0..n), whitespace around it allowed. NULL when it is not one:
+ * *at is then the byte where parsing stopped, and *trailing tells whether a whole value was
+ * followed by more than whitespace. */
+static cJSON *parse_whole(const char *data, size_t n, size_t *at, bool *trailing)
 {
     const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(data, n, &end, false);
+    size_t k = end && end >= data ? (size_t)(end - data) : 0;
+
+    *trailing = false;
+    if (root) {
+        while (k < n && (data[k] == ' ' || data[k] == '\n' || data[k] == '\r' || data[k] == '\t'))
+            k++;
+        if (k < n) {
+            cJSON_Delete(root);
+            root = NULL;
+            *trailing = true;
+        }
+    }
+    *at = k;
+    return root;
+}
+
+cJSON *eb_json_parse_text(const char *text, size_t n)
+{
+    size_t at;
+    bool trailing;
+    cJSON *v = parse_whole(text, n, &at, &trailing);
+
+    if (v)
+        eb_json_keep_exact(v, text, n);
+    return v;
+}
+
+eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
+{
     cJSON *root;
-    size_t out_of_range;
+    size_t out_of_range, at;
+    bool trailing;
 
     *out = NULL;
     if (n == 0)
@@ -325,25 +359,16 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
                             (size_t)(q - data));
         q += (size_t)(data + n - q) >= 2 ? 2 : 1; /* skip the escaped character */
     }
-    root = cJSON_ParseWithLengthOpts(data, n, &end, false);
+    root = parse_whole(data, n, &at, &trailing);
+    if (trailing)
+        return eb_error(EB_ERR_INVALID, "unexpected data after the JSON value at byte %zu", at);
     if (!root) {
         size_t deep = too_deep_at(data, n);
         if (deep != SIZE_MAX)
             return eb_error(EB_ERR_INVALID,
                             "JSON nests deeper than %d arrays and objects (at byte %zu)",
                             CJSON_NESTING_LIMIT, deep);
-        return eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu",
-                        end && end >= data ? (size_t)(end - data) : 0);
-    }
-    if (end) {
-        while ((size_t)(end - data) < n &&
-               (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
-            end++;
-        if ((size_t)(end - data) < n) {
-            cJSON_Delete(root);
-            return eb_error(EB_ERR_INVALID, "unexpected data after the JSON value at byte %zu",
-                            (size_t)(end - data));
-        }
+        return eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu", at);
     }
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);

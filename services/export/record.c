@@ -201,10 +201,9 @@ static eb_status col_item(const col_def *c, const unsigned char *v, int32_t len,
         /* fall through */
     case K_JSON:
     case K_LIST:
-        *out = cJSON_ParseWithLength((const char *)v, n);
+        *out = eb_json_parse_text((const char *)v, n);
         if (!*out)
             return eb_error(EB_ERR_INTERNAL, "record: column %s is not JSON", c->key);
-        eb_json_keep_exact(*out, (const char *)v, n);
         return EB_OK;
     case K_TAGS:
         return tags_item(v, n, scratch, out);
@@ -228,8 +227,7 @@ eb_status export_record_from_row(const char *row, size_t len, eb_buf *scratch, c
         int32_t fl;
         if (end - p < 4 || (fl = (int32_t)get_u32(p)) < 0 || fl > end - p - 4)
             return eb_error(EB_ERR_INTERNAL, "record: bad field length");
-        *out = cJSON_ParseWithLength((const char *)p + 4, (size_t)fl);
-        eb_json_keep_exact(*out, (const char *)p + 4, (size_t)fl);
+        *out = eb_json_parse_text((const char *)p + 4, (size_t)fl);
         return *out ? EB_OK : eb_error(EB_ERR_INTERNAL, "a record is not JSON");
     }
     if (nf != N_COLS)

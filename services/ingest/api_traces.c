@@ -323,10 +323,8 @@ static void add_num(cJSON *o, const char *name, const PGresult *r, int row, int 
 static void add_json(cJSON *o, const char *name, const PGresult *r, int row, int col)
 {
     const char *text = eb_db_isnull(r, row, col) ? NULL : eb_db_val(r, row, col);
-    cJSON *v = text ? cJSON_Parse(text) : NULL;
+    cJSON *v = text ? eb_json_parse_text(text, strlen(text)) : NULL;
 
-    if (v)
-        eb_json_keep_exact(v, text, strlen(text));
     cJSON_AddItemToObject(o, name, v ? v : cJSON_CreateNull());
 }
 

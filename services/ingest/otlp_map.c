@@ -381,10 +381,7 @@ static char *value_text(span_map *sm, const char *what, const cJSON *v, size_t m
 /* Parses JSON text that must be utf-8 already (it came through any_json or eb_json). */
 static cJSON *parse_json_text(const char *s)
 {
-    cJSON *v = cJSON_ParseWithOpts(s, NULL, true);
-
-    eb_json_keep_exact(v, s, strlen(s));
-    return v;
+    return eb_json_parse_text(s, strlen(s));
 }
 
 /* An attribute that holds JSON structure either as a value (array/kvlist) or as JSON text:

@@ -1755,7 +1755,6 @@ static void put_member_time(eb_buf *b, const char *key, protobuf_c_boolean has, 
 static void put_json_text(eb_buf *b, const char *s, bool want_object)
 {
     cJSON *v = NULL;
-    const char *end = NULL;
     char *printed;
 
     if (!s) {
@@ -1763,9 +1762,7 @@ static void put_json_text(eb_buf *b, const char *s, bool want_object)
         return;
     }
     if (eb_utf8_valid(s, strlen(s)))
-        v = cJSON_ParseWithOpts(s, &end, true);
-    if (v)
-        eb_json_keep_exact(v, s, strlen(s));
+        v = eb_json_parse_text(s, strlen(s));
     if (!v || (want_object && !cJSON_IsObject(v))) {
         put_str(b, s);
     } else {

@@ -254,6 +254,50 @@ static void test_exact_numbers(void **state)
     }
 }
 
+/* Stored text: any value, exact numbers, whitespace around it; nothing after it; by length. */
+static void test_parse_text(void **state)
+{
+    static const struct {
+        const char *in, *out; /* out NULL: not JSON */
+    } cases[] = {
+        {" {\"id\": 1234567890123456789}\n", "{\"id\":1234567890123456789}"},
+        {"[1, 2.50]", "[1,2.5]"},
+        {"\"text\"", "\"text\""},
+        {"12345678901234567890", "12345678901234567890"},
+        {"null", "null"},
+        {"{\"a\":1} x", NULL},
+        {"{\"a\":1}{}", NULL},
+        {"{\"a\":", NULL},
+        {"", NULL},
+    };
+    cJSON *v;
+    char *printed;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        v = eb_json_parse_text(cases[i].in, strlen(cases[i].in));
+        if (!cases[i].out) {
+            if (v)
+                fail_msg("'%s' was taken as JSON", cases[i].in);
+            continue;
+        }
+        if (!v)
+            fail_msg("'%s' was not taken as JSON", cases[i].in);
+        printed = eb_json_print(v);
+        if (strcmp(printed, cases[i].out) != 0)
+            fail_msg("'%s' printed as %s, expected %s", cases[i].in, printed, cases[i].out);
+        free(printed);
+        cJSON_Delete(v);
+    }
+    /* only text[0..n) is read: what follows (no NUL, here) is not part of it */
+    v = eb_json_parse_text("{\"n\":12345678901234567890}garbage", 26);
+    assert_non_null(v);
+    printed = eb_json_print(v);
+    assert_string_equal(printed, "{\"n\":12345678901234567890}");
+    free(printed);
+    cJSON_Delete(v);
+}
+
 /* Numbers beyond the limits are refused, naming where they are; zero is never out of range. */
 static void test_numbers_out_of_range(void **state)
 {
@@ -307,6 +351,7 @@ int main(void)
         cmocka_unit_test(test_fields),
         cmocka_unit_test(test_rfc3339),
         cmocka_unit_test(test_exact_numbers),
+        cmocka_unit_test(test_parse_text),
         cmocka_unit_test(test_numbers_out_of_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

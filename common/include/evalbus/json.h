@@ -40,6 +40,12 @@ void eb_buf_json_number_item(eb_buf *b, const cJSON *v);
  * double), or SIZE_MAX when there is none. */
 size_t eb_json_keep_exact(cJSON *root, const char *text, size_t n);
 
+/* Parses JSON text that needs none of eb_json_parse_object's input checks (valid UTF-8: stored
+ * by PostgreSQL, printed by us, or checked by the caller): the value in text[0..n), whitespace
+ * around it allowed, numbers keeping their exact text as eb_json_keep_exact gives it (numbers
+ * outside the limits keep their double). NULL if it is not JSON; freed with cJSON_Delete. */
+cJSON *eb_json_parse_text(const char *text, size_t n);
+
 /* Parses a JSON object from data[0..n). EB_ERR_INVALID with a message giving the byte offset for
  * malformed JSON, invalid UTF-8, a number outside the limits above or a top level that is not an
  * object. Numbers keep their exact text as eb_json_keep_exact gives it. *out is freed with
