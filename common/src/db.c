@@ -192,6 +192,11 @@ static eb_status map_error(PGconn *conn, PGresult *res)
         code = EB_ERR_FORBIDDEN;
     else if (state && strcmp(state, "55P03") == 0)
         code = EB_ERR_UNAVAILABLE; /* lock_not_available: lock_timeout ran out, try later */
+    else if (state && strncmp(state, "40", 2) == 0) {
+        /* transaction rollback (deadlock, serialization failure): PostgreSQL gave this side up
+         * so that another could go on; the same request again will most likely succeed */
+        return eb_error(EB_ERR_UNAVAILABLE, "%s; the transaction was rolled back, retry", text);
+    }
     return eb_error(code, "%s", text);
 }
 

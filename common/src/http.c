@@ -368,6 +368,10 @@ static void reply_error_text(eb_http_req *req, eb_status st, const char *message
     eb_buf_puts(&b, "\",\"request_id\":\"");
     eb_buf_json_escape(&b, req->request_id);
     eb_buf_puts(&b, "\"}}");
+    /* every 503 says when to try again (unless the handler said so already) */
+    if (st == EB_ERR_UNAVAILABLE &&
+        !evhttp_find_header(evhttp_request_get_output_headers(req->ev), "Retry-After"))
+        eb_http_add_header(req, "Retry-After", "1");
     finish(req, eb_status_http(st), "application/json", b.data, b.len);
     eb_buf_free(&b);
 }
@@ -689,11 +693,9 @@ static void on_authenticated(eb_status st, const eb_principal *p, const char *re
         if (st == EB_ERR_UNAUTHENTICATED)
             eb_http_reply_error(req, st, "credential rejected: %s",
                                 reason && *reason ? reason : "invalid");
-        else {
-            eb_http_add_header(req, "Retry-After", "1");
+        else
             eb_http_reply_error(req, EB_ERR_UNAVAILABLE,
                                 "cannot verify the credential right now; retry later");
-        }
         return;
     }
     req->principal = *p;

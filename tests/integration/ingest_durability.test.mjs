@@ -277,6 +277,39 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.deepEqual([reviews, scores], ['0', '0'], 'no review or score is left behind');
   }));
 
+  it('a deletion that PostgreSQL picks as a deadlock victim answers 503 with Retry-After, and the retry deletes', T, stack.wrap(async () => {
+    const tag = crypto.randomBytes(3).toString('hex');
+    const id = `deadlock-${tag}`;
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key,
+      body: { traces: [{ id, project: 'deadlock', name: 'n' }] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id));
+    const where = `team_id = '${A.id}' AND id = '${id}'`;
+    // Another session holds the trace row; once the deletion (holding the key) waits for it,
+    // that session asks for the key: a cycle, and the deletion, waiting longer, is the victim.
+    const app = `deadlock-${tag}`;
+    const other = stack.psql(`DO $$ BEGIN
+      PERFORM 1 FROM ingest.traces WHERE ${where} FOR UPDATE;
+      PERFORM pg_sleep(0.5);
+      FOR i IN 1..1000 LOOP
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+          AND wait_event_type = 'Lock' AND query LIKE '%DELETE FROM ingest.traces%');
+        PERFORM pg_sleep(0.01);
+      END LOOP;
+      PERFORM 1 FROM ingest.trace_keys WHERE ${where} FOR UPDATE;
+    END $$`, { appName: app });
+    assert.ok(await inPgSleep(app), 'the other session holds the trace row');
+    const del = await stack.api('DELETE', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+    await other;
+    assert.equal(del.status, 503, `the deadlock victim: ${del.status} ${del.text}`);
+    assert.equal(del.body?.error?.code, 'unavailable');
+    assert.match(del.body.error.message, /deadlock/);
+    assert.equal(del.headers.get('retry-after'), '1');
+    r = await stack.api('DELETE', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+    assert.equal(r.status, 200, `the retry: ${r.status} ${r.text}`);
+    assert.equal((await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key })).status, 404);
+  }));
+
   it('day partitions are UTC days whatever time zone PostgreSQL gives the sessions', T, stack.wrap(async () => {
     // A role (or database, or server) time zone other than UTC must not shift the bounds of the
     // day partitions the writer makes: a trace early in a UTC day would not fit its own day's
