@@ -493,6 +493,26 @@ static const char recompute_sql[] =
     "  GROUP BY 1, 2, 3) s"
     " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id";
 
+/* Runs one of the upsert path's statements into ingest.traces or ingest.observations. These
+ * tables have no CHECK constraints, so a check violation (23514) there means that no partition
+ * takes a row: the day's partition was dropped after this process made it. That is
+ * EB_ERR_NOT_FOUND, as for the direct path's missing table, and the batch is tried again. */
+static eb_status exec_upsert(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType rs = PQresultStatus(r);
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    eb_status st = EB_OK;
+
+    if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK)
+        st = eb_error(PQstatus(c) != CONNECTION_OK           ? EB_ERR_UNAVAILABLE
+                      : state && strcmp(state, "23514") == 0 ? EB_ERR_NOT_FOUND
+                                                             : EB_ERR_DB,
+                      "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    return st;
+}
+
 static eb_status copy_in(PGconn *c, const char *sql, const eb_buf *data)
 {
     PGresult *r = PQexec(c, sql);
@@ -950,13 +970,12 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
     if (st == EB_OK)
         st = copy_in(c, "COPY tmp_traces (" TRACE_COLS ") FROM STDIN", &traces);
     if (st == EB_OK)
-        st = eb_db_exec(c, upsert_traces, 0, NULL, NULL);
+        st = exec_upsert(c, upsert_traces);
     if (st == EB_OK && obs.len)
         st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", &obs);
     /* only traces stored before can have stale observations; only OTLP traces merge */
     if (st == EB_OK && obs.len)
-        st = eb_db_exec(c, existing || merges ? upsert_observations : insert_observations, 0, NULL,
-                        NULL);
+        st = exec_upsert(c, existing || merges ? upsert_observations : insert_observations);
     if (st == EB_OK && existing)
         st = eb_db_exec(c, drop_replaced_observations, 0, NULL, NULL);
     if (st == EB_OK && merges)

@@ -360,6 +360,22 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.ok(await send(`second-${tag}`), 'the next trace of that day is stored too');
     const [[made]] = await stack.psql(`SELECT to_regclass('ingest.traces_p${day}') IS NOT NULL`);
     assert.equal(made, 't', 'the day partition was made again');
+    // OTLP spans take the upsert path (INSERT into the parent table), where a missing partition
+    // is a different error: the trace must be stored as well, not dead-lettered
+    await stack.psql(`DELETE FROM ingest.trace_keys WHERE team_id = '${A.id}' AND id = 'second-${tag}';
+      DROP TABLE ingest.observations_p${day}; DROP TABLE ingest.traces_p${day}`);
+    const traceId = crypto.randomBytes(16).toString('hex');
+    const ns = BigInt(start.getTime()) * 1_000_000n;
+    const r = await stack.api('POST', '/otlp/v1/traces', { base: stack.url, key: A.key, body: { resourceSpans: [{
+      resource: { attributes: [{ key: 'service.name', value: { stringValue: 'dropped' } }] },
+      scopeSpans: [{ spans: [{ traceId, spanId: crypto.randomBytes(8).toString('hex'), name: 'n',
+        startTimeUnixNano: String(ns), endTimeUnixNano: String(ns + 1_000_000n) }] }],
+    }] } });
+    assert.equal(r.status, 200, r.text);
+    assert.ok(await traceStored(traceId), 'an OTLP trace of that day is stored after its partition was dropped');
+    const [[otlpDay]] = await stack.psql(`SELECT to_char(part_time AT TIME ZONE 'UTC', 'YYYYMMDD') FROM ingest.traces
+      WHERE team_id = '${A.id}' AND id = '${traceId}'`);
+    assert.equal(otlpDay, day, 'in its own day, made again');
   }));
 
   it('a resend racing a deletion of its trace is stored whole afterwards: no trace row is left without its key', T, stack.wrap(async () => {
