@@ -38,7 +38,9 @@
  *   5. ingest_http_p99: batches sent at a fixed rate of half the ingest_http figure for S seconds
  *      (after 2 s at that rate that are not measured);
  *      a request's latency runs from its scheduled send time (so a stall is not hidden) to the
- *      end of its answer.
+ *      end of its answer. ingest_visible_p99, in the same phase: from a batch's 202 until the
+ *      writer's stored event for the last of its traces arrived (published after the COMMIT, so
+ *      an upper bound of when a read finds them: read-your-writes).
  * Each phase starts with a warm-up of two batches (credential cache, partitions, connections).
  * Before each measured phase (and each baseline COPY) the database is quiesced: a CHECKPOINT,
  * then a wait until no autovacuum worker is busy (see quiesce), so that no phase pays for the
@@ -631,6 +633,7 @@ typedef struct stored_watch {
     pthread_mutex_t mu;
     long distinct;   /* under mu */
     double last_new; /* when the latest new id arrived, under mu */
+    double *seen_at; /* [n] when each id was first announced, when not NULL; under mu */
 } stored_watch;
 
 static void on_stored(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -654,6 +657,8 @@ static void on_stored(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
             if (*end || k < 0 || k >= w->n || (w->bits[k / 8] & (1u << (k % 8))))
                 continue;
             w->bits[k / 8] |= (unsigned char)(1u << (k % 8));
+            if (w->seen_at)
+                w->seen_at[k] = t;
             w->distinct++;
             w->last_new = t;
         }
@@ -742,10 +747,11 @@ typedef struct http_run {
     const sbuf *bodies; /* [nbatches], made before the clock starts */
     long nbatches;
     int inflight;
-    double rate;     /* batches per second; 0: as fast as the slots allow */
-    double *lat_ms;  /* [nbatches], filled when not NULL */
-    double deadline; /* monotonic */
-    size_t bytes;    /* body bytes sent */
+    double rate;      /* batches per second; 0: as fast as the slots allow */
+    double *lat_ms;   /* [nbatches], filled when not NULL */
+    double *answered; /* [nbatches] when each 202 came, filled when not NULL */
+    double deadline;  /* monotonic */
+    size_t bytes;     /* body bytes sent */
 } http_run;
 
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
@@ -836,8 +842,12 @@ static bool http_send(http_run *r)
                 fprintf(stderr, "ingest: HTTP batch %ld answered %ld: %s\n", s->batch, code,
                         s->resp);
                 ok = false;
-            } else if (r->lat_ms) {
-                r->lat_ms[s->batch] = (now_s() - s->t_sched) * 1000;
+            } else {
+                double t = now_s();
+                if (r->lat_ms)
+                    r->lat_ms[s->batch] = (t - s->t_sched) * 1000;
+                if (r->answered)
+                    r->answered[s->batch] = t;
             }
             curl_multi_remove_handle(m, s->h);
             s->busy = false;
@@ -993,6 +1003,10 @@ typedef struct phase_result {
     double commit_s;  /* first send to all committed */
     double bytes;     /* wire payload */
     poll_stats polls; /* the commit polls */
+    /* paced HTTP with the stored events: [nbatches] ms from each batch's 202 until the stored
+     * event of its last trace arrived (published after the COMMIT: read-your-writes at the
+     * latest then); malloc'ed, the caller frees it */
+    double *visible_ms;
 } phase_result;
 
 /* Sends nbatches of the phase named tag over HTTP or NATS, ending when all are committed. */
@@ -1007,6 +1021,7 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
     natsSubscription *sub = NULL;
     char subject[200], stored[200];
     sbuf *bodies = calloc((size_t)nbatches, sizeof *bodies);
+    double *answered = NULL;
     bool ok = false;
 
     /* Every body is made before the clock starts, as the baseline's rows are: the client's
@@ -1022,6 +1037,10 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
         snprintf(w.prefix, sizeof w.prefix, "%s-", tag);
         w.plen = strlen(w.prefix);
         w.bits = calloc((size_t)n / 8 + 1, 1);
+        if (!nats && lat_ms) {
+            w.seen_at = calloc((size_t)n, sizeof *w.seen_at);
+            answered = calloc((size_t)nbatches, sizeof *answered);
+        }
         pthread_mutex_init(&w.mu, NULL);
         snprintf(stored, sizeof stored, "evalbus.v1.traces.stored.%s",
                  nats ? c->nats_team : c->http_team);
@@ -1040,6 +1059,7 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
                       .inflight = rate > 0 ? MAX_INFLIGHT : c->inflight,
                       .rate = rate,
                       .lat_ms = lat_ms,
+                      .answered = answered,
                       .deadline = t0 + c->timeout};
         ok = http_send(&r);
         out->bytes = (double)r.bytes;
@@ -1075,6 +1095,19 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
     out->send_s = t_sent - t0;
     out->commit_s = t_done - t0;
     out->rate = (double)n / out->commit_s;
+    if (answered) {
+        /* every id was announced (wait_committed saw them all), so seen_at is complete; a batch
+         * committed before its 202 reached the client counts 0 */
+        out->visible_ms = calloc((size_t)nbatches, sizeof *out->visible_ms);
+        pthread_mutex_lock(&w.mu);
+        for (long b = 0; b < nbatches; b++) {
+            double last = 0;
+            for (long k = b * c->batch; k < (b + 1) * c->batch; k++)
+                last = w.seen_at[k] > last ? w.seen_at[k] : last;
+            out->visible_ms[b] = last > answered[b] ? (last - answered[b]) * 1000 : 0;
+        }
+        pthread_mutex_unlock(&w.mu);
+    }
     ok = true;
 cleanup:
     if (sub) {
@@ -1086,7 +1119,9 @@ cleanup:
     if (w.bits) {
         pthread_mutex_destroy(&w.mu);
         free(w.bits);
+        free(w.seen_at);
     }
+    free(answered);
     for (long b = 0; b < nbatches; b++)
         sb_free(&bodies[b]);
     free(bodies);
@@ -1577,6 +1612,18 @@ int main(int argc, char **argv)
                 rate * (double)c.batch, rate, paced.send_s, PCT(0.50), PCT(0.90), PCT(0.99),
                 lat[paced_batches - 1], paced_batches, paced.commit_s);
         printf("BENCH name=ingest_http_p99 value=%.1f unit=ms baseline=- ratio=-\n", PCT(0.99));
+        if (paced.visible_ms) {
+            /* read-your-writes: from a batch's 202 until all its traces are committed */
+            memcpy(lat, paced.visible_ms, (size_t)paced_batches * sizeof *lat);
+            qsort(lat, (size_t)paced_batches, sizeof *lat, cmp_double);
+            fprintf(stderr,
+                    "ingest: stored after the 202 (until the stored event of a batch's last "
+                    "trace): p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
+                    PCT(0.50), PCT(0.99), lat[paced_batches - 1]);
+            printf("BENCH name=ingest_visible_p99 value=%.1f unit=ms baseline=- ratio=-\n",
+                   PCT(0.99));
+            free(paced.visible_ms);
+        }
 #undef PCT
         fflush(stdout);
     }

@@ -65,6 +65,7 @@ struct eb_http_server {
     int idle_ticks;
     void (*drain_done)(void *);
     void *drain_arg;
+    bool drained; /* the drain is over: what still comes in on an open connection is refused */
 };
 
 struct eb_http_req {
@@ -771,6 +772,12 @@ static void on_request(struct evhttp_request *ev, void *arg)
         req->path = eb_strdup("/");
     }
     req->query_str = q ? eb_strdup(q) : NULL;
+    if (srv->drained) {
+        /* a kept-alive connection after the drain: the process is about to exit */
+        eb_http_add_header(req, "Connection", "close");
+        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the service is shutting down; retry");
+        return;
+    }
     if (!parse_query(req)) {
         eb_http_reply_error(req, EB_ERR_INVALID,
                             "malformed query string: each parameter must be name=value, "
@@ -982,6 +989,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     }
     if (srv->in_flight > 0)
         eb_log_warn(NULL, "shutdown grace period over with %d requests in flight", srv->in_flight);
+    srv->drained = true;
     srv->drain_done(srv->drain_arg);
 }
 

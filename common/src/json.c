@@ -303,7 +303,8 @@ size_t eb_json_keep_exact(cJSON *root, const char *text, size_t n)
     return refused;
 }
 
-/* Parses the JSON value in data[0..n), whitespace around it allowed. NULL when it is not one:
+/* Parses the JSON value in data[0..n), whitespace around it allowed (what cJSON skips before a
+ * value: any byte up to 0x20, and so after it too). NULL when it is not one:
  * *at is then the byte where parsing stopped, and *trailing tells whether a whole value was
  * followed by more than whitespace. */
 static cJSON *parse_whole(const char *data, size_t n, size_t *at, bool *trailing)
@@ -314,7 +315,7 @@ static cJSON *parse_whole(const char *data, size_t n, size_t *at, bool *trailing
 
     *trailing = false;
     if (root) {
-        while (k < n && (data[k] == ' ' || data[k] == '\n' || data[k] == '\r' || data[k] == '\t'))
+        while (k < n && (unsigned char)data[k] <= 0x20)
             k++;
         if (k < n) {
             cJSON_Delete(root);

@@ -109,9 +109,8 @@ static void on_published(void *arg, const eb_status *results, size_t n)
             nacc++;
         } else {
             nunavail++;
-            cJSON_AddItemToArray(b->rejected,
-                                 rejection(b->index[i], b->ids[i], EB_ERR_UNAVAILABLE,
-                                           "the ingest stream did not take it; retry"));
+            cJSON_AddItemToArray(b->rejected, rejection(b->index[i], b->ids[i], EB_ERR_UNAVAILABLE,
+                                                        ingest_publish_message(results[i])));
         }
     }
     eb_metrics_add("evalbus_ingest_traces_accepted_total", "source=\"json\"", (double)nacc);

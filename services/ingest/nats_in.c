@@ -118,7 +118,7 @@ static void on_published(void *arg, const eb_status *results, size_t n)
             r->index = it->index[i];
             r->id = it->valid[i]->id;
             r->code = (char *)"unavailable";
-            r->message = eb_strdup("the ingest stream did not take it; retry");
+            r->message = eb_strdup(ingest_publish_message(results[i]));
             it->rejected = eb_realloc(it->rejected, (it->nrejected + 1) * sizeof(*it->rejected));
             it->rejected[it->nrejected++] = r;
         }

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 typedef struct pub_batch {
     struct pub_batch *next;
@@ -159,8 +160,10 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
 
     (void)js;
     if (!pa) {
-        st = EB_ERR_UNAVAILABLE;
-        eb_log_warn(NULL, "JetStream refused a record: %s",
+        /* a timeout: the record was sent and may still be stored; otherwise refused */
+        st = pae && pae->Err == NATS_TIMEOUT ? EB_ERR_TIMEOUT : EB_ERR_UNAVAILABLE;
+        eb_log_warn(NULL, "JetStream %s a record: %s",
+                    st == EB_ERR_TIMEOUT ? "did not acknowledge" : "refused",
                     pae && pae->ErrText ? pae->ErrText : "no acknowledgement");
     }
     pthread_mutex_lock(&p->mu);
@@ -261,6 +264,14 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
     return p;
 }
 
+static long long mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 void ingest_publisher_finish(ingest_publisher *p)
 {
     struct timeval tick = {0, 50000};
@@ -269,10 +280,12 @@ void ingest_publisher_finish(ingest_publisher *p)
     if (!p)
         return;
     p->closing = true;
-    until = ingest_now_ms() + p->timeout_ms + 2000; /* every batch's timer fires before */
-    if (p->open)
-        eb_log_info(NULL, "waiting for JetStream to acknowledge %zu batches", p->open);
-    while (p->open && ingest_now_ms() < until) {
+    if (!p->open)
+        return;                               /* nothing to answer: the loop is not run again */
+    until = mono_ms() + p->timeout_ms + 2000; /* every batch's timer fires before */
+    eb_log_info(NULL, "waiting for JetStream to acknowledge %zu batches", p->open);
+    /* the loop runs again for these answers; the HTTP server refuses what else comes in */
+    while (p->open && mono_ms() < until) {
         event_base_loopexit(p->base, &tick);
         event_base_dispatch(p->base);
     }
@@ -293,10 +306,19 @@ void ingest_publisher_finish(ingest_publisher *p)
 
 void ingest_publisher_free(ingest_publisher *p)
 {
+    jsPubOptions po;
+
     if (!p)
         return;
-    /* The acknowledgement handler uses p: close the (shared) connection first, so that none
-     * can come after p is gone. eb_bus_close() closes it again, harmlessly. */
+    /* The acknowledgement handler uses p, on a delivery thread of its own. Wait until the
+     * library has no publish pending (it counts one as done once its handler has returned;
+     * after ingest_publisher_finish its own timeouts have normally fired already), then close
+     * the (shared) connection, so that no handler runs after p is gone. eb_bus_close() closes
+     * it again, harmlessly. */
+    jsPubOptions_Init(&po);
+    po.MaxWait = 1000;
+    if (p->js)
+        (void)js_PublishAsyncComplete(p->js, &po);
     natsConnection_Close(eb_bus_conn(p->bus));
     jsCtx_Destroy(p->js);
     if (p->wake)
@@ -425,10 +447,11 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest
     b->arg = arg;
     for (size_t i = 0; i < n; i++)
         b->results[i] = EB_ERR_INTERNAL; /* not yet acknowledged */
-    if (n == 0 || p->closing || atomic_load(&p->full) || !nats_up(p)) {
+    bool full = atomic_load(&p->full);
+
+    if (n == 0 || p->closing || full || !nats_up(p)) {
         /* refused while shutting down, while the stream is nearly full of records not yet
-         * stored, or while the connection to NATS is down */
-        bool full = atomic_load(&p->full);
+         * stored, or while the connection to NATS is down: nothing was sent */
         for (size_t i = 0; i < n; i++) {
             natsMsg_Destroy(msgs[i]);
             msgs[i] = NULL;
@@ -472,13 +495,16 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest
             continue;
         }
         /* checked again for every message: the connection may drop while a batch goes out */
-        s = nats_up(p) ? js_PublishMsgAsync(p->js, &msg, &po) : NATS_CONNECTION_DISCONNECTED;
+        bool up = nats_up(p);
+        s = up ? js_PublishMsgAsync(p->js, &msg, &po) : NATS_CONNECTION_DISCONNECTED;
         if (s != NATS_OK) {
             pub_batch *bb = NULL;
             size_t idx = 0;
+            eb_status why = up ? eb_bus_error(s, "publishing to INGEST")
+                               : eb_error(EB_ERR_UNAVAILABLE, "not connected to NATS");
             pthread_mutex_lock(&p->mu);
             if (table_take(p, key, &bb, &idx) && bb)
-                wake = record_result(p, bb, idx, eb_bus_error(s, "publishing to INGEST"));
+                wake = record_result(p, bb, idx, why);
             pthread_mutex_unlock(&p->mu);
             natsMsg_Destroy(msg);
             if (wake)

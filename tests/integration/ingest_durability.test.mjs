@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -133,6 +134,21 @@ async function inPgSleep(app) {
   return (await pollUntil(async () => (await stack.psql(
     `SELECT count(*) FROM pg_stat_activity WHERE application_name = '${app}' AND query LIKE '%pg_sleep%'`))[0][0] === '1',
   { timeoutMs: 10_000, intervalMs: 50 })).value;
+}
+
+/** A request on agent's kept-alive connection: {status, headers, text} or {error}. */
+function keptAlive(agent, url, key) {
+  return new Promise((resolve) => {
+    const u = new URL(url);
+    const r = http.request({ agent, host: u.hostname, port: u.port, path: u.pathname + u.search, headers: { authorization: `Bearer ${key}` } },
+      (res) => {
+        let text = '';
+        res.on('data', (c) => { text += c; });
+        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text, reused: r.reusedSocket }));
+      });
+    r.on('error', (err) => resolve({ error: err.code ?? err.message }));
+    r.end();
+  });
 }
 
 function asPostgres(file, args, timeoutMs) {
@@ -566,6 +582,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
         assert.equal(res.body?.error?.code, 'unavailable');
         assert.equal(res.headers.get('retry-after'), '1', `Retry-After: ${res.text}`);
         assert.deepEqual(res.body.accepted, []);
+        assert.equal(res.body.rejected[0].error.message, 'the ingest stream did not take it; retry', 'never sent');
         // the refusal does not wait for the publish timeout (5 s): nothing was handed to NATS
         assert.ok(ms < 4000, `the refusal came after ${ms} ms, as if the record had been sent`);
       }
@@ -602,11 +619,15 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
       EVALBUS_WRITER_THREADS: '0', EVALBUS_SHUTDOWN_DELAY: '0s', EVALBUS_SHUTDOWN_GRACE: '200ms', EVALBUS_PUBLISH_TIMEOUT: '2s',
     });
     assert.equal((await stack.api('GET', '/api/v1/traces?limit=1', { base: replica.url, key: A.key })).status, 200);
+    // a kept-alive connection, open before the signal, used again after the drain
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    assert.equal((await keptAlive(agent, `${replica.url}/api/v1/traces?limit=1`, A.key)).status, 200);
     const natsPid = stack.readPid('nats');
     assert.ok(natsPid && pidAlive(natsPid), 'nats-server runs');
     process.kill(natsPid, 'SIGSTOP');
     let results;
     let exit;
+    let late;
     try {
       const sends = Array.from({ length: 3 }, (_, i) => stack.api('POST', '/api/v1/traces', {
         base: replica.url, key: A.key, timeoutMs: 20_000,
@@ -614,6 +635,10 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
       }).catch((err) => ({ error: err })));
       await sleep(300); // handed to the library, waiting for acknowledgements
       replica.proc.kill('SIGTERM');
+      const drained = await pollUntil(() => /drained; exiting/.test(fs.readFileSync(replica.logFile, 'utf8')),
+        { timeoutMs: 5000, intervalMs: 20 });
+      assert.ok(drained.value, 'the HTTP drain ended while the batches still wait');
+      late = await keptAlive(agent, `${replica.url}/api/v1/traces?limit=1`, A.key);
       results = await Promise.all(sends);
       exit = await Promise.race([replica.exited, sleep(15_000, 'timeout')]);
     } finally {
@@ -623,7 +648,14 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
       assert.ok(!r.error, `batch ${i} got no answer: ${r.error?.message} ${r.error?.cause?.code ?? ''}`);
       assert.equal(r.status, 503, `batch ${i}: ${r.status} ${r.text?.slice(0, 300)}`);
       assert.equal(r.body?.rejected?.[0]?.error?.code, 'unavailable', r.text);
+      // sent, and not acknowledged: the caller is told it may still be stored
+      assert.match(r.body.rejected[0].error.message, /may still be stored: send it again with the same id/);
     }
+    // what comes in after the drain is not served: the process is on its way out
+    assert.equal(late.status, 503, `a request on a kept-alive connection after the drain: ${JSON.stringify(late)}`);
+    assert.equal(late.headers.connection, 'close');
+    assert.match(late.text, /shutting down/);
+    agent.destroy();
     assert.notEqual(exit, 'timeout', 'the replica exited within 15 s of SIGTERM');
     const log = fs.readFileSync(replica.logFile, 'utf8');
     assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${log.slice(-3000)})`);
