@@ -500,8 +500,9 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest
         if (s != NATS_OK) {
             pub_batch *bb = NULL;
             size_t idx = 0;
-            eb_status why = up ? eb_bus_error(s, "publishing to INGEST")
-                               : eb_error(EB_ERR_UNAVAILABLE, "not connected to NATS");
+            /* not sent, whatever the status says (a stalled publish times out) */
+            eb_status why = eb_error(EB_ERR_UNAVAILABLE, "publishing to INGEST: %s",
+                                     up ? natsStatus_GetText(s) : "not connected to NATS");
             pthread_mutex_lock(&p->mu);
             if (table_take(p, key, &bb, &idx) && bb)
                 wake = record_result(p, bb, idx, why);
