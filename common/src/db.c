@@ -222,16 +222,26 @@ eb_status eb_db_exec(PGconn *conn, const char *sql, int nparams, const char *con
     return EB_OK;
 }
 
-eb_status eb_db_begin_team(PGconn *conn, const char *team_id)
+static eb_status begin_team(PGconn *conn, const char *begin, const char *team_id)
 {
     const char *p[1] = {team_id};
-    eb_status st = eb_db_exec(conn, "BEGIN", 0, NULL, NULL);
+    eb_status st = eb_db_exec(conn, begin, 0, NULL, NULL);
 
     if (st == EB_OK)
         st = eb_db_exec(conn, "SELECT set_config('evalbus.team_id', $1, true)", 1, p, NULL);
     if (st != EB_OK)
         eb_db_rollback(conn);
     return st;
+}
+
+eb_status eb_db_begin_team(PGconn *conn, const char *team_id)
+{
+    return begin_team(conn, "BEGIN", team_id);
+}
+
+eb_status eb_db_begin_team_snapshot(PGconn *conn, const char *team_id)
+{
+    return begin_team(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", team_id);
 }
 
 eb_status eb_db_begin_system(PGconn *conn)

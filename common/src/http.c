@@ -544,9 +544,17 @@ cJSON *eb_http_req_json(eb_http_req *req)
 {
     cJSON *root = NULL;
     eb_status st = eb_json_parse_object(req->body, req->body_len, &root);
+    const char *twice;
 
     if (st != EB_OK) {
         eb_http_reply_status(req, st);
+        return NULL;
+    }
+    /* which of the two would count is a guess a typo should not get to make */
+    if ((twice = eb_json_repeated_member(root)) != NULL) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "the member '%s' appears twice in an object",
+                            twice);
+        cJSON_Delete(root);
         return NULL;
     }
     return root;

@@ -437,6 +437,12 @@ eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required
     return EB_OK;
 }
 
+bool eb_json_number_underflows(const cJSON *v)
+{
+    /* eb_json_keep_exact kept its text (beyond 1e-300), and a zero is never kept */
+    return cJSON_IsNumber(v) && v->valuedouble == 0 && v->valuestring != NULL;
+}
+
 eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool integral,
                          double min, double max, double *out)
 {
@@ -456,6 +462,11 @@ eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool
                         integral ? "an integer" : "a finite number");
     if (v < min || v > max)
         return eb_error(EB_ERR_INVALID, "field '%s' must be between %g and %g", name, min, max);
+    if (eb_json_number_underflows(it))
+        return eb_error(EB_ERR_INVALID,
+                        "field '%s' is too close to 0 to be stored (a double "
+                        "holds it as 0)",
+                        name);
     *out = v;
     return EB_OK;
 }

@@ -29,22 +29,35 @@ void eb_service_load_config(const char *program, const eb_setting *tab, size_t n
     }
 }
 
-PGconn *eb_req_db_begin(eb_db *db, eb_http_req *req, bool system)
+static PGconn *req_db_begin(eb_db *db, eb_http_req *req, bool system, bool snapshot)
 {
     PGconn *c = eb_db_get(db);
+    const char *team = system ? NULL : eb_http_req_principal(req)->team_id;
     eb_status st;
 
     if (!c) {
         eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
         return NULL;
     }
-    st = system ? eb_db_begin_system(c) : eb_db_begin_team(c, eb_http_req_principal(req)->team_id);
+    st = system     ? eb_db_begin_system(c)
+         : snapshot ? eb_db_begin_team_snapshot(c, team)
+                    : eb_db_begin_team(c, team);
     if (st != EB_OK) {
         eb_db_put(db, c);
         eb_http_reply_status(req, st);
         return NULL;
     }
     return c;
+}
+
+PGconn *eb_req_db_begin(eb_db *db, eb_http_req *req, bool system)
+{
+    return req_db_begin(db, req, system, false);
+}
+
+PGconn *eb_req_db_begin_read(eb_db *db, eb_http_req *req)
+{
+    return req_db_begin(db, req, false, true);
 }
 
 bool eb_req_db_commit(eb_db *db, eb_http_req *req, PGconn *conn)

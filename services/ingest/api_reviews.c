@@ -162,6 +162,10 @@ void api_score_post(eb_http_req *req, void *vctx)
         kind = kind ? kind : "boolean";
         snprintf(num, sizeof(num), "%d", cJSON_IsTrue(value) ? 1 : 0);
         has_num = true;
+    } else if (eb_json_number_underflows(value)) {
+        st = eb_error(EB_ERR_INVALID, "field 'value' is too close to 0 to be stored (a double "
+                                      "holds it as 0)");
+        goto invalid;
     } else if (cJSON_IsNumber(value) && isfinite(value->valuedouble)) {
         kind = kind ? kind : "numeric";
         snprintf(num, sizeof(num), "%.17g", value->valuedouble);
@@ -238,7 +242,11 @@ void api_score_post(eb_http_req *req, void *vctx)
     eb_json_add_str(o, "observation_id", obs_id, true);
     cJSON_AddStringToObject(o, "name", name);
     cJSON_AddStringToObject(o, "kind", kind);
-    cJSON_AddItemToObject(o, "value", cJSON_Duplicate(value, true));
+    /* the value as stored: a number as its double holds it (as a later GET shows it) */
+    if (cJSON_IsNumber(value))
+        cJSON_AddNumberToObject(o, "value", value->valuedouble);
+    else
+        cJSON_AddItemToObject(o, "value", cJSON_Duplicate(value, true));
     cJSON_AddStringToObject(o, "source", source);
     eb_json_add_str(o, "comment", comment, true);
     cJSON_AddStringToObject(o, "created_at", eb_db_val(r, 0, 1));

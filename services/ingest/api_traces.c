@@ -21,6 +21,7 @@
 #include "ingest_int.h"
 #include "trace_json.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
@@ -296,19 +297,40 @@ static char *like_pattern(const char *s, bool json)
     return eb_buf_steal(&b);
 }
 
-/* True for an absent parameter or a finite decimal number ("nan", "inf" and leading spaces are
- * not numbers here, though strtod takes them). */
+/* True for an absent parameter or a decimal number, [-+]digits[.digits][e[-+]digits], that
+ * a double holds (strtod would also take "nan", "inf", hex and leading spaces; PostgreSQL
+ * refuses what underflows to 0 or overflows). */
 static bool number_or_null(const char *s)
 {
-    char *end;
+    const char *q = s;
+    bool digits = false;
     double v;
 
     if (!s)
         return true;
-    if (!(*s == '-' || *s == '+' || *s == '.' || (*s >= '0' && *s <= '9')))
+    if (*q == '-' || *q == '+')
+        q++;
+    for (; *q >= '0' && *q <= '9'; q++)
+        digits = true;
+    if (*q == '.')
+        for (q++; *q >= '0' && *q <= '9'; q++)
+            digits = true;
+    if (!digits)
         return false;
-    v = strtod(s, &end);
-    return end != s && *end == '\0' && isfinite(v);
+    if (*q == 'e' || *q == 'E') {
+        q++;
+        if (*q == '-' || *q == '+')
+            q++;
+        if (!(*q >= '0' && *q <= '9'))
+            return false;
+        while (*q >= '0' && *q <= '9')
+            q++;
+    }
+    if (*q)
+        return false;
+    errno = 0;
+    v = strtod(s, NULL);
+    return isfinite(v) && !(errno == ERANGE && v == 0);
 }
 
 static void add_num(cJSON *o, const char *name, const PGresult *r, int row, int col)
@@ -544,7 +566,9 @@ void api_trace_get(eb_http_req *req, void *vctx)
     eb_status st;
     cJSON *o, *arr;
 
-    c = eb_req_db_begin(ctx->svc.db, req, false);
+    /* four statements, one snapshot: a replacement or deletion committed meanwhile must not
+     * mix two versions of the trace into the answer */
+    c = eb_req_db_begin_read(ctx->svc.db, req);
     if (!c)
         return;
     st = eb_db_exec(c,

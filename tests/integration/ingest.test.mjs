@@ -493,6 +493,64 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.deepEqual(await listIds(A.key, { project, score: 'tone' }), [t1], 'categorical score name');
     assertError(await api('GET', `/api/v1/traces?score_min=0.5`, A.key), 'invalid_argument', 'score_min without score');
     assertError(await api('GET', `/api/v1/traces?score=quality&score_min=abc`, A.key), 'invalid_argument', 'score_min not a number');
+    // the answer shows the value as stored (and as a later GET shows it); what a double holds
+    // as 0 though written otherwise is refused, not stored as 0
+    r = await score({ trace_id: t2, name: 'long', value: 0.12345678901234567890123 });
+    assertStatus(r, 201, 'a long decimal');
+    assert.equal(r.body.value, 0.12345678901234568);
+    r = await api('POST', '/api/v1/scores', A.member, { raw: `{"trace_id":"${t2}","name":"big","value":123456789012345678901234567890}` });
+    assertStatus(r, 201, 'a 30-digit number');
+    assert.match(r.text, /"value":1\.2345678901234568e\+29/, `the stored double, not the digits sent: ${r.text}`);
+    r = await api('POST', '/api/v1/scores', A.member, { raw: `{"trace_id":"${t2}","name":"tiny","value":1e-330}` });
+    assertError(r, 'invalid_argument', 'a score a double holds as 0');
+    assert.match(r.body.error.message, /too close to 0/);
+    r = await api('POST', `/api/v1/traces/${t2}/review`, A.member, { raw: '{"decision":"accept","score":-1e-330}' });
+    assertError(r, 'invalid_argument', 'a review score a double holds as 0');
+    const g2 = await waitTrace(A.key, t2);
+    const long = g2.scores.find((x) => x.name === 'long');
+    assert.equal(long.value, 0.12345678901234568, 'GET shows what the 201 showed');
+    assert.equal(g2.scores.find((x) => x.name === 'tiny'), undefined, 'nothing stored for the refused score');
+    // a member given twice: which one counts would be a guess
+    r = await api('POST', '/api/v1/scores', A.member, { raw: `{"trace_id":"${t2}","name":"dup","value":1,"value":"x"}` });
+    assertError(r, 'invalid_argument', 'a repeated member in a score');
+    assert.match(r.body.error.message, /'value' appears twice/);
+    r = await api('POST', `/api/v1/traces/${t2}/review`, A.member, { raw: '{"decision":"accept","decision":"reject"}' });
+    assertError(r, 'invalid_argument', 'a repeated member in a review');
+    assert.match(r.body.error.message, /'decision' appears twice/);
+  }));
+
+  it('one GET /api/v1/traces/{id} shows one version of a trace, though it is replaced meanwhile', T, stack.wrap(async () => {
+    // the trace and its observations are read by separate statements: they must share a
+    // snapshot, or a replacement committed between them mixes two versions
+    const id = rid('ver');
+    const t0 = iso(Date.now() - 10_000);
+    const version = (i) => ({ id, project: 'versions', name: `v${i}`, start_time: t0,
+      observations: Array.from({ length: 20 }, (_, k) => ({ id: `o${i}-${k}`, type: 'span', start_time: t0 })) });
+    await ingestOk(A.member, [version(0)]);
+    await waitTrace(A.key, id);
+    let done = false;
+    let gets = 0;
+    const mixed = [];
+    const writer = (async () => {
+      try {
+        for (let i = 1; i <= 200; i++) assertStatus(await postTraces(A.member, [version(i)]), 202, `version ${i}`);
+      } finally {
+        done = true;
+      }
+    })();
+    const readers = Array.from({ length: 4 }, async () => {
+      while (!done) {
+        const g = await api('GET', `/api/v1/traces/${id}`, A.key);
+        assertStatus(g, 200, 'GET while the trace is replaced');
+        gets++;
+        const v = g.body.name.slice(1);
+        const seen = [...new Set(g.body.observations.map((o) => o.id.split('-')[0].slice(1)))];
+        if (seen.length !== 1 || seen[0] !== v || g.body.observations.length !== 20) mixed.push(`${g.body.name}: ${seen}`);
+      }
+    });
+    await Promise.all([writer, ...readers]);
+    assert.ok(gets >= 50, `the readers ran (${gets} GETs)`);
+    assert.deepEqual(mixed.slice(0, 5), [], `${mixed.length} of ${gets} GETs mixed two versions`);
   }));
 
   it("another team's trace answers 404 everywhere and is left untouched", T, stack.wrap(async () => {
@@ -760,8 +818,11 @@ describe('ingest: JSON batch API and trace queries', () => {
     }
     assertError(await api('GET', `/api/v1/traces?from=${encodeURIComponent('2026-11-22T10:00:00+20:00')}`, A.key), 'invalid_argument', 'an offset PostgreSQL does not take');
     assert.deepEqual(await listIds(A.key, { project }), [plain, slash].sort(), 'well-formed queries still work');
-    for (const v of ['nan', 'inf', '-infinity', ' 1', '1e999']) {
+    for (const v of ['nan', 'inf', '-infinity', ' 1', '1e999', '0x10', '0x1p3', '1e-400', '1e', '.', '']) {
       assertError(await api('GET', `/api/v1/traces?score=q&score_max=${encodeURIComponent(v)}`, A.key), 'invalid_argument', `score_max=${v}`);
+    }
+    for (const v of ['.5', '5.', '+1', '-2.5e-3', '1e308', '0e-99999', '4.9e-324']) {
+      assertStatus(await api('GET', `/api/v1/traces?score=q&score_min=${encodeURIComponent(v)}`, A.key), 200, `score_min=${v}`);
     }
   }));
 

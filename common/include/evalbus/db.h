@@ -55,6 +55,9 @@ eb_status eb_db_exec(PGconn *conn, const char *sql, int nparams, const char *con
 /* BEGIN and scope the transaction to one team: sets evalbus.team_id, which the row-level
  * security policies of every team-owned table check. */
 eb_status eb_db_begin_team(PGconn *conn, const char *team_id);
+/* Like eb_db_begin_team, for a read-only transaction whose statements all see one snapshot
+ * (REPEATABLE READ): a reading made of several statements is consistent with itself. */
+eb_status eb_db_begin_team_snapshot(PGconn *conn, const char *team_id);
 /* BEGIN a transaction that may see every team's rows (evalbus.system = on): credential lookups
  * and operator commands only. */
 eb_status eb_db_begin_system(PGconn *conn);

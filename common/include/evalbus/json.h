@@ -40,6 +40,10 @@ void eb_buf_json_number_item(eb_buf *b, const cJSON *v);
  * double), or SIZE_MAX when there is none. */
 size_t eb_json_keep_exact(cJSON *root, const char *text, size_t n);
 
+/* True when v is a number written as nonzero that a double holds as 0 (1e-330, say): storing
+ * its double would change it silently. Numbers parsed by eb_json_parse_object only. */
+bool eb_json_number_underflows(const cJSON *v);
+
 /* Parses JSON text that needs none of eb_json_parse_object's input checks (valid UTF-8: stored
  * by PostgreSQL, printed by us, or checked by the caller): the value in text[0..n), whitespace
  * around it allowed, numbers keeping their exact text as eb_json_keep_exact gives it (numbers

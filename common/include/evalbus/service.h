@@ -156,6 +156,9 @@ typedef struct eb_service {
  * returns false. eb_req_db_fail rolls back, returns the connection and answers st with the last
  * error message. After any of the three the connection belongs to the pool again. */
 PGconn *eb_req_db_begin(eb_db *db, eb_http_req *req, bool system);
+/* Like eb_req_db_begin (the caller's team) for a read-only transaction whose statements all see
+ * one snapshot (eb_db_begin_team_snapshot): for answers read with several statements. */
+PGconn *eb_req_db_begin_read(eb_db *db, eb_http_req *req);
 bool eb_req_db_commit(eb_db *db, eb_http_req *req, PGconn *conn);
 void eb_req_db_fail(eb_db *db, eb_http_req *req, PGconn *conn, eb_status st);
 
