@@ -409,7 +409,8 @@ static const char upsert_traces[] =
     " excluded.tags END,"
     " attributes = CASE WHEN excluded.source = 'otlp' THEN coalesce(excluded.attributes, '{}')"
     " || coalesce(t.attributes, '{}') ELSE excluded.attributes END,"
-    " source = excluded.source, stream_seq = greatest(t.stream_seq, excluded.stream_seq),"
+    " source = CASE WHEN excluded.source = 'otlp' THEN t.source ELSE excluded.source END,"
+    " stream_seq = greatest(t.stream_seq, excluded.stream_seq),"
     " updated_at = now() WHERE t.stream_seq < excluded.stream_seq OR excluded.source = 'otlp'";
 #undef TRACE_MERGE_SET
 #undef KEEP_OTLP
@@ -456,7 +457,10 @@ static const char drop_replaced_observations[] =
  * rather than let a bigint overflow fail the batch; a total no observation has keeps the trace's
  * own, as sent with it: least() would take a NULL sum for the cap), and the fields that depend on
  * which spans came in which request: model and provider of the trace's earliest generation, and
- * input and output of the root span, else of the earliest / latest generation. */
+ * input and output of the root span, else of the earliest / latest generation. A trace made by
+ * the JSON API or NATS (its source stays when spans merge in) keeps the model, provider, input
+ * and output it was sent with: those come from its observations only where it has none (its
+ * top-level observations are not a root span). */
 #define BIGINT_MAX "9223372036854775807"
 /* col of the trace's first generation with one, by order, from its observations o (an aggregate
  * of the recompute's grouping) */
@@ -471,27 +475,50 @@ static const char drop_replaced_observations[] =
 #define GEN_PROVIDER FIRST_GENERATION("provider", "start_time")
 #define GEN_INPUT ROOT_OR_GENERATION("input", "start_time")
 #define GEN_OUTPUT ROOT_OR_GENERATION("output", "end_time DESC")
+/* col of the trace: from its spans if it was made over OTLP, else its own unless it has none */
+#define DERIVED(col)                                                                               \
+    " " col " = CASE WHEN t.source = 'otlp' THEN coalesce(s." col ", t." col                       \
+    ") ELSE coalesce(t." col ", s." col ") END"
 static const char recompute_sql[] =
     "UPDATE ingest.traces t SET input_tokens = CASE WHEN s.i IS NULL THEN t.input_tokens ELSE"
     " least(s.i, " BIGINT_MAX ") END, output_tokens = CASE WHEN s.o IS NULL THEN t.output_tokens"
     " ELSE least(s.o, " BIGINT_MAX ") END, total_tokens = CASE WHEN s.i IS NULL AND s.o IS NULL"
     " THEN t.total_tokens ELSE least(coalesce(s.i, t.input_tokens, 0) + coalesce(s.o,"
     " t.output_tokens, 0), " BIGINT_MAX
-    ") END, cost_usd = coalesce(s.c, t.cost_usd), model = coalesce(s.model, t.model), provider ="
-    " coalesce(s.provider, t.provider), input = coalesce(s.input, t.input), output ="
-    " coalesce(s.output, t.output), start_time = least(t.start_time, s.st), end_time ="
-    " greatest(t.end_time, s.et), latency_ms = CASE WHEN greatest(t.end_time, s.et) >="
-    " least(t.start_time, s.st) THEN extract(epoch FROM greatest(t.end_time, s.et) -"
-    " least(t.start_time, s.st)) * 1000 END, status = CASE WHEN s.err THEN 'error' ELSE"
-    " t.status END"
-    " FROM (SELECT o.team_id, o.part_time, o.trace_id, sum(o.input_tokens) i,"
-    "  sum(o.output_tokens) o, sum(o.cost_usd) c, min(o.start_time) st, max(o.end_time) et,"
-    "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
-    " input, " GEN_OUTPUT " output"
-    "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
-    "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
-    "  GROUP BY 1, 2, 3) s"
-    " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id";
+    ") END, cost_usd = coalesce(s.c, t.cost_usd)," DERIVED("model") "," DERIVED(
+        "provider") "," DERIVED("input") "," DERIVED("output") ", start_time = least(t.start_time, "
+                                                               "s.st), end_time ="
+                                                               " greatest(t.end_time, s.et), "
+                                                               "latency_ms = CASE WHEN "
+                                                               "greatest(t.end_time, s.et) >="
+                                                               " least(t.start_time, s.st) THEN "
+                                                               "extract(epoch FROM "
+                                                               "greatest(t.end_time, s.et) -"
+                                                               " least(t.start_time, s.st)) * 1000 "
+                                                               "END, status = CASE WHEN s.err THEN "
+                                                               "'error' ELSE"
+                                                               " t.status END"
+                                                               " FROM (SELECT o.team_id, "
+                                                               "o.part_time, o.trace_id, "
+                                                               "sum(o.input_tokens) i,"
+                                                               "  sum(o.output_tokens) o, "
+                                                               "sum(o.cost_usd) c, "
+                                                               "min(o.start_time) st, "
+                                                               "max(o.end_time) et,"
+                                                               "  bool_or(o.status = 'error') "
+                                                               "err, " GEN_MODEL
+                                                               " model, " GEN_PROVIDER
+                                                               " provider, " GEN_INPUT
+                                                               " input, " GEN_OUTPUT " output"
+                                                               "  FROM ingest.observations o JOIN "
+                                                               "tmp_traces k ON k.source = 'otlp' "
+                                                               "AND o.team_id ="
+                                                               "  k.team_id AND o.part_time = "
+                                                               "k.part_time AND o.trace_id = k.id"
+                                                               "  GROUP BY 1, 2, 3) s"
+                                                               " WHERE t.team_id = s.team_id AND "
+                                                               "t.part_time = s.part_time AND t.id "
+                                                               "= s.trace_id";
 
 /* Runs one of the upsert path's statements into ingest.traces or ingest.observations. These
  * tables have no CHECK constraints, so a check violation (23514) there means that no partition
@@ -694,6 +721,32 @@ static const char *array_end(eb_buf *a)
  * rolled back, and the pass takes the INSERT ... ON CONFLICT. Passes with OTLP records (whose
  * spans often add to a stored trace) take it directly, and so do the writer's next passes after
  * a plain INSERT failed. */
+/* The time a new trace is filed under (its partition, for good): its start; else, for an OTLP
+ * fragment without its root span, the earliest start of its spans (the root, when it comes,
+ * starts about then: a time window around the trace's start must find it); else its arrival.
+ * A time more than ten years back or a day ahead counts as none. */
+static long long file_time(const Evalbus__V1__IngestRecord *r, long long now)
+{
+    const Evalbus__V1__Trace *t = r->trace;
+    long long start = t->start_time_unix_nano;
+
+#define PLAUSIBLE(ns) ((ns) > 0 && (ns) >= now - 3650 * DAY_NS && (ns) <= now + DAY_NS)
+    if (!PLAUSIBLE(start)) {
+        start = 0;
+        for (size_t k = 0; k < t->n_observations; k++) {
+            long long s = t->observations[k]->start_time_unix_nano;
+            if (PLAUSIBLE(s) && (start == 0 || s < start))
+                start = s;
+        }
+    }
+#undef PLAUSIBLE
+    if (start <= 0)
+        start = r->received_at_unix_ms * 1000000LL;
+    if (start <= 0)
+        start = now;
+    return start;
+}
+
 static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n,
                                     const size_t *set, size_t cap)
 {
@@ -707,16 +760,13 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
 
     for (size_t i = 0; i < n; i++) {
         const Evalbus__V1__Trace *t = recs[i].r->trace;
-        long long start = t->start_time_unix_nano;
+        long long start;
         char tt[48];
         if (recs[i].skip)
             continue;
         if (recs[i].r->source && strcmp(recs[i].r->source, "otlp") == 0)
             plain = false;
-        if (start <= 0 || start < now - 3650 * DAY_NS || start > now + DAY_NS)
-            start = recs[i].r->received_at_unix_ms * 1000000LL;
-        if (start <= 0)
-            start = now;
+        start = file_time(recs[i].r, now);
         /* PostgreSQL keeps microseconds (it would round 23:59:59.9999996 up to the next day,
          * away from the partition the day is computed for here) */
         start -= start % 1000;

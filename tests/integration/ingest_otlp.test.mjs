@@ -521,6 +521,53 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.deepEqual(g2.usage, { input_tokens: 120, output_tokens: 7, total_tokens: 127 }, 'the total agrees with its counts');
   }));
 
+  it('a JSON trace with observations keeps its own input, output and model when spans merge in; its source stays', T, stack.wrap(async () => {
+    // its top-level observations are not a root span: their messages must not replace the trace's
+    const traceId = hex(16);
+    const t0 = Date.now() - 60_000;
+    const project = `mixed-obs-${hex(3)}`;
+    const r0 = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{
+      id: traceId, project, name: 'answer', model: 'gpt-4o', provider: 'openai',
+      start_time: new Date(t0).toISOString(), end_time: new Date(t0 + 1000).toISOString(),
+      input: { messages: [{ role: 'user', content: 'where is my order?' }] },
+      output: { messages: [{ role: 'assistant', content: 'on its way' }] },
+      observations: [
+        { id: 'o1', type: 'span', name: 'retrieve', start_time: new Date(t0 + 1).toISOString(), input: { text: 'order lookup query' }, output: { text: 'rows' } },
+        { id: 'o2', type: 'generation', name: 'llm', model: 'claude-sonnet-4', provider: 'anthropic', start_time: new Date(t0 + 2).toISOString(),
+          input: { messages: [{ role: 'user', content: 'inner prompt' }] } },
+      ],
+    }] } });
+    assert.equal(r0.status, 202, r0.text);
+    await waitTrace(A.key, traceId);
+    const r = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), name: 'http.request', startMs: t0 + 10, endMs: t0 + 20 }]);
+    assert.equal(r.status, 200);
+    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 3);
+    assert.equal(g.input?.messages?.[0]?.content, 'where is my order?', `input: ${JSON.stringify(g.input)}`);
+    assert.equal(g.output?.messages?.[0]?.content, 'on its way', `output: ${JSON.stringify(g.output)}`);
+    assert.deepEqual([g.model, g.provider], ['gpt-4o', 'openai'], 'the model it was sent with');
+    assert.equal(g.source, 'json', 'made by the JSON API, with spans merged in');
+  }));
+
+  it('a fragment without its root exported days later is filed under its spans\' start: a window around the start finds it', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const root = hex(8);
+    const t0 = Date.now() - 3 * 86_400_000;
+    const service = `late-root-${hex(3)}`;
+    let r = await postOtlp(A.key, 'json', service, [{ traceId, spanId: hex(8), parentSpanId: root, name: 'child', startMs: t0 + 10, endMs: t0 + 20 }]);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, traceId);
+    r = await postOtlp(A.key, 'json', service, [{ traceId, spanId: root, name: 'root', startMs: t0, endMs: t0 + 500 }]);
+    assert.equal(r.status, 200);
+    await waitTrace(A.key, traceId, (b) => b.name === 'root');
+    const [[day]] = await stack.psql(`SELECT to_char(part_time AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM ingest.traces WHERE id = '${traceId}'`);
+    assert.equal(day, new Date(t0 + 10).toISOString().slice(0, 10), 'filed under the day its spans started, not its arrival');
+    const from = new Date(t0 - 3_600_000).toISOString();
+    const to = new Date(t0 + 3_600_000).toISOString();
+    const l = await api('GET', `/api/v1/traces?project=${service}&from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`, A.key);
+    assert.equal(l.status, 200, l.text);
+    assert.deepEqual(l.body.traces.map((t) => t.id), [traceId], 'listed in a window around its start');
+  }));
+
   it('merging keeps the first fragment\'s resource and the tags\' order; an end before the start gives no latency', T, stack.wrap(async () => {
     const traceId = hex(16);
     const t0 = Date.now() - 5000;
