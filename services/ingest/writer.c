@@ -479,46 +479,28 @@ static const char drop_replaced_observations[] =
 #define DERIVED(col)                                                                               \
     " " col " = CASE WHEN t.source = 'otlp' THEN coalesce(s." col ", t." col                       \
     ") ELSE coalesce(t." col ", s." col ") END"
+#define DERIVED_FIELDS                                                                             \
+    DERIVED("model") "," DERIVED("provider") "," DERIVED("input") "," DERIVED("output")
 static const char recompute_sql[] =
     "UPDATE ingest.traces t SET input_tokens = CASE WHEN s.i IS NULL THEN t.input_tokens ELSE"
     " least(s.i, " BIGINT_MAX ") END, output_tokens = CASE WHEN s.o IS NULL THEN t.output_tokens"
     " ELSE least(s.o, " BIGINT_MAX ") END, total_tokens = CASE WHEN s.i IS NULL AND s.o IS NULL"
     " THEN t.total_tokens ELSE least(coalesce(s.i, t.input_tokens, 0) + coalesce(s.o,"
     " t.output_tokens, 0), " BIGINT_MAX
-    ") END, cost_usd = coalesce(s.c, t.cost_usd)," DERIVED("model") "," DERIVED(
-        "provider") "," DERIVED("input") "," DERIVED("output") ", start_time = least(t.start_time, "
-                                                               "s.st), end_time ="
-                                                               " greatest(t.end_time, s.et), "
-                                                               "latency_ms = CASE WHEN "
-                                                               "greatest(t.end_time, s.et) >="
-                                                               " least(t.start_time, s.st) THEN "
-                                                               "extract(epoch FROM "
-                                                               "greatest(t.end_time, s.et) -"
-                                                               " least(t.start_time, s.st)) * 1000 "
-                                                               "END, status = CASE WHEN s.err THEN "
-                                                               "'error' ELSE"
-                                                               " t.status END"
-                                                               " FROM (SELECT o.team_id, "
-                                                               "o.part_time, o.trace_id, "
-                                                               "sum(o.input_tokens) i,"
-                                                               "  sum(o.output_tokens) o, "
-                                                               "sum(o.cost_usd) c, "
-                                                               "min(o.start_time) st, "
-                                                               "max(o.end_time) et,"
-                                                               "  bool_or(o.status = 'error') "
-                                                               "err, " GEN_MODEL
-                                                               " model, " GEN_PROVIDER
-                                                               " provider, " GEN_INPUT
-                                                               " input, " GEN_OUTPUT " output"
-                                                               "  FROM ingest.observations o JOIN "
-                                                               "tmp_traces k ON k.source = 'otlp' "
-                                                               "AND o.team_id ="
-                                                               "  k.team_id AND o.part_time = "
-                                                               "k.part_time AND o.trace_id = k.id"
-                                                               "  GROUP BY 1, 2, 3) s"
-                                                               " WHERE t.team_id = s.team_id AND "
-                                                               "t.part_time = s.part_time AND t.id "
-                                                               "= s.trace_id";
+    ") END, cost_usd = coalesce(s.c, t.cost_usd)," DERIVED_FIELDS
+    ", start_time = least(t.start_time, s.st), end_time ="
+    " greatest(t.end_time, s.et), latency_ms = CASE WHEN greatest(t.end_time, s.et) >="
+    " least(t.start_time, s.st) THEN extract(epoch FROM greatest(t.end_time, s.et) -"
+    " least(t.start_time, s.st)) * 1000 END, status = CASE WHEN s.err THEN 'error' ELSE"
+    " t.status END"
+    " FROM (SELECT o.team_id, o.part_time, o.trace_id, sum(o.input_tokens) i,"
+    "  sum(o.output_tokens) o, sum(o.cost_usd) c, min(o.start_time) st, max(o.end_time) et,"
+    "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
+    " input, " GEN_OUTPUT " output"
+    "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
+    "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
+    "  GROUP BY 1, 2, 3) s"
+    " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id";
 
 /* Runs one of the upsert path's statements into ingest.traces or ingest.observations. These
  * tables have no CHECK constraints, so a check violation (23514) there means that no partition
