@@ -600,7 +600,8 @@ bool eb_rfc3339_valid(const char *s)
     size_t n = s ? strlen(s) : 0;
     const char *p;
 
-    if (n < 20 || n > 40)
+    /* any number of fraction digits up to 64 characters in all (PostgreSQL reads at most 128) */
+    if (n < 20 || n > 64)
         return false;
     if (!digits(s, 4, 1, 9999) || s[4] != '-' || !digits(s + 5, 2, 1, 12) || s[7] != '-' ||
         !digits(s + 8, 2, 1, 31) || (s[10] != 'T' && s[10] != 't') || !digits(s + 11, 2, 0, 23) ||

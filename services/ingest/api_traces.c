@@ -149,6 +149,7 @@ static void decode_batch(void *arg)
     const eb_principal *p = &b->who;
     const char *data;
     size_t len, n, i = 0;
+    long long max_payload;
     char *owned = NULL;
     cJSON *root = NULL;
     const cJSON *items, *item;
@@ -192,6 +193,7 @@ static void decode_batch(void *arg)
     b->ids = eb_calloc(n ? n : 1, sizeof(*b->ids));
     b->index = eb_calloc(n ? n : 1, sizeof(size_t));
     now_ms = ingest_now_ms();
+    max_payload = ingest_publisher_max_payload(b->ctx->pub);
     cJSON_ArrayForEach(item, items)
     {
         Evalbus__V1__Trace *t = NULL;
@@ -200,15 +202,21 @@ static void decode_batch(void *arg)
         natsMsg *msg = NULL;
 
         st = ingest_trace_from_json(item, lim, &t);
-        if (st == EB_OK && p->project[0] && !t->project)
+        if (st == EB_OK && p->project[0] && (!t->project || !*t->project)) {
+            free(t->project);                   /* "" is the same as absent */
             t->project = eb_strdup(p->project); /* a restricted key writes to its project */
+        }
         if (st == EB_OK)
             st = ingest_check_project(p, t->project);
         if (st != EB_OK) {
             cJSON_AddItemToArray(b->rejected, rejection(i, id, st, eb_error_message()));
+        } else if (ingest_record_pack(p, "json", false, now_ms, t, max_payload, &msg) ==
+                   EB_ERR_TOO_LARGE) {
+            /* the server would refuse it on every try: say so now, not 503 forever */
+            cJSON_AddItemToArray(b->rejected,
+                                 rejection(i, id, EB_ERR_TOO_LARGE, eb_error_message()));
         } else {
             /* a record that cannot be made (NULL) is answered like one the stream refused */
-            (void)ingest_record_pack(p, "json", false, now_ms, t, &msg);
             b->index[b->nvalid] = i;
             b->ids[b->nvalid] = eb_strdup(t->id);
             b->msgs[b->nvalid++] = msg;

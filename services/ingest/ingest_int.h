@@ -95,9 +95,13 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
  * ingest_record_pack turns one trace into the IngestRecord message for the stream (subject,
  * Nats-Msg-Id header, payload); it touches no shared state, so any thread may call it. The
  * caller owns the message (natsMsg_Destroy) until it hands it to ingest_publish_packed.
- * EB_OK, or why the message could not be made (*out is then NULL). */
+ * EB_OK, or why the message could not be made (*out is then NULL): EB_ERR_TOO_LARGE when it
+ * would be larger than max_payload (the NATS server's limit; 0: not checked). */
 eb_status ingest_record_pack(const eb_principal *who, const char *source, bool merge,
-                             long long now_ms, const Evalbus__V1__Trace *t, natsMsg **out);
+                             long long now_ms, const Evalbus__V1__Trace *t, long long max_payload,
+                             natsMsg **out);
+/* The largest message the NATS server takes (0 while not connected). Any thread. */
+long long ingest_publisher_max_payload(ingest_publisher *p);
 /* Publishes msgs[0..n) (taking every message and setting the entries to NULL; a NULL entry
  * counts as failed with EB_ERR_UNAVAILABLE) and calls done like ingest_publish. Loop thread. */
 void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest_publish_done done,

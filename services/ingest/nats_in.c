@@ -183,7 +183,7 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
     for (size_t i = 0; i < it->batch->n_traces; i++) {
         Evalbus__V1__Trace *t = it->batch->traces[i];
         eb_status vs = ingest_trace_validate(t, &ctx->limits);
-        if (vs == EB_OK && p->project[0] && !t->project) {
+        if (vs == EB_OK && p->project[0] && (!t->project || !*t->project)) {
             /* a restricted key writes to its project (a copy in the batch's arena) */
             size_t n = strlen(p->project) + 1;
             t->project = memcpy(eb_arena_alloc(it->arena, n), p->project, n);

@@ -336,8 +336,13 @@ long long ingest_now_ms(void)
     return (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
+/* Room in a stream message for what is not the record: the Nats-Msg-Id header and the
+ * protocol around it. */
+#define RECORD_HEADROOM 1024
+
 eb_status ingest_record_pack(const eb_principal *who, const char *source, bool merge,
-                             long long now_ms, const Evalbus__V1__Trace *t, natsMsg **out)
+                             long long now_ms, const Evalbus__V1__Trace *t, long long max_payload,
+                             natsMsg **out)
 {
     Evalbus__V1__IngestRecord rec = EVALBUS__V1__INGEST_RECORD__INIT;
     Evalbus__V1__Envelope env = EVALBUS__V1__ENVELOPE__INIT;
@@ -368,6 +373,12 @@ eb_status ingest_record_pack(const eb_principal *who, const char *source, bool m
      * length-delimited field may stand anywhere in a protobuf message). */
     tlen = evalbus__v1__trace__get_packed_size(t);
     len = evalbus__v1__ingest_record__get_packed_size(&rec);
+    if (max_payload > 0 && len + 11 + tlen + RECORD_HEADROOM > (size_t)max_payload)
+        return eb_error(EB_ERR_TOO_LARGE,
+                        "the trace is %zu bytes as a stream record, more than the NATS server "
+                        "takes (max_payload %lld bytes); text parts with members besides type "
+                        "and text are kept whole beside their text, so they count more than once",
+                        len + 11 + tlen, max_payload);
     buf = eb_malloc(len + 1 + 10 + tlen);
     evalbus__v1__ingest_record__pack(&rec, buf);
     buf[len++] = (3 << 3) | 2;
@@ -411,7 +422,7 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
     long long now_ms = ingest_now_ms();
 
     for (size_t i = 0; i < n; i++)
-        (void)ingest_record_pack(who, source, merge, now_ms, traces[i], &msgs[i]);
+        (void)ingest_record_pack(who, source, merge, now_ms, traces[i], 0, &msgs[i]);
     ingest_publish_packed(p, msgs, n, done, arg);
     free(msgs);
 }
@@ -421,6 +432,11 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
  * publish timeout, and a client that sends it again (an id-less trace gets a new id) would have
  * it stored twice. So nothing is handed over unless the connection is up: a refusal comes at
  * once, and what is refused is never sent. */
+long long ingest_publisher_max_payload(ingest_publisher *p)
+{
+    return p ? (long long)natsConnection_GetMaxPayload(eb_bus_conn(p->bus)) : 0;
+}
+
 static bool nats_up(ingest_publisher *p)
 {
     return natsConnection_Status(eb_bus_conn(p->bus)) == NATS_CONN_STATUS_CONNECTED;

@@ -172,6 +172,14 @@ static eb_status check_text(walk_ctx *c, const char *s, enum text_kind kind)
     return EB_OK;
 }
 
+/* A trace id is a path segment of /api/v1/traces/{id}: "." and ".." could never be read. */
+static eb_status check_trace_id(walk_ctx *c, const char *id)
+{
+    if (id && (strcmp(id, ".") == 0 || strcmp(id, "..") == 0))
+        return fail(c, EB_ERR_INVALID, "id must not be '.' or '..' (no URL can name them)");
+    return EB_OK;
+}
+
 static const char *const status_values[] = {"ok", "error", "unset", NULL};
 static const char *const role_values[] = {"system",    "user",     "assistant", "tool",
                                           "developer", "function", NULL};
@@ -297,7 +305,7 @@ bool ingest_time_parse(const char *s, long long *unix_nano)
     /* nanoseconds must fit int64, and 0 means "unknown" in trace.proto */
     if (secs < 0 || secs > INT64_MAX / 1000000000LL - 1)
         return false;
-    if (secs == 0 && frac == 0)
+    if (secs == 0 && frac < 1000) /* kept to the microsecond: it would read back as 0 */
         return false;
     *unix_nano = secs * 1000000000LL + frac;
     return true;
@@ -363,6 +371,22 @@ void ingest_time_text(long long unix_nano, char *buf, size_t len)
 /* ---------------------------------------------------------------------------------------------
  * JSON input: member scanning and typed fields. */
 
+/* The bytes a number takes as printed: its exact text when it has one, the digits of an
+ * integer, else at most 24 ("-1.2345678901234567e-308"). */
+static size_t number_size(const cJSON *v)
+{
+    double d = fabs(v->valuedouble);
+    size_t n = v->valuedouble < 0 ? 2 : 1;
+
+    if (v->valuestring)
+        return strlen(v->valuestring);
+    if (d != floor(d) || d >= 1e15)
+        return 24;
+    for (; d >= 10; d /= 10)
+        n++;
+    return n;
+}
+
 /* Lower bound of the compact JSON size of v (string bytes counted unescaped); stops counting
  * once the total passes limit. */
 static size_t json_size(const cJSON *v, size_t limit)
@@ -373,7 +397,7 @@ static size_t json_size(const cJSON *v, size_t limit)
     if (cJSON_IsString(v))
         return strlen(v->valuestring) + 2;
     if (cJSON_IsNumber(v))
-        return 1;
+        return number_size(v);
     if (cJSON_IsTrue(v) || cJSON_IsNull(v))
         return 4;
     if (cJSON_IsFalse(v))
@@ -548,7 +572,10 @@ static eb_status count_field(walk_ctx *c, const cJSON *v, const char *key, proto
         return EB_OK;
     mark = path_push_key(c, key);
     d = cJSON_IsNumber(v) ? v->valuedouble : -1;
-    if (!isfinite(d) || d < 0 || d != floor(d)) {
+    /* a fraction a double cannot hold (4503599627370496.5, 1.0000000000000001) reads as an
+     * integer: the text kept for such a number tells */
+    if (!isfinite(d) || d < 0 || d != floor(d) ||
+        (v->valuestring && strpbrk(v->valuestring, ".eE"))) {
         st = fail(c, EB_ERR_INVALID, "must be a non-negative integer");
     } else if (d >= MAX_SAFE_INT) {
         /* 2^53 + 1 reads as 2^53: from 2^53 on, the number sent may not be the one parsed */
@@ -574,6 +601,8 @@ static eb_status amount_field(walk_ctx *c, const cJSON *v, const char *key, prot
     d = cJSON_IsNumber(v) ? v->valuedouble : -1;
     if (!isfinite(d) || d < 0) {
         st = fail(c, EB_ERR_INVALID, "must be a non-negative number");
+    } else if (eb_json_number_underflows(v)) {
+        st = fail(c, EB_ERR_INVALID, "is too close to 0 to be stored (a double holds it as 0)");
     } else {
         *out = d;
         *has = 1;
@@ -1308,6 +1337,7 @@ eb_status ingest_trace_from_json(const cJSON *item, const ingest_limits *lim,
     if (st != EB_OK)
         goto cleanup;
     if ((st = str_field(&c, f[TF_ID], "id", TEXT_ID, &t->id)) != EB_OK ||
+        (st = check_trace_id(&c, t->id)) != EB_OK ||
         (st = str_field(&c, f[TF_PROJECT], "project", TEXT_LABEL, &t->project)) != EB_OK ||
         (st = str_field(&c, f[TF_NAME], "name", TEXT_LABEL, &t->name)) != EB_OK ||
         (st = str_field(&c, f[TF_MODEL], "model", TEXT_LABEL, &t->model)) != EB_OK ||
@@ -1354,6 +1384,12 @@ eb_status ingest_trace_from_json(const cJSON *item, const ingest_limits *lim,
         t->has_latency_ms = 1;
     }
     if (!t->has_total_tokens && t->has_input_tokens && t->has_output_tokens) {
+        if (t->input_tokens + t->output_tokens >= (int64_t)MAX_SAFE_INT) {
+            st = fail(&c, EB_ERR_INVALID,
+                      "has input_tokens + output_tokens of 2^53 or more; their total must be "
+                      "below 2^53");
+            goto cleanup;
+        }
         t->total_tokens = t->input_tokens + t->output_tokens;
         t->has_total_tokens = 1;
     }
@@ -1632,6 +1668,7 @@ eb_status ingest_trace_validate(const Evalbus__V1__Trace *t, const ingest_limits
     if (!t)
         return fail(&c, EB_ERR_INVALID, "is missing");
     if ((st = v_text(&c, t->id, "id", TEXT_ID, true)) != EB_OK ||
+        (st = check_trace_id(&c, t->id)) != EB_OK ||
         (st = v_text(&c, t->project, "project", TEXT_LABEL, false)) != EB_OK ||
         (st = v_text(&c, t->name, "name", TEXT_LABEL, false)) != EB_OK ||
         (st = v_text(&c, t->model, "model", TEXT_LABEL, false)) != EB_OK ||

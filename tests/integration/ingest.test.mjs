@@ -519,6 +519,43 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.match(r.body.error.message, /'decision' appears twice/);
   }));
 
+  it('limits hold whatever the value is made of; numbers are stored as sent or refused', T, stack.wrap(async () => {
+    const project = `lim-${crypto.randomBytes(3).toString('hex')}`;
+    const good = () => ({ id: rid('ok'), project, name: 'fine' });
+    const raw = (body) => api('POST', '/api/v1/traces', A.member, { raw: body, timeoutMs: 60_000 });
+    const one = async (what, trace, code, pattern) => {
+      const g = good();
+      const r = await raw(`{"traces":[${JSON.stringify(g)},${trace}]}`);
+      assertStatus(r, 207, what);
+      assert.deepEqual(r.body.accepted, [g.id], `${what}: the good trace is accepted`);
+      assert.equal(r.body.rejected.length, 1, `${what}: ${r.text.slice(0, 300)}`);
+      assert.equal(r.body.rejected[0].error.code, code, `${what}: ${r.body.rejected[0].error.message}`);
+      assert.match(r.body.rejected[0].error.message, pattern, what);
+    };
+    // a fraction a double cannot hold reads as an integer: refused, not rounded
+    await one('fractional tokens', `{"id":"${rid('fr')}","usage":{"input_tokens":4503599627370496.5}}`, 'invalid_argument', /integer/);
+    await one('tokens of 1.0000000000000001', `{"id":"${rid('fr')}","usage":{"output_tokens":1.0000000000000001}}`, 'invalid_argument', /integer/);
+    // a derived total beyond 2^53 would not read back exactly
+    await one('a total beyond 2^53', `{"id":"${rid('tot')}","usage":{"input_tokens":9007199254740991,"output_tokens":2}}`, 'invalid_argument', /2\^53/);
+    // a cost a double holds as 0 is not stored as 0
+    await one('a cost of 1e-330', `{"id":"${rid('c')}","cost_usd":1e-330}`, 'invalid_argument', /too close to 0/);
+    // "." and ".." cannot be a path segment: no GET could read them
+    await one('the id ..', '{"id":".."}', 'invalid_argument', /'\.' or '\.\.'/);
+    // numbers count at their length toward max-trace-bytes (4 MiB): 4.6 MB of them is too large
+    const numbers = Array.from({ length: 420_000 }, () => '1234567890').join(',');
+    await one('4.6 MB of numbers', `{"id":"${rid('num')}","tool_calls":[{"id":"c","name":"f","result":[${numbers}]}]}`, 'too_large', /max-trace-bytes/);
+    // 3 MB of JSON whose text parts (with a member besides type and text) count more than once
+    // in the stream record: more than NATS takes (8 MiB here), so too_large now, not 503 forever
+    const part = JSON.stringify({ role: 'user', content: [{ type: 'text', text: 'x'.repeat(1_000_000), cache_control: { type: 'ephemeral' } }] });
+    await one('a record over max_payload', `{"id":"${rid('big')}","input":{"messages":[${part},${part},${part}]}}`, 'too_large', /max_payload/);
+    // a key restricted to a project: "" is the same as absent, so the trace goes to its project
+    const k = await stack.createKey(A.key, { name: `restricted-${project}`, role: 'member', scopes: ['traces:write', 'traces:read'], project });
+    const id = rid('empty');
+    const r = await api('POST', '/api/v1/traces', k.key, { body: { traces: [{ id, project: '' }] } });
+    assertStatus(r, 202, `project "" with a restricted key: ${r.text}`);
+    assert.equal((await waitTrace(A.key, id)).project, project);
+  }));
+
   it('one GET /api/v1/traces/{id} shows one version of a trace, though it is replaced meanwhile', T, stack.wrap(async () => {
     // the trace and its observations are read by separate statements: they must share a
     // snapshot, or a replacement committed between them mixes two versions

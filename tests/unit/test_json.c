@@ -201,6 +201,9 @@ static void test_rfc3339(void **state)
         {"2026-12-31T23:59:59Z", true},
         {"0000-01-01T00:00:00Z", false},
         {"2026-11-22T10:00:60Z", false}, /* no leap seconds: PostgreSQL would make it 10:01 */
+        /* any number of fraction digits (finer ones are cut off), up to 64 characters */
+        {"2026-11-22T10:00:00.123456789012345678901234567890123456789Z", true},
+        {"2026-11-22T10:00:00.1234567890123456789012345678901234567890123456+01:00", false},
     };
 
     (void)state;
