@@ -556,6 +556,22 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.equal((await waitTrace(A.key, id)).project, project);
   }));
 
+  it('empty strings inside messages and tool calls are the same as absent, and the trace returned can be sent back', T, stack.wrap(async () => {
+    const id = rid('empty');
+    await ingestOk(A.member, [{ id, project: 'empties', input: { messages: [{ role: 'user', content: '', name: '' }] },
+      output: { messages: [{ role: 'assistant', content: '', tool_calls: [{ id: 'c1', type: '', function: { name: '', arguments: '' } }] }] } }]);
+    const g = await waitTrace(A.key, id);
+    assert.deepEqual(g.input.messages, [{ role: 'user', content: null }], JSON.stringify(g.input));
+    assert.deepEqual(g.output.messages[0].content, null);
+    assert.deepEqual(g.output.messages[0].tool_calls[0], { id: 'c1', type: 'function', function: { name: null, arguments: null } },
+      JSON.stringify(g.output.messages[0].tool_calls));
+    // what GET returned goes back in as it is and is stored the same
+    const back = { id, project: g.project, name: 'sent back', input: g.input, output: g.output };
+    await ingestOk(A.member, [back]);
+    const g2 = await waitTrace(A.key, id, (b) => b.name === 'sent back');
+    assert.deepEqual([g2.input, g2.output], [g.input, g.output]);
+  }));
+
   it('one GET /api/v1/traces/{id} shows one version of a trace, though it is replaced meanwhile', T, stack.wrap(async () => {
     // the trace and its observations are read by separate statements: they must share a
     // snapshot, or a replacement committed between them mixes two versions
