@@ -241,7 +241,7 @@ static void on_decoded(void *arg)
         batch_free(b);
         return;
     }
-    ingest_publish_packed(b->ctx->pub, b->msgs, b->nvalid, on_published, b);
+    ingest_publish_packed(b->ctx->pub, b->msgs, b->nvalid, NULL, on_published, b);
 }
 
 void api_traces_post(eb_http_req *req, void *vctx)

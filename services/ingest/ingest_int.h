@@ -71,6 +71,8 @@ typedef struct ingest_ctx {
 /* The message that tells a caller about a record that failed with result. */
 static inline const char *ingest_publish_message(eb_status result)
 {
+    if (result == EB_ERR_TOO_LARGE)
+        return "the trace is larger as a stream record than the NATS server takes (max_payload)";
     return result == EB_ERR_TIMEOUT ? "the ingest stream did not acknowledge it in time; it may "
                                       "still be stored: send it again with the same id"
                                     : "the ingest stream did not take it; retry";
@@ -103,9 +105,10 @@ eb_status ingest_record_pack(const eb_principal *who, const char *source, bool m
 /* The largest message the NATS server takes (0 while not connected). Any thread. */
 long long ingest_publisher_max_payload(ingest_publisher *p);
 /* Publishes msgs[0..n) (taking every message and setting the entries to NULL; a NULL entry
- * counts as failed with EB_ERR_UNAVAILABLE) and calls done like ingest_publish. Loop thread. */
-void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest_publish_done done,
-                           void *arg);
+ * counts as failed with unmade[i], the status its packing gave, or EB_ERR_UNAVAILABLE when
+ * unmade is NULL) and calls done like ingest_publish. Loop thread. */
+void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const eb_status *unmade,
+                           ingest_publish_done done, void *arg);
 /* While full is set, every record handed to the publisher fails at once with
  * EB_ERR_UNAVAILABLE (the stream watch sets it; any thread). */
 void ingest_publisher_set_full(ingest_publisher *p, bool full);

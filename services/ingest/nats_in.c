@@ -14,6 +14,7 @@
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
 #include "ingest_int.h"
+#include "otlp.h"
 #include "trace_json.h"
 
 #include <stdio.h>
@@ -24,8 +25,9 @@ typedef struct nats_item {
     struct nats_item *next;
     natsMsg *msg;
     ingest_ctx *ctx;
-    Evalbus__V1__TraceBatch *batch; /* unpacked into arena: freed with it, never one by one */
-    eb_arena *arena;
+    Evalbus__V1__TraceBatch *batch; /* unpacked into box: freed with it, never one by one */
+    ingest_pb_box *box;
+    eb_arena *arena; /* what is made for the batch afterwards */
     Evalbus__V1__Trace **valid;
     size_t nvalid;
     uint32_t *index;
@@ -66,7 +68,8 @@ static void item_free(nats_item *it)
     free(it->rejected);
     free(it->valid);
     free(it->index);
-    eb_arena_free(it->arena); /* the batch and everything in it */
+    ingest_pb_release(it->box); /* the batch and everything in it */
+    eb_arena_free(it->arena);
     natsMsg_Destroy(it->msg);
     free(it);
 }
@@ -117,7 +120,7 @@ static void on_published(void *arg, const eb_status *results, size_t n)
             r->has_index = 1;
             r->index = it->index[i];
             r->id = it->valid[i]->id;
-            r->code = (char *)"unavailable";
+            r->code = (char *)(results[i] == EB_ERR_TOO_LARGE ? "too_large" : "unavailable");
             r->message = eb_strdup(ingest_publish_message(results[i]));
             it->rejected = eb_realloc(it->rejected, (it->nrejected + 1) * sizeof(*it->rejected));
             it->rejected[it->nrejected++] = r;
@@ -162,16 +165,21 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
         return;
     }
     {
-        /* the batch's hundreds of strings and sub-messages come from one arena, not malloc */
-        ProtobufCAllocator al;
+        /* checked and bounded as OTLP bodies are (a message full of empty traces must not cost
+         * gigabytes; a NUL byte would cut a string short); the batch's hundreds of strings and
+         * sub-messages come from one arena, not malloc */
+        ProtobufCMessage *m = NULL;
+        eb_status us =
+            ingest_pb_unpack(&evalbus__v1__trace_batch__descriptor,
+                             (const uint8_t *)natsMsg_GetData(it->msg), (size_t)len, &it->box, &m);
+        if (us != EB_OK) {
+            char cause[300];
+            snprintf(cause, sizeof(cause), "%s", eb_error_message());
+            refuse(it, us, cause, us == EB_ERR_TOO_LARGE ? "too_large" : "undecodable");
+            return;
+        }
+        it->batch = (Evalbus__V1__TraceBatch *)m;
         it->arena = eb_arena_new();
-        al = eb_arena_pb_allocator(it->arena);
-        it->batch = evalbus__v1__trace_batch__unpack(&al, (size_t)len,
-                                                     (const uint8_t *)natsMsg_GetData(it->msg));
-    }
-    if (!it->batch) {
-        refuse(it, EB_ERR_INVALID, "the message is not an evalbus.v1.TraceBatch", "undecodable");
-        return;
     }
     if (it->batch->n_traces > ctx->limits.max_batch_items) {
         refuse(it, EB_ERR_TOO_LARGE, "the batch holds more traces than max-batch-items",

@@ -205,10 +205,11 @@ static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 }
 
 /* Checks that data[0..n) is a well-formed message of type desc (NULL: of unknown type, whose
- * fields are only skipped) nesting at most OTLP_MAX_DEPTH levels. Recursion is bounded by
- * that depth. */
+ * fields are only skipped) nesting at most OTLP_MAX_DEPTH levels, and with no_nul that no string
+ * field holds a NUL byte (protobuf-c would cut the string there). Recursion is bounded by that
+ * depth. */
 static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescriptor *desc,
-                       int depth)
+                       int depth, bool no_nul)
 {
     const uint8_t *end = p + n;
 
@@ -240,7 +241,9 @@ static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescrip
                 return false;
             f = desc ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3)) : NULL;
             if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-                !wire_check(p, (size_t)len, f->descriptor, depth + 1))
+                !wire_check(p, (size_t)len, f->descriptor, depth + 1, no_nul))
+                return false;
+            if (no_nul && f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)len))
                 return false;
             p += len;
             break;
@@ -249,6 +252,48 @@ static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescrip
         }
     }
     return true;
+}
+
+struct ingest_pb_box {
+    otlp_arena arena;
+};
+
+eb_status ingest_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                           ingest_pb_box **box, ProtobufCMessage **msg)
+{
+    ingest_pb_box *b = eb_calloc(1, sizeof *b);
+    ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, &b->arena};
+
+    *box = NULL;
+    *msg = NULL;
+    arena_init(&b->arena, len);
+    if (!wire_check(data, len, desc, 1, true)) {
+        ingest_pb_release(b);
+        return eb_error(EB_ERR_INVALID,
+                        "not a %s: malformed protobuf, messages nested deeper than %d levels, "
+                        "or a string holding a NUL byte",
+                        desc->name, OTLP_MAX_DEPTH);
+    }
+    *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
+    if (!*msg) {
+        bool big = b->arena.exhausted;
+        ingest_pb_release(b);
+        return big ? eb_error(EB_ERR_TOO_LARGE,
+                              "the message decodes to more than %d times its size (a great "
+                              "many empty messages); send fewer at once",
+                              OTLP_ARENA_FACTOR)
+                   : eb_error(EB_ERR_INVALID, "not a %s: malformed protobuf", desc->name);
+    }
+    *box = b;
+    return EB_OK;
+}
+
+void ingest_pb_release(ingest_pb_box *box)
+{
+    if (!box)
+        return;
+    arena_free_all(&box->arena);
+    free(box);
 }
 
 eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ingest_limits *lim,
@@ -261,7 +306,8 @@ eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ing
 
     memset(out, 0, sizeof *out);
     arena_init(&arena, len);
-    if (!wire_check(data, len, &evalbus__otlp__v1__export_trace_service_request__descriptor, 1)) {
+    if (!wire_check(data, len, &evalbus__otlp__v1__export_trace_service_request__descriptor, 1,
+                    false)) {
         st = eb_error(EB_ERR_INVALID,
                       "body is not an OTLP ExportTraceServiceRequest (malformed protobuf, or "
                       "nested deeper than %d levels)",

@@ -30,6 +30,18 @@ typedef struct ingest_otlp_result {
 /* Decode an ExportTraceServiceRequest. EB_ERR_INVALID when the body cannot be decoded at all
  * (answered 400); individual bad spans are counted in rejected_spans instead. The caller frees
  * out with ingest_otlp_result_free(), also after an error. */
+/* Unpacks data[0..len) as a message of type desc with the OTLP decoder's guards: the wire
+ * format is checked first (well formed, nesting bounded, no NUL byte in a string field, which
+ * protobuf-c would cut the string at), and the message is decoded into an arena capped at a
+ * multiple of len (a body full of empty messages cannot cost gigabytes). On success *msg lives
+ * in *box until ingest_pb_release(*box); else EB_ERR_INVALID or EB_ERR_TOO_LARGE with a
+ * message, and nothing to release. Any thread. */
+typedef struct ingest_pb_box ingest_pb_box;
+eb_status ingest_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                           ingest_pb_box **box, ProtobufCMessage **msg);
+/* Accepts NULL. */
+void ingest_pb_release(ingest_pb_box *box);
+
 eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ingest_limits *lim,
                                       ingest_otlp_result *out);
 eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_limits *lim,

@@ -115,9 +115,15 @@ static void on_published(void *arg, const eb_status *results, size_t n)
     long long rejected = s->rejected, failed = 0;
 
     for (size_t i = 0; i < n; i++) {
-        if (results[i] != EB_OK) {
+        long long spans = (long long)(s->sent[i]->n_observations ? s->sent[i]->n_observations : 1);
+        if (results[i] == EB_ERR_TOO_LARGE) {
+            /* refused for good (a retry would meet the same limit): a partial success */
+            rejected += spans;
+            eb_buf_printf(&s->why, "%s%s", s->why.len ? "; " : "",
+                          ingest_publish_message(results[i]));
+        } else if (results[i] != EB_OK) {
             failed++;
-            rejected += (long long)(s->sent[i]->n_observations ? s->sent[i]->n_observations : 1);
+            rejected += spans;
         }
     }
     if (failed > 0) {

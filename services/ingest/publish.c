@@ -419,11 +419,14 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
                     void *arg)
 {
     natsMsg **msgs = eb_calloc(n ? n : 1, sizeof(*msgs));
-    long long now_ms = ingest_now_ms();
+    eb_status *unmade = eb_calloc(n ? n : 1, sizeof(*unmade));
+    long long now_ms = ingest_now_ms(), max_payload = ingest_publisher_max_payload(p);
 
     for (size_t i = 0; i < n; i++)
-        (void)ingest_record_pack(who, source, merge, now_ms, traces[i], 0, &msgs[i]);
-    ingest_publish_packed(p, msgs, n, done, arg);
+        unmade[i] =
+            ingest_record_pack(who, source, merge, now_ms, traces[i], max_payload, &msgs[i]);
+    ingest_publish_packed(p, msgs, n, unmade, done, arg);
+    free(unmade);
     free(msgs);
 }
 
@@ -448,8 +451,8 @@ void ingest_publisher_set_full(ingest_publisher *p, bool full)
         atomic_store(&p->full, full);
 }
 
-void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest_publish_done done,
-                           void *arg)
+void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const eb_status *unmade,
+                           ingest_publish_done done, void *arg)
 {
     pub_batch *b = eb_calloc(1, sizeof(*b));
     struct timeval tv;
@@ -504,7 +507,9 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, ingest
         msgs[i] = NULL;
         if (!msg) {
             pthread_mutex_lock(&p->mu);
-            wake = record_result(p, b, i, EB_ERR_UNAVAILABLE); /* it could not be made */
+            /* it could not be made */
+            wake = record_result(p, b, i,
+                                 unmade && unmade[i] != EB_OK ? unmade[i] : EB_ERR_UNAVAILABLE);
             pthread_mutex_unlock(&p->mu);
             if (wake)
                 event_active(p->wake, EV_READ, 0);

@@ -220,13 +220,16 @@ static bool json_text_is_object(const char *s, char *why, size_t len)
 {
     cJSON *o = NULL;
     eb_status st = eb_json_parse_object(s, strlen(s), &o);
+    const char *twice = st == EB_OK ? eb_json_repeated_member(o) : NULL;
 
     why[0] = '\0';
-    if (st != EB_OK && !strstr(eb_error_message(), "must be a JSON object"))
+    if (twice) /* PostgreSQL would keep one of the two: refused, as the JSON API does */
+        snprintf(why, len, ": the member '%.100s' appears twice in an object", twice);
+    else if (st != EB_OK && !strstr(eb_error_message(), "must be a JSON object"))
         snprintf(why, len, ": %s", eb_error_message());
     cJSON_Delete(o);
     eb_error_clear();
-    return st == EB_OK;
+    return st == EB_OK && !twice;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1505,6 +1508,18 @@ static eb_status v_json_object(walk_ctx *c, const char *s, const char *key)
     return st;
 }
 
+/* Without a total the writer stores input + output as one: it must be below 2^53 as well. */
+static eb_status v_token_sum(walk_ctx *c, const Evalbus__V1__Trace *t)
+{
+    if (!t->has_total_tokens && t->has_input_tokens && t->has_output_tokens &&
+        t->input_tokens >= 0 && t->output_tokens >= 0 &&
+        t->input_tokens + t->output_tokens >= (int64_t)MAX_SAFE_INT)
+        return fail(c, EB_ERR_INVALID,
+                    "has input_tokens + output_tokens of 2^53 or more; their total must be "
+                    "below 2^53");
+    return EB_OK;
+}
+
 /* Count and presence of a repeated field; the path is its owner. */
 static eb_status v_repeated(walk_ctx *c, size_t n, const void *arr, const char *key, size_t max,
                             const char *limit_name)
@@ -1682,6 +1697,7 @@ eb_status ingest_trace_validate(const Evalbus__V1__Trace *t, const ingest_limits
         (st = v_count(&c, t->has_output_tokens, t->output_tokens, "usage.output_tokens")) !=
             EB_OK ||
         (st = v_count(&c, t->has_total_tokens, t->total_tokens, "usage.total_tokens")) != EB_OK ||
+        (st = v_token_sum(&c, t)) != EB_OK ||
         (st = v_amount(&c, t->has_cost_usd, t->cost_usd, "cost_usd")) != EB_OK ||
         (st = v_messages(&c, t->input_messages, t->n_input_messages, "input.messages")) != EB_OK ||
         (st = v_messages(&c, t->output_messages, t->n_output_messages, "output.messages")) !=

@@ -413,6 +413,35 @@ describe('ingest: TraceBatch over NATS', () => {
     }
   }));
 
+  it('what protobuf-c would cut or blow up is refused, and JSON texts and totals hold the JSON API\'s rules', T, stack.wrap(async () => {
+    // 8 MB of empty traces (2 bytes each on the wire, hundreds decoded): refused before it can
+    // cost gigabytes, and the intake goes on
+    const empties = Buffer.alloc(8_000_000);
+    for (let i = 0; i < empties.length; i += 2) empties[i] = 0x0a;
+    let ack = await publishBatch(A.team, empties, A.key);
+    assert.equal(ack.code, 'too_large', JSON.stringify(ack));
+    assert.match(ack.error, /16 times its size/);
+    const pid = stack.readPid('ingest');
+    const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
+    assert.ok(hwm < 600, `ingest's peak memory stayed bounded: ${hwm.toFixed(0)} MiB (the batch would decode to about 1.5 GB)`);
+    // a NUL byte inside a string: protobuf-c would cut it there (two ids would become one)
+    ack = await publishBatch(A.team, encodeBatch([trace(`${rid('nul')}\u0000first`)]), A.key);
+    assert.equal(ack.code, 'invalid_argument', JSON.stringify(ack));
+    assert.match(ack.error, /NUL/);
+    // per trace: a member twice in a JSON text, and a derived total beyond 2^53
+    const [dup, sum, ok] = [rid('dup'), rid('sum'), rid('ok')];
+    ack = await publishBatch(A.team, encodeBatch([
+      trace(dup, { metadata_json: '{"a":1,"a":2}' }),
+      trace(sum, { input_tokens: 9007199254740991, output_tokens: 2, total_tokens: undefined }),
+      trace(ok),
+    ]), A.key);
+    assert.deepEqual(ack.accepted_ids, [ok], JSON.stringify(ack));
+    assert.deepEqual(ack.rejected.map((r) => [r.id, r.code]), [[dup, 'invalid_argument'], [sum, 'invalid_argument']]);
+    assert.match(ack.rejected[0].message, /'a' appears twice/);
+    assert.match(ack.rejected[1].message, /2\^53/);
+    await waitTrace(A.key, ok);
+  }));
+
   it('a burst of garbage does not stall the intake', T, stack.wrap(async () => {
     const nc = await stack.nats();
     const before = await deadLetters('undecodable');
