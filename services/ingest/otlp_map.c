@@ -356,6 +356,13 @@ static bool take_first_count(span_map *sm, const char *const *keys, size_t nkeys
         cJSON *it = attr(sm, keys[i]);
 
         if (it && json_int(it, v) && *v >= 0 && *v < (long long)MAX_SAFE_INT) {
+            /* the other keys holding the same count say nothing more: taken too */
+            for (size_t k = i + 1; k < nkeys; k++) {
+                cJSON *o = attr(sm, keys[k]);
+                long long w;
+                if (o && json_int(o, &w) && w == *v)
+                    take(sm, o);
+            }
             take(sm, it);
             return true;
         }
@@ -378,9 +385,13 @@ static char *value_text(span_map *sm, const char *what, const cJSON *v, size_t m
     return out;
 }
 
-/* Parses JSON text that must be utf-8 already (it came through any_json or eb_json). */
+/* Parses JSON text that must be utf-8 already (it came through any_json or eb_json). A text
+ * with an escaped NUL is not taken as JSON (cJSON would cut the string there): it stays the
+ * string it is. */
 static cJSON *parse_json_text(const char *s)
 {
+    if (strstr(s, "\\u0000"))
+        return NULL;
     return eb_json_parse_text(s, strlen(s));
 }
 
@@ -1707,6 +1718,10 @@ static const char *check_ids(const otlp_span *sp)
         return "span id is all zeros";
     if (sp->parent_span_id.len != 0 && sp->parent_span_id.len != 8)
         return "parent span id must be empty or 8 bytes (16 hex characters)";
+    for (size_t i = 0; i < sp->n_links; i++)
+        if (sp->links[i] && (sp->links[i]->trace_id.len != 16 || sp->links[i]->span_id.len != 8))
+            return "a link's trace id must be 16 bytes and its span id 8 (32 and 16 hex "
+                   "characters)";
     return NULL;
 }
 

@@ -568,6 +568,31 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.deepEqual(l.body.traces.map((t) => t.id), [traceId], 'listed in a window around its start');
   }));
 
+  it('a JSON-text attribute with an escaped NUL stays as sent; equal counts under two keys are both used; a malformed link id rejects its span', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const t0 = Date.now() - 5000;
+    const messages = '[{"role":"user","content":"abc\\u0000def"}]';
+    let r = await postOtlp(A.key, 'json', 'nul-text', [{ traceId, spanId: hex(8), name: 'chat', startMs: t0, endMs: t0 + 100,
+      attrs: { 'gen_ai.input.messages': messages, 'gen_ai.usage.input_tokens': 10, 'llm.token_count.prompt': 10 } }]);
+    assert.equal(r.status, 200);
+    const g = await waitTrace(A.key, traceId);
+    const attrs = g.observations[0].attributes;
+    // cJSON would cut the text at the NUL: not read as messages, kept whole as the string it is
+    assert.equal(attrs['gen_ai.input.messages'], messages, JSON.stringify(attrs));
+    assert.equal(g.usage.input_tokens, 10);
+    assert.equal(attrs['llm.token_count.prompt'], undefined, 'the same count under the OpenInference key is used up too');
+    // a link whose ids are not hex of the right length: the span is refused, not stored with "00"
+    const bad = hex(16);
+    const body = otlpJson('bad-link', [{ traceId: bad, spanId: hex(8), name: 's', startMs: t0, endMs: t0 + 100 }]);
+    body.resourceSpans[0].scopeSpans[0].spans[0].links = [{ traceId: 'not-hex', spanId: 'AAECAwQFBgc=' }];
+    const res = await api('POST', '/otlp/v1/traces', A.key, { body });
+    assert.equal(res.status, 200, res.text);
+    assert.equal(Number(res.body?.partialSuccess?.rejectedSpans), 1, res.text);
+    assert.match(res.body.partialSuccess.errorMessage, /link/);
+    await sleep(500);
+    assertStatus(await api('GET', `/api/v1/traces/${bad}`, A.key), 404, 'the span with the bad link was not stored');
+  }));
+
   it('merging keeps the first fragment\'s resource and the tags\' order; an end before the start gives no latency', T, stack.wrap(async () => {
     const traceId = hex(16);
     const t0 = Date.now() - 5000;
