@@ -341,6 +341,9 @@ static bool json_int(const cJSON *it, long long *v)
         return true;
     }
     if ((cJSON_IsRaw(it) || cJSON_IsString(it)) && it->valuestring[0]) {
+        const char *d = it->valuestring + (it->valuestring[0] == '-');
+        if (*d < '0' || *d > '9') /* strtoll would also take " 7" and "+4" */
+            return false;
         errno = 0;
         *v = strtoll(it->valuestring, &end, 10);
         return !errno && !*end;

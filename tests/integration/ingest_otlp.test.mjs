@@ -573,7 +573,8 @@ describe('ingest: OTLP/HTTP traces', () => {
     const t0 = Date.now() - 5000;
     const messages = '[{"role":"user","content":"abc\\u0000def"}]';
     let r = await postOtlp(A.key, 'json', 'nul-text', [{ traceId, spanId: hex(8), name: 'chat', startMs: t0, endMs: t0 + 100,
-      attrs: { 'gen_ai.input.messages': messages, 'gen_ai.usage.input_tokens': 10, 'llm.token_count.prompt': 10 } }]);
+      attrs: { 'gen_ai.input.messages': messages, 'gen_ai.usage.input_tokens': 10, 'llm.token_count.prompt': 10,
+        'gen_ai.usage.output_tokens': ' 7' } }]);
     assert.equal(r.status, 200);
     const g = await waitTrace(A.key, traceId);
     const attrs = g.observations[0].attributes;
@@ -581,6 +582,9 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.equal(attrs['gen_ai.input.messages'], messages, JSON.stringify(attrs));
     assert.equal(g.usage.input_tokens, 10);
     assert.equal(attrs['llm.token_count.prompt'], undefined, 'the same count under the OpenInference key is used up too');
+    // a count written as a string is digits only: " 7" is not a count, and stays an attribute
+    assert.equal(attrs['gen_ai.usage.output_tokens'], ' 7', JSON.stringify(attrs));
+    assert.equal(g.usage.output_tokens ?? null, null, JSON.stringify(g.usage));
     // a link whose ids are not hex of the right length: the span is refused, not stored with "00"
     const bad = hex(16);
     const body = otlpJson('bad-link', [{ traceId: bad, spanId: hex(8), name: 's', startMs: t0, endMs: t0 + 100 }]);
