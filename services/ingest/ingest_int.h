@@ -66,8 +66,10 @@ typedef struct ingest_ctx {
 
 /* --- publishing records to the INGEST stream (publish.c) --- */
 /* results[i] is EB_OK when the stream has record i, else why not: EB_ERR_TIMEOUT when it was
- * sent and not acknowledged in time (it may still be stored), else (EB_ERR_UNAVAILABLE) it was
- * refused or never sent. Called on the loop thread. */
+ * sent and not acknowledged in time (it may still be stored), EB_ERR_TOO_LARGE when it is larger
+ * than the NATS server takes, else (EB_ERR_UNAVAILABLE) it was refused or never sent. Called on
+ * the loop thread. */
+typedef void (*ingest_publish_done)(void *arg, const eb_status *results, size_t n);
 /* The message that tells a caller about a record that failed with result. */
 static inline const char *ingest_publish_message(eb_status result)
 {
@@ -77,7 +79,6 @@ static inline const char *ingest_publish_message(eb_status result)
                                       "still be stored: send it again with the same id"
                                     : "the ingest stream did not take it; retry";
 }
-typedef void (*ingest_publish_done)(void *arg, const eb_status *results, size_t n);
 
 ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, long long timeout_ms,
                                        eb_status *st);

@@ -254,6 +254,19 @@ static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescrip
     return true;
 }
 
+/* Decodes data[0..len) as a desc into a, capped (arena_init), once wire_check has passed it.
+ * NULL when it does not: *well_formed then tells whether the wire format was the problem, and
+ * a->exhausted whether the cap was. */
+static ProtobufCMessage *guarded_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                                        size_t len, bool no_nul, otlp_arena *a, bool *well_formed)
+{
+    ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, a};
+
+    arena_init(a, len);
+    *well_formed = wire_check(data, len, desc, 1, no_nul);
+    return *well_formed ? protobuf_c_message_unpack(desc, &alloc, len, data) : NULL;
+}
+
 struct ingest_pb_box {
     otlp_arena arena;
 };
@@ -262,30 +275,28 @@ eb_status ingest_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t
                            ingest_pb_box **box, ProtobufCMessage **msg)
 {
     ingest_pb_box *b = eb_calloc(1, sizeof *b);
-    ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, &b->arena};
+    bool well_formed;
+    eb_status st = EB_OK;
 
     *box = NULL;
-    *msg = NULL;
-    arena_init(&b->arena, len);
-    if (!wire_check(data, len, desc, 1, true)) {
+    *msg = guarded_unpack(desc, data, len, true, &b->arena, &well_formed);
+    if (!well_formed)
+        st = eb_error(EB_ERR_INVALID,
+                      "not a %s: malformed protobuf, messages nested deeper than %d levels, "
+                      "or a string holding a NUL byte",
+                      desc->name, OTLP_MAX_DEPTH);
+    else if (!*msg && b->arena.exhausted)
+        st = eb_error(EB_ERR_TOO_LARGE,
+                      "the message decodes to more than %d times its size (a great many empty "
+                      "messages); send fewer at once",
+                      OTLP_ARENA_FACTOR);
+    else if (!*msg)
+        st = eb_error(EB_ERR_INVALID, "not a %s: malformed protobuf", desc->name);
+    if (st != EB_OK)
         ingest_pb_release(b);
-        return eb_error(EB_ERR_INVALID,
-                        "not a %s: malformed protobuf, messages nested deeper than %d levels, "
-                        "or a string holding a NUL byte",
-                        desc->name, OTLP_MAX_DEPTH);
-    }
-    *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
-    if (!*msg) {
-        bool big = b->arena.exhausted;
-        ingest_pb_release(b);
-        return big ? eb_error(EB_ERR_TOO_LARGE,
-                              "the message decodes to more than %d times its size (a great "
-                              "many empty messages); send fewer at once",
-                              OTLP_ARENA_FACTOR)
-                   : eb_error(EB_ERR_INVALID, "not a %s: malformed protobuf", desc->name);
-    }
-    *box = b;
-    return EB_OK;
+    else
+        *box = b;
+    return st;
 }
 
 void ingest_pb_release(ingest_pb_box *box)
@@ -301,33 +312,29 @@ eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ing
 {
     eb_status st = EB_OK;
     otlp_arena arena;
-    ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, &arena};
-    otlp_request *req = NULL;
+    bool well_formed;
+    ProtobufCMessage *req;
 
     memset(out, 0, sizeof *out);
-    arena_init(&arena, len);
-    if (!wire_check(data, len, &evalbus__otlp__v1__export_trace_service_request__descriptor, 1,
-                    false)) {
+    /* a NUL byte in a string is let through (cut there): refusing it would refuse the whole
+     * export, which exporters do not send again */
+    req = guarded_unpack(&evalbus__otlp__v1__export_trace_service_request__descriptor, data, len,
+                         false, &arena, &well_formed);
+    if (!well_formed)
         st = eb_error(EB_ERR_INVALID,
                       "body is not an OTLP ExportTraceServiceRequest (malformed protobuf, or "
                       "nested deeper than %d levels)",
                       OTLP_MAX_DEPTH);
-        goto cleanup;
-    }
-    req = evalbus__otlp__v1__export_trace_service_request__unpack(&alloc, len, data);
-    if (!req) {
-        if (arena.exhausted)
-            st = eb_error(EB_ERR_TOO_LARGE,
-                          "the request decodes to more than %d times its size; send fewer "
-                          "spans per request",
-                          OTLP_ARENA_FACTOR);
-        else
-            st = eb_error(EB_ERR_INVALID,
-                          "body is not an OTLP ExportTraceServiceRequest (malformed protobuf)");
-        goto cleanup;
-    }
-    ingest_otlp_map(req, lim, out);
-cleanup:
+    else if (!req && arena.exhausted)
+        st = eb_error(EB_ERR_TOO_LARGE,
+                      "the request decodes to more than %d times its size; send fewer "
+                      "spans per request",
+                      OTLP_ARENA_FACTOR);
+    else if (!req)
+        st = eb_error(EB_ERR_INVALID,
+                      "body is not an OTLP ExportTraceServiceRequest (malformed protobuf)");
+    else
+        ingest_otlp_map((const otlp_request *)req, lim, out);
     arena_free_all(&arena);
     return st;
 }

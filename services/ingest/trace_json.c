@@ -1313,6 +1313,18 @@ cleanup:
     return st;
 }
 
+/* Without a total the writer stores input + output as one: it must be below 2^53 as well. */
+static eb_status v_token_sum(walk_ctx *c, const Evalbus__V1__Trace *t)
+{
+    if (!t->has_total_tokens && t->has_input_tokens && t->has_output_tokens &&
+        t->input_tokens >= 0 && t->output_tokens >= 0 &&
+        t->input_tokens + t->output_tokens >= (int64_t)MAX_SAFE_INT)
+        return fail(c, EB_ERR_INVALID,
+                    "has input_tokens + output_tokens of 2^53 or more; their total must be "
+                    "below 2^53");
+    return EB_OK;
+}
+
 eb_status ingest_trace_from_json(const cJSON *item, const ingest_limits *lim,
                                  Evalbus__V1__Trace **out)
 {
@@ -1386,13 +1398,9 @@ eb_status ingest_trace_from_json(const cJSON *item, const ingest_limits *lim,
         t->latency_ms = (double)(t->end_time_unix_nano - t->start_time_unix_nano) / 1e6;
         t->has_latency_ms = 1;
     }
+    if ((st = v_token_sum(&c, t)) != EB_OK)
+        goto cleanup;
     if (!t->has_total_tokens && t->has_input_tokens && t->has_output_tokens) {
-        if (t->input_tokens + t->output_tokens >= (int64_t)MAX_SAFE_INT) {
-            st = fail(&c, EB_ERR_INVALID,
-                      "has input_tokens + output_tokens of 2^53 or more; their total must be "
-                      "below 2^53");
-            goto cleanup;
-        }
         t->total_tokens = t->input_tokens + t->output_tokens;
         t->has_total_tokens = 1;
     }
@@ -1506,18 +1514,6 @@ static eb_status v_json_object(walk_ctx *c, const char *s, const char *key)
         st = fail(c, EB_ERR_INVALID, "must be the text of a JSON object%s", why);
     path_pop(c, mark);
     return st;
-}
-
-/* Without a total the writer stores input + output as one: it must be below 2^53 as well. */
-static eb_status v_token_sum(walk_ctx *c, const Evalbus__V1__Trace *t)
-{
-    if (!t->has_total_tokens && t->has_input_tokens && t->has_output_tokens &&
-        t->input_tokens >= 0 && t->output_tokens >= 0 &&
-        t->input_tokens + t->output_tokens >= (int64_t)MAX_SAFE_INT)
-        return fail(c, EB_ERR_INVALID,
-                    "has input_tokens + output_tokens of 2^53 or more; their total must be "
-                    "below 2^53");
-    return EB_OK;
 }
 
 /* Count and presence of a repeated field; the path is its owner. */

@@ -502,22 +502,32 @@ static const char recompute_sql[] =
     "  GROUP BY 1, 2, 3) s"
     " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id";
 
+/* The status of a statement that failed with r: EB_ERR_UNAVAILABLE when the connection is
+ * lost, EB_ERR_NOT_FOUND when its SQLSTATE is no_partition (how a day partition that does not
+ * exist shows in that statement: the batch is tried again, the partition made anew), else
+ * EB_ERR_DB. */
+static eb_status statement_error(PGconn *c, const PGresult *r, const char *no_partition,
+                                 const char *what)
+{
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+
+    return eb_error(PQstatus(c) != CONNECTION_OK                ? EB_ERR_UNAVAILABLE
+                    : state && strcmp(state, no_partition) == 0 ? EB_ERR_NOT_FOUND
+                                                                : EB_ERR_DB,
+                    "%s%s", what, PQresultErrorMessage(r));
+}
+
 /* Runs one of the upsert path's statements into ingest.traces or ingest.observations. These
  * tables have no CHECK constraints, so a check violation (23514) there means that no partition
- * takes a row: the day's partition was dropped after this process made it. That is
- * EB_ERR_NOT_FOUND, as for the direct path's missing table, and the batch is tried again. */
+ * takes a row: the day's partition was dropped after this process made it. */
 static eb_status exec_upsert(PGconn *c, const char *sql)
 {
     PGresult *r = PQexec(c, sql);
     ExecStatusType rs = PQresultStatus(r);
-    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
     eb_status st = EB_OK;
 
     if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK)
-        st = eb_error(PQstatus(c) != CONNECTION_OK           ? EB_ERR_UNAVAILABLE
-                      : state && strcmp(state, "23514") == 0 ? EB_ERR_NOT_FOUND
-                                                             : EB_ERR_DB,
-                      "%s", PQresultErrorMessage(r));
+        st = statement_error(c, r, "23514", "");
     PQclear(r);
     return st;
 }
@@ -528,12 +538,8 @@ static eb_status copy_in(PGconn *c, const char *sql, const eb_buf *data)
     eb_status st = EB_OK;
 
     if (PQresultStatus(r) != PGRES_COPY_IN) {
-        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        /* EB_ERR_NOT_FOUND: the table (a day partition) does not exist */
-        st = eb_error(PQstatus(c) != CONNECTION_OK           ? EB_ERR_UNAVAILABLE
-                      : state && strcmp(state, "42P01") == 0 ? EB_ERR_NOT_FOUND
-                                                             : EB_ERR_DB,
-                      "COPY: %s", PQerrorMessage(c));
+        /* the day partition COPYed into by name does not exist: undefined_table */
+        st = statement_error(c, r, "42P01", "COPY: ");
         PQclear(r);
         return st;
     }
