@@ -140,6 +140,25 @@ static void on_published(void *arg, const eb_status *results, size_t n)
     batch_free(b);
 }
 
+/* Pool thread: packs item i (client id id, or NULL) into its record, or rejects it when the NATS
+ * server could not take the record. */
+static void take_trace(batch_state *b, size_t i, const char *id, const Evalbus__V1__Trace *t,
+                       long long now_ms, long long max_payload)
+{
+    natsMsg *msg = NULL;
+
+    if (ingest_record_pack(&b->who, "json", false, now_ms, t, max_payload, &msg) ==
+        EB_ERR_TOO_LARGE) {
+        /* the server would refuse it on every try: say so now, not 503 forever */
+        cJSON_AddItemToArray(b->rejected, rejection(i, id, EB_ERR_TOO_LARGE, eb_error_message()));
+        return;
+    }
+    /* a record that cannot be made (NULL) is answered like one the stream refused */
+    b->index[b->nvalid] = i;
+    b->ids[b->nvalid] = eb_strdup(t->id);
+    b->msgs[b->nvalid++] = msg;
+}
+
 /* Pool thread: body -> JSON -> one Trace per item -> checks -> packed record. Touches neither
  * the request nor the loop; records a whole-request failure in b->st / b->error. */
 static void decode_batch(void *arg)
@@ -156,6 +175,8 @@ static void decode_batch(void *arg)
     eb_arena *arena = eb_arena_new();
     long long now_ms;
     eb_status st;
+    Evalbus__V1__Trace **held = NULL;
+    size_t *held_index = NULL, nheld = 0;
 
     st = ingest_body_decode(b->body, b->body_len, b->encoding, (size_t)b->ctx->cfg->svc.max_body,
                             &data, &len, &owned);
@@ -194,12 +215,17 @@ static void decode_batch(void *arg)
     b->index = eb_calloc(n ? n : 1, sizeof(size_t));
     now_ms = ingest_now_ms();
     max_payload = ingest_publisher_max_payload(b->ctx->pub);
+    if (p->project[0]) {
+        /* a restricted key's traces wait for the question whether their ids are another
+         * project's (project_guard.c) */
+        held = eb_calloc(n ? n : 1, sizeof(*held));
+        held_index = eb_calloc(n ? n : 1, sizeof(*held_index));
+    }
     cJSON_ArrayForEach(item, items)
     {
         Evalbus__V1__Trace *t = NULL;
         const cJSON *idj = cJSON_GetObjectItemCaseSensitive(item, "id");
         const char *id = cJSON_IsString(idj) ? idj->valuestring : NULL;
-        natsMsg *msg = NULL;
 
         st = ingest_trace_from_json(item, lim, &t);
         if (st == EB_OK && p->project[0] && (!t->project || !*t->project)) {
@@ -210,22 +236,35 @@ static void decode_batch(void *arg)
             st = ingest_check_project(p, t->project);
         if (st != EB_OK) {
             cJSON_AddItemToArray(b->rejected, rejection(i, id, st, eb_error_message()));
-        } else if (ingest_record_pack(p, "json", false, now_ms, t, max_payload, &msg) ==
-                   EB_ERR_TOO_LARGE) {
-            /* the server would refuse it on every try: say so now, not 503 forever */
-            cJSON_AddItemToArray(b->rejected,
-                                 rejection(i, id, EB_ERR_TOO_LARGE, eb_error_message()));
+        } else if (held) {
+            held_index[nheld] = i;
+            held[nheld++] = t;
+            t = NULL;
         } else {
-            /* a record that cannot be made (NULL) is answered like one the stream refused */
-            b->index[b->nvalid] = i;
-            b->ids[b->nvalid] = eb_strdup(t->id);
-            b->msgs[b->nvalid++] = msg;
+            take_trace(b, i, id, t, now_ms, max_payload);
         }
         if (t)
             evalbus__v1__trace__free_unpacked(t, NULL);
         i++;
     }
+    if (nheld) {
+        char **found = ingest_projects_elsewhere(b->ctx, p, held, nheld);
+        for (size_t k = 0; k < nheld; k++) {
+            if (found && found[k]) {
+                char *why = ingest_project_refusal(held[k]->id, found[k], p->project);
+                cJSON_AddItemToArray(b->rejected,
+                                     rejection(held_index[k], held[k]->id, EB_ERR_FORBIDDEN, why));
+                free(why);
+            } else {
+                take_trace(b, held_index[k], held[k]->id, held[k], now_ms, max_payload);
+            }
+            evalbus__v1__trace__free_unpacked(held[k], NULL);
+        }
+        ingest_projects_free(found, nheld);
+    }
 cleanup:
+    free(held);
+    free(held_index);
     eb_arena_free(arena); /* root */
 }
 

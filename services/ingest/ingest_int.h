@@ -141,6 +141,26 @@ void ingest_pool_submit(ingest_pool *p, ingest_pool_fn work, ingest_pool_fn done
 /* Runs the jobs still queued, joins the threads (their done callbacks no longer run). */
 void ingest_pool_free(ingest_pool *p);
 
+/* --- project-restricted keys and traces stored in another project (project_guard.c) --- */
+/* Why a record of id from a key restricted to project only is refused: the team stores that
+ * trace in project stored_in. Free the text. */
+char *ingest_project_refusal(const char *id, const char *stored_in, const char *only);
+/* For a key restricted to a project (who->project): which of traces[0..n) its team already
+ * stores in another project. NULL when none is (or when who is not restricted, or PostgreSQL
+ * cannot be asked: the writer checks again before storing); else an array of n entries, the
+ * stored trace's project or NULL, freed with ingest_projects_free. Blocks: pool threads. */
+char **ingest_projects_elsewhere(ingest_ctx *ctx, const eb_principal *who,
+                                 Evalbus__V1__Trace *const *traces, size_t n);
+void ingest_projects_free(char **found, size_t n);
+/* found as ingest_projects_elsewhere makes it; owned by the guard, valid during the call. */
+typedef void (*ingest_guard_done)(void *arg, char *const *found);
+/* Loop thread: asks ingest_projects_elsewhere on a pool thread (traces must stay valid until
+ * done), then calls done on the loop thread; for a key without a project restriction, or n 0,
+ * calls done at once with found NULL. */
+void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who,
+                           Evalbus__V1__Trace *const *traces, size_t n, ingest_guard_done done,
+                           void *arg);
+
 /* --- the writer: INGEST stream -> PostgreSQL (writer.c) --- */
 ingest_writer *ingest_writer_start(ingest_ctx *ctx);
 /* Stops fetching, finishes the batch in hand, joins the threads. */

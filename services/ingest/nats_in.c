@@ -33,7 +33,8 @@ typedef struct nats_item {
     uint32_t *index;
     Evalbus__V1__IngestRejected **rejected;
     size_t nrejected;
-    bool verified; /* the key belongs to the subject's team */
+    bool verified;    /* the key belongs to the subject's team */
+    eb_principal who; /* once verified */
 } nats_item;
 
 static const char *subject_team(const natsMsg *msg)
@@ -104,6 +105,21 @@ static void refuse(nats_item *it, eb_status st, const char *reason, const char *
     item_free(it);
 }
 
+/* Records why trace index (id) of the batch is refused, for the IngestAck. */
+static void reject(nats_item *it, uint32_t index, char *id, eb_status st, const char *message)
+{
+    Evalbus__V1__IngestRejected *r = eb_malloc(sizeof(*r));
+
+    evalbus__v1__ingest_rejected__init(r);
+    r->has_index = 1;
+    r->index = index;
+    r->id = id;
+    r->code = (char *)eb_status_str(st);
+    r->message = eb_strdup(message);
+    it->rejected = eb_realloc(it->rejected, (it->nrejected + 1) * sizeof(*it->rejected));
+    it->rejected[it->nrejected++] = r;
+}
+
 static void on_published(void *arg, const eb_status *results, size_t n)
 {
     nats_item *it = arg;
@@ -115,15 +131,9 @@ static void on_published(void *arg, const eb_status *results, size_t n)
         if (results[i] == EB_OK) {
             accepted[nacc++] = it->valid[i]->id;
         } else {
-            Evalbus__V1__IngestRejected *r = eb_malloc(sizeof(*r));
-            evalbus__v1__ingest_rejected__init(r);
-            r->has_index = 1;
-            r->index = it->index[i];
-            r->id = it->valid[i]->id;
-            r->code = (char *)(results[i] == EB_ERR_TOO_LARGE ? "too_large" : "unavailable");
-            r->message = eb_strdup(ingest_publish_message(results[i]));
-            it->rejected = eb_realloc(it->rejected, (it->nrejected + 1) * sizeof(*it->rejected));
-            it->rejected[it->nrejected++] = r;
+            reject(it, it->index[i], it->valid[i]->id,
+                   results[i] == EB_ERR_TOO_LARGE ? EB_ERR_TOO_LARGE : EB_ERR_UNAVAILABLE,
+                   ingest_publish_message(results[i]));
         }
     }
     eb_metrics_add("evalbus_ingest_traces_accepted_total", "source=\"nats\"", (double)nacc);
@@ -134,6 +144,29 @@ static void on_published(void *arg, const eb_status *results, size_t n)
     reply_ack(it->ctx, it->msg, &ack);
     free(accepted);
     item_free(it);
+}
+
+/* Loop thread: the records of traces that a project-restricted key's team stores in another
+ * project are refused in the IngestAck, the others go to the stream. */
+static void on_guarded(void *arg, char *const *found)
+{
+    nats_item *it = arg;
+    size_t kept = 0;
+
+    for (size_t i = 0; i < it->nvalid; i++) {
+        if (found && found[i]) {
+            char *why = ingest_project_refusal(it->valid[i]->id, found[i], it->who.project);
+            reject(it, it->index[i], it->valid[i]->id, EB_ERR_FORBIDDEN, why);
+            free(why);
+            continue;
+        }
+        it->index[kept] = it->index[i];
+        it->valid[kept++] = it->valid[i];
+    }
+    it->nvalid = kept;
+    eb_metrics_add("evalbus_ingest_traces_rejected_total", "source=\"nats\"",
+                   (double)it->nrejected);
+    ingest_publish(it->ctx->pub, &it->who, "nats", false, it->valid, it->nvalid, on_published, it);
 }
 
 static void on_verified(eb_status st, const eb_principal *p, const char *reason, void *arg)
@@ -204,23 +237,14 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
             vs = ingest_trace_validate(t, &ctx->limits);
         }
         if (vs != EB_OK) {
-            Evalbus__V1__IngestRejected *r = eb_malloc(sizeof(*r));
-            evalbus__v1__ingest_rejected__init(r);
-            r->has_index = 1;
-            r->index = (uint32_t)i;
-            r->id = t->id;
-            r->code = (char *)eb_status_str(vs);
-            r->message = eb_strdup(eb_error_message());
-            it->rejected = eb_realloc(it->rejected, (it->nrejected + 1) * sizeof(*it->rejected));
-            it->rejected[it->nrejected++] = r;
+            reject(it, (uint32_t)i, t->id, vs, eb_error_message());
             continue;
         }
         it->index[it->nvalid] = (uint32_t)i;
         it->valid[it->nvalid++] = t;
     }
-    eb_metrics_add("evalbus_ingest_traces_rejected_total", "source=\"nats\"",
-                   (double)it->nrejected);
-    ingest_publish(ctx->pub, p, "nats", false, it->valid, it->nvalid, on_published, it);
+    it->who = *p;
+    ingest_guard_projects(ctx, p, it->valid, it->nvalid, on_guarded, it);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)

@@ -22,6 +22,7 @@
 
 typedef struct otlp_state {
     eb_http_req *req;
+    ingest_ctx *ctx;
     bool json;
     ingest_otlp_result res;
     Evalbus__V1__Trace **sent;
@@ -232,6 +233,29 @@ static bool confine_project(otlp_state *s, const eb_principal *p, Evalbus__V1__T
     return false;
 }
 
+/* Loop thread: the fragments of traces that a project-restricted key's team stores in another
+ * project are refused (a partial success), the others go to the stream. */
+static void on_guarded(void *arg, char *const *found)
+{
+    otlp_state *s = arg;
+    const eb_principal *p = eb_http_req_principal(s->req);
+    size_t kept = 0;
+
+    for (size_t i = 0; i < s->nsent; i++) {
+        Evalbus__V1__Trace *t = s->sent[i];
+        if (found && found[i]) {
+            char *why = ingest_project_refusal(t->id, found[i], p->project);
+            s->rejected += (long long)t->n_observations;
+            reason(s, "%s", why);
+            free(why);
+            continue;
+        }
+        s->sent[kept++] = t;
+    }
+    s->nsent = kept;
+    ingest_publish(s->ctx->pub, p, "otlp", true, s->sent, s->nsent, on_published, s);
+}
+
 void api_otlp_post(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
@@ -286,5 +310,6 @@ void api_otlp_post(eb_http_req *req, void *vctx)
         }
         s->sent[s->nsent++] = t;
     }
-    ingest_publish(ctx->pub, p, "otlp", true, s->sent, s->nsent, on_published, s);
+    s->ctx = ctx;
+    ingest_guard_projects(ctx, p, s->sent, s->nsent, on_guarded, s);
 }

@@ -481,8 +481,24 @@ static const char drop_replaced_observations[] =
     ") ELSE coalesce(t." col ", s." col ") END"
 #define DERIVED_FIELDS                                                                             \
     DERIVED("model") "," DERIVED("provider") "," DERIVED("input") "," DERIVED("output")
+/* An OTLP trace's totals come from its observations. An observation whose descendants carry
+ * token counts (or a cost) of their own, such as an agent or chain span that reports the usage
+ * of the model calls under it, does not add its own: that usage would be counted twice.
+ * `above` holds every ancestor of an observation with usage (tok) or a cost (cost); UNION
+ * ends the walk at a cycle of parent ids. */
 static const char recompute_sql[] =
-    "UPDATE ingest.traces t SET input_tokens = CASE WHEN s.i IS NULL THEN t.input_tokens ELSE"
+    "WITH RECURSIVE above(team_id, part_time, trace_id, id, tok, cost) AS ("
+    " SELECT o.team_id, o.part_time, o.trace_id, o.parent_id, o.input_tokens IS NOT NULL OR"
+    "  o.output_tokens IS NOT NULL, o.cost_usd IS NOT NULL"
+    "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
+    "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
+    "  WHERE o.parent_id IS NOT NULL AND (o.input_tokens IS NOT NULL OR o.output_tokens IS NOT"
+    "  NULL OR o.cost_usd IS NOT NULL)"
+    " UNION"
+    " SELECT p.team_id, p.part_time, p.trace_id, p.parent_id, a.tok, a.cost FROM above a JOIN"
+    "  ingest.observations p ON p.team_id = a.team_id AND p.part_time = a.part_time AND"
+    "  p.trace_id = a.trace_id AND p.id = a.id WHERE p.parent_id IS NOT NULL)"
+    " UPDATE ingest.traces t SET input_tokens = CASE WHEN s.i IS NULL THEN t.input_tokens ELSE"
     " least(s.i, " BIGINT_MAX ") END, output_tokens = CASE WHEN s.o IS NULL THEN t.output_tokens"
     " ELSE least(s.o, " BIGINT_MAX ") END, total_tokens = CASE WHEN s.i IS NULL AND s.o IS NULL"
     " THEN t.total_tokens ELSE least(coalesce(s.i, t.input_tokens, 0) + coalesce(s.o,"
@@ -493,12 +509,18 @@ static const char recompute_sql[] =
     " least(t.start_time, s.st) THEN extract(epoch FROM greatest(t.end_time, s.et) -"
     " least(t.start_time, s.st)) * 1000 END, status = CASE WHEN s.err THEN 'error' ELSE"
     " t.status END"
-    " FROM (SELECT o.team_id, o.part_time, o.trace_id, sum(o.input_tokens) i,"
-    "  sum(o.output_tokens) o, sum(o.cost_usd) c, min(o.start_time) st, max(o.end_time) et,"
+    " FROM (SELECT o.team_id, o.part_time, o.trace_id,"
+    "  sum(o.input_tokens) FILTER (WHERE NOT coalesce(u.tok, false)) i,"
+    "  sum(o.output_tokens) FILTER (WHERE NOT coalesce(u.tok, false)) o,"
+    "  sum(o.cost_usd) FILTER (WHERE NOT coalesce(u.cost, false)) c,"
+    "  min(o.start_time) st, max(o.end_time) et,"
     "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
     " input, " GEN_OUTPUT " output"
     "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
+    "  LEFT JOIN (SELECT team_id, part_time, trace_id, id, bool_or(tok) tok, bool_or(cost) cost"
+    "   FROM above GROUP BY 1, 2, 3, 4) u ON u.team_id = o.team_id AND u.part_time ="
+    "   o.part_time AND u.trace_id = o.trace_id AND u.id = o.id"
     "  GROUP BY 1, 2, 3) s"
     " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id";
 
@@ -965,11 +987,11 @@ static eb_status check_projects(PGconn *c, const rec *recs, size_t n)
                         " t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
                         " WHERE k.team_id = $1::uuid AND k.id = $2 AND t.project <> $3",
                         3, p, &r);
-        if (st == EB_OK && PQntuples(r) > 0)
-            st = eb_error(EB_ERR_FORBIDDEN,
-                          "trace %s is stored in project '%s'; the sending key may only write to"
-                          " project '%s'",
-                          recs[i].r->trace->id, eb_db_val(r, 0, 0), only);
+        if (st == EB_OK && PQntuples(r) > 0) {
+            char *why = ingest_project_refusal(recs[i].r->trace->id, eb_db_val(r, 0, 0), only);
+            st = eb_error(EB_ERR_FORBIDDEN, "%s", why);
+            free(why);
+        }
         PQclear(r);
     }
     return st;

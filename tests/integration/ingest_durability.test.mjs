@@ -525,11 +525,34 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     const pre = await pollUntil(async () => (await stored(A.id, prefix)).distinct === 2 * SIZE, { timeoutMs: 5000, intervalMs: 200 });
     assert.ok(pre.value, 'the first batches are stored before PostgreSQL stops');
 
+    // A project-restricted key's resend of another project's trace: refused at the door while
+    // PostgreSQL answers, taken while it is down (the stream buffers), and then refused by the
+    // writer (a dead letter), which leaves the stored trace as it was.
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const only = (await stack.createKey(A.key, { name: `only-${sfx}`, scopes: ['traces:write'], project: `only-${sfx}` })).key;
+    const theirs = `${prefix}-theirs`;
+    const sendAs = (key, traces) => stack.api('POST', '/api/v1/traces', { base: stack.url, key, body: { traces }, timeoutMs: 20_000 });
+    let r = await sendAs(A.key, [{ id: theirs, project: `theirs-${sfx}`, name: 'original' }]);
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(theirs), 'the other project\'s trace is stored');
+    r = await sendAs(only, [{ id: theirs, name: 'taken over' }]);
+    assert.equal(r.status, 400, `refused at the door while PostgreSQL answers: ${r.text}`);
+    assert.equal(r.body.rejected[0].error.code, 'forbidden', r.text);
+    const nc = await stack.nats();
+    const dead = nc.subscribe(`evalbus.v1.ingest.dead.${A.team}`);
+    const deadReasons = [];
+    (async () => {
+      for await (const m of dead) deadReasons.push(m.headers?.get('Evalbus-Reason') ?? '');
+    })();
+    await nc.flush();
+
     const stop = await asPostgres(`${PG_BIN}/pg_ctl`, ['-D', pgdata, 'stop', '-m', 'fast', '-w', '-t', '30'], 40_000);
     assert.equal(stop.code, 0, `pg_ctl stop: ${stop.stdout}${stop.stderr}`);
     const stoppedAt = Date.now();
     let down = true;
     try {
+      r = await sendAs(only, [{ id: theirs, name: 'taken over' }]);
+      assert.equal(r.status, 202, `taken while PostgreSQL is down (its credential is cached): ${r.text}`);
       // during the outage: a batch about every 700 ms for 10 s, each must be 202
       while (Date.now() - stoppedAt < 10_000) {
         const t = Date.now();
@@ -550,6 +573,12 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     process.stderr.write(`[durability] PostgreSQL outage: ${accepted.length} traces in ${b} batches, ${during} batches during the outage\n`);
     const ms = await assertStoredExactlyOnce(A.id, prefix, accepted, b * SIZE);
     process.stderr.write(`[durability] all ${b * SIZE} stored ${ms} ms after the last 2xx\n`);
+    const refused = await pollUntil(() => deadReasons.some((x) => x.includes(`trace ${theirs} is stored in project 'theirs-${sfx}'`)),
+      { timeoutMs: 15_000, intervalMs: 100 });
+    dead.unsubscribe();
+    assert.ok(refused.value, `the writer dead-letters the restricted key's record: ${JSON.stringify(deadReasons)}`);
+    assert.ok(await traceStored(theirs, (g) => g.body.project === `theirs-${sfx}` && g.body.name === 'original'),
+      'the other project\'s trace is untouched');
   }));
 
   it('NATS killed: ingest refuses at once with 503, what it refused is never stored after NATS returns, and intake resumes', T, stack.wrap(async () => {

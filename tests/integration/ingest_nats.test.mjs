@@ -271,41 +271,61 @@ describe('ingest: TraceBatch over NATS', () => {
     assert.equal(g.project, 'web', 'the key\'s project is filled in');
   }));
 
-  it("a project-restricted key cannot replace or merge into another project's stored trace: dead-lettered with the reason", T, stack.wrap(async () => {
+  it("a project-restricted key cannot replace or merge into another project's stored trace: refused at the door over JSON, NATS and OTLP", T, stack.wrap(async () => {
     const sfx = crypto.randomBytes(3).toString('hex');
     const key = (await stack.createKey(A.key, { name: `only-${sfx}`, scopes: ['traces:write', 'traces:read'], project: `only-${sfx}` })).key;
     const theirs = rid('theirs');
-    let r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: theirs, project: `theirs-${sfx}`, name: 'original', observations: [{ id: 'o1', type: 'span' }] }] } });
+    const otelId = crypto.randomBytes(16).toString('hex'); // an OpenTelemetry trace id, stored by JSON
+    let r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [
+      { id: theirs, project: `theirs-${sfx}`, name: 'original', observations: [{ id: 'o1', type: 'span' }] },
+      { id: otelId, project: `theirs-${sfx}`, name: 'original' }] } });
     assertStatus(r, 202);
     await waitTrace(A.key, theirs);
+    await waitTrace(A.key, otelId);
     const tap = await deadLetterTap(A.team);
     const storedBefore = await metric('evalbus_ingest_traces_stored_total');
+    const refusal = new RegExp(`^trace ${theirs} is stored in project 'theirs-${sfx}'; the sending key may only write to project 'only-${sfx}'$`);
     try {
-      // the same id, in the key's own project: accepted at the door (the intake cannot know the
-      // id is taken), refused by the writer
-      r = await api('POST', '/api/v1/traces', key, { body: { traces: [{ id: theirs, name: 'taken over' }] } });
-      assertStatus(r, 202);
-      const dl = await tap.next(15_000);
-      assert.match(dl.headers?.get('Evalbus-Reason') ?? '', /stored in project 'theirs-/, 'the reason names the project');
-      // and its own traces are stored as before
+      // JSON: the taken id is refused with forbidden, its own trace in the same batch is accepted
       const mine = rid('mine');
-      r = await api('POST', '/api/v1/traces', key, { body: { traces: [{ id: mine, name: 'mine' }] } });
-      assertStatus(r, 202);
+      r = await api('POST', '/api/v1/traces', key, { body: { traces: [{ id: theirs, name: 'taken over' }, { id: mine, name: 'mine' }] } });
+      assertStatus(r, 207);
+      assert.deepEqual(r.body.accepted, [mine], r.text);
+      assert.equal(r.body.rejected.length, 1, r.text);
+      assert.deepEqual([r.body.rejected[0].index, r.body.rejected[0].id, r.body.rejected[0].error.code], [0, theirs, 'forbidden']);
+      assert.match(r.body.rejected[0].error.message, refusal);
+      // NATS: refused in the IngestAck
+      const mineN = rid('mine');
+      const ack = await publishBatch(A.team, encodeBatch([trace(mineN, { project: undefined }), trace(theirs, { project: undefined, name: 'taken over' })]), key);
+      assert.deepEqual(ack.accepted_ids, [mineN], JSON.stringify(ack));
+      assert.deepEqual([ack.rejected.length, ack.rejected[0].index, ack.rejected[0].id, ack.rejected[0].code], [1, 1, theirs, 'forbidden']);
+      assert.match(ack.rejected[0].message, refusal);
+      // OTLP: a span of the stored trace is a rejected span of a partial success
+      const now = BigInt(Date.now()) * 1_000_000n;
+      r = await api('POST', '/otlp/v1/traces', key, { body: { resourceSpans: [{ resource: { attributes: [] }, scopeSpans: [{ spans: [
+        { traceId: otelId, spanId: crypto.randomBytes(8).toString('hex'), name: 'merged in', startTimeUnixNano: String(now), endTimeUnixNano: String(now + 1000n) }] }] }] } });
+      assertStatus(r, 200);
+      assert.equal(Number(r.body?.partialSuccess?.rejectedSpans), 1, r.text);
+      assert.match(r.body.partialSuccess.errorMessage, new RegExp(`trace ${otelId} is stored in project 'theirs-${sfx}'`));
       await waitTrace(A.key, mine);
-      assert.equal(await metric('evalbus_ingest_traces_stored_total') - storedBefore, 1,
-        'the stored count has the trace stored, not the one dead-lettered');
+      await waitTrace(A.key, mineN);
+      assert.equal(await metric('evalbus_ingest_traces_stored_total') - storedBefore, 2, 'the two own traces are stored');
+      await assert.rejects(tap.next(1500), /./, 'nothing reached the writer to be dead-lettered');
     } finally {
       tap.close();
     }
     const g = await waitTrace(A.key, theirs);
     assert.deepEqual([g.project, g.name, g.observations.length], [`theirs-${sfx}`, 'original', 1], 'the stored trace is untouched');
+    const o = await waitTrace(A.key, otelId);
+    assert.deepEqual([o.project, o.name, o.observations.length], [`theirs-${sfx}`, 'original', 0], 'the OpenTelemetry trace is untouched');
   }));
 
   it('a batch that fails, is retried one by one and meets a PostgreSQL error: what was stored is counted and announced', T, stack.wrap(async () => {
-    // One TraceBatch, one writer batch: a record the writer refuses (a restricted key's resend of
-    // another project's trace) makes the batch go one by one; the second record is stored and
-    // acknowledged; the third finds its day's partitions dropped (as retention does), which
-    // puts it back for later. The second must still be in TracesStored and in the stored count.
+    // One TraceBatch, one writer batch: a record the writer's COPY fails on (a trigger made here
+    // raises an invalid-value error for its id) makes the batch go one by one; the second record
+    // is stored and acknowledged; the third finds its day's partitions dropped (as retention
+    // does), which puts it back for later. The second must still be in TracesStored and in the
+    // stored count.
     const sfx = crypto.randomBytes(3).toString('hex');
     const oldT0 = Date.now() - 5 * 86_400_000;
     const day = new Date(oldT0).toISOString().slice(0, 10).replaceAll('-', '');
@@ -313,12 +333,12 @@ describe('ingest: TraceBatch over NATS', () => {
     let ack = await publishBatch(A.team, encodeBatch([trace(old, { start_time_unix_nano: ns(oldT0), end_time_unix_nano: ns(oldT0 + 5) })]), A.key);
     assert.deepEqual(ack.accepted_ids, [old]);
     await waitTrace(A.key, old);
-    const theirs = rid('theirs');
-    ack = await publishBatch(A.team, encodeBatch([trace(theirs, { project: `theirs-${sfx}` })]), A.key);
-    await waitTrace(A.key, theirs);
+    const refused = rid('refused');
     await stack.psql(`DELETE FROM ingest.trace_keys WHERE team_id = (SELECT team_id FROM ingest.trace_keys WHERE id = '${old}')
-      AND id = '${old}'; DROP TABLE ingest.observations_p${day}; DROP TABLE ingest.traces_p${day}`);
-    const key = (await stack.createKey(A.key, { name: `only-${sfx}`, scopes: ['traces:write'], project: `only-${sfx}` })).key;
+      AND id = '${old}'; DROP TABLE ingest.observations_p${day}; DROP TABLE ingest.traces_p${day};
+      CREATE FUNCTION public.refuse_${sfx}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.id = '${refused}' THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023'; END IF; RETURN NEW; END $$;
+      CREATE TRIGGER refuse_${sfx} BEFORE INSERT ON ingest.traces FOR EACH ROW EXECUTE FUNCTION public.refuse_${sfx}()`);
     const nc = await stack.nats();
     const events = nc.subscribe(`evalbus.v1.traces.stored.${A.team}`);
     const announced = [];
@@ -327,19 +347,24 @@ describe('ingest: TraceBatch over NATS', () => {
     })();
     await nc.flush();
     const storedBefore = await metric('evalbus_ingest_traces_stored_total');
+    const tap = await deadLetterTap(A.team);
     try {
       const [today, onDropped] = [rid('today'), rid('dropped')];
-      const { project: _p, ...noProject } = trace(theirs);
-      ack = await publishBatch(A.team, encodeBatch([noProject, trace(today, { project: undefined }),
-        trace(onDropped, { project: undefined, start_time_unix_nano: ns(oldT0 + 1000), end_time_unix_nano: ns(oldT0 + 1005) })]), key);
-      assert.deepEqual(ack.accepted_ids, [theirs, today, onDropped], JSON.stringify(ack));
+      ack = await publishBatch(A.team, encodeBatch([trace(refused), trace(today, { project: undefined }),
+        trace(onDropped, { project: undefined, start_time_unix_nano: ns(oldT0 + 1000), end_time_unix_nano: ns(oldT0 + 1005) })]), A.key);
+      assert.deepEqual(ack.accepted_ids, [refused, today, onDropped], JSON.stringify(ack));
       await waitTrace(A.key, onDropped, 15_000);
       await waitTrace(A.key, today);
+      const dl = await tap.next(5000);
+      assert.match(dl.headers?.get('Evalbus-Reason') ?? '', /refused by the test/, 'the refused record is dead-lettered with its reason');
       const done = await pollUntil(() => announced.includes(today) && announced.includes(onDropped), { timeoutMs: 5000 });
       assert.ok(done.value, `both stored traces are announced: ${JSON.stringify(announced)}`);
+      assert.ok(!announced.includes(refused), 'the refused one is not announced');
       assert.equal(await metric('evalbus_ingest_traces_stored_total') - storedBefore, 2, 'both are counted, the refused one is not');
     } finally {
       events.unsubscribe();
+      tap.close();
+      await stack.psql(`DROP TRIGGER refuse_${sfx} ON ingest.traces; DROP FUNCTION public.refuse_${sfx}()`);
     }
   }));
 

@@ -321,6 +321,37 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.deepEqual([nt, no], ['2', '6'], 'two trace rows, six observation rows');
   }));
 
+
+  it('an agent span that reports the usage of the model calls under it is not counted twice in the trace totals', T, stack.wrap(async () => {
+    const service = `agent-${hex(3)}`;
+    const t0 = Date.now() - 60_000;
+    const traceId = hex(16);
+    const [agent, chain, llmA, llmB, other] = [hex(8), hex(8), hex(8), hex(8), hex(8)];
+    const usage = (i, o) => ({ 'gen_ai.usage.input_tokens': i, 'gen_ai.usage.output_tokens': o });
+    // the model calls and a step without usage first, the agent (root) last, in another request
+    let r = await postOtlp(A.key, 'json', service, [
+      { traceId, spanId: llmA, parentSpanId: agent, name: 'chat a', startMs: t0 + 10, endMs: t0 + 100,
+        attrs: { 'gen_ai.operation.name': 'chat', 'gen_ai.request.model': 'gpt-4o', ...usage(100, 10) } },
+      { traceId, spanId: chain, parentSpanId: agent, name: 'plan', startMs: t0 + 100, endMs: t0 + 400, attrs: {} },
+      { traceId, spanId: llmB, parentSpanId: chain, name: 'chat b', startMs: t0 + 200, endMs: t0 + 300,
+        attrs: { 'llm.model_name': 'gpt-4o-mini', 'llm.token_count.prompt': 200, 'llm.token_count.completion': 20 } },
+    ]);
+    assert.equal(r.status, 200, r.text);
+    r = await postOtlp(A.key, 'proto', service, [
+      { traceId, spanId: agent, name: 'invoke_agent helper', startMs: t0, endMs: t0 + 500,
+        attrs: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.request.model': 'gpt-4o', ...usage(300, 30) } },
+      // a span with usage of its own and none below it counts
+      { traceId, spanId: other, parentSpanId: agent, name: 'embed', startMs: t0 + 400, endMs: t0 + 450,
+        attrs: { 'gen_ai.operation.name': 'embeddings', 'gen_ai.request.model': 'emb-3', ...usage(7, 0) } },
+    ]);
+    assert.equal(r.status, 200, r.text);
+    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 5);
+    assert.deepEqual(g.usage, { input_tokens: 307, output_tokens: 30, total_tokens: 337 },
+      'the model calls and the embedding count, the agent\'s own report of them does not');
+    const byName = Object.fromEntries(g.observations.map((o) => [o.name, o]));
+    assert.deepEqual(byName['invoke_agent helper'].usage?.input_tokens ?? byName['invoke_agent helper'].input_tokens, 300,
+      'the agent span keeps the usage it reported');
+  }));
   it('bad span ids are rejected in partial_success; the other spans are stored', T, stack.wrap(async () => {
     const t0 = Date.now() - 5000;
     const service = `otel-bad-${hex(3)}`;
