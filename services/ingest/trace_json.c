@@ -968,6 +968,27 @@ static const char *const io_fields[] = {"messages", "text"};
 
 /* "input" or "output": a string, an array of messages, {"messages": [...], "text": "..."}, or
  * any other JSON value, kept as its JSON text. */
+/* True for the {"messages": [...], "text": "..."} form: an object whose "messages" is an array
+ * or whose "text" is a string, or one of those two members alone. Any other object, such as
+ * {"text": null, "q": 1}, is a JSON value of its own (kept as its JSON text). */
+static bool is_io_object(const cJSON *v)
+{
+    const cJSON *m, *t;
+    bool others = false;
+
+    if (!cJSON_IsObject(v))
+        return false;
+    m = cJSON_GetObjectItemCaseSensitive(v, "messages");
+    t = cJSON_GetObjectItemCaseSensitive(v, "text");
+    if (!m && !t)
+        return false;
+    if (cJSON_IsArray(m) || cJSON_IsString(t))
+        return true;
+    for (const cJSON *e = v->child; e && !others; e = e->next)
+        others = !e->string || (strcmp(e->string, "messages") && strcmp(e->string, "text"));
+    return !others;
+}
+
 static eb_status parse_io(walk_ctx *c, const cJSON *v, const char *key,
                           Evalbus__V1__Message ***msgs, size_t *nmsgs, char **text)
 {
@@ -984,8 +1005,7 @@ static eb_status parse_io(walk_ctx *c, const cJSON *v, const char *key,
             *text = eb_strdup(v->valuestring);
     } else if (cJSON_IsArray(v)) {
         st = parse_messages(c, v, msgs, nmsgs);
-    } else if (cJSON_IsObject(v) && (cJSON_GetObjectItemCaseSensitive(v, "messages") ||
-                                     cJSON_GetObjectItemCaseSensitive(v, "text"))) {
+    } else if (is_io_object(v)) {
         st = scan_members(c, v, io_fields, 2, f, true);
         if (st == EB_OK && f[0]) {
             at = path_push_key(c, "messages");

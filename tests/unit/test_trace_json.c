@@ -255,6 +255,20 @@ static void test_input_shapes(void **state)
     assert_string_equal(t->input_text, "{\"question\":\"why\",\"n\":2}");
     assert_string_equal(t->output_text, "42");
     evalbus__v1__trace__free_unpacked(t, NULL);
+
+    /* an object with a "text" or "messages" member of another type is such a value too: its
+     * other members are part of it, not attributes of the trace */
+    t = parse_ok("{\"input\":{\"text\":null,\"q\":1},\"output\":{\"messages\":7,\"ok\":true}}",
+                 NULL);
+    assert_string_equal(t->input_text, "{\"text\":null,\"q\":1}");
+    assert_string_equal(t->output_text, "{\"messages\":7,\"ok\":true}");
+    assert_int_equal(t->n_input_messages, 0);
+    assert_null(t->attributes_json);
+    evalbus__v1__trace__free_unpacked(t, NULL);
+    /* the form's own members alone stay the form: no text */
+    t = parse_ok("{\"input\":{\"text\":null}}", NULL);
+    assert_null(t->input_text);
+    evalbus__v1__trace__free_unpacked(t, NULL);
 }
 
 static void test_content_parts(void **state)
