@@ -477,9 +477,10 @@ static void mb_text(span_map *sm, msg_builder *b, const char *text)
     mb_part(sm, b, p);
 }
 
-/* A part that is not text: type, and url or the whole part as JSON. */
-static void mb_other(span_map *sm, msg_builder *b, const char *type, const char *url,
-                     const cJSON *whole)
+/* A part that is not text: type, its text when it has one, and url or the whole part as
+ * JSON. */
+static void mb_other(span_map *sm, msg_builder *b, const char *type, const char *text,
+                     const char *url, const cJSON *whole)
 {
     eb_part *p;
 
@@ -488,6 +489,8 @@ static void mb_other(span_map *sm, msg_builder *b, const char *type, const char 
     p = eb_malloc(sizeof *p);
     *p = (eb_part)EVALBUS__V1__CONTENT_PART__INIT;
     p->type = sm_str(sm, "content part type", type ? type : "unknown", sm->lim->max_id_bytes);
+    if (text)
+        p->text = sm_str(sm, "content part text", text, sm->lim->max_field_bytes);
     if (url)
         p->url = sm_str(sm, "content part url", url, sm->lim->max_field_bytes);
     else if (whole)
@@ -506,24 +509,40 @@ static void mb_tool_call(span_map *sm, msg_builder *b, eb_tool_call *tc)
     PUSH(b->m->tool_calls, b->m->n_tool_calls, tc);
 }
 
-/* Finishes the message: content = the joined text when every part is text; parts are kept
- * when there is more than one or any is not text. Returns the message or NULL (freed) on a
- * problem. */
+/* Finishes the message: content = the joined text when every part is text and the message
+ * has no content of its own; parts are kept when there is more than one, any is not text, or
+ * the one text part differs from the message's own content. A message with parts is read (and
+ * printed) as its parts, so content of its own goes first among them as a text part. Returns
+ * the message or NULL (freed) on a problem. */
 static eb_msg *mb_finish(span_map *sm, msg_builder *b)
 {
     eb_msg *m = b->m;
+    bool joined = false;
 
     if (!b->mixed && b->ntext > 0 && !m->content) {
         if (b->text.len > sm->lim->max_field_bytes)
             fail(sm, "message content is longer than %zu bytes", sm->lim->max_field_bytes);
         else
             m->content = eb_buf_steal(&b->text);
+        joined = true;
     }
-    if (!b->mixed && m->n_parts == 1) {
+    /* the single text part is dropped only when content says the same (sm_str gives NULL for
+     * "", so NULL and "" are equal here) */
+    if (!b->mixed && m->n_parts == 1 &&
+        !strcmp(m->content ? m->content : "", m->parts[0]->text ? m->parts[0]->text : "")) {
         evalbus__v1__content_part__free_unpacked(m->parts[0], NULL);
         free(m->parts);
         m->parts = NULL;
         m->n_parts = 0;
+    }
+    if (m->n_parts > 0 && m->content && !joined && !failed(sm)) {
+        size_t n = m->n_parts;
+        mb_text(sm, b, m->content); /* appended: moved to the front */
+        if (m->n_parts == n + 1) {
+            eb_part *first = m->parts[n];
+            memmove(m->parts + 1, m->parts, n * sizeof(*m->parts));
+            m->parts[0] = first;
+        }
     }
     eb_buf_free(&b->text);
     b->m = NULL;
@@ -609,7 +628,7 @@ static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role)
             if (!b.m->role)
                 b.m->role = eb_strdup("tool");
         } else {
-            mb_other(sm, &b, type, NULL, e);
+            mb_other(sm, &b, type, NULL, NULL, e);
         }
     }
 
@@ -630,9 +649,9 @@ static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role)
             else if (type && !strcmp(type, "text") && jstr(e, "text"))
                 mb_text(sm, &b, jstr(e, "text"));
             else if (type && !strcmp(type, "image_url") && cJSON_IsObject(img) && jstr(img, "url"))
-                mb_other(sm, &b, type, jstr(img, "url"), NULL);
+                mb_other(sm, &b, type, NULL, jstr(img, "url"), NULL);
             else
-                mb_other(sm, &b, type, NULL, e);
+                mb_other(sm, &b, type, NULL, NULL, e);
         }
     } else if (content && !cJSON_IsNull(content) && !b.m->content) {
         b.m->content = value_text(sm, "message content", content, fmax);
@@ -801,6 +820,7 @@ typedef struct flat_item {
     flat_field field;
     size_t order; /* position among the attributes: first wins */
     cJSON *item;
+    bool used; /* it filled a field: taken; a key sent twice leaves the second unused */
 } flat_item;
 
 /* Reads a decimal index below max at *s; advances *s. */
@@ -859,7 +879,9 @@ static bool field_is_text_only(flat_field f)
 }
 
 /* Builds the messages at prefix (e.g. "llm.input_messages.") matched by pats, of default_role
- * when they name none; takes the attributes used. Returns true when there was at least one. */
+ * when they name none; takes the attributes used (of a key sent twice, the first: the other
+ * stays). A content part with a url is kept with its url and text, of type "image" when it
+ * names none. Returns true when there was at least one. */
 static bool map_flat_messages(span_map *sm, const char *prefix, const flat_pattern *pats,
                               size_t npats, const char *default_role, eb_msg ***msgs, size_t *nmsgs)
 {
@@ -903,17 +925,18 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
     qsort(items, n, sizeof *items, flat_cmp);
 
     for (i = 0; i <= n && !failed(sm); i++) {
-        const flat_item *fi = i < n ? &items[i] : NULL;
+        flat_item *fi = i < n ? &items[i] : NULL;
         int group = fi ? (fi->field >= F_TC_ID ? 2 : fi->field >= F_PART_TYPE ? 1 : 0) : -1;
         const char *sv = fi && cJSON_IsString(fi->item) ? fi->item->valuestring : NULL;
 
         /* close the open part or tool call when the group or index changes */
         if (b.m && (!fi || fi->n != cur || group != cur_group || fi->sub != cur_sub)) {
             if (cur_group == 1) {
-                if (!part_type || !strcmp(part_type, "text"))
+                /* OpenInference's types are "text" and "image" */
+                if (!part_url && (!part_type || !strcmp(part_type, "text")))
                     mb_text(sm, &b, part_text ? part_text : "");
                 else
-                    mb_other(sm, &b, part_type, part_url, NULL);
+                    mb_other(sm, &b, part_type ? part_type : "image", part_text, part_url, NULL);
                 part_type = part_text = part_url = NULL;
             } else if (cur_group == 2 && tc) {
                 mb_tool_call(sm, &b, tc);
@@ -936,30 +959,32 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
         cur_sub = fi->sub;
         switch (fi->field) {
         case F_ROLE:
-            if (!b.m->role)
+            if ((fi->used = !b.m->role))
                 b.m->role = sm_str(sm, "message role", sv, idmax);
             break;
         case F_CONTENT:
-            if (!b.m->content)
+            if ((fi->used = !b.m->content))
                 b.m->content = value_text(sm, "message content", fi->item, fmax);
             break;
         case F_NAME:
-            if (!b.m->name)
+            if ((fi->used = !b.m->name))
                 b.m->name = sm_str(sm, "message name", sv, idmax);
             break;
         case F_TOOL_CALL_ID:
-            if (!b.m->tool_call_id)
+            if ((fi->used = !b.m->tool_call_id))
                 b.m->tool_call_id = sm_str(sm, "tool call id", sv, idmax);
             break;
         case F_PART_TYPE:
-            part_type = part_type ? part_type : sv;
+            if ((fi->used = !part_type))
+                part_type = sv;
             break;
         case F_PART_TEXT:
-            if (!part_text && cJSON_IsString(fi->item))
+            if ((fi->used = !part_text && sv))
                 part_text = sv;
             break;
         case F_PART_URL:
-            part_url = part_url ? part_url : sv;
+            if ((fi->used = !part_url))
+                part_url = sv;
             break;
         case F_TC_ID:
         case F_TC_NAME:
@@ -968,11 +993,11 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
                 tc = tool_call_new();
                 tc->type = eb_strdup("function");
             }
-            if (fi->field == F_TC_ID && !tc->id)
+            if (fi->field == F_TC_ID && (fi->used = !tc->id))
                 tc->id = sm_str(sm, "tool call id", sv, idmax);
-            else if (fi->field == F_TC_NAME && !tc->name)
+            else if (fi->field == F_TC_NAME && (fi->used = !tc->name))
                 tc->name = sm_str(sm, "tool call name", sv, idmax);
-            else if (fi->field == F_TC_ARGS && !tc->arguments)
+            else if (fi->field == F_TC_ARGS && (fi->used = !tc->arguments))
                 tc->arguments = value_text(sm, "tool call arguments", fi->item, fmax);
             break;
         }
@@ -980,7 +1005,8 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
     }
     if (!failed(sm))
         for (i = 0; i < n; i++)
-            take(sm, items[i].item);
+            if (items[i].used)
+                take(sm, items[i].item);
 cleanup:
     if (tc)
         evalbus__v1__tool_call__free_unpacked(tc, NULL);

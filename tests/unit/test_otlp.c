@@ -3,6 +3,7 @@
  * written as OTLP JSON, plus the expected counts and a check of the mapped traces. A request
  * builder (tb_*) allocates everything it hands out and frees it in one call. */
 #include "otlp.h"
+#include "trace_json.h"
 
 #include "evalbus/mem.h"
 
@@ -926,6 +927,117 @@ static void check_odd_messages(const ingest_otlp_result *r)
     assert_contains(o->attributes_json, "\"gen_ai.output.messages\":");
 }
 
+/* OpenInference content parts that are not plain text: an image url without a type is an
+ * image part, and the text of a part that is not text stays in the part (both were lost). */
+static const char json_oi_parts[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+    "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"chat\",\"attributes\":["
+    "{\"key\":\"llm.input_messages.0.message.role\",\"value\":{\"stringValue\":\"user\"}},"
+    "{\"key\":\"llm.input_messages.0.message.contents.0.message_content.image.image.url\","
+    "\"value\":{\"stringValue\":\"https://example.com/a.png\"}},"
+    "{\"key\":\"llm.input_messages.0.message.contents.1.message_content.type\",\"value\":"
+    "{\"stringValue\":\"image\"}},"
+    "{\"key\":\"llm.input_messages.0.message.contents.1.message_content.text\",\"value\":"
+    "{\"stringValue\":\"a caption\"}},"
+    "{\"key\":\"llm.input_messages.0.message.contents.1.message_content.image.image.url\","
+    "\"value\":{\"stringValue\":\"https://example.com/b.png\"}}"
+    "]}]}]}]}";
+
+static void check_oi_parts(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+    const Evalbus__V1__Message *m;
+
+    assert_int_equal(o->n_input_messages, 1);
+    m = o->input_messages[0];
+    assert_str(m->role, "user");
+    assert_null(m->content);
+    assert_int_equal(m->n_parts, 2);
+    assert_str(m->parts[0]->type, "image");
+    assert_str(m->parts[0]->url, "https://example.com/a.png");
+    assert_null(m->parts[0]->text);
+    assert_str(m->parts[1]->type, "image");
+    assert_str(m->parts[1]->url, "https://example.com/b.png");
+    assert_str(m->parts[1]->text, "a caption");
+    assert_null(o->attributes_json);
+}
+
+/* A message's own content next to one text part that differs: both are kept; one equal to the
+ * content is a duplicate and goes (the single part was dropped whatever it held). */
+static const char json_oi_content_and_part[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+    "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"chat\",\"attributes\":["
+    "{\"key\":\"llm.input_messages.0.message.content\",\"value\":{\"stringValue\":\"Summarize\"}},"
+    "{\"key\":\"llm.input_messages.0.message.contents.0.message_content.type\",\"value\":"
+    "{\"stringValue\":\"text\"}},"
+    "{\"key\":\"llm.input_messages.0.message.contents.0.message_content.text\",\"value\":"
+    "{\"stringValue\":\"the report\"}},"
+    "{\"key\":\"llm.input_messages.1.message.content\",\"value\":{\"stringValue\":\"same\"}},"
+    "{\"key\":\"llm.input_messages.1.message.contents.0.message_content.text\",\"value\":"
+    "{\"stringValue\":\"same\"}}"
+    "]}]}]}]}";
+
+static void check_oi_content_and_part(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+    const Evalbus__V1__Message *m;
+
+    assert_int_equal(o->n_input_messages, 2);
+    m = o->input_messages[0];
+    assert_str(m->content, "Summarize");
+    /* the message is read as its parts: its own content comes first among them */
+    assert_int_equal(m->n_parts, 2);
+    assert_str(m->parts[0]->type, "text");
+    assert_str(m->parts[0]->text, "Summarize");
+    assert_str(m->parts[1]->type, "text");
+    assert_str(m->parts[1]->text, "the report");
+    {
+        eb_buf j = {0};
+        ingest_messages_json(o->input_messages, 1, &j);
+        assert_non_null(strstr(j.data, "Summarize"));
+        assert_non_null(strstr(j.data, "the report"));
+        eb_buf_free(&j);
+    }
+    m = o->input_messages[1];
+    assert_str(m->content, "same");
+    assert_int_equal(m->n_parts, 0);
+    assert_null(o->attributes_json);
+}
+
+/* A flattened key sent twice: the first is mapped, the second stays an attribute (all matched
+ * keys were taken, used or not). */
+static const char json_oi_dup_keys[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+    "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"chat\",\"attributes\":["
+    "{\"key\":\"llm.input_messages.0.message.role\",\"value\":{\"stringValue\":\"user\"}},"
+    "{\"key\":\"llm.input_messages.0.message.content\",\"value\":{\"stringValue\":\"first\"}},"
+    "{\"key\":\"llm.input_messages.0.message.role\",\"value\":{\"stringValue\":\"system\"}},"
+    "{\"key\":\"llm.input_messages.0.message.contents.0.message_content.text\",\"value\":"
+    "{\"stringValue\":\"first\"}},"
+    "{\"key\":\"llm.input_messages.0.message.contents.0.message_content.text\",\"value\":"
+    "{\"stringValue\":\"second\"}},"
+    "{\"key\":\"llm.output_messages.0.message.tool_calls.0.tool_call.function.name\","
+    "\"value\":{\"stringValue\":\"f\"}},"
+    "{\"key\":\"llm.output_messages.0.message.tool_calls.0.tool_call.function.name\","
+    "\"value\":{\"stringValue\":\"g\"}}"
+    "]}]}]}]}";
+
+static void check_oi_dup_keys(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_int_equal(o->n_input_messages, 1);
+    assert_str(o->input_messages[0]->role, "user");
+    assert_str(o->input_messages[0]->content, "first");
+    assert_int_equal(o->n_output_messages, 1);
+    assert_int_equal(o->output_messages[0]->n_tool_calls, 1);
+    assert_str(o->output_messages[0]->tool_calls[0]->name, "f");
+    assert_str(o->attributes_json,
+               "{\"llm.input_messages.0.message.role\":\"system\","
+               "\"llm.input_messages.0.message.contents.0.message_content.text\":\"second\","
+               "\"llm.output_messages.0.message.tool_calls.0.tool_call.function.name\":\"g\"}");
+}
+
 static const otlp_case map_cases[] = {
     {"genai chat (current conventions)", build_genai_chat, NULL, NULL, 1, 0, 1, check_genai_chat},
     {"genai prompt.N / completion.N", NULL, json_genai_old, NULL, 1, 0, 1, check_genai_old},
@@ -1000,6 +1112,46 @@ static void test_cases(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof map_cases / sizeof map_cases[0]; i++)
         run_case(&map_cases[i]);
+}
+
+/* The flattened-message bugs, one test each so each shows on its own. */
+static void test_flat_part_url_and_text(void **state)
+{
+    const otlp_case c = {"openinference parts: url without type, text of an image",
+                         NULL,
+                         json_oi_parts,
+                         NULL,
+                         1,
+                         0,
+                         1,
+                         check_oi_parts};
+
+    (void)state;
+    run_case(&c);
+}
+
+static void test_flat_content_and_one_part(void **state)
+{
+    const otlp_case c = {"openinference content and one text part",
+                         NULL,
+                         json_oi_content_and_part,
+                         NULL,
+                         1,
+                         0,
+                         1,
+                         check_oi_content_and_part};
+
+    (void)state;
+    run_case(&c);
+}
+
+static void test_flat_key_twice(void **state)
+{
+    const otlp_case c = {
+        "openinference key sent twice", NULL, json_oi_dup_keys, NULL, 1, 0, 1, check_oi_dup_keys};
+
+    (void)state;
+    run_case(&c);
 }
 
 /* The same spans as protobuf and as JSON map to identical traces. */
@@ -1269,6 +1421,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cases),
+        cmocka_unit_test(test_flat_part_url_and_text),
+        cmocka_unit_test(test_flat_content_and_one_part),
+        cmocka_unit_test(test_flat_key_twice),
         cmocka_unit_test(test_json_equals_protobuf),
         cmocka_unit_test(test_json_exact_integers),
         cmocka_unit_test(test_malformed_protobuf),
