@@ -112,13 +112,18 @@ static void release(eb_db *db, PGconn *keep)
     pthread_mutex_unlock(&db->mu);
 }
 
-PGconn *eb_db_get(eb_db *db)
+static PGconn *take(eb_db *db, bool wait)
 {
     PGconn *conn = NULL;
 
     pthread_mutex_lock(&db->mu);
-    while (db->out >= db->size)
+    while (wait && db->out >= db->size)
         pthread_cond_wait(&db->cv, &db->mu);
+    if (db->out >= db->size) {
+        pthread_mutex_unlock(&db->mu);
+        eb_error(EB_ERR_UNAVAILABLE, "every PostgreSQL connection of the pool is in use");
+        return NULL;
+    }
     db->out++;
     if (db->nidle > 0)
         conn = db->idle[--db->nidle];
@@ -133,6 +138,16 @@ PGconn *eb_db_get(eb_db *db)
     if (!conn)
         release(db, NULL);
     return conn;
+}
+
+PGconn *eb_db_get(eb_db *db)
+{
+    return take(db, true);
+}
+
+PGconn *eb_db_try_get(eb_db *db)
+{
+    return take(db, false);
 }
 
 void eb_db_put(eb_db *db, PGconn *conn)

@@ -175,8 +175,6 @@ static void decode_batch(void *arg)
     eb_arena *arena = eb_arena_new();
     long long now_ms;
     eb_status st;
-    Evalbus__V1__Trace **held = NULL;
-    size_t *held_index = NULL, nheld = 0;
 
     st = ingest_body_decode(b->body, b->body_len, b->encoding, (size_t)b->ctx->cfg->svc.max_body,
                             &data, &len, &owned);
@@ -215,12 +213,6 @@ static void decode_batch(void *arg)
     b->index = eb_calloc(n ? n : 1, sizeof(size_t));
     now_ms = ingest_now_ms();
     max_payload = ingest_publisher_max_payload(b->ctx->pub);
-    if (p->project[0]) {
-        /* a restricted key's traces wait for the question whether their ids are another
-         * project's (project_guard.c) */
-        held = eb_calloc(n ? n : 1, sizeof(*held));
-        held_index = eb_calloc(n ? n : 1, sizeof(*held_index));
-    }
     cJSON_ArrayForEach(item, items)
     {
         Evalbus__V1__Trace *t = NULL;
@@ -236,10 +228,6 @@ static void decode_batch(void *arg)
             st = ingest_check_project(p, t->project);
         if (st != EB_OK) {
             cJSON_AddItemToArray(b->rejected, rejection(i, id, st, eb_error_message()));
-        } else if (held) {
-            held_index[nheld] = i;
-            held[nheld++] = t;
-            t = NULL;
         } else {
             take_trace(b, i, id, t, now_ms, max_payload);
         }
@@ -247,28 +235,37 @@ static void decode_batch(void *arg)
             evalbus__v1__trace__free_unpacked(t, NULL);
         i++;
     }
-    if (nheld) {
-        char **found = ingest_projects_elsewhere(b->ctx, p, held, nheld);
-        for (size_t k = 0; k < nheld; k++) {
-            if (found && found[k]) {
-                char *why = ingest_project_refusal(held[k]->id, found[k], p->project);
-                cJSON_AddItemToArray(b->rejected,
-                                     rejection(held_index[k], held[k]->id, EB_ERR_FORBIDDEN, why));
-                free(why);
-            } else {
-                take_trace(b, held_index[k], held[k]->id, held[k], now_ms, max_payload);
-            }
-            evalbus__v1__trace__free_unpacked(held[k], NULL);
-        }
-        ingest_projects_free(found, nheld);
-    }
 cleanup:
-    free(held);
-    free(held_index);
     eb_arena_free(arena); /* root */
 }
 
-/* Loop thread: answer a whole-request failure, or hand the packed records to the stream. */
+/* Loop thread: the records of traces that a project-restricted key's team stores in another
+ * project are refused, the others go to the stream. */
+static void on_guarded(void *arg, char *const *found)
+{
+    batch_state *b = arg;
+    size_t kept = 0;
+
+    for (size_t i = 0; i < b->nvalid; i++) {
+        if (found && found[i]) {
+            char *why = ingest_project_refusal(b->ids[i], found[i], b->who.project);
+            cJSON_AddItemToArray(b->rejected,
+                                 rejection(b->index[i], b->ids[i], EB_ERR_FORBIDDEN, why));
+            free(why);
+            natsMsg_Destroy(b->msgs[i]);
+            free(b->ids[i]);
+            continue;
+        }
+        b->index[kept] = b->index[i];
+        b->ids[kept] = b->ids[i];
+        b->msgs[kept++] = b->msgs[i];
+    }
+    b->nvalid = kept;
+    ingest_publish_packed(b->ctx->pub, b->msgs, b->nvalid, NULL, on_published, b);
+}
+
+/* Loop thread: answer a whole-request failure, or hand the packed records to the guard and then
+ * the stream. */
 static void on_decoded(void *arg)
 {
     batch_state *b = arg;
@@ -280,7 +277,7 @@ static void on_decoded(void *arg)
         batch_free(b);
         return;
     }
-    ingest_publish_packed(b->ctx->pub, b->msgs, b->nvalid, NULL, on_published, b);
+    ingest_guard_projects(b->ctx, &b->who, (const char *const *)b->ids, b->nvalid, on_guarded, b);
 }
 
 void api_traces_post(eb_http_req *req, void *vctx)

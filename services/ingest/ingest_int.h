@@ -54,6 +54,7 @@ typedef struct ingest_ctx {
     eb_authc *authc;
     ingest_publisher *pub;
     ingest_pool *pool;
+    ingest_pool *guard_pool; /* one thread: the project guard's questions (project_guard.c) */
     ingest_writer *writer;
     ingest_watch *watch;
     natsSubscription *nats_sub;
@@ -138,6 +139,9 @@ typedef void (*ingest_pool_fn)(void *arg);
 ingest_pool *ingest_pool_new(struct event_base *base, int nthreads);
 /* Runs work(arg) on a pool thread, then done(arg) on the loop thread. Loop thread. */
 void ingest_pool_submit(ingest_pool *p, ingest_pool_fn work, ingest_pool_fn done, void *arg);
+/* Loop thread, after the loop ended: waits for every job submitted (also those submitted by the
+ * done callbacks it runs) and runs their done callbacks here. */
+void ingest_pool_finish(ingest_pool *p);
 /* Runs the jobs still queued, joins the threads (their done callbacks no longer run). */
 void ingest_pool_free(ingest_pool *p);
 
@@ -145,21 +149,16 @@ void ingest_pool_free(ingest_pool *p);
 /* Why a record of id from a key restricted to project only is refused: the team stores that
  * trace in project stored_in. Free the text. */
 char *ingest_project_refusal(const char *id, const char *stored_in, const char *only);
-/* For a key restricted to a project (who->project): which of traces[0..n) its team already
- * stores in another project. NULL when none is (or when who is not restricted, or PostgreSQL
- * cannot be asked: the writer checks again before storing); else an array of n entries, the
- * stored trace's project or NULL, freed with ingest_projects_free. Blocks: pool threads. */
-char **ingest_projects_elsewhere(ingest_ctx *ctx, const eb_principal *who,
-                                 Evalbus__V1__Trace *const *traces, size_t n);
-void ingest_projects_free(char **found, size_t n);
-/* found as ingest_projects_elsewhere makes it; owned by the guard, valid during the call. */
+/* found[i] is the project in which the team stores trace ids[i] when that is not the key's,
+ * else NULL; found itself is NULL when no id is (or nothing could be asked). Owned by the
+ * guard, valid during the call. */
 typedef void (*ingest_guard_done)(void *arg, char *const *found);
-/* Loop thread: asks ingest_projects_elsewhere on a pool thread (traces must stay valid until
- * done), then calls done on the loop thread; for a key without a project restriction, or n 0,
- * calls done at once with found NULL. */
-void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who,
-                           Evalbus__V1__Trace *const *traces, size_t n, ingest_guard_done done,
-                           void *arg);
+/* Loop thread: for a key restricted to a project (who->project), asks PostgreSQL on the guard
+ * thread which of ids[0..n) its team stores in another project, then calls done on the loop
+ * thread (the strings must stay valid until then; the array is copied). Without a restriction,
+ * or with n 0, calls done at once with found NULL. */
+void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who, const char *const *ids,
+                           size_t n, ingest_guard_done done, void *arg);
 
 /* --- the writer: INGEST stream -> PostgreSQL (writer.c) --- */
 ingest_writer *ingest_writer_start(ingest_ctx *ctx);

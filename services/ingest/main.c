@@ -12,6 +12,7 @@
  * fail (publish-timeout at most), and their callers are answered. */
 #include "evalbus/arena.h"
 #include "evalbus/log.h"
+#include "evalbus/metrics.h"
 #include "evalbus/mem.h"
 #include "ingest_int.h"
 
@@ -139,6 +140,11 @@ int main(int argc, char **argv)
         ctx.pub = ingest_publisher_new(ctx.svc.base, ctx.svc.bus, cfg.publish_timeout_ms, &st);
     if (st == EB_OK && !(ctx.pool = ingest_pool_new(ctx.svc.base, (int)cfg.decode_threads)))
         st = eb_error(EB_ERR_INTERNAL, "cannot start the decode threads");
+    if (st == EB_OK && !(ctx.guard_pool = ingest_pool_new(ctx.svc.base, 1)))
+        st = eb_error(EB_ERR_INTERNAL, "cannot start the project guard's thread");
+    eb_metrics_describe("evalbus_ingest_project_checks_total", "counter",
+                        "Questions whether a project-restricted key's trace ids are another"
+                        " project's, by result (checked, failed, skipped)");
     if (st == EB_OK)
         st = ingest_deletions_start(&ctx);
     if (st == EB_OK)
@@ -158,6 +164,10 @@ int main(int argc, char **argv)
     ctx.svc.on_stop = on_stop;
     ctx.svc.on_stop_arg = &ctx;
     rc = eb_service_run(&ctx.svc);
+    /* what the threads still work on is answered too: decoded batches go on to the guard and
+     * the stream, whose answers ingest_publisher_finish waits for */
+    ingest_pool_finish(ctx.pool);
+    ingest_pool_finish(ctx.guard_pool);
     ingest_publisher_finish(ctx.pub);
 cleanup:
     ingest_retention_stop(ctx.retention);
@@ -166,6 +176,7 @@ cleanup:
     ingest_nats_stop(&ctx);
     ingest_deletions_stop(&ctx);
     ingest_pool_free(ctx.pool);
+    ingest_pool_free(ctx.guard_pool);
     eb_authc_free(ctx.authc);
     ingest_publisher_free(ctx.pub);
     eb_service_cleanup(&ctx.svc);

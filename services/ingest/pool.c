@@ -28,6 +28,8 @@ struct ingest_pool {
     pthread_cond_t cond;
     pool_job *head, *tail; /* waiting to run, in submission order */
     pool_job *finished;    /* run, waiting for the loop (any order) */
+    size_t outstanding;    /* submitted, done callback not run yet */
+    pthread_cond_t finished_cond;
     bool stop;
     int nthreads;
     pthread_t threads[MAX_POOL_THREADS];
@@ -59,6 +61,7 @@ static void *pool_main(void *arg)
         p->finished = j;
         if (was_empty) /* else a wake-up is pending already */
             event_active(p->wake, EV_READ, 0);
+        pthread_cond_signal(&p->finished_cond);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -86,7 +89,25 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         rev->done(rev->arg);
         free(rev);
         rev = next;
+        pthread_mutex_lock(&p->mu);
+        p->outstanding--;
+        pthread_mutex_unlock(&p->mu);
     }
+}
+
+void ingest_pool_finish(ingest_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    while (p->outstanding > 0) {
+        while (!p->finished)
+            pthread_cond_wait(&p->finished_cond, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+        on_wake(-1, 0, p); /* the done callbacks, here; they may submit more */
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
 }
 
 ingest_pool *ingest_pool_new(struct event_base *base, int nthreads)
@@ -99,6 +120,7 @@ ingest_pool *ingest_pool_new(struct event_base *base, int nthreads)
         nthreads = MAX_POOL_THREADS;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cond, NULL);
+    pthread_cond_init(&p->finished_cond, NULL);
     p->wake = event_new(base, -1, 0, on_wake, p);
     for (int i = 0; i < nthreads; i++) {
         if (pthread_create(&p->threads[i], NULL, pool_main, p) != 0)
@@ -125,6 +147,7 @@ void ingest_pool_submit(ingest_pool *p, ingest_pool_fn work, ingest_pool_fn done
     else
         p->head = j;
     p->tail = j;
+    p->outstanding++;
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->mu);
 }
@@ -149,6 +172,7 @@ void ingest_pool_free(ingest_pool *p)
     if (p->wake)
         event_free(p->wake);
     pthread_cond_destroy(&p->cond);
+    pthread_cond_destroy(&p->finished_cond);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }

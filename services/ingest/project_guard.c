@@ -4,22 +4,26 @@
  * The writer refuses such a record before it stores anything (check_projects in writer.c), but
  * by then the sender has had its 2xx and the record goes to a dead letter. This guard asks
  * PostgreSQL at the intake, so that the sender is told at once, per item (forbidden). It is
- * best effort: a trace made by another key between this question and the writer is still
- * refused by the writer; when PostgreSQL cannot be asked, records go on as before (the stream
- * buffers them during an outage) and for GUARD_PAUSE_MS the guard does not ask again, so that
- * a PostgreSQL that does not answer slows nothing down.
- * Threading: ingest_projects_elsewhere blocks on PostgreSQL and runs on pool threads;
- * ingest_guard_projects runs on the loop thread and hands the question to the pool. */
+ * best effort and never holds up intake for long: the question runs on a thread of its own
+ * (only a restricted key's batches wait for it, never the decode threads), takes a pooled
+ * connection only if one is free, and gives up after GUARD_TIMEOUT_MS without an answer (the
+ * connection is then closed). When PostgreSQL cannot be asked, the records go on (the stream
+ * buffers them during an outage) and for GUARD_PAUSE_MS the guard does not ask again. The writer
+ * still refuses what went through, and an id that another key stores between the two checks.
+ * Threading: ingest_guard_projects on the loop thread; the question on the guard thread. */
 #include "evalbus/db.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
+#include "evalbus/metrics.h"
 #include "ingest_int.h"
 
+#include <poll.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define GUARD_TIMEOUT_MS 1000
 #define GUARD_PAUSE_MS 5000
 
 static atomic_llong pause_until_ms;
@@ -31,45 +35,96 @@ char *ingest_project_refusal(const char *id, const char *stored_in, const char *
                        id, stored_in, only);
 }
 
-char **ingest_projects_elsewhere(ingest_ctx *ctx, const eb_principal *who,
-                                 Evalbus__V1__Trace *const *traces, size_t n)
+/* Sends sql (several statements) and collects its results until deadline_ms: *rows gets the
+ * result that has rows (the caller frees it). EB_ERR_TIMEOUT when PostgreSQL did not answer in
+ * time (the connection must then be closed: a statement may still be running). */
+static eb_status run_within(PGconn *c, const char *sql, long long deadline_ms, PGresult **rows)
 {
-    eb_buf ids = {0};
-    const char *params[3];
-    char **found = NULL;
-    PGconn *c;
-    PGresult *r = NULL;
-    eb_status st;
+    eb_status st = EB_OK;
 
-    if (!who->project[0] || n == 0 || ingest_now_ms() < atomic_load(&pause_until_ms))
+    *rows = NULL;
+    if (!PQsendQuery(c, sql))
+        return eb_error(EB_ERR_UNAVAILABLE, "sending the question: %.200s", PQerrorMessage(c));
+    for (;;) {
+        PGresult *r;
+        while (PQisBusy(c)) {
+            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+            long long left = deadline_ms - ingest_now_ms();
+            if (left <= 0 || poll(&pfd, 1, (int)left) == 0)
+                return eb_error(EB_ERR_TIMEOUT, "PostgreSQL did not answer within %d ms",
+                                GUARD_TIMEOUT_MS);
+            if (!PQconsumeInput(c))
+                return eb_error(EB_ERR_UNAVAILABLE, "%.200s", PQerrorMessage(c));
+        }
+        r = PQgetResult(c);
+        if (!r)
+            break;
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQnfields(r) == 2 && !*rows) {
+            *rows = r;
+            continue;
+        }
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK &&
+            st == EB_OK)
+            st = eb_error(EB_ERR_DB, "%.200s", PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    if (st != EB_OK) {
+        PQclear(*rows);
+        *rows = NULL;
+    }
+    return st;
+}
+
+/* The team's traces among ids[0..n) stored in another project than who's: found[i] gets that
+ * project. Guard thread. */
+static char **ask(ingest_ctx *ctx, const eb_principal *who, const char *const *ids, size_t n)
+{
+    eb_buf list = {0}, sql = {0};
+    char *lit_ids = NULL, *lit_team = NULL, *lit_project = NULL, **found = NULL;
+    PGresult *r = NULL;
+    PGconn *c;
+    eb_status st;
+    long long deadline = ingest_now_ms() + GUARD_TIMEOUT_MS;
+
+    if (ingest_now_ms() < atomic_load(&pause_until_ms)) {
+        eb_metrics_add("evalbus_ingest_project_checks_total", "result=\"skipped\"", 1);
         return NULL;
-    c = eb_db_get(ctx->svc.db);
+    }
+    c = eb_db_try_get(ctx->svc.db);
     if (!c) {
         st = EB_ERR_UNAVAILABLE;
         goto done;
     }
-    eb_buf_putc(&ids, '[');
+    eb_buf_putc(&list, '[');
     for (size_t i = 0; i < n; i++) {
-        eb_buf_puts(&ids, i ? ",\"" : "\"");
-        eb_buf_json_escape(&ids, traces[i]->id ? traces[i]->id : "");
-        eb_buf_putc(&ids, '"');
+        eb_buf_puts(&list, i ? ",\"" : "\"");
+        eb_buf_json_escape(&list, ids[i] ? ids[i] : "");
+        eb_buf_putc(&list, '"');
     }
-    eb_buf_putc(&ids, ']');
-    params[0] = ids.data;
-    params[1] = who->team_id;
-    params[2] = who->project;
-    st = eb_db_begin_team(c, who->team_id);
-    if (st == EB_OK)
-        st = eb_db_exec(c,
-                        "SELECT u.ord, t.project"
-                        " FROM json_array_elements_text($1::json) WITH ORDINALITY AS u(id, ord)"
-                        " JOIN ingest.trace_keys k ON k.team_id = $2::uuid AND k.id = u.id"
-                        " JOIN ingest.traces t ON t.team_id = k.team_id"
-                        " AND t.part_time = k.part_time AND t.id = k.id"
-                        " WHERE t.project <> $3",
-                        3, params, &r);
-    eb_db_rollback(c);
-    eb_db_put(ctx->svc.db, c);
+    eb_buf_putc(&list, ']');
+    lit_ids = PQescapeLiteral(c, list.data, list.len);
+    lit_team = PQescapeLiteral(c, who->team_id, strlen(who->team_id));
+    lit_project = PQescapeLiteral(c, who->project, strlen(who->project));
+    if (!lit_ids || !lit_team || !lit_project) {
+        st = eb_error(EB_ERR_UNAVAILABLE, "%.200s", PQerrorMessage(c));
+        eb_db_put(ctx->svc.db, c);
+        goto done;
+    }
+    /* one round trip, so that one deadline bounds it; the team's row-level security applies */
+    eb_buf_printf(&sql,
+                  "BEGIN READ ONLY; SELECT set_config('evalbus.team_id', %s, true);"
+                  " SELECT u.ord, t.project"
+                  " FROM json_array_elements_text(%s::json) WITH ORDINALITY AS u(id, ord)"
+                  " JOIN ingest.trace_keys k ON k.team_id = %s::uuid AND k.id = u.id"
+                  " JOIN ingest.traces t ON t.team_id = k.team_id"
+                  " AND t.part_time = k.part_time AND t.id = k.id"
+                  " WHERE t.project <> %s; ROLLBACK",
+                  lit_team, lit_ids, lit_team, lit_project);
+    st = run_within(c, sql.data, deadline, &r);
+    if (st == EB_ERR_TIMEOUT)
+        eb_db_discard(ctx->svc.db, c); /* the question may still be running there */
+    else
+        eb_db_put(ctx->svc.db, c);
     if (st != EB_OK)
         goto done;
     for (int row = 0; row < PQntuples(r); row++) {
@@ -84,28 +139,27 @@ char **ingest_projects_elsewhere(ingest_ctx *ctx, const eb_principal *who,
 done:
     if (st != EB_OK) {
         /* the writer still checks before it stores */
-        eb_log_warn(NULL, "cannot check the projects of a restricted key's traces now: %s",
-                    eb_error_message());
+        eb_log_warn(NULL,
+                    "cannot check the projects of a restricted key's traces now (not asking again"
+                    " for %d s): %s",
+                    GUARD_PAUSE_MS / 1000, eb_error_message());
         atomic_store(&pause_until_ms, ingest_now_ms() + GUARD_PAUSE_MS);
     }
+    eb_metrics_add("evalbus_ingest_project_checks_total",
+                   st == EB_OK ? "result=\"checked\"" : "result=\"failed\"", 1);
     PQclear(r);
-    eb_buf_free(&ids);
+    PQfreemem(lit_ids);
+    PQfreemem(lit_team);
+    PQfreemem(lit_project);
+    eb_buf_free(&list);
+    eb_buf_free(&sql);
     return found;
-}
-
-void ingest_projects_free(char **found, size_t n)
-{
-    if (!found)
-        return;
-    for (size_t i = 0; i < n; i++)
-        free(found[i]);
-    free(found);
 }
 
 typedef struct guard_job {
     ingest_ctx *ctx;
     eb_principal who;
-    Evalbus__V1__Trace *const *traces;
+    const char **ids; /* the caller's strings */
     size_t n;
     char **found;
     ingest_guard_done done;
@@ -116,7 +170,7 @@ static void guard_work(void *arg)
 {
     guard_job *g = arg;
 
-    g->found = ingest_projects_elsewhere(g->ctx, &g->who, g->traces, g->n);
+    g->found = ask(g->ctx, &g->who, g->ids, g->n);
 }
 
 static void guard_done(void *arg)
@@ -124,13 +178,16 @@ static void guard_done(void *arg)
     guard_job *g = arg;
 
     g->done(g->arg, g->found);
-    ingest_projects_free(g->found, g->n);
+    if (g->found)
+        for (size_t i = 0; i < g->n; i++)
+            free(g->found[i]);
+    free(g->found);
+    free(g->ids);
     free(g);
 }
 
-void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who,
-                           Evalbus__V1__Trace *const *traces, size_t n, ingest_guard_done done,
-                           void *arg)
+void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who, const char *const *ids,
+                           size_t n, ingest_guard_done done, void *arg)
 {
     guard_job *g;
 
@@ -141,9 +198,10 @@ void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who,
     g = eb_calloc(1, sizeof(*g));
     g->ctx = ctx;
     g->who = *who;
-    g->traces = traces;
+    g->ids = eb_malloc(n * sizeof(*g->ids));
+    memcpy(g->ids, ids, n * sizeof(*g->ids));
     g->n = n;
     g->done = done;
     g->arg = arg;
-    ingest_pool_submit(ctx->pool, guard_work, guard_done, g);
+    ingest_pool_submit(ctx->guard_pool, guard_work, guard_done, g);
 }

@@ -581,6 +581,43 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
       'the other project\'s trace is untouched');
   }));
 
+  it('PostgreSQL hung (SIGSTOP): the project check of a restricted key gives up within its limit, and no other batch waits for it', T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const only = (await stack.createKey(A.key, { name: `hung-${sfx}`, scopes: ['traces:write'], project: `hung-${sfx}` })).key;
+    const send = (key, id) => stack.api('POST', '/api/v1/traces', { base: stack.url, key, body: { traces: [{ id, name: 'x' }] }, timeoutMs: 20_000 });
+    const checks = async (result) => {
+      const m = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
+      const line = m.text.split('\n').find((l) => l.startsWith(`evalbus_ingest_project_checks_total{result="${result}"}`));
+      return line ? Number(line.split(' ').pop()) : 0;
+    };
+    // warm: both credentials cached, a pooled connection idle
+    for (const [key, id] of [[only, `hung-${sfx}-w1`], [A.key, `hung-${sfx}-w2`]]) assert.equal((await send(key, id)).status, 202);
+    const failedBefore = await checks('failed');
+    const pm = stack.readPid('postgres');
+    const pids = [pm, ...fs.readFileSync(`/proc/${pm}/task/${pm}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)];
+    for (const p of pids) process.kill(p, 'SIGSTOP');
+    try {
+      const t0 = Date.now();
+      const restricted = [send(only, `hung-${sfx}-r1`), send(only, `hung-${sfx}-r2`)];
+      await sleep(200);
+      const t1 = Date.now();
+      const u = await send(A.key, `hung-${sfx}-u1`);
+      const uMs = Date.now() - t1;
+      assert.equal(u.status, 202, u.text);
+      assert.ok(uMs < 1500, `another key's batch waits for nobody's check: answered after ${uMs} ms`);
+      const rs = await Promise.all(restricted);
+      const rMs = Date.now() - t0;
+      assert.deepEqual(rs.map((r) => r.status), [202, 202], 'the restricted key\'s batches are taken when the check cannot answer');
+      assert.ok(rMs < 8000, `the check gave up within its limit: both answered after ${rMs} ms`);
+      assert.ok(await checks('failed') > failedBefore, 'the failed check is counted');
+    } finally {
+      for (const p of pids) {
+        try { process.kill(p, 'SIGCONT'); } catch { /* gone */ }
+      }
+    }
+    for (const id of ['r1', 'r2', 'u1']) assert.ok(await traceStored(`hung-${sfx}-${id}`), `${id} is stored once PostgreSQL runs again`);
+  }));
+
   it('NATS killed: ingest refuses at once with 503, what it refused is never stored after NATS returns, and intake resumes', T, stack.wrap(async () => {
     const refusedProject = `natsdown-${crypto.randomBytes(3).toString('hex')}`;
     const afterProject = `natsback-${crypto.randomBytes(3).toString('hex')}`;

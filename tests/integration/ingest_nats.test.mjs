@@ -294,12 +294,15 @@ describe('ingest: TraceBatch over NATS', () => {
       assert.equal(r.body.rejected.length, 1, r.text);
       assert.deepEqual([r.body.rejected[0].index, r.body.rejected[0].id, r.body.rejected[0].error.code], [0, theirs, 'forbidden']);
       assert.match(r.body.rejected[0].error.message, refusal);
-      // NATS: refused in the IngestAck
+      // NATS: refused in the IngestAck, beside an invalid trace and an accepted one
       const mineN = rid('mine');
-      const ack = await publishBatch(A.team, encodeBatch([trace(mineN, { project: undefined }), trace(theirs, { project: undefined, name: 'taken over' })]), key);
+      const ack = await publishBatch(A.team, encodeBatch([trace(theirs, { project: undefined, name: 'taken over' }),
+        trace(rid('bad'), { project: 'elsewhere' }), trace(mineN, { project: undefined })]), key);
       assert.deepEqual(ack.accepted_ids, [mineN], JSON.stringify(ack));
-      assert.deepEqual([ack.rejected.length, ack.rejected[0].index, ack.rejected[0].id, ack.rejected[0].code], [1, 1, theirs, 'forbidden']);
-      assert.match(ack.rejected[0].message, refusal);
+      const byIndex = Object.fromEntries(ack.rejected.map((x) => [x.index ?? 0, x]));
+      assert.deepEqual([ack.rejected.length, byIndex[0]?.id, byIndex[0]?.code, byIndex[1]?.code], [2, theirs, 'forbidden', 'forbidden'], JSON.stringify(ack));
+      assert.match(byIndex[0].message, refusal);
+      assert.match(byIndex[1].message, /may only write to project/);
       // OTLP: a span of the stored trace is a rejected span of a partial success
       const now = BigInt(Date.now()) * 1_000_000n;
       r = await api('POST', '/otlp/v1/traces', key, { body: { resourceSpans: [{ resource: { attributes: [] }, scopeSpans: [{ spans: [

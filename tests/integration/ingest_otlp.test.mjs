@@ -348,6 +348,18 @@ describe('ingest: OTLP/HTTP traces', () => {
     const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 5);
     assert.deepEqual(g.usage, { input_tokens: 307, output_tokens: 30, total_tokens: 337 },
       'the model calls and the embedding count, the agent\'s own report of them does not');
+    // parent ids that go round: a span that names itself, and two spans that name each other,
+    // each with usage: all of them count
+    const loops = hex(16);
+    const [self, x, y] = [hex(8), hex(8), hex(8)];
+    r = await postOtlp(A.key, 'json', service, [
+      { traceId: loops, spanId: self, parentSpanId: self, name: 'self', startMs: t0, endMs: t0 + 10, attrs: usage(5, 1) },
+      { traceId: loops, spanId: x, parentSpanId: y, name: 'x', startMs: t0, endMs: t0 + 10, attrs: usage(10, 2) },
+      { traceId: loops, spanId: y, parentSpanId: x, name: 'y', startMs: t0, endMs: t0 + 10, attrs: usage(20, 3) },
+    ]);
+    assert.equal(r.status, 200, r.text);
+    const l = await waitTrace(A.key, loops, (b) => b.observations.length === 3);
+    assert.deepEqual(l.usage, { input_tokens: 35, output_tokens: 6, total_tokens: 41 }, 'no span of a cycle is left out');
     const byName = Object.fromEntries(g.observations.map((o) => [o.name, o]));
     assert.deepEqual(byName['invoke_agent helper'].usage?.input_tokens ?? byName['invoke_agent helper'].input_tokens, 300,
       'the agent span keeps the usage it reported');

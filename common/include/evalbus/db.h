@@ -34,6 +34,9 @@ void eb_db_close(eb_db *db);
  * Returns NULL and records EB_ERR_UNAVAILABLE if PostgreSQL cannot be reached. Give it back with
  * eb_db_put(); a connection left inside a transaction is rolled back there. */
 PGconn *eb_db_get(eb_db *db);
+/* Like eb_db_get, but answers NULL (EB_ERR_UNAVAILABLE) at once when every connection is in use
+ * instead of waiting for one. */
+PGconn *eb_db_try_get(eb_db *db);
 void eb_db_put(eb_db *db, PGconn *conn);
 /* Closes a connection taken with eb_db_get instead of giving it back (its slot reconnects when
  * next taken): for one that a cancel request (PQcancel) may still reach, so that the cancel
