@@ -966,8 +966,6 @@ static eb_status parse_messages(walk_ctx *c, const cJSON *v, Evalbus__V1__Messag
 
 static const char *const io_fields[] = {"messages", "text"};
 
-/* "input" or "output": a string, an array of messages, {"messages": [...], "text": "..."}, or
- * any other JSON value, kept as its JSON text. */
 /* True for the {"messages": [...], "text": "..."} form: an object whose "messages" is an array
  * or whose "text" is a string, or one of those two members alone. Any other object, such as
  * {"text": null, "q": 1}, is a JSON value of its own (kept as its JSON text). */
@@ -989,6 +987,8 @@ static bool is_io_object(const cJSON *v)
     return !others;
 }
 
+/* "input" or "output": a string, an array of messages, {"messages": [...], "text": "..."}, or
+ * any other JSON value, kept as its JSON text. */
 static eb_status parse_io(walk_ctx *c, const cJSON *v, const char *key,
                           Evalbus__V1__Message ***msgs, size_t *nmsgs, char **text)
 {
