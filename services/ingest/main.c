@@ -169,6 +169,11 @@ int main(int argc, char **argv)
     ingest_pool_finish(ctx.pool);
     ingest_pool_finish(ctx.guard_pool);
     ingest_publisher_finish(ctx.pub);
+    /* NATS batches whose credential was verified meanwhile went to the guard: their records are
+     * refused now (the publisher is closed) and answered; then a last turn of the loop sends
+     * answers that did not wait for the stream (a 400, a batch refused whole) */
+    ingest_pool_finish(ctx.guard_pool);
+    event_base_loop(ctx.svc.base, EVLOOP_NONBLOCK);
 cleanup:
     ingest_retention_stop(ctx.retention);
     ingest_watch_stop(ctx.watch);

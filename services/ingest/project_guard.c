@@ -5,11 +5,13 @@
  * by then the sender has had its 2xx and the record goes to a dead letter. This guard asks
  * PostgreSQL at the intake, so that the sender is told at once, per item (forbidden). It is
  * best effort and never holds up intake for long: the question runs on a thread of its own
- * (only a restricted key's batches wait for it, never the decode threads), takes a pooled
+ * (only restricted keys' batches wait for it, never the decode threads), takes a pooled
  * connection only if one is free, and gives up after GUARD_TIMEOUT_MS without an answer (the
- * connection is then closed). When PostgreSQL cannot be asked, the records go on (the stream
- * buffers them during an outage) and for GUARD_PAUSE_MS the guard does not ask again. The writer
- * still refuses what went through, and an id that another key stores between the two checks.
+ * connection is then closed; making a new connection, when none is idle, may take libpq's
+ * connect timeout of 3 s first); a batch that waited GUARD_TIMEOUT_MS behind others goes on
+ * unchecked. When PostgreSQL cannot be asked, the records go on (the stream buffers them during
+ * an outage) and for GUARD_PAUSE_MS the guard does not ask again. The writer still refuses what
+ * went through, and an id that another key stores between the two checks.
  * Threading: ingest_guard_projects on the loop thread; the question on the guard thread. */
 #include "evalbus/db.h"
 #include "evalbus/json.h"
@@ -35,22 +37,39 @@ char *ingest_project_refusal(const char *id, const char *stored_in, const char *
                        id, stored_in, only);
 }
 
+/* Waits until the connection's socket is ready for events, at most until deadline_ms. */
+static bool wait_socket(PGconn *c, short events, long long deadline_ms)
+{
+    struct pollfd pfd = {.fd = PQsocket(c), .events = events};
+    long long left = deadline_ms - ingest_now_ms();
+
+    return left > 0 && poll(&pfd, 1, (int)left) > 0;
+}
+
 /* Sends sql (several statements) and collects its results until deadline_ms: *rows gets the
- * result that has rows (the caller frees it). EB_ERR_TIMEOUT when PostgreSQL did not answer in
- * time (the connection must then be closed: a statement may still be running). */
+ * result that has rows (the caller frees it). Any failure leaves the connection in a state
+ * only fit to be closed (EB_ERR_TIMEOUT: PostgreSQL did not answer in time, and a statement may
+ * still be running there). */
 static eb_status run_within(PGconn *c, const char *sql, long long deadline_ms, PGresult **rows)
 {
     eb_status st = EB_OK;
+    int flushed;
 
     *rows = NULL;
-    if (!PQsendQuery(c, sql))
+    /* non-blocking, so that sending cannot wait on a server that reads nothing */
+    if (PQsetnonblocking(c, 1) != 0 || !PQsendQuery(c, sql))
+        return eb_error(EB_ERR_UNAVAILABLE, "sending the question: %.200s", PQerrorMessage(c));
+    while ((flushed = PQflush(c)) == 1)
+        if (!wait_socket(c, POLLOUT | POLLIN, deadline_ms) ||
+            (PQconsumeInput(c) == 0 && PQstatus(c) != CONNECTION_OK))
+            return eb_error(EB_ERR_TIMEOUT, "PostgreSQL took no question within %d ms",
+                            GUARD_TIMEOUT_MS);
+    if (flushed < 0)
         return eb_error(EB_ERR_UNAVAILABLE, "sending the question: %.200s", PQerrorMessage(c));
     for (;;) {
         PGresult *r;
         while (PQisBusy(c)) {
-            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-            long long left = deadline_ms - ingest_now_ms();
-            if (left <= 0 || poll(&pfd, 1, (int)left) == 0)
+            if (!wait_socket(c, POLLIN, deadline_ms))
                 return eb_error(EB_ERR_TIMEOUT, "PostgreSQL did not answer within %d ms",
                                 GUARD_TIMEOUT_MS);
             if (!PQconsumeInput(c))
@@ -72,12 +91,15 @@ static eb_status run_within(PGconn *c, const char *sql, long long deadline_ms, P
         PQclear(*rows);
         *rows = NULL;
     }
+    if (st == EB_OK && PQsetnonblocking(c, 0) != 0)
+        st = eb_error(EB_ERR_UNAVAILABLE, "%.200s", PQerrorMessage(c));
     return st;
 }
 
 /* The team's traces among ids[0..n) stored in another project than who's: found[i] gets that
  * project. Guard thread. */
-static char **ask(ingest_ctx *ctx, const eb_principal *who, const char *const *ids, size_t n)
+static char **ask(ingest_ctx *ctx, const eb_principal *who, const char *const *ids, size_t n,
+                  long long asked_ms)
 {
     eb_buf list = {0}, sql = {0};
     char *lit_ids = NULL, *lit_team = NULL, *lit_project = NULL, **found = NULL;
@@ -86,7 +108,9 @@ static char **ask(ingest_ctx *ctx, const eb_principal *who, const char *const *i
     eb_status st;
     long long deadline = ingest_now_ms() + GUARD_TIMEOUT_MS;
 
-    if (ingest_now_ms() < atomic_load(&pause_until_ms)) {
+    /* paused, or this batch waited its limit behind others already: it goes on unchecked */
+    if (ingest_now_ms() < atomic_load(&pause_until_ms) ||
+        ingest_now_ms() - asked_ms > GUARD_TIMEOUT_MS) {
         eb_metrics_add("evalbus_ingest_project_checks_total", "result=\"skipped\"", 1);
         return NULL;
     }
@@ -121,7 +145,7 @@ static char **ask(ingest_ctx *ctx, const eb_principal *who, const char *const *i
                   " WHERE t.project <> %s; ROLLBACK",
                   lit_team, lit_ids, lit_team, lit_project);
     st = run_within(c, sql.data, deadline, &r);
-    if (st == EB_ERR_TIMEOUT)
+    if (st != EB_OK)
         eb_db_discard(ctx->svc.db, c); /* the question may still be running there */
     else
         eb_db_put(ctx->svc.db, c);
@@ -161,6 +185,7 @@ typedef struct guard_job {
     eb_principal who;
     const char **ids; /* the caller's strings */
     size_t n;
+    long long asked_ms; /* when the loop asked */
     char **found;
     ingest_guard_done done;
     void *arg;
@@ -170,7 +195,7 @@ static void guard_work(void *arg)
 {
     guard_job *g = arg;
 
-    g->found = ask(g->ctx, &g->who, g->ids, g->n);
+    g->found = ask(g->ctx, &g->who, g->ids, g->n, g->asked_ms);
 }
 
 static void guard_done(void *arg)
@@ -201,6 +226,7 @@ void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who, const char 
     g->ids = eb_malloc(n * sizeof(*g->ids));
     memcpy(g->ids, ids, n * sizeof(*g->ids));
     g->n = n;
+    g->asked_ms = ingest_now_ms();
     g->done = done;
     g->arg = arg;
     ingest_pool_submit(ctx->guard_pool, guard_work, guard_done, g);

@@ -484,24 +484,24 @@ static const char drop_replaced_observations[] =
 /* An OTLP trace's totals come from its observations. An observation whose descendants carry
  * token counts (or a cost) of their own, such as an agent or chain span that reports the usage
  * of the model calls under it, does not add its own: that usage would be counted twice.
- * `above` pairs every observation with usage (tok) or a cost (cost), the origin, with each of
- * its ancestors; the walk stops before it comes back to its origin, and UNION ends it in a
- * cycle of parent ids that does not pass the origin. Observations on one cycle are each
- * other's ancestors: a pair whose reverse is there too does not count, so none of them is
- * left out (nor is a span that names itself as its parent). */
+ * `above` holds every ancestor of an observation with usage (tok) or a cost (cost), walked
+ * once per (ancestor, kind): linear in the observations, and UNION ends the walk at a cycle
+ * of parent ids. A span that names itself as its parent is not its own ancestor. Spans on a
+ * longer cycle are each other's ancestors and so left out; when that leaves no usage at all,
+ * the sum over every observation is taken instead (parent ids that go round are malformed
+ * data: they must not cost more than a tree, nor drop every figure). */
 static const char recompute_sql[] =
-    "WITH RECURSIVE above(team_id, part_time, trace_id, id, origin, tok, cost) AS ("
-    " SELECT o.team_id, o.part_time, o.trace_id, o.parent_id, o.id, o.input_tokens IS NOT NULL"
-    "  OR o.output_tokens IS NOT NULL, o.cost_usd IS NOT NULL"
+    "WITH RECURSIVE above(team_id, part_time, trace_id, id, tok, cost) AS ("
+    " SELECT o.team_id, o.part_time, o.trace_id, o.parent_id, o.input_tokens IS NOT NULL OR"
+    "  o.output_tokens IS NOT NULL, o.cost_usd IS NOT NULL"
     "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
     "  WHERE o.parent_id IS NOT NULL AND o.parent_id <> o.id AND (o.input_tokens IS NOT NULL"
     "  OR o.output_tokens IS NOT NULL OR o.cost_usd IS NOT NULL)"
     " UNION"
-    " SELECT p.team_id, p.part_time, p.trace_id, p.parent_id, a.origin, a.tok, a.cost FROM"
-    "  above a JOIN ingest.observations p ON p.team_id = a.team_id AND p.part_time ="
-    "  a.part_time AND p.trace_id = a.trace_id AND p.id = a.id"
-    "  WHERE p.parent_id IS NOT NULL AND p.parent_id <> a.origin)"
+    " SELECT p.team_id, p.part_time, p.trace_id, p.parent_id, a.tok, a.cost FROM above a JOIN"
+    "  ingest.observations p ON p.team_id = a.team_id AND p.part_time = a.part_time AND"
+    "  p.trace_id = a.trace_id AND p.id = a.id WHERE p.parent_id IS NOT NULL)"
     " UPDATE ingest.traces t SET input_tokens = CASE WHEN s.i IS NULL THEN t.input_tokens ELSE"
     " least(s.i, " BIGINT_MAX ") END, output_tokens = CASE WHEN s.o IS NULL THEN t.output_tokens"
     " ELSE least(s.o, " BIGINT_MAX ") END, total_tokens = CASE WHEN s.i IS NULL AND s.o IS NULL"
@@ -514,19 +514,19 @@ static const char recompute_sql[] =
     " least(t.start_time, s.st)) * 1000 END, status = CASE WHEN s.err THEN 'error' ELSE"
     " t.status END"
     " FROM (SELECT o.team_id, o.part_time, o.trace_id,"
-    "  sum(o.input_tokens) FILTER (WHERE NOT coalesce(u.tok, false)) i,"
-    "  sum(o.output_tokens) FILTER (WHERE NOT coalesce(u.tok, false)) o,"
-    "  sum(o.cost_usd) FILTER (WHERE NOT coalesce(u.cost, false)) c,"
+    "  coalesce(sum(o.input_tokens) FILTER (WHERE NOT coalesce(u.tok, false)),"
+    "   sum(o.input_tokens)) i,"
+    "  coalesce(sum(o.output_tokens) FILTER (WHERE NOT coalesce(u.tok, false)),"
+    "   sum(o.output_tokens)) o,"
+    "  coalesce(sum(o.cost_usd) FILTER (WHERE NOT coalesce(u.cost, false)), sum(o.cost_usd)) c,"
     "  min(o.start_time) st, max(o.end_time) et,"
     "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
     " input, " GEN_OUTPUT " output"
     "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
-    "  LEFT JOIN (SELECT a.team_id, a.part_time, a.trace_id, a.id, bool_or(a.tok) tok,"
-    "   bool_or(a.cost) cost FROM above a WHERE NOT EXISTS (SELECT 1 FROM above r WHERE"
-    "   r.team_id = a.team_id AND r.part_time = a.part_time AND r.trace_id = a.trace_id AND"
-    "   r.id = a.origin AND r.origin = a.id) GROUP BY 1, 2, 3, 4) u ON u.team_id = o.team_id"
-    "   AND u.part_time = o.part_time AND u.trace_id = o.trace_id AND u.id = o.id"
+    "  LEFT JOIN (SELECT team_id, part_time, trace_id, id, bool_or(tok) tok, bool_or(cost) cost"
+    "   FROM above GROUP BY 1, 2, 3, 4) u ON u.team_id = o.team_id AND u.part_time ="
+    "   o.part_time AND u.trace_id = o.trace_id AND u.id = o.id"
     "  GROUP BY 1, 2, 3) s"
     " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id";
 

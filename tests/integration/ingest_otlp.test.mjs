@@ -348,18 +348,34 @@ describe('ingest: OTLP/HTTP traces', () => {
     const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 5);
     assert.deepEqual(g.usage, { input_tokens: 307, output_tokens: 30, total_tokens: 337 },
       'the model calls and the embedding count, the agent\'s own report of them does not');
-    // parent ids that go round: a span that names itself, and two spans that name each other,
-    // each with usage: all of them count
-    const loops = hex(16);
+    // parent ids that go round (malformed): a span that names itself counts; two spans that name
+    // each other and leave no other usage count too
+    const [selfT, pairT] = [hex(16), hex(16)];
     const [self, x, y] = [hex(8), hex(8), hex(8)];
     r = await postOtlp(A.key, 'json', service, [
-      { traceId: loops, spanId: self, parentSpanId: self, name: 'self', startMs: t0, endMs: t0 + 10, attrs: usage(5, 1) },
-      { traceId: loops, spanId: x, parentSpanId: y, name: 'x', startMs: t0, endMs: t0 + 10, attrs: usage(10, 2) },
-      { traceId: loops, spanId: y, parentSpanId: x, name: 'y', startMs: t0, endMs: t0 + 10, attrs: usage(20, 3) },
+      { traceId: selfT, spanId: self, parentSpanId: self, name: 'self', startMs: t0, endMs: t0 + 10, attrs: usage(5, 1) },
+      { traceId: pairT, spanId: x, parentSpanId: y, name: 'x', startMs: t0, endMs: t0 + 10, attrs: usage(10, 2) },
+      { traceId: pairT, spanId: y, parentSpanId: x, name: 'y', startMs: t0, endMs: t0 + 10, attrs: usage(20, 3) },
     ]);
     assert.equal(r.status, 200, r.text);
-    const l = await waitTrace(A.key, loops, (b) => b.observations.length === 3);
-    assert.deepEqual(l.usage, { input_tokens: 35, output_tokens: 6, total_tokens: 41 }, 'no span of a cycle is left out');
+    assert.deepEqual((await waitTrace(A.key, selfT)).usage, { input_tokens: 5, output_tokens: 1, total_tokens: 6 }, 'a span that names itself');
+    assert.deepEqual((await waitTrace(A.key, pairT, (b) => b.observations.length === 2)).usage,
+      { input_tokens: 30, output_tokens: 5, total_tokens: 35 }, 'two spans that name each other');
+    // a chain of 5000 spans (max-observations), each with usage: only the deepest counts, and
+    // the walk up the chain is linear (a walk per span would take minutes here)
+    const chainT = hex(16);
+    const spans = [];
+    for (let i = 0, parent = null; i < 5000; i++) {
+      const id = hex(8);
+      spans.push({ traceId: chainT, spanId: id, ...(parent ? { parentSpanId: parent } : {}), name: `step ${i}`,
+        startMs: t0 + i, endMs: t0 + 10_000 - i, attrs: usage(1, 1) });
+      parent = id;
+    }
+    r = await postOtlp(A.key, 'proto', service, spans);
+    assert.equal(r.status, 200, r.text.slice(0, 300));
+    assert.equal(r.otlp.rejected, 0, r.otlp.message);
+    const c = await waitTrace(A.key, chainT, () => true, 30_000);
+    assert.deepEqual(c.usage, { input_tokens: 1, output_tokens: 1, total_tokens: 2 }, 'only the deepest span of the chain counts');
     const byName = Object.fromEntries(g.observations.map((o) => [o.name, o]));
     assert.deepEqual(byName['invoke_agent helper'].usage?.input_tokens ?? byName['invoke_agent helper'].input_tokens, 300,
       'the agent span keeps the usage it reported');
