@@ -106,7 +106,7 @@ static char **ask(ingest_ctx *ctx, const eb_principal *who, const char *const *i
     PGresult *r = NULL;
     PGconn *c;
     eb_status st;
-    long long deadline = ingest_now_ms() + GUARD_TIMEOUT_MS;
+    long long deadline;
 
     /* paused, or this batch waited its limit behind others already: it goes on unchecked */
     if (ingest_now_ms() < atomic_load(&pause_until_ms) ||
@@ -119,6 +119,9 @@ static char **ask(ingest_ctx *ctx, const eb_principal *who, const char *const *i
         st = EB_ERR_UNAVAILABLE;
         goto done;
     }
+    /* from here: a connection just made (which may take libpq's connect timeout) still has
+     * the whole limit for the question */
+    deadline = ingest_now_ms() + GUARD_TIMEOUT_MS;
     eb_buf_putc(&list, '[');
     for (size_t i = 0; i < n; i++) {
         eb_buf_puts(&list, i ? ",\"" : "\"");
