@@ -53,7 +53,7 @@ static const eb_setting settings[] = {
     {"decode-threads", "EVALBUS_DECODE_THREADS", EB_SET_INT, "2", 1, 16, false,
      offsetof(T, decode_threads),
      "threads that parse, validate and pack JSON batches (the loop thread only answers)"},
-    {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "1000", 1, 5000, false,
+    {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "500", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
      offsetof(T, stream_max_bytes), "size of the INGEST stream (oldest records go first)"},
