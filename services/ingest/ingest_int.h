@@ -159,6 +159,10 @@ typedef void (*ingest_guard_done)(void *arg, char *const *found);
  * or with n 0, calls done at once with found NULL. */
 void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who, const char *const *ids,
                            size_t n, ingest_guard_done done, void *arg);
+/* Like ingest_guard_projects for the ids of traces[0..n) (which must stay valid until done). */
+void ingest_guard_traces(ingest_ctx *ctx, const eb_principal *who,
+                         Evalbus__V1__Trace *const *traces, size_t n, ingest_guard_done done,
+                         void *arg);
 
 /* --- the writer: INGEST stream -> PostgreSQL (writer.c) --- */
 ingest_writer *ingest_writer_start(ingest_ctx *ctx);

@@ -244,13 +244,7 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
         it->valid[it->nvalid++] = t;
     }
     it->who = *p;
-    {
-        const char **ids = eb_calloc(it->nvalid ? it->nvalid : 1, sizeof(*ids));
-        for (size_t i = 0; i < it->nvalid; i++)
-            ids[i] = it->valid[i]->id;
-        ingest_guard_projects(ctx, p, ids, it->nvalid, on_guarded, it);
-        free(ids);
-    }
+    ingest_guard_traces(ctx, p, it->valid, it->nvalid, on_guarded, it);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)

@@ -254,17 +254,30 @@ static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescrip
     return true;
 }
 
-/* Decodes data[0..len) as a desc into a, capped (arena_init), once wire_check has passed it.
- * NULL when it does not: *well_formed then tells whether the wire format was the problem, and
- * a->exhausted whether the cap was. */
-static ProtobufCMessage *guarded_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                                        size_t len, bool no_nul, otlp_arena *a, bool *well_formed)
+/* Decodes data[0..len) as a desc (named what in messages) into a, capped (arena_init), once
+ * wire_check has passed it. EB_OK with *msg, else EB_ERR_INVALID (malformed) or
+ * EB_ERR_TOO_LARGE (the cap ran out) with a message; a is to be freed either way. */
+static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const char *what,
+                                const uint8_t *data, size_t len, bool no_nul, otlp_arena *a,
+                                ProtobufCMessage **msg)
 {
     ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, a};
 
     arena_init(a, len);
-    *well_formed = wire_check(data, len, desc, 1, no_nul);
-    return *well_formed ? protobuf_c_message_unpack(desc, &alloc, len, data) : NULL;
+    *msg = NULL;
+    if (!wire_check(data, len, desc, 1, no_nul))
+        return eb_error(EB_ERR_INVALID,
+                        "not %s: malformed protobuf, messages nested deeper than %d levels%s", what,
+                        OTLP_MAX_DEPTH, no_nul ? ", or a string holding a NUL byte" : "");
+    *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
+    if (!*msg && a->exhausted)
+        return eb_error(EB_ERR_TOO_LARGE,
+                        "the message decodes to more than %d times its size (a great many empty "
+                        "messages); send fewer at once",
+                        OTLP_ARENA_FACTOR);
+    if (!*msg)
+        return eb_error(EB_ERR_INVALID, "not %s: malformed protobuf", what);
+    return EB_OK;
 }
 
 struct ingest_pb_box {
@@ -275,27 +288,16 @@ eb_status ingest_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t
                            ingest_pb_box **box, ProtobufCMessage **msg)
 {
     ingest_pb_box *b = eb_calloc(1, sizeof *b);
-    bool well_formed;
-    eb_status st = EB_OK;
+    char what[160];
+    eb_status st;
 
-    *box = NULL;
-    *msg = guarded_unpack(desc, data, len, true, &b->arena, &well_formed);
-    if (!well_formed)
-        st = eb_error(EB_ERR_INVALID,
-                      "not a %s: malformed protobuf, messages nested deeper than %d levels, "
-                      "or a string holding a NUL byte",
-                      desc->name, OTLP_MAX_DEPTH);
-    else if (!*msg && b->arena.exhausted)
-        st = eb_error(EB_ERR_TOO_LARGE,
-                      "the message decodes to more than %d times its size (a great many empty "
-                      "messages); send fewer at once",
-                      OTLP_ARENA_FACTOR);
-    else if (!*msg)
-        st = eb_error(EB_ERR_INVALID, "not a %s: malformed protobuf", desc->name);
-    if (st != EB_OK)
+    snprintf(what, sizeof what, "a %s", desc->name);
+    st = unpack_checked(desc, what, data, len, true, &b->arena, msg);
+    if (st != EB_OK) {
         ingest_pb_release(b);
-    else
-        *box = b;
+        b = NULL;
+    }
+    *box = b;
     return st;
 }
 
@@ -310,30 +312,16 @@ void ingest_pb_release(ingest_pb_box *box)
 eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ingest_limits *lim,
                                       ingest_otlp_result *out)
 {
-    eb_status st = EB_OK;
     otlp_arena arena;
-    bool well_formed;
     ProtobufCMessage *req;
+    eb_status st;
 
     memset(out, 0, sizeof *out);
     /* a NUL byte in a string is let through (cut there): refusing it would refuse the whole
      * export, which exporters do not send again */
-    req = guarded_unpack(&evalbus__otlp__v1__export_trace_service_request__descriptor, data, len,
-                         false, &arena, &well_formed);
-    if (!well_formed)
-        st = eb_error(EB_ERR_INVALID,
-                      "body is not an OTLP ExportTraceServiceRequest (malformed protobuf, or "
-                      "nested deeper than %d levels)",
-                      OTLP_MAX_DEPTH);
-    else if (!req && arena.exhausted)
-        st = eb_error(EB_ERR_TOO_LARGE,
-                      "the request decodes to more than %d times its size; send fewer "
-                      "spans per request",
-                      OTLP_ARENA_FACTOR);
-    else if (!req)
-        st = eb_error(EB_ERR_INVALID,
-                      "body is not an OTLP ExportTraceServiceRequest (malformed protobuf)");
-    else
+    st = unpack_checked(&evalbus__otlp__v1__export_trace_service_request__descriptor,
+                        "an OTLP ExportTraceServiceRequest", data, len, false, &arena, &req);
+    if (st == EB_OK)
         ingest_otlp_map((const otlp_request *)req, lim, out);
     arena_free_all(&arena);
     return st;

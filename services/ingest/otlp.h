@@ -27,9 +27,6 @@ typedef struct ingest_otlp_result {
     char *error_message;      /* why (the first few reasons), or NULL */
 } ingest_otlp_result;
 
-/* Decode an ExportTraceServiceRequest. EB_ERR_INVALID when the body cannot be decoded at all
- * (answered 400); individual bad spans are counted in rejected_spans instead. The caller frees
- * out with ingest_otlp_result_free(), also after an error. */
 /* Unpacks data[0..len) as a message of type desc with the OTLP decoder's guards: the wire
  * format is checked first (well formed, nesting bounded, no NUL byte in a string field, which
  * protobuf-c would cut the string at), and the message is decoded into an arena capped at a
@@ -42,6 +39,9 @@ eb_status ingest_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t
 /* Accepts NULL. */
 void ingest_pb_release(ingest_pb_box *box);
 
+/* Decode an ExportTraceServiceRequest. EB_ERR_INVALID when the body cannot be decoded at all
+ * (answered 400); individual bad spans are counted in rejected_spans instead. The caller frees
+ * out with ingest_otlp_result_free(), also after an error. */
 eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ingest_limits *lim,
                                       ingest_otlp_result *out);
 eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_limits *lim,

@@ -311,11 +311,5 @@ void api_otlp_post(eb_http_req *req, void *vctx)
         s->sent[s->nsent++] = t;
     }
     s->ctx = ctx;
-    {
-        const char **ids = eb_calloc(s->nsent ? s->nsent : 1, sizeof(*ids));
-        for (size_t i = 0; i < s->nsent; i++)
-            ids[i] = s->sent[i]->id;
-        ingest_guard_projects(ctx, p, ids, s->nsent, on_guarded, s);
-        free(ids);
-    }
+    ingest_guard_traces(ctx, p, s->sent, s->nsent, on_guarded, s);
 }

@@ -214,23 +214,48 @@ static void guard_done(void *arg)
     free(g);
 }
 
-void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who, const char *const *ids,
-                           size_t n, ingest_guard_done done, void *arg)
+/* The job for n ids (to be filled in by the caller), or NULL when who is not restricted or n is
+ * 0: done has then been called already. */
+static guard_job *new_job(ingest_ctx *ctx, const eb_principal *who, size_t n,
+                          ingest_guard_done done, void *arg)
 {
     guard_job *g;
 
     if (!who->project[0] || n == 0) {
         done(arg, NULL);
-        return;
+        return NULL;
     }
     g = eb_calloc(1, sizeof(*g));
     g->ctx = ctx;
     g->who = *who;
     g->ids = eb_malloc(n * sizeof(*g->ids));
-    memcpy(g->ids, ids, n * sizeof(*g->ids));
     g->n = n;
     g->asked_ms = ingest_now_ms();
     g->done = done;
     g->arg = arg;
+    return g;
+}
+
+void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who, const char *const *ids,
+                           size_t n, ingest_guard_done done, void *arg)
+{
+    guard_job *g = new_job(ctx, who, n, done, arg);
+
+    if (!g)
+        return;
+    memcpy(g->ids, ids, n * sizeof(*g->ids));
+    ingest_pool_submit(ctx->guard_pool, guard_work, guard_done, g);
+}
+
+void ingest_guard_traces(ingest_ctx *ctx, const eb_principal *who,
+                         Evalbus__V1__Trace *const *traces, size_t n, ingest_guard_done done,
+                         void *arg)
+{
+    guard_job *g = new_job(ctx, who, n, done, arg);
+
+    if (!g)
+        return;
+    for (size_t i = 0; i < n; i++)
+        g->ids[i] = traces[i]->id;
     ingest_pool_submit(ctx->guard_pool, guard_work, guard_done, g);
 }

@@ -430,16 +430,16 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
     free(msgs);
 }
 
-/* While the connection is down the library would keep what is published in its reconnect
- * buffer and send it after reconnecting: by then the batch has been answered 503 after the
- * publish timeout, and a client that sends it again (an id-less trace gets a new id) would have
- * it stored twice. So nothing is handed over unless the connection is up: a refusal comes at
- * once, and what is refused is never sent. */
 long long ingest_publisher_max_payload(ingest_publisher *p)
 {
     return p ? (long long)natsConnection_GetMaxPayload(eb_bus_conn(p->bus)) : 0;
 }
 
+/* While the connection is down the library would keep what is published in its reconnect
+ * buffer and send it after reconnecting: by then the batch has been answered 503 after the
+ * publish timeout, and a client that sends it again (an id-less trace gets a new id) would have
+ * it stored twice. So nothing is handed over unless the connection is up: a refusal comes at
+ * once, and what is refused is never sent. */
 static bool nats_up(ingest_publisher *p)
 {
     return natsConnection_Status(eb_bus_conn(p->bus)) == NATS_CONN_STATUS_CONNECTED;

@@ -1788,12 +1788,6 @@ static void put_member_str(eb_buf *b, const char *key, const char *s)
     put_str(b, s);
 }
 
-/* s, or NULL when it is empty: an empty string is the same as an absent one */
-static const char *set_or_null(const char *s)
-{
-    return s && *s ? s : NULL;
-}
-
 static void put_member_double(eb_buf *b, const char *key, protobuf_c_boolean has, double v)
 {
     put_key(b, key);
@@ -1856,13 +1850,13 @@ static void put_tool_call(eb_buf *b, const Evalbus__V1__ToolCall *tc)
     }
     eb_buf_putc(b, '{');
     put_member_str(b, "id", tc->id);
-    put_member_str(b, "type", set_or_null(tc->type) ? tc->type : "function");
+    put_member_str(b, "type", ingest_or_null(tc->type) ? tc->type : "function");
     put_key(b, "function");
     eb_buf_putc(b, '{');
-    put_member_str(b, "name", set_or_null(tc->name));
-    put_member_str(b, "arguments", set_or_null(tc->arguments));
+    put_member_str(b, "name", ingest_or_null(tc->name));
+    put_member_str(b, "arguments", ingest_or_null(tc->arguments));
     eb_buf_putc(b, '}');
-    if (set_or_null(tc->result))
+    if (ingest_or_null(tc->result))
         put_member_str(b, "result", tc->result);
     if (tc->has_start_time_unix_nano && tc->start_time_unix_nano)
         put_member_time(b, "start_time", 1, tc->start_time_unix_nano);
@@ -1925,11 +1919,11 @@ static void put_message(eb_buf *b, const Evalbus__V1__Message *m)
         }
         eb_buf_putc(b, ']');
     } else {
-        put_str(b, set_or_null(m->content));
+        put_str(b, ingest_or_null(m->content));
     }
-    if (set_or_null(m->name))
+    if (ingest_or_null(m->name))
         put_member_str(b, "name", m->name);
-    if (set_or_null(m->tool_call_id))
+    if (ingest_or_null(m->tool_call_id))
         put_member_str(b, "tool_call_id", m->tool_call_id);
     if (m->n_tool_calls && m->tool_calls) {
         put_key(b, "tool_calls");

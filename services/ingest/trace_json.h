@@ -47,6 +47,12 @@ void ingest_observation_json(const Evalbus__V1__Observation *o, eb_buf *out);
  * scores), appended to out. It ends with '}': a caller that adds members removes that last byte
  * and appends ",\"reviews\":[...]}". Valid JSON for any tree, like the functions above. */
 void ingest_trace_json(const Evalbus__V1__Trace *t, eb_buf *out);
+/* s, or NULL when it is empty: a string field sent as "" is the same as an absent one, in what
+ * is printed and in what is stored. */
+static inline const char *ingest_or_null(const char *s)
+{
+    return s && *s ? s : NULL;
+}
 
 /* RFC 3339 text of a time in nanoseconds since the epoch ("" for 0), into buf (>= 40 bytes):
  * UTC ("Z"), with 6 fraction digits (microseconds: finer digits are cut off). */

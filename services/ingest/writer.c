@@ -208,11 +208,6 @@ static void copy_tags(eb_buf *b, char *const *tags, size_t n)
     eb_buf_free(&a);
 }
 
-static const char *or_null(const char *s)
-{
-    return s && *s ? s : NULL;
-}
-
 static void trace_row(eb_buf *b, const rec *x)
 {
     const Evalbus__V1__IngestRecord *r = x->r;
@@ -233,15 +228,15 @@ static void trace_row(eb_buf *b, const rec *x)
     eb_buf_putc(b, '\t');
     copy_text(b, t->project && *t->project ? t->project : "default");
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->name));
+    copy_text(b, ingest_or_null(t->name));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->model));
+    copy_text(b, ingest_or_null(t->model));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->provider));
+    copy_text(b, ingest_or_null(t->provider));
     eb_buf_putc(b, '\t');
     copy_text(b, t->status && *t->status ? t->status : "unset");
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->status_message));
+    copy_text(b, ingest_or_null(t->status_message));
     eb_buf_putc(b, '\t');
     copy_time(b, t->start_time_unix_nano);
     eb_buf_putc(b, '\t');
@@ -261,9 +256,9 @@ static void trace_row(eb_buf *b, const rec *x)
     eb_buf_putc(b, '\t');
     copy_double(b, t->has_cost_usd, t->cost_usd);
     eb_buf_putc(b, '\t');
-    copy_io(b, t->input_messages, t->n_input_messages, or_null(t->input_text));
+    copy_io(b, t->input_messages, t->n_input_messages, ingest_or_null(t->input_text));
     eb_buf_putc(b, '\t');
-    copy_io(b, t->output_messages, t->n_output_messages, or_null(t->output_text));
+    copy_io(b, t->output_messages, t->n_output_messages, ingest_or_null(t->output_text));
     eb_buf_putc(b, '\t');
     copy_tool_calls(b, t->tool_calls, t->n_tool_calls);
     eb_buf_putc(b, '\t');
@@ -271,15 +266,15 @@ static void trace_row(eb_buf *b, const rec *x)
     eb_buf_putc(b, '\t');
     copy_tags(b, t->tags, t->n_tags);
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->session_id));
+    copy_text(b, ingest_or_null(t->session_id));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->user_id));
+    copy_text(b, ingest_or_null(t->user_id));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->environment));
+    copy_text(b, ingest_or_null(t->environment));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->release));
+    copy_text(b, ingest_or_null(t->release));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(t->attributes_json));
+    copy_text(b, ingest_or_null(t->attributes_json));
     eb_buf_putc(b, '\t');
     copy_text(b, r->source && *r->source ? r->source : "json");
     eb_buf_putc(b, '\t');
@@ -299,11 +294,11 @@ static void observation_row(eb_buf *b, const rec *x, const Evalbus__V1__Observat
     eb_buf_putc(b, '\t');
     copy_text(b, o->id);
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(o->parent_id));
+    copy_text(b, ingest_or_null(o->parent_id));
     eb_buf_putc(b, '\t');
     copy_text(b, o->type && *o->type ? o->type : "span");
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(o->name));
+    copy_text(b, ingest_or_null(o->name));
     eb_buf_putc(b, '\t');
     copy_time(b, o->start_time_unix_nano);
     eb_buf_putc(b, '\t');
@@ -311,11 +306,11 @@ static void observation_row(eb_buf *b, const rec *x, const Evalbus__V1__Observat
     eb_buf_putc(b, '\t');
     copy_text(b, o->status && *o->status ? o->status : "unset");
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(o->status_message));
+    copy_text(b, ingest_or_null(o->status_message));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(o->model));
+    copy_text(b, ingest_or_null(o->model));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(o->provider));
+    copy_text(b, ingest_or_null(o->provider));
     eb_buf_putc(b, '\t');
     copy_int(b, o->has_input_tokens, o->input_tokens);
     eb_buf_putc(b, '\t');
@@ -323,15 +318,15 @@ static void observation_row(eb_buf *b, const rec *x, const Evalbus__V1__Observat
     eb_buf_putc(b, '\t');
     copy_double(b, o->has_cost_usd, o->cost_usd);
     eb_buf_putc(b, '\t');
-    copy_io(b, o->input_messages, o->n_input_messages, or_null(o->input_text));
+    copy_io(b, o->input_messages, o->n_input_messages, ingest_or_null(o->input_text));
     eb_buf_putc(b, '\t');
-    copy_io(b, o->output_messages, o->n_output_messages, or_null(o->output_text));
+    copy_io(b, o->output_messages, o->n_output_messages, ingest_or_null(o->output_text));
     eb_buf_putc(b, '\t');
     copy_tool_calls(b, o->tool_calls, o->n_tool_calls);
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(o->attributes_json));
+    copy_text(b, ingest_or_null(o->attributes_json));
     eb_buf_putc(b, '\t');
-    copy_text(b, or_null(o->metadata_json));
+    copy_text(b, ingest_or_null(o->metadata_json));
     eb_buf_putc(b, '\t');
     put_ull(b, x->seq);
     eb_buf_putc(b, '\n');
@@ -723,20 +718,6 @@ static const char *array_end(eb_buf *a)
     return a->data;
 }
 
-/* Assigns part_ns to every record of the pass, and opens the pass's transaction: new keys are
- * stored with their own day (whose partitions are created first, outside the transaction);
- * existing keys keep theirs (their partitions exist since they were first stored). One plain
- * INSERT ... ON CONFLICT DO NOTHING RETURNING stores the new keys (cheap to plan, one index
- * probe per key); only when some key was there already does a second statement read those
- * keys' days. set / cap: plan_pass()'s set of this pass's records.
- *
- * Most passes hold only new traces, so the keys first go in by a plain INSERT (no ON CONFLICT,
- * no RETURNING), which costs PostgreSQL about two thirds as much (measured: 4.6-5.5 against
- * 7.2-7.9 us a key), as the transaction's first statement: if a key is stored already, it fails
- * with a unique violation (which PostgreSQL logs), the transaction, which holds nothing else, is
- * rolled back, and the pass takes the INSERT ... ON CONFLICT. Passes with OTLP records (whose
- * spans often add to a stored trace) take it directly, and so do the writer's next passes after
- * a plain INSERT failed. */
 /* The time a new trace is filed under (its partition, for good): its start; else, for an OTLP
  * fragment without its root span, the earliest start of its spans (the root, when it comes,
  * starts about then: a time window around the trace's start must find it); else its arrival.
@@ -763,6 +744,20 @@ static long long file_time(const Evalbus__V1__IngestRecord *r, long long now)
     return start;
 }
 
+/* Assigns part_ns to every record of the pass, and opens the pass's transaction: new keys are
+ * stored with their own day (whose partitions are created first, outside the transaction);
+ * existing keys keep theirs (their partitions exist since they were first stored). One plain
+ * INSERT ... ON CONFLICT DO NOTHING RETURNING stores the new keys (cheap to plan, one index
+ * probe per key); only when some key was there already does a second statement read those
+ * keys' days. set / cap: plan_pass()'s set of this pass's records.
+ *
+ * Most passes hold only new traces, so the keys first go in by a plain INSERT (no ON CONFLICT,
+ * no RETURNING), which costs PostgreSQL about two thirds as much (measured: 4.6-5.5 against
+ * 7.2-7.9 us a key), as the transaction's first statement: if a key is stored already, it fails
+ * with a unique violation (which PostgreSQL logs), the transaction, which holds nothing else, is
+ * rolled back, and the pass takes the INSERT ... ON CONFLICT. Passes with OTLP records (whose
+ * spans often add to a stored trace) take it directly, and so do the writer's next passes after
+ * a plain INSERT failed. */
 static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n,
                                     const size_t *set, size_t cap)
 {
