@@ -136,7 +136,7 @@ void ingest_watch_stop(ingest_watch *w); /* NULL is ignored */
 /* --- a small pool of threads for CPU-bound request work (pool.c) --- */
 typedef void (*ingest_pool_fn)(void *arg);
 /* NULL if no thread could be started. */
-ingest_pool *ingest_pool_new(struct event_base *base, int nthreads);
+ingest_pool *ingest_pool_new(struct event_base *base, int nthreads, const char *name);
 /* Runs work(arg) on a pool thread, then done(arg) on the loop thread. Loop thread. */
 void ingest_pool_submit(ingest_pool *p, ingest_pool_fn work, ingest_pool_fn done, void *arg);
 /* Loop thread, after the loop ended: waits for every job submitted (also those submitted by the

@@ -138,9 +138,10 @@ int main(int argc, char **argv)
                           cfg.auth_timeout_ms, &ctx.authc);
     if (st == EB_OK)
         ctx.pub = ingest_publisher_new(ctx.svc.base, ctx.svc.bus, cfg.publish_timeout_ms, &st);
-    if (st == EB_OK && !(ctx.pool = ingest_pool_new(ctx.svc.base, (int)cfg.decode_threads)))
+    if (st == EB_OK &&
+        !(ctx.pool = ingest_pool_new(ctx.svc.base, (int)cfg.decode_threads, "decode")))
         st = eb_error(EB_ERR_INTERNAL, "cannot start the decode threads");
-    if (st == EB_OK && !(ctx.guard_pool = ingest_pool_new(ctx.svc.base, 1)))
+    if (st == EB_OK && !(ctx.guard_pool = ingest_pool_new(ctx.svc.base, 1, "guard")))
         st = eb_error(EB_ERR_INTERNAL, "cannot start the project guard's thread");
     eb_metrics_describe("evalbus_ingest_project_checks_total", "counter",
                         "Questions whether a project-restricted key's trace ids are another"

@@ -13,6 +13,8 @@
 #include "ingest_int.h"
 
 #include <event2/event.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #define MAX_POOL_THREADS 16
@@ -110,7 +112,7 @@ void ingest_pool_finish(ingest_pool *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-ingest_pool *ingest_pool_new(struct event_base *base, int nthreads)
+ingest_pool *ingest_pool_new(struct event_base *base, int nthreads, const char *name)
 {
     ingest_pool *p = eb_calloc(1, sizeof(*p));
 
@@ -123,8 +125,12 @@ ingest_pool *ingest_pool_new(struct event_base *base, int nthreads)
     pthread_cond_init(&p->finished_cond, NULL);
     p->wake = event_new(base, -1, 0, on_wake, p);
     for (int i = 0; i < nthreads; i++) {
+        char tname[16]; /* the kernel keeps 15 bytes of a thread name */
+
         if (pthread_create(&p->threads[i], NULL, pool_main, p) != 0)
             break;
+        snprintf(tname, sizeof(tname), "%.12s-%d", name, i);
+        pthread_setname_np(p->threads[i], tname); /* for top -H and perf; best effort */
         p->nthreads++;
     }
     if (p->nthreads == 0) {

@@ -273,6 +273,7 @@ ingest_retention *ingest_retention_start(ingest_ctx *ctx)
         free(rt);
         return NULL;
     }
+    pthread_setname_np(rt->tid, "retention");
     return rt;
 }
 

@@ -118,6 +118,7 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
         free(w);
         return NULL;
     }
+    pthread_setname_np(w->tid, "stream-watch");
     return w;
 }
 

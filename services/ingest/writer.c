@@ -1288,6 +1288,9 @@ static void *writer_main(void *arg)
 
     /* Each writer pulls on a connection of its own: pulls of several threads never share
      * one connection's state, and the service's loop never waits on a writer. */
+    snprintf(name, sizeof(name), "writer-%d", t->index);
+    /* named before connecting: nats.c's threads for this connection inherit the name */
+    pthread_setname_np(pthread_self(), name);
     snprintf(name, sizeof(name), "evalbus-ingest-writer-%d", t->index);
     while (!atomic_load(&w->stop) &&
            eb_bus_connect(NULL, ctx->cfg->svc.nats_url, name, 0, &t->bus) != EB_OK)

@@ -934,4 +934,16 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.deepEqual([g.review_state, g.scores.length], ['unreviewed', 0], "the other project's trace is untouched");
     assertStatus(await api('PUT', `/api/v1/projects/${mine}/settings`, admin, { body: { retention_days: 30 } }), 200, 'retention of its project');
   }));
+
+  it('its threads are named for top -H and perf', T, async () => {
+    const pid = stack.readPid('ingest');
+    assert.ok(pid, 'ingest has a pid file');
+    const names = fs.readdirSync(`/proc/${pid}/task`)
+      .map((tid) => fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim());
+    for (const name of ['decode-0', 'decode-1', 'guard-0', 'writer-0', 'writer-1', 'retention', 'stream-watch']) {
+      assert.ok(names.includes(name), `a thread named ${name} among ${names.join(', ')}`);
+    }
+    // the NATS connection threads of a writer take its name
+    assert.ok(names.filter((n) => n === 'writer-0').length >= 2, `writer-0 and its NATS threads among ${names.join(', ')}`);
+  });
 });
