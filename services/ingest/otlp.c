@@ -280,6 +280,114 @@ static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const ch
     return EB_OK;
 }
 
+/* One field of a message that wire_check has passed: its number and, for a length-delimited
+ * field, its bytes (len is 0 and data NULL for the other wire types). False at the end. */
+typedef struct wire_field {
+    unsigned num;
+    bool delimited;
+    const uint8_t *data;
+    size_t len;
+} wire_field;
+
+static bool wire_next(const uint8_t **p, const uint8_t *end, wire_field *f)
+{
+    uint64_t tag, v;
+
+    if (*p >= end || !wire_varint(p, end, &tag))
+        return false;
+    f->num = (unsigned)(tag >> 3);
+    f->delimited = (tag & 7) == 2;
+    f->data = NULL;
+    f->len = 0;
+    switch (tag & 7) {
+    case 0:
+        return wire_varint(p, end, &v);
+    case 1:
+        *p += 8;
+        return true;
+    case 5:
+        *p += 4;
+        return true;
+    default: /* 2: wire_check allows no other type */
+        if (!wire_varint(p, end, &v))
+            return false;
+        f->data = *p;
+        f->len = (size_t)v;
+        *p += v;
+        return true;
+    }
+}
+
+/* True if a string field of msg[0..n) (a desc at depth), other than field skip and what it
+ * holds, has a NUL byte, at any depth. */
+static bool nul_besides(const uint8_t *p, size_t n, const ProtobufCMessageDescriptor *desc,
+                        unsigned skip, int depth)
+{
+    const uint8_t *end = p + n;
+    wire_field f;
+
+    while (wire_next(&p, end, &f)) {
+        const ProtobufCFieldDescriptor *fd;
+
+        if (!f.delimited || f.num == skip ||
+            !(fd = protobuf_c_message_descriptor_get_field(desc, f.num)))
+            continue;
+        if (fd->type == PROTOBUF_C_TYPE_STRING && memchr(f.data, 0, f.len))
+            return true;
+        /* well formed (checked before), so false here means a NUL in a string */
+        if (fd->type == PROTOBUF_C_TYPE_MESSAGE &&
+            !wire_check(f.data, f.len, fd->descriptor, depth + 1, true))
+            return true;
+    }
+    return false;
+}
+
+/* The spans of a checked ExportTraceServiceRequest that hold a NUL byte in a string, or whose
+ * resource or scope does (protobuf-c would cut such a string at the NUL): their numbers in wire
+ * order, which is the order of the decoded arrays and ingest_otlp_map's span numbers, ascending
+ * in *out (the caller frees). */
+static void nul_spans(const uint8_t *data, size_t len, size_t **out, size_t *nout)
+{
+    const uint8_t *p = data, *end = data + len;
+    size_t seq = 0, cap = 0;
+    wire_field rs;
+
+    *out = NULL;
+    *nout = 0;
+    while (wire_next(&p, end, &rs)) {
+        const uint8_t *q = rs.data, *qend = rs.data + rs.len;
+        bool rs_nul;
+        wire_field ss;
+
+        if (rs.num != 1 || !rs.delimited) /* resource_spans */
+            continue;
+        rs_nul = nul_besides(rs.data, rs.len, &evalbus__otlp__v1__resource_spans__descriptor, 2, 2);
+        while (wire_next(&q, qend, &ss)) {
+            const uint8_t *r = ss.data, *rend = ss.data + ss.len;
+            bool ss_nul;
+            wire_field sp;
+
+            if (ss.num != 2 || !ss.delimited) /* scope_spans */
+                continue;
+            ss_nul = rs_nul || nul_besides(ss.data, ss.len,
+                                           &evalbus__otlp__v1__scope_spans__descriptor, 2, 3);
+            while (wire_next(&r, rend, &sp)) {
+                if (sp.num != 2 || !sp.delimited) /* spans */
+                    continue;
+                if (ss_nul ||
+                    !wire_check(sp.data, sp.len, &evalbus__otlp__v1__span__descriptor, 4, true)) {
+                    if (*nout == cap) {
+                        cap = cap ? 2 * cap : 8;
+                        *out = eb_realloc(*out, cap * sizeof **out);
+                    }
+                    (*out)[(*nout)++] = seq;
+                }
+                seq++;
+            }
+        }
+    }
+}
+
 struct ingest_pb_box {
     otlp_arena arena;
 };
@@ -317,12 +425,17 @@ eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ing
     eb_status st;
 
     memset(out, 0, sizeof *out);
-    /* a NUL byte in a string is let through (cut there): refusing it would refuse the whole
-     * export, which exporters do not send again */
+    /* a NUL byte in a string rejects the span it is in (or every span of the resource or scope
+     * it is in), not the request: exporters do not send a refused export again */
     st = unpack_checked(&evalbus__otlp__v1__export_trace_service_request__descriptor,
                         "an OTLP ExportTraceServiceRequest", data, len, false, &arena, &req);
-    if (st == EB_OK)
-        ingest_otlp_map((const otlp_request *)req, lim, out);
+    if (st == EB_OK) {
+        size_t *nul = NULL, nnul = 0;
+
+        nul_spans(data, len, &nul, &nnul);
+        ingest_otlp_map((const otlp_request *)req, lim, nul, nnul, out);
+        free(nul);
+    }
     arena_free_all(&arena);
     return st;
 }
@@ -1004,7 +1117,7 @@ eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_lim
             req.n_resource_spans = i + 1;
         }
     }
-    ingest_otlp_map(&req, lim, out);
+    ingest_otlp_map(&req, lim, NULL, 0, out);
 cleanup:
     cJSON_Delete(root);
     arena_free_all(&arena);

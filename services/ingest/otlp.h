@@ -50,9 +50,13 @@ void ingest_otlp_result_free(ingest_otlp_result *r);
 
 /* Maps a decoded request (from either decoder, or built by a caller) to traces, appending to
  * out (zero it first). The request stays the caller's; out owns copies of everything it keeps.
- * Per-span problems are counted in out->rejected_spans; this never fails as a whole. */
+ * Per-span problems are counted in out->rejected_spans; this never fails as a whole.
+ * nul[0..nnul), ascending, numbers spans (0-based, in the order of the request's arrays) that
+ * the protobuf decoder found a NUL byte in (strings of the span, its resource or its scope):
+ * they are rejected. */
 void ingest_otlp_map(const Evalbus__Otlp__V1__ExportTraceServiceRequest *req,
-                     const ingest_limits *lim, ingest_otlp_result *out);
+                     const ingest_limits *lim, const size_t *nul, size_t nnul,
+                     ingest_otlp_result *out);
 
 /* The ExportTraceServiceResponse for r, appended to out: protobuf (an empty message on full
  * success) or JSON ({} or {"partialSuccess":{"rejectedSpans":"2","errorMessage":"..."}}). */

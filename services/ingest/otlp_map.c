@@ -1771,7 +1771,8 @@ static int trace_out_cmp(const void *pa, const void *pb)
     return a->first_seq < b->first_seq ? -1 : a->first_seq > b->first_seq;
 }
 
-void ingest_otlp_map(const otlp_request *req, const ingest_limits *lim, ingest_otlp_result *out)
+void ingest_otlp_map(const otlp_request *req, const ingest_limits *lim, const size_t *nul,
+                     size_t nnul, ingest_otlp_result *out)
 {
     map_ctx mc = {.lim = lim, .out = out};
     map_resource *res = NULL;
@@ -1793,6 +1794,13 @@ void ingest_otlp_map(const otlp_request *req, const ingest_limits *lim, ingest_o
                 const char *why = check_ids(sp);
                 map_entry e = {.span = sp, .scope = ss->scope, .res = r, .seq = seq};
 
+                while (nnul && *nul < seq) {
+                    nul++;
+                    nnul--;
+                }
+                if (!why && nnul && *nul == seq)
+                    why = "a string of the span, its resource or its scope holds a NUL byte "
+                          "(stored text cannot hold one)";
                 if (!why && res[r].why[0])
                     why = res[r].why;
                 if (why)

@@ -405,6 +405,17 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.equal(r.otlp.rejected, 1, 'one span rejected (JSON)');
     assert.ok(r.otlp.message.length > 0, 'with a message');
     assert.equal((await waitTrace(A.key, t2)).observations.length, 2, 'the good spans of the trace are stored');
+
+    // a NUL byte in a protobuf string would be cut there: that span is rejected, not shortened
+    const t3 = hex(16);
+    const s3 = chatSpans(t3, t0);
+    const nul = { traceId: t3, spanId: hex(8), parentSpanId: s3[0].spanId, name: 'has a NUL', startMs: t0, endMs: t0 + 1, attrs: { note: 'before\u0000after' } };
+    r = await postOtlp(A.key, 'proto', service, [s3[0], nul, s3[1]]);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.otlp.rejected, 1, 'the span with the NUL is rejected');
+    assert.match(r.otlp.message, new RegExp(`span ${nul.spanId}: .*NUL byte`), r.otlp.message);
+    const g3 = await waitTrace(A.key, t3, (b) => b.observations.length === 2);
+    assert.deepEqual(g3.observations.map((o) => o.id).sort(), [s3[0].spanId, s3[1].spanId].sort(), 'the other spans are stored');
   }));
 
   it('credentials, content types and undecodable bodies', T, stack.wrap(async () => {

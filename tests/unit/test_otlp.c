@@ -1270,6 +1270,87 @@ static void test_malformed_protobuf(void **state)
     ingest_otlp_result_free(&r);
 }
 
+/* Replaces every '~' of buf[0..len) by a NUL byte (protobuf-c packs C strings, so NULs go in
+ * after packing). */
+static void tilde_to_nul(uint8_t *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (buf[i] == '~')
+            buf[i] = 0;
+}
+
+/* A NUL byte in a string rejects the span that holds it, or every span of the resource or the
+ * scope that holds it, with a reason; the other spans are stored, and a NUL in a bytes value
+ * is no problem. */
+static void test_nul_in_strings(void **state)
+{
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    tb b = {0};
+    otlp_span *s;
+    otlp_any *bytes = tb_any(&b, EVALBUS__OTLP__V1__ANY_VALUE__VALUE_BYTES_VALUE);
+    ingest_otlp_result r;
+    uint8_t *buf;
+    size_t len;
+
+    (void)state;
+    bytes->bytes_value.data = (uint8_t *)tb_str(&b, "a~b");
+    bytes->bytes_value.len = 3;
+    /* resource 1: span 1 has a NUL in an attribute value; span 2 a NUL in a bytes value and
+     * in nothing else; a second scope's name holds a NUL, so its span 3 goes too */
+    tb_resource(&b, "svc");
+    s = tb_span(&b, TRACE_A, SPAN_1, NULL, "root", T0, T0 + 1000);
+    tb_attr_s(&b, s, "note", "cut~here");
+    s = tb_span(&b, TRACE_A, SPAN_2, SPAN_1, "child", T0 + 10, T0 + 900);
+    tb_attr(&b, s, "blob", bytes);
+    {
+        Evalbus__Otlp__V1__ScopeSpans *ss = tb_alloc(&b, sizeof *ss);
+        Evalbus__Otlp__V1__InstrumentationScope *scope = tb_alloc(&b, sizeof *scope);
+        Evalbus__Otlp__V1__ScopeSpans **list = tb_alloc(&b, 2 * sizeof *list);
+
+        *ss = (Evalbus__Otlp__V1__ScopeSpans)EVALBUS__OTLP__V1__SCOPE_SPANS__INIT;
+        *scope =
+            (Evalbus__Otlp__V1__InstrumentationScope)EVALBUS__OTLP__V1__INSTRUMENTATION_SCOPE__INIT;
+        scope->name = tb_str(&b, "lib~x");
+        ss->scope = scope;
+        ss->spans = tb_alloc(&b, TB_MAX_ITEMS * sizeof *ss->spans);
+        list[0] = b.rs->scope_spans[0];
+        list[1] = ss;
+        b.rs->scope_spans = list;
+        b.rs->n_scope_spans = 2;
+        b.ss = ss;
+        tb_span(&b, TRACE_A, SPAN_3, SPAN_1, "in the bad scope", T0 + 20, T0 + 800);
+    }
+    /* resource 2: its service name holds a NUL, so both its spans go */
+    tb_resource(&b, "bad~svc");
+    tb_span(&b, TRACE_B, SPAN_1, NULL, "other root", T0, T0 + 1000);
+    tb_span(&b, TRACE_B, SPAN_2, SPAN_1, "other child", T0, T0 + 1000);
+    /* resource 3: clean */
+    tb_resource(&b, "good");
+    tb_span(&b, TRACE_B, SPAN_3, NULL, "clean", T0, T0 + 1000);
+
+    buf = tb_pack(&b, &len);
+    tilde_to_nul(buf, len);
+    assert_int_equal(ingest_otlp_decode_protobuf(buf, len, &lim, &r), EB_OK);
+    assert_int_equal(r.rejected_spans, 4);
+    assert_int_equal(r.spans, 2);
+    assert_non_null(r.error_message);
+    assert_contains(r.error_message, "span " SPAN_1 ": a string of the span, its resource or "
+                                     "its scope holds a NUL byte");
+    assert_contains(r.error_message, "span " SPAN_3 ": ");
+    assert_int_equal(r.ntraces, 2);
+    /* what is stored is whole: the child with its bytes, and the clean span */
+    assert_str(r.traces[0]->id, TRACE_A);
+    assert_int_equal(r.traces[0]->n_observations, 1);
+    assert_str(r.traces[0]->observations[0]->name, "child");
+    assert_contains(r.traces[0]->observations[0]->attributes_json, "\"blob\"");
+    assert_str(r.traces[1]->id, TRACE_B);
+    assert_int_equal(r.traces[1]->n_observations, 1);
+    assert_str(r.traces[1]->observations[0]->name, "clean");
+    ingest_otlp_result_free(&r);
+    free(buf);
+    tb_free(&b);
+}
+
 /* Prepends a length-delimited field header (tag, length of buf[0..*len)) to buf. */
 static void wrap_field(uint8_t *buf, size_t *len, size_t cap, uint8_t tag)
 {
@@ -1427,6 +1508,7 @@ int main(void)
         cmocka_unit_test(test_json_equals_protobuf),
         cmocka_unit_test(test_json_exact_integers),
         cmocka_unit_test(test_malformed_protobuf),
+        cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_deep_protobuf),
         cmocka_unit_test(test_decoded_size_cap),
         cmocka_unit_test(test_malformed_json),
