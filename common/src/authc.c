@@ -66,6 +66,7 @@ struct eb_authc {
     natsSubscription *revoked_sub;
     struct event *wake;
     pthread_mutex_t mu;
+    bool stopped;     /* eb_authc_stop ran (loop thread only) */
     pending *waiting; /* sent, no answer yet */
     pending *ready;   /* answered, callback not yet run */
     uint64_t next_seq;
@@ -317,19 +318,22 @@ eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service
     return EB_OK;
 }
 
-void eb_authc_free(eb_authc *c)
+void eb_authc_stop(eb_authc *c)
 {
     pending *list;
 
-    if (!c)
+    if (!c || c->stopped)
         return;
+    c->stopped = true;
     if (c->reply_sub) {
         natsSubscription_Unsubscribe(c->reply_sub);
         natsSubscription_Destroy(c->reply_sub);
+        c->reply_sub = NULL;
     }
     if (c->revoked_sub) {
         natsSubscription_Unsubscribe(c->revoked_sub);
         natsSubscription_Destroy(c->revoked_sub);
+        c->revoked_sub = NULL;
     }
     /* No NATS thread can touch c any more: answer everything still open. */
     on_wake(-1, 0, c);
@@ -337,11 +341,19 @@ void eb_authc_free(eb_authc *c)
     c->waiting = NULL;
     while (list) {
         pending *next = list->next;
-        list->st = EB_ERR_UNAVAILABLE;
+        list->next = NULL;
+        list->st = eb_error(EB_ERR_UNAVAILABLE, "the service is shutting down");
         snprintf(list->reason, sizeof(list->reason), "shutting_down");
         finish(list);
         list = next;
     }
+}
+
+void eb_authc_free(eb_authc *c)
+{
+    if (!c)
+        return;
+    eb_authc_stop(c);
     if (c->wake)
         event_free(c->wake);
     pthread_mutex_destroy(&c->mu);
@@ -400,6 +412,12 @@ void eb_authc_verify(void *impl, const char *credential, const char *request_id,
     memcpy(pd->hash, hash, 65);
     pd->done = done;
     pd->arg = arg;
+    if (c->stopped) { /* nothing could receive the answer: a stale entry or unavailable */
+        pd->st = eb_error(EB_ERR_UNAVAILABLE, "the service is shutting down");
+        snprintf(pd->reason, sizeof(pd->reason), "shutting_down");
+        finish(pd);
+        return;
+    }
     pthread_mutex_lock(&c->mu);
     pd->seq = c->next_seq++;
     c->misses++;

@@ -61,6 +61,7 @@ typedef struct ingest_ctx {
     struct event *nats_wake;
     pthread_mutex_t nats_mu;
     struct nats_item *nats_queue;
+    bool stopping; /* the loop has ended: NATS batches not yet taken are answered unavailable */
     ingest_retention *retention;
     natsSubscription *deleted_sub; /* evalbus.v1.traces.deleted.> (deletions.c) */
 } ingest_ctx;
@@ -179,6 +180,11 @@ eb_status ingest_streams_ensure(const ingest_config *cfg, long long give_up_ms);
 eb_status ingest_nats_start(ingest_ctx *ctx);
 /* Leaves the queue group on shutdown: messages already here are still handled. */
 void ingest_nats_drain(ingest_ctx *ctx);
+/* Once the loop has ended (ctx->stopping): waits up to 500 ms for the drain to hand over what
+ * the library holds, leaves the subject, and answers every batch not taken `unavailable` (no
+ * dead letter); the answers go out with the loop's next turns. */
+void ingest_nats_finish(ingest_ctx *ctx);
+/* ingest_nats_finish, then frees the intake's state. */
 void ingest_nats_stop(ingest_ctx *ctx);
 
 /* --- retention (retention.c) --- */

@@ -106,6 +106,20 @@ static void on_stop(void *arg)
     ingest_nats_drain(arg);
 }
 
+/* Turns the loop, which drives the service's NATS connection, until that connection has
+ * written out what it holds (answers given after the loop ended), for at most limit_ms. */
+static void flush_answers(ingest_ctx *ctx, int limit_ms)
+{
+    natsConnection *nc = eb_bus_conn(ctx->svc.bus);
+    const struct timeval tick = {0, 5000};
+
+    event_base_loop(ctx->svc.base, EVLOOP_NONBLOCK);
+    for (int waited = 0; nc && natsConnection_Buffered(nc) > 0 && waited < limit_ms; waited += 5) {
+        event_base_loopexit(ctx->svc.base, &tick);
+        event_base_dispatch(ctx->svc.base);
+    }
+}
+
 int main(int argc, char **argv)
 {
     ingest_config cfg = {0};
@@ -165,16 +179,22 @@ int main(int argc, char **argv)
     ctx.svc.on_stop = on_stop;
     ctx.svc.on_stop_arg = &ctx;
     rc = eb_service_run(&ctx.svc);
+    /* credentials still being verified are answered now, while the pools and the stream take
+     * what follows; NATS batches not yet taken are answered unavailable from here on */
+    ctx.stopping = true;
+    eb_authc_stop(ctx.authc);
     /* what the threads still work on is answered too: decoded batches go on to the guard and
      * the stream, whose answers ingest_publisher_finish waits for */
     ingest_pool_finish(ctx.pool);
     ingest_pool_finish(ctx.guard_pool);
     ingest_publisher_finish(ctx.pub);
     /* NATS batches whose credential was verified meanwhile went to the guard: their records are
-     * refused now (the publisher is closed) and answered; then a last turn of the loop sends
-     * answers that did not wait for the stream (a 400, a batch refused whole) */
+     * refused now (the publisher is closed) and answered; NATS batches not yet taken are
+     * answered unavailable; then the loop turns until the answers that did not wait for the
+     * stream (a 400, a batch refused whole, those) are written out */
     ingest_pool_finish(ctx.guard_pool);
-    event_base_loop(ctx.svc.base, EVLOOP_NONBLOCK);
+    ingest_nats_finish(&ctx);
+    flush_answers(&ctx, 1000);
 cleanup:
     ingest_retention_stop(ctx.retention);
     ingest_watch_stop(ctx.watch);

@@ -105,6 +105,18 @@ static void refuse(nats_item *it, eb_status st, const char *reason, const char *
     item_free(it);
 }
 
+/* Answers a batch that shutdown keeps from being taken: unavailable, to be sent again (it is
+ * not the batch's fault, so no dead letter). */
+static void answer_shutting_down(nats_item *it)
+{
+    Evalbus__V1__IngestAck ack = EVALBUS__V1__INGEST_ACK__INIT;
+
+    ack.error = (char *)"the service is shutting down and did not take this batch; send it again";
+    ack.code = (char *)eb_status_str(EB_ERR_UNAVAILABLE);
+    reply_ack(it->ctx, it->msg, &ack);
+    item_free(it);
+}
+
 /* Records why trace index (id) of the batch is refused, for the IngestAck. */
 static void reject(nats_item *it, uint32_t index, char *id, eb_status st, const char *message)
 {
@@ -176,6 +188,10 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
     int len = natsMsg_GetDataLength(it->msg);
     char why[300];
 
+    if (st == EB_ERR_UNAVAILABLE && strcmp(reason, "shutting_down") == 0) {
+        answer_shutting_down(it);
+        return;
+    }
     if (st != EB_OK) {
         snprintf(why, sizeof(why), "credential rejected: %s",
                  st == EB_ERR_UNAUTHENTICATED ? reason : "auth service unavailable");
@@ -267,7 +283,9 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     while (rev) {
         nats_item *next = rev->next;
         const char *key = NULL;
-        if (natsMsgHeader_Get(rev->msg, "Evalbus-Api-Key", &key) != NATS_OK || !key || !*key)
+        if (ctx->stopping)
+            answer_shutting_down(rev); /* the stream may be closed already */
+        else if (natsMsgHeader_Get(rev->msg, "Evalbus-Api-Key", &key) != NATS_OK || !key || !*key)
             refuse(rev, EB_ERR_UNAUTHENTICATED, "missing header Evalbus-Api-Key", "no_key");
         else
             eb_authc_verify(ctx->authc, key, NULL, on_verified, rev);
@@ -314,21 +332,24 @@ eb_status ingest_nats_start(ingest_ctx *ctx)
     return EB_OK;
 }
 
-void ingest_nats_stop(ingest_ctx *ctx)
+void ingest_nats_finish(ingest_ctx *ctx)
 {
     if (ctx->nats_sub) {
+        /* the drain (begun at the stop signal) hands over what the library still holds */
+        natsSubscription_WaitForDrainCompletion(ctx->nats_sub, 500);
         natsSubscription_Unsubscribe(ctx->nats_sub);
         natsSubscription_Destroy(ctx->nats_sub);
         ctx->nats_sub = NULL;
     }
+    ctx->stopping = true;
+    if (ctx->nats_wake)
+        on_wake(-1, 0, ctx); /* not taken: told so at once, rather than left to time out */
+}
+
+void ingest_nats_stop(ingest_ctx *ctx)
+{
+    ingest_nats_finish(ctx);
     if (ctx->nats_wake) {
-        nats_item *list = ctx->nats_queue;
-        ctx->nats_queue = NULL;
-        while (list) { /* never acknowledged: the publisher's request times out and retries */
-            nats_item *next = list->next;
-            item_free(list);
-            list = next;
-        }
         event_free(ctx->nats_wake);
         ctx->nats_wake = NULL;
         pthread_mutex_destroy(&ctx->nats_mu);

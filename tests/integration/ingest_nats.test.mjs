@@ -21,6 +21,7 @@ import {
   UP_TIMEOUT_MS,
   assertError,
   assertStatus,
+  pidAlive,
   pollUntil,
   sleep,
   uniqueSlug,
@@ -468,6 +469,53 @@ describe('ingest: TraceBatch over NATS', () => {
     assert.match(ack.rejected[0].message, /'a' appears twice/);
     assert.match(ack.rejected[1].message, /2\^53/);
     await waitTrace(A.key, ok);
+  }));
+
+  it('SIGTERM while batches wait for their credential (auth hung): NATS batches are answered unavailable, not dead-lettered, and the replica exits 0', { timeout: 120_000 }, stack.wrap(async () => {
+    // the replica must be the only subscriber of the queue group: the stack's ingest stops
+    const stackPid = stack.readPid('ingest');
+    process.kill(stackPid, 'SIGTERM');
+    assert.ok((await pollUntil(() => !pidAlive(stackPid), { timeoutMs: 20_000, intervalMs: 50 })).value, 'the stack\'s ingest stopped');
+    const replica = await stack.spawnService('ingest', {
+      EVALBUS_WRITER_THREADS: '0', EVALBUS_SHUTDOWN_DELAY: '0s', EVALBUS_SHUTDOWN_GRACE: '200ms', EVALBUS_AUTH_TIMEOUT: '20s',
+    });
+    const authPid = stack.readPid('auth');
+    const tap = await deadLetterTap(A.team);
+    const unverified = await deadLetterTap('_unverified');
+    const ids = [rid('term'), rid('term')];
+    let acks;
+    let exit;
+    try {
+      // the replica's credential cache is empty: each batch waits for the auth service
+      process.kill(authPid, 'SIGSTOP');
+      const sends = ids.map((id) => publishBatch(A.team, encodeBatch([trace(id)]), A.key, { timeoutMs: 10_000 })
+        .catch((err) => ({ failed: err })));
+      await sleep(500);
+      replica.proc.kill('SIGTERM');
+      acks = await Promise.all(sends);
+      exit = await Promise.race([replica.exited, sleep(15_000, 'timeout')]);
+    } finally {
+      process.kill(authPid, 'SIGCONT');
+    }
+    for (const [i, ack] of acks.entries()) {
+      assert.ok(!ack.failed, `batch ${i} was answered: ${ack.failed?.message}`);
+      assert.equal(ack.code, 'unavailable', JSON.stringify(ack));
+      assert.match(ack.error, /shutting down .*send it again/);
+      assert.deepEqual(ack.accepted_ids, []);
+    }
+    await sleep(300);
+    assert.equal(tap.pending() + unverified.pending(), 0, 'nothing was dead-lettered: the batches were not at fault');
+    tap.close();
+    unverified.close();
+    const log = fs.readFileSync(replica.logFile, 'utf8');
+    assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${log.slice(-3000)})`);
+    // the stack's ingest comes back; nothing of the refused batches was stored
+    const up = await stack.stackCmd('up', 90_000);
+    assert.equal(up.code, 0, `${up.stdout}${up.stderr}`);
+    const ack = await publishBatch(A.team, encodeBatch([trace(ids[0])]), A.key, { timeoutMs: 10_000 });
+    assert.deepEqual(ack.accepted_ids, [ids[0]], 'sent again, the batch is taken');
+    await waitTrace(A.key, ids[0]);
+    assertStatus(await api('GET', `/api/v1/traces/${ids[1]}`, A.key), 404);
   }));
 
   it('a burst of garbage does not stall the intake', T, stack.wrap(async () => {

@@ -23,7 +23,12 @@ typedef struct eb_authc eb_authc;
  * cache; timeout_ms bounds each request (then done gets EB_ERR_TIMEOUT). */
 eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service,
                        long long cache_ttl_ms, long long timeout_ms, eb_authc **out);
-/* Pending requests are answered EB_ERR_UNAVAILABLE before it returns. */
+/* For shutdown, on the loop thread once the loop has ended, while what the callbacks hand work
+ * to still runs: answers that have arrived are delivered, requests still waiting for the auth
+ * service are answered EB_ERR_UNAVAILABLE with reason "shutting_down", and so is every later
+ * eb_authc_verify that the cache does not answer. Accepts NULL; a second call does nothing. */
+void eb_authc_stop(eb_authc *c);
+/* Stops it first (eb_authc_stop) if not yet stopped. */
 void eb_authc_free(eb_authc *c);
 
 /* impl is the eb_authc. done runs exactly once on the loop thread (at once on a cache hit). */
