@@ -1067,6 +1067,17 @@ static void plan_pass(rec *recs, size_t n, const bool *done, size_t *set, size_t
     }
 }
 
+/* By team, trace id, then stream order (so a pass still takes a key's earliest record). */
+static int cmp_rec_key(const void *a, const void *b)
+{
+    const rec *x = a, *y = b;
+    int c = strcmp(x->r->envelope->team_id, y->r->envelope->team_id);
+
+    if (c == 0)
+        c = strcmp(x->r->trace->id, y->r->trace->id);
+    return c ? c : (x->seq > y->seq) - (x->seq < y->seq);
+}
+
 /* Stores a batch in one transaction, in passes without repeated keys. */
 static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
 {
@@ -1202,6 +1213,9 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_ar
     }
     if (n == 0)
         goto cleanup;
+    /* every writer takes its rows' locks in (team, trace id) order, so two writers storing
+     * fragments of the same traces wait for each other instead of deadlocking */
+    qsort(recs, n, sizeof(*recs), cmp_rec_key);
     c = eb_db_get(ctx->svc.db);
     if (!c) {
         st = EB_ERR_UNAVAILABLE;
