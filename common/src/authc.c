@@ -62,8 +62,8 @@ struct eb_authc {
     long long ttl_ms;
     long long timeout_ms;
     char inbox[128];
-    natsSubscription *reply_sub;
-    natsSubscription *revoked_sub;
+    eb_sub *reply_sub;
+    eb_sub *revoked_sub;
     struct event *wake;
     pthread_mutex_t mu;
     bool stopped;     /* eb_authc_stop ran (loop thread only) */
@@ -287,7 +287,6 @@ eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service
 {
     eb_authc *c = eb_calloc(1, sizeof(*c));
     char nuid[64], wildcard[160];
-    natsStatus s;
     eb_status st = EB_OK;
 
     *out = NULL;
@@ -303,12 +302,10 @@ eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service
     eb_uuid_v4(nuid);
     snprintf(c->inbox, sizeof(c->inbox), "_INBOX.authc.%s", nuid);
     snprintf(wildcard, sizeof(wildcard), "%s.*", c->inbox);
-    s = natsConnection_Subscribe(&c->reply_sub, eb_bus_conn(bus), wildcard, on_reply, c);
-    if (s == NATS_OK)
-        s = natsConnection_Subscribe(&c->revoked_sub, eb_bus_conn(bus), "evalbus.v1.auth.revoked",
-                                     on_revoked, c);
-    if (s != NATS_OK) {
-        st = eb_bus_error(s, "auth client subscriptions");
+    st = eb_sub_open(bus, wildcard, NULL, on_reply, c, &c->reply_sub);
+    if (st == EB_OK)
+        st = eb_sub_open(bus, "evalbus.v1.auth.revoked", NULL, on_revoked, c, &c->revoked_sub);
+    if (st != EB_OK) {
         eb_authc_free(c);
         return st;
     }
@@ -325,20 +322,16 @@ void eb_authc_stop(eb_authc *c)
     if (!c || c->stopped)
         return;
     c->stopped = true;
-    if (c->reply_sub) {
-        natsSubscription_Unsubscribe(c->reply_sub);
-        natsSubscription_Destroy(c->reply_sub);
-        c->reply_sub = NULL;
-    }
-    if (c->revoked_sub) {
-        natsSubscription_Unsubscribe(c->revoked_sub);
-        natsSubscription_Destroy(c->revoked_sub);
-        c->revoked_sub = NULL;
-    }
-    /* No NATS thread can touch c any more: answer everything still open. */
-    on_wake(-1, 0, c);
+    /* once closed, no NATS thread touches c (a handler still running is waited for; should
+     * one outlive the wait, the lists are still taken under the mutex, so it finds nothing) */
+    eb_sub_close(c->reply_sub, 1000);
+    eb_sub_close(c->revoked_sub, 1000);
+    c->reply_sub = c->revoked_sub = NULL;
+    on_wake(-1, 0, c); /* answered: their callbacks */
+    pthread_mutex_lock(&c->mu);
     list = c->waiting;
     c->waiting = NULL;
+    pthread_mutex_unlock(&c->mu);
     while (list) {
         pending *next = list->next;
         list->next = NULL;
@@ -347,6 +340,7 @@ void eb_authc_stop(eb_authc *c)
         finish(list);
         list = next;
     }
+    on_wake(-1, 0, c); /* one answered while the lists were taken */
 }
 
 void eb_authc_free(eb_authc *c)

@@ -8,8 +8,10 @@
 #include <nats/adapters/libevent.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct eb_bus {
@@ -200,4 +202,107 @@ eb_status eb_bus_setup(const char *url, const char *name,
         usleep(500000);
     }
     return st;
+}
+
+struct eb_sub {
+    natsSubscription *sub;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool done; /* the handler has returned for the last time */
+    int refs;  /* eb_sub_close's and the completion callback's */
+};
+
+static void sub_release(eb_sub *s)
+{
+    bool last;
+
+    pthread_mutex_lock(&s->mu);
+    last = --s->refs == 0;
+    pthread_mutex_unlock(&s->mu);
+    if (!last)
+        return;
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* A delivery thread, after the handler's last call. */
+static void sub_complete(void *closure)
+{
+    eb_sub *s = closure;
+
+    pthread_mutex_lock(&s->mu);
+    s->done = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    sub_release(s);
+}
+
+eb_status eb_sub_open(eb_bus *bus, const char *subject, const char *queue, natsMsgHandler handler,
+                      void *closure, eb_sub **out)
+{
+    eb_sub *s = eb_calloc(1, sizeof(*s));
+    pthread_condattr_t ca;
+    natsStatus ns;
+
+    *out = NULL;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    s->refs = 1;
+    ns = queue ? natsConnection_QueueSubscribe(&s->sub, bus->nc, subject, queue, handler, closure)
+               : natsConnection_Subscribe(&s->sub, bus->nc, subject, handler, closure);
+    if (ns == NATS_OK) {
+        s->refs = 2;
+        ns = natsSubscription_SetOnCompleteCB(s->sub, sub_complete, s);
+        if (ns != NATS_OK) {
+            s->refs = 1;
+            natsSubscription_Unsubscribe(s->sub);
+            natsSubscription_Destroy(s->sub);
+            s->sub = NULL;
+        }
+    }
+    if (ns != NATS_OK) {
+        char what[300];
+
+        snprintf(what, sizeof(what), "subscribing to %s", subject);
+        sub_release(s);
+        return eb_bus_error(ns, what);
+    }
+    *out = s;
+    return EB_OK;
+}
+
+natsSubscription *eb_sub_nats(eb_sub *sub)
+{
+    return sub->sub;
+}
+
+bool eb_sub_close(eb_sub *s, long long wait_ms)
+{
+    struct timespec until;
+    bool done;
+
+    if (!s)
+        return true;
+    natsSubscription_Unsubscribe(s->sub); /* fails harmlessly when closed already */
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += wait_ms / 1000;
+    until.tv_nsec += (wait_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (!s->done && pthread_cond_timedwait(&s->cond, &s->mu, &until) == 0)
+        ;
+    done = s->done;
+    pthread_mutex_unlock(&s->mu);
+    if (!done)
+        eb_log_warn(NULL, "a NATS subscription's handler did not finish within %lld ms", wait_ms);
+    natsSubscription_Destroy(s->sub);
+    sub_release(s);
+    return done;
 }

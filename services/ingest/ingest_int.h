@@ -57,7 +57,7 @@ typedef struct ingest_ctx {
     ingest_pool *guard_pool; /* one thread: the project guard's questions (project_guard.c) */
     ingest_writer *writer;
     ingest_watch *watch;
-    natsSubscription *nats_sub;
+    eb_sub *nats_sub;
     struct event *nats_wake;
     pthread_mutex_t nats_mu;
     struct nats_item *nats_queue;

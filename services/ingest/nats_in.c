@@ -312,33 +312,33 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
 void ingest_nats_drain(ingest_ctx *ctx)
 {
     if (ctx->nats_sub)
-        natsSubscription_Drain(ctx->nats_sub);
+        natsSubscription_Drain(eb_sub_nats(ctx->nats_sub));
 }
 
 eb_status ingest_nats_start(ingest_ctx *ctx)
 {
     natsStatus s;
+    eb_status st;
 
     pthread_mutex_init(&ctx->nats_mu, NULL);
     ctx->nats_wake = event_new(ctx->svc.base, -1, 0, on_wake, ctx);
     eb_metrics_describe("evalbus_ingest_dead_letters_total", "counter",
                         "Messages moved to evalbus.v1.ingest.dead.<team>, by stage and reason");
-    s = natsConnection_QueueSubscribe(&ctx->nats_sub, eb_bus_conn(ctx->svc.bus),
-                                      INGEST_NATS_SUBJECT_PREFIX "*", "ingest", on_msg, ctx);
-    if (s == NATS_OK)
-        s = natsSubscription_SetPendingLimits(ctx->nats_sub, 100000, 512 * 1024 * 1024);
-    if (s != NATS_OK)
-        return eb_bus_error(s, "subscribing to " INGEST_NATS_SUBJECT_PREFIX "*");
-    return EB_OK;
+    st = eb_sub_open(ctx->svc.bus, INGEST_NATS_SUBJECT_PREFIX "*", "ingest", on_msg, ctx,
+                     &ctx->nats_sub);
+    if (st != EB_OK)
+        return st;
+    s = natsSubscription_SetPendingLimits(eb_sub_nats(ctx->nats_sub), 100000, 512 * 1024 * 1024);
+    return s == NATS_OK ? EB_OK : eb_bus_error(s, "limits of " INGEST_NATS_SUBJECT_PREFIX "*");
 }
 
 void ingest_nats_finish(ingest_ctx *ctx)
 {
     if (ctx->nats_sub) {
-        /* the drain (begun at the stop signal) hands over what the library still holds */
-        natsSubscription_WaitForDrainCompletion(ctx->nats_sub, 500);
-        natsSubscription_Unsubscribe(ctx->nats_sub);
-        natsSubscription_Destroy(ctx->nats_sub);
+        /* the drain (begun at the stop signal) hands over what the library still holds; once
+         * closed, on_msg queues nothing more */
+        natsSubscription_WaitForDrainCompletion(eb_sub_nats(ctx->nats_sub), 500);
+        eb_sub_close(ctx->nats_sub, 1000);
         ctx->nats_sub = NULL;
     }
     ctx->stopping = true;

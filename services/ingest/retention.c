@@ -233,6 +233,7 @@ static void *retention_main(void *arg)
     ingest_retention *rt = arg;
     long long wait_ms = 5000;
 
+    pthread_setname_np(pthread_self(), "retention");
     while (!wait_or_stop(rt, wait_ms)) {
         long long deleted = 0;
         bool cancelled;
@@ -273,7 +274,6 @@ ingest_retention *ingest_retention_start(ingest_ctx *ctx)
         free(rt);
         return NULL;
     }
-    pthread_setname_np(rt->tid, "retention");
     return rt;
 }
 

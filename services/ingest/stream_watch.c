@@ -91,6 +91,8 @@ static void *watch_main(void *arg)
     ingest_watch *w = arg;
     eb_bus *bus = NULL;
 
+    /* named before connecting: nats.c's threads for this connection inherit the name */
+    pthread_setname_np(pthread_self(), "stream-watch");
     while (!atomic_load(&w->stop) && eb_bus_connect(NULL, w->ctx->cfg->svc.nats_url,
                                                     "evalbus-ingest-watch", 0, &bus) != EB_OK)
         sleep(1);
@@ -118,7 +120,6 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
         free(w);
         return NULL;
     }
-    pthread_setname_np(w->tid, "stream-watch");
     return w;
 }
 

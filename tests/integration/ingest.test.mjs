@@ -944,6 +944,8 @@ describe('ingest: JSON batch API and trace queries', () => {
       assert.ok(names.includes(name), `a thread named ${name} among ${names.join(', ')}`);
     }
     // the NATS connection threads of a writer take its name
-    assert.ok(names.filter((n) => n === 'writer-0').length >= 2, `writer-0 and its NATS threads among ${names.join(', ')}`);
+    for (const name of ['writer-0', 'stream-watch']) {
+      assert.ok(names.filter((n) => n === name).length >= 2, `${name} and its NATS threads among ${names.join(', ')}`);
+    }
   });
 });

@@ -42,6 +42,20 @@ eb_status eb_bus_setup(const char *url, const char *name,
                        eb_status (*fn)(eb_bus *bus, const void *arg), const void *arg,
                        long long give_up_ms);
 
+/* An asynchronous subscription whose end can be waited for: once eb_sub_close() has returned
+ * true, its handler is not running and will not run again, so what the handler uses may be
+ * freed. (natsSubscription_Unsubscribe alone does not promise that: the handler may be running
+ * on a delivery thread, or run once more.) */
+typedef struct eb_sub eb_sub;
+/* Subscribes handler to subject, in queue group queue unless it is NULL. */
+eb_status eb_sub_open(eb_bus *bus, const char *subject, const char *queue, natsMsgHandler handler,
+                      void *closure, eb_sub **out);
+natsSubscription *eb_sub_nats(eb_sub *sub);
+/* Unsubscribes (unless the subscription has closed already, as after a drain), waits up to
+ * wait_ms for the handler's last return, and frees sub. False when the wait ran out: the
+ * handler may still run. Accepts NULL (true). Not from the handler itself. */
+bool eb_sub_close(eb_sub *sub, long long wait_ms);
+
 /* Maps a NATS status to an eb_status with a recorded message naming what failed. */
 eb_status eb_bus_error(natsStatus s, const char *what);
 
