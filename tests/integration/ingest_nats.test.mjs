@@ -471,7 +471,7 @@ describe('ingest: TraceBatch over NATS', () => {
     await waitTrace(A.key, ok);
   }));
 
-  it('SIGTERM while batches wait for their credential (auth hung): NATS batches are answered unavailable, not dead-lettered, and the replica exits 0', { timeout: 120_000 }, stack.wrap(async () => {
+  it('SIGTERM while batches wait for their credential (auth hung): NATS batches are answered unavailable, not dead-lettered, an HTTP batch 503, and the replica exits 0', { timeout: 120_000 }, stack.wrap(async () => {
     // the replica must be the only subscriber of the queue group: the stack's ingest stops
     const stackPid = stack.readPid('ingest');
     process.kill(stackPid, 'SIGTERM');
@@ -483,16 +483,22 @@ describe('ingest: TraceBatch over NATS', () => {
     const tap = await deadLetterTap(A.team);
     const unverified = await deadLetterTap('_unverified');
     const ids = [rid('term'), rid('term')];
+    const httpId = rid('term-http');
     let acks;
+    let answer;
     let exit;
     try {
       // the replica's credential cache is empty: each batch waits for the auth service
       process.kill(authPid, 'SIGSTOP');
       const sends = ids.map((id) => publishBatch(A.team, encodeBatch([trace(id)]), A.key, { timeoutMs: 10_000 })
         .catch((err) => ({ failed: err })));
+      const post = stack.api('POST', '/api/v1/traces', {
+        base: replica.url, key: A.key, timeoutMs: 10_000, body: { traces: [{ id: httpId, project: 'nats-app', name: 'http' }] },
+      }).catch((err) => ({ failed: err }));
       await sleep(500);
       replica.proc.kill('SIGTERM');
       acks = await Promise.all(sends);
+      answer = await post;
       exit = await Promise.race([replica.exited, sleep(15_000, 'timeout')]);
     } finally {
       process.kill(authPid, 'SIGCONT');
@@ -503,6 +509,9 @@ describe('ingest: TraceBatch over NATS', () => {
       assert.match(ack.error, /shutting down .*send it again/);
       assert.deepEqual(ack.accepted_ids, []);
     }
+    // an HTTP request waiting for its credential gets its answer too, not a closed connection
+    assert.ok(!answer.failed, `the HTTP request was answered: ${answer.failed?.message}`);
+    assert.equal(answer.status, 503, answer.text);
     await sleep(300);
     assert.equal(tap.pending() + unverified.pending(), 0, 'nothing was dead-lettered: the batches were not at fault');
     tap.close();
@@ -516,6 +525,7 @@ describe('ingest: TraceBatch over NATS', () => {
     assert.deepEqual(ack.accepted_ids, [ids[0]], 'sent again, the batch is taken');
     await waitTrace(A.key, ids[0]);
     assertStatus(await api('GET', `/api/v1/traces/${ids[1]}`, A.key), 404);
+    assertStatus(await api('GET', `/api/v1/traces/${httpId}`, A.key), 404);
   }));
 
   it('a burst of garbage does not stall the intake', T, stack.wrap(async () => {
