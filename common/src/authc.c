@@ -67,6 +67,7 @@ struct eb_authc {
     struct event *wake;
     pthread_mutex_t mu;
     bool stopped;     /* eb_authc_stop ran (loop thread only) */
+    bool handlers_on; /* a handler outlived eb_authc_stop's wait: c must stay */
     pending *waiting; /* sent, no answer yet */
     pending *ready;   /* answered, callback not yet run */
     uint64_t next_seq;
@@ -323,9 +324,9 @@ void eb_authc_stop(eb_authc *c)
         return;
     c->stopped = true;
     /* once closed, no NATS thread touches c (a handler still running is waited for; should
-     * one outlive the wait, the lists are still taken under the mutex, so it finds nothing) */
-    eb_sub_close(c->reply_sub, 1000);
-    eb_sub_close(c->revoked_sub, 1000);
+     * one outlive the wait, it finds the lists empty, and eb_authc_free leaves c alone) */
+    c->handlers_on = !eb_sub_close(c->reply_sub, 1000);
+    c->handlers_on |= !eb_sub_close(c->revoked_sub, 1000);
     c->reply_sub = c->revoked_sub = NULL;
     on_wake(-1, 0, c); /* answered: their callbacks */
     pthread_mutex_lock(&c->mu);
@@ -348,6 +349,8 @@ void eb_authc_free(eb_authc *c)
     if (!c)
         return;
     eb_authc_stop(c);
+    if (c->handlers_on)
+        return; /* a NATS handler may still use c: left to the process's exit */
     if (c->wake)
         event_free(c->wake);
     pthread_mutex_destroy(&c->mu);

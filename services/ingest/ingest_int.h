@@ -58,6 +58,7 @@ typedef struct ingest_ctx {
     ingest_writer *writer;
     ingest_watch *watch;
     eb_sub *nats_sub;
+    bool nats_handler_on; /* on_msg outlived the wait of ingest_nats_finish */
     struct event *nats_wake;
     pthread_mutex_t nats_mu;
     struct nats_item *nats_queue;

@@ -338,7 +338,7 @@ void ingest_nats_finish(ingest_ctx *ctx)
         /* the drain (begun at the stop signal) hands over what the library still holds; once
          * closed, on_msg queues nothing more */
         natsSubscription_WaitForDrainCompletion(eb_sub_nats(ctx->nats_sub), 500);
-        eb_sub_close(ctx->nats_sub, 1000);
+        ctx->nats_handler_on = !eb_sub_close(ctx->nats_sub, 1000);
         ctx->nats_sub = NULL;
     }
     ctx->stopping = true;
@@ -349,7 +349,7 @@ void ingest_nats_finish(ingest_ctx *ctx)
 void ingest_nats_stop(ingest_ctx *ctx)
 {
     ingest_nats_finish(ctx);
-    if (ctx->nats_wake) {
+    if (ctx->nats_wake && !ctx->nats_handler_on) { /* else on_msg may still use them */
         event_free(ctx->nats_wake);
         ctx->nats_wake = NULL;
         pthread_mutex_destroy(&ctx->nats_mu);

@@ -28,7 +28,8 @@ eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service
  * service are answered EB_ERR_UNAVAILABLE with reason "shutting_down", and so is every later
  * eb_authc_verify that the cache does not answer. Accepts NULL; a second call does nothing. */
 void eb_authc_stop(eb_authc *c);
-/* Stops it first (eb_authc_stop) if not yet stopped. */
+/* Stops it first (eb_authc_stop) if not yet stopped. Should a NATS handler outlive the stop's
+ * wait (1 s), c is left allocated: the handler may still use it. */
 void eb_authc_free(eb_authc *c);
 
 /* impl is the eb_authc. done runs exactly once on the loop thread (at once on a cache hit). */
