@@ -527,17 +527,22 @@ static const char recompute_sql[] =
 
 /* The status of a statement that failed with r: EB_ERR_UNAVAILABLE when the connection is
  * lost, EB_ERR_NOT_FOUND when its SQLSTATE is no_partition (how a day partition that does not
- * exist shows in that statement: the batch is tried again, the partition made anew), else
- * EB_ERR_DB. */
+ * exist shows in that statement: the batch is tried again, the partition made anew),
+ * EB_ERR_CONFLICT when PostgreSQL rolled the transaction back for another's sake (class 40:
+ * deadlock, serialization failure; the batch is tried again at once), else EB_ERR_DB. */
 static eb_status statement_error(PGconn *c, const PGresult *r, const char *no_partition,
                                  const char *what)
 {
     const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    eb_status code = EB_ERR_DB;
 
-    return eb_error(PQstatus(c) != CONNECTION_OK                ? EB_ERR_UNAVAILABLE
-                    : state && strcmp(state, no_partition) == 0 ? EB_ERR_NOT_FOUND
-                                                                : EB_ERR_DB,
-                    "%s%s", what, PQresultErrorMessage(r));
+    if (PQstatus(c) != CONNECTION_OK)
+        code = EB_ERR_UNAVAILABLE;
+    else if (state && strcmp(state, no_partition) == 0)
+        code = EB_ERR_NOT_FOUND;
+    else if (state && strncmp(state, "40", 2) == 0)
+        code = EB_ERR_CONFLICT;
+    return eb_error(code, "%s%s", what, PQresultErrorMessage(r));
 }
 
 /* Runs one of the upsert path's statements into ingest.traces or ingest.observations. These
@@ -580,8 +585,7 @@ static eb_status copy_in(PGconn *c, const char *sql, const eb_buf *data)
         st = eb_error(EB_ERR_UNAVAILABLE, "COPY end: %s", PQerrorMessage(c));
     while ((r = PQgetResult(c)) != NULL) {
         if (PQresultStatus(r) != PGRES_COMMAND_OK && st == EB_OK)
-            st = eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE, "COPY: %s",
-                          PQresultErrorMessage(r));
+            st = statement_error(c, r, "", "COPY: ");
         PQclear(r);
     }
     return st;
@@ -1221,6 +1225,16 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_ar
         st = EB_ERR_UNAVAILABLE;
     } else {
         st = store_batch(w, c, recs, n);
+        /* rolled back while the connection is fine (a deadlock or serialization failure, a
+         * key stored concurrently, a partition dropped meanwhile): again at once, a few times
+         * (what a pass committed is stored again unchanged: upserts by stream sequence) */
+        for (int again = 0; again < 3 && (st == EB_ERR_CONFLICT || st == EB_ERR_UNAVAILABLE) &&
+                            PQstatus(c) == CONNECTION_OK;
+             again++) {
+            eb_log_info(NULL, "writer: batch of %zu rolled back (%s); storing it again", n,
+                        eb_error_message());
+            st = store_batch(w, c, recs, n);
+        }
         if (st != EB_OK && st != EB_ERR_UNAVAILABLE) {
             /* isolate the record that fails: one by one */
             eb_log_warn(NULL, "writer: batch of %zu failed (%s); retrying one by one", n,

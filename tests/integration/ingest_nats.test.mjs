@@ -372,6 +372,38 @@ describe('ingest: TraceBatch over NATS', () => {
     }
   }));
 
+  it('a batch that PostgreSQL rolls back (a deadlock) is stored again whole at once, not record by record nor later', T, stack.wrap(async () => {
+    // a trigger made here raises deadlock_detected once, on one record's row, as PostgreSQL
+    // does to the transaction it picks as a deadlock's victim
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const victim = rid('victim');
+    const others = [rid('other'), rid('other')];
+    const logFile = path.join(stack.state, 'logs', 'ingest.log');
+    const logFrom = fs.statSync(logFile).size;
+    await stack.psql(`CREATE SEQUENCE public.once_${sfx};
+      CREATE FUNCTION public.deadlock_${sfx}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.id = '${victim}' AND nextval('public.once_${sfx}') = 1 THEN
+          RAISE EXCEPTION 'deadlock detected (made by the test)' USING ERRCODE = '40P01'; END IF; RETURN NEW; END $$;
+      CREATE TRIGGER deadlock_${sfx} BEFORE INSERT ON ingest.traces FOR EACH ROW EXECUTE FUNCTION public.deadlock_${sfx}()`);
+    const retriesBefore = await metric('evalbus_ingest_writer_retries_total');
+    const tap = await deadLetterTap(A.team);
+    try {
+      const ack = await publishBatch(A.team, encodeBatch([trace(others[0]), trace(victim), trace(others[1])]), A.key);
+      assert.deepEqual(ack.accepted_ids, [others[0], victim, others[1]], JSON.stringify(ack));
+      for (const id of [victim, ...others]) await waitTrace(A.key, id);
+      const [[tries]] = await stack.psql(`SELECT last_value FROM public.once_${sfx}`);
+      assert.ok(Number(tries) >= 2, `the victim's row was refused once and stored on a later try (${tries} tries)`);
+      const log = fs.readFileSync(logFile, 'utf8').slice(logFrom);
+      assert.match(log, /rolled back .*storing it again/, 'the writer stored the batch again');
+      assert.doesNotMatch(log, /retrying one by one|wait for PostgreSQL/, 'not record by record, not put back for later');
+      assert.equal(await metric('evalbus_ingest_writer_retries_total'), retriesBefore, 'nothing was put back');
+      assert.equal(tap.pending(), 0, 'nothing was dead-lettered');
+    } finally {
+      tap.close();
+      await stack.psql(`DROP TRIGGER deadlock_${sfx} ON ingest.traces; DROP FUNCTION public.deadlock_${sfx}(); DROP SEQUENCE public.once_${sfx}`);
+    }
+  }));
+
   it('the same batch published twice is stored once', T, stack.wrap(async () => {
     const id = rid('twice');
     const data = encodeBatch([trace(id, { project: `nats-dup-${id}` })]);
