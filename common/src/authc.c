@@ -175,6 +175,15 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Answers pd: the service is shutting down (a stale cache entry may still serve, see
+ * finish). */
+static void finish_shutting_down(pending *pd)
+{
+    pd->st = eb_error(EB_ERR_UNAVAILABLE, "the service is shutting down");
+    snprintf(pd->reason, sizeof(pd->reason), "shutting_down");
+    finish(pd);
+}
+
 /* Caller holds mu. Removes seq from the waiting list. */
 static pending *take_waiting(eb_authc *c, uint64_t seq)
 {
@@ -336,9 +345,7 @@ void eb_authc_stop(eb_authc *c)
     while (list) {
         pending *next = list->next;
         list->next = NULL;
-        list->st = eb_error(EB_ERR_UNAVAILABLE, "the service is shutting down");
-        snprintf(list->reason, sizeof(list->reason), "shutting_down");
-        finish(list);
+        finish_shutting_down(list);
         list = next;
     }
     on_wake(-1, 0, c); /* one answered while the lists were taken */
@@ -410,9 +417,7 @@ void eb_authc_verify(void *impl, const char *credential, const char *request_id,
     pd->done = done;
     pd->arg = arg;
     if (c->stopped) { /* nothing could receive the answer: a stale entry or unavailable */
-        pd->st = eb_error(EB_ERR_UNAVAILABLE, "the service is shutting down");
-        snprintf(pd->reason, sizeof(pd->reason), "shutting_down");
-        finish(pd);
+        finish_shutting_down(pd);
         return;
     }
     pthread_mutex_lock(&c->mu);

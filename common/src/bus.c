@@ -2,6 +2,7 @@
  * bootstrap. The libevent adapter is initialised once per process. Reconnection is left to the
  * client library (unlimited attempts, 500 ms apart); state changes are logged. */
 #include "evalbus/bus.h"
+#include "evalbus/clock.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 
@@ -11,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 struct eb_bus {
@@ -242,15 +242,11 @@ eb_status eb_sub_open(eb_bus *bus, const char *subject, const char *queue, natsM
                       void *closure, eb_sub **out)
 {
     eb_sub *s = eb_calloc(1, sizeof(*s));
-    pthread_condattr_t ca;
     natsStatus ns;
 
     *out = NULL;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    eb_cond_init_monotonic(&s->cond);
     s->refs = 1;
     ns = queue ? natsConnection_QueueSubscribe(&s->sub, bus->nc, subject, queue, handler, closure)
                : natsConnection_Subscribe(&s->sub, bus->nc, subject, handler, closure);
@@ -288,13 +284,7 @@ bool eb_sub_close(eb_sub *s, long long wait_ms)
     if (!s)
         return true;
     natsSubscription_Unsubscribe(s->sub); /* fails harmlessly when closed already */
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += wait_ms / 1000;
-    until.tv_nsec += (wait_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    until = eb_monotonic_after_ms(wait_ms);
     pthread_mutex_lock(&s->mu);
     while (!s->done && pthread_cond_timedwait(&s->cond, &s->mu, &until) == 0)
         ;

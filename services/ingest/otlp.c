@@ -205,11 +205,11 @@ static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 }
 
 /* Checks that data[0..n) is a well-formed message of type desc (NULL: of unknown type, whose
- * fields are only skipped) nesting at most OTLP_MAX_DEPTH levels, and with no_nul that no string
- * field holds a NUL byte (protobuf-c would cut the string there). Recursion is bounded by that
- * depth. */
+ * fields are only skipped) nesting at most OTLP_MAX_DEPTH levels. A string field holding a NUL
+ * byte (protobuf-c would cut the string there) fails the check when nul is NULL, else sets *nul.
+ * Recursion is bounded by that depth. */
 static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescriptor *desc,
-                       int depth, bool no_nul)
+                       int depth, bool *nul)
 {
     const uint8_t *end = p + n;
 
@@ -241,10 +241,13 @@ static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescrip
                 return false;
             f = desc ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3)) : NULL;
             if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-                !wire_check(p, (size_t)len, f->descriptor, depth + 1, no_nul))
+                !wire_check(p, (size_t)len, f->descriptor, depth + 1, nul))
                 return false;
-            if (no_nul && f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)len))
-                return false;
+            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)len)) {
+                if (!nul)
+                    return false;
+                *nul = true;
+            }
             p += len;
             break;
         default: /* groups (3, 4) are not used by OTLP; 6 and 7 do not exist */
@@ -255,20 +258,20 @@ static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescrip
 }
 
 /* Decodes data[0..len) as a desc (named what in messages) into a, capped (arena_init), once
- * wire_check has passed it. EB_OK with *msg, else EB_ERR_INVALID (malformed) or
+ * wire_check (given nul) has passed it. EB_OK with *msg, else EB_ERR_INVALID (malformed) or
  * EB_ERR_TOO_LARGE (the cap ran out) with a message; a is to be freed either way. */
 static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const char *what,
-                                const uint8_t *data, size_t len, bool no_nul, otlp_arena *a,
+                                const uint8_t *data, size_t len, bool *nul, otlp_arena *a,
                                 ProtobufCMessage **msg)
 {
     ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, a};
 
     arena_init(a, len);
     *msg = NULL;
-    if (!wire_check(data, len, desc, 1, no_nul))
+    if (!wire_check(data, len, desc, 1, nul))
         return eb_error(EB_ERR_INVALID,
                         "not %s: malformed protobuf, messages nested deeper than %d levels%s", what,
-                        OTLP_MAX_DEPTH, no_nul ? ", or a string holding a NUL byte" : "");
+                        OTLP_MAX_DEPTH, nul ? "" : ", or a string holding a NUL byte");
     *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
     if (!*msg && a->exhausted)
         return eb_error(EB_ERR_TOO_LARGE,
@@ -336,54 +339,49 @@ static bool nul_besides(const uint8_t *p, size_t n, const ProtobufCMessageDescri
             return true;
         /* well formed (checked before), so false here means a NUL in a string */
         if (fd->type == PROTOBUF_C_TYPE_MESSAGE &&
-            !wire_check(f.data, f.len, fd->descriptor, depth + 1, true))
+            !wire_check(f.data, f.len, fd->descriptor, depth + 1, NULL))
             return true;
     }
+    return false;
+}
+
+/* The next length-delimited field numbered num of a message that wire_check has passed; false
+ * at the end. */
+static bool wire_next_of(const uint8_t **p, const uint8_t *end, unsigned num, wire_field *f)
+{
+    while (wire_next(p, end, f))
+        if (f->num == num && f->delimited)
+            return true;
     return false;
 }
 
 /* The spans of a checked ExportTraceServiceRequest that hold a NUL byte in a string, or whose
  * resource or scope does (protobuf-c would cut such a string at the NUL): their numbers in wire
  * order, which is the order of the decoded arrays and ingest_otlp_map's span numbers, ascending
- * in *out (the caller frees). */
+ * in *out (the caller frees). Fields: request 1 resource_spans, ResourceSpans 2 scope_spans,
+ * ScopeSpans 2 spans. */
 static void nul_spans(const uint8_t *data, size_t len, size_t **out, size_t *nout)
 {
     const uint8_t *p = data, *end = data + len;
-    size_t seq = 0, cap = 0;
-    wire_field rs;
+    size_t seq = 0;
+    wire_field rs, ss, sp;
 
     *out = NULL;
     *nout = 0;
-    while (wire_next(&p, end, &rs)) {
+    while (wire_next_of(&p, end, 1, &rs)) {
         const uint8_t *q = rs.data, *qend = rs.data + rs.len;
-        bool rs_nul;
-        wire_field ss;
+        bool rs_nul =
+            nul_besides(rs.data, rs.len, &evalbus__otlp__v1__resource_spans__descriptor, 2, 2);
 
-        if (rs.num != 1 || !rs.delimited) /* resource_spans */
-            continue;
-        rs_nul = nul_besides(rs.data, rs.len, &evalbus__otlp__v1__resource_spans__descriptor, 2, 2);
-        while (wire_next(&q, qend, &ss)) {
+        while (wire_next_of(&q, qend, 2, &ss)) {
             const uint8_t *r = ss.data, *rend = ss.data + ss.len;
-            bool ss_nul;
-            wire_field sp;
+            bool ss_nul = rs_nul || nul_besides(ss.data, ss.len,
+                                                &evalbus__otlp__v1__scope_spans__descriptor, 2, 3);
 
-            if (ss.num != 2 || !ss.delimited) /* scope_spans */
-                continue;
-            ss_nul = rs_nul || nul_besides(ss.data, ss.len,
-                                           &evalbus__otlp__v1__scope_spans__descriptor, 2, 3);
-            while (wire_next(&r, rend, &sp)) {
-                if (sp.num != 2 || !sp.delimited) /* spans */
-                    continue;
+            for (; wire_next_of(&r, rend, 2, &sp); seq++)
                 if (ss_nul ||
-                    !wire_check(sp.data, sp.len, &evalbus__otlp__v1__span__descriptor, 4, true)) {
-                    if (*nout == cap) {
-                        cap = cap ? 2 * cap : 8;
-                        *out = eb_realloc(*out, cap * sizeof **out);
-                    }
-                    (*out)[(*nout)++] = seq;
-                }
-                seq++;
-            }
+                    !wire_check(sp.data, sp.len, &evalbus__otlp__v1__span__descriptor, 4, NULL))
+                    EB_PUSH(*out, *nout, seq);
         }
     }
 }
@@ -400,7 +398,7 @@ eb_status ingest_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t
     eb_status st;
 
     snprintf(what, sizeof what, "a %s", desc->name);
-    st = unpack_checked(desc, what, data, len, true, &b->arena, msg);
+    st = unpack_checked(desc, what, data, len, NULL, &b->arena, msg);
     if (st != EB_OK) {
         ingest_pb_release(b);
         b = NULL;
@@ -423,16 +421,18 @@ eb_status ingest_otlp_decode_protobuf(const uint8_t *data, size_t len, const ing
     otlp_arena arena;
     ProtobufCMessage *req;
     eb_status st;
+    bool any_nul = false;
 
     memset(out, 0, sizeof *out);
     /* a NUL byte in a string rejects the span it is in (or every span of the resource or scope
      * it is in), not the request: exporters do not send a refused export again */
     st = unpack_checked(&evalbus__otlp__v1__export_trace_service_request__descriptor,
-                        "an OTLP ExportTraceServiceRequest", data, len, false, &arena, &req);
+                        "an OTLP ExportTraceServiceRequest", data, len, &any_nul, &arena, &req);
     if (st == EB_OK) {
         size_t *nul = NULL, nnul = 0;
 
-        nul_spans(data, len, &nul, &nnul);
+        if (any_nul) /* which spans: a second walk, only then */
+            nul_spans(data, len, &nul, &nnul);
         ingest_otlp_map((const otlp_request *)req, lim, nul, nnul, out);
         free(nul);
     }

@@ -60,14 +60,6 @@ enum {
 
 #define MAX_SAFE_INT 9007199254740992LL /* 2^53: larger integers are not exact in JSON readers */
 
-/* Appends item to a malloc'd array arr of n elements, growing it at powers of two. */
-#define PUSH(arr, n, item)                                                                         \
-    do {                                                                                           \
-        if (((n) & ((n)-1)) == 0)                                                                  \
-            (arr) = eb_realloc((arr), ((n) ? 2 * (n) : 1) * sizeof *(arr));                        \
-        (arr)[(n)++] = (item);                                                                     \
-    } while (0)
-
 /* ---------------------------------------------------------------------------------------- */
 /* state                                                                                     */
 
@@ -458,7 +450,7 @@ static void mb_part(span_map *sm, msg_builder *b, eb_part *p)
         evalbus__v1__content_part__free_unpacked(p, NULL);
         return;
     }
-    PUSH(b->m->parts, b->m->n_parts, p);
+    EB_PUSH(b->m->parts, b->m->n_parts, p);
 }
 
 static void mb_text(span_map *sm, msg_builder *b, const char *text)
@@ -506,7 +498,7 @@ static void mb_tool_call(span_map *sm, msg_builder *b, eb_tool_call *tc)
         evalbus__v1__tool_call__free_unpacked(tc, NULL);
         return;
     }
-    PUSH(b->m->tool_calls, b->m->n_tool_calls, tc);
+    EB_PUSH(b->m->tool_calls, b->m->n_tool_calls, tc);
 }
 
 /* Finishes the message: content = the joined text when every part is text and the message
@@ -678,7 +670,7 @@ static bool msgs_push(span_map *sm, eb_msg ***arr, size_t *n, eb_msg *m)
         msg_free(m);
         return fail(sm, "more than %zu messages", sm->lim->max_messages);
     }
-    PUSH(*arr, *n, m);
+    EB_PUSH(*arr, *n, m);
     return true;
 }
 
@@ -918,7 +910,7 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
             fi.sub = 0;
         if (field_is_text_only(fi.field) && !cJSON_IsString(it))
             continue;
-        PUSH(items, n, fi);
+        EB_PUSH(items, n, fi);
     }
     if (n == 0)
         goto cleanup;
@@ -1195,7 +1187,7 @@ static void map_tool_span(span_map *sm, eb_obs *o)
     tc->start_time_unix_nano = o->start_time_unix_nano;
     tc->has_end_time_unix_nano = o->has_end_time_unix_nano;
     tc->end_time_unix_nano = o->end_time_unix_nano;
-    PUSH(o->tool_calls, o->n_tool_calls, tc);
+    EB_PUSH(o->tool_calls, o->n_tool_calls, tc);
 }
 
 /* metadata (OpenInference): a JSON object as text or as a kvlist -> metadata_json. */
@@ -1246,7 +1238,7 @@ static void take_tags(span_map *sm, root_extra *rx)
     {
         char *t = sm_str(sm, "a tag", e->valuestring, sm->lim->max_id_bytes);
         if (t)
-            PUSH(rx->tags, rx->ntags, t);
+            EB_PUSH(rx->tags, rx->ntags, t);
     }
     take(sm, it);
 cleanup:
@@ -1675,7 +1667,7 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
             root = o;
         if (res_entry == SIZE_MAX || i == root_entry)
             res_entry = i;
-        PUSH(t->observations, t->n_observations, o);
+        EB_PUSH(t->observations, t->n_observations, o);
         mc->out->spans++;
     }
     free(dup);
@@ -1689,7 +1681,7 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
     root_extra_free(&rx);
     to.t = t;
     to.first_seq = es[0].seq;
-    PUSH(*traces, *ntraces, to);
+    EB_PUSH(*traces, *ntraces, to);
 }
 
 /* Project and resource attributes of one ResourceSpans. */
@@ -1806,7 +1798,7 @@ void ingest_otlp_map(const otlp_request *req, const ingest_limits *lim, const si
                 if (why)
                     reject(&mc, sp, seq, why);
                 else
-                    PUSH(entries, nentries, e);
+                    EB_PUSH(entries, nentries, e);
             }
         }
     }

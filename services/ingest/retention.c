@@ -12,6 +12,7 @@
  * again; the connection is closed rather than pooled, so a late cancel hits nothing else.
  * Threading: the thread uses the database pool (thread-safe), logs and metrics only; the stop
  * call and the thread share the cancel handle under the mutex. */
+#include "evalbus/clock.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
@@ -199,25 +200,10 @@ cleanup:
     return st;
 }
 
-/* The CLOCK_MONOTONIC time ms from now (the condition variable's clock). */
-static struct timespec after_ms(long long ms)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    t.tv_sec += (time_t)(ms / 1000);
-    t.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
 /* Waits ms or until stopped; true if stopped. */
 static bool wait_or_stop(ingest_retention *rt, long long ms)
 {
-    struct timespec until = after_ms(ms);
+    struct timespec until = eb_monotonic_after_ms(ms);
     bool stop;
 
     pthread_mutex_lock(&rt->mu);
@@ -257,16 +243,12 @@ static void *retention_main(void *arg)
 ingest_retention *ingest_retention_start(ingest_ctx *ctx)
 {
     ingest_retention *rt = eb_calloc(1, sizeof(*rt));
-    pthread_condattr_t ca;
 
     eb_metrics_describe("evalbus_ingest_retention_deleted_total", "counter",
                         "Traces removed by retention (row deletes; dropped partitions aside)");
     rt->ctx = ctx;
     pthread_mutex_init(&rt->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&rt->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    eb_cond_init_monotonic(&rt->cond);
     if (pthread_create(&rt->tid, NULL, retention_main, rt) != 0) {
         eb_log_error(NULL, "cannot start the retention thread");
         pthread_cond_destroy(&rt->cond);
@@ -293,7 +275,7 @@ void ingest_retention_stop(ingest_retention *rt)
             eb_log_warn(NULL, "cannot cancel the retention pass (trying again until it ends): %s",
                         err);
         rt->cancelled = true;
-        until = after_ms(100);
+        until = eb_monotonic_after_ms(100);
         pthread_cond_timedwait(&rt->cond, &rt->mu, &until);
     }
     pthread_mutex_unlock(&rt->mu);

@@ -17,6 +17,15 @@ char *eb_strndup(const char *s, size_t n);
 /* printf into a new string. The caller frees. */
 char *eb_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Appends item to a malloc'd array arr of n elements (n a size_t lvalue, 0 for an empty arr),
+ * growing it at powers of two. */
+#define EB_PUSH(arr, n, item)                                                                      \
+    do {                                                                                           \
+        if (((n) & ((n)-1)) == 0)                                                                  \
+            (arr) = eb_realloc((arr), ((n) ? 2 * (n) : 1) * sizeof *(arr));                        \
+        (arr)[(n)++] = (item);                                                                     \
+    } while (0)
+
 /* A growable buffer, always NUL-terminated after its len bytes. Zero-initialise to start
  * (eb_buf b = {0};); eb_buf_free() releases the memory. */
 typedef struct eb_buf {

@@ -1,0 +1,14 @@
+/* clock.h -- timed waits on CLOCK_MONOTONIC, which a wall-clock step does not move. */
+#ifndef EVALBUS_CLOCK_H
+#define EVALBUS_CLOCK_H
+
+#include <pthread.h>
+#include <time.h>
+
+/* Initialises cond to time its waits on CLOCK_MONOTONIC. */
+void eb_cond_init_monotonic(pthread_cond_t *cond);
+/* The CLOCK_MONOTONIC time ms from now: the deadline for pthread_cond_timedwait on such a
+ * condition variable. */
+struct timespec eb_monotonic_after_ms(long long ms);
+
+#endif
