@@ -1,7 +1,8 @@
 /* ingest.c -- end-to-end ingest throughput (HTTP JSON and NATS protobuf) next to a raw COPY.
  *
  *   ingest --http-team SLUG --nats-team SLUG [--traces N] [--batch B] [--inflight F]
- *          [--pid INGEST_PID] [--paced-seconds S] [--timeout SECONDS]
+ *          [--pid INGEST_PID] [--nats-pid PID] [--pg-pid POSTMASTER_PID] [--paced-seconds S]
+ *          [--timeout SECONDS]
  *
  * Addresses and credentials come from the environment, never the command line (where ps shows
  * them): EVALBUS_INGEST_URL, EVALBUS_NATS_URL, EVALBUS_DATABASE_URL (as scripts/stack writes them
@@ -28,6 +29,10 @@
  *      every 50 ms instead.
  *   2. ingest_nats: the same N traces as TraceBatch messages to evalbus.v1.ingest.traces.<slug>,
  *      F threads doing request/reply on one connection; every IngestAck must accept all B.
+ *   After each of 1 and 2 a line gives the CPU time per trace of the ingest service (--pid),
+ *   nats-server (--nats-pid), PostgreSQL (--pg-pid: the postmaster with all its children) and
+ *   this client, and how busy the machine was, from the first send until all were counted
+ *   (see cpu_now): where the cost of a trace goes, which the rate alone does not say.
  *   3. ingest_rss: VmHWM of the ingest process (its peak RSS since start, which covers 1 and 2).
  *   4. baseline: N rows like phase 1's COPYed straight into ingest.traces (the writer's column
  *      set and text format) under a random team id, in one transaction, timed from BEGIN to the
@@ -68,6 +73,8 @@
 #include <grp.h>
 #include <pwd.h>
 #include <sys/types.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <errno.h>
@@ -983,11 +990,24 @@ static bool nats_send(nats_run *r, int threads)
 /* ---------------------------------------------------------------------------------------------
  * The phases. */
 
+/* --- CPU time by process ---------------------------------------------------------------------
+ * The rate alone does not say where a trace's cost goes; each measured phase also prints the
+ * CPU time that the ingest service, nats-server, PostgreSQL (the postmaster and all its
+ * children: the writer's backends, autovacuum, the WAL writer, the checkpointer) and this
+ * client spent per trace, and how busy the whole machine was. Read from /proc: utime + stime of
+ * each process (all its threads); children of the postmaster that exited in between are in its
+ * cutime + cstime once reaped. */
+
+typedef struct cpu_use {
+    double ingest, nats, pg, client; /* CPU seconds; < 0: not known */
+    double busy, total;              /* the machine's CPU seconds, all CPUs */
+} cpu_use;
+
 typedef struct cfg {
     const char *url, *nats_url, *db_url, *http_key, *http_team, *nats_key, *nats_team;
     long traces, batch;
     int inflight;
-    int pid;
+    int pid, nats_pid, pg_pid; /* ingest, nats-server, the postmaster (0: not given) */
     double paced_seconds, timeout;
     char run_tag[24];
     char http_team_id[64], nats_team_id[64], base_team_id[64];
@@ -997,12 +1017,138 @@ typedef struct cfg {
     natsConnection *nc;
 } cfg;
 
+/* Fields of /proc/<pid>/stat after the command name: [0] is field 3 (state), [1] the parent
+ * pid, [11] .. [14] utime, stime, cutime, cstime in clock ticks. */
+static bool proc_stat(int pid, long long f[15])
+{
+    char path[64], buf[1024], *p, *end;
+    size_t n;
+    FILE *fp;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    fp = fopen(path, "r");
+    if (!fp)
+        return false;
+    n = fread(buf, 1, sizeof buf - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    p = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
+    if (!p || p[1] != ' ')
+        return false;
+    p += 2;
+    for (int i = 0; i < 15; i++) {
+        if (i == 0) {
+            f[0] = *p; /* the state letter */
+            p++;
+            continue;
+        }
+        f[i] = strtoll(p, &end, 10);
+        if (end == p)
+            return false;
+        p = end;
+    }
+    return true;
+}
+
+/* CPU seconds of process pid, with its reaped children's if children; -1 if it is gone. */
+static double proc_cpu(int pid, bool children)
+{
+    long long f[15];
+    double tick = (double)sysconf(_SC_CLK_TCK);
+
+    if (pid <= 0 || !proc_stat(pid, f))
+        return -1;
+    return (double)(f[11] + f[12] + (children ? f[13] + f[14] : 0)) / tick;
+}
+
+/* The postmaster's CPU seconds with those of every child, living or reaped. */
+static double pg_cpu(int postmaster)
+{
+    double sum = proc_cpu(postmaster, true);
+    DIR *d;
+    struct dirent *e;
+
+    if (sum < 0 || !(d = opendir("/proc")))
+        return -1;
+    while ((e = readdir(d))) {
+        long long f[15];
+        int pid = atoi(e->d_name);
+        if (pid > 0 && pid != postmaster && proc_stat(pid, f) && f[1] == postmaster)
+            sum += (double)(f[11] + f[12]) / (double)sysconf(_SC_CLK_TCK);
+    }
+    closedir(d);
+    return sum;
+}
+
+static void cpu_now(const cfg *c, cpu_use *u)
+{
+    struct rusage ru;
+    unsigned long long v[8] = {0};
+    FILE *fp = fopen("/proc/stat", "r");
+
+    u->ingest = proc_cpu(c->pid, false);
+    u->nats = proc_cpu(c->nats_pid, false);
+    u->pg = c->pg_pid > 0 ? pg_cpu(c->pg_pid) : -1;
+    getrusage(RUSAGE_SELF, &ru);
+    u->client = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    u->busy = u->total = -1;
+    /* cpu  user nice system idle iowait irq softirq steal */
+    if (fp && fscanf(fp, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                     &v[4], &v[5], &v[6], &v[7]) == 8) {
+        double tick = (double)sysconf(_SC_CLK_TCK), all = 0;
+        for (int i = 0; i < 8; i++)
+            all += (double)v[i];
+        u->total = all / tick;
+        u->busy = (all - (double)v[3] - (double)v[4]) / tick;
+    }
+    if (fp)
+        fclose(fp);
+}
+
+/* after - before, part by part (unknown stays unknown) */
+static cpu_use cpu_since(const cpu_use *before, const cpu_use *after)
+{
+    cpu_use d;
+#define EB_CPU_DIFF(f) d.f = before->f >= 0 && after->f >= 0 ? after->f - before->f : -1
+    EB_CPU_DIFF(ingest);
+    EB_CPU_DIFF(nats);
+    EB_CPU_DIFF(pg);
+    EB_CPU_DIFF(client);
+    EB_CPU_DIFF(busy);
+    EB_CPU_DIFF(total);
+#undef EB_CPU_DIFF
+    return d;
+}
+
+/* "ingest service 34.1 us, ..." per unit (a trace or a row) into buf */
+static void cpu_text(const cpu_use *u, double units, char *buf, size_t len)
+{
+    const struct {
+        const char *name;
+        double s;
+    } part[] = {{"ingest service", u->ingest},
+                {"nats-server", u->nats},
+                {"PostgreSQL", u->pg},
+                {"this client", u->client}};
+    size_t off = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof part / sizeof part[0] && off < len; i++)
+        if (part[i].s >= 0)
+            off += (size_t)snprintf(buf + off, len - off, "%s%s %.1f us", off ? ", " : "",
+                                    part[i].name, part[i].s * 1e6 / units);
+    if (u->total > 0 && off < len)
+        snprintf(buf + off, len - off, "; the machine %.0f %% busy", 100 * u->busy / u->total);
+}
+
 typedef struct phase_result {
     double rate;      /* traces per second, first send to last commit */
     double send_s;    /* first send to last acceptance */
     double commit_s;  /* first send to all committed */
     double bytes;     /* wire payload */
     poll_stats polls; /* the commit polls */
+    cpu_use cpu;      /* first send until all committed (and counted) */
     /* paced HTTP with the stored events: [nbatches] ms from each batch's 202 until the stored
      * event of its last trace arrived (published after the COMMIT: read-your-writes at the
      * latest then); malloc'ed, the caller frees it */
@@ -1016,6 +1162,7 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
     const char *team_id = nats ? c->nats_team_id : c->http_team_id;
     long long before, seen = 0, n = nbatches * c->batch;
     double t0, t_sent, t_done;
+    cpu_use cpu0, cpu1;
     long long base_ns = wall_ns();
     stored_watch w = {.n = n};
     natsSubscription *sub = NULL;
@@ -1050,6 +1197,7 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
             goto cleanup;
         }
     }
+    cpu_now(c, &cpu0);
     t0 = now_s();
     if (!nats) {
         http_run r = {.url = c->traces_url,
@@ -1081,6 +1229,8 @@ static bool phase(cfg *c, bool nats, const char *tag, long nbatches, double rate
     ok = false;
     t_done = wait_committed(c->db, team_id, before + n, sub ? &w : NULL, t_sent + c->timeout, &seen,
                             &out->polls);
+    cpu_now(c, &cpu1);
+    out->cpu = cpu_since(&cpu0, &cpu1);
     if (t_done < 0) {
         fprintf(stderr,
                 "ingest: %s: %lld of %lld traces committed %.0f s after the last was accepted; "
@@ -1445,7 +1595,7 @@ int main(int argc, char **argv)
     phase_result http = {0}, nats = {0}, warm = {0}, paced = {0};
     double base_rate = -1, base_bytes = 0, hwm = -1, *lat = NULL;
     long nbatches, paced_batches = 0;
-    char tag[64], auth[600];
+    char tag[64], auth[600], cpu[256];
     int rc = 1;
     bool rows = false;
 
@@ -1477,6 +1627,10 @@ int main(int argc, char **argv)
             c.inflight = atoi(v);
         else if (!strcmp(a, "--pid"))
             c.pid = atoi(v);
+        else if (!strcmp(a, "--nats-pid"))
+            c.nats_pid = atoi(v);
+        else if (!strcmp(a, "--pg-pid"))
+            c.pg_pid = atoi(v);
         else if (!strcmp(a, "--paced-seconds"))
             c.paced_seconds = atof(v);
         else if (!strcmp(a, "--timeout"))
@@ -1487,7 +1641,8 @@ int main(int argc, char **argv)
         c.inflight > MAX_INFLIGHT || c.paced_seconds <= 0 || c.timeout <= 0) {
         fprintf(stderr,
                 "usage: ingest --http-team SLUG --nats-team SLUG [--traces N] "
-                "[--batch B<=1000] [--inflight F<=%d] [--pid PID] [--paced-seconds S] "
+                "[--batch B<=1000] [--inflight F<=%d] [--pid PID] [--nats-pid PID] "
+                "[--pg-pid POSTMASTER_PID] [--paced-seconds S] "
                 "[--timeout S]\n"
                 "with EVALBUS_INGEST_URL, EVALBUS_NATS_URL, EVALBUS_DATABASE_URL, "
                 "BENCH_INGEST_HTTP_KEY and BENCH_INGEST_NATS_KEY set\n",
@@ -1531,6 +1686,8 @@ int main(int argc, char **argv)
             "%.0f B JSON per trace; %d count(*) took %.0f ms, the last %.1f ms)\n",
             http.rate, http.send_s, http.commit_s, http.bytes / (double)c.traces, http.polls.polls,
             http.polls.total_ms, http.polls.last_ms);
+    cpu_text(&http.cpu, (double)c.traces, cpu, sizeof cpu);
+    fprintf(stderr, "ingest: HTTP  CPU per trace: %s\n", cpu);
 
     /* 2. NATS */
     snprintf(tag, sizeof tag, "%s-nw", c.run_tag);
@@ -1544,6 +1701,8 @@ int main(int argc, char **argv)
             "%.0f B protobuf per trace; %d count(*) took %.0f ms, the last %.1f ms)\n",
             nats.rate, nats.send_s, nats.commit_s, nats.bytes / (double)c.traces, nats.polls.polls,
             nats.polls.total_ms, nats.polls.last_ms);
+    cpu_text(&nats.cpu, (double)c.traces, cpu, sizeof cpu);
+    fprintf(stderr, "ingest: NATS  CPU per trace: %s\n", cpu);
 
     /* 3. peak RSS of the ingest service so far */
     if (c.pid > 0) {
