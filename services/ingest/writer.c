@@ -457,6 +457,15 @@ static const char drop_replaced_observations[] =
  * and output it was sent with: those come from its observations only where it has none (its
  * top-level observations are not a root span). */
 #define BIGINT_MAX "9223372036854775807"
+/* A trace's cost is the sum of its observations' costs, each a finite double: two near the
+ * largest double add up to more than float8 holds, and PostgreSQL raises an error rather than
+ * give infinity (the record could never be stored). So the sum is taken of the costs times
+ * 2^-64, held to the largest double times 2^-64 and multiplied back: a sum above the largest
+ * double is stored as it. A power of two scales a double exactly (the sum rounds as the plain
+ * one would), except a cost below about 1e-288, which loses precision far below a cent. */
+#define TWO_POW_M64 "5.421010862427522e-20::float8"
+#define TWO_POW_64 "18446744073709551616::float8"
+#define DOUBLE_MAX_SCALED "9.745314011399998e288::float8"
 /* col of the trace's first generation with one, by order, from its observations o (an aggregate
  * of the recompute's grouping) */
 #define FIRST_GENERATION(col, order)                                                               \
@@ -513,7 +522,8 @@ static const char recompute_sql[] =
     "   sum(o.input_tokens)) i,"
     "  coalesce(sum(o.output_tokens) FILTER (WHERE NOT coalesce(u.tok, false)),"
     "   sum(o.output_tokens)) o,"
-    "  coalesce(sum(o.cost_usd) FILTER (WHERE NOT coalesce(u.cost, false)), sum(o.cost_usd)) c,"
+    "  least(coalesce(sum(o.cost_usd * " TWO_POW_M64 ") FILTER (WHERE NOT coalesce(u.cost,"
+    "   false)), sum(o.cost_usd * " TWO_POW_M64 ")), " DOUBLE_MAX_SCALED ") * " TWO_POW_64 " c,"
     "  min(o.start_time) st, max(o.end_time) et,"
     "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
     " input, " GEN_OUTPUT " output"

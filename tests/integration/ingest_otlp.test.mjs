@@ -591,6 +591,36 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.deepEqual(g2.usage, { input_tokens: 120, output_tokens: 7, total_tokens: 127 }, 'the total agrees with its counts');
   }));
 
+  it('a span merged into a trace whose observations cost more than a double holds in all is stored; the cost stops at the largest double', T, stack.wrap(async () => {
+    // The totals are taken again when a span merges in; two costs near the largest double add
+    // up to more than float8 holds. That must not make the span impossible to store.
+    const t0 = Date.now() - 5000;
+    const project = `costs-${hex(3)}`;
+    const huge = hex(16), small = hex(16);
+    const logFile = path.join(stack.state, 'logs', 'ingest.log');
+    const logFrom = fs.statSync(logFile).size;
+    const r0 = await api('POST', '/api/v1/traces', A.key, { body: { traces: [
+      { id: huge, project, name: 'huge', start_time: new Date(t0).toISOString(),
+        observations: [{ id: 'o1', cost_usd: 1.7e308 }, { id: 'o2', cost_usd: 1.7e308 }] },
+      { id: small, project, name: 'small', start_time: new Date(t0).toISOString(),
+        observations: [{ id: 'o1', cost_usd: 0.1 }, { id: 'o2', cost_usd: 0.2 }] },
+    ] } });
+    assert.equal(r0.status, 202, r0.text);
+    await waitTrace(A.key, huge);
+    await waitTrace(A.key, small);
+    for (const traceId of [huge, small]) {
+      const r = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), name: 'http.request', startMs: t0 + 10, endMs: t0 + 20 }]);
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.text, '{}', 'the span is accepted whole');
+    }
+    const g = await waitTrace(A.key, huge, (b) => b.observations.length === 3);
+    assert.equal(g.cost_usd, Number.MAX_VALUE, 'a sum beyond the largest double is stored as it');
+    const g2 = await waitTrace(A.key, small, (b) => b.observations.length === 3);
+    assert.equal(g2.cost_usd, 0.1 + 0.2, 'other sums are the plain double sum, to the last bit');
+    const log = fs.readFileSync(logFile, 'utf8').slice(logFrom);
+    assert.doesNotMatch(log, /cannot be stored|one by one/, 'no record failed');
+  }));
+
   it('a JSON trace with observations keeps its own input, output and model when spans merge in; its source stays', T, stack.wrap(async () => {
     // its top-level observations are not a root span: their messages must not replace the trace's
     const traceId = hex(16);
