@@ -538,8 +538,10 @@ static const char recompute_sql[] =
 /* The status of a statement that failed with r: EB_ERR_UNAVAILABLE when the connection is
  * lost, EB_ERR_NOT_FOUND when its SQLSTATE is no_partition (how a day partition that does not
  * exist shows in that statement: the batch is tried again, the partition made anew),
- * EB_ERR_CONFLICT when PostgreSQL rolled the transaction back for another's sake (class 40:
- * deadlock, serialization failure; the batch is tried again at once), else EB_ERR_DB. */
+ * EB_ERR_UNAVAILABLE too when PostgreSQL rolled the transaction back for another's sake
+ * (class 40: deadlock, serialization failure), as eb_db_exec does: never the records' fault, so
+ * the batch is tried again at once and, should that keep failing, put back for later (never
+ * dead-lettered); else EB_ERR_DB. */
 static eb_status statement_error(PGconn *c, const PGresult *r, const char *no_partition,
                                  const char *what)
 {
@@ -551,7 +553,7 @@ static eb_status statement_error(PGconn *c, const PGresult *r, const char *no_pa
     else if (state && strcmp(state, no_partition) == 0)
         code = EB_ERR_NOT_FOUND;
     else if (state && strncmp(state, "40", 2) == 0)
-        code = EB_ERR_CONFLICT;
+        code = EB_ERR_UNAVAILABLE;
     return eb_error(code, "%s%s", what, PQresultErrorMessage(r));
 }
 

@@ -404,6 +404,36 @@ describe('ingest: TraceBatch over NATS', () => {
     }
   }));
 
+  it('a record whose transaction keeps being rolled back (deadlocks) is put back and stored later, never dead-lettered', T, stack.wrap(async () => {
+    // five deadlocks in a row on one record: more than the batch's tries at once, so it is put
+    // back; a rollback for another's sake is never the record's fault
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const victim = rid('victim');
+    const other = rid('other');
+    const logFile = path.join(stack.state, 'logs', 'ingest.log');
+    const logFrom = fs.statSync(logFile).size;
+    await stack.psql(`CREATE SEQUENCE public.five_${sfx};
+      CREATE FUNCTION public.deadlock_${sfx}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.id = '${victim}' AND nextval('public.five_${sfx}') <= 5 THEN
+          RAISE EXCEPTION 'deadlock detected (made by the test)' USING ERRCODE = '40P01'; END IF; RETURN NEW; END $$;
+      CREATE TRIGGER deadlock_${sfx} BEFORE INSERT ON ingest.traces FOR EACH ROW EXECUTE FUNCTION public.deadlock_${sfx}()`);
+    const tap = await deadLetterTap(A.team);
+    try {
+      const ack = await publishBatch(A.team, encodeBatch([trace(other), trace(victim)]), A.key);
+      assert.deepEqual(ack.accepted_ids, [other, victim], JSON.stringify(ack));
+      for (const id of [other, victim]) await waitTrace(A.key, id, 15_000);
+      const [[tries]] = await stack.psql(`SELECT last_value FROM public.five_${sfx}`);
+      assert.ok(Number(tries) >= 6, `stored on a try after the five refused (${tries} tries)`);
+      const log = fs.readFileSync(logFile, 'utf8').slice(logFrom);
+      assert.match(log, /records wait for PostgreSQL/, 'the batch was put back for later');
+      assert.doesNotMatch(log, /cannot be stored/, 'no record was given up');
+      assert.equal(tap.pending(), 0, 'nothing was dead-lettered');
+    } finally {
+      tap.close();
+      await stack.psql(`DROP TRIGGER deadlock_${sfx} ON ingest.traces; DROP FUNCTION public.deadlock_${sfx}(); DROP SEQUENCE public.five_${sfx}`);
+    }
+  }));
+
   it('the same batch published twice is stored once', T, stack.wrap(async () => {
     const id = rid('twice');
     const data = encodeBatch([trace(id, { project: `nats-dup-${id}` })]);
