@@ -364,7 +364,14 @@ static const char tmp_sql[] =
 #define M(col)                                                                                     \
 #col " = CASE WHEN excluded.source = 'otlp' THEN coalesce(excluded." #col ", t." #col          \
          ") ELSE excluded." #col " END, "
-/* ... but an OTLP fragment never moves its trace to another project (the first one stored
+/* ... except that a trace made by the JSON API or NATS keeps what it was sent with: a
+ * fragment's value fills only a column it lacks (as the recompute does, see DERIVED) */
+#define M_SENT(col)                                                                                \
+#col " = CASE WHEN excluded.source <> 'otlp' THEN excluded." #col                              \
+         " WHEN t.source = 'otlp' THEN"                                                            \
+         " coalesce(excluded." #col ", t." #col ") ELSE coalesce(t." #col ", excluded." #col       \
+         ") END, "
+/* ... and an OTLP fragment never moves its trace to another project (the first one stored
  * names it): spans of several services, or of a project-restricted key, join the trace as it is. */
 #define KEEP_OTLP(col)                                                                             \
 #col " = CASE WHEN excluded.source = 'otlp' THEN t." #col " ELSE excluded." #col " END, "
@@ -372,16 +379,16 @@ static const char tmp_sql[] =
 #define TRACE_MERGE_SET                                                                            \
     KEEP_OTLP(project)                                                                             \
     M(name)                                                                                        \
-    M(model)                                                                                       \
-    M(provider)                                                                                    \
+    M_SENT(model)                                                                                  \
+    M_SENT(provider)                                                                               \
     M(status_message)                                                                              \
     M(latency_ms)                                                                                  \
     M(input_tokens)                                                                                \
     M(output_tokens)                                                                               \
     M(total_tokens)                                                                                \
     M(cost_usd)                                                                                    \
-    M(input)                                                                                       \
-    M(output)                                                                                      \
+    M_SENT(input)                                                                                  \
+    M_SENT(output)                                                                                 \
     M(tool_calls)                                                                                  \
     M(session_id)                                                                                  \
     M(user_id)                                                                                     \
@@ -409,6 +416,7 @@ static const char upsert_traces[] =
     " updated_at = now() WHERE t.stream_seq < excluded.stream_seq OR excluded.source = 'otlp'";
 #undef TRACE_MERGE_SET
 #undef KEEP_OTLP
+#undef M_SENT
 #undef M
 
 /* Observations of a record are written only if its trace row is not newer (an old record
@@ -466,6 +474,10 @@ static const char drop_replaced_observations[] =
 #define TWO_POW_M64 "5.421010862427522e-20::float8"
 #define TWO_POW_64 "18446744073709551616::float8"
 #define DOUBLE_MAX_SCALED "9.745314011399998e288::float8"
+/* (null when no observation has a cost; CASE rather than least(), which skips a null) */
+#define COST_SUM_SCALED                                                                            \
+    "coalesce(sum(o.cost_usd * " TWO_POW_M64 ") FILTER (WHERE NOT coalesce(u.cost, false)),"       \
+    " sum(o.cost_usd * " TWO_POW_M64 "))"
 /* col of the trace's first generation with one, by order, from its observations o (an aggregate
  * of the recompute's grouping) */
 #define FIRST_GENERATION(col, order)                                                               \
@@ -522,8 +534,8 @@ static const char recompute_sql[] =
     "   sum(o.input_tokens)) i,"
     "  coalesce(sum(o.output_tokens) FILTER (WHERE NOT coalesce(u.tok, false)),"
     "   sum(o.output_tokens)) o,"
-    "  least(coalesce(sum(o.cost_usd * " TWO_POW_M64 ") FILTER (WHERE NOT coalesce(u.cost,"
-    "   false)), sum(o.cost_usd * " TWO_POW_M64 ")), " DOUBLE_MAX_SCALED ") * " TWO_POW_64 " c,"
+    "  CASE WHEN " COST_SUM_SCALED " > " DOUBLE_MAX_SCALED " THEN " DOUBLE_MAX_SCALED " ELSE"
+    "  " COST_SUM_SCALED " END * " TWO_POW_64 " c,"
     "  min(o.start_time) st, max(o.end_time) et,"
     "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
     " input, " GEN_OUTPUT " output"

@@ -648,6 +648,39 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.equal(g.source, 'json', 'made by the JSON API, with spans merged in');
   }));
 
+  it('a JSON trace keeps the model, provider, input and output it was sent with when a generation span or a root span merges in; a trace without them takes the span\'s', T, stack.wrap(async () => {
+    const t0 = Date.now() - 60_000;
+    const project = `mixed-gen-${hex(3)}`;
+    const child = hex(16), root = hex(16), bare = hex(16);
+    const full = (id) => ({
+      id, project, name: 'answer', model: 'gpt-4o', provider: 'openai',
+      start_time: new Date(t0).toISOString(), end_time: new Date(t0 + 1000).toISOString(),
+      input: { messages: [{ role: 'user', content: 'where is my order?' }] },
+      output: { messages: [{ role: 'assistant', content: 'on its way' }] },
+      observations: [{ id: 'o1', type: 'span', name: 'retrieve', start_time: new Date(t0 + 1).toISOString() }],
+    });
+    const r0 = await api('POST', '/api/v1/traces', A.key, { body: { traces: [full(child), full(root),
+      { id: bare, project, name: 'bare', start_time: new Date(t0).toISOString() }] } });
+    assert.equal(r0.status, 202, r0.text);
+    for (const id of [child, root, bare]) await waitTrace(A.key, id);
+    const gen = { 'gen_ai.operation.name': 'chat', 'gen_ai.system': 'anthropic', 'gen_ai.request.model': 'claude-x',
+      'gen_ai.prompt': 'inner prompt', 'gen_ai.completion': 'inner answer' };
+    for (const [traceId, parentSpanId] of [[child, hex(8)], [root, undefined], [bare, undefined]]) {
+      const r = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId, name: 'chat', startMs: t0 + 10, endMs: t0 + 20, attrs: gen }]);
+      assert.equal(r.status, 200, r.text);
+    }
+    for (const [id, n] of [[child, 2], [root, 2]]) {
+      const g = await waitTrace(A.key, id, (b) => b.observations.length === n);
+      assert.deepEqual([g.model, g.provider], ['gpt-4o', 'openai'], `${id === root ? 'root' : 'child'} span: the model it was sent with`);
+      assert.equal(g.input?.messages?.[0]?.content, 'where is my order?', `input: ${JSON.stringify(g.input)}`);
+      assert.equal(g.output?.messages?.[0]?.content, 'on its way', `output: ${JSON.stringify(g.output)}`);
+      assert.equal(g.source, 'json');
+    }
+    const b = await waitTrace(A.key, bare, (x) => x.observations.length === 1);
+    assert.deepEqual([b.model, b.provider], ['claude-x', 'anthropic'], 'what the trace lacks comes from its span');
+    assert.ok(JSON.stringify(b.input).includes('inner prompt'), `input from the span: ${JSON.stringify(b.input)}`);
+  }));
+
   it('a fragment without its root exported days later is filed under its spans\' start: a window around the start finds it', T, stack.wrap(async () => {
     const traceId = hex(16);
     const root = hex(8);
