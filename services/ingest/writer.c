@@ -349,11 +349,11 @@ static const char tmp_sql[] =
     " output jsonb, tool_calls jsonb, attributes jsonb, metadata jsonb, stream_seq bigint)"
     " ON COMMIT DELETE ROWS";
 
-#define TRACE_COLS                                                                                 \
+#define TRACE_COLS_BUT_SEQ                                                                         \
     "team_id, part_time, id, project, name, model, provider, status, status_message, start_time,"  \
     " end_time, latency_ms, input_tokens, output_tokens, total_tokens, cost_usd, input, output,"   \
-    " tool_calls, metadata, tags, session_id, user_id, environment, release, attributes, source,"  \
-    " stream_seq"
+    " tool_calls, metadata, tags, session_id, user_id, environment, release, attributes, source"
+#define TRACE_COLS TRACE_COLS_BUT_SEQ ", stream_seq"
 #define OBS_COLS                                                                                   \
     "team_id, part_time, trace_id, id, parent_id, type, name, start_time, end_time, status,"       \
     " status_message, model, provider, input_tokens, output_tokens, cost_usd, input, output,"      \
@@ -394,8 +394,17 @@ static const char tmp_sql[] =
     M(user_id)                                                                                     \
     M(environment)                                                                                 \
     M(release)
+/* A trace's stream_seq is the stream sequence of the record that last replaced it (JSON API,
+ * NATS), or, for a trace only ever merged from OTLP fragments, minus that of the fragment that
+ * made it: fragments never move it. Two writers (or replicas) commit records of one trace in any
+ * order, and the outcome must be that of stream order:
+ *   - a replacing record applies only if it is later than the last replacement (and then keeps
+ *     the spans of later fragments already merged: drop_replaced_observations);
+ *   - a fragment merges only if it is later than the last replacement (one sent before it is
+ *     what the replacement replaced), its spans likewise (upsert_observations). */
 static const char upsert_traces[] =
-    "INSERT INTO ingest.traces AS t (" TRACE_COLS ") SELECT " TRACE_COLS " FROM tmp_traces"
+    "INSERT INTO ingest.traces AS t (" TRACE_COLS ") SELECT " TRACE_COLS_BUT_SEQ
+    ", CASE WHEN source = 'otlp' THEN -stream_seq ELSE stream_seq END FROM tmp_traces"
     " ON CONFLICT (team_id, part_time, id) DO UPDATE SET " TRACE_MERGE_SET
     "status = CASE WHEN excluded.source <> 'otlp' THEN excluded.status WHEN 'error' IN"
     " (excluded.status, t.status) THEN 'error' WHEN excluded.status <> 'unset' THEN"
@@ -412,16 +421,17 @@ static const char upsert_traces[] =
     " attributes = CASE WHEN excluded.source = 'otlp' THEN coalesce(excluded.attributes, '{}')"
     " || coalesce(t.attributes, '{}') ELSE excluded.attributes END,"
     " source = CASE WHEN excluded.source = 'otlp' THEN t.source ELSE excluded.source END,"
-    " stream_seq = greatest(t.stream_seq, excluded.stream_seq),"
-    " updated_at = now() WHERE t.stream_seq < excluded.stream_seq OR excluded.source = 'otlp'";
+    " stream_seq = CASE WHEN excluded.source = 'otlp' THEN t.stream_seq ELSE"
+    " excluded.stream_seq END,"
+    " updated_at = now() WHERE abs(excluded.stream_seq) > t.stream_seq";
 #undef TRACE_MERGE_SET
 #undef KEEP_OTLP
 #undef M_SENT
 #undef M
 
-/* Observations of a record are written only if its trace row is not newer (an old record
- * redelivered after a newer version must not bring back observations the newer one dropped);
- * OTLP fragments always merge. */
+/* Observations of a record are written only if the trace was not replaced by a later record
+ * (an old record redelivered after a newer version must not bring back observations the newer
+ * one dropped; nor a fragment sent before a replacement but stored after it). */
 static const char upsert_observations[] =
     "INSERT INTO ingest.observations AS o (" OBS_COLS ") SELECT DISTINCT ON (x.team_id,"
     " x.part_time, x.trace_id, x.id) x.team_id, x.part_time, x.trace_id, x.id, x.parent_id,"
@@ -430,7 +440,7 @@ static const char upsert_observations[] =
     " x.attributes, x.metadata, x.stream_seq FROM tmp_observations x JOIN tmp_traces r ON"
     " r.team_id = x.team_id AND r.part_time = x.part_time AND r.id = x.trace_id JOIN"
     " ingest.traces t ON t.team_id = x.team_id AND t.part_time = x.part_time AND t.id ="
-    " x.trace_id WHERE r.source = 'otlp' OR x.stream_seq >= t.stream_seq"
+    " x.trace_id WHERE x.stream_seq >= t.stream_seq"
     " ORDER BY x.team_id, x.part_time, x.trace_id, x.id, x.stream_seq DESC"
     " ON CONFLICT (team_id, part_time, trace_id, id) DO UPDATE SET parent_id ="
     " excluded.parent_id, type = excluded.type, name = excluded.name, start_time ="
@@ -538,14 +548,15 @@ static const char recompute_sql[] =
     "  " COST_SUM_SCALED " END * " TWO_POW_64 " c,"
     "  min(o.start_time) st, max(o.end_time) et,"
     "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
-    " input, " GEN_OUTPUT " output"
+    " input, " GEN_OUTPUT " output, max(k.stream_seq) kseq"
     "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
     "  LEFT JOIN (SELECT team_id, part_time, trace_id, id, bool_or(tok) tok, bool_or(cost) cost"
     "   FROM above GROUP BY 1, 2, 3, 4) u ON u.team_id = o.team_id AND u.part_time ="
     "   o.part_time AND u.trace_id = o.trace_id AND u.id = o.id"
     "  GROUP BY 1, 2, 3) s"
-    " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id";
+    " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id"
+    " AND s.kseq > t.stream_seq"; /* a fragment older than the last replacement merged nothing */
 
 /* The status of a statement that failed with r: EB_ERR_UNAVAILABLE when the connection is
  * lost, EB_ERR_NOT_FOUND when its SQLSTATE is no_partition (how a day partition that does not

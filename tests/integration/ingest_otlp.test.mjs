@@ -681,6 +681,75 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.ok(JSON.stringify(b.input).includes('inner prompt'), `input from the span: ${JSON.stringify(b.input)}`);
   }));
 
+  // Two writers commit the records of one trace in any order. These make one record wait while a
+  // later one is stored: the waiting record starts on a day without a partition yet, and the
+  // test holds the advisory lock under which a writer makes partitions (writer.c
+  // ensure_partition) for a few seconds.
+  async function holdPartitionLock(seconds) {
+    const hold = stack.psql(`SELECT pg_advisory_xact_lock(7236002, 1), pg_sleep(${seconds})`, { timeoutMs: (seconds + 20) * 1000 });
+    const held = await pollUntil(async () => Number((await stack.psql(
+      "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7236002 AND objid = 1 AND granted"))[0][0]) === 1,
+    { timeoutMs: 5000, intervalMs: 50 });
+    assert.ok(held.value, 'the test holds the lock');
+    return { done: hold }; // (an async function returning the promise itself would wait for it)
+  }
+  async function writerWaits() {
+    const r = await pollUntil(async () => Number((await stack.psql(
+      "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7236002 AND objid = 1 AND NOT granted"))[0][0]) === 1,
+    { timeoutMs: 5000, intervalMs: 50 });
+    assert.ok(r.value, 'a writer waits for the partition lock');
+  }
+
+  it('a JSON resend stored after a span sent later still replaces the trace, and keeps that span', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const now = Date.now();
+    const project = `order-a-${hex(3)}`;
+    let r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v1',
+      start_time: new Date(now - 60_000).toISOString(), observations: [{ id: 'old', type: 'span', name: 'old-obs' }] }] } });
+    assert.equal(r.status, 202, r.text);
+    await waitTrace(A.key, traceId, (b) => b.name === 'v1');
+    const { done: hold } = await holdPartitionLock(4);
+    r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v2',
+      start_time: new Date(now - 41 * 86_400_000).toISOString(), observations: [{ id: 'new', type: 'span', name: 'new-obs' }] }] } });
+    assert.equal(r.status, 202, r.text);
+    await writerWaits(); // v2 waits; the span goes to the other writer
+    const o = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId: hex(8), name: 'otel-span', startMs: now - 59_000, endMs: now - 58_000 }]);
+    assert.equal(o.status, 200, o.text);
+    await waitTrace(A.key, traceId, (b) => b.observations.some((x) => x.name === 'otel-span'), 3000);
+    await hold;
+    const g = await waitTrace(A.key, traceId, (b) => b.name === 'v2', 10_000);
+    assert.deepEqual(g.observations.map((x) => x.name).sort(), ['new-obs', 'otel-span'], 'v2\'s observations and the span sent after it; v1\'s are gone');
+  }));
+
+  it('a span sent before a JSON resend but stored after it merges nothing into the replaced trace', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const now = Date.now();
+    const project = `order-b-${hex(3)}`;
+    let r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v1',
+      start_time: new Date(now - 60_000).toISOString(), observations: [{ id: 'old', type: 'span', name: 'old-obs' }] }] } });
+    assert.equal(r.status, 202, r.text);
+    await waitTrace(A.key, traceId, (b) => b.name === 'v1');
+    const { done: hold } = await holdPartitionLock(4);
+    const o = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId: hex(8), name: 'otel-span',
+      startMs: now - 47 * 86_400_000, endMs: now - 47 * 86_400_000 + 1000, attrs: { 'gen_ai.usage.input_tokens': 5 } }]);
+    assert.equal(o.status, 200, o.text);
+    await writerWaits(); // the span waits; v2 goes to the other writer
+    r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v2',
+      start_time: new Date(now - 60_000).toISOString(), usage: { input_tokens: 100, output_tokens: 10 },
+      observations: [{ id: 'new', type: 'span', name: 'new-obs' }] }] } });
+    assert.equal(r.status, 202, r.text);
+    await waitTrace(A.key, traceId, (b) => b.name === 'v2', 3000);
+    await hold;
+    const stored = await pollUntil(async () => Number((await stack.psql(
+      "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7236002 AND objid = 1"))[0][0]) === 0 ? true : null,
+    { timeoutMs: 5000, intervalMs: 50 });
+    assert.ok(stored.value, 'the waiting writer went on');
+    await sleep(1000); // its batch commits
+    const g = await waitTrace(A.key, traceId, (b) => b.name === 'v2');
+    assert.deepEqual(g.observations.map((x) => x.name), ['new-obs'], 'only the observations of the record sent last');
+    assert.deepEqual(g.usage, { input_tokens: 100, output_tokens: 10, total_tokens: 110 }, 'the totals it was sent with');
+  }));
+
   it('a fragment without its root exported days later is filed under its spans\' start: a window around the start finds it', T, stack.wrap(async () => {
     const traceId = hex(16);
     const root = hex(8);
