@@ -1,23 +1,13 @@
 /* body.c -- request bodies for ingest: Content-Encoding gzip, bounded after inflation.
- * ingest_body_decode works on bytes and a header value only, so a pool thread may run it. */
+ * Works on bytes and a header value only, so pool threads run it. */
 #include "body.h"
 
 #include "evalbus/mem.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 #include <zlib.h>
-
-eb_status ingest_body(eb_http_req *req, size_t max_inflated, const char **data, size_t *len,
-                      char **owned)
-{
-    const char *raw;
-    size_t raw_len;
-
-    raw = eb_http_req_body(req, &raw_len);
-    return ingest_body_decode(raw, raw_len, eb_http_req_header(req, "Content-Encoding"),
-                              max_inflated, data, len, owned);
-}
 
 eb_status ingest_body_decode(const char *raw, size_t raw_len, const char *enc, size_t max_inflated,
                              const char **data, size_t *len, char **owned)

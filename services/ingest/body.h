@@ -2,15 +2,14 @@
 #ifndef EVALBUS_INGEST_BODY_H
 #define EVALBUS_INGEST_BODY_H
 
-#include "evalbus/http.h"
+#include "evalbus/status.h"
 
-/* The request body, inflated when Content-Encoding is gzip (at most max_inflated bytes:
- * EB_ERR_TOO_LARGE beyond). *owned is the buffer to free (NULL when *data points into the
- * request). */
-eb_status ingest_body(eb_http_req *req, size_t max_inflated, const char **data, size_t *len,
-                      char **owned);
-/* The same for a body already taken from its request: raw[0..raw_len) with the request's
- * Content-Encoding enc (NULL when absent). *data points into raw unless it was inflated. */
+#include <stddef.h>
+
+/* A request body raw[0..raw_len), inflated when its Content-Encoding enc (NULL when absent) is
+ * gzip (at most max_inflated bytes: EB_ERR_TOO_LARGE beyond). *data points into raw unless it
+ * was inflated; *owned is the buffer to free (NULL when not inflated). Works on bytes and a
+ * header value only, so a pool thread may run it. */
 eb_status ingest_body_decode(const char *raw, size_t raw_len, const char *enc, size_t max_inflated,
                              const char **data, size_t *len, char **owned);
 

@@ -4,7 +4,7 @@
  * Start-up: settings, the service skeleton (loop, NATS, PostgreSQL, Redis, HTTP), migrations
  * of the ingest schema, the streams and the writer's consumer (created with a connection of
  * their own), the auth client, the publisher, the decode pool (threads that turn JSON batches
- * into records), NATS intake, writer threads, retention thread.
+ * and OTLP requests into records), NATS intake, writer threads, retention thread.
  * Shutdown (SIGTERM): NATS intake leaves its queue group, HTTP drains; then a retention pass
  * under way is cancelled (it rolls back, unless already committing, and runs again after the
  * next start), and the writer finishes the batch in hand (anything not acknowledged stays in
@@ -52,7 +52,8 @@ static const eb_setting settings[] = {
      "writer threads, each with its own NATS connection (0: this replica only accepts)"},
     {"decode-threads", "EVALBUS_DECODE_THREADS", EB_SET_INT, "2", 1, 16, false,
      offsetof(T, decode_threads),
-     "threads that parse, validate and pack JSON batches (the loop thread only answers)"},
+     "threads that inflate, parse, validate and pack JSON batches and OTLP requests (the loop"
+     " thread only answers)"},
     {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "500", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,

@@ -24,6 +24,13 @@ typedef struct otlp_state {
     eb_http_req *req;
     ingest_ctx *ctx;
     bool json;
+    /* for the pool thread (decode_request): the request's body, its Content-Encoding and the
+     * caller, taken on the loop thread; what it found: st, error */
+    const char *body, *encoding;
+    size_t body_len;
+    eb_principal who;
+    eb_status st;
+    char *error;
     ingest_otlp_result res;
     Evalbus__V1__Trace **sent;
     size_t nsent;
@@ -106,6 +113,7 @@ static void state_free(otlp_state *s)
 {
     ingest_otlp_result_free(&s->res);
     free(s->sent);
+    free(s->error);
     eb_buf_free(&s->why);
     free(s);
 }
@@ -256,35 +264,27 @@ static void on_guarded(void *arg, char *const *found)
     ingest_publish(s->ctx->pub, p, "otlp", true, s->sent, s->nsent, on_published, s);
 }
 
-void api_otlp_post(eb_http_req *req, void *vctx)
+/* Pool thread: inflates, decodes and maps the request (the CPU-heavy part: a large request must
+ * not hold up the loop, which serves every other request), then keeps the traces the caller may
+ * write and that fit one stream message. Reads only what api_otlp_post took for it. */
+static void decode_request(void *arg)
 {
-    ingest_ctx *ctx = vctx;
-    const eb_principal *p = eb_http_req_principal(req);
-    const char *type = eb_http_req_header(req, "Content-Type");
+    otlp_state *s = arg;
+    const ingest_ctx *ctx = s->ctx;
     const char *data;
     size_t len;
     char *owned = NULL;
-    otlp_state *s;
-    eb_status st;
     bool wrong_project = false;
 
-    if (!media_is(type, "application/x-protobuf") && !media_is(type, "application/protobuf") &&
-        !media_is(type, "application/json")) {
-        reply_415(req, type);
-        return;
-    }
-    s = eb_calloc(1, sizeof(*s));
-    s->req = req;
-    s->json = media_is(type, "application/json");
-    st = ingest_body(req, (size_t)ctx->cfg->svc.max_body, &data, &len, &owned);
-    if (st == EB_OK)
-        st = s->json
-                 ? ingest_otlp_decode_json(data, len, &ctx->limits, &s->res)
-                 : ingest_otlp_decode_protobuf((const uint8_t *)data, len, &ctx->limits, &s->res);
+    s->st = ingest_body_decode(s->body, s->body_len, s->encoding, (size_t)ctx->cfg->svc.max_body,
+                               &data, &len, &owned);
+    if (s->st == EB_OK)
+        s->st = s->json ? ingest_otlp_decode_json(data, len, &ctx->limits, &s->res)
+                        : ingest_otlp_decode_protobuf((const uint8_t *)data, len, &ctx->limits,
+                                                      &s->res);
     free(owned);
-    if (st != EB_OK) {
-        reply_error(req, s->json, st, eb_error_message());
-        state_free(s);
+    if (s->st != EB_OK) {
+        s->error = eb_strdup(eb_error_message());
         return;
     }
     s->rejected = s->res.rejected_spans;
@@ -295,7 +295,7 @@ void api_otlp_post(eb_http_req *req, void *vctx)
         Evalbus__V1__Trace *t = s->res.traces[i];
         size_t packed;
 
-        if (!confine_project(s, p, t, &wrong_project)) {
+        if (!confine_project(s, &s->who, t, &wrong_project)) {
             s->rejected += (long long)t->n_observations;
             continue;
         }
@@ -310,6 +310,41 @@ void api_otlp_post(eb_http_req *req, void *vctx)
         }
         s->sent[s->nsent++] = t;
     }
+}
+
+/* Loop thread: answers a request that could not be decoded, or hands its traces to the guard
+ * and then the stream. */
+static void on_decoded(void *arg)
+{
+    otlp_state *s = arg;
+
+    if (s->st != EB_OK) {
+        /* the detail recorded on the pool thread, as this thread's own */
+        eb_status st = eb_error(s->st, "%s", s->error ? s->error : "");
+        reply_error(s->req, s->json, st, eb_error_message());
+        state_free(s);
+        return;
+    }
+    ingest_guard_traces(s->ctx, &s->who, s->sent, s->nsent, on_guarded, s);
+}
+
+void api_otlp_post(eb_http_req *req, void *vctx)
+{
+    ingest_ctx *ctx = vctx;
+    const char *type = eb_http_req_header(req, "Content-Type");
+    otlp_state *s;
+
+    if (!media_is(type, "application/x-protobuf") && !media_is(type, "application/protobuf") &&
+        !media_is(type, "application/json")) {
+        reply_415(req, type);
+        return;
+    }
+    s = eb_calloc(1, sizeof(*s));
+    s->req = req;
     s->ctx = ctx;
-    ingest_guard_traces(ctx, p, s->sent, s->nsent, on_guarded, s);
+    s->json = media_is(type, "application/json");
+    s->who = *eb_http_req_principal(req);
+    s->body = eb_http_req_body(req, &s->body_len);
+    s->encoding = eb_http_req_header(req, "Content-Encoding");
+    ingest_pool_submit(ctx->pool, decode_request, on_decoded, s);
 }

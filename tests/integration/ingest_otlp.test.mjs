@@ -819,6 +819,44 @@ describe('ingest: OTLP/HTTP traces', () => {
     for (const o of g.observations) assert.equal(o.latency_ms ?? null, null, `no negative latency on ${o.name}`);
   }));
 
+  it('a large OTLP request is decoded off the event loop: other requests are answered meanwhile', T, stack.wrap(async () => {
+    // about 12 MB of OTLP/JSON (gzip): its inflating, decoding and mapping take a while, and
+    // must not hold up /healthz (or any other caller) on the same service
+    const attrs = Array.from({ length: 20 }, (_, i) => ({ key: `k${i}`, value: { arrayValue: { values: Array(50).fill({ intValue: '1' }) } } }));
+    const one = JSON.stringify({ traceId: hex(16), spanId: hex(8), name: 's', attributes: attrs }).length;
+    const n = Math.floor((12 * 1024 * 1024) / one);
+    const t0 = Date.now() - 1000;
+    const spans = Array.from({ length: n }, () => ({ traceId: hex(16), spanId: hex(8), name: 's', kind: 1,
+      startTimeUnixNano: nsStr(t0), endTimeUnixNano: nsStr(t0 + 1), attributes: attrs }));
+    const body = zlib.gzipSync(JSON.stringify({ resourceSpans: [{ resource: { attributes: [{ key: 'service.name', value: { stringValue: `big-${hex(3)}` } }] },
+      scopeSpans: [{ scope: { name: 'big' }, spans }] }] }));
+    const base = stack.env.EVALBUS_INGEST_URL;
+    let stop = false;
+    const pings = [];
+    const pinger = (async () => {
+      while (!stop) {
+        const a = performance.now();
+        const res = await fetch(`${base}/healthz`);
+        await res.arrayBuffer();
+        pings.push(performance.now() - a);
+        await sleep(10);
+      }
+    })();
+    await sleep(100);
+    const a = performance.now();
+    const res = await fetch(`${base}/otlp/v1/traces`, { method: 'POST', body,
+      headers: { authorization: `Bearer ${A.key}`, 'content-type': 'application/json', 'content-encoding': 'gzip' } });
+    const text = await res.text();
+    const took = performance.now() - a;
+    stop = true;
+    await pinger;
+    assert.equal(res.status, 200, text.slice(0, 300));
+    assert.equal(text, '{}', `all ${n} spans accepted`);
+    const worst = Math.max(...pings);
+    assert.ok(took > 200, `the request took long enough to tell (${took.toFixed(0)} ms)`);
+    assert.ok(worst < took / 3, `the slowest /healthz meanwhile took ${worst.toFixed(0)} ms, against ${took.toFixed(0)} ms for the request`);
+  }));
+
   it('a trace larger than max-trace-bytes is rejected in partial_success (never a 503 to retry); the rest is stored', T, stack.wrap(async () => {
     const [big, small] = [hex(16), hex(16)];
     const t0 = Date.now() - 5000;
