@@ -700,14 +700,21 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.ok(r.value, 'a writer waits for the partition lock');
   }
 
-  it('a JSON resend stored after a span sent later still replaces the trace, and keeps that span', T, stack.wrap(async () => {
+  // A JSON trace v1 with one observation, stored.
+  async function storeV1(prefix) {
     const traceId = hex(16);
     const now = Date.now();
-    const project = `order-a-${hex(3)}`;
-    let r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v1',
+    const project = `${prefix}-${hex(3)}`;
+    const r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v1',
       start_time: new Date(now - 60_000).toISOString(), observations: [{ id: 'old', type: 'span', name: 'old-obs' }] }] } });
     assert.equal(r.status, 202, r.text);
     await waitTrace(A.key, traceId, (b) => b.name === 'v1');
+    return { traceId, now, project };
+  }
+
+  it('a JSON resend stored after a span sent later still replaces the trace, and keeps that span', T, stack.wrap(async () => {
+    const { traceId, now, project } = await storeV1('order-a');
+    let r;
     const { done: hold } = await holdPartitionLock(4);
     r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v2',
       start_time: new Date(now - 41 * 86_400_000).toISOString(), observations: [{ id: 'new', type: 'span', name: 'new-obs' }] }] } });
@@ -722,13 +729,8 @@ describe('ingest: OTLP/HTTP traces', () => {
   }));
 
   it('a span sent before a JSON resend but stored after it merges nothing into the replaced trace', T, stack.wrap(async () => {
-    const traceId = hex(16);
-    const now = Date.now();
-    const project = `order-b-${hex(3)}`;
-    let r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v1',
-      start_time: new Date(now - 60_000).toISOString(), observations: [{ id: 'old', type: 'span', name: 'old-obs' }] }] } });
-    assert.equal(r.status, 202, r.text);
-    await waitTrace(A.key, traceId, (b) => b.name === 'v1');
+    const { traceId, now, project } = await storeV1('order-b');
+    let r;
     const { done: hold } = await holdPartitionLock(4);
     const o = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId: hex(8), name: 'otel-span',
       startMs: now - 47 * 86_400_000, endMs: now - 47 * 86_400_000 + 1000, attrs: { 'gen_ai.usage.input_tokens': 5 } }]);
