@@ -22,7 +22,8 @@ eb_status ingest_body_decode(const char *raw, size_t raw_len, const char *enc, s
         *len = raw_len;
         return EB_OK;
     }
-    if (strcasecmp(enc, "gzip") != 0)
+    /* x-gzip is gzip's old name, which RFC 9110 (8.4.1.3) asks recipients to take as gzip */
+    if (strcasecmp(enc, "gzip") != 0 && strcasecmp(enc, "x-gzip") != 0)
         return eb_error(EB_ERR_INVALID, "Content-Encoding %s is not supported (use gzip)", enc);
     memset(&zs, 0, sizeof(zs));
     if (inflateInit2(&zs, 15 + 16) != Z_OK)

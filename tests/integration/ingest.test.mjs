@@ -255,6 +255,18 @@ describe('ingest: JSON batch API and trace queries', () => {
     const gg = await waitTrace(A.key, gz.id);
     assert.equal(gg.observations.length, 3, 'gzip trace stored whole');
     assert.deepEqual(gg.input, g.input, 'gzip trace input');
+    // x-gzip, gzip's old name, is gzip too (RFC 9110); deflate is not taken
+    const xg = { ...trace, id: rid('xgz') };
+    const rx = await api('POST', '/api/v1/traces', A.member, {
+      raw: zlib.gzipSync(JSON.stringify({ traces: [xg] })), headers: { 'content-encoding': 'X-Gzip' },
+    });
+    assertStatus(rx, 202, 'x-gzip body');
+    assert.equal((await waitTrace(A.key, xg.id)).observations.length, 3, 'x-gzip trace stored whole');
+    const rd = await api('POST', '/api/v1/traces', A.member, {
+      raw: zlib.deflateSync(JSON.stringify({ traces: [{ ...trace, id: rid('dfl') }] })), headers: { 'content-encoding': 'deflate' },
+    });
+    assertError(rd, 'invalid_argument', 'deflate');
+    assert.match(rd.body.error.message, /Content-Encoding deflate is not supported/);
   }));
 
   it('207: bad items are rejected one by one and the good ones are stored', T, stack.wrap(async () => {
