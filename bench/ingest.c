@@ -524,7 +524,7 @@ static void pb_fill(pb_trace *p, const gen_trace *g)
     "team_id, part_time, id, project, name, model, provider, status, status_message, start_time,"  \
     " end_time, latency_ms, input_tokens, output_tokens, total_tokens, cost_usd, input, output,"   \
     " tool_calls, metadata, tags, session_id, user_id, environment, release, attributes, source,"  \
-    " stream_seq"
+    " stream_seq, replaced_seq"
 
 static void copy_row(sbuf *b, const gen_trace *g, const char *team_id, long long seq)
 {
@@ -571,8 +571,8 @@ static void copy_row(sbuf *b, const gen_trace *g, const char *team_id, long long
     sb_puts(b, "\t{");
     for (int k = 0; k < g->ntags; k++)
         sb_printf(b, "%s\"%s\"", k ? "," : "", g->tags[k]);
-    sb_printf(b, "}\t%s\t%s\t%s\t%s\t\\N\tjson\t%lld\n", g->session_id, g->user_id, g->env,
-              g->release, seq);
+    sb_printf(b, "}\t%s\t%s\t%s\t%s\t\\N\tjson\t%lld\t%lld\n", g->session_id, g->user_id, g->env,
+              g->release, seq, seq);
     sb_free(&j);
 }
 

@@ -279,6 +279,9 @@ static void trace_row(eb_buf *b, const rec *x)
     copy_text(b, r->source && *r->source ? r->source : "json");
     eb_buf_putc(b, '\t');
     put_ull(b, x->seq);
+    eb_buf_putc(b, '\t');
+    /* replaced_seq (see upsert_traces): this record's, unless it is an OTLP fragment */
+    put_ull(b, r->source && strcmp(r->source, "otlp") == 0 ? 0 : x->seq);
     eb_buf_putc(b, '\n');
 }
 
@@ -341,7 +344,7 @@ static const char tmp_sql[] =
     " input_tokens bigint, output_tokens bigint, total_tokens bigint, cost_usd double precision,"
     " input jsonb, output jsonb, tool_calls jsonb, metadata jsonb, tags text[], session_id text,"
     " user_id text, environment text, release text, attributes jsonb, source text,"
-    " stream_seq bigint) ON COMMIT DELETE ROWS;"
+    " stream_seq bigint, replaced_seq bigint) ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS tmp_observations (team_id uuid, part_time timestamptz,"
     " trace_id text, id text, parent_id text, type text, name text, start_time timestamptz,"
     " end_time timestamptz, status text, status_message text, model text, provider text,"
@@ -349,11 +352,11 @@ static const char tmp_sql[] =
     " output jsonb, tool_calls jsonb, attributes jsonb, metadata jsonb, stream_seq bigint)"
     " ON COMMIT DELETE ROWS";
 
-#define TRACE_COLS_BUT_SEQ                                                                         \
+#define TRACE_COLS                                                                                 \
     "team_id, part_time, id, project, name, model, provider, status, status_message, start_time,"  \
     " end_time, latency_ms, input_tokens, output_tokens, total_tokens, cost_usd, input, output,"   \
-    " tool_calls, metadata, tags, session_id, user_id, environment, release, attributes, source"
-#define TRACE_COLS TRACE_COLS_BUT_SEQ ", stream_seq"
+    " tool_calls, metadata, tags, session_id, user_id, environment, release, attributes, source,"  \
+    " stream_seq, replaced_seq"
 #define OBS_COLS                                                                                   \
     "team_id, part_time, trace_id, id, parent_id, type, name, start_time, end_time, status,"       \
     " status_message, model, provider, input_tokens, output_tokens, cost_usd, input, output,"      \
@@ -394,17 +397,18 @@ static const char tmp_sql[] =
     M(user_id)                                                                                     \
     M(environment)                                                                                 \
     M(release)
-/* A trace's stream_seq is the stream sequence of the record that last replaced it (JSON API,
- * NATS), or, for a trace only ever merged from OTLP fragments, minus that of the fragment that
- * made it: fragments never move it. Two writers (or replicas) commit records of one trace in any
- * order, and the outcome must be that of stream order:
- *   - a replacing record applies only if it is later than the last replacement (and then keeps
- *     the spans of later fragments already merged: drop_replaced_observations);
+/* Two writers (or replicas) commit the records of one trace in any order; the outcome must be
+ * that of stream order. A trace's replaced_seq is the stream sequence of the record that last
+ * replaced (or made) it, JSON API or NATS; 0 for a trace made by an OTLP fragment, which never
+ * moves it; NULL for rows stored before the column came (migration 005), which keep the rules
+ * they were stored under (stream_seq, the highest sequence merged in, decides). Then:
+ *   - a replacing record applies only if it is later than the last replacement (and keeps the
+ *     spans of fragments sent after it and stored first: drop_replaced_observations; the
+ *     totals are taken again from them: recompute_sql);
  *   - a fragment merges only if it is later than the last replacement (one sent before it is
- *     what the replacement replaced), its spans likewise (upsert_observations). */
+ *     part of what the replacement replaced), its spans likewise (upsert_observations). */
 static const char upsert_traces[] =
-    "INSERT INTO ingest.traces AS t (" TRACE_COLS ") SELECT " TRACE_COLS_BUT_SEQ
-    ", CASE WHEN source = 'otlp' THEN -stream_seq ELSE stream_seq END FROM tmp_traces"
+    "INSERT INTO ingest.traces AS t (" TRACE_COLS ") SELECT " TRACE_COLS " FROM tmp_traces"
     " ON CONFLICT (team_id, part_time, id) DO UPDATE SET " TRACE_MERGE_SET
     "status = CASE WHEN excluded.source <> 'otlp' THEN excluded.status WHEN 'error' IN"
     " (excluded.status, t.status) THEN 'error' WHEN excluded.status <> 'unset' THEN"
@@ -421,9 +425,12 @@ static const char upsert_traces[] =
     " attributes = CASE WHEN excluded.source = 'otlp' THEN coalesce(excluded.attributes, '{}')"
     " || coalesce(t.attributes, '{}') ELSE excluded.attributes END,"
     " source = CASE WHEN excluded.source = 'otlp' THEN t.source ELSE excluded.source END,"
-    " stream_seq = CASE WHEN excluded.source = 'otlp' THEN t.stream_seq ELSE"
-    " excluded.stream_seq END,"
-    " updated_at = now() WHERE abs(excluded.stream_seq) > t.stream_seq";
+    " stream_seq = greatest(t.stream_seq, excluded.stream_seq),"
+    " replaced_seq = CASE WHEN excluded.source = 'otlp' THEN t.replaced_seq ELSE"
+    " excluded.replaced_seq END,"
+    " updated_at = now() WHERE CASE WHEN excluded.source = 'otlp' THEN t.replaced_seq IS NULL OR"
+    " excluded.stream_seq > t.replaced_seq ELSE excluded.stream_seq > coalesce(t.replaced_seq,"
+    " t.stream_seq) END";
 #undef TRACE_MERGE_SET
 #undef KEEP_OTLP
 #undef M_SENT
@@ -440,7 +447,8 @@ static const char upsert_observations[] =
     " x.attributes, x.metadata, x.stream_seq FROM tmp_observations x JOIN tmp_traces r ON"
     " r.team_id = x.team_id AND r.part_time = x.part_time AND r.id = x.trace_id JOIN"
     " ingest.traces t ON t.team_id = x.team_id AND t.part_time = x.part_time AND t.id ="
-    " x.trace_id WHERE x.stream_seq >= t.stream_seq"
+    " x.trace_id WHERE CASE WHEN t.replaced_seq IS NULL THEN r.source = 'otlp' OR x.stream_seq >="
+    " t.stream_seq ELSE x.stream_seq >= t.replaced_seq END"
     " ORDER BY x.team_id, x.part_time, x.trace_id, x.id, x.stream_seq DESC"
     " ON CONFLICT (team_id, part_time, trace_id, id) DO UPDATE SET parent_id ="
     " excluded.parent_id, type = excluded.type, name = excluded.name, start_time ="
@@ -459,11 +467,12 @@ static const char insert_observations[] =
     " trace_id, id) " OBS_COLS " FROM tmp_observations ORDER BY team_id, part_time, trace_id,"
     " id, stream_seq DESC ON CONFLICT (team_id, part_time, trace_id, id) DO NOTHING";
 
-/* A replaced (non-OTLP) trace keeps only the observations of the record that replaced it. */
+/* A replaced (non-OTLP) trace keeps the observations of the record that replaced it, and of
+ * fragments sent after it (stored first); older ones go. */
 static const char drop_replaced_observations[] =
     "DELETE FROM ingest.observations o USING tmp_traces x, ingest.traces t WHERE x.source <>"
     " 'otlp' AND t.team_id = x.team_id AND t.part_time = x.part_time AND t.id = x.id AND"
-    " t.stream_seq = x.stream_seq AND o.team_id = x.team_id AND o.part_time = x.part_time AND"
+    " t.replaced_seq = x.stream_seq AND o.team_id = x.team_id AND o.part_time = x.part_time AND"
     " o.trace_id = x.id AND o.stream_seq < x.stream_seq";
 
 /* Totals of merged (OTLP) traces, from their observations (sums are numeric: they are capped
@@ -515,12 +524,23 @@ static const char drop_replaced_observations[] =
  * of parent ids. A span that names itself as its parent is not its own ancestor. Spans on a
  * longer cycle are each other's ancestors and so left out; when that leaves no usage at all,
  * the sum over every observation is taken instead (parent ids that go round are malformed
- * data: they must not cost more than a tree, nor drop every figure). */
+ * data: they must not cost more than a tree, nor drop every figure).
+ * The traces are those of the pass's fragments (keys: seq is the fragment's) and those that a
+ * record of the pass replaced while keeping spans of fragments sent after it (seq: the latest
+ * of those); a fragment older than the last replacement merged nothing and changes nothing. */
 static const char recompute_sql[] =
-    "WITH RECURSIVE above(team_id, part_time, trace_id, id, tok, cost) AS ("
+    "WITH RECURSIVE keys(team_id, part_time, id, seq) AS ("
+    " SELECT team_id, part_time, id, stream_seq FROM tmp_traces WHERE source = 'otlp'"
+    " UNION ALL"
+    " SELECT x.team_id, x.part_time, x.id, max(o.stream_seq) FROM tmp_traces x JOIN"
+    "  ingest.traces t ON t.team_id = x.team_id AND t.part_time = x.part_time AND t.id = x.id"
+    "  AND t.replaced_seq = x.stream_seq JOIN ingest.observations o ON o.team_id = x.team_id"
+    "  AND o.part_time = x.part_time AND o.trace_id = x.id AND o.stream_seq > x.stream_seq"
+    "  WHERE x.source <> 'otlp' GROUP BY 1, 2, 3),"
+    " above(team_id, part_time, trace_id, id, tok, cost) AS ("
     " SELECT o.team_id, o.part_time, o.trace_id, o.parent_id, o.input_tokens IS NOT NULL OR"
     "  o.output_tokens IS NOT NULL, o.cost_usd IS NOT NULL"
-    "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
+    "  FROM ingest.observations o JOIN keys k ON o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
     "  WHERE o.parent_id IS NOT NULL AND o.parent_id <> o.id AND (o.input_tokens IS NOT NULL"
     "  OR o.output_tokens IS NOT NULL OR o.cost_usd IS NOT NULL)"
@@ -548,15 +568,15 @@ static const char recompute_sql[] =
     "  " COST_SUM_SCALED " END * " TWO_POW_64 " c,"
     "  min(o.start_time) st, max(o.end_time) et,"
     "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
-    " input, " GEN_OUTPUT " output, max(k.stream_seq) kseq"
-    "  FROM ingest.observations o JOIN tmp_traces k ON k.source = 'otlp' AND o.team_id ="
+    " input, " GEN_OUTPUT " output, max(k.seq) kseq"
+    "  FROM ingest.observations o JOIN keys k ON o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
     "  LEFT JOIN (SELECT team_id, part_time, trace_id, id, bool_or(tok) tok, bool_or(cost) cost"
     "   FROM above GROUP BY 1, 2, 3, 4) u ON u.team_id = o.team_id AND u.part_time ="
     "   o.part_time AND u.trace_id = o.trace_id AND u.id = o.id"
     "  GROUP BY 1, 2, 3) s"
     " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id"
-    " AND s.kseq > t.stream_seq"; /* a fragment older than the last replacement merged nothing */
+    " AND s.kseq > coalesce(t.replaced_seq, -1)";
 
 /* The status of a statement that failed with r: EB_ERR_UNAVAILABLE when the connection is
  * lost, EB_ERR_NOT_FOUND when its SQLSTATE is no_partition (how a day partition that does not
@@ -1078,7 +1098,7 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
         st = exec_upsert(c, existing || merges ? upsert_observations : insert_observations);
     if (st == EB_OK && existing)
         st = eb_db_exec(c, drop_replaced_observations, 0, NULL, NULL);
-    if (st == EB_OK && merges)
+    if (st == EB_OK && (merges || existing))
         st = eb_db_exec(c, recompute_sql, 0, NULL, NULL);
     /* the temporary tables empty themselves at COMMIT (ON COMMIT DELETE ROWS) */
 cleanup:

@@ -720,12 +720,49 @@ describe('ingest: OTLP/HTTP traces', () => {
       start_time: new Date(now - 41 * 86_400_000).toISOString(), observations: [{ id: 'new', type: 'span', name: 'new-obs' }] }] } });
     assert.equal(r.status, 202, r.text);
     await writerWaits(); // v2 waits; the span goes to the other writer
-    const o = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId: hex(8), name: 'otel-span', startMs: now - 59_000, endMs: now - 58_000 }]);
+    const o = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId: hex(8), name: 'otel-span', startMs: now - 59_000, endMs: now - 58_000,
+      status: 2, attrs: { 'gen_ai.usage.input_tokens': 5, 'gen_ai.usage.output_tokens': 2 } }]);
     assert.equal(o.status, 200, o.text);
     await waitTrace(A.key, traceId, (b) => b.observations.some((x) => x.name === 'otel-span'), 3000);
     await hold;
     const g = await waitTrace(A.key, traceId, (b) => b.name === 'v2', 10_000);
     assert.deepEqual(g.observations.map((x) => x.name).sort(), ['new-obs', 'otel-span'], 'v2\'s observations and the span sent after it; v1\'s are gone');
+    // as if the span had merged into v2: its error and its usage count
+    assert.equal(g.status, 'error', 'the span\'s error');
+    assert.deepEqual(g.usage, { input_tokens: 5, output_tokens: 2, total_tokens: 7 }, 'the span\'s usage');
+  }));
+
+  it('a new JSON trace stored after a span of it sent later: the trace it was sent as, with that span and its totals', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const now = Date.now();
+    const project = `order-c-${hex(3)}`;
+    const { done: hold } = await holdPartitionLock(4);
+    let r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'sent', model: 'gpt-4o',
+      start_time: new Date(now - 53 * 86_400_000).toISOString(), observations: [{ id: 'gen', type: 'generation', name: 'llm',
+        usage: { input_tokens: 7, output_tokens: 1 } }] }] } });
+    assert.equal(r.status, 202, r.text);
+    await writerWaits();
+    const o = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId: hex(8), name: 'otel-span', startMs: now - 59_000, endMs: now - 58_000,
+      status: 2, attrs: { 'gen_ai.usage.input_tokens': 5 } }]);
+    assert.equal(o.status, 200, o.text);
+    await waitTrace(A.key, traceId, (b) => b.source === 'otlp', 3000); // the span made the trace
+    await hold;
+    const g = await waitTrace(A.key, traceId, (b) => b.name === 'sent', 10_000);
+    assert.equal(g.source, 'json');
+    assert.equal(g.model, 'gpt-4o');
+    assert.deepEqual(g.observations.map((x) => x.name).sort(), ['llm', 'otel-span']);
+    assert.equal(g.status, 'error');
+    assert.deepEqual(g.usage, { input_tokens: 12, output_tokens: 1, total_tokens: 13 }, 'the sums over both');
+  }));
+
+  it('a trace stored before replaced_seq existed keeps its rules: a span still merges into it', T, stack.wrap(async () => {
+    const { traceId, now, project } = await storeV1('order-old');
+    // what an earlier version left: no replaced_seq, and a sequence that later spans had raised
+    await stack.psql(`UPDATE ingest.traces SET replaced_seq = NULL, stream_seq = stream_seq + 1000000 WHERE id = '${traceId}'`);
+    const o = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId: hex(8), name: 'otel-span', startMs: now - 59_000, endMs: now - 58_000 }]);
+    assert.equal(o.status, 200, o.text);
+    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 2, 5000);
+    assert.deepEqual(g.observations.map((x) => x.name).sort(), ['old-obs', 'otel-span']);
   }));
 
   it('a span sent before a JSON resend but stored after it merges nothing into the replaced trace', T, stack.wrap(async () => {
