@@ -401,7 +401,9 @@ static const char tmp_sql[] =
  * that of stream order. A trace's replaced_seq is the stream sequence of the record that last
  * replaced (or made) it, JSON API or NATS; 0 for a trace made by an OTLP fragment, which never
  * moves it; NULL for rows stored before the column came (migration 005), which keep the rules
- * they were stored under (stream_seq, the highest sequence merged in, decides). Then:
+ * they were stored under (stream_seq, the highest sequence merged in, decides; but fragments no
+ * longer raise it, so that a JSON resend sent before a fragment and stored after it replaces).
+ * Then:
  *   - a replacing record applies only if it is later than the last replacement (and keeps the
  *     spans of fragments sent after it and stored first: drop_replaced_observations; the
  *     totals are taken again from them: recompute_sql);
@@ -425,7 +427,10 @@ static const char upsert_traces[] =
     " attributes = CASE WHEN excluded.source = 'otlp' THEN coalesce(excluded.attributes, '{}')"
     " || coalesce(t.attributes, '{}') ELSE excluded.attributes END,"
     " source = CASE WHEN excluded.source = 'otlp' THEN t.source ELSE excluded.source END,"
-    " stream_seq = greatest(t.stream_seq, excluded.stream_seq),"
+    /* a fragment moves a row from before replaced_seq no more: a JSON resend sent before it
+     * and stored after it still replaces */
+    " stream_seq = CASE WHEN excluded.source = 'otlp' AND t.replaced_seq IS NULL THEN"
+    " t.stream_seq ELSE greatest(t.stream_seq, excluded.stream_seq) END,"
     " replaced_seq = CASE WHEN excluded.source = 'otlp' THEN t.replaced_seq ELSE"
     " excluded.replaced_seq END,"
     " updated_at = now() WHERE CASE WHEN excluded.source = 'otlp' THEN t.replaced_seq IS NULL OR"

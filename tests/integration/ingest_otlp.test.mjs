@@ -755,14 +755,20 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.deepEqual(g.usage, { input_tokens: 12, output_tokens: 1, total_tokens: 13 }, 'the sums over both');
   }));
 
-  it('a trace stored before replaced_seq existed keeps its rules: a span still merges into it', T, stack.wrap(async () => {
+  it('a trace stored before replaced_seq existed: a span merges into it, and a JSON resend stored after a span sent later still replaces it', T, stack.wrap(async () => {
     const { traceId, now, project } = await storeV1('order-old');
-    // what an earlier version left: no replaced_seq, and a sequence that later spans had raised
-    await stack.psql(`UPDATE ingest.traces SET replaced_seq = NULL, stream_seq = stream_seq + 1000000 WHERE id = '${traceId}'`);
+    await stack.psql(`UPDATE ingest.traces SET replaced_seq = NULL WHERE id = '${traceId}'`); // as stored before 005
+    const { done: hold } = await holdPartitionLock(4);
+    const r = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id: traceId, project, name: 'v2',
+      start_time: new Date(now - 59 * 86_400_000).toISOString(), observations: [{ id: 'new', type: 'span', name: 'new-obs' }] }] } });
+    assert.equal(r.status, 202, r.text);
+    await writerWaits();
     const o = await postOtlp(A.key, 'json', project, [{ traceId, spanId: hex(8), parentSpanId: hex(8), name: 'otel-span', startMs: now - 59_000, endMs: now - 58_000 }]);
     assert.equal(o.status, 200, o.text);
-    const g = await waitTrace(A.key, traceId, (b) => b.observations.length === 2, 5000);
-    assert.deepEqual(g.observations.map((x) => x.name).sort(), ['old-obs', 'otel-span']);
+    await waitTrace(A.key, traceId, (b) => b.observations.some((x) => x.name === 'otel-span'), 3000);
+    await hold;
+    const g = await waitTrace(A.key, traceId, (b) => b.name === 'v2', 10_000);
+    assert.deepEqual(g.observations.map((x) => x.name).sort(), ['new-obs', 'otel-span']);
   }));
 
   it('a span sent before a JSON resend but stored after it merges nothing into the replaced trace', T, stack.wrap(async () => {
