@@ -204,6 +204,53 @@ static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
     return false;
 }
 
+/* One field of a protobuf message: its number and, for a length-delimited field, its bytes
+ * (data NULL and len 0 for the other wire types). */
+typedef struct wire_field {
+    unsigned num;
+    bool delimited;
+    const uint8_t *data;
+    size_t len;
+} wire_field;
+
+/* Reads the field at *p (< end) into f and moves *p past it. False if it is malformed: a field
+ * number of 0 or over 2^29-1, a wire type OTLP does not use (groups 3 and 4; 6 and 7 do not
+ * exist), or a value running past end. */
+static bool wire_read(const uint8_t **p, const uint8_t *end, wire_field *f)
+{
+    uint64_t tag, v;
+
+    if (!wire_varint(p, end, &tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1fffffff)
+        return false;
+    f->num = (unsigned)(tag >> 3);
+    f->delimited = (tag & 7) == 2;
+    f->data = NULL;
+    f->len = 0;
+    switch (tag & 7) {
+    case 0:
+        return wire_varint(p, end, &v);
+    case 1:
+        if ((size_t)(end - *p) < 8)
+            return false;
+        *p += 8;
+        return true;
+    case 5:
+        if ((size_t)(end - *p) < 4)
+            return false;
+        *p += 4;
+        return true;
+    case 2:
+        if (!wire_varint(p, end, &v) || v > (uint64_t)(end - *p))
+            return false;
+        f->data = *p;
+        f->len = (size_t)v;
+        *p += v;
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* Checks that data[0..n) is a well-formed message of type desc (NULL: of unknown type, whose
  * fields are only skipped) nesting at most OTLP_MAX_DEPTH levels. A string field holding a NUL
  * byte (protobuf-c would cut the string there) fails the check when nul is NULL, else sets *nul.
@@ -216,42 +263,20 @@ static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescrip
     if (depth > OTLP_MAX_DEPTH)
         return false;
     while (p < end) {
-        uint64_t tag, len;
-        const ProtobufCFieldDescriptor *f;
+        const ProtobufCFieldDescriptor *fd;
+        wire_field f;
 
-        if (!wire_varint(&p, end, &tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1fffffff)
+        if (!wire_read(&p, end, &f))
             return false;
-        switch (tag & 7) {
-        case 0:
-            if (!wire_varint(&p, end, &len))
-                return false;
-            break;
-        case 1:
-            if ((size_t)(end - p) < 8)
-                return false;
-            p += 8;
-            break;
-        case 5:
-            if ((size_t)(end - p) < 4)
-                return false;
-            p += 4;
-            break;
-        case 2:
-            if (!wire_varint(&p, end, &len) || len > (uint64_t)(end - p))
-                return false;
-            f = desc ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3)) : NULL;
-            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-                !wire_check(p, (size_t)len, f->descriptor, depth + 1, nul))
-                return false;
-            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)len)) {
-                if (!nul)
-                    return false;
-                *nul = true;
-            }
-            p += len;
-            break;
-        default: /* groups (3, 4) are not used by OTLP; 6 and 7 do not exist */
+        if (!f.delimited || !desc || !(fd = protobuf_c_message_descriptor_get_field(desc, f.num)))
+            continue;
+        if (fd->type == PROTOBUF_C_TYPE_MESSAGE &&
+            !wire_check(f.data, f.len, fd->descriptor, depth + 1, nul))
             return false;
+        if (fd->type == PROTOBUF_C_TYPE_STRING && memchr(f.data, 0, f.len)) {
+            if (!nul)
+                return false;
+            *nul = true;
         }
     }
     return true;
@@ -283,42 +308,10 @@ static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const ch
     return EB_OK;
 }
 
-/* One field of a message that wire_check has passed: its number and, for a length-delimited
- * field, its bytes (len is 0 and data NULL for the other wire types). False at the end. */
-typedef struct wire_field {
-    unsigned num;
-    bool delimited;
-    const uint8_t *data;
-    size_t len;
-} wire_field;
-
+/* The next field of a message that wire_check has passed; false at its end. */
 static bool wire_next(const uint8_t **p, const uint8_t *end, wire_field *f)
 {
-    uint64_t tag, v;
-
-    if (*p >= end || !wire_varint(p, end, &tag))
-        return false;
-    f->num = (unsigned)(tag >> 3);
-    f->delimited = (tag & 7) == 2;
-    f->data = NULL;
-    f->len = 0;
-    switch (tag & 7) {
-    case 0:
-        return wire_varint(p, end, &v);
-    case 1:
-        *p += 8;
-        return true;
-    case 5:
-        *p += 4;
-        return true;
-    default: /* 2: wire_check allows no other type */
-        if (!wire_varint(p, end, &v))
-            return false;
-        f->data = *p;
-        f->len = (size_t)v;
-        *p += v;
-        return true;
-    }
+    return *p < end && wire_read(p, end, f);
 }
 
 /* True if a string field of msg[0..n) (a desc at depth), other than field skip and what it
