@@ -747,32 +747,31 @@ static void array_item(eb_buf *a, const char *s)
     eb_buf_putc(a, '"');
 }
 
-/* FNV-1a of a (team, trace id) key: the slot of plan_pass()'s set. */
-static uint64_t key_hash_of(const char *team, const char *id)
+/* The key order of a batch (handle_batch sorts it so): team, then trace id. */
+static int key_cmp(const rec *x, const char *team, const char *id)
 {
-    uint64_t h = 1469598103934665603ULL;
+    int c = strcmp(x->r->envelope->team_id, team);
 
-    for (const char *p = team; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    h = (h ^ 0xff) * 1099511628211ULL;
-    for (const char *p = id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    return h;
+    return c ? c : strcmp(x->r->trace->id, id);
 }
 
-/* The slot of plan_pass()'s set that holds the record with key (team, id), or the empty slot
- * where it would go. */
-static size_t key_slot(const rec *recs, const size_t *set, size_t cap, const char *team,
-                       const char *id)
+/* The index of this pass's record (not skipped) with key (team, id), or SIZE_MAX: a binary
+ * search, recs[0..n) being in key order. */
+static size_t pass_record(const rec *recs, size_t n, const char *team, const char *id)
 {
-    size_t slot = key_hash_of(team, id) & (cap - 1);
+    size_t lo = 0, hi = n;
 
-    for (; set[slot] != SIZE_MAX; slot = (slot + 1) & (cap - 1)) {
-        const rec *x = &recs[set[slot]];
-        if (strcmp(x->r->trace->id, id) == 0 && strcmp(x->r->envelope->team_id, team) == 0)
-            break;
+    while (lo < hi) { /* the first record whose key is not below (team, id) */
+        size_t mid = lo + (hi - lo) / 2;
+        if (key_cmp(&recs[mid], team, id) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    return slot;
+    for (; lo < n && key_cmp(&recs[lo], team, id) == 0; lo++)
+        if (!recs[lo].skip)
+            return lo;
+    return SIZE_MAX;
 }
 
 /* Closes an array literal begun by array_item and returns its text. */
@@ -813,7 +812,7 @@ static long long file_time(const Evalbus__V1__IngestRecord *r, long long now)
  * existing keys keep theirs (their partitions exist since they were first stored). One plain
  * INSERT ... ON CONFLICT DO NOTHING RETURNING stores the new keys (cheap to plan, one index
  * probe per key); only when some key was there already does a second statement read those
- * keys' days. set / cap: plan_pass()'s set of this pass's records.
+ * keys' days. recs is in key order (pass_record).
  *
  * Most passes hold only new traces, so the keys first go in by a plain INSERT (no ON CONFLICT,
  * no RETURNING), which costs PostgreSQL about two thirds as much (measured: 4.6-5.5 against
@@ -822,8 +821,7 @@ static long long file_time(const Evalbus__V1__IngestRecord *r, long long now)
  * rolled back, and the pass takes the INSERT ... ON CONFLICT. Passes with OTLP records (whose
  * spans often add to a stored trace) take it directly, and so do the writer's next passes after
  * a plain INSERT failed. */
-static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n,
-                                    const size_t *set, size_t cap)
+static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size_t n)
 {
     eb_buf teams = {0}, ids = {0}, times = {0};
     PGresult *r = NULL;
@@ -895,7 +893,7 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
     if (st != EB_OK)
         goto cleanup;
     for (int row = 0; row < PQntuples(r); row++) {
-        size_t i = set[key_slot(recs, set, cap, eb_db_val(r, row, 0), eb_db_val(r, row, 1))];
+        size_t i = pass_record(recs, n, eb_db_val(r, row, 0), eb_db_val(r, row, 1));
         if (i != SIZE_MAX)
             recs[i].existed = false; /* new: its day is the one proposed */
     }
@@ -1113,21 +1111,17 @@ cleanup:
 }
 
 /* Marks recs[i].skip for records that are done or whose key an earlier record of this pass
- * already has: an open-addressing set of record indexes keyed by (team, trace id). */
-static void plan_pass(rec *recs, size_t n, const bool *done, size_t *set, size_t cap)
+ * already has: recs is in key order (cmp_rec_key), so records of one key are next to each
+ * other, the earliest in the stream first. */
+static void plan_pass(rec *recs, size_t n, const bool *done)
 {
-    for (size_t k = 0; k < cap; k++)
-        set[k] = SIZE_MAX;
+    const rec *taken = NULL; /* this pass's record of the key at hand */
+
     for (size_t i = 0; i < n; i++) {
-        size_t slot;
-        recs[i].skip = done[i];
-        if (recs[i].skip)
-            continue;
-        slot = key_slot(recs, set, cap, recs[i].r->envelope->team_id, recs[i].r->trace->id);
-        if (set[slot] != SIZE_MAX)
-            recs[i].skip = true; /* an earlier record has the key */
-        else
-            set[slot] = i;
+        recs[i].skip = done[i] || (taken && key_cmp(taken, recs[i].r->envelope->team_id,
+                                                    recs[i].r->trace->id) == 0);
+        if (!recs[i].skip)
+            taken = &recs[i];
     }
 }
 
@@ -1135,29 +1129,23 @@ static void plan_pass(rec *recs, size_t n, const bool *done, size_t *set, size_t
 static int cmp_rec_key(const void *a, const void *b)
 {
     const rec *x = a, *y = b;
-    int c = strcmp(x->r->envelope->team_id, y->r->envelope->team_id);
+    int c = key_cmp(x, y->r->envelope->team_id, y->r->trace->id);
 
-    if (c == 0)
-        c = strcmp(x->r->trace->id, y->r->trace->id);
     return c ? c : (x->seq > y->seq) - (x->seq < y->seq);
 }
 
-/* Stores a batch in one transaction, in passes without repeated keys. */
+/* Stores a batch, in key order (cmp_rec_key), in one transaction per pass without repeated
+ * keys. */
 static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
 {
     eb_status st = EB_OK;
     bool *done = eb_calloc(n ? n : 1, sizeof(bool));
-    size_t left = n, cap = 16;
-    size_t *set;
-
-    while (cap < 2 * n)
-        cap *= 2;
-    set = eb_malloc(cap * sizeof(size_t));
+    size_t left = n;
 
     while (st == EB_OK && left > 0) {
         /* a pass: the first not-done record of each key, in stream order */
-        plan_pass(recs, n, done, set, cap);
-        st = resolve_part_times(w, c, recs, n, set, cap); /* opens the pass's transaction */
+        plan_pass(recs, n, done);
+        st = resolve_part_times(w, c, recs, n); /* opens the pass's transaction */
         if (st == EB_OK)
             st = store_pass(c, recs, n);
         if (st == EB_OK)
@@ -1178,7 +1166,6 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
         forget_days(w);
         st = eb_error(EB_ERR_UNAVAILABLE, "a day partition was dropped meanwhile; trying again");
     }
-    free(set);
     free(done);
     return st;
 }
