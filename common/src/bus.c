@@ -1,12 +1,17 @@
 /* bus.c -- NATS connection setup on a libevent loop, readiness, JetStream stream/consumer
- * bootstrap. The libevent adapter is initialised once per process. Reconnection is left to the
- * client library (unlimited attempts, 500 ms apart); state changes are logged. */
+ * bootstrap. Reconnection is left to the client library (unlimited attempts, 500 ms apart);
+ * state changes are logged.
+ * A connection on a loop is driven by the loop: the library's event-loop callbacks (attach,
+ * read, write, detach) are ours, so that after the library has read and parsed what came in, a
+ * read hook may take the messages it queued for a synchronous subscription on the loop thread
+ * itself (eb_bus_set_read_hook), without a delivery thread and the wake-ups it costs. */
 #include "evalbus/bus.h"
 #include "evalbus/clock.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 
-#include <nats/adapters/libevent.h>
+#include <event2/event.h>
+#include <event2/thread.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,13 +23,118 @@ struct eb_bus {
     natsConnection *nc;
     jsCtx *js;
     char *name;
+    struct event_base *base;
+    void (*read_hook)(void *arg); /* loop thread */
+    void *read_hook_arg;
 };
 
 static pthread_once_t adapter_once = PTHREAD_ONCE_INIT;
 
 static void adapter_init(void)
 {
-    natsLibevent_Init();
+    evthread_use_pthreads(); /* the library attaches from its reconnect thread */
+}
+
+/* --- the connection's socket on the loop --- */
+
+typedef struct bus_io {
+    eb_bus *bus;
+    natsConnection *nc;
+    struct event *read, *write;
+    struct event *keep; /* a timer far off: the loop does not end while the socket is away */
+} bus_io;
+
+static void io_ready(evutil_socket_t fd, short what, void *arg)
+{
+    bus_io *io = arg;
+    eb_bus *bus = io->bus; /* io may be gone once the library has handled the event */
+
+    (void)fd;
+    if (what & EV_READ) {
+        natsConnection_ProcessReadEvent(io->nc);
+        if (bus->read_hook)
+            bus->read_hook(bus->read_hook_arg);
+    }
+    if (what & EV_WRITE)
+        natsConnection_ProcessWriteEvent(io->nc);
+}
+
+static void keep_fired(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+static natsStatus io_interest(struct event *ev, bool add)
+{
+    return (add ? event_add(ev, NULL) : event_del_noblock(ev)) == 0 ? NATS_OK : NATS_ERR;
+}
+
+static natsStatus io_read(void *user, bool add)
+{
+    return io_interest(((bus_io *)user)->read, add);
+}
+
+static natsStatus io_write(void *user, bool add)
+{
+    return io_interest(((bus_io *)user)->write, add);
+}
+
+static natsStatus io_detach(void *user)
+{
+    bus_io *io = user;
+
+    if (io->read)
+        event_free(io->read);
+    if (io->write)
+        event_free(io->write);
+    if (io->keep)
+        event_free(io->keep);
+    free(io);
+    return NATS_OK;
+}
+
+/* Called on connecting and on every reconnect (then with the previous state in *user). */
+static natsStatus io_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
+{
+    eb_bus *bus = loop;
+    bus_io *io = *user;
+    struct timeval far = {100000, 0};
+
+    if (!io) {
+        io = calloc(1, sizeof(*io));
+        if (!io)
+            return NATS_NO_MEMORY;
+        io->bus = bus;
+        io->nc = nc;
+        io->keep = event_new(bus->base, -1, EV_PERSIST, keep_fired, NULL);
+        if (!io->keep || event_add(io->keep, &far) != 0) {
+            io_detach(io);
+            return NATS_ERR;
+        }
+    } else {
+        if (io->read)
+            event_free(io->read);
+        if (io->write)
+            event_free(io->write);
+        io->read = io->write = NULL;
+    }
+    io->read = event_new(bus->base, sock, EV_READ | EV_PERSIST, io_ready, io);
+    io->write = event_new(bus->base, sock, EV_WRITE | EV_PERSIST, io_ready, io);
+    if (!io->read || !io->write || io_read(io, true) != NATS_OK) {
+        if (!*user)
+            io_detach(io);
+        return NATS_ERR;
+    }
+    *user = io;
+    return NATS_OK;
+}
+
+void eb_bus_set_read_hook(eb_bus *bus, void (*hook)(void *arg), void *arg)
+{
+    bus->read_hook_arg = arg;
+    bus->read_hook = hook;
 }
 
 eb_status eb_bus_error(natsStatus s, const char *what)
@@ -69,6 +179,7 @@ eb_status eb_bus_connect(struct event_base *base, const char *url, const char *n
 
     *out = NULL;
     bus->name = eb_strdup(name);
+    bus->base = base;
     if (base)
         pthread_once(&adapter_once, adapter_init);
     s = natsOptions_Create(&opts);
@@ -91,8 +202,7 @@ eb_status eb_bus_connect(struct event_base *base, const char *url, const char *n
     if (s == NATS_OK && wait_ms <= 0)
         s = natsOptions_SetRetryOnFailedConnect(opts, true, on_reconnected, NULL);
     if (s == NATS_OK && base)
-        s = natsOptions_SetEventLoop(opts, base, natsLibevent_Attach, natsLibevent_Read,
-                                     natsLibevent_Write, natsLibevent_Detach);
+        s = natsOptions_SetEventLoop(opts, bus, io_attach, io_read, io_write, io_detach);
     if (s != NATS_OK) {
         st = eb_bus_error(s, "NATS options");
         goto cleanup;

@@ -147,7 +147,7 @@ static void take_trace(batch_state *b, size_t i, const char *id, const Evalbus__
 {
     natsMsg *msg = NULL;
 
-    if (ingest_record_pack(&b->who, "json", false, now_ms, t, max_payload, &msg) ==
+    if (ingest_record_pack(b->ctx->pub, &b->who, "json", false, now_ms, t, max_payload, &msg) ==
         EB_ERR_TOO_LARGE) {
         /* the server would refuse it on every try: say so now, not 503 forever */
         cJSON_AddItemToArray(b->rejected, rejection(i, id, EB_ERR_TOO_LARGE, eb_error_message()));

@@ -99,13 +99,15 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
                     void *arg);
 /* The two halves of ingest_publish, for callers that pack away from the loop thread.
  * ingest_record_pack turns one trace into the IngestRecord message for the stream (subject,
- * Nats-Msg-Id header, payload); it touches no shared state, so any thread may call it. The
- * caller owns the message (natsMsg_Destroy) until it hands it to ingest_publish_packed.
+ * Nats-Msg-Id header, payload, and a reply subject of p's for JetStream's acknowledgement); it
+ * touches no shared state but an atomic counter of p's, so any thread may call it. The
+ * caller owns the message (natsMsg_Destroy) until it hands it to ingest_publish_packed of the
+ * same p.
  * EB_OK, or why the message could not be made (*out is then NULL): EB_ERR_TOO_LARGE when it
  * would be larger than max_payload (the NATS server's limit; 0: not checked). */
-eb_status ingest_record_pack(const eb_principal *who, const char *source, bool merge,
-                             long long now_ms, const Evalbus__V1__Trace *t, long long max_payload,
-                             natsMsg **out);
+eb_status ingest_record_pack(ingest_publisher *p, const eb_principal *who, const char *source,
+                             bool merge, long long now_ms, const Evalbus__V1__Trace *t,
+                             long long max_payload, natsMsg **out);
 /* The largest message the NATS server takes (0 while not connected). Any thread. */
 long long ingest_publisher_max_payload(ingest_publisher *p);
 /* Publishes msgs[0..n) (taking every message and setting the entries to NULL; a NULL entry

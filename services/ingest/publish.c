@@ -1,23 +1,25 @@
 /* publish.c -- durable hand-off of accepted traces to the JetStream stream INGEST.
  *
- * Each trace becomes an IngestRecord published asynchronously on
- * evalbus.v1.ingest.records.<team slug> with the message id
- * "<team id>:<trace id>:<first 16 hex of SHA-256 of the record's trace>", so that a resend of
- * the same trace within the stream's duplicate window is stored once while a changed version
- * of a trace is a new record (the writer keeps the newest by stream sequence).
+ * Each trace becomes an IngestRecord published on evalbus.v1.ingest.records.<team slug> with
+ * the message id "<team id>:<trace id>:<first 16 hex of SHA-256 of the record's trace>", so
+ * that a resend of the same trace within the stream's duplicate window is stored once while a
+ * changed version of a trace is a new record (the writer keeps the newest by stream sequence).
  *
- * Packing (ingest_record_pack: the record, the hash, the message with its Nats-Msg-Id header)
- * needs no publisher state, so the JSON batch API does it on its pool threads; handing the
- * messages to the library (ingest_publish_packed) happens on the loop thread, which drives the
- * NATS connection. The library keeps up to 1,000,000 publishes in flight (MaxPending): a batch
- * goes out without waiting for the acknowledgements of earlier ones.
+ * Packing (ingest_record_pack: the record, the hash, the message with its Nats-Msg-Id header
+ * and its reply subject) needs no publisher state but an atomic counter, so the JSON batch API
+ * does it on its pool threads; handing the messages to the library (ingest_publish_packed)
+ * happens on the loop thread, which drives the NATS connection. A batch goes out without
+ * waiting for the acknowledgements of earlier ones.
  *
- * Acknowledgements arrive on a NATS thread through the context's ack handler, which finds the
- * batch of a message by its pointer in a small table, records the result, and when a batch is
- * complete queues it for the loop thread (event_active). A timer per batch bounds the wait: the
- * ack handler reports timeouts itself (jsPubOptions.MaxWait), the timer is a safety net.
- * Threading: ingest_publish, ingest_publish_packed and the done callbacks run on the loop
- * thread; ingest_record_pack on any thread. */
+ * Acknowledgements: every record carries the reply subject "<inbox>.<n>", n a number of its
+ * own, and JetStream answers there (a PubAck, or an error). The publisher's subscription to
+ * "<inbox>.*" is synchronous and is drained on the loop thread right after the library has
+ * read from the socket (eb_bus_set_read_hook), so an acknowledgement reaches its batch without
+ * a delivery thread or a wake-up of the loop; a table maps n to the batch and the record's
+ * place in it. A timer per batch bounds the wait (publish-timeout): what has not been
+ * acknowledged by then fails as a timeout (it may still be stored, see ingest_publish_done).
+ * Threading: everything here runs on the loop thread, but ingest_record_pack (any thread) and
+ * ingest_publisher_set_full (any thread). */
 #include "evalbus/bus.h"
 #include "evalbus/crypto.h"
 #include "evalbus/log.h"
@@ -25,6 +27,7 @@
 #include "evalbus/metrics.h"
 #include "ingest_int.h"
 
+#include <cjson/cJSON.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,7 @@ typedef struct pub_batch {
     size_t n;
     size_t remaining;
     eb_status *results;
+    uint64_t *seqs; /* each record's reply number; 0: not in the table */
     ingest_publish_done done;
     void *arg;
     struct event *timer;
@@ -45,7 +49,7 @@ typedef struct pub_batch {
 } pub_batch;
 
 typedef struct inflight {
-    natsMsg *msg; /* key: the message pointer handed to the library */
+    uint64_t seq; /* key: the number in the record's reply subject; 0: a free slot */
     pub_batch *batch;
     size_t index;
 } inflight;
@@ -53,28 +57,24 @@ typedef struct inflight {
 struct ingest_publisher {
     struct event_base *base;
     eb_bus *bus;
-    jsCtx *js;
     long long timeout_ms;
-    pthread_mutex_t mu;
-    inflight *table; /* open addressing on msg pointer */
+    natsSubscription *acks; /* "<inbox>.*", synchronous, drained on the loop thread */
+    char inbox[64];         /* immutable once made: ingest_record_pack reads it anywhere */
+    atomic_ullong next_seq; /* the next reply number (from 1) */
+    inflight *table;        /* open addressing on seq */
     size_t cap, used;
     pub_batch *ready;
     struct event *wake;
     atomic_bool full; /* the stream watch's verdict: refuse new records */
-    size_t open;      /* batches handed over and not yet answered (loop thread) */
-    bool closing;     /* shutting down: refuse new records (loop thread) */
+    size_t open;      /* batches handed over and not yet answered */
+    bool closing;     /* shutting down: refuse new records */
 };
 
-static size_t ptr_slot(const ingest_publisher *p, const void *ptr)
+static size_t seq_slot(const ingest_publisher *p, uint64_t seq)
 {
-    uintptr_t v = (uintptr_t)ptr;
-
-    v ^= v >> 17;
-    v *= 0x9E3779B97F4A7C15ULL;
-    return (size_t)(v >> 7) & (p->cap - 1);
+    return (size_t)((seq * 0x9E3779B97F4A7C15ULL) >> 20) & (p->cap - 1);
 }
 
-/* Caller holds mu. */
 static void table_grow(ingest_publisher *p)
 {
     inflight *old = p->table;
@@ -84,9 +84,9 @@ static void table_grow(ingest_publisher *p)
     p->table = eb_calloc(p->cap, sizeof(inflight));
     p->used = 0;
     for (size_t i = 0; i < oldcap; i++) {
-        if (old[i].msg) {
-            size_t j = ptr_slot(p, old[i].msg);
-            while (p->table[j].msg)
+        if (old[i].seq) {
+            size_t j = seq_slot(p, old[i].seq);
+            while (p->table[j].seq)
                 j = (j + 1) & (p->cap - 1);
             p->table[j] = old[i];
             p->used++;
@@ -95,53 +95,53 @@ static void table_grow(ingest_publisher *p)
     free(old);
 }
 
-/* Caller holds mu. */
-static void table_put(ingest_publisher *p, natsMsg *msg, pub_batch *b, size_t index)
+static void table_put(ingest_publisher *p, uint64_t seq, pub_batch *b, size_t index)
 {
     size_t j;
 
     if ((p->used + 1) * 2 > p->cap)
         table_grow(p);
-    j = ptr_slot(p, msg);
-    while (p->table[j].msg)
+    j = seq_slot(p, seq);
+    while (p->table[j].seq)
         j = (j + 1) & (p->cap - 1);
-    p->table[j].msg = msg;
+    p->table[j].seq = seq;
     p->table[j].batch = b;
     p->table[j].index = index;
     p->used++;
 }
 
-/* Caller holds mu. Removes msg; returns false if it is not there. Backward-shift deletion keeps
- * probe chains intact. */
-static bool table_take(ingest_publisher *p, const natsMsg *msg, pub_batch **b, size_t *index)
+/* Removes seq; returns false if it is not there. Backward-shift deletion keeps probe chains
+ * intact. */
+static bool table_take(ingest_publisher *p, uint64_t seq, pub_batch **b, size_t *index)
 {
     size_t j;
 
-    if (!p->cap)
+    if (!p->cap || !seq)
         return false;
-    j = ptr_slot(p, msg);
-    while (p->table[j].msg && p->table[j].msg != msg)
+    j = seq_slot(p, seq);
+    while (p->table[j].seq && p->table[j].seq != seq)
         j = (j + 1) & (p->cap - 1);
-    if (!p->table[j].msg)
+    if (!p->table[j].seq)
         return false;
     *b = p->table[j].batch;
     *index = p->table[j].index;
-    p->table[j].msg = NULL;
+    p->table[j].seq = 0;
     p->used--;
-    for (size_t k = (j + 1) & (p->cap - 1); p->table[k].msg; k = (k + 1) & (p->cap - 1)) {
+    for (size_t k = (j + 1) & (p->cap - 1); p->table[k].seq; k = (k + 1) & (p->cap - 1)) {
         inflight e = p->table[k];
-        p->table[k].msg = NULL;
+        p->table[k].seq = 0;
         p->used--;
-        table_put(p, e.msg, e.batch, e.index);
+        table_put(p, e.seq, e.batch, e.index);
     }
     return true;
 }
 
-/* Caller holds mu: record one result, queue the batch when complete. Returns true if the loop
- * must be woken. */
+/* Records one result and queues the batch when it is complete. Returns true if the batch is
+ * now ready (answered by on_wake). */
 static bool record_result(ingest_publisher *p, pub_batch *b, size_t index, eb_status st)
 {
     b->results[index] = st;
+    b->seqs[index] = 0;
     if (--b->remaining > 0 || b->finished)
         return false;
     b->finished = true;
@@ -150,50 +150,24 @@ static bool record_result(ingest_publisher *p, pub_batch *b, size_t index, eb_st
     return true;
 }
 
-static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
-{
-    ingest_publisher *p = closure;
-    pub_batch *b = NULL;
-    size_t index = 0;
-    bool wake = false;
-    eb_status st = EB_OK;
-
-    (void)js;
-    if (!pa) {
-        /* a timeout: the record was sent and may still be stored; otherwise refused */
-        st = pae && pae->Err == NATS_TIMEOUT ? EB_ERR_TIMEOUT : EB_ERR_UNAVAILABLE;
-        eb_log_warn(NULL, "JetStream %s a record: %s",
-                    st == EB_ERR_TIMEOUT ? "did not acknowledge" : "refused",
-                    pae && pae->ErrText ? pae->ErrText : "no acknowledgement");
-    }
-    pthread_mutex_lock(&p->mu);
-    if (table_take(p, msg, &b, &index) && b) /* b is NULL when the batch already timed out */
-        wake = record_result(p, b, index, st);
-    pthread_mutex_unlock(&p->mu);
-    if (wake)
-        event_active(p->wake, EV_READ, 0);
-    natsMsg_Destroy(msg);
-}
-
 static void batch_free(pub_batch *b)
 {
     if (b->timer)
         event_free(b->timer);
     free(b->results);
+    free(b->seqs);
     free(b);
 }
 
+/* Answers the batches that are complete. */
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     ingest_publisher *p = arg;
-    pub_batch *list;
+    pub_batch *list = p->ready;
 
     (void)fd;
     (void)what;
-    pthread_mutex_lock(&p->mu);
-    list = p->ready;
     p->ready = NULL;
-    pthread_mutex_unlock(&p->mu);
     while (list) {
         pub_batch *next = list->next;
         p->open--;
@@ -203,23 +177,103 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* Safety net: a batch whose acknowledgements did not all come in time fails the rest. */
+/* What JetStream answered for one record: its PubAck ({"stream": ..., "seq": ...}, with
+ * "duplicate" for a record already in the stream) or an error ({"error": {"code": ...,
+ * "description": ...}}). */
+static eb_status ack_status(natsMsg *m)
+{
+    const char *status = NULL, *desc = NULL;
+    eb_status st;
+    cJSON *j, *err;
+
+    if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status && !strcmp(status, "503"))
+        return eb_error(EB_ERR_UNAVAILABLE, "no JetStream stream takes the record");
+    j = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+    err = cJSON_GetObjectItemCaseSensitive(j, "error");
+    if (err) {
+        desc = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(err, "description"));
+        st = eb_error(EB_ERR_UNAVAILABLE, "JetStream refused the record: %s",
+                      desc ? desc : "no reason given");
+    } else if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "seq"))) {
+        st = EB_OK;
+    } else {
+        st = eb_error(EB_ERR_UNAVAILABLE, "JetStream answered the record with %.*s",
+                      natsMsg_GetDataLength(m) > 200 ? 200 : natsMsg_GetDataLength(m),
+                      natsMsg_GetData(m));
+    }
+    cJSON_Delete(j);
+    if (st != EB_OK)
+        eb_log_warn(NULL, "%s", eb_error_message());
+    return st;
+}
+
+/* Fails every record not yet acknowledged: the server answered "no responders" to one of them
+ * (the library keeps back which), so no stream takes the subject; none of them is stored. */
+static void fail_in_flight(ingest_publisher *p)
+{
+    eb_log_warn(NULL,
+                "no JetStream stream takes the records (is INGEST missing?); failing "
+                "%zu records in flight",
+                p->used);
+    for (size_t i = 0; i < p->cap; i++) {
+        while (p->table[i].seq) { /* table_take shifts a later entry into slot i */
+            pub_batch *b = NULL;
+            size_t index = 0;
+            if (table_take(p, p->table[i].seq, &b, &index))
+                record_result(p, b, index, EB_ERR_UNAVAILABLE);
+        }
+    }
+}
+
+/* The read hook: takes the acknowledgements the library has queued. */
+static void take_acks(void *arg)
+{
+    ingest_publisher *p = arg;
+
+    for (;;) {
+        natsMsg *m = NULL;
+        natsStatus s = natsSubscription_NextMsg(&m, p->acks, 0);
+
+        if (s == NATS_NO_RESPONDERS) {
+            fail_in_flight(p);
+            continue;
+        }
+        if (s == NATS_SLOW_CONSUMER) {
+            /* some were dropped (their batches time out); the others are still queued */
+            eb_log_warn(NULL, "JetStream acknowledgements were dropped (slow consumer)");
+            continue;
+        }
+        if (s != NATS_OK)
+            break; /* none left (NATS_TIMEOUT), or the subscription is closed */
+        const char *subj = natsMsg_GetSubject(m), *dot = strrchr(subj, '.');
+        pub_batch *b = NULL;
+        size_t index = 0;
+        if (dot && table_take(p, strtoull(dot + 1, NULL, 10), &b, &index))
+            record_result(p, b, index, ack_status(m));
+        /* else the batch timed out already */
+        natsMsg_Destroy(m);
+    }
+    if (p->ready)
+        on_wake(-1, 0, p);
+}
+
+/* A batch whose acknowledgements did not all come in time fails the rest as timeouts. */
 static void on_timeout(evutil_socket_t fd, short what, void *arg)
 {
     pub_batch *b = arg;
     ingest_publisher *p = b->p;
-    bool wake = false;
 
     (void)fd;
     (void)what;
-    pthread_mutex_lock(&p->mu);
-    if (!b->finished) {
-        for (size_t i = 0; i < p->cap; i++) {
-            if (p->table[i].msg && p->table[i].batch == b) {
-                /* leave the entry: on_ack will find no batch once it is gone */
-                p->table[i].batch = NULL;
-            }
-        }
+    if (b->finished)
+        return;
+    for (size_t i = 0; i < b->n; i++) {
+        pub_batch *bb = NULL;
+        size_t index = 0;
+        if (b->seqs[i] && table_take(p, b->seqs[i], &bb, &index))
+            record_result(p, bb, index, EB_ERR_TIMEOUT);
+    }
+    if (!b->finished) { /* cannot happen: every record not answered was in the table */
         for (size_t i = 0; i < b->n; i++)
             if (b->results[i] == EB_ERR_INTERNAL)
                 b->results[i] = EB_ERR_TIMEOUT;
@@ -227,35 +281,38 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
         b->finished = true;
         b->next = p->ready;
         p->ready = b;
-        wake = true;
     }
-    pthread_mutex_unlock(&p->mu);
-    if (wake)
-        on_wake(-1, 0, p);
+    on_wake(-1, 0, p);
 }
 
 ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, long long timeout_ms,
                                        eb_status *st)
 {
     ingest_publisher *p = eb_calloc(1, sizeof(*p));
-    jsOptions o;
+    natsInbox *inbox = NULL;
+    char subject[80];
     natsStatus s;
 
     p->base = base;
     p->bus = bus;
     p->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
-    pthread_mutex_init(&p->mu, NULL);
+    atomic_init(&p->next_seq, 1);
     p->wake = event_new(base, -1, 0, on_wake, p);
-    jsOptions_Init(&o);
-    o.PublishAsync.AckHandler = on_ack;
-    o.PublishAsync.AckHandlerClosure = p;
-    o.PublishAsync.MaxPending = 1000000;
-    s = natsConnection_JetStream(&p->js, eb_bus_conn(bus), &o);
+    s = natsInbox_Create(&inbox);
+    if (s == NATS_OK) {
+        snprintf(p->inbox, sizeof(p->inbox), "%s", (const char *)inbox);
+        snprintf(subject, sizeof(subject), "%s.*", p->inbox);
+        natsInbox_Destroy(inbox);
+        s = natsConnection_SubscribeSync(&p->acks, eb_bus_conn(bus), subject);
+    }
+    if (s == NATS_OK) /* bounded by the records in flight */
+        s = natsSubscription_SetPendingLimits(p->acks, -1, -1);
     if (s != NATS_OK) {
-        *st = eb_bus_error(s, "JetStream context for publishing");
+        *st = eb_bus_error(s, "subscribing to JetStream's acknowledgements");
         ingest_publisher_free(p);
         return NULL;
     }
+    eb_bus_set_read_hook(bus, take_acks, p);
     *st = EB_OK;
     eb_metrics_describe("evalbus_ingest_refused_stream_full_total", "counter",
                         "records refused while the stream was full of records not yet stored");
@@ -291,10 +348,8 @@ void ingest_publisher_finish(ingest_publisher *p)
     }
     for (;;) { /* a safety net, like the timers: fail what is still open */
         pub_batch *b = NULL;
-        pthread_mutex_lock(&p->mu);
         for (size_t i = 0; i < p->cap && !b; i++)
-            b = p->table[i].msg ? p->table[i].batch : NULL;
-        pthread_mutex_unlock(&p->mu);
+            b = p->table[i].seq ? p->table[i].batch : NULL;
         if (!b)
             break;
         on_timeout(-1, 0, b);
@@ -306,24 +361,17 @@ void ingest_publisher_finish(ingest_publisher *p)
 
 void ingest_publisher_free(ingest_publisher *p)
 {
-    jsPubOptions po;
-
     if (!p)
         return;
-    /* The acknowledgement handler uses p, on a delivery thread of its own. Wait until the
-     * library has no publish pending (it counts one as done once its handler has returned;
-     * after ingest_publisher_finish its own timeouts have normally fired already), then close
-     * the (shared) connection, so that no handler runs after p is gone. eb_bus_close() closes
-     * it again, harmlessly. */
-    jsPubOptions_Init(&po);
-    po.MaxWait = 1000;
-    if (p->js)
-        (void)js_PublishAsyncComplete(p->js, &po);
+    if (p->acks) {
+        eb_bus_set_read_hook(p->bus, NULL, NULL);
+        natsSubscription_Destroy(p->acks);
+    }
+    /* close the (shared) connection: nothing more is published or acknowledged through it.
+     * eb_bus_close() closes it again, harmlessly. */
     natsConnection_Close(eb_bus_conn(p->bus));
-    jsCtx_Destroy(p->js);
     if (p->wake)
         event_free(p->wake);
-    pthread_mutex_destroy(&p->mu);
     free(p->table);
     free(p);
 }
@@ -340,13 +388,13 @@ long long ingest_now_ms(void)
  * protocol around it. */
 #define RECORD_HEADROOM 1024
 
-eb_status ingest_record_pack(const eb_principal *who, const char *source, bool merge,
-                             long long now_ms, const Evalbus__V1__Trace *t, long long max_payload,
-                             natsMsg **out)
+eb_status ingest_record_pack(ingest_publisher *p, const eb_principal *who, const char *source,
+                             bool merge, long long now_ms, const Evalbus__V1__Trace *t,
+                             long long max_payload, natsMsg **out)
 {
     Evalbus__V1__IngestRecord rec = EVALBUS__V1__INGEST_RECORD__INIT;
     Evalbus__V1__Envelope env = EVALBUS__V1__ENVELOPE__INIT;
-    char subject[160], event_id[37], msg_id[256], hash[65];
+    char subject[160], reply[96], event_id[37], msg_id[256], hash[65];
     natsMsg *msg = NULL;
     uint8_t *buf;
     size_t len, tlen;
@@ -401,9 +449,11 @@ eb_status ingest_record_pack(const eb_principal *who, const char *source, bool m
             snprintf(msg_id, sizeof(msg_id), "%s:%.180s:%.16s", who->team_id, t->id ? t->id : "",
                      hash);
     }
-    s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
+    snprintf(reply, sizeof(reply), "%s.%llu", p->inbox,
+             (unsigned long long)atomic_fetch_add(&p->next_seq, 1));
+    s = natsMsg_Create(&msg, subject, reply, (const char *)buf, (int)len);
     free(buf);
-    /* the header js_PublishMsgAsync would set from jsPubOptions.MsgId */
+    /* the header JetStream deduplicates by */
     if (s == NATS_OK)
         s = natsMsgHeader_Set(msg, "Nats-Msg-Id", msg_id);
     if (s != NATS_OK) {
@@ -424,7 +474,7 @@ void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *so
 
     for (size_t i = 0; i < n; i++)
         unmade[i] =
-            ingest_record_pack(who, source, merge, now_ms, traces[i], max_payload, &msgs[i]);
+            ingest_record_pack(p, who, source, merge, now_ms, traces[i], max_payload, &msgs[i]);
     ingest_publish_packed(p, msgs, n, unmade, done, arg);
     free(unmade);
     free(msgs);
@@ -455,13 +505,15 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
                            ingest_publish_done done, void *arg)
 {
     pub_batch *b = eb_calloc(1, sizeof(*b));
+    natsConnection *nc = eb_bus_conn(p->bus);
     struct timeval tv;
-    jsPubOptions po;
+    bool wake = false;
 
     b->p = p;
     b->n = n;
     b->remaining = n;
     b->results = eb_calloc(n ? n : 1, sizeof(eb_status));
+    b->seqs = eb_calloc(n ? n : 1, sizeof(uint64_t));
     b->done = done;
     b->arg = arg;
     for (size_t i = 0; i < n; i++)
@@ -485,52 +537,41 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
         return;
     }
     p->open++;
-    tv.tv_sec = (p->timeout_ms + 1000) / 1000;
-    tv.tv_usec = ((p->timeout_ms + 1000) % 1000) * 1000;
+    tv.tv_sec = p->timeout_ms / 1000;
+    tv.tv_usec = (p->timeout_ms % 1000) * 1000;
     b->timer = evtimer_new(p->base, on_timeout, b);
     evtimer_add(b->timer, &tv);
-    jsPubOptions_Init(&po);
-    po.MaxWait = p->timeout_ms;
 
-    /* Every message goes into the table before the first publish: no acknowledgement can then
-     * complete the batch while later messages are still being handed over. */
-    pthread_mutex_lock(&p->mu);
-    for (size_t i = 0; i < n; i++)
-        if (msgs[i])
-            table_put(p, msgs[i], b, i);
-    pthread_mutex_unlock(&p->mu);
+    /* Acknowledgements are taken on this thread, so none can complete the batch while later
+     * messages are still being handed over. */
     for (size_t i = 0; i < n; i++) {
-        natsMsg *msg = msgs[i], *key = msgs[i];
+        natsMsg *msg = msgs[i];
+        const char *reply = msg ? natsMsg_GetReply(msg) : NULL, *dot;
+        uint64_t seq = reply && (dot = strrchr(reply, '.')) ? strtoull(dot + 1, NULL, 10) : 0;
         natsStatus s;
-        bool wake = false;
 
         msgs[i] = NULL;
-        if (!msg) {
-            pthread_mutex_lock(&p->mu);
+        if (!msg || !seq) {
             /* it could not be made */
-            wake = record_result(p, b, i,
-                                 unmade && unmade[i] != EB_OK ? unmade[i] : EB_ERR_UNAVAILABLE);
-            pthread_mutex_unlock(&p->mu);
-            if (wake)
-                event_active(p->wake, EV_READ, 0);
+            natsMsg_Destroy(msg);
+            wake |= record_result(p, b, i,
+                                  unmade && unmade[i] != EB_OK ? unmade[i] : EB_ERR_UNAVAILABLE);
             continue;
         }
         /* checked again for every message: the connection may drop while a batch goes out */
         bool up = nats_up(p);
-        s = up ? js_PublishMsgAsync(p->js, &msg, &po) : NATS_CONNECTION_DISCONNECTED;
-        if (s != NATS_OK) {
-            pub_batch *bb = NULL;
-            size_t idx = 0;
-            /* not sent, whatever the status says (a stalled publish times out) */
-            eb_status why = eb_error(EB_ERR_UNAVAILABLE, "publishing to INGEST: %s",
-                                     up ? natsStatus_GetText(s) : "not connected to NATS");
-            pthread_mutex_lock(&p->mu);
-            if (table_take(p, key, &bb, &idx) && bb)
-                wake = record_result(p, bb, idx, why);
-            pthread_mutex_unlock(&p->mu);
-            natsMsg_Destroy(msg);
-            if (wake)
-                event_active(p->wake, EV_READ, 0);
+        s = up ? natsConnection_PublishMsg(nc, msg) : NATS_CONNECTION_DISCONNECTED;
+        natsMsg_Destroy(msg);
+        if (s == NATS_OK) {
+            b->seqs[i] = seq;
+            table_put(p, seq, b, i);
+        } else {
+            /* not sent, whatever the status says */
+            wake |= record_result(p, b, i,
+                                  eb_error(EB_ERR_UNAVAILABLE, "publishing to INGEST: %s",
+                                           up ? natsStatus_GetText(s) : "not connected to NATS"));
         }
     }
+    if (wake) /* answered on the next turn of the loop, not inside the caller's call */
+        event_active(p->wake, EV_READ, 0);
 }

@@ -6,8 +6,12 @@
 //     `unavailable` and Retry-After (nothing acknowledged beyond what the stream can hold);
 //   - a replica with writers then stores every acknowledged trace, exactly once, none lost;
 //   - with the backlog gone, batches are accepted again.
+// And JetStream's own refusals reach the caller at once, not after the publish timeout: a record
+// over the stream's message size limit, and records whose subject no stream takes.
 
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertStatus, pollUntil, sleep, uniqueSlug } from './harness.mjs';
@@ -95,5 +99,49 @@ describe('ingest: records not yet stored are never pushed out of a full stream',
     }, { timeoutMs: 15_000, intervalMs: 500 });
     assert.ok(open.value, 'batches are accepted again once the writer has caught up');
     assert.equal(await metric('evalbus_ingest_stream_full'), 0);
+  }));
+
+  it('a record JetStream refuses, or that no stream takes, is answered 503 at once and never stored', T, stack.wrap(async () => {
+    const jsm = await (await stack.nats()).jetstreamManager();
+    const config = (await jsm.streams.info('INGEST')).config;
+    const log = path.join(stack.state, 'logs', 'ingest.log');
+    const teamId = (await stack.whoami(A.key)).team.id;
+    const send = async (id) => {
+      const t = Date.now();
+      const r = await stack.api('POST', '/api/v1/traces', { base: stack.env.EVALBUS_INGEST_URL, key: A.key, timeoutMs: 20_000, body: { traces: batch(id, 0, 2) } });
+      return { r, ms: Date.now() - t };
+    };
+    const refusedAtOnce = ({ r, ms }, what) => {
+      assert.equal(r.status, 503, `${what}: ${r.status} ${r.text.slice(0, 300)}`);
+      assert.deepEqual(r.body.accepted, [], what);
+      for (const x of r.body.rejected) {
+        assert.equal(x.error.code, 'unavailable', `${what}: ${r.text.slice(0, 300)}`);
+        // refused, so not "it may still be stored"
+        assert.equal(x.error.message, 'the ingest stream did not take it; retry', what);
+      }
+      // the publish timeout is 5 s: the answer did not wait for it
+      assert.ok(ms < 3000, `${what}: answered after ${ms} ms`);
+    };
+    const logBefore = fs.readFileSync(log, 'utf8').length;
+    try {
+      // each record (about 8 KB) is over the stream's limit: JetStream answers with an error
+      await jsm.streams.update('INGEST', { ...config, max_msg_size: 1024 });
+      refusedAtOnce(await send('too-big'), 'over max_msg_size');
+      assert.match(fs.readFileSync(log, 'utf8').slice(logBefore), /JetStream refused the record: message size exceeds maximum allowed/);
+      // no stream takes the subject: the server answers "no responders"
+      await jsm.streams.update('INGEST', { ...config, subjects: ['evalbus.v1.ingest.nothing.>'] });
+      refusedAtOnce(await send('no-stream'), 'no stream for the subject');
+    } finally {
+      await jsm.streams.update('INGEST', config);
+    }
+    const ok = await send('bp-back');
+    assert.equal(ok.r.status, 202, `with the stream as it was: ${ok.r.status} ${ok.r.text.slice(0, 300)}`);
+    const stored = await pollUntil(async () => {
+      const rows = await stack.psql(`SELECT count(*) FROM ingest.traces WHERE team_id = '${teamId}' AND id LIKE 'bp-back-%'`);
+      return Number(rows[0][0]) === 2;
+    }, { timeoutMs: 30_000, intervalMs: 300 });
+    assert.ok(stored.value, 'the batch sent afterwards is stored');
+    const refused = await stack.psql(`SELECT count(*) FROM ingest.traces WHERE team_id = '${teamId}' AND (id LIKE 'too-big-%' OR id LIKE 'no-stream-%')`);
+    assert.equal(Number(refused[0][0]), 0, 'nothing refused was stored');
   }));
 });

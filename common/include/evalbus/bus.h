@@ -27,6 +27,11 @@ void eb_bus_close(eb_bus *bus);
 natsConnection *eb_bus_conn(eb_bus *bus);
 /* The JetStream context of the connection (owned by bus). */
 jsCtx *eb_bus_js(eb_bus *bus);
+/* On a connection driven by an event loop: hook(arg) runs on the loop thread after each read
+ * the library has handled, so that messages it queued for a synchronous subscription can be
+ * taken there (natsSubscription_NextMsg with timeout 0), without a delivery thread. NULL
+ * removes it. Loop thread. */
+void eb_bus_set_read_hook(eb_bus *bus, void (*hook)(void *arg), void *arg);
 bool eb_bus_connected(eb_bus *bus);
 
 /* Creates stream cfg->Name, or updates it to cfg if it exists. */
