@@ -185,6 +185,18 @@ int eb_service_run(eb_service *svc)
     return svc->exit_code;
 }
 
+void eb_service_flush(eb_service *svc, int limit_ms)
+{
+    natsConnection *nc = svc->bus ? eb_bus_conn(svc->bus) : NULL;
+    const struct timeval tick = {0, 5000};
+
+    event_base_loop(svc->base, EVLOOP_NONBLOCK);
+    for (int waited = 0; nc && natsConnection_Buffered(nc) > 0 && waited < limit_ms; waited += 5) {
+        event_base_loopexit(svc->base, &tick);
+        event_base_dispatch(svc->base);
+    }
+}
+
 void eb_service_cleanup(eb_service *svc)
 {
     if (svc->sig_term)

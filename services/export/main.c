@@ -197,6 +197,10 @@ int main(int argc, char **argv)
         ctx.workers = export_workers_start(&ctx);
     export_scheduler_start(&ctx);
     rc = eb_service_run(&ctx.svc);
+    /* requests still waiting for their credential are answered now (unavailable, unless a
+     * cached entry serves), and the loop turns until those answers are written out */
+    eb_authc_stop(ctx.authc);
+    eb_service_flush(&ctx.svc, 1000);
 cleanup:
     export_workers_stop(ctx.workers);
     if (ctx.schedule_timer)

@@ -107,20 +107,6 @@ static void on_stop(void *arg)
     ingest_nats_drain(arg);
 }
 
-/* Turns the loop, which drives the service's NATS connection, until that connection has
- * written out what it holds (answers given after the loop ended), for at most limit_ms. */
-static void flush_answers(ingest_ctx *ctx, int limit_ms)
-{
-    natsConnection *nc = eb_bus_conn(ctx->svc.bus);
-    const struct timeval tick = {0, 5000};
-
-    event_base_loop(ctx->svc.base, EVLOOP_NONBLOCK);
-    for (int waited = 0; nc && natsConnection_Buffered(nc) > 0 && waited < limit_ms; waited += 5) {
-        event_base_loopexit(ctx->svc.base, &tick);
-        event_base_dispatch(ctx->svc.base);
-    }
-}
-
 int main(int argc, char **argv)
 {
     ingest_config cfg = {0};
@@ -195,7 +181,7 @@ int main(int argc, char **argv)
      * stream (a 400, a batch refused whole, those) are written out */
     ingest_pool_finish(ctx.guard_pool);
     ingest_nats_finish(&ctx);
-    flush_answers(&ctx, 1000);
+    eb_service_flush(&ctx.svc, 1000);
 cleanup:
     ingest_retention_stop(ctx.retention);
     ingest_watch_stop(ctx.watch);

@@ -20,6 +20,7 @@ import {
   UP_TIMEOUT_MS,
   assertError,
   assertStatus,
+  pidAlive,
   pollUntil,
   sleep,
   uniqueSlug,
@@ -750,5 +751,31 @@ describe('export: jobs, formats, privacy', () => {
     assert.ok((await pollUntil(() => named().length > 0, { timeoutMs: 5000, intervalMs: 100 })).value, `a warning names session ${pid}: ${exportLog().slice(-2000)}`);
     await holder;
     assertStatus(await api('DELETE', `/api/v1/export-schedules/${sid}`, A.key), 204);
+  }));
+
+  it('SIGTERM while a request waits for its credential (auth hung): it is answered 503, and the replica exits 0', T, stack.wrap(async () => {
+    // the replica has no cached credential: its request waits for the auth service
+    const replica = await stack.spawnService('export', {
+      EVALBUS_EXPORT_WORKERS: '0', EVALBUS_SHUTDOWN_DELAY: '0s', EVALBUS_SHUTDOWN_GRACE: '200ms', EVALBUS_AUTH_TIMEOUT: '20s',
+    });
+    const authPid = stack.readPid('auth');
+    assert.ok(authPid && pidAlive(authPid), 'the auth service runs');
+    let answer;
+    let exit;
+    process.kill(authPid, 'SIGSTOP');
+    try {
+      const pending = stack.api('GET', '/api/v1/exports', { base: replica.url, key: A.key, timeoutMs: 10_000 })
+        .catch((err) => ({ failed: err }));
+      await sleep(500);
+      replica.proc.kill('SIGTERM');
+      answer = await pending;
+      exit = await Promise.race([replica.exited, sleep(15_000, 'timeout')]);
+    } finally {
+      process.kill(authPid, 'SIGCONT');
+    }
+    assert.ok(!answer.failed, `the request was answered, not left with a closed connection: ${answer.failed?.message} ${answer.failed?.cause?.code ?? ''}`);
+    assert.equal(answer.status, 503, answer.text);
+    assert.equal(answer.body?.error?.code, 'unavailable', answer.text);
+    assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${fs.readFileSync(replica.logFile, 'utf8').slice(-3000)})`);
   }));
 });

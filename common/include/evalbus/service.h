@@ -173,6 +173,10 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
                           const eb_http_route *routes, size_t nroutes, void *ctx);
 /* Listens, runs the loop until SIGTERM/SIGINT has drained the server; returns the exit code. */
 int eb_service_run(eb_service *svc);
+/* After eb_service_run: turns the loop until what was answered since it ended (HTTP replies
+ * queued by callbacks that ran at shutdown, NATS publishes still buffered) is written out,
+ * limit_ms at most. */
+void eb_service_flush(eb_service *svc, int limit_ms);
 /* Frees everything eb_service_init made. */
 void eb_service_cleanup(eb_service *svc);
 
