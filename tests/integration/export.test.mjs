@@ -776,6 +776,7 @@ describe('export: jobs, formats, privacy', () => {
     assert.ok(!answer.failed, `the request was answered, not left with a closed connection: ${answer.failed?.message} ${answer.failed?.cause?.code ?? ''}`);
     assert.equal(answer.status, 503, answer.text);
     assert.equal(answer.body?.error?.code, 'unavailable', answer.text);
+    assert.equal(answer.headers.get('retry-after'), '1', answer.text);
     assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${fs.readFileSync(replica.logFile, 'utf8').slice(-3000)})`);
   }));
 });
