@@ -68,6 +68,8 @@ static void keep_fired(evutil_socket_t fd, short what, void *arg)
 
 static natsStatus io_interest(struct event *ev, bool add)
 {
+    if (!ev) /* a re-attach that failed */
+        return NATS_ERR;
     return (add ? event_add(ev, NULL) : event_del_noblock(ev)) == 0 ? NATS_OK : NATS_ERR;
 }
 
@@ -89,8 +91,10 @@ static natsStatus io_detach(void *user)
         event_free(io->read);
     if (io->write)
         event_free(io->write);
-    if (io->keep)
+    if (io->keep) {
+        event_active(io->keep, 0, 0); /* wakes the loop, should this be another thread */
         event_free(io->keep);
+    }
     free(io);
     return NATS_OK;
 }
@@ -203,6 +207,12 @@ eb_status eb_bus_connect(struct event_base *base, const char *url, const char *n
         s = natsOptions_SetRetryOnFailedConnect(opts, true, on_reconnected, NULL);
     if (s == NATS_OK && base)
         s = natsOptions_SetEventLoop(opts, bus, io_attach, io_read, io_write, io_detach);
+    /* On a loop, "send as soon as possible" only asks the loop for a write event (at once
+     * from the loop thread, through libevent's notification from another): without it the
+     * library keeps a flusher thread that, woken by every publish, waits 1 ms and then asks
+     * for the same event, a thread hand-off and a millisecond on every answer published. */
+    if (s == NATS_OK && base)
+        s = natsOptions_SetSendAsap(opts, true);
     if (s != NATS_OK) {
         st = eb_bus_error(s, "NATS options");
         goto cleanup;

@@ -27,6 +27,7 @@
 #include "evalbus/metrics.h"
 #include "ingest_int.h"
 
+#include <assert.h>
 #include <cjson/cJSON.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -65,9 +66,12 @@ struct ingest_publisher {
     size_t cap, used;
     pub_batch *ready;
     struct event *wake;
-    atomic_bool full; /* the stream watch's verdict: refuse new records */
-    size_t open;      /* batches handed over and not yet answered */
-    bool closing;     /* shutting down: refuse new records */
+    atomic_bool full;    /* the stream watch's verdict: refuse new records */
+    size_t open;         /* batches handed over and not yet answered */
+    size_t refused;      /* "no responders" answers whose records are still in the table */
+    natsMsg *spent[256]; /* acknowledgements read, destroyed together (see take_acks) */
+    size_t nspent;
+    bool closing; /* shutting down: refuse new records */
 };
 
 static size_t seq_slot(const ingest_publisher *p, uint64_t seq)
@@ -182,12 +186,10 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
  * "description": ...}}). */
 static eb_status ack_status(natsMsg *m)
 {
-    const char *status = NULL, *desc = NULL;
+    const char *desc = NULL;
     eb_status st;
     cJSON *j, *err;
 
-    if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status && !strcmp(status, "503"))
-        return eb_error(EB_ERR_UNAVAILABLE, "no JetStream stream takes the record");
     j = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
     err = cJSON_GetObjectItemCaseSensitive(j, "error");
     if (err) {
@@ -207,14 +209,19 @@ static eb_status ack_status(natsMsg *m)
     return st;
 }
 
-/* Fails every record not yet acknowledged: the server answered "no responders" to one of them
- * (the library keeps back which), so no stream takes the subject; none of them is stored. */
-static void fail_in_flight(ingest_publisher *p)
+/* "No responders": the server found no stream for one record's subject and said so at once,
+ * but the library keeps back which record (natsSubscription_NextMsg drops the answer). Records
+ * a stream took are acknowledged later, so once every record still waiting is one of those
+ * answered so, all of them were refused and fail at once; until then they wait, and what is
+ * not acknowledged in time fails as a timeout (it may be stored). p->refused never counts more
+ * than the records so answered that are still in the table: a timeout, which may take some of
+ * them out, sets it back to 0 (the others then time out too). */
+static void fail_refused(ingest_publisher *p)
 {
-    eb_log_warn(NULL,
-                "no JetStream stream takes the records (is INGEST missing?); failing "
-                "%zu records in flight",
-                p->used);
+    size_t n = p->used;
+
+    if (!p->refused || p->refused < p->used)
+        return;
     for (size_t i = 0; i < p->cap; i++) {
         while (p->table[i].seq) { /* table_take shifts a later entry into slot i */
             pub_batch *b = NULL;
@@ -223,9 +230,24 @@ static void fail_in_flight(ingest_publisher *p)
                 record_result(p, b, index, EB_ERR_UNAVAILABLE);
         }
     }
+    p->refused = 0;
+    eb_log_warn(NULL,
+                "no JetStream stream takes the subject of %zu records (is INGEST "
+                "missing?); they were refused",
+                n);
 }
 
-/* The read hook: takes the acknowledgements the library has queued. */
+static void destroy_spent(ingest_publisher *p)
+{
+    for (size_t i = 0; i < p->nspent; i++)
+        natsMsg_Destroy(p->spent[i]);
+    p->nspent = 0;
+}
+
+/* The read hook: takes the acknowledgements the library has queued (often one a read: JetStream
+ * answers each record as it stores it). Each natsMsg_Destroy hands the message to the library's
+ * collector thread, which is woken when it waits: the messages read are destroyed in bursts of
+ * 256, so that the collector is woken once a burst rather than once a record. */
 static void take_acks(void *arg)
 {
     ingest_publisher *p = arg;
@@ -235,7 +257,8 @@ static void take_acks(void *arg)
         natsStatus s = natsSubscription_NextMsg(&m, p->acks, 0);
 
         if (s == NATS_NO_RESPONDERS) {
-            fail_in_flight(p);
+            if (p->used > 0) /* else a stale answer: nothing is waiting */
+                p->refused++;
             continue;
         }
         if (s == NATS_SLOW_CONSUMER) {
@@ -251,8 +274,11 @@ static void take_acks(void *arg)
         if (dot && table_take(p, strtoull(dot + 1, NULL, 10), &b, &index))
             record_result(p, b, index, ack_status(m));
         /* else the batch timed out already */
-        natsMsg_Destroy(m);
+        if (p->nspent == sizeof(p->spent) / sizeof(p->spent[0]))
+            destroy_spent(p);
+        p->spent[p->nspent++] = m;
     }
+    fail_refused(p);
     if (p->ready)
         on_wake(-1, 0, p);
 }
@@ -267,21 +293,15 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (b->finished)
         return;
+    p->refused = 0; /* see fail_refused */
     for (size_t i = 0; i < b->n; i++) {
         pub_batch *bb = NULL;
         size_t index = 0;
         if (b->seqs[i] && table_take(p, b->seqs[i], &bb, &index))
             record_result(p, bb, index, EB_ERR_TIMEOUT);
     }
-    if (!b->finished) { /* cannot happen: every record not answered was in the table */
-        for (size_t i = 0; i < b->n; i++)
-            if (b->results[i] == EB_ERR_INTERNAL)
-                b->results[i] = EB_ERR_TIMEOUT;
-        b->remaining = 0;
-        b->finished = true;
-        b->next = p->ready;
-        p->ready = b;
-    }
+    /* every record not yet answered was in the table: the batch is complete now */
+    assert(b->finished);
     on_wake(-1, 0, p);
 }
 
@@ -363,6 +383,7 @@ void ingest_publisher_free(ingest_publisher *p)
 {
     if (!p)
         return;
+    destroy_spent(p);
     if (p->acks) {
         eb_bus_set_read_hook(p->bus, NULL, NULL);
         natsSubscription_Destroy(p->acks);
@@ -561,7 +582,7 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
         /* checked again for every message: the connection may drop while a batch goes out */
         bool up = nats_up(p);
         s = up ? natsConnection_PublishMsg(nc, msg) : NATS_CONNECTION_DISCONNECTED;
-        natsMsg_Destroy(msg);
+        msgs[i] = msg; /* destroyed below, together (see destroy_spent) */
         if (s == NATS_OK) {
             b->seqs[i] = seq;
             table_put(p, seq, b, i);
@@ -571,6 +592,10 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
                                   eb_error(EB_ERR_UNAVAILABLE, "publishing to INGEST: %s",
                                            up ? natsStatus_GetText(s) : "not connected to NATS"));
         }
+    }
+    for (size_t i = 0; i < n; i++) {
+        natsMsg_Destroy(msgs[i]);
+        msgs[i] = NULL;
     }
     if (wake) /* answered on the next turn of the loop, not inside the caller's call */
         event_active(p->wake, EV_READ, 0);
