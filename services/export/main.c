@@ -198,7 +198,12 @@ int main(int argc, char **argv)
     export_scheduler_start(&ctx);
     rc = eb_service_run(&ctx.svc);
     /* requests still waiting for their credential are answered now (unavailable, unless a
-     * cached entry serves), and the loop turns until those answers are written out */
+     * cached entry serves), and the loop turns until those answers are written out; the
+     * schedule's timer goes first, so that no pass starts meanwhile */
+    if (ctx.schedule_timer) {
+        event_free(ctx.schedule_timer);
+        ctx.schedule_timer = NULL;
+    }
     eb_authc_stop(ctx.authc);
     eb_service_flush(&ctx.svc, 1000);
 cleanup:

@@ -213,9 +213,12 @@ static eb_status ack_status(natsMsg *m)
  * but the library keeps back which record (natsSubscription_NextMsg drops the answer). Records
  * a stream took are acknowledged later, so once every record still waiting is one of those
  * answered so, all of them were refused and fail at once; until then they wait, and what is
- * not acknowledged in time fails as a timeout (it may be stored). p->refused never counts more
- * than the records so answered that are still in the table: a timeout, which may take some of
- * them out, sets it back to 0 (the others then time out too). */
+ * not acknowledged in time fails as a timeout (it may be stored). Meanwhile (p->refused > 0)
+ * new batches are refused without being sent, so that records waiting for a timeout (lost
+ * with a connection, say) do not keep every later batch waiting too. p->refused never counts
+ * more than the records so answered that are still in the table, but for an answer that comes
+ * after its own record timed out (a server stalled for longer than publish-timeout): a timeout,
+ * which may take some of them out, sets it back to 0 (the others then time out too). */
 static void fail_refused(ingest_publisher *p)
 {
     size_t n = p->used;
@@ -338,6 +341,8 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
                         "records refused while the stream was full of records not yet stored");
     eb_metrics_describe("evalbus_ingest_refused_nats_down_total", "counter",
                         "records refused while the connection to NATS was down");
+    eb_metrics_describe("evalbus_ingest_refused_no_stream_total", "counter",
+                        "records refused unsent while records no stream took were waiting");
     return p;
 }
 
@@ -539,19 +544,21 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
     b->arg = arg;
     for (size_t i = 0; i < n; i++)
         b->results[i] = EB_ERR_INTERNAL; /* not yet acknowledged */
-    bool full = atomic_load(&p->full);
+    bool full = atomic_load(&p->full), no_stream = p->refused > 0;
 
-    if (n == 0 || p->closing || full || !nats_up(p)) {
+    if (n == 0 || p->closing || full || no_stream || !nats_up(p)) {
         /* refused while shutting down, while the stream is nearly full of records not yet
-         * stored, or while the connection to NATS is down: nothing was sent */
+         * stored, while records are waiting that no stream took (fail_refused), or while the
+         * connection to NATS is down: nothing was sent */
         for (size_t i = 0; i < n; i++) {
             natsMsg_Destroy(msgs[i]);
             msgs[i] = NULL;
             b->results[i] = EB_ERR_UNAVAILABLE;
         }
         if (n && !p->closing)
-            eb_metrics_add(full ? "evalbus_ingest_refused_stream_full_total"
-                                : "evalbus_ingest_refused_nats_down_total",
+            eb_metrics_add(full        ? "evalbus_ingest_refused_stream_full_total"
+                           : no_stream ? "evalbus_ingest_refused_no_stream_total"
+                                       : "evalbus_ingest_refused_nats_down_total",
                            NULL, (double)n);
         done(arg, b->results, n);
         batch_free(b);

@@ -173,9 +173,11 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
                           const eb_http_route *routes, size_t nroutes, void *ctx);
 /* Listens, runs the loop until SIGTERM/SIGINT has drained the server; returns the exit code. */
 int eb_service_run(eb_service *svc);
-/* After eb_service_run: turns the loop until what was answered since it ended (HTTP replies
- * queued by callbacks that ran at shutdown, NATS publishes still buffered) is written out,
- * limit_ms at most. */
+/* After eb_service_run, for answers given since the loop ended (callbacks run at shutdown):
+ * one non-blocking turn of the loop, which hands HTTP replies to their sockets as far as these
+ * take them at once (enough for short answers such as a 503), then turns until the NATS
+ * connection has written what it holds, limit_ms at most. Timers that are due run too: free
+ * those that must not before calling it. */
 void eb_service_flush(eb_service *svc, int limit_ms);
 /* Frees everything eb_service_init made. */
 void eb_service_cleanup(eb_service *svc);
