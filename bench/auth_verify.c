@@ -3,13 +3,13 @@
  *   auth_verify --nats URL --key KEY --name NAME [--seconds S] [--threads T]
  *
  * Forks an echo responder (a separate process with its own connection, as the auth service
- * is), then measures for S seconds each: T threads doing synchronous request/reply on their
- * own connections, first against the echo subject, then against evalbus.v1.auth.verify with a
- * VerifyRequest carrying KEY (every answer must be "allowed", or the run fails). The echo
- * payload is the same packed VerifyRequest, so both paths move the same bytes. Prints
- *   BENCH name=NAME value=<verify/s> unit=req/s baseline=<echo/s> ratio=<verify/echo>
- * The caller decides what "cached" means by how the auth service it talks to is configured
- * (bench/run: verify-cache-ttl 30 s for auth_verify_cached, 0 for auth_verify_uncached). */
+ * is, which sends each reply at once), then measures for S seconds each: T threads doing
+ * synchronous request/reply on their own connections, first against the echo subject, then against
+ * evalbus.v1.auth.verify with a VerifyRequest carrying KEY (every answer must be "allowed", or the
+ * run fails). The echo payload is the same packed VerifyRequest, so both paths move the same bytes.
+ * Prints BENCH name=NAME value=<verify/s> unit=req/s baseline=<echo/s> ratio=<verify/echo> The
+ * caller decides what "cached" means by how the auth service it talks to is configured (bench/run:
+ * verify-cache-ttl 30 s for auth_verify_cached, 0 for auth_verify_uncached). */
 #include "evalbus/v1/auth.pb-c.h"
 
 #include <nats/nats.h>
@@ -55,17 +55,23 @@ static void on_echo(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     natsMsg_Destroy(msg);
 }
 
+/* The responder sends each reply at once, as the services' connections do (without "send as
+ * soon as possible" the client's flusher thread would hold every reply for up to 1 ms). */
 static int echo_server(const char *url)
 {
     natsConnection *nc = NULL;
     natsSubscription *sub = NULL;
+    natsOptions *opts = NULL;
 
-    if (natsConnection_ConnectTo(&nc, url) != NATS_OK ||
+    if (natsOptions_Create(&opts) != NATS_OK || natsOptions_SetURL(opts, url) != NATS_OK ||
+        natsOptions_SetSendAsap(opts, true) != NATS_OK ||
+        natsConnection_Connect(&nc, opts) != NATS_OK ||
         natsConnection_QueueSubscribe(&sub, nc, ECHO_SUBJECT, "echo", on_echo, NULL) != NATS_OK ||
         natsConnection_Flush(nc) != NATS_OK) {
         fprintf(stderr, "auth_verify: echo responder cannot connect to %s\n", url);
         return 1;
     }
+    natsOptions_Destroy(opts); /* the connection keeps its own copy */
     for (;;)
         pause();
 }
