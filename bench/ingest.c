@@ -999,8 +999,9 @@ static bool nats_send(nats_run *r, int threads)
  * cutime + cstime once reaped. */
 
 typedef struct cpu_use {
-    double ingest, nats, pg, client; /* CPU seconds; < 0: not known */
-    double busy, total;              /* the machine's CPU seconds, all CPUs */
+    double ingest, nats, pg, client;  /* CPU seconds; < 0: not known */
+    double busy, total;               /* the machine's CPU seconds, all CPUs */
+    double switches, ingest_switches; /* context switches: the machine's, the ingest service's */
 } cpu_use;
 
 typedef struct cfg {
@@ -1080,11 +1081,43 @@ static double pg_cpu(int postmaster)
     return sum;
 }
 
+/* Context switches of process pid: the sum over its threads (those still there) of
+ * voluntary_ctxt_switches and nonvoluntary_ctxt_switches; -1 if it is gone. */
+static double proc_switches(int pid)
+{
+    char path[300], line[128];
+    double sum = 0;
+    struct dirent *e;
+    DIR *d;
+
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    if (pid <= 0 || !(d = opendir(path)))
+        return -1;
+    while ((e = readdir(d))) {
+        FILE *fp;
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/%d/task/%s/status", pid, e->d_name);
+        if (!(fp = fopen(path, "r")))
+            continue; /* the thread ended meanwhile */
+        while (fgets(line, sizeof line, fp)) {
+            unsigned long long n;
+            if (sscanf(line, "voluntary_ctxt_switches: %llu", &n) == 1 ||
+                sscanf(line, "nonvoluntary_ctxt_switches: %llu", &n) == 1)
+                sum += (double)n;
+        }
+        fclose(fp);
+    }
+    closedir(d);
+    return sum;
+}
+
 static void cpu_now(const cfg *c, cpu_use *u)
 {
     struct rusage ru;
     unsigned long long v[8] = {0};
     FILE *fp = fopen("/proc/stat", "r");
+    char line[512];
 
     u->ingest = proc_cpu(c->pid, false);
     u->nats = proc_cpu(c->nats_pid, false);
@@ -1102,8 +1135,15 @@ static void cpu_now(const cfg *c, cpu_use *u)
         u->total = all / tick;
         u->busy = (all - (double)v[3] - (double)v[4]) / tick;
     }
+    u->switches = -1;
+    while (fp && fgets(line, sizeof line, fp)) {
+        unsigned long long n;
+        if (sscanf(line, "ctxt %llu", &n) == 1)
+            u->switches = (double)n;
+    }
     if (fp)
         fclose(fp);
+    u->ingest_switches = proc_switches(c->pid);
 }
 
 /* after - before, part by part (unknown stays unknown) */
@@ -1117,6 +1157,8 @@ static cpu_use cpu_since(const cpu_use *before, const cpu_use *after)
     EB_CPU_DIFF(client);
     EB_CPU_DIFF(busy);
     EB_CPU_DIFF(total);
+    EB_CPU_DIFF(switches);
+    EB_CPU_DIFF(ingest_switches);
 #undef EB_CPU_DIFF
     return d;
 }
@@ -1139,7 +1181,15 @@ static void cpu_text(const cpu_use *u, double units, char *buf, size_t len)
             off += (size_t)snprintf(buf + off, len - off, "%s%s %.1f us", off ? ", " : "",
                                     part[i].name, part[i].s * 1e6 / units);
     if (u->total > 0 && off < len)
-        snprintf(buf + off, len - off, "; the machine %.0f %% busy", 100 * u->busy / u->total);
+        off += (size_t)snprintf(buf + off, len - off, "; the machine %.0f %% busy",
+                                100 * u->busy / u->total);
+    /* a wake-up of another thread costs more than its instructions (a system call, often an
+     * interrupt to the other core, a context switch): counted, they show hand-offs */
+    if (u->switches >= 0 && off < len)
+        off += (size_t)snprintf(buf + off, len - off, "; context switches per trace: %.2f",
+                                u->switches / units);
+    if (u->ingest_switches >= 0 && off < len)
+        snprintf(buf + off, len - off, " (the ingest service %.2f)", u->ingest_switches / units);
 }
 
 typedef struct phase_result {
@@ -1595,7 +1645,7 @@ int main(int argc, char **argv)
     phase_result http = {0}, nats = {0}, warm = {0}, paced = {0};
     double base_rate = -1, base_bytes = 0, hwm = -1, *lat = NULL;
     long nbatches, paced_batches = 0;
-    char tag[64], auth[600], cpu[256];
+    char tag[64], auth[600], cpu[512];
     int rc = 1;
     bool rows = false;
 
