@@ -15,6 +15,7 @@
  * Ownership: each cJSON tree is freed by the function that parsed or built it; helpers returning
  * strings say who frees them. Threading: single-threaded; the SIGINT handler only sets a flag. */
 #include "cli.h"
+#include "evalbus/clock.h"
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 
@@ -539,14 +540,6 @@ static int term_width(void)
     return 80;
 }
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- Ctrl-C ---- */
 
 static volatile sig_atomic_t interrupted;
@@ -714,10 +707,11 @@ static int wait_job(const cli_env *env, const char *id, cJSON **job)
         if (tty) {
             cli_export_progress_line(*job, term_width(), line, sizeof(line));
             draw_line(line);
-        } else if (strcmp(state, last_state) != 0 || now_ms() - last_plain >= PLAIN_PROGRESS_MS) {
+        } else if (strcmp(state, last_state) != 0 ||
+                   eb_monotonic_ms() - last_plain >= PLAIN_PROGRESS_MS) {
             cli_export_progress_line(*job, 0, line, sizeof(line));
             fprintf(stderr, "export %s: %s\n", id, line);
-            last_plain = now_ms();
+            last_plain = eb_monotonic_ms();
         }
         snprintf(last_state, sizeof(last_state), "%s", state);
         if (job_finished(*job))
@@ -816,7 +810,7 @@ static int dl_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
     if (interrupted)
         return 1;
-    if (d->tty && d->code == 200 && now_ms() - d->last_draw >= DRAW_INTERVAL_MS) {
+    if (d->tty && d->code == 200 && eb_monotonic_ms() - d->last_draw >= DRAW_INTERVAL_MS) {
         fmt_bytes((double)d->got, got, sizeof(got));
         if (d->has_want && d->want > 0) {
             fmt_bytes((double)d->want, total, sizeof(total));
@@ -826,7 +820,7 @@ static int dl_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
             snprintf(line, sizeof(line), "downloading  %s", got);
         }
         draw_line(line);
-        d->last_draw = now_ms();
+        d->last_draw = eb_monotonic_ms();
     }
     return 0;
 }

@@ -11,6 +11,7 @@
  * The cache is a fixed-size open-addressing table (credential SHA-256 -> principal, expiry),
  * cleared when half full; revocations mark entries expired. The table is guarded by the mutex
  * because the revocation handler runs on a NATS thread. */
+#include "evalbus/clock.h"
 #include "evalbus/authc.h"
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
@@ -76,14 +77,6 @@ struct eb_authc {
     unsigned long long hits, misses;
 };
 
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static size_t slot_of(const char *hash)
 {
     uint64_t h = 0;
@@ -123,7 +116,7 @@ static void finish(pending *pd)
         centry *e;
         pthread_mutex_lock(&c->mu);
         e = cache_find(c, pd->hash, false);
-        if (e && !e->revoked && mono_ms() < e->expires_ms + STALE_MS) {
+        if (e && !e->revoked && eb_monotonic_ms() < e->expires_ms + STALE_MS) {
             pd->p = e->p;
             pd->st = EB_OK;
             c->hits++;
@@ -148,7 +141,7 @@ static void finish(pending *pd)
             e = cache_find(c, pd->hash, true);
             e->p = pd->p;
             e->revoked = false;
-            e->expires_ms = mono_ms() + ttl;
+            e->expires_ms = eb_monotonic_ms() + ttl;
             pthread_mutex_unlock(&c->mu);
         }
     }
@@ -399,7 +392,7 @@ void eb_authc_verify(void *impl, const char *credential, const char *request_id,
         centry *e;
         pthread_mutex_lock(&c->mu);
         e = cache_find(c, hash, false);
-        if (e && e->expires_ms > mono_ms()) {
+        if (e && e->expires_ms > eb_monotonic_ms()) {
             p = e->p;
             hit = true;
             c->hits++;

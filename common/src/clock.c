@@ -1,6 +1,14 @@
 /* clock.c -- see clock.h. */
 #include "evalbus/clock.h"
 
+long long eb_monotonic_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 void eb_cond_init_monotonic(pthread_cond_t *cond)
 {
     pthread_condattr_t ca;

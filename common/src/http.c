@@ -11,6 +11,7 @@
  * meanwhile, evhttp keeps the request until we reply, and then frees it (libevent detaches an
  * unanswered incoming request from its dead connection).
  * Threading: loop thread only. */
+#include "evalbus/clock.h"
 #include "evalbus/http.h"
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
@@ -94,14 +95,6 @@ struct eb_http_req {
     void (*on_close)(void *arg);
     void *on_close_arg;
 };
-
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static const char *method_name(enum evhttp_cmd_type t)
 {
@@ -978,7 +971,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     eb_http_server *srv = arg;
     struct timeval tv = {0, 20000};
-    long long now = mono_ms();
+    long long now = eb_monotonic_ms();
 
     (void)fd;
     (void)what;
@@ -1004,7 +997,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 void eb_http_shutdown(eb_http_server *srv, void (*done)(void *arg), void *arg)
 {
     struct timeval tv = {0, 0};
-    long long now = mono_ms();
+    long long now = eb_monotonic_ms();
 
     if (srv->drain_done)
         return;

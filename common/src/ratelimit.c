@@ -4,6 +4,7 @@
  * other is ignored. The request context is freed when both have happened.
  * The local table is a fixed-size open-addressing hash of bucket name -> (tokens, last_ms);
  * when it fills up it is cleared, which errs on the side of letting requests through. */
+#include "evalbus/clock.h"
 #include "evalbus/ratelimit.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
@@ -91,14 +92,6 @@ long long eb_bucket_refill(double *tokens, long long *last_ms, double rate, doub
     return (long long)ceil((1.0 - *tokens) * 1000.0 / rate);
 }
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static uint64_t hash_str(const char *s)
 {
     uint64_t h = 1469598103934665603ULL;
@@ -138,7 +131,7 @@ static local_bucket *local_find(eb_ratelimit *rl, const char *name)
 static void decide_local(check_ctx *c)
 {
     local_bucket *b[MAX_BUCKETS];
-    long long wait = 0, t = now_ms();
+    long long wait = 0, t = eb_monotonic_ms();
 
     for (int i = 0; i < c->n; i++) {
         long long w;

@@ -14,6 +14,7 @@
  * thread-safe). */
 #include "apikey.h"
 #include "auth_int.h"
+#include "evalbus/clock.h"
 #include "evalbus/crypto.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
@@ -46,14 +47,6 @@ struct auth_verifier {
     size_t nslots;
     size_t used;
 };
-
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 auth_verifier *auth_verifier_new(const auth_config *cfg, eb_db *db)
 {
@@ -100,7 +93,7 @@ static bool cache_get(auth_verifier *v, const char *hash, eb_principal *out)
     pthread_mutex_lock(&v->mu);
     for (i = slot_of(v, hash); v->slots[i].used; i = (i + 1) & (v->nslots - 1)) {
         if (strcmp(v->slots[i].hash, hash) == 0) {
-            if (v->slots[i].expires_ms > mono_ms()) {
+            if (v->slots[i].expires_ms > eb_monotonic_ms()) {
                 *out = v->slots[i].p;
                 hit = true;
             }
@@ -140,7 +133,7 @@ static void cache_put(auth_verifier *v, const char *hash, const eb_principal *p)
     v->slots[i].used = true;
     v->slots[i].revoked = false;
     memcpy(v->slots[i].hash, hash, 65);
-    v->slots[i].expires_ms = mono_ms() + ttl;
+    v->slots[i].expires_ms = eb_monotonic_ms() + ttl;
     v->slots[i].p = *p;
     pthread_mutex_unlock(&v->mu);
 }
@@ -155,7 +148,7 @@ static bool cache_get_stale(auth_verifier *v, const char *hash, eb_principal *ou
     pthread_mutex_lock(&v->mu);
     for (size_t i = slot_of(v, hash); v->slots[i].used; i = (i + 1) & (v->nslots - 1)) {
         if (strcmp(v->slots[i].hash, hash) == 0) {
-            if (!v->slots[i].revoked && v->slots[i].expires_ms + STALE_MS > mono_ms()) {
+            if (!v->slots[i].revoked && v->slots[i].expires_ms + STALE_MS > eb_monotonic_ms()) {
                 *out = v->slots[i].p;
                 hit = true;
             }

@@ -14,6 +14,7 @@
  *
  * Ownership: the caller owns conn (a connection of its own: a COPY occupies it) and run; on
  * return run->statistics (when set) belongs to the caller. Threading: one run per thread. */
+#include "evalbus/clock.h"
 #include "evalbus/arena.h"
 #include "evalbus/crypto.h"
 #include "evalbus/db.h"
@@ -254,14 +255,6 @@ static eb_status copy_row(const char *msg, int n, bool *first, const char **row,
     return EB_OK;
 }
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 eb_status export_team_redactors(PGconn *conn, const char *team_id, redactor **out, size_t n)
 {
     PGresult *r = NULL, *rp = NULL;
@@ -419,7 +412,7 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
     bool in_copy = false, in_tx = false, first = true;
     eb_arena *arena = eb_arena_new();
     row_counter counter = {.total = -1};
-    long long last_tick = now_ms();
+    long long last_tick = eb_monotonic_ms();
     eb_status st;
     time_t t = time(NULL);
     struct tm tm;
@@ -528,13 +521,13 @@ eb_status export_pipeline_run(PGconn *conn, export_run *run, const export_config
             if (st != EB_OK)
                 goto cleanup;
         }
-        if (run->rows % TICK_ROWS == 0 && sink->tick && now_ms() - last_tick >= 1000) {
+        if (run->rows % TICK_ROWS == 0 && sink->tick && eb_monotonic_ms() - last_tick >= 1000) {
             long long total = atomic_load(&counter.total);
             if (total >= 0)
                 run->total_rows = run->max_rows && (uint64_t)total > run->max_rows
                                       ? run->max_rows
                                       : (uint64_t)total;
-            last_tick = now_ms();
+            last_tick = eb_monotonic_ms();
             st = sink->tick(sink->arg, run->rows, run->bytes_out);
             if (st != EB_OK)
                 goto cleanup;

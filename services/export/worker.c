@@ -19,6 +19,7 @@
  * transient error (PostgreSQL, NATS or the object store away): the upload is aborted and the
  * message is put back with a delay.
  * Threading: each worker thread owns everything it touches; the only shared state is `stop`. */
+#include "evalbus/clock.h"
 #include "evalbus/crypto.h"
 #include "evalbus/db.h"
 #include "evalbus/json.h"
@@ -79,14 +80,6 @@ typedef struct job_run {
     long long started_ms;
     eb_status cancel; /* EB_ERR_CONFLICT once a cancel was seen */
 } job_run;
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static PGconn *connect_pg(const export_config *cfg, const char *what)
 {
@@ -227,7 +220,7 @@ static eb_status sink_tick(void *arg, uint64_t rows, uint64_t bytes)
     job_run *jr = arg;
     char srows[32], sbytes[32], stotal[32], srate[48];
     const char *p[6];
-    double secs = (double)(now_ms() - jr->started_ms) / 1000.0;
+    double secs = (double)(eb_monotonic_ms() - jr->started_ms) / 1000.0;
     double rate = secs > 0.5 ? (double)rows / secs : 0;
     PGresult *r = NULL;
     eb_status st;
@@ -368,7 +361,7 @@ static eb_status run_attempt(job_run *jr, const PGresult *job, cJSON **result)
         goto cleanup;
     jr->sha = EVP_MD_CTX_new();
     EVP_DigestInit_ex(jr->sha, EVP_sha256(), NULL);
-    jr->started_ms = now_ms();
+    jr->started_ms = eb_monotonic_ms();
     jr->run = &run;
 
     /* tick sees total_rows through run once the count (running alongside) has it */
@@ -409,7 +402,7 @@ static eb_status run_attempt(job_run *jr, const PGresult *job, cJSON **result)
     cJSON_AddNumberToObject(res, "uncompressed_bytes", (double)run.bytes_raw);
     cJSON_AddStringToObject(res, "sha256", hexsum);
     cJSON_AddNumberToObject(res, "parts", (double)jr->nparts);
-    cJSON_AddNumberToObject(res, "seconds", (double)(now_ms() - jr->started_ms) / 1000.0);
+    cJSON_AddNumberToObject(res, "seconds", (double)(eb_monotonic_ms() - jr->started_ms) / 1000.0);
     cJSON_AddItemToObject(res, "statistics", run.statistics);
     run.statistics = NULL;
 

@@ -20,6 +20,7 @@
  * acknowledged by then fails as a timeout (it may still be stored, see ingest_publish_done).
  * Threading: everything here runs on the loop thread, but ingest_record_pack (any thread) and
  * ingest_publisher_set_full (any thread). */
+#include "evalbus/clock.h"
 #include "evalbus/bus.h"
 #include "evalbus/crypto.h"
 #include "evalbus/log.h"
@@ -66,12 +67,10 @@ struct ingest_publisher {
     size_t cap, used;
     pub_batch *ready;
     struct event *wake;
-    atomic_bool full;    /* the stream watch's verdict: refuse new records */
-    size_t open;         /* batches handed over and not yet answered */
-    size_t refused;      /* "no responders" answers whose records are still in the table */
-    natsMsg *spent[256]; /* acknowledgements read, destroyed together (see take_acks) */
-    size_t nspent;
-    bool closing; /* shutting down: refuse new records */
+    atomic_bool full; /* the stream watch's verdict: refuse new records */
+    size_t open;      /* batches handed over and not yet answered */
+    size_t refused;   /* "no responders" answers whose records are still in the table */
+    bool closing;     /* shutting down: refuse new records */
 };
 
 static size_t seq_slot(const ingest_publisher *p, uint64_t seq)
@@ -240,17 +239,16 @@ static void fail_refused(ingest_publisher *p)
                 n);
 }
 
-static void destroy_spent(ingest_publisher *p)
+/* The number n of a reply subject "<inbox>.<n>"; 0 when there is none. */
+static uint64_t reply_seq(const char *subject)
 {
-    for (size_t i = 0; i < p->nspent; i++)
-        natsMsg_Destroy(p->spent[i]);
-    p->nspent = 0;
+    const char *dot = subject ? strrchr(subject, '.') : NULL;
+
+    return dot ? strtoull(dot + 1, NULL, 10) : 0;
 }
 
 /* The read hook: takes the acknowledgements the library has queued (often one a read: JetStream
- * answers each record as it stores it). Each natsMsg_Destroy hands the message to the library's
- * collector thread, which is woken when it waits: the messages read are destroyed in bursts of
- * 256, so that the collector is woken once a burst rather than once a record. */
+ * answers each record as it stores it). */
 static void take_acks(void *arg)
 {
     ingest_publisher *p = arg;
@@ -271,15 +269,12 @@ static void take_acks(void *arg)
         }
         if (s != NATS_OK)
             break; /* none left (NATS_TIMEOUT), or the subscription is closed */
-        const char *subj = natsMsg_GetSubject(m), *dot = strrchr(subj, '.');
         pub_batch *b = NULL;
         size_t index = 0;
-        if (dot && table_take(p, strtoull(dot + 1, NULL, 10), &b, &index))
+        if (table_take(p, reply_seq(natsMsg_GetSubject(m)), &b, &index))
             record_result(p, b, index, ack_status(m));
         /* else the batch timed out already */
-        if (p->nspent == sizeof(p->spent) / sizeof(p->spent[0]))
-            destroy_spent(p);
-        p->spent[p->nspent++] = m;
+        natsMsg_Destroy(m);
     }
     fail_refused(p);
     if (p->ready)
@@ -346,14 +341,6 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
     return p;
 }
 
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void ingest_publisher_finish(ingest_publisher *p)
 {
     struct timeval tick = {0, 50000};
@@ -363,11 +350,11 @@ void ingest_publisher_finish(ingest_publisher *p)
         return;
     p->closing = true;
     if (!p->open)
-        return;                               /* nothing to answer: the loop is not run again */
-    until = mono_ms() + p->timeout_ms + 2000; /* every batch's timer fires before */
+        return; /* nothing to answer: the loop is not run again */
+    until = eb_monotonic_ms() + p->timeout_ms + 2000; /* every batch's timer fires before */
     eb_log_info(NULL, "waiting for JetStream to acknowledge %zu batches", p->open);
     /* the loop runs again for these answers; the HTTP server refuses what else comes in */
-    while (p->open && mono_ms() < until) {
+    while (p->open && eb_monotonic_ms() < until) {
         event_base_loopexit(p->base, &tick);
         event_base_dispatch(p->base);
     }
@@ -388,7 +375,6 @@ void ingest_publisher_free(ingest_publisher *p)
 {
     if (!p)
         return;
-    destroy_spent(p);
     if (p->acks) {
         eb_bus_set_read_hook(p->bus, NULL, NULL);
         natsSubscription_Destroy(p->acks);
@@ -574,8 +560,7 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
      * messages are still being handed over. */
     for (size_t i = 0; i < n; i++) {
         natsMsg *msg = msgs[i];
-        const char *reply = msg ? natsMsg_GetReply(msg) : NULL, *dot;
-        uint64_t seq = reply && (dot = strrchr(reply, '.')) ? strtoull(dot + 1, NULL, 10) : 0;
+        uint64_t seq = msg ? reply_seq(natsMsg_GetReply(msg)) : 0;
         natsStatus s;
 
         msgs[i] = NULL;
@@ -589,7 +574,7 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
         /* checked again for every message: the connection may drop while a batch goes out */
         bool up = nats_up(p);
         s = up ? natsConnection_PublishMsg(nc, msg) : NATS_CONNECTION_DISCONNECTED;
-        msgs[i] = msg; /* destroyed below, together (see destroy_spent) */
+        natsMsg_Destroy(msg);
         if (s == NATS_OK) {
             b->seqs[i] = seq;
             table_put(p, seq, b, i);
@@ -599,10 +584,6 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
                                   eb_error(EB_ERR_UNAVAILABLE, "publishing to INGEST: %s",
                                            up ? natsStatus_GetText(s) : "not connected to NATS"));
         }
-    }
-    for (size_t i = 0; i < n; i++) {
-        natsMsg_Destroy(msgs[i]);
-        msgs[i] = NULL;
     }
     if (wake) /* answered on the next turn of the loop, not inside the caller's call */
         event_active(p->wake, EV_READ, 0);
