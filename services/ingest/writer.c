@@ -149,63 +149,83 @@ static void copy_double(eb_buf *b, bool has, double v)
         eb_buf_puts(b, "\\N");
 }
 
+/* The writer thread's buffers, kept from row to row and batch to batch so that they grow once
+ * rather than from 64 bytes again for every column of every row (what realloc then copies cost
+ * the writer more than writing the rows): scratch holds the JSON of one column (messages, tool
+ * calls, tags) before it is escaped into the COPY data, rows_traces and rows_obs a pass's COPY
+ * data. writer_keep_buffers frees them when an unusual batch left them large, writer_main when
+ * the thread ends. */
+static _Thread_local eb_buf scratch, rows_traces, rows_obs;
+#define WRITER_KEEP_BYTES (8u << 20)
+
+static void writer_keep_buffers(size_t keep)
+{
+    eb_buf *all[] = {&scratch, &rows_traces, &rows_obs};
+
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i]->cap > keep)
+            eb_buf_free(all[i]);
+}
+
 /* {"messages": [...]}, {"messages": [...], "text": "..."}, {"text": "..."} or NULL, as COPY
  * text. */
 static void copy_io(eb_buf *b, Evalbus__V1__Message *const *msgs, size_t n, const char *text)
 {
-    eb_buf j = {0};
+    eb_buf *j = &scratch;
 
-    if (n) {
-        eb_buf_puts(&j, "{\"messages\":");
-        ingest_messages_json(msgs, n, &j);
-        if (text) {
-            eb_buf_puts(&j, ",\"text\":\"");
-            eb_buf_json_escape(&j, text);
-            eb_buf_putc(&j, '"');
-        }
-        eb_buf_putc(&j, '}');
-    } else if (text) {
-        eb_buf_puts(&j, "{\"text\":\"");
-        eb_buf_json_escape(&j, text);
-        eb_buf_puts(&j, "\"}");
+    if (!n && !text) {
+        eb_buf_puts(b, "\\N");
+        return;
     }
-    copy_text(b, j.data);
-    eb_buf_free(&j);
+    eb_buf_reset(j);
+    if (n) {
+        eb_buf_puts(j, "{\"messages\":");
+        ingest_messages_json(msgs, n, j);
+        if (text) {
+            eb_buf_puts(j, ",\"text\":\"");
+            eb_buf_json_escape(j, text);
+            eb_buf_putc(j, '"');
+        }
+        eb_buf_putc(j, '}');
+    } else {
+        eb_buf_puts(j, "{\"text\":\"");
+        eb_buf_json_escape(j, text);
+        eb_buf_puts(j, "\"}");
+    }
+    copy_text(b, j->data);
 }
 
 static void copy_tool_calls(eb_buf *b, Evalbus__V1__ToolCall *const *calls, size_t n)
 {
-    eb_buf j = {0};
-
     if (!n) {
         eb_buf_puts(b, "\\N");
         return;
     }
-    ingest_tool_calls_json(calls, n, &j);
-    copy_text(b, j.data);
-    eb_buf_free(&j);
+    eb_buf_reset(&scratch);
+    ingest_tool_calls_json(calls, n, &scratch);
+    copy_text(b, scratch.data);
 }
 
 /* text[] literal: {"a","b"} with quotes and backslashes escaped inside elements. */
 static void copy_tags(eb_buf *b, char *const *tags, size_t n)
 {
-    eb_buf a = {0};
+    eb_buf *a = &scratch;
 
-    eb_buf_putc(&a, '{');
+    eb_buf_reset(a);
+    eb_buf_putc(a, '{');
     for (size_t i = 0; i < n; i++) {
         if (i)
-            eb_buf_putc(&a, ',');
-        eb_buf_putc(&a, '"');
+            eb_buf_putc(a, ',');
+        eb_buf_putc(a, '"');
         for (const char *p = tags[i]; *p; p++) {
             if (*p == '"' || *p == '\\')
-                eb_buf_putc(&a, '\\');
-            eb_buf_putc(&a, *p);
+                eb_buf_putc(a, '\\');
+            eb_buf_putc(a, *p);
         }
-        eb_buf_putc(&a, '"');
+        eb_buf_putc(a, '"');
     }
-    eb_buf_putc(&a, '}');
-    copy_text(b, a.data);
-    eb_buf_free(&a);
+    eb_buf_putc(a, '}');
+    copy_text(b, a->data);
 }
 
 static void trace_row(eb_buf *b, const rec *x)
@@ -995,7 +1015,7 @@ static eb_status copy_new(PGconn *c, rec *recs, size_t n)
     }
     for (size_t i = 0; i < n && st == EB_OK; i++) {
         long long day;
-        eb_buf traces = {0}, obs = {0};
+        eb_buf *traces = &rows_traces, *obs = &rows_obs;
         char name[16], *sql;
         time_t t0;
         struct tm tm;
@@ -1006,26 +1026,26 @@ static eb_status copy_new(PGconn *c, rec *recs, size_t n)
         for (size_t j = 0; j < i; j++) /* this day was copied already */
             if (recs[j].direct && recs[j].part_ns / DAY_NS == day)
                 goto next;
+        eb_buf_reset(traces);
+        eb_buf_reset(obs);
         for (size_t j = i; j < n; j++) {
             if (!recs[j].direct || recs[j].part_ns / DAY_NS != day)
                 continue;
-            trace_row(&traces, &recs[j]);
+            trace_row(traces, &recs[j]);
             for (size_t k = 0; k < recs[j].r->trace->n_observations; k++)
-                observation_row(&obs, &recs[j], recs[j].r->trace->observations[k]);
+                observation_row(obs, &recs[j], recs[j].r->trace->observations[k]);
         }
         t0 = (time_t)(day * 86400);
         gmtime_r(&t0, &tm);
         strftime(name, sizeof(name), "%Y%m%d", &tm);
         sql = eb_asprintf("COPY ingest.traces_p%s (" TRACE_COLS ") FROM STDIN", name);
-        st = copy_in(c, sql, &traces);
+        st = copy_in(c, sql, traces);
         free(sql);
-        if (st == EB_OK && obs.len) {
+        if (st == EB_OK && obs->len) {
             sql = eb_asprintf("COPY ingest.observations_p%s (" OBS_COLS ") FROM STDIN", name);
-            st = copy_in(c, sql, &obs);
+            st = copy_in(c, sql, obs);
             free(sql);
         }
-        eb_buf_free(&traces);
-        eb_buf_free(&obs);
     next:;
     }
     return st;
@@ -1062,24 +1082,26 @@ static eb_status check_projects(PGconn *c, const rec *recs, size_t n)
 
 static eb_status store_pass(PGconn *c, rec *recs, size_t n)
 {
-    eb_buf traces = {0}, obs = {0};
+    eb_buf *traces = &rows_traces, *obs = &rows_obs;
     eb_status st;
     bool existing = false, merges = false;
 
     st = check_projects(c, recs, n);
     if (st == EB_OK)
         st = copy_new(c, recs, n);
+    eb_buf_reset(traces);
+    eb_buf_reset(obs);
     for (size_t i = 0; i < n && st == EB_OK; i++) {
         if (recs[i].skip || recs[i].direct)
             continue;
         existing |= recs[i].existed;
         merges |= recs[i].r->source && strcmp(recs[i].r->source, "otlp") == 0;
-        trace_row(&traces, &recs[i]);
+        trace_row(traces, &recs[i]);
         for (size_t k = 0; k < recs[i].r->trace->n_observations; k++)
-            observation_row(&obs, &recs[i], recs[i].r->trace->observations[k]);
+            observation_row(obs, &recs[i], recs[i].r->trace->observations[k]);
     }
-    if (st != EB_OK || traces.len == 0)
-        goto cleanup; /* everything went in directly */
+    if (st != EB_OK || traces->len == 0)
+        return st; /* everything went in directly */
     {
         /* the upsert path's temporary tables (once per session; inside the transaction, so a
          * rollback takes them away and the next pass makes them again) */
@@ -1091,22 +1113,19 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
         PQclear(tr);
     }
     if (st == EB_OK)
-        st = copy_in(c, "COPY tmp_traces (" TRACE_COLS ") FROM STDIN", &traces);
+        st = copy_in(c, "COPY tmp_traces (" TRACE_COLS ") FROM STDIN", traces);
     if (st == EB_OK)
         st = exec_upsert(c, upsert_traces);
-    if (st == EB_OK && obs.len)
-        st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", &obs);
+    if (st == EB_OK && obs->len)
+        st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", obs);
     /* only traces stored before can have stale observations; only OTLP traces merge */
-    if (st == EB_OK && obs.len)
+    if (st == EB_OK && obs->len)
         st = exec_upsert(c, existing || merges ? upsert_observations : insert_observations);
     if (st == EB_OK && existing)
         st = eb_db_exec(c, drop_replaced_observations, 0, NULL, NULL);
     if (st == EB_OK && (merges || existing))
         st = eb_db_exec(c, recompute_sql, 0, NULL, NULL);
     /* the temporary tables empty themselves at COMMIT (ON COMMIT DELETE ROWS) */
-cleanup:
-    eb_buf_free(&traces);
-    eb_buf_free(&obs);
     return st;
 }
 
@@ -1385,8 +1404,10 @@ static void *writer_main(void *arg)
     while (!atomic_load(&w->stop)) {
         natsMsgList list = {0};
         s = natsSubscription_Fetch(&list, sub, (int)ctx->cfg->writer_batch, 250, &jerr);
-        if (s == NATS_OK && list.Count > 0)
+        if (s == NATS_OK && list.Count > 0) {
             handle_batch(w, t->bus, &list, arena);
+            writer_keep_buffers(WRITER_KEEP_BYTES);
+        }
         else if (s != NATS_OK && s != NATS_TIMEOUT)
             usleep(200000);
         natsMsgList_Destroy(&list);
@@ -1398,6 +1419,7 @@ static void *writer_main(void *arg)
     eb_bus_close(t->bus);
     t->bus = NULL;
     eb_arena_free(arena);
+    writer_keep_buffers(0);
     return NULL;
 }
 
