@@ -2,7 +2,7 @@
  *
  *   ingest --http-team SLUG --nats-team SLUG [--traces N] [--batch B] [--inflight F]
  *          [--pid INGEST_PID] [--nats-pid PID] [--pg-pid POSTMASTER_PID] [--paced-seconds S]
- *          [--timeout SECONDS]
+ *          [--timeout SECONDS] [--sustained N]
  *
  * Addresses and credentials come from the environment, never the command line (where ps shows
  * them): EVALBUS_INGEST_URL, EVALBUS_NATS_URL, EVALBUS_DATABASE_URL (as scripts/stack writes them
@@ -10,6 +10,13 @@
  * BENCH_INGEST_NATS_KEY (traces:write; a tier without a rate limit). N defaults to
  * BENCH_INGEST_TRACES or 50000, B to 100, F to 8, S to 15 (about 1,000 requests, so that p99 is
  * not one unlucky request), the timeout of each phase to 60 s.
+ *
+ * --sustained N runs phases 1, 2 and 4 only, with N traces each, and names the figures
+ * ingest_http_sustained and ingest_nats_sustained. The default N (50,000 traces, about 75 MB of
+ * trace rows) makes a COPY of about a second into a table that the checkpoint before it left
+ * clean and that fits in shared_buffers: a burst, and the baseline's fastest case. 200,000 traces
+ * (about 300 MB of rows, more than the stack's 256 MB of shared_buffers) take PostgreSQL past
+ * that, for the pipeline and the COPY alike: what sustained ingest meets.
  *
  * Every trace is generated from (run tag, phase, index) by one generator, so the HTTP JSON
  * body, the NATS TraceBatch and the COPY row of trace i carry the same content: a system, a user
@@ -52,7 +59,8 @@
  * writes and the vacuuming left by the one before it.
  * Any error (a non-202 answer, a refused NATS batch, a timeout, rows that never arrive) stops the
  * run with a message on stderr and exit status 1; a figure is printed only once measured.
- * Afterwards the rows of the teams used here are deleted, so repeated runs start alike.
+ * Afterwards the rows of the teams used here are deleted and the tables vacuumed, so repeated
+ * runs start alike.
  *
  * Ownership: buffers are per phase and per thread; nothing is shared between NATS threads except
  * the connection and atomics. */
@@ -1010,6 +1018,8 @@ typedef struct cfg {
     int inflight;
     int pid, nats_pid, pg_pid; /* ingest, nats-server, the postmaster (0: not given) */
     double paced_seconds, timeout;
+    bool sustained;    /* --sustained N: the throughput phases only, figures named *_sustained */
+    const char *label; /* what the summary lines on stderr start with */
     char run_tag[24];
     char http_team_id[64], nats_team_id[64], base_team_id[64];
     struct curl_slist *hdrs;
@@ -1628,8 +1638,12 @@ static void cleanup_rows(cfg *c)
              "DELETE FROM ingest.traces WHERE team_id IN ('%s', '%s', '%s')",
              c->http_team_id, c->nats_team_id, c->http_team_id, c->nats_team_id, c->http_team_id,
              c->nats_team_id, c->base_team_id[0] ? c->base_team_id : c->http_team_id);
-    if (db_exec(c->db, sql))
-        fprintf(stderr, "ingest: deleted this run's rows in %.1f s\n", now_s() - t0);
+    if (!db_exec(c->db, sql))
+        return;
+    /* and their dead tuples, which a run after this one (the sustained one) would otherwise
+     * wade through in every index it inserts into */
+    if (db_exec(c->db, "VACUUM ingest.observations, ingest.trace_keys, ingest.traces"))
+        fprintf(stderr, "ingest: deleted this run's rows and vacuumed in %.1f s\n", now_s() - t0);
 }
 
 static long env_long(const char *name, long def)
@@ -1663,6 +1677,7 @@ int main(int argc, char **argv)
     c.inflight = 8;
     c.paced_seconds = 15;
     c.timeout = 60;
+    c.label = "ingest:";
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
         if (!strcmp(a, "--http-team"))
@@ -1685,6 +1700,11 @@ int main(int argc, char **argv)
             c.paced_seconds = atof(v);
         else if (!strcmp(a, "--timeout"))
             c.timeout = atof(v);
+        else if (!strcmp(a, "--sustained")) {
+            c.sustained = true;
+            c.traces = atol(v);
+            c.label = "ingest sustained:";
+        }
     }
     if (!c.url || !c.nats_url || !c.db_url || !c.http_key || !c.http_team || !c.nats_key ||
         !c.nats_team || c.batch < 1 || c.batch > 1000 || c.traces < c.batch || c.inflight < 1 ||
@@ -1693,7 +1713,7 @@ int main(int argc, char **argv)
                 "usage: ingest --http-team SLUG --nats-team SLUG [--traces N] "
                 "[--batch B<=1000] [--inflight F<=%d] [--pid PID] [--nats-pid PID] "
                 "[--pg-pid POSTMASTER_PID] [--paced-seconds S] "
-                "[--timeout S]\n"
+                "[--timeout S] [--sustained N]\n"
                 "with EVALBUS_INGEST_URL, EVALBUS_NATS_URL, EVALBUS_DATABASE_URL, "
                 "BENCH_INGEST_HTTP_KEY and BENCH_INGEST_NATS_KEY set\n",
                 MAX_INFLIGHT);
@@ -1721,7 +1741,7 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     rows = true;
-    fprintf(stderr, "ingest: %ld traces in batches of %ld, %d in flight, run %s\n", c.traces,
+    fprintf(stderr, "%s %ld traces in batches of %ld, %d in flight, run %s\n", c.label, c.traces,
             c.batch, c.inflight, c.run_tag);
 
     /* 1. HTTP */
@@ -1732,12 +1752,12 @@ int main(int argc, char **argv)
     if (!quiesce(&c) || !phase(&c, false, tag, nbatches, 0, NULL, &http))
         goto cleanup;
     fprintf(stderr,
-            "ingest: HTTP  %8.0f traces/s  (all accepted %.2f s, all committed %.2f s, "
+            "%s HTTP  %8.0f traces/s  (all accepted %.2f s, all committed %.2f s, "
             "%.0f B JSON per trace; %d count(*) took %.0f ms, the last %.1f ms)\n",
-            http.rate, http.send_s, http.commit_s, http.bytes / (double)c.traces, http.polls.polls,
-            http.polls.total_ms, http.polls.last_ms);
+            c.label, http.rate, http.send_s, http.commit_s, http.bytes / (double)c.traces,
+            http.polls.polls, http.polls.total_ms, http.polls.last_ms);
     cpu_text(&http.cpu, (double)c.traces, cpu, sizeof cpu);
-    fprintf(stderr, "ingest: HTTP  CPU per trace: %s\n", cpu);
+    fprintf(stderr, "%s HTTP  CPU per trace: %s\n", c.label, cpu);
 
     /* 2. NATS */
     snprintf(tag, sizeof tag, "%s-nw", c.run_tag);
@@ -1747,12 +1767,12 @@ int main(int argc, char **argv)
     if (!quiesce(&c) || !phase(&c, true, tag, nbatches, 0, NULL, &nats))
         goto cleanup;
     fprintf(stderr,
-            "ingest: NATS  %8.0f traces/s  (all acked    %.2f s, all committed %.2f s, "
+            "%s NATS  %8.0f traces/s  (all acked    %.2f s, all committed %.2f s, "
             "%.0f B protobuf per trace; %d count(*) took %.0f ms, the last %.1f ms)\n",
-            nats.rate, nats.send_s, nats.commit_s, nats.bytes / (double)c.traces, nats.polls.polls,
-            nats.polls.total_ms, nats.polls.last_ms);
+            c.label, nats.rate, nats.send_s, nats.commit_s, nats.bytes / (double)c.traces,
+            nats.polls.polls, nats.polls.total_ms, nats.polls.last_ms);
     cpu_text(&nats.cpu, (double)c.traces, cpu, sizeof cpu);
-    fprintf(stderr, "ingest: NATS  CPU per trace: %s\n", cpu);
+    fprintf(stderr, "%s NATS  CPU per trace: %s\n", c.label, cpu);
 
     /* 3. peak RSS of the ingest service so far */
     if (c.pid > 0) {
@@ -1782,16 +1802,23 @@ int main(int argc, char **argv)
         qsort(sorted, BASELINE_RUNS, sizeof *sorted, cmp_double);
         base_rate = sorted[BASELINE_RUNS / 2];
         fprintf(stderr,
-                "ingest: COPY  %8.0f traces/s  (median of %d COPYs: %.0f, %.0f, %.0f; %.2f s, "
+                "%s COPY  %8.0f traces/s  (median of %d COPYs: %.0f, %.0f, %.0f; %.2f s, "
                 "%.0f B per row; each one COPY into ingest.traces as the superuser: no "
                 "trace_keys, observations, upsert or row-level security)\n",
-                base_rate, BASELINE_RUNS, rates[0], rates[1], rates[2],
+                c.label, base_rate, BASELINE_RUNS, rates[0], rates[1], rates[2],
                 (double)c.traces / base_rate, base_bytes / (double)c.traces);
     }
-    printf("BENCH name=ingest_http value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n", http.rate,
-           base_rate, http.rate / base_rate);
-    printf("BENCH name=ingest_nats value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n", nats.rate,
-           base_rate, nats.rate / base_rate);
+    {
+        const char *suffix = c.sustained ? "_sustained" : "";
+        printf("BENCH name=ingest_http%s value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n",
+               suffix, http.rate, base_rate, http.rate / base_rate);
+        printf("BENCH name=ingest_nats%s value=%.0f unit=traces/s baseline=%.0f ratio=%.3f\n",
+               suffix, nats.rate, base_rate, nats.rate / base_rate);
+    }
+    if (c.sustained) { /* peak RSS and latency: the run with the default size says them */
+        rc = 0;
+        goto cleanup;
+    }
     if (hwm >= 0)
         printf("BENCH name=ingest_rss value=%.1f unit=MiB baseline=- ratio=-\n", hwm / 1024);
     fflush(stdout);

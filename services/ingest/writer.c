@@ -1407,8 +1407,7 @@ static void *writer_main(void *arg)
         if (s == NATS_OK && list.Count > 0) {
             handle_batch(w, t->bus, &list, arena);
             writer_keep_buffers(WRITER_KEEP_BYTES);
-        }
-        else if (s != NATS_OK && s != NATS_TIMEOUT)
+        } else if (s != NATS_OK && s != NATS_TIMEOUT)
             usleep(200000);
         natsMsgList_Destroy(&list);
     }
