@@ -153,10 +153,10 @@ static void copy_double(eb_buf *b, bool has, double v)
  * rather than from 64 bytes again for every column of every row (what realloc then copies cost
  * the writer more than writing the rows): scratch holds the JSON of one column (messages, tool
  * calls, tags) before it is escaped into the COPY data, rows_traces and rows_obs a pass's COPY
- * data. writer_keep_buffers frees them when an unusual batch left them large, writer_main when
- * the thread ends. */
+ * data. writer_keep_buffers frees them when a batch of large traces left them over 2 MiB (so an
+ * idle writer keeps at most 6 MiB), writer_main when the thread ends. */
 static _Thread_local eb_buf scratch, rows_traces, rows_obs;
-#define WRITER_KEEP_BYTES (8u << 20)
+#define WRITER_KEEP_BYTES (2u << 20) /* a default batch's COPY data is about 1 MB */
 
 static void writer_keep_buffers(size_t keep)
 {
