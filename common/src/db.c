@@ -18,6 +18,7 @@ struct eb_db {
     char *url;
     char *app_name;
     long long idle_tx_timeout_ms; /* 0: the server's setting */
+    long long request_timeout_ms; /* 0: the server's setting (eb_db_set_request_timeout) */
     int size;
     int out;       /* connections handed out, or being made for a caller */
     PGconn **idle; /* [size] stack of idle connections */
@@ -205,6 +206,10 @@ static eb_status map_error(PGconn *conn, PGresult *res)
         code = EB_ERR_INVALID;
     else if (state && strcmp(state, "42501") == 0)
         code = EB_ERR_FORBIDDEN;
+    else if (state && strcmp(state, "57014") == 0 && strstr(text, "statement timeout"))
+        return eb_error(EB_ERR_TIMEOUT,
+                        "the query ran longer than this service allows (query-timeout) and was "
+                        "stopped; narrow it (a shorter time range, a project) or retry later");
     else if (state && strcmp(state, "55P03") == 0)
         code = EB_ERR_UNAVAILABLE; /* lock_not_available: lock_timeout ran out, try later */
     else if (state && strncmp(state, "40", 2) == 0) {
@@ -213,6 +218,22 @@ static eb_status map_error(PGconn *conn, PGresult *res)
         return eb_error(EB_ERR_UNAVAILABLE, "%s; the transaction was rolled back, retry", text);
     }
     return eb_error(code, "%s", text);
+}
+
+void eb_db_set_request_timeout(eb_db *db, long long ms)
+{
+    db->request_timeout_ms = ms > 0 ? ms : 0;
+}
+
+eb_status eb_db_request_limits(eb_db *db, PGconn *conn)
+{
+    char ms[32];
+    const char *p[1] = {ms};
+
+    if (db->request_timeout_ms <= 0)
+        return EB_OK;
+    snprintf(ms, sizeof(ms), "%lld", db->request_timeout_ms);
+    return eb_db_exec(conn, "SELECT set_config('statement_timeout', $1, true)", 1, p, NULL);
 }
 
 eb_status eb_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,

@@ -7,10 +7,17 @@
  * (on_rate_checked) finally calls the handler. Every path ends in finish(), which sends the
  * reply, writes the access log line and the metrics, and frees the eb_http_req.
  *
+ * The handler of a blocking route (one that waits on PostgreSQL) runs on the worker pool, not on
+ * the loop: run_handler submits it, and whatever it answers is kept in the eb_http_req
+ * (req->worker) until handler_done, back on the loop, sends it through finish(). So a slow query,
+ * or one waiting for a lock, holds up its own request only, never the loop and with it every
+ * other request, acknowledgement and health check.
+ *
  * Ownership: the eb_http_req lives from on_request() to finish(). If the client goes away
  * meanwhile, evhttp keeps the request until we reply, and then frees it (libevent detaches an
  * unanswered incoming request from its dead connection).
- * Threading: loop thread only. */
+ * Threading: loop thread only, but for a blocking route's handler, which owns its eb_http_req
+ * while it runs on a worker thread (the loop does not touch it meanwhile). */
 #include "evalbus/clock.h"
 #include "evalbus/http.h"
 #include "evalbus/crypto.h"
@@ -19,6 +26,7 @@
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
 
+#include <assert.h>
 #include <sys/queue.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -28,11 +36,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_PARAMS 4
 #define MAX_CHECKS 8
+
+/* An answer made on a worker thread, for the loop to send. */
+typedef struct worker_reply {
+    bool answered;
+    int code;
+    char *content_type;
+    char *data;
+    size_t len;
+    char **headers; /* name, value, name, value, ... */
+    size_t nheaders;
+} worker_reply;
 
 typedef struct ready_check {
     char *name;
@@ -56,6 +76,7 @@ struct eb_http_server {
     eb_ratelimit *rl;
     eb_denied_fn denied_fn;
     void *denied_arg;
+    eb_pool *workers; /* runs blocking routes' handlers; NULL: the loop runs them */
     ready_check checks[MAX_CHECKS];
     int nchecks;
     int in_flight;
@@ -89,6 +110,9 @@ struct eb_http_req {
     bool authenticated;
     struct timespec start;
     void *data;
+    /* a blocking route's handler is running on a worker thread: answers are kept here */
+    bool on_worker;
+    worker_reply worker;
     /* streamed replies */
     int stream_code;
     size_t stream_bytes;
@@ -147,6 +171,11 @@ static void req_free(eb_http_req *req)
     free(req->path);
     free(req->query_str);
     free(req->body);
+    free(req->worker.content_type);
+    free(req->worker.data);
+    for (size_t i = 0; i < req->worker.nheaders; i++)
+        free(req->worker.headers[i]);
+    free(req->worker.headers);
     free(req);
 }
 
@@ -235,8 +264,25 @@ static const char *reason_phrase(int code)
 static void finish(eb_http_req *req, int code, const char *content_type, const void *data,
                    size_t len)
 {
-    struct evbuffer *buf = evbuffer_new();
+    struct evbuffer *buf;
 
+    if (req->on_worker) { /* kept for the loop (handler_done) */
+        worker_reply *w = &req->worker;
+        if (w->answered) {
+            eb_log_error(req->request_id, "%s %s answered twice; the second answer (%d) is dropped",
+                         req->method, req->path, code);
+            return;
+        }
+        w->answered = true;
+        w->code = code;
+        w->content_type = content_type ? eb_strdup(content_type) : NULL;
+        w->data = eb_malloc(len ? len : 1);
+        if (len)
+            memcpy(w->data, data, len);
+        w->len = len;
+        return;
+    }
+    buf = evbuffer_new();
     add_reply_headers(req, content_type);
     if (data && len)
         evbuffer_add(buf, data, len);
@@ -247,8 +293,10 @@ static void finish(eb_http_req *req, int code, const char *content_type, const v
 
 void eb_http_reply_file(eb_http_req *req, int code, const char *content_type, int fd, size_t size)
 {
-    struct evbuffer *buf = evbuffer_new();
+    struct evbuffer *buf;
 
+    assert(!req->on_worker); /* not for blocking routes (http.h) */
+    buf = evbuffer_new();
     add_reply_headers(req, content_type);
     if (evbuffer_add_file(buf, fd, 0, (ev_off_t)size) != 0) {
         evbuffer_free(buf);
@@ -276,6 +324,7 @@ static void stream_closed(struct evhttp_connection *evcon, void *arg)
 void eb_http_stream_start(eb_http_req *req, int code, const char *content_type,
                           void (*on_close)(void *arg), void *arg)
 {
+    assert(!req->on_worker); /* not for blocking routes (http.h) */
     add_reply_headers(req, content_type);
     req->stream_code = code;
     req->on_close = on_close;
@@ -351,6 +400,17 @@ void eb_http_reply_json(eb_http_req *req, int code, cJSON *body)
     free(s);
 }
 
+static bool has_reply_header(eb_http_req *req, const char *name)
+{
+    if (req->on_worker) {
+        for (size_t i = 0; i < req->worker.nheaders; i += 2)
+            if (strcasecmp(req->worker.headers[i], name) == 0)
+                return true;
+        return false;
+    }
+    return evhttp_find_header(evhttp_request_get_output_headers(req->ev), name) != NULL;
+}
+
 static void reply_error_text(eb_http_req *req, eb_status st, const char *message)
 {
     eb_buf b = {0};
@@ -363,8 +423,7 @@ static void reply_error_text(eb_http_req *req, eb_status st, const char *message
     eb_buf_json_escape(&b, req->request_id);
     eb_buf_puts(&b, "\"}}");
     /* every 503 says when to try again (unless the handler said so already) */
-    if (st == EB_ERR_UNAVAILABLE &&
-        !evhttp_find_header(evhttp_request_get_output_headers(req->ev), "Retry-After"))
+    if (st == EB_ERR_UNAVAILABLE && !has_reply_header(req, "Retry-After"))
         eb_http_add_header(req, "Retry-After", "1");
     finish(req, eb_status_http(st), "application/json", b.data, b.len);
     eb_buf_free(&b);
@@ -398,6 +457,13 @@ void eb_http_reply_status(eb_http_req *req, eb_status st)
 
 void eb_http_add_header(eb_http_req *req, const char *name, const char *value)
 {
+    if (req->on_worker) { /* added by the loop (handler_done) */
+        worker_reply *w = &req->worker;
+        w->headers = eb_realloc(w->headers, (w->nheaders + 2) * sizeof(char *));
+        w->headers[w->nheaders++] = eb_strdup(name);
+        w->headers[w->nheaders++] = eb_strdup(value);
+        return;
+    }
     evhttp_add_header(evhttp_request_get_output_headers(req->ev), name, value);
 }
 
@@ -663,8 +729,42 @@ static void reply_metrics(eb_http_req *req)
     eb_buf_free(&b);
 }
 
+/* A blocking route's handler, on a worker thread. */
+static void handler_work(void *arg)
+{
+    eb_http_req *req = arg;
+
+    req->route->handler(req, req->srv->ctx);
+}
+
+/* Back on the loop: sends what the handler answered. */
+static void handler_done(void *arg)
+{
+    eb_http_req *req = arg;
+    worker_reply *w = &req->worker;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req->ev);
+
+    req->on_worker = false;
+    for (size_t i = 0; i + 1 < w->nheaders; i += 2)
+        evhttp_add_header(out, w->headers[i], w->headers[i + 1]);
+    if (!w->answered) {
+        eb_log_error(req->request_id, "%s %s: the handler gave no answer", req->method, req->path);
+        reply_error_text(req, EB_ERR_INTERNAL,
+                         "internal error; see the service log for this "
+                         "request id");
+        return;
+    }
+    /* finish frees req (and w's buffers with it) */
+    finish(req, w->code, w->content_type, w->data, w->len);
+}
+
 static void run_handler(eb_http_req *req)
 {
+    if (req->route->blocking && req->srv->workers) {
+        req->on_worker = true;
+        eb_pool_submit(req->srv->workers, handler_work, handler_done, req);
+        return;
+    }
     req->route->handler(req, req->srv->ctx);
 }
 
@@ -927,6 +1027,11 @@ void eb_http_set_denied_hook(eb_http_server *srv, eb_denied_fn fn, void *arg)
 {
     srv->denied_fn = fn;
     srv->denied_arg = arg;
+}
+
+void eb_http_set_workers(eb_http_server *srv, eb_pool *workers)
+{
+    srv->workers = workers;
 }
 
 void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, void *arg,

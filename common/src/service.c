@@ -42,6 +42,8 @@ static PGconn *req_db_begin(eb_db *db, eb_http_req *req, bool system, bool snaps
     st = system     ? eb_db_begin_system(c)
          : snapshot ? eb_db_begin_team_snapshot(c, team)
                     : eb_db_begin_team(c, team);
+    if (st == EB_OK && (st = eb_db_request_limits(db, c)) != EB_OK)
+        eb_db_rollback(c);
     if (st != EB_OK) {
         eb_db_put(db, c);
         eb_http_reply_status(req, st);

@@ -19,21 +19,22 @@
  * unrestricted one) */
 #define ADMIN EB_ROLE_ADMIN, EB_SCOPE_ADMIN, true
 const eb_http_route auth_routes[] = {
-    {"POST", "/api/v1/auth/login", api_login, true, EB_ROLE_NONE, 0, false},
-    {"GET", "/api/v1/auth/whoami", api_whoami, false, EB_ROLE_VIEWER, 0, false},
-    {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0, false},
-    {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0, false},
-    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, false},
-    {"PATCH", "/api/v1/users/{id}", api_user_update, false, ADMIN},
-    {"DELETE", "/api/v1/users/{id}", api_user_remove, false, ADMIN},
-    {"POST", "/api/v1/invitations/accept", api_invitation_accept, true, EB_ROLE_NONE, 0, false},
-    {"POST", "/api/v1/invitations", api_invitation_create, false, ADMIN},
-    {"GET", "/api/v1/invitations", api_invitations_list, false, ADMIN},
-    {"DELETE", "/api/v1/invitations/{id}", api_invitation_delete, false, ADMIN},
-    {"POST", "/api/v1/keys", api_key_create, false, ADMIN},
-    {"GET", "/api/v1/keys", api_keys_list, false, ADMIN},
-    {"DELETE", "/api/v1/keys/{id}", api_key_revoke, false, ADMIN},
-    {"GET", "/api/v1/audit", api_audit_list, false, ADMIN},
+    {"POST", "/api/v1/auth/login", api_login, true, EB_ROLE_NONE, 0, false, false},
+    {"GET", "/api/v1/auth/whoami", api_whoami, false, EB_ROLE_VIEWER, 0, false, false},
+    {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0, false, false},
+    {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0, false, false},
+    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, false, false},
+    {"PATCH", "/api/v1/users/{id}", api_user_update, false, ADMIN, false},
+    {"DELETE", "/api/v1/users/{id}", api_user_remove, false, ADMIN, false},
+    {"POST", "/api/v1/invitations/accept", api_invitation_accept, true, EB_ROLE_NONE, 0, false,
+     false},
+    {"POST", "/api/v1/invitations", api_invitation_create, false, ADMIN, false},
+    {"GET", "/api/v1/invitations", api_invitations_list, false, ADMIN, false},
+    {"DELETE", "/api/v1/invitations/{id}", api_invitation_delete, false, ADMIN, false},
+    {"POST", "/api/v1/keys", api_key_create, false, ADMIN, false},
+    {"GET", "/api/v1/keys", api_keys_list, false, ADMIN, false},
+    {"DELETE", "/api/v1/keys/{id}", api_key_revoke, false, ADMIN, false},
+    {"GET", "/api/v1/audit", api_audit_list, false, ADMIN, false},
 };
 const size_t auth_nroutes = sizeof(auth_routes) / sizeof(auth_routes[0]);
 

@@ -7,6 +7,7 @@
 #include "evalbus/mem.h"
 #include "evalbus/v1/auth.pb-c.h"
 #include "ingest_int.h"
+#include "trace_json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,6 +207,23 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
 }
 #undef FILTER_SQL
 
+/* The project of a settings path names a project as traces do (docs/api/traces.md): 1 to
+ * max-id-bytes bytes of UTF-8 without control characters. Else answers 400 and returns false. */
+static bool project_name_ok(ingest_ctx *ctx, eb_http_req *req, const char *project)
+{
+    size_t n = strlen(project);
+
+    if (n == 0 || n > ctx->limits.max_id_bytes || !eb_utf8_valid(project, n) ||
+        ingest_has_control(project, n)) {
+        eb_http_reply_error(req, EB_ERR_INVALID,
+                            "the project must be 1 to %zu bytes of UTF-8 without control "
+                            "characters, as in a trace",
+                            ctx->limits.max_id_bytes);
+        return false;
+    }
+    return true;
+}
+
 void api_project_settings_put(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
@@ -218,7 +236,7 @@ void api_project_settings_put(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if (!ingest_project_scope(req, &project, "change")) {
+    if (!project_name_ok(ctx, req, project) || !ingest_project_scope(req, &project, "change")) {
         cJSON_Delete(body);
         return;
     }
@@ -229,31 +247,24 @@ void api_project_settings_put(eb_http_req *req, void *vctx)
         return;
     }
     snprintf(days_s, sizeof(days_s), "%d", (int)days);
-    c = eb_db_get(ctx->svc.db);
-    if (!c) {
-        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
+    c = eb_req_db_begin(ctx->svc.db, req, false);
+    if (!c)
         return;
-    }
     {
         const char *params[3] = {eb_http_req_principal(req)->team_id, project, days_s};
-        st = eb_db_begin_team(c, params[0]);
-        if (st == EB_OK)
-            st = eb_db_exec(c,
-                            "INSERT INTO ingest.project_settings (team_id, project,"
-                            " retention_days) VALUES ($1::uuid, $2, $3::int) ON CONFLICT"
-                            " (team_id, project) DO UPDATE SET retention_days ="
-                            " EXCLUDED.retention_days",
-                            3, params, NULL);
-        if (st == EB_OK)
-            st = eb_db_commit(c);
+        st = eb_db_exec(c,
+                        "INSERT INTO ingest.project_settings (team_id, project,"
+                        " retention_days) VALUES ($1::uuid, $2, $3::int) ON CONFLICT"
+                        " (team_id, project) DO UPDATE SET retention_days ="
+                        " EXCLUDED.retention_days",
+                        3, params, NULL);
     }
     if (st != EB_OK) {
-        eb_db_rollback(c);
-        eb_db_put(ctx->svc.db, c);
-        eb_http_reply_status(req, st);
+        eb_req_db_fail(ctx->svc.db, req, c, st);
         return;
     }
-    eb_db_put(ctx->svc.db, c);
+    if (!eb_req_db_commit(ctx->svc.db, req, c))
+        return;
     o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "project", project);
     cJSON_AddNumberToObject(o, "retention_days", days);
@@ -275,7 +286,7 @@ void api_project_settings_get(eb_http_req *req, void *vctx)
     eb_status st;
     cJSON *o;
 
-    if (!ingest_project_scope(req, &project, "read"))
+    if (!project_name_ok(ctx, req, project) || !ingest_project_scope(req, &project, "read"))
         return;
     c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)

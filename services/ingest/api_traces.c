@@ -291,7 +291,7 @@ void api_traces_post(eb_http_req *req, void *vctx)
     b->who = *eb_http_req_principal(req);
     b->body = eb_http_req_body(req, &b->body_len);
     b->encoding = enc;
-    ingest_pool_submit(ctx->pool, decode_batch, on_decoded, b);
+    eb_pool_submit(ctx->pool, decode_batch, on_decoded, b);
 }
 
 /* --- queries --- */

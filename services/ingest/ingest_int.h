@@ -3,6 +3,7 @@
 #define EVALBUS_INGEST_INT_H
 
 #include "evalbus/authc.h"
+#include "evalbus/pool.h"
 #include "evalbus/service.h"
 #include "evalbus/v1/trace.pb-c.h"
 #include "ingest_limits.h"
@@ -33,6 +34,8 @@ typedef struct ingest_config {
     long long writer_threads;
     long long writer_batch;
     long long decode_threads;
+    long long api_threads;
+    long long query_timeout_ms;
     long long stream_max_bytes;
     long long stream_high_water; /* percent */
     long long stream_dupe_window_ms;
@@ -43,7 +46,6 @@ typedef struct ingest_config {
 
 typedef struct ingest_publisher ingest_publisher;
 typedef struct ingest_writer ingest_writer;
-typedef struct ingest_pool ingest_pool;
 typedef struct ingest_watch ingest_watch;
 typedef struct ingest_retention ingest_retention;
 
@@ -53,8 +55,9 @@ typedef struct ingest_ctx {
     eb_service svc;
     eb_authc *authc;
     ingest_publisher *pub;
-    ingest_pool *pool;
-    ingest_pool *guard_pool; /* one thread: the project guard's questions (project_guard.c) */
+    eb_pool *pool;
+    eb_pool *guard_pool; /* one thread: the project guard's questions (project_guard.c) */
+    eb_pool *api_pool;   /* runs the handlers of blocking routes (main.c) */
     ingest_writer *writer;
     ingest_watch *watch;
     eb_sub *nats_sub;
@@ -136,18 +139,6 @@ void ingest_deletions_announce(ingest_ctx *ctx, const eb_principal *who, const c
  * stream (stream_watch.c) --- */
 ingest_watch *ingest_watch_start(ingest_ctx *ctx);
 void ingest_watch_stop(ingest_watch *w); /* NULL is ignored */
-
-/* --- a small pool of threads for CPU-bound request work (pool.c) --- */
-typedef void (*ingest_pool_fn)(void *arg);
-/* NULL if no thread could be started. */
-ingest_pool *ingest_pool_new(struct event_base *base, int nthreads, const char *name);
-/* Runs work(arg) on a pool thread, then done(arg) on the loop thread. Loop thread. */
-void ingest_pool_submit(ingest_pool *p, ingest_pool_fn work, ingest_pool_fn done, void *arg);
-/* Loop thread, after the loop ended: waits for every job submitted (also those submitted by the
- * done callbacks it runs) and runs their done callbacks here. */
-void ingest_pool_finish(ingest_pool *p);
-/* Runs the jobs still queued, joins the threads (their done callbacks no longer run). */
-void ingest_pool_free(ingest_pool *p);
 
 /* --- project-restricted keys and traces stored in another project (project_guard.c) --- */
 /* Why a record of id from a key restricted to project only is refused: the team stores that

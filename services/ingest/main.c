@@ -54,6 +54,14 @@ static const eb_setting settings[] = {
      offsetof(T, decode_threads),
      "threads that inflate, parse, validate and pack JSON batches and OTLP requests (the loop"
      " thread only answers)"},
+    {"api-threads", "EVALBUS_API_THREADS", EB_SET_INT, "2", 1, 16, false, offsetof(T, api_threads),
+     "threads that run the query, review, score, deletion and settings endpoints (they wait on"
+     " PostgreSQL, so the loop thread does not); each takes one of db-pool's connections while"
+     " it runs"},
+    {"query-timeout", "EVALBUS_QUERY_TIMEOUT", EB_SET_DURATION, "30s", 0, 3600000, false,
+     offsetof(T, query_timeout_ms),
+     "longest a statement of those endpoints may run, lock waits included (504 after it; 0: no"
+     " limit)"},
     {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "500", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
@@ -77,21 +85,22 @@ static const eb_setting settings[] = {
 #define MEMBER EB_ROLE_MEMBER
 #define VIEWER EB_ROLE_VIEWER
 const eb_http_route ingest_routes[] = {
-    {"POST", "/api/v1/traces", api_traces_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false},
-    {"GET", "/api/v1/traces", api_traces_list, false, VIEWER, EB_SCOPE_TRACES_READ, false},
+    /* blocking: the handler waits on PostgreSQL, on the api pool (api-threads) */
+    {"POST", "/api/v1/traces", api_traces_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, false},
+    {"GET", "/api/v1/traces", api_traces_list, false, VIEWER, EB_SCOPE_TRACES_READ, false, true},
     {"POST", "/api/v1/traces/delete", api_traces_delete_by_filter, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN, false},
-    {"GET", "/api/v1/traces/{id}", api_trace_get, false, VIEWER, EB_SCOPE_TRACES_READ, false},
-    {"DELETE", "/api/v1/traces/{id}", api_trace_delete, false, EB_ROLE_ADMIN, EB_SCOPE_ADMIN,
-     false},
+     EB_SCOPE_ADMIN, false, true},
+    {"GET", "/api/v1/traces/{id}", api_trace_get, false, VIEWER, EB_SCOPE_TRACES_READ, false, true},
+    {"DELETE", "/api/v1/traces/{id}", api_trace_delete, false, EB_ROLE_ADMIN, EB_SCOPE_ADMIN, false,
+     true},
     {"POST", "/api/v1/traces/{id}/review", api_review_post, false, MEMBER, EB_SCOPE_TRACES_WRITE,
-     false},
-    {"POST", "/api/v1/scores", api_score_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false},
+     false, true},
+    {"POST", "/api/v1/scores", api_score_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, true},
     {"PUT", "/api/v1/projects/{project}/settings", api_project_settings_put, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN, false},
+     EB_SCOPE_ADMIN, false, true},
     {"GET", "/api/v1/projects/{project}/settings", api_project_settings_get, false, VIEWER,
-     EB_SCOPE_TRACES_READ, false},
-    {"POST", "/otlp/v1/traces", api_otlp_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false},
+     EB_SCOPE_TRACES_READ, false, true},
+    {"POST", "/otlp/v1/traces", api_otlp_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, false},
 };
 const size_t ingest_nroutes = sizeof(ingest_routes) / sizeof(ingest_routes[0]);
 
@@ -130,6 +139,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "evalbus-ingest: %s\n", eb_error_message());
         goto cleanup;
     }
+    eb_db_set_request_timeout(ctx.svc.db, cfg.query_timeout_ms);
     st = eb_db_migrate_wait(ctx.svc.db, "ingest", eb_migrations_ingest, eb_migrations_ingest_count,
                             60000);
     if (st == EB_OK)
@@ -139,11 +149,12 @@ int main(int argc, char **argv)
                           cfg.auth_timeout_ms, &ctx.authc);
     if (st == EB_OK)
         ctx.pub = ingest_publisher_new(ctx.svc.base, ctx.svc.bus, cfg.publish_timeout_ms, &st);
-    if (st == EB_OK &&
-        !(ctx.pool = ingest_pool_new(ctx.svc.base, (int)cfg.decode_threads, "decode")))
+    if (st == EB_OK && !(ctx.pool = eb_pool_new(ctx.svc.base, (int)cfg.decode_threads, "decode")))
         st = eb_error(EB_ERR_INTERNAL, "cannot start the decode threads");
-    if (st == EB_OK && !(ctx.guard_pool = ingest_pool_new(ctx.svc.base, 1, "guard")))
+    if (st == EB_OK && !(ctx.guard_pool = eb_pool_new(ctx.svc.base, 1, "guard")))
         st = eb_error(EB_ERR_INTERNAL, "cannot start the project guard's thread");
+    if (st == EB_OK && !(ctx.api_pool = eb_pool_new(ctx.svc.base, (int)cfg.api_threads, "api")))
+        st = eb_error(EB_ERR_INTERNAL, "cannot start the API threads");
     eb_metrics_describe("evalbus_ingest_project_checks_total", "counter",
                         "Questions whether a project-restricted key's trace ids are another"
                         " project's, by result (checked, failed, skipped)");
@@ -156,6 +167,7 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     eb_http_set_authenticator(ctx.svc.http, eb_authc_verify, ctx.authc);
+    eb_http_set_workers(ctx.svc.http, ctx.api_pool);
     eb_http_add_check(ctx.svc.http, "writer", check_writer, &ctx, false);
     /* accepted traces wait in the stream while PostgreSQL is away: stay in rotation */
     eb_http_set_check_critical(ctx.svc.http, "postgres", false);
@@ -170,16 +182,18 @@ int main(int argc, char **argv)
      * what follows; NATS batches not yet taken are answered unavailable from here on */
     ctx.stopping = true;
     eb_authc_stop(ctx.authc);
+    /* queries, reviews and deletions still running are answered */
+    eb_pool_finish(ctx.api_pool);
     /* what the threads still work on is answered too: decoded batches go on to the guard and
      * the stream, whose answers ingest_publisher_finish waits for */
-    ingest_pool_finish(ctx.pool);
-    ingest_pool_finish(ctx.guard_pool);
+    eb_pool_finish(ctx.pool);
+    eb_pool_finish(ctx.guard_pool);
     ingest_publisher_finish(ctx.pub);
     /* NATS batches whose credential was verified meanwhile went to the guard: their records are
      * refused now (the publisher is closed) and answered; NATS batches not yet taken are
      * answered unavailable; then the loop turns until the answers that did not wait for the
      * stream (a 400, a batch refused whole, those) are written out */
-    ingest_pool_finish(ctx.guard_pool);
+    eb_pool_finish(ctx.guard_pool);
     ingest_nats_finish(&ctx);
     eb_service_flush(&ctx.svc, 1000);
 cleanup:
@@ -188,8 +202,9 @@ cleanup:
     ingest_writer_stop(ctx.writer);
     ingest_nats_stop(&ctx);
     ingest_deletions_stop(&ctx);
-    ingest_pool_free(ctx.pool);
-    ingest_pool_free(ctx.guard_pool);
+    eb_pool_free(ctx.pool);
+    eb_pool_free(ctx.guard_pool);
+    eb_pool_free(ctx.api_pool);
     eb_authc_free(ctx.authc);
     ingest_publisher_free(ctx.pub);
     eb_service_cleanup(&ctx.svc);

@@ -346,5 +346,5 @@ void api_otlp_post(eb_http_req *req, void *vctx)
     s->who = *eb_http_req_principal(req);
     s->body = eb_http_req_body(req, &s->body_len);
     s->encoding = eb_http_req_header(req, "Content-Encoding");
-    ingest_pool_submit(ctx->pool, decode_request, on_decoded, s);
+    eb_pool_submit(ctx->pool, decode_request, on_decoded, s);
 }

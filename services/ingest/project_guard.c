@@ -244,7 +244,7 @@ void ingest_guard_projects(ingest_ctx *ctx, const eb_principal *who, const char 
     if (!g)
         return;
     memcpy(g->ids, ids, n * sizeof(*g->ids));
-    ingest_pool_submit(ctx->guard_pool, guard_work, guard_done, g);
+    eb_pool_submit(ctx->guard_pool, guard_work, guard_done, g);
 }
 
 void ingest_guard_traces(ingest_ctx *ctx, const eb_principal *who,
@@ -257,5 +257,5 @@ void ingest_guard_traces(ingest_ctx *ctx, const eb_principal *who,
         return;
     for (size_t i = 0; i < n; i++)
         g->ids[i] = traces[i]->id;
-    ingest_pool_submit(ctx->guard_pool, guard_work, guard_done, g);
+    eb_pool_submit(ctx->guard_pool, guard_work, guard_done, g);
 }

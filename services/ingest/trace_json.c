@@ -141,7 +141,7 @@ static void utf8_prefix(const char *s, size_t max, char *out, size_t outlen)
 /* ---------------------------------------------------------------------------------------------
  * Checks shared by the JSON parser and the protobuf validator. */
 
-static bool has_control(const char *s, size_t n)
+bool ingest_has_control(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
 
@@ -167,7 +167,7 @@ static eb_status check_text(walk_ctx *c, const char *s, enum text_kind kind)
         return fail(c, EB_ERR_INVALID, "is not valid UTF-8");
     if (kind == TEXT_ID && n == 0)
         return fail(c, EB_ERR_INVALID, "must not be empty");
-    if (kind != TEXT_FREE && has_control(s, n))
+    if (kind != TEXT_FREE && ingest_has_control(s, n))
         return fail(c, EB_ERR_INVALID, "must not contain control characters");
     return EB_OK;
 }

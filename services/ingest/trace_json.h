@@ -24,6 +24,10 @@
 eb_status ingest_trace_from_json(const cJSON *item, const ingest_limits *lim,
                                  Evalbus__V1__Trace **out);
 
+/* True if s[0..n) holds a control character (C0, DEL or C1), which labels (project, model,
+ * tags, ids) must not. */
+bool ingest_has_control(const char *s, size_t n);
+
 /* Checks a trace that arrived as protobuf (NATS) against the same rules and limits as JSON
  * ones (required id, sizes, status values, UTF-8 in every string). A missing id is an error
  * here (the publisher must choose ids so that resends are recognised). */

@@ -55,6 +55,7 @@ export const ERROR_STATUS = {
   too_large: 413,
   rate_limited: 429,
   unavailable: 503,
+  timeout: 504,
 };
 export const PID_PARTS = ['nats', 'postgres', 'redis', 'nginx', 'auth'];
 const STACK_ENV_REQUIRED = [

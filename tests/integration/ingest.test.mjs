@@ -947,12 +947,65 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertStatus(await api('PUT', `/api/v1/projects/${mine}/settings`, admin, { body: { retention_days: 30 } }), 200, 'retention of its project');
   }));
 
+  it('a query waiting on a lock holds up only itself: traces, health checks and other queries go on', T, stack.wrap(async () => {
+    const id = rid('lk');
+    await ingestOk(A.key, [{ id, project: 'locks', name: 'before' }]);
+    await waitTrace(A.key, id);
+    // What retention takes to drop a day (ACCESS EXCLUSIVE on ingest.traces), held by another
+    // session: a listing of every partition waits for it.
+    const LOCK_MS = 4000;
+    const order = [];
+    const locker = stack.psql(`BEGIN; LOCK TABLE ingest.traces IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(${LOCK_MS / 1000}); COMMIT`,
+      { appName: 'test-locker' }).then(() => order.push('lock released'));
+    await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-locker' AND l.mode = 'AccessExclusiveLock' AND l.granted"))[0][0] !== '0',
+      { timeoutMs: 5000, intervalMs: 50 });
+    const blocked = api('GET', '/api/v1/traces?project=locks', A.key).then((r) => { order.push('blocked listing'); return r; });
+    await sleep(200); // the listing is waiting on the lock now
+    const health = await fetch(`${stack.env.EVALBUS_INGEST_URL}/healthz`);
+    order.push('healthz');
+    assert.equal(health.status, 200, 'healthz answers');
+    const other = rid('lk');
+    await ingestOk(B.key, [{ id: other, project: 'locks' }], 'another team sends a trace');
+    order.push('trace accepted');
+    const r = await blocked;
+    assertStatus(r, 200, 'the blocked listing answers once the lock is gone');
+    assert.deepEqual(r.body.traces.map((t) => t.id), [id], 'and lists the trace');
+    await locker;
+    assert.deepEqual(order.slice(0, 2), ['healthz', 'trace accepted'],
+      `the health check and another team's trace were answered while the listing waited (order: ${order.join(', ')})`);
+    await waitTrace(B.key, other);
+  }));
+
+  it('a query past query-timeout is stopped with 504 timeout, whatever it waits on', T, stack.wrap(async () => {
+    const replica = await stack.spawnService('ingest', { EVALBUS_QUERY_TIMEOUT: '1s', EVALBUS_WRITER_THREADS: '0' });
+    const locker = stack.psql('BEGIN; LOCK TABLE ingest.traces IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT', { appName: 'test-locker-2' });
+    await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-locker-2' AND l.granted AND l.mode = 'AccessExclusiveLock'"))[0][0] !== '0',
+      { timeoutMs: 5000, intervalMs: 50 });
+    const r = await stack.api('GET', '/api/v1/traces', { base: replica.url, key: A.key });
+    assertError(r, 'timeout', 'a listing waiting on the lock past 1 s');
+    assert.match(r.body.error.message, /query-timeout/, 'the message names the setting');
+    await locker;
+    assertStatus(await stack.api('GET', '/api/v1/traces?limit=1', { base: replica.url, key: A.key }), 200, 'the same listing once the lock is gone');
+  }));
+
+  it('project settings name a project as traces do: 400 for an overlong or control-character name', T, stack.wrap(async () => {
+    for (const [name, what] of [['p'.repeat(257), '257 bytes'], ['a%01b', 'a control character'], ['a%7Fb', 'DEL']]) {
+      assertError(await api('PUT', `/api/v1/projects/${name}/settings`, A.key, { body: { retention_days: 5 } }), 'invalid_argument', `PUT ${what}`);
+      assertError(await api('GET', `/api/v1/projects/${name}/settings`, A.key), 'invalid_argument', `GET ${what}`);
+    }
+    const ok = 'p'.repeat(256);
+    assertStatus(await api('PUT', `/api/v1/projects/${ok}/settings`, A.key, { body: { retention_days: 5 } }), 200, '256 bytes');
+    const g = await api('GET', `/api/v1/projects/${ok}/settings`, A.key);
+    assertStatus(g, 200, 'read back');
+    assert.equal(g.body.retention_days, 5);
+  }));
+
   it('its threads are named for top -H and perf', T, async () => {
     const pid = stack.readPid('ingest');
     assert.ok(pid, 'ingest has a pid file');
     const names = fs.readdirSync(`/proc/${pid}/task`)
       .map((tid) => fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim());
-    for (const name of ['decode-0', 'decode-1', 'guard-0', 'writer-0', 'writer-1', 'retention', 'stream-watch']) {
+    for (const name of ['decode-0', 'decode-1', 'guard-0', 'api-0', 'api-1', 'writer-0', 'writer-1', 'retention', 'stream-watch']) {
       assert.ok(names.includes(name), `a thread named ${name} among ${names.join(', ')}`);
     }
     // the NATS connection threads of a writer take its name

@@ -29,6 +29,13 @@ typedef struct eb_db eb_db;
  * setting. Free with eb_db_close(). */
 eb_db *eb_db_open(const char *url, int size, const char *app_name, long long idle_tx_timeout_ms);
 void eb_db_close(eb_db *db);
+/* Bounds every statement of the transactions that HTTP requests begin (eb_req_db_begin and
+ * eb_req_db_begin_read) to ms, lock waits included (statement_timeout, set for the
+ * transaction); 0, the default, leaves the server's setting. A statement stopped by it fails
+ * with EB_ERR_TIMEOUT. Set before the pool is used. */
+void eb_db_set_request_timeout(eb_db *db, long long ms);
+/* The transaction of an HTTP request has begun on conn: applies the request timeout, if any. */
+eb_status eb_db_request_limits(eb_db *db, PGconn *conn);
 
 /* Takes a healthy connection (waits while all are in use; connects or reconnects as needed).
  * Returns NULL and records EB_ERR_UNAVAILABLE if PostgreSQL cannot be reached. Give it back with
@@ -50,7 +57,8 @@ bool eb_db_ping(eb_db *db, char *detail, size_t detail_len);
  * NULL) gets the result, which the caller frees with PQclear. Errors: EB_ERR_CONFLICT for unique
  * and exclusion violations, EB_ERR_INVALID for bad input values (SQLSTATE class 22, 23502,
  * 23514), EB_ERR_FORBIDDEN for row-level security refusals (42501), EB_ERR_UNAVAILABLE when the
- * connection is lost or a lock_timeout ran out (55P03), EB_ERR_DB otherwise; the message is
+ * connection is lost or a lock_timeout ran out (55P03), EB_ERR_TIMEOUT when a statement_timeout
+ * ran out (57014), EB_ERR_DB otherwise; the message is
  * recorded with eb_error(). */
 eb_status eb_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                      PGresult **res);

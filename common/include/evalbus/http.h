@@ -16,6 +16,7 @@
 #ifndef EVALBUS_HTTP_H
 #define EVALBUS_HTTP_H
 
+#include "evalbus/pool.h"
 #include "evalbus/principal.h"
 #include "evalbus/ratelimit.h"
 #include "evalbus/status.h"
@@ -38,6 +39,12 @@ typedef struct eb_http_route {
     eb_role min_role;  /* for non-public routes */
     unsigned scope;    /* required scope bit (EB_SCOPE_*), 0 for none */
     bool team_wide;    /* acts on the whole team: a project-restricted credential gets 403 */
+    /* the handler waits (on PostgreSQL): it runs on the server's worker pool
+     * (eb_http_set_workers), so that the loop goes on serving everything else meanwhile. Such a
+     * handler answers before it returns, by eb_http_reply_json / _raw / _error / _status (not a
+     * file or a stream), and touches no loop state (events, the NATS connection's subscriptions);
+     * its answer is sent by the loop thread. Without a worker pool it runs on the loop. */
+    bool blocking;
 } eb_http_route;
 
 typedef struct eb_http_options {
@@ -62,6 +69,9 @@ void eb_http_server_free(eb_http_server *srv);
 void eb_http_set_authenticator(eb_http_server *srv, eb_authenticate_fn fn, void *impl);
 void eb_http_set_ratelimit(eb_http_server *srv, eb_ratelimit *rl);
 void eb_http_set_denied_hook(eb_http_server *srv, eb_denied_fn fn, void *arg);
+/* The pool whose threads run the handlers of blocking routes (the caller keeps it, and frees it
+ * after the server). */
+void eb_http_set_workers(eb_http_server *srv, eb_pool *workers);
 /* critical: a failing critical check makes /readyz answer 503 "not_ready"; a failing
  * non-critical one gives 200 "degraded". */
 void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, void *arg,

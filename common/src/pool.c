@@ -1,19 +1,22 @@
-/* pool.c -- a few threads that take CPU-bound request work off the loop thread.
+/* pool.c -- a few threads that take work off the loop thread.
  *
  * The loop thread submits a job (work, done, arg); a pool thread runs work(arg), then queues the
  * job on the done list and wakes the loop (event_active), which runs done(arg). So work runs on
  * any pool thread, in parallel with the loop and with other jobs, and done always runs on the loop
  * thread, where answering HTTP and publishing to NATS are allowed.
- * The JSON batch API decodes, validates and packs a batch here (api_traces.c): on the loop that
- * work capped the service at about one core and made every request wait for the ones before it.
+ * Two kinds of work go to pools: CPU-bound work (ingest decodes, validates and packs a JSON batch
+ * on its decode pool: on the loop that capped the service at about one core and made every
+ * request wait for the ones before it) and work that waits (handlers of routes marked blocking,
+ * which wait on PostgreSQL, run on the HTTP server's worker pool: see http.c).
  * Ownership: the pool owns its job nodes; arg belongs to the caller throughout.
- * Threading: ingest_pool_submit and done callbacks on the loop thread only; work must not touch
+ * Threading: eb_pool_submit and done callbacks on the loop thread only; work must not touch
  * loop state (requests, events, the NATS connection). */
+#include "evalbus/pool.h"
 #include "evalbus/mem.h"
-#include "ingest_int.h"
 
 #include <event2/event.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -21,11 +24,11 @@
 
 typedef struct pool_job {
     struct pool_job *next;
-    ingest_pool_fn work, done;
+    eb_pool_fn work, done;
     void *arg;
 } pool_job;
 
-struct ingest_pool {
+struct eb_pool {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     pool_job *head, *tail; /* waiting to run, in submission order */
@@ -40,7 +43,7 @@ struct ingest_pool {
 
 static void *pool_main(void *arg)
 {
-    ingest_pool *p = arg;
+    eb_pool *p = arg;
 
     pthread_mutex_lock(&p->mu);
     for (;;) {
@@ -71,7 +74,7 @@ static void *pool_main(void *arg)
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
-    ingest_pool *p = arg;
+    eb_pool *p = arg;
     pool_job *list, *rev = NULL;
 
     (void)fd;
@@ -97,7 +100,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-void ingest_pool_finish(ingest_pool *p)
+void eb_pool_finish(eb_pool *p)
 {
     if (!p)
         return;
@@ -112,9 +115,9 @@ void ingest_pool_finish(ingest_pool *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-ingest_pool *ingest_pool_new(struct event_base *base, int nthreads, const char *name)
+eb_pool *eb_pool_new(struct event_base *base, int nthreads, const char *name)
 {
-    ingest_pool *p = eb_calloc(1, sizeof(*p));
+    eb_pool *p = eb_calloc(1, sizeof(*p));
 
     if (nthreads < 1)
         nthreads = 1;
@@ -134,13 +137,13 @@ ingest_pool *ingest_pool_new(struct event_base *base, int nthreads, const char *
         p->nthreads++;
     }
     if (p->nthreads == 0) {
-        ingest_pool_free(p);
+        eb_pool_free(p);
         return NULL;
     }
     return p;
 }
 
-void ingest_pool_submit(ingest_pool *p, ingest_pool_fn work, ingest_pool_fn done, void *arg)
+void eb_pool_submit(eb_pool *p, eb_pool_fn work, eb_pool_fn done, void *arg)
 {
     pool_job *j = eb_calloc(1, sizeof(*j));
 
@@ -158,7 +161,7 @@ void ingest_pool_submit(ingest_pool *p, ingest_pool_fn work, ingest_pool_fn done
     pthread_mutex_unlock(&p->mu);
 }
 
-void ingest_pool_free(ingest_pool *p)
+void eb_pool_free(eb_pool *p)
 {
     pool_job *j;
 
