@@ -443,6 +443,30 @@ bool eb_json_number_underflows(const cJSON *v)
     return cJSON_IsNumber(v) && v->valuedouble == 0 && v->valuestring != NULL;
 }
 
+eb_status eb_json_known_members(const cJSON *obj, const char *const *known, size_t n)
+{
+    const cJSON *m;
+
+    cJSON_ArrayForEach(m, obj)
+    {
+        size_t k = 0;
+        eb_buf list = {0};
+        eb_status st;
+
+        while (k < n && strcmp(m->string, known[k]) != 0)
+            k++;
+        if (k < n)
+            continue;
+        for (k = 0; k < n; k++)
+            eb_buf_printf(&list, "%s%s", k ? ", " : "", known[k]);
+        st = eb_error(EB_ERR_INVALID, "member '%.64s' is not known here (known: %s)", m->string,
+                      list.data ? list.data : "none");
+        eb_buf_free(&list);
+        return st;
+    }
+    return EB_OK;
+}
+
 eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool integral,
                          double min, double max, double *out)
 {

@@ -106,7 +106,7 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
     ingest_ctx *ctx = vctx;
     const eb_principal *p = eb_http_req_principal(req);
     cJSON *body = eb_http_req_json(req), *o;
-    const cJSON *filter, *m;
+    const cJSON *filter;
     const char *project = NULL, *from = NULL, *to = NULL, *model = NULL, *tag = NULL,
                *status = NULL;
     const char *params[7];
@@ -124,21 +124,9 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
     }
     /* a member this endpoint does not know must not be dropped: the deletion would be wider
      * than the caller meant */
-    cJSON_ArrayForEach(m, filter)
-    {
-        size_t k = 0;
-        while (k < sizeof(members) / sizeof(members[0]) && strcmp(m->string, members[k]) != 0)
-            k++;
-        if (k == sizeof(members) / sizeof(members[0])) {
-            eb_http_reply_error(req, EB_ERR_INVALID,
-                                "filter member '%.64s' is not known here; a deletion filter may"
-                                " name project, from, to, model, tag and status",
-                                m->string);
-            cJSON_Delete(body);
-            return;
-        }
-    }
-    if ((st = eb_json_string(filter, "project", false, 256, &project)) != EB_OK ||
+    if ((st = eb_json_known_members(filter, members, sizeof(members) / sizeof(members[0]))) !=
+            EB_OK ||
+        (st = eb_json_string(filter, "project", false, 256, &project)) != EB_OK ||
         (st = eb_json_string(filter, "from", false, 64, &from)) != EB_OK ||
         (st = eb_json_string(filter, "to", false, 64, &to)) != EB_OK ||
         (st = eb_json_string(filter, "model", false, 256, &model)) != EB_OK ||

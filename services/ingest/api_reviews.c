@@ -29,6 +29,12 @@ static bool reason_allowed(const char *list, const char *reason)
     return false;
 }
 
+/* What the bodies may hold: anything else is refused, not dropped (a "note" for "notes" would
+ * lose the notes). */
+static const char *const review_members[] = {"decision", "reason", "notes", "score"};
+static const char *const score_members[] = {"trace_id", "observation_id", "name", "kind",
+                                            "source",   "comment",        "value"};
+
 void api_review_post(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
@@ -44,7 +50,9 @@ void api_review_post(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if ((st = eb_json_string(body, "decision", true, 32, &decision)) != EB_OK ||
+    if ((st = eb_json_known_members(body, review_members,
+                                    sizeof(review_members) / sizeof(review_members[0]))) != EB_OK ||
+        (st = eb_json_string(body, "decision", true, 32, &decision)) != EB_OK ||
         (st = eb_json_string(body, "reason", false, 200, &reason)) != EB_OK ||
         (st = eb_json_string(body, "notes", false, 10000, &notes)) != EB_OK ||
         (st = eb_json_number(body, "score", false, false, -1e9, 1e9, &score)) != EB_OK)
@@ -150,13 +158,20 @@ void api_score_post(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if ((st = eb_json_string(body, "trace_id", true, 256, &trace_id)) != EB_OK ||
+    if ((st = eb_json_known_members(body, score_members,
+                                    sizeof(score_members) / sizeof(score_members[0]))) != EB_OK ||
+        (st = eb_json_string(body, "trace_id", true, 256, &trace_id)) != EB_OK ||
         (st = eb_json_string(body, "observation_id", false, 256, &obs_id)) != EB_OK ||
         (st = eb_json_string(body, "name", true, 200, &name)) != EB_OK ||
         (st = eb_json_string(body, "kind", false, 32, &kind)) != EB_OK ||
         (st = eb_json_string(body, "source", false, 32, &source)) != EB_OK ||
         (st = eb_json_string(body, "comment", false, 10000, &comment)) != EB_OK)
         goto invalid;
+    if (obs_id && !*obs_id) {
+        st = eb_error(EB_ERR_INVALID, "field 'observation_id' must not be empty (leave it out to "
+                                      "score the trace)");
+        goto invalid;
+    }
     value = cJSON_GetObjectItemCaseSensitive(body, "value");
     if (cJSON_IsBool(value)) {
         kind = kind ? kind : "boolean";

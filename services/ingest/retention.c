@@ -3,6 +3,9 @@
  * longer setting) are dropped whole; projects with a shorter retention than that have their
  * older rows deleted. Reviews and scores of removed traces go with them. One pass runs 5 s after
  * start and then every retention-interval, under an advisory lock so replicas do not repeat it.
+ * A pass is several short transactions (the rows, then each day's partitions, then the reviews
+ * and scores left behind), so the exclusive lock on ingest.traces that dropping a partition
+ * takes is held for one day's drop, not for the whole pass.
  *
  * Passes run on a thread of their own: a pass may delete many rows and take seconds, and the
  * loop thread, which answers HTTP and publishes every accepted record, must not wait for it.
@@ -65,17 +68,151 @@ static bool pass_end(ingest_retention *rt)
     return cancelled;
 }
 
-/* One pass: drops expired partitions and deletes expired rows of shorter-lived projects;
- * *cancelled tells whether ingest_retention_stop sent it a cancel. */
+/* True once ingest_retention_stop has sent the pass a cancel: it goes no further. */
+static bool pass_cancelled(ingest_retention *rt)
+{
+    bool cancelled;
+
+    pthread_mutex_lock(&rt->mu);
+    cancelled = rt->cancelled;
+    pthread_mutex_unlock(&rt->mu);
+    return cancelled;
+}
+
+/* BEGIN one of a pass's transactions. The row delete is planned over every day partition and
+ * pruned only when it runs, so its estimated cost is high enough for JIT compilation, which
+ * then takes longer (about 0.5 s of CPU) than the pruned statement. Dropping a day's partitions
+ * locks ingest.traces exclusively: a pass that would wait more than 5 s for a lock (behind a long
+ * export, say) gives up, so that writers and queries never queue long behind its wait, and tries
+ * again at its next interval. */
+static eb_status pass_tx_begin(PGconn *c)
+{
+    eb_status st = eb_db_begin_system(c);
+
+    if (st == EB_OK)
+        st = eb_db_exec(c, "SET LOCAL jit = off", 0, NULL, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(c, "SET LOCAL lock_timeout = '5s'", 0, NULL, NULL);
+    return st;
+}
+
+/* Step 1, in its own transaction: the rows past their project's retention that no partition
+ * drop removes (those of days newer than the longest retention in force), with their
+ * observations, keys, reviews and scores. Two kinds: the traces of a project whose own setting
+ * is shorter than the longest (found through the settings, per project, by the (team, project,
+ * time) index), and, when some project keeps its traces longer than the default, the traces of
+ * projects without a setting older than the default. A short setting of one team makes no
+ * other team's rows be looked at. Adds the number of traces removed to *n. */
+static eb_status delete_expired_rows(PGconn *c, long long default_days, long long max_days,
+                                     long long *n)
+{
+    char d[16], m[16];
+    const char *params[2] = {d, m};
+    PGresult *r = NULL;
+    eb_status st;
+
+    snprintf(d, sizeof(d), "%lld", default_days);
+    snprintf(m, sizeof(m), "%lld", max_days);
+    st = pass_tx_begin(c);
+    if (st == EB_OK)
+        st = eb_db_exec(c,
+                        "WITH short AS (DELETE FROM ingest.traces t USING"
+                        "  ingest.project_settings s WHERE s.retention_days < $2::int AND"
+                        "  t.team_id = s.team_id AND t.project = s.project AND t.part_time <"
+                        "  now() - make_interval(days => s.retention_days)"
+                        "  RETURNING t.team_id, t.part_time, t.id),"
+                        " dflt AS (DELETE FROM ingest.traces t WHERE $1::int < $2::int AND"
+                        "  t.part_time < now() - make_interval(days => $1::int) AND NOT EXISTS"
+                        "  (SELECT 1 FROM ingest.project_settings s WHERE s.team_id = t.team_id"
+                        "  AND s.project = t.project) RETURNING t.team_id, t.part_time, t.id),"
+                        " expired AS (SELECT * FROM short UNION ALL SELECT * FROM dflt),"
+                        " o AS (DELETE FROM ingest.observations o USING expired e WHERE"
+                        "  o.team_id = e.team_id AND o.part_time = e.part_time AND o.trace_id ="
+                        "  e.id),"
+                        " k AS (DELETE FROM ingest.trace_keys k USING expired e WHERE k.team_id ="
+                        "  e.team_id AND k.id = e.id),"
+                        " rv AS (DELETE FROM ingest.reviews r USING expired e WHERE r.team_id ="
+                        "  e.team_id AND r.trace_id = e.id),"
+                        " sc AS (DELETE FROM ingest.scores s USING expired e WHERE s.team_id ="
+                        "  e.team_id AND s.trace_id = e.id)"
+                        " SELECT count(*) FROM expired",
+                        2, params, &r);
+    if (st == EB_OK)
+        st = eb_db_commit(c);
+    else
+        eb_db_rollback(c);
+    if (st == EB_OK)
+        *n += atoll(eb_db_val(r, 0, 0));
+    PQclear(r);
+    return st;
+}
+
+/* Step 2 for one day (YYYYMMDD), in its own transaction, so that the exclusive lock a
+ * partition's DROP takes on ingest.traces is held for that day only: the day's keys, found
+ * through its traces (trace_keys has no part_time index), then its partitions. The partitions
+ * are locked first: the DELETE's snapshot then includes every writer transaction that stored
+ * into them, so no key outlives its trace. */
+static eb_status drop_day(PGconn *c, const char *ymd)
+{
+    eb_status st = pass_tx_begin(c);
+    char *sql;
+    PGresult *r;
+
+    if (st != EB_OK)
+        return st;
+    sql = eb_asprintf("LOCK TABLE ingest.traces_p%s, ingest.observations_p%s IN ACCESS"
+                      " EXCLUSIVE MODE; DELETE FROM ingest.trace_keys k USING"
+                      " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
+                      " k.part_time = t.part_time; DROP TABLE ingest.observations_p%s;"
+                      " DROP TABLE ingest.traces_p%s",
+                      ymd, ymd, ymd, ymd, ymd);
+    r = PQexec(c, sql);
+    free(sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        st = eb_error(EB_ERR_DB, "dropping partition %s: %s", ymd, PQresultErrorMessage(r));
+    PQclear(r);
+    if (st == EB_OK)
+        st = eb_db_commit(c);
+    else
+        eb_db_rollback(c);
+    return st;
+}
+
+/* Step 3, after partitions were dropped: the reviews and scores whose trace went with them. */
+static eb_status delete_orphans(PGconn *c)
+{
+    eb_status st = pass_tx_begin(c);
+
+    if (st == EB_OK)
+        st = eb_db_exec(c,
+                        "WITH rv AS (DELETE FROM ingest.reviews r WHERE NOT EXISTS (SELECT 1"
+                        " FROM ingest.trace_keys k WHERE k.team_id = r.team_id AND k.id ="
+                        " r.trace_id) RETURNING 1), sc AS (DELETE FROM ingest.scores s WHERE NOT"
+                        " EXISTS (SELECT 1 FROM ingest.trace_keys k WHERE k.team_id = s.team_id"
+                        " AND k.id = s.trace_id) RETURNING 1) SELECT (SELECT count(*) FROM rv) +"
+                        " (SELECT count(*) FROM sc)",
+                        0, NULL, NULL);
+    if (st == EB_OK)
+        st = eb_db_commit(c);
+    else
+        eb_db_rollback(c);
+    return st;
+}
+
+/* One pass: deletes expired rows of projects kept shorter than the longest retention, drops
+ * the day partitions past the longest retention, and then the reviews and scores left without
+ * their trace. Each step commits on its own (a failed one leaves the earlier ones done; the next
+ * pass does the rest), under a session advisory lock so that replicas do not run passes at
+ * once. *cancelled tells whether ingest_retention_stop sent it a cancel. */
 static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancelled)
 {
     ingest_ctx *ctx = rt->ctx;
     PGconn *c = eb_db_get(ctx->svc.db);
     PGresult *r = NULL;
     eb_status st;
-    char days[16];
-    const char *p1[1] = {days};
-    long long max_days = ctx->cfg->retention_days, n = 0;
+    long long max_days = ctx->cfg->retention_days;
+    int dropped = 0;
+    bool locked = false;
 
     *deleted = 0;
     *cancelled = false;
@@ -85,57 +222,34 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
         eb_db_put(ctx->svc.db, c);
         return EB_OK;
     }
-    snprintf(days, sizeof(days), "%lld", ctx->cfg->retention_days);
-    st = eb_db_begin_system(c);
-    /* The row delete below is planned over every day partition and pruned only when it runs,
-     * so its estimated cost is high enough for JIT compilation, which then takes longer (about
-     * 0.5 s of CPU) than the pruned statement. */
-    if (st == EB_OK)
-        st = eb_db_exec(c, "SET LOCAL jit = off", 0, NULL, NULL);
-    /* Dropping a day's partitions locks ingest.traces exclusively: a pass that would wait more
-     * than 5 s for that (behind a long export, say) gives up, so writers and queries never queue
-     * behind its wait, and tries again at its next interval. */
-    if (st == EB_OK)
-        st = eb_db_exec(c, "SET LOCAL lock_timeout = '5s'", 0, NULL, NULL);
-    if (st == EB_OK)
-        st = eb_db_exec(c, "SELECT pg_try_advisory_xact_lock(7236003, 1)", 0, NULL, &r);
-    if (st != EB_OK || strcmp(eb_db_val(r, 0, 0), "t") != 0)
-        goto cleanup; /* another replica is at it */
+    st = eb_db_exec(c, "SELECT pg_try_advisory_lock(7236003, 1)", 0, NULL, &r);
+    if (st != EB_OK)
+        goto cleanup;
+    locked = strcmp(eb_db_val(r, 0, 0), "t") == 0;
     PQclear(r);
     r = NULL;
-    st = eb_db_exec(c, "SELECT coalesce(max(retention_days), 0) FROM ingest.project_settings", 0,
-                    NULL, &r);
+    if (!locked)
+        goto cleanup; /* another replica is at it */
+    /* the longest retention in force: days older than it go whole (step 2) */
+    st = pass_tx_begin(c);
+    if (st == EB_OK)
+        st = eb_db_exec(c, "SELECT coalesce(max(retention_days), 0) FROM ingest.project_settings",
+                        0, NULL, &r);
+    if (st == EB_OK)
+        st = eb_db_commit(c);
+    else
+        eb_db_rollback(c);
     if (st != EB_OK)
         goto cleanup;
     if (atoll(eb_db_val(r, 0, 0)) > max_days)
         max_days = atoll(eb_db_val(r, 0, 0));
     PQclear(r);
     r = NULL;
-    /* 1. rows past their project's retention; only days older than the shortest retention
-     * in force are looked at, so partition pruning keeps this cheap */
-    st = eb_db_exec(c,
-                    "WITH expired AS (DELETE FROM ingest.traces t WHERE t.part_time < now() -"
-                    "  make_interval(days => least($1::int, (SELECT coalesce(min(retention_days),"
-                    "  $1::int) FROM ingest.project_settings))) AND t.part_time < now() -"
-                    "  make_interval(days => coalesce((SELECT s.retention_days FROM"
-                    "  ingest.project_settings s WHERE s.team_id = t.team_id AND s.project ="
-                    "  t.project), $1::int)) RETURNING t.team_id, t.part_time, t.id),"
-                    " o AS (DELETE FROM ingest.observations o USING expired e WHERE o.team_id ="
-                    "  e.team_id AND o.part_time = e.part_time AND o.trace_id = e.id),"
-                    " k AS (DELETE FROM ingest.trace_keys k USING expired e WHERE k.team_id ="
-                    "  e.team_id AND k.id = e.id),"
-                    " rv AS (DELETE FROM ingest.reviews r USING expired e WHERE r.team_id ="
-                    "  e.team_id AND r.trace_id = e.id),"
-                    " sc AS (DELETE FROM ingest.scores s USING expired e WHERE s.team_id ="
-                    "  e.team_id AND s.trace_id = e.id)"
-                    " SELECT count(*) FROM expired",
-                    1, p1, &r);
-    if (st != EB_OK)
+    /* 1. */
+    st = delete_expired_rows(c, ctx->cfg->retention_days, max_days, deleted);
+    if (st != EB_OK || pass_cancelled(rt))
         goto cleanup;
-    n += atoll(eb_db_val(r, 0, 0));
-    PQclear(r);
-    r = NULL;
-    /* 2. whole day partitions past the longest retention (now empty or nearly) */
+    /* 2. */
     st = eb_db_exec(c,
                     "SELECT substr(c.relname, 9) FROM pg_inherits i JOIN pg_class c ON c.oid ="
                     " i.inhrelid WHERE i.inhparent = 'ingest.traces'::regclass AND c.relname ~"
@@ -143,60 +257,35 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
                     0, NULL, &r);
     if (st != EB_OK)
         goto cleanup;
-    for (int i = 0; i < PQntuples(r); i++) {
+    for (int i = 0; i < PQntuples(r) && !pass_cancelled(rt); i++) {
         const char *ymd = eb_db_val(r, i, 0);
         struct tm tm = {0};
-        time_t day_end;
-        char *sql;
-        PGresult *dr;
 
-        if (!strptime(ymd, "%Y%m%d", &tm))
+        if (!strptime(ymd, "%Y%m%d", &tm) ||
+            timegm(&tm) + 86400 > time(NULL) - max_days * 86400) /* the day's end */
             continue;
-        day_end = timegm(&tm) + 86400;
-        if (day_end > time(NULL) - max_days * 86400)
-            continue;
-        /* The day's keys, found through its traces (trace_keys has no part_time index). The
-         * partitions are locked first: the DELETE's snapshot then includes every writer
-         * transaction that stored into them, so no key outlives its trace. */
-        sql = eb_asprintf("LOCK TABLE ingest.traces_p%s, ingest.observations_p%s IN ACCESS"
-                          " EXCLUSIVE MODE; DELETE FROM ingest.trace_keys k USING"
-                          " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
-                          " k.part_time = t.part_time; DROP TABLE ingest.observations_p%s;"
-                          " DROP TABLE ingest.traces_p%s",
-                          ymd, ymd, ymd, ymd, ymd);
-        dr = PQexec(c, sql);
-        free(sql);
-        if (PQresultStatus(dr) != PGRES_COMMAND_OK) {
-            st = eb_error(EB_ERR_DB, "dropping partition %s: %s", ymd, PQresultErrorMessage(dr));
-            PQclear(dr);
+        if ((st = drop_day(c, ymd)) != EB_OK)
             goto cleanup;
-        }
-        PQclear(dr);
+        dropped++;
         eb_log_info(NULL, "retention: dropped the partitions of %s", ymd);
     }
-    PQclear(r);
-    r = NULL;
-    /* reviews and scores whose trace went with a partition */
-    st = eb_db_exec(c,
-                    "WITH rv AS (DELETE FROM ingest.reviews r WHERE NOT EXISTS (SELECT 1 FROM"
-                    " ingest.trace_keys k WHERE k.team_id = r.team_id AND k.id = r.trace_id)"
-                    " RETURNING 1), sc AS (DELETE FROM ingest.scores s WHERE NOT EXISTS (SELECT"
-                    " 1 FROM ingest.trace_keys k WHERE k.team_id = s.team_id AND k.id ="
-                    " s.trace_id) RETURNING 1) SELECT (SELECT count(*) FROM rv) + (SELECT"
-                    " count(*) FROM sc)",
-                    0, NULL, NULL);
+    /* 3. */
+    if (dropped && !pass_cancelled(rt))
+        st = delete_orphans(c);
 cleanup:
-    if (st == EB_OK)
-        st = eb_db_commit(c);
-    else
-        eb_db_rollback(c);
     PQclear(r);
     *cancelled = pass_end(rt);
+    /* a cancelled pass's connection is closed (which also releases its lock), since a late
+     * cancel could still reach it; so is one that cannot release the lock */
+    if (!*cancelled && locked &&
+        eb_db_exec(c, "SELECT pg_advisory_unlock(7236003, 1)", 0, NULL, NULL) != EB_OK) {
+        eb_db_discard(ctx->svc.db, c);
+        return st;
+    }
     if (*cancelled)
         eb_db_discard(ctx->svc.db, c);
     else
         eb_db_put(ctx->svc.db, c);
-    *deleted = st == EB_OK ? n : 0; /* a rolled-back pass removed nothing */
     return st;
 }
 

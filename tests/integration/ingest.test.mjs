@@ -976,6 +976,22 @@ describe('ingest: JSON batch API and trace queries', () => {
     await waitTrace(B.key, other);
   }));
 
+  it('reviews and scores refuse members they do not know, and an empty observation_id, instead of dropping them', T, stack.wrap(async () => {
+    const id = rid('um');
+    await ingestOk(A.key, [{ id, project: 'members' }]);
+    await waitTrace(A.key, id);
+    let r = await api('POST', `/api/v1/traces/${id}/review`, A.key, { body: { decision: 'accept', note: 'typo of notes' } });
+    assertError(r, 'invalid_argument', 'review with "note"');
+    assert.match(r.body.error.message, /'note'.*notes/, 'the message names the member and the known ones');
+    r = await api('POST', '/api/v1/scores', A.key, { body: { trace_id: id, name: 'q', value: 1, comments: 'x' } });
+    assertError(r, 'invalid_argument', 'score with "comments"');
+    assert.match(r.body.error.message, /'comments'/);
+    assertError(await api('POST', '/api/v1/scores', A.key, { body: { trace_id: id, observation_id: '', name: 'q', value: 1 } }), 'invalid_argument', 'empty observation_id');
+    const g = await waitTrace(A.key, id);
+    assert.deepEqual([g.review_state, g.scores.length], ['unreviewed', 0], 'nothing was stored');
+    assertStatus(await api('POST', `/api/v1/traces/${id}/review`, A.key, { body: { decision: 'accept', notes: 'ok' } }), 201, 'the same review spelt right');
+  }));
+
   it('a query past query-timeout is stopped with 504 timeout, whatever it waits on', T, stack.wrap(async () => {
     const replica = await stack.spawnService('ingest', { EVALBUS_QUERY_TIMEOUT: '1s', EVALBUS_WRITER_THREADS: '0' });
     const locker = stack.psql('BEGIN; LOCK TABLE ingest.traces IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT', { appName: 'test-locker-2' });

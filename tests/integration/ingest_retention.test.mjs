@@ -103,6 +103,25 @@ describe('retention per project', () => {
     assert.ok(!fs.readFileSync(replica.logFile, 'utf8').includes('retention pass failed'), 'no retention pass failed');
   }), { timeout: 60_000 });
 
+  it('a project kept longer than the default keeps the old days: the others lose their rows past the default', stack.wrap(async () => {
+    // 365 days for one project keeps every day partition younger than that; the traces of
+    // projects without a setting still go after the default 90 days, row by row
+    assert.equal((await api('PUT', '/api/v1/projects/keep-long/settings', { key: owner.key, body: { retention_days: 365 } })).status, 200);
+    const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [trace('dflt-old', 'nosetting', 95), trace('long-old', 'keep-long', 95), trace('dflt-new', 'nosetting', 80)] } });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    const gone = await pollUntil(async () => (await api('GET', '/api/v1/traces/dflt-old', { key: owner.key })).status === 404 &&
+      (await api('GET', '/api/v1/traces/long-old', { key: owner.key })).status === 200, { timeoutMs: 15_000, intervalMs: 250 });
+    assert.ok(gone.value, 'the 95-day-old trace of a project without a setting is removed, the one of the 365-day project is stored and stays');
+    assert.equal((await api('GET', '/api/v1/traces/dflt-new', { key: owner.key })).status, 200, 'an 80-day-old trace stays');
+    await sleep(2500); // two more passes
+    assert.equal((await api('GET', '/api/v1/traces/long-old', { key: owner.key })).status, 200, 'the 365-day project keeps its 95-day-old trace');
+    const rows = await stack.psql("SELECT (SELECT count(*) FROM ingest.observations WHERE trace_id = 'dflt-old'), (SELECT count(*) FROM ingest.trace_keys WHERE id = 'dflt-old')");
+    assert.deepEqual(rows[0], ['0', '0'], 'its observations and key went too');
+    assert.ok(!fs.readFileSync(replica.logFile, 'utf8').includes('retention pass failed'), 'no retention pass failed');
+    // back to the default, for what follows
+    assert.equal((await api('PUT', '/api/v1/projects/keep-long/settings', { key: owner.key, body: { retention_days: 90 } })).status, 200);
+  }), { timeout: 60_000 });
+
   it('a pass under way does not hold up shutdown: it is cancelled and rolls back', stack.wrap(async () => {
     // A transaction holds project_settings, which every pass reads first: the replica's next pass
     // waits for it (up to the pass's 5 s lock_timeout) when SIGTERM comes. Every service runs its

@@ -64,6 +64,10 @@ eb_status eb_json_string(const cJSON *obj, const char *name, bool required, size
 /* Reads an array of strings; each is checked like eb_json_string. *out points into obj. */
 eb_status eb_json_string_array(const cJSON *obj, const char *name, bool required, size_t max_items,
                                size_t max_len, const cJSON **out);
+/* EB_OK if every member of obj is one of known[0..n); else EB_ERR_INVALID naming the first that
+ * is not, and the known ones: a misspelt or unsupported member is refused, not silently
+ * dropped. */
+eb_status eb_json_known_members(const cJSON *obj, const char *const *known, size_t n);
 /* Reads a number (integral if integral is true), within [min, max]. Missing and not required:
  * *out untouched, EB_OK. */
 eb_status eb_json_number(const cJSON *obj, const char *name, bool required, bool integral,
