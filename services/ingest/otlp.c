@@ -185,7 +185,25 @@ void ingest_otlp_response_json(const ingest_otlp_result *r, eb_buf *out)
 /* ---------------------------------------------------------------------------------------- */
 /* protobuf                                                                                  */
 
-static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+/* Reasons a body fails wire_check, for the 400 answer: an exporter's author needs to know
+ * whether the body was cut short or built wrong. */
+static const char WIRE_TRUNCATED[] = "truncated (a field runs past the end of its message)";
+static const char WIRE_LONG_VARINT[] = "a varint longer than 10 bytes";
+static const char WIRE_BAD_NUMBER[] = "a field number of 0 or above 2^29-1";
+static const char WIRE_BAD_TYPE[] = "a wire type OTLP does not use (a group, or 6 or 7)";
+static const char WIRE_TOO_DEEP[] = "messages nested deeper than 64 levels";
+_Static_assert(OTLP_MAX_DEPTH == 64, "WIRE_TOO_DEEP names the depth");
+static const char WIRE_NUL[] = "a string holding a NUL byte (protobuf-c would cut it there)";
+
+/* Sets *why (when why is not NULL) and returns false, for use in conditions. */
+static bool wire_fail(const char **why, const char *reason)
+{
+    if (why)
+        *why = reason;
+    return false;
+}
+
+static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v, const char **why)
 {
     uint64_t x = 0;
 
@@ -193,7 +211,7 @@ static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
         uint8_t b;
 
         if (*p >= end)
-            return false;
+            return wire_fail(why, WIRE_TRUNCATED);
         b = *(*p)++;
         x |= (uint64_t)(b & 0x7f) << shift;
         if (!(b & 0x80)) {
@@ -201,7 +219,7 @@ static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
             return true;
         }
     }
-    return false;
+    return wire_fail(why, WIRE_LONG_VARINT);
 }
 
 /* One field of a protobuf message: its number and, for a length-delimited field, its bytes
@@ -213,69 +231,74 @@ typedef struct wire_field {
     size_t len;
 } wire_field;
 
-/* Reads the field at *p (< end) into f and moves *p past it. False if it is malformed: a field
- * number of 0 or over 2^29-1, a wire type OTLP does not use (groups 3 and 4; 6 and 7 do not
- * exist), or a value running past end. */
-static bool wire_read(const uint8_t **p, const uint8_t *end, wire_field *f)
+/* Reads the field at *p (< end) into f and moves *p past it. False if it is malformed (*why,
+ * when why is not NULL, says how): a field number of 0 or over 2^29-1, a wire type OTLP does
+ * not use (groups 3 and 4; 6 and 7 do not exist), or a value running past end. */
+static bool wire_read(const uint8_t **p, const uint8_t *end, wire_field *f, const char **why)
 {
     uint64_t tag, v;
 
-    if (!wire_varint(p, end, &tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1fffffff)
+    if (!wire_varint(p, end, &tag, why))
         return false;
+    if ((tag >> 3) == 0 || (tag >> 3) > 0x1fffffff)
+        return wire_fail(why, WIRE_BAD_NUMBER);
     f->num = (unsigned)(tag >> 3);
     f->delimited = (tag & 7) == 2;
     f->data = NULL;
     f->len = 0;
     switch (tag & 7) {
     case 0:
-        return wire_varint(p, end, &v);
+        return wire_varint(p, end, &v, why);
     case 1:
         if ((size_t)(end - *p) < 8)
-            return false;
+            return wire_fail(why, WIRE_TRUNCATED);
         *p += 8;
         return true;
     case 5:
         if ((size_t)(end - *p) < 4)
-            return false;
+            return wire_fail(why, WIRE_TRUNCATED);
         *p += 4;
         return true;
     case 2:
-        if (!wire_varint(p, end, &v) || v > (uint64_t)(end - *p))
+        if (!wire_varint(p, end, &v, why))
             return false;
+        if (v > (uint64_t)(end - *p))
+            return wire_fail(why, WIRE_TRUNCATED);
         f->data = *p;
         f->len = (size_t)v;
         *p += v;
         return true;
     default:
-        return false;
+        return wire_fail(why, WIRE_BAD_TYPE);
     }
 }
 
 /* Checks that data[0..n) is a well-formed message of type desc (NULL: of unknown type, whose
  * fields are only skipped) nesting at most OTLP_MAX_DEPTH levels. A string field holding a NUL
  * byte (protobuf-c would cut the string there) fails the check when nul is NULL, else sets *nul.
- * Recursion is bounded by that depth. */
+ * On failure *why (when why is not NULL) is one of the WIRE_* reasons. Recursion is bounded by
+ * that depth. */
 static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescriptor *desc,
-                       int depth, bool *nul)
+                       int depth, bool *nul, const char **why)
 {
     const uint8_t *end = p + n;
 
     if (depth > OTLP_MAX_DEPTH)
-        return false;
+        return wire_fail(why, WIRE_TOO_DEEP);
     while (p < end) {
         const ProtobufCFieldDescriptor *fd;
         wire_field f;
 
-        if (!wire_read(&p, end, &f))
+        if (!wire_read(&p, end, &f, why))
             return false;
         if (!f.delimited || !desc || !(fd = protobuf_c_message_descriptor_get_field(desc, f.num)))
             continue;
         if (fd->type == PROTOBUF_C_TYPE_MESSAGE &&
-            !wire_check(f.data, f.len, fd->descriptor, depth + 1, nul))
+            !wire_check(f.data, f.len, fd->descriptor, depth + 1, nul, why))
             return false;
         if (fd->type == PROTOBUF_C_TYPE_STRING && memchr(f.data, 0, f.len)) {
             if (!nul)
-                return false;
+                return wire_fail(why, WIRE_NUL);
             *nul = true;
         }
     }
@@ -290,13 +313,12 @@ static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const ch
                                 ProtobufCMessage **msg)
 {
     ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, a};
+    const char *why = WIRE_TRUNCATED;
 
     arena_init(a, len);
     *msg = NULL;
-    if (!wire_check(data, len, desc, 1, nul))
-        return eb_error(EB_ERR_INVALID,
-                        "not %s: malformed protobuf, messages nested deeper than %d levels%s", what,
-                        OTLP_MAX_DEPTH, nul ? "" : ", or a string holding a NUL byte");
+    if (!wire_check(data, len, desc, 1, nul, &why))
+        return eb_error(EB_ERR_INVALID, "not %s: malformed protobuf: %s", what, why);
     *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
     if (!*msg && a->exhausted)
         return eb_error(EB_ERR_TOO_LARGE,
@@ -311,7 +333,7 @@ static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const ch
 /* The next field of a message that wire_check has passed; false at its end. */
 static bool wire_next(const uint8_t **p, const uint8_t *end, wire_field *f)
 {
-    return *p < end && wire_read(p, end, f);
+    return *p < end && wire_read(p, end, f, NULL);
 }
 
 /* True if a string field of msg[0..n) (a desc at depth), other than field skip and what it
@@ -332,7 +354,7 @@ static bool nul_besides(const uint8_t *p, size_t n, const ProtobufCMessageDescri
             return true;
         /* well formed (checked before), so false here means a NUL in a string */
         if (fd->type == PROTOBUF_C_TYPE_MESSAGE &&
-            !wire_check(f.data, f.len, fd->descriptor, depth + 1, NULL))
+            !wire_check(f.data, f.len, fd->descriptor, depth + 1, NULL, NULL))
             return true;
     }
     return false;
@@ -372,8 +394,8 @@ static void nul_spans(const uint8_t *data, size_t len, size_t **out, size_t *nou
                                                 &evalbus__otlp__v1__scope_spans__descriptor, 2, 3);
 
             for (; wire_next_of(&r, rend, 2, &sp); seq++)
-                if (ss_nul ||
-                    !wire_check(sp.data, sp.len, &evalbus__otlp__v1__span__descriptor, 4, NULL))
+                if (ss_nul || !wire_check(sp.data, sp.len, &evalbus__otlp__v1__span__descriptor, 4,
+                                          NULL, NULL))
                     EB_PUSH(*out, *nout, seq);
         }
     }

@@ -10,8 +10,15 @@
  * (AnyValue -> JSON). Each mapping rule that uses an attribute removes it from that object
  * ("takes" it), and only when it could use it (a token count that is not an integer stays).
  * Whatever is left is printed as attributes_json. Span events that map to messages are used
- * up the same way; the others, the links, the instrumentation scope and the span kind are
- * added under "otel.*" keys.
+ * up the same way, down to their attributes: an event keeps in otel.events what filled
+ * nothing. The other events, the links, the instrumentation scope (name, version, attributes)
+ * and the span kind are added under "otel.*" keys. A trace keeps one resource (the root's,
+ * else the first accepted span's); a span of another resource keeps its own as otel.resource.
+ *
+ * Labels (names, models, roles, ids, tags) are stored with spaces for control characters,
+ * which the JSON API refuses: an exporter cannot mend what it sent, and a span is better kept.
+ * Roles are made the JSON API's (Gemini's "model" is "assistant"). A project is the one label
+ * that is refused instead (every span of its resource): it is what traces are filed under.
  *
  * Flattened message attributes (gen_ai.prompt.N.*, llm.input_messages.N.message.*) are read
  * by matching each key against a table of known patterns and sorting the matches by index,
@@ -24,6 +31,7 @@
  * Ownership: everything put in a Trace is malloc'd (evalbus__v1__trace__free_unpacked frees
  * it); the request is only read. Threading: no shared state. */
 #include "otlp.h"
+#include "trace_json.h"
 
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
@@ -102,7 +110,8 @@ typedef struct span_map {
     cJSON *attrs;  /* rendered attributes; mapped ones are removed */
     char why[200]; /* the first problem; non-empty rejects the span */
     bool is_root;
-    root_extra *root; /* filled when is_root */
+    root_extra *root;       /* filled when is_root */
+    bool has_otel_resource; /* the span has an attribute named otel.resource */
 } span_map;
 
 /* Records the first problem of a span; returns false for use in conditions. */
@@ -163,6 +172,37 @@ static char *sm_str(span_map *sm, const char *what, const char *s, size_t max)
         return NULL;
     }
     return eb_strndup(s, n);
+}
+
+/* Replaces each control character of s (C0, DEL, C1) by a space, in place. Labels (names,
+ * models, roles, ids, tags) must not hold them (the JSON API refuses them); an exporter cannot
+ * mend a span it sent, so the label is stored mended rather than the span lost. */
+static void strip_controls(char *s)
+{
+    unsigned char *r = (unsigned char *)s, *w = (unsigned char *)s;
+
+    while (s && *r) {
+        if (*r < 0x20 || *r == 0x7f) {
+            *w++ = ' ';
+            r++;
+        } else if (r[0] == 0xc2 && r[1] >= 0x80 && r[1] <= 0x9f) {
+            *w++ = ' '; /* C1 controls U+0080..U+009F */
+            r += 2;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    if (s)
+        *w = '\0';
+}
+
+/* sm_str for a label: at most max_id_bytes, control characters made spaces. */
+static char *sm_label(span_map *sm, const char *what, const char *s)
+{
+    char *out = sm_str(sm, what, s, sm->lim->max_id_bytes);
+
+    strip_controls(out);
+    return out;
 }
 
 static bool utf8_ok(span_map *sm, const char *what, const char *s)
@@ -298,16 +338,16 @@ static const char *attr_str(span_map *sm, const char *key)
     return cJSON_IsString(it) && it->valuestring[0] ? it->valuestring : NULL;
 }
 
-/* The first of keys holding a non-empty string, copied and taken; the other keys holding the
- * same string are taken too (a different value stays an attribute). */
-static char *take_first_str(span_map *sm, const char *const *keys, size_t nkeys, size_t max)
+/* The first of keys holding a non-empty string, copied as a label (sm_label) and taken; the
+ * other keys holding the same string are taken too (a different value stays an attribute). */
+static char *take_first_label(span_map *sm, const char *const *keys, size_t nkeys)
 {
     char *out = NULL;
     const char *val = NULL;
 
     for (size_t i = 0; i < nkeys && !val; i++)
         if ((val = attr_str(sm, keys[i]))) {
-            out = sm_str(sm, keys[i], val, max);
+            out = sm_label(sm, keys[i], val);
             for (size_t k = i + 1; k < nkeys; k++) {
                 cJSON *o = attr(sm, keys[k]);
 
@@ -480,7 +520,7 @@ static void mb_other(span_map *sm, msg_builder *b, const char *type, const char 
         return;
     p = eb_malloc(sizeof *p);
     *p = (eb_part)EVALBUS__V1__CONTENT_PART__INIT;
-    p->type = sm_str(sm, "content part type", type ? type : "unknown", sm->lim->max_id_bytes);
+    p->type = sm_label(sm, "content part type", type ? type : "unknown");
     if (text)
         p->text = sm_str(sm, "content part text", text, sm->lim->max_field_bytes);
     if (url)
@@ -562,43 +602,139 @@ static eb_tool_call *tool_call_json(span_map *sm, const cJSON *j)
         fn = j;
     args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
     tc = tool_call_new();
-    tc->id = sm_str(sm, "tool call id", jstr(j, "id"), idmax);
+    tc->id = sm_label(sm, "tool call id", jstr(j, "id"));
     tc->type = eb_strdup(jstr(j, "type") && strcmp(jstr(j, "type"), "tool_call") ? jstr(j, "type")
                                                                                  : "function");
-    tc->name = sm_str(sm, "tool call name", jstr(fn, "name"), idmax);
+    strip_controls(tc->type);
+    tc->name = sm_label(sm, "tool call name", jstr(fn, "name"));
     tc->arguments = value_text(sm, "tool call arguments", args, sm->lim->max_field_bytes);
     if (tc->type && strlen(tc->type) > idmax)
         fail(sm, "tool call type is longer than %zu bytes", idmax);
     return tc;
 }
 
+/* The roles of the JSON API (docs/api/traces.md), and the other names SDKs give them. */
+static const char *const known_roles[] = {"system",    "user",     "assistant", "tool",
+                                          "developer", "function", NULL};
+static const struct {
+    const char *alias, *role;
+} role_aliases[] = {
+    {"model", "assistant"},   /* Gemini */
+    {"ai", "assistant"},      /* LangChain message types */
+    {"human", "user"},        /* LangChain */
+    {"chatbot", "assistant"}, /* Cohere */
+};
+
+/* Makes m->role one of the known roles: a known one in any case is lowered, an alias becomes
+ * its role, a missing one is default_role, and another is default_role too, the role it had
+ * becoming the message's name when it has none (a multi-agent "critic" is an assistant
+ * named critic). False when a role the message had is dropped (it had a name already). */
+static bool fix_role(span_map *sm, eb_msg *m, const char *default_role)
+{
+    char *given = m->role;
+    bool kept = true;
+
+    if (failed(sm))
+        return true;
+    m->role = NULL;
+    for (size_t i = 0; given && known_roles[i] && !m->role; i++)
+        if (!strcasecmp(given, known_roles[i]))
+            m->role = eb_strdup(known_roles[i]);
+    for (size_t i = 0; given && i < sizeof role_aliases / sizeof role_aliases[0] && !m->role; i++)
+        if (!strcasecmp(given, role_aliases[i].alias))
+            m->role = eb_strdup(role_aliases[i].role);
+    if (!m->role) {
+        m->role = sm_label(sm, "message role", default_role);
+        if (given && !m->name) {
+            m->name = given; /* a label already */
+            given = NULL;
+        } else if (given) {
+            kept = false;
+        }
+    }
+    free(given);
+    return kept;
+}
+
+/* The members of a message object msg_json reads, as bits of its *used. */
+enum {
+    MK_ROLE = 1 << 0,
+    MK_NAME = 1 << 1,
+    MK_TOOL_CALL_ID = 1 << 2,
+    MK_ID = 1 << 3,
+    MK_PARTS = 1 << 4,
+    MK_CONTENT = 1 << 5,
+    MK_TOOL_CALLS = 1 << 6,
+};
+
+static const struct {
+    unsigned bit;
+    const char *key;
+} msg_keys[] = {
+    {MK_ROLE, "role"},   {MK_NAME, "name"},       {MK_TOOL_CALL_ID, "tool_call_id"}, {MK_ID, "id"},
+    {MK_PARTS, "parts"}, {MK_CONTENT, "content"}, {MK_TOOL_CALLS, "tool_calls"},
+};
+
+/* True if every item of arr is an object (the tool calls tool_call_json takes). */
+static bool all_objects(const cJSON *arr)
+{
+    const cJSON *e;
+
+    cJSON_ArrayForEach(e, arr)
+    {
+        if (!cJSON_IsObject(e))
+            return false;
+    }
+    return true;
+}
+
 /* One message as JSON: GenAI ({role, parts:[...]}), OpenAI-like ({role, content, tool_calls,
  * tool_call_id, name}) or an event body ({content, tool_calls, id}); a bare string is a
- * message of default_role. NULL on a problem (recorded). */
-static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role)
+ * message of default_role. tool_calls may be JSON text of the array (span event attributes
+ * hold only simple values, so SDKs send it so). *used (when not NULL) gets the MK_* bits of
+ * the members that filled the message: an event keeps the others. NULL on a problem
+ * (recorded). */
+static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role, unsigned *used)
 {
     msg_builder b = {.m = msg_new()};
-    const size_t idmax = sm->lim->max_id_bytes, fmax = sm->lim->max_field_bytes;
+    const size_t fmax = sm->lim->max_field_bytes;
     const cJSON *parts, *content, *calls, *e;
-    const char *role;
+    cJSON *parsed_calls = NULL;
+    unsigned u = 0;
+    eb_msg *m = NULL;
 
     if (cJSON_IsString(j)) {
-        b.m->role = sm_str(sm, "message role", default_role, idmax);
+        b.m->role = sm_label(sm, "message role", default_role);
         b.m->content = sm_str(sm, "message content", j->valuestring, fmax);
-        return mb_finish(sm, &b);
+        m = mb_finish(sm, &b);
+        goto cleanup;
     }
     if (!cJSON_IsObject(j)) {
         fail(sm, "a message is not an object");
-        return mb_finish(sm, &b);
+        m = mb_finish(sm, &b);
+        goto cleanup;
     }
-    role = jstr(j, "role");
-    b.m->role = sm_str(sm, "message role", role ? role : default_role, idmax);
-    b.m->name = sm_str(sm, "message name", jstr(j, "name"), idmax);
-    b.m->tool_call_id = sm_str(sm, "tool call id", jstr(j, "tool_call_id"), idmax);
-    if (!b.m->tool_call_id && b.m->role && !strcmp(b.m->role, "tool"))
-        b.m->tool_call_id = sm_str(sm, "tool call id", jstr(j, "id"), idmax);
-
+    if (jstr(j, "role")) {
+        b.m->role = sm_label(sm, "message role", jstr(j, "role"));
+        u |= MK_ROLE;
+    }
+    if (jstr(j, "name")) {
+        b.m->name = sm_label(sm, "message name", jstr(j, "name"));
+        u |= MK_NAME;
+    }
+    if (!fix_role(sm, b.m, default_role))
+        u &= ~(unsigned)MK_ROLE;
+    if (jstr(j, "tool_call_id")) {
+        b.m->tool_call_id = sm_label(sm, "tool call id", jstr(j, "tool_call_id"));
+        u |= MK_TOOL_CALL_ID;
+    }
+    if (!b.m->tool_call_id && b.m->role && !strcmp(b.m->role, "tool") && jstr(j, "id")) {
+        b.m->tool_call_id = sm_label(sm, "tool call id", jstr(j, "id"));
+        u |= MK_ID;
+    }
     parts = cJSON_GetObjectItemCaseSensitive(j, "parts");
+    if (cJSON_IsArray(parts))
+        u |= MK_PARTS;
     cJSON_ArrayForEach(e, (cJSON_IsArray(parts) ? parts : NULL))
     {
         const char *type = jstr(e, "type");
@@ -614,7 +750,7 @@ static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role)
             if (tc)
                 mb_tool_call(sm, &b, tc);
         } else if (type && !strcmp(type, "tool_call_response") && !b.m->tool_call_id && !b.ntext) {
-            b.m->tool_call_id = sm_str(sm, "tool call id", jstr(e, "id"), idmax);
+            b.m->tool_call_id = sm_label(sm, "tool call id", jstr(e, "id"));
             b.m->content = value_text(sm, "tool call response",
                                       cJSON_GetObjectItemCaseSensitive(e, "response"), fmax);
             if (!b.m->role)
@@ -626,9 +762,12 @@ static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role)
 
     content = cJSON_GetObjectItemCaseSensitive(j, "content");
     if (cJSON_IsString(content)) {
-        if (!b.m->content)
+        if (!b.m->content) {
             b.m->content = sm_str(sm, "message content", content->valuestring, fmax);
+            u |= MK_CONTENT;
+        }
     } else if (cJSON_IsArray(content)) {
+        u |= MK_CONTENT;
         cJSON_ArrayForEach(e, content)
         {
             const char *type = jstr(e, "type");
@@ -645,11 +784,21 @@ static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role)
             else
                 mb_other(sm, &b, type, NULL, NULL, e);
         }
-    } else if (content && !cJSON_IsNull(content) && !b.m->content) {
+    } else if (cJSON_IsNull(content)) {
+        u |= MK_CONTENT; /* says nothing */
+    } else if (content && !b.m->content) {
         b.m->content = value_text(sm, "message content", content, fmax);
+        u |= MK_CONTENT;
     }
 
     calls = cJSON_GetObjectItemCaseSensitive(j, "tool_calls");
+    if (cJSON_IsString(calls)) {
+        /* JSON text; of another shape it is not ours to read (an event keeps it) */
+        parsed_calls = parse_json_text(calls->valuestring);
+        calls = cJSON_IsArray(parsed_calls) && all_objects(parsed_calls) ? parsed_calls : NULL;
+    }
+    if (cJSON_IsArray(calls))
+        u |= MK_TOOL_CALLS;
     cJSON_ArrayForEach(e, (cJSON_IsArray(calls) ? calls : NULL))
     {
         eb_tool_call *tc;
@@ -659,7 +808,12 @@ static eb_msg *msg_json(span_map *sm, const cJSON *j, const char *default_role)
         if ((tc = tool_call_json(sm, e)))
             mb_tool_call(sm, &b, tc);
     }
-    return mb_finish(sm, &b);
+    m = mb_finish(sm, &b);
+cleanup:
+    cJSON_Delete(parsed_calls);
+    if (used)
+        *used = m ? u : 0;
+    return m;
 }
 
 static bool msgs_push(span_map *sm, eb_msg ***arr, size_t *n, eb_msg *m)
@@ -714,7 +868,7 @@ static bool msgs_json_array(span_map *sm, const cJSON *arr, const char *default_
 
     cJSON_ArrayForEach(e, arr)
     {
-        if (!msgs_push(sm, msgs, n, msg_json(sm, e, default_role)))
+        if (!msgs_push(sm, msgs, n, msg_json(sm, e, default_role, NULL)))
             return false;
     }
     return true;
@@ -737,12 +891,12 @@ static void map_system_instructions(span_map *sm, eb_obs *o)
         if (!cJSON_IsString(it))
             return;
         v = NULL;
-        m = msg_json(sm, it, "system");
+        m = msg_json(sm, it, "system", NULL);
     } else {
         wrapped = cJSON_CreateObject();
         cJSON_AddStringToObject(wrapped, "role", "system");
         cJSON_AddItemToObject(wrapped, "parts", v);
-        m = msg_json(sm, wrapped, "system");
+        m = msg_json(sm, wrapped, "system", NULL);
         cJSON_Delete(wrapped);
     }
     if (msgs_push(sm, &o->input_messages, &o->n_input_messages, m))
@@ -878,7 +1032,7 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
                               size_t npats, const char *default_role, eb_msg ***msgs, size_t *nmsgs)
 {
     const size_t plen = strlen(prefix), max = sm->lim->max_messages;
-    const size_t idmax = sm->lim->max_id_bytes, fmax = sm->lim->max_field_bytes;
+    const size_t fmax = sm->lim->max_field_bytes;
     flat_item *items = NULL;
     size_t n = 0, order = 0, i;
     cJSON *it;
@@ -936,8 +1090,7 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
             }
         }
         if (b.m && (!fi || fi->n != cur)) {
-            if (!b.m->role)
-                b.m->role = sm_str(sm, "message role", default_role, idmax);
+            fix_role(sm, b.m, default_role);
             if (!msgs_push(sm, msgs, nmsgs, mb_finish(sm, &b)))
                 break;
         }
@@ -952,7 +1105,7 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
         switch (fi->field) {
         case F_ROLE:
             if ((fi->used = !b.m->role))
-                b.m->role = sm_str(sm, "message role", sv, idmax);
+                b.m->role = sm_label(sm, "message role", sv);
             break;
         case F_CONTENT:
             if ((fi->used = !b.m->content))
@@ -960,11 +1113,11 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
             break;
         case F_NAME:
             if ((fi->used = !b.m->name))
-                b.m->name = sm_str(sm, "message name", sv, idmax);
+                b.m->name = sm_label(sm, "message name", sv);
             break;
         case F_TOOL_CALL_ID:
             if ((fi->used = !b.m->tool_call_id))
-                b.m->tool_call_id = sm_str(sm, "tool call id", sv, idmax);
+                b.m->tool_call_id = sm_label(sm, "tool call id", sv);
             break;
         case F_PART_TYPE:
             if ((fi->used = !part_type))
@@ -986,9 +1139,9 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
                 tc->type = eb_strdup("function");
             }
             if (fi->field == F_TC_ID && (fi->used = !tc->id))
-                tc->id = sm_str(sm, "tool call id", sv, idmax);
+                tc->id = sm_label(sm, "tool call id", sv);
             else if (fi->field == F_TC_NAME && (fi->used = !tc->name))
-                tc->name = sm_str(sm, "tool call name", sv, idmax);
+                tc->name = sm_label(sm, "tool call name", sv);
             else if (fi->field == F_TC_ARGS && (fi->used = !tc->arguments))
                 tc->arguments = value_text(sm, "tool call arguments", fi->item, fmax);
             break;
@@ -1012,27 +1165,12 @@ cleanup:
 
 /* --- span events (gen_ai.*.message, gen_ai.choice) --- */
 
-/* The body of a GenAI event: its gen_ai.event.content JSON text when present, else its
- * attributes. A new tree, or NULL. */
-static cJSON *event_body(span_map *sm, const otlp_event *ev)
-{
-    cJSON *attrs = kvs_json(sm, ev->attributes, ev->n_attributes, 0);
-    cJSON *content;
-
-    if (!attrs)
-        return NULL;
-    content = cJSON_GetObjectItemCaseSensitive(attrs, "gen_ai.event.content");
-    if (cJSON_IsString(content)) {
-        cJSON *body = parse_json_text(content->valuestring);
-
-        cJSON_Delete(attrs);
-        if (cJSON_IsObject(body))
-            return body;
-        cJSON_Delete(body);
-        return NULL;
-    }
-    return attrs;
-}
+/* What became of one span event: used (it filled messages or text), and then its attributes
+ * that filled nothing (kept in otel.events, so no attribute is lost), or NULL. */
+typedef struct event_use {
+    bool used;
+    cJSON *left;
+} event_use;
 
 static const char *event_role(const char *name)
 {
@@ -1051,9 +1189,102 @@ static const char *event_role(const char *name)
     return NULL;
 }
 
+/* Deletes from obj the members msg_json used (bits of used). */
+static void drop_msg_keys(cJSON *obj, unsigned used)
+{
+    for (size_t i = 0; i < sizeof msg_keys / sizeof msg_keys[0]; i++)
+        if (used & msg_keys[i].bit)
+            cJSON_DeleteItemFromObjectCaseSensitive(obj, msg_keys[i].key);
+}
+
+/* One message event or gen_ai.choice mapped: the body is its gen_ai.event.content JSON text
+ * when present, else its attributes; a choice's message is its "message" (a kvlist, JSON text
+ * of an object, or plain text) or else the body itself. Pushes the message; returns the
+ * event's attributes that filled nothing (a new tree, possibly empty) when it was used, else
+ * NULL. */
+static cJSON *map_message_event(span_map *sm, eb_obs *o, const otlp_event *ev, const char *role,
+                                bool choice)
+{
+    cJSON *attrs = kvs_json(sm, ev->attributes, ev->n_attributes, 0);
+    cJSON *content, *body = NULL, *parsed_body = NULL, *msg = NULL, *parsed_msg = NULL;
+    const cJSON *src;
+    unsigned bits = 0;
+    bool used = false;
+
+    if (!attrs)
+        goto cleanup;
+    content = cJSON_GetObjectItemCaseSensitive(attrs, "gen_ai.event.content");
+    if (cJSON_IsString(content)) {
+        parsed_body = parse_json_text(content->valuestring);
+        if (!cJSON_IsObject(parsed_body))
+            goto cleanup;
+        body = parsed_body;
+    } else {
+        body = attrs;
+    }
+    src = body;
+    if (choice) {
+        msg = cJSON_GetObjectItemCaseSensitive(body, "message");
+        if (cJSON_IsString(msg)) {
+            /* JSON text of the message (what most SDKs send: event attributes hold only
+             * simple values), or the plain text of its content */
+            parsed_msg = parse_json_text(msg->valuestring);
+            src = cJSON_IsObject(parsed_msg) ? parsed_msg : msg;
+        } else if (cJSON_IsObject(msg)) {
+            src = msg;
+        } else {
+            msg = NULL;
+        }
+    }
+    if (message_shape_ok(src)) {
+        eb_msg *m = msg_json(sm, src, choice ? "assistant" : role, &bits);
+
+        if (choice)
+            used = msgs_push(sm, &o->output_messages, &o->n_output_messages, m);
+        else
+            used = msgs_push(sm, &o->input_messages, &o->n_input_messages, m);
+    }
+    if (!used)
+        goto cleanup;
+
+    /* what is left: JSON text (gen_ai.event.content, a message as text) is used whole, as
+     * gen_ai.input.messages is; of structured values, the members msg_json did not read */
+    if (parsed_body) {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "gen_ai.event.content");
+    } else if (msg && cJSON_IsString(msg)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "message");
+    } else if (msg) {
+        cJSON *m = cJSON_DetachItemViaPointer(attrs, msg);
+
+        drop_msg_keys(m, bits);
+        if (m->child)
+            cJSON_AddItemToObjectCS(attrs, "message", m);
+        else
+            cJSON_Delete(m);
+    } else {
+        drop_msg_keys(attrs, bits);
+    }
+    /* the provider named again on the event says nothing more (older GenAI events carry it) */
+    for (size_t i = 0; i < 2 && o->provider; i++) {
+        const char *key = i ? "gen_ai.provider.name" : "gen_ai.system";
+        const char *v = jstr(attrs, key);
+
+        if (v && !strcmp(v, o->provider))
+            cJSON_DeleteItemFromObjectCaseSensitive(attrs, key);
+    }
+cleanup:
+    cJSON_Delete(parsed_body);
+    cJSON_Delete(parsed_msg);
+    if (!used) {
+        cJSON_Delete(attrs);
+        attrs = NULL;
+    }
+    return attrs;
+}
+
 /* Input messages from message events, output messages from gen_ai.choice events; marks the
  * events used. want_in / want_out say which side still has no messages. */
-static void map_message_events(span_map *sm, eb_obs *o, bool *used, bool want_in, bool want_out)
+static void map_message_events(span_map *sm, eb_obs *o, event_use *use, bool want_in, bool want_out)
 {
     const otlp_span *sp = sm->span;
 
@@ -1061,40 +1292,17 @@ static void map_message_events(span_map *sm, eb_obs *o, bool *used, bool want_in
         const otlp_event *ev = sp->events[i];
         const char *role = ev ? event_role(ev->name) : NULL;
         bool choice = ev && ev->name && !strcmp(ev->name, "gen_ai.choice");
-        cJSON *body, *msg;
-        eb_msg *m;
 
         if ((!role || !want_in) && (!choice || !want_out))
             continue;
-        if (!(body = event_body(sm, ev)))
-            continue;
-        if (choice) {
-            msg = cJSON_GetObjectItemCaseSensitive(body, "message");
-            if (cJSON_IsString(msg)) {
-                cJSON *parsed = parse_json_text(msg->valuestring);
-                if (cJSON_IsObject(parsed))
-                    cJSON_ReplaceItemViaPointer(body, msg, parsed);
-                else
-                    cJSON_Delete(parsed);
-                msg = cJSON_GetObjectItemCaseSensitive(body, "message");
-            }
-            if (!cJSON_IsObject(msg))
-                msg = body;
-            if (message_shape_ok(msg)) {
-                m = msg_json(sm, msg, "assistant");
-                used[i] = msgs_push(sm, &o->output_messages, &o->n_output_messages, m);
-            }
-        } else if (message_shape_ok(body)) {
-            m = msg_json(sm, body, role);
-            used[i] = msgs_push(sm, &o->input_messages, &o->n_input_messages, m);
-        }
-        cJSON_Delete(body);
+        use[i].left = map_message_event(sm, o, ev, role, choice);
+        use[i].used = use[i].left != NULL;
     }
 }
 
 /* Older single-text events: gen_ai.content.prompt {gen_ai.prompt}, gen_ai.content.completion
  * {gen_ai.completion}. */
-static void map_text_events(span_map *sm, eb_obs *o, bool *used)
+static void map_text_events(span_map *sm, eb_obs *o, event_use *use)
 {
     const otlp_span *sp = sm->span;
 
@@ -1114,7 +1322,7 @@ static void map_text_events(span_map *sm, eb_obs *o, bool *used)
                 kv->value->value_case == EVALBUS__OTLP__V1__ANY_VALUE__VALUE_STRING_VALUE &&
                 ev->n_attributes == 1) {
                 *dst = sm_str(sm, key, kv->value->string_value, sm->lim->max_field_bytes);
-                used[i] = *dst != NULL;
+                use[i].used = *dst != NULL; /* its only attribute: nothing left */
             }
         }
     }
@@ -1163,13 +1371,13 @@ static void map_tool_span(span_map *sm, eb_obs *o)
     static const char *const id_keys[] = {"gen_ai.tool.call.id", "tool_call.id"};
     static const char *const name_keys[] = {"gen_ai.tool.name", "tool.name",
                                             "tool_call.function.name"};
-    const size_t idmax = sm->lim->max_id_bytes, fmax = sm->lim->max_field_bytes;
+    const size_t fmax = sm->lim->max_field_bytes;
     eb_tool_call *tc = tool_call_new();
     cJSON *it;
 
     tc->type = eb_strdup("function");
-    tc->id = take_first_str(sm, id_keys, 2, idmax);
-    tc->name = take_first_str(sm, name_keys, 3, idmax);
+    tc->id = take_first_label(sm, id_keys, 2);
+    tc->name = take_first_label(sm, name_keys, 3);
     if ((it = attr(sm, "gen_ai.tool.call.arguments")) ||
         (it = attr(sm, "tool_call.function.arguments"))) {
         tc->arguments = value_text(sm, "tool call arguments", it, fmax);
@@ -1236,7 +1444,7 @@ static void take_tags(span_map *sm, root_extra *rx)
     }
     cJSON_ArrayForEach(e, v)
     {
-        char *t = sm_str(sm, "a tag", e->valuestring, sm->lim->max_id_bytes);
+        char *t = sm_label(sm, "a tag", e->valuestring);
         if (t)
             EB_PUSH(rx->tags, rx->ntags, t);
     }
@@ -1245,8 +1453,10 @@ cleanup:
     cJSON_Delete(v);
 }
 
-/* The events not mapped to messages, the links, the scope and the kind, under otel.*. */
-static void add_otel_keys(span_map *sm, const otlp_scope *scope, const bool *used)
+/* The events not mapped to messages (and those that were, with the attributes that filled
+ * nothing, when they had such), the links, the scope and the kind, under otel.*. Takes the
+ * left attributes out of use[]. */
+static void add_otel_keys(span_map *sm, const otlp_scope *scope, event_use *use)
 {
     static const char *const kinds[] = {NULL,     "internal", "server",
                                         "client", "producer", "consumer"};
@@ -1257,10 +1467,14 @@ static void add_otel_keys(span_map *sm, const otlp_scope *scope, const bool *use
         const otlp_event *ev = sp->events[i];
         cJSON *e, *a;
 
-        if (used[i] || !ev)
+        if (!ev || (use[i].used && !(use[i].left && use[i].left->child)))
             continue;
-        if (!(a = kvs_json(sm, ev->attributes, ev->n_attributes, 0)))
+        if (use[i].used) {
+            a = use[i].left;
+            use[i].left = NULL;
+        } else if (!(a = kvs_json(sm, ev->attributes, ev->n_attributes, 0))) {
             break;
+        }
         if (!utf8_ok(sm, "an event name", ev->name ? ev->name : "")) {
             cJSON_Delete(a);
             break;
@@ -1320,9 +1534,22 @@ static void add_otel_keys(span_map *sm, const otlp_scope *scope, const bool *use
     if (scope && scope->version && scope->version[0] && !attr(sm, "otel.scope.version") &&
         utf8_ok(sm, "the scope version", scope->version))
         cJSON_AddStringToObject(sm->attrs, "otel.scope.version", scope->version);
+    if (scope && scope->n_attributes && !attr(sm, "otel.scope.attributes")) {
+        cJSON *a = kvs_json(sm, scope->attributes, scope->n_attributes, 0);
+
+        if (a)
+            cJSON_AddItemToObject(sm->attrs, "otel.scope.attributes", a);
+    }
     if (sp->kind > 0 && (size_t)sp->kind < sizeof kinds / sizeof kinds[0] &&
         !attr(sm, "otel.span.kind"))
         cJSON_AddStringToObject(sm->attrs, "otel.span.kind", kinds[sp->kind]);
+}
+
+static void events_free(event_use *use, size_t n)
+{
+    for (size_t i = 0; use && i < n; i++)
+        cJSON_Delete(use[i].left);
+    free(use);
 }
 
 /* Maps one span. NULL when it is rejected (sm->why says why). */
@@ -1343,7 +1570,7 @@ static eb_obs *map_span(span_map *sm, const otlp_scope *scope)
     const otlp_span *sp = sm->span;
     const ingest_limits *lim = sm->lim;
     eb_obs *o = eb_malloc(sizeof *o);
-    bool *used = NULL;
+    event_use *use = NULL;
     const char *op, *oi_kind;
     bool is_tool, is_gen;
     long long v;
@@ -1353,12 +1580,12 @@ static eb_obs *map_span(span_map *sm, const otlp_scope *scope)
     *o = (eb_obs)EVALBUS__V1__OBSERVATION__INIT;
     if (!(sm->attrs = kvs_json(sm, sp->attributes, sp->n_attributes, 0)))
         goto fail;
-    used = eb_calloc(sp->n_events + 1, sizeof *used);
+    use = eb_calloc(sp->n_events + 1, sizeof *use);
 
     o->id = hex_id(&sp->span_id);
     if (sp->parent_span_id.len == 8 && nonzero(&sp->parent_span_id))
         o->parent_id = hex_id(&sp->parent_span_id);
-    o->name = sm_str(sm, "name", sp->name, lim->max_id_bytes);
+    o->name = sm_label(sm, "name", sp->name);
     set_time(sm, sp->start_time_unix_nano, &o->has_start_time_unix_nano, &o->start_time_unix_nano,
              "start time");
     set_time(sm, sp->end_time_unix_nano, &o->has_end_time_unix_nano, &o->end_time_unix_nano,
@@ -1381,8 +1608,8 @@ static eb_obs *map_span(span_map *sm, const otlp_scope *scope)
                           attr(sm, "llm.model_name") || str_ieq(oi_kind, "LLM"));
     o->type = eb_strdup(is_tool ? "tool" : is_gen ? "generation" : "span");
 
-    o->provider = take_first_str(sm, provider_keys, 4, lim->max_id_bytes);
-    o->model = take_first_str(sm, model_keys, 3, lim->max_id_bytes);
+    o->provider = take_first_label(sm, provider_keys, 4);
+    o->model = take_first_label(sm, model_keys, 3);
     if (take_first_count(sm, in_tok_keys, 3, &v)) {
         o->has_input_tokens = 1;
         o->input_tokens = v;
@@ -1432,23 +1659,24 @@ static eb_obs *map_span(span_map *sm, const otlp_scope *scope)
         map_flat_messages(sm, "llm.output_messages.", oi_patterns,
                           sizeof oi_patterns / sizeof oi_patterns[0], "assistant",
                           &o->output_messages, &o->n_output_messages);
-    map_message_events(sm, o, used, o->n_input_messages == 0, o->n_output_messages == 0);
-    map_text_events(sm, o, used);
+    map_message_events(sm, o, use, o->n_input_messages == 0, o->n_output_messages == 0);
+    map_text_events(sm, o, use);
 
     if (is_tool)
         map_tool_span(sm, o);
     o->metadata_json = take_metadata(sm);
     if (sm->is_root) {
-        sm->root->session_id = take_first_str(sm, session_keys, 2, lim->max_id_bytes);
-        sm->root->user_id = take_first_str(sm, user_keys, 2, lim->max_id_bytes);
+        sm->root->session_id = take_first_label(sm, session_keys, 2);
+        sm->root->user_id = take_first_label(sm, user_keys, 2);
         take_tags(sm, sm->root);
         if (o->metadata_json)
             sm->root->metadata_json = eb_strdup(o->metadata_json);
     }
 
-    add_otel_keys(sm, scope, used);
+    add_otel_keys(sm, scope, use);
     if (failed(sm))
         goto fail;
+    sm->has_otel_resource = attr(sm, "otel.resource") != NULL;
     if (sm->attrs->child) {
         printed = eb_json_print(sm->attrs);
         if (strlen(printed) > lim->max_metadata_bytes) {
@@ -1458,11 +1686,11 @@ static eb_obs *map_span(span_map *sm, const otlp_scope *scope)
         o->attributes_json = printed;
         printed = NULL;
     }
-    free(used);
+    events_free(use, sp->n_events);
     return o;
 fail:
     free(printed);
-    free(used);
+    events_free(use, sp->n_events);
     evalbus__v1__observation__free_unpacked(o, NULL);
     return NULL;
 }
@@ -1621,6 +1849,40 @@ static bool *repeated_span_ids(const map_entry *es, size_t n)
     return dup;
 }
 
+/* Where an observation of map_trace came from. */
+typedef struct obs_src {
+    size_t entry;           /* index in its trace's entries */
+    bool has_otel_resource; /* the span has an attribute of that name */
+} obs_src;
+
+/* Adds "otel.resource" (r's attributes) to o's attributes_json, which is printed JSON of an
+ * object (so spliced, not parsed again: numbers stay as printed). False when that makes it
+ * longer than max_metadata_bytes. */
+static bool add_span_resource(const ingest_limits *lim, eb_obs *o, const map_resource *r)
+{
+    static const char wrap[] = "{\"resource\":"; /* r->attributes_json is {"resource":{...}} */
+    const char *inner = r->attributes_json + sizeof wrap - 1;
+    eb_buf b = {0};
+    bool ok;
+
+    if (o->attributes_json) {
+        eb_buf_append(&b, o->attributes_json, strlen(o->attributes_json) - 1);
+        eb_buf_putc(&b, ',');
+    } else {
+        eb_buf_putc(&b, '{');
+    }
+    eb_buf_puts(&b, "\"otel.resource\":");
+    eb_buf_append(&b, inner, strlen(inner) - 1);
+    eb_buf_putc(&b, '}');
+    ok = b.len <= lim->max_metadata_bytes;
+    if (ok) {
+        free(o->attributes_json);
+        o->attributes_json = eb_buf_steal(&b);
+    }
+    eb_buf_free(&b);
+    return ok;
+}
+
 /* Maps the spans of one trace (es[0..n), in request order); appends the trace to *traces. */
 static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_resource *res,
                       trace_out **traces, size_t *ntraces)
@@ -1632,6 +1894,9 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
     size_t root_entry = SIZE_MAX, res_entry = SIZE_MAX;
     trace_out to;
     bool *dup = repeated_span_ids(es, n);
+    obs_src *src = NULL; /* where each observation came from */
+    size_t nsrc = 0, kept = 0;
+    const map_resource *tres;
 
     *t = (eb_trace)EVALBUS__V1__TRACE__INIT;
     t->id = hex_id(&es[0].span->trace_id);
@@ -1668,20 +1933,50 @@ static void map_trace(map_ctx *mc, const map_entry *es, size_t n, const map_reso
         if (res_entry == SIZE_MAX || i == root_entry)
             res_entry = i;
         EB_PUSH(t->observations, t->n_observations, o);
+        EB_PUSH(src, nsrc, ((obs_src){.entry = i, .has_otel_resource = sm.has_otel_resource}));
         mc->out->spans++;
     }
     free(dup);
     if (t->n_observations == 0) {
         evalbus__v1__trace__free_unpacked(t, NULL);
-        return;
+        goto cleanup;
     }
-    t->project = eb_strdup(res[es[res_entry].res].project);
-    t->attributes_json = eb_strdup(res[es[res_entry].res].attributes_json);
+    /* The trace keeps one resource; a span of another (a second service in the request) keeps
+     * its own as otel.resource, so that no resource attribute is lost. The trace's resource
+     * is known only once its spans are mapped (the root, else the first accepted), hence a
+     * second pass, which may still reject a span that its resource makes too large (never the
+     * one whose resource the trace keeps). */
+    tres = &res[es[res_entry].res];
+    for (size_t k = 0; k < t->n_observations; k++) {
+        eb_obs *o = t->observations[k];
+        const map_entry *e = &es[src[k].entry];
+        const map_resource *r = &res[e->res];
+
+        if (r != tres && r->attributes_json && !src[k].has_otel_resource &&
+            (!tres->attributes_json || strcmp(r->attributes_json, tres->attributes_json)) &&
+            !add_span_resource(lim, o, r)) {
+            char why[120];
+
+            snprintf(why, sizeof why,
+                     "attributes are longer than %zu bytes as JSON with otel.resource",
+                     lim->max_metadata_bytes);
+            reject(mc, e->span, e->seq, why);
+            mc->out->spans--;
+            evalbus__v1__observation__free_unpacked(o, NULL);
+            continue;
+        }
+        t->observations[kept++] = o;
+    }
+    t->n_observations = kept;
+    t->project = eb_strdup(tres->project);
+    t->attributes_json = eb_strdup(tres->attributes_json);
     fill_trace(t, root, &rx);
     root_extra_free(&rx);
     to.t = t;
     to.first_seq = es[0].seq;
     EB_PUSH(*traces, *ntraces, to);
+cleanup:
+    free(src);
 }
 
 /* Project and resource attributes of one ResourceSpans. */
@@ -1700,11 +1995,16 @@ static void map_resource_init(map_ctx *mc, const otlp_resource_spans *rs, map_re
         else if ((p = cJSON_GetObjectItemCaseSensitive(attrs, "service.name")) &&
                  cJSON_IsString(p) && p->valuestring[0])
             project = p->valuestring;
+        /* a project is what its traces are found, restricted and retained by: one that no
+         * trace of the JSON API could have is refused, not stored under another name */
         if (strlen(project) > mc->lim->max_id_bytes)
             fail(&sm,
                  "the project (resource attribute evalbus.project or service.name) is "
                  "longer than %zu bytes",
                  mc->lim->max_id_bytes);
+        else if (ingest_has_control(project, strlen(project)))
+            fail(&sm, "the project (resource attribute evalbus.project or service.name) must not "
+                      "contain control characters");
         else
             r->project = eb_strdup(project);
         if (attrs->child && !failed(&sm)) {

@@ -844,6 +844,64 @@ describe('ingest: OTLP/HTTP traces', () => {
     assertStatus(await api('GET', `/api/v1/traces/${bad}`, A.key), 404, 'the span with the bad link was not stored');
   }));
 
+  it('GenAI events with JSON text are stored: the choice\'s message, tool calls; what filled nothing stays in otel.events', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const t0 = Date.now() - 5000;
+    const span = hex(8);
+    const calls = [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }];
+    const ev = (name, ms, attrs) => ({ name, timeUnixNano: nsStr(ms),
+      attributes: Object.entries(attrs).map(([key, v]) => ({ key, value: anyValueJson(v) })) });
+    const body = otlpJson(`events-${hex(3)}`, [{ traceId, spanId: span, name: 'chat gpt-4o', startMs: t0, endMs: t0 + 100,
+      attrs: { 'gen_ai.request.model': 'gpt-4o' } }]);
+    body.resourceSpans[0].scopeSpans[0].spans[0].events = [
+      ev('gen_ai.user.message', t0, { content: 'Weather in Paris?' }),
+      ev('gen_ai.assistant.message', t0 + 1, { content: '', tool_calls: JSON.stringify(calls) }),
+      ev('gen_ai.tool.message', t0 + 2, { id: 'call_1', content: 'rainy' }),
+      ev('gen_ai.choice', t0 + 3, { index: 0, finish_reason: 'stop', message: JSON.stringify({ role: 'assistant', content: 'It is rainy' }) }),
+    ];
+    const res = await api('POST', '/otlp/v1/traces', A.key, { body });
+    assert.equal(res.status, 200, res.text);
+    const g = await waitTrace(A.key, traceId);
+    assert.deepEqual(g.output?.messages, [{ role: 'assistant', content: 'It is rainy' }], `the choice's message: ${JSON.stringify(g.output)}`);
+    const o = g.observations[0];
+    assert.equal(o.input?.messages?.length, 3, JSON.stringify(o.input));
+    assert.deepEqual(o.input.messages[1].tool_calls?.map((c) => [c.id, c.function?.name, c.function?.arguments]),
+      [['call_1', 'get_weather', '{"city":"Paris"}']], `the tool calls sent as JSON text: ${JSON.stringify(o.input.messages[1])}`);
+    assert.equal(o.input.messages[2].tool_call_id, 'call_1');
+    assert.deepEqual(o.attributes?.['otel.events']?.map((e) => [e.name, e.attributes]),
+      [['gen_ai.choice', { index: 0, finish_reason: 'stop' }]], `only what filled nothing is kept: ${JSON.stringify(o.attributes)}`);
+  }));
+
+  it('spans of a second resource keep it as otel.resource; scope attributes are kept; labels and roles are made valid', T, stack.wrap(async () => {
+    const traceId = hex(16);
+    const t0 = Date.now() - 5000;
+    const [root, child] = [hex(8), hex(8)];
+    const [svcFront, svcBack] = [`front-${hex(3)}`, `back-${hex(3)}`];
+    const front = otlpJson(svcFront, [{ traceId, spanId: root, name: 'request\tin', startMs: t0, endMs: t0 + 100,
+      attrs: { 'tag.tags': JSON.stringify(['a\nb']),
+        'gen_ai.input.messages': JSON.stringify([{ role: 'model', content: 'hi' }, { role: 'critic', content: 'meh' }]) } }]);
+    const back = otlpJson(svcBack, [{ traceId, spanId: child, parentSpanId: root, name: 'query', startMs: t0 + 10, endMs: t0 + 20 }],
+      { 'host.name': 'db-1' });
+    back.resourceSpans[0].scopeSpans[0].scope.attributes = [{ key: 'library.lang', value: { stringValue: 'python' } }];
+    // a project no trace can have: that resource's span is refused, the others are stored
+    const bad = otlpJson('bad\nproject', [{ traceId: hex(16), spanId: hex(8), name: 's', startMs: t0, endMs: t0 + 1 }]);
+    const body = { resourceSpans: [...back.resourceSpans, ...front.resourceSpans, ...bad.resourceSpans] };
+    const res = await api('POST', '/otlp/v1/traces', A.key, { body });
+    assert.equal(res.status, 200, res.text);
+    assert.equal(Number(res.body?.partialSuccess?.rejectedSpans), 1, res.text);
+    assert.match(res.body.partialSuccess.errorMessage, /control characters/);
+    const g = await waitTrace(A.key, traceId);
+    assert.equal(g.project, svcFront, 'the root\'s resource names the project');
+    assert.equal(g.name, 'request in');
+    assert.deepEqual(g.tags, ['a b']);
+    assert.deepEqual(g.input?.messages, [{ role: 'assistant', content: 'hi' }, { role: 'user', name: 'critic', content: 'meh' }], JSON.stringify(g.input));
+    const c = g.observations.find((o) => o.id === child);
+    assert.deepEqual(c.attributes?.['otel.resource'], { 'service.name': svcBack, 'host.name': 'db-1' }, JSON.stringify(c.attributes));
+    assert.deepEqual(c.attributes?.['otel.scope.attributes'], { 'library.lang': 'python' }, JSON.stringify(c.attributes));
+    const r0 = g.observations.find((o) => o.id === root);
+    assert.equal(r0.attributes?.['otel.resource'], undefined, 'the trace keeps the root\'s resource');
+  }));
+
   it('merging keeps the first fragment\'s resource and the tags\' order; an end before the start gives no latency', T, stack.wrap(async () => {
     const traceId = hex(16);
     const t0 = Date.now() - 5000;

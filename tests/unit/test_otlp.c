@@ -475,10 +475,180 @@ static void check_genai_events(const ingest_otlp_result *r)
     assert_int_equal(o->n_output_messages, 1);
     assert_str(o->output_messages[0]->role, "assistant");
     assert_str(o->output_messages[0]->content, "Bonjour");
+    /* the choice's index and finish_reason filled nothing: kept, without its message; the
+     * system message's gen_ai.system names the span's provider again: used up */
     assert_str(o->attributes_json,
-               "{\"otel.events\":[{\"name\":\"exception\",\"time_unix_nano\":"
+               "{\"otel.events\":[{\"name\":\"gen_ai.choice\",\"time_unix_nano\":"
+               "\"1700000000000000900\",\"attributes\":{\"index\":0,\"finish_reason\":\"stop\"}},"
+               "{\"name\":\"exception\",\"time_unix_nano\":"
                "\"1700000000000000950\",\"attributes\":{\"exception.type\":\"Timeout\"}}],"
                "\"otel.scope.name\":\"evalbus-test\"}");
+}
+
+/* GenAI events as SDKs send them: event attributes hold only simple values, so a choice's
+ * message and an assistant message's tool_calls come as JSON text. */
+static void build_genai_events_text(tb *b)
+{
+    otlp_span *s;
+    otlp_event *e;
+
+    tb_resource(b, "weather");
+    s = tb_span(b, TRACE_A, SPAN_1, NULL, "chat", T0, T0 + 1000);
+    tb_attr_s(b, s, "gen_ai.request.model", "gpt-4o");
+    e = tb_event(b, s, "gen_ai.user.message", T0);
+    tb_event_attr(b, e, "content", tb_sv(b, "Weather in Paris?"));
+    e = tb_event(b, s, "gen_ai.assistant.message", T0 + 1);
+    tb_event_attr(b, e, "tool_calls",
+                  tb_sv(b, "[{\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":"
+                           "\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]"));
+    e = tb_event(b, s, "gen_ai.tool.message", T0 + 2);
+    tb_event_attr(b, e, "id", tb_sv(b, "call_1"));
+    tb_event_attr(b, e, "content", tb_sv(b, "rainy, 57F"));
+    e = tb_event(b, s, "gen_ai.choice", T0 + 3);
+    tb_event_attr(b, e, "index", tb_iv(b, 0));
+    tb_event_attr(b, e, "finish_reason", tb_sv(b, "stop"));
+    tb_event_attr(b, e, "message",
+                  tb_sv(b, "{\"role\":\"assistant\",\"content\":\"It is rainy\"}"));
+
+    /* tool_calls text that is not a list of calls: not read, so the event keeps it */
+    s = tb_span(b, TRACE_A, SPAN_2, SPAN_1, "chat", T0, T0 + 1000);
+    tb_attr_s(b, s, "gen_ai.request.model", "gpt-4o");
+    e = tb_event(b, s, "gen_ai.assistant.message", T0);
+    tb_event_attr(b, e, "content", tb_sv(b, "calling"));
+    tb_event_attr(b, e, "tool_calls", tb_sv(b, "not json"));
+    /* a choice whose message is plain text: the text is the content */
+    e = tb_event(b, s, "gen_ai.choice", T0 + 3);
+    tb_event_attr(b, e, "message", tb_sv(b, "Sunny"));
+}
+
+static void check_genai_events_text(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_int_equal(o->n_input_messages, 3);
+    assert_str(o->input_messages[0]->role, "user");
+    assert_str(o->input_messages[0]->content, "Weather in Paris?");
+    assert_str(o->input_messages[1]->role, "assistant");
+    assert_int_equal(o->input_messages[1]->n_tool_calls, 1);
+    assert_str(o->input_messages[1]->tool_calls[0]->id, "call_1");
+    assert_str(o->input_messages[1]->tool_calls[0]->type, "function");
+    assert_str(o->input_messages[1]->tool_calls[0]->name, "get_weather");
+    assert_str(o->input_messages[1]->tool_calls[0]->arguments, "{\"city\":\"Paris\"}");
+    assert_str(o->input_messages[2]->role, "tool");
+    assert_str(o->input_messages[2]->tool_call_id, "call_1");
+    assert_str(o->input_messages[2]->content, "rainy, 57F");
+    assert_int_equal(o->n_output_messages, 1);
+    assert_str(o->output_messages[0]->role, "assistant");
+    assert_str(o->output_messages[0]->content, "It is rainy");
+    assert_str(o->attributes_json,
+               "{\"otel.events\":[{\"name\":\"gen_ai.choice\",\"time_unix_nano\":"
+               "\"1700000000000000003\",\"attributes\":{\"index\":0,\"finish_reason\":\"stop\"}}],"
+               "\"otel.scope.name\":\"evalbus-test\"}");
+    assert_str(r->traces[0]->output_messages[0]->content, "It is rainy");
+
+    o = find_obs(r, SPAN_2);
+    assert_int_equal(o->n_input_messages, 1);
+    assert_str(o->input_messages[0]->content, "calling");
+    assert_int_equal(o->input_messages[0]->n_tool_calls, 0);
+    assert_int_equal(o->n_output_messages, 1);
+    assert_str(o->output_messages[0]->content, "Sunny");
+    assert_str(o->attributes_json,
+               "{\"otel.events\":[{\"name\":\"gen_ai.assistant.message\",\"time_unix_nano\":"
+               "\"1700000000000000000\",\"attributes\":{\"tool_calls\":\"not json\"}}],"
+               "\"otel.scope.name\":\"evalbus-test\"}");
+}
+
+/* A trace whose spans come from two resources (two services in one request): the trace keeps
+ * the root's, the other span keeps its own as otel.resource; scope attributes are kept. */
+static void build_two_resources(tb *b)
+{
+    otlp_span *s;
+    Evalbus__Otlp__V1__InstrumentationScope *scope;
+
+    tb_resource(b, "backend");
+    b->rs->resource->attributes[b->rs->resource->n_attributes++] =
+        tb_kv(b, "host.name", tb_sv(b, "db-1"));
+    scope = b->ss->scope;
+    scope->attributes = tb_alloc(b, 2 * sizeof *scope->attributes);
+    scope->attributes[scope->n_attributes++] = tb_kv(b, "library.lang", tb_sv(b, "python"));
+    tb_span(b, TRACE_A, SPAN_2, SPAN_1, "query", T0 + 10, T0 + 20);
+    tb_resource(b, "frontend");
+    tb_span(b, TRACE_A, SPAN_1, NULL, "request", T0, T0 + 100);
+    /* a span of the same resource content as the root's, in a ResourceSpans of its own */
+    tb_resource(b, "frontend");
+    tb_span(b, TRACE_A, SPAN_3, SPAN_1, "render", T0 + 30, T0 + 40);
+    /* a span that already has an otel.resource attribute keeps its own */
+    tb_resource(b, "other");
+    s = tb_span(b, TRACE_A, "1111111111111111", SPAN_1, "x", T0, T0 + 1);
+    tb_attr_s(b, s, "otel.resource", "mine");
+}
+
+static void check_two_resources(const ingest_otlp_result *r)
+{
+    const eb_trace *t = r->traces[0];
+
+    assert_str(t->id, TRACE_A);
+    assert_str(t->project, "frontend");
+    assert_str(t->attributes_json, "{\"resource\":{\"service.name\":\"frontend\"}}");
+    assert_str(find_obs(r, SPAN_1)->attributes_json, "{\"otel.scope.name\":\"evalbus-test\"}");
+    assert_str(find_obs(r, SPAN_3)->attributes_json, "{\"otel.scope.name\":\"evalbus-test\"}");
+    assert_str(find_obs(r, SPAN_2)->attributes_json,
+               "{\"otel.scope.name\":\"evalbus-test\","
+               "\"otel.scope.attributes\":{\"library.lang\":\"python\"},"
+               "\"otel.resource\":{\"service.name\":\"backend\",\"host.name\":\"db-1\"}}");
+    assert_str(find_obs(r, "1111111111111111")->attributes_json,
+               "{\"otel.resource\":\"mine\",\"otel.scope.name\":\"evalbus-test\"}");
+}
+
+/* Labels with control characters and roles outside the JSON API's: a project that no trace
+ * could have rejects its resource's spans; other labels are stored with spaces for the
+ * control characters; known role names of SDKs are mapped. */
+static void build_labels(tb *b)
+{
+    otlp_span *s;
+
+    tb_resource(b, "bad\nproject");
+    tb_span(b, TRACE_B, SPAN_1, NULL, "x", T0, T0 + 1);
+    tb_resource(b, "good");
+    s = tb_span(b, TRACE_A, SPAN_1, NULL, "chat\tgpt", T0, T0 + 1);
+    tb_attr_s(b, s, "gen_ai.request.model", "gpt\x7f-4o");
+    tb_attr_s(b, s, "tag.tags", "[\"a\\nb\", \"c\\u0085d\"]");
+    tb_attr_s(b, s, "session.id", "s\r1");
+    tb_attr_s(b, s, "gen_ai.input.messages",
+              "[{\"role\":\"Human\",\"content\":\"hi\"},{\"role\":\"model\",\"content\":\"yo\"},"
+              "{\"role\":\"critic\",\"content\":\"meh\"},"
+              "{\"role\":\"judge\",\"name\":\"j\\n1\",\"content\":\"ok\"}]");
+    tb_attr_s(b, s, "gen_ai.output.messages",
+              "[{\"role\":\"model\",\"parts\":[{\"type\":\"text\",\"content\":\"done\"}]}]");
+}
+
+static void check_labels(const ingest_otlp_result *r)
+{
+    const eb_trace *t = r->traces[0];
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_contains(r->error_message, "must not contain control characters");
+    assert_str(t->project, "good");
+    assert_str(t->name, "chat gpt");
+    assert_str(o->name, "chat gpt");
+    assert_str(o->model, "gpt -4o");
+    assert_int_equal(t->n_tags, 2);
+    assert_str(t->tags[0], "a b");
+    assert_str(t->tags[1], "c d");
+    assert_str(t->session_id, "s 1");
+    assert_int_equal(o->n_input_messages, 4);
+    assert_str(o->input_messages[0]->role, "user");
+    assert_str(o->input_messages[1]->role, "assistant");
+    assert_str(o->input_messages[2]->role, "user"); /* the side's default */
+    assert_str(o->input_messages[2]->name, "critic");
+    assert_str(o->input_messages[3]->role, "user");
+    assert_str(o->input_messages[3]->name, "j 1");
+    assert_str(o->output_messages[0]->role, "assistant");
+    const ingest_limits def = INGEST_LIMITS_DEFAULT;
+
+    for (size_t i = 0; i < r->ntraces; i++)
+        if (ingest_trace_validate(r->traces[i], &def) != EB_OK)
+            fail_msg("trace %zu: %s", i, eb_error_message());
 }
 
 /* OpenInference LLM span with messages, content parts and tool calls; root-level session,
@@ -1042,6 +1212,10 @@ static const otlp_case map_cases[] = {
     {"genai chat (current conventions)", build_genai_chat, NULL, NULL, 1, 0, 1, check_genai_chat},
     {"genai prompt.N / completion.N", NULL, json_genai_old, NULL, 1, 0, 1, check_genai_old},
     {"genai events", build_genai_events, NULL, NULL, 1, 0, 1, check_genai_events},
+    {"genai events with JSON text", build_genai_events_text, NULL, NULL, 2, 0, 1,
+     check_genai_events_text},
+    {"spans of two resources", build_two_resources, NULL, NULL, 4, 0, 1, check_two_resources},
+    {"labels and roles", build_labels, NULL, NULL, 1, 1, 1, check_labels},
     {"openinference llm", NULL, json_openinference, NULL, 1, 0, 1, check_openinference},
     {"genai tool span", build_tool, NULL, NULL, 1, 0, 1, check_tool},
     {"openinference tool span", NULL, json_oi_tool, NULL, 1, 0, 1, check_oi_tool},
@@ -1240,18 +1414,26 @@ typedef struct bad_case {
     const char *bytes;
     size_t len;
     eb_status st;
+    const char *why; /* expected in the error message */
 } bad_case;
 
 static void test_malformed_protobuf(void **state)
 {
     static const bad_case cases[] = {
-        {"\x0a\x05\x12\x03", 4, EB_ERR_INVALID},     /* length beyond the end */
-        {"\x0a", 1, EB_ERR_INVALID},                 /* truncated */
-        {"\x08\xff\xff\xff", 4, EB_ERR_INVALID},     /* unterminated varint */
-        {"\x0b\x00", 2, EB_ERR_INVALID},             /* a group */
-        {"\x00\x01", 2, EB_ERR_INVALID},             /* field number 0 */
-        {"\x0a\x02\x12\x05", 4, EB_ERR_INVALID},     /* inner length beyond its message */
-        {"\x0a\x03\x12\x01\x0f", 5, EB_ERR_INVALID}, /* wire type 7 inside a span list */
+        /* length beyond the end */
+        {"\x0a\x05\x12\x03", 4, EB_ERR_INVALID, "malformed protobuf: truncated"},
+        {"\x0a", 1, EB_ERR_INVALID, "truncated"},
+        /* unterminated varint */
+        {"\x08\xff\xff\xff", 4, EB_ERR_INVALID, "truncated"},
+        /* a varint of 11 bytes */
+        {"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12, EB_ERR_INVALID,
+         "a varint longer than 10 bytes"},
+        {"\x0b\x00", 2, EB_ERR_INVALID, "a group"},
+        {"\x00\x01", 2, EB_ERR_INVALID, "a field number of 0"},
+        /* inner length beyond its message */
+        {"\x0a\x02\x12\x05", 4, EB_ERR_INVALID, "truncated"},
+        /* wire type 7 inside a span list */
+        {"\x0a\x03\x12\x01\x0f", 5, EB_ERR_INVALID, "wire type"},
     };
     const ingest_limits lim = INGEST_LIMITS_DEFAULT;
     ingest_otlp_result r;
@@ -1262,6 +1444,9 @@ static void test_malformed_protobuf(void **state)
             ingest_otlp_decode_protobuf((const uint8_t *)cases[i].bytes, cases[i].len, &lim, &r);
         if (st != cases[i].st)
             fail_msg("case %zu: %s", i, eb_status_str(st));
+        /* the message says which problem it was, not a list of every possible one */
+        assert_contains(eb_error_message(), cases[i].why);
+        assert_lacks(eb_error_message(), "nested");
         ingest_otlp_result_free(&r);
     }
     /* an empty body is an empty request */
@@ -1392,6 +1577,7 @@ static void test_deep_protobuf(void **state)
         wrap_field(buf, &len, cap, outer[i]);
     assert_int_equal(ingest_otlp_decode_protobuf(buf, len, &lim, &r), EB_ERR_INVALID);
     assert_non_null(strstr(eb_error_message(), "nested"));
+    assert_null(strstr(eb_error_message(), "NUL"));
     ingest_otlp_result_free(&r);
 
     /* 20 levels are fine */
