@@ -4,10 +4,11 @@
  * job on the done list and wakes the loop (event_active), which runs done(arg). So work runs on
  * any pool thread, in parallel with the loop and with other jobs, and done always runs on the loop
  * thread, where answering HTTP and publishing to NATS are allowed.
- * Two kinds of work go to pools: CPU-bound work (ingest decodes, validates and packs a JSON batch
- * on its decode pool: on the loop that capped the service at about one core and made every
- * request wait for the ones before it) and work that waits (handlers of routes marked blocking,
- * which wait on PostgreSQL, run on the HTTP server's worker pool: see http.c).
+ * Two kinds of work go to pools: CPU-bound work (ingest decodes, validates and packs JSON
+ * batches, OTLP requests and NATS TraceBatches on its decode pool: on the loop that capped the
+ * service at about one core and made every request wait for the ones before it) and work that
+ * waits (handlers of routes marked blocking, which wait on PostgreSQL, run on the HTTP server's
+ * worker pool: see http.c).
  * Ownership: the pool owns its job nodes; arg belongs to the caller throughout.
  * Threading: eb_pool_submit and done callbacks on the loop thread only; work must not touch
  * loop state (requests, events, the NATS connection). */

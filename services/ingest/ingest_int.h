@@ -65,6 +65,8 @@ typedef struct ingest_ctx {
     struct event *nats_wake;
     pthread_mutex_t nats_mu;
     struct nats_item *nats_queue;
+    /* NATS batches on the decode pool, in the order they go on to the stream (nats_in.c) */
+    struct nats_item *nats_order, *nats_order_tail;
     bool stopping; /* the loop has ended: NATS batches not yet taken are answered unavailable */
     ingest_retention *retention;
     natsSubscription *deleted_sub; /* evalbus.v1.traces.deleted.> (deletions.c) */
@@ -94,18 +96,12 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
 void ingest_publisher_finish(ingest_publisher *p);
 /* Closes the NATS connection (no acknowledgement can then arrive) and frees the publisher. */
 void ingest_publisher_free(ingest_publisher *p);
-/* Publishes one IngestRecord per trace (traces stay owned by the caller and may be freed once
- * this returns). done runs once, on the loop thread, when every record is acknowledged by
- * JetStream or has failed (timeout_ms at most). */
-void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *source, bool merge,
-                    Evalbus__V1__Trace *const *traces, size_t n, ingest_publish_done done,
-                    void *arg);
-/* The two halves of ingest_publish, for callers that pack away from the loop thread.
+/* Publishing is in two halves, so that the CPU-heavy one stays off the loop thread.
  * ingest_record_pack turns one trace into the IngestRecord message for the stream (subject,
  * Nats-Msg-Id header, payload, and a reply subject of p's for JetStream's acknowledgement); it
- * touches no shared state but an atomic counter of p's, so any thread may call it. The
- * caller owns the message (natsMsg_Destroy) until it hands it to ingest_publish_packed of the
- * same p.
+ * touches no shared state but an atomic counter of p's, so any thread may call it (the decode
+ * pool's threads do). The caller owns the message (natsMsg_Destroy) until it hands it to
+ * ingest_publish_packed of the same p.
  * EB_OK, or why the message could not be made (*out is then NULL): EB_ERR_TOO_LARGE when it
  * would be larger than max_payload (the NATS server's limit; 0: not checked). */
 eb_status ingest_record_pack(ingest_publisher *p, const eb_principal *who, const char *source,
@@ -115,7 +111,11 @@ eb_status ingest_record_pack(ingest_publisher *p, const eb_principal *who, const
 long long ingest_publisher_max_payload(ingest_publisher *p);
 /* Publishes msgs[0..n) (taking every message and setting the entries to NULL; a NULL entry
  * counts as failed with unmade[i], the status its packing gave, or EB_ERR_UNAVAILABLE when
- * unmade is NULL) and calls done like ingest_publish. Loop thread. */
+ * unmade is NULL; unmade is copied). done runs once, on the loop thread, when every record is
+ * acknowledged by JetStream or has failed (inside this call when all are refused at once). The
+ * records go out in slices of a few hundred, one per turn of the loop, so that a large batch does
+ * not hold the loop; the wait for the acknowledgements (timeout_ms at most) starts once the last
+ * one is handed over. Loop thread. */
 void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const eb_status *unmade,
                            ingest_publish_done done, void *arg);
 /* While full is set, every record handed to the publisher fails at once with

@@ -3,8 +3,9 @@
  * query API, deletion and retention.
  * Start-up: settings, the service skeleton (loop, NATS, PostgreSQL, Redis, HTTP), migrations
  * of the ingest schema, the streams and the writer's consumer (created with a connection of
- * their own), the auth client, the publisher, the decode pool (threads that turn JSON batches
- * and OTLP requests into records), NATS intake, writer threads, retention thread.
+ * their own), the auth client, the publisher, the decode pool (threads that turn JSON batches,
+ * OTLP requests and NATS TraceBatches into records), NATS intake, writer threads, retention
+ * thread.
  * Shutdown (SIGTERM): NATS intake leaves its queue group, HTTP drains; then a retention pass
  * under way is cancelled (it rolls back, unless already committing, and runs again after the
  * next start), and the writer finishes the batch in hand (anything not acknowledged stays in
@@ -52,8 +53,8 @@ static const eb_setting settings[] = {
      "writer threads, each with its own NATS connection (0: this replica only accepts)"},
     {"decode-threads", "EVALBUS_DECODE_THREADS", EB_SET_INT, "2", 1, 16, false,
      offsetof(T, decode_threads),
-     "threads that inflate, parse, validate and pack JSON batches and OTLP requests (the loop"
-     " thread only answers)"},
+     "threads that inflate, parse, validate and pack JSON batches, OTLP requests and NATS"
+     " TraceBatches (the loop thread only answers)"},
     {"api-threads", "EVALBUS_API_THREADS", EB_SET_INT, "2", 1, 16, false, offsetof(T, api_threads),
      "threads that run the query, review, score, deletion and settings endpoints (they wait on"
      " PostgreSQL, so the loop thread does not); each takes one of db-pool's connections while"
@@ -184,15 +185,17 @@ int main(int argc, char **argv)
     eb_authc_stop(ctx.authc);
     /* queries, reviews and deletions still running are answered */
     eb_pool_finish(ctx.api_pool);
-    /* what the threads still work on is answered too: decoded batches go on to the guard and
-     * the stream, whose answers ingest_publisher_finish waits for */
+    /* what the threads still work on is answered too: decoded batches (HTTP requests, and NATS
+     * batches whose credential was verified, also by eb_authc_stop from its cache) go on to the
+     * guard and the stream, whose answers ingest_publisher_finish waits for */
     eb_pool_finish(ctx.pool);
     eb_pool_finish(ctx.guard_pool);
     ingest_publisher_finish(ctx.pub);
-    /* NATS batches whose credential was verified meanwhile went to the guard: their records are
-     * refused now (the publisher is closed) and answered; NATS batches not yet taken are
-     * answered unavailable; then the loop turns until the answers that did not wait for the
-     * stream (a 400, a batch refused whole, those) are written out */
+    /* NATS batches whose credential was verified meanwhile went to the decode threads and the
+     * guard: their records are refused now (the publisher is closed) and answered; NATS batches
+     * not yet taken are answered unavailable; then the loop turns until the answers that did
+     * not wait for the stream (a 400, a batch refused whole, those) are written out */
+    eb_pool_finish(ctx.pool);
     eb_pool_finish(ctx.guard_pool);
     ingest_nats_finish(&ctx);
     eb_service_flush(&ctx.svc, 1000);

@@ -6,8 +6,17 @@
  * JetStream has them. Messages that cannot be decoded or are not authorized are copied to
  * evalbus.v1.ingest.dead.<team> with the reason in the header Evalbus-Reason and counted;
  * nothing a publisher sends can stop or stall the intake.
- * Threading: the NATS callback only queues the message and wakes the loop; all work happens on
- * the loop thread. */
+ * Threading: the NATS callback only queues the message and wakes the loop. The loop checks the
+ * credential and answers; decoding, validating, canonicalising and packing a batch (the
+ * CPU-heavy part: a 6 MB batch is hundreds of milliseconds of it) run on a decode pool thread
+ * (decode_batch), so that no batch holds up the loop, which serves every other batch, HTTP
+ * request and JetStream acknowledgement. Batches are decoded side by side but go on to the
+ * project guard and the stream in the order their credentials were verified (ctx->nats_order),
+ * as they did when they were decoded on the loop: of two versions of a trace sent one after the
+ * other, the later one is the later record in the stream. A batch refused whole publishes
+ * nothing to the stream and is answered as soon as it is decoded. At shutdown, main.c finishes
+ * the pool: batches in it are decoded and answered (their records refused once the publisher
+ * is closed). */
 #include "evalbus/arena.h"
 #include "evalbus/bus.h"
 #include "evalbus/log.h"
@@ -29,13 +38,46 @@ typedef struct nats_item {
     ingest_pb_box *box;
     eb_arena *arena; /* what is made for the batch afterwards */
     Evalbus__V1__Trace **valid;
+    natsMsg **msgs;    /* the packed record of valid[i]; NULL when it could not be made: */
+    eb_status *unmade; /* why */
     size_t nvalid;
     uint32_t *index;
     Evalbus__V1__IngestRejected **rejected;
     size_t nrejected;
     bool verified;    /* the key belongs to the subject's team */
     eb_principal who; /* once verified */
+    /* on the decode pool (decode_batch): a refusal of the whole message, if any */
+    eb_status refusal_st;
+    char *refusal;
+    const char *refusal_metric;
+    bool decoded;
+    struct nats_item *onext, *oprev; /* neighbours in ctx->nats_order */
 } nats_item;
+
+/* ctx->nats_order: the batches handed to the decode pool, in the order they were verified. */
+static void order_push(ingest_ctx *ctx, nats_item *it)
+{
+    it->onext = NULL;
+    it->oprev = ctx->nats_order_tail;
+    if (it->oprev)
+        it->oprev->onext = it;
+    else
+        ctx->nats_order = it;
+    ctx->nats_order_tail = it;
+}
+
+static void order_remove(ingest_ctx *ctx, nats_item *it)
+{
+    if (it->oprev)
+        it->oprev->onext = it->onext;
+    else
+        ctx->nats_order = it->onext;
+    if (it->onext)
+        it->onext->oprev = it->oprev;
+    else
+        ctx->nats_order_tail = it->oprev;
+    it->onext = it->oprev = NULL;
+}
 
 static const char *subject_team(const natsMsg *msg)
 {
@@ -67,6 +109,11 @@ static void item_free(nats_item *it)
         free(it->rejected[i]);
     }
     free(it->rejected);
+    for (size_t i = 0; it->msgs && i < it->nvalid; i++)
+        natsMsg_Destroy(it->msgs[i]);
+    free(it->msgs);
+    free(it->unmade);
+    free(it->refusal);
     free(it->valid);
     free(it->index);
     ingest_pb_release(it->box); /* the batch and everything in it */
@@ -170,15 +217,107 @@ static void on_guarded(void *arg, char *const *found)
             char *why = ingest_project_refusal(it->valid[i]->id, found[i], it->who.project);
             reject(it, it->index[i], it->valid[i]->id, EB_ERR_FORBIDDEN, why);
             free(why);
+            natsMsg_Destroy(it->msgs[i]);
             continue;
         }
         it->index[kept] = it->index[i];
+        it->msgs[kept] = it->msgs[i];
+        it->unmade[kept] = it->unmade[i];
         it->valid[kept++] = it->valid[i];
     }
     it->nvalid = kept;
     eb_metrics_add("evalbus_ingest_traces_rejected_total", "source=\"nats\"",
                    (double)it->nrejected);
-    ingest_publish(it->ctx->pub, &it->who, "nats", false, it->valid, it->nvalid, on_published, it);
+    ingest_publish_packed(it->ctx->pub, it->msgs, it->nvalid, it->unmade, on_published, it);
+}
+
+/* Pool thread: the message -> TraceBatch -> checks per trace -> packed records. Touches
+ * neither the loop nor the NATS connection; a refusal of the whole message is left in
+ * it->refusal for on_decoded. */
+static void decode_batch(void *arg)
+{
+    nats_item *it = arg;
+    ingest_ctx *ctx = it->ctx;
+    const eb_principal *p = &it->who;
+    ProtobufCMessage *m = NULL;
+    long long now_ms, max_payload;
+    size_t n;
+    eb_status st;
+
+    /* checked and bounded as OTLP bodies are (a message full of empty traces must not cost
+     * gigabytes; a NUL byte would cut a string short); the batch's hundreds of strings and
+     * sub-messages come from one arena, not malloc */
+    st = ingest_pb_unpack(&evalbus__v1__trace_batch__descriptor,
+                          (const uint8_t *)natsMsg_GetData(it->msg),
+                          (size_t)natsMsg_GetDataLength(it->msg), &it->box, &m);
+    if (st != EB_OK) {
+        it->refusal_st = st;
+        it->refusal = eb_asprintf("%.299s", eb_error_message());
+        it->refusal_metric = st == EB_ERR_TOO_LARGE ? "too_large" : "undecodable";
+        return;
+    }
+    it->batch = (Evalbus__V1__TraceBatch *)m;
+    it->arena = eb_arena_new();
+    if (it->batch->n_traces > ctx->limits.max_batch_items) {
+        it->refusal_st = EB_ERR_TOO_LARGE;
+        it->refusal = eb_strdup("the batch holds more traces than max-batch-items");
+        it->refusal_metric = "too_large";
+        return;
+    }
+    n = it->batch->n_traces ? it->batch->n_traces : 1;
+    it->valid = eb_calloc(n, sizeof(*it->valid));
+    it->index = eb_calloc(n, sizeof(uint32_t));
+    it->msgs = eb_calloc(n, sizeof(*it->msgs));
+    it->unmade = eb_calloc(n, sizeof(*it->unmade));
+    now_ms = ingest_now_ms();
+    max_payload = ingest_publisher_max_payload(ctx->pub);
+    for (size_t i = 0; i < it->batch->n_traces; i++) {
+        Evalbus__V1__Trace *t = it->batch->traces[i];
+        eb_status vs = ingest_trace_validate(t, &ctx->limits);
+        if (vs == EB_OK && p->project[0] && (!t->project || !*t->project)) {
+            /* a restricted key writes to its project (a copy in the batch's arena) */
+            size_t len = strlen(p->project) + 1;
+            t->project = memcpy(eb_arena_alloc(it->arena, len), p->project, len);
+        }
+        if (vs == EB_OK)
+            vs = ingest_check_project(p, t->project);
+        if (vs == EB_OK) {
+            /* printed again, a text can grow ("1e15"): the limits hold for what is stored */
+            ingest_trace_canonical_json(t, it->arena);
+            vs = ingest_trace_validate(t, &ctx->limits);
+        }
+        if (vs != EB_OK) {
+            reject(it, (uint32_t)i, t->id, vs, eb_error_message());
+            continue;
+        }
+        /* one larger than the NATS server takes is answered too_large (on_published) */
+        it->unmade[it->nvalid] = ingest_record_pack(ctx->pub, p, "nats", false, now_ms, t,
+                                                    max_payload, &it->msgs[it->nvalid]);
+        it->index[it->nvalid] = (uint32_t)i;
+        it->valid[it->nvalid++] = t;
+    }
+}
+
+/* Loop thread: a batch refused whole is answered now; the others go on to the guard and the
+ * stream in the order they were verified, each once it and every batch before it are decoded. */
+static void on_decoded(void *arg)
+{
+    nats_item *it = arg;
+    ingest_ctx *ctx = it->ctx;
+
+    it->decoded = true;
+    if (it->refusal) {
+        /* it publishes nothing to the stream: no later batch waits for it */
+        order_remove(ctx, it);
+        refuse(it, it->refusal_st, it->refusal, it->refusal_metric);
+        return;
+    }
+    while (ctx->nats_order && ctx->nats_order->decoded) {
+        nats_item *head = ctx->nats_order;
+
+        order_remove(ctx, head);
+        ingest_guard_traces(ctx, &head->who, head->valid, head->nvalid, on_guarded, head);
+    }
 }
 
 static void on_verified(eb_status st, const eb_principal *p, const char *reason, void *arg)
@@ -213,54 +352,9 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
         refuse(it, EB_ERR_TOO_LARGE, "the message exceeds max-body", "too_large");
         return;
     }
-    {
-        /* checked and bounded as OTLP bodies are (a message full of empty traces must not cost
-         * gigabytes; a NUL byte would cut a string short); the batch's hundreds of strings and
-         * sub-messages come from one arena, not malloc */
-        ProtobufCMessage *m = NULL;
-        eb_status us =
-            ingest_pb_unpack(&evalbus__v1__trace_batch__descriptor,
-                             (const uint8_t *)natsMsg_GetData(it->msg), (size_t)len, &it->box, &m);
-        if (us != EB_OK) {
-            char cause[300];
-            snprintf(cause, sizeof(cause), "%s", eb_error_message());
-            refuse(it, us, cause, us == EB_ERR_TOO_LARGE ? "too_large" : "undecodable");
-            return;
-        }
-        it->batch = (Evalbus__V1__TraceBatch *)m;
-        it->arena = eb_arena_new();
-    }
-    if (it->batch->n_traces > ctx->limits.max_batch_items) {
-        refuse(it, EB_ERR_TOO_LARGE, "the batch holds more traces than max-batch-items",
-               "too_large");
-        return;
-    }
-    it->valid = eb_calloc(it->batch->n_traces ? it->batch->n_traces : 1, sizeof(*it->valid));
-    it->index = eb_calloc(it->batch->n_traces ? it->batch->n_traces : 1, sizeof(uint32_t));
-    for (size_t i = 0; i < it->batch->n_traces; i++) {
-        Evalbus__V1__Trace *t = it->batch->traces[i];
-        eb_status vs = ingest_trace_validate(t, &ctx->limits);
-        if (vs == EB_OK && p->project[0] && (!t->project || !*t->project)) {
-            /* a restricted key writes to its project (a copy in the batch's arena) */
-            size_t n = strlen(p->project) + 1;
-            t->project = memcpy(eb_arena_alloc(it->arena, n), p->project, n);
-        }
-        if (vs == EB_OK)
-            vs = ingest_check_project(p, t->project);
-        if (vs == EB_OK) {
-            /* printed again, a text can grow ("1e15"): the limits hold for what is stored */
-            ingest_trace_canonical_json(t, it->arena);
-            vs = ingest_trace_validate(t, &ctx->limits);
-        }
-        if (vs != EB_OK) {
-            reject(it, (uint32_t)i, t->id, vs, eb_error_message());
-            continue;
-        }
-        it->index[it->nvalid] = (uint32_t)i;
-        it->valid[it->nvalid++] = t;
-    }
     it->who = *p;
-    ingest_guard_traces(ctx, p, it->valid, it->nvalid, on_guarded, it);
+    order_push(ctx, it); /* in line behind the batches verified before it (on_decoded) */
+    eb_pool_submit(ctx->pool, decode_batch, on_decoded, it);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)

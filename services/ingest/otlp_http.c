@@ -1,11 +1,15 @@
 /* otlp_http.c -- POST /otlp/v1/traces: OTLP/HTTP with protobuf or JSON bodies (gzip allowed).
- * The request is decoded and mapped (otlp.c), every trace fragment is handed to the INGEST
- * stream as a merge record, and the answer (ExportTraceServiceResponse, in the request's
- * encoding) waits for JetStream. Spans that were refused are reported in partial_success, as
- * OTLP prescribes; when the stream cannot take the data the answer is 503 with Retry-After, which
- * OTLP exporters retry. Errors of this handler carry a google.rpc.Status in the request's
- * encoding, as OTLP/HTTP asks (those of the shared HTTP layer before it, such as 401 and 429,
- * keep the evalbus error body). */
+ * The request is decoded and mapped (otlp.c), every trace fragment is packed into a merge
+ * record for the INGEST stream, and the answer (ExportTraceServiceResponse, in the request's
+ * encoding) waits for JetStream. As with the JSON batch API, the loop thread only takes the
+ * request, asks the project guard and answers: inflating, decoding, mapping and packing run on
+ * a decode pool thread (decode_request), which frees the span trees once their records are
+ * made, and the records go to the stream in slices (publish.c), so that a request of hundreds
+ * of thousands of traces holds up no other. Spans that were refused are reported in
+ * partial_success, as OTLP prescribes; when the stream cannot take the data the answer is 503 with
+ * Retry-After, which OTLP exporters retry. Errors of this handler carry a google.rpc.Status in the
+ * request's encoding, as OTLP/HTTP asks (those of the shared HTTP layer before it, such as 401 and
+ * 429, keep the evalbus error body). */
 #include "body.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"
@@ -31,8 +35,13 @@ typedef struct otlp_state {
     eb_principal who;
     eb_status st;
     char *error;
-    ingest_otlp_result res;
-    Evalbus__V1__Trace **sent;
+    ingest_otlp_result res; /* its traces are freed on the pool thread, once packed */
+    /* record i of the request for the stream: its packed message (NULL when it could not be
+     * made: unmade[i] says why), the id of its trace and the trace's spans */
+    natsMsg **msgs;
+    eb_status *unmade;
+    char **ids;
+    long long *spans;
     size_t nsent;
     long long rejected; /* spans refused before publishing */
     eb_buf why;
@@ -112,7 +121,14 @@ static void reply_error(eb_http_req *req, bool json, eb_status st, const char *m
 static void state_free(otlp_state *s)
 {
     ingest_otlp_result_free(&s->res);
-    free(s->sent);
+    for (size_t i = 0; i < s->nsent; i++) {
+        natsMsg_Destroy(s->msgs[i]);
+        free(s->ids[i]);
+    }
+    free(s->msgs);
+    free(s->unmade);
+    free(s->ids);
+    free(s->spans);
     free(s->error);
     eb_buf_free(&s->why);
     free(s);
@@ -124,7 +140,7 @@ static void on_published(void *arg, const eb_status *results, size_t n)
     long long rejected = s->rejected, failed = 0;
 
     for (size_t i = 0; i < n; i++) {
-        long long spans = (long long)(s->sent[i]->n_observations ? s->sent[i]->n_observations : 1);
+        long long spans = s->spans[i] ? s->spans[i] : 1;
         if (results[i] == EB_ERR_TOO_LARGE) {
             /* refused for good (a retry would meet the same limit): a partial success */
             rejected += spans;
@@ -246,35 +262,40 @@ static bool confine_project(otlp_state *s, const eb_principal *p, Evalbus__V1__T
 static void on_guarded(void *arg, char *const *found)
 {
     otlp_state *s = arg;
-    const eb_principal *p = eb_http_req_principal(s->req);
     size_t kept = 0;
 
     for (size_t i = 0; i < s->nsent; i++) {
-        Evalbus__V1__Trace *t = s->sent[i];
         if (found && found[i]) {
-            char *why = ingest_project_refusal(t->id, found[i], p->project);
-            s->rejected += (long long)t->n_observations;
+            char *why = ingest_project_refusal(s->ids[i], found[i], s->who.project);
+            s->rejected += s->spans[i];
             reason(s, "%s", why);
             free(why);
+            natsMsg_Destroy(s->msgs[i]);
+            free(s->ids[i]);
             continue;
         }
-        s->sent[kept++] = t;
+        s->msgs[kept] = s->msgs[i];
+        s->unmade[kept] = s->unmade[i];
+        s->ids[kept] = s->ids[i];
+        s->spans[kept++] = s->spans[i];
     }
     s->nsent = kept;
-    ingest_publish(s->ctx->pub, p, "otlp", true, s->sent, s->nsent, on_published, s);
+    ingest_publish_packed(s->ctx->pub, s->msgs, s->nsent, s->unmade, on_published, s);
 }
 
 /* Pool thread: inflates, decodes and maps the request (the CPU-heavy part: a large request must
- * not hold up the loop, which serves every other request), then keeps the traces the caller may
- * write and that fit one stream message. Reads only what api_otlp_post took for it. */
+ * not hold up the loop, which serves every other request), keeps the traces the caller may
+ * write and that fit one stream message, and packs their records. Reads only what
+ * api_otlp_post took for it. */
 static void decode_request(void *arg)
 {
     otlp_state *s = arg;
     const ingest_ctx *ctx = s->ctx;
     const char *data;
-    size_t len;
+    size_t len, n;
     char *owned = NULL;
     bool wrong_project = false;
+    long long now_ms, max_payload;
 
     s->st = ingest_body_decode(s->body, s->body_len, s->encoding, (size_t)ctx->cfg->svc.max_body,
                                &data, &len, &owned);
@@ -290,7 +311,13 @@ static void decode_request(void *arg)
     s->rejected = s->res.rejected_spans;
     if (s->res.error_message)
         eb_buf_puts(&s->why, s->res.error_message);
-    s->sent = eb_calloc(s->res.ntraces ? s->res.ntraces : 1, sizeof(*s->sent));
+    n = s->res.ntraces ? s->res.ntraces : 1;
+    s->msgs = eb_calloc(n, sizeof(*s->msgs));
+    s->unmade = eb_calloc(n, sizeof(*s->unmade));
+    s->ids = eb_calloc(n, sizeof(*s->ids));
+    s->spans = eb_calloc(n, sizeof(*s->spans));
+    now_ms = ingest_now_ms();
+    max_payload = ingest_publisher_max_payload(ctx->pub);
     for (size_t i = 0; i < s->res.ntraces; i++) {
         Evalbus__V1__Trace *t = s->res.traces[i];
         size_t packed;
@@ -308,12 +335,25 @@ static void decode_request(void *arg)
                    t->id, packed, ctx->limits.max_trace_bytes);
             continue;
         }
-        s->sent[s->nsent++] = t;
+        /* one larger than the NATS server takes is answered as a partial success
+         * (on_published) */
+        s->unmade[s->nsent] = ingest_record_pack(ctx->pub, &s->who, "otlp", true, now_ms, t,
+                                                 max_payload, &s->msgs[s->nsent]);
+        s->ids[s->nsent] = eb_strdup(t->id ? t->id : "");
+        s->spans[s->nsent++] = (long long)t->n_observations;
     }
+    /* the records hold what is sent: the trees are not needed while the request waits for
+     * JetStream, and are freed here rather than on the loop thread */
+    for (size_t i = 0; i < s->res.ntraces; i++)
+        if (s->res.traces[i])
+            evalbus__v1__trace__free_unpacked(s->res.traces[i], NULL);
+    free(s->res.traces);
+    s->res.traces = NULL;
+    s->res.ntraces = 0;
 }
 
-/* Loop thread: answers a request that could not be decoded, or hands its traces to the guard
- * and then the stream. */
+/* Loop thread: answers a request that could not be decoded, or hands its packed records to the
+ * guard and then the stream. */
 static void on_decoded(void *arg)
 {
     otlp_state *s = arg;
@@ -325,7 +365,7 @@ static void on_decoded(void *arg)
         state_free(s);
         return;
     }
-    ingest_guard_traces(s->ctx, &s->who, s->sent, s->nsent, on_guarded, s);
+    ingest_guard_projects(s->ctx, &s->who, (const char *const *)s->ids, s->nsent, on_guarded, s);
 }
 
 void api_otlp_post(eb_http_req *req, void *vctx)

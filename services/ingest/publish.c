@@ -6,18 +6,23 @@
  * changed version of a trace is a new record (the writer keeps the newest by stream sequence).
  *
  * Packing (ingest_record_pack: the record, the hash, the message with its Nats-Msg-Id header
- * and its reply subject) needs no publisher state but an atomic counter, so the JSON batch API
- * does it on its pool threads; handing the messages to the library (ingest_publish_packed)
- * happens on the loop thread, which drives the NATS connection. A batch goes out without
- * waiting for the acknowledgements of earlier ones.
+ * and its reply subject) needs no publisher state but an atomic counter, so every way in (JSON
+ * batch API, OTLP, NATS TraceBatch) does it on the decode pool's threads; handing the messages
+ * to the library (ingest_publish_packed) happens on the loop thread, which drives the NATS
+ * connection. A batch goes out without waiting for the acknowledgements of earlier ones, and in
+ * slices of PUBLISH_SLICE records, one per turn of the loop: a batch of hundreds of thousands
+ * of records (an OTLP request of one-span traces) does not hold the loop, which serves other
+ * requests, acknowledgements and /healthz between the slices and writes each slice out to NATS
+ * before the next (the library buffers what the loop has not written yet).
  *
  * Acknowledgements: every record carries the reply subject "<inbox>.<n>", n a number of its
  * own, and JetStream answers there (a PubAck, or an error). The publisher's subscription to
  * "<inbox>.*" is synchronous and is drained on the loop thread right after the library has
  * read from the socket (eb_bus_set_read_hook), so an acknowledgement reaches its batch without
  * a delivery thread or a wake-up of the loop; a table maps n to the batch and the record's
- * place in it. A timer per batch bounds the wait (publish-timeout): what has not been
- * acknowledged by then fails as a timeout (it may still be stored, see ingest_publish_done).
+ * place in it. A timer per batch, started once its last record is handed over, bounds the
+ * wait (publish-timeout): what has not been acknowledged by then fails as a timeout (it may
+ * still be stored, see ingest_publish_done).
  * Threading: everything here runs on the loop thread, but ingest_record_pack (any thread) and
  * ingest_publisher_set_full (any thread). */
 #include "evalbus/clock.h"
@@ -37,6 +42,9 @@
 #include <sys/time.h>
 #include <time.h>
 
+/* Records handed to the library per turn of the loop (a few milliseconds' work at most). */
+#define PUBLISH_SLICE 256
+
 typedef struct pub_batch {
     struct pub_batch *next;
     ingest_publisher *p;
@@ -48,6 +56,12 @@ typedef struct pub_batch {
     void *arg;
     struct event *timer;
     bool finished;
+    /* while slices are left to send (in p->sending) */
+    natsMsg **msgs;          /* the records from sent on, still to be handed over */
+    eb_status *unmade;       /* why a NULL entry of msgs could not be made, or NULL */
+    size_t sent;             /* records handed over (or failed) so far */
+    struct event *more;      /* the next slice, on a later turn of the loop */
+    struct pub_batch *snext; /* the next batch in p->sending */
 } pub_batch;
 
 typedef struct inflight {
@@ -67,10 +81,11 @@ struct ingest_publisher {
     size_t cap, used;
     pub_batch *ready;
     struct event *wake;
-    atomic_bool full; /* the stream watch's verdict: refuse new records */
-    size_t open;      /* batches handed over and not yet answered */
-    size_t refused;   /* "no responders" answers whose records are still in the table */
-    bool closing;     /* shutting down: refuse new records */
+    atomic_bool full;   /* the stream watch's verdict: refuse new records */
+    size_t open;        /* batches handed over and not yet answered */
+    pub_batch *sending; /* batches with records still to hand over, a slice per turn */
+    size_t refused;     /* "no responders" answers whose records are still in the table */
+    bool closing;       /* shutting down: refuse new records */
 };
 
 static size_t seq_slot(const ingest_publisher *p, uint64_t seq)
@@ -157,9 +172,27 @@ static void batch_free(pub_batch *b)
 {
     if (b->timer)
         event_free(b->timer);
+    if (b->more)
+        event_free(b->more);
+    for (size_t i = b->sent; b->msgs && i < b->n; i++)
+        natsMsg_Destroy(b->msgs[i]);
+    free(b->msgs);
+    free(b->unmade);
     free(b->results);
     free(b->seqs);
     free(b);
+}
+
+/* Takes b out of p->sending (where it may not be). */
+static void sending_remove(ingest_publisher *p, pub_batch *b)
+{
+    for (pub_batch **q = &p->sending; *q; q = &(*q)->snext) {
+        if (*q == b) {
+            *q = b->snext;
+            break;
+        }
+    }
+    b->snext = NULL;
 }
 
 /* Answers the batches that are complete. */
@@ -358,7 +391,22 @@ void ingest_publisher_finish(ingest_publisher *p)
         event_base_loopexit(p->base, &tick);
         event_base_dispatch(p->base);
     }
-    for (;;) { /* a safety net, like the timers: fail what is still open */
+    /* a safety net, like the timers: fail what is still open, first the records of batches
+     * not yet handed over (they are not sent now), then those waiting for JetStream */
+    while (p->sending) {
+        pub_batch *b = p->sending;
+
+        sending_remove(p, b);
+        evtimer_del(b->more);
+        for (; b->sent < b->n; b->sent++) {
+            natsMsg_Destroy(b->msgs[b->sent]);
+            b->msgs[b->sent] = NULL;
+            record_result(p, b, b->sent, EB_ERR_UNAVAILABLE);
+        }
+    }
+    if (p->ready)
+        on_wake(-1, 0, p);
+    for (;;) {
         pub_batch *b = NULL;
         for (size_t i = 0; i < p->cap && !b; i++)
             b = p->table[i].seq ? p->table[i].batch : NULL;
@@ -476,22 +524,6 @@ eb_status ingest_record_pack(ingest_publisher *p, const eb_principal *who, const
     return EB_OK;
 }
 
-void ingest_publish(ingest_publisher *p, const eb_principal *who, const char *source, bool merge,
-                    Evalbus__V1__Trace *const *traces, size_t n, ingest_publish_done done,
-                    void *arg)
-{
-    natsMsg **msgs = eb_calloc(n ? n : 1, sizeof(*msgs));
-    eb_status *unmade = eb_calloc(n ? n : 1, sizeof(*unmade));
-    long long now_ms = ingest_now_ms(), max_payload = ingest_publisher_max_payload(p);
-
-    for (size_t i = 0; i < n; i++)
-        unmade[i] =
-            ingest_record_pack(p, who, source, merge, now_ms, traces[i], max_payload, &msgs[i]);
-    ingest_publish_packed(p, msgs, n, unmade, done, arg);
-    free(unmade);
-    free(msgs);
-}
-
 long long ingest_publisher_max_payload(ingest_publisher *p)
 {
     return p ? (long long)natsConnection_GetMaxPayload(eb_bus_conn(p->bus)) : 0;
@@ -513,13 +545,75 @@ void ingest_publisher_set_full(ingest_publisher *p, bool full)
         atomic_store(&p->full, full);
 }
 
+/* Hands the next slice of b's records to the library, then either schedules the slice after it
+ * for a later turn of the loop or, after the last one, starts the wait for the
+ * acknowledgements. */
+static void send_slice(pub_batch *b)
+{
+    static const struct timeval next_turn = {0, 0};
+    ingest_publisher *p = b->p;
+    natsConnection *nc = eb_bus_conn(p->bus);
+    size_t end = b->n - b->sent > PUBLISH_SLICE ? b->sent + PUBLISH_SLICE : b->n;
+    struct timeval tv;
+    bool wake = false;
+
+    /* Acknowledgements taken between slices cannot complete the batch: the records not yet
+     * handed over are still to be answered. */
+    for (; b->sent < end; b->sent++) {
+        size_t i = b->sent;
+        natsMsg *msg = b->msgs[i];
+        uint64_t seq = msg ? reply_seq(natsMsg_GetReply(msg)) : 0;
+        natsStatus s;
+
+        b->msgs[i] = NULL;
+        if (!msg || !seq) {
+            /* it could not be made */
+            natsMsg_Destroy(msg);
+            wake |= record_result(
+                p, b, i, b->unmade && b->unmade[i] != EB_OK ? b->unmade[i] : EB_ERR_UNAVAILABLE);
+            continue;
+        }
+        /* checked again for every message: the connection may drop while a batch goes out */
+        bool up = nats_up(p);
+        s = up ? natsConnection_PublishMsg(nc, msg) : NATS_CONNECTION_DISCONNECTED;
+        natsMsg_Destroy(msg);
+        if (s == NATS_OK) {
+            b->seqs[i] = seq;
+            table_put(p, seq, b, i);
+        } else {
+            /* not sent, whatever the status says */
+            wake |= record_result(p, b, i,
+                                  eb_error(EB_ERR_UNAVAILABLE, "publishing to INGEST: %s",
+                                           up ? natsStatus_GetText(s) : "not connected to NATS"));
+        }
+    }
+    if (b->sent < b->n) {
+        /* a timer due at once runs after the loop has polled its sockets again (an activated
+         * event would run in this same pass) */
+        evtimer_add(b->more, &next_turn);
+        return;
+    }
+    sending_remove(p, b);
+    if (!b->finished) {
+        tv.tv_sec = p->timeout_ms / 1000;
+        tv.tv_usec = (p->timeout_ms % 1000) * 1000;
+        evtimer_add(b->timer, &tv);
+    }
+    if (wake) /* answered on the next turn of the loop, not inside the caller's call */
+        event_active(p->wake, EV_READ, 0);
+}
+
+static void on_more(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    send_slice(arg);
+}
+
 void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const eb_status *unmade,
                            ingest_publish_done done, void *arg)
 {
     pub_batch *b = eb_calloc(1, sizeof(*b));
-    natsConnection *nc = eb_bus_conn(p->bus);
-    struct timeval tv;
-    bool wake = false;
 
     b->p = p;
     b->n = n;
@@ -551,40 +645,19 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
         return;
     }
     p->open++;
-    tv.tv_sec = p->timeout_ms / 1000;
-    tv.tv_usec = (p->timeout_ms % 1000) * 1000;
     b->timer = evtimer_new(p->base, on_timeout, b);
-    evtimer_add(b->timer, &tv);
-
-    /* Acknowledgements are taken on this thread, so none can complete the batch while later
-     * messages are still being handed over. */
-    for (size_t i = 0; i < n; i++) {
-        natsMsg *msg = msgs[i];
-        uint64_t seq = msg ? reply_seq(natsMsg_GetReply(msg)) : 0;
-        natsStatus s;
-
-        msgs[i] = NULL;
-        if (!msg || !seq) {
-            /* it could not be made */
-            natsMsg_Destroy(msg);
-            wake |= record_result(p, b, i,
-                                  unmade && unmade[i] != EB_OK ? unmade[i] : EB_ERR_UNAVAILABLE);
-            continue;
-        }
-        /* checked again for every message: the connection may drop while a batch goes out */
-        bool up = nats_up(p);
-        s = up ? natsConnection_PublishMsg(nc, msg) : NATS_CONNECTION_DISCONNECTED;
-        natsMsg_Destroy(msg);
-        if (s == NATS_OK) {
-            b->seqs[i] = seq;
-            table_put(p, seq, b, i);
-        } else {
-            /* not sent, whatever the status says */
-            wake |= record_result(p, b, i,
-                                  eb_error(EB_ERR_UNAVAILABLE, "publishing to INGEST: %s",
-                                           up ? natsStatus_GetText(s) : "not connected to NATS"));
-        }
+    /* the batch takes the messages */
+    b->msgs = eb_malloc(n * sizeof(*b->msgs));
+    memcpy(b->msgs, msgs, n * sizeof(*msgs));
+    memset(msgs, 0, n * sizeof(*msgs));
+    if (unmade) {
+        b->unmade = eb_malloc(n * sizeof(*b->unmade));
+        memcpy(b->unmade, unmade, n * sizeof(*unmade));
     }
-    if (wake) /* answered on the next turn of the loop, not inside the caller's call */
-        event_active(p->wake, EV_READ, 0);
+    if (n > PUBLISH_SLICE) {
+        b->more = evtimer_new(p->base, on_more, b);
+        b->snext = p->sending;
+        p->sending = b;
+    }
+    send_slice(b);
 }
