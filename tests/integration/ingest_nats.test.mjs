@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { headers as natsHeaders } from 'nats';
+import { createInbox, headers as natsHeaders } from 'nats';
 import protobuf from 'protobufjs';
 
 import {
@@ -603,5 +603,105 @@ describe('ingest: TraceBatch over NATS', () => {
     await waitTrace(A.key, id);
     const counted = await pollUntil(async () => (await deadLetters('undecodable')) >= before + 200, { timeoutMs: 5000 });
     assert.ok(counted.value, `200 undecodable messages counted (before ${before}, now ${await deadLetters('undecodable')})`);
+  }));
+  it('a large TraceBatch is decoded off the loop: a message behind it and /healthz are answered before its records go to the stream', { timeout: 120_000 }, stack.wrap(async () => {
+    // Decoding, checking and packing a batch of 1000 traces runs on a decode thread; the loop
+    // thread meanwhile answers what comes after it. Seen from one NATS connection, whatever the
+    // loop published before the batch's records arrives before them: when the batch was decoded
+    // on the loop, a message sent right behind it was answered only after all its records.
+    const nc = await stack.nats();
+    // the key's credential is cached: the batch is taken the moment it arrives
+    const warm = rid('warm');
+    assert.deepEqual((await publishBatch(A.team, encodeBatch([trace(warm)]), A.key)).accepted_ids, [warm]);
+    // callback subscriptions: they run as the client reads each message, in the order sent
+    const events = [];
+    nc.subscribe(`evalbus.v1.ingest.records.${A.team}`, { max: 1, callback: () => events.push('record') });
+    let probeAnswered;
+    const probeAnswer = new Promise((resolve) => {
+      probeAnswered = resolve;
+    });
+    const inbox = createInbox();
+    nc.subscribe(inbox, { max: 1, callback: (_err, m) => {
+      events.push('probe');
+      probeAnswered(m);
+    } });
+    await nc.flush();
+    const ids = Array.from({ length: 1000 }, () => rid('big'));
+    const steps = (i) => Array.from({ length: 20 }, (_, j) => ({
+      id: `s${j}`, type: 'span', name: `step ${j}`, metadata_json: JSON.stringify({ i, j, note: 'x'.repeat(60) }),
+    }));
+    const big = encodeBatch(ids.map((id, i) => trace(id, { project: 'nats-big', observations: steps(i) })));
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', A.key);
+    const bigAck = nc.request(SUBJECT + A.team, big, { timeout: 60_000, headers: h, noMux: true })
+      .then((m) => {
+        events.push('ack');
+        return decodeAck(m.data);
+      });
+    // right behind it, on the same connection: a message without a key (refused on the loop)
+    nc.publish(SUBJECT + A.team, encodeBatch([trace(rid('probe'))]), { reply: inbox });
+    const probe = await Promise.race([probeAnswer, sleep(60_000, null)]);
+    assert.ok(probe, 'the message behind the batch is answered');
+    assert.equal(decodeAck(probe.data).code, 'unauthenticated');
+    const health = await stack.api('GET', '/healthz', { base: stack.env.EVALBUS_INGEST_URL, timeoutMs: 60_000 });
+    events.push('healthz');
+    assert.equal(health.status, 200, health.text);
+    const ack = await bigAck;
+    assert.deepEqual([ack.accepted_ids.length, ack.rejected.length, ack.error], [ids.length, 0, ''], JSON.stringify(ack).slice(0, 500));
+    assert.deepEqual(ack.accepted_ids, ids, 'accepted in the batch\'s order');
+    await pollUntil(() => events.includes('record'), { timeoutMs: 5000 });
+    assert.ok(events.indexOf('probe') < events.indexOf('record'),
+      `the message behind the batch is answered before the batch's first record reaches the stream: ${events.join(', ')}`);
+    assert.ok(events.indexOf('healthz') < events.indexOf('ack'),
+      `/healthz is answered before the batch's IngestAck: ${events.join(', ')}`);
+    const g = await waitTrace(A.key, ids[ids.length - 1], 30_000);
+    assert.equal(g.observations.length, 20);
+  }));
+  it('a large OTLP request goes to the stream in slices: the loop answers NATS messages between them', { timeout: 180_000 }, stack.wrap(async () => {
+    // 10,000 one-span traces in one request: decoded and packed on a decode thread, then handed
+    // to the NATS client a slice per turn of the loop. Messages without a key, sent one after
+    // the other the whole time, are answered on the loop thread; seen from one NATS connection,
+    // some answers fall between the request's records. When the records were packed and
+    // published in one go on the loop, none could.
+    const nc = await stack.nats();
+    const n = 10_000;
+    const now = BigInt(Date.now()) * 1_000_000n;
+    const spans = Array.from({ length: n }, (_, i) => ({
+      traceId: crypto.randomBytes(16).toString('hex'), spanId: crypto.randomBytes(8).toString('hex'),
+      name: `op ${i}`, startTimeUnixNano: String(now), endTimeUnixNano: String(now + 1000n),
+    }));
+    const body = { resourceSpans: [{
+      resource: { attributes: [{ key: 'evalbus.project', value: { stringValue: 'otlp-big' } }] },
+      scopeSpans: [{ spans }],
+    }] };
+    // callback subscriptions: they run as the client reads each message, in the order sent
+    const events = [];
+    const records = nc.subscribe(`evalbus.v1.ingest.records.${A.team}`, { callback: () => events.push('r') });
+    const probe = encodeBatch([trace(rid('probe'))]);
+    const inbox = createInbox();
+    let answered = false;
+    const codes = new Set();
+    const probes = nc.subscribe(inbox, { callback: (_err, m) => {
+      events.push('p');
+      codes.add(decodeAck(m.data).code);
+      if (!answered) nc.publish(SUBJECT + A.team, probe, { reply: inbox }); // the next one
+    } });
+    await nc.flush();
+    const post = api('POST', '/otlp/v1/traces', A.key, { body, timeoutMs: 120_000 }).finally(() => {
+      answered = true;
+    });
+    nc.publish(SUBJECT + A.team, probe, { reply: inbox });
+    const r = await post;
+    probes.unsubscribe();
+    assert.deepEqual([...codes], ['unauthenticated'], 'the messages without a key were refused');
+    assertStatus(r, 200);
+    assert.deepEqual(r.body, {}, 'every span taken');
+    const all = await pollUntil(() => events.filter((e) => e === 'r').length >= n, { timeoutMs: 10_000 });
+    records.unsubscribe();
+    assert.ok(all.value, `the ${n} records were seen on the stream's subject`);
+    const first = events.indexOf('r');
+    const last = events.lastIndexOf('r');
+    const between = events.slice(first, last).filter((e) => e === 'p').length;
+    assert.ok(between > 0, `answers to other messages fall between the request's first and last record (${events.filter((e) => e === 'p').length} answers in all)`);
   }));
 });
