@@ -283,6 +283,99 @@ static void on_guarded(void *arg, char *const *found)
     ingest_publish_packed(s->ctx->pub, s->msgs, s->nsent, s->unmade, on_published, s);
 }
 
+/* Packs t as the next record of the request (s's arrays grow to *cap as needed). One larger
+ * than the NATS server takes is answered as a partial success (on_published). Pool thread. */
+static void add_record(otlp_state *s, size_t *cap, const Evalbus__V1__Trace *t, long long now_ms,
+                       long long max_payload)
+{
+    if (s->nsent == *cap) {
+        *cap *= 2;
+        s->msgs = eb_realloc(s->msgs, *cap * sizeof(*s->msgs));
+        s->unmade = eb_realloc(s->unmade, *cap * sizeof(*s->unmade));
+        s->ids = eb_realloc(s->ids, *cap * sizeof(*s->ids));
+        s->spans = eb_realloc(s->spans, *cap * sizeof(*s->spans));
+    }
+    s->msgs[s->nsent] = NULL;
+    s->unmade[s->nsent] = ingest_record_pack(s->ctx->pub, &s->who, "otlp", true, now_ms, t,
+                                             max_payload, &s->msgs[s->nsent]);
+    s->ids[s->nsent] = eb_strdup(t->id ? t->id : "");
+    s->spans[s->nsent++] = (long long)t->n_observations;
+}
+
+/* Bytes that observation o adds to a packed trace (field 20: tag, length, message). */
+static size_t obs_packed_size(const Evalbus__V1__Observation *o)
+{
+    size_t n = evalbus__v1__observation__get_packed_size(o), len = 1;
+
+    for (size_t v = n; v > 0x7f; v >>= 7)
+        len++;
+    return 2 + len + n;
+}
+
+/* t's spans make it larger than max-trace-bytes as one record (a long agent run, batched by a
+ * Collector). Spans of one trace id already come as fragments that the writer merges (they
+ * reach us in several requests), so t goes as several: the first carries the trace-level
+ * fields, the others only what identifies the trace (its input, output, tool calls, usage,
+ * metadata and attributes stay with the first; the writer sums usage from the spans), each with
+ * as many spans as fit. Only a span too large for a record on its own is rejected. Records are
+ * shallow copies of t, packed at once: t keeps ownership of everything. Pool thread. */
+static void split_trace(otlp_state *s, size_t *cap, Evalbus__V1__Trace *t, long long now_ms,
+                        long long max_payload)
+{
+    const size_t limit = s->ctx->limits.max_trace_bytes;
+    Evalbus__V1__Trace head = *t, rest = *t, frag;
+    Evalbus__V1__Observation **picked = eb_malloc((t->n_observations + 1) * sizeof(*picked));
+    size_t size, base_rest, first = 0, n = 0, too_large = 0;
+    bool sent = false; /* a fragment went: the first, with the trace-level fields */
+
+    rest.n_input_messages = rest.n_output_messages = rest.n_tool_calls = 0;
+    rest.input_messages = rest.output_messages = NULL;
+    rest.tool_calls = NULL;
+    rest.input_text = rest.output_text = rest.metadata_json = rest.attributes_json = NULL;
+    rest.has_input_tokens = rest.has_output_tokens = rest.has_total_tokens = false;
+    rest.has_cost_usd = false;
+    rest.n_observations = head.n_observations = 0;
+    rest.observations = head.observations = NULL;
+    base_rest = evalbus__v1__trace__get_packed_size(&rest);
+    if (evalbus__v1__trace__get_packed_size(&head) > limit / 2)
+        head = rest; /* its trace-level input or output is what is large: the root span keeps it */
+    frag = head;
+    size = evalbus__v1__trace__get_packed_size(&frag);
+    /* the fragment being filled holds picked[first..first+n) */
+    for (size_t i = 0; i < t->n_observations; i++) {
+        size_t add = obs_packed_size(t->observations[i]);
+
+        if (base_rest + add > limit) {
+            too_large++; /* alone too large: it goes, the spans before and after it stay */
+            continue;
+        }
+        if (size + add > limit) {
+            frag.observations = picked + first;
+            frag.n_observations = n;
+            add_record(s, cap, &frag, now_ms, max_payload);
+            sent = true;
+            first += n;
+            n = 0;
+            frag = rest;
+            size = base_rest;
+        }
+        picked[first + n++] = t->observations[i];
+        size += add;
+    }
+    /* the last fragment; the first one also when every span was too large */
+    if (n > 0 || !sent) {
+        frag.observations = picked + first;
+        frag.n_observations = n;
+        add_record(s, cap, &frag, now_ms, max_payload);
+    }
+    free(picked);
+    if (too_large) {
+        s->rejected += (long long)too_large;
+        reason(s, "trace %s: %zu span(s) larger than max-trace-bytes (%zu) on their own", t->id,
+               too_large, limit);
+    }
+}
+
 /* Pool thread: inflates, decodes and maps the request (the CPU-heavy part: a large request must
  * not hold up the loop, which serves every other request), keeps the traces the caller may
  * write and that fit one stream message, and packs their records. Reads only what
@@ -292,7 +385,7 @@ static void decode_request(void *arg)
     otlp_state *s = arg;
     const ingest_ctx *ctx = s->ctx;
     const char *data;
-    size_t len, n;
+    size_t len, cap;
     char *owned = NULL;
     bool wrong_project = false;
     long long now_ms, max_payload;
@@ -311,36 +404,26 @@ static void decode_request(void *arg)
     s->rejected = s->res.rejected_spans;
     if (s->res.error_message)
         eb_buf_puts(&s->why, s->res.error_message);
-    n = s->res.ntraces ? s->res.ntraces : 1;
-    s->msgs = eb_calloc(n, sizeof(*s->msgs));
-    s->unmade = eb_calloc(n, sizeof(*s->unmade));
-    s->ids = eb_calloc(n, sizeof(*s->ids));
-    s->spans = eb_calloc(n, sizeof(*s->spans));
+    cap = s->res.ntraces ? s->res.ntraces : 1;
+    s->msgs = eb_calloc(cap, sizeof(*s->msgs));
+    s->unmade = eb_calloc(cap, sizeof(*s->unmade));
+    s->ids = eb_calloc(cap, sizeof(*s->ids));
+    s->spans = eb_calloc(cap, sizeof(*s->spans));
     now_ms = ingest_now_ms();
     max_payload = ingest_publisher_max_payload(ctx->pub);
     for (size_t i = 0; i < s->res.ntraces; i++) {
         Evalbus__V1__Trace *t = s->res.traces[i];
-        size_t packed;
 
         if (!confine_project(s, &s->who, t, &wrong_project)) {
             s->rejected += (long long)t->n_observations;
             continue;
         }
-        /* a trace travels as one NATS message: one larger than max-trace-bytes would be refused
-         * by the server at every retry, so its spans are rejected here, for good */
-        packed = evalbus__v1__trace__get_packed_size(t);
-        if (packed > ctx->limits.max_trace_bytes) {
-            s->rejected += (long long)t->n_observations;
-            reason(s, "trace %s: %zu bytes of spans in one request exceed max-trace-bytes (%zu)",
-                   t->id, packed, ctx->limits.max_trace_bytes);
-            continue;
-        }
-        /* one larger than the NATS server takes is answered as a partial success
-         * (on_published) */
-        s->unmade[s->nsent] = ingest_record_pack(ctx->pub, &s->who, "otlp", true, now_ms, t,
-                                                 max_payload, &s->msgs[s->nsent]);
-        s->ids[s->nsent] = eb_strdup(t->id ? t->id : "");
-        s->spans[s->nsent++] = (long long)t->n_observations;
+        /* a trace travels as one NATS message: one larger than max-trace-bytes goes as several
+         * fragments (split_trace) */
+        if (evalbus__v1__trace__get_packed_size(t) > ctx->limits.max_trace_bytes)
+            split_trace(s, &cap, t, now_ms, max_payload);
+        else
+            add_record(s, &cap, t, now_ms, max_payload);
     }
     /* the records hold what is sent: the trees are not needed while the request waits for
      * JetStream, and are freed here rather than on the loop thread */

@@ -960,22 +960,37 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.ok(worst < took / 3, `the slowest /healthz meanwhile took ${worst.toFixed(0)} ms, against ${took.toFixed(0)} ms for the request`);
   }));
 
-  it('a trace larger than max-trace-bytes is rejected in partial_success (never a 503 to retry); the rest is stored', T, stack.wrap(async () => {
-    const [big, small] = [hex(16), hex(16)];
+  it('a trace larger than max-trace-bytes goes as several fragments, stored whole; only a span larger on its own is rejected (never a 503 to retry)', T, stack.wrap(async () => {
+    const [big, huge, small] = [hex(16), hex(16), hex(16)];
     const t0 = Date.now() - 5000;
     const root = hex(8);
-    const text = 'x'.repeat(900_000);
+    const text = (i) => `${i}`.repeat(900_000);
     const spans = [
-      { traceId: big, spanId: root, name: 'big root', startMs: t0, endMs: t0 + 1000 },
-      ...Array.from({ length: 5 }, (_, i) => ({ traceId: big, spanId: hex(8), parentSpanId: root, name: `part ${i}`, startMs: t0 + i, endMs: t0 + i + 1, attrs: { 'input.value': text } })),
+      // 6 spans, 4.5 MB together: more than max-trace-bytes (4 MiB) in one record
+      { traceId: big, spanId: root, name: 'big root', startMs: t0, endMs: t0 + 1000, attrs: { 'gen_ai.request.model': 'gpt-4o' } },
+      ...Array.from({ length: 5 }, (_, i) => ({ traceId: big, spanId: hex(8), parentSpanId: root, name: `part ${i}`, startMs: t0 + i, endMs: t0 + i + 1,
+        attrs: { 'input.value': text(i), 'gen_ai.request.model': 'gpt-4o', 'gen_ai.usage.input_tokens': 10 } })),
+      // one span of 4.5 MB on its own (five prompt messages of 900 KB), beside a small one
+      { traceId: huge, spanId: hex(8), name: 'huge', startMs: t0, endMs: t0 + 10,
+        attrs: Object.fromEntries(Array.from({ length: 5 }, (_, i) => [[`gen_ai.prompt.${i}.role`, 'user'], [`gen_ai.prompt.${i}.content`, text(i)]]).flat()) },
+      { traceId: huge, spanId: hex(8), name: 'beside', startMs: t0, endMs: t0 + 10 },
       ...chatSpans(small, t0),
     ];
     const r = await postOtlp(A.key, 'json', `otel-size-${hex(3)}`, spans, { gzip: true });
     assert.equal(r.status, 200, `answered ${r.status}: ${r.text.slice(0, 300)}`);
-    assert.equal(r.otlp.rejected, 6, 'the spans of the big trace');
-    assert.match(r.otlp.message, /max-trace-bytes/);
+    assert.equal(r.otlp.rejected, 1, `only the span too large on its own: ${r.otlp.message}`);
+    assert.match(r.otlp.message, new RegExp(`trace ${huge}: 1 span\\(s\\) larger than max-trace-bytes`));
     await waitTrace(A.key, small);
-    assertStatus(await api('GET', `/api/v1/traces/${big}`, A.key), 404, 'the big trace is not stored');
+    const g = await waitTrace(A.key, big, (b) => b.observations.length === 6, 10_000);
+    assert.equal(g.name, 'big root', 'the trace-level fields of the first fragment');
+    assert.equal(g.usage.input_tokens, 50, 'usage summed over the spans of every fragment');
+    for (let i = 0; i < 5; i++) {
+      const o = g.observations.find((x) => x.name === `part ${i}`);
+      assert.ok(o, `part ${i} stored`);
+      assert.equal(JSON.stringify(o.input).length >= 900_000, true, `part ${i} keeps its input whole`);
+    }
+    const h = await waitTrace(A.key, huge, (b) => b.observations.length === 1);
+    assert.deepEqual(h.observations.map((o) => o.name), ['beside'], 'the span beside the huge one is stored');
   }));
 
   it('fragments of the same traces in requests that two writers store at once: no deadlock, no batch retried one by one, every total right', T, stack.wrap(async () => {
