@@ -176,15 +176,24 @@ void eb_db_discard(eb_db *db, PGconn *conn)
 
 bool eb_db_ping(eb_db *db, char *detail, size_t detail_len)
 {
-    PGconn *c = eb_db_get(db);
-    bool ok = false;
+    /* never waits for a connection: readiness probes run on the loop thread, which must not
+     * stop while queries hold the pool (a pool all in use was good when each was taken) */
+    PGconn *c = take(db, false);
+    bool ok = false, busy = false;
 
     if (c) {
         ok = eb_db_exec(c, "SELECT 1", 0, NULL, NULL) == EB_OK;
         eb_db_put(db, c);
+    } else {
+        pthread_mutex_lock(&db->mu);
+        busy = ok = db->out >= db->size;
+        pthread_mutex_unlock(&db->mu);
     }
     if (detail && detail_len)
-        snprintf(detail, detail_len, "%s", ok ? "" : eb_error_message());
+        snprintf(detail, detail_len, "%s",
+                 busy ? "every connection of the pool is in use"
+                 : ok ? ""
+                      : eb_error_message());
     return ok;
 }
 

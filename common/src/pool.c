@@ -11,7 +11,8 @@
  * worker pool: see http.c).
  * Ownership: the pool owns its job nodes; arg belongs to the caller throughout.
  * Threading: eb_pool_submit and done callbacks on the loop thread only; work must not touch
- * loop state (requests, events, the NATS connection). */
+ * loop state (events, the NATS connection's subscriptions, an HTTP request the loop may touch
+ * meanwhile: http.c's blocking routes hand theirs over whole until their done callback). */
 #include "evalbus/pool.h"
 #include "evalbus/mem.h"
 

@@ -21,7 +21,7 @@ extern const size_t eb_migrations_auth_count;
 
 #define T auth_config
 static const eb_setting settings[] = {
-    EB_SERVICE_SETTINGS(auth_config, svc, "8085", "64KiB"),
+    EB_SERVICE_SETTINGS(auth_config, svc, "8085", "64KiB", "4"),
     EB_DB_IDLE_TX_SETTING(auth_config, svc, "60s"),
     {"jwt-secret", "EVALBUS_JWT_SECRET", EB_SET_STRING, NULL, 0, 0, true, offsetof(T, jwt_secret),
      "HS256 key for session tokens, at least 32 characters (required)"},

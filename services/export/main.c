@@ -20,7 +20,7 @@ extern const size_t eb_migrations_export_count;
 
 #define T export_config
 static const eb_setting settings[] = {
-    EB_SERVICE_SETTINGS(export_config, svc, "8082", "1MiB"),
+    EB_SERVICE_SETTINGS(export_config, svc, "8082", "1MiB", "4"),
     EB_AUTHC_SETTINGS(T, auth_cache_ttl_ms, auth_timeout_ms),
     {"workers", "EVALBUS_EXPORT_WORKERS", EB_SET_INT, "2", 0, 16, false, offsetof(T, workers),
      "export worker threads (0: this replica only answers the API)"},

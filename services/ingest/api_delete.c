@@ -40,17 +40,27 @@ static const char delete_tail[] =
  * params), then sql (the deletion, with n params), in one transaction. The deletion is a
  * statement of its own after the lock: its snapshot is taken once the keys are locked, so it
  * sees every review and score that held a key (FOR KEY SHARE) until its commit, and deletes
- * them with their trace instead of leaving them behind. */
+ * them with their trace instead of leaving them behind. A deletion is not cut off by
+ * query-timeout (a large one, by filter, must be able to finish): only its waits for locks are
+ * (lock_timeout; 503, try again). */
 static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int n_lock,
                        const char *sql, int n, const char *const *params, long long *count)
 {
     PGconn *c = eb_req_db_begin(ctx->svc.db, req, false);
     PGresult *r = NULL;
+    char ms[32];
+    const char *limits[1] = {ms};
     eb_status st;
 
     if (!c)
         return false;
-    st = eb_db_exec(c, lock, n_lock, params, NULL);
+    snprintf(ms, sizeof(ms), "%lld", ctx->cfg->query_timeout_ms);
+    st = eb_db_exec(c,
+                    "SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout',"
+                    " $1, true)",
+                    1, limits, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(c, lock, n_lock, params, NULL);
     if (st == EB_OK)
         st = eb_db_exec(c, sql, n, params, &r);
     if (st != EB_OK) {

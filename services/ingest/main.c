@@ -28,7 +28,9 @@ extern const size_t eb_migrations_ingest_count;
 
 #define T ingest_config
 static const eb_setting settings[] = {
-    EB_SERVICE_SETTINGS(ingest_config, svc, "8081", "16MiB"),
+    /* db-pool: the writer threads (2), the API threads (2), a retention pass, the project guard
+     * and a readiness probe each take one while they work */
+    EB_SERVICE_SETTINGS(ingest_config, svc, "8081", "16MiB", "8"),
     EB_DB_IDLE_TX_SETTING(ingest_config, svc, "60s"),
     EB_AUTHC_SETTINGS(T, auth_cache_ttl_ms, auth_timeout_ms),
     {"publish-timeout", "EVALBUS_PUBLISH_TIMEOUT", EB_SET_DURATION, "5s", 100, 60000, false,
@@ -62,7 +64,7 @@ static const eb_setting settings[] = {
     {"query-timeout", "EVALBUS_QUERY_TIMEOUT", EB_SET_DURATION, "30s", 0, 3600000, false,
      offsetof(T, query_timeout_ms),
      "longest a statement of those endpoints may run, lock waits included (504 after it; 0: no"
-     " limit)"},
+     " limit); a deletion is bounded in its lock waits only (503 after it)"},
     {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "500", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
@@ -183,8 +185,6 @@ int main(int argc, char **argv)
      * what follows; NATS batches not yet taken are answered unavailable from here on */
     ctx.stopping = true;
     eb_authc_stop(ctx.authc);
-    /* queries, reviews and deletions still running are answered */
-    eb_pool_finish(ctx.api_pool);
     /* what the threads still work on is answered too: decoded batches (HTTP requests, and NATS
      * batches whose credential was verified, also by eb_authc_stop from its cache) go on to the
      * guard and the stream, whose answers ingest_publisher_finish waits for */
@@ -198,6 +198,10 @@ int main(int argc, char **argv)
     eb_pool_finish(ctx.pool);
     eb_pool_finish(ctx.guard_pool);
     ingest_nats_finish(&ctx);
+    /* queries, reviews and deletions still running are answered last (one may wait up to
+     * query-timeout): also those whose credential or rate limit was settled in the turns of the
+     * loop above */
+    eb_pool_finish(ctx.api_pool);
     eb_service_flush(&ctx.svc, 1000);
 cleanup:
     ingest_retention_stop(ctx.retention);

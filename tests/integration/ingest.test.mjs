@@ -1004,6 +1004,29 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertStatus(await stack.api('GET', '/api/v1/traces?limit=1', { base: replica.url, key: A.key }), 200, 'the same listing once the lock is gone');
   }));
 
+  it('readiness never waits for a database connection: with every one held by waiting queries, /readyz still answers', T, stack.wrap(async () => {
+    // two connections, both taken by listings that wait on a lock: a probe that waited for a
+    // connection would hold up the loop, and with it every request
+    const replica = await stack.spawnService('ingest', { EVALBUS_DB_POOL: '2', EVALBUS_API_THREADS: '2', EVALBUS_WRITER_THREADS: '0' });
+    const order = [];
+    const locker = stack.psql('BEGIN; LOCK TABLE ingest.traces IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT', { appName: 'test-locker-3' })
+      .then(() => order.push('lock released'));
+    await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-locker-3' AND l.granted AND l.mode = 'AccessExclusiveLock'"))[0][0] !== '0',
+      { timeoutMs: 5000, intervalMs: 50 });
+    const listings = [1, 2].map(() => stack.api('GET', '/api/v1/traces?limit=1', { base: replica.url, key: A.key }).then((r) => { order.push('listing'); return r; }));
+    // both connections are waiting on the lock
+    await pollUntil(async () => Number((await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM ingest.traces t WHERE%'"))[0][0]) >= 2,
+      { timeoutMs: 5000, intervalMs: 50 });
+    const ready = await stack.api('GET', '/readyz', { base: replica.url });
+    order.push('readyz');
+    assertStatus(ready, 200, 'readyz');
+    assert.equal(ready.body.checks.postgres.ok, true, 'a pool all in use reads as reachable');
+    assert.match(ready.body.checks.postgres.detail, /in use/);
+    for (const r of await Promise.all(listings)) assertStatus(r, 200, 'the listings answer once the lock is gone');
+    await locker;
+    assert.equal(order[0], 'readyz', `readyz answered while the listings waited (order: ${order.join(', ')})`);
+  }));
+
   it('project settings name a project as traces do: 400 for an overlong or control-character name', T, stack.wrap(async () => {
     for (const [name, what] of [['p'.repeat(257), '257 bytes'], ['a%01b', 'a control character'], ['a%7Fb', 'DEL']]) {
       assertError(await api('PUT', `/api/v1/projects/${name}/settings`, A.key, { body: { retention_days: 5 } }), 'invalid_argument', `PUT ${what}`);

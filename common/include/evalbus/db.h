@@ -50,7 +50,9 @@ void eb_db_put(eb_db *db, PGconn *conn);
  * cannot hit the next user's statement. */
 void eb_db_discard(eb_db *db, PGconn *conn);
 
-/* True if a connection answers SELECT 1 now; detail (may be NULL) gets a short reason. */
+/* True if a connection answers SELECT 1 now, or if every connection of the pool is in use (it
+ * never waits for one: readiness probes call it on the loop thread); detail (may be NULL) gets a
+ * short reason. */
 bool eb_db_ping(eb_db *db, char *detail, size_t detail_len);
 
 /* Runs sql with text parameters (NULL entries are SQL NULL). On success *res (if res is not

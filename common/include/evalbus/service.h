@@ -31,9 +31,10 @@ typedef struct eb_service_config {
     long long db_idle_tx_timeout_ms; /* 0: PostgreSQL's own setting (EB_DB_IDLE_TX_SETTING) */
 } eb_service_config;
 
-/* Settings rows for the eb_service_config member `m` of struct `T`; port is the default port
- * and body the default body limit, as string literals ("8085", "64KiB"). */
-#define EB_SERVICE_SETTINGS(T, m, port, body)                                                      \
+/* Settings rows for the eb_service_config member `m` of struct `T`; port is the default port,
+ * body the default body limit and pool the default db-pool, as string literals ("8085",
+ * "64KiB", "4"). */
+#define EB_SERVICE_SETTINGS(T, m, port, body, pool)                                                \
     {"http-addr",                                                                                  \
      "EVALBUS_HTTP_ADDR",                                                                          \
      EB_SET_STRING,                                                                                \
@@ -93,7 +94,7 @@ typedef struct eb_service_config {
         {"db-pool",                                                                                \
          "EVALBUS_DB_POOL",                                                                        \
          EB_SET_INT,                                                                               \
-         "4",                                                                                      \
+         pool,                                                                                     \
          1,                                                                                        \
          256,                                                                                      \
          false,                                                                                    \
