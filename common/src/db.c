@@ -113,14 +113,20 @@ static void release(eb_db *db, PGconn *keep)
     pthread_mutex_unlock(&db->mu);
 }
 
-static PGconn *take(eb_db *db, bool wait)
+/* A connection, waiting for one if wait (else NULL at once when all are out: *full, when not
+ * NULL, tells that from a failure to connect). */
+static PGconn *take(eb_db *db, bool wait, bool *full)
 {
     PGconn *conn = NULL;
 
+    if (full)
+        *full = false;
     pthread_mutex_lock(&db->mu);
     while (wait && db->out >= db->size)
         pthread_cond_wait(&db->cv, &db->mu);
     if (db->out >= db->size) {
+        if (full)
+            *full = true;
         pthread_mutex_unlock(&db->mu);
         eb_error(EB_ERR_UNAVAILABLE, "every PostgreSQL connection of the pool is in use");
         return NULL;
@@ -143,12 +149,12 @@ static PGconn *take(eb_db *db, bool wait)
 
 PGconn *eb_db_get(eb_db *db)
 {
-    return take(db, true);
+    return take(db, true, NULL);
 }
 
 PGconn *eb_db_try_get(eb_db *db)
 {
-    return take(db, false);
+    return take(db, false, NULL);
 }
 
 void eb_db_put(eb_db *db, PGconn *conn)
@@ -178,16 +184,14 @@ bool eb_db_ping(eb_db *db, char *detail, size_t detail_len)
 {
     /* never waits for a connection: readiness probes run on the loop thread, which must not
      * stop while queries hold the pool (a pool all in use was good when each was taken) */
-    PGconn *c = take(db, false);
     bool ok = false, busy = false;
+    PGconn *c = take(db, false, &busy);
 
     if (c) {
         ok = eb_db_exec(c, "SELECT 1", 0, NULL, NULL) == EB_OK;
         eb_db_put(db, c);
     } else {
-        pthread_mutex_lock(&db->mu);
-        busy = ok = db->out >= db->size;
-        pthread_mutex_unlock(&db->mu);
+        ok = busy;
     }
     if (detail && detail_len)
         snprintf(detail, detail_len, "%s",

@@ -198,9 +198,10 @@ int main(int argc, char **argv)
     eb_pool_finish(ctx.pool);
     eb_pool_finish(ctx.guard_pool);
     ingest_nats_finish(&ctx);
-    /* queries, reviews and deletions still running are answered last (one may wait up to
-     * query-timeout): also those whose credential or rate limit was settled in the turns of the
-     * loop above */
+    /* queries, reviews and deletions still running are answered last (a query runs up to
+     * query-timeout; a large deletion by filter may run longer, and a process stopped by force
+     * meanwhile rolls it back whole): also those whose credential or rate limit was settled in
+     * the turns of the loop above */
     eb_pool_finish(ctx.api_pool);
     eb_service_flush(&ctx.svc, 1000);
 cleanup:

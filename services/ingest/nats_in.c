@@ -307,10 +307,10 @@ static void on_decoded(void *arg)
 
     it->decoded = true;
     if (it->refusal) {
-        /* it publishes nothing to the stream: no later batch waits for it */
+        /* it publishes nothing to the stream: answered now, and the batches decoded behind it
+         * go on below (they may have waited for it alone) */
         order_remove(ctx, it);
         refuse(it, it->refusal_st, it->refusal, it->refusal_metric);
-        return;
     }
     while (ctx->nats_order && ctx->nats_order->decoded) {
         nats_item *head = ctx->nats_order;
@@ -438,6 +438,16 @@ void ingest_nats_finish(ingest_ctx *ctx)
     ctx->stopping = true;
     if (ctx->nats_wake)
         on_wake(-1, 0, ctx); /* not taken: told so at once, rather than left to time out */
+    /* a safety net: with the decode pool finished, every batch in line went on (on_decoded);
+     * one decoded and still here is answered rather than left to time out (one not decoded is
+     * still the pool's) */
+    for (nats_item *it = ctx->nats_order, *next; it; it = next) {
+        next = it->onext;
+        if (it->decoded) {
+            order_remove(ctx, it);
+            answer_shutting_down(it);
+        }
+    }
 }
 
 void ingest_nats_stop(ingest_ctx *ctx)

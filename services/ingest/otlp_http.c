@@ -140,7 +140,7 @@ static void on_published(void *arg, const eb_status *results, size_t n)
     long long rejected = s->rejected, failed = 0;
 
     for (size_t i = 0; i < n; i++) {
-        long long spans = s->spans[i] ? s->spans[i] : 1;
+        long long spans = s->spans[i]; /* 0 for the first fragment of a split trace alone */
         if (results[i] == EB_ERR_TOO_LARGE) {
             /* refused for good (a retry would meet the same limit): a partial success */
             rejected += spans;
@@ -263,15 +263,20 @@ static void on_guarded(void *arg, char *const *found)
 {
     otlp_state *s = arg;
     size_t kept = 0;
+    char *refused = NULL; /* the id refused last */
 
     for (size_t i = 0; i < s->nsent; i++) {
         if (found && found[i]) {
-            char *why = ingest_project_refusal(s->ids[i], found[i], s->who.project);
             s->rejected += s->spans[i];
-            reason(s, "%s", why);
-            free(why);
+            /* said once for the fragments of one split trace (they follow each other) */
+            if (!refused || strcmp(s->ids[i], refused) != 0) {
+                char *why = ingest_project_refusal(s->ids[i], found[i], s->who.project);
+                reason(s, "%s", why);
+                free(why);
+            }
             natsMsg_Destroy(s->msgs[i]);
-            free(s->ids[i]);
+            free(refused);
+            refused = s->ids[i];
             continue;
         }
         s->msgs[kept] = s->msgs[i];
@@ -279,6 +284,7 @@ static void on_guarded(void *arg, char *const *found)
         s->ids[kept] = s->ids[i];
         s->spans[kept++] = s->spans[i];
     }
+    free(refused);
     s->nsent = kept;
     ingest_publish_packed(s->ctx->pub, s->msgs, s->nsent, s->unmade, on_published, s);
 }
@@ -323,22 +329,39 @@ static void split_trace(otlp_state *s, size_t *cap, Evalbus__V1__Trace *t, long 
                         long long max_payload)
 {
     const size_t limit = s->ctx->limits.max_trace_bytes;
-    Evalbus__V1__Trace head = *t, rest = *t, frag;
-    Evalbus__V1__Observation **picked = eb_malloc((t->n_observations + 1) * sizeof(*picked));
+    Evalbus__V1__Trace head = *t, rest, frag;
+    Evalbus__V1__Observation **picked;
     size_t size, base_rest, first = 0, n = 0, too_large = 0;
     bool sent = false; /* a fragment went: the first, with the trace-level fields */
 
+    head.n_observations = 0;
+    head.observations = NULL;
+    if (evalbus__v1__trace__get_packed_size(&head) > limit / 2) {
+        /* its trace-level input, output or tool calls are what is large: the writer takes them
+         * again from the spans (the root's, the generations'), which keep them */
+        head.n_input_messages = head.n_output_messages = head.n_tool_calls = 0;
+        head.input_messages = head.output_messages = NULL;
+        head.tool_calls = NULL;
+        head.input_text = head.output_text = NULL;
+    }
+    if (evalbus__v1__trace__get_packed_size(&head) > limit) {
+        /* what no span holds (metadata, resource attributes, tags) is too large on its own */
+        s->rejected += (long long)t->n_observations;
+        reason(s, "trace %s: its trace-level fields alone exceed max-trace-bytes (%zu)", t->id,
+               limit);
+        return;
+    }
+    /* the other fragments: what identifies the trace (its metadata and attributes, which are
+     * merged, go with the first) */
+    rest = head;
     rest.n_input_messages = rest.n_output_messages = rest.n_tool_calls = 0;
     rest.input_messages = rest.output_messages = NULL;
     rest.tool_calls = NULL;
     rest.input_text = rest.output_text = rest.metadata_json = rest.attributes_json = NULL;
     rest.has_input_tokens = rest.has_output_tokens = rest.has_total_tokens = false;
     rest.has_cost_usd = false;
-    rest.n_observations = head.n_observations = 0;
-    rest.observations = head.observations = NULL;
     base_rest = evalbus__v1__trace__get_packed_size(&rest);
-    if (evalbus__v1__trace__get_packed_size(&head) > limit / 2)
-        head = rest; /* its trace-level input or output is what is large: the root span keeps it */
+    picked = eb_malloc((t->n_observations + 1) * sizeof(*picked));
     frag = head;
     size = evalbus__v1__trace__get_packed_size(&frag);
     /* the fragment being filled holds picked[first..first+n) */

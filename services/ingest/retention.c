@@ -97,14 +97,14 @@ static eb_status pass_tx_begin(PGconn *c)
 }
 
 /* Step 1, in its own transaction: the rows past their project's retention that no partition
- * drop removes (those of days that end after the longest retention in force), with their
- * observations, keys, reviews and scores. Three kinds: the traces of a project whose own
- * setting is shorter than the longest (found through the settings, per project, by the (team,
- * project, time) index); when some project keeps its traces longer than the default, the
- * traces of projects without a setting older than the default; and the traces kept the longest
- * that are past it but in the one day that is not yet whole past it (so that no trace outlives
- * its retention by up to a day). A short setting of one team makes no other team's rows be
- * looked at. Adds the number of traces removed to *n. */
+ * drop removes (those of days newer than the longest retention in force), with their
+ * observations, keys, reviews and scores. Two kinds: the traces of a project whose own setting
+ * is shorter than the longest (found through the settings, per project, by the (team, project,
+ * time) index), and, when some project keeps its traces longer than the default, the traces of
+ * projects without a setting older than the default. A short setting of one team makes no
+ * other team's rows be looked at. The traces kept the longest go with their day's partitions
+ * (step 2), once the whole day is past their retention: up to a day after it, rather than
+ * deleting the bulk of all traces row by row every pass. Adds the number removed to *n. */
 static eb_status delete_expired_rows(PGconn *c, long long default_days, long long max_days,
                                      long long *n)
 {
@@ -127,14 +127,7 @@ static eb_status delete_expired_rows(PGconn *c, long long default_days, long lon
                         "  t.part_time < now() - make_interval(days => $1::int) AND NOT EXISTS"
                         "  (SELECT 1 FROM ingest.project_settings s WHERE s.team_id = t.team_id"
                         "  AND s.project = t.project) RETURNING t.team_id, t.part_time, t.id),"
-                        " edge AS (DELETE FROM ingest.traces t WHERE t.part_time >= now() -"
-                        "  make_interval(days => $2::int + 1) AND t.part_time < now() -"
-                        "  make_interval(days => $2::int) AND coalesce((SELECT s.retention_days"
-                        "  FROM ingest.project_settings s WHERE s.team_id = t.team_id AND"
-                        "  s.project = t.project), $1::int) = $2::int"
-                        "  RETURNING t.team_id, t.part_time, t.id),"
-                        " expired AS (SELECT * FROM short UNION ALL SELECT * FROM dflt UNION ALL"
-                        "  SELECT * FROM edge),"
+                        " expired AS (SELECT * FROM short UNION ALL SELECT * FROM dflt),"
                         " o AS (DELETE FROM ingest.observations o USING expired e WHERE"
                         "  o.team_id = e.team_id AND o.part_time = e.part_time AND o.trace_id ="
                         "  e.id),"

@@ -993,6 +993,31 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.deepEqual(h.observations.map((o) => o.name), ['beside'], 'the span beside the huge one is stored');
   }));
 
+  it('a split trace whose trace-level input is most of max-trace-bytes keeps its metadata and resource attributes', T, stack.wrap(async () => {
+    // a replica with a 2 KiB limit: the root's 1,200-byte input (copied to the trace) leaves the
+    // first fragment; its metadata and the resource's attributes must stay with it
+    const replica = await stack.spawnService('ingest', { EVALBUS_MAX_TRACE_BYTES: '2KiB', EVALBUS_WRITER_THREADS: '0' });
+    const id = hex(16);
+    const root = hex(8);
+    const t0 = Date.now() - 5000;
+    const spans = [
+      { traceId: id, spanId: root, name: 'agent', startMs: t0, endMs: t0 + 100,
+        attrs: { 'input.value': 'q'.repeat(1200), metadata: JSON.stringify({ customer: 'acme' }) } },
+      ...Array.from({ length: 4 }, (_, i) => ({ traceId: id, spanId: hex(8), parentSpanId: root, name: `step ${i}`, startMs: t0 + i, endMs: t0 + i + 1,
+        attrs: { 'output.value': `${i}`.repeat(250) } })),
+    ];
+    const res = await fetch(`${replica.url}/otlp/v1/traces`, { method: 'POST', body: JSON.stringify(otlpJson(`split-${hex(3)}`, spans, { 'custom.res': 'keepme' })),
+      headers: { authorization: `Bearer ${A.key}`, 'content-type': 'application/json' } });
+    const text = await res.text();
+    assert.equal(res.status, 200, text);
+    assert.equal(text, '{}', 'every span taken');
+    const g = await waitTrace(A.key, id, (b) => b.observations.length === 5, 10_000);
+    assert.equal(g.metadata.customer, 'acme', 'the root span\'s metadata');
+    assert.equal(g.attributes?.resource?.['custom.res'], 'keepme', `the resource's attributes: ${JSON.stringify(g.attributes)}`);
+    assert.equal(g.name, 'agent');
+    assert.ok(JSON.stringify(g.observations.find((o) => o.name === 'agent').input).includes('q'.repeat(1200)), 'the root span keeps its input');
+  }));
+
   it('fragments of the same traces in requests that two writers store at once: no deadlock, no batch retried one by one, every total right', T, stack.wrap(async () => {
     // 400 traces of 12 spans; request k holds span k of every trace, the traces in a random
     // order, and the 12 requests go at once: the writers' batches share traces in different

@@ -122,24 +122,6 @@ describe('retention per project', () => {
     assert.equal((await api('PUT', '/api/v1/projects/keep-long/settings', { key: owner.key, body: { retention_days: 90 } })).status, 200);
   }), { timeout: 60_000 });
 
-  it('a trace goes once past its retention, not when its whole day is: no trace outlives it by up to a day', stack.wrap(async () => {
-    const deleted = async () => {
-      const text = await (await fetch(`${replica.url}/metrics`)).text();
-      return Number((text.match(/^evalbus_ingest_retention_deleted_total (\S+)$/m) ?? [])[1] ?? 0);
-    };
-    const before = await deleted();
-    // an hour past the default 90 days: its day is not whole past them (unless it is the last
-    // hour of a day), so no partition drop takes it; the row delete must
-    const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [trace('edge-old', 'edge', 90 + 1 / 24), trace('edge-young', 'edge', 89.9)] } });
-    assert.equal(r.status, 202, JSON.stringify(r.body));
-    const state = async () => [(await api('GET', '/api/v1/traces/edge-old', { key: owner.key })).status,
-      (await api('GET', '/api/v1/traces/edge-young', { key: owner.key })).status,
-      ...(await stack.psql("SELECT (SELECT count(*) FROM ingest.observations WHERE trace_id = 'edge-old'), (SELECT count(*) FROM ingest.trace_keys WHERE id = 'edge-old')"))[0],
-      await deleted() > before].join();
-    const gone = await pollUntil(async () => (await state()) === '404,200,0,0,true', { timeoutMs: 15_000, intervalMs: 250 });
-    assert.ok(gone.value, `the trace an hour past the default 90 days is stored, then removed with its observations and key; the one inside them stays (edge-old, edge-young, observations, keys, rows deleted: ${await state()})`);
-  }), { timeout: 60_000 });
-
   it('a pass under way does not hold up shutdown: it is cancelled and rolls back', stack.wrap(async () => {
     // A transaction holds project_settings, which every pass reads first: the replica's next pass
     // waits for it (up to the pass's 5 s lock_timeout) when SIGTERM comes. Every service runs its
