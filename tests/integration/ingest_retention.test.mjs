@@ -107,12 +107,18 @@ describe('retention per project', () => {
     // 365 days for one project keeps every day partition younger than that; the traces of
     // projects without a setting still go after the default 90 days, row by row
     assert.equal((await api('PUT', '/api/v1/projects/keep-long/settings', { key: owner.key, body: { retention_days: 365 } })).status, 200);
+    const deleted = async () => {
+      const text = await (await fetch(`${replica.url}/metrics`)).text();
+      return Number((text.match(/^evalbus_ingest_retention_deleted_total (\S+)$/m) ?? [])[1] ?? 0);
+    };
+    const before = await deleted();
     const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [trace('dflt-old', 'nosetting', 95), trace('long-old', 'keep-long', 95), trace('dflt-new', 'nosetting', 80)] } });
     assert.equal(r.status, 202, JSON.stringify(r.body));
-    const gone = await pollUntil(async () => (await api('GET', '/api/v1/traces/dflt-old', { key: owner.key })).status === 404 &&
-      (await api('GET', '/api/v1/traces/long-old', { key: owner.key })).status === 200, { timeoutMs: 15_000, intervalMs: 250 });
-    assert.ok(gone.value, 'the 95-day-old trace of a project without a setting is removed, the one of the 365-day project is stored and stays');
-    assert.equal((await api('GET', '/api/v1/traces/dflt-new', { key: owner.key })).status, 200, 'an 80-day-old trace stays');
+    // the three may be stored by different writer batches: wait for the end state
+    const status = async (id) => (await api('GET', `/api/v1/traces/${id}`, { key: owner.key })).status;
+    const gone = await pollUntil(async () => await status('dflt-old') === 404 && await status('long-old') === 200 &&
+      await status('dflt-new') === 200 && await deleted() > before, { timeoutMs: 15_000, intervalMs: 250 });
+    assert.ok(gone.value, 'the 95-day-old trace of a project without a setting is stored, then removed by a row delete; the one of the 365-day project and an 80-day-old one are stored and stay');
     await sleep(2500); // two more passes
     assert.equal((await api('GET', '/api/v1/traces/long-old', { key: owner.key })).status, 200, 'the 365-day project keeps its 95-day-old trace');
     const rows = await stack.psql("SELECT (SELECT count(*) FROM ingest.observations WHERE trace_id = 'dflt-old'), (SELECT count(*) FROM ingest.trace_keys WHERE id = 'dflt-old')");
