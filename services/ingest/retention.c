@@ -79,6 +79,15 @@ static bool pass_cancelled(ingest_retention *rt)
     return cancelled;
 }
 
+/* Ends one of a pass's transactions: COMMIT if st is EB_OK, else ROLLBACK; the outcome. */
+static eb_status pass_tx_end(PGconn *c, eb_status st)
+{
+    if (st == EB_OK)
+        return eb_db_commit(c);
+    eb_db_rollback(c);
+    return st;
+}
+
 /* BEGIN one of a pass's transactions. The row delete is planned over every day partition and
  * pruned only when it runs, so its estimated cost is high enough for JIT compilation, which
  * then takes longer (about 0.5 s of CPU) than the pruned statement. Dropping a day's partitions
@@ -139,10 +148,7 @@ static eb_status delete_expired_rows(PGconn *c, long long default_days, long lon
                         "  e.team_id AND s.trace_id = e.id)"
                         " SELECT count(*) FROM expired",
                         2, params, &r);
-    if (st == EB_OK)
-        st = eb_db_commit(c);
-    else
-        eb_db_rollback(c);
+    st = pass_tx_end(c, st);
     if (st == EB_OK)
         *n += atoll(eb_db_val(r, 0, 0));
     PQclear(r);
@@ -173,10 +179,7 @@ static eb_status drop_day(PGconn *c, const char *ymd)
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         st = eb_error(EB_ERR_DB, "dropping partition %s: %s", ymd, PQresultErrorMessage(r));
     PQclear(r);
-    if (st == EB_OK)
-        st = eb_db_commit(c);
-    else
-        eb_db_rollback(c);
+    st = pass_tx_end(c, st);
     return st;
 }
 
@@ -197,10 +200,7 @@ static eb_status delete_orphans(PGconn *c)
                         " AND k.id = s.trace_id) RETURNING 1) SELECT (SELECT count(*) FROM rv) +"
                         " (SELECT count(*) FROM sc)",
                         0, NULL, NULL);
-    if (st == EB_OK)
-        st = eb_db_commit(c);
-    else
-        eb_db_rollback(c);
+    st = pass_tx_end(c, st);
     return st;
 }
 
@@ -239,10 +239,7 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
     if (st == EB_OK)
         st = eb_db_exec(c, "SELECT coalesce(max(retention_days), 0) FROM ingest.project_settings",
                         0, NULL, &r);
-    if (st == EB_OK)
-        st = eb_db_commit(c);
-    else
-        eb_db_rollback(c);
+    st = pass_tx_end(c, st);
     if (st != EB_OK)
         goto cleanup;
     if (atoll(eb_db_val(r, 0, 0)) > max_days)
