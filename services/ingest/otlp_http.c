@@ -318,6 +318,15 @@ static size_t obs_packed_size(const Evalbus__V1__Observation *o)
     return 2 + len + n;
 }
 
+/* Clears t's trace-level input, output and tool calls (a shallow copy's: nothing is freed). */
+static void clear_io(Evalbus__V1__Trace *t)
+{
+    t->n_input_messages = t->n_output_messages = t->n_tool_calls = 0;
+    t->input_messages = t->output_messages = NULL;
+    t->tool_calls = NULL;
+    t->input_text = t->output_text = NULL;
+}
+
 /* t's spans make it larger than max-trace-bytes as one record (a long agent run, batched by a
  * Collector). Spans of one trace id already come as fragments that the writer merges (they
  * reach us in several requests), so t goes as several: the first carries the trace-level
@@ -336,14 +345,10 @@ static void split_trace(otlp_state *s, size_t *cap, Evalbus__V1__Trace *t, long 
 
     head.n_observations = 0;
     head.observations = NULL;
-    if (evalbus__v1__trace__get_packed_size(&head) > limit / 2) {
+    if (evalbus__v1__trace__get_packed_size(&head) > limit / 2)
         /* its trace-level input, output or tool calls are what is large: the writer takes them
          * again from the spans (the root's, the generations'), which keep them */
-        head.n_input_messages = head.n_output_messages = head.n_tool_calls = 0;
-        head.input_messages = head.output_messages = NULL;
-        head.tool_calls = NULL;
-        head.input_text = head.output_text = NULL;
-    }
+        clear_io(&head);
     if (evalbus__v1__trace__get_packed_size(&head) > limit) {
         /* what no span holds (metadata, resource attributes, tags) is too large on its own */
         s->rejected += (long long)t->n_observations;
@@ -354,10 +359,8 @@ static void split_trace(otlp_state *s, size_t *cap, Evalbus__V1__Trace *t, long 
     /* the other fragments: what identifies the trace (its metadata and attributes, which are
      * merged, go with the first) */
     rest = head;
-    rest.n_input_messages = rest.n_output_messages = rest.n_tool_calls = 0;
-    rest.input_messages = rest.output_messages = NULL;
-    rest.tool_calls = NULL;
-    rest.input_text = rest.output_text = rest.metadata_json = rest.attributes_json = NULL;
+    clear_io(&rest);
+    rest.metadata_json = rest.attributes_json = NULL;
     rest.has_input_tokens = rest.has_output_tokens = rest.has_total_tokens = false;
     rest.has_cost_usd = false;
     base_rest = evalbus__v1__trace__get_packed_size(&rest);

@@ -179,21 +179,20 @@ static char *sm_str(span_map *sm, const char *what, const char *s, size_t max)
  * mend a span it sent, so the label is stored mended rather than the span lost. */
 static void strip_controls(char *s)
 {
-    unsigned char *r = (unsigned char *)s, *w = (unsigned char *)s;
+    size_t n = s ? strlen(s) : 0, r = 0, w = 0;
 
-    while (s && *r) {
-        if (*r < 0x20 || *r == 0x7f) {
-            *w++ = ' ';
-            r++;
-        } else if (r[0] == 0xc2 && r[1] >= 0x80 && r[1] <= 0x9f) {
-            *w++ = ' '; /* C1 controls U+0080..U+009F */
-            r += 2;
+    while (r < n) {
+        size_t c = ingest_control_len(s + r, n - r);
+
+        if (c) {
+            s[w++] = ' ';
+            r += c;
         } else {
-            *w++ = *r++;
+            s[w++] = s[r++];
         }
     }
     if (s)
-        *w = '\0';
+        s[w] = '\0';
 }
 
 /* sm_str for a label: at most max_id_bytes, control characters made spaces. */

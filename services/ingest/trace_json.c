@@ -141,16 +141,22 @@ static void utf8_prefix(const char *s, size_t max, char *out, size_t outlen)
 /* ---------------------------------------------------------------------------------------------
  * Checks shared by the JSON parser and the protobuf validator. */
 
-bool ingest_has_control(const char *s, size_t n)
+size_t ingest_control_len(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
 
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] < 0x20 || p[i] == 0x7f)
+    if (n > 0 && (p[0] < 0x20 || p[0] == 0x7f))
+        return 1;
+    if (n > 1 && p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+        return 2; /* C1 controls U+0080..U+009F */
+    return 0;
+}
+
+bool ingest_has_control(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ingest_control_len(s + i, n - i))
             return true;
-        if (p[i] == 0xc2 && i + 1 < n && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f)
-            return true; /* C1 controls U+0080..U+009F */
-    }
     return false;
 }
 

@@ -24,8 +24,10 @@
 eb_status ingest_trace_from_json(const cJSON *item, const ingest_limits *lim,
                                  Evalbus__V1__Trace **out);
 
-/* True if s[0..n) holds a control character (C0, DEL or C1), which labels (project, model,
- * tags, ids) must not. */
+/* The bytes of the control character (C0, DEL or C1) that s[0..n) starts with: 1, 2, or 0 when
+ * it starts with none. Labels (project, model, tags, ids) must not hold them. */
+size_t ingest_control_len(const char *s, size_t n);
+/* True if s[0..n) holds a control character (ingest_control_len). */
 bool ingest_has_control(const char *s, size_t n);
 
 /* Checks a trace that arrived as protobuf (NATS) against the same rules and limits as JSON
