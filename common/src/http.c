@@ -110,9 +110,12 @@ struct eb_http_req {
     bool authenticated;
     struct timespec start;
     void *data;
-    /* a blocking route's handler is running on a worker thread: answers are kept here */
+    /* a blocking route's handler (or a continuation, eb_http_req_offload) is running on a worker
+     * thread: answers are kept here */
     bool on_worker;
     worker_reply worker;
+    eb_http_handler work_fn;
+    void *work_arg;
     /* streamed replies */
     int stream_code;
     size_t stream_bytes;
@@ -729,12 +732,12 @@ static void reply_metrics(eb_http_req *req)
     eb_buf_free(&b);
 }
 
-/* A blocking route's handler, on a worker thread. */
+/* A blocking route's handler or an offloaded continuation, on a worker thread. */
 static void handler_work(void *arg)
 {
     eb_http_req *req = arg;
 
-    req->route->handler(req, req->srv->ctx);
+    req->work_fn(req, req->work_arg);
 }
 
 /* Back on the loop: sends what the handler answered. */
@@ -758,14 +761,24 @@ static void handler_done(void *arg)
     finish(req, w->code, w->content_type, w->data, w->len);
 }
 
-static void run_handler(eb_http_req *req)
+void eb_http_req_offload(eb_http_req *req, eb_http_handler fn, void *arg)
 {
-    if (req->route->blocking && req->srv->workers) {
-        req->on_worker = true;
-        eb_pool_submit(req->srv->workers, handler_work, handler_done, req);
+    if (!req->srv->workers) {
+        fn(req, arg);
         return;
     }
-    req->route->handler(req, req->srv->ctx);
+    req->on_worker = true;
+    req->work_fn = fn;
+    req->work_arg = arg;
+    eb_pool_submit(req->srv->workers, handler_work, handler_done, req);
+}
+
+static void run_handler(eb_http_req *req)
+{
+    if (req->route->blocking)
+        eb_http_req_offload(req, req->route->handler, req->srv->ctx);
+    else
+        req->route->handler(req, req->srv->ctx);
 }
 
 static void on_rate_checked(bool allowed, long long retry_after_ms, void *arg)

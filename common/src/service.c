@@ -166,6 +166,12 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
     ho.shutdown_grace_ms = cfg->shutdown_grace_ms;
     svc->http = eb_http_server_new(svc->base, &ho, routes, nroutes, ctx);
     eb_http_set_ratelimit(svc->http, svc->rl);
+    if (cfg->api_threads > 0) {
+        svc->api = eb_pool_new(svc->base, (int)cfg->api_threads, "api");
+        if (!svc->api)
+            return eb_error(EB_ERR_INTERNAL, "cannot start the API threads");
+        eb_http_set_workers(svc->http, svc->api);
+    }
     eb_http_add_check(svc->http, "postgres", check_db, svc->db, true);
     eb_http_add_check(svc->http, "nats", check_nats, svc->bus, true);
     eb_http_add_check(svc->http, "redis", check_redis, svc, false);
@@ -205,6 +211,8 @@ void eb_service_cleanup(eb_service *svc)
         event_free(svc->sig_term);
     if (svc->sig_int)
         event_free(svc->sig_int);
+    eb_pool_finish(svc->api);
+    eb_pool_free(svc->api);
     eb_http_server_free(svc->http);
     eb_ratelimit_free(svc->rl);
     eb_redis_free(svc->redis);

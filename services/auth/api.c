@@ -19,22 +19,24 @@
  * unrestricted one) */
 #define ADMIN EB_ROLE_ADMIN, EB_SCOPE_ADMIN, true
 const eb_http_route auth_routes[] = {
+    /* blocking: the handler waits on PostgreSQL, on the api threads (api-threads); login and
+     * invitation acceptance go there after their rate limit check (eb_http_req_offload) */
     {"POST", "/api/v1/auth/login", api_login, true, EB_ROLE_NONE, 0, false, false},
     {"GET", "/api/v1/auth/whoami", api_whoami, false, EB_ROLE_VIEWER, 0, false, false},
-    {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0, false, false},
-    {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0, false, false},
-    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, false, false},
-    {"PATCH", "/api/v1/users/{id}", api_user_update, false, ADMIN, false},
-    {"DELETE", "/api/v1/users/{id}", api_user_remove, false, ADMIN, false},
+    {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0, false, true},
+    {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0, false, true},
+    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, false, true},
+    {"PATCH", "/api/v1/users/{id}", api_user_update, false, ADMIN, true},
+    {"DELETE", "/api/v1/users/{id}", api_user_remove, false, ADMIN, true},
     {"POST", "/api/v1/invitations/accept", api_invitation_accept, true, EB_ROLE_NONE, 0, false,
      false},
-    {"POST", "/api/v1/invitations", api_invitation_create, false, ADMIN, false},
-    {"GET", "/api/v1/invitations", api_invitations_list, false, ADMIN, false},
-    {"DELETE", "/api/v1/invitations/{id}", api_invitation_delete, false, ADMIN, false},
-    {"POST", "/api/v1/keys", api_key_create, false, ADMIN, false},
-    {"GET", "/api/v1/keys", api_keys_list, false, ADMIN, false},
-    {"DELETE", "/api/v1/keys/{id}", api_key_revoke, false, ADMIN, false},
-    {"GET", "/api/v1/audit", api_audit_list, false, ADMIN, false},
+    {"POST", "/api/v1/invitations", api_invitation_create, false, ADMIN, true},
+    {"GET", "/api/v1/invitations", api_invitations_list, false, ADMIN, true},
+    {"DELETE", "/api/v1/invitations/{id}", api_invitation_delete, false, ADMIN, true},
+    {"POST", "/api/v1/keys", api_key_create, false, ADMIN, true},
+    {"GET", "/api/v1/keys", api_keys_list, false, ADMIN, true},
+    {"DELETE", "/api/v1/keys/{id}", api_key_revoke, false, ADMIN, true},
+    {"GET", "/api/v1/audit", api_audit_list, false, ADMIN, true},
 };
 const size_t auth_nroutes = sizeof(auth_routes) / sizeof(auth_routes[0]);
 
@@ -111,8 +113,9 @@ static void login_fail_audit(auth_ctx *ctx, PGconn *c, const char *user_id, cons
     PQclear(r);
 }
 
-static void login_continue(eb_http_req *req, login_state *ls)
+static void login_continue(eb_http_req *req, void *arg)
 {
+    login_state *ls = arg;
     auth_ctx *ctx = ls->ctx;
     const char *email = NULL, *password = NULL, *team = NULL;
     PGconn *c = NULL;
@@ -253,7 +256,8 @@ static void on_login_limit(bool allowed, long long retry_after_ms, void *arg)
         free(ls);
         return;
     }
-    login_continue(req, ls);
+    /* the password hash and the queries run on the api threads */
+    eb_http_req_offload(req, login_continue, ls);
 }
 
 void api_login(eb_http_req *req, void *vctx)

@@ -379,8 +379,9 @@ void api_invitation_delete(eb_http_req *req, void *vctx)
     eb_http_reply_json(req, 200, o);
 }
 
-static void accept_continue(eb_http_req *req, auth_ctx *ctx)
+static void accept_continue(eb_http_req *req, void *vctx)
 {
+    auth_ctx *ctx = vctx;
     cJSON *body = eb_http_req_json(req), *o, *t, *d;
     const char *token = NULL, *password = NULL;
     char thash[65], team_id[41] = "", inv_id[41] = "", email[330] = "", role[16] = "",
@@ -523,7 +524,8 @@ static void on_accept_limit(bool allowed, long long retry_after_ms, void *arg)
                             "too many password attempts from this address; retry after %s s", secs);
         return;
     }
-    accept_continue(req, eb_http_req_get_data(req));
+    /* a password hash: on the api threads, as are the queries */
+    eb_http_req_offload(req, accept_continue, eb_http_req_get_data(req));
 }
 
 void api_invitation_accept(eb_http_req *req, void *vctx)

@@ -21,8 +21,12 @@ extern const size_t eb_migrations_auth_count;
 
 #define T auth_config
 static const eb_setting settings[] = {
-    EB_SERVICE_SETTINGS(auth_config, svc, "8085", "64KiB", "4"),
+    EB_SERVICE_SETTINGS(auth_config, svc, "8085", "64KiB", "6"),
     EB_DB_IDLE_TX_SETTING(auth_config, svc, "60s"),
+    EB_API_THREADS_SETTING(auth_config, svc, "2",
+                           "threads that run the API's queries and password hashes (login, "
+                           "invitations), so that the loop thread does not wait on them; each "
+                           "takes one of db-pool's connections while it runs"),
     {"jwt-secret", "EVALBUS_JWT_SECRET", EB_SET_STRING, NULL, 0, 0, true, offsetof(T, jwt_secret),
      "HS256 key for session tokens, at least 32 characters (required)"},
     {"jwt-issuer", "EVALBUS_JWT_ISSUER", EB_SET_STRING, "evalbus", 0, 0, false,
@@ -157,6 +161,9 @@ int main(int argc, char **argv)
     ctx.svc.on_stop = on_stop;
     ctx.svc.on_stop_arg = &ctx;
     rc = eb_service_run(&ctx.svc);
+    /* requests still on the api threads are answered before the NATS side stops */
+    eb_pool_finish(ctx.svc.api);
+    eb_service_flush(&ctx.svc, 1000);
 cleanup:
     auth_nats_stop(&ctx);
     eb_service_cleanup(&ctx.svc);

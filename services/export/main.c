@@ -22,6 +22,10 @@ extern const size_t eb_migrations_export_count;
 static const eb_setting settings[] = {
     EB_SERVICE_SETTINGS(export_config, svc, "8082", "1MiB", "4"),
     EB_AUTHC_SETTINGS(T, auth_cache_ttl_ms, auth_timeout_ms),
+    EB_API_THREADS_SETTING(export_config, svc, "2",
+                           "threads that run the API's job, settings and schedule endpoints (they "
+                           "wait on PostgreSQL and the stream, so the loop thread does not); each "
+                           "takes one of db-pool's connections while it runs"),
     {"workers", "EVALBUS_EXPORT_WORKERS", EB_SET_INT, "2", 0, 16, false, offsetof(T, workers),
      "export worker threads (0: this replica only answers the API)"},
     {"part-size", "EVALBUS_EXPORT_PART_SIZE", EB_SET_SIZE, "8MiB", 65536, 5368709120.0, false,
@@ -68,17 +72,19 @@ static const eb_setting settings[] = {
 #define VIEWER EB_ROLE_VIEWER
 #define MEMBER EB_ROLE_MEMBER
 /* Exports, datasets and their settings cover the whole team: project-restricted keys get 403
- * (team_wide). */
+ * (team_wide). Blocking routes wait on PostgreSQL (and creation on the EXPORTS stream) on the api
+ * threads; streams, statistics, downloads and event streams answer from the loop (the first two
+ * run their queries on threads of their own). */
 static const eb_http_route routes[] = {
     {"POST", "/api/v1/exports", api_exports_create, false, MEMBER, EB_SCOPE_EXPORTS_WRITE, true,
-     false},
-    {"GET", "/api/v1/exports", api_exports_list, false, VIEWER, EB_SCOPE_EXPORTS_READ, true, false},
+     true},
+    {"GET", "/api/v1/exports", api_exports_list, false, VIEWER, EB_SCOPE_EXPORTS_READ, true, true},
     {"GET", "/api/v1/exports/stream", api_exports_stream, false, VIEWER, EB_SCOPE_EXPORTS_READ,
      true, false},
     {"GET", "/api/v1/exports/{id}", api_exports_get, false, VIEWER, EB_SCOPE_EXPORTS_READ, true,
-     false},
+     true},
     {"DELETE", "/api/v1/exports/{id}", api_exports_cancel, false, MEMBER, EB_SCOPE_EXPORTS_WRITE,
-     true, false},
+     true, true},
     {"GET", "/api/v1/exports/{id}/download", api_exports_download, false, VIEWER,
      EB_SCOPE_EXPORTS_READ, true, false},
     {"GET", "/api/v1/exports/{id}/events", api_exports_events, false, VIEWER, EB_SCOPE_EXPORTS_READ,
@@ -86,15 +92,15 @@ static const eb_http_route routes[] = {
     {"GET", "/api/v1/datasets/statistics", api_datasets_statistics, false, VIEWER,
      EB_SCOPE_EXPORTS_READ, true, false},
     {"GET", "/api/v1/export-settings", api_export_settings_get, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ, true, false},
+     EB_SCOPE_EXPORTS_READ, true, true},
     {"PUT", "/api/v1/export-settings", api_export_settings_put, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN, true, false},
+     EB_SCOPE_ADMIN, true, true},
     {"POST", "/api/v1/export-schedules", api_schedules_create, false, MEMBER,
-     EB_SCOPE_EXPORTS_WRITE, true, false},
+     EB_SCOPE_EXPORTS_WRITE, true, true},
     {"GET", "/api/v1/export-schedules", api_schedules_list, false, VIEWER, EB_SCOPE_EXPORTS_READ,
-     true, false},
+     true, true},
     {"DELETE", "/api/v1/export-schedules/{id}", api_schedules_delete, false, MEMBER,
-     EB_SCOPE_EXPORTS_WRITE, true, false},
+     EB_SCOPE_EXPORTS_WRITE, true, true},
 };
 
 eb_status export_store_open(const export_config *cfg, const char *destination, eb_store **out)
@@ -200,13 +206,15 @@ int main(int argc, char **argv)
     export_scheduler_start(&ctx);
     rc = eb_service_run(&ctx.svc);
     /* requests still waiting for their credential are answered now (unavailable, unless a
-     * cached entry serves), and the loop turns until those answers are written out; the
+     * cached entry serves), then those still on the api threads, and the loop turns until
+     * these answers are written out; the
      * schedule's timer goes first, so that no pass starts meanwhile */
     if (ctx.schedule_timer) {
         event_free(ctx.schedule_timer);
         ctx.schedule_timer = NULL;
     }
     eb_authc_stop(ctx.authc);
+    eb_pool_finish(ctx.svc.api);
     eb_service_flush(&ctx.svc, 1000);
 cleanup:
     export_workers_stop(ctx.workers);

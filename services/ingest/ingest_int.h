@@ -34,7 +34,6 @@ typedef struct ingest_config {
     long long writer_threads;
     long long writer_batch;
     long long decode_threads;
-    long long api_threads;
     long long query_timeout_ms;
     long long stream_max_bytes;
     long long stream_high_water; /* percent */
@@ -57,7 +56,6 @@ typedef struct ingest_ctx {
     ingest_publisher *pub;
     eb_pool *pool;
     eb_pool *guard_pool; /* one thread: the project guard's questions (project_guard.c) */
-    eb_pool *api_pool;   /* runs the handlers of blocking routes (main.c) */
     ingest_writer *writer;
     ingest_watch *watch;
     eb_sub *nats_sub;

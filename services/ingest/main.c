@@ -57,10 +57,11 @@ static const eb_setting settings[] = {
      offsetof(T, decode_threads),
      "threads that inflate, parse, validate and pack JSON batches, OTLP requests and NATS"
      " TraceBatches (the loop thread only answers)"},
-    {"api-threads", "EVALBUS_API_THREADS", EB_SET_INT, "2", 1, 16, false, offsetof(T, api_threads),
-     "threads that run the query, review, score, deletion and settings endpoints (they wait on"
-     " PostgreSQL, so the loop thread does not); each takes one of db-pool's connections while"
-     " it runs"},
+    EB_API_THREADS_SETTING(
+        ingest_config, svc, "2",
+        "threads that run the query, review, score, deletion and settings endpoints (they wait on"
+        " PostgreSQL, so the loop thread does not); each takes one of db-pool's connections while"
+        " it runs"),
     {"query-timeout", "EVALBUS_QUERY_TIMEOUT", EB_SET_DURATION, "30s", 0, 3600000, false,
      offsetof(T, query_timeout_ms),
      "longest a statement of those endpoints may run, lock waits included (504 after it; 0: no"
@@ -156,8 +157,6 @@ int main(int argc, char **argv)
         st = eb_error(EB_ERR_INTERNAL, "cannot start the decode threads");
     if (st == EB_OK && !(ctx.guard_pool = eb_pool_new(ctx.svc.base, 1, "guard")))
         st = eb_error(EB_ERR_INTERNAL, "cannot start the project guard's thread");
-    if (st == EB_OK && !(ctx.api_pool = eb_pool_new(ctx.svc.base, (int)cfg.api_threads, "api")))
-        st = eb_error(EB_ERR_INTERNAL, "cannot start the API threads");
     eb_metrics_describe("evalbus_ingest_project_checks_total", "counter",
                         "Questions whether a project-restricted key's trace ids are another"
                         " project's, by result (checked, failed, skipped)");
@@ -170,7 +169,6 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     eb_http_set_authenticator(ctx.svc.http, eb_authc_verify, ctx.authc);
-    eb_http_set_workers(ctx.svc.http, ctx.api_pool);
     eb_http_add_check(ctx.svc.http, "writer", check_writer, &ctx, false);
     /* accepted traces wait in the stream while PostgreSQL is away: stay in rotation */
     eb_http_set_check_critical(ctx.svc.http, "postgres", false);
@@ -202,7 +200,7 @@ int main(int argc, char **argv)
      * query-timeout; a large deletion by filter may run longer, and a process stopped by force
      * meanwhile rolls it back whole): also those whose credential or rate limit was settled in
      * the turns of the loop above */
-    eb_pool_finish(ctx.api_pool);
+    eb_pool_finish(ctx.svc.api);
     eb_service_flush(&ctx.svc, 1000);
 cleanup:
     ingest_retention_stop(ctx.retention);
@@ -212,7 +210,6 @@ cleanup:
     ingest_deletions_stop(&ctx);
     eb_pool_free(ctx.pool);
     eb_pool_free(ctx.guard_pool);
-    eb_pool_free(ctx.api_pool);
     eb_authc_free(ctx.authc);
     ingest_publisher_free(ctx.pub);
     eb_service_cleanup(&ctx.svc);

@@ -13,6 +13,7 @@ import {
   keySecret,
   assertStatus,
   decodeJwt,
+  sleep,
   uniqueSlug,
 } from './harness.mjs';
 
@@ -46,6 +47,30 @@ describe('auth HTTP API', () => {
       assert.equal(r.body.checks?.[dep]?.ok, true, `checks.${dep}.ok: ${r.text}`);
     }
   }));
+
+  // What a login or a query waits on (the password hash, a lock) holds up its own request only:
+  // the loop answers health checks and cached credentials meanwhile.
+  for (const [what, table, send] of [
+    ['a query', 'auth.audit_log', () => stack.api('GET', '/api/v1/audit?limit=1', { key: owner.key })],
+    ['a login', 'auth.users', () => stack.api('POST', '/api/v1/auth/login', { body: { email: owner.email, password: owner.password } })],
+  ]) {
+    it(`${what} waiting on a lock holds up only itself: health checks and other requests go on`, T, stack.wrap(async () => {
+      assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key }), 200, 'the key is verified (and cached)');
+      const order = [];
+      const { released } = await stack.lockTable(table, 3000);
+      const locker = released.then(() => order.push('lock released'));
+      const blocked = send().then((r) => { order.push('blocked'); return r; });
+      await sleep(200); // it waits on the lock now
+      assertStatus(await stack.api('GET', '/healthz'), 200, 'healthz answers');
+      order.push('healthz');
+      assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key }), 200, 'whoami answers');
+      order.push('whoami');
+      assertStatus(await blocked, 200, `${what} answers once the lock is gone`);
+      await locker;
+      assert.deepEqual(order.slice(0, 2), ['healthz', 'whoami'],
+        `the health check and whoami were answered while ${what} waited (order: ${order.join(', ')})`);
+    }));
+  }
 
   it('GET /metrics is Prometheus text with evalbus_http_requests_total', T, stack.wrap(async () => {
     await stack.api('GET', '/healthz');

@@ -237,6 +237,24 @@ describe('export: jobs, formats, privacy', () => {
   }, { timeout: UP_TIMEOUT_MS });
   after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
 
+  it('a listing waiting on a lock holds up only itself: health checks and settings are answered meanwhile', T, stack.wrap(async () => {
+    const exp = (p, key) => stack.api('GET', p, { base: stack.env.EVALBUS_EXPORT_URL, key });
+    assertStatus(await exp('/api/v1/export-settings', A.key), 200, 'the key is verified (and cached)');
+    const order = [];
+    const { released } = await stack.lockTable('export.jobs', 3000);
+    const locker = released.then(() => order.push('lock released'));
+    const blocked = exp('/api/v1/exports?limit=1', A.key).then((r) => { order.push('blocked listing'); return r; });
+    await sleep(200); // the listing waits on the lock now
+    assertStatus(await exp('/healthz'), 200, 'healthz answers');
+    order.push('healthz');
+    assertStatus(await exp('/api/v1/export-settings', A.key), 200, 'the settings answer');
+    order.push('settings');
+    assertStatus(await blocked, 200, 'the listing answers once the lock is gone');
+    await locker;
+    assert.deepEqual(order.slice(0, 2), ['healthz', 'settings'],
+      `the health check and the settings were answered while the listing waited (order: ${order.join(', ')})`);
+  }));
+
   it('jsonl + gzip: every trace once, PII replaced by tokens, look-alikes kept, file and manifest in the store', T, stack.wrap(async () => {
     const job = await runExport(A.key, { format: 'jsonl' });
     assert.equal(job.state, 'succeeded', JSON.stringify(job.error));

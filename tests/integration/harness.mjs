@@ -747,6 +747,20 @@ export class Stack {
     return psqlRows(res, 'psql', sql);
   }
 
+  /** Takes an ACCESS EXCLUSIVE lock on table in a psql session of its own and holds it for ms;
+   * resolves once the lock is granted, with { released }: a promise of the session's end. */
+  async lockTable(table, ms) {
+    const app = `test-locker-${crypto.randomBytes(4).toString('hex')}`;
+    const released = this.psql(`BEGIN; LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(${ms / 1000}); COMMIT`,
+      { appName: app, timeoutMs: ms + 30_000 });
+    released.catch(() => {}); // awaited by the caller; a failure before then is seen there
+    const granted = await pollUntil(async () => (await this.psql('SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a' +
+      ` USING (pid) WHERE a.application_name = '${app}' AND l.mode = 'AccessExclusiveLock' AND l.granted`))[0][0] !== '0',
+    { timeoutMs: 5000, intervalMs: 50 });
+    assert.ok(granted.value, `the lock on ${table} is taken`);
+    return { released };
+  }
+
   /** Runs sql with psql as the cluster's superuser (EVALBUS_STACK_PG_SUPERUSER over the socket,
    * peer authentication, taking that user's identity first when we are root, as scripts/stack
    * does): a session the services' role cannot see into. Resolves like psql(). */

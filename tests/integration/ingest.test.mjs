@@ -953,12 +953,9 @@ describe('ingest: JSON batch API and trace queries', () => {
     await waitTrace(A.key, id);
     // What retention takes to drop a day (ACCESS EXCLUSIVE on ingest.traces), held by another
     // session: a listing of every partition waits for it.
-    const LOCK_MS = 4000;
     const order = [];
-    const locker = stack.psql(`BEGIN; LOCK TABLE ingest.traces IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(${LOCK_MS / 1000}); COMMIT`,
-      { appName: 'test-locker' }).then(() => order.push('lock released'));
-    await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-locker' AND l.mode = 'AccessExclusiveLock' AND l.granted"))[0][0] !== '0',
-      { timeoutMs: 5000, intervalMs: 50 });
+    const { released } = await stack.lockTable('ingest.traces', 4000);
+    const locker = released.then(() => order.push('lock released'));
     const blocked = api('GET', '/api/v1/traces?project=locks', A.key).then((r) => { order.push('blocked listing'); return r; });
     await sleep(200); // the listing is waiting on the lock now
     const health = await fetch(`${stack.env.EVALBUS_INGEST_URL}/healthz`);
@@ -994,9 +991,7 @@ describe('ingest: JSON batch API and trace queries', () => {
 
   it('a query past query-timeout is stopped with 504 timeout, whatever it waits on', T, stack.wrap(async () => {
     const replica = await stack.spawnService('ingest', { EVALBUS_QUERY_TIMEOUT: '1s', EVALBUS_WRITER_THREADS: '0' });
-    const locker = stack.psql('BEGIN; LOCK TABLE ingest.traces IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT', { appName: 'test-locker-2' });
-    await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-locker-2' AND l.granted AND l.mode = 'AccessExclusiveLock'"))[0][0] !== '0',
-      { timeoutMs: 5000, intervalMs: 50 });
+    const { released: locker } = await stack.lockTable('ingest.traces', 3000);
     const r = await stack.api('GET', '/api/v1/traces', { base: replica.url, key: A.key });
     assertError(r, 'timeout', 'a listing waiting on the lock past 1 s');
     assert.match(r.body.error.message, /query-timeout/, 'the message names the setting');
@@ -1009,10 +1004,8 @@ describe('ingest: JSON batch API and trace queries', () => {
     // connection would hold up the loop, and with it every request
     const replica = await stack.spawnService('ingest', { EVALBUS_DB_POOL: '2', EVALBUS_API_THREADS: '2', EVALBUS_WRITER_THREADS: '0' });
     const order = [];
-    const locker = stack.psql('BEGIN; LOCK TABLE ingest.traces IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT', { appName: 'test-locker-3' })
-      .then(() => order.push('lock released'));
-    await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-locker-3' AND l.granted AND l.mode = 'AccessExclusiveLock'"))[0][0] !== '0',
-      { timeoutMs: 5000, intervalMs: 50 });
+    const { released } = await stack.lockTable('ingest.traces', 3000);
+    const locker = released.then(() => order.push('lock released'));
     const listings = [1, 2].map(() => stack.api('GET', '/api/v1/traces?limit=1', { base: replica.url, key: A.key }).then((r) => { order.push('listing'); return r; }));
     // both connections are waiting on the lock
     await pollUntil(async () => Number((await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM ingest.traces t WHERE%'"))[0][0]) >= 2,

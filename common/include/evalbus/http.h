@@ -72,6 +72,12 @@ void eb_http_set_denied_hook(eb_http_server *srv, eb_denied_fn fn, void *arg);
 /* The pool whose threads run the handlers of blocking routes (the caller keeps it, and frees it
  * after the server). */
 void eb_http_set_workers(eb_http_server *srv, eb_pool *workers);
+/* Goes on with a request on the worker pool: fn(req, arg) runs on a worker thread under the rules
+ * of a blocking route's handler (it answers before it returns; the loop sends the answer). For a
+ * handler that must first wait on the loop (a rate limit check) and then on PostgreSQL or the
+ * CPU (a password hash). Called on the loop, as the request's last step there; without a worker
+ * pool, fn runs at once. */
+void eb_http_req_offload(eb_http_req *req, eb_http_handler fn, void *arg);
 /* critical: a failing critical check makes /readyz answer 503 "not_ready"; a failing
  * non-critical one gives 200 "degraded". */
 void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, void *arg,

@@ -11,6 +11,7 @@
 #include "evalbus/config.h"
 #include "evalbus/db.h"
 #include "evalbus/http.h"
+#include "evalbus/pool.h"
 #include "evalbus/ratelimit.h"
 #include "evalbus/redis.h"
 
@@ -29,6 +30,7 @@ typedef struct eb_service_config {
     long long shutdown_delay_ms;
     long long shutdown_grace_ms;
     long long db_idle_tx_timeout_ms; /* 0: PostgreSQL's own setting (EB_DB_IDLE_TX_SETTING) */
+    long long api_threads; /* 0: every handler runs on the loop (EB_API_THREADS_SETTING) */
 } eb_service_config;
 
 /* Settings rows for the eb_service_config member `m` of struct `T`; port is the default port,
@@ -135,6 +137,15 @@ typedef struct eb_service_config {
             "server's setting)"                                                                    \
     }
 
+/* The settings row for the threads that run the handlers of blocking routes (http.h), those
+ * that wait on PostgreSQL or the CPU, so that the loop thread never does; dflt as a string ("2"),
+ * help says what runs there. A service without the row runs every handler on its loop. */
+#define EB_API_THREADS_SETTING(T, m, dflt, help)                                                   \
+    {                                                                                              \
+        "api-threads", "EVALBUS_API_THREADS", EB_SET_INT, dflt, 1, 16, false,                      \
+            offsetof(T, m.api_threads), help                                                       \
+    }
+
 typedef struct eb_service {
     const char *name;
     struct event_base *base;
@@ -143,6 +154,7 @@ typedef struct eb_service {
     eb_redis *redis;
     eb_ratelimit *rl;
     eb_http_server *http;
+    eb_pool *api; /* runs the handlers of blocking routes (api-threads); NULL without the setting */
     struct event *sig_term;
     struct event *sig_int;
     int exit_code;
@@ -172,7 +184,9 @@ void eb_service_load_config(const char *program, const eb_setting *tab, size_t n
  * the HTTP server (not yet listening) with readiness checks for each. */
 eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_config *cfg,
                           const eb_http_route *routes, size_t nroutes, void *ctx);
-/* Listens, runs the loop until SIGTERM/SIGINT has drained the server; returns the exit code. */
+/* Listens, runs the loop until SIGTERM/SIGINT has drained the server; returns the exit code.
+ * Handlers still running on the api threads then are answered by eb_pool_finish(svc->api)
+ * (which the service calls where its shutdown wants them; eb_service_cleanup does otherwise). */
 int eb_service_run(eb_service *svc);
 /* After eb_service_run, for answers given since the loop ended (callbacks run at shutdown):
  * one non-blocking turn of the loop, which hands HTTP replies to their sockets as far as these
@@ -180,7 +194,8 @@ int eb_service_run(eb_service *svc);
  * connection has written what it holds, limit_ms at most. Timers that are due run too: free
  * those that must not before calling it. */
 void eb_service_flush(eb_service *svc, int limit_ms);
-/* Frees everything eb_service_init made. */
+/* Answers what the api threads still run (eb_pool_finish), then frees everything
+ * eb_service_init made. */
 void eb_service_cleanup(eb_service *svc);
 
 #endif
