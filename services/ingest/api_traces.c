@@ -610,6 +610,8 @@ void api_trace_get(eb_http_req *req, void *vctx)
     eb_status st;
     cJSON *o, *arr;
 
+    if (!eb_http_req_query_only(req, NULL, 0))
+        return;
     /* four statements, one snapshot: a replacement or deletion committed meanwhile must not
      * mix two versions of the trace into the answer */
     c = eb_req_db_begin_read(ctx->svc.db, req);

@@ -989,6 +989,30 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertStatus(await api('POST', `/api/v1/traces/${id}/review`, A.key, { body: { decision: 'accept', notes: 'ok' } }), 201, 'the same review spelt right');
   }));
 
+  it('query parameters the endpoint does not take are 400, never ignored: DELETE ?dry_run=true deletes nothing', T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const project = `qp-${sfx}`;
+    const [one, tagged] = [`qp1-${sfx}`, `qp2-${sfx}`];
+    await ingestOk(A.member, [{ id: one, project, observations: [{ id: 'o', type: 'span' }] }, { id: tagged, project, tags: [sfx] }]);
+    await waitAll(A.key, [one, tagged]);
+    const unknown = (r, what) => {
+      assertError(r, 'invalid_argument', what);
+      assert.match(r.body.error.message, /unknown query parameter '(dry_run|fields|x)'/, `${what}: ${r.text}`);
+    };
+    unknown(await api('DELETE', `/api/v1/traces/${one}?dry_run=true`, A.key), 'DELETE ?dry_run');
+    unknown(await api('POST', '/api/v1/traces/delete?dry_run=true', A.key, { body: { filter: { tag: sfx } } }), 'delete by filter ?dry_run');
+    unknown(await api('GET', `/api/v1/traces/${one}?fields=id`, A.key), 'GET ?fields');
+    unknown(await api('POST', `/api/v1/traces/${one}/review?x=1`, A.member, { body: { decision: 'accept' } }), 'review ?x');
+    unknown(await api('POST', '/api/v1/scores?x=1', A.member, { body: { trace_id: one, name: 'q', value: 1 } }), 'score ?x');
+    unknown(await api('PUT', `/api/v1/projects/${project}/settings?x=1`, A.key, { body: { retention_days: 5 } }), 'PUT settings ?x');
+    unknown(await api('GET', `/api/v1/projects/${project}/settings?x=1`, A.key), 'GET settings ?x');
+    // nothing happened
+    assert.deepEqual(await listIds(A.key, { project }), [one, tagged].sort(), 'both traces are still there');
+    const g = await waitTrace(A.key, one);
+    assert.deepEqual([g.review_state, g.reviews.length, g.scores.length], ['unreviewed', 0, 0], 'no review or score was written');
+    assert.equal((await api('GET', `/api/v1/projects/${project}/settings`, A.key)).body.default, true, 'no retention was set');
+  }));
+
   it('a query past query-timeout is stopped with 504 timeout, whatever it waits on', T, stack.wrap(async () => {
     const replica = await stack.spawnService('ingest', { EVALBUS_QUERY_TIMEOUT: '1s', EVALBUS_WRITER_THREADS: '0' });
     const { released: locker } = await stack.lockTable('ingest.traces', 3000);
