@@ -156,9 +156,8 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
         eb_http_reply_status(req, st);
         return;
     }
-    if ((from && !eb_rfc3339_valid(from)) || (to && !eb_rfc3339_valid(to))) {
+    if (!ingest_window_ok(req, from, to)) {
         cJSON_Delete(body);
-        eb_http_reply_error(req, EB_ERR_INVALID, "from and to must be RFC 3339 timestamps");
         return;
     }
     if (status && strcmp(status, "ok") && strcmp(status, "error") && strcmp(status, "unset")) {

@@ -429,6 +429,23 @@ static void finish_db(ingest_ctx *ctx, PGconn *c)
     eb_db_put(ctx->svc.db, c);
 }
 
+bool ingest_window_ok(eb_http_req *req, const char *from, const char *to)
+{
+    long long fs = 0, fns = 0, ts = 0, tns = 0;
+
+    if ((from && !ingest_time_instant(from, &fs, &fns)) ||
+        (to && !ingest_time_instant(to, &ts, &tns))) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "from and to must be RFC 3339 timestamps");
+        return false;
+    }
+    if (from && to && (fs > ts || (fs == ts && fns > tns))) {
+        /* swapped bounds select nothing: a listing or deletion that silently finds nothing */
+        eb_http_reply_error(req, EB_ERR_INVALID, "from (%s) is after to (%s)", from, to);
+        return false;
+    }
+    return true;
+}
+
 /* Cursor: base64url of "<part_time iso>|<id>". */
 static bool decode_cursor(const char *cur, char *pt, size_t ptlen, char **id)
 {
@@ -496,10 +513,8 @@ void api_traces_list(eb_http_req *req, void *vctx)
         }
         limit = (long)v;
     }
-    if ((q_from && !eb_rfc3339_valid(q_from)) || (q_to && !eb_rfc3339_valid(q_to))) {
-        eb_http_reply_error(req, EB_ERR_INVALID, "from and to must be RFC 3339 timestamps");
+    if (!ingest_window_ok(req, q_from, q_to))
         return;
-    }
     if (q_review && strcmp(q_review, "accepted") && strcmp(q_review, "rejected") &&
         strcmp(q_review, "needs_review") && strcmp(q_review, "unreviewed")) {
         eb_http_reply_error(req, EB_ERR_INVALID,
@@ -513,6 +528,11 @@ void api_traces_list(eb_http_req *req, void *vctx)
     }
     if (!number_or_null(q_smin) || !number_or_null(q_smax)) {
         eb_http_reply_error(req, EB_ERR_INVALID, "score_min and score_max must be numbers");
+        return;
+    }
+    if (q_smin && q_smax && strtod(q_smin, NULL) > strtod(q_smax, NULL)) {
+        eb_http_reply_error(req, EB_ERR_INVALID, "score_min (%s) is greater than score_max (%s)",
+                            q_smin, q_smax);
         return;
     }
     if ((q_smin || q_smax) && !q_score) {

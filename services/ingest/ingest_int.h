@@ -211,6 +211,10 @@ void api_project_settings_get(eb_http_req *req, void *ctx);
     " $3::timestamptz)) AND ($4::timestamptz IS NULL OR (t.part_time < $4::timestamptz + interval" \
     " '1 day' AND coalesce(t.start_time, t.part_time) < $4::timestamptz))"
 
+/* Checks the bounds of INGEST_PROJECT_WINDOW_SQL (each NULL for none): RFC 3339 timestamps,
+ * from not after to. Else answers 400 itself and returns false. */
+bool ingest_window_ok(eb_http_req *req, const char *from, const char *to);
+
 /* The project a request may see: the one asked for (NULL: every one), confined to the key's
  * project when the key is restricted. Answers 403 itself (another project, verb as in "may only
  * read project 'p'") and returns false. */

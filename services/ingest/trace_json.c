@@ -279,10 +279,10 @@ static unsigned num(const char *s, int n)
     return v;
 }
 
-bool ingest_time_parse(const char *s, long long *unix_nano)
+bool ingest_time_instant(const char *s, long long *secs, long long *nanos)
 {
     static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    long long y, secs, frac = 0;
+    long long y, t, frac = 0;
     unsigned mo, d, dim;
     const char *p;
     int digits = 0;
@@ -295,8 +295,8 @@ bool ingest_time_parse(const char *s, long long *unix_nano)
     dim = mdays[mo - 1] + (mo == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0));
     if (d > dim)
         return false;
-    secs = days_from_civil(y, mo, d) * 86400 + num(s + 11, 2) * 3600LL + num(s + 14, 2) * 60LL +
-           num(s + 17, 2);
+    t = days_from_civil(y, mo, d) * 86400 + num(s + 11, 2) * 3600LL + num(s + 14, 2) * 60LL +
+        num(s + 17, 2);
     p = s + 19;
     if (*p == '.') {
         for (p++; *p >= '0' && *p <= '9'; p++)
@@ -309,8 +309,19 @@ bool ingest_time_parse(const char *s, long long *unix_nano)
     }
     if (*p == '+' || *p == '-') {
         long long off = num(p + 1, 2) * 3600LL + num(p + 4, 2) * 60LL;
-        secs += *p == '+' ? -off : off;
+        t += *p == '+' ? -off : off;
     }
+    *secs = t;
+    *nanos = frac;
+    return true;
+}
+
+bool ingest_time_parse(const char *s, long long *unix_nano)
+{
+    long long secs, frac;
+
+    if (!ingest_time_instant(s, &secs, &frac))
+        return false;
     /* nanoseconds must fit int64, and 0 means "unknown" in trace.proto */
     if (secs < 0 || secs > INT64_MAX / 1000000000LL - 1)
         return false;

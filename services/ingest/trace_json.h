@@ -67,5 +67,9 @@ void ingest_time_text(long long unix_nano, char *buf, size_t len);
  * cut). False for anything else, for impossible dates (02-30), and for times outside
  * (1970-01-01T00:00:00Z, 2262-04-11T23:47:15Z] (0 means "unknown"; int64 nanoseconds). */
 bool ingest_time_parse(const char *s, long long *unix_nano);
+/* Any RFC 3339 timestamp (years 0001-9999, as eb_rfc3339_valid takes it) as the instant it
+ * names: seconds since the epoch (negative before 1970) and nanoseconds (fraction digits beyond
+ * 9 are cut), so that two times compare as (secs, nanos). False for anything else. */
+bool ingest_time_instant(const char *s, long long *secs, long long *nanos);
 
 #endif

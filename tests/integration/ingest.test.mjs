@@ -1013,6 +1013,33 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.equal((await api('GET', `/api/v1/projects/${project}/settings`, A.key)).body.default, true, 'no retention was set');
   }));
 
+  it('a window whose from is after its to, or a score_min above score_max, is 400 for listing and deletion, not an empty answer', T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const project = `rw-${sfx}`;
+    const t0 = Date.UTC(2026, 0, 1, 8, 30);
+    const id = `rw-${sfx}`;
+    await ingestOk(A.member, [{ id, project, start_time: iso(t0) }]);
+    await waitTrace(A.key, id);
+    const qs = (p) => new URLSearchParams({ project, ...p }).toString();
+    const swapped = { from: '2026-01-01T09:00:00Z', to: '2026-01-01T08:00:00Z' };
+    let r = await api('GET', `/api/v1/traces?${qs(swapped)}`, A.key);
+    assertError(r, 'invalid_argument', 'listing with from after to');
+    assert.match(r.body.error.message, /from .* is after to/, r.text);
+    // offsets are compared as the instants they name, not as text
+    assertError(await api('GET', `/api/v1/traces?${qs({ from: '2026-01-01T10:00:00Z', to: '2026-01-01T11:00:00+02:00' })}`, A.key),
+      'invalid_argument', '10:00Z is after 09:00Z');
+    assert.deepEqual(await listIds(A.key, { project, from: '2026-01-01T10:00:00+02:00', to: '2026-01-01T09:00:00Z' }), [id], '08:00Z to 09:00Z');
+    assert.deepEqual(await listIds(A.key, { project, from: '2026-01-01T08:00:00Z', to: '2026-01-01T08:00:00Z' }), [], 'equal bounds: an empty window, not an error');
+    assert.deepEqual(await listIds(A.key, { project, from: '0001-01-01T00:00:00Z', to: '9999-12-31T23:59:59Z' }), [id], 'the widest window');
+    r = await api('GET', `/api/v1/traces?${qs({ score: 'q', score_min: '0.9', score_max: '0.1' })}`, A.key);
+    assertError(r, 'invalid_argument', 'score_min above score_max');
+    assert.match(r.body.error.message, /score_min/, r.text);
+    assertStatus(await api('GET', `/api/v1/traces?${qs({ score: 'q', score_min: '0.5', score_max: '5e-1' })}`, A.key), 200, 'equal bounds');
+    r = await api('POST', '/api/v1/traces/delete', A.key, { body: { filter: { project, ...swapped } } });
+    assertError(r, 'invalid_argument', 'deletion with from after to');
+    assert.deepEqual(await listIds(A.key, { project }), [id], 'nothing was deleted');
+  }));
+
   it('a query past query-timeout is stopped with 504 timeout, whatever it waits on', T, stack.wrap(async () => {
     const replica = await stack.spawnService('ingest', { EVALBUS_QUERY_TIMEOUT: '1s', EVALBUS_WRITER_THREADS: '0' });
     const { released: locker } = await stack.lockTable('ingest.traces', 3000);
