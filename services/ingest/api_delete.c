@@ -231,6 +231,8 @@ static bool project_name_ok(ingest_ctx *ctx, eb_http_req *req, const char *proje
     return true;
 }
 
+static const char *const settings_members[] = {"retention_days"};
+
 void api_project_settings_put(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
@@ -248,7 +250,12 @@ void api_project_settings_put(eb_http_req *req, void *vctx)
         cJSON_Delete(body);
         return;
     }
-    st = eb_json_number(body, "retention_days", true, true, 1, 36500, &days);
+    /* another member (a misspelt setting, a "project" naming another project than the path)
+     * is refused, not dropped */
+    st = eb_json_known_members(body, settings_members,
+                               sizeof(settings_members) / sizeof(settings_members[0]));
+    if (st == EB_OK)
+        st = eb_json_number(body, "retention_days", true, true, 1, 36500, &days);
     cJSON_Delete(body);
     if (st != EB_OK) {
         eb_http_reply_status(req, st);

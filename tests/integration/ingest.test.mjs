@@ -1076,6 +1076,14 @@ describe('ingest: JSON batch API and trace queries', () => {
       assertError(await api('PUT', `/api/v1/projects/${name}/settings`, A.key, { body: { retention_days: 5 } }), 'invalid_argument', `PUT ${what}`);
       assertError(await api('GET', `/api/v1/projects/${name}/settings`, A.key), 'invalid_argument', `GET ${what}`);
     }
+    // a member the settings do not have is refused, not dropped
+    const members = `sm-${crypto.randomBytes(3).toString('hex')}`;
+    for (const body of [{ retention_days: 5, retention_dayz: 1 }, { retention_days: 5, project: 'other' }]) {
+      const r = await api('PUT', `/api/v1/projects/${members}/settings`, A.key, { body });
+      assertError(r, 'invalid_argument', `PUT ${JSON.stringify(body)}`);
+      assert.match(r.body.error.message, /not known here/, r.text);
+    }
+    assert.equal((await api('GET', `/api/v1/projects/${members}/settings`, A.key)).body.default, true, 'nothing was set');
     const ok = 'p'.repeat(256);
     assertStatus(await api('PUT', `/api/v1/projects/${ok}/settings`, A.key, { body: { retention_days: 5 } }), 200, '256 bytes');
     const g = await api('GET', `/api/v1/projects/${ok}/settings`, A.key);
