@@ -157,9 +157,12 @@ static eb_status delete_expired_rows(PGconn *c, long long default_days, long lon
 
 /* Step 2 for one day (YYYYMMDD), in its own transaction, so that the exclusive lock a
  * partition's DROP takes on ingest.traces is held for that day only: the day's keys, found
- * through its traces (trace_keys has no part_time index), then its partitions. The partitions
- * are locked first: the DELETE's snapshot then includes every writer transaction that stored
- * into them, so no key outlives its trace. */
+ * through its traces (trace_keys has no part_time index), with their reviews and scores, then
+ * its partitions. The partitions are locked first: the DELETE's snapshot then includes every
+ * writer transaction that stored into them, so no key outlives its trace. The reviews and
+ * scores go in the same transaction as the keys: left to step 3, a trace sent again with the
+ * same id before it ran (a pass that fails or is cancelled after its drops skips step 3) would
+ * take them on as its own. */
 static eb_status drop_day(PGconn *c, const char *ymd)
 {
     eb_status st = pass_tx_begin(c);
@@ -169,10 +172,13 @@ static eb_status drop_day(PGconn *c, const char *ymd)
     if (st != EB_OK)
         return st;
     sql = eb_asprintf("LOCK TABLE ingest.traces_p%s, ingest.observations_p%s IN ACCESS"
-                      " EXCLUSIVE MODE; DELETE FROM ingest.trace_keys k USING"
+                      " EXCLUSIVE MODE; WITH k AS (DELETE FROM ingest.trace_keys k USING"
                       " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
-                      " k.part_time = t.part_time; DROP TABLE ingest.observations_p%s;"
-                      " DROP TABLE ingest.traces_p%s",
+                      " k.part_time = t.part_time RETURNING k.team_id, k.id),"
+                      " rv AS (DELETE FROM ingest.reviews r USING k WHERE r.team_id = k.team_id"
+                      " AND r.trace_id = k.id), sc AS (DELETE FROM ingest.scores s USING k WHERE"
+                      " s.team_id = k.team_id AND s.trace_id = k.id) SELECT count(*) FROM k;"
+                      " DROP TABLE ingest.observations_p%s; DROP TABLE ingest.traces_p%s",
                       ymd, ymd, ymd, ymd, ymd);
     r = PQexec(c, sql);
     free(sql);
@@ -183,10 +189,10 @@ static eb_status drop_day(PGconn *c, const char *ymd)
     return st;
 }
 
-/* Step 3: the reviews and scores whose trace is gone: with a dropped partition, or with a row
- * deleted while they were being written (a review committed while step 1 waited for its
- * trace's row is not in the snapshot its delete of reviews took). Every pass, so that one that
- * failed or was cancelled after its drops leaves nothing for long. */
+/* Step 3: the reviews and scores whose trace is gone: deleted while they were being written (a
+ * review or score committed while step 1 or 2 waited for its trace's key is not in the snapshot
+ * of their deletes). Every pass, so that one that failed or was cancelled leaves nothing for
+ * long. */
 static eb_status delete_orphans(PGconn *c)
 {
     eb_status st = pass_tx_begin(c);

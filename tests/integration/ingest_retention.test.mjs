@@ -156,4 +156,52 @@ describe('retention per project', () => {
       await holder;
     }
   }), { timeout: 60_000 });
+
+  it("a day dropped whole takes its traces' reviews and scores with it: the same id sent again starts without them", stack.wrap(async () => {
+    if (replica.exitCode === null) { // the 1 s replica would drop the old day before the review
+      replica.proc.kill('SIGTERM');
+      await replica.exited;
+    }
+    // the stack's own ingest ran its first pass 5 s after its start, and runs hourly since
+    await sleep(Math.max(0, replicaStarted + 6000 - Date.now()));
+    const x = trace('dropped-reviewed', 'archive2', 120);
+    const y = trace('dropped-held', 'archive2', 110);
+    const dy = y.start_time.slice(0, 10).replaceAll('-', '');
+    const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [x, y] } });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    for (const id of [x.id, y.id]) {
+      const stored = await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, { key: owner.key })).status === 200, { timeoutMs: 5000 });
+      assert.ok(stored.value, `${id} was stored`);
+    }
+    assert.equal((await api('POST', `/api/v1/traces/${x.id}/review`, { key: owner.key, body: { decision: 'accept' } })).status, 201);
+    assert.equal((await api('POST', '/api/v1/scores', { key: owner.key, body: { trace_id: x.id, name: 'quality', value: 0.9 } })).status, 201);
+    // A reader holds y's day: a pass drops x's day, then waits for y's (5 s) and gives up, and
+    // so does every pass while the reader stays; what a pass does after the drops is not done.
+    const holder = stack.psql(`BEGIN; LOCK TABLE ingest.traces_p${dy} IN ACCESS SHARE MODE; SELECT pg_sleep(20); COMMIT`,
+      { timeoutMs: 40_000, appName: 'test-day-reader' });
+    try {
+      await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-day-reader' AND l.granted AND l.mode = 'AccessShareLock'"))[0][0] !== '0',
+        { timeoutMs: 5000, intervalMs: 50 });
+      await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s' });
+      const gone = await pollUntil(async () => (await api('GET', `/api/v1/traces/${x.id}`, { key: owner.key })).status === 404, { timeoutMs: 20_000, intervalMs: 250 });
+      assert.ok(gone.value, "x's day was dropped");
+      // x sent again, now: a new trace, with nothing of the one retention removed
+      const again = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [{ id: x.id, project: 'archive2', name: 'again' }] } });
+      assert.equal(again.status, 202, JSON.stringify(again.body));
+      const g = await pollUntil(async () => {
+        const res = await api('GET', `/api/v1/traces/${x.id}`, { key: owner.key });
+        return res.status === 200 && res.body.name === 'again' ? res.body : null;
+      }, { timeoutMs: 10_000, intervalMs: 100 });
+      assert.ok(g.value, 'x is stored again');
+      assert.deepEqual([g.value.review_state, g.value.reviews, g.value.scores], ['unreviewed', [], []], 'without the reviews and scores of the trace retention removed');
+      const listed = await api('GET', '/api/v1/traces?project=archive2&score=quality', { key: owner.key });
+      assert.deepEqual(listed.body.traces.map((t) => t.id), [], 'the score filter does not find it');
+    } finally {
+      await holder;
+    }
+    const dropped = await pollUntil(async () => (await api('GET', `/api/v1/traces/${y.id}`, { key: owner.key })).status === 404, { timeoutMs: 15_000, intervalMs: 250 });
+    assert.ok(dropped.value, "y's day goes once the reader is gone");
+    const g = await api('GET', `/api/v1/traces/${x.id}`, { key: owner.key });
+    assert.deepEqual([g.status, g.body.reviews, g.body.scores], [200, [], []], 'x stays, still without them');
+  }), { timeout: 90_000 });
 });
