@@ -284,8 +284,12 @@ void api_traces_post(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
     const char *enc = eb_http_req_header(req, "Content-Encoding");
-    batch_state *b = eb_calloc(1, sizeof(*b));
+    batch_state *b;
 
+    /* ?project=x would otherwise store the batch in the project its traces name */
+    if (!eb_http_req_query_only(req, NULL, 0))
+        return;
+    b = eb_calloc(1, sizeof(*b));
     b->ctx = ctx;
     b->req = req;
     b->who = *eb_http_req_principal(req);

@@ -999,6 +999,8 @@ describe('ingest: JSON batch API and trace queries', () => {
       assertError(r, 'invalid_argument', what);
       assert.match(r.body.error.message, /unknown query parameter '(dry_run|fields|x)'/, `${what}: ${r.text}`);
     };
+    const sent = `qp3-${sfx}`;
+    unknown(await api('POST', `/api/v1/traces?x=${project}`, A.member, { body: { traces: [{ id: sent, project }] } }), 'POST traces ?x');
     unknown(await api('DELETE', `/api/v1/traces/${one}?dry_run=true`, A.key), 'DELETE ?dry_run');
     unknown(await api('POST', '/api/v1/traces/delete?dry_run=true', A.key, { body: { filter: { tag: sfx } } }), 'delete by filter ?dry_run');
     unknown(await api('GET', `/api/v1/traces/${one}?fields=id`, A.key), 'GET ?fields');
@@ -1007,7 +1009,7 @@ describe('ingest: JSON batch API and trace queries', () => {
     unknown(await api('PUT', `/api/v1/projects/${project}/settings?x=1`, A.key, { body: { retention_days: 5 } }), 'PUT settings ?x');
     unknown(await api('GET', `/api/v1/projects/${project}/settings?x=1`, A.key), 'GET settings ?x');
     // nothing happened
-    assert.deepEqual(await listIds(A.key, { project }), [one, tagged].sort(), 'both traces are still there');
+    assert.deepEqual(await listIds(A.key, { project }), [one, tagged].sort(), 'both traces are still there, and the refused batch was not stored');
     const g = await waitTrace(A.key, one);
     assert.deepEqual([g.review_state, g.reviews.length, g.scores.length], ['unreviewed', 0, 0], 'no review or score was written');
     assert.equal((await api('GET', `/api/v1/projects/${project}/settings`, A.key)).body.default, true, 'no retention was set');
