@@ -114,6 +114,17 @@ static eb_status pass_tx_begin(PGconn *c)
  * other team's rows be looked at. The traces kept the longest go with their day's partitions
  * (step 2), once the whole day is past their retention: up to a day after it, rather than
  * deleting the bulk of all traces row by row every pass. Adds the number removed to *n. */
+/* The traces of step 1, as conditions on t (ingest.traces) and, for SHORT_EXPIRED, s
+ * (ingest.project_settings); max is the parameter of the longest retention in force, $1 the
+ * default retention and $2 the longest. */
+#define SHORT_EXPIRED(max)                                                                         \
+    "s.retention_days < " max "::int AND t.team_id = s.team_id AND t.project = s.project AND"      \
+    " t.part_time < now() - make_interval(days => s.retention_days)"
+#define DEFAULT_EXPIRED                                                                            \
+    "$1::int < $2::int AND t.part_time < now() - make_interval(days => $1::int) AND NOT EXISTS"    \
+    " (SELECT 1 FROM ingest.project_settings s WHERE s.team_id = t.team_id AND s.project ="        \
+    " t.project)"
+
 static eb_status delete_expired_rows(PGconn *c, long long default_days, long long max_days,
                                      long long *n)
 {
@@ -125,29 +136,42 @@ static eb_status delete_expired_rows(PGconn *c, long long default_days, long lon
     snprintf(d, sizeof(d), "%lld", default_days);
     snprintf(m, sizeof(m), "%lld", max_days);
     st = pass_tx_begin(c);
+    /* the keys first, each in a statement of its own, as a deletion by id or filter does: the
+     * DELETE's snapshot, taken once they are locked, holds every review and score that held a
+     * key (FOR KEY SHARE) meanwhile, and they go with their trace */
     if (st == EB_OK)
         st = eb_db_exec(c,
-                        "WITH short AS (DELETE FROM ingest.traces t USING"
-                        "  ingest.project_settings s WHERE s.retention_days < $2::int AND"
-                        "  t.team_id = s.team_id AND t.project = s.project AND t.part_time <"
-                        "  now() - make_interval(days => s.retention_days)"
-                        "  RETURNING t.team_id, t.part_time, t.id),"
-                        " dflt AS (DELETE FROM ingest.traces t WHERE $1::int < $2::int AND"
-                        "  t.part_time < now() - make_interval(days => $1::int) AND NOT EXISTS"
-                        "  (SELECT 1 FROM ingest.project_settings s WHERE s.team_id = t.team_id"
-                        "  AND s.project = t.project) RETURNING t.team_id, t.part_time, t.id),"
-                        " expired AS (SELECT * FROM short UNION ALL SELECT * FROM dflt),"
-                        " o AS (DELETE FROM ingest.observations o USING expired e WHERE"
-                        "  o.team_id = e.team_id AND o.part_time = e.part_time AND o.trace_id ="
-                        "  e.id),"
-                        " k AS (DELETE FROM ingest.trace_keys k USING expired e WHERE k.team_id ="
-                        "  e.team_id AND k.id = e.id),"
-                        " rv AS (DELETE FROM ingest.reviews r USING expired e WHERE r.team_id ="
-                        "  e.team_id AND r.trace_id = e.id),"
-                        " sc AS (DELETE FROM ingest.scores s USING expired e WHERE s.team_id ="
-                        "  e.team_id AND s.trace_id = e.id)"
-                        " SELECT count(*) FROM expired",
-                        2, params, &r);
+                        "SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k JOIN"
+                        " ingest.traces t ON k.team_id = t.team_id AND k.id = t.id JOIN"
+                        " ingest.project_settings s ON " SHORT_EXPIRED("$1") " FOR UPDATE OF k) x",
+                        1, params + 1, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(
+            c,
+            "SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k JOIN"
+            " ingest.traces t ON k.team_id = t.team_id AND k.id = t.id WHERE " DEFAULT_EXPIRED
+            " FOR UPDATE OF k) x",
+            2, params, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(
+            c,
+            "WITH short AS (DELETE FROM ingest.traces t USING"
+            "  ingest.project_settings s WHERE " SHORT_EXPIRED(
+                "$2") "  RETURNING t.team_id, t.part_time, t.id),"
+                      " dflt AS (DELETE FROM ingest.traces t WHERE " DEFAULT_EXPIRED
+                      "  RETURNING t.team_id, t.part_time, t.id),"
+                      " expired AS (SELECT * FROM short UNION ALL SELECT * FROM dflt),"
+                      " o AS (DELETE FROM ingest.observations o USING expired e WHERE"
+                      "  o.team_id = e.team_id AND o.part_time = e.part_time AND o.trace_id ="
+                      "  e.id),"
+                      " k AS (DELETE FROM ingest.trace_keys k USING expired e WHERE k.team_id ="
+                      "  e.team_id AND k.id = e.id),"
+                      " rv AS (DELETE FROM ingest.reviews r USING expired e WHERE r.team_id ="
+                      "  e.team_id AND r.trace_id = e.id),"
+                      " sc AS (DELETE FROM ingest.scores s USING expired e WHERE s.team_id ="
+                      "  e.team_id AND s.trace_id = e.id)"
+                      " SELECT count(*) FROM expired",
+            2, params, &r);
     st = pass_tx_end(c, st);
     if (st == EB_OK)
         *n += atoll(eb_db_val(r, 0, 0));
@@ -171,15 +195,20 @@ static eb_status drop_day(PGconn *c, const char *ymd)
 
     if (st != EB_OK)
         return st;
+    /* one statement at a time, each with a snapshot of its own: the keys are locked before
+     * the DELETE (as in step 1) */
     sql = eb_asprintf("LOCK TABLE ingest.traces_p%s, ingest.observations_p%s IN ACCESS"
-                      " EXCLUSIVE MODE; WITH k AS (DELETE FROM ingest.trace_keys k USING"
+                      " EXCLUSIVE MODE; SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k"
+                      " JOIN ingest.traces_p%s t ON k.team_id = t.team_id AND k.id = t.id AND"
+                      " k.part_time = t.part_time FOR UPDATE OF k) x;"
+                      " WITH k AS (DELETE FROM ingest.trace_keys k USING"
                       " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
                       " k.part_time = t.part_time RETURNING k.team_id, k.id),"
                       " rv AS (DELETE FROM ingest.reviews r USING k WHERE r.team_id = k.team_id"
                       " AND r.trace_id = k.id), sc AS (DELETE FROM ingest.scores s USING k WHERE"
                       " s.team_id = k.team_id AND s.trace_id = k.id) SELECT count(*) FROM k;"
                       " DROP TABLE ingest.observations_p%s; DROP TABLE ingest.traces_p%s",
-                      ymd, ymd, ymd, ymd, ymd);
+                      ymd, ymd, ymd, ymd, ymd, ymd);
     r = PQexec(c, sql);
     free(sql);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
@@ -189,10 +218,10 @@ static eb_status drop_day(PGconn *c, const char *ymd)
     return st;
 }
 
-/* Step 3: the reviews and scores whose trace is gone: deleted while they were being written (a
- * review or score committed while step 1 or 2 waited for its trace's key is not in the snapshot
- * of their deletes). Every pass, so that one that failed or was cancelled leaves nothing for
- * long. */
+/* Step 3: the reviews and scores whose trace is gone. Steps 1 and 2 lock the keys before they
+ * delete (as deletions by id and filter do), which takes every review and score written
+ * meanwhile with its trace; this sweep is what remains should one be left all the same (rows
+ * from before that lock, or written by hand). Every pass. */
 static eb_status delete_orphans(PGconn *c)
 {
     eb_status st = pass_tx_begin(c);

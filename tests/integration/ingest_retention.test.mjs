@@ -157,6 +157,62 @@ describe('retention per project', () => {
     }
   }), { timeout: 60_000 });
 
+  it('a review written while a pass waits for its trace goes with the trace, not left for the sweep', stack.wrap(async () => {
+    if (replica.exitCode === null) { // this test starts its own replica, once the scene is set
+      replica.proc.kill('SIGTERM');
+      await replica.exited;
+    }
+    // the stack's own ingest ran its first pass 5 s after its start, and runs hourly since
+    await sleep(Math.max(0, replicaStarted + 6000 - Date.now()));
+    assert.equal((await api('PUT', '/api/v1/projects/racey/settings', { key: owner.key, body: { retention_days: 30 } })).status, 200);
+    const w = trace('racey-reviewed', 'racey', 40); // step 1 deletes it (30 days)
+    const y = trace('racey-held', 'racey-hold', 115); // step 2 would drop its day
+    const dy = y.start_time.slice(0, 10).replaceAll('-', '');
+    const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [w, y] } });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    for (const id of [w.id, y.id]) {
+      const stored = await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, { key: owner.key })).status === 200, { timeoutMs: 5000 });
+      assert.ok(stored.value, `${id} was stored`);
+    }
+    // A reader holds y's day: every pass fails at its drop, so no pass gets to the sweep of
+    // reviews left without their trace (step 3) while it stays.
+    const holder = stack.psql(`BEGIN; LOCK TABLE ingest.traces_p${dy} IN ACCESS SHARE MODE; SELECT pg_sleep(25); COMMIT`,
+      { timeoutMs: 40_000, appName: 'test-day-reader-2' });
+    let replica2;
+    try {
+      await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-day-reader-2' AND l.granted AND l.mode = 'AccessShareLock'"))[0][0] !== '0',
+        { timeoutMs: 5000, intervalMs: 50 });
+      // A review on its way, as the review endpoint writes one: w's key held FOR KEY SHARE and
+      // the row inserted, committed only once a retention statement waits for that key.
+      const team = (await stack.psql(`SELECT team_id FROM ingest.trace_keys WHERE id = '${w.id}'`))[0][0];
+      const review = stack.psql(`DO $$ BEGIN
+          PERFORM 1 FROM ingest.trace_keys WHERE team_id = '${team}' AND id = '${w.id}' FOR KEY SHARE;
+          INSERT INTO ingest.reviews (team_id, trace_id, decision) VALUES ('${team}', '${w.id}', 'accept');
+          FOR i IN 1..300 LOOP
+            PERFORM pg_stat_clear_snapshot();
+            EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+              AND query LIKE '%trace_keys%' AND pid <> pg_backend_pid() AND application_name <> 'test-review');
+            PERFORM pg_sleep(0.05);
+          END LOOP;
+        END $$`, { appName: 'test-review', timeoutMs: 40_000 });
+      review.catch(() => {});
+      await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-review' AND l.granted AND l.relation = 'ingest.trace_keys'::regclass"))[0][0] !== '0',
+        { timeoutMs: 5000, intervalMs: 50 });
+      replica2 = await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s' });
+      await review;
+      const gone = await pollUntil(async () => (await api('GET', `/api/v1/traces/${w.id}`, { key: owner.key })).status === 404, { timeoutMs: 15_000, intervalMs: 250 });
+      assert.ok(gone.value, 'w was deleted');
+      const left = await stack.psql(`SELECT count(*) FROM ingest.reviews WHERE trace_id = '${w.id}'`);
+      assert.equal(left[0][0], '0', 'the review committed while the pass waited went with w, in the same transaction');
+    } finally {
+      await holder;
+      if (replica2) {
+        replica2.proc.kill('SIGTERM');
+        await replica2.exited;
+      }
+    }
+  }), { timeout: 90_000 });
+
   it("a day dropped whole takes its traces' reviews and scores with it: the same id sent again starts without them", stack.wrap(async () => {
     if (replica.exitCode === null) { // the 1 s replica would drop the old day before the review
       replica.proc.kill('SIGTERM');
