@@ -420,13 +420,22 @@ static char *value_text(span_map *sm, const char *what, const cJSON *v, size_t m
 }
 
 /* Parses JSON text that must be utf-8 already (it came through any_json or eb_json). A text
- * with an escaped NUL is not taken as JSON (cJSON would cut the string there): it stays the
- * string it is. */
+ * with an escaped NUL is not taken as JSON (cJSON would cut the string there), nor one with a
+ * number beyond the limits of JSON input (it would keep only its double: 1e400 would be stored
+ * as null, 1e-400 as 0): it stays the string it is. */
 static cJSON *parse_json_text(const char *s)
 {
+    size_t n = strlen(s);
+    cJSON *v;
+
     if (strstr(s, "\\u0000"))
         return NULL;
-    return eb_json_parse_text(s, strlen(s));
+    v = eb_json_parse_text(s, n);
+    if (v && eb_json_keep_exact(v, s, n) != SIZE_MAX) {
+        cJSON_Delete(v);
+        v = NULL;
+    }
+    return v;
 }
 
 /* An attribute that holds JSON structure either as a value (array/kvlist) or as JSON text:

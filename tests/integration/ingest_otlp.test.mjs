@@ -844,6 +844,25 @@ describe('ingest: OTLP/HTTP traces', () => {
     assertStatus(await api('GET', `/api/v1/traces/${bad}`, A.key), 404, 'the span with the bad link was not stored');
   }));
 
+  it('a JSON-text attribute with a number beyond the JSON limits stays the string it was sent as, never stored with null or 0', T, stack.wrap(async () => {
+    const t0 = Date.now() - 5000;
+    const metadata = '{"huge":1e400,"tiny":1e-400,"ok":1}';
+    const messages = '[{"role":"assistant","parts":[{"type":"tool_call","id":"c1","name":"f","arguments":{"n":-1e999}}]}]';
+    for (const enc of ['json', 'proto']) {
+      const traceId = hex(16);
+      const r = await postOtlp(A.key, enc, 'num-text', [{ traceId, spanId: hex(8), name: 'chat', startMs: t0, endMs: t0 + 100,
+        attrs: { 'gen_ai.request.model': 'm', metadata, 'gen_ai.output.messages': messages } }]);
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(r.otlp, { rejected: 0, message: '' }, `${enc}: the span is stored`);
+      const g = await waitTrace(A.key, traceId);
+      const o = g.observations[0];
+      assert.equal(o.attributes?.metadata, metadata, `${enc}: metadata kept as sent: ${JSON.stringify(o)}`);
+      assert.equal(o.metadata, null, `${enc}: not read as metadata with its numbers changed`);
+      assert.equal(o.attributes?.['gen_ai.output.messages'], messages, `${enc}: messages kept as sent`);
+      assert.equal(o.output, null, `${enc}: no tool call with its arguments changed: ${JSON.stringify(o.output)}`);
+    }
+  }));
+
   it('GenAI events with JSON text are stored: the choice\'s message, tool calls; what filled nothing stays in otel.events', T, stack.wrap(async () => {
     const traceId = hex(16);
     const t0 = Date.now() - 5000;
