@@ -178,6 +178,8 @@ static void decode_batch(void *arg)
 
     st = ingest_body_decode(b->body, b->body_len, b->encoding, (size_t)b->ctx->cfg->svc.max_body,
                             &data, &len, &owned);
+    if (st == EB_OK)
+        st = ingest_body_json_fits(data, len);
     if (st == EB_OK) {
         /* the tree is read-only from here on and dies whole: parse it into the arena */
         eb_arena_cjson_bind(arena);

@@ -1,8 +1,11 @@
-/* body.c -- request bodies for ingest: Content-Encoding gzip, bounded after inflation.
+/* body.c -- request bodies for ingest: Content-Encoding gzip, bounded after inflation, and
+ * JSON bodies bounded in what they take parsed (as protobuf ones are: otlp.c).
  * Works on bytes and a header value only, so pool threads run it. */
 #include "body.h"
 
 #include "evalbus/mem.h"
+
+#include <cjson/cJSON.h>
 
 #include <stdint.h>
 #include <string.h>
@@ -56,5 +59,46 @@ eb_status ingest_body_decode(const char *raw, size_t raw_len, const char *enc, s
     *len = out.len;
     *owned = eb_buf_steal(&out);
     *data = *owned;
+    return EB_OK;
+}
+
+/* Bytes a JSON body may take parsed, per byte of it (the protobuf decoders' bound, otlp.c). */
+#define JSON_PARSED_FACTOR 16
+
+eb_status ingest_body_json_fits(const char *data, size_t n)
+{
+    size_t values = 1, budget;
+
+    /* every value but the first follows a ',', a '[' or a '{' outside strings */
+    for (size_t i = 0; i < n; i++) {
+        char ch = data[i];
+
+        if (ch == '"') {
+            /* to the closing quote: one not preceded by an odd number of backslashes */
+            for (;;) {
+                const char *q = memchr(data + i + 1, '"', n - i - 1);
+                size_t bs = 0;
+
+                if (!q) {
+                    i = n; /* unterminated (the parser refuses it, after the values before) */
+                    break;
+                }
+                i = (size_t)(q - data);
+                while (data[i - 1 - bs] == '\\')
+                    bs++;
+                if (bs % 2 == 0)
+                    break;
+            }
+        } else if (ch == ',' || ch == '[' || ch == '{') {
+            values++;
+        }
+    }
+    budget = n > (SIZE_MAX - (1u << 20)) / JSON_PARSED_FACTOR ? SIZE_MAX
+                                                              : n * JSON_PARSED_FACTOR + (1u << 20);
+    if (values > budget / sizeof(cJSON))
+        return eb_error(EB_ERR_TOO_LARGE,
+                        "the body holds up to %zu JSON values: parsed, it would take more than %d "
+                        "times its size",
+                        values, JSON_PARSED_FACTOR);
     return EB_OK;
 }

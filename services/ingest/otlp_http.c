@@ -418,6 +418,8 @@ static void decode_request(void *arg)
 
     s->st = ingest_body_decode(s->body, s->body_len, s->encoding, (size_t)ctx->cfg->svc.max_body,
                                &data, &len, &owned);
+    if (s->st == EB_OK && s->json)
+        s->st = ingest_body_json_fits(data, len);
     if (s->st == EB_OK)
         s->st = s->json ? ingest_otlp_decode_json(data, len, &ctx->limits, &s->res)
                         : ingest_otlp_decode_protobuf((const uint8_t *)data, len, &ctx->limits,

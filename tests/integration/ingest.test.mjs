@@ -340,6 +340,15 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.match(r.body.error.message, /max-batch-items/, 'the message names the limit');
     assertError(await api('GET', '/api/v1/traces/over-0', A.key), 'not_found', 'nothing of a refused batch is stored');
 
+    // a small gzip body that inflates to millions of tiny values: parsed, it would take some 32
+    // times its size (hundreds of MiB at max-body), so it is refused before it is parsed
+    const dense = rid('dense');
+    const zeros = `{"traces":[{"id":"${dense}","metadata":{"a":[${new Array(2_000_000).fill('0').join(',')}]}}]}`;
+    r = await api('POST', '/api/v1/traces', A.member, { raw: zlib.gzipSync(zeros), headers: { ...h, 'content-encoding': 'gzip' } });
+    assertError(r, 'too_large', '2,000,000 zeros');
+    assert.match(r.body.error.message, /16 times its size/, r.text);
+    assertError(await api('GET', `/api/v1/traces/${dense}`, A.key), 'not_found', 'nothing of it is stored');
+
     // a replica with small limits
     const rep = await stack.spawnService('ingest', {
       EVALBUS_MAX_BATCH_ITEMS: '5', EVALBUS_MAX_BODY: '64KiB', EVALBUS_WRITER_THREADS: '0',
