@@ -422,7 +422,8 @@ static char *value_text(span_map *sm, const char *what, const cJSON *v, size_t m
 /* Parses JSON text that must be utf-8 already (it came through any_json or eb_json). A text
  * with an escaped NUL is not taken as JSON (cJSON would cut the string there), nor one with a
  * number beyond the limits of JSON input (it would keep only its double: 1e400 would be stored
- * as null, 1e-400 as 0): it stays the string it is. */
+ * as null, 1e-400 as 0), nor one with an object that gives a member twice (one of the two would
+ * be lost: the mapping reads the first, PostgreSQL keeps the last): it stays the string it is. */
 static cJSON *parse_json_text(const char *s)
 {
     size_t n = strlen(s);
@@ -431,7 +432,7 @@ static cJSON *parse_json_text(const char *s)
     if (strstr(s, "\\u0000"))
         return NULL;
     v = eb_json_parse_text(s, n);
-    if (v && eb_json_keep_exact(v, s, n) != SIZE_MAX) {
+    if (v && (eb_json_keep_exact(v, s, n) != SIZE_MAX || eb_json_repeated_member(v))) {
         cJSON_Delete(v);
         v = NULL;
     }

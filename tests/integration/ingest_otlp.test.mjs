@@ -844,7 +844,7 @@ describe('ingest: OTLP/HTTP traces', () => {
     assertStatus(await api('GET', `/api/v1/traces/${bad}`, A.key), 404, 'the span with the bad link was not stored');
   }));
 
-  it('a JSON-text attribute with a number beyond the JSON limits stays the string it was sent as, never stored with null or 0', T, stack.wrap(async () => {
+  it('a JSON-text attribute with a number beyond the JSON limits, or a member given twice, stays the string it was sent as, never stored changed', T, stack.wrap(async () => {
     const t0 = Date.now() - 5000;
     const metadata = '{"huge":1e400,"tiny":1e-400,"ok":1}';
     const messages = '[{"role":"assistant","parts":[{"type":"tool_call","id":"c1","name":"f","arguments":{"n":-1e999}}]}]';
@@ -861,6 +861,18 @@ describe('ingest: OTLP/HTTP traces', () => {
       assert.equal(o.attributes?.['gen_ai.output.messages'], messages, `${enc}: messages kept as sent`);
       assert.equal(o.output, null, `${enc}: no tool call with its arguments changed: ${JSON.stringify(o.output)}`);
     }
+    // an object that gives a member twice would lose one of the two: kept as sent too
+    const traceId = hex(16);
+    const twice = '{"a":1,"n":{"b":"first","b":"second"}}';
+    const said = '[{"role":"user","content":"first","content":"second"}]';
+    const r = await postOtlp(A.key, 'json', 'num-text', [{ traceId, spanId: hex(8), name: 'chat', startMs: t0, endMs: t0 + 100,
+      attrs: { 'gen_ai.request.model': 'm', metadata: twice, 'gen_ai.input.messages': said } }]);
+    assert.equal(r.status, 200, r.text);
+    const o = (await waitTrace(A.key, traceId)).observations[0];
+    assert.equal(o.attributes?.metadata, twice, JSON.stringify(o));
+    assert.equal(o.metadata, null);
+    assert.equal(o.attributes?.['gen_ai.input.messages'], said, JSON.stringify(o));
+    assert.equal(o.input, null);
   }));
 
   it('a JSON body of millions of tiny values (in a member OTLP does not define) is 413 before it is parsed, with a Status', T, stack.wrap(async () => {
