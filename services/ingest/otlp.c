@@ -1119,6 +1119,12 @@ eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_lim
     arena_init(&arena, len);
     if ((st = eb_json_parse_object(data, len, &root)) != EB_OK)
         goto cleanup;
+    /* the walk reads the first of two: spans in the second would be dropped, unreported */
+    if (eb_json_repeated_member(root)) {
+        st = eb_error(EB_ERR_INVALID, "an object of the request gives the member '%.100s' twice",
+                      eb_json_repeated_member(root));
+        goto cleanup;
+    }
     if ((st = jarray(&ctx, root, "resourceSpans", "resource_spans", &e, &n)) != EB_OK)
         goto cleanup;
     if (n) {

@@ -891,6 +891,18 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.match(st.message, /16 times its size/);
   }));
 
+  it('a JSON body that gives a member twice is 400, never answered as taken with the spans of one of the two dropped', T, stack.wrap(async () => {
+    const [a, b] = [hex(16), hex(16)];
+    const span = (traceId) => ({ traceId, spanId: hex(8), name: 's', startTimeUnixNano: nsStr(Date.now() - 5000) });
+    const raw = `{"resourceSpans":[{"scopeSpans":[{"spans":[${JSON.stringify(span(a))}],"spans":[${JSON.stringify(span(b))}]}]}]}`;
+    const r = await api('POST', '/otlp/v1/traces', A.key, { raw, headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 400, r.text);
+    assert.equal(r.body.code, 3, r.text);
+    assert.match(r.body.message, /'spans' twice/, r.text);
+    await sleep(500);
+    assertStatus(await api('GET', `/api/v1/traces/${a}`, A.key), 404, 'nothing of the request is stored');
+  }));
+
   it('GenAI events with JSON text are stored: the choice\'s message, tool calls; what filled nothing stays in otel.events', T, stack.wrap(async () => {
     const traceId = hex(16);
     const t0 = Date.now() - 5000;
