@@ -178,11 +178,19 @@ static eb_status check_text(walk_ctx *c, const char *s, enum text_kind kind)
     return EB_OK;
 }
 
-/* A trace id is a path segment of /api/v1/traces/{id}: "." and ".." could never be read. */
+/* A trace id is read at /api/v1/traces/{id}, where "/" in it may be written %2F: the edge
+ * decodes that and resolves "." and ".." segments before it routes ("../x" would be asked
+ * for at /api/v1/x), so an id with such a segment could never be read through it. */
 static eb_status check_trace_id(walk_ctx *c, const char *id)
 {
-    if (id && (strcmp(id, ".") == 0 || strcmp(id, "..") == 0))
-        return fail(c, EB_ERR_INVALID, "id must not be '.' or '..' (no URL can name them)");
+    for (const char *seg = id; seg; seg = strchr(seg, '/') ? strchr(seg, '/') + 1 : NULL) {
+        size_t n = strcspn(seg, "/");
+
+        if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
+            return fail(c, EB_ERR_INVALID,
+                        "id must not be '.' or '..', nor have such a segment between slashes (no "
+                        "URL can name it)");
+    }
     return EB_OK;
 }
 

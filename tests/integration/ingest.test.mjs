@@ -562,6 +562,12 @@ describe('ingest: JSON batch API and trace queries', () => {
     await one('a cost of 1e-330', `{"id":"${rid('c')}","cost_usd":1e-330}`, 'invalid_argument', /too close to 0/);
     // "." and ".." cannot be a path segment: no GET could read them
     await one('the id ..', '{"id":".."}', 'invalid_argument', /'\.' or '\.\.'/);
+    // nor a segment of a path: the edge decodes %2F and resolves ../x to /api/v1/x
+    await one('the id ../x', '{"id":"../x"}', 'invalid_argument', /segment between slashes/);
+    await one('the id a/./b', '{"id":"a/./b"}', 'invalid_argument', /segment between slashes/);
+    const slashed = rid('a/..b/.c');
+    await ingestOk(A.member, [{ id: slashed, project }], 'an id with slashes and dots that are not whole segments');
+    await waitTrace(A.key, slashed);
     // numbers count at their length toward max-trace-bytes (4 MiB): 4.6 MB of them is too large
     const numbers = Array.from({ length: 420_000 }, () => '1234567890').join(',');
     await one('4.6 MB of numbers', `{"id":"${rid('num')}","tool_calls":[{"id":"c","name":"f","result":[${numbers}]}]}`, 'too_large', /max-trace-bytes/);

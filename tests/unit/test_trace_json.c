@@ -424,6 +424,12 @@ static void test_errors(void **state)
         {"{\"id\":\"\"}", EB_ERR_INVALID, "id must not be empty"},
         {"{\"id\":\"a\\u0001b\"}", EB_ERR_INVALID, "id must not contain control characters"},
         {"{\"id\":\"a\\u0085b\"}", EB_ERR_INVALID, "id must not contain control characters"},
+        /* read at /api/v1/traces/{id}: the edge resolves "." and ".." segments ("/" as %2F) */
+        {"{\"id\":\"..\"}", EB_ERR_INVALID, "id must not be '.' or '..'"},
+        {"{\"id\":\"../x\"}", EB_ERR_INVALID, "nor have such a segment between slashes"},
+        {"{\"id\":\"a/./b\"}", EB_ERR_INVALID, "nor have such a segment between slashes"},
+        {"{\"id\":\"a/..\"}", EB_ERR_INVALID, "nor have such a segment between slashes"},
+        {"{\"id\":\"a/..b/.c./...\"}", EB_OK, ""},
         {"{\"name\":\"a\\nb\"}", EB_ERR_INVALID, "name must not contain control"},
         {"{\"project\":[]}", EB_ERR_INVALID, "project must be a string"},
         {"{\"tags\":\"prod\"}", EB_ERR_INVALID, "tags must be an array"},
