@@ -527,20 +527,28 @@ static const char drop_replaced_observations[] =
 #define FIRST_GENERATION(col, order)                                                               \
     "(array_agg(o." col " ORDER BY o." order " NULLS LAST, o.id) FILTER (WHERE o.type ="           \
     " 'generation' AND o." col " IS NOT NULL))[1]"
-/* col of the root span's observation, else of the first generation by order */
-#define ROOT_OR_GENERATION(col, order)                                                             \
-    "coalesce((array_agg(o." col ") FILTER (WHERE o.parent_id IS NULL AND o." col " IS NOT"        \
-    " NULL))[1], " FIRST_GENERATION(col, order) ")"
+/* col of the root span's observation (the first, should there be several) */
+#define ROOT_SPAN(col)                                                                             \
+    "(array_agg(o." col " ORDER BY o.start_time NULLS LAST, o.id) FILTER (WHERE o.parent_id IS"    \
+    " NULL AND o." col " IS NOT NULL))[1]"
 #define GEN_MODEL FIRST_GENERATION("model", "start_time")
 #define GEN_PROVIDER FIRST_GENERATION("provider", "start_time")
-#define GEN_INPUT ROOT_OR_GENERATION("input", "start_time")
-#define GEN_OUTPUT ROOT_OR_GENERATION("output", "end_time DESC")
+#define GEN_INPUT FIRST_GENERATION("input", "start_time")
+#define GEN_OUTPUT FIRST_GENERATION("output", "end_time DESC")
+#define ROOT_INPUT ROOT_SPAN("input")
+#define ROOT_OUTPUT ROOT_SPAN("output")
 /* col of the trace: from its spans if it was made over OTLP, else its own unless it has none */
 #define DERIVED(col)                                                                               \
     " " col " = CASE WHEN t.source = 'otlp' THEN coalesce(s." col ", t." col                       \
     ") ELSE coalesce(t." col ", s." col ") END"
+/* ... input and output from its root span first; a trace made by the JSON API or NATS has no
+ * root span among its observations (its top-level ones have no parent either), so it takes
+ * what it lacks from its generations (a root span merged in gave its own in the upsert) */
+#define DERIVED_IO(col)                                                                            \
+    " " col " = CASE WHEN t.source = 'otlp' THEN coalesce(s.root_" col ", s." col ", t." col       \
+    ") ELSE coalesce(t." col ", s." col ") END"
 #define DERIVED_FIELDS                                                                             \
-    DERIVED("model") "," DERIVED("provider") "," DERIVED("input") "," DERIVED("output")
+    DERIVED("model") "," DERIVED("provider") "," DERIVED_IO("input") "," DERIVED_IO("output")
 /* An OTLP trace's totals come from its observations. An observation whose descendants carry
  * token counts (or a cost) of their own, such as an agent or chain span that reports the usage
  * of the model calls under it, does not add its own: that usage would be counted twice.
@@ -593,7 +601,8 @@ static const char recompute_sql[] =
     "  " COST_SUM_SCALED " END * " TWO_POW_64 " c,"
     "  min(o.start_time) st, max(o.end_time) et,"
     "  bool_or(o.status = 'error') err, " GEN_MODEL " model, " GEN_PROVIDER " provider, " GEN_INPUT
-    " input, " GEN_OUTPUT " output, max(k.seq) kseq"
+    " input, " GEN_OUTPUT " output, " ROOT_INPUT " root_input, " ROOT_OUTPUT " root_output,"
+    "  max(k.seq) kseq"
     "  FROM ingest.observations o JOIN keys k ON o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
     "  LEFT JOIN (SELECT team_id, part_time, trace_id, id, bool_or(tok) tok, bool_or(cost) cost"

@@ -712,6 +712,24 @@ describe('ingest: OTLP/HTTP traces', () => {
     return { traceId, now, project };
   }
 
+  it('a JSON trace without input or output that a span merges into takes them from its generations, not from a top-level span', T, stack.wrap(async () => {
+    const t0 = Date.now() - 60_000;
+    const id = hex(16);
+    const iso = (ms) => new Date(ms).toISOString();
+    const r0 = await api('POST', '/api/v1/traces', A.key, { body: { traces: [{ id, name: 'no-io', start_time: iso(t0),
+      observations: [
+        { id: 'step', type: 'span', input: 'span in', output: 'span out', start_time: iso(t0 + 2), end_time: iso(t0 + 900) },
+        { id: 'llm', type: 'generation', input: 'gen in', output: 'gen out', start_time: iso(t0 + 1), end_time: iso(t0 + 300) },
+      ] }] } });
+    assert.equal(r0.status, 202, r0.text);
+    await waitTrace(A.key, id);
+    const r = await postOtlp(A.key, 'json', 'no-io', [{ traceId: id, spanId: hex(8), parentSpanId: hex(8), name: 'child', startMs: t0 + 10, endMs: t0 + 20 }]);
+    assert.equal(r.status, 200, r.text);
+    const g = await waitTrace(A.key, id, (b) => b.observations.length === 3);
+    assert.equal(g.source, 'json');
+    assert.deepEqual([g.input, g.output], [{ text: 'gen in' }, { text: 'gen out' }], 'its top-level observations are not a root span');
+  }));
+
   it('a JSON resend stored after a span sent later still replaces the trace, and keeps that span', T, stack.wrap(async () => {
     const { traceId, now, project } = await storeV1('order-a');
     let r;
