@@ -119,12 +119,26 @@ static bool fail(span_map *sm, const char *fmt, ...) __attribute__((format(print
 static bool fail(span_map *sm, const char *fmt, ...)
 {
     va_list ap;
+    size_t n, lead;
 
     if (sm->why[0])
         return false;
     va_start(ap, fmt);
     vsnprintf(sm->why, sizeof sm->why, fmt, ap);
     va_end(ap);
+    /* a reason cut short (a long attribute key in it) must not end inside a UTF-8 sequence: it
+     * goes to partial_success.error_message, a proto3 string that decoders refuse unless it is
+     * valid UTF-8 */
+    n = strlen(sm->why);
+    for (lead = n; lead > 0 && ((unsigned char)sm->why[lead - 1] & 0xc0) == 0x80;)
+        lead--;
+    if (lead > 1 && (unsigned char)sm->why[lead - 1] >= 0xc0) {
+        unsigned char c = (unsigned char)sm->why[lead - 1];
+        size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+
+        if (n - (lead - 1) < len)
+            sm->why[lead - 1] = '\0';
+    }
     return false;
 }
 

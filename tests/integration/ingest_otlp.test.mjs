@@ -921,6 +921,30 @@ describe('ingest: OTLP/HTTP traces', () => {
     assertStatus(await api('GET', `/api/v1/traces/${a}`, A.key), 404, 'nothing of the request is stored');
   }));
 
+  it('partial_success.error_message is valid UTF-8 when a reason quoting a long non-ASCII attribute key is cut short', T, stack.wrap(async () => {
+    const { Req, Resp } = types;
+    const traceId = hex(16);
+    const msg = Req.fromObject({ resource_spans: [{ scope_spans: [{ spans: [{
+      trace_id: Buffer.from(traceId, 'hex'), span_id: Buffer.from(hex(8), 'hex'), name: 's',
+      attributes: [{ key: `x${'é'.repeat(100)}`, value: { string_value: 'QQ' } }],
+    }] }] }] });
+    const body = Buffer.from(Req.encode(msg).finish());
+    const at = body.indexOf(Buffer.from('QQ'));
+    body[at] = 0xff; // the value is not UTF-8: the span is rejected, its reason names the key
+    body[at + 1] = 0xfe;
+    const res = await fetch(`${stack.url}/otlp/v1/traces`, {
+      method: 'POST', headers: { authorization: `Bearer ${A.key}`, 'content-type': 'application/x-protobuf' }, body,
+      signal: AbortSignal.timeout(15_000),
+    });
+    const buf = Buffer.from(await res.arrayBuffer());
+    assert.equal(res.status, 200, buf.toString());
+    const ps = Resp.decode(buf).partial_success;
+    assert.equal(Number(ps.rejected_spans), 1);
+    const raw = buf.subarray(buf.indexOf(Buffer.from('span ')));
+    assert.doesNotThrow(() => new TextDecoder('utf-8', { fatal: true }).decode(raw), `error_message is UTF-8: ${raw.toString('hex')}`);
+    assert.match(ps.error_message, /attribute 'x/);
+  }));
+
   it('GenAI events with JSON text are stored: the choice\'s message, tool calls; what filled nothing stays in otel.events', T, stack.wrap(async () => {
     const traceId = hex(16);
     const t0 = Date.now() - 5000;
