@@ -518,25 +518,52 @@ static bool parse_query(eb_http_req *req)
     return true;
 }
 
-bool eb_http_req_query_only(eb_http_req *req, const char *const *known, size_t n)
+/* Whether name is one of the route's query parameters (taken, as in eb_http_route.query), and
+ * whether it may repeat. */
+static bool query_taken(const char *taken, const char *name, bool *repeatable)
 {
-    const struct evkeyval *kv, *o;
+    size_t n = strlen(name);
 
+    for (const char *p = taken; p && *p; p += strspn(p, " ")) {
+        size_t len = strcspn(p, " "), base = len && p[len - 1] == '*' ? len - 1 : len;
+
+        if (base == n && memcmp(p, name, n) == 0) {
+            *repeatable = base != len;
+            return true;
+        }
+        p += len;
+    }
+    return false;
+}
+
+/* True if every query parameter is one the route takes, each given once unless it may repeat;
+ * else answers 400 naming the parameter and returns false. */
+static bool query_ok(eb_http_req *req)
+{
+    const char *taken = req->route->query;
+    const struct evkeyval *kv, *o;
+    bool repeatable = false;
+
+    if (taken && strcmp(taken, "*") == 0)
+        return true;
     TAILQ_FOREACH(kv, &req->query, next)
     {
-        size_t i = 0;
-        while (i < n && strcmp(kv->key, known[i]) != 0)
-            i++;
-        if (i == n) {
+        if (!query_taken(taken, kv->key, &repeatable)) {
             eb_buf names = {0};
-            for (i = 0; i < n; i++)
-                eb_buf_printf(&names, "%s%s", i ? ", " : "", known[i]);
+            for (const char *p = taken; p && *p; p += strspn(p, " ")) {
+                size_t len = strcspn(p, " ");
+                eb_buf_printf(&names, "%s%.*s", names.len ? ", " : "",
+                              (int)(len && p[len - 1] == '*' ? len - 1 : len), p);
+                p += len;
+            }
             eb_http_reply_error(req, EB_ERR_INVALID,
                                 "unknown query parameter '%.64s'; this endpoint takes %s", kv->key,
                                 names.data ? names.data : "none");
             eb_buf_free(&names);
             return false;
         }
+        if (repeatable)
+            continue;
         for (o = TAILQ_NEXT(kv, next); o; o = TAILQ_NEXT(o, next))
             if (strcmp(o->key, kv->key) == 0) {
                 eb_http_reply_error(req, EB_ERR_INVALID, "query parameter '%.64s' is given twice",
@@ -775,6 +802,8 @@ void eb_http_req_offload(eb_http_req *req, eb_http_handler fn, void *arg)
 
 static void run_handler(eb_http_req *req)
 {
+    if (!query_ok(req))
+        return;
     if (req->route->blocking)
         eb_http_req_offload(req, req->route->handler, req->srv->ctx);
     else

@@ -21,22 +21,22 @@
 const eb_http_route auth_routes[] = {
     /* blocking: the handler waits on PostgreSQL, on the api threads (api-threads); login and
      * invitation acceptance go there after their rate limit check (eb_http_req_offload) */
-    {"POST", "/api/v1/auth/login", api_login, true, EB_ROLE_NONE, 0, false, false},
-    {"GET", "/api/v1/auth/whoami", api_whoami, false, EB_ROLE_VIEWER, 0, false, false},
-    {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0, false, true},
-    {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0, false, true},
-    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, false, true},
-    {"PATCH", "/api/v1/users/{id}", api_user_update, false, ADMIN, true},
-    {"DELETE", "/api/v1/users/{id}", api_user_remove, false, ADMIN, true},
+    {"POST", "/api/v1/auth/login", api_login, true, EB_ROLE_NONE, 0, false, false, NULL},
+    {"GET", "/api/v1/auth/whoami", api_whoami, false, EB_ROLE_VIEWER, 0, false, false, NULL},
+    {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0, false, true, NULL},
+    {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0, false, true, NULL},
+    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, false, true, NULL},
+    {"PATCH", "/api/v1/users/{id}", api_user_update, false, ADMIN, true, NULL},
+    {"DELETE", "/api/v1/users/{id}", api_user_remove, false, ADMIN, true, NULL},
     {"POST", "/api/v1/invitations/accept", api_invitation_accept, true, EB_ROLE_NONE, 0, false,
-     false},
-    {"POST", "/api/v1/invitations", api_invitation_create, false, ADMIN, true},
-    {"GET", "/api/v1/invitations", api_invitations_list, false, ADMIN, true},
-    {"DELETE", "/api/v1/invitations/{id}", api_invitation_delete, false, ADMIN, true},
-    {"POST", "/api/v1/keys", api_key_create, false, ADMIN, true},
-    {"GET", "/api/v1/keys", api_keys_list, false, ADMIN, true},
-    {"DELETE", "/api/v1/keys/{id}", api_key_revoke, false, ADMIN, true},
-    {"GET", "/api/v1/audit", api_audit_list, false, ADMIN, true},
+     false, NULL},
+    {"POST", "/api/v1/invitations", api_invitation_create, false, ADMIN, true, NULL},
+    {"GET", "/api/v1/invitations", api_invitations_list, false, ADMIN, true, NULL},
+    {"DELETE", "/api/v1/invitations/{id}", api_invitation_delete, false, ADMIN, true, NULL},
+    {"POST", "/api/v1/keys", api_key_create, false, ADMIN, true, NULL},
+    {"GET", "/api/v1/keys", api_keys_list, false, ADMIN, true, NULL},
+    {"DELETE", "/api/v1/keys/{id}", api_key_revoke, false, ADMIN, true, NULL},
+    {"GET", "/api/v1/audit", api_audit_list, false, ADMIN, true, "limit cursor action"},
 };
 const size_t auth_nroutes = sizeof(auth_routes) / sizeof(auth_routes[0]);
 

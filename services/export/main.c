@@ -75,32 +75,37 @@ static const eb_setting settings[] = {
  * (team_wide). Blocking routes wait on PostgreSQL (and creation on the EXPORTS stream) on the api
  * threads; streams, statistics, downloads and event streams answer from the loop (the first two
  * run their queries on threads of their own). */
+/* the filter's query parameters (export_filter_from_query); the lists repeat */
+#define FILTER_QUERY                                                                               \
+    "since until project* model* provider* status* review_state* tag* score_name score_min"        \
+    " score_max successful_only"
 static const eb_http_route routes[] = {
     {"POST", "/api/v1/exports", api_exports_create, false, MEMBER, EB_SCOPE_EXPORTS_WRITE, true,
-     true},
-    {"GET", "/api/v1/exports", api_exports_list, false, VIEWER, EB_SCOPE_EXPORTS_READ, true, true},
+     true, NULL},
+    {"GET", "/api/v1/exports", api_exports_list, false, VIEWER, EB_SCOPE_EXPORTS_READ, true, true,
+     "state limit cursor"},
     {"GET", "/api/v1/exports/stream", api_exports_stream, false, VIEWER, EB_SCOPE_EXPORTS_READ,
-     true, false},
+     true, false, "format compression anonymize limit " FILTER_QUERY},
     {"GET", "/api/v1/exports/{id}", api_exports_get, false, VIEWER, EB_SCOPE_EXPORTS_READ, true,
-     true},
+     true, NULL},
     {"DELETE", "/api/v1/exports/{id}", api_exports_cancel, false, MEMBER, EB_SCOPE_EXPORTS_WRITE,
-     true, true},
+     true, true, NULL},
     {"GET", "/api/v1/exports/{id}/download", api_exports_download, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ, true, false},
+     EB_SCOPE_EXPORTS_READ, true, false, NULL},
     {"GET", "/api/v1/exports/{id}/events", api_exports_events, false, VIEWER, EB_SCOPE_EXPORTS_READ,
-     true, false},
+     true, false, NULL},
     {"GET", "/api/v1/datasets/statistics", api_datasets_statistics, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ, true, false},
+     EB_SCOPE_EXPORTS_READ, true, false, "format anonymize " FILTER_QUERY},
     {"GET", "/api/v1/export-settings", api_export_settings_get, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ, true, true},
+     EB_SCOPE_EXPORTS_READ, true, true, NULL},
     {"PUT", "/api/v1/export-settings", api_export_settings_put, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN, true, true},
+     EB_SCOPE_ADMIN, true, true, NULL},
     {"POST", "/api/v1/export-schedules", api_schedules_create, false, MEMBER,
-     EB_SCOPE_EXPORTS_WRITE, true, true},
+     EB_SCOPE_EXPORTS_WRITE, true, true, NULL},
     {"GET", "/api/v1/export-schedules", api_schedules_list, false, VIEWER, EB_SCOPE_EXPORTS_READ,
-     true, true},
+     true, true, NULL},
     {"DELETE", "/api/v1/export-schedules/{id}", api_schedules_delete, false, MEMBER,
-     EB_SCOPE_EXPORTS_WRITE, true, true},
+     EB_SCOPE_EXPORTS_WRITE, true, true, NULL},
 };
 
 eb_status export_store_open(const export_config *cfg, const char *destination, eb_store **out)

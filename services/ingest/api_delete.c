@@ -92,12 +92,6 @@ void api_trace_delete(eb_http_req *req, void *vctx)
     long long n = 0;
     cJSON *o;
 
-    /* a parameter this endpoint does not take (?dry_run=true) must not go unnoticed: the
-     * deletion would happen all the same */
-    if (!eb_http_req_query_only(req, NULL, 0)) {
-        free(sql);
-        return;
-    }
     if (run_delete(ctx, req,
                    "SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys WHERE"
                    " team_id = $1::uuid AND id = $2 FOR UPDATE) x",
@@ -132,10 +126,6 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if (!eb_http_req_query_only(req, NULL, 0)) {
-        cJSON_Delete(body);
-        return;
-    }
     filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
     if (!cJSON_IsObject(filter) || cJSON_GetArraySize(body) != 1) {
         cJSON_Delete(body);
@@ -245,8 +235,7 @@ void api_project_settings_put(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if (!eb_http_req_query_only(req, NULL, 0) || !project_name_ok(ctx, req, project) ||
-        !ingest_project_scope(req, &project, "change")) {
+    if (!project_name_ok(ctx, req, project) || !ingest_project_scope(req, &project, "change")) {
         cJSON_Delete(body);
         return;
     }
@@ -301,8 +290,7 @@ void api_project_settings_get(eb_http_req *req, void *vctx)
     eb_status st;
     cJSON *o;
 
-    if (!eb_http_req_query_only(req, NULL, 0) || !project_name_ok(ctx, req, project) ||
-        !ingest_project_scope(req, &project, "read"))
+    if (!project_name_ok(ctx, req, project) || !ingest_project_scope(req, &project, "read"))
         return;
     c = eb_req_db_begin(ctx->svc.db, req, false);
     if (!c)

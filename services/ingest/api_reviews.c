@@ -50,8 +50,6 @@ void api_review_post(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if (!eb_http_req_query_only(req, NULL, 0))
-        goto cleanup;
     if ((st = eb_json_known_members(body, review_members,
                                     sizeof(review_members) / sizeof(review_members[0]))) != EB_OK ||
         (st = eb_json_string(body, "decision", true, 32, &decision)) != EB_OK ||
@@ -160,8 +158,6 @@ void api_score_post(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if (!eb_http_req_query_only(req, NULL, 0))
-        goto cleanup;
     if ((st = eb_json_known_members(body, score_members,
                                     sizeof(score_members) / sizeof(score_members[0]))) != EB_OK ||
         (st = eb_json_string(body, "trace_id", true, 256, &trace_id)) != EB_OK ||

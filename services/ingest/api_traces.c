@@ -286,12 +286,8 @@ void api_traces_post(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
     const char *enc = eb_http_req_header(req, "Content-Encoding");
-    batch_state *b;
+    batch_state *b = eb_calloc(1, sizeof(*b));
 
-    /* ?project=x would otherwise store the batch in the project its traces name */
-    if (!eb_http_req_query_only(req, NULL, 0))
-        return;
-    b = eb_calloc(1, sizeof(*b));
     b->ctx = ctx;
     b->req = req;
     b->who = *eb_http_req_principal(req);
@@ -477,10 +473,6 @@ static bool decode_cursor(const char *cur, char *pt, size_t ptlen, char **id)
     return ok;
 }
 
-static const char *const list_params[] = {"project",   "from",      "to",    "model", "provider",
-                                          "status",    "review",    "tag",   "q",     "score",
-                                          "score_min", "score_max", "limit", "cursor"};
-
 void api_traces_list(eb_http_req *req, void *vctx)
 {
     ingest_ctx *ctx = vctx;
@@ -508,8 +500,7 @@ void api_traces_list(eb_http_req *req, void *vctx)
     cJSON *root, *arr;
     int n;
 
-    if (!eb_http_req_query_only(req, list_params, sizeof(list_params) / sizeof(*list_params)) ||
-        !ingest_project_scope(req, &q_project, "read"))
+    if (!ingest_project_scope(req, &q_project, "read"))
         return;
     if (q_limit) {
         long long v;
@@ -636,8 +627,6 @@ void api_trace_get(eb_http_req *req, void *vctx)
     eb_status st;
     cJSON *o, *arr;
 
-    if (!eb_http_req_query_only(req, NULL, 0))
-        return;
     /* four statements, one snapshot: a replacement or deletion committed meanwhile must not
      * mix two versions of the trace into the answer */
     c = eb_req_db_begin_read(ctx->svc.db, req);

@@ -88,23 +88,32 @@ static const eb_setting settings[] = {
 
 #define MEMBER EB_ROLE_MEMBER
 #define VIEWER EB_ROLE_VIEWER
+/* the listing's query parameters (api_traces_list); every other route takes none but OTLP,
+ * whose exporters are configured with a URL and may keep a query string on it */
+#define LIST_QUERY                                                                                 \
+    "project from to model provider status review tag q score score_min score_max limit cursor"
 const eb_http_route ingest_routes[] = {
     /* blocking: the handler waits on PostgreSQL, on the api pool (api-threads) */
-    {"POST", "/api/v1/traces", api_traces_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, false},
-    {"GET", "/api/v1/traces", api_traces_list, false, VIEWER, EB_SCOPE_TRACES_READ, false, true},
+    {"POST", "/api/v1/traces", api_traces_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, false,
+     NULL},
+    {"GET", "/api/v1/traces", api_traces_list, false, VIEWER, EB_SCOPE_TRACES_READ, false, true,
+     LIST_QUERY},
     {"POST", "/api/v1/traces/delete", api_traces_delete_by_filter, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN, false, true},
-    {"GET", "/api/v1/traces/{id}", api_trace_get, false, VIEWER, EB_SCOPE_TRACES_READ, false, true},
+     EB_SCOPE_ADMIN, false, true, NULL},
+    {"GET", "/api/v1/traces/{id}", api_trace_get, false, VIEWER, EB_SCOPE_TRACES_READ, false, true,
+     NULL},
     {"DELETE", "/api/v1/traces/{id}", api_trace_delete, false, EB_ROLE_ADMIN, EB_SCOPE_ADMIN, false,
-     true},
+     true, NULL},
     {"POST", "/api/v1/traces/{id}/review", api_review_post, false, MEMBER, EB_SCOPE_TRACES_WRITE,
-     false, true},
-    {"POST", "/api/v1/scores", api_score_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, true},
+     false, true, NULL},
+    {"POST", "/api/v1/scores", api_score_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, true,
+     NULL},
     {"PUT", "/api/v1/projects/{project}/settings", api_project_settings_put, false, EB_ROLE_ADMIN,
-     EB_SCOPE_ADMIN, false, true},
+     EB_SCOPE_ADMIN, false, true, NULL},
     {"GET", "/api/v1/projects/{project}/settings", api_project_settings_get, false, VIEWER,
-     EB_SCOPE_TRACES_READ, false, true},
-    {"POST", "/otlp/v1/traces", api_otlp_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, false},
+     EB_SCOPE_TRACES_READ, false, true, NULL},
+    {"POST", "/otlp/v1/traces", api_otlp_post, false, MEMBER, EB_SCOPE_TRACES_WRITE, false, false,
+     "*"},
 };
 const size_t ingest_nroutes = sizeof(ingest_routes) / sizeof(ingest_routes[0]);
 

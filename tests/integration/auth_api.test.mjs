@@ -216,6 +216,20 @@ describe('auth HTTP API', () => {
     assertError(r2, 'not_found', 'revoking an unknown key id');
   }));
 
+  it('a query parameter a route does not take is 400 and changes nothing: DELETE /api/v1/keys/{id}?dry_run=true revokes no key', T, stack.wrap(async () => {
+    const created = await stack.api('POST', '/api/v1/keys', { key: owner.key, body: { name: 'dry-run', scopes: ['traces:read'] } });
+    assertStatus(created, 201);
+    const r = await stack.api('DELETE', `/api/v1/keys/${created.body.id}?dry_run=true`, { key: owner.key });
+    assertError(r, 'invalid_argument', 'DELETE ?dry_run');
+    assert.match(r.body.error.message, /unknown query parameter 'dry_run'; this endpoint takes none/);
+    assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: created.body.key }), 200, 'the key still works');
+    const audit = await stack.api('GET', '/api/v1/audit?limit=1&limt=5', { key: owner.key });
+    assertError(audit, 'invalid_argument', 'a misspelt parameter next to a known one');
+    assert.match(audit.body.error.message, /'limt'; this endpoint takes limit, cursor, action/);
+    assertError(await stack.api('GET', '/api/v1/audit?limit=1&limit=2', { key: owner.key }), 'invalid_argument', 'limit given twice');
+    assertStatus(await stack.api('GET', '/api/v1/audit?limit=1&action=key_created', { key: owner.key }), 200, 'the parameters it takes');
+  }));
+
   it('users: list, change a role, the last owner stays, remove a member', T, stack.wrap(async () => {
     const m = await stack.addMember(owner.key, 'member');
     let list = await stack.api('GET', '/api/v1/users', { key: owner.key });

@@ -522,6 +522,15 @@ describe('export: jobs, formats, privacy', () => {
     assert.ok(s.body.statistics);
     const bad = await api('GET', '/api/v1/exports/stream?format=parquet', A.key);
     assertError(bad, 'invalid_argument', 'unknown format');
+    // a misspelt filter never widens an export to everything; the filter's lists repeat
+    const typo = await api('GET', '/api/v1/exports/stream?format=jsonl&modle=gpt-4o', A.key);
+    assertError(typo, 'invalid_argument', 'a misspelt filter parameter');
+    assert.match(typo.body.error.message, /unknown query parameter 'modle'/);
+    assertError(await api('GET', '/api/v1/datasets/statistics?limit=5', A.key), 'invalid_argument', 'statistics take no limit');
+    assertError(await api('GET', '/api/v1/exports/stream?format=jsonl&format=csv', A.key), 'invalid_argument', 'format given twice');
+    const both = await api('GET', '/api/v1/exports/stream?format=jsonl&model=gpt-4o&model=gpt-4o-mini&project=support', A.key);
+    assertStatus(both, 200, 'a repeated model');
+    assert.equal(jsonLines(both.text).length, traces.filter((t) => ['gpt-4o', 'gpt-4o-mini'].includes(t.model) && t.project === 'support').length);
   }));
 
   it('a streamed export that fails after its first bytes is cut short, never ended like a complete body', T, stack.wrap(async () => {

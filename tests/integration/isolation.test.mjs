@@ -90,14 +90,19 @@ describe('cross-team isolation', () => {
     assert.equal(cur.body.id, A.id);
   }));
 
-  it('a team id in the body or the query string is ignored', T, stack.wrap(async () => {
+  it('a team id in the body is ignored, and one in the query string refused', T, stack.wrap(async () => {
     const body = { name: 'sneaky', scopes: ['traces:read'], team_id: B.id, team: B.id, team_slug: B.team };
-    const r = await stack.api('POST', `/api/v1/keys?team=${B.team}&team_id=${B.id}`, { key: A.key, body });
+    const refused = await stack.api('POST', `/api/v1/keys?team=${B.team}&team_id=${B.id}`, { key: A.key, body: { ...body, name: 'sneaky-query' } });
+    assertError(refused, 'invalid_argument', 'a team in the query string');
+    assert.match(refused.body.error.message, /unknown query parameter 'team'; this endpoint takes none/);
+    const r = await stack.api('POST', '/api/v1/keys', { key: A.key, body });
     assertStatus(r, 201, 'create a key with B\'s team id in the body');
     const me = await stack.whoami(r.body.key);
     assert.equal(me.team.id, A.id, 'the key belongs to the caller\'s team');
     const bkeys = await stack.api('GET', '/api/v1/keys', { key: B.key });
     assert.ok(!bkeys.body.keys.some((k) => k.id === r.body.id), 'B does not see it');
+    const akeys = await stack.api('GET', '/api/v1/keys', { key: A.key });
+    assert.ok(!akeys.body.keys.some((k) => k.name === 'sneaky-query'), 'the refused request made no key');
 
     const email = `sneaky-${Date.now()}@example.com`;
     const inv = await stack.api('POST', '/api/v1/invitations', { key: A.key, body: { email, role: 'viewer', team_id: B.id, team: B.team } });
@@ -108,15 +113,17 @@ describe('cross-team isolation', () => {
     assertStatus(acc, 200);
     assert.equal(acc.body.team.id, A.id, 'accepting joins the inviting team');
 
-    const p = await stack.api('PATCH', `/api/v1/users/${A.member.user_id}?team_id=${B.id}`, { key: A.key, body: { role: 'viewer', team_id: B.id } });
+    assertError(await stack.api('PATCH', `/api/v1/users/${A.member.user_id}?team_id=${B.id}`, { key: A.key, body: { role: 'viewer' } }),
+      'invalid_argument', 'a team in the query string');
+    const p = await stack.api('PATCH', `/api/v1/users/${A.member.user_id}`, { key: A.key, body: { role: 'viewer', team_id: B.id } });
     assertStatus(p, 200, 'A changes its own member');
     const busers = (await stack.api('GET', '/api/v1/users', { key: B.key })).body.users;
     assert.ok(!busers.some((u) => u.id === A.member.user_id), 'A\'s member did not land in B');
 
     const users = await stack.api('GET', `/api/v1/users?team=${B.team}&team_id=${B.id}`, { key: A.key });
-    assert.ok(!users.text.includes(B.member.user_id), 'a team in the query string does not switch teams');
-    const cur = await stack.api('GET', `/api/v1/teams/current?team=${B.team}`, { key: A.key });
-    assert.equal(cur.body.id, A.id);
+    assertError(users, 'invalid_argument', 'a team in the query string does not switch teams');
+    assert.ok(!users.text.includes(B.member.user_id));
+    assertError(await stack.api('GET', `/api/v1/teams/current?team=${B.team}`, { key: A.key }), 'invalid_argument');
   }));
 
   it('a user cannot log in to a team it does not belong to', T, stack.wrap(async () => {

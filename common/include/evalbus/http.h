@@ -45,6 +45,11 @@ typedef struct eb_http_route {
      * file or a stream), and touches no loop state (events, the NATS connection's subscriptions);
      * its answer is sent by the loop thread. Without a worker pool it runs on the loop. */
     bool blocking;
+    /* the query parameters the route takes, space-separated ("state limit cursor"), a name
+     * ending in '*' may be given more than once ("tag*"); NULL: none; "*": any (the handler
+     * reads what it wants). Any other, or one given twice, is answered 400 before the handler
+     * runs, so that a typo never widens a listing and DELETE ...?dry_run=true deletes nothing. */
+    const char *query;
 } eb_http_route;
 
 typedef struct eb_http_options {
@@ -107,9 +112,6 @@ const char *eb_http_req_query(eb_http_req *req, const char *name);
 /* Every value of a repeated query parameter (?tag=a&tag=b): stores up to max pointers (owned by
  * req) in vals and returns how many there are (which may exceed max). */
 size_t eb_http_req_query_all(eb_http_req *req, const char *name, const char **vals, size_t max);
-/* True if every query parameter is one of known[0..n), each given once; else answers 400 naming
- * the parameter (a typo must not widen a listing to everything) and returns false. */
-bool eb_http_req_query_only(eb_http_req *req, const char *const *known, size_t n);
 /* A query parameter's count: decimal digits only (no sign, no spaces), from min to max. */
 bool eb_http_parse_count(const char *s, long long min, long long max, long long *out);
 const char *eb_http_req_header(const eb_http_req *req, const char *name);
