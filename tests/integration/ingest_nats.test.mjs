@@ -604,6 +604,33 @@ describe('ingest: TraceBatch over NATS', () => {
     const counted = await pollUntil(async () => (await deadLetters('undecodable')) >= before + 200, { timeoutMs: 5000 });
     assert.ok(counted.value, `200 undecodable messages counted (before ${before}, now ${await deadLetters('undecodable')})`);
   }));
+  it('a batch refused whole lets the batches decoded behind it go on: they are answered without waiting for more traffic', { timeout: 120_000 }, stack.wrap(async () => {
+    // Batches go to the stream in the order their credentials were verified, each once every
+    // batch before it is decoded. A batch of more than max-batch-items traces is refused only
+    // once it is unpacked; a small batch right behind it is decoded first, on the other decode
+    // thread, and waits for it. When the large one is refused, the small one must go on then,
+    // not when some later batch happens to be decoded.
+    const warm = rid('warm');
+    assert.deepEqual((await publishBatch(A.team, encodeBatch([trace(warm)]), A.key)).accepted_ids, [warm]);
+    const steps = (i) => Array.from({ length: 20 }, (_, j) => ({
+      id: `s${j}`, type: 'span', name: `step ${j}`, metadata_json: JSON.stringify({ i, j, note: 'x'.repeat(60) }),
+    }));
+    const big = encodeBatch(Array.from({ length: 1001 }, (_, i) => trace(rid('over'), { observations: steps(i) })));
+    const nc = await stack.nats();
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', A.key);
+    const order = [];
+    const refused = nc.request(SUBJECT + A.team, big, { timeout: 30_000, headers: h, noMux: true })
+      .then((m) => { order.push('refused'); return decodeAck(m.data); });
+    const small = rid('behind');
+    const behind = nc.request(SUBJECT + A.team, encodeBatch([trace(small)]), { timeout: 10_000, headers: h, noMux: true })
+      .then((m) => { order.push('behind'); return decodeAck(m.data); });
+    const [r, b] = await Promise.all([refused, behind]);
+    assert.equal(r.code, 'too_large', JSON.stringify(r).slice(0, 300));
+    assert.deepEqual(b.accepted_ids, [small], 'the batch behind it is acknowledged, with nothing sent after it');
+    assert.deepEqual(order, ['refused', 'behind'], 'it waited for the batch before it');
+    await waitTrace(A.key, small);
+  }));
   it('a large TraceBatch is decoded off the loop: a message behind it and /healthz are answered before its records go to the stream', { timeout: 120_000 }, stack.wrap(async () => {
     // Decoding, checking and packing a batch of 1000 traces runs on a decode thread; the loop
     // thread meanwhile answers what comes after it. Seen from one NATS connection, whatever the
