@@ -79,6 +79,18 @@ describe('retention per project', () => {
     assert.ok(replica.pid > 0);
   }), { timeout: 60_000 });
 
+  it('a pass sweeps reviews and scores whose trace is gone', stack.wrap(async () => {
+    // rows left without a key (as a review or score written by hand, or before the key locks)
+    const team = (await stack.whoami(owner.key)).team.id;
+    const kept = (await stack.psql(`SELECT count(*) FROM ingest.reviews WHERE team_id = '${team}'`))[0][0];
+    await stack.psql(`INSERT INTO ingest.reviews (team_id, trace_id, decision) VALUES ('${team}', 'no-such-trace', 'accept');` +
+      ` INSERT INTO ingest.scores (team_id, trace_id, name, kind, value_number, source) VALUES ('${team}', 'no-such-trace', 'q', 'numeric', 1, 'api')`);
+    const swept = await pollUntil(async () => (await stack.psql("SELECT (SELECT count(*) FROM ingest.reviews WHERE trace_id = 'no-such-trace') + (SELECT count(*) FROM ingest.scores WHERE trace_id = 'no-such-trace')"))[0][0] === '0',
+      { timeoutMs: 10_000, intervalMs: 250 });
+    assert.ok(swept.value, 'the orphaned review and score are gone after a pass');
+    assert.equal((await stack.psql(`SELECT count(*) FROM ingest.reviews WHERE team_id = '${team}'`))[0][0], kept, 'the reviews of stored traces stay');
+  }));
+
   it('drops the day partitions older than the longest retention, with their keys', stack.wrap(async () => {
     // 100 days old: past the default retention (90 days), and no project keeps more
     const old = trace('ancient', 'archive', 100);
