@@ -6,7 +6,10 @@
  * published before COMMIT, so a job the caller sees always has its message (a message whose job
  * did not commit is dropped by the worker).
  * Every request, download and cancellation is audited through the auth service.
- * Threading: loop thread (handlers run short, indexed queries on pooled connections). */
+ * Threading: create, list, read, cancel and the settings are blocking routes: they run on the
+ * API threads (pooled connections; creation also waits for the EXPORTS stream on queue_bus) and
+ * touch no loop state. Download and the event streams run on the loop thread (their queries, the
+ * file or stream reply, the SSE timers). */
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"

@@ -48,7 +48,8 @@ typedef struct export_ctx {
     eb_authc *authc;
     export_workers *workers;
     /* a NATS connection with the client's own I/O threads (not the loop): job messages are
-     * published synchronously (JetStream acknowledgement awaited) from the loop thread */
+     * published synchronously (JetStream acknowledgement awaited) from the API threads (job
+     * creation) and the loop thread (the scheduler) */
     eb_bus *queue_bus;
     struct event *schedule_timer;
     bool warned_blind; /* the scheduler warned that ingest's sessions are invisible (loop) */

@@ -10,7 +10,8 @@
  * previous job succeeded, so a failed or cancelled run is covered by the next one. While a
  * schedule's previous job is still queued or running, the schedule waits. Any number of replicas
  * run the timer: due rows are taken with FOR UPDATE SKIP LOCKED, so each due schedule starts one
- * job. Threading: loop thread (short indexed queries). */
+ * job. Threading: the timer runs on the loop thread (short indexed queries); the API handlers are
+ * blocking routes, on the API threads. */
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"

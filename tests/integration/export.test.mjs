@@ -527,6 +527,7 @@ describe('export: jobs, formats, privacy', () => {
     assertError(typo, 'invalid_argument', 'a misspelt filter parameter');
     assert.match(typo.body.error.message, /unknown query parameter 'modle'/);
     assertError(await api('GET', '/api/v1/datasets/statistics?limit=5', A.key), 'invalid_argument', 'statistics take no limit');
+    assertError(await api('GET', '/api/v1/datasets/statistics?compression=gzip', A.key), 'invalid_argument', 'statistics take no compression');
     assertError(await api('GET', '/api/v1/exports/stream?format=jsonl&format=csv', A.key), 'invalid_argument', 'format given twice');
     const both = await api('GET', '/api/v1/exports/stream?format=jsonl&model=gpt-4o&model=gpt-4o-mini&project=support', A.key);
     assertStatus(both, 200, 'a repeated model');
