@@ -80,6 +80,9 @@ struct eb_http_server {
     ready_check checks[MAX_CHECKS];
     int nchecks;
     int in_flight;
+    /* answers handed to libevent and not yet written out (one whose connection failed first
+     * stays counted: it only makes eb_service_flush wait its limit) */
+    int sending;
     /* shutdown */
     struct event *drain_timer;
     long long drain_deadline;
@@ -264,6 +267,23 @@ static const char *reason_phrase(int code)
     return NULL; /* libevent's, by class */
 }
 
+/* libevent wrote an answer out whole. */
+static void on_sent(struct evhttp_request *ev, void *arg)
+{
+    eb_http_server *srv = arg;
+
+    (void)ev;
+    srv->sending--;
+}
+
+/* Hands an answer to libevent, which writes it out as the connection takes it. */
+static void send_reply(eb_http_req *req, int code, struct evbuffer *buf)
+{
+    req->srv->sending++;
+    evhttp_request_set_on_complete_cb(req->ev, on_sent, req->srv);
+    evhttp_send_reply(req->ev, code, reason_phrase(code), buf);
+}
+
 static void finish(eb_http_req *req, int code, const char *content_type, const void *data,
                    size_t len)
 {
@@ -289,7 +309,7 @@ static void finish(eb_http_req *req, int code, const char *content_type, const v
     add_reply_headers(req, content_type);
     if (data && len)
         evbuffer_add(buf, data, len);
-    evhttp_send_reply(req->ev, code, reason_phrase(code), buf);
+    send_reply(req, code, buf);
     evbuffer_free(buf);
     account(req, code, len);
 }
@@ -307,7 +327,7 @@ void eb_http_reply_file(eb_http_req *req, int code, const char *content_type, in
         eb_http_reply_error(req, EB_ERR_INTERNAL, "cannot send the file");
         return;
     }
-    evhttp_send_reply(req->ev, code, reason_phrase(code), buf);
+    send_reply(req, code, buf);
     evbuffer_free(buf);
     account(req, code, size);
 }
@@ -1108,6 +1128,11 @@ eb_status eb_http_listen(eb_http_server *srv)
 int eb_http_in_flight(const eb_http_server *srv)
 {
     return srv->in_flight;
+}
+
+int eb_http_sending(const eb_http_server *srv)
+{
+    return srv ? srv->sending : 0;
 }
 
 /* Shutdown runs in two phases on one timer: first the listener stays open for

@@ -199,7 +199,10 @@ void eb_service_flush(eb_service *svc, int limit_ms)
     const struct timeval tick = {0, 5000};
 
     event_base_loop(svc->base, EVLOOP_NONBLOCK);
-    for (int waited = 0; nc && natsConnection_Buffered(nc) > 0 && waited < limit_ms; waited += 5) {
+    for (int waited = 0;
+         ((nc && natsConnection_Buffered(nc) > 0) || eb_http_sending(svc->http) > 0) &&
+         waited < limit_ms;
+         waited += 5) {
         event_base_loopexit(svc->base, &tick);
         event_base_dispatch(svc->base);
     }

@@ -72,6 +72,25 @@ describe('auth HTTP API', () => {
     }));
   }
 
+  it('an answer finished after the loop ended (SIGTERM while its query waited) is written out whole before the process exits', T, stack.wrap(async () => {
+    // about 12 MB of audit events for one listing: more than the sockets take at once
+    const team = (await stack.whoami(owner.key)).team.id;
+    await stack.psql(`INSERT INTO auth.audit_log (team_id, action, target, detail) SELECT '${team}', 'bulk_test', 't' || i,` +
+      ` jsonb_build_object('pad', repeat('x', 12000)) FROM generate_series(1, 1000) i`);
+    const replica = await stack.spawnService('auth', { EVALBUS_SHUTDOWN_GRACE: '1s' });
+    const { released } = await stack.lockTable('auth.audit_log', 3000);
+    const answer = stack.api('GET', '/api/v1/audit?limit=1000', { base: replica.url, key: owner.key, timeoutMs: 30_000 });
+    await sleep(300); // the listing waits on the lock
+    replica.proc.kill('SIGTERM'); // the drain gives up after 1 s; the answer comes after the lock
+    const r = await answer;
+    await released;
+    const exit = await replica.exited;
+    assert.equal(exit.code, 0, `the replica exits cleanly (${JSON.stringify(exit)})`);
+    assertStatus(r, 200, 'the listing');
+    assert.ok(r.text.length > 10_000_000, `the whole answer (${r.text.length} bytes)`);
+    assert.equal(r.body.events.length, 1000, 'every event of the page');
+  }));
+
   it('GET /metrics is Prometheus text with evalbus_http_requests_total', T, stack.wrap(async () => {
     await stack.api('GET', '/healthz');
     const r = await stack.api('GET', '/metrics');

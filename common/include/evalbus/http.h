@@ -100,6 +100,8 @@ eb_status eb_http_listen(eb_http_server *srv);
 void eb_http_shutdown(eb_http_server *srv, void (*done)(void *arg), void *arg);
 /* Number of requests accepted and not yet answered. */
 int eb_http_in_flight(const eb_http_server *srv);
+/* Answers given and not yet written out whole to their connections (NULL: 0). */
+int eb_http_sending(const eb_http_server *srv);
 
 /* Request accessors. Strings are owned by the request. */
 const char *eb_http_req_method(const eb_http_req *req);

@@ -188,11 +188,11 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
  * Handlers still running on the api threads then are answered by eb_pool_finish(svc->api)
  * (which the service calls where its shutdown wants them; eb_service_cleanup does otherwise). */
 int eb_service_run(eb_service *svc);
-/* After eb_service_run, for answers given since the loop ended (callbacks run at shutdown):
- * one non-blocking turn of the loop, which hands HTTP replies to their sockets as far as these
- * take them at once (enough for short answers such as a 503), then turns until the NATS
- * connection has written what it holds, limit_ms at most. Timers that are due run too: free
- * those that must not before calling it. */
+/* After eb_service_run, for answers given since the loop ended (callbacks run at shutdown, the
+ * API threads' last answers) and answers still being written: turns the loop until every HTTP
+ * answer is written out whole and the NATS connection has written what it holds, limit_ms at
+ * most (an answer to a client that stopped reading is cut off then). Timers that are due run
+ * too: free those that must not before calling it. */
 void eb_service_flush(eb_service *svc, int limit_ms);
 /* Answers what the api threads still run (eb_pool_finish), then frees everything
  * eb_service_init made. */
