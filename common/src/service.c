@@ -152,6 +152,7 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
     if (st != EB_OK)
         return st;
     svc->db = eb_db_open(cfg->database_url, (int)cfg->db_pool, name, cfg->db_idle_tx_timeout_ms);
+    eb_db_set_request_timeout(svc->db, cfg->query_timeout_ms);
     if (cfg->redis_url && *cfg->redis_url) {
         st = eb_redis_new(svc->base, cfg->redis_url, &svc->redis);
         if (st != EB_OK)

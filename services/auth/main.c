@@ -23,6 +23,9 @@ extern const size_t eb_migrations_auth_count;
 static const eb_setting settings[] = {
     EB_SERVICE_SETTINGS(auth_config, svc, "8085", "64KiB", "6"),
     EB_DB_IDLE_TX_SETTING(auth_config, svc, "60s"),
+    EB_QUERY_TIMEOUT_SETTING(auth_config, svc, "30s",
+                             "longest a statement of the API's endpoints may run, lock waits"
+                             " included (504 timeout after it; 0: no limit)"),
     EB_API_THREADS_SETTING(auth_config, svc, "2",
                            "threads that run the API's queries and password hashes (login, "
                            "invitations), so that the loop thread does not wait on them; each "

@@ -54,7 +54,7 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int 
 
     if (!c)
         return false;
-    snprintf(ms, sizeof(ms), "%lld", ctx->cfg->query_timeout_ms);
+    snprintf(ms, sizeof(ms), "%lld", ctx->cfg->svc.query_timeout_ms);
     st = eb_db_exec(c,
                     "SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout',"
                     " $1, true)",

@@ -34,7 +34,6 @@ typedef struct ingest_config {
     long long writer_threads;
     long long writer_batch;
     long long decode_threads;
-    long long query_timeout_ms;
     long long stream_max_bytes;
     long long stream_high_water; /* percent */
     long long stream_dupe_window_ms;

@@ -62,10 +62,10 @@ static const eb_setting settings[] = {
         "threads that run the query, review, score, deletion and settings endpoints (they wait on"
         " PostgreSQL, so the loop thread does not); each takes one of db-pool's connections while"
         " it runs"),
-    {"query-timeout", "EVALBUS_QUERY_TIMEOUT", EB_SET_DURATION, "30s", 0, 3600000, false,
-     offsetof(T, query_timeout_ms),
-     "longest a statement of those endpoints may run, lock waits included (504 after it; 0: no"
-     " limit); a deletion is bounded in its lock waits only (503 after it)"},
+    EB_QUERY_TIMEOUT_SETTING(ingest_config, svc, "30s",
+                             "longest a statement of those endpoints may run, lock waits included"
+                             " (504 after it; 0: no limit); a deletion is bounded in its lock"
+                             " waits only (503 after it)"),
     {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "500", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
@@ -152,7 +152,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "evalbus-ingest: %s\n", eb_error_message());
         goto cleanup;
     }
-    eb_db_set_request_timeout(ctx.svc.db, cfg.query_timeout_ms);
     st = eb_db_migrate_wait(ctx.svc.db, "ingest", eb_migrations_ingest, eb_migrations_ingest_count,
                             60000);
     if (st == EB_OK)

@@ -72,6 +72,22 @@ describe('auth HTTP API', () => {
     }));
   }
 
+  it('a query past query-timeout is stopped with 504 timeout and frees its API thread', T, stack.wrap(async () => {
+    const replica = await stack.spawnService('auth', { EVALBUS_QUERY_TIMEOUT: '1s' });
+    try {
+      const { released } = await stack.lockTable('auth.audit_log', 3000);
+      // a 504, not the 200 it would get once the lock is released after 3 s
+      const r = await stack.api('GET', '/api/v1/audit?limit=1', { base: replica.url, key: owner.key });
+      assertError(r, 'timeout', 'a listing waiting on the lock past 1 s');
+      assert.match(r.body.error.message, /query-timeout/, 'the message names the setting');
+      await released;
+      assertStatus(await stack.api('GET', '/api/v1/audit?limit=1', { base: replica.url, key: owner.key }), 200, 'the same listing once the lock is gone');
+    } finally {
+      replica.proc.kill('SIGTERM');
+      await replica.exited;
+    }
+  }));
+
   it('an answer finished after the loop ended (SIGTERM while its query waited) is written out whole before the process exits', T, stack.wrap(async () => {
     // about 12 MB of audit events for one listing: more than the sockets take at once
     const team = (await stack.whoami(owner.key)).team.id;

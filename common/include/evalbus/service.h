@@ -30,7 +30,8 @@ typedef struct eb_service_config {
     long long shutdown_delay_ms;
     long long shutdown_grace_ms;
     long long db_idle_tx_timeout_ms; /* 0: PostgreSQL's own setting (EB_DB_IDLE_TX_SETTING) */
-    long long api_threads; /* 0: every handler runs on the loop (EB_API_THREADS_SETTING) */
+    long long api_threads;      /* 0: every handler runs on the loop (EB_API_THREADS_SETTING) */
+    long long query_timeout_ms; /* 0: no limit (EB_QUERY_TIMEOUT_SETTING) */
 } eb_service_config;
 
 /* Settings rows for the eb_service_config member `m` of struct `T`; port is the default port,
@@ -144,6 +145,16 @@ typedef struct eb_service_config {
     {                                                                                              \
         "api-threads", "EVALBUS_API_THREADS", EB_SET_INT, dflt, 1, 16, false,                      \
             offsetof(T, m.api_threads), help                                                       \
+    }
+
+/* The settings row that bounds every statement of an HTTP handler's transaction
+ * (eb_req_db_begin: statement_timeout, lock waits included; 504 timeout after it), so that a query
+ * waiting on a lock does not hold an API thread for good; dflt as a string ("30s"), help says
+ * what it covers. A service without the row leaves PostgreSQL's setting alone. */
+#define EB_QUERY_TIMEOUT_SETTING(T, m, dflt, help)                                                 \
+    {                                                                                              \
+        "query-timeout", "EVALBUS_QUERY_TIMEOUT", EB_SET_DURATION, dflt, 0, 3600000, false,        \
+            offsetof(T, m.query_timeout_ms), help                                                  \
     }
 
 typedef struct eb_service {
