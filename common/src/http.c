@@ -80,8 +80,7 @@ struct eb_http_server {
     ready_check checks[MAX_CHECKS];
     int nchecks;
     int in_flight;
-    /* answers handed to libevent and not yet written out (one whose connection failed first
-     * stays counted: it only makes eb_service_flush wait its limit) */
+    /* answers handed to libevent and not yet written out (send_reply) */
     int sending;
     /* shutdown */
     struct event *drain_timer;
@@ -267,20 +266,41 @@ static const char *reason_phrase(int code)
     return NULL; /* libevent's, by class */
 }
 
-/* libevent wrote an answer out whole. */
+/* libevent wrote an answer out whole: it is no longer counted, and a later close of its
+ * (kept-alive) connection is none of its business. */
 static void on_sent(struct evhttp_request *ev, void *arg)
 {
     eb_http_server *srv = arg;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
 
-    (void)ev;
+    if (evcon)
+        evhttp_connection_set_closecb(evcon, NULL, NULL);
     srv->sending--;
 }
 
-/* Hands an answer to libevent, which writes it out as the connection takes it. */
+/* The connection closed before its answer was written out (the client went away mid-write, a
+ * write failed or timed out, or the server is freed): libevent frees the request without
+ * calling on_sent. */
+static void on_unsent(struct evhttp_connection *evcon, void *arg)
+{
+    eb_http_server *srv = arg;
+
+    (void)evcon;
+    srv->sending--;
+}
+
+/* Hands an answer to libevent, which writes it out as the connection takes it; counted in
+ * srv->sending until on_sent or on_unsent, whichever comes (one connection writes one answer at
+ * a time). A request whose connection is gone already is freed by libevent at once, uncounted. */
 static void send_reply(eb_http_req *req, int code, struct evbuffer *buf)
 {
-    req->srv->sending++;
-    evhttp_request_set_on_complete_cb(req->ev, on_sent, req->srv);
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req->ev);
+
+    if (evcon) {
+        req->srv->sending++;
+        evhttp_request_set_on_complete_cb(req->ev, on_sent, req->srv);
+        evhttp_connection_set_closecb(evcon, on_unsent, req->srv);
+    }
     evhttp_send_reply(req->ev, code, reason_phrase(code), buf);
 }
 

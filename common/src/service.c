@@ -207,6 +207,9 @@ void eb_service_flush(eb_service *svc, int limit_ms)
         event_base_loopexit(svc->base, &tick);
         event_base_dispatch(svc->base);
     }
+    if (eb_http_sending(svc->http) > 0)
+        eb_log_warn(NULL, "shutdown: %d HTTP answers not written out whole after %d ms; cut off",
+                    eb_http_sending(svc->http), limit_ms);
 }
 
 void eb_service_cleanup(eb_service *svc)

@@ -2,6 +2,8 @@
 // its JWT, whoami, teams, users and keys.
 
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -105,6 +107,36 @@ describe('auth HTTP API', () => {
     assertStatus(r, 200, 'the listing');
     assert.ok(r.text.length > 10_000_000, `the whole answer (${r.text.length} bytes)`);
     assert.equal(r.body.events.length, 1000, 'every event of the page');
+  }));
+
+  it('an answer its client cut off mid-write does not hold up a later shutdown', T, stack.wrap(async () => {
+    // about 12 MB of audit events: more than the sockets take at once, so the client can go away
+    // while the server still writes (the answer then never completes; the connection closes)
+    const team = (await stack.whoami(owner.key)).team.id;
+    await stack.psql(`INSERT INTO auth.audit_log (team_id, action, target, detail) SELECT '${team}', 'bulk_cut', 't' || i,` +
+      ` jsonb_build_object('pad', repeat('x', 12000)) FROM generate_series(1, 1000) i`);
+    const replica = await stack.spawnService('auth', { EVALBUS_SHUTDOWN_DELAY: '0s' });
+    const sock = net.connect(replica.port, '127.0.0.1');
+    sock.on('error', () => {});
+    await new Promise((resolve) => sock.once('connect', resolve));
+    let got = 0;
+    const cut = new Promise((resolve) => sock.on('data', (d) => {
+      got += d.length;
+      if (got > 100_000) {
+        sock.destroy();
+        resolve();
+      }
+    }));
+    sock.write(`GET /api/v1/audit?action=bulk_cut&limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${owner.key}\r\n\r\n`);
+    await cut;
+    // the server sees the connection reset once it writes again; then a kept-alive one is answered
+    assertStatus(await stack.api('GET', '/api/v1/audit?limit=1', { base: replica.url, key: owner.key }), 200);
+    await sleep(500);
+    replica.proc.kill('SIGTERM');
+    const exit = await replica.exited;
+    assert.equal(exit.code, 0, `the replica exits cleanly (${JSON.stringify(exit)})`);
+    const log = fs.readFileSync(replica.logFile, 'utf8');
+    assert.doesNotMatch(log, /not written out whole/, 'the flush at shutdown waited for no answer: the cut one was not still counted');
   }));
 
   it('GET /metrics is Prometheus text with evalbus_http_requests_total', T, stack.wrap(async () => {

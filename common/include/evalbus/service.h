@@ -202,8 +202,8 @@ int eb_service_run(eb_service *svc);
 /* After eb_service_run, for answers given since the loop ended (callbacks run at shutdown, the
  * API threads' last answers) and answers still being written: turns the loop until every HTTP
  * answer is written out whole and the NATS connection has written what it holds, limit_ms at
- * most (an answer to a client that stopped reading is cut off then). Timers that are due run
- * too: free those that must not before calling it. */
+ * most (an answer to a client that stopped reading is cut off then, with a warning). Timers
+ * that are due run too: free those that must not before calling it. */
 void eb_service_flush(eb_service *svc, int limit_ms);
 /* Answers what the api threads still run (eb_pool_finish), then frees everything
  * eb_service_init made. */
