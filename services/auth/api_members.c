@@ -401,13 +401,10 @@ static void accept_continue(eb_http_req *req, void *vctx)
         goto cleanup;
     }
     eb_sha256_hex(token, strlen(token), thash);
-    c = eb_db_get(ctx->svc.db);
-    if (!c) {
-        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the database is unavailable; retry later");
+    c = eb_req_db_begin(ctx->svc.db, req, true); /* query-timeout bounds its statements */
+    if (!c)
         goto cleanup;
-    }
-    st = eb_db_begin_system(c);
-    if (st == EB_OK) {
+    {
         const char *params[1] = {thash};
         st = eb_db_exec(c,
                         "SELECT i.team_id, i.id, i.email, i.role, t.slug FROM auth.invitations i"

@@ -90,6 +90,23 @@ describe('auth HTTP API', () => {
     }
   }));
 
+  it('invitation acceptance waiting on a lock past query-timeout is stopped with 504 timeout', T, stack.wrap(async () => {
+    const replica = await stack.spawnService('auth', { EVALBUS_QUERY_TIMEOUT: '1s' });
+    try {
+      const { released } = await stack.lockTable('auth.invitations', 3000);
+      const t0 = Date.now();
+      // a 504 after 1 s, not the 404 (no such invitation) it would get once the lock is released
+      const r = await stack.api('POST', '/api/v1/invitations/accept', { base: replica.url, body: { token: 'no-such-token', password: 'correct horse battery' } });
+      assertError(r, 'timeout', `an acceptance waiting on the lock past 1 s (${Date.now() - t0} ms)`);
+      await released;
+      assertError(await stack.api('POST', '/api/v1/invitations/accept', { base: replica.url, body: { token: 'no-such-token', password: 'correct horse battery' } }),
+        'not_found', 'the same acceptance once the lock is gone');
+    } finally {
+      replica.proc.kill('SIGTERM');
+      await replica.exited;
+    }
+  }));
+
   it('an answer finished after the loop ended (SIGTERM while its query waited) is written out whole before the process exits', T, stack.wrap(async () => {
     // about 12 MB of audit events for one listing: more than the sockets take at once
     const team = (await stack.whoami(owner.key)).team.id;
