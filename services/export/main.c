@@ -23,8 +23,9 @@ static const eb_setting settings[] = {
     EB_SERVICE_SETTINGS(export_config, svc, "8082", "1MiB", "4"),
     EB_AUTHC_SETTINGS(T, auth_cache_ttl_ms, auth_timeout_ms),
     EB_QUERY_TIMEOUT_SETTING(export_config, svc, "30s",
-                             "longest a statement of the job, settings and schedule endpoints may"
-                             " run, lock waits included (504 timeout after it; 0: no limit)"),
+                             "longest a statement of the API's handlers may run (jobs, settings,"
+                             " schedules, a download's job lookup), lock waits included (504"
+                             " timeout after it; 0: no limit)"),
     EB_API_THREADS_SETTING(export_config, svc, "2",
                            "threads that run the API's job, settings and schedule endpoints (they "
                            "wait on PostgreSQL and the stream, so the loop thread does not); each "
