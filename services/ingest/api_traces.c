@@ -263,7 +263,7 @@ static void on_guarded(void *arg, char *const *found)
         b->msgs[kept++] = b->msgs[i];
     }
     b->nvalid = kept;
-    ingest_publish_packed(b->ctx->pub, b->msgs, b->nvalid, NULL, on_published, b);
+    ingest_publish_packed(b->ctx->pub, b->msgs, b->nvalid, NULL, false, on_published, b);
 }
 
 /* Loop thread: answer a whole-request failure, or hand the packed records to the guard and then

@@ -112,9 +112,12 @@ long long ingest_publisher_max_payload(ingest_publisher *p);
  * acknowledged by JetStream or has failed (inside this call when all are refused at once). The
  * records go out in slices of a few hundred, one per turn of the loop, so that a large batch does
  * not hold the loop; the wait for the acknowledgements (timeout_ms at most) starts once the last
- * one is handed over. Loop thread. */
+ * one is handed over. The slices of batches handed over one after the other may go out
+ * between each other's, but for in_order batches: one goes out only once every in_order batch
+ * handed over before it has gone out whole, so their records are in the stream in that order.
+ * Loop thread. */
 void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const eb_status *unmade,
-                           ingest_publish_done done, void *arg);
+                           bool in_order, ingest_publish_done done, void *arg);
 /* While full is set, every record handed to the publisher fails at once with
  * EB_ERR_UNAVAILABLE (the stream watch sets it; any thread). */
 void ingest_publisher_set_full(ingest_publisher *p, bool full);

@@ -228,7 +228,7 @@ static void on_guarded(void *arg, char *const *found)
     it->nvalid = kept;
     eb_metrics_add("evalbus_ingest_traces_rejected_total", "source=\"nats\"",
                    (double)it->nrejected);
-    ingest_publish_packed(it->ctx->pub, it->msgs, it->nvalid, it->unmade, on_published, it);
+    ingest_publish_packed(it->ctx->pub, it->msgs, it->nvalid, it->unmade, true, on_published, it);
 }
 
 /* Pool thread: the message -> TraceBatch -> checks per trace -> packed records. Touches

@@ -286,7 +286,7 @@ static void on_guarded(void *arg, char *const *found)
     }
     free(refused);
     s->nsent = kept;
-    ingest_publish_packed(s->ctx->pub, s->msgs, s->nsent, s->unmade, on_published, s);
+    ingest_publish_packed(s->ctx->pub, s->msgs, s->nsent, s->unmade, false, on_published, s);
 }
 
 /* Packs t as the next record of the request (s's arrays grow to *cap as needed). One larger

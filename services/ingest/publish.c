@@ -13,7 +13,10 @@
  * slices of PUBLISH_SLICE records, one per turn of the loop: a batch of hundreds of thousands
  * of records (an OTLP request of one-span traces) does not hold the loop, which serves other
  * requests, acknowledgements and /healthz between the slices and writes each slice out to NATS
- * before the next (the library buffers what the loop has not written yet).
+ * before the next (the library buffers what the loop has not written yet). Slices of batches
+ * handed over meanwhile go out between them, but for batches handed over in order (NATS
+ * TraceBatches, whose order is the stream's): such a batch waits in p->sending until the one
+ * in order before it (p->in_order_last) has handed over its last record.
  *
  * Acknowledgements: every record carries the reply subject "<inbox>.<n>", n a number of its
  * own, and JetStream answers there (a PubAck, or an error). The publisher's subscription to
@@ -57,11 +60,12 @@ typedef struct pub_batch {
     struct event *timer;
     bool finished;
     /* while slices are left to send (in p->sending) */
-    natsMsg **msgs;          /* the records from sent on, still to be handed over */
-    eb_status *unmade;       /* why a NULL entry of msgs could not be made, or NULL */
-    size_t sent;             /* records handed over (or failed) so far */
-    struct event *more;      /* the next slice, on a later turn of the loop */
-    struct pub_batch *snext; /* the next batch in p->sending */
+    natsMsg **msgs;           /* the records from sent on, still to be handed over */
+    eb_status *unmade;        /* why a NULL entry of msgs could not be made, or NULL */
+    size_t sent;              /* records handed over (or failed) so far */
+    struct event *more;       /* the next slice, on a later turn of the loop */
+    struct pub_batch *snext;  /* the next batch in p->sending */
+    struct pub_batch *behind; /* in order: the batch that waits until this one is handed over */
 } pub_batch;
 
 typedef struct inflight {
@@ -81,11 +85,12 @@ struct ingest_publisher {
     size_t cap, used;
     pub_batch *ready;
     struct event *wake;
-    atomic_bool full;   /* the stream watch's verdict: refuse new records */
-    size_t open;        /* batches handed over and not yet answered */
-    pub_batch *sending; /* batches with records still to hand over, a slice per turn */
-    size_t refused;     /* "no responders" answers whose records are still in the table */
-    bool closing;       /* shutting down: refuse new records */
+    atomic_bool full;         /* the stream watch's verdict: refuse new records */
+    size_t open;              /* batches handed over and not yet answered */
+    pub_batch *sending;       /* batches with records still to hand over, a slice per turn */
+    pub_batch *in_order_last; /* the last in-order batch not yet handed over whole, or NULL */
+    size_t refused;           /* "no responders" answers whose records are still in the table */
+    bool closing;             /* shutting down: refuse new records */
 };
 
 static size_t seq_slot(const ingest_publisher *p, uint64_t seq)
@@ -404,6 +409,7 @@ void ingest_publisher_finish(ingest_publisher *p)
             record_result(p, b, b->sent, EB_ERR_UNAVAILABLE);
         }
     }
+    p->in_order_last = NULL;
     if (p->ready)
         on_wake(-1, 0, p);
     for (;;) {
@@ -594,6 +600,10 @@ static void send_slice(pub_batch *b)
         return;
     }
     sending_remove(p, b);
+    if (p->in_order_last == b)
+        p->in_order_last = NULL;
+    if (b->behind) /* the next in-order batch goes out from the next turn on */
+        evtimer_add(b->behind->more, &next_turn);
     if (!b->finished) {
         tv.tv_sec = p->timeout_ms / 1000;
         tv.tv_usec = (p->timeout_ms % 1000) * 1000;
@@ -611,7 +621,7 @@ static void on_more(evutil_socket_t fd, short what, void *arg)
 }
 
 void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const eb_status *unmade,
-                           ingest_publish_done done, void *arg)
+                           bool in_order, ingest_publish_done done, void *arg)
 {
     pub_batch *b = eb_calloc(1, sizeof(*b));
 
@@ -654,10 +664,20 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
         b->unmade = eb_malloc(n * sizeof(*b->unmade));
         memcpy(b->unmade, unmade, n * sizeof(*unmade));
     }
-    if (n > PUBLISH_SLICE) {
+    /* an in-order batch behind one still being handed over waits for it whole: its records
+     * must not go out between that one's slices */
+    bool waits = in_order && p->in_order_last;
+
+    if (n > PUBLISH_SLICE || waits) {
         b->more = evtimer_new(p->base, on_more, b);
         b->snext = p->sending;
         p->sending = b;
     }
-    send_slice(b);
+    if (in_order) {
+        if (waits)
+            p->in_order_last->behind = b; /* started by send_slice of that one */
+        p->in_order_last = b;
+    }
+    if (!waits)
+        send_slice(b);
 }

@@ -684,4 +684,40 @@ describe('ingest: TraceBatch over NATS', () => {
     const g = await waitTrace(A.key, ids[ids.length - 1], 30_000);
     assert.equal(g.observations.length, 20);
   }));
+  it('two TraceBatches sent one after the other reach the stream in that order, also when the first goes out in several slices', { timeout: 120_000 }, stack.wrap(async () => {
+    // The loop hands a batch's records to the NATS client 256 per turn. A batch verified after
+    // it must not go out between its slices: the later version of a trace (in the second batch)
+    // would become the earlier record in the stream, and the stored trace the older version.
+    const warm = rid('warm');
+    assert.deepEqual((await publishBatch(A.team, encodeBatch([trace(warm)]), A.key)).accepted_ids, [warm]);
+    const nc = await stack.nats();
+    const x = rid('order');
+    const seen = [];
+    const tap = nc.subscribe(`evalbus.v1.ingest.records.${A.team}`, { callback: (_err, m) => {
+      const text = Buffer.from(m.data).toString('latin1');
+      if (text.includes(x)) seen.push(text.includes('first version') ? 'first' : 'second');
+    } });
+    await nc.flush();
+    const steps = (i) => Array.from({ length: 10 }, (_, j) => ({
+      id: `s${j}`, type: 'span', name: `step ${j}`, metadata_json: JSON.stringify({ i, j, note: 'x'.repeat(60) }),
+    }));
+    const first = Array.from({ length: 600 }, (_, i) => (i === 599
+      ? trace(x, { name: 'first version' })
+      : trace(rid('fill'), { observations: steps(i) })));
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', A.key);
+    const a1 = nc.request(SUBJECT + A.team, encodeBatch(first), { timeout: 60_000, headers: h, noMux: true });
+    const a2 = nc.request(SUBJECT + A.team, encodeBatch([trace(x, { name: 'second version' })]), { timeout: 60_000, headers: h, noMux: true });
+    const [r1, r2] = (await Promise.all([a1, a2])).map((m) => decodeAck(m.data));
+    assert.equal(r1.accepted_ids.length, 600, JSON.stringify(r1).slice(0, 300));
+    assert.deepEqual(r2.accepted_ids, [x], JSON.stringify(r2));
+    await pollUntil(() => seen.length >= 2, { timeoutMs: 5000 });
+    tap.unsubscribe();
+    assert.deepEqual(seen, ['first', 'second'], 'the second batch\'s record comes after the first batch\'s');
+    const stored = await pollUntil(async () => {
+      const g = await waitTrace(A.key, x, 30_000);
+      return g.name === 'second version' ? g : null;
+    }, { timeoutMs: 10_000 });
+    assert.ok(stored.value, 'the stored trace is the version sent last');
+  }));
 });
