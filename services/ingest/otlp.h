@@ -25,7 +25,12 @@ typedef struct ingest_otlp_result {
     long long spans;          /* spans accepted */
     long long rejected_spans; /* spans refused (bad ids, over limits, ...) */
     char *error_message;      /* why (the first few reasons), or NULL */
+    int nreasons;             /* reasons in error_message, at most INGEST_OTLP_MAX_REASONS */
+    size_t reasons_len;       /* bytes of them, before the "(and N more)" that may follow */
 } ingest_otlp_result;
+
+/* Reasons a partial success's error_message gives at most; "(and N more)" counts the rest. */
+#define INGEST_OTLP_MAX_REASONS 3
 
 /* Unpacks data[0..len) as a message of type desc with the OTLP decoder's guards: the wire
  * format is checked first (well formed, nesting bounded, no NUL byte in a string field, which

@@ -44,14 +44,21 @@ typedef struct otlp_state {
     long long *spans;
     size_t nsent;
     long long rejected; /* spans refused before publishing */
-    eb_buf why;
+    eb_buf why;         /* the first reasons, the decoder's and ours */
+    int nwhy;           /* how many: at most INGEST_OTLP_MAX_REASONS */
+    long long more;     /* refused spans that no reason in why accounts for */
 } otlp_state;
 
 static void reply(otlp_state *s, long long rejected, const char *message)
 {
     eb_buf b = {0};
 
-    /* the response reports every refused span: the decoder's and ours */
+    /* the response reports every refused span: the decoder's and ours; the message the first
+     * reasons, then how many spans more */
+    if (s->more > 0) {
+        eb_buf_printf(&s->why, " (and %lld more)", s->more);
+        message = s->why.data;
+    }
     s->res.rejected_spans = rejected;
     free(s->res.error_message);
     s->res.error_message = rejected > 0 ? eb_strdup(message ? message : "") : NULL;
@@ -170,17 +177,26 @@ static void on_published(void *arg, const eb_status *results, size_t n)
     state_free(s);
 }
 
-/* Appends one reason to the partial success's error message. */
-static void reason(otlp_state *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void reason(otlp_state *s, const char *fmt, ...)
+/* Appends one reason, which accounts for spans refused spans, to the partial success's error
+ * message while it has fewer than INGEST_OTLP_MAX_REASONS; else counts them among the "(and N
+ * more)". True if the reason was given. */
+static bool reason(otlp_state *s, long long spans, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static bool reason(otlp_state *s, long long spans, const char *fmt, ...)
 {
     va_list ap;
 
+    if (s->nwhy >= INGEST_OTLP_MAX_REASONS) {
+        s->more += spans;
+        return false;
+    }
+    s->nwhy++;
     if (s->why.len)
         eb_buf_puts(&s->why, "; ");
     va_start(ap, fmt);
     eb_buf_vprintf(&s->why, fmt, ap);
     va_end(ap);
+    return true;
 }
 
 /* True if the Content-Type value type is the media type want (any case; parameters such as
@@ -247,12 +263,12 @@ static bool confine_project(otlp_state *s, const eb_principal *p, Evalbus__V1__T
         t->project = eb_strdup(p->project);
         return true;
     }
-    if (!*said) /* said once, however many traces */
-        reason(s,
-               "this key may only write to project '%s', and the resource attribute"
-               " evalbus.project names '%s'",
-               p->project, named);
-    *said = true;
+    /* said once, however many traces (while it could not be said, each counts among the more) */
+    if (!*said)
+        *said = reason(s, (long long)t->n_observations,
+                       "this key may only write to project '%s', and the resource attribute"
+                       " evalbus.project names '%s'",
+                       p->project, named);
     free(named);
     return false;
 }
@@ -264,6 +280,7 @@ static void on_guarded(void *arg, char *const *found)
     otlp_state *s = arg;
     size_t kept = 0;
     char *refused = NULL; /* the id refused last */
+    bool said = false;    /* and whether its reason was given */
 
     for (size_t i = 0; i < s->nsent; i++) {
         if (found && found[i]) {
@@ -271,8 +288,10 @@ static void on_guarded(void *arg, char *const *found)
             /* said once for the fragments of one split trace (they follow each other) */
             if (!refused || strcmp(s->ids[i], refused) != 0) {
                 char *why = ingest_project_refusal(s->ids[i], found[i], s->who.project);
-                reason(s, "%s", why);
+                said = reason(s, s->spans[i], "%s", why);
                 free(why);
+            } else if (!said) {
+                s->more += s->spans[i];
             }
             natsMsg_Destroy(s->msgs[i]);
             free(refused);
@@ -352,8 +371,8 @@ static void split_trace(otlp_state *s, size_t *cap, Evalbus__V1__Trace *t, long 
     if (evalbus__v1__trace__get_packed_size(&head) > limit) {
         /* what no span holds (metadata, resource attributes, tags) is too large on its own */
         s->rejected += (long long)t->n_observations;
-        reason(s, "trace %s: its trace-level fields alone exceed max-trace-bytes (%zu)", t->id,
-               limit);
+        reason(s, (long long)t->n_observations,
+               "trace %s: its trace-level fields alone exceed max-trace-bytes (%zu)", t->id, limit);
         return;
     }
     /* the other fragments: what identifies the trace (its metadata and attributes, which are
@@ -397,7 +416,8 @@ static void split_trace(otlp_state *s, size_t *cap, Evalbus__V1__Trace *t, long 
     free(picked);
     if (too_large) {
         s->rejected += (long long)too_large;
-        reason(s, "trace %s: %zu span(s) larger than max-trace-bytes (%zu) on their own", t->id,
+        reason(s, (long long)too_large,
+               "trace %s: %zu span(s) larger than max-trace-bytes (%zu) on their own", t->id,
                too_large, limit);
     }
 }
@@ -430,8 +450,11 @@ static void decode_request(void *arg)
         return;
     }
     s->rejected = s->res.rejected_spans;
-    if (s->res.error_message)
-        eb_buf_puts(&s->why, s->res.error_message);
+    if (s->res.error_message) { /* its reasons; reply() says how many more there are */
+        eb_buf_append(&s->why, s->res.error_message, s->res.reasons_len);
+        s->nwhy = s->res.nreasons;
+        s->more = s->res.rejected_spans - s->res.nreasons; /* one span a reason */
+    }
     cap = s->res.ntraces ? s->res.ntraces : 1;
     s->msgs = eb_calloc(cap, sizeof(*s->msgs));
     s->unmade = eb_calloc(cap, sizeof(*s->unmade));

@@ -62,7 +62,7 @@ typedef Evalbus__V1__ContentPart eb_part;
 typedef Evalbus__V1__ToolCall eb_tool_call;
 
 enum {
-    MAP_MAX_REASONS = 3,  /* reasons kept in error_message */
+    MAP_MAX_REASONS = INGEST_OTLP_MAX_REASONS, /* reasons kept in error_message */
     MAP_MAX_RENDER = 100, /* AnyValue nesting when rendering (decoders allow less) */
 };
 
@@ -2143,6 +2143,8 @@ void ingest_otlp_map(const otlp_request *req, const ingest_limits *lim, const si
             out->traces[out->ntraces++] = traces[i].t;
     }
     if (out->rejected_spans > 0) {
+        out->nreasons = mc.nreasons;
+        out->reasons_len = mc.reasons.len;
         if (out->rejected_spans > mc.nreasons)
             eb_buf_printf(&mc.reasons, " (and %lld more)", out->rejected_spans - mc.nreasons);
         free(out->error_message);

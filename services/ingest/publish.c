@@ -588,6 +588,8 @@ static void send_slice(pub_batch *b)
             table_put(p, seq, b, i);
         } else {
             /* not sent, whatever the status says */
+            if (!up)
+                eb_metrics_add("evalbus_ingest_refused_nats_down_total", NULL, 1);
             wake |= record_result(p, b, i,
                                   eb_error(EB_ERR_UNAVAILABLE, "publishing to INGEST: %s",
                                            up ? natsStatus_GetText(s) : "not connected to NATS"));

@@ -1119,6 +1119,27 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.ok(JSON.stringify(g.observations.find((o) => o.name === 'agent').input).includes('q'.repeat(1200)), 'the root span keeps its input');
   }));
 
+  it('partial_success.error_message gives the first 3 reasons, then how many spans more, however many are refused', T, stack.wrap(async () => {
+    // a replica with a 2 KiB limit: six traces whose one span is over it, and a decoder
+    // rejection (an all-zero trace id) before them
+    const replica = await stack.spawnService('ingest', { EVALBUS_MAX_TRACE_BYTES: '2KiB', EVALBUS_WRITER_THREADS: '0' });
+    const t0 = Date.now() - 5000;
+    const spans = [
+      { traceId: '0'.repeat(32), spanId: hex(8), name: 'no trace', startMs: t0, endMs: t0 + 1 },
+      ...Array.from({ length: 6 }, (_, i) => ({ traceId: hex(16), spanId: hex(8), name: `big ${i}`, startMs: t0, endMs: t0 + 1,
+        attrs: { 'output.value': 'z'.repeat(3000) } })),
+    ];
+    const res = await fetch(`${replica.url}/otlp/v1/traces`, { method: 'POST', body: JSON.stringify(otlpJson(`why-${hex(3)}`, spans)),
+      headers: { authorization: `Bearer ${A.key}`, 'content-type': 'application/json' } });
+    const text = await res.text();
+    assert.equal(res.status, 200, text);
+    const ps = JSON.parse(text).partialSuccess;
+    assert.equal(Number(ps.rejectedSpans), 7, text);
+    const msg = ps.errorMessage;
+    assert.equal(msg.split('; ').length, 3, `three reasons: ${msg}`);
+    assert.match(msg, / \(and 4 more\)$/, `then the four spans no reason given accounts for: ${msg}`);
+  }));
+
   it('fragments of the same traces in requests that two writers store at once: no deadlock, no batch retried one by one, every total right', T, stack.wrap(async () => {
     // 400 traces of 12 spans; request k holds span k of every trace, the traces in a random
     // order, and the 12 requests go at once: the writers' batches share traces in different
