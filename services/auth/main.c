@@ -67,24 +67,58 @@ static const eb_setting settings[] = {
 };
 #undef T
 
+/* A credential of the HTTP API, verified on an API thread: a lookup on a cache miss (and the
+ * audit row of a refused key) may wait on PostgreSQL, which the loop thread must not. */
+typedef struct local_auth {
+    auth_ctx *ctx;
+    char *credential;
+    char *request_id;
+    eb_auth_done done;
+    void *arg;
+    eb_status st;
+    eb_principal p;
+    const char *reason;
+} local_auth;
+
+static void local_auth_work(void *arg)
+{
+    local_auth *a = arg;
+    char denied_team[41];
+
+    a->st = auth_verify(a->ctx->verifier, a->credential, &a->p, &a->reason, &(bool){false},
+                        denied_team);
+    if (a->st != EB_OK && denied_team[0]) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "reason", a->reason);
+        cJSON_AddStringToObject(d, "via", "http");
+        audit_write_now(a->ctx->svc.db, denied_team, NULL, "denied", a->p.key_id, d, a->request_id);
+        cJSON_Delete(d);
+    }
+}
+
+/* Back on the loop: the request goes on (or is refused). */
+static void local_auth_done(void *arg)
+{
+    local_auth *a = arg;
+
+    a->done(a->st, a->st == EB_OK ? &a->p : NULL, a->reason, a->arg);
+    free(a->credential);
+    free(a->request_id);
+    free(a);
+}
+
 static void authenticate_local(void *impl, const char *credential, const char *request_id,
                                eb_auth_done done, void *arg)
 {
     auth_ctx *ctx = impl;
-    eb_principal p;
-    const char *reason = "";
-    bool hit = false;
-    char denied_team[41];
-    eb_status st = auth_verify(ctx->verifier, credential, &p, &reason, &hit, denied_team);
+    local_auth *a = eb_calloc(1, sizeof(*a));
 
-    if (st != EB_OK && denied_team[0]) {
-        cJSON *d = cJSON_CreateObject();
-        cJSON_AddStringToObject(d, "reason", reason);
-        cJSON_AddStringToObject(d, "via", "http");
-        audit_write_now(ctx->svc.db, denied_team, NULL, "denied", p.key_id, d, request_id);
-        cJSON_Delete(d);
-    }
-    done(st, st == EB_OK ? &p : NULL, reason, arg);
+    a->ctx = ctx;
+    a->credential = eb_strdup(credential ? credential : "");
+    a->request_id = eb_strdup(request_id ? request_id : "");
+    a->done = done;
+    a->arg = arg;
+    eb_pool_submit(ctx->svc.api, local_auth_work, local_auth_done, a);
 }
 
 static void on_denied(void *arg, const eb_principal *p, const char *method, const char *path,

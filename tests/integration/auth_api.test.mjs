@@ -74,6 +74,28 @@ describe('auth HTTP API', () => {
     }));
   }
 
+  it('a credential looked up in PostgreSQL is verified off the loop: health checks and cached keys go on while the lookup waits', T, stack.wrap(async () => {
+    const fresh = await stack.api('POST', '/api/v1/keys', { key: owner.key, body: { name: 'uncached', scopes: ['traces:read'] } });
+    assertStatus(fresh, 201);
+    assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key }), 200, 'the owner key is cached');
+    const order = [];
+    const { released } = await stack.lockTable('auth.api_keys', 3000);
+    const locker = released.then(() => order.push('lock released'));
+    // never verified yet: its lookup waits for the lock
+    const blocked = stack.api('GET', '/api/v1/auth/whoami', { key: fresh.body.key }).then((r) => { order.push('uncached'); return r; });
+    await sleep(200);
+    assertStatus(await stack.api('GET', '/healthz'), 200, 'healthz answers');
+    order.push('healthz');
+    assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key }), 200, 'a cached key answers');
+    order.push('cached');
+    const r = await blocked;
+    assertStatus(r, 200, 'the new key is verified once the lock is gone');
+    assert.equal(r.body.key_id, fresh.body.id);
+    await locker;
+    assert.deepEqual(order.slice(0, 2), ['healthz', 'cached'],
+      `the health check and the cached key were answered while the lookup waited (order: ${order.join(', ')})`);
+  }));
+
   it('a query past query-timeout is stopped with 504 timeout and frees its API thread', T, stack.wrap(async () => {
     const replica = await stack.spawnService('auth', { EVALBUS_QUERY_TIMEOUT: '1s' });
     try {
