@@ -558,21 +558,33 @@ static bool parse_query(eb_http_req *req)
     return true;
 }
 
-/* Whether name is one of the route's query parameters (taken, as in eb_http_route.query), and
- * whether it may repeat. */
+/* The next name of a route's query parameters (eb_http_route.query) from *p on: its length
+ * without the '*' that lets it repeat in *len, and whether it had one; NULL after the last. */
+static const char *query_name(const char **p, size_t *len, bool *repeatable)
+{
+    const char *name;
+    size_t n;
+
+    if (!*p)
+        return NULL;
+    name = *p + strspn(*p, " ");
+    n = strcspn(name, " ");
+    if (n == 0)
+        return NULL;
+    *p = name + n;
+    *repeatable = name[n - 1] == '*';
+    *len = n - (*repeatable ? 1 : 0);
+    return name;
+}
+
+/* Whether name is one of the route's query parameters (taken), and whether it may repeat. */
 static bool query_taken(const char *taken, const char *name, bool *repeatable)
 {
-    size_t n = strlen(name);
+    size_t len, n = strlen(name);
 
-    for (const char *p = taken; p && *p; p += strspn(p, " ")) {
-        size_t len = strcspn(p, " "), base = len && p[len - 1] == '*' ? len - 1 : len;
-
-        if (base == n && memcmp(p, name, n) == 0) {
-            *repeatable = base != len;
+    for (const char *q; (q = query_name(&taken, &len, repeatable)) != NULL;)
+        if (len == n && memcmp(q, name, n) == 0)
             return true;
-        }
-        p += len;
-    }
     return false;
 }
 
@@ -590,12 +602,11 @@ static bool query_ok(eb_http_req *req)
     {
         if (!query_taken(taken, kv->key, &repeatable)) {
             eb_buf names = {0};
-            for (const char *p = taken; p && *p; p += strspn(p, " ")) {
-                size_t len = strcspn(p, " ");
-                eb_buf_printf(&names, "%s%.*s", names.len ? ", " : "",
-                              (int)(len && p[len - 1] == '*' ? len - 1 : len), p);
-                p += len;
-            }
+            const char *p = taken, *q;
+            size_t len;
+            bool rep;
+            while ((q = query_name(&p, &len, &rep)) != NULL)
+                eb_buf_printf(&names, "%s%.*s", names.len ? ", " : "", (int)len, q);
             eb_http_reply_error(req, EB_ERR_INVALID,
                                 "unknown query parameter '%.64s'; this endpoint takes %s", kv->key,
                                 names.data ? names.data : "none");

@@ -747,15 +747,17 @@ export class Stack {
     return psqlRows(res, 'psql', sql);
   }
 
-  /** Takes an ACCESS EXCLUSIVE lock on table in a psql session of its own and holds it for ms;
-   * resolves once the lock is granted, with { released }: a promise of the session's end. */
-  async lockTable(table, ms) {
+  /** Takes a lock on table (mode: 'ACCESS EXCLUSIVE' by default, or another LOCK TABLE mode) in
+   * a psql session of its own and holds it for ms; resolves once the lock is granted, with
+   * { released }: a promise of the session's end. */
+  async lockTable(table, ms, { mode = 'ACCESS EXCLUSIVE' } = {}) {
     const app = `test-locker-${crypto.randomBytes(4).toString('hex')}`;
-    const released = this.psql(`BEGIN; LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(${ms / 1000}); COMMIT`,
+    const pgMode = `${mode.toLowerCase().replace(/(^| )(\w)/g, (_, _s, c) => c.toUpperCase())}Lock`; // AccessShareLock
+    const released = this.psql(`BEGIN; LOCK TABLE ${table} IN ${mode} MODE; SELECT pg_sleep(${ms / 1000}); COMMIT`,
       { appName: app, timeoutMs: ms + 30_000 });
     released.catch(() => {}); // awaited by the caller; a failure before then is seen there
     const granted = await pollUntil(async () => (await this.psql('SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a' +
-      ` USING (pid) WHERE a.application_name = '${app}' AND l.mode = 'AccessExclusiveLock' AND l.granted`))[0][0] !== '0',
+      ` USING (pid) WHERE a.application_name = '${app}' AND l.mode = '${pgMode}' AND l.granted`))[0][0] !== '0',
     { timeoutMs: 5000, intervalMs: 50 });
     assert.ok(granted.value, `the lock on ${table} is taken`);
     return { released };

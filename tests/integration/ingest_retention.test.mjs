@@ -188,12 +188,9 @@ describe('retention per project', () => {
     }
     // A reader holds y's day: every pass fails at its drop, so no pass gets to the sweep of
     // reviews left without their trace (step 3) while it stays.
-    const holder = stack.psql(`BEGIN; LOCK TABLE ingest.traces_p${dy} IN ACCESS SHARE MODE; SELECT pg_sleep(25); COMMIT`,
-      { timeoutMs: 40_000, appName: 'test-day-reader-2' });
+    const { released: holder } = await stack.lockTable(`ingest.traces_p${dy}`, 25_000, { mode: 'ACCESS SHARE' });
     let replica2;
     try {
-      await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-day-reader-2' AND l.granted AND l.mode = 'AccessShareLock'"))[0][0] !== '0',
-        { timeoutMs: 5000, intervalMs: 50 });
       // A review on its way, as the review endpoint writes one: w's key held FOR KEY SHARE and
       // the row inserted, committed only once a retention statement waits for that key.
       const team = (await stack.psql(`SELECT team_id FROM ingest.trace_keys WHERE id = '${w.id}'`))[0][0];
@@ -245,11 +242,8 @@ describe('retention per project', () => {
     assert.equal((await api('POST', '/api/v1/scores', { key: owner.key, body: { trace_id: x.id, name: 'quality', value: 0.9 } })).status, 201);
     // A reader holds y's day: a pass drops x's day, then waits for y's (5 s) and gives up, and
     // so does every pass while the reader stays; what a pass does after the drops is not done.
-    const holder = stack.psql(`BEGIN; LOCK TABLE ingest.traces_p${dy} IN ACCESS SHARE MODE; SELECT pg_sleep(20); COMMIT`,
-      { timeoutMs: 40_000, appName: 'test-day-reader' });
+    const { released: holder } = await stack.lockTable(`ingest.traces_p${dy}`, 20_000, { mode: 'ACCESS SHARE' });
     try {
-      await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-day-reader' AND l.granted AND l.mode = 'AccessShareLock'"))[0][0] !== '0',
-        { timeoutMs: 5000, intervalMs: 50 });
       await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s' });
       const gone = await pollUntil(async () => (await api('GET', `/api/v1/traces/${x.id}`, { key: owner.key })).status === 404, { timeoutMs: 20_000, intervalMs: 250 });
       assert.ok(gone.value, "x's day was dropped");
