@@ -21,10 +21,31 @@ function trace(id, project, ageDays) {
   };
 }
 
+/** Sends traces with key and waits until each is stored. */
+async function sendStored(key, traces) {
+  const r = await api('POST', '/api/v1/traces', { key, body: { traces } });
+  assert.equal(r.status, 202, JSON.stringify(r.body));
+  for (const { id } of traces) {
+    const stored = await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, { key })).status === 200, { timeoutMs: 5000 });
+    assert.ok(stored.value, `${id} was stored`);
+  }
+}
+
 describe('retention per project', () => {
   let owner;
   let replica;
   let replicaStarted;
+
+  /** Stops the 1 s replica and waits for the stack's own first pass: no pass runs until a test
+   * starts a replica of its own. */
+  async function noPasses() {
+    if (replica.exitCode === null) {
+      replica.proc.kill('SIGTERM');
+      await replica.exited;
+    }
+    // the stack's own ingest ran its first pass 5 s after its start, and runs hourly since
+    await sleep(Math.max(0, replicaStarted + 6000 - Date.now()));
+  }
 
   before(async () => {
     await stack.up();
@@ -170,22 +191,12 @@ describe('retention per project', () => {
   }), { timeout: 60_000 });
 
   it('a review written while a pass waits for its trace goes with the trace, not left for the sweep', stack.wrap(async () => {
-    if (replica.exitCode === null) { // this test starts its own replica, once the scene is set
-      replica.proc.kill('SIGTERM');
-      await replica.exited;
-    }
-    // the stack's own ingest ran its first pass 5 s after its start, and runs hourly since
-    await sleep(Math.max(0, replicaStarted + 6000 - Date.now()));
+    await noPasses(); // this test starts its own replica, once the scene is set
     assert.equal((await api('PUT', '/api/v1/projects/racey/settings', { key: owner.key, body: { retention_days: 30 } })).status, 200);
     const w = trace('racey-reviewed', 'racey', 40); // step 1 deletes it (30 days)
     const y = trace('racey-held', 'racey-hold', 115); // step 2 would drop its day
     const dy = y.start_time.slice(0, 10).replaceAll('-', '');
-    const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [w, y] } });
-    assert.equal(r.status, 202, JSON.stringify(r.body));
-    for (const id of [w.id, y.id]) {
-      const stored = await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, { key: owner.key })).status === 200, { timeoutMs: 5000 });
-      assert.ok(stored.value, `${id} was stored`);
-    }
+    await sendStored(owner.key, [w, y]);
     // A reader holds y's day: every pass fails at its drop, so no pass gets to the sweep of
     // reviews left without their trace (step 3) while it stays.
     const { released: holder } = await stack.lockTable(`ingest.traces_p${dy}`, 25_000, { mode: 'ACCESS SHARE' });
@@ -223,21 +234,11 @@ describe('retention per project', () => {
   }), { timeout: 90_000 });
 
   it("a day dropped whole takes its traces' reviews and scores with it: the same id sent again starts without them", stack.wrap(async () => {
-    if (replica.exitCode === null) { // the 1 s replica would drop the old day before the review
-      replica.proc.kill('SIGTERM');
-      await replica.exited;
-    }
-    // the stack's own ingest ran its first pass 5 s after its start, and runs hourly since
-    await sleep(Math.max(0, replicaStarted + 6000 - Date.now()));
+    await noPasses(); // the 1 s replica would drop the old day before the review
     const x = trace('dropped-reviewed', 'archive2', 120);
     const y = trace('dropped-held', 'archive2', 110);
     const dy = y.start_time.slice(0, 10).replaceAll('-', '');
-    const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [x, y] } });
-    assert.equal(r.status, 202, JSON.stringify(r.body));
-    for (const id of [x.id, y.id]) {
-      const stored = await pollUntil(async () => (await api('GET', `/api/v1/traces/${id}`, { key: owner.key })).status === 200, { timeoutMs: 5000 });
-      assert.ok(stored.value, `${id} was stored`);
-    }
+    await sendStored(owner.key, [x, y]);
     assert.equal((await api('POST', `/api/v1/traces/${x.id}/review`, { key: owner.key, body: { decision: 'accept' } })).status, 201);
     assert.equal((await api('POST', '/api/v1/scores', { key: owner.key, body: { trace_id: x.id, name: 'quality', value: 0.9 } })).status, 201);
     // A reader holds y's day: a pass drops x's day, then waits for y's (5 s) and gives up, and
