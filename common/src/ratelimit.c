@@ -63,10 +63,12 @@ struct eb_ratelimit {
     bool degraded;
     local_bucket *slots;
     size_t used;
+    struct check_ctx *inflight; /* checks sent to Redis and not yet answered by it */
 };
 
 typedef struct check_ctx {
-    eb_ratelimit *rl;
+    eb_ratelimit *rl; /* NULL once the limiter is freed: the reply then only frees the check */
+    struct check_ctx *prev, *next;
     char *buckets[MAX_BUCKETS];
     int n;
     double rate, burst;
@@ -156,6 +158,17 @@ static void set_degraded(eb_ratelimit *rl, bool degraded)
     rl->degraded = degraded;
 }
 
+static void inflight_remove(check_ctx *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->rl->inflight = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
 static void check_free(check_ctx *c)
 {
     for (int i = 0; i < c->n; i++)
@@ -181,6 +194,11 @@ static void on_script_reply(redisReply *reply, void *arg)
 {
     check_ctx *c = arg;
 
+    if (!c->rl) { /* the limiter, and the caller with it, are gone: answer nobody */
+        check_free(c);
+        return;
+    }
+    inflight_remove(c);
     if (!c->decided) {
         if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
             reply->element[0]->type == REDIS_REPLY_INTEGER &&
@@ -216,10 +234,22 @@ eb_ratelimit *eb_ratelimit_new(struct event_base *base, eb_redis *redis, long lo
     return rl;
 }
 
+/* Checks still waiting on Redis outlive the limiter: hiredis answers them (NULL) when the
+ * connection is freed, after the limiter and the requests they were for. Their timers are
+ * freed now, with the event base still there, and their replies then only free them. */
 void eb_ratelimit_free(eb_ratelimit *rl)
 {
     if (!rl)
         return;
+    for (check_ctx *c = rl->inflight, *next; c; c = next) {
+        next = c->next;
+        c->rl = NULL;
+        c->prev = c->next = NULL;
+        if (c->timer) {
+            event_free(c->timer);
+            c->timer = NULL;
+        }
+    }
     local_clear(rl);
     free(rl->slots);
     free(rl);
@@ -267,6 +297,10 @@ void eb_ratelimit_check(eb_ratelimit *rl, const char *const *buckets, int nbucke
     argv[argc++] = srate;
     argv[argc++] = sburst;
     c->timer = evtimer_new(rl->base, on_timeout, c);
+    c->next = rl->inflight;
+    if (c->next)
+        c->next->prev = c;
+    rl->inflight = c;
     tv.tv_sec = rl->timeout_ms / 1000;
     tv.tv_usec = (rl->timeout_ms % 1000) * 1000;
     evtimer_add(c->timer, &tv);

@@ -1,7 +1,14 @@
-/* test_ratelimit.c -- token-bucket math, and the local fallback when there is no Redis. */
+/* test_ratelimit.c -- token-bucket math, the local fallback when there is no Redis, and a Redis
+ * that never answers (a listening socket that accepts and stays silent). */
 #include "evalbus/ratelimit.h"
+#include "evalbus/redis.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <setjmp.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
@@ -105,6 +112,90 @@ static void test_local_limiter_enforces_burst(void **state)
     event_base_free(base);
 }
 
+/* A listening socket on a free loopback port: connections complete (the kernel's backlog) and
+ * nothing is ever answered, as with a hung Redis. */
+static int silent_server(int *port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, 8), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static void run_for(struct event_base *base, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+}
+
+/* A silent Redis: the check is decided locally when its timeout fires, once. */
+static void test_silent_redis_times_out_to_local(void **state)
+{
+    struct event_base *base = event_base_new();
+    const char *keys[1] = {"key:slow"};
+    eb_redis *redis = NULL;
+    eb_ratelimit *rl;
+    char url[64];
+    tally t = {0};
+    int port, fd = silent_server(&port);
+
+    (void)state;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    assert_int_equal(eb_redis_new(base, url, &redis), EB_OK);
+    rl = eb_ratelimit_new(base, redis, 50);
+    run_for(base, 50); /* connected: the kernel completed the handshake */
+    assert_true(eb_redis_connected(redis));
+    eb_ratelimit_check(rl, keys, 1, 0.001, 10, count, &t);
+    assert_int_equal(t.allowed + t.denied, 0);
+    run_for(base, 200);
+    assert_int_equal(t.allowed, 1);
+    assert_int_equal(t.denied, 0);
+    assert_true(eb_ratelimit_degraded(rl));
+    eb_ratelimit_free(rl);
+    eb_redis_free(redis);
+    assert_int_equal(t.allowed + t.denied, 1);
+    event_base_free(base);
+    close(fd);
+}
+
+/* Checks still waiting on Redis when the limiter is freed (a shutdown whose grace ran out) are
+ * answered by hiredis when the connection is freed after it: nobody may be called then, since
+ * the requests they were for are gone, and nothing freed may be touched (ASan). */
+static void test_free_with_checks_waiting_on_redis(void **state)
+{
+    struct event_base *base = event_base_new();
+    const char *keys[2] = {"key:x", "team:y"};
+    eb_redis *redis = NULL;
+    eb_ratelimit *rl;
+    char url[64];
+    tally t = {0};
+    int port, fd = silent_server(&port);
+
+    (void)state;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    assert_int_equal(eb_redis_new(base, url, &redis), EB_OK);
+    rl = eb_ratelimit_new(base, redis, 10000);
+    run_for(base, 50);
+    assert_true(eb_redis_connected(redis));
+    for (int i = 0; i < 3; i++)
+        eb_ratelimit_check(rl, keys, 2, 0.001, 10, count, &t);
+    run_for(base, 20); /* the commands go out; no answer comes */
+    assert_int_equal(t.allowed + t.denied, 0);
+    eb_ratelimit_free(rl);
+    eb_redis_free(redis); /* hiredis answers the three pending commands NULL here */
+    assert_int_equal(t.allowed + t.denied, 0);
+    event_base_free(base);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -112,6 +203,8 @@ int main(void)
         cmocka_unit_test(test_refill_table),
         cmocka_unit_test(test_clock_going_back_adds_nothing),
         cmocka_unit_test(test_local_limiter_enforces_burst),
+        cmocka_unit_test(test_silent_redis_times_out_to_local),
+        cmocka_unit_test(test_free_with_checks_waiting_on_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
