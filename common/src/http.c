@@ -118,6 +118,7 @@ struct eb_http_req {
     worker_reply worker;
     eb_http_handler work_fn;
     void *work_arg;
+    const char *denied_why; /* "role", "scope" or "project": what the credential lacks */
     /* streamed replies */
     int stream_code;
     size_t stream_bytes;
@@ -878,6 +879,31 @@ static void on_rate_checked(bool allowed, long long retry_after_ms, void *arg)
     run_handler(req);
 }
 
+/* The 403 of a credential without the route's role, scope or whole-team reach, after the denial
+ * hook (which runs first, so that what it records is there when the answer is). */
+static void reply_denied(eb_http_req *req, void *unused)
+{
+    eb_http_server *srv = req->srv;
+    const eb_principal *p = &req->principal;
+    const eb_http_route *r = req->route;
+
+    (void)unused;
+    if (srv->denied_fn)
+        srv->denied_fn(srv->denied_arg, p, req->method, req->path, req->request_id,
+                       req->denied_why);
+    if (strcmp(req->denied_why, "project") == 0)
+        eb_http_reply_error(req, EB_ERR_FORBIDDEN,
+                            "this key is restricted to project '%s', and this acts on the whole"
+                            " team: use a key without a project restriction",
+                            p->project);
+    else if (p->role < r->min_role)
+        eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this needs the %s role; you have %s",
+                            eb_role_str(r->min_role), eb_role_str(p->role));
+    else
+        eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this needs the scope %s",
+                            eb_scope_name(__builtin_ctz(r->scope)));
+}
+
 static void on_authenticated(eb_status st, const eb_principal *p, const char *reason, void *arg)
 {
     eb_http_req *req = arg;
@@ -895,25 +921,16 @@ static void on_authenticated(eb_status st, const eb_principal *p, const char *re
     }
     req->principal = *p;
     req->authenticated = true;
-    if (p->role < r->min_role || (r->scope && !(p->scopes & r->scope))) {
-        const char *why = p->role < r->min_role ? "role" : "scope";
+    if (p->role < r->min_role || (r->scope && !(p->scopes & r->scope)))
+        req->denied_why = p->role < r->min_role ? "role" : "scope";
+    else if (r->team_wide && p->project[0])
+        req->denied_why = "project";
+    if (req->denied_why) {
+        /* the hook (auth's audit row) may wait on PostgreSQL: on a worker, the 403 after it */
         if (srv->denied_fn)
-            srv->denied_fn(srv->denied_arg, p, req->method, req->path, req->request_id, why);
-        if (p->role < r->min_role)
-            eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this needs the %s role; you have %s",
-                                eb_role_str(r->min_role), eb_role_str(p->role));
+            eb_http_req_offload(req, reply_denied, NULL);
         else
-            eb_http_reply_error(req, EB_ERR_FORBIDDEN, "this needs the scope %s",
-                                eb_scope_name(__builtin_ctz(r->scope)));
-        return;
-    }
-    if (r->team_wide && p->project[0]) {
-        if (srv->denied_fn)
-            srv->denied_fn(srv->denied_arg, p, req->method, req->path, req->request_id, "project");
-        eb_http_reply_error(req, EB_ERR_FORBIDDEN,
-                            "this key is restricted to project '%s', and this acts on the whole"
-                            " team: use a key without a project restriction",
-                            p->project);
+            reply_denied(req, NULL);
         return;
     }
     if (srv->rl && !p->unlimited) {

@@ -50,14 +50,23 @@ describe('auth HTTP API', () => {
     }
   }));
 
-  // What a login or a query waits on (the password hash, a lock) holds up its own request only:
-  // the loop answers health checks and cached credentials meanwhile.
-  for (const [what, table, send] of [
-    ['a query', 'auth.audit_log', () => stack.api('GET', '/api/v1/audit?limit=1', { key: owner.key })],
-    ['a login', 'auth.users', () => stack.api('POST', '/api/v1/auth/login', { body: { email: owner.email, password: owner.password } })],
+  // What a login, a query or the audit row of a refused request waits on (the password hash, a
+  // lock) holds up its own request only: the loop answers health checks and cached credentials
+  // meanwhile.
+  const viewerSends = async () => {
+    const made = await stack.api('POST', '/api/v1/keys', { key: owner.key, body: { name: 'refused', scopes: ['traces:read'], role: 'viewer' } });
+    assertStatus(made, 201);
+    assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: made.body.key }), 200, 'the viewer key is verified (and cached)');
+    return () => stack.api('POST', '/api/v1/keys', { key: made.body.key, body: { name: 'nope', scopes: ['traces:read'] } });
+  };
+  for (const [what, table, prepare, status] of [
+    ['a query', 'auth.audit_log', async () => () => stack.api('GET', '/api/v1/audit?limit=1', { key: owner.key }), 200],
+    ['a login', 'auth.users', async () => () => stack.api('POST', '/api/v1/auth/login', { body: { email: owner.email, password: owner.password } }), 200],
+    ['a request refused for its role (its audit row)', 'auth.audit_log', viewerSends, 403],
   ]) {
     it(`${what} waiting on a lock holds up only itself: health checks and other requests go on`, T, stack.wrap(async () => {
       assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key }), 200, 'the key is verified (and cached)');
+      const send = await prepare();
       const order = [];
       const { released } = await stack.lockTable(table, 3000);
       const locker = released.then(() => order.push('lock released'));
@@ -67,10 +76,18 @@ describe('auth HTTP API', () => {
       order.push('healthz');
       assertStatus(await stack.api('GET', '/api/v1/auth/whoami', { key: owner.key }), 200, 'whoami answers');
       order.push('whoami');
-      assertStatus(await blocked, 200, `${what} answers once the lock is gone`);
+      const r = await blocked;
+      assertStatus(r, status, `${what} answers once the lock is gone`);
       await locker;
       assert.deepEqual(order.slice(0, 2), ['healthz', 'whoami'],
         `the health check and whoami were answered while ${what} waited (order: ${order.join(', ')})`);
+      if (status === 403) {
+        // the refusal's audit row is written before its answer: listed at once
+        const log = await stack.api('GET', '/api/v1/audit?action=denied&limit=20', { key: owner.key });
+        assertStatus(log, 200);
+        assert.ok(log.body.events.some((e) => e.request_id === r.headers.get('x-request-id')),
+          'the denied row of the refused request is there when its 403 is');
+      }
     }));
   }
 

@@ -64,7 +64,8 @@ typedef struct eb_http_options {
 /* A readiness check: returns true when the dependency is usable; writes a short detail. */
 typedef bool (*eb_ready_fn)(void *arg, char *detail, size_t detail_len);
 
-/* Called when a request is refused after authentication (403) so the service can audit it. */
+/* Called when a request is refused after authentication (403), before the answer is sent, so the
+ * service can audit it; it runs on a worker thread when the server has workers, and may wait. */
 typedef void (*eb_denied_fn)(void *arg, const eb_principal *p, const char *method, const char *path,
                              const char *request_id, const char *why);
 
