@@ -52,6 +52,8 @@ typedef struct worker_reply {
     size_t len;
     char **headers; /* name, value, name, value, ... */
     size_t nheaders;
+    eb_http_handler loop_fn; /* instead of an answer: goes on on the loop (eb_http_req_on_loop) */
+    void *loop_arg;
 } worker_reply;
 
 typedef struct ready_check {
@@ -312,7 +314,7 @@ static void finish(eb_http_req *req, int code, const char *content_type, const v
 
     if (req->on_worker) { /* kept for the loop (handler_done) */
         worker_reply *w = &req->worker;
-        if (w->answered) {
+        if (w->answered || w->loop_fn) {
             eb_log_error(req->request_id, "%s %s answered twice; the second answer (%d) is dropped",
                          req->method, req->path, code);
             return;
@@ -819,7 +821,7 @@ static void handler_work(void *arg)
     req->work_fn(req, req->work_arg);
 }
 
-/* Back on the loop: sends what the handler answered. */
+/* Back on the loop: sends what the handler answered, or goes on where it said to. */
 static void handler_done(void *arg)
 {
     eb_http_req *req = arg;
@@ -829,6 +831,10 @@ static void handler_done(void *arg)
     req->on_worker = false;
     for (size_t i = 0; i + 1 < w->nheaders; i += 2)
         evhttp_add_header(out, w->headers[i], w->headers[i + 1]);
+    if (w->loop_fn) {
+        w->loop_fn(req, w->loop_arg);
+        return;
+    }
     if (!w->answered) {
         eb_log_error(req->request_id, "%s %s: the handler gave no answer", req->method, req->path);
         reply_error_text(req, EB_ERR_INTERNAL,
@@ -838,6 +844,17 @@ static void handler_done(void *arg)
     }
     /* finish frees req (and w's buffers with it) */
     finish(req, w->code, w->content_type, w->data, w->len);
+}
+
+void eb_http_req_on_loop(eb_http_req *req, eb_http_handler fn, void *arg)
+{
+    if (!req->on_worker) {
+        fn(req, arg);
+        return;
+    }
+    assert(!req->worker.answered && !req->worker.loop_fn);
+    req->worker.loop_fn = fn;
+    req->worker.loop_arg = arg;
 }
 
 void eb_http_req_offload(eb_http_req *req, eb_http_handler fn, void *arg)

@@ -6,10 +6,11 @@
  * published before COMMIT, so a job the caller sees always has its message (a message whose job
  * did not commit is dropped by the worker).
  * Every request, download and cancellation is audited through the auth service.
- * Threading: create, list, read, cancel and the settings are blocking routes: they run on the
- * API threads (pooled connections; creation also waits for the EXPORTS stream on queue_bus) and
- * touch no loop state. Download and the event streams run on the loop thread (their queries, the
- * file or stream reply, the SSE timers). */
+ * Threading: every route here is a blocking route: its queries run on the API threads (pooled
+ * connections; creation also waits for the EXPORTS stream on queue_bus), touching no loop state.
+ * A download of a local file and an event stream then go on on the loop thread
+ * (eb_http_req_on_loop), which sends the file or keeps the stream and its timer; the stream's
+ * reads run on the API threads again. */
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"
@@ -376,6 +377,22 @@ cleanup:
     PQclear(r);
 }
 
+/* A local store's file, opened on the API thread and sent from the loop. */
+typedef struct download_file {
+    int fd;
+    size_t size;
+    char *content_type;
+} download_file;
+
+static void download_send(eb_http_req *req, void *arg)
+{
+    download_file *f = arg;
+
+    eb_http_reply_file(req, 200, f->content_type, f->fd, f->size);
+    free(f->content_type);
+    free(f);
+}
+
 void api_exports_download(eb_http_req *req, void *vctx)
 {
     export_ctx *ctx = vctx;
@@ -419,6 +436,7 @@ void api_exports_download(eb_http_req *req, void *vctx)
     if (st == EB_OK) {
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         struct stat sb;
+        download_file *f;
         if (fd < 0 || fstat(fd, &sb) != 0) {
             if (fd >= 0)
                 close(fd);
@@ -429,9 +447,12 @@ void api_exports_download(eb_http_req *req, void *vctx)
         disp = eb_asprintf("attachment; filename=\"%s\"",
                            cJSON_IsString(fname) ? fname->valuestring : "export");
         eb_http_add_header(req, "Content-Disposition", disp);
-        eb_http_reply_file(req, 200,
-                           cJSON_IsString(ctype) ? ctype->valuestring : "application/octet-stream",
-                           fd, (size_t)sb.st_size);
+        f = eb_malloc(sizeof(*f));
+        f->fd = fd;
+        f->size = (size_t)sb.st_size;
+        f->content_type =
+            eb_strdup(cJSON_IsString(ctype) ? ctype->valuestring : "application/octet-stream");
+        eb_http_req_on_loop(req, download_send, f);
     } else {
         eb_http_reply_status(req, st);
     }
@@ -444,8 +465,9 @@ cleanup:
     PQclear(r);
 }
 
-/* ---- progress as server-sent events: the job row, polled once a second, sent when it
- * changes; the stream ends with the job (event "done") or after an hour. ---- */
+/* ---- progress as server-sent events: the job row, read once a second on an API thread, sent
+ * from the loop when it changes; the stream ends with the job (event "done") or after an hour.
+ * The watch belongs to the loop; while its read runs it belongs to that read. ---- */
 
 typedef struct sse_watch {
     export_ctx *ctx;
@@ -456,6 +478,9 @@ typedef struct sse_watch {
     char *last;
     int ticks;
     bool gone;
+    /* the read's result (API thread, then the loop) */
+    eb_status st;
+    PGresult *r;
 } sse_watch;
 
 static void sse_free(sse_watch *w)
@@ -472,34 +497,40 @@ static void sse_closed(void *arg)
     w->gone = true;
 }
 
-static void sse_tick(evutil_socket_t fd, short what, void *arg)
+static void sse_read(void *arg)
 {
     sse_watch *w = arg;
-    PGconn *c = NULL;
-    PGresult *r = NULL;
-    eb_status st = EB_ERR_UNAVAILABLE;
+    PGconn *c = eb_db_get(w->ctx->svc.db);
+
+    w->st = EB_ERR_UNAVAILABLE;
+    w->r = NULL;
+    if (!c)
+        return;
+    w->st = eb_db_begin_team(c, w->team_id);
+    if (w->st == EB_OK)
+        w->st = read_job(c, w->team_id, w->id, &w->r);
+    if (w->st == EB_OK)
+        w->st = eb_db_commit(c);
+    else
+        eb_db_rollback(c);
+    eb_db_put(w->ctx->svc.db, c);
+}
+
+static void sse_read_done(void *arg)
+{
+    sse_watch *w = arg;
+    PGresult *r = w->r;
     bool done = false;
     struct timeval one = {1, 0};
 
-    (void)fd;
-    (void)what;
+    w->r = NULL;
     if (w->gone) {
+        PQclear(r);
         eb_http_stream_end(w->req);
         sse_free(w);
         return;
     }
-    c = eb_db_get(w->ctx->svc.db);
-    if (c) {
-        st = eb_db_begin_team(c, w->team_id);
-        if (st == EB_OK)
-            st = read_job(c, w->team_id, w->id, &r);
-        if (st == EB_OK)
-            st = eb_db_commit(c);
-        else
-            eb_db_rollback(c);
-        eb_db_put(w->ctx->svc.db, c);
-    }
-    if (st == EB_OK && PQntuples(r) == 1) {
+    if (w->st == EB_OK && PQntuples(r) == 1) {
         cJSON *job = export_job_json(r, 0);
         char *s = eb_json_print(job);
         const char *state = eb_db_val(r, 0, 1);
@@ -517,7 +548,7 @@ static void sse_tick(evutil_socket_t fd, short what, void *arg)
         }
         free(s);
         cJSON_Delete(job);
-    } else if (st == EB_OK) {
+    } else if (w->st == EB_OK) {
         done = true; /* deleted meanwhile */
     }
     PQclear(r);
@@ -529,6 +560,32 @@ static void sse_tick(evutil_socket_t fd, short what, void *arg)
     event_add(w->timer, &one);
 }
 
+static void sse_tick(evutil_socket_t fd, short what, void *arg)
+{
+    sse_watch *w = arg;
+
+    (void)fd;
+    (void)what;
+    if (w->gone) {
+        eb_http_stream_end(w->req);
+        sse_free(w);
+        return;
+    }
+    eb_pool_submit(w->ctx->svc.api, sse_read, sse_read_done, w);
+}
+
+/* On the loop, once the job is known to be the caller's: the stream starts, the first read now. */
+static void sse_start(eb_http_req *req, void *arg)
+{
+    sse_watch *w = arg;
+    struct timeval now = {0, 0};
+
+    w->timer = evtimer_new(w->ctx->svc.base, sse_tick, w);
+    eb_http_add_header(req, "X-Accel-Buffering", "no");
+    eb_http_stream_start(req, 200, "text/event-stream", sse_closed, w);
+    event_add(w->timer, &now);
+}
+
 void api_exports_events(eb_http_req *req, void *vctx)
 {
     export_ctx *ctx = vctx;
@@ -536,20 +593,16 @@ void api_exports_events(eb_http_req *req, void *vctx)
     const char *id = eb_http_req_param(req, "id");
     PGresult *r = load_job(ctx, req, id);
     sse_watch *w;
-    struct timeval now = {0, 0};
 
     if (!r)
         return;
+    PQclear(r);
     w = eb_calloc(1, sizeof(*w));
     w->ctx = ctx;
     w->req = req;
     snprintf(w->team_id, sizeof(w->team_id), "%s", p->team_id);
     snprintf(w->id, sizeof(w->id), "%s", id);
-    w->timer = evtimer_new(ctx->svc.base, sse_tick, w);
-    eb_http_add_header(req, "X-Accel-Buffering", "no");
-    eb_http_stream_start(req, 200, "text/event-stream", sse_closed, w);
-    event_add(w->timer, &now);
-    PQclear(r);
+    eb_http_req_on_loop(req, sse_start, w);
 }
 
 /* ---- the team's export settings: its own redaction patterns ---- */

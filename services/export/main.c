@@ -27,9 +27,10 @@ static const eb_setting settings[] = {
                              " schedules, a download's job lookup), lock waits included (504"
                              " timeout after it; 0: no limit)"),
     EB_API_THREADS_SETTING(export_config, svc, "2",
-                           "threads that run the API's job, settings and schedule endpoints (they "
-                           "wait on PostgreSQL and the stream, so the loop thread does not); each "
-                           "takes one of db-pool's connections while it runs"),
+                           "threads that run the API's endpoints, the event streams' job reads and "
+                           "the scheduler's passes (they wait on PostgreSQL and the stream, so the "
+                           "loop thread does not); each takes one of db-pool's connections while "
+                           "it runs"),
     {"workers", "EVALBUS_EXPORT_WORKERS", EB_SET_INT, "2", 0, 16, false, offsetof(T, workers),
      "export worker threads (0: this replica only answers the API)"},
     {"part-size", "EVALBUS_EXPORT_PART_SIZE", EB_SET_SIZE, "8MiB", 65536, 5368709120.0, false,
@@ -77,8 +78,8 @@ static const eb_setting settings[] = {
 #define MEMBER EB_ROLE_MEMBER
 /* Exports, datasets and their settings cover the whole team: project-restricted keys get 403
  * (team_wide). Blocking routes wait on PostgreSQL (and creation on the EXPORTS stream) on the api
- * threads; streams, statistics, downloads and event streams answer from the loop (the first two
- * run their queries on threads of their own). */
+ * threads (a download's file and an event stream are then sent from the loop); streams and
+ * statistics answer from the loop and run their queries on threads of their own. */
 /* the filter's query parameters (export_filter_from_query); the lists repeat */
 #define FILTER_QUERY                                                                               \
     "since until project* model* provider* status* review_state* tag* score_name score_min"        \
@@ -95,9 +96,9 @@ static const eb_http_route routes[] = {
     {"DELETE", "/api/v1/exports/{id}", api_exports_cancel, false, MEMBER, EB_SCOPE_EXPORTS_WRITE,
      true, true, NULL},
     {"GET", "/api/v1/exports/{id}/download", api_exports_download, false, VIEWER,
-     EB_SCOPE_EXPORTS_READ, true, false, NULL},
+     EB_SCOPE_EXPORTS_READ, true, true, NULL},
     {"GET", "/api/v1/exports/{id}/events", api_exports_events, false, VIEWER, EB_SCOPE_EXPORTS_READ,
-     true, false, NULL},
+     true, true, NULL},
     {"GET", "/api/v1/datasets/statistics", api_datasets_statistics, false, VIEWER,
      EB_SCOPE_EXPORTS_READ, true, false, "format anonymize " FILTER_QUERY},
     {"GET", "/api/v1/export-settings", api_export_settings_get, false, VIEWER,
@@ -217,7 +218,7 @@ int main(int argc, char **argv)
     /* requests still waiting for their credential are answered now (unavailable, unless a
      * cached entry serves), then those still on the api threads, and the loop turns until
      * these answers are written out; the
-     * schedule's timer goes first, so that no pass starts meanwhile */
+     * schedule's timer goes first, so that no pass starts meanwhile (one under way ends there) */
     if (ctx.schedule_timer) {
         event_free(ctx.schedule_timer);
         ctx.schedule_timer = NULL;

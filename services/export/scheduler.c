@@ -10,8 +10,9 @@
  * previous job succeeded, so a failed or cancelled run is covered by the next one. While a
  * schedule's previous job is still queued or running, the schedule waits. Any number of replicas
  * run the timer: due rows are taken with FOR UPDATE SKIP LOCKED, so each due schedule starts one
- * job. Threading: the timer runs on the loop thread (short indexed queries); the API handlers are
- * blocking routes, on the API threads. */
+ * job. Threading: the timer fires on the loop thread and hands its pass to an API thread (its
+ * queries and the publications of its jobs), re-arming once the pass is over, so one pass runs
+ * at a time; the API handlers are blocking routes, on the API threads too. */
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"
@@ -183,18 +184,15 @@ cleanup:
     return st;
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+/* One pass over the due schedules, on an API thread. */
+static void schedule_pass(void *arg)
 {
     export_ctx *ctx = arg;
     PGconn *c = eb_db_get(ctx->svc.db);
     PGresult *r = NULL;
     char bound[40];
-    struct timeval tv = {ctx->cfg->schedule_interval_ms / 1000,
-                         (ctx->cfg->schedule_interval_ms % 1000) * 1000};
     eb_status st;
 
-    (void)fd;
-    (void)what;
     if (!c)
         goto done;
     st = eb_db_begin_system(c);
@@ -230,7 +228,26 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     eb_db_put(ctx->svc.db, c);
 done:
     PQclear(r);
-    event_add(ctx->schedule_timer, &tv);
+}
+
+/* Back on the loop: the next pass after schedule-interval (none once shutdown freed the timer). */
+static void schedule_pass_done(void *arg)
+{
+    export_ctx *ctx = arg;
+    struct timeval tv = {ctx->cfg->schedule_interval_ms / 1000,
+                         (ctx->cfg->schedule_interval_ms % 1000) * 1000};
+
+    if (ctx->schedule_timer)
+        event_add(ctx->schedule_timer, &tv);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    export_ctx *ctx = arg;
+
+    (void)fd;
+    (void)what;
+    eb_pool_submit(ctx->svc.api, schedule_pass, schedule_pass_done, ctx);
 }
 
 void export_scheduler_start(export_ctx *ctx)

@@ -237,22 +237,56 @@ describe('export: jobs, formats, privacy', () => {
   }, { timeout: UP_TIMEOUT_MS });
   after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
 
-  it('a listing waiting on a lock holds up only itself: health checks and settings are answered meanwhile', T, stack.wrap(async () => {
+  // A listing, a download and an event stream read their job on an API thread: one waiting on a
+  // lock holds up only itself.
+  const finishedJob = async () => {
+    const job = await runExport(A.key, { format: 'json', compression: 'none', filter: { projects: ['summaries'] } });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    return job;
+  };
+  for (const [what, path, check] of [
+    ['a listing', async () => '/api/v1/exports?limit=1', (r) => assertStatus(r, 200)],
+    ['a download', async () => `/api/v1/exports/${(await finishedJob()).id}/download`,
+      (r) => { assertStatus(r, 200); assert.equal(JSON.parse(r.text).records.length, 20, 'the whole file'); }],
+    ['an event stream', async () => `/api/v1/exports/${(await finishedJob()).id}/events`,
+      (r) => { assertStatus(r, 200); assert.match(r.text, /event: done\ndata: \{.*"state":"succeeded"/); }],
+  ]) {
+    it(`${what} waiting on a lock holds up only itself: health checks and settings are answered meanwhile`, T, stack.wrap(async () => {
+      const exp = (p, key) => stack.api('GET', p, { base: stack.env.EVALBUS_EXPORT_URL, key });
+      assertStatus(await exp('/api/v1/export-settings', A.key), 200, 'the key is verified (and cached)');
+      const target = await path();
+      const order = [];
+      const { released } = await stack.lockTable('export.jobs', 3000);
+      const locker = released.then(() => order.push('lock released'));
+      const blocked = exp(target, A.key).then((r) => { order.push('blocked'); return r; });
+      await sleep(200); // it waits on the lock now
+      assertStatus(await exp('/healthz'), 200, 'healthz answers');
+      order.push('healthz');
+      assertStatus(await exp('/api/v1/export-settings', A.key), 200, 'the settings answer');
+      order.push('settings');
+      check(await blocked);
+      await locker;
+      assert.deepEqual(order.slice(0, 2), ['healthz', 'settings'],
+        `the health check and the settings were answered while ${what} waited (order: ${order.join(', ')})`);
+    }));
+  }
+
+  it('a schedule pass waiting on a lock holds up nothing else: health checks and settings are answered meanwhile', T, stack.wrap(async () => {
     const exp = (p, key) => stack.api('GET', p, { base: stack.env.EVALBUS_EXPORT_URL, key });
     assertStatus(await exp('/api/v1/export-settings', A.key), 200, 'the key is verified (and cached)');
     const order = [];
-    const { released } = await stack.lockTable('export.jobs', 3000);
+    const { released } = await stack.lockTable('export.schedules', 3000);
     const locker = released.then(() => order.push('lock released'));
-    const blocked = exp('/api/v1/exports?limit=1', A.key).then((r) => { order.push('blocked listing'); return r; });
-    await sleep(200); // the listing waits on the lock now
+    await sleep(1500); // a pass (every second here) waits on the lock now
     assertStatus(await exp('/healthz'), 200, 'healthz answers');
     order.push('healthz');
     assertStatus(await exp('/api/v1/export-settings', A.key), 200, 'the settings answer');
     order.push('settings');
-    assertStatus(await blocked, 200, 'the listing answers once the lock is gone');
     await locker;
     assert.deepEqual(order.slice(0, 2), ['healthz', 'settings'],
-      `the health check and the settings were answered while the listing waited (order: ${order.join(', ')})`);
+      `the health check and the settings were answered while the pass waited (order: ${order.join(', ')})`);
+    const waited = await stack.psql(`SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FROM export.schedules%' AND wait_event_type = 'Lock'`);
+    assert.equal(waited[0][0], '0', 'no pass waits any more once the lock is gone');
   }));
 
   it('jsonl + gzip: every trace once, PII replaced by tokens, look-alikes kept, file and manifest in the store', T, stack.wrap(async () => {

@@ -84,6 +84,11 @@ void eb_http_set_workers(eb_http_server *srv, eb_pool *workers);
  * CPU (a password hash). Called on the loop, as the request's last step there; without a worker
  * pool, fn runs at once. */
 void eb_http_req_offload(eb_http_req *req, eb_http_handler fn, void *arg);
+/* The way back: on a worker thread, instead of answering, fn(req, arg) runs on the loop thread
+ * once the worker's function returns, under the rules of a non-blocking handler (for the answers
+ * only the loop can give: a file, a stream). Headers added on the worker go out with its answer.
+ * Called as the worker's last step; on the loop, fn runs at once. */
+void eb_http_req_on_loop(eb_http_req *req, eb_http_handler fn, void *arg);
 /* critical: a failing critical check makes /readyz answer 503 "not_ready"; a failing
  * non-critical one gives 200 "degraded". */
 void eb_http_add_check(eb_http_server *srv, const char *name, eb_ready_fn fn, void *arg,
