@@ -136,23 +136,34 @@ static void run_for(struct event_base *base, int ms)
     event_base_dispatch(base);
 }
 
+/* A limiter with timeout_ms on a Redis connection to a silent server, connected. */
+static eb_ratelimit *silent_limiter(struct event_base *base, long long timeout_ms, eb_redis **redis,
+                                    int *fd)
+{
+    char url[64];
+    int port;
+    eb_ratelimit *rl;
+
+    *fd = silent_server(&port);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    assert_int_equal(eb_redis_new(base, url, redis), EB_OK);
+    rl = eb_ratelimit_new(base, *redis, timeout_ms);
+    run_for(base, 50); /* connected: the kernel completed the handshake */
+    assert_true(eb_redis_connected(*redis));
+    return rl;
+}
+
 /* A silent Redis: the check is decided locally when its timeout fires, once. */
 static void test_silent_redis_times_out_to_local(void **state)
 {
     struct event_base *base = event_base_new();
     const char *keys[1] = {"key:slow"};
     eb_redis *redis = NULL;
-    eb_ratelimit *rl;
-    char url[64];
     tally t = {0};
-    int port, fd = silent_server(&port);
+    int fd;
+    eb_ratelimit *rl = silent_limiter(base, 50, &redis, &fd);
 
     (void)state;
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
-    assert_int_equal(eb_redis_new(base, url, &redis), EB_OK);
-    rl = eb_ratelimit_new(base, redis, 50);
-    run_for(base, 50); /* connected: the kernel completed the handshake */
-    assert_true(eb_redis_connected(redis));
     eb_ratelimit_check(rl, keys, 1, 0.001, 10, count, &t);
     assert_int_equal(t.allowed + t.denied, 0);
     run_for(base, 200);
@@ -174,17 +185,11 @@ static void test_free_with_checks_waiting_on_redis(void **state)
     struct event_base *base = event_base_new();
     const char *keys[2] = {"key:x", "team:y"};
     eb_redis *redis = NULL;
-    eb_ratelimit *rl;
-    char url[64];
     tally t = {0};
-    int port, fd = silent_server(&port);
+    int fd;
+    eb_ratelimit *rl = silent_limiter(base, 10000, &redis, &fd);
 
     (void)state;
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
-    assert_int_equal(eb_redis_new(base, url, &redis), EB_OK);
-    rl = eb_ratelimit_new(base, redis, 10000);
-    run_for(base, 50);
-    assert_true(eb_redis_connected(redis));
     for (int i = 0; i < 3; i++)
         eb_ratelimit_check(rl, keys, 2, 0.001, 10, count, &t);
     run_for(base, 20); /* the commands go out; no answer comes */
