@@ -271,6 +271,27 @@ describe('export: jobs, formats, privacy', () => {
     }));
   }
 
+  it('a client that leaves while its download or event stream waits for its job harms nothing', T, stack.wrap(async () => {
+    const job = await finishedJob();
+    const base = stack.env.EVALBUS_EXPORT_URL;
+    const { released } = await stack.lockTable('export.jobs', 2000);
+    const left = [];
+    for (const what of ['download', 'events', 'events']) {
+      const ac = new AbortController();
+      left.push(fetch(`${base}/api/v1/exports/${job.id}/${what}`, { headers: { authorization: `Bearer ${A.key}` }, signal: ac.signal })
+        .then(() => 'answered', () => 'left'));
+      await sleep(200); // its job lookup waits on the lock
+      ac.abort();
+    }
+    assert.deepEqual(await Promise.all(left), ['left', 'left', 'left'], 'the clients left before any answer');
+    await released;
+    await sleep(500); // the lookups go on and find their clients gone
+    assertStatus(await stack.api('GET', '/healthz', { base }), 200, 'the replica still answers');
+    const r = await stack.api('GET', `/api/v1/exports/${job.id}/events`, { base, key: A.key });
+    assertStatus(r, 200, 'an event stream still works');
+    assert.match(r.text, /event: done/);
+  }));
+
   it('a schedule pass waiting on a lock holds up nothing else: health checks and settings are answered meanwhile', T, stack.wrap(async () => {
     const exp = (p, key) => stack.api('GET', p, { base: stack.env.EVALBUS_EXPORT_URL, key });
     assertStatus(await exp('/api/v1/export-settings', A.key), 200, 'the key is verified (and cached)');
