@@ -590,6 +590,63 @@ describe('ingest: TraceBatch over NATS', () => {
     assertStatus(await api('GET', `/api/v1/traces/${httpId}`, A.key), 404);
   }));
 
+  it("a reply subject of the NATS server's own or of evalbus is never published to: such a message is dead-lettered (bad_reply), nothing taken", T, stack.wrap(async () => {
+    // The publisher chooses the reply subject and the service publishes there with its own
+    // NATS permissions: an empty batch answered on $JS.API.STREAM.PURGE.INGEST purged every
+    // team's records, an IngestAck on another team's evalbus.v1.traces.stored was an event of
+    // that team.
+    const nc = await stack.nats();
+    const jsm = await nc.jetstreamManager();
+    const unverifiedTap = await deadLetterTap('_unverified');
+    const stored = nc.subscribe(`evalbus.v1.traces.stored.${B.team}`);
+    const forged = [];
+    (async () => {
+      for await (const m of stored) forged.push(m);
+    })();
+    try {
+      await nc.flush();
+      const kept = rid('kept');
+      assert.deepEqual((await publishBatch(A.team, encodeBatch([trace(kept)]), A.key)).accepted_ids, [kept]);
+      const inStream = (await jsm.streams.info('INGEST')).state.messages;
+      assert.ok(inStream > 0, 'INGEST holds records');
+      const h = natsHeaders();
+      h.set('Evalbus-Api-Key', A.key);
+      const never = rid('never');
+      const cases = [
+        ['$JS.API.STREAM.PURGE.INGEST', encodeBatch([])],
+        [`evalbus.v1.traces.stored.${B.team}`, encodeBatch([trace(never)])],
+        ['answers.*', encodeBatch([trace(never)])],
+        ['answers.>', encodeBatch([trace(never)])],
+        ['answers..x', encodeBatch([trace(never)])],
+      ];
+      const before = await deadLetters('bad_reply');
+      for (const [reply, data] of cases) {
+        nc.publish(SUBJECT + A.team, data, { headers: h, reply });
+        const dl = await unverifiedTap.next(3000);
+        assert.match(dl.headers?.get('Evalbus-Reason') ?? '', /reply subject/, `${reply}: Evalbus-Reason`);
+        assert.ok(Buffer.from(dl.data).equals(Buffer.from(data)), `${reply}: the dead letter carries the original bytes`);
+      }
+      const counted = await pollUntil(async () => (await deadLetters('bad_reply')) === before + cases.length, { timeoutMs: 2000 });
+      assert.ok(counted.value, `evalbus_ingest_dead_letters_total{reason="bad_reply"} went up by ${cases.length}`);
+      await sleep(300);
+      assert.equal(forged.length, 0, "nothing was published on the other team's subject");
+      assert.ok((await jsm.streams.info('INGEST')).state.messages >= inStream, 'INGEST was not purged');
+      // a reply subject of the publisher's own choosing outside those works
+      const inbox = `answers.${crypto.randomBytes(4).toString('hex')}`;
+      const sub = nc.subscribe(inbox, { max: 1 });
+      const id = rid('custom');
+      nc.publish(SUBJECT + A.team, encodeBatch([trace(id)]), { headers: h, reply: inbox });
+      for await (const m of sub) assert.deepEqual(decodeAck(m.data).accepted_ids, [id], 'a custom reply subject is answered');
+      await waitTrace(A.key, id);
+      await waitTrace(A.key, kept);
+      const g = await api('GET', `/api/v1/traces/${never}`, A.key);
+      assert.equal(g.status, 404, 'nothing of the refused messages was stored');
+    } finally {
+      unverifiedTap.close();
+      stored.unsubscribe();
+    }
+  }));
+
   it('a burst of garbage does not stall the intake', T, stack.wrap(async () => {
     const nc = await stack.nats();
     const before = await deadLetters('undecodable');
