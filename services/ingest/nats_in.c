@@ -385,6 +385,22 @@ static void on_verified(eb_status st, const eb_principal *p, const char *reason,
     eb_pool_submit(ctx->pool, decode_batch, on_decoded, it);
 }
 
+/* How many Evalbus-Api-Key headers msg carries; *key gets the first one's value ("" if none). */
+static int api_key(natsMsg *msg, const char **key)
+{
+    const char **values = NULL;
+    int n = 0;
+
+    *key = "";
+    if (natsMsgHeader_Values(msg, "Evalbus-Api-Key", &values, &n) != NATS_OK || n <= 0) {
+        free((void *)values);
+        return 0;
+    }
+    *key = values[0] ? values[0] : "";
+    free((void *)values);
+    return n;
+}
+
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     ingest_ctx *ctx = arg;
@@ -406,6 +422,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         nats_item *next = rev->next;
         const char *key = NULL;
         const char *reply = natsMsg_GetReply(rev->msg);
+        int nkeys = api_key(rev->msg, &key);
         if (ctx->stopping)
             answer_shutting_down(rev); /* the stream may be closed already */
         else if (reply && *reply && !reply_allowed(reply))
@@ -413,8 +430,11 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
                    "the reply subject is not one the service publishes to (a wildcard, a"
                    " subject of the NATS server's own ($...) or of evalbus (evalbus....))",
                    "bad_reply");
-        else if (natsMsgHeader_Get(rev->msg, "Evalbus-Api-Key", &key) != NATS_OK || !key || !*key)
+        else if (nkeys == 0 || !*key)
             refuse(rev, EB_ERR_UNAUTHENTICATED, "missing header Evalbus-Api-Key", "no_key");
+        else if (nkeys > 1) /* which one counts would be a guess */
+            refuse(rev, EB_ERR_UNAUTHENTICATED,
+                   "header Evalbus-Api-Key given more than once; give one key", "unauthenticated");
         else
             eb_authc_verify(ctx->authc, key, NULL, on_verified, rev);
         rev = next;

@@ -590,6 +590,33 @@ describe('ingest: TraceBatch over NATS', () => {
     assertStatus(await api('GET', `/api/v1/traces/${httpId}`, A.key), 404);
   }));
 
+  it('an Evalbus-Api-Key header given twice is refused whole, whichever value comes first', T, stack.wrap(async () => {
+    // the first value was taken: a valid key followed by another value was accepted, the same
+    // two values the other way round refused
+    const nc = await stack.nats();
+    const unverifiedTap = await deadLetterTap('_unverified');
+    try {
+      for (const keys of [[A.key, 'eb_aaaaaaaaaa_' + 'A'.repeat(43)], [A.key, A.key], [B.key, A.key]]) {
+        const h = natsHeaders();
+        for (const k of keys) h.append('Evalbus-Api-Key', k);
+        const before = await deadLetters('unauthenticated');
+        const id = rid('twice');
+        const data = encodeBatch([trace(id)]);
+        const reply = await nc.request(SUBJECT + A.team, data, { timeout: ACK_TIMEOUT_MS, headers: h, noMux: true });
+        const ack = decodeAck(reply.data);
+        assert.equal(ack.code, 'unauthenticated', `${keys.length} keys: ${JSON.stringify(ack)}`);
+        assert.match(ack.error, /more than once/);
+        assert.deepEqual(ack.accepted_ids, [], 'nothing accepted');
+        const dl = await unverifiedTap.next(3000);
+        assert.match(dl.headers?.get('Evalbus-Reason') ?? '', /Evalbus-Api-Key given more than once/);
+        const counted = await pollUntil(async () => (await deadLetters('unauthenticated')) === before + 1, { timeoutMs: 2000 });
+        assert.ok(counted.value, 'counted as unauthenticated');
+      }
+    } finally {
+      unverifiedTap.close();
+    }
+  }));
+
   it("a reply subject of the NATS server's own or of evalbus is never published to: such a message is dead-lettered (bad_reply), nothing taken", T, stack.wrap(async () => {
     // The publisher chooses the reply subject and the service publishes there with its own
     // NATS permissions: an empty batch answered on $JS.API.STREAM.PURGE.INGEST purged every
