@@ -62,6 +62,11 @@ typedef struct ingest_ctx {
     struct event *nats_wake;
     pthread_mutex_t nats_mu;
     struct nats_item *nats_queue;
+    /* batches taken from the NATS client and not yet answered, and their bytes: on_msg waits
+     * for room above the bound (nats_in.c), under nats_mu */
+    size_t nats_held, nats_held_bytes;
+    pthread_cond_t nats_room;
+    bool nats_unbounded; /* shutting down: on_msg no longer waits */
     /* NATS batches on the decode pool, in the order they go on to the stream (nats_in.c) */
     struct nats_item *nats_order, *nats_order_tail;
     bool stopping; /* the loop has ended: NATS batches not yet taken are answered unavailable */

@@ -8,9 +8,10 @@
  * nothing a publisher sends can stop or stall the intake. The reply subject is the publisher's
  * choice and the ack goes out with the service's NATS permissions: one of the server's ($...) or
  * evalbus's own subjects (or a wildcard) is refused, never published to (reply_allowed).
- * Threading: the NATS callback only queues the message and wakes the loop. The loop checks the
- * credential and answers; decoding, validating, canonicalising and packing a batch (the
- * CPU-heavy part: a 6 MB batch is hundreds of milliseconds of it) run on a decode pool thread
+ * Threading: the NATS callback only queues the message and wakes the loop (waiting first while
+ * NATS_HELD_MAX batches are held: memory is bounded by the subscription's pending limits). The
+ * loop checks the credential and answers; decoding, validating, canonicalising and packing a batch
+ * (the CPU-heavy part: a 6 MB batch is hundreds of milliseconds of it) run on a decode pool thread
  * (decode_batch), so that no batch holds up the loop, which serves every other batch, HTTP
  * request and JetStream acknowledgement. Batches are decoded side by side but go on to the
  * project guard and the stream in the order their credentials were verified (ctx->nats_order),
@@ -21,6 +22,7 @@
  * is closed). */
 #include "evalbus/arena.h"
 #include "evalbus/bus.h"
+#include "evalbus/clock.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
@@ -32,9 +34,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* At most so many batches, and so many bytes of them, are taken from the NATS client and not yet
+ * answered (waiting for their credential, decoding, on the stream's acknowledgement): on_msg
+ * waits for room, so that a publisher faster than the intake fills the subscription's pending
+ * limits (and past them is dropped as a slow consumer) rather than this replica's memory. */
+#define NATS_HELD_MAX 10000
+#define NATS_HELD_BYTES_MAX (64 * 1024 * 1024)
+
 typedef struct nats_item {
     struct nats_item *next;
     natsMsg *msg;
+    size_t held_bytes; /* counted in ctx->nats_held_bytes until item_free */
     ingest_ctx *ctx;
     Evalbus__V1__TraceBatch *batch; /* unpacked into box: freed with it, never one by one */
     ingest_pb_box *box;
@@ -147,6 +157,11 @@ static void item_free(nats_item *it)
     ingest_pb_release(it->box); /* the batch and everything in it */
     eb_arena_free(it->arena);
     natsMsg_Destroy(it->msg);
+    pthread_mutex_lock(&it->ctx->nats_mu);
+    it->ctx->nats_held--;
+    it->ctx->nats_held_bytes -= it->held_bytes;
+    pthread_cond_signal(&it->ctx->nats_room);
+    pthread_mutex_unlock(&it->ctx->nats_mu);
     free(it);
 }
 
@@ -450,7 +465,17 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     (void)sub;
     it->msg = msg;
     it->ctx = ctx;
+    it->held_bytes = (size_t)natsMsg_GetDataLength(msg);
     pthread_mutex_lock(&ctx->nats_mu);
+    /* a batch larger than the bound on its own goes in when it is the only one held */
+    while (!ctx->nats_unbounded &&
+           (ctx->nats_held >= NATS_HELD_MAX ||
+            (ctx->nats_held > 0 && ctx->nats_held_bytes + it->held_bytes > NATS_HELD_BYTES_MAX))) {
+        struct timespec until = eb_monotonic_after_ms(100);
+        pthread_cond_timedwait(&ctx->nats_room, &ctx->nats_mu, &until);
+    }
+    ctx->nats_held++;
+    ctx->nats_held_bytes += it->held_bytes;
     it->next = ctx->nats_queue;
     ctx->nats_queue = it;
     pthread_mutex_unlock(&ctx->nats_mu);
@@ -469,6 +494,7 @@ eb_status ingest_nats_start(ingest_ctx *ctx)
     eb_status st;
 
     pthread_mutex_init(&ctx->nats_mu, NULL);
+    eb_cond_init_monotonic(&ctx->nats_room);
     ctx->nats_wake = event_new(ctx->svc.base, -1, 0, on_wake, ctx);
     eb_metrics_describe("evalbus_ingest_dead_letters_total", "counter",
                         "Messages moved to evalbus.v1.ingest.dead.<team>, by stage and reason");
@@ -482,6 +508,12 @@ eb_status ingest_nats_start(ingest_ctx *ctx)
 
 void ingest_nats_finish(ingest_ctx *ctx)
 {
+    if (ctx->nats_wake) { /* what the drain hands over is answered below, without waiting */
+        pthread_mutex_lock(&ctx->nats_mu);
+        ctx->nats_unbounded = true;
+        pthread_cond_broadcast(&ctx->nats_room);
+        pthread_mutex_unlock(&ctx->nats_mu);
+    }
     if (ctx->nats_sub) {
         /* the drain (begun at the stop signal) hands over what the library still holds; once
          * closed, on_msg queues nothing more */
@@ -511,5 +543,6 @@ void ingest_nats_stop(ingest_ctx *ctx)
         event_free(ctx->nats_wake);
         ctx->nats_wake = NULL;
         pthread_mutex_destroy(&ctx->nats_mu);
+        pthread_cond_destroy(&ctx->nats_room);
     }
 }

@@ -804,4 +804,39 @@ describe('ingest: TraceBatch over NATS', () => {
     }, { timeoutMs: 10_000 });
     assert.ok(stored.value, 'the stored trace is the version sent last');
   }));
+
+  it('a publisher faster than the intake fills the subscription\'s pending limits, not the replica\'s memory', { timeout: 180_000 }, stack.wrap(async () => {
+    // The NATS callback took every message off the client at once, so the subscription's
+    // pending limits never applied: batches waiting for their credential, the decode threads or
+    // the stream piled up in the replica (200,000 small batches: 1.6 GB more in an ASan build).
+    // Now at most 10,000 batches (64 MiB) are held; the rest wait in the client, which drops
+    // what is over its pending limits (a publisher asking for a reply times out and resends).
+    const nc = await stack.nats();
+    const pid = stack.readPid('ingest');
+    assert.ok(pid, 'the ingest pid');
+    const status = (field) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', A.key);
+    // the key is cached, and the replica has made its pools and buffers
+    assert.equal((await publishBatch(A.team, encodeBatch([trace(rid('warm'))]), A.key)).accepted_ids.length, 1);
+    const before = status('VmRSS');
+    const name = 'x'.repeat(100);
+    const n = 200_000;
+    for (let i = 0; i < n; i++) {
+      nc.publish(SUBJECT + A.team, encodeBatch([{ id: `flood-${i}`, project: 'flood', name }]), { headers: h });
+      if (i % 5000 === 4999) await nc.flush();
+    }
+    await nc.flush();
+    // the intake is still answering once the flood has passed
+    const settled = await pollUntil(async () => {
+      try {
+        return (await publishBatch(A.team, encodeBatch([trace(rid('after'))]), A.key, { timeoutMs: 2000 })).accepted_ids.length === 1;
+      } catch {
+        return false;
+      }
+    }, { timeoutMs: 120_000, intervalMs: 500 });
+    assert.ok(settled.value, 'the intake answers after the flood');
+    const grew = status('VmHWM') - before;
+    assert.ok(grew < 768, `the replica's peak memory grew by ${grew.toFixed(0)} MiB for ${n} small batches (at most 768)`);
+  }));
 });
