@@ -416,3 +416,29 @@ bool eb_sub_close(eb_sub *s, long long wait_ms)
     sub_release(s);
     return done;
 }
+
+/* The publisher chooses a reply subject, and the answer goes out with the service's NATS
+ * permissions, so it must be a plain subject outside the server's own ($JS.API..., $SYS...) and
+ * the platform's (evalbus....): an empty answer on $JS.API.STREAM.PURGE.INGEST would purge every
+ * team's records not yet stored, one on evalbus.v1.traces.stored.<team> would be an event of
+ * another team. */
+bool eb_bus_reply_allowed(const char *reply)
+{
+    size_t token = 0;
+
+    if (!reply || reply[0] == '$' || strncmp(reply, "evalbus.", 8) == 0)
+        return false;
+    for (const char *c = reply;; c++) {
+        if (*c == '.' || *c == '\0') {
+            if (token == 0)
+                return false; /* an empty token */
+            if (*c == '\0')
+                return true;
+            token = 0;
+            continue;
+        }
+        if (*c == '*' || *c == '>' || (unsigned char)*c <= ' ' || *c == 0x7f)
+            return false; /* a wildcard, white space or a control character */
+        token++;
+    }
+}

@@ -48,6 +48,12 @@ static void on_verify(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
     (void)sub;
     if (!natsMsg_GetReply(msg))
         goto cleanup; /* nobody to answer */
+    if (!eb_bus_reply_allowed(natsMsg_GetReply(msg))) {
+        /* answered with this service's NATS permissions: never on one of the server's or the
+         * platform's subjects */
+        eb_metrics_add("evalbus_auth_verify_total", "result=\"malformed\"", 1);
+        goto cleanup;
+    }
     if (len > MAX_REQUEST_BYTES ||
         !(vr = evalbus__v1__verify_request__unpack(NULL, (size_t)len,
                                                    (const uint8_t *)natsMsg_GetData(msg)))) {

@@ -7,7 +7,7 @@
  * evalbus.v1.ingest.dead.<team> with the reason in the header Evalbus-Reason and counted;
  * nothing a publisher sends can stop or stall the intake. The reply subject is the publisher's
  * choice and the ack goes out with the service's NATS permissions: one of the server's ($...) or
- * evalbus's own subjects (or a wildcard) is refused, never published to (reply_allowed).
+ * evalbus's own subjects (or a wildcard) is refused, never published to (eb_bus_reply_allowed).
  * Threading: the NATS callback only queues the message and wakes the loop (waiting first while
  * NATS_HELD_MAX batches are held: memory is bounded by the subscription's pending limits). The
  * loop checks the credential and answers; decoding, validating, canonicalising and packing a batch
@@ -99,39 +99,13 @@ static const char *subject_team(const natsMsg *msg)
     return strncmp(s, INGEST_NATS_SUBJECT_PREFIX, n) == 0 ? s + n : "";
 }
 
-/* Whether the service may publish an IngestAck to reply: the publisher chooses it, and the
- * service publishes with its own NATS permissions, so it must be a plain subject outside the
- * server's own ($JS.API..., $SYS...) and the platform's (evalbus....): an empty batch answered
- * on $JS.API.STREAM.PURGE.INGEST would purge every team's records not yet stored, an ack on
- * evalbus.v1.traces.stored.<team> would be an event of another team. */
-static bool reply_allowed(const char *reply)
-{
-    size_t token = 0;
-
-    if (reply[0] == '$' || strncmp(reply, "evalbus.", 8) == 0)
-        return false;
-    for (const char *c = reply;; c++) {
-        if (*c == '.' || *c == '\0') {
-            if (token == 0)
-                return false; /* an empty token */
-            if (*c == '\0')
-                return true;
-            token = 0;
-            continue;
-        }
-        if (*c == '*' || *c == '>' || (unsigned char)*c <= ' ' || *c == 0x7f)
-            return false; /* a wildcard, white space or a control character */
-        token++;
-    }
-}
-
 static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack)
 {
     const char *reply = natsMsg_GetReply(msg);
     uint8_t *buf;
     size_t len;
 
-    if (!reply || !*reply || !reply_allowed(reply))
+    if (!reply || !*reply || !eb_bus_reply_allowed(reply))
         return;
     len = evalbus__v1__ingest_ack__get_packed_size(ack);
     buf = eb_malloc(len ? len : 1);
@@ -440,7 +414,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         int nkeys = api_key(rev->msg, &key);
         if (ctx->stopping)
             answer_shutting_down(rev); /* the stream may be closed already */
-        else if (reply && *reply && !reply_allowed(reply))
+        else if (reply && *reply && !eb_bus_reply_allowed(reply))
             refuse(rev, EB_ERR_INVALID,
                    "the reply subject is not one the service publishes to (a wildcard, a"
                    " subject of the NATS server's own ($...) or of evalbus (evalbus....))",

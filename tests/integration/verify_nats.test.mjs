@@ -93,6 +93,28 @@ describe('key and session verification over NATS', () => {
     assert.ok(empty.reason.length > 0, 'a denial always has a reason');
   }));
 
+  it('an answer never goes to a reply subject of the NATS server or of evalbus', T, stack.wrap(async () => {
+    const root = await protoRoot();
+    const Req = root.lookupType('evalbus.v1.VerifyRequest');
+    const req = Req.encode(Req.create({ credential: owner.key, request_id: crypto.randomUUID(), source: 'integration-test' })).finish();
+    const nc = await stack.nats();
+    const got = [];
+    const subs = ['evalbus.v1.traces.stored.someteam', 'evalbus.it.reply.x', '$SYS.it.reply', 'plain.it.reply'].map((subj) => {
+      const sub = nc.subscribe(subj);
+      (async () => { for await (const m of sub) got.push(m.subject); })();
+      return sub;
+    });
+    for (const reply of ['evalbus.v1.traces.stored.someteam', 'evalbus.it.reply.x', '$SYS.it.reply', 'plain.it.reply']) {
+      nc.publish('evalbus.v1.auth.verify', req, { reply });
+    }
+    await nc.flush();
+    await new Promise((r) => setTimeout(r, 500));
+    for (const sub of subs) sub.unsubscribe();
+    assert.deepEqual(got, ['plain.it.reply'], 'only the plain reply subject is answered');
+    const r = await stack.verifyOverNats(owner.key);
+    assert.equal(r.allowed, true, 'requests with an inbox are still answered');
+  }));
+
   it('garbage bytes as the request get an error reply or a denial, and the service keeps answering', T, stack.wrap(async () => {
     const root = await protoRoot();
     const payloads = [

@@ -63,5 +63,8 @@ bool eb_sub_close(eb_sub *sub, long long wait_ms);
 
 /* Maps a NATS status to an eb_status with a recorded message naming what failed. */
 eb_status eb_bus_error(natsStatus s, const char *what);
+/* Whether a service may answer on reply, a subject its publisher chose: not empty, no wildcard,
+ * white space or empty token, and none of the NATS server's ($...) or evalbus's (evalbus....). */
+bool eb_bus_reply_allowed(const char *reply);
 
 #endif
