@@ -9,11 +9,44 @@
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
 #include "ingest_int.h"
+#include "trace_json.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+char *ingest_reasons_normalize(const char *list, char *why, size_t why_len)
+{
+    eb_buf out = {0};
+
+    for (const char *p = list ? list : ""; *p;) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        if (end == p || ingest_has_control(p, (size_t)(end - p)) ||
+            !eb_utf8_valid(p, (size_t)(end - p))) {
+            snprintf(why, why_len, "%s",
+                     end == p ? "an empty reason (two commas, or one at an end)"
+                              : "a reason with a control character or invalid"
+                                " UTF-8");
+            eb_buf_free(&out);
+            return NULL;
+        }
+        if (out.len)
+            eb_buf_putc(&out, ',');
+        eb_buf_append(&out, p, (size_t)(end - p));
+        p = comma ? comma + 1 : end;
+    }
+    if (!out.len) {
+        snprintf(why, why_len, "no reason at all");
+        return NULL;
+    }
+    return eb_buf_steal(&out);
+}
 
 static bool reason_allowed(const char *list, const char *reason)
 {
@@ -170,6 +203,11 @@ void api_score_post(eb_http_req *req, void *vctx)
     if (obs_id && !*obs_id) {
         st = eb_error(EB_ERR_INVALID, "field 'observation_id' must not be empty (leave it out to "
                                       "score the trace)");
+        goto invalid;
+    }
+    if (!*name || ingest_has_control(name, strlen(name))) {
+        st = eb_error(EB_ERR_INVALID, "field 'name' must not be empty or contain control"
+                                      " characters");
         goto invalid;
     }
     value = cJSON_GetObjectItemCaseSensitive(body, "value");

@@ -203,6 +203,9 @@ void api_trace_delete(eb_http_req *req, void *ctx);
 void api_traces_delete_by_filter(eb_http_req *req, void *ctx);
 void api_otlp_post(eb_http_req *req, void *ctx);
 void api_review_post(eb_http_req *req, void *ctx);
+/* The review-reasons setting as the API checks it: its items without the spaces around them, in
+ * a new string; NULL (with why) when an item is empty, has a control character or is not UTF-8. */
+char *ingest_reasons_normalize(const char *list, char *why, size_t why_len);
 void api_score_post(eb_http_req *req, void *ctx);
 void api_project_settings_put(eb_http_req *req, void *ctx);
 void api_project_settings_get(eb_http_req *req, void *ctx);

@@ -82,7 +82,8 @@ static const eb_setting settings[] = {
      false, offsetof(T, retention_interval_ms), "how often retention runs"},
     {"review-reasons", "EVALBUS_REVIEW_REASONS", EB_SET_STRING,
      "incorrect,incomplete,hallucination,unsafe,off_topic,formatting,tool_misuse,other", 0, 0,
-     false, offsetof(T, review_reasons), "reasons a reject may give (comma-separated)"},
+     false, offsetof(T, review_reasons),
+     "reasons a reject may give (comma-separated; spaces around each are dropped)"},
 };
 #undef T
 
@@ -139,6 +140,17 @@ int main(int argc, char **argv)
     eb_arena_cjson_init(); /* before any thread: cJSON's hooks are global */
     eb_service_load_config("evalbus-ingest", settings, sizeof(settings) / sizeof(settings[0]), &cfg,
                            argc, argv);
+    {
+        char why[96];
+        char *reasons = ingest_reasons_normalize(cfg.review_reasons, why, sizeof(why));
+        if (!reasons) {
+            fprintf(stderr, "evalbus-ingest: setting review-reasons: %s\n", why);
+            eb_config_free(settings, sizeof(settings) / sizeof(settings[0]), &cfg);
+            return 2;
+        }
+        free(cfg.review_reasons);
+        cfg.review_reasons = reasons;
+    }
     ctx.cfg = &cfg;
     ctx.limits = INGEST_LIMITS_DEFAULT;
     ctx.limits.max_batch_items = (size_t)cfg.max_batch_items;

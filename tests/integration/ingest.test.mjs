@@ -4,6 +4,7 @@
 // pagination and the query filters. Some checks read PostgreSQL directly (stack.psql).
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -468,6 +469,30 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertError(await api('GET', '/api/v1/traces?review=maybe', A.key), 'invalid_argument', 'review filter value');
   }));
 
+  it('review-reasons: spaces around the reasons are dropped; an empty reason stops start-up', T, stack.wrap(async () => {
+    const bad = spawnSync(path.join(BIN_DIR, 'evalbus-ingest'), [], { env: { ...process.env, EVALBUS_REVIEW_REASONS: 'incorrect,,other' }, encoding: 'utf8', timeout: 10_000 });
+    assert.equal(bad.status, 2, `an empty reason: exit ${bad.status}: ${bad.stderr}`);
+    assert.match(bad.stderr, /review-reasons: an empty reason/);
+    const replica = await stack.spawnService('ingest', { EVALBUS_REVIEW_REASONS: 'incorrect, incomplete ,  other', EVALBUS_WRITER_THREADS: '0' });
+    try {
+      const id = rid('rr');
+      await ingestOk(A.member, [{ id, project: 'reasons' }]);
+      await waitAll(A.key, [id]);
+      const review = (reason) => stack.api('POST', `/api/v1/traces/${id}/review`, { base: replica.url, key: A.member, body: { decision: 'reject', reason } });
+      for (const reason of ['incorrect', 'incomplete', 'other']) {
+        const r = await review(reason);
+        assertStatus(r, 201, `reason '${reason}'`);
+        assert.equal(r.body.reason, reason);
+      }
+      const r = await review(' incomplete ');
+      assertError(r, 'invalid_argument', 'a reason given with its spaces is not in the list');
+      assert.match(r.body.error.message, /incorrect,incomplete,other/, `the list as it is checked: ${r.body.error.message}`);
+    } finally {
+      replica.proc.kill('SIGTERM');
+      await replica.exited;
+    }
+  }));
+
   it('scores: numeric, boolean and categorical on traces and observations, and the score filter', T, stack.wrap(async () => {
     const project = `sc-${crypto.randomBytes(3).toString('hex')}`;
     const t0 = Date.now() - 10_000;
@@ -494,6 +519,8 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertError(await score({ trace_id: t1, name: 'q', value: 'x', kind: 'numeric' }), 'invalid_argument', 'kind does not match the value');
     assertError(await score({ trace_id: t1, name: 'q', value: 1, source: 'robot' }), 'invalid_argument', 'unknown source');
     assertError(await score({ trace_id: t1, name: 'q', value: null }), 'invalid_argument', 'no value');
+    assertError(await score({ trace_id: t1, name: 'a\u0001b', value: 1 }), 'invalid_argument', 'a control character in the name');
+    assertError(await score({ trace_id: t1, name: '', value: 1 }), 'invalid_argument', 'an empty name');
     assertError(await score({ trace_id: t1, observation_id: 'nope', name: 'q', value: 1 }), 'not_found', 'unknown observation');
     assertError(await score({ trace_id: rid('nosuch'), name: 'q', value: 1 }), 'not_found', 'unknown trace');
     assertError(await score({ trace_id: t1, name: 'q', value: 1 }, A.viewer), 'forbidden', 'a viewer cannot score');
