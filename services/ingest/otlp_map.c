@@ -1064,6 +1064,7 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
     unsigned cur = 0, cur_sub = 0;
     int cur_group = -1;
     const char *part_type = NULL, *part_text = NULL, *part_url = NULL;
+    flat_item *role_item = NULL; /* the open message's role */
     bool any = false;
 
     cJSON_ArrayForEach(it, sm->attrs)
@@ -1113,7 +1114,10 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
             }
         }
         if (b.m && (!fi || fi->n != cur)) {
-            fix_role(sm, b.m, default_role);
+            /* a role that fills nothing (another role, and the message has a name) stays */
+            if (!fix_role(sm, b.m, default_role) && role_item)
+                role_item->used = false;
+            role_item = NULL;
             if (!msgs_push(sm, msgs, nmsgs, mb_finish(sm, &b)))
                 break;
         }
@@ -1127,8 +1131,10 @@ static bool map_flat_messages(span_map *sm, const char *prefix, const flat_patte
         cur_sub = fi->sub;
         switch (fi->field) {
         case F_ROLE:
-            if ((fi->used = !b.m->role))
+            if ((fi->used = !b.m->role)) {
                 b.m->role = sm_label(sm, "message role", sv);
+                role_item = fi;
+            }
             break;
         case F_CONTENT:
             if ((fi->used = !b.m->content))

@@ -1328,6 +1328,46 @@ static void test_flat_key_twice(void **state)
     run_case(&c);
 }
 
+/* A flattened role that is none of the JSON API's, on a message that has a name already, fills
+ * nothing (the message takes the default role): it stays an attribute. One without a name
+ * becomes the name and is used. */
+static const char json_flat_role_named[] =
+    "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+    "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"debate\",\"attributes\":["
+    "{\"key\":\"gen_ai.prompt.0.role\",\"value\":{\"stringValue\":\"critic\"}},"
+    "{\"key\":\"gen_ai.prompt.0.name\",\"value\":{\"stringValue\":\"bob\"}},"
+    "{\"key\":\"gen_ai.prompt.0.content\",\"value\":{\"stringValue\":\"meh\"}},"
+    "{\"key\":\"gen_ai.prompt.1.role\",\"value\":{\"stringValue\":\"judge\"}},"
+    "{\"key\":\"gen_ai.prompt.1.content\",\"value\":{\"stringValue\":\"ok\"}}"
+    "]}]}]}]}";
+
+static void check_flat_role_named(const ingest_otlp_result *r)
+{
+    const eb_obs *o = find_obs(r, SPAN_1);
+
+    assert_int_equal(o->n_input_messages, 2);
+    assert_str(o->input_messages[0]->role, "user");
+    assert_str(o->input_messages[0]->name, "bob");
+    assert_str(o->input_messages[1]->role, "user");
+    assert_str(o->input_messages[1]->name, "judge");
+    assert_str(o->attributes_json, "{\"gen_ai.prompt.0.role\":\"critic\"}");
+}
+
+static void test_flat_role_dropped_stays(void **state)
+{
+    const otlp_case c = {"flattened role that fills nothing",
+                         NULL,
+                         json_flat_role_named,
+                         NULL,
+                         1,
+                         0,
+                         1,
+                         check_flat_role_named};
+
+    (void)state;
+    run_case(&c);
+}
+
 /* The same spans as protobuf and as JSON map to identical traces. */
 static const char json_two_spans[] =
     "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":"
@@ -1691,6 +1731,7 @@ int main(void)
         cmocka_unit_test(test_flat_part_url_and_text),
         cmocka_unit_test(test_flat_content_and_one_part),
         cmocka_unit_test(test_flat_key_twice),
+        cmocka_unit_test(test_flat_role_dropped_stays),
         cmocka_unit_test(test_json_equals_protobuf),
         cmocka_unit_test(test_json_exact_integers),
         cmocka_unit_test(test_malformed_protobuf),
