@@ -690,6 +690,26 @@ static eb_status jenum(json_ctx *c, const cJSON *obj, const char *camel, const c
 static eb_status json_keyvalues(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
                                 int depth, otlp_kv ***out, size_t *nout);
 
+/* Base64 as the protobuf JSON mapping takes it for bytes: the standard or the URL-safe
+ * alphabet, with or without padding. */
+static bool base64_any_decode(const char *s, size_t n, eb_buf *out)
+{
+    char *t;
+    bool ok;
+
+    if (eb_base64_decode(s, n, out))
+        return true;
+    eb_buf_reset(out);
+    t = eb_strndup(s, n);
+    for (size_t i = 0; i < n; i++)
+        t[i] = t[i] == '+' ? '-' : t[i] == '/' ? '_' : t[i];
+    for (int pad = 0; pad < 2 && n > 0 && t[n - 1] == '='; pad++)
+        n--;
+    ok = eb_base64url_decode(t, n, out);
+    free(t);
+    return ok;
+}
+
 static eb_status json_anyvalue(json_ctx *c, const cJSON *v, int depth, otlp_any **out)
 {
     eb_status st = EB_OK;
@@ -767,13 +787,10 @@ static eb_status json_anyvalue(json_ctx *c, const cJSON *v, int depth, otlp_any 
             goto cleanup;
         }
         n = strlen(it->valuestring);
-        if (!eb_base64_decode(it->valuestring, n, &b)) {
-            eb_buf_reset(&b);
-            if (!eb_base64url_decode(it->valuestring, n, &b)) {
-                eb_buf_free(&b);
-                st = jbad(c, "bytesValue", "base64");
-                goto cleanup;
-            }
+        if (!base64_any_decode(it->valuestring, n, &b)) {
+            eb_buf_free(&b);
+            st = jbad(c, "bytesValue", "base64");
+            goto cleanup;
         }
         a->value_case = EVALBUS__OTLP__V1__ANY_VALUE__VALUE_BYTES_VALUE;
         a->bytes_value.len = b.len;

@@ -1450,6 +1450,34 @@ static void test_json_exact_integers(void **state)
     ingest_otlp_result_free(&r);
 }
 
+/* bytesValue in either base64 alphabet, padded or not, as the protobuf JSON mapping takes it;
+ * stored as standard padded base64. */
+static void test_json_bytes_forms(void **state)
+{
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    static const char *const forms[] = {"+/8=", "+/8", "-_8=", "-_8"};
+    ingest_otlp_result r;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+        char body[512];
+        const char *attrs;
+
+        snprintf(body, sizeof body,
+                 "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"" TRACE_A
+                 "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"b\",\"attributes\":[{\"key\":"
+                 "\"app.bytes\",\"value\":{\"bytesValue\":\"%s\"}}]}]}]}]}",
+                 forms[i]);
+        if (ingest_otlp_decode_json(body, strlen(body), &lim, &r) != EB_OK)
+            fail_msg("bytesValue %s: %s", forms[i], eb_error_message());
+        assert_int_equal(r.ntraces, 1);
+        attrs = r.traces[0]->observations[0]->attributes_json;
+        if (!attrs || !strstr(attrs, "\"app.bytes\":\"+/8=\""))
+            fail_msg("bytesValue %s: attributes %s", forms[i], attrs ? attrs : "(none)");
+        ingest_otlp_result_free(&r);
+    }
+}
+
 typedef struct bad_case {
     const char *bytes;
     size_t len;
@@ -1734,6 +1762,7 @@ int main(void)
         cmocka_unit_test(test_flat_role_dropped_stays),
         cmocka_unit_test(test_json_equals_protobuf),
         cmocka_unit_test(test_json_exact_integers),
+        cmocka_unit_test(test_json_bytes_forms),
         cmocka_unit_test(test_malformed_protobuf),
         cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_deep_protobuf),
