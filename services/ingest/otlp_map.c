@@ -1510,8 +1510,13 @@ static void add_otel_keys(span_map *sm, const otlp_scope *scope, event_use *use)
         }
         e = cJSON_CreateObject();
         cJSON_AddStringToObject(e, "name", ev->name ? ev->name : "");
-        if (ev->time_unix_nano && ev->time_unix_nano <= INT64_MAX)
-            cJSON_AddItemToObject(e, "time_unix_nano", int_json((long long)ev->time_unix_nano));
+        if (ev->time_unix_nano) {
+            /* a string of digits whatever its size (a fixed64: beyond int64 too) */
+            char digits[24];
+
+            snprintf(digits, sizeof digits, "%llu", (unsigned long long)ev->time_unix_nano);
+            cJSON_AddStringToObject(e, "time_unix_nano", digits);
+        }
         if (a->child)
             cJSON_AddItemToObject(e, "attributes", a);
         else

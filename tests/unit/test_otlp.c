@@ -1478,6 +1478,34 @@ static void test_json_bytes_forms(void **state)
     }
 }
 
+/* An event's time in otel.events is a string of digits whatever its size: one that a double
+ * holds exactly (a clock near the epoch), and one beyond int64 (a fixed64). */
+static void test_event_time_digits(void **state)
+{
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    ingest_otlp_result r;
+    tb b = {0};
+    otlp_span *s;
+    uint8_t *buf;
+    size_t len;
+    const char *attrs;
+
+    (void)state;
+    tb_resource(&b, "svc");
+    s = tb_span(&b, TRACE_A, SPAN_1, NULL, "clock", 1000, 2000);
+    tb_event(&b, s, "early", 1500);
+    tb_event(&b, s, "late", UINT64_MAX);
+    buf = tb_pack(&b, &len);
+    assert_int_equal(ingest_otlp_decode_protobuf(buf, len, &lim, &r), EB_OK);
+    free(buf);
+    tb_free(&b);
+    assert_int_equal(r.ntraces, 1);
+    attrs = r.traces[0]->observations[0]->attributes_json;
+    assert_contains(attrs, "{\"name\":\"early\",\"time_unix_nano\":\"1500\"}");
+    assert_contains(attrs, "{\"name\":\"late\",\"time_unix_nano\":\"18446744073709551615\"}");
+    ingest_otlp_result_free(&r);
+}
+
 typedef struct bad_case {
     const char *bytes;
     size_t len;
@@ -1763,6 +1791,7 @@ int main(void)
         cmocka_unit_test(test_json_equals_protobuf),
         cmocka_unit_test(test_json_exact_integers),
         cmocka_unit_test(test_json_bytes_forms),
+        cmocka_unit_test(test_event_time_digits),
         cmocka_unit_test(test_malformed_protobuf),
         cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_deep_protobuf),
