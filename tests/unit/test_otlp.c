@@ -5,6 +5,7 @@
 #include "otlp.h"
 #include "trace_json.h"
 
+#include "evalbus/json.h"
 #include "evalbus/mem.h"
 
 #include <setjmp.h>
@@ -1750,6 +1751,28 @@ static void test_malformed_json(void **state)
     ingest_otlp_result_free(&r);
 }
 
+/* A JSON body that gives a member twice is refused naming it, cut to 100 bytes: never inside a
+ * UTF-8 character (the message goes to a Status, whose message must be valid UTF-8). */
+static void test_repeated_member_message_utf8(void **state)
+{
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    char name[128], body[512];
+    ingest_otlp_result r;
+    const char *msg;
+
+    (void)state;
+    memset(name, 'a', 99);
+    strcpy(name + 99, "\xc3\xa9\xc3\xa9"); /* "éé" from byte 99 */
+    snprintf(body, sizeof body, "{\"resourceSpans\":[],\"x\":{\"%s\":1,\"%s\":2}}", name, name);
+    assert_int_equal(ingest_otlp_decode_json(body, strlen(body), &lim, &r), EB_ERR_INVALID);
+    msg = eb_error_message();
+    assert_contains(msg, "aaaaaaaa");
+    assert_contains(msg, "twice");
+    if (!eb_utf8_valid(msg, strlen(msg)))
+        fail_msg("the message is not valid UTF-8: %s", msg);
+    ingest_otlp_result_free(&r);
+}
+
 static void test_response(void **state)
 {
     ingest_otlp_result ok = {0}, partial = {0};
@@ -1797,6 +1820,7 @@ int main(void)
         cmocka_unit_test(test_deep_protobuf),
         cmocka_unit_test(test_decoded_size_cap),
         cmocka_unit_test(test_malformed_json),
+        cmocka_unit_test(test_repeated_member_message_utf8),
         cmocka_unit_test(test_response),
     };
 
