@@ -201,6 +201,15 @@ bool eb_db_ping(eb_db *db, char *detail, size_t detail_len)
     return ok;
 }
 
+bool eb_db_state_unavailable(const char *sqlstate)
+{
+    if (!sqlstate || strlen(sqlstate) != 5)
+        return false;
+    return strncmp(sqlstate, "08", 2) == 0 || strcmp(sqlstate, "25006") == 0 ||
+           strncmp(sqlstate, "53", 2) == 0 || strncmp(sqlstate, "57P", 3) == 0 ||
+           strncmp(sqlstate, "58", 2) == 0;
+}
+
 static eb_status map_error(PGconn *conn, PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -225,6 +234,8 @@ static eb_status map_error(PGconn *conn, PGresult *res)
                         "stopped; narrow it (a shorter time range, a project) or retry later");
     else if (state && strcmp(state, "55P03") == 0)
         code = EB_ERR_UNAVAILABLE; /* lock_not_available: lock_timeout ran out, try later */
+    else if (eb_db_state_unavailable(state))
+        code = EB_ERR_UNAVAILABLE;
     else if (state && strncmp(state, "40", 2) == 0) {
         /* transaction rollback (deadlock, serialization failure): PostgreSQL gave this side up
          * so that another could go on; the same request again will most likely succeed */

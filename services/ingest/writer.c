@@ -616,9 +616,10 @@ static const char recompute_sql[] =
  * lost, EB_ERR_NOT_FOUND when its SQLSTATE is no_partition (how a day partition that does not
  * exist shows in that statement: the batch is tried again, the partition made anew),
  * EB_ERR_UNAVAILABLE too when PostgreSQL rolled the transaction back for another's sake
- * (class 40: deadlock, serialization failure), as eb_db_exec does: never the records' fault, so
- * the batch is tried again at once and, should that keep failing, put back for later (never
- * dead-lettered); else EB_ERR_DB. */
+ * (class 40: deadlock, serialization failure) or cannot do the work now (read-only, disk full:
+ * eb_db_state_unavailable), as eb_db_exec does: never the records' fault, so the batch is tried
+ * again at once and, should that keep failing, put back for later (never dead-lettered); else
+ * EB_ERR_DB. */
 static eb_status statement_error(PGconn *c, const PGresult *r, const char *no_partition,
                                  const char *what)
 {
@@ -630,6 +631,8 @@ static eb_status statement_error(PGconn *c, const PGresult *r, const char *no_pa
     else if (state && strcmp(state, no_partition) == 0)
         code = EB_ERR_NOT_FOUND;
     else if (state && strncmp(state, "40", 2) == 0)
+        code = EB_ERR_UNAVAILABLE;
+    else if (eb_db_state_unavailable(state))
         code = EB_ERR_UNAVAILABLE;
     return eb_error(code, "%s%s", what, PQresultErrorMessage(r));
 }
@@ -748,9 +751,11 @@ static eb_status ensure_partition(ingest_writer *w, PGconn *c, long long part_ns
     st = eb_db_exec(c, "BEGIN", 0, NULL, NULL);
     if (st == EB_OK) {
         PGresult *r = PQexec(c, sql);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
-            st = eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
-                          "creating partition %s: %s", name, PQresultErrorMessage(r));
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+            char what[48];
+            snprintf(what, sizeof(what), "creating partition %s: ", name);
+            st = statement_error(c, r, "", what);
+        }
         PQclear(r);
     }
     if (st == EB_OK)
@@ -1117,8 +1122,7 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
         PGresult *tr = PQexec(c, tmp_sql);
         st = PQresultStatus(tr) == PGRES_COMMAND_OK
                  ? EB_OK
-                 : eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
-                            "temporary tables: %s", PQresultErrorMessage(tr));
+                 : statement_error(c, tr, "", "temporary tables: ");
         PQclear(tr);
     }
     if (st == EB_OK)

@@ -394,6 +394,49 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.equal(otlpDay, day, 'in its own day, made again');
   }));
 
+  it('PostgreSQL refusing every write (read-only, as a standby or a full disk leaves it): records wait, none is dead-lettered, all are stored once it writes again', T, stack.wrap(async () => {
+    // Such an error (SQLSTATE 25006, or 53xxx for a full disk) says nothing about the records:
+    // every one of them fails alone as well, so dead-lettering those that do would throw away
+    // every accepted trace for as long as it lasts.
+    const tag = crypto.randomBytes(3).toString('hex');
+    const ids = [`ro-${tag}-a`, `ro-${tag}-b`];
+    const send = (traces) => stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces } });
+    const nc = await stack.nats();
+    const dead = nc.subscribe(`evalbus.v1.ingest.dead.${A.team}`);
+    const deadReasons = [];
+    (async () => {
+      for await (const m of dead) deadReasons.push(m.headers?.get('Evalbus-Reason') ?? '');
+    })();
+    await nc.flush();
+    let r = await send([{ id: `ro-${tag}-warm`, project: 'ro', name: 'warm' }]); // the key is cached
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(`ro-${tag}-warm`), 'stored while PostgreSQL writes');
+    const readOnly = async (on) => {
+      await stack.psqlSuperuser(on ? 'ALTER SYSTEM SET default_transaction_read_only = on'
+        : 'ALTER SYSTEM RESET default_transaction_read_only');
+      await stack.psqlSuperuser('SELECT pg_reload_conf()');
+      const seen = await pollUntil(async () => (await stack.psql('SHOW default_transaction_read_only'))[0][0] === (on ? 'on' : 'off'),
+        { timeoutMs: 5000, intervalMs: 50 });
+      assert.ok(seen.value, `default_transaction_read_only is ${on ? 'on' : 'off'}`);
+    };
+    await readOnly(true);
+    try {
+      r = await send(ids.map((id) => ({ id, project: 'ro', name: 'while read-only', start_time: new Date().toISOString() })));
+      assert.equal(r.status, 202, `accepted while PostgreSQL refuses writes: ${r.text}`);
+      await sleep(4000); // the writer tries, and fails, several times
+      const [[n]] = await stack.psql(`SELECT count(*) FROM ingest.traces WHERE team_id = '${A.id}' AND id LIKE 'ro-${tag}-_'`);
+      assert.equal(n, '0', 'nothing could be stored meanwhile');
+      assert.deepEqual(deadReasons, [], 'no record was dead-lettered');
+    } finally {
+      await readOnly(false);
+    }
+    for (const id of ids) assert.ok(await traceStored(id), `${id} is stored once PostgreSQL writes again`);
+    const [[n]] = await stack.psql(`SELECT count(*) FROM ingest.traces WHERE team_id = '${A.id}' AND id LIKE 'ro-${tag}-_'`);
+    assert.equal(n, '2', 'each stored once');
+    dead.unsubscribe();
+    assert.deepEqual(deadReasons, [], 'no record was dead-lettered');
+  }));
+
   it('a resend racing a deletion of its trace is stored whole afterwards: no trace row is left without its key', T, stack.wrap(async () => {
     // A deletion locks the trace's key (FOR UPDATE), deletes the trace's rows, then the key, in
     // one transaction. A writer storing a resend of that trace meanwhile must not read the key

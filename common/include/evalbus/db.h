@@ -59,11 +59,18 @@ bool eb_db_ping(eb_db *db, char *detail, size_t detail_len);
  * NULL) gets the result, which the caller frees with PQclear. Errors: EB_ERR_CONFLICT for unique
  * and exclusion violations, EB_ERR_INVALID for bad input values (SQLSTATE class 22, 23502,
  * 23514), EB_ERR_FORBIDDEN for row-level security refusals (42501), EB_ERR_UNAVAILABLE when the
- * connection is lost or a lock_timeout ran out (55P03), EB_ERR_TIMEOUT when a statement_timeout
- * ran out (57014), EB_ERR_DB otherwise; the message is
+ * connection is lost, a lock_timeout ran out (55P03), the transaction was rolled back for
+ * another's sake (class 40) or the server cannot do the work now (eb_db_state_unavailable),
+ * EB_ERR_TIMEOUT when a statement_timeout ran out (57014), EB_ERR_DB otherwise; the message is
  * recorded with eb_error(). */
 eb_status eb_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                      PGresult **res);
+/* True for a SQLSTATE that tells of the server's state rather than of the statement or its data:
+ * a connection exception (class 08), a read-only transaction (25006: a standby, or writes
+ * turned off), insufficient resources (class 53: disk full, out of memory, too many
+ * connections), an operator's intervention other than a cancelled statement (57P*: shutdown,
+ * cannot connect now), a system error (class 58: I/O). The same work may succeed later. */
+bool eb_db_state_unavailable(const char *sqlstate);
 
 /* BEGIN and scope the transaction to one team: sets evalbus.team_id, which the row-level
  * security policies of every team-owned table check. */
