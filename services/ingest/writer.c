@@ -724,7 +724,13 @@ static void remember_day(ingest_writer *w, long long part_ns)
     pthread_mutex_unlock(&w->mu);
 }
 
-/* Creates the day partitions of traces and observations for part_ns, once per process. */
+/* Creates the day partitions of traces and observations for part_ns, once per process. Each is
+ * made as a table of its own and then attached: CREATE TABLE ... PARTITION OF would take the
+ * parent's exclusive lock, and so wait behind any long reader of the parent (an export), with
+ * every query and writer then queued behind it; ATTACH PARTITION takes SHARE UPDATE EXCLUSIVE,
+ * which lets readers and writers of the parent go on (the new table is empty: nothing to
+ * check). Both in one transaction, under the advisory lock: a day is made whole or not at
+ * all. */
 static eb_status ensure_partition(ingest_writer *w, PGconn *c, long long part_ns)
 {
     long long day = part_ns / DAY_NS;
@@ -741,13 +747,15 @@ static eb_status ensure_partition(ingest_writer *w, PGconn *c, long long part_ns
     strftime(to, sizeof(to), "%Y-%m-%d", &b);
     strftime(name, sizeof(name), "%Y%m%d", &a);
     /* the bounds name their zone: a bare date would be read in the session's time zone */
+#define MAKE_DAY(parent)                                                                           \
+    " IF to_regclass('ingest." parent "_p%s') IS NULL THEN CREATE TABLE ingest." parent "_p%s"     \
+    " (LIKE ingest." parent " INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE);"        \
+    " ALTER TABLE ingest." parent " ATTACH PARTITION ingest." parent "_p%s FOR VALUES FROM"        \
+    " ('%s 00:00:00+00') TO ('%s 00:00:00+00'); END IF;"
     sql = eb_asprintf("SELECT pg_advisory_xact_lock(7236002, 1);"
-                      "CREATE TABLE IF NOT EXISTS ingest.traces_p%s PARTITION OF ingest.traces"
-                      " FOR VALUES FROM ('%s 00:00:00+00') TO ('%s 00:00:00+00');"
-                      "CREATE TABLE IF NOT EXISTS ingest.observations_p%s PARTITION OF"
-                      " ingest.observations FOR VALUES FROM ('%s 00:00:00+00') TO"
-                      " ('%s 00:00:00+00')",
-                      name, from, to, name, from, to);
+                      "DO $$BEGIN" MAKE_DAY("traces") MAKE_DAY("observations") " END$$",
+                      name, name, name, from, to, name, name, name, from, to);
+#undef MAKE_DAY
     st = eb_db_exec(c, "BEGIN", 0, NULL, NULL);
     if (st == EB_OK) {
         PGresult *r = PQexec(c, sql);

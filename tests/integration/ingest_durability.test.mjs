@@ -394,6 +394,43 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.equal(otlpDay, day, 'in its own day, made again');
   }));
 
+  it('making a new day partition while a long query reads traces holds up no other query', T, stack.wrap(async () => {
+    // CREATE TABLE ... PARTITION OF takes ingest.traces' exclusive lock: behind a long reader
+    // (an export) it would wait, and every query and writer queued behind it with it.
+    const tag = crypto.randomBytes(3).toString('hex');
+    const known = `part-lock-${tag}-a`;
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [{ id: known, project: 'plock', name: 'n' }] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(known), 'a trace of today is stored');
+    // a day without partitions, within retention (90 days) and not any other test's
+    let day;
+    for (let k = 20; k < 80; k++) {
+      day = new Date(Date.now() - k * 86_400_000);
+      const ymd = day.toISOString().slice(0, 10).replaceAll('-', '');
+      const [[exists]] = await stack.psql(`SELECT to_regclass('ingest.traces_p${ymd}') IS NOT NULL`);
+      if (exists === 'f') break;
+    }
+    assert.ok(day.getTime() > Date.now() - 80 * 86_400_000, 'a day without partitions');
+    const reader = await stack.lockTable('ingest.traces', 6000, { mode: 'ACCESS SHARE' });
+    const lockedAt = Date.now();
+    const fresh = `part-lock-${tag}-b`;
+    r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key,
+      body: { traces: [{ id: fresh, project: 'plock', name: 'n', start_time: day.toISOString() }] } });
+    assert.equal(r.status, 202, r.text);
+    await sleep(1000); // the writer makes the day's partitions meanwhile
+    const t0 = Date.now();
+    const g = await stack.api('GET', `/api/v1/traces/${known}`, { base: stack.url, key: A.key });
+    const took = Date.now() - t0;
+    assert.equal(g.status, 200, g.text);
+    assert.ok(took < 1500, `a query of the traces waited ${took} ms behind the new partition`);
+    assert.ok(Date.now() - lockedAt < 5500, 'the long reader still reads');
+    await reader.released;
+    assert.ok(await traceStored(fresh), 'the trace of the new day is stored');
+    const [[ymdStored]] = await stack.psql(`SELECT to_char(part_time AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM ingest.traces
+      WHERE team_id = '${A.id}' AND id = '${fresh}'`);
+    assert.equal(ymdStored, day.toISOString().slice(0, 10), 'in its own day');
+  }));
+
   it('PostgreSQL refusing every write (read-only, as a standby or a full disk leaves it): records wait, none is dead-lettered, all are stored once it writes again', T, stack.wrap(async () => {
     // Such an error (SQLSTATE 25006, or 53xxx for a full disk) says nothing about the records:
     // every one of them fails alone as well, so dead-lettering those that do would throw away
