@@ -1202,8 +1202,14 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
         eb_db_rollback(c);
     if (st == EB_ERR_NOT_FOUND) {
         /* a day partition this process made was dropped since (retention, or by hand): forget
-         * the days it knows, and let the batch come back; the next pass makes the day again */
+         * the days it knows, and let the batch come back; the next pass makes the day again.
+         * The failed pass's days are made here, those of stored keys too: a key that outlived
+         * its day (partitions dropped by hand) names a day no new trace would make again */
         forget_days(w);
+        for (size_t i = 0; i < n; i++)
+            if (!recs[i].skip && recs[i].part_ns > 0 &&
+                ensure_partition(w, c, recs[i].part_ns) != EB_OK)
+                break; /* PostgreSQL failed: the batch comes back later */
         st = eb_error(EB_ERR_UNAVAILABLE, "a day partition was dropped meanwhile; trying again");
     }
     free(done);

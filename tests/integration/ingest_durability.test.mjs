@@ -394,6 +394,29 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.equal(otlpDay, day, 'in its own day, made again');
   }));
 
+  it('a trace whose day partitions were dropped by hand, its key left behind, is stored in that day again when sent again', T, stack.wrap(async () => {
+    // The stored key names the day; the writer must make that day again (as it does for a new
+    // trace's day), not put the record back for ever.
+    const tag = crypto.randomBytes(3).toString('hex');
+    const id = `kept-key-${tag}`;
+    const start = new Date(Date.now() - 7 * 86_400_000);
+    const day = start.toISOString().slice(0, 10).replaceAll('-', '');
+    const send = async (name, startTime) => {
+      const r = await stack.api('POST', '/api/v1/traces', {
+        base: stack.url, key: A.key, body: { traces: [{ id, project: 'kept', name, start_time: startTime.toISOString() }] },
+      });
+      assert.equal(r.status, 202, r.text);
+    };
+    await send('first', start);
+    assert.ok(await traceStored(id), 'the first version is stored');
+    await stack.psql(`DROP TABLE ingest.observations_p${day}; DROP TABLE ingest.traces_p${day}`);
+    await send('second', new Date()); // its key keeps it in the day it was first stored in
+    assert.ok(await traceStored(id, (g) => g.body.name === 'second'), 'the second version is stored');
+    const rows = await stack.psql(`SELECT to_char(part_time AT TIME ZONE 'UTC', 'YYYYMMDD') FROM ingest.traces
+      WHERE team_id = '${A.id}' AND id = '${id}'`);
+    assert.deepEqual(rows, [[day]], 'one row, in the day its key names');
+  }));
+
   it('making a new day partition while a long query reads traces holds up no other query', T, stack.wrap(async () => {
     // CREATE TABLE ... PARTITION OF takes ingest.traces' exclusive lock: behind a long reader
     // (an export) it would wait, and every query and writer queued behind it with it.
