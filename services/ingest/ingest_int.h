@@ -174,6 +174,8 @@ bool ingest_writer_healthy(ingest_writer *w, char *detail, size_t len);
 /* Creates or updates INGEST and EVENTS and the writer's durable consumer, with a connection of
  * its own (no event loop), retrying until NATS answers or give_up_ms passes. */
 eb_status ingest_streams_ensure(const ingest_config *cfg, long long give_up_ms);
+/* The same on a connection of the caller's (synchronous calls: not on a loop's connection). */
+eb_status ingest_streams_ensure_on(eb_bus *bus, const ingest_config *cfg);
 
 /* --- NATS TraceBatch intake (nats_in.c) --- */
 eb_status ingest_nats_start(ingest_ctx *ctx);

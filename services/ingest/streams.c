@@ -66,6 +66,11 @@ static eb_status ensure_all(eb_bus *bus, const ingest_config *cfg)
     return eb_bus_ensure_consumer(bus, INGEST_STREAM, &cc);
 }
 
+eb_status ingest_streams_ensure_on(eb_bus *bus, const ingest_config *cfg)
+{
+    return ensure_all(bus, cfg);
+}
+
 static eb_status ensure_cb(eb_bus *bus, const void *arg)
 {
     return ensure_all(bus, arg);

@@ -43,6 +43,10 @@
 #define MAX_WRITER_THREADS 8
 #define DAY_NS (86400LL * 1000000000LL)
 #define COPY_PIECE (64 * 1024)
+/* failed fetches in a row (200 ms apart) after which a writer binds to its consumer anew */
+#define WRITER_REBIND_AFTER 10
+/* empty fetches (250 ms each) between two lookups of the consumer while idle */
+#define WRITER_IDLE_CHECK 20
 
 typedef struct writer_thread {
     struct ingest_writer *w;
@@ -1282,7 +1286,7 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_ar
     rec *recs = eb_calloc((size_t)list->Count, sizeof(rec));
     size_t n = 0;
     PGconn *c = NULL;
-    eb_status st;
+    eb_status st = EB_OK; /* a fetch of undecodable records only stores nothing */
     /* the batch's records die together: unpacked into one arena, freed in one call */
     ProtobufCAllocator al = eb_arena_pb_allocator(arena);
 
@@ -1395,6 +1399,18 @@ cleanup:
         sleep(1); /* back off while PostgreSQL is away */
 }
 
+/* Whether the writer consumer is known to be gone (not a lookup that failed otherwise). */
+static bool consumer_missing(eb_bus *bus)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s =
+        js_GetConsumerInfo(&ci, eb_bus_js(bus), INGEST_STREAM, INGEST_WRITER_DURABLE, NULL, &jerr);
+
+    jsConsumerInfo_Destroy(ci);
+    return s == NATS_NOT_FOUND;
+}
+
 static void *writer_main(void *arg)
 {
     writer_thread *t = arg;
@@ -1405,6 +1421,7 @@ static void *writer_main(void *arg)
     jsErrCode jerr = 0;
     natsStatus s;
     char name[64];
+    int failures = 0, idle = 0;
     eb_arena *arena = eb_arena_new();
 
     /* Each writer pulls on a connection of its own: pulls of several threads never share
@@ -1420,22 +1437,51 @@ static void *writer_main(void *arg)
     so.Stream = INGEST_STREAM;
     so.Consumer = INGEST_WRITER_DURABLE;
     while (!atomic_load(&w->stop) && t->bus) {
-        s = js_PullSubscribe(&sub, eb_bus_js(t->bus), INGEST_SUBJECT_PREFIX ">",
-                             INGEST_WRITER_DURABLE, NULL, &so, &jerr);
-        if (s == NATS_OK)
-            break;
-        eb_log_warn(NULL, "writer %d: cannot bind to %s/%s yet: %s", t->index, INGEST_STREAM,
-                    INGEST_WRITER_DURABLE, natsStatus_GetText(s));
-        sleep(1);
-    }
-    while (!atomic_load(&w->stop)) {
         natsMsgList list = {0};
+        if (!sub) {
+            s = js_PullSubscribe(&sub, eb_bus_js(t->bus), INGEST_SUBJECT_PREFIX ">",
+                                 INGEST_WRITER_DURABLE, NULL, &so, &jerr);
+            if (s != NATS_OK) {
+                eb_log_warn(NULL, "writer %d: cannot bind to %s/%s yet: %s", t->index,
+                            INGEST_STREAM, INGEST_WRITER_DURABLE, natsStatus_GetText(s));
+                sub = NULL;
+                if (failures++ > 0) /* gone since start-up (deleted by hand): made again */
+                    ingest_streams_ensure_on(t->bus, ctx->cfg);
+                sleep(1);
+                continue;
+            }
+            failures = 0;
+        }
         s = natsSubscription_Fetch(&list, sub, (int)ctx->cfg->writer_batch, 250, &jerr);
         if (s == NATS_OK && list.Count > 0) {
+            failures = 0;
+            idle = 0;
             handle_batch(w, t->bus, &list, arena);
             writer_keep_buffers(WRITER_KEEP_BYTES);
-        } else if (s != NATS_OK && s != NATS_TIMEOUT)
+        } else if (s == NATS_OK || s == NATS_TIMEOUT) {
+            /* nothing to fetch; a deleted consumer looks the same, so it is looked up now and
+             * then while idle */
+            failures = 0;
+            if (++idle % WRITER_IDLE_CHECK == 0 && consumer_missing(t->bus)) {
+                eb_log_warn(NULL, "writer %d: consumer %s/%s is gone; making it again", t->index,
+                            INGEST_STREAM, INGEST_WRITER_DURABLE);
+                natsSubscription_Destroy(sub);
+                sub = NULL;
+                failures = 1; /* the first bind makes it again */
+            }
+            natsMsgList_Destroy(&list);
+            continue;
+        } else if (++failures >= WRITER_REBIND_AFTER) {
+            /* the consumer (or the stream) was deleted, or NATS is away: bind anew, making
+             * them again if they stay missing */
+            eb_log_warn(NULL, "writer %d: fetching from %s/%s keeps failing (%s); binding again",
+                        t->index, INGEST_STREAM, INGEST_WRITER_DURABLE, natsStatus_GetText(s));
+            natsSubscription_Unsubscribe(sub);
+            natsSubscription_Destroy(sub);
+            sub = NULL;
+        } else {
             usleep(200000);
+        }
         natsMsgList_Destroy(&list);
     }
     if (sub) {

@@ -830,4 +830,16 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${log.slice(-3000)})`);
     assert.match(log, /waiting for JetStream to acknowledge \d+ batches/);
   }));
+  // Last in this file: a consumer made again delivers the whole stream again.
+  it('the writer consumer deleted by hand is made again by the running writers, and what was sent meanwhile is stored', T, stack.wrap(async () => {
+    const jsm = await (await stack.nats()).jetstreamManager();
+    await jsm.consumers.delete('INGEST', 'ingest-writer');
+    const id = `after-consumer-${crypto.randomBytes(3).toString('hex')}`;
+    const r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [{ id, project: 'rebind', name: 'n' }] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id), 'the trace sent while the consumer was missing is stored');
+    const info = await jsm.consumers.info('INGEST', 'ingest-writer');
+    assert.equal(info.config.durable_name, 'ingest-writer', 'the consumer is there again');
+    assert.equal(info.config.ack_policy, 'explicit');
+  }));
 });
