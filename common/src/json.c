@@ -7,8 +7,34 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+
+int eb_utf8_prefix_len(const char *s, size_t max)
+{
+    size_t n = strnlen(s, max + 1);
+
+    if (n > max)
+        for (n = max; n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80;)
+            n--;
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+void eb_utf8_trim_cut(char *s)
+{
+    size_t n = strlen(s), lead = n, need;
+    unsigned char c;
+
+    while (lead > 0 && n - lead < 4 && ((unsigned char)s[lead - 1] & 0xc0) == 0x80)
+        lead--;
+    if (lead == 0)
+        return;
+    c = (unsigned char)s[lead - 1];
+    need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+    if (need > 1 && n - (lead - 1) < need)
+        s[lead - 1] = '\0'; /* the last character was cut short */
+}
 
 bool eb_utf8_valid(const char *str, size_t n)
 {

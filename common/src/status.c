@@ -1,6 +1,7 @@
 /* status.c -- eb_status names, HTTP mapping and the thread-local error detail.
  * The name table is indexed by the enum and checked against EB_STATUS_COUNT at compile time. */
 #include "evalbus/status.h"
+#include "evalbus/json.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -68,7 +69,8 @@ eb_status eb_error_at(const char *file, int line, eb_status code, const char *fm
             base = p + 1;
     snprintf(err_where, sizeof(err_where), "%s:%d", base, line);
     va_start(ap, fmt);
-    vsnprintf(err_msg, sizeof(err_msg), fmt, ap);
+    if (vsnprintf(err_msg, sizeof(err_msg), fmt, ap) >= (int)sizeof(err_msg))
+        eb_utf8_trim_cut(err_msg); /* messages reach JSON answers: whole characters only */
     va_end(ap);
     return code;
 }

@@ -1121,19 +1121,6 @@ cleanup:
     return st;
 }
 
-/* The length of the longest prefix of s (UTF-8) of at most max bytes that ends between two
- * characters: a name quoted in an error message, which goes to a Status whose message must be
- * valid UTF-8, is cut there. */
-static int utf8_prefix_len(const char *s, size_t max)
-{
-    size_t n = strnlen(s, max + 1);
-
-    if (n > max)
-        for (n = max; n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80;)
-            n--;
-    return (int)n;
-}
-
 eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_limits *lim,
                                   ingest_otlp_result *out)
 {
@@ -1154,7 +1141,7 @@ eb_status ingest_otlp_decode_json(const char *data, size_t len, const ingest_lim
         const char *name = eb_json_repeated_member(root);
 
         st = eb_error(EB_ERR_INVALID, "an object of the request gives the member '%.*s' twice",
-                      utf8_prefix_len(name, 100), name);
+                      eb_utf8_prefix_len(name, 100), name);
         goto cleanup;
     }
     if ((st = jarray(&ctx, root, "resourceSpans", "resource_spans", &e, &n)) != EB_OK)

@@ -141,18 +141,21 @@ static void state_free(otlp_state *s)
     free(s);
 }
 
+static bool reason(otlp_state *s, long long spans, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 static void on_published(void *arg, const eb_status *results, size_t n)
 {
     otlp_state *s = arg;
-    long long rejected = s->rejected, failed = 0;
+    long long rejected = s->rejected, failed = 0, too_large = 0, too_large_spans = 0;
 
     for (size_t i = 0; i < n; i++) {
         long long spans = s->spans[i]; /* 0 for the first fragment of a split trace alone */
         if (results[i] == EB_ERR_TOO_LARGE) {
             /* refused for good (a retry would meet the same limit): a partial success */
             rejected += spans;
-            eb_buf_printf(&s->why, "%s%s", s->why.len ? "; " : "",
-                          ingest_publish_message(results[i]));
+            too_large++;
+            too_large_spans += spans;
         } else if (results[i] != EB_OK) {
             failed++;
             rejected += spans;
@@ -169,6 +172,9 @@ static void on_published(void *arg, const eb_status *results, size_t n)
         eb_http_add_header(s->req, "Retry-After", "1");
         reply_error(s->req, s->json, EB_ERR_UNAVAILABLE, msg);
     } else {
+        if (too_large > 0) /* one reason for them all, counted as the others are */
+            reason(s, too_large_spans, "%lld trace%s: %s", too_large, too_large == 1 ? "" : "s",
+                   ingest_publish_message(EB_ERR_TOO_LARGE));
         eb_metrics_add("evalbus_ingest_spans_accepted_total", NULL,
                        (double)(s->res.spans - (rejected - s->res.rejected_spans)));
         eb_metrics_add("evalbus_ingest_spans_rejected_total", NULL, (double)rejected);
@@ -180,8 +186,6 @@ static void on_published(void *arg, const eb_status *results, size_t n)
 /* Appends one reason, which accounts for spans refused spans, to the partial success's error
  * message while it has fewer than INGEST_OTLP_MAX_REASONS; else counts them among the "(and N
  * more)". True if the reason was given. */
-static bool reason(otlp_state *s, long long spans, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 static bool reason(otlp_state *s, long long spans, const char *fmt, ...)
 {
     va_list ap;

@@ -117,25 +117,10 @@ static eb_status fail(walk_ctx *c, eb_status code, const char *fmt, ...)
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    if (vsnprintf(msg, sizeof msg, fmt, ap) >= (int)sizeof msg)
+        eb_utf8_trim_cut(msg);
     va_end(ap);
     return eb_error(code, "%s %s", c->len ? c->path : "trace", msg);
-}
-
-/* Copies at most max bytes of s into out without cutting a UTF-8 sequence (for messages). */
-static void utf8_prefix(const char *s, size_t max, char *out, size_t outlen)
-{
-    size_t n = strlen(s);
-
-    if (max > outlen - 1)
-        max = outlen - 1;
-    if (n > max) {
-        n = max;
-        while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
-            n--;
-    }
-    memcpy(out, s, n);
-    out[n] = '\0';
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -238,7 +223,8 @@ static bool json_text_is_object(const char *s, char *why, size_t len)
 
     why[0] = '\0';
     if (twice) /* PostgreSQL would keep one of the two: refused, as the JSON API does */
-        snprintf(why, len, ": the member '%.100s' appears twice in an object", twice);
+        snprintf(why, len, ": the member '%.*s' appears twice in an object",
+                 eb_utf8_prefix_len(twice, 100), twice);
     else if (st != EB_OK && !strstr(eb_error_message(), "must be a JSON object"))
         snprintf(why, len, ": %s", eb_error_message());
     cJSON_Delete(o);
@@ -443,7 +429,6 @@ static size_t json_size(const cJSON *v, size_t limit)
  * else under the key of the path relative to the owner. */
 static eb_status add_extra(walk_ctx *c, const cJSON *m)
 {
-    char shown[80];
     cJSON *dst;
 
     if (!c->extras)
@@ -463,8 +448,8 @@ static eb_status add_extra(walk_ctx *c, const cJSON *m)
         }
     }
     if (cJSON_GetObjectItemCaseSensitive(dst, m->string)) {
-        utf8_prefix(m->string, 64, shown, sizeof shown);
-        return fail(c, EB_ERR_INVALID, "has the member '%s' twice", shown);
+        return fail(c, EB_ERR_INVALID, "has the member '%.*s' twice",
+                    eb_utf8_prefix_len(m->string, 64), m->string);
     }
     cJSON_AddItemToObject(dst, m->string, need(cJSON_Duplicate(m, true)));
     return EB_OK;

@@ -16,6 +16,35 @@ typedef struct utf8_case {
     bool valid;
 } utf8_case;
 
+/* Quoting part of a name, and a message cut to its buffer, never end inside a character. */
+static void test_utf8_cuts(void **state)
+{
+    char buf[16], big[600];
+    const char *euro = "ab\xe2\x82\xac"; /* a, b, the euro sign (3 bytes) */
+
+    (void)state;
+    assert_int_equal(eb_utf8_prefix_len(euro, 2), 2);
+    assert_int_equal(eb_utf8_prefix_len(euro, 3), 2); /* inside the euro sign: before it */
+    assert_int_equal(eb_utf8_prefix_len(euro, 4), 2);
+    assert_int_equal(eb_utf8_prefix_len(euro, 5), 5);
+    assert_int_equal(eb_utf8_prefix_len(euro, 100), 5);
+    for (size_t cut = 0; cut <= 5; cut++) {
+        snprintf(buf, sizeof buf, "%.*s", (int)cut, euro);
+        eb_utf8_trim_cut(buf);
+        assert_true(eb_utf8_valid(buf, strlen(buf)));
+        assert_int_equal(strlen(buf), cut < 5 ? (cut < 2 ? cut : 2) : 5);
+    }
+    strcpy(buf, "x\xf0\x9f\x98\x80"); /* a whole emoji stays */
+    eb_utf8_trim_cut(buf);
+    assert_int_equal(strlen(buf), 5);
+    /* eb_error's buffer (512 bytes) ends inside a character: it is dropped */
+    memset(big, 'a', 510);
+    strcpy(big + 510, "\xe2\x82\xac tail");
+    eb_error(EB_ERR_INVALID, "%s", big);
+    assert_int_equal(strlen(eb_error_message()), 510);
+    assert_true(eb_utf8_valid(eb_error_message(), strlen(eb_error_message())));
+}
+
 static void test_utf8(void **state)
 {
     static const utf8_case cases[] = {
@@ -348,15 +377,11 @@ static void test_numbers_out_of_range(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_parse_object),
-        cmocka_unit_test(test_nul_inside_body),
-        cmocka_unit_test(test_too_deep),
-        cmocka_unit_test(test_fields),
-        cmocka_unit_test(test_rfc3339),
-        cmocka_unit_test(test_exact_numbers),
-        cmocka_unit_test(test_parse_text),
-        cmocka_unit_test(test_numbers_out_of_range),
+        cmocka_unit_test(test_utf8),         cmocka_unit_test(test_utf8_cuts),
+        cmocka_unit_test(test_parse_object), cmocka_unit_test(test_nul_inside_body),
+        cmocka_unit_test(test_too_deep),     cmocka_unit_test(test_fields),
+        cmocka_unit_test(test_rfc3339),      cmocka_unit_test(test_exact_numbers),
+        cmocka_unit_test(test_parse_text),   cmocka_unit_test(test_numbers_out_of_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

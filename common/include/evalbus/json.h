@@ -12,6 +12,11 @@
 
 /* True if s[0..n) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 bool eb_utf8_valid(const char *s, size_t n);
+/* The length of the longest prefix of s of at most max bytes that does not end inside a UTF-8
+ * character (for quoting part of a name in a message: "%.*s"). */
+int eb_utf8_prefix_len(const char *s, size_t max);
+/* Drops the last character of s if it was cut short (a message truncated to its buffer). */
+void eb_utf8_trim_cut(char *s);
 
 /* Appends s as the body of a JSON string (no surrounding quotes): quotes, backslashes and
  * control characters escaped, runs of ordinary bytes copied at once, and bytes that are not
