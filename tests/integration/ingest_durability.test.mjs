@@ -166,6 +166,19 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     return g.status === 200 && also(g);
   }, { timeoutMs: 15_000, intervalMs: 100 })).value;
 
+  // The reasons of the team's dead letters from now on (filled as they come; stop() ends it).
+  const deadLetterReasons = async () => {
+    const nc = await stack.nats();
+    const dead = nc.subscribe(`evalbus.v1.ingest.dead.${A.team}`);
+    const reasons = [];
+    (async () => {
+      for await (const m of dead) reasons.push(m.headers?.get('Evalbus-Reason') ?? '');
+    })();
+    await nc.flush();
+    Object.defineProperty(reasons, 'stop', { value: () => dead.unsubscribe() }); // not compared
+    return reasons;
+  };
+
   before(async () => {
     assert.ok(fs.existsSync(path.join(BIN_DIR, 'evalbus-ingest')), `${BIN_DIR}/evalbus-ingest must exist`);
     await stack.up();
@@ -461,13 +474,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     const tag = crypto.randomBytes(3).toString('hex');
     const ids = [`ro-${tag}-a`, `ro-${tag}-b`];
     const send = (traces) => stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces } });
-    const nc = await stack.nats();
-    const dead = nc.subscribe(`evalbus.v1.ingest.dead.${A.team}`);
-    const deadReasons = [];
-    (async () => {
-      for await (const m of dead) deadReasons.push(m.headers?.get('Evalbus-Reason') ?? '');
-    })();
-    await nc.flush();
+    const deadReasons = await deadLetterReasons();
     let r = await send([{ id: `ro-${tag}-warm`, project: 'ro', name: 'warm' }]); // the key is cached
     assert.equal(r.status, 202, r.text);
     assert.ok(await traceStored(`ro-${tag}-warm`), 'stored while PostgreSQL writes');
@@ -493,7 +500,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     for (const id of ids) assert.ok(await traceStored(id), `${id} is stored once PostgreSQL writes again`);
     const [[n]] = await stack.psql(`SELECT count(*) FROM ingest.traces WHERE team_id = '${A.id}' AND id LIKE 'ro-${tag}-_'`);
     assert.equal(n, '2', 'each stored once');
-    dead.unsubscribe();
+    deadReasons.stop();
     assert.deepEqual(deadReasons, [], 'no record was dead-lettered');
   }));
 
@@ -641,13 +648,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     r = await sendAs(only, [{ id: theirs, name: 'taken over' }]);
     assert.equal(r.status, 400, `refused at the door while PostgreSQL answers: ${r.text}`);
     assert.equal(r.body.rejected[0].error.code, 'forbidden', r.text);
-    const nc = await stack.nats();
-    const dead = nc.subscribe(`evalbus.v1.ingest.dead.${A.team}`);
-    const deadReasons = [];
-    (async () => {
-      for await (const m of dead) deadReasons.push(m.headers?.get('Evalbus-Reason') ?? '');
-    })();
-    await nc.flush();
+    const deadReasons = await deadLetterReasons();
 
     const stop = await asPostgres(`${PG_BIN}/pg_ctl`, ['-D', pgdata, 'stop', '-m', 'fast', '-w', '-t', '30'], 40_000);
     assert.equal(stop.code, 0, `pg_ctl stop: ${stop.stdout}${stop.stderr}`);
@@ -678,7 +679,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     process.stderr.write(`[durability] all ${b * SIZE} stored ${ms} ms after the last 2xx\n`);
     const refused = await pollUntil(() => deadReasons.some((x) => x.includes(`trace ${theirs} is stored in project 'theirs-${sfx}'`)),
       { timeoutMs: 15_000, intervalMs: 100 });
-    dead.unsubscribe();
+    deadReasons.stop();
     assert.ok(refused.value, `the writer dead-letters the restricted key's record: ${JSON.stringify(deadReasons)}`);
     assert.ok(await traceStored(theirs, (g) => g.body.project === `theirs-${sfx}` && g.body.name === 'original'),
       'the other project\'s trace is untouched');
