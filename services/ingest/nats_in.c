@@ -104,13 +104,17 @@ static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack
     const char *reply = natsMsg_GetReply(msg);
     uint8_t *buf;
     size_t len;
+    natsStatus s;
 
     if (!reply || !*reply || !eb_bus_reply_allowed(reply))
         return;
     len = evalbus__v1__ingest_ack__get_packed_size(ack);
     buf = eb_malloc(len ? len : 1);
     evalbus__v1__ingest_ack__pack(ack, buf);
-    natsConnection_Publish(eb_bus_conn(ctx->svc.bus), reply, buf, (int)len);
+    s = natsConnection_Publish(eb_bus_conn(ctx->svc.bus), reply, buf, (int)len);
+    if (s != NATS_OK) /* e.g. an ack of many rejections over the server's max_payload */
+        eb_log_warn(NULL, "IngestAck of %zu bytes to %s not sent: %s", len, reply,
+                    natsStatus_GetText(s));
     free(buf);
 }
 

@@ -1236,17 +1236,61 @@ static void dead_letter(eb_bus *bus, natsMsg *msg, const char *team, const char 
     eb_metrics_add("evalbus_ingest_dead_letters_total", "stage=\"writer\"", 1);
 }
 
-static void publish_stored(eb_bus *bus, rec *recs, size_t n)
+static int cmp_id(const void *a, const void *b)
 {
-    /* one event per team in the batch */
-    for (size_t i = 0; i < n; i++) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* TracesStored events of one team for ids[0..n) (sorted, each once), as many as the server's
+ * max_payload asks for. */
+static void publish_stored_ids(eb_bus *bus, const char *team_id, const char *subject, char **ids,
+                               size_t n)
+{
+    natsConnection *nc = eb_bus_conn(bus);
+    int64_t room = natsConnection_GetMaxPayload(nc) - 512; /* the envelope and the framing */
+
+    for (size_t from = 0; from < n;) {
         Evalbus__V1__TracesStored ev = EVALBUS__V1__TRACES_STORED__INIT;
         Evalbus__V1__Envelope env = EVALBUS__V1__ENVELOPE__INIT;
-        char **ids = NULL, event_id[37], subject[160];
-        size_t nids = 0, len;
+        char event_id[37];
+        size_t to = from, len;
+        int64_t bytes = 0;
         uint8_t *buf;
-        bool first = true;
         struct timeval tv;
+        natsStatus s;
+
+        /* an id takes its bytes plus a tag and a length of at most 3 bytes */
+        while (to < n && (to == from || bytes + (int64_t)strlen(ids[to]) + 4 <= room))
+            bytes += (int64_t)strlen(ids[to++]) + 4;
+        eb_uuid_v4(event_id);
+        gettimeofday(&tv, NULL);
+        env.event_id = event_id;
+        env.team_id = (char *)team_id;
+        env.occurred_at_unix_ms = (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+        env.schema_version = 1;
+        ev.envelope = &env;
+        ev.trace_ids = ids + from;
+        ev.n_trace_ids = to - from;
+        len = evalbus__v1__traces_stored__get_packed_size(&ev);
+        buf = eb_malloc(len);
+        evalbus__v1__traces_stored__pack(&ev, buf);
+        s = natsConnection_Publish(nc, subject, buf, (int)len);
+        if (s != NATS_OK)
+            eb_log_warn(NULL, "writer: stored event of %zu traces on %s not sent: %s", to - from,
+                        subject, natsStatus_GetText(s));
+        free(buf);
+        from = to;
+    }
+}
+
+static void publish_stored(eb_bus *bus, rec *recs, size_t n)
+{
+    /* one event per team in the batch (more if it would not fit a message), each trace once
+     * however many of its records the batch had */
+    for (size_t i = 0; i < n; i++) {
+        char **ids = NULL, subject[160];
+        size_t nids = 0, kept = 0;
+        bool first = true;
 
         if (!recs[i].stored)
             continue;
@@ -1260,22 +1304,13 @@ static void publish_stored(eb_bus *bus, rec *recs, size_t n)
             if (recs[j].stored &&
                 strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) == 0)
                 ids[nids++] = recs[j].r->trace->id;
-        eb_uuid_v4(event_id);
-        gettimeofday(&tv, NULL);
-        env.event_id = event_id;
-        env.team_id = recs[i].r->envelope->team_id;
-        env.occurred_at_unix_ms = (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-        env.schema_version = 1;
-        ev.envelope = &env;
-        ev.trace_ids = ids;
-        ev.n_trace_ids = nids;
-        len = evalbus__v1__traces_stored__get_packed_size(&ev);
-        buf = eb_malloc(len);
-        evalbus__v1__traces_stored__pack(&ev, buf);
+        qsort(ids, nids, sizeof(*ids), cmp_id);
+        for (size_t j = 0; j < nids; j++)
+            if (kept == 0 || strcmp(ids[kept - 1], ids[j]) != 0)
+                ids[kept++] = ids[j];
         snprintf(subject, sizeof(subject), STORED_SUBJECT_PREFIX "%s",
                  recs[i].r->team_slug ? recs[i].r->team_slug : "unknown");
-        natsConnection_Publish(eb_bus_conn(bus), subject, buf, (int)len);
-        free(buf);
+        publish_stored_ids(bus, recs[i].r->envelope->team_id, subject, ids, kept);
         free(ids);
     }
 }

@@ -44,7 +44,9 @@ async function loadTypes() {
     const root = new protobuf.Root();
     root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
     await root.load('evalbus/otlp/v1/otlp.proto', { keepCase: true });
+    await root.load('evalbus/v1/trace.proto', { keepCase: true });
     types = {
+      TracesStored: root.lookupType('evalbus.v1.TracesStored'),
       Req: root.lookupType('evalbus.otlp.v1.ExportTraceServiceRequest'),
       Resp: root.lookupType('evalbus.otlp.v1.ExportTraceServiceResponse'),
       Status: root.lookupType('evalbus.otlp.v1.RpcStatus'),
@@ -1117,6 +1119,52 @@ describe('ingest: OTLP/HTTP traces', () => {
     assert.equal(g.attributes?.resource?.['custom.res'], 'keepme', `the resource's attributes: ${JSON.stringify(g.attributes)}`);
     assert.equal(g.name, 'agent');
     assert.ok(JSON.stringify(g.observations.find((o) => o.name === 'agent').input).includes('q'.repeat(1200)), 'the root span keeps its input');
+  }));
+
+  it('a trace stored from several fragments in one writer batch is announced once in its stored event', T, stack.wrap(async () => {
+    // the stack's ingest is paused while a replica (no writers, a 2 KiB limit) takes the trace
+    // as several fragments, and a second replica with one writer thread then fetches them at once
+    const { TracesStored } = await loadTypes();
+    const intake = await stack.spawnService('ingest', { EVALBUS_MAX_TRACE_BYTES: '2KiB', EVALBUS_WRITER_THREADS: '0' });
+    const id = hex(16);
+    const root = hex(8);
+    const t0 = Date.now() - 5000;
+    const spans = [
+      { traceId: id, spanId: root, name: 'agent', startMs: t0, endMs: t0 + 100 },
+      ...Array.from({ length: 4 }, (_, i) => ({ traceId: id, spanId: hex(8), parentSpanId: root, name: `step ${i}`, startMs: t0 + i, endMs: t0 + i + 1,
+        attrs: { 'output.value': `${i}`.repeat(900) } })),
+    ];
+    const nc = await stack.nats();
+    const events = nc.subscribe(`evalbus.v1.traces.stored.${A.team}`);
+    const announced = [];
+    (async () => {
+      for await (const m of events) announced.push(TracesStored.decode(m.data).trace_ids);
+    })();
+    await nc.flush();
+    const main = stack.readPid('ingest');
+    let writer;
+    process.kill(main, 'SIGSTOP');
+    try {
+      await sleep(600); // the paused writers' pull requests (250 ms) run out: nothing goes to them
+      const res = await fetch(`${intake.url}/otlp/v1/traces`, { method: 'POST', body: JSON.stringify(otlpJson(`once-${hex(3)}`, spans)),
+        headers: { authorization: `Bearer ${A.key}`, 'content-type': 'application/json' } });
+      assert.equal(res.status, 200, await res.text());
+      writer = await stack.spawnService('ingest', { EVALBUS_WRITER_THREADS: '1' });
+      const stored = await pollUntil(async () => {
+        const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: writer.url, key: A.key });
+        return g.status === 200 && g.body.observations.length === 5;
+      }, { timeoutMs: 10_000, intervalMs: 100 });
+      assert.ok(stored.value, 'the trace is stored whole');
+      await sleep(300); // its event, published after the commit
+    } finally {
+      process.kill(main, 'SIGCONT');
+      writer?.proc.kill('SIGTERM');
+      await writer?.exited;
+    }
+    events.unsubscribe();
+    const mine = announced.filter((ids) => ids.includes(id));
+    assert.equal(mine.length, 1, `one event names the trace: ${JSON.stringify(announced)}`);
+    assert.equal(mine[0].filter((x) => x === id).length, 1, `once: ${JSON.stringify(mine[0])}`);
   }));
 
   it('partial_success.error_message gives the first 3 reasons, then how many spans more, however many are refused', T, stack.wrap(async () => {
