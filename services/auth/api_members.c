@@ -54,7 +54,9 @@ void api_users_list(eb_http_req *req, void *vctx)
 }
 
 /* Locks the target membership and the team's owner count. Answers 404 itself and returns false
- * when the user is not in the caller's team. */
+ * when the user is not in the caller's team. The team's owner rows are locked first, so two
+ * changes that each take an owner away (two owners demoting each other at once) run one after
+ * the other, and the second counts the owners the first left. */
 static bool load_member(auth_ctx *ctx, eb_http_req *req, PGconn *c, const char *user_id,
                         eb_role *role, char *email, size_t email_len, int *owners)
 {
@@ -63,6 +65,14 @@ static bool load_member(auth_ctx *ctx, eb_http_req *req, PGconn *c, const char *
     PGresult *r = NULL;
     eb_status st;
 
+    st = eb_db_exec(c,
+                    "SELECT 1 FROM auth.memberships WHERE team_id = $1::uuid AND role = 'owner'"
+                    " FOR UPDATE",
+                    1, params, NULL);
+    if (st != EB_OK) {
+        eb_req_db_fail(ctx->svc.db, req, c, st);
+        return false;
+    }
     st = eb_db_exec(c,
                     "SELECT m.role, u.email, (SELECT count(*) FROM auth.memberships o"
                     "  WHERE o.team_id = $1::uuid AND o.role = 'owner')"

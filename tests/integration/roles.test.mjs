@@ -174,6 +174,29 @@ describe('roles, scopes and invitations', () => {
     assertError(removeLast, ['conflict', 'forbidden'], 'remove the last owner');
   }));
 
+  it('two owners demoting each other at the same time leave the team one owner', T, stack.wrap(async () => {
+    const o = await stack.bootstrap(uniqueSlug('owners'));
+    const second = await stack.addMember(o.key, 'owner');
+    const s1 = await stack.login(o.email, o.password);
+    const s2 = await stack.login(second.email, second.password);
+    const first = (await stack.api('GET', '/api/v1/users', { key: o.key })).body.users.find((u) => u.email === o.email);
+    assert.equal((await stack.whoami(s1.token)).role, 'owner');
+    assert.equal((await stack.whoami(s2.token)).role, 'owner');
+
+    // Both changes read the owner count before either commits: the audit row (written last, in
+    // the same transaction) waits for the lock.
+    const lock = await stack.lockTable('auth.audit_log', 2000);
+    const [a, b] = await Promise.all([
+      stack.api('PATCH', `/api/v1/users/${second.user_id}`, { key: s1.token, body: { role: 'member' } }),
+      stack.api('PATCH', `/api/v1/users/${first.id}`, { key: s2.token, body: { role: 'member' } }),
+    ]);
+    await lock.released;
+    const statuses = [a.status, b.status].sort();
+    assert.deepEqual(statuses, [200, 409], `one demotion succeeds, the other is refused: ${a.text} ${b.text}`);
+    const owners = (await stack.api('GET', '/api/v1/users', { key: o.key })).body.users.filter((u) => u.role === 'owner');
+    assert.equal(owners.length, 1, `owners left: ${JSON.stringify(owners)}`);
+  }));
+
   it('invitation flow: create, list without tokens, accept, login; used/unknown/deleted tokens fail', T, stack.wrap(async () => {
     const email = `invitee-${Date.now()}@example.com`;
     const inv = await stack.api('POST', '/api/v1/invitations', { key: owner.key, body: { email, role: 'member' } });
