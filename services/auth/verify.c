@@ -138,17 +138,20 @@ static void cache_put(auth_verifier *v, const char *hash, const eb_principal *p)
     pthread_mutex_unlock(&v->mu);
 }
 
-/* An expired, unrevoked entry, for use while the database cannot be asked. */
+/* An expired, unrevoked entry, for use while the database cannot be asked; never one whose
+ * credential has itself expired since (a key's expires_at, a session's exp). */
 static bool cache_get_stale(auth_verifier *v, const char *hash, eb_principal *out)
 {
     bool hit = false;
+    long long now_ms = (long long)time(NULL) * 1000;
 
     if (v->cfg->cache_ttl_ms <= 0)
         return false;
     pthread_mutex_lock(&v->mu);
     for (size_t i = slot_of(v, hash); v->slots[i].used; i = (i + 1) & (v->nslots - 1)) {
         if (strcmp(v->slots[i].hash, hash) == 0) {
-            if (!v->slots[i].revoked && v->slots[i].expires_ms + STALE_MS > eb_monotonic_ms()) {
+            if (!v->slots[i].revoked && v->slots[i].expires_ms + STALE_MS > eb_monotonic_ms() &&
+                (v->slots[i].p.expires_at_ms <= 0 || v->slots[i].p.expires_at_ms > now_ms)) {
                 *out = v->slots[i].p;
                 hit = true;
             }

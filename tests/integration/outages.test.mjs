@@ -16,6 +16,8 @@ import {
   pidAlive,
   mapLimit,
   pollUntil,
+  rfc3339,
+  sleep,
   uniqueSlug,
 } from './harness.mjs';
 
@@ -149,5 +151,27 @@ describe('dependency outages', () => {
     assert.equal(s.role, 'owner', 'login works again');
     const k = await stack.createKey(owner.key, { name: 'after-db-back', scopes: ['traces:read'] });
     assert.equal((await stack.whoami(k.key)).team.slug, owner.team);
+  }));
+
+  it('with PostgreSQL stopped a key past its expires_at is refused, not served from the cache', T, stack.wrap(async () => {
+    const expiresAt = Math.ceil((Date.now() + 4000) / 1000) * 1000;
+    const k = await stack.createKey(owner.key, { name: 'expiring', scopes: ['traces:read'], expires_at: rfc3339(expiresAt) });
+    assert.equal((await stack.whoami(k.key)).team.slug, owner.team, 'the key works before it expires');
+    assert.equal((await stack.verifyOverNats(k.key)).allowed, true, 'over NATS too');
+    await sleep(expiresAt - Date.now() + 1000);
+
+    const pid = stack.readPid('postgres');
+    process.kill(pid, 'SIGINT');
+    const stopped = await pollUntil(() => !pidAlive(pid), { timeoutMs: 15_000, intervalMs: 100 });
+    assert.ok(stopped.value, 'PostgreSQL stopped within 15 s of SIGINT');
+    try {
+      const r = await stack.api('GET', '/api/v1/auth/whoami', { key: k.key });
+      assert.notEqual(r.status, 200, `an expired key was accepted while PostgreSQL was down: ${r.text}`);
+      const v = await stack.verifyOverNats(k.key);
+      assert.equal(v.allowed, false, `an expired key was allowed over NATS: ${JSON.stringify(v)}`);
+    } finally {
+      const res = await stack.stackCmd('up', 120_000);
+      assert.equal(res.code, 0, `scripts/stack up (again) exited ${res.code}: ${res.stdout}${res.stderr}`);
+    }
   }));
 });
