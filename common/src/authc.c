@@ -9,7 +9,9 @@
  * entry and is dropped.
  *
  * The cache is a fixed-size open-addressing table (credential SHA-256 -> principal, expiry),
- * cleared when half full; revocations mark entries expired. The table is guarded by the mutex
+ * cleared when half full; revocations mark entries expired. While the auth service does not
+ * answer, an expired entry that was not revoked still serves for a while, but never past the
+ * credential's own expiry. The table is guarded by the mutex
  * because the revocation handler runs on a NATS thread. */
 #include "evalbus/clock.h"
 #include "evalbus/authc.h"
@@ -116,7 +118,9 @@ static void finish(pending *pd)
         centry *e;
         pthread_mutex_lock(&c->mu);
         e = cache_find(c, pd->hash, false);
-        if (e && !e->revoked && eb_monotonic_ms() < e->expires_ms + STALE_MS) {
+        /* never past the credential's own expiry (a key's expires_at, a session's exp) */
+        if (e && !e->revoked && eb_monotonic_ms() < e->expires_ms + STALE_MS &&
+            (e->p.expires_at_ms <= 0 || e->p.expires_at_ms > (long long)time(NULL) * 1000)) {
             pd->p = e->p;
             pd->st = EB_OK;
             c->hits++;

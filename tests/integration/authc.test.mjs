@@ -7,7 +7,9 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { BIN_DIR, DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, run, sleep, uniqueSlug } from './harness.mjs';
+import {
+  BIN_DIR, DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, pidAlive, pollUntil, rfc3339, run, sleep, uniqueSlug,
+} from './harness.mjs';
 
 const stack = new Stack('authc');
 const PROBE = path.join(BIN_DIR, 'authc_probe');
@@ -75,5 +77,35 @@ describe('the auth client (eb_authc) with its cache', () => {
     assert.ok(probeStartAtMost >= spawnedAt - 5);
     const lag = probeStartAtMost + denied.t_ms - revokeStart;
     assert.ok(lag < 1000, `the cache let go ${lag} ms after the revocation was asked for`);
+  }), T);
+
+  it('while the auth service is down, no cached answer outlives its key\'s expires_at', stack.wrap(async () => {
+    const expiresAt = Math.ceil((Date.now() + 3000) / 1000) * 1000;
+    const k = await stack.createKey(owner.key, { name: 'authc-expiring', scopes: ['traces:read'], expires_at: rfc3339(expiresAt) });
+    const child = spawn(PROBE, ['--nats', stack.env.EVALBUS_NATS_URL, '--ttl', '60000', '--timeout', '300', 'watch', k.key, '8']);
+    const spawnedAt = Date.now();
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    const exited = new Promise((resolve) => child.once('close', resolve));
+    for (let i = 0; i < 100 && !out.includes('"ok"'); i++) await sleep(50);
+    assert.ok(out.includes('"ok"'), `probe saw the key allowed first: ${out}`);
+
+    const pid = stack.readPid('auth');
+    assert.ok(pid, 'the auth service has a pid');
+    process.kill(pid, 'SIGTERM');
+    try {
+      const gone = await pollUntil(() => !pidAlive(pid), { timeoutMs: 15_000, intervalMs: 50 });
+      assert.ok(gone.value, 'the auth service stopped');
+      assert.ok(Date.now() < expiresAt, 'the auth service stopped before the key expired');
+      await exited;
+      const events = lines(out);
+      const after = events.find((e) => e.status !== 'ok' && spawnedAt + e.t_ms >= expiresAt - 100);
+      assert.ok(after, `the key was still allowed after its expires_at while auth was down: ${out}`);
+      assert.equal(after.status, 'unavailable', out);
+    } finally {
+      child.kill();
+      const res = await stack.stackCmd('up', 120_000);
+      assert.equal(res.code, 0, `scripts/stack up (again) exited ${res.code}: ${res.stdout}${res.stderr}`);
+    }
   }), T);
 });
