@@ -5,7 +5,8 @@
  * signature and claims are checked first (no I/O), then the cache; on a miss the membership is
  * read so that a removed member or a changed role takes effect. Results are cached for
  * cache_ttl_ms (bounded by the credential's own expiry); revocations and role/tier changes drop
- * entries at once through auth_verifier_drop_*() (fed by the NATS broadcast).
+ * entries at once through auth_verifier_drop_*() (fed by the NATS broadcast); an answer read
+ * from PostgreSQL while a drop happened is returned but not cached, since it may predate it.
  *
  * The cache is an open-addressing table of at least cache_size slots (a power of two) keyed by
  * the credential's SHA-256; when it is half full it is cleared (cheap, and only costs a
@@ -46,6 +47,8 @@ struct auth_verifier {
     cache_entry *slots;
     size_t nslots;
     size_t used;
+    /* bumped by every drop: an answer read from PostgreSQL before a drop is not cached after it */
+    unsigned long long drops;
 };
 
 auth_verifier *auth_verifier_new(const auth_config *cfg, eb_db *db)
@@ -104,7 +107,20 @@ static bool cache_get(auth_verifier *v, const char *hash, eb_principal *out)
     return hit;
 }
 
-static void cache_put(auth_verifier *v, const char *hash, const eb_principal *p)
+static unsigned long long cache_drops(auth_verifier *v)
+{
+    unsigned long long n;
+
+    pthread_mutex_lock(&v->mu);
+    n = v->drops;
+    pthread_mutex_unlock(&v->mu);
+    return n;
+}
+
+/* Caches p unless a drop happened since drops_before was read (the answer may predate a
+ * revocation, and would otherwise outlive it by cache_ttl_ms). */
+static void cache_put(auth_verifier *v, const char *hash, const eb_principal *p,
+                      unsigned long long drops_before)
 {
     long long ttl = v->cfg->cache_ttl_ms;
     size_t i;
@@ -119,6 +135,10 @@ static void cache_put(auth_verifier *v, const char *hash, const eb_principal *p)
             return;
     }
     pthread_mutex_lock(&v->mu);
+    if (v->drops != drops_before) {
+        pthread_mutex_unlock(&v->mu);
+        return;
+    }
     if (v->used >= v->nslots / 2) {
         /* fresh zero pages instead of touching every slot */
         free(v->slots);
@@ -166,6 +186,7 @@ static bool cache_get_stale(auth_verifier *v, const char *hash, eb_principal *ou
 void auth_verifier_drop_key(auth_verifier *v, const char *key_hash_hex)
 {
     pthread_mutex_lock(&v->mu);
+    v->drops++;
     for (size_t i = slot_of(v, key_hash_hex); v->slots[i].used; i = (i + 1) & (v->nslots - 1))
         if (strcmp(v->slots[i].hash, key_hash_hex) == 0) {
             v->slots[i].expires_ms = 0;
@@ -177,6 +198,7 @@ void auth_verifier_drop_key(auth_verifier *v, const char *key_hash_hex)
 void auth_verifier_drop_team(auth_verifier *v, const char *team_id)
 {
     pthread_mutex_lock(&v->mu);
+    v->drops++;
     for (size_t i = 0; i < v->nslots; i++)
         if (v->slots[i].used && strcmp(v->slots[i].p.team_id, team_id) == 0) {
             v->slots[i].expires_ms = 0;
@@ -320,6 +342,7 @@ eb_status auth_verify(auth_verifier *v, const char *credential, eb_principal *ou
 {
     char hash[65];
     size_t len = credential ? strnlen(credential, 8193) : 0;
+    unsigned long long drops_before;
     eb_status st;
 
     *cache_hit = false;
@@ -339,6 +362,7 @@ eb_status auth_verify(auth_verifier *v, const char *credential, eb_principal *ou
             *cache_hit = true;
             return EB_OK;
         }
+        drops_before = cache_drops(v);
         st = verify_key(v, credential, hash, out, reason, denied_team);
     } else {
         jwt_claims cl;
@@ -354,10 +378,11 @@ eb_status auth_verify(auth_verifier *v, const char *credential, eb_principal *ou
             *cache_hit = true;
             return EB_OK;
         }
+        drops_before = cache_drops(v);
         st = verify_session(v, &cl, out, reason);
     }
     if (st == EB_OK) {
-        cache_put(v, hash, out);
+        cache_put(v, hash, out, drops_before);
     } else if (st == EB_ERR_UNAVAILABLE && cache_get_stale(v, hash, out)) {
         eb_log_warn(NULL, "PostgreSQL unavailable: a credential was verified from an expired "
                           "cache entry");

@@ -11,6 +11,7 @@ import {
   Stack,
   UP_TIMEOUT_MS,
   assertError,
+  assertStatus,
   decodeVerifyResponse,
   pollUntil,
   protoRoot,
@@ -101,6 +102,26 @@ describe('revocation and expiry across auth replicas', () => {
 
   it('revoked through the second replica: the stack\'s auth and NATS deny it within 1 s', T, stack.wrap(async () => {
     await revokeAndWatch(replica.url, stack.authUrl);
+  }));
+
+  it('a lookup that read the key before its revocation committed does not cache it', T, stack.wrap(async () => {
+    const k = await stack.createKey(owner.key, { name: `race-${Date.now()}`, scopes: ['traces:read'] });
+    const base = stack.authUrl;
+    // The revocation waits on the audit log with the key's row locked; a first use of the key
+    // reads it as not revoked and waits on that row (last_used_at), so it ends just after the
+    // revocation commits.
+    const lock = await stack.lockTable('auth.audit_log', 1500);
+    const revoke = stack.api('DELETE', `/api/v1/keys/${k.id}`, { key: owner.key, base });
+    await sleep(300);
+    const use = stack.api('GET', '/api/v1/auth/whoami', { key: k.key, base });
+    await lock.released;
+    assertStatus(await revoke, 200, 'revoke');
+    await use;
+    await sleep(200);
+    for (let i = 0; i < 3; i++) {
+      assert.ok(await deniedOverHttp(base, k.key), 'the revoked key is denied after the revocation answered');
+      await sleep(100);
+    }
   }));
 
   it('a revoked key stays revoked: revoking again is harmless and it is still listed as revoked', T, stack.wrap(async () => {
