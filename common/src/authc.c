@@ -9,10 +9,11 @@
  * entry and is dropped.
  *
  * The cache is a fixed-size open-addressing table (credential SHA-256 -> principal, expiry),
- * cleared when half full; revocations mark entries expired. While the auth service does not
- * answer, an expired entry that was not revoked still serves for a while, but never past the
- * credential's own expiry. The table is guarded by the mutex
- * because the revocation handler runs on a NATS thread. */
+ * cleared when half full; revocations mark entries expired, and an answer to a request sent
+ * before a revocation arrived is not cached (it may have been read before it). While the auth
+ * service does not answer, an expired entry that was not revoked still serves for a while, but
+ * never past the credential's own expiry. The table is guarded by the mutex because the revocation
+ * handler runs on a NATS thread. */
 #include "evalbus/clock.h"
 #include "evalbus/authc.h"
 #include "evalbus/crypto.h"
@@ -39,6 +40,7 @@ typedef struct pending {
     struct pending *next;
     eb_authc *c;
     uint64_t seq;
+    unsigned long long drops; /* eb_authc.drops when the request was sent */
     char hash[65];
     eb_auth_done done;
     void *arg;
@@ -74,6 +76,9 @@ struct eb_authc {
     pending *waiting; /* sent, no answer yet */
     pending *ready;   /* answered, callback not yet run */
     uint64_t next_seq;
+    /* revocations seen: an answer to a request sent before one may predate it, so it is not
+     * cached */
+    unsigned long long drops;
     centry *cache;
     size_t cache_used;
     unsigned long long hits, misses;
@@ -142,10 +147,12 @@ static void finish(pending *pd)
         if (ttl > 0) {
             centry *e;
             pthread_mutex_lock(&c->mu);
-            e = cache_find(c, pd->hash, true);
-            e->p = pd->p;
-            e->revoked = false;
-            e->expires_ms = eb_monotonic_ms() + ttl;
+            if (c->drops == pd->drops) {
+                e = cache_find(c, pd->hash, true);
+                e->p = pd->p;
+                e->revoked = false;
+                e->expires_ms = eb_monotonic_ms() + ttl;
+            }
             pthread_mutex_unlock(&c->mu);
         }
     }
@@ -270,6 +277,7 @@ static void on_revoked(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     (void)sub;
     if (kr) {
         pthread_mutex_lock(&c->mu);
+        c->drops++;
         if (kr->key_hash_hex && strlen(kr->key_hash_hex) == 64) {
             centry *e = cache_find(c, kr->key_hash_hex, false);
             if (e) {
@@ -419,6 +427,7 @@ void eb_authc_verify(void *impl, const char *credential, const char *request_id,
     }
     pthread_mutex_lock(&c->mu);
     pd->seq = c->next_seq++;
+    pd->drops = c->drops;
     c->misses++;
     pd->next = c->waiting;
     c->waiting = pd;

@@ -79,6 +79,27 @@ describe('the auth client (eb_authc) with its cache', () => {
     assert.ok(lag < 1000, `the cache let go ${lag} ms after the revocation was asked for`);
   }), T);
 
+  it('does not cache an answer that was read before a revocation it saw', stack.wrap(async () => {
+    const k = await stack.createKey(owner.key, { name: 'authc-race', scopes: ['traces:read'] });
+    // The revocation holds the key's row while the audit log is locked; the probe's first
+    // requests read the key as not revoked and wait on that row, so their answers (allowed)
+    // arrive just after the revocation broadcast.
+    const lock = await stack.lockTable('auth.audit_log', 1500);
+    const revoke = stack.api('DELETE', `/api/v1/keys/${k.id}`, { key: owner.key, base: stack.authUrl });
+    await sleep(300);
+    const child = spawn(PROBE, ['--nats', stack.env.EVALBUS_NATS_URL, '--ttl', '60000', '--timeout', '5000', 'watch', k.key, '4']);
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    const exited = new Promise((resolve) => child.once('close', resolve));
+    await lock.released;
+    const r = await revoke;
+    assert.equal(r.status, 200, r.text);
+    await exited;
+    const events = lines(out);
+    assert.ok(events.length > 0, 'the probe answered');
+    assert.equal(events[events.length - 1].status, 'unauthenticated', `the revoked key stayed cached: ${out}`);
+  }), T);
+
   it('while the auth service is down, no cached answer outlives its key\'s expires_at', stack.wrap(async () => {
     const expiresAt = Math.ceil((Date.now() + 3000) / 1000) * 1000;
     const k = await stack.createKey(owner.key, { name: 'authc-expiring', scopes: ['traces:read'], expires_at: rfc3339(expiresAt) });
