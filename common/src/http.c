@@ -26,6 +26,7 @@
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -962,6 +963,72 @@ static void on_authenticated(eb_status st, const eb_principal *p, const char *re
     run_handler(req);
 }
 
+/* Whether addr (an IPv4 or IPv6 address) falls in item: an address, or a network
+ * "address/bits". */
+static bool in_network(const char *item, size_t len, const char *addr)
+{
+    unsigned char want[16], have[16];
+    char text[64];
+    const char *slash;
+    int family = strchr(addr, ':') ? AF_INET6 : AF_INET, bits, full;
+
+    if (len == 0 || len >= sizeof(text))
+        return false;
+    memcpy(text, item, len);
+    text[len] = '\0';
+    slash = strchr(text, '/');
+    full = family == AF_INET6 ? 128 : 32;
+    bits = slash ? atoi(slash + 1) : full;
+    if (slash)
+        text[slash - text] = '\0';
+    if (bits < 0 || bits > full || inet_pton(family, text, want) != 1 ||
+        inet_pton(family, addr, have) != 1)
+        return false;
+    for (int i = 0; i < bits / 8; i++)
+        if (want[i] != have[i])
+            return false;
+    if (bits % 8) {
+        unsigned char mask = (unsigned char)(0xff << (8 - bits % 8));
+        if ((want[bits / 8] & mask) != (have[bits / 8] & mask))
+            return false;
+    }
+    return true;
+}
+
+/* Whether addr is in one of list's comma-separated addresses or networks. */
+static bool listed(const char *list, const char *addr)
+{
+    for (const char *p = list ? list : ""; *p;) {
+        const char *end = strchr(p, ',');
+        const char *stop = end ? end : p + strlen(p);
+        while (p < stop && *p == ' ')
+            p++;
+        while (stop > p && stop[-1] == ' ')
+            stop--;
+        if (in_network(p, (size_t)(stop - p), addr))
+            return true;
+        p = end ? end + 1 : stop;
+    }
+    return false;
+}
+
+/* Behind a trusted proxy (the edge), the client is the one its X-Real-IP names (an IPv4 or IPv6
+ * address; anything else is ignored): per-client rate limits and logs see the client, not the
+ * proxy. From any other peer the header is the client's own word, and ignored. */
+static void client_address(eb_http_server *srv, eb_http_req *req, struct evkeyvalq *headers)
+{
+    const char *real = evhttp_find_header(headers, "X-Real-IP");
+    size_t n = real ? strlen(real) : 0;
+
+    unsigned char bin[16];
+
+    if (n == 0 || n > 45 || !listed(srv->opts.trusted_proxies, req->remote))
+        return;
+    if (inet_pton(strchr(real, ':') ? AF_INET6 : AF_INET, real, bin) != 1)
+        return;
+    snprintf(req->remote, sizeof(req->remote), "%s", real);
+}
+
 static void on_request(struct evhttp_request *ev, void *arg)
 {
     eb_http_server *srv = arg;
@@ -993,6 +1060,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
         ev_uint16_t port = 0;
         evhttp_connection_get_peer(conn, (char **)&host, &port);
         snprintf(req->remote, sizeof(req->remote), "%s", host ? host : "");
+        client_address(srv, req, evhttp_request_get_input_headers(ev));
     }
     req->path = raw_path ? evhttp_uridecode(raw_path, 0, NULL) : NULL;
     if (!req->path || !*req->path) {

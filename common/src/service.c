@@ -165,6 +165,7 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
     ho.max_body = (size_t)cfg->max_body;
     ho.shutdown_delay_ms = cfg->shutdown_delay_ms;
     ho.shutdown_grace_ms = cfg->shutdown_grace_ms;
+    ho.trusted_proxies = cfg->trusted_proxies;
     svc->http = eb_http_server_new(svc->base, &ho, routes, nroutes, ctx);
     eb_http_set_ratelimit(svc->http, svc->rl);
     if (cfg->api_threads > 0) {

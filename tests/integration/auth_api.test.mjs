@@ -2,6 +2,7 @@
 // its JWT, whoami, teams, users and keys.
 
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
@@ -227,6 +228,34 @@ describe('auth HTTP API', () => {
     assert.ok(c.iat >= before - 5 && c.iat <= Math.ceil(Date.now() / 1000) + 5, `iat is now: ${c.iat}`);
     assert.ok(c.exp > c.iat, 'exp after iat');
     assert.ok(Math.abs(Date.parse(session.expires_at) / 1000 - c.exp) <= 1, 'expires_at matches exp');
+  }));
+
+  it('logins are limited per email and per client; behind the edge the client is the one X-Real-IP names', T, stack.wrap(async () => {
+    // 20 attempts at once (a bucket of 20, one more every 2 s); the loopback peer is a trusted
+    // proxy by default, so the X-Real-IP of each request is its client
+    const tag = crypto.randomBytes(4).toString('hex');
+    const ip = (n) => `198.51.100.${n}`;
+    const login = (email, realIp, base) => stack.api('POST', '/api/v1/auth/login', {
+      base, headers: { 'x-real-ip': realIp }, body: { email, password: 'definitely-not-it' },
+    });
+    for (let i = 0; i < 20; i++) assertError(await login(`ip-${tag}-${i}@example.com`, ip(7)), 'unauthenticated', `attempt ${i}`);
+    const limited = await login(`ip-${tag}-x@example.com`, ip(7));
+    assertError(limited, 'rate_limited', 'the 21st attempt of one client');
+    assert.ok(Number(limited.headers.get('retry-after')) >= 1, 'Retry-After');
+    assertError(await login(`ip-${tag}-y@example.com`, ip(8)), 'unauthenticated', 'another client goes on');
+    for (let i = 0; i < 20; i++) assertError(await login(`one-${tag}@example.com`, ip(20 + i)), 'unauthenticated', `email attempt ${i}`);
+    assertError(await login(`one-${tag}@example.com`, ip(60)), 'rate_limited', 'the 21st attempt for one email, from a new client');
+    // a peer that is no trusted proxy: its X-Real-IP is its own word, ignored (the access log
+    // names the peer)
+    const replica = await stack.spawnService('auth', { EVALBUS_TRUSTED_PROXIES: '' });
+    try {
+      assertError(await login(`ip-${tag}-z@example.com`, ip(9), replica.url), 'unauthenticated');
+      const line = fs.readFileSync(replica.logFile, 'utf8').split('\n').find((l) => l.includes('/api/v1/auth/login'));
+      assert.match(line ?? '', /"remote":"127\.0\.0\.1"/, `the peer, not the header: ${line}`);
+    } finally {
+      replica.proc.kill('SIGTERM');
+      await replica.exited;
+    }
   }));
 
   it('login with a wrong password or an unknown email is 401 with the same message', T, stack.wrap(async () => {

@@ -59,6 +59,9 @@ typedef struct eb_http_options {
     size_t max_body;             /* bytes; larger bodies get 413 */
     long long shutdown_delay_ms; /* on shutdown, keep accepting this long (readyz says 503) */
     long long shutdown_grace_ms; /* then wait at most this long for in-flight requests */
+    /* comma-separated peer addresses whose X-Real-IP header is the client's address (the edge
+     * proxy); NULL or "": none. Kept, not copied. */
+    const char *trusted_proxies;
 } eb_http_options;
 
 /* A readiness check: returns true when the dependency is usable; writes a short detail. */

@@ -29,6 +29,7 @@ typedef struct eb_service_config {
     long long redis_timeout_ms;
     long long shutdown_delay_ms;
     long long shutdown_grace_ms;
+    char *trusted_proxies;           /* peers whose X-Real-IP names the client (comma-separated) */
     long long db_idle_tx_timeout_ms; /* 0: PostgreSQL's own setting (EB_DB_IDLE_TX_SETTING) */
     long long api_threads;      /* 0: every handler runs on the loop (EB_API_THREADS_SETTING) */
     long long query_timeout_ms; /* 0: no limit (EB_QUERY_TIMEOUT_SETTING) */
@@ -121,9 +122,20 @@ typedef struct eb_service_config {
          false,                                                                                    \
          offsetof(T, m.shutdown_delay_ms),                                                         \
          "after SIGTERM, keep accepting this long while /readyz says 503"},                        \
+        {"shutdown-grace",                                                                         \
+         "EVALBUS_SHUTDOWN_GRACE",                                                                 \
+         EB_SET_DURATION,                                                                          \
+         "10s",                                                                                    \
+         0,                                                                                        \
+         3600000,                                                                                  \
+         false,                                                                                    \
+         offsetof(T, m.shutdown_grace_ms),                                                         \
+         "then wait this long for requests in flight"},                                            \
     {                                                                                              \
-        "shutdown-grace", "EVALBUS_SHUTDOWN_GRACE", EB_SET_DURATION, "10s", 0, 3600000, false,     \
-            offsetof(T, m.shutdown_grace_ms), "then wait this long for requests in flight"         \
+        "trusted-proxies", "EVALBUS_TRUSTED_PROXIES", EB_SET_STRING, "127.0.0.1,::1", 0, 0, false, \
+            offsetof(T, m.trusted_proxies),                                                        \
+            "addresses of the proxies (the edge) whose X-Real-IP header names the client, for "    \
+            "per-client rate limits and logs (comma-separated; empty: none)"                       \
     }
 
 /* The settings row that ends a PostgreSQL session idle inside a transaction this long
