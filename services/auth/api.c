@@ -25,7 +25,7 @@ const eb_http_route auth_routes[] = {
     {"GET", "/api/v1/auth/whoami", api_whoami, false, EB_ROLE_VIEWER, 0, false, false, NULL},
     {"GET", "/api/v1/teams/current", api_team_current, false, EB_ROLE_VIEWER, 0, false, true, NULL},
     {"POST", "/api/v1/teams", api_team_create, false, EB_ROLE_VIEWER, 0, false, true, NULL},
-    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, false, true, NULL},
+    {"GET", "/api/v1/users", api_users_list, false, EB_ROLE_VIEWER, 0, true, true, NULL},
     {"PATCH", "/api/v1/users/{id}", api_user_update, false, ADMIN, true, NULL},
     {"DELETE", "/api/v1/users/{id}", api_user_remove, false, ADMIN, true, NULL},
     {"POST", "/api/v1/invitations/accept", api_invitation_accept, true, EB_ROLE_NONE, 0, false,
@@ -260,6 +260,15 @@ static void on_login_limit(bool allowed, long long retry_after_ms, void *arg)
     eb_http_req_offload(req, login_continue, ls);
 }
 
+void auth_login_prepare(const auth_config *cfg)
+{
+    password_params pp = PASSWORD_DEFAULT_PARAMS;
+
+    pp.log2_n = (int)cfg->password_cost;
+    if (!dummy_hash && password_hash("not-a-real-password", pp, &dummy_hash) != EB_OK)
+        dummy_hash = eb_strdup("$scrypt$invalid");
+}
+
 void api_login(eb_http_req *req, void *vctx)
 {
     auth_ctx *ctx = vctx;
@@ -271,12 +280,6 @@ void api_login(eb_http_req *req, void *vctx)
 
     if (!body)
         return;
-    if (!dummy_hash) {
-        password_params pp = PASSWORD_DEFAULT_PARAMS;
-        pp.log2_n = (int)ctx->cfg->password_cost;
-        if (password_hash("not-a-real-password", pp, &dummy_hash) != EB_OK)
-            dummy_hash = eb_strdup("$scrypt$invalid");
-    }
     ls = eb_calloc(1, sizeof(*ls));
     ls->ctx = ctx;
     ls->body = body;

@@ -92,6 +92,9 @@ extern const eb_http_route auth_routes[];
 extern const size_t auth_nroutes;
 
 /* Handlers, by file. */
+/* Makes the hash an unknown e-mail's login is verified against (as long as a real one takes);
+ * at start-up, before the first login. */
+void auth_login_prepare(const auth_config *cfg);
 void api_login(eb_http_req *req, void *ctx);
 void api_whoami(eb_http_req *req, void *ctx);
 void api_team_current(eb_http_req *req, void *ctx);

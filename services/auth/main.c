@@ -188,6 +188,7 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     ctx.verifier = auth_verifier_new(&cfg, ctx.svc.db);
+    auth_login_prepare(&cfg);
     st = auth_nats_start(&ctx);
     if (st != EB_OK) {
         eb_log_error(NULL, "%s", eb_error_message());

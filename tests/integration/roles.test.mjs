@@ -105,6 +105,7 @@ describe('roles, scopes and invitations', () => {
     await denied('POST', '/api/v1/keys', newKeyBody(), 'create a key');
     await denied('GET', '/api/v1/keys', null, 'list keys');
     await denied('GET', '/api/v1/audit?limit=5', null, 'read the audit log');
+    await denied('GET', '/api/v1/users', null, "list the team's members (their e-mail addresses)");
     await denied('POST', '/api/v1/invitations', { email: 'x@example.com', role: 'member' }, 'invite');
     await denied('GET', '/api/v1/exports', null, 'list exports');
     await denied('POST', '/api/v1/exports', { format: 'jsonl' }, 'create an export');
