@@ -780,29 +780,32 @@ static const char *norm_role(const char *role)
 }
 
 /* Checks a message's content: a string; or parts that are all text (SKIP_IMAGE /
- * SKIP_NON_TEXT otherwise); null or no text parts only for an assistant with tool calls. */
+ * SKIP_NON_TEXT otherwise). Some text ("" is none) is required, except of an assistant with tool
+ * calls (null, "" or no text parts). */
 static const char *check_content(const cJSON *m, const char *role)
 {
     const cJSON *content = member(m, "content"), *part;
-    size_t texts = 0;
+    size_t texts = 0; /* non-empty texts */
 
     if (cJSON_IsString(content))
-        return NULL;
-    if (content && !cJSON_IsNull(content) && !cJSON_IsArray(content))
+        texts = content->valuestring[0] != '\0';
+    else if (content && !cJSON_IsNull(content) && !cJSON_IsArray(content))
         return SKIP_NON_TEXT;
     cJSON_ArrayForEach(part, content)
     {
+        const cJSON *text;
         const char *type;
         if (cJSON_IsString(part)) {
-            texts++;
+            texts += part->valuestring[0] != '\0';
             continue;
         }
         type = member_str(part, "type");
+        text = member(part, "text");
         if (is_image_type(type))
             return SKIP_IMAGE;
-        if (!is_text_type(type) || !cJSON_IsString(member(part, "text")))
+        if (!is_text_type(type) || !cJSON_IsString(text))
             return SKIP_NON_TEXT;
-        texts++;
+        texts += text->valuestring[0] != '\0';
     }
     if (texts == 0 && !(!strcmp(role, "assistant") && has_tool_calls(m)))
         return SKIP_EMPTY_MESSAGE;

@@ -710,6 +710,24 @@ static const chat_case chat_cases[] = {
     {"{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":null}]}}", "empty_message", NULL},
     {"{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":null}]}}", "empty_message",
      NULL},
+    /* empty text is no text: OpenAI refuses a message whose content is "" */
+    {"{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":\"\"}]}}", "empty_message", NULL},
+    {"{\"input\":{\"messages\":[{\"role\":\"system\",\"content\":\"\"},{\"role\":\"user\","
+     "\"content\":\"q\"}]}}",
+     "empty_message", NULL},
+    {"{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":"
+     "\"\"},\"\"]}]}}",
+     "empty_message", NULL},
+    {"{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":\"\"}]}}", "empty_message",
+     NULL},
+    {"{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":\"c\",\"tool_calls\":[{\"id\":"
+     "\"c1\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\","
+     "\"tool_call_id\":\"c1\",\"content\":\"\"},{\"role\":\"assistant\",\"content\":\"x\"}]}}",
+     "empty_message", NULL},
+    /* but an assistant message with tool calls needs none */
+    {"{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":"
+     "\"c1\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}]}}",
+     NULL, NULL},
     {"{\"output\":{\"messages\":[{\"role\":\"tool\",\"tool_call_id\":\"zz\",\"content\":\"1\"},"
      "{\"role\":\"assistant\",\"content\":\"x\"}]}}",
      "invalid_tool_message", NULL},
@@ -847,6 +865,8 @@ static void test_openai_preference(void **state)
          "{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":"
          "\"image_url\",\"image_url\":{\"url\":\"u\"}}]}]}}",
          "image_content"},
+        {NULL, "{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":\"\"}]}}",
+         "empty_message"},
     };
     for (size_t i = 0; i < sizeof skips / sizeof skips[0]; i++) {
         text = one(w, pair(skips[i].pref, skips[i].non), stats);
@@ -860,7 +880,8 @@ static void test_openai_preference(void **state)
 
     sj = export_stats_json(stats);
     assert_int_equal((int)stat_num(sj, "records"), 2);
-    assert_int_equal((int)stat_num(sj, "skipped"), 7);
+    assert_int_equal((int)stat_num(sj, "skipped"), 8);
+    assert_int_equal((int)stat_num(sj, "skipped_by_reason/empty_message"), 1);
     assert_int_equal((int)stat_num(sj, "skipped_by_reason/identical_outputs"), 1);
     assert_int_equal((int)stat_num(sj, "skipped_by_reason/invalid_pair"), 1);
     /* pairs are counted with the preferred trace's fields */
