@@ -1,7 +1,8 @@
 /* export/format.c -- the export format writers: trace records in, dataset bytes out.
  *
  * One writer per export (per worker thread). For every record: pseudonymize every string value
- * in place (redact_json_string on the decoded value, so the re-escaped output stays valid JSON),
+ * in place (redact_json_string on the decoded value, so the re-escaped output stays valid JSON;
+ * a string that is itself JSON text, such as tool-call arguments, is decoded once more first),
  * check and write the record in the chosen format straight into the caller's buffer, then count
  * it in the statistics. A record the format cannot use is cut back out of the buffer and counted
  * as skipped under a reason (the reasons are the SKIP_* strings below, documented in
@@ -149,7 +150,7 @@ struct export_writer {
     size_t n_cols;
     uint64_t written;
     /* scratch kept between records */
-    eb_buf red, cell, names;
+    eb_buf red, cell, names, json;
     export_sql_info sql;
     conv_msg *conv;
     size_t n_conv, cap_conv;
@@ -1319,6 +1320,39 @@ static bool plain_value(const char *v, size_t n)
     return false;
 }
 
+static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs);
+
+/* A string value that is JSON text holding an object or an array (tool-call arguments, a tool
+ * result): its strings are redacted at their decoded values, as those of the record are (an
+ * escape such as \n before a value would otherwise hide it, "jos\u00e9@..." would give another
+ * token than its decoded form), and when any was replaced the text is written again, compact,
+ * into w->json (numbers keep their text). *text is then w->json's data. Text with an escaped NUL
+ * is left to the plain pass (cJSON would cut the string there). */
+static eb_status redact_json_text(export_writer *w, const char **text, size_t *n, redact_stats *rs)
+{
+    const char *p = *text;
+    uint64_t before = rs->total;
+    cJSON *inner = NULL;
+    eb_status st = EB_OK;
+
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    if ((*p != '{' && *p != '[') || strstr(p, "\\u0000"))
+        return EB_OK;
+    inner = eb_json_parse_text(*text, *n);
+    if (!inner || !(cJSON_IsObject(inner) || cJSON_IsArray(inner)))
+        goto cleanup;
+    if ((st = redact_tree(w, inner, rs)) != EB_OK || rs->total == before)
+        goto cleanup;
+    eb_buf_reset(&w->json);
+    put_json(&w->json, inner);
+    *text = w->json.data;
+    *n = w->json.len;
+cleanup:
+    cJSON_Delete(inner);
+    return st;
+}
+
 /* Replaces every string value below item (not member names) by its redacted form. */
 static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs)
 {
@@ -1326,11 +1360,14 @@ static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs)
 
     for (cJSON *c = item->child; c; c = c->next) {
         if (cJSON_IsString(c) && c->valuestring && c->valuestring[0]) {
-            size_t n = strlen(c->valuestring);
+            size_t n = strlen(c->valuestring), tn = n;
+            const char *text = c->valuestring;
             if (w->skip_plain && plain_value(c->valuestring, n))
                 continue;
+            if ((st = redact_json_text(w, &text, &tn, rs)) != EB_OK)
+                return st;
             eb_buf_reset(&w->red);
-            if ((st = redact_json_string(w->redact, c->valuestring, n, &w->red, rs)) != EB_OK)
+            if ((st = redact_json_string(w->redact, text, tn, &w->red, rs)) != EB_OK)
                 return st;
             if (w->red.len == n && !memcmp(w->red.data, c->valuestring, n))
                 continue;
@@ -1431,6 +1468,7 @@ void export_writer_free(export_writer *w)
     eb_buf_free(&w->red);
     eb_buf_free(&w->cell);
     eb_buf_free(&w->names);
+    eb_buf_free(&w->json);
     export_sql_info_release(&w->sql);
     free(w->conv);
     free(w->ids);

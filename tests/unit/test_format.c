@@ -1272,6 +1272,80 @@ static void test_redaction(void **state)
     redact_free(r);
 }
 
+/* A string that holds JSON text (tool-call arguments, a tool result) has its strings
+ * pseudonymized at their decoded values: an escape before a value ("\n415-555-0134") does not
+ * hide it, a value with an escape inside ("jos\u00e9@...") gets the token of its decoded form,
+ * and the arguments stay a JSON text with their numbers as they were. */
+static void test_redaction_json_text(void **state)
+{
+    (void)state;
+    redactor *r = make_redactor(NULL, 0);
+    static const export_format fmts[] = {EXPORT_JSONL, EXPORT_OPENAI_CHAT};
+    /* the tokens the same values get as plain text */
+    const char *plain[] = {"415-555-0134", "123-45-6789", "jos\xc3\xa9@example.com",
+                           "4111 1111 1111 1111"};
+    char tokens[4][32];
+    for (size_t i = 0; i < 4; i++) {
+        eb_buf b = {0};
+        assert_int_equal(redact_json_string(r, plain[i], strlen(plain[i]), &b, NULL), EB_OK);
+        assert_true(b.len < sizeof tokens[i] && b.data[0] == '<');
+        memcpy(tokens[i], b.data, b.len + 1);
+        eb_buf_free(&b);
+    }
+    for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
+        export_writer *w = writer(fmts[f], NULL, 0, NULL, 0, r);
+        export_stats *stats = export_stats_new();
+        cJSON *t = trace(
+            "{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{"
+            "\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"notify\",\"arguments\":"
+            "\"{\\\"body\\\": \\\"Call:\\\\n415-555-0134\\\\tSSN\\\\t123-45-6789\\\", "
+            "\\\"to\\\": [\\\"jos\\\\u00e9@example.com\\\"], \\\"card\\\": \\\"x\\\\r4111 1111 "
+            "1111 "
+            "1111\\\", \\\"n\\\": 12345678901234567890}\"}}]}]}}");
+        char *text = one(w, t, stats);
+        cJSON *line = one_line(text), *m, *args, *sj;
+        for (size_t i = 0; i < 4; i++)
+            assert_null(strstr(text, plain[i]));
+        assert_null(strstr(text, "example.com"));
+        assert_null(strstr(text, "jos"));
+        m = cJSON_GetArrayItem(
+            cJSON_GetObjectItem(
+                fmts[f] == EXPORT_JSONL ? cJSON_GetObjectItem(line, "output") : line, "messages"),
+            fmts[f] == EXPORT_JSONL ? 0 : 2);
+        m = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(m, "tool_calls"), 0),
+                                "function");
+        assert_true(cJSON_IsString(cJSON_GetObjectItem(m, "arguments")));
+        args = parse(cJSON_GetObjectItem(m, "arguments")->valuestring);
+        {
+            char want[256];
+            snprintf(want, sizeof want, "Call:\n%s\tSSN\t%s", tokens[0], tokens[1]);
+            assert_string_equal(cJSON_GetObjectItem(args, "body")->valuestring, want);
+        }
+        assert_string_equal(cJSON_GetArrayItem(cJSON_GetObjectItem(args, "to"), 0)->valuestring,
+                            tokens[2]);
+        {
+            char want[64];
+            snprintf(want, sizeof want, "x\r%s", tokens[3]);
+            assert_string_equal(cJSON_GetObjectItem(args, "card")->valuestring, want);
+        }
+        assert_non_null(
+            strstr(cJSON_GetObjectItem(m, "arguments")->valuestring, "\"n\":12345678901234567890"));
+        cJSON_Delete(args);
+        sj = export_stats_json(stats);
+        assert_int_equal((int)stat_num(sj, "redactions/by_kind/PHONE"), 1);
+        assert_int_equal((int)stat_num(sj, "redactions/by_kind/SSN"), 1);
+        assert_int_equal((int)stat_num(sj, "redactions/by_kind/EMAIL"), 1);
+        assert_int_equal((int)stat_num(sj, "redactions/by_kind/CARD"), 1);
+        assert_int_equal((int)stat_num(sj, "redactions/total"), 4);
+        cJSON_Delete(sj);
+        cJSON_Delete(line);
+        free(text);
+        export_stats_free(stats);
+        export_writer_free(w);
+    }
+    redact_free(r);
+}
+
 /* Timestamps and the format's words are never replaced by the built-in kinds (and not scanned);
  * a team pattern still applies to them. */
 static void test_redaction_plain_values(void **state)
@@ -1510,6 +1584,7 @@ int main(void)
         cmocka_unit_test(test_sql_pairs),
         cmocka_unit_test(test_sql_tables),
         cmocka_unit_test(test_redaction),
+        cmocka_unit_test(test_redaction_json_text),
         cmocka_unit_test(test_null_arguments),
         cmocka_unit_test(test_odd_shapes),
         cmocka_unit_test(test_throughput),
