@@ -563,7 +563,9 @@ static size_t det_phone_intl(scan *st, size_t s, size_t lim)
             size_t g = digits_at(st, j + 1);
             if (g == 0 || g > 4 || j + 1 + g >= len || in[j + 1 + g] != ')' || nd + g > 15)
                 break;
-            nd += copy_digits(in, j + 1, j + 1 + g, d + nd, sizeof d - nd);
+            /* "(0)": the trunk prefix, not dialed from abroad, so not part of the number */
+            if (!(g == 1 && in[j + 1] == '0'))
+                nd += copy_digits(in, j + 1, j + 1 + g, d + nd, sizeof d - nd);
             j += g + 2;
         } else {
             break;
