@@ -673,7 +673,47 @@ static bool looks_like_sql(const char *text)
     return false;
 }
 
-/* The "sql" (or else "query") string of a JSON object in text, copied to buf; NULL if none. */
+static bool space_byte(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* SQL as a model often writes it, in a Markdown code fence: text that starts (after white
+ * space) with ``` (and an info word such as "sql" on that line) gives what is inside, up to the
+ * closing ``` or the end, white space trimmed, copied to buf (it may be ""). Other text is
+ * given back as it is. text must not point into buf. */
+static const char *unfence(const char *text, eb_buf *buf)
+{
+    const char *p = text, *body, *end, *nl;
+
+    while (space_byte(*p))
+        p++;
+    if (strncmp(p, "```", 3) != 0)
+        return text;
+    p += 3;
+    nl = strchr(p, '\n');
+    end = strstr(p, "```");
+    if (end && (!nl || end < nl)) {
+        body = p; /* ```SELECT 1``` on one line */
+    } else {
+        body = nl ? nl + 1 : p + strlen(p);
+        end = strstr(body, "```");
+        if (!end)
+            end = body + strlen(body);
+    }
+    while (body < end && space_byte(*body))
+        body++;
+    while (end > body && space_byte(end[-1]))
+        end--;
+    eb_buf_reset(buf);
+    eb_buf_append(buf, body, (size_t)(end - body));
+    eb_buf_putc(buf, '\0');
+    buf->len--;
+    return buf->data;
+}
+
+/* The "sql" (or else "query") string of a JSON object in text (out of its code fence), copied to
+ * buf; NULL if none. */
 static const char *sql_from_args(const char *text, eb_buf *buf)
 {
     cJSON *args = NULL;
@@ -685,11 +725,12 @@ static const char *sql_from_args(const char *text, eb_buf *buf)
     sql = member_str(args, "sql");
     if (!sql)
         sql = member_str(args, "query");
-    if (sql && looks_like_sql(sql)) {
+    if (sql && (sql = unfence(sql, buf)) != buf->data) {
         eb_buf_reset(buf);
         eb_buf_puts(buf, sql);
-        found = buf->data;
     }
+    if (sql && looks_like_sql(buf->data))
+        found = buf->data;
     cJSON_Delete(args);
     return found;
 }
@@ -832,12 +873,12 @@ bool export_sql_find(const cJSON *record, export_sql_info *info)
     info->failed = info->has_execution_ms = false;
     info->execution_ms = 0;
     if (cJSON_IsString(sqlv) && sqlv->valuestring[0]) {
-        info->sql = sqlv->valuestring;
+        info->sql = unfence(sqlv->valuestring, &info->sql_buf);
     } else if (cJSON_IsObject(sqlv) && (v = member_str(sqlv, "query"))) {
         const cJSON *err = member(sqlv, "error");
         double ms;
         sqlobj = sqlv;
-        info->sql = v;
+        info->sql = unfence(v, &info->sql_buf);
         if (member_num(sqlv, "execution_ms", DBL_MAX, &ms)) {
             info->has_execution_ms = true;
             info->execution_ms = ms;
@@ -846,6 +887,8 @@ bool export_sql_find(const cJSON *record, export_sql_info *info)
                        (err && !cJSON_IsNull(err) && !cJSON_IsFalse(err) &&
                         !(cJSON_IsString(err) && err->valuestring[0] == '\0'));
     }
+    if (info->sql && !info->sql[0])
+        info->sql = NULL; /* an empty code fence */
     if (!info->sql)
         sql_from_tools(record, info);
     if (!(info->database_type = member_str(meta, "database_type")) &&

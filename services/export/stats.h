@@ -69,7 +69,8 @@ typedef struct export_sql_info {
 } export_sql_info;
 
 /* Looks for an SQL statement and its question in a trace record (the query output shape), as
- * docs/export-formats.md ("sql-pairs") describes: metadata.sql (a string, or an object with
+ * docs/export-formats.md ("sql-pairs") describes (a statement in a Markdown code fence is taken
+ * from inside it): metadata.sql (a string, or an object with
  * "query"), else the first tool call named like *sql* or *query* whose JSON arguments hold a
  * "sql" or "query" string that starts like an SQL statement (trace tool_calls, then the tool
  * calls of output messages, then observations of type tool). Returns true when a non-empty

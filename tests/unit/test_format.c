@@ -1109,6 +1109,59 @@ static void test_sql_pairs(void **state)
     export_writer_free(w);
 }
 
+/* SQL written by a model often comes in a Markdown code fence: the pair holds the statement. */
+static void test_sql_fences(void **state)
+{
+    static const struct {
+        const char *overrides, *sql, *type, *tables;
+    } cases[] = {
+        {"{\"metadata\":{\"sql\":\"```sql\\nSELECT id FROM orders\\n```\"}}",
+         "SELECT id FROM orders", "SELECT", "[\"orders\"]"},
+        {"{\"metadata\":{\"sql\":{\"query\":\"  ```postgresql\\r\\nDELETE FROM "
+         "carts;\\r\\n```\\n\"}}}",
+         "DELETE FROM carts;", "DELETE", "[\"carts\"]"},
+        /* a tool call's argument: found although it does not start with a keyword */
+        {"{\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"run_sql\","
+         "\"arguments\":\"{\\\"sql\\\":\\\"```\\\\nUPDATE t SET a = 1\\\\n```\\\"}\"}}]}",
+         "UPDATE t SET a = 1", "UPDATE", "[\"t\"]"},
+        /* no closing fence */
+        {"{\"metadata\":{\"sql\":\"```sql\\nINSERT INTO log VALUES (1)\"}}",
+         "INSERT INTO log VALUES (1)", "INSERT", "[\"log\"]"},
+        /* a fence with nothing inside: no SQL */
+        {"{\"metadata\":{\"sql\":\"```sql\\n\\n```\"}}", NULL, NULL, NULL},
+    };
+    (void)state;
+    export_writer *w = writer(EXPORT_SQL_PAIRS, NULL, 0, NULL, 0, NULL);
+    export_stats *stats = export_stats_new();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *text = one(w, trace(cases[i].overrides), stats);
+        if (!cases[i].sql) {
+            if (text[0])
+                fail_msg("case %zu: exported, expected no_sql: %s", i, text);
+        } else {
+            cJSON *line;
+            if (!text[0])
+                fail_msg("case %zu: skipped", i);
+            line = one_line(text);
+            assert_string_equal(cJSON_GetObjectItem(line, "sql")->valuestring, cases[i].sql);
+            assert_string_equal(cJSON_GetObjectItem(line, "query_type")->valuestring,
+                                cases[i].type);
+            assert_json_equal(cJSON_GetObjectItem(line, "tables"), cases[i].tables);
+            cJSON_Delete(line);
+        }
+        free(text);
+    }
+    cJSON *sj = export_stats_json(stats);
+    assert_int_equal((int)stat_num(sj, "records"), 4);
+    assert_int_equal((int)stat_num(sj, "skipped_by_reason/no_sql"), 1);
+    assert_int_equal((int)stat_num(sj, "sql/by_query_type/OTHER"), 0);
+    /* lengths count the statement, not the fence */
+    assert_int_equal((int)stat_num(sj, "lengths/sql/min"), 18);
+    cJSON_Delete(sj);
+    export_stats_free(stats);
+    export_writer_free(w);
+}
+
 static void test_sql_tables(void **state)
 {
     static const struct {
@@ -1583,6 +1636,7 @@ int main(void)
         cmocka_unit_test(test_anthropic),
         cmocka_unit_test(test_sql_pairs),
         cmocka_unit_test(test_sql_tables),
+        cmocka_unit_test(test_sql_fences),
         cmocka_unit_test(test_redaction),
         cmocka_unit_test(test_redaction_json_text),
         cmocka_unit_test(test_null_arguments),
