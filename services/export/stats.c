@@ -1428,7 +1428,9 @@ cJSON *export_stats_json(const export_stats *s)
     cJSON_AddNumberToObject(t, "input", (double)s->tok_in);
     cJSON_AddNumberToObject(t, "output", (double)s->tok_out);
     cJSON_AddNumberToObject(t, "total", (double)s->tok_total);
-    cJSON_AddNumberToObject(o, "cost_usd", round(s->cost * 1e9) / 1e9);
+    /* to 1e-9; past 1e6 a double has no such digits (and s->cost * 1e9 could overflow) */
+    cJSON_AddNumberToObject(o, "cost_usd",
+                            fabs(s->cost) < 1e6 ? round(s->cost * 1e9) / 1e9 : s->cost);
 
     t = cJSON_AddObjectToObject(o, "start_time");
     if (s->has_time) {

@@ -181,6 +181,18 @@ static void test_counts(void **state)
     export_stats_free(e);
     export_stats_free(s);
     export_stats_free(NULL);
+
+    /* a cost too large to round to 1e-9 (ingest takes any finite amount) is still a number */
+    e = export_stats_new();
+    cJSON *big = cJSON_Parse("{\"status\":\"ok\",\"cost_usd\":1e300}");
+    export_stats_add(e, big);
+    export_stats_add(e, big);
+    cJSON_Delete(big);
+    j = export_stats_json(e);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(j, "cost_usd")));
+    assert_true(num(j, "cost_usd") == 2e300);
+    cJSON_Delete(j);
+    export_stats_free(e);
 }
 
 static void test_caps(void **state)
