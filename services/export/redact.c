@@ -736,6 +736,28 @@ static size_t prev_letter(const scan *st, size_t floor, size_t ls)
     return (cp >= 0xC0 && cp <= 0x24F) || (cp >= 0x370 && cp <= 0x52F) ? b : ls;
 }
 
+/* The lower-case form of a Latin-1, Latin Extended-A, Greek or Cyrillic capital (the letters an
+ * e-mail local part may hold), so that JOSÉ@ and josé@ are one address, as ANA@ and ana@ are;
+ * any other code point as it is. Each result has the same UTF-8 length. */
+static unsigned lower_letter(unsigned cp)
+{
+    if ((cp >= 0xC0 && cp <= 0xDE && cp != 0xD7) || (cp >= 0x391 && cp <= 0x3AB && cp != 0x3A2) ||
+        (cp >= 0x410 && cp <= 0x42F))
+        return cp + 0x20;
+    if (cp >= 0x400 && cp <= 0x40F)
+        return cp + 0x50;
+    if (((cp >= 0x100 && cp <= 0x137 && cp != 0x130) || (cp >= 0x14A && cp <= 0x177) ||
+         (cp >= 0x460 && cp <= 0x481) || (cp >= 0x48A && cp <= 0x4BF) ||
+         (cp >= 0x4D0 && cp <= 0x52F)) &&
+        cp % 2 == 0)
+        return cp + 1;
+    if (((cp >= 0x139 && cp <= 0x148) || (cp >= 0x179 && cp <= 0x17E) ||
+         (cp >= 0x4C1 && cp <= 0x4CE)) &&
+        cp % 2 == 1)
+        return cp + 1;
+    return cp;
+}
+
 /* At '@': a local part of up to 64 bytes before it (ASCII atoms or UTF-8), a domain of 2+
  * labels after it whose last label is alphabetic (2+ letters) or punycode. Lower-cased. */
 static size_t det_email(scan *st, size_t at, size_t lim)
@@ -791,8 +813,16 @@ static size_t det_email(scan *st, size_t at, size_t lim)
 
     char norm[EMAIL_LOCAL_MAX + 1 + EMAIL_DOMAIN_MAX + 8];
     size_t n = best - ls;
-    for (size_t q = 0; q < n; q++)
+    for (size_t q = 0; q < n; q++) {
+        unsigned cp;
         norm[q] = (char)lower(in[ls + q]);
+        if ((in[ls + q] & 0xE0) != 0xC0 || q + 1 >= n || (in[ls + q + 1] & 0xC0) != 0x80)
+            continue;
+        /* a letter of the local part (prev_letter: 2-byte sequences) lower-cased too */
+        cp = lower_letter((in[ls + q] & 0x1Fu) << 6 | (in[ls + q + 1] & 0x3Fu));
+        norm[q] = (char)(0xC0 | cp >> 6);
+        norm[++q] = (char)(0x80 | (cp & 0x3F));
+    }
     put_token(st, ls, best, REDACT_EMAIL, norm, n);
     return best;
 }

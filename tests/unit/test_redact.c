@@ -404,6 +404,11 @@ static const char *const same_pairs[][2] = {
     {"4111 1111 1111 1111", "4111111111111111"},
     {"2001:db8::1", "2001:0db8:0:0:0:0:0:1"},
     {"::1", "0:0:0:0:0:0:0:1"},
+    /* letters beyond ASCII are lower-cased too */
+    {"JOS\xc3\x89@example.com", "jos\xc3\xa9@example.com"},
+    {"\xc5\x81UKASZ@example.pl", "\xc5\x82ukasz@example.pl"},
+    {"\xce\x91\xce\x9d\xce\x9d\xce\x91@example.gr", "\xce\xb1\xce\xbd\xce\xbd\xce\xb1@example.gr"},
+    {"\xd0\x98\xd0\x92\xd0\x90\xd0\x9d@example.ru", "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@example.ru"},
     /* the trunk 0 in brackets is not dialed from abroad: the same number */
     {"+44 (0)20 7946 0958", "+44 20 7946 0958"},
     {"+49 (0)30 1234 5678", "+49-30-1234-5678"},
