@@ -951,8 +951,7 @@ static const char *check_tools(const cJSON *tools)
     {
         const cJSON *fn = member(t, "function");
         const char *type = member_str(t, "type");
-        if (fn ? !member_str(fn, "name") || (type && strcmp(type, "function"))
-               : !member_str(t, "name"))
+        if (!member_str(fn ? fn : t, "name") || (type && strcmp(type, "function")))
             return SKIP_INVALID_TOOLS;
     }
     return NULL;
@@ -971,7 +970,21 @@ static void put_tools(eb_buf *b, const cJSON *tools)
             eb_buf_putc(b, ',');
         first = false;
         put_lit(b, "{\"type\":\"function\",\"function\":");
-        put_json(b, fn ? fn : t);
+        if (fn) {
+            put_json(b, fn);
+        } else { /* a bare definition; a flat one (the Responses API's) has a "type" too */
+            const cJSON *c;
+            bool first_member = true;
+            eb_buf_putc(b, '{');
+            for (c = t->child; c; c = c->next) {
+                if (c->string && !strcmp(c->string, "type"))
+                    continue;
+                put_key(b, c->string ? c->string : "", first_member);
+                put_json(b, c);
+                first_member = false;
+            }
+            eb_buf_putc(b, '}');
+        }
         eb_buf_putc(b, '}');
     }
     eb_buf_putc(b, ']');

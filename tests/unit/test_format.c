@@ -892,6 +892,43 @@ static void test_openai_preference(void **state)
     export_writer_free(w);
 }
 
+/* Tools as the Responses API records them, flat with "type": wrapped without a "type" inside the
+ * function definition (a function has name, description, parameters, strict). */
+static void test_openai_tools_flat(void **state)
+{
+    (void)state;
+    static const export_format fmts[] = {EXPORT_OPENAI_CHAT, EXPORT_OPENAI_PREFERENCE};
+    const char *over = "{\"metadata\":{\"tools\":[{\"type\":\"function\",\"name\":\"lookup\","
+                       "\"description\":\"d\",\"parameters\":{\"type\":\"object\"},\"strict\":"
+                       "true},{\"name\":\"bare\"}]}}";
+    for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
+        export_writer *w = writer(fmts[f], NULL, 0, NULL, 0, NULL);
+        cJSON *rec = fmts[f] == EXPORT_OPENAI_CHAT ? trace(over) : pair(over, NULL);
+        char *text = one(w, rec, NULL);
+        cJSON *line = one_line(text);
+        const cJSON *tools = cJSON_GetObjectItem(
+            fmts[f] == EXPORT_OPENAI_CHAT ? line : cJSON_GetObjectItem(line, "input"), "tools");
+        assert_json_equal(tools, "[{\"type\":\"function\",\"function\":{\"name\":\"lookup\","
+                                 "\"description\":\"d\",\"parameters\":{\"type\":\"object\"},"
+                                 "\"strict\":true}},{\"type\":\"function\",\"function\":{"
+                                 "\"name\":\"bare\"}}]");
+        cJSON_Delete(line);
+        free(text);
+        /* a flat tool of another type is not a function definition */
+        rec = trace("{\"metadata\":{\"tools\":[{\"type\":\"web_search\",\"name\":\"s\"}]}}");
+        if (fmts[f] == EXPORT_OPENAI_PREFERENCE) {
+            cJSON *p = cJSON_CreateObject();
+            cJSON_AddItemToObject(p, "preferred", rec);
+            cJSON_AddItemToObject(p, "non_preferred", trace("{\"output\":\"5\"}"));
+            rec = p;
+        }
+        text = one(w, rec, NULL);
+        assert_string_equal(text, "");
+        free(text);
+        export_writer_free(w);
+    }
+}
+
 /* ---------------------------------------------------------------- anthropic */
 
 /* Bedrock Claude fine-tuning rules on one line. */
@@ -1633,6 +1670,7 @@ int main(void)
         cmocka_unit_test(test_csv_include_exclude),
         cmocka_unit_test(test_openai_chat),
         cmocka_unit_test(test_openai_preference),
+        cmocka_unit_test(test_openai_tools_flat),
         cmocka_unit_test(test_anthropic),
         cmocka_unit_test(test_sql_pairs),
         cmocka_unit_test(test_sql_tables),
