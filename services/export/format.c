@@ -934,6 +934,9 @@ static const char *check_tool_pairing(export_writer *w, size_t from, size_t to)
             }
         }
     }
+    /* calls left open after a tool message: their message is not the last one */
+    if (w->n_ids && to > from && !strcmp(w->conv[to - 1].role, "tool"))
+        return SKIP_UNANSWERED_TOOL_CALL;
     return NULL;
 }
 

@@ -724,6 +724,11 @@ static const chat_case chat_cases[] = {
      "\"c1\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\","
      "\"tool_call_id\":\"c1\",\"content\":\"\"},{\"role\":\"assistant\",\"content\":\"x\"}]}}",
      "empty_message", NULL},
+    /* the example ends with a tool result, another call of the same message unanswered */
+    {"{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":"
+     "\"c1\",\"function\":{\"name\":\"f\"}},{\"id\":\"c2\",\"function\":{\"name\":\"g\"}}]},"
+     "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"1\"}]}}",
+     "unanswered_tool_call", NULL},
     /* but an assistant message with tool calls needs none */
     {"{\"output\":{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":"
      "\"c1\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}]}}",
