@@ -105,6 +105,25 @@ static eb_status pass_tx_begin(PGconn *c)
     return st;
 }
 
+/* The longest retention in force (default_days, or any project's longer setting), read in the
+ * transaction that acts on it, with ingest.project_settings locked in SHARE mode until that
+ * transaction ends: a setting raised meanwhile waits for it (and then applies to what is left)
+ * rather than being answered while the transaction removes what the new setting keeps. */
+static eb_status longest_retention(PGconn *c, long long default_days, long long *max_days)
+{
+    PGresult *r = NULL;
+    eb_status st = eb_db_exec(c, "LOCK TABLE ingest.project_settings IN SHARE MODE", 0, NULL, NULL);
+
+    if (st == EB_OK)
+        st = eb_db_exec(c, "SELECT coalesce(max(retention_days), 0) FROM ingest.project_settings",
+                        0, NULL, &r);
+    *max_days = default_days;
+    if (st == EB_OK && atoll(eb_db_val(r, 0, 0)) > default_days)
+        *max_days = atoll(eb_db_val(r, 0, 0));
+    PQclear(r);
+    return st;
+}
+
 /* Step 1, in its own transaction: the rows past their project's retention that no partition
  * drop removes (those of days newer than the longest retention in force), with their
  * observations, keys, reviews and scores. Two kinds: the traces of a project whose own setting
@@ -125,17 +144,19 @@ static eb_status pass_tx_begin(PGconn *c)
     " (SELECT 1 FROM ingest.project_settings s WHERE s.team_id = t.team_id AND s.project ="        \
     " t.project)"
 
-static eb_status delete_expired_rows(PGconn *c, long long default_days, long long max_days,
-                                     long long *n)
+static eb_status delete_expired_rows(PGconn *c, long long default_days, long long *n)
 {
     char d[16], m[16];
     const char *params[2] = {d, m};
     PGresult *r = NULL;
+    long long max_days = default_days;
     eb_status st;
 
+    st = pass_tx_begin(c);
+    if (st == EB_OK)
+        st = longest_retention(c, default_days, &max_days);
     snprintf(d, sizeof(d), "%lld", default_days);
     snprintf(m, sizeof(m), "%lld", max_days);
-    st = pass_tx_begin(c);
     /* the keys first, each in a statement of its own, as a deletion by id or filter does: the
      * DELETE's snapshot, taken once they are locked, holds every review and score that held a
      * key (FOR KEY SHARE) meanwhile, and they go with their trace */
@@ -187,14 +208,23 @@ static eb_status delete_expired_rows(PGconn *c, long long default_days, long lon
  * scores go in the same transaction as the keys: left to step 3, a trace sent again with the
  * same id before it ran (a pass that fails or is cancelled after its drops skips step 3) would
  * take them on as its own. */
-static eb_status drop_day(PGconn *c, const char *ymd)
+static eb_status drop_day(PGconn *c, const char *ymd, long long default_days, bool *dropped)
 {
     eb_status st = pass_tx_begin(c);
+    long long max_days = default_days;
+    struct tm tm = {0};
     char *sql;
     PGresult *r;
 
+    *dropped = false;
+    /* the longest retention again, as it is now: one raised since the pass began keeps the day */
+    if (st == EB_OK)
+        st = longest_retention(c, default_days, &max_days);
+    if (st == EB_OK &&
+        (!strptime(ymd, "%Y%m%d", &tm) || timegm(&tm) + 86400 > time(NULL) - max_days * 86400))
+        return pass_tx_end(c, EB_OK); /* kept: nothing done */
     if (st != EB_OK)
-        return st;
+        return pass_tx_end(c, st);
     /* one statement at a time, each with a snapshot of its own: the keys are locked before
      * the DELETE (as in step 1) */
     sql = eb_asprintf("LOCK TABLE ingest.traces_p%s, ingest.observations_p%s IN ACCESS"
@@ -215,6 +245,7 @@ static eb_status drop_day(PGconn *c, const char *ymd)
         st = eb_error(EB_ERR_DB, "dropping partition %s: %s", ymd, PQresultErrorMessage(r));
     PQclear(r);
     st = pass_tx_end(c, st);
+    *dropped = st == EB_OK;
     return st;
 }
 
@@ -269,7 +300,8 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
     r = NULL;
     if (!locked)
         goto cleanup; /* another replica is at it */
-    /* the longest retention in force: days older than it go whole (step 2) */
+    /* the longest retention in force: days older than it go whole (step 2; each day's drop
+     * reads it again, under the settings' lock, before it drops) */
     st = pass_tx_begin(c);
     if (st == EB_OK)
         st = eb_db_exec(c, "SELECT coalesce(max(retention_days), 0) FROM ingest.project_settings",
@@ -282,7 +314,7 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
     PQclear(r);
     r = NULL;
     /* 1. */
-    st = delete_expired_rows(c, ctx->cfg->retention_days, max_days, deleted);
+    st = delete_expired_rows(c, ctx->cfg->retention_days, deleted);
     if (st != EB_OK || pass_cancelled(rt))
         goto cleanup;
     /* 2. */
@@ -296,13 +328,15 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
     for (int i = 0; i < PQntuples(r) && !pass_cancelled(rt); i++) {
         const char *ymd = eb_db_val(r, i, 0);
         struct tm tm = {0};
+        bool dropped;
 
         if (!strptime(ymd, "%Y%m%d", &tm) ||
             timegm(&tm) + 86400 > time(NULL) - max_days * 86400) /* the day's end */
             continue;
-        if ((st = drop_day(c, ymd)) != EB_OK)
+        if ((st = drop_day(c, ymd, ctx->cfg->retention_days, &dropped)) != EB_OK)
             goto cleanup;
-        eb_log_info(NULL, "retention: dropped the partitions of %s", ymd);
+        if (dropped)
+            eb_log_info(NULL, "retention: dropped the partitions of %s", ymd);
     }
     /* 3. */
     if (!pass_cancelled(rt))

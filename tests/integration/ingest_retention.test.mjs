@@ -233,6 +233,49 @@ describe('retention per project', () => {
     }
   }), { timeout: 90_000 });
 
+  it('a retention raised while a pass is under way keeps the days it now covers', stack.wrap(async () => {
+    await noPasses(); // this test starts its own replica, once the scene is set
+    const x = trace('raised-old', 'raised', 100); // past the default 90 days
+    const today = trace('raised-today', 'raised-now', 0);
+    const dx = x.start_time.slice(0, 10).replaceAll('-', '');
+    const dt = today.start_time.slice(0, 10).replaceAll('-', '');
+    await sendStored(owner.key, [x, today]);
+    // A reader holds today's day in SHARE mode: a pass that has read the retention settings
+    // waits in its row delete (step 1) until the reader is ended, before its drops (step 2).
+    const holder = stack.psql(`BEGIN; LOCK TABLE ingest.traces_p${dt} IN SHARE MODE; SELECT pg_sleep(30); COMMIT`,
+      { appName: 'test-raise-holder', timeoutMs: 40_000 });
+    holder.catch(() => {});
+    const held = await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'test-raise-holder' AND l.granted AND l.mode = 'ShareLock'"))[0][0] !== '0',
+      { timeoutMs: 5000, intervalMs: 50 });
+    assert.ok(held.value, 'the reader holds the day');
+    const replica2 = await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s' });
+    try {
+      const waiting = await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'" +
+        " AND query LIKE '%WITH short AS%' AND pid <> pg_backend_pid()"))[0][0] !== '0', { timeoutMs: 15_000, intervalMs: 50 });
+      assert.ok(waiting.value, 'a pass waits in its row delete');
+      // the project is now kept a year: its 100-day-old day must stay (the setting may wait for
+      // the pass's row delete, which goes on once the reader is ended)
+      const setting = api('PUT', '/api/v1/projects/raised/settings', { key: owner.key, body: { retention_days: 365 } });
+      await sleep(500);
+      await stack.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'test-raise-holder'");
+      await holder.catch(() => {});
+      const set = await setting;
+      assert.equal(set.status, 200, JSON.stringify(set.body));
+      // the pass goes on, and two more after it
+      await pollUntil(async () => (await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'" +
+        " AND query LIKE '%WITH short AS%' AND pid <> pg_backend_pid()"))[0][0] === '0', { timeoutMs: 5000, intervalMs: 50 });
+      await sleep(2500);
+      assert.equal((await stack.psql(`SELECT to_regclass('ingest.traces_p${dx}') IS NOT NULL`))[0][0], 't', `the partitions of ${dx} stay`);
+      assert.equal((await api('GET', `/api/v1/traces/${x.id}`, { key: owner.key })).status, 200, 'the trace of the project kept a year stays');
+    } finally {
+      replica2.proc.kill('SIGTERM');
+      await replica2.exited;
+      await holder.catch(() => {});
+    }
+    // back to the default, for what follows
+    assert.equal((await api('PUT', '/api/v1/projects/raised/settings', { key: owner.key, body: { retention_days: 90 } })).status, 200);
+  }), { timeout: 90_000 });
+
   it("a day dropped whole takes its traces' reviews and scores with it: the same id sent again starts without them", stack.wrap(async () => {
     await noPasses(); // the 1 s replica would drop the old day before the review
     const x = trace('dropped-reviewed', 'archive2', 120);
