@@ -213,6 +213,7 @@ static eb_status drop_day(PGconn *c, const char *ymd, long long default_days, bo
     eb_status st = pass_tx_begin(c);
     long long max_days = default_days;
     struct tm tm = {0};
+    bool have_traces, have_obs;
     char *sql;
     PGresult *r;
 
@@ -225,20 +226,40 @@ static eb_status drop_day(PGconn *c, const char *ymd, long long default_days, bo
         return pass_tx_end(c, EB_OK); /* kept: nothing done */
     if (st != EB_OK)
         return pass_tx_end(c, st);
+    /* which of the day's two partitions there are: one dropped by hand leaves the other, which
+     * goes alone (the keys are found through the traces' one) */
+    sql = eb_asprintf("SELECT to_regclass('ingest.traces_p%s') IS NOT NULL,"
+                      " to_regclass('ingest.observations_p%s') IS NOT NULL",
+                      ymd, ymd);
+    st = eb_db_exec(c, sql, 0, NULL, &r);
+    free(sql);
+    if (st != EB_OK)
+        return pass_tx_end(c, st);
+    have_traces = eb_db_val(r, 0, 0)[0] == 't';
+    have_obs = eb_db_val(r, 0, 1)[0] == 't';
+    PQclear(r);
+    if (!have_traces && !have_obs)
+        return pass_tx_end(c, EB_OK);
     /* one statement at a time, each with a snapshot of its own: the keys are locked before
      * the DELETE (as in step 1) */
-    sql = eb_asprintf("LOCK TABLE ingest.traces_p%s, ingest.observations_p%s IN ACCESS"
-                      " EXCLUSIVE MODE; SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k"
-                      " JOIN ingest.traces_p%s t ON k.team_id = t.team_id AND k.id = t.id AND"
-                      " k.part_time = t.part_time FOR UPDATE OF k) x;"
-                      " WITH k AS (DELETE FROM ingest.trace_keys k USING"
-                      " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
-                      " k.part_time = t.part_time RETURNING k.team_id, k.id),"
-                      " rv AS (DELETE FROM ingest.reviews r USING k WHERE r.team_id = k.team_id"
-                      " AND r.trace_id = k.id), sc AS (DELETE FROM ingest.scores s USING k WHERE"
-                      " s.team_id = k.team_id AND s.trace_id = k.id) SELECT count(*) FROM k;"
-                      " DROP TABLE ingest.observations_p%s; DROP TABLE ingest.traces_p%s",
-                      ymd, ymd, ymd, ymd, ymd, ymd);
+    if (have_traces)
+        sql =
+            eb_asprintf("LOCK TABLE ingest.traces_p%s%s%s IN ACCESS EXCLUSIVE MODE;"
+                        " SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k"
+                        " JOIN ingest.traces_p%s t ON k.team_id = t.team_id AND k.id = t.id AND"
+                        " k.part_time = t.part_time FOR UPDATE OF k) x;"
+                        " WITH k AS (DELETE FROM ingest.trace_keys k USING"
+                        " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
+                        " k.part_time = t.part_time RETURNING k.team_id, k.id),"
+                        " rv AS (DELETE FROM ingest.reviews r USING k WHERE r.team_id = k.team_id"
+                        " AND r.trace_id = k.id), sc AS (DELETE FROM ingest.scores s USING k WHERE"
+                        " s.team_id = k.team_id AND s.trace_id = k.id) SELECT count(*) FROM k;"
+                        " %s%s%sDROP TABLE ingest.traces_p%s",
+                        ymd, have_obs ? ", ingest.observations_p" : "", have_obs ? ymd : "", ymd,
+                        ymd, have_obs ? "DROP TABLE ingest.observations_p" : "",
+                        have_obs ? ymd : "", have_obs ? "; " : "", ymd);
+    else
+        sql = eb_asprintf("DROP TABLE ingest.observations_p%s", ymd);
     r = PQexec(c, sql);
     free(sql);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
@@ -318,10 +339,12 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
     if (st != EB_OK || pass_cancelled(rt))
         goto cleanup;
     /* 2. */
+    /* the days of either table: one whose other partition was dropped by hand goes too */
     st = eb_db_exec(c,
-                    "SELECT substr(c.relname, 9) FROM pg_inherits i JOIN pg_class c ON c.oid ="
-                    " i.inhrelid WHERE i.inhparent = 'ingest.traces'::regclass AND c.relname ~"
-                    " '^traces_p[0-9]{8}$' ORDER BY 1",
+                    "SELECT DISTINCT substring(c.relname from '[0-9]{8}$') FROM pg_inherits i"
+                    " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent IN"
+                    " ('ingest.traces'::regclass, 'ingest.observations'::regclass) AND"
+                    " c.relname ~ '^(traces|observations)_p[0-9]{8}$' ORDER BY 1",
                     0, NULL, &r);
     if (st != EB_OK)
         goto cleanup;

@@ -310,4 +310,25 @@ describe('retention per project', () => {
     const g = await api('GET', `/api/v1/traces/${x.id}`, { key: owner.key });
     assert.deepEqual([g.status, g.body.reviews, g.body.scores], [200, [], []], 'x stays, still without them');
   }), { timeout: 90_000 });
+  it('a day with one of its two partitions dropped by hand is dropped whole, and the days after it still go', stack.wrap(async () => {
+    await noPasses(); // the scene first; then a replica of its own runs the passes
+    const [a, b, c] = [trace('half-a', 'half', 120), trace('half-b', 'half', 121), trace('half-c', 'half', 122)];
+    const day = (t) => t.start_time.slice(0, 10).replaceAll('-', '');
+    await sendStored(owner.key, [a, b, c]);
+    // the oldest day loses its observations' partition, the next its traces' one (and with it
+    // the trace: its key stays)
+    await stack.psql(`DROP TABLE ingest.observations_p${day(c)}; DROP TABLE ingest.traces_p${day(b)}`);
+    const replica3 = await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s' });
+    try {
+      const left = () => stack.psql(`SELECT count(*) FROM pg_class WHERE relname IN ('traces_p${day(a)}', 'observations_p${day(a)}',` +
+        ` 'observations_p${day(b)}', 'traces_p${day(c)}')`);
+      const gone = await pollUntil(async () => (await left())[0][0] === '0', { timeoutMs: 15_000, intervalMs: 250 });
+      assert.ok(gone.value, `every partition of the three days is dropped: ${(await left())[0][0]} left`);
+      assert.equal((await api('GET', '/api/v1/traces/half-a', { key: owner.key })).status, 404, 'the trace of the intact day is gone');
+      assert.ok(!fs.readFileSync(replica3.logFile, 'utf8').includes('retention pass failed'), 'no pass failed');
+    } finally {
+      replica3.proc.kill('SIGTERM');
+      await replica3.exited;
+    }
+  }), { timeout: 60_000 });
 });
