@@ -889,8 +889,11 @@ static const char *collect_io(export_writer *w, const cJSON *io, bool input)
     {
         if (w->format == EXPORT_ANTHROPIC && uses_tools(m))
             return SKIP_TOOL_USE; /* before the checks of tool messages and calls */
-        if ((why = check_message(m, &role)) != NULL)
+        if ((why = check_message(m, &role)) != NULL) {
+            if (!strcmp(why, SKIP_EMPTY_MESSAGE) && !strcmp(role, "system"))
+                continue; /* an empty system message says nothing: left out */
             return why;
+        }
         conv_push(w, m, NULL, role, input);
     }
     return NULL;

@@ -712,9 +712,10 @@ static const chat_case chat_cases[] = {
      NULL},
     /* empty text is no text: OpenAI refuses a message whose content is "" */
     {"{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":\"\"}]}}", "empty_message", NULL},
+    /* ... but an empty system message says nothing: it is left out */
     {"{\"input\":{\"messages\":[{\"role\":\"system\",\"content\":\"\"},{\"role\":\"user\","
      "\"content\":\"q\"}]}}",
-     "empty_message", NULL},
+     NULL, "[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"4\"}]"},
     {"{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":"
      "\"\"},\"\"]}]}}",
      "empty_message", NULL},
@@ -980,6 +981,18 @@ static void test_anthropic(void **state)
          NULL,
          "{\"system\":\"s1\\ns2\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\nb\\nc\"},"
          "{\"role\":\"assistant\",\"content\":\"x\\ny\"}]}"},
+        /* empty system messages say nothing: no "system" member, no blank line in it */
+        {"{\"input\":{\"messages\":[{\"role\":\"system\",\"content\":\"\"},{\"role\":"
+         "\"user\",\"content\":\"a\"}]},\"output\":\"b\"}",
+         NULL,
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\","
+         "\"content\":\"b\"}]}"},
+        {"{\"input\":{\"messages\":[{\"role\":\"system\",\"content\":\"\"},{\"role\":"
+         "\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"a\"}]},\"output\":"
+         "\"b\"}",
+         NULL,
+         "{\"system\":\"s\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":"
+         "\"assistant\",\"content\":\"b\"}]}"},
         {"{\"input\":\"hi\",\"output\":\"hello\"}", NULL,
          "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\","
          "\"content\":\"hello\"}]}"},
@@ -1031,7 +1044,7 @@ static void test_anthropic(void **state)
         free(text);
     }
     cJSON *sj = export_stats_json(stats);
-    assert_int_equal((int)stat_num(sj, "records"), 4);
+    assert_int_equal((int)stat_num(sj, "records"), 6);
     assert_int_equal((int)stat_num(sj, "skipped_by_reason/invalid_turn_order"), 3);
     assert_int_equal((int)stat_num(sj, "skipped_by_reason/tool_use_unsupported"), 2);
     cJSON_Delete(sj);
