@@ -964,32 +964,50 @@ static void on_authenticated(eb_status st, const eb_principal *p, const char *re
 }
 
 /* Whether addr (an IPv4 or IPv6 address) falls in item: an address, or a network
- * "address/bits". */
+ * "address/bits". A peer on an IPv6 socket that listens for IPv4 too has an IPv4-mapped address
+ * (::ffff:a.b.c.d), compared as the IPv4 address it is. A malformed item matches nothing. */
 static bool in_network(const char *item, size_t len, const char *addr)
 {
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     unsigned char want[16], have[16];
     char text[64];
-    const char *slash;
+    const char *slash, *start;
     int family = strchr(addr, ':') ? AF_INET6 : AF_INET, bits, full;
+    const unsigned char *peer = have;
 
     if (len == 0 || len >= sizeof(text))
         return false;
     memcpy(text, item, len);
     text[len] = '\0';
+    if (inet_pton(family, addr, have) != 1)
+        return false;
+    if (family == AF_INET6 && !strchr(text, ':') && memcmp(have, mapped, sizeof(mapped)) == 0) {
+        family = AF_INET;
+        peer = have + sizeof(mapped);
+    }
     slash = strchr(text, '/');
     full = family == AF_INET6 ? 128 : 32;
-    bits = slash ? atoi(slash + 1) : full;
-    if (slash)
+    bits = full;
+    if (slash) { /* one to three digits, no more than the family's */
+        start = slash + 1;
+        bits = 0;
+        for (const char *d = start; *d; d++) {
+            if (*d < '0' || *d > '9' || d - start >= 3)
+                return false;
+            bits = bits * 10 + (*d - '0');
+        }
+        if (*start == '\0')
+            return false;
         text[slash - text] = '\0';
-    if (bits < 0 || bits > full || inet_pton(family, text, want) != 1 ||
-        inet_pton(family, addr, have) != 1)
+    }
+    if (bits > full || inet_pton(family, text, want) != 1)
         return false;
     for (int i = 0; i < bits / 8; i++)
-        if (want[i] != have[i])
+        if (want[i] != peer[i])
             return false;
     if (bits % 8) {
         unsigned char mask = (unsigned char)(0xff << (8 - bits % 8));
-        if ((want[bits / 8] & mask) != (have[bits / 8] & mask))
+        if ((want[bits / 8] & mask) != (peer[bits / 8] & mask))
             return false;
     }
     return true;

@@ -258,6 +258,31 @@ describe('auth HTTP API', () => {
     }
   }));
 
+  it('trusted proxies: an IPv4 proxy reaching an IPv6 listener (::ffff:a.b.c.d) is trusted; a network with a malformed prefix length trusts nobody', T, stack.wrap(async () => {
+    const tag = crypto.randomBytes(4).toString('hex');
+    const remoteOf = async (env, realIp) => {
+      const replica = await stack.spawnService('auth', env);
+      try {
+        const r = await stack.api('POST', '/api/v1/auth/login', {
+          base: replica.url, headers: { 'x-real-ip': realIp }, body: { email: `tp-${tag}@example.com`, password: 'definitely-not-it' },
+        });
+        assertError(r, 'unauthenticated');
+        const line = fs.readFileSync(replica.logFile, 'utf8').split('\n').find((l) => l.includes('/api/v1/auth/login'));
+        return /"remote":"([^"]*)"/.exec(line ?? '')?.[1];
+      } finally {
+        replica.proc.kill('SIGTERM');
+        await replica.exited;
+      }
+    };
+    // on "::" (IPv4 too), the loopback peer 127.0.0.1 is ::ffff:127.0.0.1: the default list trusts it
+    assert.equal(await remoteOf({ EVALBUS_HTTP_ADDR: '::' }, '198.51.100.31'), '198.51.100.31', 'an IPv4-mapped proxy');
+    assert.equal(await remoteOf({ EVALBUS_HTTP_ADDR: '::', EVALBUS_TRUSTED_PROXIES: '127.0.0.0/8' }, '198.51.100.32'), '198.51.100.32', 'an IPv4-mapped proxy in a network');
+    for (const list of ['10.0.0.0/', '10.0.0.0/x', '10.0.0.0/8x']) {
+      assert.equal(await remoteOf({ EVALBUS_TRUSTED_PROXIES: list }, '198.51.100.33'), '127.0.0.1', `trusted-proxies ${list}: the peer, not the header`);
+    }
+    assert.equal(await remoteOf({ EVALBUS_TRUSTED_PROXIES: '10.0.0.0/8, 127.0.0.0/8' }, '198.51.100.34'), '198.51.100.34', 'a network that holds the peer');
+  }));
+
   it('login with a wrong password or an unknown email is 401 with the same message', T, stack.wrap(async () => {
     const wrong = await stack.api('POST', '/api/v1/auth/login', {
       body: { email: owner.email, password: 'definitely-not-it' },
