@@ -20,7 +20,8 @@ char *ingest_reasons_normalize(const char *list, char *why, size_t why_len)
 {
     eb_buf out = {0};
 
-    for (const char *p = list ? list : ""; *p;) {
+    /* a comma at the end leaves an empty reason after it, as one at the start does before it */
+    for (const char *p = list ? list : "", *last = NULL; *p || last;) {
         const char *comma = strchr(p, ',');
         const char *end = comma ? comma : p + strlen(p);
         while (p < end && (*p == ' ' || *p == '\t'))
@@ -39,6 +40,7 @@ char *ingest_reasons_normalize(const char *list, char *why, size_t why_len)
         if (out.len)
             eb_buf_putc(&out, ',');
         eb_buf_append(&out, p, (size_t)(end - p));
+        last = comma;
         p = comma ? comma + 1 : end;
     }
     if (!out.len) {

@@ -470,9 +470,11 @@ describe('ingest: JSON batch API and trace queries', () => {
   }));
 
   it('review-reasons: spaces around the reasons are dropped; an empty reason stops start-up', T, stack.wrap(async () => {
-    const bad = spawnSync(path.join(BIN_DIR, 'evalbus-ingest'), [], { env: { ...process.env, EVALBUS_REVIEW_REASONS: 'incorrect,,other' }, encoding: 'utf8', timeout: 10_000 });
-    assert.equal(bad.status, 2, `an empty reason: exit ${bad.status}: ${bad.stderr}`);
-    assert.match(bad.stderr, /review-reasons: an empty reason/);
+    for (const list of ['incorrect,,other', ',incorrect', 'incorrect,other,', 'incorrect, ']) {
+      const bad = spawnSync(path.join(BIN_DIR, 'evalbus-ingest'), [], { env: { ...process.env, EVALBUS_REVIEW_REASONS: list }, encoding: 'utf8', timeout: 10_000 });
+      assert.equal(bad.status, 2, `an empty reason in '${list}': exit ${bad.status}: ${bad.stderr}`);
+      assert.match(bad.stderr, /review-reasons: an empty reason/);
+    }
     const replica = await stack.spawnService('ingest', { EVALBUS_REVIEW_REASONS: 'incorrect, incomplete ,  other', EVALBUS_WRITER_THREADS: '0' });
     try {
       const id = rid('rr');
