@@ -963,44 +963,56 @@ static void on_authenticated(eb_status st, const eb_principal *p, const char *re
     run_handler(req);
 }
 
-/* Whether addr (an IPv4 or IPv6 address) falls in item: an address, or a network
- * "address/bits". A peer on an IPv6 socket that listens for IPv4 too has an IPv4-mapped address
- * (::ffff:a.b.c.d), compared as the IPv4 address it is. A malformed item matches nothing. */
-static bool in_network(const char *item, size_t len, const char *addr)
+/* Parses item, an address or a network "address/bits" (bits: one to three digits, no more than
+ * the family's), into its family, address bytes and prefix length; false if malformed. */
+static bool parse_network(const char *item, size_t len, int *family, unsigned char want[16],
+                          int *bits)
 {
-    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    unsigned char want[16], have[16];
     char text[64];
-    const char *slash, *start;
-    int family = strchr(addr, ':') ? AF_INET6 : AF_INET, bits, full;
-    const unsigned char *peer = have;
+    char *slash;
 
     if (len == 0 || len >= sizeof(text))
         return false;
     memcpy(text, item, len);
     text[len] = '\0';
-    if (inet_pton(family, addr, have) != 1)
-        return false;
-    if (family == AF_INET6 && !strchr(text, ':') && memcmp(have, mapped, sizeof(mapped)) == 0) {
-        family = AF_INET;
-        peer = have + sizeof(mapped);
-    }
+    *family = strchr(text, ':') ? AF_INET6 : AF_INET;
+    *bits = *family == AF_INET6 ? 128 : 32;
     slash = strchr(text, '/');
-    full = family == AF_INET6 ? 128 : 32;
-    bits = full;
-    if (slash) { /* one to three digits, no more than the family's */
-        start = slash + 1;
-        bits = 0;
+    if (slash) {
+        const char *start = slash + 1;
+        int n = 0;
+        if (*start == '\0')
+            return false;
         for (const char *d = start; *d; d++) {
             if (*d < '0' || *d > '9' || d - start >= 3)
                 return false;
-            bits = bits * 10 + (*d - '0');
+            n = n * 10 + (*d - '0');
         }
-        if (*start == '\0')
+        if (n > *bits)
             return false;
-        text[slash - text] = '\0';
+        *bits = n;
+        *slash = '\0';
     }
-    if (bits > full || inet_pton(family, text, want) != 1)
+    return inet_pton(*family, text, want) == 1;
+}
+
+/* Whether addr (an IPv4 or IPv6 address) falls in item (parse_network). A peer on an IPv6
+ * socket that listens for IPv4 too has an IPv4-mapped address (::ffff:a.b.c.d), compared as the
+ * IPv4 address it is. A malformed item matches nothing. */
+static bool in_network(const char *item, size_t len, const char *addr)
+{
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    unsigned char want[16], have[16];
+    int family, peer_family = strchr(addr, ':') ? AF_INET6 : AF_INET, bits;
+    const unsigned char *peer = have;
+
+    if (!parse_network(item, len, &family, want, &bits) || inet_pton(peer_family, addr, have) != 1)
+        return false;
+    if (family == AF_INET && peer_family == AF_INET6 && memcmp(have, mapped, sizeof(mapped)) == 0) {
+        peer_family = AF_INET;
+        peer = have + sizeof(mapped);
+    }
+    if (family != peer_family)
         return false;
     for (int i = 0; i < bits / 8; i++)
         if (want[i] != peer[i])
@@ -1013,8 +1025,9 @@ static bool in_network(const char *item, size_t len, const char *addr)
     return true;
 }
 
-/* Whether addr is in one of list's comma-separated addresses or networks. */
-static bool listed(const char *list, const char *addr)
+/* Calls fn on each trimmed comma-separated item of list until it returns true. */
+static bool any_item(const char *list, bool (*fn)(const char *item, size_t len, const void *arg),
+                     const void *arg)
 {
     for (const char *p = list ? list : ""; *p;) {
         const char *end = strchr(p, ',');
@@ -1023,11 +1036,39 @@ static bool listed(const char *list, const char *addr)
             p++;
         while (stop > p && stop[-1] == ' ')
             stop--;
-        if (in_network(p, (size_t)(stop - p), addr))
+        if (fn(p, (size_t)(stop - p), arg))
             return true;
         p = end ? end + 1 : stop;
     }
     return false;
+}
+
+static bool item_matches(const char *item, size_t len, const void *addr)
+{
+    return in_network(item, len, addr);
+}
+
+/* Whether addr is in one of list's comma-separated addresses or networks. */
+static bool listed(const char *list, const char *addr)
+{
+    return any_item(list, item_matches, addr);
+}
+
+static bool item_malformed(const char *item, size_t len, const void *bad)
+{
+    unsigned char want[16];
+    int family, bits;
+
+    if (parse_network(item, len, &family, want, &bits))
+        return false;
+    snprintf((char *)bad, 64, "%.*s", (int)(len < 60 ? len : 60), item);
+    return true;
+}
+
+bool eb_http_proxies_valid(const char *list, char bad[64])
+{
+    bad[0] = '\0';
+    return !any_item(list, item_malformed, bad);
 }
 
 /* Behind a trusted proxy (the edge), the client is the one its X-Real-IP names (an IPv4 or IPv6

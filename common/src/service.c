@@ -131,6 +131,7 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
 {
     eb_status st;
     eb_http_options ho = {0};
+    char bad[64];
 
     memset(svc, 0, sizeof(*svc));
     svc->name = name;
@@ -159,6 +160,11 @@ eb_status eb_service_init(eb_service *svc, const char *name, const eb_service_co
             return eb_error(st, "setting redis-url (EVALBUS_REDIS_URL): %s", eb_error_message());
     }
     svc->rl = eb_ratelimit_new(svc->base, svc->redis, cfg->redis_timeout_ms);
+    if (!eb_http_proxies_valid(cfg->trusted_proxies, bad))
+        return eb_error(EB_ERR_INVALID,
+                        "setting trusted-proxies (EVALBUS_TRUSTED_PROXIES): '%s' is neither an"
+                        " address nor a network (address/bits)",
+                        bad);
     ho.service = name;
     ho.addr = cfg->http_addr;
     ho.port = (int)cfg->http_port;

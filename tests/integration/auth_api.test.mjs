@@ -2,12 +2,15 @@
 // its JWT, whoami, teams, users and keys.
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
+  BIN_DIR,
   DOWN_TIMEOUT_MS,
   RFC3339_RE,
   Stack,
@@ -258,7 +261,7 @@ describe('auth HTTP API', () => {
     }
   }));
 
-  it('trusted proxies: an IPv4 proxy reaching an IPv6 listener (::ffff:a.b.c.d) is trusted; a network with a malformed prefix length trusts nobody', T, stack.wrap(async () => {
+  it('trusted proxies: an IPv4 proxy reaching an IPv6 listener (::ffff:a.b.c.d) is trusted; a malformed entry stops start-up', T, stack.wrap(async () => {
     const tag = crypto.randomBytes(4).toString('hex');
     const remoteOf = async (env, realIp) => {
       const replica = await stack.spawnService('auth', env);
@@ -277,8 +280,13 @@ describe('auth HTTP API', () => {
     // on "::" (IPv4 too), the loopback peer 127.0.0.1 is ::ffff:127.0.0.1: the default list trusts it
     assert.equal(await remoteOf({ EVALBUS_HTTP_ADDR: '::' }, '198.51.100.31'), '198.51.100.31', 'an IPv4-mapped proxy');
     assert.equal(await remoteOf({ EVALBUS_HTTP_ADDR: '::', EVALBUS_TRUSTED_PROXIES: '127.0.0.0/8' }, '198.51.100.32'), '198.51.100.32', 'an IPv4-mapped proxy in a network');
-    for (const list of ['10.0.0.0/', '10.0.0.0/x', '10.0.0.0/8x']) {
-      assert.equal(await remoteOf({ EVALBUS_TRUSTED_PROXIES: list }, '198.51.100.33'), '127.0.0.1', `trusted-proxies ${list}: the peer, not the header`);
+    // a malformed entry (read as /0 it would trust everyone) stops start-up, naming the setting
+    for (const list of ['10.0.0.0/', '10.0.0.0/x', '10.0.0.0/8x', '10.0.0.0/33', 'proxy.local']) {
+      const res = spawnSync(path.join(BIN_DIR, 'evalbus-auth'), [], {
+        env: { ...process.env, EVALBUS_JWT_SECRET: 'x'.repeat(40), EVALBUS_TRUSTED_PROXIES: list }, encoding: 'utf8', timeout: 10_000,
+      });
+      assert.equal(res.status, 1, `trusted-proxies ${list}: exit ${res.status}: ${res.stderr}`);
+      assert.match(res.stderr, /trusted-proxies .*is neither an address nor a network/, `trusted-proxies ${list}`);
     }
     assert.equal(await remoteOf({ EVALBUS_TRUSTED_PROXIES: '10.0.0.0/8, 127.0.0.0/8' }, '198.51.100.34'), '198.51.100.34', 'a network that holds the peer');
   }));

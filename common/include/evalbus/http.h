@@ -72,6 +72,10 @@ typedef bool (*eb_ready_fn)(void *arg, char *detail, size_t detail_len);
 typedef void (*eb_denied_fn)(void *arg, const eb_principal *p, const char *method, const char *path,
                              const char *request_id, const char *why);
 
+/* Whether every comma-separated item of list (a trusted-proxies value) is an address or a network
+ * "address/bits"; if not, bad gets the first that is not. */
+bool eb_http_proxies_valid(const char *list, char bad[64]);
+
 eb_http_server *eb_http_server_new(struct event_base *base, const eb_http_options *opts,
                                    const eb_http_route *routes, size_t nroutes, void *ctx);
 void eb_http_server_free(eb_http_server *srv);
