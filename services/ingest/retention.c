@@ -241,25 +241,31 @@ static eb_status drop_day(PGconn *c, const char *ymd, long long default_days, bo
     if (!have_traces && !have_obs)
         return pass_tx_end(c, EB_OK);
     /* one statement at a time, each with a snapshot of its own: the keys are locked before
-     * the DELETE (as in step 1) */
+     * the DELETE (as in step 1). The parents are locked before the day's partitions, in the
+     * order every query takes them: a drop holding a partition while it waited for a parent a
+     * reader held, the reader then waiting for that partition, was a deadlock (the reader's
+     * answer a 503, or the pass lost). */
     if (have_traces)
-        sql =
-            eb_asprintf("LOCK TABLE ingest.traces_p%s%s%s IN ACCESS EXCLUSIVE MODE;"
-                        " SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k"
-                        " JOIN ingest.traces_p%s t ON k.team_id = t.team_id AND k.id = t.id AND"
-                        " k.part_time = t.part_time FOR UPDATE OF k) x;"
-                        " WITH k AS (DELETE FROM ingest.trace_keys k USING"
-                        " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
-                        " k.part_time = t.part_time RETURNING k.team_id, k.id),"
-                        " rv AS (DELETE FROM ingest.reviews r USING k WHERE r.team_id = k.team_id"
-                        " AND r.trace_id = k.id), sc AS (DELETE FROM ingest.scores s USING k WHERE"
-                        " s.team_id = k.team_id AND s.trace_id = k.id) SELECT count(*) FROM k;"
-                        " %s%s%sDROP TABLE ingest.traces_p%s",
-                        ymd, have_obs ? ", ingest.observations_p" : "", have_obs ? ymd : "", ymd,
-                        ymd, have_obs ? "DROP TABLE ingest.observations_p" : "",
-                        have_obs ? ymd : "", have_obs ? "; " : "", ymd);
+        sql = eb_asprintf(
+            "LOCK TABLE ONLY ingest.traces, ONLY ingest.observations IN ACCESS"
+            " EXCLUSIVE MODE; LOCK TABLE ingest.traces_p%s%s%s IN ACCESS EXCLUSIVE MODE;"
+            " SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k"
+            " JOIN ingest.traces_p%s t ON k.team_id = t.team_id AND k.id = t.id AND"
+            " k.part_time = t.part_time FOR UPDATE OF k) x;"
+            " WITH k AS (DELETE FROM ingest.trace_keys k USING"
+            " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
+            " k.part_time = t.part_time RETURNING k.team_id, k.id),"
+            " rv AS (DELETE FROM ingest.reviews r USING k WHERE r.team_id = k.team_id"
+            " AND r.trace_id = k.id), sc AS (DELETE FROM ingest.scores s USING k WHERE"
+            " s.team_id = k.team_id AND s.trace_id = k.id) SELECT count(*) FROM k;"
+            " %s%s%sDROP TABLE ingest.traces_p%s",
+            ymd, have_obs ? ", ingest.observations_p" : "", have_obs ? ymd : "", ymd, ymd,
+            have_obs ? "DROP TABLE ingest.observations_p" : "", have_obs ? ymd : "",
+            have_obs ? "; " : "", ymd);
     else
-        sql = eb_asprintf("DROP TABLE ingest.observations_p%s", ymd);
+        sql = eb_asprintf("LOCK TABLE ONLY ingest.traces, ONLY ingest.observations IN ACCESS"
+                          " EXCLUSIVE MODE; DROP TABLE ingest.observations_p%s",
+                          ymd);
     r = PQexec(c, sql);
     free(sql);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)

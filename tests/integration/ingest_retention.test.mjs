@@ -331,4 +331,31 @@ describe('retention per project', () => {
       await replica3.exited;
     }
   }), { timeout: 60_000 });
+  it('a day dropped while a query reads traces and then that day\'s observations: no deadlock, both go through', stack.wrap(async () => {
+    await noPasses();
+    const old = trace('deadlock-old', 'deadlock', 130);
+    const day = old.start_time.slice(0, 10).replaceAll('-', '');
+    await sendStored(owner.key, [old]);
+    // a reader holds the traces table (as every query takes it first) until a pass waits for
+    // it, then reads the old day's observations: a pass that took the day's partitions first and
+    // then waited for the table made the reader wait for it in turn
+    const reader = stack.psql(`BEGIN; SELECT count(*) FROM ONLY ingest.traces;
+      DO $$ BEGIN FOR i IN 1..150 LOOP
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+          AND query LIKE '%DROP TABLE ingest.traces_p${day}%' AND pid <> pg_backend_pid());
+        PERFORM pg_sleep(0.1); PERFORM pg_stat_clear_snapshot(); END LOOP; END $$;
+      SELECT count(*) FROM ingest.observations_p${day}; COMMIT`, { appName: 'test-deadlock-reader', timeoutMs: 40_000 });
+    reader.catch(() => {});
+    const replica4 = await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s' });
+    try {
+      await reader; // throws if PostgreSQL picked it as a deadlock victim
+      const gone = await pollUntil(async () => (await stack.psql(`SELECT to_regclass('ingest.traces_p${day}') IS NULL`))[0][0] === 't',
+        { timeoutMs: 15_000, intervalMs: 250 });
+      assert.ok(gone.value, `the day ${day} is dropped once the reader is done`);
+      assert.doesNotMatch(fs.readFileSync(replica4.logFile, 'utf8'), /deadlock/, 'no pass was a deadlock victim');
+    } finally {
+      replica4.proc.kill('SIGTERM');
+      await replica4.exited;
+    }
+  }), { timeout: 60_000 });
 });
