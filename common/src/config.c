@@ -348,3 +348,17 @@ void eb_config_print_help(const eb_setting *tab, size_t n, const char *program, 
                 tab[i].help ? tab[i].help : "", tab[i].secret ? " (also <ENV>_FILE)" : "");
     }
 }
+
+const char *eb_list_item(const char *p, const char **item, size_t *len)
+{
+    const char *comma = strchr(p, ',');
+    const char *end = comma ? comma : p + strlen(p);
+
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    *item = p;
+    *len = (size_t)(end - p);
+    return comma ? comma + 1 : NULL;
+}

@@ -19,6 +19,7 @@
  * Threading: loop thread only, but for a blocking route's handler, which owns its eb_http_req
  * while it runs on a worker thread (the loop does not touch it meanwhile). */
 #include "evalbus/clock.h"
+#include "evalbus/config.h"
 #include "evalbus/http.h"
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
@@ -1025,50 +1026,36 @@ static bool in_network(const char *item, size_t len, const char *addr)
     return true;
 }
 
-/* Calls fn on each trimmed comma-separated item of list until it returns true. */
-static bool any_item(const char *list, bool (*fn)(const char *item, size_t len, const void *arg),
-                     const void *arg)
+/* Whether addr is in one of list's comma-separated addresses or networks. */
+static bool listed(const char *list, const char *addr)
 {
-    for (const char *p = list ? list : ""; *p;) {
-        const char *end = strchr(p, ',');
-        const char *stop = end ? end : p + strlen(p);
-        while (p < stop && *p == ' ')
-            p++;
-        while (stop > p && stop[-1] == ' ')
-            stop--;
-        if (fn(p, (size_t)(stop - p), arg))
+    const char *item;
+    size_t len;
+
+    for (const char *p = list && *list ? list : NULL; p;) {
+        p = eb_list_item(p, &item, &len);
+        if (in_network(item, len, addr))
             return true;
-        p = end ? end + 1 : stop;
     }
     return false;
 }
 
-static bool item_matches(const char *item, size_t len, const void *addr)
-{
-    return in_network(item, len, addr);
-}
-
-/* Whether addr is in one of list's comma-separated addresses or networks. */
-static bool listed(const char *list, const char *addr)
-{
-    return any_item(list, item_matches, addr);
-}
-
-static bool item_malformed(const char *item, size_t len, const void *bad)
-{
-    unsigned char want[16];
-    int family, bits;
-
-    if (parse_network(item, len, &family, want, &bits))
-        return false;
-    snprintf((char *)bad, 64, "%.*s", (int)(len < 60 ? len : 60), item);
-    return true;
-}
-
 bool eb_http_proxies_valid(const char *list, char bad[64])
 {
+    unsigned char want[16];
+    const char *item;
+    int family, bits;
+    size_t len;
+
     bad[0] = '\0';
-    return !any_item(list, item_malformed, bad);
+    for (const char *p = list && *list ? list : NULL; p;) {
+        p = eb_list_item(p, &item, &len);
+        if (!parse_network(item, len, &family, want, &bits)) {
+            snprintf(bad, 64, "%.*s", (int)(len < 60 ? len : 60), item);
+            return false;
+        }
+    }
+    return true;
 }
 
 /* Behind a trusted proxy (the edge), the client is the one its X-Real-IP names (an IPv4 or IPv6
@@ -1078,7 +1065,6 @@ static void client_address(eb_http_server *srv, eb_http_req *req, struct evkeyva
 {
     const char *real = evhttp_find_header(headers, "X-Real-IP");
     size_t n = real ? strlen(real) : 0;
-
     unsigned char bin[16];
 
     if (n == 0 || n > 45 || !listed(srv->opts.trusted_proxies, req->remote))

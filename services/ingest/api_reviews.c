@@ -5,6 +5,7 @@
  * numeric, boolean or categorical values from a human, an API or an LLM judge, attached to a
  * trace or one of its observations. Both are written synchronously: they are low volume and
  * the caller sees them at once. The trace must belong to the caller's team (404 otherwise). */
+#include "evalbus/config.h"
 #include "evalbus/json.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
@@ -19,29 +20,21 @@
 char *ingest_reasons_normalize(const char *list, char *why, size_t why_len)
 {
     eb_buf out = {0};
+    const char *item;
+    size_t len;
 
-    /* a comma at the end leaves an empty reason after it, as one at the start does before it */
-    for (const char *p = list ? list : "", *last = NULL; *p || last;) {
-        const char *comma = strchr(p, ',');
-        const char *end = comma ? comma : p + strlen(p);
-        while (p < end && (*p == ' ' || *p == '\t'))
-            p++;
-        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        if (end == p || ingest_has_control(p, (size_t)(end - p)) ||
-            !eb_utf8_valid(p, (size_t)(end - p))) {
+    for (const char *p = list && *list ? list : NULL; p;) {
+        p = eb_list_item(p, &item, &len);
+        if (len == 0 || ingest_has_control(item, len) || !eb_utf8_valid(item, len)) {
             snprintf(why, why_len, "%s",
-                     end == p ? "an empty reason (two commas, or one at an end)"
-                              : "a reason with a control character or invalid"
-                                " UTF-8");
+                     len == 0 ? "an empty reason (two commas, or one at an end)"
+                              : "a reason with a control character or invalid UTF-8");
             eb_buf_free(&out);
             return NULL;
         }
         if (out.len)
             eb_buf_putc(&out, ',');
-        eb_buf_append(&out, p, (size_t)(end - p));
-        last = comma;
-        p = comma ? comma + 1 : end;
+        eb_buf_append(&out, item, len);
     }
     if (!out.len) {
         snprintf(why, why_len, "no reason at all");
@@ -50,16 +43,16 @@ char *ingest_reasons_normalize(const char *list, char *why, size_t why_len)
     return eb_buf_steal(&out);
 }
 
+/* Whether reason is one of list's (normalized: no spaces around the items). */
 static bool reason_allowed(const char *list, const char *reason)
 {
-    size_t n = strlen(reason);
+    const char *item;
+    size_t len;
 
-    for (const char *p = list; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        if (len == n && strncmp(p, reason, n) == 0)
+    for (const char *p = list && *list ? list : NULL; p;) {
+        p = eb_list_item(p, &item, &len);
+        if (len == strlen(reason) && strncmp(item, reason, len) == 0)
             return true;
-        p = comma ? comma + 1 : NULL;
     }
     return false;
 }

@@ -208,31 +208,36 @@ static eb_status delete_expired_rows(PGconn *c, long long default_days, long lon
  * scores go in the same transaction as the keys: left to step 3, a trace sent again with the
  * same id before it ran (a pass that fails or is cancelled after its drops skips step 3) would
  * take them on as its own. */
+/* Whether the day ymd (YYYYMMDD) ends within max_days of now (or cannot be read): kept. */
+static bool day_kept(const char *ymd, long long max_days)
+{
+    struct tm tm = {0};
+
+    return !strptime(ymd, "%Y%m%d", &tm) || timegm(&tm) + 86400 > time(NULL) - max_days * 86400;
+}
+
 static eb_status drop_day(PGconn *c, const char *ymd, long long default_days, bool *dropped)
 {
     eb_status st = pass_tx_begin(c);
     long long max_days = default_days;
-    struct tm tm = {0};
     bool have_traces, have_obs;
-    char *sql;
+    eb_buf q = {0};
     PGresult *r;
 
     *dropped = false;
     /* the longest retention again, as it is now: one raised since the pass began keeps the day */
     if (st == EB_OK)
         st = longest_retention(c, default_days, &max_days);
-    if (st == EB_OK &&
-        (!strptime(ymd, "%Y%m%d", &tm) || timegm(&tm) + 86400 > time(NULL) - max_days * 86400))
+    if (st == EB_OK && day_kept(ymd, max_days))
         return pass_tx_end(c, EB_OK); /* kept: nothing done */
     if (st != EB_OK)
         return pass_tx_end(c, st);
     /* which of the day's two partitions there are: one dropped by hand leaves the other, which
      * goes alone (the keys are found through the traces' one) */
-    sql = eb_asprintf("SELECT to_regclass('ingest.traces_p%s') IS NOT NULL,"
-                      " to_regclass('ingest.observations_p%s') IS NOT NULL",
-                      ymd, ymd);
-    st = eb_db_exec(c, sql, 0, NULL, &r);
-    free(sql);
+    st = eb_db_exec(c,
+                    "SELECT to_regclass('ingest.traces_p' || $1) IS NOT NULL,"
+                    " to_regclass('ingest.observations_p' || $1) IS NOT NULL",
+                    1, &ymd, &r);
     if (st != EB_OK)
         return pass_tx_end(c, st);
     have_traces = eb_db_val(r, 0, 0)[0] == 't';
@@ -245,29 +250,30 @@ static eb_status drop_day(PGconn *c, const char *ymd, long long default_days, bo
      * order every query takes them: a drop holding a partition while it waited for a parent a
      * reader held, the reader then waiting for that partition, was a deadlock (the reader's
      * answer a 503, or the pass lost). */
+    eb_buf_puts(&q, "LOCK TABLE ONLY ingest.traces, ONLY ingest.observations IN ACCESS EXCLUSIVE"
+                    " MODE;");
     if (have_traces)
-        sql = eb_asprintf(
-            "LOCK TABLE ONLY ingest.traces, ONLY ingest.observations IN ACCESS"
-            " EXCLUSIVE MODE; LOCK TABLE ingest.traces_p%s%s%s IN ACCESS EXCLUSIVE MODE;"
-            " SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k"
-            " JOIN ingest.traces_p%s t ON k.team_id = t.team_id AND k.id = t.id AND"
-            " k.part_time = t.part_time FOR UPDATE OF k) x;"
-            " WITH k AS (DELETE FROM ingest.trace_keys k USING"
-            " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
-            " k.part_time = t.part_time RETURNING k.team_id, k.id),"
-            " rv AS (DELETE FROM ingest.reviews r USING k WHERE r.team_id = k.team_id"
-            " AND r.trace_id = k.id), sc AS (DELETE FROM ingest.scores s USING k WHERE"
-            " s.team_id = k.team_id AND s.trace_id = k.id) SELECT count(*) FROM k;"
-            " %s%s%sDROP TABLE ingest.traces_p%s",
-            ymd, have_obs ? ", ingest.observations_p" : "", have_obs ? ymd : "", ymd, ymd,
-            have_obs ? "DROP TABLE ingest.observations_p" : "", have_obs ? ymd : "",
-            have_obs ? "; " : "", ymd);
-    else
-        sql = eb_asprintf("LOCK TABLE ONLY ingest.traces, ONLY ingest.observations IN ACCESS"
-                          " EXCLUSIVE MODE; DROP TABLE ingest.observations_p%s",
-                          ymd);
-    r = PQexec(c, sql);
-    free(sql);
+        eb_buf_printf(&q, " LOCK TABLE ingest.traces_p%s IN ACCESS EXCLUSIVE MODE;", ymd);
+    if (have_obs)
+        eb_buf_printf(&q, " LOCK TABLE ingest.observations_p%s IN ACCESS EXCLUSIVE MODE;", ymd);
+    if (have_traces)
+        eb_buf_printf(&q,
+                      " SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys k"
+                      " JOIN ingest.traces_p%s t ON k.team_id = t.team_id AND k.id = t.id AND"
+                      " k.part_time = t.part_time FOR UPDATE OF k) x;"
+                      " WITH k AS (DELETE FROM ingest.trace_keys k USING"
+                      " ingest.traces_p%s t WHERE k.team_id = t.team_id AND k.id = t.id AND"
+                      " k.part_time = t.part_time RETURNING k.team_id, k.id),"
+                      " rv AS (DELETE FROM ingest.reviews r USING k WHERE r.team_id = k.team_id"
+                      " AND r.trace_id = k.id), sc AS (DELETE FROM ingest.scores s USING k WHERE"
+                      " s.team_id = k.team_id AND s.trace_id = k.id) SELECT count(*) FROM k;",
+                      ymd, ymd);
+    if (have_obs)
+        eb_buf_printf(&q, " DROP TABLE ingest.observations_p%s;", ymd);
+    if (have_traces)
+        eb_buf_printf(&q, " DROP TABLE ingest.traces_p%s;", ymd);
+    r = PQexec(c, q.data);
+    eb_buf_free(&q);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         st = eb_error(EB_ERR_DB, "dropping partition %s: %s", ymd, PQresultErrorMessage(r));
     PQclear(r);
@@ -331,15 +337,10 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
      * reads it again, under the settings' lock, before it drops) */
     st = pass_tx_begin(c);
     if (st == EB_OK)
-        st = eb_db_exec(c, "SELECT coalesce(max(retention_days), 0) FROM ingest.project_settings",
-                        0, NULL, &r);
+        st = longest_retention(c, ctx->cfg->retention_days, &max_days);
     st = pass_tx_end(c, st);
     if (st != EB_OK)
         goto cleanup;
-    if (atoll(eb_db_val(r, 0, 0)) > max_days)
-        max_days = atoll(eb_db_val(r, 0, 0));
-    PQclear(r);
-    r = NULL;
     /* 1. */
     st = delete_expired_rows(c, ctx->cfg->retention_days, deleted);
     if (st != EB_OK || pass_cancelled(rt))
@@ -356,11 +357,9 @@ static eb_status run_pass(ingest_retention *rt, long long *deleted, bool *cancel
         goto cleanup;
     for (int i = 0; i < PQntuples(r) && !pass_cancelled(rt); i++) {
         const char *ymd = eb_db_val(r, i, 0);
-        struct tm tm = {0};
         bool dropped;
 
-        if (!strptime(ymd, "%Y%m%d", &tm) ||
-            timegm(&tm) + 86400 > time(NULL) - max_days * 86400) /* the day's end */
+        if (day_kept(ymd, max_days))
             continue;
         if ((st = drop_day(c, ymd, ctx->cfg->retention_days, &dropped)) != EB_OK)
             goto cleanup;

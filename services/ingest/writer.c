@@ -1457,6 +1457,7 @@ static void *writer_main(void *arg)
     natsStatus s;
     char name[64];
     int failures = 0, idle = 0;
+    bool remake = false; /* make the stream and consumer again before binding */
     eb_arena *arena = eb_arena_new();
 
     /* Each writer pulls on a connection of its own: pulls of several threads never share
@@ -1474,17 +1475,20 @@ static void *writer_main(void *arg)
     while (!atomic_load(&w->stop) && t->bus) {
         natsMsgList list = {0};
         if (!sub) {
+            /* a consumer (or stream) gone since start-up, deleted by hand, is made again */
+            if (remake)
+                ingest_streams_ensure_on(t->bus, ctx->cfg);
             s = js_PullSubscribe(&sub, eb_bus_js(t->bus), INGEST_SUBJECT_PREFIX ">",
                                  INGEST_WRITER_DURABLE, NULL, &so, &jerr);
             if (s != NATS_OK) {
                 eb_log_warn(NULL, "writer %d: cannot bind to %s/%s yet: %s", t->index,
                             INGEST_STREAM, INGEST_WRITER_DURABLE, natsStatus_GetText(s));
                 sub = NULL;
-                if (failures++ > 0) /* gone since start-up (deleted by hand): made again */
-                    ingest_streams_ensure_on(t->bus, ctx->cfg);
+                remake = true;
                 sleep(1);
                 continue;
             }
+            remake = false;
             failures = 0;
         }
         s = natsSubscription_Fetch(&list, sub, (int)ctx->cfg->writer_batch, 250, &jerr);
@@ -1500,22 +1504,20 @@ static void *writer_main(void *arg)
             if (++idle % WRITER_IDLE_CHECK == 0 && consumer_missing(t->bus)) {
                 eb_log_warn(NULL, "writer %d: consumer %s/%s is gone; making it again", t->index,
                             INGEST_STREAM, INGEST_WRITER_DURABLE);
-                natsSubscription_Destroy(sub);
-                sub = NULL;
-                failures = 1; /* the first bind makes it again */
+                remake = true;
             }
-            natsMsgList_Destroy(&list);
-            continue;
         } else if (++failures >= WRITER_REBIND_AFTER) {
-            /* the consumer (or the stream) was deleted, or NATS is away: bind anew, making
-             * them again if they stay missing */
+            /* the consumer (or the stream) was deleted, or NATS is away: bind anew */
             eb_log_warn(NULL, "writer %d: fetching from %s/%s keeps failing (%s); binding again",
                         t->index, INGEST_STREAM, INGEST_WRITER_DURABLE, natsStatus_GetText(s));
+            remake = true;
+        } else {
+            usleep(200000);
+        }
+        if (remake) {
             natsSubscription_Unsubscribe(sub);
             natsSubscription_Destroy(sub);
             sub = NULL;
-        } else {
-            usleep(200000);
         }
         natsMsgList_Destroy(&list);
     }

@@ -468,7 +468,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
   }));
 
   it('PostgreSQL refusing every write (read-only, as a standby or a full disk leaves it): records wait, none is dead-lettered, all are stored once it writes again', T, stack.wrap(async () => {
-    // Such an error (SQLSTATE 25006, or 53xxx for a full disk) says nothing about the records:
+    // Such an error (SQLSTATE 25006, or one of class 53 for a full disk) says nothing about the records:
     // every one of them fails alone as well, so dead-lettering those that do would throw away
     // every accepted trace for as long as it lasts.
     const tag = crypto.randomBytes(3).toString('hex');

@@ -172,7 +172,7 @@ describe('retention per project', () => {
     try {
       // backends of passes waiting for the lock (this query's own excluded)
       const waitingPasses = async () => Number((await stack.psql("SELECT count(*) FROM pg_stat_activity" +
-        " WHERE wait_event_type = 'Lock' AND query LIKE '%FROM ingest.project_settings%' AND pid <> pg_backend_pid()"))[0][0]);
+        " WHERE wait_event_type = 'Lock' AND query LIKE '%ingest.project_settings%' AND pid <> pg_backend_pid()"))[0][0]);
       const waiting = await pollUntil(async () => await waitingPasses() > 0, { timeoutMs: 10_000, intervalMs: 100 });
       assert.ok(waiting.value, 'a retention pass waits for the lock');
       const t0 = Date.now();

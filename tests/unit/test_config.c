@@ -224,6 +224,45 @@ static void test_parsers(void **state)
     assert_false(eb_http_parse_count(NULL, 1, 500, &v));
 }
 
+/* The items of a comma-separated list, joined with '|' ("" when there is none). */
+static void list_items(const char *list, char *out, size_t outlen)
+{
+    const char *item;
+    size_t len, used = 0;
+    bool first = true;
+
+    out[0] = '\0';
+    for (const char *p = list && *list ? list : NULL; p; first = false) {
+        p = eb_list_item(p, &item, &len);
+        used +=
+            (size_t)snprintf(out + used, outlen - used, "%s%.*s", first ? "" : "|", (int)len, item);
+    }
+}
+
+static void test_list_items(void **state)
+{
+    static const char *const cases[][2] = {
+        {"", ""},
+        {"a", "a"},
+        {" a ,\tb\t", "a|b"},
+        {"a,", "a|"},
+        {",a", "|a"},
+        {"a,,b", "a||b"},
+        {" ", ""},
+        {"10.0.0.0/8, ::1", "10.0.0.0/8|::1"},
+    };
+    char out[64];
+
+    (void)state;
+    list_items(NULL, out, sizeof out);
+    assert_string_equal(out, "");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        list_items(cases[i][0], out, sizeof out);
+        if (strcmp(out, cases[i][1]) != 0)
+            fail_msg("'%s': got '%s', want '%s'", cases[i][0], out, cases[i][1]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -235,6 +274,7 @@ int main(void)
         cmocka_unit_test_setup(test_secret_not_echoed, setup),
         cmocka_unit_test_setup(test_unknown_flag_and_help, setup),
         cmocka_unit_test_setup(test_parsers, setup),
+        cmocka_unit_test(test_list_items),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -57,4 +57,10 @@ void eb_config_print_help(const eb_setting *tab, size_t n, const char *program, 
 bool eb_parse_duration_ms(const char *s, long long *out);
 bool eb_parse_size(const char *s, long long *out);
 
+/* One item of a comma-separated setting at p: *item and *len get it without the spaces and tabs
+ * around it; returns where the next item starts, or NULL when this was the last. Walk a list
+ * with: for (const char *p = list && *list ? list : NULL; p;) p = eb_list_item(p, &it, &n);
+ * (an empty list has no items; "a,", ",a" and "a,,b" have an empty one). */
+const char *eb_list_item(const char *p, const char **item, size_t *len);
+
 #endif
