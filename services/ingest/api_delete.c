@@ -21,39 +21,61 @@ static void audit(ingest_ctx *ctx, eb_http_req *req, const char *action, const c
                   target, detail);
 }
 
-/* Deletes the traces selected by the key rows in the CTE "sel" (columns team_id, part_time, id)
- * and returns their number. */
-static const char delete_tail[] =
-    " , t AS (DELETE FROM ingest.traces t USING sel WHERE t.team_id = sel.team_id AND"
-    "  t.part_time = sel.part_time AND t.id = sel.id),"
-    " o AS (DELETE FROM ingest.observations o USING sel WHERE o.team_id = sel.team_id AND"
-    "  o.part_time = sel.part_time AND o.trace_id = sel.id),"
-    " rv AS (DELETE FROM ingest.reviews r USING sel WHERE r.team_id = sel.team_id AND"
-    "  r.trace_id = sel.id),"
-    " sc AS (DELETE FROM ingest.scores s USING sel WHERE s.team_id = sel.team_id AND"
-    "  s.trace_id = sel.id),"
-    " k AS (DELETE FROM ingest.trace_keys k USING sel WHERE k.team_id = sel.team_id AND"
-    "  k.id = sel.id)"
-    " SELECT count(*) FROM sel";
+/* The deletion of the traces selected by sel, a CTE "sel" (columns team_id, part_time, id): the
+ * trace, its observations, reviews, scores and key row go, and the statement returns their
+ * number. Each deleted trace leaves a tombstone with the stream position in parameter
+ * $seq_param, so that the writer stores none of the records of it that the stream took before
+ * the deletion (migration 006, writer.c drop_deleted). */
+static char *deletion_sql(const char *sel, int seq_param)
+{
+    return eb_asprintf(
+        "WITH sel AS (%s),"
+        " t AS (DELETE FROM ingest.traces t USING sel WHERE t.team_id = sel.team_id AND"
+        "  t.part_time = sel.part_time AND t.id = sel.id RETURNING t.team_id, t.id),"
+        " x AS (INSERT INTO ingest.trace_tombstones AS x (team_id, id, deleted_seq)"
+        "  SELECT DISTINCT team_id, id, $%d::bigint FROM t ON CONFLICT (team_id, id) DO UPDATE"
+        "  SET deleted_seq = greatest(x.deleted_seq, excluded.deleted_seq), deleted_at = now()),"
+        " o AS (DELETE FROM ingest.observations o USING sel WHERE o.team_id = sel.team_id AND"
+        "  o.part_time = sel.part_time AND o.trace_id = sel.id),"
+        " rv AS (DELETE FROM ingest.reviews r USING sel WHERE r.team_id = sel.team_id AND"
+        "  r.trace_id = sel.id),"
+        " sc AS (DELETE FROM ingest.scores s USING sel WHERE s.team_id = sel.team_id AND"
+        "  s.trace_id = sel.id),"
+        " k AS (DELETE FROM ingest.trace_keys k USING sel WHERE k.team_id = sel.team_id AND"
+        "  k.id = sel.id)"
+        " SELECT count(*) FROM sel",
+        sel, seq_param);
+}
 
 /* Runs lock (a statement locking the keys of the traces to delete, with the first n_lock of
- * params), then sql (the deletion, with n params), in one transaction. The deletion is a
- * statement of its own after the lock: its snapshot is taken once the keys are locked, so it
- * sees every review and score that held a key (FOR KEY SHARE) until its commit, and deletes
- * them with their trace instead of leaving them behind. A deletion is not cut off by
- * query-timeout (a large one, by filter, must be able to finish): only its waits for locks are
- * (lock_timeout; 503, try again). */
+ * params), then the deletion of the traces sel selects (deletion_sql, with n params; params has
+ * room for one more, the stream position), in one transaction. The deletion is a statement of
+ * its own after the lock: its snapshot is taken once the keys are locked, so it sees every
+ * review and score that held a key (FOR KEY SHARE) until its commit, and deletes them with
+ * their trace instead of leaving them behind; and a writer storing a record of one of these
+ * traces either committed before the lock (the deletion takes what it stored) or reads the
+ * tombstone after this commit (drop_deleted). A deletion is not cut off by query-timeout (a
+ * large one, by filter, must be able to finish): only its waits for locks are (lock_timeout;
+ * 503, try again). The stream position is read first: every record the stream took before this
+ * request is at or below it; without it (NATS away) the deletion answers 503. */
 static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int n_lock,
-                       const char *sql, int n, const char *const *params, long long *count)
+                       const char *sel, int n, const char **params, long long *count)
 {
-    PGconn *c = eb_req_db_begin(ctx->svc.db, req, false);
+    PGconn *c;
     PGresult *r = NULL;
-    char ms[32];
+    char ms[32], position_s[24], *sql;
     const char *limits[1] = {ms};
+    unsigned long long position = 0;
     eb_status st;
 
-    if (!c)
+    if ((st = ingest_stream_position(ctx, &position)) != EB_OK) {
+        eb_http_reply_status(req, st);
         return false;
+    }
+    if (!(c = eb_req_db_begin(ctx->svc.db, req, false)))
+        return false;
+    snprintf(position_s, sizeof(position_s), "%llu", position);
+    params[n] = position_s;
     snprintf(ms, sizeof(ms), "%lld", ctx->cfg->svc.query_timeout_ms);
     st = eb_db_exec(c,
                     "SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout',"
@@ -61,8 +83,10 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int 
                     1, limits, NULL);
     if (st == EB_OK)
         st = eb_db_exec(c, lock, n_lock, params, NULL);
+    sql = deletion_sql(sel, n + 1);
     if (st == EB_OK)
-        st = eb_db_exec(c, sql, n, params, &r);
+        st = eb_db_exec(c, sql, n + 1, params, &r);
+    free(sql);
     if (st != EB_OK) {
         eb_req_db_fail(ctx->svc.db, req, c, st);
         return false;
@@ -81,21 +105,20 @@ void api_trace_delete(eb_http_req *req, void *vctx)
     ingest_ctx *ctx = vctx;
     const eb_principal *p = eb_http_req_principal(req);
     const char *id = eb_http_req_param(req, "id");
-    const char *params[3] = {p->team_id, id, p->project[0] ? p->project : NULL};
+    const char *params[4] = {p->team_id, id, p->project[0] ? p->project : NULL};
     /* a project-restricted key finds the traces of its project only */
-    char *sql = eb_asprintf("WITH sel AS (SELECT k.team_id, k.part_time, k.id FROM"
-                            " ingest.trace_keys k WHERE k.team_id = $1::uuid AND k.id = $2 AND"
-                            " ($3::text IS NULL OR EXISTS (SELECT 1 FROM ingest.traces t WHERE"
-                            " t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
-                            " AND t.project = $3)) FOR UPDATE OF k)%s",
-                            delete_tail);
+    const char *sel = "SELECT k.team_id, k.part_time, k.id FROM ingest.trace_keys k WHERE"
+                      " k.team_id = $1::uuid AND k.id = $2 AND ($3::text IS NULL OR EXISTS"
+                      " (SELECT 1 FROM ingest.traces t WHERE t.team_id = k.team_id AND"
+                      " t.part_time = k.part_time AND t.id = k.id AND t.project = $3))"
+                      " FOR UPDATE OF k";
     long long n = 0;
     cJSON *o;
 
     if (run_delete(ctx, req,
                    "SELECT count(*) FROM (SELECT 1 FROM ingest.trace_keys WHERE"
                    " team_id = $1::uuid AND id = $2 FOR UPDATE) x",
-                   2, sql, 3, params, &n)) {
+                   2, sel, 3, params, &n)) {
         if (n == 0) {
             eb_http_reply_error(req, EB_ERR_NOT_FOUND, "no such trace");
         } else {
@@ -107,7 +130,6 @@ void api_trace_delete(eb_http_req *req, void *vctx)
             eb_http_reply_json(req, 200, o);
         }
     }
-    free(sql);
 }
 
 void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
@@ -119,8 +141,7 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
     const cJSON *filter;
     const char *project = NULL, *from = NULL, *to = NULL, *model = NULL, *tag = NULL,
                *status = NULL;
-    const char *params[7];
-    char *sql;
+    const char *params[8];
     long long n = 0;
     eb_status st;
 
@@ -178,14 +199,12 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
     " WHERE t.team_id = $1::uuid AND " INGEST_PROJECT_WINDOW_SQL                                   \
     " AND ($5::text IS NULL OR t.model = $5) AND ($6::text IS NULL OR t.tags @> ARRAY[$6::text])"  \
     " AND ($7::text IS NULL OR t.status = $7)"
-    sql = eb_asprintf(
-        "WITH sel AS (SELECT t.team_id, t.part_time, t.id FROM ingest.traces t" FILTER_SQL
-        " FOR UPDATE)%s",
-        delete_tail);
-    if (run_delete(ctx, req,
-                   "SELECT count(*) FROM (SELECT 1 FROM ingest.traces t JOIN ingest.trace_keys k"
-                   " ON k.team_id = t.team_id AND k.id = t.id" FILTER_SQL " FOR UPDATE OF k) x",
-                   7, sql, 7, params, &n)) {
+    if (run_delete(
+            ctx, req,
+            "SELECT count(*) FROM (SELECT 1 FROM ingest.traces t JOIN ingest.trace_keys k"
+            " ON k.team_id = t.team_id AND k.id = t.id" FILTER_SQL " FOR UPDATE OF k) x",
+            7, "SELECT t.team_id, t.part_time, t.id FROM ingest.traces t" FILTER_SQL " FOR UPDATE",
+            7, params, &n)) {
         cJSON *detail = cJSON_CreateObject();
         if (n > 0)
             ingest_deletions_announce(ctx, p, NULL);
@@ -199,7 +218,6 @@ void api_traces_delete_by_filter(eb_http_req *req, void *vctx)
         cJSON_AddNumberToObject(o, "deleted", (double)n);
         eb_http_reply_json(req, 200, o);
     }
-    free(sql);
     cJSON_Delete(body);
 }
 #undef FILTER_SQL

@@ -13,6 +13,8 @@
 
 #define INGEST_STREAM "INGEST"
 #define INGEST_SUBJECT_PREFIX "evalbus.v1.ingest.records."
+/* days a deletion's tombstone is kept: one more than INGEST keeps a record (streams.c) */
+#define INGEST_TOMBSTONE_DAYS "8"
 #define INGEST_NATS_SUBJECT_PREFIX "evalbus.v1.ingest.traces."
 #define INGEST_DEAD_PREFIX "evalbus.v1.ingest.dead."
 #define EVENTS_STREAM "EVENTS"
@@ -144,6 +146,10 @@ void ingest_deletions_announce(ingest_ctx *ctx, const eb_principal *who, const c
  * stream (stream_watch.c) --- */
 ingest_watch *ingest_watch_start(ingest_ctx *ctx);
 void ingest_watch_stop(ingest_watch *w); /* NULL is ignored */
+/* The INGEST stream's last position (sequence) now, read on the watch's connection: every
+ * record acknowledged before the call is at or below it. EB_ERR_UNAVAILABLE when NATS cannot be
+ * asked. Any thread; it waits for NATS (the JetStream request's timeout at most). */
+eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq);
 
 /* --- project-restricted keys and traces stored in another project (project_guard.c) --- */
 /* Why a record of id from a key restricted to project only is refused: the team stores that

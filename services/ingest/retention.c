@@ -285,7 +285,9 @@ static eb_status drop_day(PGconn *c, const char *ymd, long long default_days, bo
 /* Step 3: the reviews and scores whose trace is gone. Steps 1 and 2 lock the keys before they
  * delete (as deletions by id and filter do), which takes every review and score written
  * meanwhile with its trace; this sweep is what remains should one be left all the same (rows
- * from before that lock, or written by hand). Every pass. */
+ * from before that lock, or written by hand). And the deletions' tombstones (migration 006)
+ * once the stream can hold no record they stop: INGEST keeps records 7 days (streams.c), a
+ * tombstone stays 8. Every pass. */
 static eb_status delete_orphans(PGconn *c)
 {
     eb_status st = pass_tx_begin(c);
@@ -298,6 +300,11 @@ static eb_status delete_orphans(PGconn *c)
                         " EXISTS (SELECT 1 FROM ingest.trace_keys k WHERE k.team_id = s.team_id"
                         " AND k.id = s.trace_id) RETURNING 1) SELECT (SELECT count(*) FROM rv) +"
                         " (SELECT count(*) FROM sc)",
+                        0, NULL, NULL);
+    if (st == EB_OK)
+        st = eb_db_exec(c,
+                        "DELETE FROM ingest.trace_tombstones WHERE deleted_at < now() - interval"
+                        " '" INGEST_TOMBSTONE_DAYS " days'",
                         0, NULL, NULL);
     st = pass_tx_end(c, st);
     return st;

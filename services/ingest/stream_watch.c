@@ -14,7 +14,10 @@
  *
  * The check runs on its own thread with its own NATS connection (the JetStream management
  * calls are synchronous). If the stream or the consumer cannot be read, the last verdict
- * stands. Threading: the thread only calls ingest_publisher_set_full (atomic) and metrics. */
+ * stands. Threading: the thread only calls ingest_publisher_set_full (atomic) and metrics.
+ *
+ * Its connection also answers ingest_stream_position for the deletions, on their API threads
+ * (a NATS connection may be used from any thread; mu keeps it from closing meanwhile). */
 #include "evalbus/bus.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
@@ -31,6 +34,8 @@ struct ingest_watch {
     pthread_t tid;
     atomic_bool stop;
     bool full;
+    pthread_mutex_t mu;
+    eb_bus *bus; /* under mu: set once connected, NULL again when closed */
 };
 
 /* Bytes of records in the stream that the writer has not stored yet; false if unknown. */
@@ -96,11 +101,17 @@ static void *watch_main(void *arg)
     while (!atomic_load(&w->stop) && eb_bus_connect(NULL, w->ctx->cfg->svc.nats_url,
                                                     "evalbus-ingest-watch", 0, &bus) != EB_OK)
         sleep(1);
+    pthread_mutex_lock(&w->mu);
+    w->bus = bus;
+    pthread_mutex_unlock(&w->mu);
     while (!atomic_load(&w->stop)) {
         check(w, bus);
         for (int i = 0; i < 10 && !atomic_load(&w->stop); i++)
             usleep(100000);
     }
+    pthread_mutex_lock(&w->mu);
+    w->bus = NULL;
+    pthread_mutex_unlock(&w->mu);
     eb_bus_close(bus);
     return NULL;
 }
@@ -110,6 +121,7 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
     ingest_watch *w = eb_calloc(1, sizeof(*w));
 
     w->ctx = ctx;
+    pthread_mutex_init(&w->mu, NULL);
     eb_metrics_describe("evalbus_ingest_stream_unstored_bytes", "gauge",
                         "bytes of records in INGEST not yet stored (estimated)");
     eb_metrics_describe(
@@ -117,6 +129,7 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
         "1 while new records are refused: unstored records above stream-high-water");
     if (pthread_create(&w->tid, NULL, watch_main, w) != 0) {
         eb_log_error(NULL, "cannot start the stream watch thread");
+        pthread_mutex_destroy(&w->mu);
         free(w);
         return NULL;
     }
@@ -129,5 +142,34 @@ void ingest_watch_stop(ingest_watch *w)
         return;
     atomic_store(&w->stop, true);
     pthread_join(w->tid, NULL);
+    pthread_mutex_destroy(&w->mu);
     free(w);
+}
+
+eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq)
+{
+    ingest_watch *w = ctx->watch;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = NATS_NOT_FOUND;
+    bool connected;
+    eb_status st;
+
+    if (!w)
+        return eb_error(EB_ERR_UNAVAILABLE, "the ingest stream's position cannot be read");
+    pthread_mutex_lock(&w->mu);
+    connected = w->bus != NULL;
+    if (connected)
+        s = js_GetStreamInfo(&si, eb_bus_js(w->bus), INGEST_STREAM, NULL, &jerr);
+    pthread_mutex_unlock(&w->mu);
+    if (s == NATS_OK) {
+        *seq = (unsigned long long)si->State.LastSeq;
+        st = EB_OK;
+    } else {
+        st = eb_error(EB_ERR_UNAVAILABLE,
+                      "the ingest stream's position cannot be read (NATS: %s); try again",
+                      connected ? natsStatus_GetText(s) : "not connected");
+    }
+    jsStreamInfo_Destroy(si);
+    return st;
 }

@@ -7,6 +7,7 @@
  *      in their own transaction, under an advisory lock;
  *   2. trace_keys rows (a plain INSERT when every key is new, else ON CONFLICT DO NOTHING) and
  *      the authoritative part_time read back;
+ *   2b. records of traces deleted after the stream took them are left out (drop_deleted);
  *   3. traces and observations COPYed into temporary tables, then upserted by key: a record
  *      replaces the row only if it came later in the stream (stream sequence), so redelivered
  *      or resent records change nothing; OTLP fragments merge (coalesce, least/greatest) and
@@ -75,7 +76,8 @@ typedef struct rec {
     Evalbus__V1__IngestRecord *r;
     unsigned long long seq;
     long long part_ns; /* partition time, ns */
-    bool skip;         /* stored by an earlier pass of this batch */
+    bool skip;         /* stored by an earlier pass of this batch, or gone */
+    bool gone;         /* its trace was deleted after the stream took it: not stored */
     bool stored;       /* committed and acknowledged: announced in TracesStored */
 } rec;
 
@@ -1106,6 +1108,86 @@ static eb_status check_projects(PGconn *c, const rec *recs, size_t n)
     return st;
 }
 
+/* Step 2b: the pass's records of traces deleted since the stream took them. A deletion leaves
+ * a tombstone with the stream's position at the time (ingest.trace_tombstones, api_delete.c);
+ * a record at or below it is not stored (marked gone and skipped, and acknowledged with the
+ * rest), so that records on their way when their trace was deleted, and records delivered again
+ * (a batch whose acknowledgement was lost, a consumer made again), do not bring it back; a
+ * record sent after the deletion is later in the stream and is stored. The keys are in by now
+ * (resolve_part_times): a deletion committed before this statement is seen here, and one not
+ * yet committed locks the key after this pass (it waits for the key share, or for the key this
+ * pass inserts) and then deletes what the pass stores. The keys this pass made for such records
+ * go again. The statement is one index probe per record, on a table holding only the last few
+ * days' deletions. */
+static eb_status drop_deleted(PGconn *c, rec *recs, size_t n)
+{
+    eb_buf teams = {0}, ids = {0}, seqs = {0};
+    size_t *at = eb_malloc((n ? n : 1) * sizeof(*at)), m = 0, made = 0, some = 0;
+    const char *params[3];
+    PGresult *r = NULL;
+    eb_status st = EB_OK;
+
+    for (size_t i = 0; i < n; i++) {
+        char seq[24];
+        if (recs[i].skip)
+            continue;
+        snprintf(seq, sizeof(seq), "%llu", recs[i].seq);
+        at[m++] = i;
+        array_item(&teams, recs[i].r->envelope->team_id);
+        array_item(&ids, recs[i].r->trace->id);
+        array_item(&seqs, seq);
+    }
+    if (m == 0)
+        goto cleanup;
+    params[0] = array_end(&teams);
+    params[1] = array_end(&ids);
+    params[2] = array_end(&seqs);
+    st = eb_db_exec(c,
+                    "SELECT u.ord FROM unnest($1::uuid[], $2::text[], $3::bigint[]) WITH"
+                    " ORDINALITY AS u(team_id, id, seq, ord) JOIN ingest.trace_tombstones x ON"
+                    " x.team_id = u.team_id AND x.id = u.id AND x.deleted_seq >= u.seq",
+                    3, params, &r);
+    if (st != EB_OK || PQntuples(r) == 0)
+        goto cleanup;
+    eb_buf_reset(&teams);
+    eb_buf_reset(&ids);
+    for (int row = 0; row < PQntuples(r); row++) {
+        long long ord = atoll(eb_db_val(r, row, 0));
+        size_t i;
+        if (ord < 1 || (size_t)ord > m) {
+            st = eb_error(EB_ERR_INTERNAL, "tombstone lookup: bad ordinal");
+            goto cleanup;
+        }
+        some = i = at[ord - 1];
+        recs[i].gone = true;
+        recs[i].skip = true;
+        if (!recs[i].existed) {
+            array_item(&teams, recs[i].r->envelope->team_id);
+            array_item(&ids, recs[i].r->trace->id);
+            made++;
+        }
+    }
+    eb_log_info(NULL,
+                "writer: %d records of traces deleted after the stream took them (trace %s of "
+                "team %s among them) are not stored",
+                PQntuples(r), recs[some].r->trace->id, recs[some].r->envelope->team_id);
+    if (made > 0) {
+        params[0] = array_end(&teams);
+        params[1] = array_end(&ids);
+        st = eb_db_exec(c,
+                        "DELETE FROM ingest.trace_keys k USING unnest($1::uuid[], $2::text[]) AS"
+                        " u(team_id, id) WHERE k.team_id = u.team_id AND k.id = u.id",
+                        2, params, NULL);
+    }
+cleanup:
+    PQclear(r);
+    free(at);
+    eb_buf_free(&teams);
+    eb_buf_free(&ids);
+    eb_buf_free(&seqs);
+    return st;
+}
+
 static eb_status store_pass(PGconn *c, rec *recs, size_t n)
 {
     eb_buf *traces = &rows_traces, *obs = &rows_obs;
@@ -1162,6 +1244,8 @@ static void plan_pass(rec *recs, size_t n, const bool *done)
     const rec *taken = NULL; /* this pass's record of the key at hand */
 
     for (size_t i = 0; i < n; i++) {
+        if (!done[i])
+            recs[i].gone = false; /* drop_deleted decides again */
         recs[i].skip = done[i] || (taken && key_cmp(taken, recs[i].r->envelope->team_id,
                                                     recs[i].r->trace->id) == 0);
         if (!recs[i].skip)
@@ -1191,13 +1275,15 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
         plan_pass(recs, n, done);
         st = resolve_part_times(w, c, recs, n); /* opens the pass's transaction */
         if (st == EB_OK)
+            st = drop_deleted(c, recs, n);
+        if (st == EB_OK)
             st = store_pass(c, recs, n);
         if (st == EB_OK)
             st = eb_db_commit(c);
         if (st != EB_OK)
             break;
         for (size_t i = 0; i < n; i++)
-            if (!recs[i].skip) {
+            if (!done[i] && (!recs[i].skip || recs[i].gone)) {
                 done[i] = true;
                 left--;
             }
@@ -1292,16 +1378,16 @@ static void publish_stored(eb_bus *bus, rec *recs, size_t n)
         size_t nids = 0, kept = 0;
         bool first = true;
 
-        if (!recs[i].stored)
+        if (!recs[i].stored || recs[i].gone)
             continue;
         for (size_t j = 0; j < i && first; j++)
-            first = !recs[j].stored ||
+            first = !recs[j].stored || recs[j].gone ||
                     strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) != 0;
         if (!first)
             continue;
         ids = eb_malloc(n * sizeof(char *));
         for (size_t j = i; j < n; j++)
-            if (recs[j].stored &&
+            if (recs[j].stored && !recs[j].gone &&
                 strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) == 0)
                 ids[nids++] = recs[j].r->trace->id;
         qsort(ids, nids, sizeof(*ids), cmp_id);
@@ -1403,8 +1489,13 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_ar
         /* what was committed is counted and announced, also when PostgreSQL went away in the
          * middle of a one-by-one retry */
         size_t stored = 0;
-        for (size_t i = 0; i < n; i++)
-            stored += recs[i].stored;
+        size_t gone = 0;
+        for (size_t i = 0; i < n; i++) {
+            stored += recs[i].stored && !recs[i].gone;
+            gone += recs[i].stored && recs[i].gone;
+        }
+        if (gone > 0)
+            eb_metrics_add("evalbus_ingest_deleted_records_total", NULL, (double)gone);
         if (stored > 0) {
             eb_metrics_add("evalbus_ingest_traces_stored_total", NULL, (double)stored);
             publish_stored(bus, recs, n);
@@ -1545,6 +1636,9 @@ ingest_writer *ingest_writer_start(ingest_ctx *ctx)
                         "Trace records committed to PostgreSQL");
     eb_metrics_describe("evalbus_ingest_writer_retries_total", "counter",
                         "Writer batches put back because PostgreSQL was unavailable");
+    eb_metrics_describe("evalbus_ingest_deleted_records_total", "counter",
+                        "Records not stored because their trace was deleted after the stream "
+                        "took them");
     eb_metrics_describe("evalbus_ingest_dead_letters_total", "counter",
                         "Messages moved to evalbus.v1.ingest.dead.<team>, by stage");
     for (int i = 0; i < w->nthreads; i++) {

@@ -732,6 +732,11 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     // id-less traces: a client sending one again after a 503 gets a new id for it, so a refused
     // trace that was stored anyway would be stored twice
     const idless = (project, i) => ({ project, name: `refused-${i}`, model: 'gpt-4o-mini', output: `answer ${i}` });
+    // a stored trace to delete while NATS is away
+    const kept = `natsdel-${crypto.randomBytes(3).toString('hex')}`;
+    const k = await stack.api('POST', '/api/v1/traces', { base: ingestUrl, key: A.key, body: { traces: [{ id: kept, project: 'natsdel', name: 'n' }] } });
+    assert.equal(k.status, 202, k.text);
+    assert.ok(await traceStored(kept), 'the trace to delete is stored');
     // the key is verified (over NATS) and cached for auth-cache-ttl (10 s) before NATS goes
     assert.equal((await stack.api('GET', '/api/v1/traces?limit=1', { base: ingestUrl, key: A.key })).status, 200);
     process.kill(pid, 'SIGKILL');
@@ -763,6 +768,11 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
       const metrics = await stack.api('GET', '/metrics', { base: ingestUrl });
       const line = metrics.text.split('\n').find((l) => l.startsWith('evalbus_ingest_refused_nats_down_total '));
       assert.ok(line && Number(line.split(' ').pop()) >= 5, `evalbus_ingest_refused_nats_down_total counts the refusals: ${line}`);
+      // a deletion needs the stream's position (its tombstone): 503, and nothing is deleted
+      const del = await stack.api('DELETE', `/api/v1/traces/${kept}`, { base: ingestUrl, key: A.key, timeoutMs: 20_000 });
+      assert.equal(del.status, 503, `a deletion with NATS down: ${del.status} ${del.text.slice(0, 300)}`);
+      assert.match(del.body.error.message, /stream's position/);
+      assert.equal((await stack.api('GET', `/api/v1/traces/${kept}`, { base: ingestUrl, key: A.key })).status, 200, 'the trace is still there');
     } finally {
       const up = await stack.stackCmd('up', 90_000);
       restarted = up.code === 0;
@@ -777,6 +787,8 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     const res = await stack.api('POST', '/api/v1/traces', { base: ingestUrl, key: A.key, body: { traces: [idless(afterProject, 0)] } });
     assert.equal(res.status, 202, `after NATS is back: ${res.status} ${res.text.slice(0, 300)}`);
     assert.ok(await traceStored(res.body.accepted[0]), 'the trace sent after the outage is stored');
+    const del = await stack.api('DELETE', `/api/v1/traces/${kept}`, { base: ingestUrl, key: A.key });
+    assert.equal(del.status, 200, `the deletion once NATS is back: ${del.text.slice(0, 300)}`);
     await sleep(1000);
     assert.deepEqual(await stored(A.id, refusedProject), { rows: 0, distinct: 0, obs: 0 },
       'no trace refused during the outage was stored');
@@ -832,8 +844,66 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.match(log, /waiting for JetStream to acknowledge \d+ batches/);
   }));
   // Last in this file: a consumer made again delivers the whole stream again.
+  // until the writer consumer has every record of the stream delivered and acknowledged
+  const writersCaughtUp = async (jsm) => {
+    let last = null;
+    const done = (await pollUntil(async () => {
+      const si = await jsm.streams.info('INGEST');
+      const ci = await jsm.consumers.info('INGEST', 'ingest-writer').catch(() => null);
+      last = { last_seq: si.state.last_seq, pending: ci?.num_pending, ack_pending: ci?.num_ack_pending, ack_floor: ci?.ack_floor };
+      return ci && ci.num_pending === 0 && ci.num_ack_pending === 0 && ci.ack_floor.stream_seq >= si.state.last_seq;
+    }, { timeoutMs: 30_000, intervalMs: 200 })).value;
+    assert.ok(done, `the writers take every record of the stream within 30 s: ${JSON.stringify(last)}`);
+  };
+
+  it('a record accepted before its trace was deleted and stored after does not bring the trace back; one sent after the deletion is stored', T, stack.wrap(async () => {
+    const id = `gone-${crypto.randomBytes(3).toString('hex')}`;
+    const trace = (name) => ({ id, project: 'gone', name, observations: [{ id: 'gen', type: 'generation' }] });
+    const where = `team_id = '${A.id}' AND id = '${id}'`;
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('first')] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id), 'the first version is stored');
+
+    // The stack's ingest (its writers) stopped; a replica without writers takes the second
+    // version into the stream and deletes the trace; then the writers go on.
+    const replica = await stack.spawnService('ingest', { EVALBUS_WRITER_THREADS: '0' });
+    const pid = stack.readPid('ingest');
+    process.kill(pid, 'SIGSTOP');
+    try {
+      r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: A.key, body: { traces: [trace('second')] } });
+      assert.equal(r.status, 202, r.text);
+      r = await stack.api('DELETE', `/api/v1/traces/${id}`, { base: replica.url, key: A.key });
+      assert.equal(r.status, 200, r.text);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    const jsm = await (await stack.nats()).jetstreamManager();
+    await writersCaughtUp(jsm); // the second version too
+    r = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+    assert.equal(r.status, 404, `the deleted trace stays deleted: ${r.text.slice(0, 200)}`);
+    const [[rows, keys, tombstones]] = await stack.psql(`SELECT (SELECT count(*) FROM ingest.traces WHERE ${where}),
+      (SELECT count(*) FROM ingest.trace_keys WHERE ${where}), (SELECT count(*) FROM ingest.trace_tombstones WHERE ${where})`);
+    assert.deepEqual([rows, keys, tombstones], ['0', '0', '1'], 'no trace row, no key left behind, its tombstone');
+    const metrics = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
+    assert.match(metrics.text, /^evalbus_ingest_deleted_records_total [1-9]/m, 'the record left out is counted');
+
+    // sent after the deletion: later in the stream, so stored
+    r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: A.key, body: { traces: [trace('third')] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id, (g) => g.body.name === 'third'), 'the version sent after the deletion is stored');
+    replica.proc.kill('SIGTERM');
+    await replica.exited;
+  }));
+
   it('the writer consumer deleted by hand is made again by the running writers, and what was sent meanwhile is stored', T, stack.wrap(async () => {
     const jsm = await (await stack.nats()).jetstreamManager();
+    // a trace deleted before: the consumer made again delivers its record again
+    const deleted = `deleted-before-${crypto.randomBytes(3).toString('hex')}`;
+    let d = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [{ id: deleted, project: 'rebind', name: 'n' }] } });
+    assert.equal(d.status, 202, d.text);
+    assert.ok(await traceStored(deleted), 'the trace to delete is stored');
+    d = await stack.api('DELETE', `/api/v1/traces/${deleted}`, { base: stack.url, key: A.key });
+    assert.equal(d.status, 200, d.text);
     await jsm.consumers.delete('INGEST', 'ingest-writer');
     const id = `after-consumer-${crypto.randomBytes(3).toString('hex')}`;
     const r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [{ id, project: 'rebind', name: 'n' }] } });
@@ -842,5 +912,8 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     const info = await jsm.consumers.info('INGEST', 'ingest-writer');
     assert.equal(info.config.durable_name, 'ingest-writer', 'the consumer is there again');
     assert.equal(info.config.ack_policy, 'explicit');
+    await writersCaughtUp(jsm); // the new consumer delivers the whole stream again
+    d = await stack.api('GET', `/api/v1/traces/${deleted}`, { base: stack.url, key: A.key });
+    assert.equal(d.status, 404, `the trace deleted before is not brought back by the replay: ${d.text.slice(0, 200)}`);
   }));
 });

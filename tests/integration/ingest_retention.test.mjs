@@ -112,6 +112,18 @@ describe('retention per project', () => {
     assert.equal((await stack.psql(`SELECT count(*) FROM ingest.reviews WHERE team_id = '${team}'`))[0][0], kept, 'the reviews of stored traces stay');
   }));
 
+  it("a pass removes deletions' tombstones 8 days old (the stream keeps records 7), and keeps younger ones", stack.wrap(async () => {
+    const team = (await stack.whoami(owner.key)).team.id;
+    await stack.psql(`INSERT INTO ingest.trace_tombstones (team_id, id, deleted_seq, deleted_at) VALUES
+      ('${team}', 'tomb-old', 1, now() - interval '8 days 1 minute'), ('${team}', 'tomb-young', 1, now() - interval '7 days 23 hours')`);
+    const swept = await pollUntil(async () => (await stack.psql(
+      `SELECT count(*) FROM ingest.trace_tombstones WHERE team_id = '${team}' AND id = 'tomb-old'`))[0][0] === '0',
+    { timeoutMs: 10_000, intervalMs: 250 });
+    assert.ok(swept.value, 'the 8-day-old tombstone is gone after a pass');
+    assert.equal((await stack.psql(`SELECT count(*) FROM ingest.trace_tombstones WHERE team_id = '${team}' AND id = 'tomb-young'`))[0][0], '1',
+      'the younger tombstone stays');
+  }));
+
   it('drops the day partitions older than the longest retention, with their keys', stack.wrap(async () => {
     // 100 days old: past the default retention (90 days), and no project keeps more
     const old = trace('ancient', 'archive', 100);
