@@ -13,6 +13,9 @@
 
 #define INGEST_STREAM "INGEST"
 #define INGEST_SUBJECT_PREFIX "evalbus.v1.ingest.records."
+/* the writer consumer's AckWait: a dead writer's batch comes back this soon (streams.c); a live
+ * writer's batch that takes longer is kept in progress (writer.c, the heartbeat) */
+#define INGEST_WRITER_ACK_WAIT_MS 10000
 /* days a deletion's tombstone is kept: one more than INGEST keeps a record (streams.c) */
 #define INGEST_TOMBSTONE_DAYS "8"
 #define INGEST_NATS_SUBJECT_PREFIX "evalbus.v1.ingest.traces."

@@ -59,7 +59,7 @@ static eb_status ensure_all(eb_bus *bus, const ingest_config *cfg)
     jsConsumerConfig_Init(&cc);
     cc.Durable = INGEST_WRITER_DURABLE;
     cc.AckPolicy = js_AckExplicit;
-    cc.AckWait = 10LL * 1000000000LL; /* a dead writer's batch comes back this soon */
+    cc.AckWait = INGEST_WRITER_ACK_WAIT_MS * 1000000LL;
     cc.MaxAckPending = 50000;
     cc.DeliverPolicy = js_DeliverAll;
     cc.MaxRequestBatch = 5000;

@@ -54,6 +54,13 @@ typedef struct writer_thread {
     pthread_t tid;
     int index;
     eb_bus *bus; /* a NATS connection of its own, without the event loop */
+    /* the batch being stored, for the heartbeat (under hb_mu; the writer touches none of its
+     * messages meanwhile) */
+    pthread_mutex_t hb_mu;
+    struct rec *hb_recs;
+    size_t hb_n;
+    long long hb_start_ms, hb_at_ms; /* when the batch began; its last heartbeat */
+    int hb_beats;
 } writer_thread;
 
 struct ingest_writer {
@@ -61,6 +68,8 @@ struct ingest_writer {
     atomic_bool stop;
     int nthreads;
     writer_thread threads[MAX_WRITER_THREADS];
+    pthread_t heartbeat;
+    bool heartbeat_on;
     pthread_mutex_t mu;
     atomic_int plain_keys_skip; /* passes left that go straight to INSERT ... ON CONFLICT */
     long long known_days[512];  /* day numbers whose partitions exist */
@@ -70,7 +79,7 @@ struct ingest_writer {
 };
 
 typedef struct rec {
-    natsMsg *msg;
+    natsMsg *msg; /* NULL once acknowledged, terminated or put back */
     bool existed; /* the trace was stored before this pass */
     bool direct;  /* new in this pass: COPYed straight into its day's partitions */
     Evalbus__V1__IngestRecord *r;
@@ -1401,8 +1410,68 @@ static void publish_stored(eb_bus *bus, rec *recs, size_t n)
     }
 }
 
-static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_arena *arena)
+/* The heartbeat: once a batch has been in store_batch for half the consumer's AckWait, its
+ * messages are told "in progress" (+WPI, which starts their AckWait again), and again every half
+ * AckWait until it is done. A batch that waits for a lock or a slow PostgreSQL is then not
+ * delivered to another writer while it runs (which would only wait behind the same lock and
+ * store it again); a writer that dies stops its heartbeat, and its batch comes back after the
+ * AckWait as before. One thread for all the writer threads, ticking every 250 ms. */
+#define HEARTBEAT_MS (INGEST_WRITER_ACK_WAIT_MS / 2)
+
+static void heartbeat_begin(writer_thread *t, rec *recs, size_t n)
 {
+    pthread_mutex_lock(&t->hb_mu);
+    t->hb_recs = recs;
+    t->hb_n = n;
+    t->hb_start_ms = t->hb_at_ms = now_ns() / 1000000;
+    t->hb_beats = 0;
+    pthread_mutex_unlock(&t->hb_mu);
+}
+
+static void heartbeat_end(writer_thread *t)
+{
+    pthread_mutex_lock(&t->hb_mu);
+    if (t->hb_beats > 0)
+        eb_log_info(NULL,
+                    "writer %d: a batch of %zu records took %lld ms, kept in progress %d times",
+                    t->index, t->hb_n, now_ns() / 1000000 - t->hb_start_ms, t->hb_beats);
+    t->hb_recs = NULL;
+    t->hb_n = 0;
+    pthread_mutex_unlock(&t->hb_mu);
+}
+
+static void *heartbeat_main(void *arg)
+{
+    ingest_writer *w = arg;
+
+    pthread_setname_np(pthread_self(), "writer-beat");
+    while (!atomic_load(&w->stop)) {
+        usleep(250000);
+        for (int i = 0; i < w->nthreads; i++) {
+            writer_thread *t = &w->threads[i];
+            long long now = now_ns() / 1000000;
+            pthread_mutex_lock(&t->hb_mu);
+            if (t->hb_recs && now - t->hb_at_ms >= HEARTBEAT_MS) {
+                for (size_t k = 0; k < t->hb_n; k++)
+                    if (t->hb_recs[k].msg)
+                        natsMsg_InProgress(t->hb_recs[k].msg, NULL);
+                t->hb_at_ms = now;
+                if (t->hb_beats++ == 0)
+                    eb_log_info(NULL,
+                                "writer %d: a batch of %zu records is taking longer than %d ms;"
+                                " keeping it in progress",
+                                t->index, t->hb_n, HEARTBEAT_MS);
+            }
+            pthread_mutex_unlock(&t->hb_mu);
+        }
+    }
+    return NULL;
+}
+
+static void handle_batch(writer_thread *t, natsMsgList *list, eb_arena *arena)
+{
+    ingest_writer *w = t->w;
+    eb_bus *bus = t->bus;
     ingest_ctx *ctx = w->ctx;
     rec *recs = eb_calloc((size_t)list->Count, sizeof(rec));
     size_t n = 0;
@@ -1442,6 +1511,7 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_ar
     if (!c) {
         st = EB_ERR_UNAVAILABLE;
     } else {
+        heartbeat_begin(t, recs, n);
         st = store_batch(w, c, recs, n);
         /* rolled back while the connection is fine (a deadlock or serialization failure, a
          * key stored concurrently, a partition dropped meanwhile): again at once, a few times
@@ -1453,6 +1523,7 @@ static void handle_batch(ingest_writer *w, eb_bus *bus, natsMsgList *list, eb_ar
                         eb_error_message());
             st = store_batch(w, c, recs, n);
         }
+        heartbeat_end(t); /* the messages are the writer's again: acknowledged or put back */
         if (st != EB_OK && st != EB_ERR_UNAVAILABLE) {
             /* isolate the record that fails: one by one */
             eb_log_warn(NULL, "writer: batch of %zu failed (%s); retrying one by one", n,
@@ -1586,7 +1657,7 @@ static void *writer_main(void *arg)
         if (s == NATS_OK && list.Count > 0) {
             failures = 0;
             idle = 0;
-            handle_batch(w, t->bus, &list, arena);
+            handle_batch(t, &list, arena);
             writer_keep_buffers(WRITER_KEEP_BYTES);
         } else if (s == NATS_OK || s == NATS_TIMEOUT) {
             /* nothing to fetch; a deleted consumer looks the same, so it is looked up now and
@@ -1644,8 +1715,11 @@ ingest_writer *ingest_writer_start(ingest_ctx *ctx)
     for (int i = 0; i < w->nthreads; i++) {
         w->threads[i].w = w;
         w->threads[i].index = i;
+        pthread_mutex_init(&w->threads[i].hb_mu, NULL);
         pthread_create(&w->threads[i].tid, NULL, writer_main, &w->threads[i]);
     }
+    w->heartbeat_on =
+        w->nthreads > 0 && pthread_create(&w->heartbeat, NULL, heartbeat_main, w) == 0;
     return w;
 }
 
@@ -1656,6 +1730,10 @@ void ingest_writer_stop(ingest_writer *w)
     atomic_store(&w->stop, true);
     for (int i = 0; i < w->nthreads; i++)
         pthread_join(w->threads[i].tid, NULL);
+    if (w->heartbeat_on)
+        pthread_join(w->heartbeat, NULL);
+    for (int i = 0; i < w->nthreads; i++)
+        pthread_mutex_destroy(&w->threads[i].hb_mu);
     pthread_mutex_destroy(&w->mu);
     free(w);
 }

@@ -36,7 +36,7 @@ const T = { timeout: 120_000 };
 const PG_BIN = '/usr/lib/postgresql/15/bin';
 const STORE_TIMEOUT_MS = 30_000; // after an outage: "every accepted trace is stored within ~30 s"
 // After a SIGKILL, records the dead writer had fetched but not acknowledged come back only when
-// the consumer's AckWait (30 s, services/ingest/streams.c) expires: allow that plus slack.
+// the consumer's AckWait (10 s, services/ingest/streams.c) expires: allow that plus slack.
 const STORE_AFTER_KILL_TIMEOUT_MS = 45_000;
 
 /** One batch of small traces (one observation each) with ids `${prefix}-${i}`. */
@@ -855,6 +855,26 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     }, { timeoutMs: 30_000, intervalMs: 200 })).value;
     assert.ok(done, `the writers take every record of the stream within 30 s: ${JSON.stringify(last)}`);
   };
+
+  it('a batch waiting longer than the AckWait (10 s) for a lock is kept in progress, not delivered again to another writer meanwhile', T, stack.wrap(async () => {
+    const id = `slow-${crypto.randomBytes(3).toString('hex')}`;
+    const jsm = await (await stack.nats()).jetstreamManager();
+    await writersCaughtUp(jsm);
+    // no writer can insert a key for 16 s
+    const lock = await stack.lockTable('ingest.trace_keys', 16_000, { mode: 'SHARE' });
+    const r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [{ id, project: 'slow', name: 'n' }] } });
+    assert.equal(r.status, 202, r.text);
+    const fetched = await pollUntil(async () => (await jsm.consumers.info('INGEST', 'ingest-writer')).num_ack_pending === 1,
+      { timeoutMs: 5000, intervalMs: 50 });
+    assert.ok(fetched.value, 'a writer has the record');
+    await sleep(13_000); // past the AckWait, the lock still held
+    const ci = await jsm.consumers.info('INGEST', 'ingest-writer');
+    assert.equal(ci.num_redelivered, 0, `the record was not delivered again while its batch waited: ${JSON.stringify({ ack_pending: ci.num_ack_pending, redelivered: ci.num_redelivered })}`);
+    assert.equal(ci.num_ack_pending, 1);
+    await lock.released;
+    assert.ok(await traceStored(id), 'stored once the lock is gone');
+    await writersCaughtUp(jsm);
+  }));
 
   it('a record accepted before its trace was deleted and stored after does not bring the trace back; one sent after the deletion is stored', T, stack.wrap(async () => {
     const id = `gone-${crypto.randomBytes(3).toString('hex')}`;
