@@ -150,7 +150,7 @@ struct export_writer {
     size_t n_cols;
     uint64_t written;
     /* scratch kept between records */
-    eb_buf red, cell, names, json;
+    eb_buf red, cell, names, json, num;
     export_sql_info sql;
     conv_msg *conv;
     size_t n_conv, cap_conv;
@@ -1339,7 +1339,49 @@ static bool plain_value(const char *v, size_t n)
     return false;
 }
 
-static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs);
+static eb_status redact_tree(export_writer *w, cJSON *item, bool free_form, redact_stats *rs);
+
+/* The record's members whose values are the application's own JSON (not the record's typed
+ * fields such as usage, cost or latency): numbers in them are scanned too. */
+static bool free_form_member(const char *name)
+{
+    static const char *const names[] = {"input",    "output",     "tool_calls",
+                                        "metadata", "attributes", NULL};
+
+    for (const char *const *n = names; name && *n; n++)
+        if (strcmp(name, *n) == 0)
+            return true;
+    return false;
+}
+
+/* A number among the application's own JSON that holds a value to pseudonymize (a card number
+ * kept as a number, or one a team pattern matches) becomes the token's string, as it would be
+ * as text. With the built-in kinds alone only numbers of 7 characters or more are scanned: none
+ * of them matches a shorter one. */
+static eb_status redact_number(export_writer *w, cJSON *c, redact_stats *rs)
+{
+    char *copy;
+    eb_status st;
+
+    eb_buf_reset(&w->num);
+    eb_buf_json_number_item(&w->num, c);
+    if (w->num.len == 0 || (w->skip_plain && w->num.len < 7))
+        return EB_OK;
+    eb_buf_reset(&w->red);
+    if ((st = redact_json_string(w->redact, w->num.data, w->num.len, &w->red, rs)) != EB_OK)
+        return st;
+    if (w->red.len == w->num.len && !memcmp(w->red.data, w->num.data, w->num.len))
+        return EB_OK;
+    copy = cJSON_malloc(w->red.len + 1);
+    if (!copy)
+        return eb_error(EB_ERR_INTERNAL, "out of memory redacting a record");
+    memcpy(copy, w->red.data, w->red.len + 1);
+    if (c->valuestring && !(c->type & cJSON_IsReference))
+        cJSON_free(c->valuestring); /* the number's exact text */
+    c->valuestring = copy;
+    c->type = cJSON_String;
+    return EB_OK;
+}
 
 /* A string value that is JSON text holding an object or an array (tool-call arguments, a tool
  * result): its strings are redacted at their decoded values, as those of the record are (an
@@ -1361,7 +1403,7 @@ static eb_status redact_json_text(export_writer *w, const char **text, size_t *n
     inner = eb_json_parse_text(*text, *n);
     if (!inner || !(cJSON_IsObject(inner) || cJSON_IsArray(inner)))
         goto cleanup;
-    if ((st = redact_tree(w, inner, rs)) != EB_OK || rs->total == before)
+    if ((st = redact_tree(w, inner, true, rs)) != EB_OK || rs->total == before)
         goto cleanup;
     eb_buf_reset(&w->json);
     put_json(&w->json, inner);
@@ -1372,13 +1414,18 @@ cleanup:
     return st;
 }
 
-/* Replaces every string value below item (not member names) by its redacted form. */
-static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs)
+/* Replaces every string value below item (not member names) by its redacted form, and in the
+ * application's own JSON (free_form, or below a free_form_member) every number that holds a
+ * value to pseudonymize. */
+static eb_status redact_tree(export_writer *w, cJSON *item, bool free_form, redact_stats *rs)
 {
     eb_status st = EB_OK;
 
     for (cJSON *c = item->child; c; c = c->next) {
-        if (cJSON_IsString(c) && c->valuestring && c->valuestring[0]) {
+        if (cJSON_IsNumber(c) && (free_form || free_form_member(c->string))) {
+            if ((st = redact_number(w, c, rs)) != EB_OK)
+                return st;
+        } else if (cJSON_IsString(c) && c->valuestring && c->valuestring[0]) {
             size_t n = strlen(c->valuestring), tn = n;
             const char *text = c->valuestring;
             if (w->skip_plain && plain_value(c->valuestring, n))
@@ -1399,7 +1446,8 @@ static eb_status redact_tree(export_writer *w, cJSON *item, redact_stats *rs)
                 c->valuestring = copy;
                 c->type &= ~cJSON_IsReference;
             }
-        } else if (c->child && (st = redact_tree(w, c, rs)) != EB_OK) {
+        } else if (c->child && (st = redact_tree(w, c, free_form || free_form_member(c->string),
+                                                 rs)) != EB_OK) {
             return st;
         }
     }
@@ -1488,6 +1536,7 @@ void export_writer_free(export_writer *w)
     eb_buf_free(&w->cell);
     eb_buf_free(&w->names);
     eb_buf_free(&w->json);
+    eb_buf_free(&w->num);
     export_sql_info_release(&w->sql);
     free(w->conv);
     free(w->ids);
@@ -1524,7 +1573,7 @@ static eb_status write_record(export_writer *w, cJSON *record, eb_buf *out, expo
     size_t start = out->len;
 
     memset(&rs, 0, sizeof rs);
-    if (w->redact && (st = redact_tree(w, record, &rs)) != EB_OK)
+    if (w->redact && (st = redact_tree(w, record, false, &rs)) != EB_OK)
         goto cleanup;
     if (!cJSON_IsObject(record)) {
         skip = SKIP_INVALID_RECORD;

@@ -1454,6 +1454,61 @@ static void test_redaction_json_text(void **state)
     redact_free(r);
 }
 
+/* Numbers in the application's own JSON (metadata, attributes, messages, tool calls) are
+ * pseudonymized as their text would be, and become the token's string; the record's typed
+ * numbers (usage, cost, latency) never are, and other numbers stay numbers. */
+static void test_redaction_numbers(void **state)
+{
+    (void)state;
+    static const redact_pattern team[] = {{"\\b4242\\b", "CODE"}};
+    redactor *builtin = make_redactor(NULL, 0), *custom = make_redactor(team, 1);
+    char card[32];
+    {
+        eb_buf b = {0};
+        assert_int_equal(redact_json_string(builtin, "4111111111111111", 16, &b, NULL), EB_OK);
+        assert_true(b.len < sizeof card && b.data[0] == '<');
+        memcpy(card, b.data, b.len + 1);
+        eb_buf_free(&b);
+    }
+    for (int k = 0; k < 2; k++) {
+        export_writer *w = writer(EXPORT_JSONL, NULL, 0, NULL, 0, k ? custom : builtin);
+        export_stats *stats = export_stats_new();
+        cJSON *t = trace("{\"metadata\":{\"card\":4111111111111111,\"n\":4242,\"ms\":"
+                         "1732269600123,\"deep\":[{\"c\":4111111111111111}]},"
+                         "\"attributes\":{\"card\":4111111111111111},"
+                         "\"usage\":{\"input_tokens\":4111111111111111},\"latency_ms\":4242}");
+        char *text = one(w, t, stats);
+        cJSON *line = one_line(text), *md = cJSON_GetObjectItem(line, "metadata");
+        assert_null(strstr(text, "4111111111111111,"));
+        assert_string_equal(cJSON_GetObjectItem(md, "card")->valuestring, card);
+        assert_string_equal(
+            cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(md, "deep"), 0), "c")
+                ->valuestring,
+            card);
+        assert_string_equal(
+            cJSON_GetObjectItem(cJSON_GetObjectItem(line, "attributes"), "card")->valuestring,
+            card);
+        /* a timestamp in milliseconds is no card */
+        assert_true(cJSON_IsNumber(cJSON_GetObjectItem(md, "ms")));
+        assert_true(cJSON_GetObjectItem(md, "ms")->valuedouble == 1732269600123.0);
+        if (k) /* the team pattern matches 4242 in the metadata */
+            assert_non_null(strstr(cJSON_GetObjectItem(md, "n")->valuestring, "<CODE_"));
+        else
+            assert_true(cJSON_IsNumber(cJSON_GetObjectItem(md, "n")));
+        /* the typed fields stay numbers */
+        assert_true(
+            cJSON_GetObjectItem(cJSON_GetObjectItem(line, "usage"), "input_tokens")->valuedouble ==
+            4111111111111111.0);
+        assert_true(cJSON_GetObjectItem(line, "latency_ms")->valuedouble == 4242.0);
+        cJSON_Delete(line);
+        free(text);
+        export_stats_free(stats);
+        export_writer_free(w);
+    }
+    redact_free(builtin);
+    redact_free(custom);
+}
+
 /* Timestamps and the format's words are never replaced by the built-in kinds (and not scanned);
  * a team pattern still applies to them. */
 static void test_redaction_plain_values(void **state)
@@ -1695,6 +1750,7 @@ int main(void)
         cmocka_unit_test(test_sql_fences),
         cmocka_unit_test(test_redaction),
         cmocka_unit_test(test_redaction_json_text),
+        cmocka_unit_test(test_redaction_numbers),
         cmocka_unit_test(test_null_arguments),
         cmocka_unit_test(test_odd_shapes),
         cmocka_unit_test(test_throughput),
