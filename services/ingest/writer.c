@@ -39,6 +39,8 @@
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_WRITER_THREADS 8
@@ -46,6 +48,8 @@
 #define COPY_PIECE (64 * 1024)
 /* failed fetches in a row (200 ms apart) after which a writer binds to its consumer anew */
 #define WRITER_REBIND_AFTER 10
+/* the writer threads' nice value (the intake's threads keep 0) */
+#define WRITER_NICE 10
 /* empty fetches (250 ms each) between two lookups of the consumer while idle */
 #define WRITER_IDLE_CHECK 20
 
@@ -1627,6 +1631,10 @@ static void *writer_main(void *arg)
     snprintf(name, sizeof(name), "writer-%d", t->index);
     /* named before connecting: nats.c's threads for this connection inherit the name */
     pthread_setname_np(pthread_self(), name);
+    /* the writers yield the CPU to the intake (the loop and decode threads, whose waits are a
+     * caller's latency): what they are behind, the stream holds. Linux nice values are per
+     * thread; raising one needs no privilege. */
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), WRITER_NICE);
     snprintf(name, sizeof(name), "evalbus-ingest-writer-%d", t->index);
     while (!atomic_load(&w->stop) &&
            eb_bus_connect(NULL, ctx->cfg->svc.nats_url, name, 0, &t->bus) != EB_OK)
