@@ -868,6 +868,19 @@ static long long file_time(const Evalbus__V1__IngestRecord *r, long long now)
     return start;
 }
 
+/* The record a result row names: its column 0 is the 1-based ordinal of an array the statement
+ * unnested WITH ORDINALITY from map[0..n) (record indexes). */
+static eb_status row_record(const PGresult *r, int row, const size_t *map, size_t n,
+                            const char *what, size_t *i)
+{
+    long long ord = atoll(eb_db_val(r, row, 0));
+
+    if (ord < 1 || (size_t)ord > n)
+        return eb_error(EB_ERR_INTERNAL, "%s: bad ordinal", what);
+    *i = map[ord - 1];
+    return EB_OK;
+}
+
 /* Assigns part_ns to every record of the pass, and opens the pass's transaction: new keys are
  * stored with their own day (whose partitions are created first, outside the transaction);
  * existing keys keep theirs (their partitions exist since they were first stored). One plain
@@ -993,13 +1006,9 @@ static eb_status resolve_part_times(ingest_writer *w, PGconn *c, rec *recs, size
         goto cleanup;
     }
     for (int row = 0; row < PQntuples(r); row++) {
-        long long ord = atoll(eb_db_val(r, row, 0));
         size_t i;
-        if (ord < 1 || (size_t)ord > n_old) {
-            st = eb_error(EB_ERR_INTERNAL, "trace key lookup: bad ordinal");
+        if ((st = row_record(r, row, old, n_old, "trace key lookup", &i)) != EB_OK)
             goto cleanup;
-        }
-        i = old[ord - 1];
         recs[i].part_ns = atoll(eb_db_val(r, row, 1));
         /* a stored key's day has its partitions: whoever stored the key (this process before
          * a restart, another replica, a start time since changed) made them first, and
@@ -1165,13 +1174,10 @@ static eb_status drop_deleted(PGconn *c, rec *recs, size_t n)
     eb_buf_reset(&teams);
     eb_buf_reset(&ids);
     for (int row = 0; row < PQntuples(r); row++) {
-        long long ord = atoll(eb_db_val(r, row, 0));
         size_t i;
-        if (ord < 1 || (size_t)ord > m) {
-            st = eb_error(EB_ERR_INTERNAL, "tombstone lookup: bad ordinal");
+        if ((st = row_record(r, row, at, m, "tombstone lookup", &i)) != EB_OK)
             goto cleanup;
-        }
-        some = i = at[ord - 1];
+        some = i;
         recs[i].gone = true;
         recs[i].skip = true;
         if (!recs[i].existed) {
