@@ -56,8 +56,10 @@ static char *deletion_sql(const char *sel, int seq_param)
  * traces either committed before the lock (the deletion takes what it stored) or reads the
  * tombstone after this commit (drop_deleted). A deletion is not cut off by query-timeout (a
  * large one, by filter, must be able to finish): only its waits for locks are (lock_timeout;
- * 503, try again). The stream position is read first: every record the stream took before this
- * request is at or below it; without it (NATS away) the deletion answers 503. */
+ * 503, try again). The stream position is read once the keys are locked: every record the stream
+ * took before then is at or below it, also one a writer stored while the lock waited (which the
+ * deletion removes, and which a delivery again must not bring back); without it (NATS away) the
+ * deletion answers 503 and deletes nothing. */
 static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int n_lock,
                        const char *sel, int n, const char **params, long long *count)
 {
@@ -68,14 +70,8 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int 
     unsigned long long position = 0;
     eb_status st;
 
-    if ((st = ingest_stream_position(ctx, &position)) != EB_OK) {
-        eb_http_reply_status(req, st);
-        return false;
-    }
     if (!(c = eb_req_db_begin(ctx->svc.db, req, false)))
         return false;
-    snprintf(position_s, sizeof(position_s), "%llu", position);
-    params[n] = position_s;
     snprintf(ms, sizeof(ms), "%lld", ctx->cfg->svc.query_timeout_ms);
     st = eb_db_exec(c,
                     "SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout',"
@@ -83,6 +79,10 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int 
                     1, limits, NULL);
     if (st == EB_OK)
         st = eb_db_exec(c, lock, n_lock, params, NULL);
+    if (st == EB_OK)
+        st = ingest_stream_position(ctx, &position);
+    snprintf(position_s, sizeof(position_s), "%llu", position);
+    params[n] = position_s;
     sql = deletion_sql(sel, n + 1);
     if (st == EB_OK)
         st = eb_db_exec(c, sql, n + 1, params, &r);

@@ -915,6 +915,45 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     await replica.exited;
   }));
 
+  it('a version stored while a deletion of its trace waits for the key is not brought back when the stream is delivered again', T, stack.wrap(async () => {
+    // The deletion's tombstone must cover every record whose content the deletion removed: a
+    // version taken into the stream and stored while the deletion waited for the trace's key
+    // (here held FOR KEY SHARE by another session, as a writer or a review holds it) is deleted
+    // with the trace, and a consumer made again, delivering it again, must not store it again.
+    const tag = crypto.randomBytes(3).toString('hex');
+    const id = `waited-${tag}`;
+    const trace = (name) => ({ id, project: 'waited', name, observations: [{ id: 'gen', type: 'generation' }] });
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('first')] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id), 'the first version is stored');
+    const app = `key-share-${tag}`;
+    const where = `team_id = '${A.id}' AND id = '${id}'`;
+    const holder = stack.psql(`BEGIN; SELECT 1 FROM ingest.trace_keys WHERE ${where} FOR KEY SHARE;
+      SELECT pg_sleep(4); COMMIT`, { appName: app });
+    assert.ok(await inPgSleep(app), 'the other session holds the key');
+    const deletion = stack.api('DELETE', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+    const waits = await pollUntil(async () => Number((await stack.psql(`SELECT count(*) FROM pg_stat_activity
+      WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%' AND application_name <> '${app}'`))[0][0]) > 0,
+    { timeoutMs: 5000, intervalMs: 50 });
+    assert.ok(waits.value, 'the deletion waits for the key');
+    r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('second')] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id, (g) => g.body.name === 'second'), 'the second version is stored before the deletion');
+    await holder;
+    const del = await deletion;
+    assert.equal(del.status, 200, del.text);
+    assert.equal((await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key })).status, 404);
+
+    const jsm = await (await stack.nats()).jetstreamManager();
+    await jsm.consumers.delete('INGEST', 'ingest-writer');
+    const remade = await pollUntil(async () => (await jsm.consumers.info('INGEST', 'ingest-writer').catch(() => null)) !== null,
+      { timeoutMs: 20_000, intervalMs: 200 });
+    assert.ok(remade.value, 'the consumer is made again');
+    await writersCaughtUp(jsm); // the whole stream again, both versions among it
+    r = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+    assert.equal(r.status, 404, `the deleted trace stays deleted: ${r.text.slice(0, 200)}`);
+  }));
+
   it('the writer consumer deleted by hand is made again by the running writers, and what was sent meanwhile is stored', T, stack.wrap(async () => {
     const jsm = await (await stack.nats()).jetstreamManager();
     // a trace deleted before: the consumer made again delivers its record again
