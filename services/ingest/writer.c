@@ -24,6 +24,7 @@
  * connection. */
 #include "evalbus/arena.h"
 #include "evalbus/bus.h"
+#include "evalbus/clock.h"
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"
@@ -63,7 +64,7 @@ typedef struct writer_thread {
     pthread_mutex_t hb_mu;
     struct rec *hb_recs;
     size_t hb_n;
-    long long hb_start_ms, hb_at_ms; /* when the batch began; its last heartbeat */
+    long long hb_start_ms, hb_at_ms; /* when the batch began; its last heartbeat (monotonic) */
     int hb_beats;
 } writer_thread;
 
@@ -1433,7 +1434,7 @@ static void heartbeat_begin(writer_thread *t, rec *recs, size_t n)
     pthread_mutex_lock(&t->hb_mu);
     t->hb_recs = recs;
     t->hb_n = n;
-    t->hb_start_ms = t->hb_at_ms = now_ns() / 1000000;
+    t->hb_start_ms = t->hb_at_ms = eb_monotonic_ms();
     t->hb_beats = 0;
     pthread_mutex_unlock(&t->hb_mu);
 }
@@ -1444,7 +1445,7 @@ static void heartbeat_end(writer_thread *t)
     if (t->hb_beats > 0)
         eb_log_info(NULL,
                     "writer %d: a batch of %zu records took %lld ms, kept in progress %d times",
-                    t->index, t->hb_n, now_ns() / 1000000 - t->hb_start_ms, t->hb_beats);
+                    t->index, t->hb_n, eb_monotonic_ms() - t->hb_start_ms, t->hb_beats);
     t->hb_recs = NULL;
     t->hb_n = 0;
     pthread_mutex_unlock(&t->hb_mu);
@@ -1459,7 +1460,7 @@ static void *heartbeat_main(void *arg)
         usleep(250000);
         for (int i = 0; i < w->nthreads; i++) {
             writer_thread *t = &w->threads[i];
-            long long now = now_ns() / 1000000;
+            long long now = eb_monotonic_ms();
             pthread_mutex_lock(&t->hb_mu);
             if (t->hb_recs && now - t->hb_at_ms >= HEARTBEAT_MS) {
                 for (size_t k = 0; k < t->hb_n; k++)
@@ -1533,9 +1534,9 @@ static void handle_batch(writer_thread *t, natsMsgList *list, eb_arena *arena)
                         eb_error_message());
             st = store_batch(w, c, recs, n);
         }
-        heartbeat_end(t); /* the messages are the writer's again: acknowledged or put back */
         if (st != EB_OK && st != EB_ERR_UNAVAILABLE) {
-            /* isolate the record that fails: one by one */
+            /* isolate the record that fails: one by one (still kept in progress: each record
+             * is settled under the heartbeat's lock) */
             eb_log_warn(NULL, "writer: batch of %zu failed (%s); retrying one by one", n,
                         eb_error_message());
             st = EB_OK;
@@ -1550,16 +1551,21 @@ static void handle_batch(writer_thread *t, natsMsgList *list, eb_arena *arena)
                                  recs[i].r->trace->id, recs[i].r->envelope->team_id,
                                  eb_error_message());
                     dead_letter(bus, recs[i].msg, recs[i].r->team_slug, eb_error_message());
+                }
+                pthread_mutex_lock(&t->hb_mu);
+                if (one != EB_OK) {
                     natsMsg_Term(recs[i].msg, NULL);
-                    recs[i].msg = NULL;
                 } else {
                     natsMsg_Ack(recs[i].msg, NULL);
-                    recs[i].msg = NULL;
                     recs[i].stored = true;
                 }
+                recs[i].msg = NULL;
+                pthread_mutex_unlock(&t->hb_mu);
             }
-        } else if (st == EB_OK) {
-            for (size_t i = 0; i < n; i++) {
+            heartbeat_end(t);
+        } else {
+            heartbeat_end(t); /* the messages are the writer's again: acknowledged or put back */
+            for (size_t i = 0; i < n && st == EB_OK; i++) {
                 natsMsg_Ack(recs[i].msg, NULL);
                 recs[i].msg = NULL;
                 recs[i].stored = true;
