@@ -134,7 +134,7 @@ eb_pool *eb_pool_new(struct event_base *base, int nthreads, const char *name)
 
         if (pthread_create(&p->threads[i], NULL, pool_main, p) != 0)
             break;
-        snprintf(tname, sizeof(tname), "%.12s-%d", name, i);
+        snprintf(tname, sizeof(tname), "%.12s-%u", name, (unsigned)i % 100u);
         pthread_setname_np(p->threads[i], tname); /* for top -H and perf; best effort */
         p->nthreads++;
     }
