@@ -1354,13 +1354,33 @@ static bool free_form_member(const char *name)
     return false;
 }
 
+/* Makes item c (a string or a number) the string red holds: in place when it fits the item's
+ * own string, else in a copy of its own, the value it had freed when it was the item's (a
+ * string, or a number's exact text); the item's name stays as it was. */
+static eb_status set_redacted(cJSON *c, const eb_buf *red)
+{
+    char *copy;
+
+    if (cJSON_IsString(c) && !(c->type & cJSON_IsReference) && strlen(c->valuestring) >= red->len) {
+        memcpy(c->valuestring, red->data, red->len + 1); /* fits where it was */
+        return EB_OK;
+    }
+    if (!(copy = cJSON_malloc(red->len + 1)))
+        return eb_error(EB_ERR_INTERNAL, "out of memory redacting a record");
+    memcpy(copy, red->data, red->len + 1);
+    if (c->valuestring && !(c->type & cJSON_IsReference))
+        cJSON_free(c->valuestring);
+    c->valuestring = copy;
+    c->type = cJSON_String | (c->type & cJSON_StringIsConst);
+    return EB_OK;
+}
+
 /* A number among the application's own JSON that holds a value to pseudonymize (a card number
  * kept as a number, or one a team pattern matches) becomes the token's string, as it would be
  * as text. With the built-in kinds alone only numbers of 7 characters or more are scanned: none
  * of them matches a shorter one. */
 static eb_status redact_number(export_writer *w, cJSON *c, redact_stats *rs)
 {
-    char *copy;
     eb_status st;
 
     eb_buf_reset(&w->num);
@@ -1372,15 +1392,7 @@ static eb_status redact_number(export_writer *w, cJSON *c, redact_stats *rs)
         return st;
     if (w->red.len == w->num.len && !memcmp(w->red.data, w->num.data, w->num.len))
         return EB_OK;
-    copy = cJSON_malloc(w->red.len + 1);
-    if (!copy)
-        return eb_error(EB_ERR_INTERNAL, "out of memory redacting a record");
-    memcpy(copy, w->red.data, w->red.len + 1);
-    if (c->valuestring && !(c->type & cJSON_IsReference))
-        cJSON_free(c->valuestring); /* the number's exact text */
-    c->valuestring = copy;
-    c->type = cJSON_String;
-    return EB_OK;
+    return set_redacted(c, &w->red);
 }
 
 /* A string value that is JSON text holding an object or an array (tool-call arguments, a tool
@@ -1437,15 +1449,8 @@ static eb_status redact_tree(export_writer *w, cJSON *item, bool free_form, reda
                 return st;
             if (w->red.len == n && !memcmp(w->red.data, c->valuestring, n))
                 continue;
-            if (!cJSON_SetValuestring(c, w->red.data)) {
-                /* a string reference: give the item a copy of its own */
-                char *copy = cJSON_malloc(w->red.len + 1);
-                if (!copy)
-                    return eb_error(EB_ERR_INTERNAL, "out of memory redacting a record");
-                memcpy(copy, w->red.data, w->red.len + 1);
-                c->valuestring = copy;
-                c->type &= ~cJSON_IsReference;
-            }
+            if ((st = set_redacted(c, &w->red)) != EB_OK)
+                return st;
         } else if (c->child && (st = redact_tree(w, c, free_form || free_form_member(c->string),
                                                  rs)) != EB_OK) {
             return st;

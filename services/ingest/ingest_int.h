@@ -16,8 +16,9 @@
 /* the writer consumer's AckWait: a dead writer's batch comes back this soon (streams.c); a live
  * writer's batch that takes longer is kept in progress (writer.c, the heartbeat) */
 #define INGEST_WRITER_ACK_WAIT_MS 10000
-/* days a deletion's tombstone is kept: one more than INGEST keeps a record (streams.c) */
-#define INGEST_TOMBSTONE_DAYS "8"
+/* days INGEST keeps a record (streams.c, MaxAge); a deletion's tombstone is kept one day more
+ * (retention.c), so that no record it stops can still be delivered */
+#define INGEST_RECORD_DAYS 7
 #define INGEST_NATS_SUBJECT_PREFIX "evalbus.v1.ingest.traces."
 #define INGEST_DEAD_PREFIX "evalbus.v1.ingest.dead."
 #define EVENTS_STREAM "EVENTS"

@@ -286,8 +286,8 @@ static eb_status drop_day(PGconn *c, const char *ymd, long long default_days, bo
  * delete (as deletions by id and filter do), which takes every review and score written
  * meanwhile with its trace; this sweep is what remains should one be left all the same (rows
  * from before that lock, or written by hand). And the deletions' tombstones (migration 006)
- * once the stream can hold no record they stop: INGEST keeps records 7 days (streams.c), a
- * tombstone stays 8. Every pass. */
+ * once the stream can hold no record they stop: INGEST keeps records INGEST_RECORD_DAYS (7)
+ * days (streams.c), a tombstone one day more. Every pass. */
 static eb_status delete_orphans(PGconn *c)
 {
     eb_status st = pass_tx_begin(c);
@@ -301,11 +301,15 @@ static eb_status delete_orphans(PGconn *c)
                         " AND k.id = s.trace_id) RETURNING 1) SELECT (SELECT count(*) FROM rv) +"
                         " (SELECT count(*) FROM sc)",
                         0, NULL, NULL);
-    if (st == EB_OK)
+    if (st == EB_OK) {
+        char days[16];
+        const char *params[1] = {days};
+        snprintf(days, sizeof(days), "%d", INGEST_RECORD_DAYS + 1);
         st = eb_db_exec(c,
-                        "DELETE FROM ingest.trace_tombstones WHERE deleted_at < now() - interval"
-                        " '" INGEST_TOMBSTONE_DAYS " days'",
-                        0, NULL, NULL);
+                        "DELETE FROM ingest.trace_tombstones WHERE deleted_at < now() -"
+                        " make_interval(days => $1::int)",
+                        1, params, NULL);
+    }
     st = pass_tx_end(c, st);
     return st;
 }

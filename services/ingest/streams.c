@@ -29,7 +29,7 @@ static eb_status ensure_all(eb_bus *bus, const ingest_config *cfg)
     sc.Storage = js_FileStorage;
     sc.Retention = js_LimitsPolicy;
     sc.MaxBytes = cfg->stream_max_bytes;
-    sc.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
+    sc.MaxAge = INGEST_RECORD_DAYS * 24LL * 3600 * 1000000000LL;
     sc.Duplicates = cfg->stream_dupe_window_ms * 1000000LL;
     sc.Discard = js_DiscardOld;
     sc.Replicas = cfg->stream_replicas;
