@@ -47,19 +47,21 @@ static char *deletion_sql(const char *sel, int seq_param)
         sel, seq_param);
 }
 
-/* Runs lock (a statement locking the keys of the traces to delete, with the first n_lock of
- * params), then the deletion of the traces sel selects (deletion_sql, with n params; params has
- * room for one more, the stream position), in one transaction. The deletion is a statement of
- * its own after the lock: its snapshot is taken once the keys are locked, so it sees every
- * review and score that held a key (FOR KEY SHARE) until its commit, and deletes them with
- * their trace instead of leaving them behind; and a writer storing a record of one of these
- * traces either committed before the lock (the deletion takes what it stored) or reads the
- * tombstone after this commit (drop_deleted). A deletion is not cut off by query-timeout (a
- * large one, by filter, must be able to finish): only its waits for locks are (lock_timeout;
- * 503, try again). The stream position is read once the keys are locked: every record the stream
- * took before then is at or below it, also one a writer stored while the lock waited (which the
- * deletion removes, and which a delivery again must not bring back); without it (NATS away) the
- * deletion answers 503 and deletes nothing. */
+/* Waits until the writers have stored every record the stream took before the request
+ * (delete-wait at most; else 503 and nothing is deleted), so that the deletion finds a trace
+ * accepted before it even if none of its records was stored yet. Then runs lock (a statement
+ * locking the keys of the traces to delete, with the first n_lock of params), then the deletion of
+ * the traces sel selects (deletion_sql, with n params; params has room for one more, the stream
+ * position), in one transaction. The deletion is a statement of its own after the lock: its
+ * snapshot is taken once the keys are locked, so it sees every review and score that held a key
+ * (FOR KEY SHARE) until its commit, and deletes them with their trace instead of leaving them
+ * behind; and a writer storing a record of one of these traces either committed before the lock
+ * (the deletion takes what it stored) or reads the tombstone after this commit (drop_deleted). A
+ * deletion is not cut off by query-timeout (a large one, by filter, must be able to finish): only
+ * its waits for locks are (lock_timeout; 503, try again). The stream position is read once the keys
+ * are locked: every record the stream took before then is at or below it, also one a writer stored
+ * while the lock waited (which the deletion removes, and which a delivery again must not bring
+ * back); without it (NATS away) the deletion answers 503 and deletes nothing. */
 static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int n_lock,
                        const char *sel, int n, const char **params, long long *count)
 {
@@ -70,6 +72,12 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int 
     unsigned long long position = 0;
     eb_status st;
 
+    /* before a database connection is taken: the wait holds none */
+    if (ctx->cfg->delete_wait_ms > 0 &&
+        (st = ingest_writers_catch_up(ctx, ctx->cfg->delete_wait_ms)) != EB_OK) {
+        eb_http_reply_status(req, st);
+        return false;
+    }
     if (!(c = eb_req_db_begin(ctx->svc.db, req, false)))
         return false;
     snprintf(ms, sizeof(ms), "%lld", ctx->cfg->svc.query_timeout_ms);

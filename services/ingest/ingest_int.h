@@ -45,7 +45,8 @@ typedef struct ingest_config {
     long long stream_dupe_window_ms;
     long long retention_days;
     long long retention_interval_ms;
-    char *review_reasons; /* comma-separated */
+    long long delete_wait_ms; /* 0: a deletion does not wait for the writers */
+    char *review_reasons;     /* comma-separated */
 } ingest_config;
 
 typedef struct ingest_publisher ingest_publisher;
@@ -154,6 +155,11 @@ void ingest_watch_stop(ingest_watch *w); /* NULL is ignored */
  * record acknowledged before the call is at or below it. EB_ERR_UNAVAILABLE when NATS cannot be
  * asked. Any thread; it waits for NATS (the JetStream request's timeout at most). */
 eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq);
+/* Waits until the writers have stored (or dropped) every record the stream took before the
+ * call: until the writer consumer's acknowledgement floor reaches the stream's last position,
+ * read first. EB_ERR_UNAVAILABLE when NATS cannot be asked or wait_ms passes first (the message
+ * says how far behind the writers are). Any thread; it polls NATS, sleeping between reads. */
+eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms);
 
 /* --- project-restricted keys and traces stored in another project (project_guard.c) --- */
 /* Why a record of id from a key restricted to project only is refused: the team stores that

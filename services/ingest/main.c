@@ -80,6 +80,10 @@ static const eb_setting settings[] = {
      offsetof(T, retention_days), "default retention of a project's traces"},
     {"retention-interval", "EVALBUS_RETENTION_INTERVAL", EB_SET_DURATION, "1h", 1000, 86400000,
      false, offsetof(T, retention_interval_ms), "how often retention runs"},
+    {"delete-wait", "EVALBUS_DELETE_WAIT", EB_SET_DURATION, "10s", 0, 60000, false,
+     offsetof(T, delete_wait_ms),
+     "longest a deletion waits for the writers to store what was accepted before it (503 after"
+     " it; 0: no wait, a trace none of whose records is stored yet is not found)"},
     {"review-reasons", "EVALBUS_REVIEW_REASONS", EB_SET_STRING,
      "incorrect,incomplete,hallucination,unsafe,off_topic,formatting,tool_misuse,other", 0, 0,
      false, offsetof(T, review_reasons),

@@ -16,14 +16,17 @@
  * calls are synchronous). If the stream or the consumer cannot be read, the last verdict
  * stands. Threading: the thread only calls ingest_publisher_set_full (atomic) and metrics.
  *
- * Its connection also answers ingest_stream_position for the deletions, on their API threads
- * (a NATS connection may be used from any thread; mu keeps it from closing meanwhile). */
+ * Its connection also answers ingest_stream_position and ingest_writers_catch_up for the
+ * deletions, on their API threads (a NATS connection may be used from any thread; mu keeps it
+ * from closing meanwhile). */
 #include "evalbus/bus.h"
+#include "evalbus/clock.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "evalbus/metrics.h"
 #include "ingest_int.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -146,30 +149,76 @@ void ingest_watch_stop(ingest_watch *w)
     free(w);
 }
 
-eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq)
+/* On the watch's connection: the stream's last position into *last, if last; the writer
+ * consumer's acknowledgement floor into *floor, if floor: every record at or below it is stored
+ * or dropped (with none pending, whatever it delivered; with nothing left to deliver either, the
+ * stream's end). */
+static eb_status read_positions(ingest_ctx *ctx, unsigned long long *last,
+                                unsigned long long *floor)
 {
     ingest_watch *w = ctx->watch;
     jsStreamInfo *si = NULL;
+    jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = NATS_NOT_FOUND;
-    bool connected;
-    eb_status st;
+    natsStatus s = NATS_OK;
+    bool connected = false;
+    eb_status st = EB_OK;
 
-    if (!w)
-        return eb_error(EB_ERR_UNAVAILABLE, "the ingest stream's position cannot be read");
-    pthread_mutex_lock(&w->mu);
-    connected = w->bus != NULL;
-    if (connected)
-        s = js_GetStreamInfo(&si, eb_bus_js(w->bus), INGEST_STREAM, NULL, &jerr);
-    pthread_mutex_unlock(&w->mu);
-    if (s == NATS_OK) {
-        *seq = (unsigned long long)si->State.LastSeq;
-        st = EB_OK;
-    } else {
+    if (w) {
+        pthread_mutex_lock(&w->mu);
+        connected = w->bus != NULL;
+        if (connected && last)
+            s = js_GetStreamInfo(&si, eb_bus_js(w->bus), INGEST_STREAM, NULL, &jerr);
+        if (connected && floor && s == NATS_OK)
+            s = js_GetConsumerInfo(&ci, eb_bus_js(w->bus), INGEST_STREAM, INGEST_WRITER_DURABLE,
+                                   NULL, &jerr);
+        pthread_mutex_unlock(&w->mu);
+    }
+    if (!connected || s != NATS_OK) {
         st = eb_error(EB_ERR_UNAVAILABLE,
                       "the ingest stream's position cannot be read (NATS: %s); try again",
                       connected ? natsStatus_GetText(s) : "not connected");
+    } else {
+        if (last)
+            *last = (unsigned long long)si->State.LastSeq;
+        if (floor) {
+            *floor = (unsigned long long)ci->AckFloor.Stream;
+            if (ci->NumAckPending <= 0 && ci->Delivered.Stream > *floor)
+                *floor = (unsigned long long)ci->Delivered.Stream;
+            if (ci->NumAckPending <= 0 && ci->NumPending == 0)
+                *floor = ULLONG_MAX;
+        }
     }
     jsStreamInfo_Destroy(si);
+    jsConsumerInfo_Destroy(ci);
+    return st;
+}
+
+eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq)
+{
+    return read_positions(ctx, seq, NULL);
+}
+
+eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms)
+{
+    long long deadline = eb_monotonic_ms() + wait_ms, left;
+    unsigned long long last = 0, floor = 0;
+    useconds_t pause = 5000;
+    eb_status st = read_positions(ctx, &last, NULL);
+
+    while (st == EB_OK) {
+        if ((st = read_positions(ctx, NULL, &floor)) != EB_OK || floor >= last)
+            break;
+        if ((left = deadline - eb_monotonic_ms()) <= 0)
+            return eb_error(EB_ERR_UNAVAILABLE,
+                            "the writers have not stored every record accepted before this "
+                            "deletion within delete-wait (%lld ms; %llu records to go); nothing "
+                            "was deleted, try again",
+                            wait_ms, last - floor);
+        /* the writers commit a batch in milliseconds when they keep up: look again soon, then
+         * less often */
+        usleep(pause < (useconds_t)left * 1000 ? pause : (useconds_t)left * 1000);
+        pause = pause < 50000 ? pause * 2 : 100000;
+    }
     return st;
 }

@@ -845,6 +845,12 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
   }));
   // Last in this file: a consumer made again delivers the whole stream again.
   // until the writer consumer has every record of the stream delivered and acknowledged
+  // evalbus_ingest_deleted_records_total of the stack's ingest
+  const deletedRecords = async () => {
+    const m = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
+    const line = m.text.split('\n').find((l) => l.startsWith('evalbus_ingest_deleted_records_total '));
+    return line ? Number(line.split(' ').pop()) : 0;
+  };
   const writersCaughtUp = async (jsm) => {
     let last = null;
     const done = (await pollUntil(async () => {
@@ -876,7 +882,27 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     await writersCaughtUp(jsm);
   }));
 
-  it('a record accepted before its trace was deleted and stored after does not bring the trace back; one sent after the deletion is stored', T, stack.wrap(async () => {
+  /** Runs body(replica) with the stack's ingest (its writers) stopped and a replica without
+   * writers to talk to; the writers go on (SIGCONT) when body calls resume(), or at the end. */
+  const withWritersStopped = async (env, body) => {
+    const replica = await stack.spawnService('ingest', { EVALBUS_WRITER_THREADS: '0', ...env });
+    const pid = stack.readPid('ingest');
+    let stopped = true;
+    const resume = () => {
+      if (stopped) process.kill(pid, 'SIGCONT');
+      stopped = false;
+    };
+    process.kill(pid, 'SIGSTOP');
+    try {
+      await body(replica, resume);
+    } finally {
+      resume();
+      replica.proc.kill('SIGTERM');
+      await replica.exited;
+    }
+  };
+
+  it('a deletion waits for the writers to store what was accepted before it: a version on its way is deleted with the trace; one sent after the deletion is stored', T, stack.wrap(async () => {
     const id = `gone-${crypto.randomBytes(3).toString('hex')}`;
     const trace = (name) => ({ id, project: 'gone', name, observations: [{ id: 'gen', type: 'generation' }] });
     const where = `team_id = '${A.id}' AND id = '${id}'`;
@@ -884,35 +910,89 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.equal(r.status, 202, r.text);
     assert.ok(await traceStored(id), 'the first version is stored');
 
-    // The stack's ingest (its writers) stopped; a replica without writers takes the second
-    // version into the stream and deletes the trace; then the writers go on.
-    const replica = await stack.spawnService('ingest', { EVALBUS_WRITER_THREADS: '0' });
-    const pid = stack.readPid('ingest');
-    process.kill(pid, 'SIGSTOP');
-    try {
+    await withWritersStopped({}, async (replica, resume) => {
       r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: A.key, body: { traces: [trace('second')] } });
       assert.equal(r.status, 202, r.text);
-      r = await stack.api('DELETE', `/api/v1/traces/${id}`, { base: replica.url, key: A.key });
+      let answered = null;
+      const deletion = stack.api('DELETE', `/api/v1/traces/${id}`, { base: replica.url, key: A.key })
+        .then((res) => { answered = res; return res; });
+      await sleep(1500);
+      assert.equal(answered, null, `the deletion waits while the second version is not stored: ${answered?.status} ${answered?.text}`);
+      resume();
+      r = await deletion;
       assert.equal(r.status, 200, r.text);
-    } finally {
-      process.kill(pid, 'SIGCONT');
-    }
-    const jsm = await (await stack.nats()).jetstreamManager();
-    await writersCaughtUp(jsm); // the second version too
+    });
     r = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
     assert.equal(r.status, 404, `the deleted trace stays deleted: ${r.text.slice(0, 200)}`);
-    const [[rows, keys, tombstones]] = await stack.psql(`SELECT (SELECT count(*) FROM ingest.traces WHERE ${where}),
-      (SELECT count(*) FROM ingest.trace_keys WHERE ${where}), (SELECT count(*) FROM ingest.trace_tombstones WHERE ${where})`);
-    assert.deepEqual([rows, keys, tombstones], ['0', '0', '1'], 'no trace row, no key left behind, its tombstone');
-    const metrics = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
-    assert.match(metrics.text, /^evalbus_ingest_deleted_records_total [1-9]/m, 'the record left out is counted');
+    const [[rows, keys, obs, tombstones]] = await stack.psql(`SELECT (SELECT count(*) FROM ingest.traces WHERE ${where}),
+      (SELECT count(*) FROM ingest.trace_keys WHERE ${where}),
+      (SELECT count(*) FROM ingest.observations WHERE team_id = '${A.id}' AND trace_id = '${id}'),
+      (SELECT count(*) FROM ingest.trace_tombstones WHERE ${where})`);
+    assert.deepEqual([rows, keys, obs, tombstones], ['0', '0', '0', '1'], 'no trace row, key or observation left behind; its tombstone');
 
     // sent after the deletion: later in the stream, so stored
-    r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: A.key, body: { traces: [trace('third')] } });
+    r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('third')] } });
     assert.equal(r.status, 202, r.text);
     assert.ok(await traceStored(id, (g) => g.body.name === 'third'), 'the version sent after the deletion is stored');
-    replica.proc.kill('SIGTERM');
-    await replica.exited;
+  }));
+
+  it('a trace accepted but not stored yet is found by a deletion by id and by filter, and is never stored', T, stack.wrap(async () => {
+    const tag = crypto.randomBytes(3).toString('hex');
+    const byId = `unstored-${tag}`;
+    const project = `unstored-${tag}`;
+    const inFilter = [`${project}-a`, `${project}-b`];
+    const jsm = await (await stack.nats()).jetstreamManager();
+    await writersCaughtUp(jsm);
+    await withWritersStopped({}, async (replica, resume) => {
+      const r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: A.key, body: { traces: [
+        { id: byId, project: 'unstored', name: 'n', observations: [{ id: 'gen', type: 'generation' }] },
+        ...inFilter.map((id) => ({ id, project, name: 'n' }))] } });
+      assert.equal(r.status, 202, r.text);
+      const one = stack.api('DELETE', `/api/v1/traces/${byId}`, { base: replica.url, key: A.key });
+      const many = stack.api('POST', '/api/v1/traces/delete', { base: replica.url, key: A.key, body: { filter: { project } } });
+      await sleep(1000);
+      resume();
+      const [d1, d2] = await Promise.all([one, many]);
+      assert.equal(d1.status, 200, `found though none of its records was stored when it was asked: ${d1.text}`);
+      assert.deepEqual(d1.body, { id: byId, deleted: true });
+      assert.equal(d2.status, 200, d2.text);
+      assert.deepEqual(d2.body, { deleted: 2 }, 'the filter finds both');
+    });
+    await writersCaughtUp(jsm);
+    for (const id of [byId, ...inFilter]) {
+      const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+      assert.equal(g.status, 404, `${id} stays deleted: ${g.text.slice(0, 200)}`);
+    }
+    const [[rows, keys]] = await stack.psql(`SELECT (SELECT count(*) FROM ingest.traces WHERE team_id = '${A.id}' AND id LIKE 'unstored-${tag}%'),
+      (SELECT count(*) FROM ingest.trace_keys WHERE team_id = '${A.id}' AND id LIKE 'unstored-${tag}%')`);
+    assert.deepEqual([rows, keys], ['0', '0'], 'no row and no key of them');
+  }));
+
+  it('a deletion the writers keep waiting past delete-wait answers 503 with Retry-After and deletes nothing; the retry deletes', T, stack.wrap(async () => {
+    const id = `behind-${crypto.randomBytes(3).toString('hex')}`;
+    const trace = (name) => ({ id, project: 'behind', name });
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('first')] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(id), 'the first version is stored');
+    await withWritersStopped({ EVALBUS_DELETE_WAIT: '1s' }, async (replica) => {
+      r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: A.key, body: { traces: [trace('second')] } });
+      assert.equal(r.status, 202, r.text);
+      const started = Date.now();
+      r = await stack.api('DELETE', `/api/v1/traces/${id}`, { base: replica.url, key: A.key });
+      assert.equal(r.status, 503, r.text);
+      assert.ok(Date.now() - started >= 900, 'it waited delete-wait first');
+      assert.equal(r.body.error.code, 'unavailable');
+      assert.match(r.body.error.message, /delete-wait \(1000 ms; 1 records to go\); nothing was deleted/);
+      assert.equal(r.headers.get('retry-after'), '1');
+      r = await stack.api('POST', '/api/v1/traces/delete', { base: replica.url, key: A.key, body: { filter: { project: 'behind' } } });
+      assert.equal(r.status, 503, r.text);
+    });
+    assert.ok(await traceStored(id, (g) => g.body.name === 'second'), 'nothing was deleted: the second version is stored');
+    const [[tombstones]] = await stack.psql(`SELECT count(*) FROM ingest.trace_tombstones WHERE team_id = '${A.id}' AND id = '${id}'`);
+    assert.equal(tombstones, '0', 'and no tombstone left');
+    r = await stack.api('DELETE', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+    assert.equal(r.status, 200, `the retry: ${r.text}`);
+    assert.equal((await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key })).status, 404);
   }));
 
   it('a version stored while a deletion of its trace waits for the key is not brought back when the stream is delivered again', T, stack.wrap(async () => {
@@ -945,6 +1025,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.equal((await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key })).status, 404);
 
     const jsm = await (await stack.nats()).jetstreamManager();
+    const droppedBefore = await deletedRecords();
     await jsm.consumers.delete('INGEST', 'ingest-writer');
     const remade = await pollUntil(async () => (await jsm.consumers.info('INGEST', 'ingest-writer').catch(() => null)) !== null,
       { timeoutMs: 20_000, intervalMs: 200 });
@@ -952,6 +1033,8 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     await writersCaughtUp(jsm); // the whole stream again, both versions among it
     r = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
     assert.equal(r.status, 404, `the deleted trace stays deleted: ${r.text.slice(0, 200)}`);
+    const dropped = await deletedRecords();
+    assert.ok(dropped - droppedBefore >= 2, `the records left out are counted: ${droppedBefore} -> ${dropped}`);
   }));
 
   it('the writer consumer deleted by hand is made again by the running writers, and what was sent meanwhile is stored', T, stack.wrap(async () => {
