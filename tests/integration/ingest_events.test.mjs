@@ -1,0 +1,88 @@
+// The writer's evalbus.v1.traces.stored.<team> events on a NATS server with a small max_payload
+// (64 KiB, EVALBUS_NATS_MAX_PAYLOAD): the ids of one writer batch that do not fit one message
+// go out as several events, each under the limit, and every stored trace is announced once.
+
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import protobuf from 'protobufjs';
+
+import { DOWN_TIMEOUT_MS, PROTO_ROOT, Stack, UP_TIMEOUT_MS, pollUntil, sleep, uniqueSlug } from './harness.mjs';
+
+const MAX_PAYLOAD = 65536;
+const MAX_TRACE_BYTES = '32KiB';
+const stack = new Stack('ingest-events', {
+  env: { EVALBUS_NATS_MAX_PAYLOAD: String(MAX_PAYLOAD), EVALBUS_MAX_TRACE_BYTES: MAX_TRACE_BYTES },
+});
+const T = { timeout: 90_000 };
+
+async function tracesStoredType() {
+  const root = new protobuf.Root();
+  root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
+  await root.load('evalbus/v1/trace.proto', { keepCase: true });
+  return root.lookupType('evalbus.v1.TracesStored');
+}
+
+describe('ingest: stored events on a server with a small max_payload', () => {
+  let A;
+
+  before(async () => {
+    await stack.up();
+    A = await stack.bootstrap(uniqueSlug('ev'));
+    await stack.setTier(A.team, 'enterprise', A.key); // not about rate limits
+  }, { timeout: UP_TIMEOUT_MS });
+  after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('the ids of a writer batch larger than max_payload go out as several events under it, each stored trace announced once', T, stack.wrap(async () => {
+    const TracesStored = await tracesStoredType();
+    const tag = crypto.randomBytes(3).toString('hex');
+    // 1000 ids of 200 bytes: a writer batch (up to 500 records) holds about 100 KB of ids, more
+    // than one 64 KiB message takes
+    const ids = Array.from({ length: 1000 }, (_, i) => `split-${tag}-${String(i).padStart(4, '0')}-`.padEnd(200, 'x'));
+    const nc = await stack.nats();
+    const sub = nc.subscribe(`evalbus.v1.traces.stored.${A.team}`);
+    const events = [];
+    (async () => {
+      for await (const m of sub) events.push({ bytes: m.data.length, ids: TracesStored.decode(m.data).trace_ids });
+    })();
+    await nc.flush();
+
+    // The stack's ingest (its writers) paused while a replica without writers takes every trace
+    // into the stream; the writers then fetch them in full batches.
+    const intake = await stack.spawnService('ingest', { EVALBUS_WRITER_THREADS: '0', EVALBUS_MAX_TRACE_BYTES: MAX_TRACE_BYTES });
+    const main = stack.readPid('ingest');
+    process.kill(main, 'SIGSTOP');
+    try {
+      await sleep(600); // the paused writers' pull requests (250 ms) run out: nothing goes to them
+      for (let from = 0; from < ids.length; from += 500) {
+        const r = await stack.api('POST', '/api/v1/traces', { base: intake.url, key: A.key,
+          body: { traces: ids.slice(from, from + 500).map((id) => ({ id, project: 'split', name: 'n' })) } });
+        assert.equal(r.status, 202, r.text.slice(0, 300));
+      }
+    } finally {
+      process.kill(main, 'SIGCONT');
+    }
+    const mine = () => events.flatMap((e) => e.ids).filter((id) => id.startsWith(`split-${tag}-`));
+    const all = await pollUntil(async () => mine().length >= ids.length, { timeoutMs: 30_000, intervalMs: 200 });
+    assert.ok(all.value, `every trace announced within 30 s: ${mine().length} of ${ids.length}`);
+    await sleep(500); // a late duplicate would show up now
+    sub.unsubscribe();
+    intake.proc.kill('SIGTERM');
+    await intake.exited;
+
+    const announced = mine();
+    assert.equal(announced.length, ids.length, 'each trace announced once');
+    assert.deepEqual([...announced].sort(), [...ids].sort(), 'exactly the traces sent');
+    const [[stored]] = await stack.psql(`SELECT count(*) FROM ingest.traces WHERE id LIKE 'split-${tag}-%'`);
+    assert.equal(stored, String(ids.length), 'and stored');
+    const biggest = Math.max(...events.map((e) => e.bytes));
+    assert.ok(biggest <= MAX_PAYLOAD - 400, `every event is under max_payload with room for its envelope: ${biggest} bytes`);
+    assert.ok(events.length >= Math.ceil((ids.length * 204) / MAX_PAYLOAD),
+      `the ids went out in several events: ${events.length} (${events.map((e) => e.ids.length).join(', ')})`);
+    const log = fs.readFileSync(path.join(stack.state, 'logs', 'ingest.log'), 'utf8');
+    assert.doesNotMatch(log, /stored event of \d+ traces on .* not sent/, 'no event refused by the server');
+  }));
+});
