@@ -35,10 +35,12 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -129,6 +131,8 @@ struct eb_http_req {
     void (*on_close)(void *arg);
     void *on_close_arg;
 };
+
+static void reply_error_text(eb_http_req *req, eb_status st, const char *message);
 
 static const char *method_name(enum evhttp_cmd_type t)
 {
@@ -339,18 +343,63 @@ static void finish(eb_http_req *req, int code, const char *content_type, const v
     account(req, code, len);
 }
 
-void eb_http_reply_file(eb_http_req *req, int code, const char *content_type, int fd, size_t size)
+/* The Content-Disposition value that makes a browser save the body as name: the name as a quoted
+ * string ('"' and '\\' escaped; control characters and bytes outside ASCII as '_'). The caller
+ * frees it. */
+static char *attachment_value(const char *name)
 {
+    eb_buf b = {0};
+
+    eb_buf_puts(&b, "attachment; filename=\"");
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        char c = *p < 0x20 || *p >= 0x7f ? '_' : (char)*p;
+        if (c == '"' || c == '\\')
+            eb_buf_append(&b, "\\", 1);
+        eb_buf_append(&b, &c, 1);
+    }
+    eb_buf_puts(&b, "\"");
+    return b.data;
+}
+
+void eb_http_reply_file(eb_http_req *req, int code, const char *content_type,
+                        const char *attachment, int fd, size_t size)
+{
+    struct evkeyvalq *out;
     struct evbuffer *buf;
+    struct stat sb;
+    const char *why = NULL;
 
     assert(!req->on_worker); /* not for blocking routes (http.h) */
+    /* checked here, on the loop, as it is sent: libevent maps the file (or reads it, when it
+     * cannot be mapped), and a map longer than the file would give the client bytes that are
+     * not there */
+    if (fstat(fd, &sb) != 0)
+        why = "cannot be read";
+    else if (!S_ISREG(sb.st_mode))
+        why = "is not a regular file";
+    else if ((uintmax_t)sb.st_size < (uintmax_t)size)
+        why = "is shorter than it was";
     buf = evbuffer_new();
-    add_reply_headers(req, content_type);
-    if (evbuffer_add_file(buf, fd, 0, (ev_off_t)size) != 0) {
+    /* an empty file has nothing to map (libevent would refuse it): an empty body */
+    if (!why && size > 0 && evbuffer_add_file(buf, fd, 0, (ev_off_t)size) != 0)
+        why = "cannot be mapped or read"; /* (libevent 2.1 leaves fd to us then) */
+    if (why || size == 0)
+        close(fd); /* else the buffer owns it */
+    if (why) {
+        char msg[96];
         evbuffer_free(buf);
-        close(fd);
-        eb_http_reply_error(req, EB_ERR_INTERNAL, "cannot send the file");
+        snprintf(msg, sizeof(msg), "the file cannot be sent: it %s", why);
+        eb_log_error(req->request_id, "%s %s: %s", req->method, req->path, msg);
+        /* none of the file's headers: this answer is not the file */
+        reply_error_text(req, EB_ERR_IO, msg);
         return;
+    }
+    add_reply_headers(req, content_type);
+    out = evhttp_request_get_output_headers(req->ev);
+    if (attachment) {
+        char *disp = attachment_value(attachment);
+        evhttp_add_header(out, "Content-Disposition", disp);
+        free(disp);
     }
     send_reply(req, code, buf);
     evbuffer_free(buf);

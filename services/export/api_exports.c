@@ -10,7 +10,10 @@
  * connections; creation also waits for the EXPORTS stream on queue_bus), touching no loop state.
  * A download of a local file and an event stream then go on on the loop thread
  * (eb_http_req_on_loop), which sends the file or keeps the stream and its timer; the stream's
- * reads run on the API threads again. */
+ * reads run on the API threads again. A download's file is checked against the job's result
+ * before it is handed to the loop, and carries its attachment name only when it is actually
+ * sent (eb_http_reply_file): an error never comes as an attachment. The loop keeps the open
+ * event streams in a list, and ends them all when shutdown begins (export_events_stop). */
 #include "evalbus/crypto.h"
 #include "evalbus/json.h"
 #include "evalbus/log.h"
@@ -382,15 +385,66 @@ typedef struct download_file {
     int fd;
     size_t size;
     char *content_type;
+    char *file_name;
 } download_file;
 
 static void download_send(eb_http_req *req, void *arg)
 {
     download_file *f = arg;
 
-    eb_http_reply_file(req, 200, f->content_type, f->fd, f->size);
+    /* the attachment header goes out with the file only, never with an error instead of it */
+    eb_http_reply_file(req, 200, f->content_type, f->file_name, f->fd, f->size);
     free(f->content_type);
+    free(f->file_name);
     free(f);
+}
+
+/* Opens the file of key in a local store, checked against what the export wrote (a regular file
+ * of result.bytes, when the result says). Returns the descriptor, or -1 when it has answered
+ * (404 when the file is gone, else 500 io_error). */
+static int open_local_file(eb_http_req *req, eb_store *store, const char *key, const cJSON *bytes,
+                           struct stat *sb)
+{
+    char *path = NULL;
+    int fd = -1, err;
+    bool ok = false;
+    eb_status st;
+
+    st = eb_store_local_path(store, key, &path);
+    if (st != EB_OK) {
+        eb_http_reply_status(req, st);
+        goto cleanup;
+    }
+    /* O_NONBLOCK: a FIFO in its place is refused below instead of holding the thread */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0 || fstat(fd, sb) != 0) {
+        err = errno;
+        eb_log_write(err == ENOENT ? EB_LOG_WARN : EB_LOG_ERROR, eb_http_req_id(req), NULL,
+                     "cannot open the export's file %s: %s", path, strerror(err));
+        eb_http_reply_error(req, err == ENOENT ? EB_ERR_NOT_FOUND : EB_ERR_IO,
+                            err == ENOENT ? "the export's file is not in the store any more"
+                                          : "the export's file cannot be read");
+        goto cleanup;
+    }
+    if (!S_ISREG(sb->st_mode))
+        eb_log_error(eb_http_req_id(req), "the export's file %s is not a regular file", path);
+    else if (cJSON_IsNumber(bytes) && (double)sb->st_size != bytes->valuedouble)
+        eb_log_error(eb_http_req_id(req),
+                     "the export's file %s has %lld bytes; the export wrote %.0f", path,
+                     (long long)sb->st_size, bytes->valuedouble);
+    else
+        ok = true;
+    if (!ok)
+        eb_http_reply_error(req, EB_ERR_IO,
+                            "the export's file in the store is not the one the export wrote;"
+                            " export again");
+cleanup:
+    if (!ok && fd >= 0) {
+        close(fd);
+        fd = -1;
+    }
+    free(path);
+    return fd;
 }
 
 void api_exports_download(eb_http_req *req, void *vctx)
@@ -400,7 +454,10 @@ void api_exports_download(eb_http_req *req, void *vctx)
     PGresult *r = load_job(ctx, req, id);
     cJSON *job = NULL, *res, *key, *fname, *ctype;
     eb_store *store = NULL;
-    char *path = NULL, *url = NULL, *disp = NULL;
+    char *url = NULL;
+    struct stat sb;
+    download_file *f;
+    int fd;
     eb_status st;
 
     if (!r)
@@ -432,59 +489,57 @@ void api_exports_download(eb_http_req *req, void *vctx)
         eb_http_reply_json(req, 302, NULL);
         goto cleanup;
     }
-    st = eb_store_local_path(store, key->valuestring, &path);
-    if (st == EB_OK) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        struct stat sb;
-        download_file *f;
-        if (fd < 0 || fstat(fd, &sb) != 0) {
-            if (fd >= 0)
-                close(fd);
-            eb_http_reply_error(req, errno == ENOENT ? EB_ERR_NOT_FOUND : EB_ERR_IO,
-                                "the export's file is not in the store any more");
-            goto cleanup;
-        }
-        disp = eb_asprintf("attachment; filename=\"%s\"",
-                           cJSON_IsString(fname) ? fname->valuestring : "export");
-        eb_http_add_header(req, "Content-Disposition", disp);
-        f = eb_malloc(sizeof(*f));
-        f->fd = fd;
-        f->size = (size_t)sb.st_size;
-        f->content_type =
-            eb_strdup(cJSON_IsString(ctype) ? ctype->valuestring : "application/octet-stream");
-        eb_http_req_on_loop(req, download_send, f);
-    } else {
-        eb_http_reply_status(req, st);
-    }
+    fd = open_local_file(req, store, key->valuestring,
+                         cJSON_GetObjectItemCaseSensitive(res, "bytes"), &sb);
+    if (fd < 0)
+        goto cleanup;
+    f = eb_malloc(sizeof(*f));
+    f->fd = fd;
+    f->size = (size_t)sb.st_size;
+    f->content_type =
+        eb_strdup(cJSON_IsString(ctype) ? ctype->valuestring : "application/octet-stream");
+    f->file_name = eb_strdup(cJSON_IsString(fname) ? fname->valuestring : "export");
+    eb_http_req_on_loop(req, download_send, f);
 cleanup:
     cJSON_Delete(job);
     eb_store_free(store);
-    free(path);
     free(url);
-    free(disp);
     PQclear(r);
 }
 
 /* ---- progress as server-sent events: the job row, read once a second on an API thread, sent
- * from the loop when it changes; the stream ends with the job (event "done") or after an hour.
- * The watch belongs to the loop; while its read runs it belongs to that read. ---- */
+ * from the loop when it changes; the stream ends with the job (event "done"), after an hour, or
+ * when the service shuts down (export_events_stop).
+ * The watch belongs to the loop, and is listed in ctx->watches from its start to its end; while
+ * its read runs (reading), the read's fields (st, r) are the API thread's, and the watch is ended
+ * by the read's return only. ---- */
 
-typedef struct sse_watch {
+struct sse_watch {
     export_ctx *ctx;
     eb_http_req *req;
     struct event *timer;
+    sse_watch *prev, *next; /* ctx->watches */
     char team_id[41];
     char id[37];
     char *last;
     int ticks;
     bool gone;
+    bool reading;
     /* the read's result (API thread, then the loop) */
     eb_status st;
     PGresult *r;
-} sse_watch;
+};
 
-static void sse_free(sse_watch *w)
+/* Ends the stream (a client still there gets its terminating chunk) and frees the watch. */
+static void sse_end(sse_watch *w)
 {
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        w->ctx->watches = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    eb_http_stream_end(w->req);
     event_free(w->timer);
     free(w->last);
     free(w);
@@ -524,10 +579,10 @@ static void sse_read_done(void *arg)
     struct timeval one = {1, 0};
 
     w->r = NULL;
+    w->reading = false;
     if (w->gone) {
         PQclear(r);
-        eb_http_stream_end(w->req);
-        sse_free(w);
+        sse_end(w);
         return;
     }
     if (w->st == EB_OK && PQntuples(r) == 1) {
@@ -552,9 +607,9 @@ static void sse_read_done(void *arg)
         done = true; /* deleted meanwhile */
     }
     PQclear(r);
-    if (done || ++w->ticks > 3600) {
-        eb_http_stream_end(w->req);
-        sse_free(w);
+    /* stopping: the read ran into the shutdown (export_events_stop left the watch to it) */
+    if (done || w->ctx->stopping || ++w->ticks > 3600) {
+        sse_end(w);
         return;
     }
     event_add(w->timer, &one);
@@ -567,23 +622,49 @@ static void sse_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (w->gone) {
-        eb_http_stream_end(w->req);
-        sse_free(w);
+        sse_end(w);
         return;
     }
+    w->reading = true;
     eb_pool_submit(w->ctx->svc.api, sse_read, sse_read_done, w);
 }
 
-/* On the loop, once the job is known to be the caller's: the stream starts, the first read now. */
+/* On the loop, once the job is known to be the caller's: the stream starts, the first read now.
+ * Once the service is shutting down, the stream ends at once instead, without an event, as the
+ * open ones did (export_events_stop): the client connects again, to another replica. (Not a 503:
+ * a browser's EventSource gives up on an error status, but reconnects after a stream's end.) */
 static void sse_start(eb_http_req *req, void *arg)
 {
     sse_watch *w = arg;
+    export_ctx *ctx = w->ctx;
     struct timeval now = {0, 0};
 
-    w->timer = evtimer_new(w->ctx->svc.base, sse_tick, w);
     eb_http_add_header(req, "X-Accel-Buffering", "no");
+    if (ctx->stopping) {
+        free(w);
+        eb_http_stream_start(req, 200, "text/event-stream", NULL, NULL);
+        eb_http_stream_end(req);
+        return;
+    }
+    w->timer = evtimer_new(ctx->svc.base, sse_tick, w);
+    w->next = ctx->watches;
+    if (w->next)
+        w->next->prev = w;
+    ctx->watches = w;
     eb_http_stream_start(req, 200, "text/event-stream", sse_closed, w);
     event_add(w->timer, &now);
+}
+
+void export_events_stop(export_ctx *ctx)
+{
+    sse_watch *w = ctx->watches, *next;
+
+    ctx->stopping = true;
+    for (; w; w = next) {
+        next = w->next;
+        if (!w->reading) /* else its read's return ends it (sse_read_done) */
+            sse_end(w);
+    }
 }
 
 void api_exports_events(eb_http_req *req, void *vctx)

@@ -41,6 +41,7 @@ typedef struct export_config {
 } export_config;
 
 typedef struct export_workers export_workers;
+typedef struct sse_watch sse_watch; /* an open event stream (api_exports.c) */
 
 typedef struct export_ctx {
     export_config *cfg;
@@ -52,7 +53,9 @@ typedef struct export_ctx {
      * creation) and the loop thread (the scheduler) */
     eb_bus *queue_bus;
     struct event *schedule_timer;
-    bool warned_blind; /* the scheduler warned that ingest's sessions are invisible (loop) */
+    bool warned_blind;  /* the scheduler warned that ingest's sessions are invisible (loop) */
+    sse_watch *watches; /* the open event streams (loop) */
+    bool stopping;      /* shutdown began: event streams end (export_events_stop; loop) */
 } export_ctx;
 
 /* ---- jobs.c: the job specification (request body), filters as SQL, job rows as JSON ---- */
@@ -121,6 +124,11 @@ void api_export_settings_put(eb_http_req *req, void *ctx);
 void api_schedules_create(eb_http_req *req, void *ctx);
 void api_schedules_list(eb_http_req *req, void *ctx);
 void api_schedules_delete(eb_http_req *req, void *ctx);
+/* Loop thread, when shutdown begins: ends every open event stream (a client gets a complete
+ * body, and may reconnect to another replica) and frees its watch; one whose job read is running
+ * ends when the read returns (on the loop, or in eb_pool_finish of the API threads). Streams
+ * asked for from now on end at once, without an event. */
+void export_events_stop(export_ctx *ctx);
 
 /* Creates a job row from spec in the open transaction of conn (team scoped) and returns its id
  * in id_out[37]. */

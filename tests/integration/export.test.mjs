@@ -1,8 +1,9 @@
 // The export service against a real stack (file object store): each format against its
 // contract, pseudonymization (tokens stable within a team, different across teams, look-alikes
 // kept), statistics, the file beside its manifest, downloads with their SHA-256, streamed exports
-// and statistics without exporting, progress as server-sent events, cross-team 404s, roles,
-// the audit log and bad requests.
+// and statistics without exporting, progress as server-sent events (and their end at SIGTERM),
+// downloads of a file changed in the store (JSON errors, never attachments), cross-team 404s,
+// roles, the audit log and bad requests.
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -202,6 +203,26 @@ async function download(key, job) {
   if (job.compression === 'gzip') return zlib.gunzipSync(raw).toString('utf8');
   if (job.compression === 'zstd') return zlib.zstdDecompressSync ? zlib.zstdDecompressSync(raw).toString('utf8') : null;
   return raw.toString('utf8');
+}
+
+/** Reads an event stream's body as it comes: `text` grows; `end` resolves {clean: true} when
+ * the body ends as complete, {clean: false, error} when it is cut short, with `at` (ms). */
+function follow(res) {
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  const s = { text: '' };
+  s.end = (async () => {
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return { clean: true, at: performance.now() };
+        s.text += decoder.decode(value, { stream: true });
+      }
+    } catch (error) {
+      return { clean: false, error, at: performance.now() };
+    }
+  })();
+  return s;
 }
 
 const jsonLines = (text) => text.split('\n').filter((l) => l.length > 0).map((l, i) => {
@@ -651,6 +672,33 @@ describe('export: jobs, formats, privacy', () => {
     assert.match(text, /event: done\ndata: \{.*"state":"succeeded"/);
   }));
 
+  it('a download whose file in the store is gone, shortened, emptied or replaced answers a JSON error, never as an attachment', T, stack.wrap(async () => {
+    const cases = [
+      ['shortened', (f) => fs.truncateSync(f, 10), 'io_error'],
+      ['emptied', (f) => fs.truncateSync(f, 0), 'io_error'],
+      ['replaced by a folder', (f) => { fs.rmSync(f); fs.mkdirSync(f); }, 'io_error'],
+      ['removed', (f) => fs.rmSync(f), 'not_found'],
+    ];
+    for (const [what, change, code] of cases) {
+      const job = await runExport(A.key, { format: 'jsonl', compression: 'none', filter: { projects: ['sql-bot'] } });
+      assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+      assert.ok(job.result.bytes > 10, `the file has ${job.result.bytes} bytes`);
+      change(path.join(storeRoot, job.result.key));
+      const r = await api('GET', `/api/v1/exports/${job.id}/download`, A.key);
+      assertError(r, code, `the file ${what}`);
+      assert.match(r.headers.get('content-type') ?? '', /^application\/json\b/, `the file ${what}: a JSON answer`);
+      assert.equal(r.headers.get('content-disposition'), null, `the file ${what}: the error is not an attachment`);
+    }
+  }));
+
+  it('an export without rows downloads as an empty file', T, stack.wrap(async () => {
+    const job = await runExport(A.key, { format: 'jsonl', compression: 'none', filter: { projects: ['no-such-project'] } });
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    assert.equal(job.result.rows, 0);
+    assert.equal(job.result.bytes, 0, 'an empty object in the store');
+    assert.equal(await download(A.key, job), '', 'an empty file, as an attachment');
+  }));
+
   it('bad requests get clear errors and create nothing', T, stack.wrap(async () => {
     const before = (await stack.psql(`SELECT count(*) FROM export.jobs`))[0][0];
     const cases = [
@@ -862,4 +910,67 @@ describe('export: jobs, formats, privacy', () => {
     assert.equal(answer.headers.get('retry-after'), '1', answer.text);
     assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${fs.readFileSync(replica.logFile, 'utf8').slice(-3000)})`);
   }));
+
+  // An event stream of a job that keeps running lasts up to an hour: at SIGTERM it is ended (the
+  // client sees a complete body and may reconnect, to another replica), not held until the drain's
+  // grace runs out and then cut off, and its watch is freed. One stream is idle between two reads
+  // of its job, the other's read waits on a lock (the watch is the API thread's until it returns).
+  // A stream asked for during the shutdown delay (the replica still accepts) ends at once.
+  for (const [what, locked] of [['between two reads', false], ['while its read waits on a lock', true]]) {
+    it(`SIGTERM with an event stream open ${what}: the stream ends as complete, the replica exits 0 at once, nothing leaks`, T, stack.wrap(async (t) => {
+      const job = await finishedJob();
+      // a job that stays running: its message was acknowledged, so no worker changes it again
+      await stack.psql(`UPDATE export.jobs SET state = 'running' WHERE id = '${job.id}'`);
+      try {
+        // the default shutdown-grace (10 s): a stream held by the drain would show in the time
+        const replica = await stack.spawnService('export', { EVALBUS_EXPORT_WORKERS: '0', EVALBUS_SHUTDOWN_DELAY: '1s' });
+        const events = () => fetch(`${replica.url}/api/v1/exports/${job.id}/events`, {
+          headers: { authorization: `Bearer ${A.key}` }, signal: AbortSignal.timeout(60_000),
+        });
+        const res = await events();
+        assert.equal(res.status, 200);
+        const stream = follow(res);
+        const first = await pollUntil(() => /event: progress\ndata: \{.*"state":"running"/.test(stream.text), { timeoutMs: 5000 });
+        assert.ok(first.value, `the first event arrives: ${stream.text}`);
+        let lock = null;
+        if (locked) {
+          lock = await stack.lockTable('export.jobs', 2500);
+          const waiting = await pollUntil(async () => (await stack.psql(`SELECT count(*) FROM pg_stat_activity
+            WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT id, state, format%FROM export.jobs WHERE%'`))[0][0] !== '0', { timeoutMs: 3000 });
+          assert.ok(waiting.value, 'the stream\'s read of its job waits on the lock');
+        }
+        const tSignal = performance.now();
+        replica.proc.kill('SIGTERM');
+        const end = await Promise.race([stream.end, sleep(8000, 'timeout')]);
+        assert.notEqual(end, 'timeout', 'the stream ended within 8 s of SIGTERM');
+        let late = null;
+        if (!locked) {
+          const r = await events(); // within the shutdown delay
+          const text = await Promise.race([r.text(), sleep(3000, null)]);
+          late = { status: r.status, type: r.headers.get('content-type'), text, at: performance.now() - tSignal };
+        }
+        const exit = await Promise.race([replica.exited, sleep(8000, 'timeout')]);
+        const tExit = performance.now() - tSignal;
+        if (lock) await lock.released;
+        const log = fs.readFileSync(replica.logFile, 'utf8');
+        t.diagnostic(`stream ended ${Math.round(end.at - tSignal)} ms, replica exited ${Math.round(tExit)} ms after SIGTERM`);
+        assert.ok(end.clean, `the stream ends as a complete body, not cut off: ${end.error?.message} ${end.error?.cause?.code ?? ''}`);
+        assert.ok(end.at - tSignal < (locked ? 4000 : 800), `the stream ended ${Math.round(end.at - tSignal)} ms after SIGTERM`);
+        assert.ok(!/event: done/.test(stream.text), 'no done event: the job has not finished');
+        if (late) {
+          assert.ok(late.at < 1000, `the late stream was asked for and ended within the shutdown delay (${Math.round(late.at)} ms)`);
+          assert.equal(late.status, 200, late.text);
+          assert.match(late.type ?? '', /text\/event-stream/);
+          assert.equal(late.text, '', 'a stream asked for during the shutdown ends at once (within 3 s), without an event');
+        }
+        assert.notEqual(exit, 'timeout', `the replica exits within 8 s of SIGTERM (log: ${log.slice(-3000)})`);
+        assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${log.slice(-3000)})`);
+        assert.ok(tExit < (locked ? 5000 : 3000), `the replica exited ${Math.round(tExit)} ms after SIGTERM`);
+        assert.ok(!log.includes('grace period over'), 'the drain did not wait for the stream until its grace ran out');
+        assert.ok(!/LeakSanitizer|AddressSanitizer/.test(log), `no sanitizer report: ${log.slice(-3000)}`);
+      } finally {
+        await stack.psql(`UPDATE export.jobs SET state = 'succeeded' WHERE id = '${job.id}'`);
+      }
+    }));
+  }
 });

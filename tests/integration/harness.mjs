@@ -56,6 +56,9 @@ export const ERROR_STATUS = {
   rate_limited: 429,
   unavailable: 503,
   timeout: 504,
+  io_error: 500,
+  database_error: 500,
+  internal: 500,
 };
 export const PID_PARTS = ['nats', 'postgres', 'redis', 'nginx', 'auth'];
 const STACK_ENV_REQUIRED = [

@@ -152,8 +152,15 @@ void eb_http_reply_error(eb_http_req *req, eb_status st, const char *fmt, ...)
 /* Error reply with the calling thread's last eb_error() message. */
 void eb_http_reply_status(eb_http_req *req, eb_status st);
 /* Sends size bytes of the open file fd (from offset 0) as the body, without reading it into
- * memory; takes ownership of fd (closed when sent, or now on failure). */
-void eb_http_reply_file(eb_http_req *req, int code, const char *content_type, int fd, size_t size);
+ * memory; takes ownership of fd (closed when sent, or now on failure). attachment (NULL: none):
+ * the name to save the body under (Content-Disposition: attachment; filename="..."). The file's
+ * headers (Content-Type, Content-Disposition) go out with the file only: when it cannot be sent
+ * (not a regular file, shorter than size by now, or libevent can neither map nor read it), the
+ * answer is a JSON error (500 io_error) without them, and the reason is logged. Headers added
+ * with eb_http_add_header before go out with either answer. An empty file (size 0) is an empty
+ * body. */
+void eb_http_reply_file(eb_http_req *req, int code, const char *content_type,
+                        const char *attachment, int fd, size_t size);
 
 /* Streamed replies (chunked transfer encoding): start sends the status and headers, write sends
  * a chunk (false once the client has gone: stop producing), end finishes and frees req.
