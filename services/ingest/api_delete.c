@@ -48,7 +48,8 @@ static char *deletion_sql(const char *sel, int seq_param)
 }
 
 /* Waits until the writers have stored every record the stream took before the request
- * (delete-wait at most; else 503 and nothing is deleted), so that the deletion finds a trace
+ * (delete-wait at most, api-threads - 1 deletions at a time; else 503 and nothing is deleted),
+ * so that the deletion finds a trace
  * accepted before it even if none of its records was stored yet. Then runs lock (a statement
  * locking the keys of the traces to delete, with the first n_lock of params), then the deletion of
  * the traces sel selects (deletion_sql, with n params; params has room for one more, the stream
@@ -72,9 +73,11 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int 
     unsigned long long position = 0;
     eb_status st;
 
-    /* before a database connection is taken: the wait holds none */
+    /* before a database connection is taken: the wait holds none; it holds an API thread,
+     * so at most all of them but one wait (the other endpoints keep one) */
     if (ctx->cfg->delete_wait_ms > 0 &&
-        (st = ingest_writers_catch_up(ctx, ctx->cfg->delete_wait_ms)) != EB_OK) {
+        (st = ingest_writers_catch_up(ctx, ctx->cfg->delete_wait_ms,
+                                      (int)ctx->cfg->svc.api_threads - 1)) != EB_OK) {
         eb_http_reply_status(req, st);
         return false;
     }

@@ -157,9 +157,10 @@ void ingest_watch_stop(ingest_watch *w); /* NULL is ignored */
 eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq);
 /* Waits until the writers have stored (or dropped) every record the stream took before the
  * call: until the writer consumer's acknowledgement floor reaches the stream's last position,
- * read first. EB_ERR_UNAVAILABLE when NATS cannot be asked or wait_ms passes first (the message
- * says how far behind the writers are). Any thread; it polls NATS, sleeping between reads. */
-eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms);
+ * read first. EB_ERR_UNAVAILABLE when NATS cannot be asked, when wait_ms passes first (the
+ * message says how far behind the writers are), or at once when the writers are behind and
+ * max_waiting calls already wait. Any thread; it polls NATS, sleeping between reads. */
+eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms, int max_waiting);
 
 /* --- project-restricted keys and traces stored in another project (project_guard.c) --- */
 /* Why a record of id from a key restricted to project only is refused: the team stores that

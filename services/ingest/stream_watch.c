@@ -17,8 +17,8 @@
  * stands. Threading: the thread only calls ingest_publisher_set_full (atomic) and metrics.
  *
  * Its connection also answers ingest_stream_position and ingest_writers_catch_up for the
- * deletions, on their API threads (a NATS connection may be used from any thread; mu keeps it
- * from closing meanwhile). */
+ * deletions, on their API threads (a NATS connection may be used from any thread; mu, held for
+ * reading by each request, keeps it from closing meanwhile without making requests queue). */
 #include "evalbus/bus.h"
 #include "evalbus/clock.h"
 #include "evalbus/log.h"
@@ -37,8 +37,9 @@ struct ingest_watch {
     pthread_t tid;
     atomic_bool stop;
     bool full;
-    pthread_mutex_t mu;
-    eb_bus *bus; /* under mu: set once connected, NULL again when closed */
+    pthread_rwlock_t mu; /* read: a request on bus; write: bus set or closed */
+    eb_bus *bus;         /* under mu: set once connected, NULL again when closed */
+    atomic_int waiting;  /* deletions in ingest_writers_catch_up's wait */
 };
 
 /* Bytes of records in the stream that the writer has not stored yet; false if unknown. */
@@ -104,17 +105,17 @@ static void *watch_main(void *arg)
     while (!atomic_load(&w->stop) && eb_bus_connect(NULL, w->ctx->cfg->svc.nats_url,
                                                     "evalbus-ingest-watch", 0, &bus) != EB_OK)
         sleep(1);
-    pthread_mutex_lock(&w->mu);
+    pthread_rwlock_wrlock(&w->mu);
     w->bus = bus;
-    pthread_mutex_unlock(&w->mu);
+    pthread_rwlock_unlock(&w->mu);
     while (!atomic_load(&w->stop)) {
         check(w, bus);
         for (int i = 0; i < 10 && !atomic_load(&w->stop); i++)
             usleep(100000);
     }
-    pthread_mutex_lock(&w->mu);
+    pthread_rwlock_wrlock(&w->mu);
     w->bus = NULL;
-    pthread_mutex_unlock(&w->mu);
+    pthread_rwlock_unlock(&w->mu);
     eb_bus_close(bus);
     return NULL;
 }
@@ -124,7 +125,7 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
     ingest_watch *w = eb_calloc(1, sizeof(*w));
 
     w->ctx = ctx;
-    pthread_mutex_init(&w->mu, NULL);
+    pthread_rwlock_init(&w->mu, NULL);
     eb_metrics_describe("evalbus_ingest_stream_unstored_bytes", "gauge",
                         "bytes of records in INGEST not yet stored (estimated)");
     eb_metrics_describe(
@@ -132,7 +133,7 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
         "1 while new records are refused: unstored records above stream-high-water");
     if (pthread_create(&w->tid, NULL, watch_main, w) != 0) {
         eb_log_error(NULL, "cannot start the stream watch thread");
-        pthread_mutex_destroy(&w->mu);
+        pthread_rwlock_destroy(&w->mu);
         free(w);
         return NULL;
     }
@@ -145,7 +146,7 @@ void ingest_watch_stop(ingest_watch *w)
         return;
     atomic_store(&w->stop, true);
     pthread_join(w->tid, NULL);
-    pthread_mutex_destroy(&w->mu);
+    pthread_rwlock_destroy(&w->mu);
     free(w);
 }
 
@@ -165,14 +166,14 @@ static eb_status read_positions(ingest_ctx *ctx, unsigned long long *last,
     eb_status st = EB_OK;
 
     if (w) {
-        pthread_mutex_lock(&w->mu);
+        pthread_rwlock_rdlock(&w->mu);
         connected = w->bus != NULL;
         if (connected && last)
             s = js_GetStreamInfo(&si, eb_bus_js(w->bus), INGEST_STREAM, NULL, &jerr);
         if (connected && floor && s == NATS_OK)
             s = js_GetConsumerInfo(&ci, eb_bus_js(w->bus), INGEST_STREAM, INGEST_WRITER_DURABLE,
                                    NULL, &jerr);
-        pthread_mutex_unlock(&w->mu);
+        pthread_rwlock_unlock(&w->mu);
     }
     if (!connected || s != NATS_OK) {
         st = eb_error(EB_ERR_UNAVAILABLE,
@@ -185,6 +186,10 @@ static eb_status read_positions(ingest_ctx *ctx, unsigned long long *last,
             *floor = (unsigned long long)ci->AckFloor.Stream;
             if (ci->NumAckPending <= 0 && ci->Delivered.Stream > *floor)
                 *floor = (unsigned long long)ci->Delivered.Stream;
+            /* nothing pending and nothing left to deliver: whatever the stream holds is done
+             * (also past a gap at the stream's end, which Delivered does not reach); the
+             * server keeps NumPending incrementally, and a late count only delays a deletion
+             * until the next read */
             if (ci->NumAckPending <= 0 && ci->NumPending == 0)
                 *floor = ULLONG_MAX;
         }
@@ -199,26 +204,44 @@ eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq)
     return read_positions(ctx, seq, NULL);
 }
 
-eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms)
+eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms, int max_waiting)
 {
+    ingest_watch *w = ctx->watch;
     long long deadline = eb_monotonic_ms() + wait_ms, left;
     unsigned long long last = 0, floor = 0;
     useconds_t pause = 5000;
+    bool counted = false;
     eb_status st = read_positions(ctx, &last, NULL);
 
     while (st == EB_OK) {
         if ((st = read_positions(ctx, NULL, &floor)) != EB_OK || floor >= last)
             break;
-        if ((left = deadline - eb_monotonic_ms()) <= 0)
-            return eb_error(EB_ERR_UNAVAILABLE,
-                            "the writers have not stored every record accepted before this "
-                            "deletion within delete-wait (%lld ms; %llu records to go); nothing "
-                            "was deleted, try again",
-                            wait_ms, last - floor);
+        if (!counted) {
+            /* a waiting deletion holds an API thread: leave the other endpoints some */
+            if (atomic_fetch_add(&w->waiting, 1) >= max_waiting) {
+                atomic_fetch_sub(&w->waiting, 1);
+                return eb_error(EB_ERR_UNAVAILABLE,
+                                "the writers have not stored every record accepted before this "
+                                "deletion (still to store: %llu), and %d deletions already wait "
+                                "for them; nothing was deleted, try again",
+                                last - floor, max_waiting);
+            }
+            counted = true;
+        }
+        if ((left = deadline - eb_monotonic_ms()) <= 0) {
+            st = eb_error(EB_ERR_UNAVAILABLE,
+                          "the writers have not stored every record accepted before this deletion "
+                          "within delete-wait (%lld ms; still to store: %llu); nothing was "
+                          "deleted, try again",
+                          wait_ms, last - floor);
+            break;
+        }
         /* the writers commit a batch in milliseconds when they keep up: look again soon, then
          * less often */
         usleep(pause < (useconds_t)left * 1000 ? pause : (useconds_t)left * 1000);
         pause = pause < 50000 ? pause * 2 : 100000;
     }
+    if (counted)
+        atomic_fetch_sub(&w->waiting, 1);
     return st;
 }

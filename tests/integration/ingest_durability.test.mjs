@@ -844,13 +844,13 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.match(log, /waiting for JetStream to acknowledge \d+ batches/);
   }));
   // Last in this file: a consumer made again delivers the whole stream again.
-  // until the writer consumer has every record of the stream delivered and acknowledged
   // evalbus_ingest_deleted_records_total of the stack's ingest
   const deletedRecords = async () => {
     const m = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
     const line = m.text.split('\n').find((l) => l.startsWith('evalbus_ingest_deleted_records_total '));
     return line ? Number(line.split(' ').pop()) : 0;
   };
+  // until the writer consumer has every record of the stream delivered and acknowledged
   const writersCaughtUp = async (jsm) => {
     let last = null;
     const done = (await pollUntil(async () => {
@@ -936,14 +936,15 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.ok(await traceStored(id, (g) => g.body.name === 'third'), 'the version sent after the deletion is stored');
   }));
 
-  it('a trace accepted but not stored yet is found by a deletion by id and by filter, and is never stored', T, stack.wrap(async () => {
+  it('a trace accepted but not stored yet is found by a deletion by id and by filter, and does not come back', T, stack.wrap(async () => {
     const tag = crypto.randomBytes(3).toString('hex');
     const byId = `unstored-${tag}`;
     const project = `unstored-${tag}`;
     const inFilter = [`${project}-a`, `${project}-b`];
     const jsm = await (await stack.nats()).jetstreamManager();
     await writersCaughtUp(jsm);
-    await withWritersStopped({}, async (replica, resume) => {
+    // two deletions wait at once: three API threads (api-threads - 1 may wait)
+    await withWritersStopped({ EVALBUS_API_THREADS: '3' }, async (replica, resume) => {
       const r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: A.key, body: { traces: [
         { id: byId, project: 'unstored', name: 'n', observations: [{ id: 'gen', type: 'generation' }] },
         ...inFilter.map((id) => ({ id, project, name: 'n' }))] } });
@@ -968,7 +969,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.deepEqual([rows, keys], ['0', '0'], 'no row and no key of them');
   }));
 
-  it('a deletion the writers keep waiting past delete-wait answers 503 with Retry-After and deletes nothing; the retry deletes', T, stack.wrap(async () => {
+  it('a deletion the writers keep waiting past delete-wait answers 503 with Retry-After and deletes nothing, and leaves an API thread to other requests; the retry deletes', T, stack.wrap(async () => {
     const id = `behind-${crypto.randomBytes(3).toString('hex')}`;
     const trace = (name) => ({ id, project: 'behind', name });
     let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [trace('first')] } });
@@ -978,14 +979,23 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
       r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: A.key, body: { traces: [trace('second')] } });
       assert.equal(r.status, 202, r.text);
       const started = Date.now();
-      r = await stack.api('DELETE', `/api/v1/traces/${id}`, { base: replica.url, key: A.key });
+      const waiting = stack.api('DELETE', `/api/v1/traces/${id}`, { base: replica.url, key: A.key });
+      await sleep(300);
+      // the replica's two API threads: one deletion may wait, a second is refused at once, and
+      // queries are served meanwhile
+      const asked = Date.now();
+      const other = await stack.api('POST', '/api/v1/traces/delete', { base: replica.url, key: A.key, body: { filter: { project: 'behind' } } });
+      assert.equal(other.status, 503, other.text);
+      assert.match(other.body.error.message, /still to store: 1\), and 1 deletions already wait for them; nothing was deleted/);
+      const list = await stack.api('GET', '/api/v1/traces?project=behind', { base: replica.url, key: A.key });
+      assert.equal(list.status, 200, list.text);
+      assert.ok(Date.now() - asked < 600, `neither waited for the deletion: ${Date.now() - asked} ms`);
+      r = await waiting;
       assert.equal(r.status, 503, r.text);
       assert.ok(Date.now() - started >= 900, 'it waited delete-wait first');
       assert.equal(r.body.error.code, 'unavailable');
-      assert.match(r.body.error.message, /delete-wait \(1000 ms; 1 records to go\); nothing was deleted/);
+      assert.match(r.body.error.message, /delete-wait \(1000 ms; still to store: 1\); nothing was deleted/);
       assert.equal(r.headers.get('retry-after'), '1');
-      r = await stack.api('POST', '/api/v1/traces/delete', { base: replica.url, key: A.key, body: { filter: { project: 'behind' } } });
-      assert.equal(r.status, 503, r.text);
     });
     assert.ok(await traceStored(id, (g) => g.body.name === 'second'), 'nothing was deleted: the second version is stored');
     const [[tombstones]] = await stack.psql(`SELECT count(*) FROM ingest.trace_tombstones WHERE team_id = '${A.id}' AND id = '${id}'`);
