@@ -10,7 +10,14 @@
  * thread waits while the client reads slowly, so memory stays flat. A client that goes away
  * stops the thread at its next write.
  * Errors before the first byte are ordinary JSON errors; after it the response ends early
- * (the client sees an incomplete chunked body). */
+ * (the client sees an incomplete chunked body).
+ * Shutdown (export_pulls_stop, at SIGTERM): each thread is told to stop (its next write or tick
+ * fails, and the statement it waits on is cancelled); what it had not finished is answered 503
+ * before the first byte, or cut short after it, so that no cut export looks complete. The loop
+ * turns until every thread is joined (export_pulls_wait), before it is freed.
+ * Ownership: a pull is the loop's (listed in ctx->pulls from its start to its free); the fields
+ * under mu (queue, finished, gone, stopping, cancel, st, errmsg) are shared with its thread; run
+ * is the thread's until finished. */
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "export_int.h"
@@ -27,33 +34,45 @@ enum {
 
 static atomic_int active_pulls;
 
-typedef struct pull {
+struct pull {
     export_ctx *ctx;
     eb_http_req *req;
     pthread_t tid;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct event *wake;
+    pull *prev, *next; /* ctx->pulls (loop) */
     eb_buf queue;
     bool started, finished, gone, replied;
+    bool stopping;    /* the service shuts down: the thread stops (set by the loop) */
+    PGcancel *cancel; /* cancels the thread's statement (the thread's, lent under mu) */
     eb_status st;
     char *errmsg;
     export_run run;
     cJSON *filter;
     char team_id[41];
-} pull;
+};
+
+/* Under mu: why the thread must stop producing (an error recorded), or EB_OK. */
+static eb_status must_stop(const pull *pl)
+{
+    if (pl->gone)
+        return eb_error(EB_ERR_CONFLICT, "the client went away");
+    if (pl->stopping)
+        return eb_error(EB_ERR_UNAVAILABLE, "the service is shutting down; ask again");
+    return EB_OK;
+}
 
 static eb_status pull_write(void *arg, const void *data, size_t len)
 {
     pull *pl = arg;
-    eb_status st = EB_OK;
+    eb_status st;
 
     pthread_mutex_lock(&pl->mu);
-    while (pl->queue.len > QUEUE_MAX && !pl->gone)
+    while (pl->queue.len > QUEUE_MAX && !pl->gone && !pl->stopping)
         pthread_cond_wait(&pl->cv, &pl->mu);
-    if (pl->gone)
-        st = eb_error(EB_ERR_CONFLICT, "the client went away");
-    else
+    st = must_stop(pl);
+    if (st == EB_OK)
         eb_buf_append(&pl->queue, data, len);
     pthread_mutex_unlock(&pl->mu);
     event_active(pl->wake, EV_READ, 0);
@@ -63,14 +82,14 @@ static eb_status pull_write(void *arg, const void *data, size_t len)
 static eb_status pull_tick(void *arg, uint64_t rows, uint64_t bytes)
 {
     pull *pl = arg;
-    bool gone;
+    eb_status st;
 
     (void)rows;
     (void)bytes;
     pthread_mutex_lock(&pl->mu);
-    gone = pl->gone;
+    st = must_stop(pl);
     pthread_mutex_unlock(&pl->mu);
-    return gone ? eb_error(EB_ERR_CONFLICT, "the client went away") : EB_OK;
+    return st;
 }
 
 static void *pull_main(void *arg)
@@ -78,12 +97,26 @@ static void *pull_main(void *arg)
     pull *pl = arg;
     export_sink sink = {pull_write, pull_tick, pl};
     PGconn *c = PQconnectdb(pl->ctx->cfg->svc.database_url);
+    PGcancel *cancel = NULL;
     eb_status st;
 
-    if (PQstatus(c) != CONNECTION_OK)
+    if (PQstatus(c) != CONNECTION_OK) {
         st = eb_error(EB_ERR_UNAVAILABLE, "PostgreSQL is unavailable");
-    else
-        st = export_pipeline_run(c, &pl->run, pl->ctx->cfg, &sink);
+    } else {
+        /* lent to the loop, which cancels the statement under way at shutdown (a COPY waiting
+         * on a lock, or a sort before the first row, would not see the stop for long) */
+        cancel = PQgetCancel(c);
+        pthread_mutex_lock(&pl->mu);
+        pl->cancel = cancel;
+        st = must_stop(pl);
+        pthread_mutex_unlock(&pl->mu);
+        if (st == EB_OK)
+            st = export_pipeline_run(c, &pl->run, pl->ctx->cfg, &sink);
+        pthread_mutex_lock(&pl->mu);
+        pl->cancel = NULL;
+        pthread_mutex_unlock(&pl->mu);
+        PQfreeCancel(cancel);
+    }
     PQfinish(c);
     pthread_mutex_lock(&pl->mu);
     pl->st = st;
@@ -95,9 +128,16 @@ static void *pull_main(void *arg)
     return NULL;
 }
 
+/* Loop thread, once the thread has finished: joins it, takes the pull off ctx->pulls, frees it. */
 static void pull_free(pull *pl)
 {
     pthread_join(pl->tid, NULL);
+    if (pl->prev)
+        pl->prev->next = pl->next;
+    else
+        pl->ctx->pulls = pl->next;
+    if (pl->next)
+        pl->next->prev = pl->prev;
     event_free(pl->wake);
     pthread_mutex_destroy(&pl->mu);
     pthread_cond_destroy(&pl->cv);
@@ -124,7 +164,7 @@ static void pull_wake(evutil_socket_t fd, short what, void *arg)
 {
     pull *pl = arg;
     eb_buf chunk = {0};
-    bool finished;
+    bool finished, stopped;
 
     (void)fd;
     (void)what;
@@ -134,6 +174,16 @@ static void pull_wake(evutil_socket_t fd, short what, void *arg)
     finished = pl->finished;
     pthread_cond_signal(&pl->cv);
     pthread_mutex_unlock(&pl->mu);
+    /* stopped by the shutdown (whatever error that caused: the write's, or the cancelled
+     * statement's), unless the client had gone; a run that finished whole is answered whole */
+    stopped = finished && pl->st != EB_OK && pl->stopping && pl->st != EB_ERR_CONFLICT;
+    if (stopped) {
+        free(pl->errmsg);
+        pl->errmsg = eb_strdup("the service is shutting down; ask again");
+        pl->st = EB_ERR_UNAVAILABLE;
+        if (!pl->started)
+            eb_buf_free(&chunk); /* nothing went out yet: a 503, not the start of a body */
+    }
 
     if (pl->run.stats_only) {
         if (finished) {
@@ -170,7 +220,8 @@ static void pull_wake(evutil_socket_t fd, short what, void *arg)
         eb_http_reply_error(pl->req, pl->st, "%s", pl->errmsg ? pl->errmsg : "export failed");
     else if (pl->st != EB_OK && pl->st != EB_ERR_CONFLICT) {
         /* the status line went out with the first chunk: cut the transfer short instead */
-        eb_log_error(NULL, "streamed export ended early: %s", pl->errmsg);
+        eb_log_write(stopped ? EB_LOG_WARN : EB_LOG_ERROR, eb_http_req_id(pl->req), NULL,
+                     "streamed export ended early: %s", pl->errmsg);
         eb_http_stream_abort(pl->req);
     } else {
         eb_http_stream_end(pl->req);
@@ -236,6 +287,12 @@ static void start_pull(eb_http_req *req, export_ctx *ctx, bool stats_only)
                             "too many streamed exports at once; use POST /api/v1/exports");
         return;
     }
+    if (ctx->stopping) { /* asked for during the shutdown delay: another replica will answer */
+        atomic_fetch_sub(&active_pulls, 1);
+        cJSON_Delete(filter);
+        eb_http_reply_error(req, EB_ERR_UNAVAILABLE, "the service is shutting down; ask again");
+        return;
+    }
     pl = eb_calloc(1, sizeof(*pl));
     pl->ctx = ctx;
     pl->req = req;
@@ -255,7 +312,35 @@ static void start_pull(eb_http_req *req, export_ctx *ctx, bool stats_only)
     eb_audit_send(ctx->svc.bus, p, eb_http_req_id(req), "export",
                   stats_only ? "statistics_read" : "export_streamed", export_format_name(format),
                   filter);
+    pl->next = ctx->pulls;
+    if (pl->next)
+        pl->next->prev = pl;
+    ctx->pulls = pl;
     pthread_create(&pl->tid, NULL, pull_main, pl);
+}
+
+void export_pulls_stop(export_ctx *ctx)
+{
+    char err[256];
+
+    ctx->stopping = true;
+    for (pull *pl = ctx->pulls; pl; pl = pl->next) {
+        pthread_mutex_lock(&pl->mu);
+        pl->stopping = true;
+        pthread_cond_signal(&pl->cv);
+        /* under mu: the thread frees the handle under it, once its statements are done */
+        if (pl->cancel && !PQcancel(pl->cancel, err, sizeof(err)))
+            eb_log_warn(NULL, "cannot cancel a streamed export's statement: %s", err);
+        pthread_mutex_unlock(&pl->mu);
+    }
+}
+
+void export_pulls_wait(export_ctx *ctx)
+{
+    if (ctx->pulls)
+        eb_log_info(NULL, "waiting for the streamed exports to stop");
+    while (ctx->pulls)
+        event_base_loop(ctx->svc.base, EVLOOP_ONCE);
 }
 
 void api_exports_stream(eb_http_req *req, void *ctx)

@@ -42,6 +42,7 @@ typedef struct export_config {
 
 typedef struct export_workers export_workers;
 typedef struct sse_watch sse_watch; /* an open event stream (api_exports.c) */
+typedef struct pull pull;           /* a streamed export or statistics request (api_stream.c) */
 
 typedef struct export_ctx {
     export_config *cfg;
@@ -55,7 +56,8 @@ typedef struct export_ctx {
     struct event *schedule_timer;
     bool warned_blind;  /* the scheduler warned that ingest's sessions are invisible (loop) */
     sse_watch *watches; /* the open event streams (loop) */
-    bool stopping;      /* shutdown began: event streams end (export_events_stop; loop) */
+    pull *pulls;        /* the streamed exports and statistics requests running (loop) */
+    bool stopping;      /* shutdown began: event streams end, pulls stop (on_stop; loop) */
 } export_ctx;
 
 /* ---- jobs.c: the job specification (request body), filters as SQL, job rows as JSON ---- */
@@ -119,6 +121,14 @@ void api_exports_download(eb_http_req *req, void *ctx);
 void api_exports_events(eb_http_req *req, void *ctx);
 void api_exports_stream(eb_http_req *req, void *ctx);
 void api_datasets_statistics(eb_http_req *req, void *ctx);
+/* Loop thread, when shutdown begins: tells every streamed export and statistics request to stop
+ * (its thread's next write fails and its statement is cancelled); each then answers 503
+ * unavailable if nothing went out yet, else its body is cut short (no terminating chunk), unless
+ * it had finished whole. Requests asked for from now on are answered 503 at once. */
+void export_pulls_stop(export_ctx *ctx);
+/* Loop thread, after the loop's run: turns the loop until every pull's thread is joined and the
+ * pull freed (so that none touches the loop after it is freed). */
+void export_pulls_wait(export_ctx *ctx);
 void api_export_settings_get(eb_http_req *req, void *ctx);
 void api_export_settings_put(eb_http_req *req, void *ctx);
 void api_schedules_create(eb_http_req *req, void *ctx);

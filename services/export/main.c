@@ -3,8 +3,9 @@
  * Start-up: settings, the service skeleton (loop, NATS, PostgreSQL, Redis, HTTP), migrations
  * of the export schema, the EXPORTS stream and the workers' durable consumer (on a connection
  * of their own), the auth client, the worker threads, the scheduler.
- * Shutdown (SIGTERM): the event streams end; HTTP drains; workers stop at their next progress
- * tick and put the job they hold back (another replica restarts it cleanly). */
+ * Shutdown (SIGTERM): the event streams end and the streamed exports stop (their threads joined
+ * before the loop is freed); HTTP drains; workers stop at their next progress tick and put the
+ * job they hold back (another replica restarts it cleanly). */
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 #include "export_int.h"
@@ -167,11 +168,13 @@ eb_status export_streams_ensure(const export_config *cfg, long long give_up_ms)
     return eb_bus_setup(cfg->svc.nats_url, "evalbus-export-setup", ensure_cb, cfg, give_up_ms);
 }
 
-/* SIGTERM / SIGINT, before HTTP drains: the event streams end now, so that the drain does not
- * wait for them (they would last until their job ends, an hour at most). */
+/* SIGTERM / SIGINT, before HTTP drains: the event streams end now, and the streamed exports
+ * stop, so that the drain does not wait for them (an event stream would last until its job ends,
+ * an hour at most; a streamed export as long as its rows). */
 static void on_stop(void *arg)
 {
     export_events_stop(arg);
+    export_pulls_stop(arg);
 }
 
 int main(int argc, char **argv)
@@ -224,6 +227,9 @@ int main(int argc, char **argv)
     ctx.svc.on_stop = on_stop;
     ctx.svc.on_stop_arg = &ctx;
     rc = eb_service_run(&ctx.svc);
+    /* the streamed exports' threads stopped at SIGTERM (on_stop): joined here, so that none
+     * writes to the loop once it is freed, even when the drain's grace ran out first */
+    export_pulls_wait(&ctx);
     /* requests still waiting for their credential are answered now (unavailable, unless a
      * cached entry serves), then those still on the api threads, and the loop turns until
      * these answers are written out; the

@@ -1,9 +1,9 @@
 // The export service against a real stack (file object store): each format against its
 // contract, pseudonymization (tokens stable within a team, different across teams, look-alikes
 // kept), statistics, the file beside its manifest, downloads with their SHA-256, streamed exports
-// and statistics without exporting, progress as server-sent events (and their end at SIGTERM),
-// downloads of a file changed in the store (JSON errors, never attachments), cross-team 404s,
-// roles, the audit log and bad requests.
+// and statistics without exporting (and their stop at SIGTERM), progress as server-sent events
+// (and their end at SIGTERM), downloads of a file changed in the store (JSON errors, never
+// attachments), cross-team 404s, roles, the audit log and bad requests.
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -203,6 +203,27 @@ async function download(key, job) {
   if (job.compression === 'gzip') return zlib.gunzipSync(raw).toString('utf8');
   if (job.compression === 'zstd') return zlib.zstdDecompressSync ? zlib.zstdDecompressSync(raw).toString('utf8') : null;
   return raw.toString('utf8');
+}
+
+/** Stores n traces of project 'bulk' for the team of key straight into ingest's tables (today's
+ * partitions), each with an e-mail address to pseudonymize: enough rows that a stream of them
+ * is still running a moment after its first bytes. */
+async function bulkTraces(key, n) {
+  const teamId = (await stack.whoami(key)).team.id;
+  const day = new Date().toISOString().slice(0, 10);
+  const ymd = day.replace(/-/g, '');
+  const next = new Date(Date.parse(day) + 86_400_000).toISOString().slice(0, 10);
+  await stack.psql(`SELECT pg_advisory_lock(7236002, 1);
+    CREATE TABLE IF NOT EXISTS ingest.traces_p${ymd} PARTITION OF ingest.traces FOR VALUES FROM ('${day} 00:00:00+00') TO ('${next} 00:00:00+00');
+    CREATE TABLE IF NOT EXISTS ingest.observations_p${ymd} PARTITION OF ingest.observations FOR VALUES FROM ('${day} 00:00:00+00') TO ('${next} 00:00:00+00');
+    SELECT pg_advisory_unlock(7236002, 1);
+    INSERT INTO ingest.trace_keys (team_id, id, part_time)
+      SELECT '${teamId}', 'bulk-' || g, '${day} 00:00:00+00'::timestamptz + g * interval '1 ms' FROM generate_series(1, ${n}) g;
+    INSERT INTO ingest.traces (team_id, part_time, id, project, source, stream_seq, input)
+      SELECT '${teamId}', '${day} 00:00:00+00'::timestamptz + g * interval '1 ms', 'bulk-' || g, 'bulk', 'api', g,
+        jsonb_build_object('messages', jsonb_build_array(jsonb_build_object('role', 'user',
+          'content', 'write to me at user' || g || '@example.com about order ' || g)))
+      FROM generate_series(1, ${n}) g;`);
 }
 
 /** Reads an event stream's body as it comes: `text` grows; `end` resolves {clean: true} when
@@ -614,21 +635,7 @@ describe('export: jobs, formats, privacy', () => {
     // a team of its own with enough rows that the stream is still running when its database
     // session is ended from outside (as a failover or an operator would)
     const D = await stack.bootstrap(uniqueSlug('ed'));
-    const teamId = (await stack.whoami(D.key)).team.id;
-    const day = new Date().toISOString().slice(0, 10);
-    const ymd = day.replace(/-/g, '');
-    const next = new Date(Date.parse(day) + 86_400_000).toISOString().slice(0, 10);
-    await stack.psql(`SELECT pg_advisory_lock(7236002, 1);
-      CREATE TABLE IF NOT EXISTS ingest.traces_p${ymd} PARTITION OF ingest.traces FOR VALUES FROM ('${day} 00:00:00+00') TO ('${next} 00:00:00+00');
-      CREATE TABLE IF NOT EXISTS ingest.observations_p${ymd} PARTITION OF ingest.observations FOR VALUES FROM ('${day} 00:00:00+00') TO ('${next} 00:00:00+00');
-      SELECT pg_advisory_unlock(7236002, 1);
-      INSERT INTO ingest.trace_keys (team_id, id, part_time)
-        SELECT '${teamId}', 'bulk-' || g, '${day} 00:00:00+00'::timestamptz + g * interval '1 ms' FROM generate_series(1, 60000) g;
-      INSERT INTO ingest.traces (team_id, part_time, id, project, source, stream_seq, input)
-        SELECT '${teamId}', '${day} 00:00:00+00'::timestamptz + g * interval '1 ms', 'bulk-' || g, 'bulk', 'api', g,
-          jsonb_build_object('messages', jsonb_build_array(jsonb_build_object('role', 'user',
-            'content', 'write to me at user' || g || '@example.com about order ' || g)))
-        FROM generate_series(1, 60000) g;`);
+    await bulkTraces(D.key, 60000);
     const res = await fetch(`${stack.url}/api/v1/exports/stream?format=jsonl&limit=60000`, {
       headers: { authorization: `Bearer ${D.key}` },
       signal: AbortSignal.timeout(60_000),
@@ -973,4 +980,70 @@ describe('export: jobs, formats, privacy', () => {
       }
     }));
   }
+
+  // A streamed export is produced by a thread of its own; at SIGTERM it is stopped (its
+  // producer's next write fails, a statement it waits on is cancelled) instead of holding the
+  // drain until the grace runs out, and its thread is joined before the loop is freed. A stream
+  // under way is cut short (no terminating chunk: never taken for a complete export); one that
+  // has sent nothing yet, and a statistics request, get 503 unavailable (ask again elsewhere).
+  const assertPromptExit = (replica, exit, tExit) => {
+    const log = fs.readFileSync(replica.logFile, 'utf8');
+    assert.notEqual(exit, 'timeout', `the replica exits within 8 s of SIGTERM (log: ${log.slice(-3000)})`);
+    assert.deepEqual(exit, { code: 0, signal: null }, `the replica exits 0 (log: ${log.slice(-3000)})`);
+    assert.ok(tExit < 4000, `the replica exited ${Math.round(tExit)} ms after SIGTERM`);
+    assert.ok(!log.includes('grace period over'), 'the drain did not wait for the export until its grace ran out');
+    assert.ok(!/LeakSanitizer|AddressSanitizer|runtime error/.test(log), `no sanitizer report: ${log.slice(-3000)}`);
+  };
+
+  it('SIGTERM during a streamed export: the stream is cut short, never complete, and the replica exits 0 at once', T, stack.wrap(async (t) => {
+    const E = await stack.bootstrap(uniqueSlug('es'));
+    await bulkTraces(E.key, 60000);
+    // zstd at its slowest level: the export takes many seconds to produce, far beyond SIGTERM
+    const replica = await stack.spawnService('export', {
+      EVALBUS_EXPORT_WORKERS: '0', EVALBUS_SHUTDOWN_DELAY: '1s', EVALBUS_EXPORT_ZSTD_LEVEL: '19',
+    });
+    const res = await fetch(`${replica.url}/api/v1/exports/stream?format=jsonl&compression=zstd&limit=60000`, {
+      headers: { authorization: `Bearer ${E.key}` }, signal: AbortSignal.timeout(60_000),
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-type'), 'application/zstd');
+    const stream = follow(res);
+    const first = await pollUntil(() => stream.text.length > 0, { timeoutMs: 20_000, intervalMs: 20 });
+    assert.ok(first.value, 'the first bytes arrive');
+    const tSignal = performance.now();
+    replica.proc.kill('SIGTERM');
+    const end = await Promise.race([stream.end, sleep(8000, 'timeout')]);
+    const exit = await Promise.race([replica.exited, sleep(8000, 'timeout')]);
+    const tExit = performance.now() - tSignal;
+    assert.notEqual(end, 'timeout', 'the stream ended within 8 s of SIGTERM');
+    t.diagnostic(`stream ended ${Math.round(end.at - tSignal)} ms, replica exited ${Math.round(tExit)} ms after SIGTERM`);
+    assert.ok(!end.clean, 'the body ends in an error (no terminating chunk), not as a complete export');
+    assert.ok(end.at - tSignal < 3000, `the stream was cut ${Math.round(end.at - tSignal)} ms after SIGTERM`);
+    assertPromptExit(replica, exit, tExit);
+  }));
+
+  it('SIGTERM while a streamed export and a statistics request wait on a lock: both answer 503, the replica exits 0 at once', T, stack.wrap(async () => {
+    const replica = await stack.spawnService('export', { EVALBUS_EXPORT_WORKERS: '0', EVALBUS_SHUTDOWN_DELAY: '1s' });
+    const lock = await stack.lockTable('ingest.traces', 8000);
+    const get = (p) => stack.api('GET', p, { base: replica.url, key: A.key, timeoutMs: 30_000 }).catch((failed) => ({ failed }));
+    const pending = [get('/api/v1/exports/stream?format=jsonl'), get('/api/v1/datasets/statistics')];
+    const waiting = await pollUntil(async () => Number((await stack.psql(`SELECT count(*) FROM pg_stat_activity
+      WHERE wait_event_type = 'Lock' AND query LIKE 'COPY (SELECT %' AND pid <> pg_backend_pid()`))[0][0]) === 2, { timeoutMs: 10_000 });
+    assert.ok(waiting.value, 'both COPYs wait on the lock');
+    const tSignal = performance.now();
+    replica.proc.kill('SIGTERM');
+    const answers = await Promise.all(pending);
+    const tAnswered = performance.now() - tSignal;
+    const exit = await Promise.race([replica.exited, sleep(8000, 'timeout')]);
+    const tExit = performance.now() - tSignal;
+    await lock.released;
+    for (const [what, answer] of [['the streamed export', answers[0]], ['the statistics', answers[1]]]) {
+      assert.ok(!answer.failed, `${what}: answered, not a closed connection: ${answer.failed?.message}`);
+      assert.equal(answer.status, 503, `${what}: ${answer.text}`);
+      assert.equal(answer.body?.error?.code, 'unavailable', `${what}: ${answer.text}`);
+      assert.equal(answer.headers.get('retry-after'), '1', `${what}: ${answer.text}`);
+    }
+    assert.ok(tAnswered < 3000, `both answered ${Math.round(tAnswered)} ms after SIGTERM, before the lock was released`);
+    assertPromptExit(replica, exit, tExit);
+  }));
 });
