@@ -364,7 +364,6 @@ static char *attachment_value(const char *name)
 void eb_http_reply_file(eb_http_req *req, int code, const char *content_type,
                         const char *attachment, int fd, size_t size)
 {
-    struct evkeyvalq *out;
     struct evbuffer *buf;
     struct stat sb;
     const char *why = NULL;
@@ -395,10 +394,9 @@ void eb_http_reply_file(eb_http_req *req, int code, const char *content_type,
         return;
     }
     add_reply_headers(req, content_type);
-    out = evhttp_request_get_output_headers(req->ev);
     if (attachment) {
         char *disp = attachment_value(attachment);
-        evhttp_add_header(out, "Content-Disposition", disp);
+        eb_http_add_header(req, "Content-Disposition", disp);
         free(disp);
     }
     send_reply(req, code, buf);

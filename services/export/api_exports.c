@@ -518,7 +518,7 @@ struct sse_watch {
     export_ctx *ctx;
     eb_http_req *req;
     struct event *timer;
-    sse_watch *prev, *next; /* ctx->watches */
+    LIST_ENTRY(sse_watch) link; /* ctx->watches */
     char team_id[41];
     char id[37];
     char *last;
@@ -533,12 +533,7 @@ struct sse_watch {
 /* Ends the stream (a client still there gets its terminating chunk) and frees the watch. */
 static void sse_end(sse_watch *w)
 {
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        w->ctx->watches = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
+    LIST_REMOVE(w, link);
     eb_http_stream_end(w->req);
     event_free(w->timer);
     free(w->last);
@@ -647,21 +642,18 @@ static void sse_start(eb_http_req *req, void *arg)
         return;
     }
     w->timer = evtimer_new(ctx->svc.base, sse_tick, w);
-    w->next = ctx->watches;
-    if (w->next)
-        w->next->prev = w;
-    ctx->watches = w;
+    LIST_INSERT_HEAD(&ctx->watches, w, link);
     eb_http_stream_start(req, 200, "text/event-stream", sse_closed, w);
     event_add(w->timer, &now);
 }
 
 void export_events_stop(export_ctx *ctx)
 {
-    sse_watch *w = ctx->watches, *next;
+    sse_watch *w = LIST_FIRST(&ctx->watches), *next;
 
     ctx->stopping = true;
     for (; w; w = next) {
-        next = w->next;
+        next = LIST_NEXT(w, link);
         if (!w->reading) /* else its read's return ends it (sse_read_done) */
             sse_end(w);
     }

@@ -41,7 +41,7 @@ struct pull {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct event *wake;
-    pull *prev, *next; /* ctx->pulls (loop) */
+    LIST_ENTRY(pull) link; /* ctx->pulls (loop) */
     eb_buf queue;
     bool started, finished, gone, replied;
     bool stopping;    /* the service shuts down: the thread stops (set by the loop) */
@@ -132,12 +132,7 @@ static void *pull_main(void *arg)
 static void pull_free(pull *pl)
 {
     pthread_join(pl->tid, NULL);
-    if (pl->prev)
-        pl->prev->next = pl->next;
-    else
-        pl->ctx->pulls = pl->next;
-    if (pl->next)
-        pl->next->prev = pl->prev;
+    LIST_REMOVE(pl, link);
     event_free(pl->wake);
     pthread_mutex_destroy(&pl->mu);
     pthread_cond_destroy(&pl->cv);
@@ -312,19 +307,18 @@ static void start_pull(eb_http_req *req, export_ctx *ctx, bool stats_only)
     eb_audit_send(ctx->svc.bus, p, eb_http_req_id(req), "export",
                   stats_only ? "statistics_read" : "export_streamed", export_format_name(format),
                   filter);
-    pl->next = ctx->pulls;
-    if (pl->next)
-        pl->next->prev = pl;
-    ctx->pulls = pl;
+    LIST_INSERT_HEAD(&ctx->pulls, pl, link);
     pthread_create(&pl->tid, NULL, pull_main, pl);
 }
 
 void export_pulls_stop(export_ctx *ctx)
 {
     char err[256];
+    pull *pl;
 
     ctx->stopping = true;
-    for (pull *pl = ctx->pulls; pl; pl = pl->next) {
+    LIST_FOREACH(pl, &ctx->pulls, link)
+    {
         pthread_mutex_lock(&pl->mu);
         pl->stopping = true;
         pthread_cond_signal(&pl->cv);
@@ -337,9 +331,9 @@ void export_pulls_stop(export_ctx *ctx)
 
 void export_pulls_wait(export_ctx *ctx)
 {
-    if (ctx->pulls)
+    if (!LIST_EMPTY(&ctx->pulls))
         eb_log_info(NULL, "waiting for the streamed exports to stop");
-    while (ctx->pulls)
+    while (!LIST_EMPTY(&ctx->pulls))
         event_base_loop(ctx->svc.base, EVLOOP_ONCE);
 }
 

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 #define EXPORTS_STREAM "EXPORTS"
 #define EXPORTS_SUBJECT_PREFIX "evalbus.v1.exports.jobs."
@@ -54,10 +55,10 @@ typedef struct export_ctx {
      * creation) and the loop thread (the scheduler) */
     eb_bus *queue_bus;
     struct event *schedule_timer;
-    bool warned_blind;  /* the scheduler warned that ingest's sessions are invisible (loop) */
-    sse_watch *watches; /* the open event streams (loop) */
-    pull *pulls;        /* the streamed exports and statistics requests running (loop) */
-    bool stopping;      /* shutdown began: event streams end, pulls stop (on_stop; loop) */
+    bool warned_blind; /* the scheduler warned that ingest's sessions are invisible (loop) */
+    LIST_HEAD(, sse_watch) watches; /* the open event streams (loop) */
+    LIST_HEAD(, pull) pulls; /* the streamed exports and statistics requests running (loop) */
+    bool stopping;           /* shutdown began: event streams end, pulls stop (on_stop; loop) */
 } export_ctx;
 
 /* ---- jobs.c: the job specification (request body), filters as SQL, job rows as JSON ---- */

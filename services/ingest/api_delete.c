@@ -49,8 +49,8 @@ static char *deletion_sql(const char *sel, int seq_param)
 
 /* Waits until the writers have stored every record the stream took before the request
  * (delete-wait at most, api-threads - 1 deletions at a time; else 503 and nothing is deleted),
- * so that the deletion finds a trace
- * accepted before it even if none of its records was stored yet. Then runs lock (a statement
+ * so that the deletion finds a trace accepted before it even if none of its records was stored
+ * yet. Then runs lock (a statement
  * locking the keys of the traces to delete, with the first n_lock of params), then the deletion of
  * the traces sel selects (deletion_sql, with n params; params has room for one more, the stream
  * position), in one transaction. The deletion is a statement of its own after the lock: its

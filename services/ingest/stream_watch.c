@@ -206,28 +206,24 @@ eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq)
 
 eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms, int max_waiting)
 {
-    ingest_watch *w = ctx->watch;
     long long deadline = eb_monotonic_ms() + wait_ms, left;
     unsigned long long last = 0, floor = 0;
     useconds_t pause = 5000;
-    bool counted = false;
-    eb_status st = read_positions(ctx, &last, NULL);
+    /* the stream's end first, then the floor (both in one read of the watch's connection) */
+    eb_status st = read_positions(ctx, &last, &floor);
 
-    while (st == EB_OK) {
-        if ((st = read_positions(ctx, NULL, &floor)) != EB_OK || floor >= last)
-            break;
-        if (!counted) {
-            /* a waiting deletion holds an API thread: leave the other endpoints some */
-            if (atomic_fetch_add(&w->waiting, 1) >= max_waiting) {
-                atomic_fetch_sub(&w->waiting, 1);
-                return eb_error(EB_ERR_UNAVAILABLE,
-                                "the writers have not stored every record accepted before this "
-                                "deletion (still to store: %llu), and %d deletions already wait "
-                                "for them; nothing was deleted, try again",
-                                last - floor, max_waiting);
-            }
-            counted = true;
-        }
+    if (st != EB_OK || floor >= last)
+        return st;
+    /* a waiting deletion holds an API thread: leave the other endpoints some */
+    if (atomic_fetch_add(&ctx->watch->waiting, 1) >= max_waiting) {
+        atomic_fetch_sub(&ctx->watch->waiting, 1);
+        return eb_error(EB_ERR_UNAVAILABLE,
+                        "the writers have not stored every record accepted before this deletion "
+                        "(still to store: %llu), and %d deletions already wait for them; nothing "
+                        "was deleted, try again",
+                        last - floor, max_waiting);
+    }
+    do {
         if ((left = deadline - eb_monotonic_ms()) <= 0) {
             st = eb_error(EB_ERR_UNAVAILABLE,
                           "the writers have not stored every record accepted before this deletion "
@@ -240,8 +236,7 @@ eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms, int max_wa
          * less often */
         usleep(pause < (useconds_t)left * 1000 ? pause : (useconds_t)left * 1000);
         pause = pause < 50000 ? pause * 2 : 100000;
-    }
-    if (counted)
-        atomic_fetch_sub(&w->waiting, 1);
+    } while ((st = read_positions(ctx, NULL, &floor)) == EB_OK && floor < last);
+    atomic_fetch_sub(&ctx->watch->waiting, 1);
     return st;
 }
