@@ -694,18 +694,22 @@ typedef struct poll_stats {
  * committed, or -1 after the deadline (with the count reached in *seen).
  * With a watch, the writer's stored events tell when all ids of the phase are committed; one
  * SELECT count(*) FROM ingest.traces WHERE team_id = $1 then confirms it, and the time is that of
- * the last event (published after its COMMIT). Between events the count is also polled once a
- * second, and every POLL_MS once the events are complete but the count is not (should an event
- * be lost or early). A count(*) reads every heap page of the team's rows (25-50 ms at 50,000
- * rows of 2 KB); polling it every POLL_MS from the start would take half a core from the writer
- * it measures, 10-20 % of the figure on 2 cores. Without a watch, the count is polled every
- * POLL_MS (BENCH_INGEST_POLL_TRACES=1). */
+ * the last event (published after its COMMIT). The count is polled otherwise only while the
+ * events stall (no new id for a second: once a second), and every POLL_MS once the events are
+ * complete but the count is not (should an event be lost or early). A count(*) reads every heap
+ * page of the team's rows (25-50 ms at 50,000 rows of 2 KB, 200 ms at 200,000): polled every
+ * POLL_MS from the start it would take half a core from the writer it measures, 10-20 % of the
+ * figure on 2 cores, and even once a second, 5 % of a sustained run. Without a watch, the count
+ * is polled every POLL_MS (BENCH_INGEST_POLL_TRACES=1). */
 static double wait_committed(PGconn *c, const char *team_id, long long target, stored_watch *w,
                              double deadline, long long *seen, poll_stats *ps)
 {
-    for (int i = 0;; i++) {
+    const double stall = 1.0; /* seconds without a new id before the count is asked */
+    double since = now_s(), asked = 0;
+
+    for (;;) {
         long distinct = 0;
-        double last = 0, t;
+        double last = 0, t = now_s();
 
         if (w) {
             pthread_mutex_lock(&w->mu);
@@ -713,8 +717,10 @@ static double wait_committed(PGconn *c, const char *team_id, long long target, s
             last = w->last_new;
             pthread_mutex_unlock(&w->mu);
         }
-        if (!w || distinct >= w->n || i % (1000 / POLL_MS) == 0) {
+        if (!w || distinct >= w->n ||
+            (t - (last > since ? last : since) >= stall && t - asked >= stall)) {
             long long n = db_count(c, team_id, &ps->last_ms);
+            asked = now_s();
             ps->polls++;
             ps->total_ms += ps->last_ms;
             *seen = n;
@@ -723,8 +729,7 @@ static double wait_committed(PGconn *c, const char *team_id, long long target, s
             if (n >= target)
                 return w && distinct >= w->n ? last : now_s();
         }
-        t = now_s();
-        if (t > deadline)
+        if (now_s() > deadline)
             return -1;
         usleep(POLL_MS * 1000);
     }
