@@ -5,7 +5,9 @@
 //   - PostgreSQL is stopped for 10 s during ingestion (the INGEST stream buffers; HTTP goes on
 //     answering 202) and started again with `scripts/stack up`, and
 //   - nats-server is killed (ingest refuses at once with 503, and nothing it refused is stored
-//     when NATS returns) and started again with `scripts/stack up`.
+//     when NATS returns) and started again with `scripts/stack up`, and
+//   - nats-server is killed while its INGEST stream holds acknowledged traces that no writer could
+//     store (PostgreSQL down): the file store keeps them, and they are stored once both return.
 // The client behaves like a real one: a batch that did not get a 2xx (the edge answers 502/503
 // while ingest is down) is sent again with the same ids. PostgreSQL is checked directly.
 
@@ -683,6 +685,50 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.ok(refused.value, `the writer dead-letters the restricted key's record: ${JSON.stringify(deadReasons)}`);
     assert.ok(await traceStored(theirs, (g) => g.body.project === `theirs-${sfx}` && g.body.name === 'original'),
       'the other project\'s trace is untouched');
+  }));
+
+  it('nats-server killed with SIGKILL while its stream holds acknowledged traces that PostgreSQL (down) has not stored: started again, every one is stored exactly once', T, stack.wrap(async () => {
+    const prefix = `jsk-${crypto.randomBytes(3).toString('hex')}`;
+    const SIZE = 50;
+    const BATCHES = 6;
+    const pgdata = fs.realpathSync(stack.env.EVALBUS_STACK_PGDATA);
+    const natsPort = Number(new URL(stack.env.EVALBUS_NATS_URL).port);
+    const natsPid = stack.readPid('nats');
+    assert.ok(natsPid && pidAlive(natsPid), `nats-server runs (pid file ${stack.pidFile('nats')})`);
+    const accepted = [];
+    const send = async (from) => {
+      const traces = batch(prefix, from, SIZE);
+      const res = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces }, timeoutMs: 20_000 });
+      assert.equal(res.status, 202, `batch at ${from}: ${res.status} ${res.text.slice(0, 300)}`);
+      assert.deepEqual(res.body.accepted, traces.map((t) => t.id));
+      accepted.push(...res.body.accepted);
+    };
+    // the first batch is stored, and its credential cached, before PostgreSQL stops
+    await send(0);
+    const pre = await pollUntil(async () => (await stored(A.id, prefix)).distinct === SIZE, { timeoutMs: 5000, intervalMs: 100 });
+    assert.ok(pre.value, 'the first batch is stored before PostgreSQL stops');
+    const stop = await asPostgres(`${PG_BIN}/pg_ctl`, ['-D', pgdata, 'stop', '-m', 'fast', '-w', '-t', '30'], 40_000);
+    assert.equal(stop.code, 0, `pg_ctl stop: ${stop.stdout}${stop.stderr}`);
+    let up = null;
+    try {
+      // acknowledged (202): from here on their only copy is the INGEST stream's
+      for (let b = 1; b < BATCHES; b++) await send(b * SIZE);
+      const st = await asPostgres(`${PG_BIN}/pg_ctl`, ['-D', pgdata, 'status'], 10_000);
+      assert.notEqual(st.code, 0, 'PostgreSQL is down: nothing sent since is stored yet');
+      process.kill(natsPid, 'SIGKILL');
+      const gone = await pollUntil(() => connectionRefused(natsPort, 500), { timeoutMs: 5000, intervalMs: 50 });
+      assert.ok(gone.value, `nats-server (port ${natsPort}) still accepts connections after SIGKILL`);
+    } finally {
+      up = await stack.stackCmd('up', 90_000);
+    }
+    assert.equal(up.code, 0, `scripts/stack up started nats-server and PostgreSQL again: ${up.stdout}${up.stderr}`);
+    assert.notEqual(stack.readPid('nats'), natsPid, 'a new nats-server process runs');
+    // what the writers had fetched when the server died comes back after the AckWait
+    const ms = await assertStoredExactlyOnce(A.id, prefix, accepted, BATCHES * SIZE, STORE_AFTER_KILL_TIMEOUT_MS);
+    process.stderr.write(`[durability] nats-server SIGKILL with ${(BATCHES - 1) * SIZE} traces unstored: all stored ${ms} ms after the restart\n`);
+    // intake goes on as before
+    await send(BATCHES * SIZE);
+    await assertStoredExactlyOnce(A.id, prefix, accepted, (BATCHES + 1) * SIZE);
   }));
 
   it('PostgreSQL hung (SIGSTOP): the project check of a restricted key gives up within its limit, and no other batch waits for it', T, stack.wrap(async () => {
