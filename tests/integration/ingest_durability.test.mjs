@@ -948,6 +948,58 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     }
   };
 
+  it('a record held up past the AckWait in the one-by-one retry of a failed batch is kept in progress too, not delivered again', T, stack.wrap(async () => {
+    const sfx = crypto.randomBytes(3).toString('hex');
+    const theirs = `theirs-${sfx}`; // sorts before good: the retry settles it first
+    const good = `zz-good-${sfx}`;
+    const only = (await stack.createKey(A.key, { name: `retry-${sfx}`, scopes: ['traces:write'], project: `only-${sfx}` })).key;
+    const jsm = await (await stack.nats()).jetstreamManager();
+    // today's partition exists (what the writer COPYs into below)
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [{ id: `today-${sfx}`, project: 'retry', name: 'n', start_time: new Date().toISOString() }] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(`today-${sfx}`));
+    await writersCaughtUp(jsm);
+    const before = (await jsm.consumers.info('INGEST', 'ingest-writer')).num_redelivered;
+    const deadReasons = await deadLetterReasons();
+    let lock = null;
+    await withWritersStopped({}, async (replica) => {
+      // both go into the stream while no writer runs, after the stopped writers' last pull
+      // requests have expired (250 ms): the first fetch takes them together
+      await sleep(1000);
+      const at = new Date().toISOString();
+      r = await stack.api('POST', '/api/v1/traces', { base: replica.url, key: only, body: { traces: [
+        { id: theirs, name: 'taken over', start_time: at }, { id: good, name: 'good', start_time: at }] } });
+      assert.equal(r.status, 202, `the id is free when the intake looks: ${r.text}`);
+      // then another project takes the id (as a writer of another replica could meanwhile): the
+      // batch fails on the restricted key's record, and the writer retries it one by one
+      await stack.psqlSuperuser(`INSERT INTO ingest.trace_keys (team_id, id, part_time) VALUES ('${A.id}', '${theirs}', now());
+        INSERT INTO ingest.traces (team_id, part_time, id, project, name, source, stream_seq)
+          SELECT team_id, part_time, id, 'theirs-${sfx}', 'original', 'json', 0 FROM ingest.trace_keys
+          WHERE team_id = '${A.id}' AND id = '${theirs}'`);
+      // no trace row can be written for 16 s; reading them (the batch's project check) can
+      lock = await stack.lockTable('ingest.traces', 16_000, { mode: 'SHARE' });
+    });
+    // the batch failed on the taken id before writing a row; in the retry, the good record waits
+    const waiting = await pollUntil(async () => (await stack.psql(
+      "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COPY ingest.traces%'"))[0][0] === '1',
+    { timeoutMs: 10_000, intervalMs: 100 });
+    assert.ok(waiting.value, 'the one-by-one retry of the good record waits for the lock');
+    const refused = await pollUntil(() => deadReasons.some((x) => x.includes(`trace ${theirs} is stored in project 'theirs-${sfx}'`)),
+      { timeoutMs: 5000, intervalMs: 100 });
+    assert.ok(refused.value, `the taken id was dead-lettered first: ${JSON.stringify(deadReasons)}`);
+    await sleep(12_000); // past the AckWait (10 s), the lock still held
+    const ci = await jsm.consumers.info('INGEST', 'ingest-writer');
+    assert.equal(ci.num_redelivered - before, 0, `the waiting record was not delivered again: ${JSON.stringify({ ack_pending: ci.num_ack_pending, redelivered: ci.num_redelivered })}`);
+    assert.equal(ci.num_ack_pending, 1, 'only the waiting record is outstanding');
+    await lock.released;
+    deadReasons.stop();
+    assert.ok(await traceStored(good, (g) => g.body.project === `only-${sfx}`), 'stored once the lock is gone');
+    await writersCaughtUp(jsm);
+    const [[n]] = await stack.psql(`SELECT count(*) FROM ingest.traces WHERE team_id = '${A.id}' AND id = '${good}'`);
+    assert.equal(n, '1', 'stored once');
+    assert.ok(await traceStored(theirs, (g) => g.body.project === `theirs-${sfx}` && g.body.name === 'original'), 'the taken trace is untouched');
+  }));
+
   it('a deletion waits for the writers to store what was accepted before it: a version on its way is deleted with the trace; one sent after the deletion is stored', T, stack.wrap(async () => {
     const id = `gone-${crypto.randomBytes(3).toString('hex')}`;
     const trace = (name) => ({ id, project: 'gone', name, observations: [{ id: 'gen', type: 'generation' }] });
