@@ -99,9 +99,51 @@ static const char *subject_team(const natsMsg *msg)
     return strncmp(s, INGEST_NATS_SUBJECT_PREFIX, n) == 0 ? s + n : "";
 }
 
+/* Bytes of a length-delimited field of n bytes (tag, length, contents). */
+static size_t field_size(size_t n)
+{
+    size_t v = n, bytes = 2; /* a one-byte tag and at least one byte of length */
+
+    while (v >= 128) {
+        v >>= 7;
+        bytes++;
+    }
+    return bytes + n;
+}
+
+/* Makes the IngestAck fit room bytes (the server's max_payload) by leaving out, from the last
+ * rejection backwards, the rejections' messages, then their ids (index and code stay): what was
+ * accepted is always listed in full. kept[] gets the shortened copies that ack->rejected then
+ * points to; returns the new packed size (over room still only if the accepted ids and the
+ * rejections' indexes and codes are). */
+static size_t trim_ack(Evalbus__V1__IngestAck *ack, size_t len, size_t room,
+                       Evalbus__V1__IngestRejected *kept, Evalbus__V1__IngestRejected **ptrs)
+{
+    for (size_t i = 0; i < ack->n_rejected; i++) {
+        kept[i] = *ack->rejected[i];
+        ptrs[i] = &kept[i];
+    }
+    ack->rejected = ptrs;
+    for (int pass = 0; pass < 2 && len > room; pass++) {
+        for (size_t i = ack->n_rejected; i-- > 0 && len > room;) {
+            char **field = pass == 0 ? &kept[i].message : &kept[i].id;
+            size_t before = evalbus__v1__ingest_rejected__get_packed_size(&kept[i]);
+            if (!*field)
+                continue;
+            *field = NULL;
+            len -= field_size(before) -
+                   field_size(evalbus__v1__ingest_rejected__get_packed_size(&kept[i]));
+        }
+    }
+    return len;
+}
+
 static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack)
 {
     const char *reply = natsMsg_GetReply(msg);
+    natsConnection *nc = eb_bus_conn(ctx->svc.bus);
+    int64_t room = natsConnection_GetMaxPayload(nc);
+    Evalbus__V1__IngestRejected *kept = NULL, **ptrs = NULL, **rejected = ack->rejected;
     uint8_t *buf;
     size_t len;
     natsStatus s;
@@ -109,13 +151,26 @@ static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack
     if (!reply || !*reply || !eb_bus_reply_allowed(reply))
         return;
     len = evalbus__v1__ingest_ack__get_packed_size(ack);
+    if (room > 0 && len > (size_t)room && ack->n_rejected > 0) {
+        size_t full = len;
+        kept = eb_malloc(ack->n_rejected * sizeof(*kept));
+        ptrs = eb_malloc(ack->n_rejected * sizeof(*ptrs));
+        len = trim_ack(ack, len, (size_t)room, kept, ptrs);
+        eb_log_info(NULL,
+                    "IngestAck to %s shortened from %zu to %zu bytes (max_payload %lld): messages "
+                    "or ids of rejections left out",
+                    reply, full, len, (long long)room);
+    }
     buf = eb_malloc(len ? len : 1);
     evalbus__v1__ingest_ack__pack(ack, buf);
-    s = natsConnection_Publish(eb_bus_conn(ctx->svc.bus), reply, buf, (int)len);
-    if (s != NATS_OK) /* e.g. an ack of many rejections over the server's max_payload */
+    s = natsConnection_Publish(nc, reply, buf, (int)len);
+    if (s != NATS_OK) /* the connection is gone, or even the trimmed ack is over max_payload */
         eb_log_warn(NULL, "IngestAck of %zu bytes to %s not sent: %s", len, reply,
                     natsStatus_GetText(s));
     free(buf);
+    ack->rejected = rejected;
+    free(ptrs);
+    free(kept);
 }
 
 static void item_free(nats_item *it)

@@ -1,6 +1,10 @@
-// The writer's evalbus.v1.traces.stored.<team> events on a NATS server with a small max_payload
-// (64 KiB, EVALBUS_NATS_MAX_PAYLOAD): the ids of one writer batch that do not fit one message
-// go out as several events, each under the limit, and every stored trace is announced once.
+// Messages the ingest service sends on a NATS server with a small max_payload (64 KiB,
+// EVALBUS_NATS_MAX_PAYLOAD):
+//   - the writer's evalbus.v1.traces.stored.<team> events: the ids of one writer batch that do
+//     not fit one message go out as several events, each under the limit, and every stored trace
+//     is announced once;
+//   - an IngestAck of many rejections with messages, which would exceed the limit, leaves out the
+//     messages of its last rejections: it is sent, complete in what was accepted.
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -8,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { headers as natsHeaders } from 'nats';
 import protobuf from 'protobufjs';
 
 import { DOWN_TIMEOUT_MS, PROTO_ROOT, Stack, UP_TIMEOUT_MS, pollUntil, sleep, uniqueSlug } from './harness.mjs';
@@ -19,14 +24,14 @@ const stack = new Stack('ingest-events', {
 });
 const T = { timeout: 90_000 };
 
-async function tracesStoredType() {
+async function protoTypes() {
   const root = new protobuf.Root();
   root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
   await root.load('evalbus/v1/trace.proto', { keepCase: true });
-  return root.lookupType('evalbus.v1.TracesStored');
+  return Object.fromEntries(['TracesStored', 'TraceBatch', 'IngestAck'].map((n) => [n, root.lookupType(`evalbus.v1.${n}`)]));
 }
 
-describe('ingest: stored events on a server with a small max_payload', () => {
+describe('ingest: stored events and IngestAcks on a server with a small max_payload', () => {
   let A;
 
   before(async () => {
@@ -37,7 +42,7 @@ describe('ingest: stored events on a server with a small max_payload', () => {
   after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
 
   it('the ids of a writer batch larger than max_payload go out as several events under it, each stored trace announced once', T, stack.wrap(async () => {
-    const TracesStored = await tracesStoredType();
+    const { TracesStored } = await protoTypes();
     const tag = crypto.randomBytes(3).toString('hex');
     // 1000 ids of 200 bytes: a writer batch (up to 500 records) holds about 100 KB of ids, more
     // than one 64 KiB message takes
@@ -84,5 +89,41 @@ describe('ingest: stored events on a server with a small max_payload', () => {
       `the ids went out in several events: ${events.length} (${events.map((e) => e.ids.length).join(', ')})`);
     const log = fs.readFileSync(path.join(stack.state, 'logs', 'ingest.log'), 'utf8');
     assert.doesNotMatch(log, /stored event of \d+ traces on .* not sent/, 'no event refused by the server');
+  }));
+  it('an IngestAck that would exceed max_payload leaves out the messages of its last rejections: it is sent, with every accepted id and every rejection by index and code', T, stack.wrap(async () => {
+    const { TraceBatch, IngestAck } = await protoTypes();
+    const tag = crypto.randomBytes(3).toString('hex');
+    // 1000 traces (max-batch-items), 990 of them with an unknown status: about 35 KB of batch,
+    // and about 100 KB of IngestAck with every rejection's message
+    const traces = Array.from({ length: 1000 }, (_, i) => (i % 100 === 0
+      ? { id: `ok-${tag}-${i}`, project: 'acks', name: 'n' }
+      : { id: `bad-${tag}-${String(i).padStart(4, '0')}`, status: 'not-a-status' }));
+    const data = TraceBatch.encode(TraceBatch.fromObject({ traces })).finish();
+    assert.ok(data.length < MAX_PAYLOAD / 1.5, `the batch fits with room: ${data.length} bytes`);
+    const nc = await stack.nats();
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', A.key);
+    const reply = await nc.request(`evalbus.v1.ingest.traces.${A.team}`, data, { timeout: 10_000, headers: h, noMux: true });
+    assert.ok(reply.data.length <= MAX_PAYLOAD, `the IngestAck fits: ${reply.data.length} bytes`);
+    const ack = IngestAck.toObject(IngestAck.decode(reply.data), { defaults: true, arrays: true });
+    const ok = traces.filter((_, i) => i % 100 === 0).map((t) => t.id);
+    assert.deepEqual(ack.accepted_ids, ok, 'every accepted id');
+    assert.equal(ack.error, '', 'not a refusal of the whole batch');
+    assert.deepEqual(ack.rejected.map((r) => r.index), traces.flatMap((_, i) => (i % 100 === 0 ? [] : [i])), 'every rejection, by index');
+    assert.ok(ack.rejected.every((r) => r.code === 'invalid_argument'), 'each with its code');
+    const full = ack.rejected.filter((r) => r.message);
+    assert.ok(full.length > 100, `the first rejections keep their messages: ${full.length}`);
+    assert.match(full[0].message, /status/);
+    assert.equal(full[0].id, traces[1].id);
+    assert.deepEqual(full, ack.rejected.slice(0, full.length), 'messages are left out from the last rejection backwards');
+    assert.equal(ack.rejected.at(-1).message, '', 'the last rejection has none');
+    const withAll = ack.rejected.map((r) => ({ ...r, message: full[0].message.replace(traces[1].id, r.id), id: r.id || traces[r.index].id }));
+    assert.ok(IngestAck.encode(IngestAck.fromObject({ ...ack, rejected: withAll })).finish().length > MAX_PAYLOAD,
+      'with every message it would not have fitted');
+    const stored = await pollUntil(async () => (await stack.psql(
+      `SELECT count(*) FROM ingest.traces WHERE id LIKE 'ok-${tag}-%'`))[0][0] === String(ok.length), { timeoutMs: 10_000, intervalMs: 100 });
+    assert.ok(stored.value, 'the accepted traces are stored');
+    const log = fs.readFileSync(path.join(stack.state, 'logs', 'ingest.log'), 'utf8');
+    assert.match(log, /IngestAck to \S+ shortened from \d+ to \d+ bytes \(max_payload 65536\)/);
   }));
 });
