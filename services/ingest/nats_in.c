@@ -114,7 +114,7 @@ static size_t field_size(size_t n)
 /* Makes the IngestAck fit room bytes (the server's max_payload) by leaving out, from the last
  * rejection backwards, the rejections' messages, then their ids (index and code stay): what was
  * accepted is always listed in full. kept[] gets the shortened copies that ack->rejected then
- * points to; returns the new packed size (over room still only if the accepted ids and the
+ * points to. Returns the size it reckons (over room still only if the accepted ids and the
  * rejections' indexes and codes are). */
 static size_t trim_ack(Evalbus__V1__IngestAck *ack, size_t len, size_t room,
                        Evalbus__V1__IngestRejected *kept, Evalbus__V1__IngestRejected **ptrs)
@@ -155,7 +155,8 @@ static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack
         size_t full = len;
         kept = eb_malloc(ack->n_rejected * sizeof(*kept));
         ptrs = eb_malloc(ack->n_rejected * sizeof(*ptrs));
-        len = trim_ack(ack, len, (size_t)room, kept, ptrs);
+        trim_ack(ack, len, (size_t)room, kept, ptrs);
+        len = evalbus__v1__ingest_ack__get_packed_size(ack); /* what pack writes */
         eb_log_info(NULL,
                     "IngestAck to %s shortened from %zu to %zu bytes (max_payload %lld): messages "
                     "or ids of rejections left out",
