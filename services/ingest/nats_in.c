@@ -113,11 +113,11 @@ static size_t field_size(size_t n)
 
 /* Makes the IngestAck fit room bytes (the server's max_payload) by leaving out, from the last
  * rejection backwards, the rejections' messages, then their ids (index and code stay): what was
- * accepted is always listed in full. kept[] gets the shortened copies that ack->rejected then
- * points to. Returns the size it reckons (over room still only if the accepted ids and the
- * rejections' indexes and codes are). */
-static size_t trim_ack(Evalbus__V1__IngestAck *ack, size_t len, size_t room,
-                       Evalbus__V1__IngestRejected *kept, Evalbus__V1__IngestRejected **ptrs)
+ * accepted is always listed in full (len: its packed size now). kept[] gets the shortened copies
+ * that ack->rejected then points to. It may still be over room if the accepted ids and the
+ * rejections' indexes and codes are. */
+static void trim_ack(Evalbus__V1__IngestAck *ack, size_t len, size_t room,
+                     Evalbus__V1__IngestRejected *kept, Evalbus__V1__IngestRejected **ptrs)
 {
     for (size_t i = 0; i < ack->n_rejected; i++) {
         kept[i] = *ack->rejected[i];
@@ -135,14 +135,12 @@ static size_t trim_ack(Evalbus__V1__IngestAck *ack, size_t len, size_t room,
                    field_size(evalbus__v1__ingest_rejected__get_packed_size(&kept[i]));
         }
     }
-    return len;
 }
 
 static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack)
 {
     const char *reply = natsMsg_GetReply(msg);
-    natsConnection *nc = eb_bus_conn(ctx->svc.bus);
-    int64_t room = natsConnection_GetMaxPayload(nc);
+    long long room;
     Evalbus__V1__IngestRejected *kept = NULL, **ptrs = NULL, **rejected = ack->rejected;
     uint8_t *buf;
     size_t len;
@@ -151,6 +149,7 @@ static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack
     if (!reply || !*reply || !eb_bus_reply_allowed(reply))
         return;
     len = evalbus__v1__ingest_ack__get_packed_size(ack);
+    room = ingest_publisher_max_payload(ctx->pub);
     if (room > 0 && len > (size_t)room && ack->n_rejected > 0) {
         size_t full = len;
         kept = eb_malloc(ack->n_rejected * sizeof(*kept));
@@ -160,11 +159,11 @@ static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack
         eb_log_info(NULL,
                     "IngestAck to %s shortened from %zu to %zu bytes (max_payload %lld): messages "
                     "or ids of rejections left out",
-                    reply, full, len, (long long)room);
+                    reply, full, len, room);
     }
     buf = eb_malloc(len ? len : 1);
     evalbus__v1__ingest_ack__pack(ack, buf);
-    s = natsConnection_Publish(nc, reply, buf, (int)len);
+    s = natsConnection_Publish(eb_bus_conn(ctx->svc.bus), reply, buf, (int)len);
     if (s != NATS_OK) /* the connection is gone, or even the trimmed ack is over max_payload */
         eb_log_warn(NULL, "IngestAck of %zu bytes to %s not sent: %s", len, reply,
                     natsStatus_GetText(s));

@@ -60,6 +60,14 @@ function batch(prefix, from, count) {
   });
 }
 
+/** Sends one batch that must be taken whole (202 listing every trace); returns its ids. */
+async function sendAccepted(key, traces, what) {
+  const res = await stack.api('POST', '/api/v1/traces', { base: stack.url, key, body: { traces }, timeoutMs: 20_000 });
+  assert.equal(res.status, 202, `${what}: answered ${res.status}, not 202: ${res.text.slice(0, 300)}`);
+  assert.deepEqual(res.body.accepted, traces.map((t) => t.id), `${what}: every trace accepted`);
+  return res.body.accepted;
+}
+
 /** Sends one batch until every trace in it has been accepted (a 2xx listing it), retrying what
  * was not with the same ids. Records every answer in log; returns the ids accepted. */
 async function sendUntilAccepted(key, traces, log, { deadline }) {
@@ -624,12 +632,9 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     const log = [];
     let b = 0;
     const sendOne = async (what) => {
-      const traces = batch(prefix, b++ * SIZE, SIZE);
-      const res = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces }, timeoutMs: 20_000 });
-      log.push({ at: Date.now(), status: res.status, what });
-      assert.equal(res.status, 202, `${what}: batch ${b - 1} answered ${res.status}, not 202: ${res.text.slice(0, 300)}`);
-      assert.deepEqual(res.body.accepted, traces.map((t) => t.id), `${what}: every trace accepted`);
-      accepted.push(...res.body.accepted);
+      const at = Date.now();
+      accepted.push(...await sendAccepted(A.key, batch(prefix, b * SIZE, SIZE), `${what}: batch ${b++}`));
+      log.push({ at, what });
     };
     // before: two batches, stored
     await sendOne('before the outage');
@@ -696,13 +701,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     const natsPid = stack.readPid('nats');
     assert.ok(natsPid && pidAlive(natsPid), `nats-server runs (pid file ${stack.pidFile('nats')})`);
     const accepted = [];
-    const send = async (from) => {
-      const traces = batch(prefix, from, SIZE);
-      const res = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces }, timeoutMs: 20_000 });
-      assert.equal(res.status, 202, `batch at ${from}: ${res.status} ${res.text.slice(0, 300)}`);
-      assert.deepEqual(res.body.accepted, traces.map((t) => t.id));
-      accepted.push(...res.body.accepted);
-    };
+    const send = async (from) => accepted.push(...await sendAccepted(A.key, batch(prefix, from, SIZE), `batch at ${from}`));
     // the first batch is stored, and its credential cached, before PostgreSQL stops
     await send(0);
     const pre = await pollUntil(async () => (await stored(A.id, prefix)).distinct === SIZE, { timeoutMs: 5000, intervalMs: 100 });
