@@ -28,6 +28,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -39,6 +40,7 @@ struct ingest_watch {
     bool full;
     pthread_rwlock_t mu; /* read: a request on bus; write: bus set or closed */
     eb_bus *bus;         /* under mu: set once connected, NULL again when closed */
+    sem_t started;       /* posted once the first connection attempt has ended */
     atomic_int waiting;  /* deletions in ingest_writers_catch_up's wait */
 };
 
@@ -102,12 +104,17 @@ static void *watch_main(void *arg)
 
     /* named before connecting: nats.c's threads for this connection inherit the name */
     pthread_setname_np(pthread_self(), "stream-watch");
+    /* eb_bus_connect makes one attempt at once and, should it fail, goes on trying in the
+     * background; it fails itself only on bad options */
     while (!atomic_load(&w->stop) && eb_bus_connect(NULL, w->ctx->cfg->svc.nats_url,
-                                                    "evalbus-ingest-watch", 0, &bus) != EB_OK)
+                                                    "evalbus-ingest-watch", 0, &bus) != EB_OK) {
+        sem_post(&w->started);
         sleep(1);
+    }
     pthread_rwlock_wrlock(&w->mu);
     w->bus = bus;
     pthread_rwlock_unlock(&w->mu);
+    sem_post(&w->started);
     while (!atomic_load(&w->stop)) {
         check(w, bus);
         for (int i = 0; i < 10 && !atomic_load(&w->stop); i++)
@@ -126,6 +133,7 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
 
     w->ctx = ctx;
     pthread_rwlock_init(&w->mu, NULL);
+    sem_init(&w->started, 0, 0);
     eb_metrics_describe("evalbus_ingest_stream_unstored_bytes", "gauge",
                         "bytes of records in INGEST not yet stored (estimated)");
     eb_metrics_describe(
@@ -134,9 +142,16 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
     if (pthread_create(&w->tid, NULL, watch_main, w) != 0) {
         eb_log_error(NULL, "cannot start the stream watch thread");
         pthread_rwlock_destroy(&w->mu);
+        sem_destroy(&w->started);
         free(w);
         return NULL;
     }
+    /* before the service answers anything: a deletion right after start-up finds the watch's
+     * connection (ingest_stream_position) instead of a 503. The attempt ends within the NATS
+     * connect timeout; should NATS be unreachable, the wait ends there and the watch connects
+     * later in the background (deletions meanwhile answer 503, as while NATS is away). */
+    while (sem_wait(&w->started) != 0)
+        ;
     return w;
 }
 
@@ -147,6 +162,7 @@ void ingest_watch_stop(ingest_watch *w)
     atomic_store(&w->stop, true);
     pthread_join(w->tid, NULL);
     pthread_rwlock_destroy(&w->mu);
+    sem_destroy(&w->started);
     free(w);
 }
 
