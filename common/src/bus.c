@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 struct eb_bus {
@@ -33,6 +35,41 @@ static pthread_once_t adapter_once = PTHREAD_ONCE_INIT;
 static void adapter_init(void)
 {
     evthread_use_pthreads(); /* the library attaches from its reconnect thread */
+}
+
+/* --- the library's own threads --- */
+
+/* The NATS library starts three threads of its own when first used (timers, connection
+ * callbacks, and a collector that frees every message given to natsMsg_Destroy), and they
+ * inherit the nice value of the thread that used it first. The collector is woken whenever a
+ * message is destroyed while it sleeps: at nice 0, on a busy machine, it ran at once for each
+ * of the two or so messages of every record (a publish and its acknowledgement), preempting the
+ * loop thread each time (measured on ingest with 2 cores: 1.1-1.5 context switches a trace).
+ * Opened from a short-lived thread at LIB_NICE, the library's threads still get the CPU they
+ * need (a small share: what they do is small) but wait for a busy thread's turn, and a woken
+ * collector frees many messages at once (0.3-0.4 switches a trace, 10 % less CPU a trace).
+ * Per-connection threads (reader, flusher) are started by the connecting thread and keep its
+ * value. Raising a nice value needs no privilege; setpriority failing only loses the gain. */
+#define LIB_NICE 10
+
+static void *lib_open_main(void *arg)
+{
+    (void)arg;
+    pthread_setname_np(pthread_self(), "nats-lib"); /* the library's threads inherit it */
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), LIB_NICE);
+    /* should it fail, the first natsOptions_Create opens the library and reports why */
+    (void)nats_Open(-1);
+    return NULL;
+}
+
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+
+static void lib_open(void)
+{
+    pthread_t t;
+
+    if (pthread_create(&t, NULL, lib_open_main, NULL) == 0)
+        pthread_join(t, NULL);
 }
 
 /* --- the connection's socket on the loop --- */
@@ -184,6 +221,7 @@ eb_status eb_bus_connect(struct event_base *base, const char *url, const char *n
     *out = NULL;
     bus->name = eb_strdup(name);
     bus->base = base;
+    pthread_once(&lib_once, lib_open);
     if (base)
         pthread_once(&adapter_once, adapter_init);
     s = natsOptions_Create(&opts);

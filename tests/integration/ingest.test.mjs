@@ -1150,4 +1150,25 @@ describe('ingest: JSON batch API and trace queries', () => {
       assert.ok(names.filter((n) => n === name).length >= 2, `${name} and its NATS threads among ${names.join(', ')}`);
     }
   });
+
+  it("the NATS library's own threads run at nice 10, the intake's at 0", T, async () => {
+    const pid = stack.readPid('ingest');
+    const threads = fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      // the fields after the parenthesized name: state is field 3, nice field 19
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return { tid: Number(tid), name: fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim(), nice: Number(rest[16]) };
+    });
+    const show = JSON.stringify(threads);
+    // timers, connection callbacks and the message collector (bus.c, lib_open)
+    const lib = threads.filter((t) => t.name === 'nats-lib');
+    assert.ok(lib.length >= 3, `three threads named nats-lib: ${show}`);
+    for (const t of lib) assert.equal(t.nice, 10, `nats-lib thread ${t.tid}: ${show}`);
+    for (const t of threads.filter((x) => x.name.startsWith('writer-') && x.name !== 'writer-beat')) {
+      assert.equal(t.nice, 10, `writer thread ${t.tid}: ${show}`);
+    }
+    for (const t of threads.filter((x) => x.tid === pid || /^(decode|api|guard)-/.test(x.name))) {
+      assert.equal(t.nice, 0, `intake thread ${t.name} ${t.tid}: ${show}`);
+    }
+  });
 });
