@@ -44,10 +44,10 @@ static void adapter_init(void)
  * inherit the nice value of the thread that used it first. The collector is woken whenever a
  * message is destroyed while it sleeps: at nice 0, on a busy machine, it ran at once for each
  * of the two or so messages of every record (a publish and its acknowledgement), preempting the
- * loop thread each time (measured on ingest with 2 cores: 1.1-1.5 context switches a trace).
+ * loop thread each time (measured on ingest with 2 cores: 1.0-1.8 context switches a trace).
  * Opened from a short-lived thread at LIB_NICE, the library's threads still get the CPU they
  * need (a small share: what they do is small) but wait for a busy thread's turn, and a woken
- * collector frees many messages at once (0.3-0.4 switches a trace, 10 % less CPU a trace).
+ * collector frees many messages at once (0.33-0.44 switches a trace, 10 % less CPU a trace).
  * Per-connection threads (reader, flusher) are started by the connecting thread and keep its
  * value. Raising a nice value needs no privilege; setpriority failing only loses the gain. */
 #define LIB_NICE 10

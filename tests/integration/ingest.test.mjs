@@ -96,6 +96,16 @@ async function auditEvent(key, pred) {
   return res.value;
 }
 
+// The threads of process pid: id, name (as top -H shows it) and nice value, from /proc.
+function threadsOf(pid) {
+  return fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    // the fields after the parenthesized name: state is field 3, nice field 19
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { tid: Number(tid), name: fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim(), nice: Number(rest[16]) };
+  });
+}
+
 describe('ingest: JSON batch API and trace queries', () => {
   let A; // {key (owner), team, id, member, viewer}
   let B;
@@ -1140,8 +1150,7 @@ describe('ingest: JSON batch API and trace queries', () => {
   it('its threads are named for top -H and perf', T, async () => {
     const pid = stack.readPid('ingest');
     assert.ok(pid, 'ingest has a pid file');
-    const names = fs.readdirSync(`/proc/${pid}/task`)
-      .map((tid) => fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim());
+    const names = threadsOf(pid).map((t) => t.name);
     for (const name of ['decode-0', 'decode-1', 'guard-0', 'api-0', 'api-1', 'writer-0', 'writer-1', 'retention', 'stream-watch']) {
       assert.ok(names.includes(name), `a thread named ${name} among ${names.join(', ')}`);
     }
@@ -1153,12 +1162,7 @@ describe('ingest: JSON batch API and trace queries', () => {
 
   it("the NATS library's own threads run at nice 10, the intake's at 0", T, async () => {
     const pid = stack.readPid('ingest');
-    const threads = fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
-      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      // the fields after the parenthesized name: state is field 3, nice field 19
-      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      return { tid: Number(tid), name: fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim(), nice: Number(rest[16]) };
-    });
+    const threads = threadsOf(pid);
     const show = JSON.stringify(threads);
     // timers, connection callbacks and the message collector (bus.c, lib_open)
     const lib = threads.filter((t) => t.name === 'nats-lib');
