@@ -15,7 +15,9 @@
  * Memory: the decoded request lives in a per-request arena (protobuf-c is given it as its
  * allocator; JSON strings point into the cJSON tree) that is freed in one call once mapped.
  * The arena refuses to grow beyond OTLP_ARENA_FACTOR times the body plus 1 MiB, which bounds
- * what a small body full of empty messages can cost (EB_ERR_TOO_LARGE).
+ * what a small body full of empty messages can cost (EB_ERR_TOO_LARGE); a protobuf body whose
+ * messages alone (their structs, counted by the wire check) would pass that is refused before
+ * anything is allocated.
  * Threading: no shared state; any thread may decode. */
 #include "otlp.h"
 
@@ -34,9 +36,13 @@
 #include <string.h>
 
 enum {
-    OTLP_MAX_DEPTH = 64,      /* message nesting on the wire (request = 1) */
-    OTLP_MAX_ANY_DEPTH = 28,  /* AnyValue arrays / kvlists inside one another (JSON) */
-    OTLP_ARENA_FACTOR = 16,   /* decoded bytes per body byte */
+    OTLP_MAX_DEPTH = 64,     /* message nesting on the wire (request = 1) */
+    OTLP_MAX_ANY_DEPTH = 28, /* AnyValue arrays / kvlists inside one another (JSON) */
+    /* decoded bytes per body byte: protobuf-c gives every element of an array of small values
+     * (4-5 bytes on the wire) a 48-byte AnyValue, a pointer and 32-64 bytes of bookkeeping
+     * while it scans, so such arrays take 21-34 times their size; only a great many empty
+     * messages take more (45 times and up) */
+    OTLP_ARENA_FACTOR = 40,
     OTLP_ARENA_CHUNK = 65536, /* arena chunk size (larger allocations get their own) */
 };
 
@@ -276,15 +282,18 @@ static bool wire_read(const uint8_t **p, const uint8_t *end, wire_field *f, cons
 /* Checks that data[0..n) is a well-formed message of type desc (NULL: of unknown type, whose
  * fields are only skipped) nesting at most OTLP_MAX_DEPTH levels. A string field holding a NUL
  * byte (protobuf-c would cut the string there) fails the check when nul is NULL, else sets *nul.
- * On failure *why (when why is not NULL) is one of the WIRE_* reasons. Recursion is bounded by
- * that depth. */
+ * When structs is not NULL, the size of every message's struct, as the arena rounds it, is
+ * added to it: what unpacking will take at the least. On failure *why (when why is not NULL)
+ * is one of the WIRE_* reasons. Recursion is bounded by that depth. */
 static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescriptor *desc,
-                       int depth, bool *nul, const char **why)
+                       int depth, bool *nul, size_t *structs, const char **why)
 {
     const uint8_t *end = p + n;
 
     if (depth > OTLP_MAX_DEPTH)
         return wire_fail(why, WIRE_TOO_DEEP);
+    if (desc && structs)
+        *structs += (desc->sizeof_message + alignof(max_align_t) - 1) & ~(alignof(max_align_t) - 1);
     while (p < end) {
         const ProtobufCFieldDescriptor *fd;
         wire_field f;
@@ -294,7 +303,7 @@ static bool wire_check(const uint8_t *p, size_t n, const ProtobufCMessageDescrip
         if (!f.delimited || !desc || !(fd = protobuf_c_message_descriptor_get_field(desc, f.num)))
             continue;
         if (fd->type == PROTOBUF_C_TYPE_MESSAGE &&
-            !wire_check(f.data, f.len, fd->descriptor, depth + 1, nul, why))
+            !wire_check(f.data, f.len, fd->descriptor, depth + 1, nul, structs, why))
             return false;
         if (fd->type == PROTOBUF_C_TYPE_STRING && memchr(f.data, 0, f.len)) {
             if (!nul)
@@ -314,12 +323,16 @@ static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const ch
 {
     ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, a};
     const char *why = WIRE_TRUNCATED;
+    size_t structs = 0;
 
     arena_init(a, len);
     *msg = NULL;
-    if (!wire_check(data, len, desc, 1, nul, &why))
+    if (!wire_check(data, len, desc, 1, nul, &structs, &why))
         return eb_error(EB_ERR_INVALID, "not %s: malformed protobuf: %s", what, why);
-    *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
+    if (structs > a->cap) /* refused before anything is allocated */
+        a->exhausted = true;
+    else
+        *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
     if (!*msg && a->exhausted)
         return eb_error(EB_ERR_TOO_LARGE,
                         "the message decodes to more than %d times its size (a great many empty "
@@ -354,7 +367,7 @@ static bool nul_besides(const uint8_t *p, size_t n, const ProtobufCMessageDescri
             return true;
         /* well formed (checked before), so false here means a NUL in a string */
         if (fd->type == PROTOBUF_C_TYPE_MESSAGE &&
-            !wire_check(f.data, f.len, fd->descriptor, depth + 1, NULL, NULL))
+            !wire_check(f.data, f.len, fd->descriptor, depth + 1, NULL, NULL, NULL))
             return true;
     }
     return false;
@@ -395,7 +408,7 @@ static void nul_spans(const uint8_t *data, size_t len, size_t **out, size_t *nou
 
             for (; wire_next_of(&r, rend, 2, &sp); seq++)
                 if (ss_nul || !wire_check(sp.data, sp.len, &evalbus__otlp__v1__span__descriptor, 4,
-                                          NULL, NULL))
+                                          NULL, NULL, NULL))
                     EB_PUSH(*out, *nout, seq);
         }
     }

@@ -147,7 +147,10 @@ static bool failed(const span_map *sm)
     return sm->why[0] != '\0';
 }
 
-/* Counts a rejected span and keeps the first reasons. */
+static bool nonzero(const ProtobufCBinaryData *b);
+
+/* Counts a rejected span and keeps the first reasons: the span named by its id, or by its
+ * position in the request when the id names nothing (not 8 bytes, or all zeros). */
 static void reject(map_ctx *mc, const otlp_span *sp, size_t seq, const char *why)
 {
     mc->out->rejected_spans++;
@@ -155,7 +158,7 @@ static void reject(map_ctx *mc, const otlp_span *sp, size_t seq, const char *why
         return;
     if (mc->nreasons++)
         eb_buf_puts(&mc->reasons, "; ");
-    if (sp->span_id.len == 8) {
+    if (sp->span_id.len == 8 && nonzero(&sp->span_id)) {
         char hex[17];
 
         eb_hex_encode(sp->span_id.data, 8, hex);

@@ -511,7 +511,7 @@ describe('ingest: TraceBatch over NATS', () => {
     for (let i = 0; i < empties.length; i += 2) empties[i] = 0x0a;
     let ack = await publishBatch(A.team, empties, A.key);
     assert.equal(ack.code, 'too_large', JSON.stringify(ack));
-    assert.match(ack.error, /16 times its size/);
+    assert.match(ack.error, /40 times its size/);
     const pid = stack.readPid('ingest');
     const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
     assert.ok(hwm < 600, `ingest's peak memory stayed bounded: ${hwm.toFixed(0)} MiB (the batch would decode to about 1.5 GB)`);

@@ -1710,6 +1710,125 @@ static void test_decoded_size_cap(void **state)
     free(buf);
 }
 
+/* Appends field tag with src[0..n) as its bytes (a length-delimited field) to dst. */
+static void put_field(eb_buf *dst, uint8_t tag, const void *src, size_t n)
+{
+    size_t v = n;
+
+    eb_buf_putc(dst, (char)tag);
+    do {
+        eb_buf_putc(dst, (char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0)));
+        v >>= 7;
+    } while (v);
+    eb_buf_append(dst, src, n);
+}
+
+/* An ExportTraceServiceRequest of spans spans of one trace, each with attribute "v": an array
+ * of n values, each the AnyValue bytes elem[0..elen) (elen 0: an empty AnyValue). */
+static void array_request(eb_buf *req, int spans, int n, const uint8_t *elem, size_t elen)
+{
+    eb_buf arr = {0}, any = {0}, kv = {0}, span = {0}, ss = {0}, rs = {0};
+    uint8_t trace[16], id[8], t[8];
+
+    memset(trace, 0xab, sizeof trace);
+    for (int i = 0; i < n; i++)
+        put_field(&arr, 0x0a, elem, elen);    /* ArrayValue.values */
+    put_field(&any, 0x2a, arr.data, arr.len); /* AnyValue.array_value */
+    put_field(&kv, 0x0a, "v", 1);             /* KeyValue.key */
+    put_field(&kv, 0x12, any.data, any.len);  /* KeyValue.value */
+    for (int s = 0; s < spans; s++) {
+        uint64_t ns = T0 + (uint64_t)s;
+
+        eb_buf_reset(&span);
+        memset(id, 0, sizeof id);
+        id[0] = 1;
+        id[7] = (uint8_t)(s + 1);
+        put_field(&span, 0x0a, trace, sizeof trace); /* trace_id */
+        put_field(&span, 0x12, id, sizeof id);       /* span_id */
+        put_field(&span, 0x2a, "step", 4);           /* name */
+        for (int b = 0; b < 8; b++)
+            t[b] = (uint8_t)(ns >> (8 * b));
+        eb_buf_putc(&span, 0x39); /* start_time_unix_nano, fixed64 */
+        eb_buf_append(&span, t, 8);
+        eb_buf_putc(&span, 0x41); /* end_time_unix_nano */
+        eb_buf_append(&span, t, 8);
+        put_field(&span, 0x4a, kv.data, kv.len);   /* attributes */
+        put_field(&ss, 0x12, span.data, span.len); /* ScopeSpans.spans */
+    }
+    put_field(&rs, 0x12, ss.data, ss.len); /* ResourceSpans.scope_spans */
+    eb_buf_reset(req);
+    put_field(req, 0x0a, rs.data, rs.len); /* resource_spans */
+    eb_buf_free(&arr);
+    eb_buf_free(&any);
+    eb_buf_free(&kv);
+    eb_buf_free(&span);
+    eb_buf_free(&ss);
+    eb_buf_free(&rs);
+}
+
+/* Arrays of small values (4-5 bytes an element on the wire, 21-34 times that decoded) are
+ * taken whole; an array of a great many empty values is refused. */
+static void test_decoded_small_arrays(void **state)
+{
+    static const uint8_t flag[] = {0x10, 0x01}, token[] = {0x18, 0x2a}, letter[] = {0x0a, 1, 'a'},
+                         empty_string[] = {0x0a, 0x00};
+    static const struct {
+        const uint8_t *elem;
+        size_t len;
+        const char *json_start;
+    } ok[] = {{flag, sizeof flag, "[true,true,"},
+              {token, sizeof token, "[42,42,"},
+              {letter, sizeof letter, "[\"a\",\"a\","},
+              {empty_string, sizeof empty_string, "[\"\",\"\","}};
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    eb_buf req = {0};
+    ingest_otlp_result r;
+
+    (void)state;
+    for (size_t k = 0; k < sizeof ok / sizeof ok[0]; k++) {
+        const Evalbus__V1__Observation *o;
+
+        array_request(&req, 100, 500, ok[k].elem, ok[k].len);
+        assert_int_equal(ingest_otlp_decode_protobuf((const uint8_t *)req.data, req.len, &lim, &r),
+                         EB_OK);
+        assert_int_equal(r.rejected_spans, 0);
+        assert_int_equal(r.ntraces, 1);
+        assert_int_equal(r.traces[0]->n_observations, 100);
+        o = r.traces[0]->observations[0];
+        assert_non_null(o->attributes_json);
+        assert_contains(o->attributes_json, ok[k].json_start);
+        ingest_otlp_result_free(&r);
+    }
+    /* 600,000 empty AnyValues: 2 bytes each on the wire, some 90 decoded */
+    array_request(&req, 1, 600000, NULL, 0);
+    assert_int_equal(ingest_otlp_decode_protobuf((const uint8_t *)req.data, req.len, &lim, &r),
+                     EB_ERR_TOO_LARGE);
+    assert_contains(eb_error_message(), "40 times its size");
+    ingest_otlp_result_free(&r);
+    eb_buf_free(&req);
+}
+
+/* A span whose id is all zeros is named by its position: the id names nothing. */
+static void test_zero_span_id_named_by_position(void **state)
+{
+    static const char body[] =
+        "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":["
+        "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"" SPAN_1 "\",\"name\":\"good\"},"
+        "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"0000000000000000\",\"name\":\"a\"},"
+        "{\"traceId\":\"" TRACE_A "\",\"spanId\":\"0000000000000000\",\"name\":\"b\"}"
+        "]}]}]}";
+    const ingest_limits lim = INGEST_LIMITS_DEFAULT;
+    ingest_otlp_result r;
+
+    (void)state;
+    assert_int_equal(ingest_otlp_decode_json(body, strlen(body), &lim, &r), EB_OK);
+    assert_int_equal(r.rejected_spans, 2);
+    assert_contains(r.error_message, "span #2: span id is all zeros");
+    assert_contains(r.error_message, "span #3: span id is all zeros");
+    assert_lacks(r.error_message, "span 0000000000000000");
+    ingest_otlp_result_free(&r);
+}
+
 static void test_malformed_json(void **state)
 {
     static const char *const cases[] = {
@@ -1819,6 +1938,8 @@ int main(void)
         cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_deep_protobuf),
         cmocka_unit_test(test_decoded_size_cap),
+        cmocka_unit_test(test_decoded_small_arrays),
+        cmocka_unit_test(test_zero_span_id_named_by_position),
         cmocka_unit_test(test_malformed_json),
         cmocka_unit_test(test_repeated_member_message_utf8),
         cmocka_unit_test(test_response),
