@@ -364,11 +364,33 @@ cJSON *eb_json_parse_text(const char *text, size_t n)
     return v;
 }
 
+/* The code unit of the \uXXXX escape at p (p + 6 <= end), or -1 when p holds none. */
+static long escaped_unit(const char *p, const char *end)
+{
+    long v = 0;
+
+    if (end - p < 6 || p[0] != '\\' || p[1] != 'u')
+        return -1;
+    for (int i = 2; i < 6; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
 eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
 {
     cJSON *root;
     size_t out_of_range, at;
     bool trailing;
+    char *fixed = NULL; /* data with its lone surrogate escapes made \ufffd */
+    eb_status st = EB_OK;
 
     *out = NULL;
     if (n == 0)
@@ -377,37 +399,59 @@ eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out)
         return eb_error(EB_ERR_INVALID, "request body is not valid UTF-8");
     if (memchr(data, '\0', n))
         return eb_error(EB_ERR_INVALID, "request body contains a NUL byte");
-    /* cJSON would cut a string at an escaped NUL: refuse it like a raw one */
-    for (const char *q = data; (q = memchr(q, '\\', n - (size_t)(q - data))) != NULL;) {
-        if ((size_t)(data + n - q) >= 6 && memcmp(q, "\\u0000", 6) == 0)
+    /* cJSON would cut a string at an escaped NUL: refuse it like a raw one. An escaped UTF-16
+     * surrogate that is not half of a pair (what JSON.stringify and Python's json.dumps write
+     * for a string cut inside an emoji) names no character, and cJSON refuses the whole text
+     * for it: it becomes U+FFFD, as a UTF-8 encoder makes of such a string */
+    for (const char *q = data, *end = data + n; (q = memchr(q, '\\', (size_t)(end - q))) != NULL;) {
+        long u = escaped_unit(q, end), low;
+        if (u == 0) {
+            free(fixed);
             return eb_error(EB_ERR_INVALID,
                             "request body contains an escaped NUL (\\u0000) "
                             "at byte %zu",
                             (size_t)(q - data));
-        q += (size_t)(data + n - q) >= 2 ? 2 : 1; /* skip the escaped character */
+        }
+        if (u >= 0xd800 && u <= 0xdbff && (low = escaped_unit(q + 6, end)) >= 0xdc00 &&
+            low <= 0xdfff) {
+            q += 12; /* a pair: one character */
+            continue;
+        }
+        if (u >= 0xd800 && u <= 0xdfff) {
+            if (!fixed) {
+                fixed = eb_malloc(n);
+                memcpy(fixed, data, n);
+            }
+            memcpy(fixed + (q - data), "\\ufffd", 6);
+            q += 6;
+            continue;
+        }
+        q += end - q >= 2 ? 2 : 1; /* skip the escaped character */
     }
+    if (fixed)
+        data = fixed;
     root = parse_whole(data, n, &at, &trailing);
-    if (trailing)
-        return eb_error(EB_ERR_INVALID, "unexpected data after the JSON value at byte %zu", at);
-    if (!root) {
+    if (trailing) {
+        st = eb_error(EB_ERR_INVALID, "unexpected data after the JSON value at byte %zu", at);
+    } else if (!root) {
         size_t deep = too_deep_at(data, n);
-        if (deep != SIZE_MAX)
-            return eb_error(EB_ERR_INVALID,
+        st = deep != SIZE_MAX
+                 ? eb_error(EB_ERR_INVALID,
                             "JSON nests deeper than %d arrays and objects (at byte %zu)",
-                            CJSON_NESTING_LIMIT, deep);
-        return eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu", at);
+                            CJSON_NESTING_LIMIT, deep)
+                 : eb_error(EB_ERR_INVALID, "malformed JSON near byte %zu", at);
+    } else if (!cJSON_IsObject(root)) {
+        st = eb_error(EB_ERR_INVALID, "request body must be a JSON object");
+    } else if ((out_of_range = eb_json_keep_exact(root, data, n)) != SIZE_MAX) {
+        st = eb_error(EB_ERR_INVALID,
+                      "the number at byte %zu is out of range: numbers may have up to %d"
+                      " significant digits and a magnitude from 1e-%d to 1e%d",
+                      out_of_range, EB_JSON_MAX_DIGITS, EB_JSON_MAX_EXPONENT, EB_JSON_MAX_EXPONENT);
     }
-    if (!cJSON_IsObject(root)) {
+    free(fixed);
+    if (st != EB_OK) {
         cJSON_Delete(root);
-        return eb_error(EB_ERR_INVALID, "request body must be a JSON object");
-    }
-    if ((out_of_range = eb_json_keep_exact(root, data, n)) != SIZE_MAX) {
-        cJSON_Delete(root);
-        return eb_error(EB_ERR_INVALID,
-                        "the number at byte %zu is out of range: numbers may have up to %d"
-                        " significant digits and a magnitude from 1e-%d to 1e%d",
-                        out_of_range, EB_JSON_MAX_DIGITS, EB_JSON_MAX_EXPONENT,
-                        EB_JSON_MAX_EXPONENT);
+        return st;
     }
     *out = root;
     return EB_OK;

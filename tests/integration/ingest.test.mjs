@@ -324,6 +324,19 @@ describe('ingest: JSON batch API and trace queries', () => {
     assert.deepEqual(await listIds(A.key, { project: 'p207' }), [ids[0], ids[2], assigned].sort(), 'only the good ones are listed');
   }));
 
+  it('a string cut inside an emoji (an escaped lone surrogate) stores U+FFFD and drops nothing of the batch', T, stack.wrap(async () => {
+    // JSON.stringify (and Python's json.dumps) write a lone surrogate as the escape \ud83d
+    const cut = 'Sure! \u{1F600} here'.slice(0, 7);
+    assert.equal(JSON.stringify(cut), '"Sure! \\ud83d"', 'the client sends the escape');
+    const [good, bad] = [rid('whole'), rid('cut')];
+    await ingestOk(A.member, [{ id: good, name: 'whole \u{1F600}' }, { id: bad, name: `n${cut}`, output: cut, metadata: { note: cut } }]);
+    const g = await waitTrace(A.member, bad);
+    assert.equal(g.name, 'nSure! \uFFFD');
+    assert.equal(g.metadata.note, 'Sure! \uFFFD');
+    assert.ok(JSON.stringify(g.output).includes('Sure! \uFFFD'), JSON.stringify(g.output));
+    assert.equal((await waitTrace(A.member, good)).name, 'whole \u{1F600}', 'a pair stays the character it is');
+  }));
+
   it('400 and 413: malformed JSON, invalid UTF-8, no traces array, nothing valid, too many items, too large a body', T, stack.wrap(async () => {
     const h = { 'content-type': 'application/json' };
     let r = await api('POST', '/api/v1/traces', A.member, { raw: '{"traces": [{"id": "x"', headers: h });

@@ -124,6 +124,52 @@ static void test_parse_object(void **state)
     }
 }
 
+/* An escaped surrogate that is not half of a pair (a string cut inside an emoji, as
+ * JSON.stringify writes it) becomes U+FFFD; pairs, escaped backslashes before "u", other
+ * escapes and the rest of the text stay as they are. */
+static void test_lone_surrogates(void **state)
+{
+    static const struct {
+        const char *body, *want;
+    } cases[] = {
+        {"{\"a\":\"Sure! \\ud83d\"}", "Sure! \xef\xbf\xbd"},
+        {"{\"a\":\"\\udc00x\"}", "\xef\xbf\xbdx"},
+        {"{\"a\":\"\\ud83d\\u0041\"}", "\xef\xbf\xbd"
+                                       "A"},
+        {"{\"a\":\"\\ud83d\\ud83d\\ude00\"}", "\xef\xbf\xbd\xf0\x9f\x98\x80"},
+        {"{\"a\":\"\\uD83D\\uDE00 ok\"}", "\xf0\x9f\x98\x80 ok"},
+        {"{\"a\":\"\\\\ud83d\"}", "\\ud83d"},
+        {"{\"a\":\"\\ude00\\ud83d\"}", "\xef\xbf\xbd\xef\xbf\xbd"},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *o = NULL;
+        eb_status st = eb_json_parse_object(cases[i].body, strlen(cases[i].body), &o);
+        const cJSON *a;
+
+        if (st != EB_OK)
+            fail_msg("case %zu: %s", i, eb_error_message());
+        a = cJSON_GetObjectItemCaseSensitive(o, "a");
+        assert_true(cJSON_IsString(a));
+        if (strcmp(a->valuestring, cases[i].want) != 0)
+            fail_msg("case %zu: '%s', want '%s'", i, a->valuestring, cases[i].want);
+        cJSON_Delete(o);
+    }
+    /* the rewrite does not hide an escaped NUL after it, nor a number out of range */
+    {
+        cJSON *o = NULL;
+        const char nul[] = "{\"a\":\"\\ud83d\",\"b\":\"\\u0000\"}";
+        const char big[] = "{\"a\":\"\\ud83d\",\"b\":1e999999}";
+
+        assert_int_equal(eb_json_parse_object(nul, strlen(nul), &o), EB_ERR_INVALID);
+        assert_non_null(strstr(eb_error_message(), "NUL"));
+        assert_int_equal(eb_json_parse_object(big, strlen(big), &o), EB_ERR_INVALID);
+        assert_non_null(strstr(eb_error_message(), "out of range"));
+        assert_null(o);
+    }
+}
+
 static void test_nul_inside_body(void **state)
 {
     const char body[] = "{\"a\":1}\0junk";
@@ -377,11 +423,17 @@ static void test_numbers_out_of_range(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8),         cmocka_unit_test(test_utf8_cuts),
-        cmocka_unit_test(test_parse_object), cmocka_unit_test(test_nul_inside_body),
-        cmocka_unit_test(test_too_deep),     cmocka_unit_test(test_fields),
-        cmocka_unit_test(test_rfc3339),      cmocka_unit_test(test_exact_numbers),
-        cmocka_unit_test(test_parse_text),   cmocka_unit_test(test_numbers_out_of_range),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_utf8_cuts),
+        cmocka_unit_test(test_parse_object),
+        cmocka_unit_test(test_nul_inside_body),
+        cmocka_unit_test(test_lone_surrogates),
+        cmocka_unit_test(test_too_deep),
+        cmocka_unit_test(test_fields),
+        cmocka_unit_test(test_rfc3339),
+        cmocka_unit_test(test_exact_numbers),
+        cmocka_unit_test(test_parse_text),
+        cmocka_unit_test(test_numbers_out_of_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
