@@ -118,6 +118,14 @@ eb_status ingest_record_pack(ingest_publisher *p, const eb_principal *who, const
                              long long max_payload, natsMsg **out);
 /* The largest message the NATS server takes (0 while not connected). Any thread. */
 long long ingest_publisher_max_payload(ingest_publisher *p);
+
+/* Publishes a copy of msg's payload to subject (a dead-letter subject) with the headers
+ * Evalbus-Reason, Evalbus-Stage and (when not NULL) Evalbus-Subject. A payload that fits
+ * max_payload alone but not with those headers goes cut to its first bytes, with
+ * Evalbus-Payload-Cut giving its whole length. False (and logged) when nothing could be published
+ * (nats_in.c). */
+bool ingest_dead_letter(natsConnection *nc, const char *subject, natsMsg *msg, const char *stage,
+                        const char *reason, const char *orig_subject);
 /* Publishes msgs[0..n) (taking every message and setting the entries to NULL; a NULL entry
  * counts as failed with unmade[i], the status its packing gave, or EB_ERR_UNAVAILABLE when
  * unmade is NULL; unmade is copied). done runs once, on the loop thread, when every record is

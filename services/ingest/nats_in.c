@@ -198,12 +198,61 @@ static void item_free(nats_item *it)
     free(it);
 }
 
+/* Room left in a dead letter for its headers when its payload is cut to the server's
+ * max_payload: the reason (an error message, at most a few hundred bytes), the stage, the
+ * original subject and the cut's own header. */
+#define DEAD_LETTER_HEADROOM 4096
+
+bool ingest_dead_letter(natsConnection *nc, const char *subject, natsMsg *msg, const char *stage,
+                        const char *reason, const char *orig_subject)
+{
+    const char *data = natsMsg_GetData(msg);
+    int len = natsMsg_GetDataLength(msg), keep = len;
+    natsStatus s = NATS_ERR;
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        natsMsg *dl = NULL;
+        char whole[24];
+
+        s = natsMsg_Create(&dl, subject, NULL, data, keep);
+        if (s != NATS_OK)
+            break;
+        natsMsgHeader_Set(dl, "Evalbus-Reason", reason);
+        natsMsgHeader_Set(dl, "Evalbus-Stage", stage);
+        if (orig_subject)
+            natsMsgHeader_Set(dl, "Evalbus-Subject", orig_subject);
+        if (keep < len) {
+            snprintf(whole, sizeof whole, "%d", len);
+            natsMsgHeader_Set(dl, "Evalbus-Payload-Cut", whole);
+        }
+        s = natsConnection_PublishMsg(nc, dl);
+        natsMsg_Destroy(dl);
+        if (s != NATS_MAX_PAYLOAD)
+            break;
+        /* the payload fitted, with the headers added it does not: its first bytes go */
+        {
+            int64_t max = natsConnection_GetMaxPayload(nc);
+            keep = max > DEAD_LETTER_HEADROOM && max - DEAD_LETTER_HEADROOM < (int64_t)len
+                       ? (int)(max - DEAD_LETTER_HEADROOM)
+                       : 0;
+        }
+    }
+    if (s != NATS_OK)
+        eb_log_warn(NULL, "dead letter of %d bytes to %s not published: %s", len, subject,
+                    natsStatus_GetText(s));
+    else if (keep < len)
+        eb_log_warn(NULL,
+                    "dead letter to %s carries the first %d of the payload's %d bytes "
+                    "(Evalbus-Payload-Cut): with its headers it was over max_payload",
+                    subject, keep, len);
+    return s == NATS_OK;
+}
+
 /* Refuses the whole message: dead letter, counted, and an IngestAck with the error. */
 static void refuse(nats_item *it, eb_status st, const char *reason, const char *metric_reason)
 {
     ingest_ctx *ctx = it->ctx;
     Evalbus__V1__IngestAck ack = EVALBUS__V1__INGEST_ACK__INIT;
-    natsMsg *dl = NULL;
     char subject[200], labels[96];
     const char *team = subject_team(it->msg);
 
@@ -211,14 +260,8 @@ static void refuse(nats_item *it, eb_status st, const char *reason, const char *
      * the operators' subject, never to a team that did not send them */
     snprintf(subject, sizeof(subject), INGEST_DEAD_PREFIX "%.100s",
              it->verified && *team ? team : "_unverified");
-    if (natsMsg_Create(&dl, subject, NULL, natsMsg_GetData(it->msg),
-                       natsMsg_GetDataLength(it->msg)) == NATS_OK) {
-        natsMsgHeader_Set(dl, "Evalbus-Reason", reason);
-        natsMsgHeader_Set(dl, "Evalbus-Stage", "nats-intake");
-        natsMsgHeader_Set(dl, "Evalbus-Subject", natsMsg_GetSubject(it->msg));
-        natsConnection_PublishMsg(eb_bus_conn(ctx->svc.bus), dl);
-        natsMsg_Destroy(dl);
-    }
+    ingest_dead_letter(eb_bus_conn(ctx->svc.bus), subject, it->msg, "nats-intake", reason,
+                       natsMsg_GetSubject(it->msg));
     snprintf(labels, sizeof(labels), "stage=\"nats\",reason=\"%s\"", metric_reason);
     eb_metrics_add("evalbus_ingest_dead_letters_total", labels, 1);
     eb_log_warn(NULL, "NATS batch on %s refused: %s", natsMsg_GetSubject(it->msg), reason);
@@ -478,11 +521,11 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
                    "the reply subject is not one the service publishes to (a wildcard, a"
                    " subject of the NATS server's own ($...) or of evalbus (evalbus....))",
                    "bad_reply");
-        else if (nkeys == 0 || !*key)
-            refuse(rev, EB_ERR_UNAUTHENTICATED, "missing header Evalbus-Api-Key", "no_key");
-        else if (nkeys > 1) /* which one counts would be a guess */
+        else if (nkeys > 1) /* which one counts would be a guess (an empty one among them too) */
             refuse(rev, EB_ERR_UNAUTHENTICATED,
                    "header Evalbus-Api-Key given more than once; give one key", "unauthenticated");
+        else if (nkeys == 0 || !*key)
+            refuse(rev, EB_ERR_UNAUTHENTICATED, "missing header Evalbus-Api-Key", "no_key");
         else
             eb_authc_verify(ctx->authc, key, NULL, on_verified, rev);
         rev = next;

@@ -1328,17 +1328,10 @@ static eb_status store_batch(ingest_writer *w, PGconn *c, rec *recs, size_t n)
 
 static void dead_letter(eb_bus *bus, natsMsg *msg, const char *team, const char *reason)
 {
-    natsMsg *dl = NULL;
     char subject[200];
 
     snprintf(subject, sizeof(subject), INGEST_DEAD_PREFIX "%s", team && *team ? team : "unknown");
-    if (natsMsg_Create(&dl, subject, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg)) ==
-        NATS_OK) {
-        natsMsgHeader_Set(dl, "Evalbus-Reason", reason);
-        natsMsgHeader_Set(dl, "Evalbus-Stage", "writer");
-        natsConnection_PublishMsg(eb_bus_conn(bus), dl);
-        natsMsg_Destroy(dl);
-    }
+    ingest_dead_letter(eb_bus_conn(bus), subject, msg, "writer", reason, NULL);
     eb_metrics_add("evalbus_ingest_dead_letters_total", "stage=\"writer\"", 1);
 }
 

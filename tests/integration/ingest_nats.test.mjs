@@ -590,6 +590,36 @@ describe('ingest: TraceBatch over NATS', () => {
     assertStatus(await api('GET', `/api/v1/traces/${httpId}`, A.key), 404);
   }));
 
+  it('a refused message near max_payload is still dead-lettered: cut to fit with its headers, Evalbus-Payload-Cut giving its length', T, stack.wrap(async () => {
+    const nc = await stack.nats();
+    const max = nc.info.max_payload;
+    const tap = await deadLetterTap(A.team);
+    try {
+      for (const room of [100, 20_000]) {
+        const body = crypto.randomBytes(max - room);
+        body[0] = 0xff; // not a TraceBatch
+        const before = await deadLetters('undecodable');
+        const ack = await publishBatch(A.team, body, A.key);
+        assert.equal(ack.code, 'invalid_argument', JSON.stringify(ack));
+        const dl = await tap.next(5000);
+        const data = Buffer.from(dl.data);
+        assert.equal(dl.headers?.get('Evalbus-Stage'), 'nats-intake');
+        assert.match(dl.headers?.get('Evalbus-Reason') ?? '', /TraceBatch/);
+        if (room === 100) {
+          assert.equal(dl.headers?.get('Evalbus-Payload-Cut'), String(body.length), 'the whole length is given');
+          assert.ok(data.length > 0 && data.length < body.length, `cut: ${data.length} of ${body.length} bytes`);
+        } else {
+          assert.equal(dl.headers?.get('Evalbus-Payload-Cut') ?? '', '', 'a dead letter that fits is not cut');
+          assert.equal(data.length, body.length);
+        }
+        assert.ok(data.equals(body.subarray(0, data.length)), 'the payload, unchanged up to the cut');
+        assert.equal(await deadLetters('undecodable'), before + 1, 'counted once');
+      }
+    } finally {
+      tap.close();
+    }
+  }));
+
   it('an Evalbus-Api-Key header given twice is refused whole, whichever value comes first', T, stack.wrap(async () => {
     // the first value was taken: a valid key followed by another value was accepted, the same
     // two values the other way round refused
