@@ -315,7 +315,7 @@ eb_status eb_authc_new(struct event_base *base, eb_bus *bus, const char *service
     pthread_mutex_init(&c->mu, NULL);
     c->wake = event_new(base, -1, 0, on_wake, c);
     eb_uuid_v4(nuid);
-    snprintf(c->inbox, sizeof(c->inbox), "_INBOX.authc.%s", nuid);
+    snprintf(c->inbox, sizeof(c->inbox), EB_BUS_INBOX_PREFIX ".authc.%s", nuid);
     snprintf(wildcard, sizeof(wildcard), "%s.*", c->inbox);
     st = eb_sub_open(bus, wildcard, NULL, on_reply, c, &c->reply_sub);
     if (st == EB_OK)

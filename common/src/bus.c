@@ -251,6 +251,10 @@ eb_status eb_bus_connect(struct event_base *base, const char *url, const char *n
      * for the same event, a thread hand-off and a millisecond on every answer published. */
     if (s == NATS_OK && base)
         s = natsOptions_SetSendAsap(opts, true);
+    /* the library's own inboxes (requests, JetStream pulls) under evalbus's, which no reply
+     * subject a publisher outside evalbus chooses may name (eb_bus_reply_allowed_outside) */
+    if (s == NATS_OK)
+        s = natsOptions_SetCustomInboxPrefix(opts, EB_BUS_INBOX_PREFIX);
     if (s != NATS_OK) {
         st = eb_bus_error(s, "NATS options");
         goto cleanup;
@@ -479,4 +483,10 @@ bool eb_bus_reply_allowed(const char *reply)
             return false; /* a wildcard, white space or a control character */
         token++;
     }
+}
+
+bool eb_bus_reply_allowed_outside(const char *reply)
+{
+    return eb_bus_reply_allowed(reply) &&
+           strncmp(reply, EB_BUS_INBOX_PREFIX ".", sizeof(EB_BUS_INBOX_PREFIX ".") - 1) != 0;
 }

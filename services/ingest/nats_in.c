@@ -7,7 +7,8 @@
  * evalbus.v1.ingest.dead.<team> with the reason in the header Evalbus-Reason and counted;
  * nothing a publisher sends can stop or stall the intake. The reply subject is the publisher's
  * choice and the ack goes out with the service's NATS permissions: one of the server's ($...) or
- * evalbus's own subjects (or a wildcard) is refused, never published to (eb_bus_reply_allowed).
+ * evalbus's own subjects or inboxes (or a wildcard) is refused, never published to
+ * (eb_bus_reply_allowed_outside).
  * Threading: the NATS callback only queues the message and wakes the loop (waiting first while
  * NATS_HELD_MAX batches are held: memory is bounded by the subscription's pending limits). The
  * loop checks the credential and answers; decoding, validating, canonicalising and packing a batch
@@ -146,7 +147,7 @@ static void reply_ack(ingest_ctx *ctx, natsMsg *msg, Evalbus__V1__IngestAck *ack
     size_t len;
     natsStatus s;
 
-    if (!reply || !*reply || !eb_bus_reply_allowed(reply))
+    if (!reply || !*reply || !eb_bus_reply_allowed_outside(reply))
         return;
     len = evalbus__v1__ingest_ack__get_packed_size(ack);
     room = ingest_publisher_max_payload(ctx->pub);
@@ -516,10 +517,11 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         int nkeys = api_key(rev->msg, &key);
         if (ctx->stopping)
             answer_shutting_down(rev); /* the stream may be closed already */
-        else if (reply && *reply && !eb_bus_reply_allowed(reply))
+        else if (reply && *reply && !eb_bus_reply_allowed_outside(reply))
             refuse(rev, EB_ERR_INVALID,
                    "the reply subject is not one the service publishes to (a wildcard, a"
-                   " subject of the NATS server's own ($...) or of evalbus (evalbus....))",
+                   " subject of the NATS server's own ($...) or of evalbus (evalbus...., or"
+                   " its inboxes " EB_BUS_INBOX_PREFIX "....))",
                    "bad_reply");
         else if (nkeys > 1) /* which one counts would be a guess (an empty one among them too) */
             refuse(rev, EB_ERR_UNAUTHENTICATED,

@@ -356,7 +356,11 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
     p->wake = event_new(base, -1, 0, on_wake, p);
     s = natsInbox_Create(&inbox);
     if (s == NATS_OK) {
-        snprintf(p->inbox, sizeof(p->inbox), "%s", (const char *)inbox);
+        /* "_INBOX.<nuid>" made "<EB_BUS_INBOX_PREFIX>.acks.<nuid>": none of a publisher's reply
+         * subjects can name it (eb_bus_reply_allowed_outside) */
+        const char *nuid = strrchr((const char *)inbox, '.');
+        snprintf(p->inbox, sizeof(p->inbox), EB_BUS_INBOX_PREFIX ".acks.%s",
+                 nuid ? nuid + 1 : (const char *)inbox);
         snprintf(subject, sizeof(subject), "%s.*", p->inbox);
         natsInbox_Destroy(inbox);
         s = natsConnection_SubscribeSync(&p->acks, eb_bus_conn(bus), subject);

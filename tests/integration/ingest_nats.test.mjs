@@ -647,6 +647,40 @@ describe('ingest: TraceBatch over NATS', () => {
     }
   }));
 
+  it("the service's own inboxes cannot be named as a reply subject: a message aimed at the auth client's inbox is refused and a key check in flight is not answered by it", T, stack.wrap(async () => {
+    // The auth client's inbox shows in its requests on evalbus.v1.auth.verify; a message that
+    // named it as its reply subject had its IngestAck read as the answer to another team's key
+    // check, which was then refused.
+    const nc = await stack.nats();
+    const verify = nc.subscribe('evalbus.v1.auth.verify', { max: 1 });
+    await nc.flush();
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', 'eb_zzzzzzzzzz_' + 'Z'.repeat(43)); // unknown: asked of auth
+    nc.publish(SUBJECT + A.team, encodeBatch([]), { headers: h });
+    let inbox = null;
+    for await (const m of verify) inbox = m.reply;
+    assert.match(inbox ?? '', /^_INBOX\.evalbus\./, `the key check's reply subject is under the service's inbox prefix: ${inbox}`);
+    const prefix = inbox.slice(0, inbox.lastIndexOf('.'));
+    const unverifiedTap = await deadLetterTap('_unverified');
+    try {
+      const before = await deadLetters('bad_reply');
+      const key = (await stack.createKey(A.key, { name: `victim-${crypto.randomBytes(3).toString('hex')}`, scopes: ['traces:write'] })).key;
+      const victim = rid('victim');
+      // the victim's key check goes out, and messages aimed at the next tokens of the inbox
+      const pending = publishBatch(A.team, encodeBatch([trace(victim)]), key);
+      for (let n = 0; n < 20; n++) nc.publish(SUBJECT + B.team, encodeBatch([]), { reply: `${prefix}.${n}` });
+      const ack = await pending;
+      assert.deepEqual(ack.accepted_ids, [victim], `the victim's batch is taken: ${JSON.stringify(ack)}`);
+      const counted = await pollUntil(async () => (await deadLetters('bad_reply')) === before + 20, { timeoutMs: 3000 });
+      assert.ok(counted.value, 'each message naming the inbox is refused as bad_reply');
+      const dl = await unverifiedTap.next(3000);
+      assert.match(dl.headers?.get('Evalbus-Reason') ?? '', /reply subject/);
+      await waitTrace(A.key, victim);
+    } finally {
+      unverifiedTap.close();
+    }
+  }));
+
   it("a reply subject of the NATS server's own or of evalbus is never published to: such a message is dead-lettered (bad_reply), nothing taken", T, stack.wrap(async () => {
     // The publisher chooses the reply subject and the service publishes there with its own
     // NATS permissions: an empty batch answered on $JS.API.STREAM.PURGE.INGEST purged every
@@ -675,6 +709,10 @@ describe('ingest: TraceBatch over NATS', () => {
         ['answers.*', encodeBatch([trace(never)])],
         ['answers.>', encodeBatch([trace(never)])],
         ['answers..x', encodeBatch([trace(never)])],
+        // the service's own inboxes: an IngestAck there was read as the answer to another
+        // request (a key check, a record's acknowledgement)
+        [`_INBOX.evalbus.authc.${crypto.randomBytes(8).toString('hex')}.1`, encodeBatch([])],
+        [`_INBOX.evalbus.acks.${crypto.randomBytes(8).toString('hex')}.7`, encodeBatch([trace(never)])],
       ];
       const before = await deadLetters('bad_reply');
       for (const [reply, data] of cases) {

@@ -63,8 +63,16 @@ bool eb_sub_close(eb_sub *sub, long long wait_ms);
 
 /* Maps a NATS status to an eb_status with a recorded message naming what failed. */
 eb_status eb_bus_error(natsStatus s, const char *what);
+/* The prefix of every inbox an evalbus process subscribes to (the NATS library's request and
+ * JetStream inboxes, the auth client's, the ingest publisher's acknowledgements): a reply
+ * subject under it from outside evalbus is refused (eb_bus_reply_allowed_outside), so such a
+ * publisher cannot make a service answer into another request's inbox. */
+#define EB_BUS_INBOX_PREFIX "_INBOX.evalbus"
 /* Whether a service may answer on reply, a subject its publisher chose: not empty, no wildcard,
  * white space or empty token, and none of the NATS server's ($...) or evalbus's (evalbus....). */
 bool eb_bus_reply_allowed(const char *reply);
+/* The same for a publisher outside evalbus (the ingest NATS intake's): none of evalbus's own
+ * inboxes either (EB_BUS_INBOX_PREFIX). */
+bool eb_bus_reply_allowed_outside(const char *reply);
 
 #endif
