@@ -77,6 +77,24 @@ static long long ts(const char *s)
     return ns;
 }
 
+/* A whole number is a token count however it is written, also with more digits than a
+ * double keeps (then its text decides). */
+static void test_whole_token_counts(void **state)
+{
+    Evalbus__V1__Trace *t =
+        parse_ok("{\"id\":\"w\",\"usage\":{\"input_tokens\":120.00000000000000000,"
+                 "\"output_tokens\":1.2000000000000000000e1,"
+                 "\"total_tokens\":13200000000000000000e-17}}",
+                 NULL);
+
+    (void)state;
+    assert_true(t->has_input_tokens);
+    assert_int_equal(t->input_tokens, 120);
+    assert_int_equal(t->output_tokens, 12);
+    assert_int_equal(t->total_tokens, 132);
+    evalbus__v1__trace__free_unpacked(t, NULL);
+}
+
 static void test_full_example(void **state)
 {
     Evalbus__V1__Trace *t = parse_ok(full_example, NULL);
@@ -498,6 +516,12 @@ static void test_errors(void **state)
          "usage.output_tokens must be a non-negative integer"},
         {"{\"usage\":{\"total_tokens\":\"3\"}}", EB_ERR_INVALID,
          "usage.total_tokens must be a non-negative integer"},
+        {"{\"usage\":{\"input_tokens\":1.0000000000000001}}", EB_ERR_INVALID,
+         "usage.input_tokens must be a non-negative integer"},
+        {"{\"usage\":{\"input_tokens\":4503599627370496.5}}", EB_ERR_INVALID,
+         "usage.input_tokens must be a non-negative integer"},
+        {"{\"usage\":{\"input_tokens\":12.00000000000000000001}}", EB_ERR_INVALID,
+         "usage.input_tokens must be a non-negative integer"},
         {"{\"usage\":{\"input_tokens\":9007199254740994}}", EB_ERR_INVALID,
          "usage.input_tokens must be below 2^53"},
         {"{\"usage\":{\"input_tokens\":9007199254740993}}", EB_ERR_INVALID,
@@ -1127,6 +1151,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_example),
+        cmocka_unit_test(test_whole_token_counts),
         cmocka_unit_test(test_defaults_and_derived),
         cmocka_unit_test(test_input_shapes),
         cmocka_unit_test(test_content_parts),
