@@ -14,8 +14,9 @@
  *     that span alone.
  * Memory: the decoded request lives in a per-request arena (protobuf-c is given it as its
  * allocator; JSON strings point into the cJSON tree) that is freed in one call once mapped.
- * The arena refuses to grow beyond OTLP_ARENA_FACTOR times the body plus 1 MiB, which bounds
- * what a small body full of empty messages can cost (EB_ERR_TOO_LARGE); a protobuf body whose
+ * The arena refuses to grow beyond OTLP_ARENA_FACTOR times the body (at most OTLP_ARENA_MAX)
+ * plus 1 MiB, which bounds what a small body full of empty messages, or any one request, can
+ * cost (EB_ERR_TOO_LARGE); a protobuf body whose
  * messages alone (their structs, counted by the wire check) would pass that is refused before
  * anything is allocated.
  * Threading: no shared state; any thread may decode. */
@@ -45,6 +46,10 @@ enum {
     OTLP_ARENA_FACTOR = 40,
     OTLP_ARENA_CHUNK = 65536, /* arena chunk size (larger allocations get their own) */
 };
+/* ... and never more than this for one request (plus 1 MiB), whatever its size: with two decode
+ * threads a replica holds at most about half a GiB of decoded requests. A body that fits the
+ * factor but not this (array-heavy protobuf of over 6.4 MiB) is to be sent in smaller parts. */
+#define OTLP_ARENA_MAX ((size_t)256 << 20)
 
 typedef Evalbus__Otlp__V1__ExportTraceServiceRequest otlp_request;
 typedef Evalbus__Otlp__V1__ResourceSpans otlp_resource_spans;
@@ -136,9 +141,22 @@ static void arena_pb_free(void *data, void *p)
 static void arena_init(otlp_arena *a, size_t body_len)
 {
     memset(a, 0, sizeof *a);
-    a->cap = body_len > (SIZE_MAX - (1u << 20)) / OTLP_ARENA_FACTOR
-                 ? SIZE_MAX
-                 : body_len * OTLP_ARENA_FACTOR + (1u << 20);
+    a->cap = (body_len > OTLP_ARENA_MAX / OTLP_ARENA_FACTOR ? OTLP_ARENA_MAX
+                                                            : body_len * OTLP_ARENA_FACTOR) +
+             (1u << 20);
+}
+
+/* The EB_ERR_TOO_LARGE of a request whose decoding would pass a's cap. */
+static eb_status arena_too_large(const otlp_arena *a)
+{
+    if (a->cap >= OTLP_ARENA_MAX)
+        return eb_error(EB_ERR_TOO_LARGE,
+                        "the request decodes to more than %zu MiB; send it in smaller parts",
+                        OTLP_ARENA_MAX >> 20);
+    return eb_error(EB_ERR_TOO_LARGE,
+                    "the request decodes to more than %d times its size (a great many empty "
+                    "messages); send fewer at once",
+                    OTLP_ARENA_FACTOR);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -334,10 +352,7 @@ static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const ch
     else
         *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
     if (!*msg && a->exhausted)
-        return eb_error(EB_ERR_TOO_LARGE,
-                        "the message decodes to more than %d times its size (a great many empty "
-                        "messages); send fewer at once",
-                        OTLP_ARENA_FACTOR);
+        return arena_too_large(a);
     if (!*msg)
         return eb_error(EB_ERR_INVALID, "not %s: malformed protobuf", what);
     return EB_OK;
@@ -481,8 +496,7 @@ typedef struct json_ctx {
     do {                                                                                           \
         (ptr) = arena_alloc((ctx)->arena, (n));                                                    \
         if (!(ptr)) {                                                                              \
-            st = eb_error(EB_ERR_TOO_LARGE, "the request decodes to more than %d times its size",  \
-                          OTLP_ARENA_FACTOR);                                                      \
+            st = arena_too_large((ctx)->arena);                                                    \
             goto cleanup;                                                                          \
         }                                                                                          \
     } while (0)
@@ -812,8 +826,7 @@ static eb_status json_anyvalue(json_ctx *c, const cJSON *v, int depth, otlp_any 
             memcpy(a->bytes_value.data, b.data, b.len);
         eb_buf_free(&b);
         if (!a->bytes_value.data) {
-            st = eb_error(EB_ERR_TOO_LARGE, "the request decodes to more than %d times its size",
-                          OTLP_ARENA_FACTOR);
+            st = arena_too_large(c->arena);
             goto cleanup;
         }
     } else if ((it = jget(v, "arrayValue", "array_value"))) {
@@ -835,8 +848,7 @@ static eb_status json_anyvalue(json_ctx *c, const cJSON *v, int depth, otlp_any 
         if (st == EB_OK && n)
             arr->values = arena_alloc(c->arena, n * sizeof *arr->values);
         if (st == EB_OK && n && !arr->values)
-            st = eb_error(EB_ERR_TOO_LARGE, "the request decodes to more than %d times its size",
-                          OTLP_ARENA_FACTOR);
+            st = arena_too_large(c->arena);
         for (; st == EB_OK && e; e = e->next, i++) {
             size_t old2 = jpath_push(c, "values", (long)i);
             st = json_anyvalue(c, e, depth + 1, &arr->values[i]);

@@ -1799,6 +1799,13 @@ static void test_decoded_small_arrays(void **state)
         assert_contains(o->attributes_json, ok[k].json_start);
         ingest_otlp_result_free(&r);
     }
+    /* 3,200,000 flags: 12.8 MB that would decode to some 290 MB, over the bound of one
+     * request whatever its size */
+    array_request(&req, 1, 3200000, flag, sizeof flag);
+    assert_int_equal(ingest_otlp_decode_protobuf((const uint8_t *)req.data, req.len, &lim, &r),
+                     EB_ERR_TOO_LARGE);
+    assert_contains(eb_error_message(), "more than 256 MiB");
+    ingest_otlp_result_free(&r);
     /* 600,000 empty AnyValues: 2 bytes each on the wire, some 90 decoded */
     array_request(&req, 1, 600000, NULL, 0);
     assert_int_equal(ingest_otlp_decode_protobuf((const uint8_t *)req.data, req.len, &lim, &r),
