@@ -146,10 +146,11 @@ static void arena_init(otlp_arena *a, size_t body_len)
              (1u << 20);
 }
 
-/* The EB_ERR_TOO_LARGE of a request whose decoding would pass a's cap. */
-static eb_status arena_too_large(const otlp_arena *a)
+/* The EB_ERR_TOO_LARGE of a request that decodes to more than OTLP_ARENA_FACTOR times its size
+ * (over_factor) or else to more than OTLP_ARENA_MAX. */
+static eb_status too_large(bool over_factor)
 {
-    if (a->cap >= OTLP_ARENA_MAX)
+    if (!over_factor)
         return eb_error(EB_ERR_TOO_LARGE,
                         "the request decodes to more than %zu MiB; send it in smaller parts",
                         OTLP_ARENA_MAX >> 20);
@@ -157,6 +158,12 @@ static eb_status arena_too_large(const otlp_arena *a)
                     "the request decodes to more than %d times its size (a great many empty "
                     "messages); send fewer at once",
                     OTLP_ARENA_FACTOR);
+}
+
+/* The EB_ERR_TOO_LARGE of a request whose decoding passed a's cap. */
+static eb_status arena_too_large(const otlp_arena *a)
+{
+    return too_large(a->cap < OTLP_ARENA_MAX);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -348,9 +355,9 @@ static eb_status unpack_checked(const ProtobufCMessageDescriptor *desc, const ch
     if (!wire_check(data, len, desc, 1, nul, &structs, &why))
         return eb_error(EB_ERR_INVALID, "not %s: malformed protobuf: %s", what, why);
     if (structs > a->cap) /* refused before anything is allocated */
-        a->exhausted = true;
-    else
-        *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
+        return too_large(len <= (SIZE_MAX - (1u << 20)) / OTLP_ARENA_FACTOR &&
+                         structs > len * OTLP_ARENA_FACTOR + (1u << 20));
+    *msg = protobuf_c_message_unpack(desc, &alloc, len, data);
     if (!*msg && a->exhausted)
         return arena_too_large(a);
     if (!*msg)

@@ -652,17 +652,19 @@ describe('ingest: TraceBatch over NATS', () => {
     // named it as its reply subject had its IngestAck read as the answer to another team's key
     // check, which was then refused.
     const nc = await stack.nats();
-    const verify = nc.subscribe('evalbus.v1.auth.verify', { max: 1 });
-    await nc.flush();
-    const h = natsHeaders();
-    h.set('Evalbus-Api-Key', 'eb_zzzzzzzzzz_' + 'Z'.repeat(43)); // unknown: asked of auth
-    nc.publish(SUBJECT + A.team, encodeBatch([]), { headers: h });
-    let inbox = null;
-    for await (const m of verify) inbox = m.reply;
-    assert.match(inbox ?? '', /^_INBOX\.evalbus\./, `the key check's reply subject is under the service's inbox prefix: ${inbox}`);
-    const prefix = inbox.slice(0, inbox.lastIndexOf('.'));
     const unverifiedTap = await deadLetterTap('_unverified');
     try {
+      const verify = nc.subscribe('evalbus.v1.auth.verify', { max: 1 });
+      await nc.flush();
+      const h = natsHeaders();
+      h.set('Evalbus-Api-Key', 'eb_zzzzzzzzzz_' + 'Z'.repeat(43)); // unknown: asked of auth
+      nc.publish(SUBJECT + A.team, encodeBatch([]), { headers: h });
+      let inbox = null;
+      for await (const m of verify) inbox = m.reply;
+      assert.match(inbox ?? '', /^_INBOX\.evalbus\./, `the key check's reply subject is under the service's inbox prefix: ${inbox}`);
+      const prefix = inbox.slice(0, inbox.lastIndexOf('.'));
+      // the probe's own refusal comes first
+      assert.match((await unverifiedTap.next(3000)).headers?.get('Evalbus-Reason') ?? '', /credential rejected/);
       const before = await deadLetters('bad_reply');
       const key = (await stack.createKey(A.key, { name: `victim-${crypto.randomBytes(3).toString('hex')}`, scopes: ['traces:write'] })).key;
       const victim = rid('victim');
