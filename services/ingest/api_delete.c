@@ -25,15 +25,20 @@ static void audit(ingest_ctx *ctx, eb_http_req *req, const char *action, const c
  * trace, its observations, reviews, scores and key row go, and the statement returns their
  * number. Each deleted trace leaves a tombstone with the stream position in parameter
  * $seq_param, so that the writer stores none of the records of it that the stream took before
- * the deletion (migration 006, writer.c drop_deleted). */
+ * the deletion (migration 006, writer.c drop_deleted), or with the position of the record that
+ * stored what is deleted when that is later (a trace first stored between the keys' lock,
+ * which found no key of it, and this statement): a delivery of that record again must not
+ * bring it back either. */
 static char *deletion_sql(const char *sel, int seq_param)
 {
     return eb_asprintf(
         "WITH sel AS (%s),"
         " t AS (DELETE FROM ingest.traces t USING sel WHERE t.team_id = sel.team_id AND"
-        "  t.part_time = sel.part_time AND t.id = sel.id RETURNING t.team_id, t.id),"
+        "  t.part_time = sel.part_time AND t.id = sel.id RETURNING t.team_id, t.id,"
+        "  t.stream_seq),"
         " x AS (INSERT INTO ingest.trace_tombstones AS x (team_id, id, deleted_seq)"
-        "  SELECT DISTINCT team_id, id, $%d::bigint FROM t ON CONFLICT (team_id, id) DO UPDATE"
+        "  SELECT team_id, id, greatest($%d::bigint, max(stream_seq)) FROM t GROUP BY team_id, id"
+        "  ON CONFLICT (team_id, id) DO UPDATE"
         "  SET deleted_seq = greatest(x.deleted_seq, excluded.deleted_seq), deleted_at = now()),"
         " o AS (DELETE FROM ingest.observations o USING sel WHERE o.team_id = sel.team_id AND"
         "  o.part_time = sel.part_time AND o.trace_id = sel.id),"
@@ -63,8 +68,8 @@ static char *deletion_sql(const char *sel, int seq_param)
  * are locked: every record the stream took before then is at or below it, also one a writer stored
  * while the lock waited (which the deletion removes, and which a delivery again must not bring
  * back); without it (NATS away) the deletion answers 503 and deletes nothing. */
-static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int n_lock,
-                       const char *sel, int n, const char **params, long long *count)
+static bool run_delete_on(ingest_ctx *ctx, eb_http_req *req, const char *lock, int n_lock,
+                          const char *sel, int n, const char **params, long long *count)
 {
     PGconn *c;
     PGresult *r = NULL;
@@ -73,11 +78,9 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int 
     unsigned long long position = 0;
     eb_status st;
 
-    /* before a database connection is taken: the wait holds none; it holds an API thread,
-     * so at most all of them but one wait (the other endpoints keep one) */
+    /* before a database connection is taken: the wait holds none */
     if (ctx->cfg->delete_wait_ms > 0 &&
-        (st = ingest_writers_catch_up(ctx, ctx->cfg->delete_wait_ms,
-                                      (int)ctx->cfg->svc.api_threads - 1)) != EB_OK) {
+        (st = ingest_writers_catch_up(ctx, ctx->cfg->delete_wait_ms)) != EB_OK) {
         eb_http_reply_status(req, st);
         return false;
     }
@@ -109,6 +112,29 @@ static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int 
     *count = atoll(eb_db_val(r, 0, 0));
     PQclear(r);
     return true;
+}
+
+/* run_delete_on, on one of the API threads that deletions may hold: a deletion holds its
+ * thread through the wait for the writers and its statements (which no query-timeout cuts
+ * off), so at most api-threads - 1 of them (one when there is one thread) run at a time and a
+ * further one answers 503 at once: queries, reviews and scores keep a thread. */
+static bool run_delete(ingest_ctx *ctx, eb_http_req *req, const char *lock, int n_lock,
+                       const char *sel, int n, const char **params, long long *count)
+{
+    int slots = ctx->cfg->svc.api_threads > 1 ? (int)ctx->cfg->svc.api_threads - 1 : 1;
+    bool done;
+
+    if (atomic_fetch_add(&ctx->deleting, 1) >= slots) {
+        atomic_fetch_sub(&ctx->deleting, 1);
+        eb_http_reply_status(req, eb_error(EB_ERR_UNAVAILABLE,
+                                           "%d deletions are under way, as many as run at a time "
+                                           "(api-threads - 1); nothing was deleted, try again",
+                                           slots));
+        return false;
+    }
+    done = run_delete_on(ctx, req, lock, n_lock, sel, n, params, count);
+    atomic_fetch_sub(&ctx->deleting, 1);
+    return done;
 }
 
 void api_trace_delete(eb_http_req *req, void *vctx)

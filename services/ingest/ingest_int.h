@@ -9,6 +9,7 @@
 #include "ingest_limits.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #define INGEST_STREAM "INGEST"
@@ -79,6 +80,7 @@ typedef struct ingest_ctx {
     bool stopping; /* the loop has ended: NATS batches not yet taken are answered unavailable */
     ingest_retention *retention;
     natsSubscription *deleted_sub; /* evalbus.v1.traces.deleted.> (deletions.c) */
+    atomic_int deleting;           /* deletions under way, each on an API thread (api_delete.c) */
 } ingest_ctx;
 
 /* --- publishing records to the INGEST stream (publish.c) --- */
@@ -168,7 +170,7 @@ eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq);
  * read first. EB_ERR_UNAVAILABLE when NATS cannot be asked, when wait_ms passes first (the
  * message says how far behind the writers are), or at once when the writers are behind and
  * max_waiting calls already wait. Any thread; it polls NATS, sleeping between reads. */
-eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms, int max_waiting);
+eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms);
 
 /* --- project-restricted keys and traces stored in another project (project_guard.c) --- */
 /* Why a record of id from a key restricted to project only is refused: the team stores that

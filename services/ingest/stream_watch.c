@@ -41,7 +41,6 @@ struct ingest_watch {
     pthread_rwlock_t mu; /* read: a request on bus; write: bus set or closed */
     eb_bus *bus;         /* under mu: set once connected, NULL again when closed */
     sem_t started;       /* posted once the first connection attempt has ended */
-    atomic_int waiting;  /* deletions in ingest_writers_catch_up's wait */
 };
 
 /* Bytes of records in the stream that the writer has not stored yet; false if unknown. */
@@ -220,7 +219,7 @@ eb_status ingest_stream_position(ingest_ctx *ctx, unsigned long long *seq)
     return read_positions(ctx, seq, NULL);
 }
 
-eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms, int max_waiting)
+eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms)
 {
     long long deadline = eb_monotonic_ms() + wait_ms, left;
     unsigned long long last = 0, floor = 0;
@@ -230,15 +229,6 @@ eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms, int max_wa
 
     if (st != EB_OK || floor >= last)
         return st;
-    /* a waiting deletion holds an API thread: leave the other endpoints some */
-    if (atomic_fetch_add(&ctx->watch->waiting, 1) >= max_waiting) {
-        atomic_fetch_sub(&ctx->watch->waiting, 1);
-        return eb_error(EB_ERR_UNAVAILABLE,
-                        "the writers have not stored every record accepted before this deletion "
-                        "(still to store: %llu), and %d deletions already wait for them; nothing "
-                        "was deleted, try again",
-                        last - floor, max_waiting);
-    }
     do {
         if ((left = deadline - eb_monotonic_ms()) <= 0) {
             st = eb_error(EB_ERR_UNAVAILABLE,
@@ -253,6 +243,5 @@ eb_status ingest_writers_catch_up(ingest_ctx *ctx, long long wait_ms, int max_wa
         usleep(pause < (useconds_t)left * 1000 ? pause : (useconds_t)left * 1000);
         pause = pause < 50000 ? pause * 2 : 100000;
     } while ((st = read_positions(ctx, NULL, &floor)) == EB_OK && floor < last);
-    atomic_fetch_sub(&ctx->watch->waiting, 1);
     return st;
 }

@@ -1083,7 +1083,7 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
       const asked = Date.now();
       const other = await stack.api('POST', '/api/v1/traces/delete', { base: replica.url, key: A.key, body: { filter: { project: 'behind' } } });
       assert.equal(other.status, 503, other.text);
-      assert.match(other.body.error.message, /still to store: 1\), and 1 deletions already wait for them; nothing was deleted/);
+      assert.match(other.body.error.message, /1 deletions are under way, as many as run at a time \(api-threads - 1\); nothing was deleted/);
       const list = await stack.api('GET', '/api/v1/traces?project=behind', { base: replica.url, key: A.key });
       assert.equal(list.status, 200, list.text);
       assert.ok(Date.now() - asked < 600, `neither waited for the deletion: ${Date.now() - asked} ms`);
@@ -1100,6 +1100,40 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     r = await stack.api('DELETE', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
     assert.equal(r.status, 200, `the retry: ${r.text}`);
     assert.equal((await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key })).status, 404);
+  }));
+
+  it('a deletion that waits for a lock keeps its API thread: a second deletion is 503 at once and queries are served meanwhile', T, stack.wrap(async () => {
+    // The writers are caught up, so neither deletion waits for them; the first waits for a
+    // trace key another session holds. It must count against api-threads - 1 as a deletion
+    // waiting for the writers does, or two such deletions take both API threads and every
+    // query waits for them.
+    const tag = crypto.randomBytes(3).toString('hex');
+    const [held, other] = [`held-${tag}`, `other-${tag}`];
+    let r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key,
+      body: { traces: [{ id: held, project: `held-${tag}`, name: 'n' }, { id: other, project: `held-${tag}`, name: 'n' }] } });
+    assert.equal(r.status, 202, r.text);
+    assert.ok(await traceStored(held) && await traceStored(other));
+    const app = `holding-${tag}`;
+    const holder = stack.psql(`BEGIN; SELECT 1 FROM ingest.trace_keys WHERE team_id = '${A.id}' AND id = '${held}' FOR SHARE;
+      SELECT pg_sleep(3); COMMIT`, { appName: app });
+    assert.ok(await inPgSleep(app), 'the other session holds the key');
+    let firstDone = false;
+    const first = stack.api('DELETE', `/api/v1/traces/${held}`, { base: stack.url, key: A.key }).then((x) => { firstDone = true; return x; });
+    assert.ok((await pollUntil(async () => (await stack.psql(
+      `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%trace_keys%FOR UPDATE%'`))[0][0] === '1',
+    { timeoutMs: 5000, intervalMs: 50 })).value, 'the first deletion waits for the key');
+    const second = await stack.api('DELETE', `/api/v1/traces/${other}`, { base: stack.url, key: A.key });
+    assert.equal(second.status, 503, second.text);
+    assert.match(second.body.error.message, /deletions are under way/);
+    assert.equal(second.headers.get('retry-after'), '1');
+    const list = await stack.api('GET', `/api/v1/traces?project=held-${tag}`, { base: stack.url, key: A.key });
+    assert.equal(list.status, 200, list.text);
+    assert.equal(firstDone, false, 'the query was answered while the first deletion still waited');
+    await holder;
+    r = await first;
+    assert.equal(r.status, 200, `the first deletion goes on once the key is free: ${r.text}`);
+    r = await stack.api('DELETE', `/api/v1/traces/${other}`, { base: stack.url, key: A.key });
+    assert.equal(r.status, 200, `the retry of the second: ${r.text}`);
   }));
 
   it('a version stored while a deletion of its trace waits for the key is not brought back when the stream is delivered again', T, stack.wrap(async () => {
