@@ -105,6 +105,17 @@ void eb_cleanse(void *p, size_t n)
         OPENSSL_cleanse(p, n);
 }
 
+int eb_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 void eb_hex_encode(const void *in, size_t n, char *out)
 {
     const unsigned char *p = in;

@@ -2,6 +2,7 @@
  * cJSON accepts invalid UTF-8 in strings, so bodies are validated before parsing. Field
  * getters produce errors that name the field and the expected type, for 400 answers. */
 #include "evalbus/json.h"
+#include "evalbus/crypto.h"
 #include "evalbus/mem.h"
 
 #include <math.h>
@@ -239,6 +240,19 @@ static num_token scan_number(const char *s, size_t n)
     return t;
 }
 
+bool eb_json_number_whole(const char *t)
+{
+    size_t n = strlen(t), m = strcspn(t, "eE"), zeros = 0;
+    num_token tok = scan_number(t, n);
+
+    if (tok.sig == 0)
+        return true; /* zero */
+    /* the mantissa's trailing zeros are significant digits of scan_number's, not of the value */
+    for (size_t k = m; k-- > 0 && (t[k] == '0' || t[k] == '.');)
+        zeros += t[k] == '0';
+    return (long)(tok.sig - zeros) - 1 <= tok.e10;
+}
+
 typedef struct exact_num {
     size_t index; /* the how-manyth number of the text */
     const char *text;
@@ -364,7 +378,8 @@ cJSON *eb_json_parse_text(const char *text, size_t n)
     return v;
 }
 
-/* The code unit of the \uXXXX escape at p (p + 6 <= end), or -1 when p holds none. */
+/* The UTF-16 code unit named by the escape at p ("\u" and four hex digits, before end), or -1
+ * when p holds no such escape. */
 static long escaped_unit(const char *p, const char *end)
 {
     long v = 0;
@@ -372,11 +387,7 @@ static long escaped_unit(const char *p, const char *end)
     if (end - p < 6 || p[0] != '\\' || p[1] != 'u')
         return -1;
     for (int i = 2; i < 6; i++) {
-        char c = p[i];
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
+        int d = eb_hex_digit(p[i]);
         if (d < 0)
             return -1;
         v = v * 16 + d;

@@ -96,17 +96,6 @@ static bool has_prefix_ci(const char *s, const char *prefix)
     return strncasecmp(s, prefix, strlen(prefix)) == 0;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static bool is_lower_hex(const char *s, size_t n)
 {
     size_t i = 0;
@@ -286,7 +275,7 @@ static eb_status parse_file_url(const char *rest, eb_store_location *out)
             goto cleanup;
         }
         if (c == '%') {
-            int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
+            int hi = eb_hex_digit(p[1]), lo = hi < 0 ? -1 : eb_hex_digit(p[2]);
             if (hi < 0 || lo < 0) {
                 st = eb_error(EB_ERR_INVALID, "store: bad %%-escape in file URL");
                 goto cleanup;
@@ -579,8 +568,8 @@ static bool xml_decode(const char *s, size_t n, eb_buf *out)
             if (k >= nl)
                 return false;
             for (; k < nl; k++) {
-                int v =
-                    hex ? hexval(name[k]) : (name[k] >= '0' && name[k] <= '9' ? name[k] - '0' : -1);
+                int v = hex ? eb_hex_digit(name[k])
+                            : (name[k] >= '0' && name[k] <= '9' ? name[k] - '0' : -1);
                 if (v < 0 || cp > 0x10ffff)
                     return false;
                 cp = cp * (hex ? 16 : 10) + (unsigned long)v;
@@ -1961,7 +1950,7 @@ static bool multipart_etag(const eb_store_part *parts, size_t n, char *out, size
             break;
         }
         for (int k = 0; k < 16; k++) {
-            int hi = hexval(e[2 * k]), lo = hexval(e[2 * k + 1]);
+            int hi = eb_hex_digit(e[2 * k]), lo = eb_hex_digit(e[2 * k + 1]);
             if (hi < 0 || lo < 0) {
                 ok = false;
                 break;

@@ -16,9 +16,8 @@
  * allocator; JSON strings point into the cJSON tree) that is freed in one call once mapped.
  * The arena refuses to grow beyond OTLP_ARENA_FACTOR times the body (at most OTLP_ARENA_MAX)
  * plus 1 MiB, which bounds what a small body full of empty messages, or any one request, can
- * cost (EB_ERR_TOO_LARGE); a protobuf body whose
- * messages alone (their structs, counted by the wire check) would pass that is refused before
- * anything is allocated.
+ * cost (EB_ERR_TOO_LARGE); a protobuf body whose message structs alone (counted by the wire
+ * check) would pass that is refused before anything is allocated.
  * Threading: no shared state; any thread may decode. */
 #include "otlp.h"
 
@@ -644,17 +643,6 @@ static eb_status jtime(json_ctx *c, const cJSON *obj, const char *camel, const c
     return EB_OK;
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* A hex id of want bytes. Absent or "": empty. Wrong length or non-hex: a 1-byte id, which
  * no check accepts, so that the span alone is rejected. Not a string: EB_ERR_INVALID. */
 static eb_status jhex_id(json_ctx *c, const cJSON *obj, const char *camel, const char *snake,
@@ -683,7 +671,7 @@ static eb_status jhex_id(json_ctx *c, const cJSON *obj, const char *camel, const
         goto bad;
     JALLOC(c, bytes, want);
     for (size_t i = 0; i < want; i++) {
-        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        int hi = eb_hex_digit(s[2 * i]), lo = eb_hex_digit(s[2 * i + 1]);
 
         if (hi < 0 || lo < 0)
             goto bad;

@@ -345,8 +345,7 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
                                        eb_status *st)
 {
     ingest_publisher *p = eb_calloc(1, sizeof(*p));
-    natsInbox *inbox = NULL;
-    char subject[80];
+    char subject[80], id[37];
     natsStatus s;
 
     p->base = base;
@@ -354,17 +353,12 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
     p->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
     atomic_init(&p->next_seq, 1);
     p->wake = event_new(base, -1, 0, on_wake, p);
-    s = natsInbox_Create(&inbox);
-    if (s == NATS_OK) {
-        /* "_INBOX.<nuid>" made "<EB_BUS_INBOX_PREFIX>.acks.<nuid>": none of a publisher's reply
-         * subjects can name it (eb_bus_reply_allowed_outside) */
-        const char *nuid = strrchr((const char *)inbox, '.');
-        snprintf(p->inbox, sizeof(p->inbox), EB_BUS_INBOX_PREFIX ".acks.%s",
-                 nuid ? nuid + 1 : (const char *)inbox);
-        snprintf(subject, sizeof(subject), "%s.*", p->inbox);
-        natsInbox_Destroy(inbox);
-        s = natsConnection_SubscribeSync(&p->acks, eb_bus_conn(bus), subject);
-    }
+    /* under evalbus's inbox prefix: none of a publisher's reply subjects can name it
+     * (eb_bus_reply_allowed_outside) */
+    eb_uuid_v4(id);
+    snprintf(p->inbox, sizeof(p->inbox), EB_BUS_INBOX_PREFIX ".acks.%s", id);
+    snprintf(subject, sizeof(subject), "%s.*", p->inbox);
+    s = natsConnection_SubscribeSync(&p->acks, eb_bus_conn(bus), subject);
     if (s == NATS_OK) /* bounded by the records in flight */
         s = natsSubscription_SetPendingLimits(p->acks, -1, -1);
     if (s != NATS_OK) {

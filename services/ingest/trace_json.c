@@ -574,31 +574,6 @@ static eb_status metadata_field(walk_ctx *c, const cJSON *v, char **out)
     return st;
 }
 
-/* Whether the JSON number text t (as kept for a number a double cannot hold exactly) is a
- * whole number: every digit after the decimal point, once the exponent has moved it, is 0
- * (120.00000000000000000 is, 1.0000000000000001 and 4503599627370496.5 are not). */
-static bool exact_text_whole(const char *t)
-{
-    const char *digits_end = t + strcspn(t, "eE"),
-               *point = memchr(t, '.', (size_t)(digits_end - t));
-    long exp = *digits_end ? strtol(digits_end + 1, NULL, 10) : 0;
-    long pos = 0, whole; /* digits before the point, after the exponent moved it */
-
-    if (!point)
-        point = digits_end;
-    for (const char *q = t; q < point; q++)
-        pos += *q >= '0' && *q <= '9';
-    whole = pos + exp;
-    pos = 0;
-    for (const char *q = t; q < digits_end; q++) {
-        if (*q < '0' || *q > '9')
-            continue;
-        if (pos++ >= whole && *q != '0')
-            return false;
-    }
-    return true;
-}
-
 static eb_status count_field(walk_ctx *c, const cJSON *v, const char *key, protobuf_c_boolean *has,
                              int64_t *out)
 {
@@ -613,7 +588,7 @@ static eb_status count_field(walk_ctx *c, const cJSON *v, const char *key, proto
     /* a fraction a double cannot hold (4503599627370496.5, 1.0000000000000001) reads as an
      * integer: the text kept for such a number tells */
     if (!isfinite(d) || d < 0 || d != floor(d) ||
-        (v->valuestring && !exact_text_whole(v->valuestring))) {
+        (v->valuestring && !eb_json_number_whole(v->valuestring))) {
         st = fail(c, EB_ERR_INVALID, "must be a non-negative integer");
     } else if (d >= MAX_SAFE_INT) {
         /* 2^53 + 1 reads as 2^53: from 2^53 on, the number sent may not be the one parsed */

@@ -129,17 +129,6 @@ static char *slurp(const char *dir, const char *name)
     return eb_buf_steal(&b);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* Percent-decodes s[0..n) into a new string. */
 static char *pct_decode(const char *s, size_t n)
 {
@@ -147,8 +136,9 @@ static char *pct_decode(const char *s, size_t n)
 
     eb_buf_reserve(&b, n);
     for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            eb_buf_putc(&b, (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2])));
+        if (s[i] == '%' && i + 2 < n && eb_hex_digit(s[i + 1]) >= 0 &&
+            eb_hex_digit(s[i + 2]) >= 0) {
+            eb_buf_putc(&b, (char)(eb_hex_digit(s[i + 1]) * 16 + eb_hex_digit(s[i + 2])));
             i += 2;
         } else {
             eb_buf_putc(&b, s[i]);

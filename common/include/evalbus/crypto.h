@@ -24,6 +24,8 @@ bool eb_ct_equal(const void *a, const void *b, size_t n);
 void eb_cleanse(void *p, size_t n);
 /* Lowercase hex of n bytes; out must hold 2n+1. */
 void eb_hex_encode(const void *in, size_t n, char *out);
+/* The value of hex digit c (either case), or -1 when it is none. */
+int eb_hex_digit(char c);
 /* Base64url without padding (RFC 4648 section 5). eb_base64url_encode appends to out.
  * eb_base64url_decode appends the decoded bytes and returns false on any invalid character or
  * impossible length (padding '=' is refused). */

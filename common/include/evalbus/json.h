@@ -59,6 +59,10 @@ cJSON *eb_json_parse_text(const char *text, size_t n);
  * malformed JSON, invalid UTF-8, a number outside the limits above or a top level that is not an
  * object. Numbers keep their exact text as eb_json_keep_exact gives it. *out is freed with
  * cJSON_Delete. */
+/* Whether the JSON number text t (as eb_json_keep_exact keeps it for a number a double cannot
+ * hold) is a whole number: no significant digit after the decimal point once the exponent has
+ * moved it (120.00000000000000000 is; 1.0000000000000001 and 4503599627370496.5 are not). */
+bool eb_json_number_whole(const char *t);
 eb_status eb_json_parse_object(const char *data, size_t n, cJSON **out);
 
 /* Reads field name of obj as a string. Missing: EB_ERR_INVALID if required, else *out = NULL
