@@ -1058,12 +1058,23 @@ static bool observation_ids_distinct(const Evalbus__V1__Trace *t)
 static eb_status copy_new(PGconn *c, rec *recs, size_t n)
 {
     eb_status st = EB_OK;
+    bool any = false;
 
     for (size_t i = 0; i < n; i++) {
         recs[i].direct = !recs[i].skip && !recs[i].existed &&
                          !(recs[i].r->source && strcmp(recs[i].r->source, "otlp") == 0) &&
                          observation_ids_distinct(recs[i].r->trace);
+        any |= recs[i].direct;
     }
+    /* the parents first, as every query and a retention pass's drop take them: a COPY into a
+     * partition locks the partition and then its parent, and a drop of that day that took the
+     * parents between the two waited for the partition while the COPY waited for the parents
+     * (a deadlock, one side rolled back). A weak lock, compatible with every writer and reader. */
+    if (any)
+        st = eb_db_exec(c,
+                        "LOCK TABLE ONLY ingest.traces, ONLY ingest.observations IN ROW EXCLUSIVE"
+                        " MODE",
+                        0, NULL, NULL);
     for (size_t i = 0; i < n && st == EB_OK; i++) {
         long long day;
         eb_buf *traces = &rows_traces, *obs = &rows_obs;
@@ -1605,7 +1616,9 @@ cleanup:
         sleep(1); /* back off while PostgreSQL is away */
 }
 
-/* Whether the writer consumer is known to be gone (not a lookup that failed otherwise). */
+/* Whether the writer consumer, or its stream, is known to be gone (not a lookup that failed
+ * otherwise). A fetch from a deleted stream times out like an idle one, so this lookup is what
+ * finds either. */
 static bool consumer_missing(eb_bus *bus)
 {
     jsConsumerInfo *ci = NULL;
@@ -1614,7 +1627,7 @@ static bool consumer_missing(eb_bus *bus)
         js_GetConsumerInfo(&ci, eb_bus_js(bus), INGEST_STREAM, INGEST_WRITER_DURABLE, NULL, &jerr);
 
     jsConsumerInfo_Destroy(ci);
-    return s == NATS_NOT_FOUND;
+    return s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr || jerr == JSConsumerNotFoundErr;
 }
 
 static void *writer_main(void *arg)
@@ -1677,8 +1690,8 @@ static void *writer_main(void *arg)
              * then while idle */
             failures = 0;
             if (++idle % WRITER_IDLE_CHECK == 0 && consumer_missing(t->bus)) {
-                eb_log_warn(NULL, "writer %d: consumer %s/%s is gone; making it again", t->index,
-                            INGEST_STREAM, INGEST_WRITER_DURABLE);
+                eb_log_warn(NULL, "writer %d: stream or consumer %s/%s is gone; making it again",
+                            t->index, INGEST_STREAM, INGEST_WRITER_DURABLE);
                 remake = true;
             }
         } else if (++failures >= WRITER_REBIND_AFTER) {

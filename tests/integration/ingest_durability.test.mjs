@@ -980,7 +980,8 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     });
     // the batch failed on the taken id before writing a row; in the retry, the good record waits
     const waiting = await pollUntil(async () => (await stack.psql(
-      "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COPY ingest.traces%'"))[0][0] === '1',
+      "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name NOT LIKE 'test-%'" +
+      " AND pid <> pg_backend_pid()"))[0][0] === '1',
     { timeoutMs: 10_000, intervalMs: 100 });
     assert.ok(waiting.value, 'the one-by-one retry of the good record waits for the lock');
     const refused = await pollUntil(() => deadReasons.some((x) => x.includes(`trace ${theirs} is stored in project 'theirs-${sfx}'`)),
@@ -1198,5 +1199,25 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     await writersCaughtUp(jsm); // the new consumer delivers the whole stream again
     d = await stack.api('GET', `/api/v1/traces/${deleted}`, { base: stack.url, key: A.key });
     assert.equal(d.status, 404, `the trace deleted before is not brought back by the replay: ${d.text.slice(0, 200)}`);
+  }));
+
+  it('the INGEST stream deleted by hand is made again by the running writers, and intake resumes', T, stack.wrap(async () => {
+    const jsm = await (await stack.nats()).jetstreamManager();
+    const config = (await jsm.streams.info('INGEST')).config;
+    await jsm.streams.delete('INGEST');
+    // meanwhile a record has no stream to take it: refused (503), never acknowledged
+    const id = `after-stream-${crypto.randomBytes(3).toString('hex')}`;
+    let last;
+    const taken = await pollUntil(async () => {
+      last = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [{ id, project: 'rebind', name: 'n' }] } });
+      assert.ok(last.status === 202 || last.status === 503, `202 or 503: ${last.status} ${last.text}`);
+      return last.status === 202;
+    }, { timeoutMs: 30_000, intervalMs: 500 });
+    assert.ok(taken.value, `a trace is taken again once the writers made the stream again: ${last.status} ${last.text}`);
+    assert.ok(await traceStored(id), 'the trace sent after the stream was made again is stored');
+    const info = await jsm.streams.info('INGEST');
+    assert.deepEqual(info.config.subjects, config.subjects, 'the stream takes the same subjects');
+    assert.equal(info.config.max_bytes, config.max_bytes);
+    assert.equal((await jsm.consumers.info('INGEST', 'ingest-writer')).config.ack_policy, 'explicit', 'with its writer consumer');
   }));
 });

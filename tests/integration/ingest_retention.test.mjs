@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertError, pollUntil, sleep, uniqueSlug } from './harness.mjs';
+import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertError, pidAlive, pollUntil, sleep, uniqueSlug } from './harness.mjs';
 
 const stack = new Stack('retention');
 const api = (method, p, opts = {}) => stack.api(method, p, { base: stack.url, ...opts });
@@ -370,4 +370,59 @@ describe('retention per project', () => {
       await replica4.exited;
     }
   }), { timeout: 60_000 });
+
+  it('a day dropped while the writer copies a new trace into it: no deadlock', stack.wrap(async () => {
+    // The writer COPYs a new trace straight into its day's partition, and PostgreSQL takes the
+    // partition's lock before the parent table's. A drop of that day takes the parents first,
+    // then the partition: a drop that got the parents between the writer's two locks waited for
+    // the partition the writer held, while the writer waited for the parents. `reader` holds
+    // the traces table until the writer, sent its trace once the pass waits for the parents
+    // (behind the reader), waits for a table too.
+    await noPasses();
+    const old = trace('wdl-warm', 'wdl', 399);
+    const D1 = old.start_time.slice(0, 10).replaceAll('-', '');
+    const notTest = "a.application_name NOT LIKE 'test-%' AND a.pid <> pg_backend_pid()";
+    const exists = async (cond) => (await stack.psql(`SELECT EXISTS (${cond})`))[0][0] === 't';
+    const writerWaits = 'SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted AND' +
+      ` l.locktype = 'relation' AND ${notTest} AND a.query NOT LIKE '%DROP TABLE%'`;
+    const passWaits = 'SELECT 1 FROM pg_stat_activity a WHERE a.wait_event_type = \'Lock\'' +
+      ` AND ${notTest} AND a.query LIKE '%DROP TABLE ingest.traces_p${D1}%'`;
+    // the stack's ingest stops: the replica below is the only writer, with one thread
+    const pid = stack.readPid('ingest');
+    process.kill(pid, 'SIGTERM');
+    assert.ok((await pollUntil(() => !pidAlive(pid), { timeoutMs: 20_000 })).value, 'the stack\'s ingest stopped');
+    let replica5;
+    try {
+      const reader = stack.psql(`BEGIN; SELECT count(*) FROM ONLY ingest.traces;
+        DO $$ BEGIN FOR i IN 1..300 LOOP EXIT WHEN EXISTS (${writerWaits});
+          PERFORM pg_sleep(0.05); PERFORM pg_stat_clear_snapshot(); END LOOP; END $$; COMMIT`,
+      { appName: 'test-wdl-reader', timeoutMs: 40_000 });
+      reader.catch(() => {});
+      replica5 = await stack.spawnService('ingest', { EVALBUS_RETENTION_INTERVAL: '1s', EVALBUS_WRITER_THREADS: '1' });
+      const rapi = (method, p, opts = {}) => stack.api(method, p, { base: replica5.url, key: owner.key, ...opts });
+      // a trace of the old day first: the replica's writer makes (and so knows) its partitions,
+      // before the replica's first pass, 5 s after its start
+      let r = await rapi('POST', '/api/v1/traces', { body: { traces: [old] } });
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      assert.ok((await pollUntil(async () => (await rapi('GET', '/api/v1/traces/wdl-warm')).status === 200,
+        { timeoutMs: 4000, intervalMs: 50 })).value, 'the old trace is stored before the first pass');
+      assert.ok((await pollUntil(() => exists(passWaits), { timeoutMs: 10_000, intervalMs: 50 })).value,
+        `the pass waits to drop ${D1}`);
+      r = await rapi('POST', '/api/v1/traces', { body: { traces: [{ ...old, id: 'wdl-new' }] } });
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      await reader;
+      const state = async () => (await stack.psql(`SELECT to_regclass('ingest.traces_p${D1}') IS NULL,` +
+        " (SELECT count(*) FROM ingest.trace_keys WHERE id IN ('wdl-warm', 'wdl-new'))"))[0].join();
+      const gone = await pollUntil(async () => await state() === 't,0', { timeoutMs: 15_000, intervalMs: 250 });
+      assert.ok(gone.value, `${D1} is dropped with both traces and their keys: ${await state()}`);
+      assert.doesNotMatch(fs.readFileSync(replica5.logFile, 'utf8'), /deadlock/, 'neither the writer nor the pass was a deadlock victim');
+    } finally {
+      if (replica5) {
+        replica5.proc.kill('SIGTERM');
+        await replica5.exited;
+      }
+      const up = await stack.stackCmd('up', 90_000);
+      assert.equal(up.code, 0, `scripts/stack up started ingest again: ${up.stdout}${up.stderr}`);
+    }
+  }), { timeout: 90_000 });
 });
