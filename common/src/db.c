@@ -5,9 +5,11 @@
  * each move the count by one, so no failure path can lose a place in the pool.
  * Threading: any thread may get/put; a PGconn is used by one thread at a time. */
 #include "evalbus/db.h"
+#include "evalbus/clock.h"
 #include "evalbus/log.h"
 #include "evalbus/mem.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,21 @@ struct eb_db {
     int nidle;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    /* the readiness check (eb_db_ping), kept by a thread of its own once asked for: guarded by
+     * hmu, the thread woken early (to stop) by hcv */
+    pthread_mutex_t hmu;
+    pthread_cond_t hcv;
+    pthread_t htid;
+    bool hstarted, hstop, hdone; /* hdone: a check has finished */
+    bool hok;
+    char hdetail[256];
+    long long hbegan_ms; /* when the check under way began; 0: none */
 };
+
+/* How often the readiness check asks PostgreSQL, and how long a question may go unanswered
+ * before PostgreSQL counts as not answering (and the connection asked is given up). */
+#define DB_CHECK_EVERY_MS 1000
+#define DB_CHECK_LIMIT_MS 2000
 
 eb_db *eb_db_open(const char *url, int size, const char *app_name, long long idle_tx_timeout_ms)
 {
@@ -38,6 +54,8 @@ eb_db *eb_db_open(const char *url, int size, const char *app_name, long long idl
     db->idle = eb_calloc((size_t)db->size, sizeof(PGconn *));
     pthread_mutex_init(&db->mu, NULL);
     pthread_cond_init(&db->cv, NULL);
+    pthread_mutex_init(&db->hmu, NULL);
+    eb_cond_init_monotonic(&db->hcv);
     return db;
 }
 
@@ -45,6 +63,14 @@ void eb_db_close(eb_db *db)
 {
     if (!db)
         return;
+    pthread_mutex_lock(&db->hmu);
+    db->hstop = true;
+    pthread_cond_broadcast(&db->hcv);
+    pthread_mutex_unlock(&db->hmu);
+    if (db->hstarted)
+        pthread_join(db->htid, NULL);
+    pthread_mutex_destroy(&db->hmu);
+    pthread_cond_destroy(&db->hcv);
     for (int i = 0; i < db->nidle; i++)
         PQfinish(db->idle[i]);
     pthread_mutex_destroy(&db->mu);
@@ -180,24 +206,109 @@ void eb_db_discard(eb_db *db, PGconn *conn)
     release(db, NULL);
 }
 
+/* One readiness question: SELECT 1 on a connection of the pool (never waiting for one: a pool
+ * all in use was good when each was taken), answered within DB_CHECK_LIMIT_MS or the
+ * connection is given up. */
+static bool check_once(eb_db *db, char *detail, size_t len)
+{
+    bool busy = false, ok = false;
+    PGconn *c = take(db, false, &busy);
+    long long deadline = eb_monotonic_ms() + DB_CHECK_LIMIT_MS;
+
+    detail[0] = '\0';
+    if (!c) {
+        snprintf(detail, len, "%s",
+                 busy ? "every connection of the pool is in use" : eb_error_message());
+        return busy;
+    }
+    if (!PQsendQuery(c, "SELECT 1")) {
+        snprintf(detail, len, "%.*s", (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+        eb_db_discard(db, c);
+        return false;
+    }
+    while (PQisBusy(c)) {
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+        long long left = deadline - eb_monotonic_ms();
+
+        if (left <= 0) {
+            snprintf(detail, len, "PostgreSQL did not answer within %d ms", DB_CHECK_LIMIT_MS);
+            eb_db_discard(db, c); /* a question left unanswered: not for the next user */
+            return false;
+        }
+        if (poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c))
+            break; /* the connection failed: PQgetResult says how */
+    }
+    ok = true;
+    for (PGresult *r; (r = PQgetResult(c)) != NULL; PQclear(r)) {
+        if (ok && PQresultStatus(r) != PGRES_TUPLES_OK) {
+            ok = false;
+            snprintf(detail, len, "%.*s", (int)strcspn(PQresultErrorMessage(r), "\n"),
+                     PQresultErrorMessage(r));
+        }
+    }
+    if (PQstatus(c) != CONNECTION_OK && ok) {
+        ok = false;
+        snprintf(detail, len, "%.*s", (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+    }
+    eb_db_put(db, c);
+    return ok;
+}
+
+static void *check_main(void *arg)
+{
+    eb_db *db = arg;
+
+    pthread_mutex_lock(&db->hmu);
+    while (!db->hstop) {
+        char detail[sizeof(db->hdetail)];
+        bool ok;
+
+        db->hbegan_ms = eb_monotonic_ms();
+        pthread_mutex_unlock(&db->hmu);
+        ok = check_once(db, detail, sizeof(detail));
+        pthread_mutex_lock(&db->hmu);
+        db->hbegan_ms = 0;
+        db->hok = ok;
+        db->hdone = true;
+        snprintf(db->hdetail, sizeof(db->hdetail), "%s", detail);
+        pthread_cond_broadcast(&db->hcv);
+        if (!db->hstop) {
+            struct timespec at = eb_monotonic_after_ms(DB_CHECK_EVERY_MS);
+            pthread_cond_timedwait(&db->hcv, &db->hmu, &at);
+        }
+    }
+    pthread_mutex_unlock(&db->hmu);
+    return NULL;
+}
+
 bool eb_db_ping(eb_db *db, char *detail, size_t detail_len)
 {
-    /* never waits for a connection: readiness probes run on the loop thread, which must not
-     * stop while queries hold the pool (a pool all in use was good when each was taken) */
-    bool ok = false, busy = false;
-    PGconn *c = take(db, false, &busy);
+    char buf[sizeof(db->hdetail)];
+    bool ok;
 
-    if (c) {
-        ok = eb_db_exec(c, "SELECT 1", 0, NULL, NULL) == EB_OK;
-        eb_db_put(db, c);
-    } else {
-        ok = busy;
+    pthread_mutex_lock(&db->hmu);
+    if (!db->hstarted && !db->hstop) {
+        /* the first call starts the checks and waits a little for the first answer */
+        struct timespec at = eb_monotonic_after_ms(500);
+        db->hstarted = pthread_create(&db->htid, NULL, check_main, db) == 0;
+        while (db->hstarted && !db->hdone && pthread_cond_timedwait(&db->hcv, &db->hmu, &at) == 0) {
+        }
     }
+    if (db->hbegan_ms && eb_monotonic_ms() - db->hbegan_ms >= DB_CHECK_LIMIT_MS) {
+        ok = false;
+        snprintf(buf, sizeof(buf), "PostgreSQL has not answered for %lld ms",
+                 eb_monotonic_ms() - db->hbegan_ms);
+    } else if (!db->hdone) {
+        ok = false;
+        snprintf(buf, sizeof(buf), "%s",
+                 db->hstarted ? "PostgreSQL has not answered yet" : "cannot start the check");
+    } else {
+        ok = db->hok;
+        snprintf(buf, sizeof(buf), "%s", db->hdetail);
+    }
+    pthread_mutex_unlock(&db->hmu);
     if (detail && detail_len)
-        snprintf(detail, detail_len, "%s",
-                 busy ? "every connection of the pool is in use"
-                 : ok ? ""
-                      : eb_error_message());
+        snprintf(detail, detail_len, "%s", buf);
     return ok;
 }
 

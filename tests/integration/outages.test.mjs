@@ -4,6 +4,7 @@
 // auth reports "not_ready" (503) and answers what needs it with 503 unavailable, then recovers.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -173,5 +174,56 @@ describe('dependency outages', () => {
       const res = await stack.stackCmd('up', 120_000);
       assert.equal(res.code, 0, `scripts/stack up (again) exited ${res.code}: ${res.stdout}${res.stderr}`);
     }
+  }));
+
+  it('with PostgreSQL taking connections but not answering, /readyz answers at once and says so; /healthz, /metrics and intake go on', T, stack.wrap(async () => {
+    // a hung server (here: its processes stopped), or one cut off without a reset: readiness
+    // is checked on a thread of its own, never on the loop that answers every request
+    const ingest = stack.env.EVALBUS_INGEST_URL;
+    const services = [['ingest', ingest, 200, 'degraded'], ['auth', stack.env.EVALBUS_AUTH_URL, 503, 'not_ready']];
+    const NO_ANSWER = 'no answer within 3 s';
+    const get = async (url, opts = {}) => {
+      try {
+        const r = await fetch(url, { ...opts, signal: AbortSignal.timeout(3000) });
+        return { status: r.status, text: await r.text() };
+      } catch {
+        return { status: NO_ANSWER };
+      }
+    };
+    const post = (id) => get(`${ingest}/api/v1/traces`, { method: 'POST', body: JSON.stringify({ traces: [{ id, project: 'hung' }] }),
+      headers: { authorization: `Bearer ${owner.key}`, 'content-type': 'application/json' } });
+    const sfx = uniqueSlug('h');
+    assert.equal((await post(`warm-${sfx}`)).status, 202, 'the key is checked (and cached) while PostgreSQL answers');
+    for (const [name, base] of services) assert.equal((await get(`${base}/readyz`)).status, 200, `${name} is ready`);
+    const pg = stack.readPid('postgres');
+    const children = execFileSync('pgrep', ['-P', String(pg)]).toString().trim().split('\n').map(Number);
+    const pids = [pg, ...children];
+    for (const p of pids) process.kill(p, 'SIGSTOP');
+    try {
+      for (const [name, base, status, word] of services) {
+        const seen = await pollUntil(async () => {
+          const r = await get(`${base}/readyz`);
+          assert.notEqual(r.status, NO_ANSWER, `${name} /readyz answers while PostgreSQL does not`);
+          const body = JSON.parse(r.text);
+          return body.checks.postgres.ok === false ? { status: r.status, body } : null;
+        }, { timeoutMs: 8000, intervalMs: 200 });
+        assert.ok(seen.value, `${name} /readyz reports the postgres check failing`);
+        assert.equal(seen.value.status, status, `${name} /readyz status`);
+        assert.equal(seen.value.body.status, word);
+        assert.match(seen.value.body.checks.postgres.detail, /not answer/);
+        assert.equal((await get(`${base}/healthz`)).status, 200, `${name} /healthz answers`);
+        assert.equal((await get(`${base}/metrics`)).status, 200, `${name} /metrics answers`);
+      }
+      assert.equal((await post(`during-${sfx}`)).status, 202, 'intake goes on (the stream buffers) after the probes');
+    } finally {
+      for (const p of pids) process.kill(p, 'SIGCONT');
+    }
+    for (const [name, base] of services) {
+      const back = await pollUntil(async () => (await get(`${base}/readyz`)).status === 200, { timeoutMs: 10_000, intervalMs: 200 });
+      assert.ok(back.value, `${name} is ready again once PostgreSQL answers`);
+    }
+    const stored = await pollUntil(async () => (await stack.api('GET', `/api/v1/traces/during-${sfx}`, { base: stack.url, key: owner.key })).status === 200,
+      { timeoutMs: 10_000, intervalMs: 200 });
+    assert.ok(stored.value, 'the trace taken meanwhile is stored');
   }));
 });
