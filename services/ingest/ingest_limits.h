@@ -1,4 +1,5 @@
-/* ingest_limits.h -- the size limits ingest applies to what it accepts (all are settings). */
+/* ingest_limits.h -- the size limits ingest applies to what it accepts (settings, but for
+ * max_id_bytes and max_tags, which are fixed). */
 #ifndef EVALBUS_INGEST_INGEST_LIMITS_H
 #define EVALBUS_INGEST_INGEST_LIMITS_H
 
