@@ -1,15 +1,18 @@
-/* stream_watch.c -- keeps accepted records from being pushed out of INGEST before they are
- * stored.
+/* stream_watch.c -- keeps INGEST from filling up with records not yet stored, and makes room in
+ * it by purging the stored ones.
  *
- * INGEST keeps records by limits (7 days, stream-max-bytes), discarding the oldest when full,
- * so that written records stay for replay without anyone deleting them. The price: while the
- * writer cannot store (PostgreSQL down, writers stopped), accepted records pile up, and once
- * the stream is full the oldest of them would be discarded unwritten. This thread prevents
- * that: once a second it reads the stream's size and the writer consumer's backlog (records
- * not yet delivered plus delivered but not acknowledged) and estimates the bytes of records not
- * yet stored (backlog x the stream's mean record size). Above stream-high-water percent of
- * stream-max-bytes the publisher refuses new records (callers get 503 / "unavailable" and
- * retry, as OpenTelemetry exporters do), until the backlog is 10 points below the mark again.
+ * INGEST keeps records by limits (7 days, stream-max-bytes) and refuses new records when full
+ * (discard new): a full stream never pushes out an old record, which could be one acknowledged
+ * but not yet stored. Stored records stay for replay until room is needed. This thread, once a
+ * second, reads the stream's size and the writer consumer's acknowledgement floor and backlog
+ * (records not yet delivered plus delivered but not acknowledged). From stream-high-water - 10
+ * percent of stream-max-bytes on, it purges the records at or below the floor (stored, or
+ * dropped for good): what is left is then records not yet stored, and their bytes are the
+ * stream's own. Above stream-high-water percent the publisher refuses new records (callers get
+ * 503 / "unavailable" and retry, as OpenTelemetry exporters do), until the backlog is 10 points
+ * below the mark again; should the stream fill before a check, JetStream's own refusal is a
+ * 503 too. Below the purge mark the backlog's bytes are only estimated (backlog x the stream's
+ * mean record size), for the metric.
  * What was acknowledged stays until it is written; what is refused was never acknowledged.
  *
  * The check runs on its own thread with its own NATS connection (the JetStream management
@@ -43,8 +46,35 @@ struct ingest_watch {
     sem_t started;       /* posted once the first connection attempt has ended */
 };
 
-/* Bytes of records in the stream that the writer has not stored yet; false if unknown. */
-static bool unwritten_bytes(eb_bus *bus, double *bytes, int64_t *max_bytes)
+/* Purges the records at or below the writer consumer's acknowledgement floor (every one of
+ * them stored, or dropped for good) from INGEST, to make room: the stream refuses new records
+ * when full rather than push out old ones. */
+static void purge_stored(eb_bus *bus, uint64_t floor)
+{
+    jsOptions o;
+    jsErrCode jerr = 0;
+    natsStatus s;
+
+    jsOptions_Init(&o);
+    o.Stream.Purge.Sequence = floor + 1; /* up to, not including */
+    s = js_PurgeStream(eb_bus_js(bus), INGEST_STREAM, &o, &jerr);
+    if (s == NATS_OK) {
+        eb_metrics_add("evalbus_ingest_stream_purges_total", NULL, 1);
+        eb_log_info(NULL, "INGEST: the records stored (up to position %llu) purged to make room",
+                    (unsigned long long)floor);
+    } else {
+        eb_log_warn(NULL, "INGEST: purging the records stored failed: %s (%d)",
+                    natsStatus_GetText(s), (int)jerr);
+    }
+}
+
+/* Bytes of records in the stream that the writer has not stored yet; false if unknown. Once
+ * the stream holds purge_share percent of its size or more, the stored records go first
+ * (purge_stored): every record left is then above the floor, and their bytes are the stream's
+ * own (at most a few acknowledged out of order counted too). Below that mark the figure is an
+ * estimate (the backlog at the stream's mean record size), which only the metric shows: the
+ * high water is above the mark. */
+static bool unwritten_bytes(eb_bus *bus, double purge_share, double *bytes, int64_t *max_bytes)
 {
     jsStreamInfo *si = NULL;
     jsConsumerInfo *ci = NULL;
@@ -54,15 +84,27 @@ static bool unwritten_bytes(eb_bus *bus, double *bytes, int64_t *max_bytes)
     if (js_GetStreamInfo(&si, eb_bus_js(bus), INGEST_STREAM, NULL, &jerr) == NATS_OK &&
         js_GetConsumerInfo(&ci, eb_bus_js(bus), INGEST_STREAM, INGEST_WRITER_DURABLE, NULL,
                            &jerr) == NATS_OK) {
-        double backlog =
-            (double)ci->NumPending + (double)(ci->NumAckPending > 0 ? ci->NumAckPending : 0);
-        double msgs = (double)si->State.Msgs;
-        if (backlog > msgs)
-            backlog = msgs;
-        *bytes = msgs > 0 ? (double)si->State.Bytes * backlog / msgs : 0;
+        uint64_t floor = ci->AckFloor.Stream;
+        double backlog, msgs;
+
         *max_bytes = si->Config ? si->Config->MaxBytes : -1;
+        if (*max_bytes > 0 && floor >= si->State.FirstSeq && si->State.Msgs > 0 &&
+            100.0 * (double)si->State.Bytes >= purge_share * (double)*max_bytes) {
+            purge_stored(bus, floor);
+            jsStreamInfo_Destroy(si);
+            si = NULL;
+            if (js_GetStreamInfo(&si, eb_bus_js(bus), INGEST_STREAM, NULL, &jerr) != NATS_OK)
+                goto cleanup;
+        }
+        backlog = (double)ci->NumPending + (double)(ci->NumAckPending > 0 ? ci->NumAckPending : 0);
+        msgs = (double)si->State.Msgs;
+        if (si->State.FirstSeq > floor || backlog >= msgs)
+            *bytes = (double)si->State.Bytes; /* no stored record left in it */
+        else
+            *bytes = msgs > 0 ? (double)si->State.Bytes * backlog / msgs : 0;
         ok = true;
     }
+cleanup:
     jsStreamInfo_Destroy(si);
     jsConsumerInfo_Destroy(ci);
     return ok;
@@ -74,7 +116,9 @@ static void check(ingest_watch *w, eb_bus *bus)
     double bytes = 0, share;
     int64_t max_bytes = -1;
 
-    if (!unwritten_bytes(bus, &bytes, &max_bytes))
+    /* the stored records go 10 points below the high water (the bytes above the mark are
+     * then exact) */
+    if (!unwritten_bytes(bus, (double)(cfg->stream_high_water - 10), &bytes, &max_bytes))
         return;
     eb_metrics_set("evalbus_ingest_stream_unstored_bytes", NULL, bytes);
     if (max_bytes <= 0)
@@ -134,7 +178,10 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
     pthread_rwlock_init(&w->mu, NULL);
     sem_init(&w->started, 0, 0);
     eb_metrics_describe("evalbus_ingest_stream_unstored_bytes", "gauge",
-                        "bytes of records in INGEST not yet stored (estimated)");
+                        "bytes of records in INGEST not yet stored (estimated below the purge "
+                        "mark, stream-high-water - 10 percent)");
+    eb_metrics_describe("evalbus_ingest_stream_purges_total", "counter",
+                        "purges of the stored records from INGEST, to make room");
     eb_metrics_describe(
         "evalbus_ingest_stream_full", "gauge",
         "1 while new records are refused: unstored records above stream-high-water");

@@ -1,6 +1,7 @@
 /* streams.c -- the JetStream streams and the durable consumer ingest owns.
- * INGEST (file storage, limits retention, duplicate window from the settings) holds every
- * accepted record until the writer has stored it and for a while after (replay). EVENTS is
+ * INGEST (file storage, limits retention, discard new, duplicate window from the settings)
+ * holds every accepted record until the writer has stored it and for a while after (replay,
+ * until the stream watch purges stored records to make room). EVENTS is
  * shared with other services: ingest creates it when it is missing and otherwise leaves it
  * alone. The management calls are synchronous, so they run on a connection of their own
  * without the service's event loop (the loop is not running yet at start-up). */
@@ -31,7 +32,9 @@ static eb_status ensure_all(eb_bus *bus, const ingest_config *cfg)
     sc.MaxBytes = cfg->stream_max_bytes;
     sc.MaxAge = INGEST_RECORD_DAYS * 24LL * 3600 * 1000000000LL;
     sc.Duplicates = cfg->stream_dupe_window_ms * 1000000LL;
-    sc.Discard = js_DiscardOld;
+    /* full: refuse new records (the publisher answers 503), never push out old ones, which
+     * could be records not yet stored; the stream watch purges the stored ones to make room */
+    sc.Discard = js_DiscardNew;
     sc.Replicas = cfg->stream_replicas;
     st = eb_bus_ensure_stream(bus, &sc);
     if (st != EB_OK)

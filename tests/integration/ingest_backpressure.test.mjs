@@ -1,5 +1,6 @@
-// The INGEST stream keeps records by limits and discards its oldest when full; the ingest
-// service must never let that discard a record it acknowledged but has not stored yet. Here no
+// The INGEST stream keeps records by limits and refuses new ones when full; the ingest service
+// refuses new batches itself before that, once the records not yet stored pass the high water,
+// and never lets a record it acknowledged go unstored. Here no
 // writer runs at first (writer-threads 0, as when every writer or PostgreSQL is down), the
 // stream is small (1 MiB, high water 50 %), and traces arrive at a steady pace:
 //   - once records not yet stored pass the mark, new batches are refused with 503
