@@ -110,6 +110,7 @@ struct eb_http_req {
     char *param_names[MAX_PARAMS];
     char *param_vals[MAX_PARAMS];
     int nparams;
+    int bad_param; /* 1 + the index of a parameter that is not UTF-8 or holds a NUL; 0: none */
     char request_id[136];
     char remote[64];
     char *body;
@@ -773,7 +774,7 @@ void *eb_http_req_get_data(const eb_http_req *req)
 static bool match_route(eb_http_req *req, const char *pattern, const char *path)
 {
     const char *p = pattern, *s = path;
-    int n = 0;
+    int n = 0, bad = 0;
     char *names[MAX_PARAMS], *vals[MAX_PARAMS];
 
     while (*p && *s) {
@@ -791,13 +792,15 @@ static bool match_route(eb_http_req *req, const char *pattern, const char *path)
             raw = eb_strndup(s, vlen);
             vals[n] = evhttp_uridecode(raw, 0, &dlen);
             free(raw);
-            /* a %00 inside, or not UTF-8: no id or name of ours can be that */
-            if (vals[n] && (strlen(vals[n]) != dlen || !eb_utf8_valid(vals[n], dlen))) {
-                free(vals[n]);
-                vals[n] = NULL;
-            }
             if (!vals[n])
                 goto fail;
+            /* a %00 inside, or not UTF-8: no id or name of ours can be that; the route matches
+             * (so the caller is authenticated first) and run_handler refuses it */
+            if (strlen(vals[n]) != dlen || !eb_utf8_valid(vals[n], dlen)) {
+                vals[n][0] = '\0';
+                if (!bad)
+                    bad = n + 1;
+            }
             names[n] = eb_strndup(p + 1, (size_t)(pe - p - 1));
             n++;
             p = pe + 1;
@@ -816,6 +819,7 @@ static bool match_route(eb_http_req *req, const char *pattern, const char *path)
         req->param_vals[i] = vals[i];
     }
     req->nparams = n;
+    req->bad_param = bad;
     return true;
 fail:
     for (int i = 0; i < n; i++) {
@@ -920,6 +924,12 @@ void eb_http_req_offload(eb_http_req *req, eb_http_handler fn, void *arg)
 
 static void run_handler(eb_http_req *req)
 {
+    if (req->bad_param) {
+        eb_http_reply_error(req, EB_ERR_INVALID,
+                            "the path segment {%s} is not valid UTF-8 or holds a NUL (%%00)",
+                            req->param_names[req->bad_param - 1]);
+        return;
+    }
     if (!query_ok(req))
         return;
     if (req->route->blocking)
@@ -1214,6 +1224,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
             free(req->param_vals[k]);
         }
         req->nparams = 0;
+        req->bad_param = 0;
     }
     if (!req->route) {
         if (path_matched) {

@@ -184,6 +184,15 @@ int main(int argc, char **argv)
     eb_metrics_describe("evalbus_ingest_project_checks_total", "counter",
                         "Questions whether a project-restricted key's trace ids are another"
                         " project's, by result (checked, failed, skipped)");
+    eb_metrics_describe("evalbus_ingest_traces_accepted_total", "counter",
+                        "Traces acknowledged by the stream, by source (json, nats)");
+    eb_metrics_describe("evalbus_ingest_traces_rejected_total", "counter",
+                        "Traces not accepted (JSON) or refused by validation (NATS), by source");
+    eb_metrics_describe("evalbus_ingest_spans_accepted_total", "counter",
+                        "OTLP spans acknowledged by the stream");
+    eb_metrics_describe("evalbus_ingest_spans_rejected_total", "counter",
+                        "OTLP spans rejected (partial_success)");
+    eb_metrics_describe("evalbus_ingest_reviews_total", "counter", "Reviews written");
     if (st == EB_OK)
         st = ingest_deletions_start(&ctx);
     if (st == EB_OK)

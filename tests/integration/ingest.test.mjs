@@ -938,7 +938,11 @@ describe('ingest: JSON batch API and trace queries', () => {
       assertError(e, 'invalid_argument', `not UTF-8: ${q}`);
       assert.match(e.body.error.message, /malformed query string/, e.text);
     }
-    assertError(await api('GET', '/api/v1/traces/%FF%FE', A.key), 'not_found', 'an id that is not UTF-8');
+    const nu = await api('GET', '/api/v1/traces/%FF%FE', A.key);
+    assertError(nu, 'invalid_argument', 'an id that is not UTF-8');
+    assert.match(nu.body.error.message, /path segment \{id\} is not valid UTF-8/, nu.text);
+    assertError(await api('PUT', '/api/v1/projects/%FF/settings', A.key, { body: { retention_days: 30 } }), 'invalid_argument', 'a project name that is not UTF-8');
+    assertError(await api('PUT', '/api/v1/projects/%FF/settings', undefined, { body: { retention_days: 30 } }), 'unauthenticated', 'the caller is authenticated first');
     // a typo or a repeat must not widen the listing to everything
     let e = await api('GET', `/api/v1/traces?projct=${project}`, A.key);
     assertError(e, 'invalid_argument', 'an unknown parameter');
@@ -1124,17 +1128,21 @@ describe('ingest: JSON batch API and trace queries', () => {
     // connection would hold up the loop, and with it every request
     const replica = await stack.spawnService('ingest', { EVALBUS_DB_POOL: '2', EVALBUS_API_THREADS: '2', EVALBUS_WRITER_THREADS: '0' });
     const order = [];
-    const { released } = await stack.lockTable('ingest.traces', 3000);
+    const { released } = await stack.lockTable('ingest.traces', 5000);
     const locker = released.then(() => order.push('lock released'));
     const listings = [1, 2].map(() => stack.api('GET', '/api/v1/traces?limit=1', { base: replica.url, key: A.key }).then((r) => { order.push('listing'); return r; }));
     // both connections are waiting on the lock
     await pollUntil(async () => Number((await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM ingest.traces t WHERE%'"))[0][0]) >= 2,
       { timeoutMs: 5000, intervalMs: 50 });
-    const ready = await stack.api('GET', '/readyz', { base: replica.url });
+    // the check runs once a second on a thread of its own: its next answer sees the pool in use
+    const seen = await pollUntil(async () => {
+      const r = await stack.api('GET', '/readyz', { base: replica.url });
+      assertStatus(r, 200, 'readyz');
+      assert.equal(r.body.checks.postgres.ok, true, 'a pool all in use reads as reachable');
+      return /in use/.test(r.body.checks.postgres.detail ?? '');
+    }, { timeoutMs: 3000, intervalMs: 100 });
     order.push('readyz');
-    assertStatus(ready, 200, 'readyz');
-    assert.equal(ready.body.checks.postgres.ok, true, 'a pool all in use reads as reachable');
-    assert.match(ready.body.checks.postgres.detail, /in use/);
+    assert.ok(seen.value, 'readyz says every connection is in use');
     for (const r of await Promise.all(listings)) assertStatus(r, 200, 'the listings answer once the lock is gone');
     await locker;
     assert.equal(order[0], 'readyz', `readyz answered while the listings waited (order: ${order.join(', ')})`);
@@ -1186,6 +1194,18 @@ describe('ingest: JSON batch API and trace queries', () => {
     }
     for (const t of threads.filter((x) => x.tid === pid || /^(decode|api|guard)-/.test(x.name))) {
       assert.equal(t.nice, 0, `intake thread ${t.name} ${t.tid}: ${show}`);
+    }
+  });
+
+  it('every ingest metric family on /metrics carries # HELP and # TYPE', T, async () => {
+    const text = await (await fetch(`${stack.env.EVALBUS_INGEST_URL}/metrics`)).text();
+    const families = new Set(text.split('\n').filter((l) => l.startsWith('evalbus_ingest_')).map((l) => l.split(/[{ ]/)[0]));
+    for (const name of ['evalbus_ingest_traces_accepted_total', 'evalbus_ingest_traces_stored_total', 'evalbus_ingest_reviews_total']) {
+      assert.ok(families.has(name), `${name} is on /metrics after this file's traffic`);
+    }
+    for (const name of families) {
+      assert.match(text, new RegExp(`^# HELP ${name} \\S`, 'm'), `# HELP ${name}`);
+      assert.match(text, new RegExp(`^# TYPE ${name} (counter|gauge|histogram)$`, 'm'), `# TYPE ${name}`);
     }
   });
 });
