@@ -448,7 +448,14 @@ static const char tmp_sql[] =
  *     spans of fragments sent after it and stored first: drop_replaced_observations; the
  *     totals are taken again from them: recompute_sql);
  *   - a fragment merges only if it is later than the last replacement (one sent before it is
- *     part of what the replacement replaced), its spans likewise (upsert_observations). */
+ *     part of what the replacement replaced), its spans likewise (upsert_observations).
+ * The statements that read or change ingest.traces or ingest.observations beyond the rows
+ * they insert take $1, the distinct part_time values of the pass's records (pass_days), and
+ * name it on every scan of those tables (every row of the temporary tables has one of those
+ * values, so no row is left out): PostgreSQL then plans, locks and reads only those days'
+ * partitions, where it took every day's partitions and their indexes (after a backfill over
+ * a thousand days a resend took most of a minute). The two INSERTs that only read the
+ * temporary tables need none: a row is routed to its day's partition as it is inserted. */
 static const char upsert_traces[] =
     "INSERT INTO ingest.traces AS t (" TRACE_COLS ") SELECT " TRACE_COLS " FROM tmp_traces"
     " ON CONFLICT (team_id, part_time, id) DO UPDATE SET " TRACE_MERGE_SET
@@ -492,8 +499,9 @@ static const char upsert_observations[] =
     " x.attributes, x.metadata, x.stream_seq FROM tmp_observations x JOIN tmp_traces r ON"
     " r.team_id = x.team_id AND r.part_time = x.part_time AND r.id = x.trace_id JOIN"
     " ingest.traces t ON t.team_id = x.team_id AND t.part_time = x.part_time AND t.id ="
-    " x.trace_id WHERE CASE WHEN t.replaced_seq IS NULL THEN r.source = 'otlp' OR x.stream_seq >="
-    " t.stream_seq ELSE x.stream_seq >= t.replaced_seq END"
+    " x.trace_id AND t.part_time = ANY ($1::timestamptz[]) WHERE CASE WHEN t.replaced_seq"
+    " IS NULL THEN r.source = 'otlp' OR x.stream_seq >= t.stream_seq ELSE x.stream_seq >="
+    " t.replaced_seq END"
     " ORDER BY x.team_id, x.part_time, x.trace_id, x.id, x.stream_seq DESC"
     " ON CONFLICT (team_id, part_time, trace_id, id) DO UPDATE SET parent_id ="
     " excluded.parent_id, type = excluded.type, name = excluded.name, start_time ="
@@ -516,9 +524,10 @@ static const char insert_observations[] =
  * fragments sent after it (stored first); older ones go. */
 static const char drop_replaced_observations[] =
     "DELETE FROM ingest.observations o USING tmp_traces x, ingest.traces t WHERE x.source <>"
-    " 'otlp' AND t.team_id = x.team_id AND t.part_time = x.part_time AND t.id = x.id AND"
-    " t.replaced_seq = x.stream_seq AND o.team_id = x.team_id AND o.part_time = x.part_time AND"
-    " o.trace_id = x.id AND o.stream_seq < x.stream_seq";
+    " 'otlp' AND t.part_time = ANY ($1::timestamptz[]) AND o.part_time = ANY"
+    " ($1::timestamptz[]) AND t.team_id = x.team_id AND t.part_time = x.part_time AND"
+    " t.id = x.id AND t.replaced_seq = x.stream_seq AND o.team_id = x.team_id AND"
+    " o.part_time = x.part_time AND o.trace_id = x.id AND o.stream_seq < x.stream_seq";
 
 /* Totals of merged (OTLP) traces, from their observations (sums are numeric: they are capped
  * rather than let a bigint overflow fail the batch; a total no observation has keeps the trace's
@@ -587,20 +596,24 @@ static const char recompute_sql[] =
     " UNION ALL"
     " SELECT x.team_id, x.part_time, x.id, max(o.stream_seq) FROM tmp_traces x JOIN"
     "  ingest.traces t ON t.team_id = x.team_id AND t.part_time = x.part_time AND t.id = x.id"
-    "  AND t.replaced_seq = x.stream_seq JOIN ingest.observations o ON o.team_id = x.team_id"
-    "  AND o.part_time = x.part_time AND o.trace_id = x.id AND o.stream_seq > x.stream_seq"
+    "  AND t.replaced_seq = x.stream_seq AND t.part_time = ANY ($1::timestamptz[])"
+    "  JOIN ingest.observations o ON o.team_id = x.team_id AND o.part_time = x.part_time"
+    "  AND o.trace_id = x.id AND o.stream_seq > x.stream_seq"
+    "  AND o.part_time = ANY ($1::timestamptz[])"
     "  WHERE x.source <> 'otlp' GROUP BY 1, 2, 3),"
     " above(team_id, part_time, trace_id, id, tok, cost) AS ("
     " SELECT o.team_id, o.part_time, o.trace_id, o.parent_id, o.input_tokens IS NOT NULL OR"
     "  o.output_tokens IS NOT NULL, o.cost_usd IS NOT NULL"
     "  FROM ingest.observations o JOIN keys k ON o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
-    "  WHERE o.parent_id IS NOT NULL AND o.parent_id <> o.id AND (o.input_tokens IS NOT NULL"
+    "  WHERE o.part_time = ANY ($1::timestamptz[])"
+    "  AND o.parent_id IS NOT NULL AND o.parent_id <> o.id AND (o.input_tokens IS NOT NULL"
     "  OR o.output_tokens IS NOT NULL OR o.cost_usd IS NOT NULL)"
     " UNION"
     " SELECT p.team_id, p.part_time, p.trace_id, p.parent_id, a.tok, a.cost FROM above a JOIN"
     "  ingest.observations p ON p.team_id = a.team_id AND p.part_time = a.part_time AND"
-    "  p.trace_id = a.trace_id AND p.id = a.id WHERE p.parent_id IS NOT NULL)"
+    "  p.trace_id = a.trace_id AND p.id = a.id WHERE p.part_time = ANY ($1::timestamptz[])"
+    "  AND p.parent_id IS NOT NULL)"
     " UPDATE ingest.traces t SET input_tokens = CASE WHEN s.i IS NULL THEN t.input_tokens ELSE"
     " least(s.i, " BIGINT_MAX ") END, output_tokens = CASE WHEN s.o IS NULL THEN t.output_tokens"
     " ELSE least(s.o, " BIGINT_MAX ") END, total_tokens = CASE WHEN s.i IS NULL AND s.o IS NULL"
@@ -625,12 +638,13 @@ static const char recompute_sql[] =
     "  max(k.seq) kseq"
     "  FROM ingest.observations o JOIN keys k ON o.team_id ="
     "  k.team_id AND o.part_time = k.part_time AND o.trace_id = k.id"
+    "  AND o.part_time = ANY ($1::timestamptz[])"
     "  LEFT JOIN (SELECT team_id, part_time, trace_id, id, bool_or(tok) tok, bool_or(cost) cost"
     "   FROM above GROUP BY 1, 2, 3, 4) u ON u.team_id = o.team_id AND u.part_time ="
     "   o.part_time AND u.trace_id = o.trace_id AND u.id = o.id"
     "  GROUP BY 1, 2, 3) s"
     " WHERE t.team_id = s.team_id AND t.part_time = s.part_time AND t.id = s.trace_id"
-    " AND s.kseq > coalesce(t.replaced_seq, -1)";
+    " AND t.part_time = ANY ($1::timestamptz[]) AND s.kseq > coalesce(t.replaced_seq, -1)";
 
 /* The status of a statement that failed with r: EB_ERR_UNAVAILABLE when the connection is
  * lost, EB_ERR_NOT_FOUND when its SQLSTATE is no_partition (how a day partition that does not
@@ -657,12 +671,15 @@ static eb_status statement_error(PGconn *c, const PGresult *r, const char *no_pa
     return eb_error(code, "%s%s", what, PQresultErrorMessage(r));
 }
 
-/* Runs one of the upsert path's statements into ingest.traces or ingest.observations. These
- * tables have no CHECK constraints, so a check violation (23514) there means that no partition
- * takes a row: the day's partition was dropped after this process made it. */
-static eb_status exec_upsert(PGconn *c, const char *sql)
+/* Runs one of the upsert path's statements into ingest.traces or ingest.observations, days
+ * (pass_days) as $1: an unnamed statement, planned with that value, so that only those days'
+ * partitions are. These tables have no CHECK constraints, so a check violation (23514) there
+ * means that no partition takes a row: the day's partition was dropped after this process made
+ * it. */
+static eb_status exec_upsert(PGconn *c, const char *sql, const char *days)
 {
-    PGresult *r = PQexec(c, sql);
+    const char *params[1] = {days};
+    PGresult *r = PQexecParams(c, sql, days ? 1 : 0, NULL, params, NULL, NULL, 0);
     ExecStatusType rs = PQresultStatus(r);
     eb_status st = EB_OK;
 
@@ -1122,16 +1139,21 @@ static eb_status check_projects(PGconn *c, const rec *recs, size_t n)
 
     for (size_t i = 0; i < n && st == EB_OK; i++) {
         const char *only = recs[i].r->restricted_project;
-        const char *p[3] = {recs[i].r->envelope->team_id, recs[i].r->trace->id, only};
+        char day[48];
+        const char *p[4] = {recs[i].r->envelope->team_id, recs[i].r->trace->id, only, day};
         PGresult *r = NULL;
 
         if (recs[i].skip || !recs[i].existed || !only || !*only)
             continue;
+        /* the key's part_time (read by resolve_part_times) as a constant: only that day's
+         * partition is planned */
+        ingest_time_text(recs[i].part_ns, day, sizeof(day));
         st = eb_db_exec(c,
                         "SELECT t.project FROM ingest.trace_keys k JOIN ingest.traces t ON"
                         " t.team_id = k.team_id AND t.part_time = k.part_time AND t.id = k.id"
-                        " WHERE k.team_id = $1::uuid AND k.id = $2 AND t.project <> $3",
-                        3, p, &r);
+                        " WHERE k.team_id = $1::uuid AND k.id = $2 AND t.project <> $3"
+                        " AND t.part_time = $4::timestamptz",
+                        4, p, &r);
         if (st == EB_OK && PQntuples(r) > 0) {
             char *why = ingest_project_refusal(recs[i].r->trace->id, eb_db_val(r, 0, 0), only);
             st = eb_error(EB_ERR_FORBIDDEN, "%s", why);
@@ -1219,11 +1241,44 @@ cleanup:
     return st;
 }
 
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* The distinct part_time values of the pass's records that take the upsert path, as an array
+ * literal in days (the upsert statements' $1: see upsert_traces). */
+static void pass_days(eb_buf *days, const rec *recs, size_t n)
+{
+    long long *t = eb_malloc((n ? n : 1) * sizeof(*t));
+    size_t m = 0;
+
+    for (size_t i = 0; i < n; i++)
+        if (!recs[i].skip && !recs[i].direct)
+            t[m++] = recs[i].part_ns;
+    qsort(t, m, sizeof(*t), cmp_ll);
+    eb_buf_reset(days);
+    for (size_t i = 0; i < m; i++) {
+        char tt[48];
+        if (i > 0 && t[i] == t[i - 1])
+            continue;
+        ingest_time_text(t[i], tt, sizeof(tt));
+        array_item(days, tt);
+    }
+    if (days->len == 0)
+        eb_buf_putc(days, '{');
+    array_end(days);
+    free(t);
+}
+
 static eb_status store_pass(PGconn *c, rec *recs, size_t n)
 {
-    eb_buf *traces = &rows_traces, *obs = &rows_obs;
+    eb_buf *traces = &rows_traces, *obs = &rows_obs, days = {0};
     eb_status st;
     bool existing = false, merges = false;
+    const char *params[1];
 
     st = check_projects(c, recs, n);
     if (st == EB_OK)
@@ -1241,6 +1296,8 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
     }
     if (st != EB_OK || traces->len == 0)
         return st; /* everything went in directly */
+    pass_days(&days, recs, n);
+    params[0] = days.data;
     {
         /* the upsert path's temporary tables (once per session; inside the transaction, so a
          * rollback takes them away and the next pass makes them again) */
@@ -1253,17 +1310,19 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
     if (st == EB_OK)
         st = copy_in(c, "COPY tmp_traces (" TRACE_COLS ") FROM STDIN", traces);
     if (st == EB_OK)
-        st = exec_upsert(c, upsert_traces);
+        st = exec_upsert(c, upsert_traces, NULL);
     if (st == EB_OK && obs->len)
         st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", obs);
     /* only traces stored before can have stale observations; only OTLP traces merge */
     if (st == EB_OK && obs->len)
-        st = exec_upsert(c, existing || merges ? upsert_observations : insert_observations);
+        st = existing || merges ? exec_upsert(c, upsert_observations, params[0])
+                                : exec_upsert(c, insert_observations, NULL);
     if (st == EB_OK && existing)
-        st = eb_db_exec(c, drop_replaced_observations, 0, NULL, NULL);
+        st = eb_db_exec(c, drop_replaced_observations, 1, params, NULL);
     if (st == EB_OK && (merges || existing))
-        st = eb_db_exec(c, recompute_sql, 0, NULL, NULL);
+        st = eb_db_exec(c, recompute_sql, 1, params, NULL);
     /* the temporary tables empty themselves at COMMIT (ON COMMIT DELETE ROWS) */
+    eb_buf_free(&days);
     return st;
 }
 

@@ -1201,6 +1201,53 @@ describe('ingest: durability under SIGKILL and PostgreSQL and NATS outages', () 
     assert.equal(d.status, 404, `the trace deleted before is not brought back by the replay: ${d.text.slice(0, 200)}`);
   }));
 
+  it('a resend of a trace backfilled over many days is stored touching only its own day\'s partitions', T, stack.wrap(async () => {
+    // 300 traces, each on a day of its own (300 partition pairs); then one of them sent again
+    // (the upsert path). Its statements must plan and lock that day's partitions only, not
+    // every day's: the writer's DELETE of the replaced observations is held up on the old
+    // observation's row, and the day partitions its session has locked by then are counted.
+    const DAYS = 300;
+    const tag = crypto.randomBytes(3).toString('hex');
+    const project = `days-${tag}`;
+    let r = await stack.api('PUT', `/api/v1/projects/${project}/settings`, { base: stack.url, key: A.key, body: { retention_days: 36500 } });
+    assert.equal(r.status, 200, r.text);
+    const startOf = (i) => new Date(Date.now() - (i + 2) * 86400e3).toISOString();
+    r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: Array.from({ length: DAYS }, (_, i) => ({
+      id: `day-${tag}-${i}`, project, name: 'v1', start_time: startOf(i), observations: [{ id: 'old', name: 'old' }] })) } });
+    assert.equal(r.status, 202, r.text.slice(0, 300));
+    const all = await pollUntil(async () => Number((await stack.psql(
+      `SELECT count(*) FROM ingest.trace_keys WHERE team_id = '${A.id}' AND id LIKE 'day-${tag}-%'`))[0][0]) === DAYS,
+    { timeoutMs: 60_000, intervalMs: 500 });
+    assert.ok(all.value, `the ${DAYS} traces are stored`);
+    assert.ok(await traceStored(`day-${tag}-${DAYS - 1}`));
+    const id = `day-${tag}-5`;
+    const [[partTime, day]] = await stack.psql(`SELECT part_time, to_char(part_time AT TIME ZONE 'UTC', 'YYYYMMDD')
+      FROM ingest.trace_keys WHERE team_id = '${A.id}' AND id = '${id}'`);
+    const [[days]] = await stack.psql("SELECT count(*) FROM pg_inherits WHERE inhparent = 'ingest.traces'::regclass");
+    assert.ok(Number(days) >= DAYS, `a day partition each: ${days}`);
+    const app = `holding-${tag}`;
+    const holder = stack.psql(`BEGIN; SELECT 1 FROM ingest.observations WHERE team_id = '${A.id}' AND part_time = '${partTime}'
+      AND trace_id = '${id}' AND id = 'old' FOR UPDATE; SELECT pg_sleep(8); COMMIT`, { appName: app, timeoutMs: 60_000 });
+    assert.ok(await inPgSleep(app), 'the other session holds the old observation');
+    r = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: [
+      { id, project, name: 'v2', start_time: startOf(5), observations: [{ id: 'new', name: 'new' }] }] } });
+    assert.equal(r.status, 202, r.text);
+    const waiting = await pollUntil(async () => (await stack.psql(`SELECT pid FROM pg_stat_activity
+      WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM ingest.observations%' AND pid <> pg_backend_pid()`))[0]?.[0],
+    { timeoutMs: 10_000, intervalMs: 50 });
+    assert.ok(waiting.value, 'the writer\'s pass waits for the old observation');
+    const locked = (await stack.psql(`SELECT DISTINCT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+      WHERE l.pid = ${waiting.value} AND c.relname ~ '^(traces|observations)_p[0-9]{8}$' ORDER BY 1`)).map(([n]) => n);
+    assert.deepEqual(locked, [`observations_p${day}`, `traces_p${day}`],
+      `the pass locks its own day's partitions only, not the other days' (${locked.length} locked)`);
+    await holder;
+    const stored = await pollUntil(async () => {
+      const g = await stack.api('GET', `/api/v1/traces/${id}`, { base: stack.url, key: A.key });
+      return g.status === 200 && g.body.name === 'v2' && g.body.observations.map((o) => o.id).join() === 'new';
+    }, { timeoutMs: 60_000, intervalMs: 200 });
+    assert.ok(stored.value, 'the resend is stored, with its own observation only');
+  }));
+
   it('the INGEST stream deleted by hand is made again by the running writers, and intake resumes', T, stack.wrap(async () => {
     const jsm = await (await stack.nats()).jetstreamManager();
     const config = (await jsm.streams.info('INGEST')).config;
