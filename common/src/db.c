@@ -42,6 +42,8 @@ struct eb_db {
  * before PostgreSQL counts as not answering (and the connection asked is given up). */
 #define DB_CHECK_EVERY_MS 1000
 #define DB_CHECK_LIMIT_MS 2000
+/* How long a new connection's first statements (the session's SETs) may take. */
+#define DB_CONNECT_LIMIT_MS 3000
 
 eb_db *eb_db_open(const char *url, int size, const char *app_name, long long idle_tx_timeout_ms)
 {
@@ -87,6 +89,45 @@ static void on_notice(void *arg, const char *message)
     eb_log_debug(NULL, "PostgreSQL: %.*s", (int)strcspn(message, "\n"), message);
 }
 
+/* Runs sql (no parameters, any number of statements) on c, waiting at most ms for the answer:
+ * false with detail when a statement fails, the connection does, or the time runs out (c is then
+ * left with a question unanswered: the caller closes it). */
+static bool exec_within(PGconn *c, const char *sql, int ms, char *detail, size_t len)
+{
+    long long deadline = eb_monotonic_ms() + ms;
+    bool ok = true;
+
+    detail[0] = '\0';
+    if (!PQsendQuery(c, sql)) {
+        snprintf(detail, len, "%.*s", (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+        return false;
+    }
+    while (PQisBusy(c)) {
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+        long long left = deadline - eb_monotonic_ms();
+
+        if (left <= 0) {
+            snprintf(detail, len, "PostgreSQL did not answer within %d ms", ms);
+            return false;
+        }
+        if (poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c))
+            break; /* the connection failed: PQgetResult says how */
+    }
+    for (PGresult *r; (r = PQgetResult(c)) != NULL; PQclear(r)) {
+        ExecStatusType rs = PQresultStatus(r);
+        if (ok && rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
+            ok = false;
+            snprintf(detail, len, "%.*s", (int)strcspn(PQresultErrorMessage(r), "\n"),
+                     PQresultErrorMessage(r));
+        }
+    }
+    if (ok && PQstatus(c) != CONNECTION_OK) {
+        ok = false;
+        snprintf(detail, len, "%.*s", (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+    }
+    return ok;
+}
+
 static PGconn *connect_db(eb_db *db)
 {
     const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
@@ -106,22 +147,19 @@ static PGconn *connect_db(eb_db *db)
         /* SETs, not the startup packet's options: those would replace any the URL has. Every
          * session works in UTC, whatever the server's, database's or role's time zone: day
          * partitions, retention and every time PostgreSQL prints are UTC. */
-        char sql[160];
-        PGresult *r;
+        char sql[160], why[256];
         int n = snprintf(sql, sizeof(sql), "SET TimeZone = 'UTC'");
         if (db->idle_tx_timeout_ms > 0)
             snprintf(sql + n, sizeof(sql) - (size_t)n,
                      "; SET idle_in_transaction_session_timeout = %lld", db->idle_tx_timeout_ms);
-        r = PQexec(c, sql);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        /* bounded as the connection itself is (connect_timeout): a server that finishes the
+         * handshake and then answers nothing must not hold the caller for ever */
+        if (!exec_within(c, sql, DB_CONNECT_LIMIT_MS, why, sizeof(why))) {
             eb_error(PQstatus(c) == CONNECTION_OK ? EB_ERR_DB : EB_ERR_UNAVAILABLE,
-                     "setting the session's time zone and timeouts: %.*s",
-                     (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
-            PQclear(r);
+                     "setting the session's time zone and timeouts: %s", why);
             PQfinish(c);
             return NULL;
         }
-        PQclear(r);
     }
     return c;
 }
@@ -206,57 +244,32 @@ void eb_db_discard(eb_db *db, PGconn *conn)
     release(db, NULL);
 }
 
-/* One readiness question: SELECT 1 on a connection of the pool (never waiting for one: a pool
- * all in use was good when each was taken), answered within DB_CHECK_LIMIT_MS or the
+/* One readiness question: SELECT 1 on the check's own connection (*own, outside the pool, so
+ * that a pool all in use, its users perhaps stuck on a PostgreSQL that stopped answering, does
+ * not hide the answer), made when there is none, answered within DB_CHECK_LIMIT_MS or the
  * connection is given up. */
-static bool check_once(eb_db *db, char *detail, size_t len)
+static bool check_once(eb_db *db, PGconn **own, char *detail, size_t len)
 {
-    bool busy = false, ok = false;
-    PGconn *c = take(db, false, &busy);
-    long long deadline = eb_monotonic_ms() + DB_CHECK_LIMIT_MS;
-
-    detail[0] = '\0';
-    if (!c) {
-        snprintf(detail, len, "%s",
-                 busy ? "every connection of the pool is in use" : eb_error_message());
-        return busy;
+    if (*own && PQstatus(*own) != CONNECTION_OK) {
+        PQfinish(*own);
+        *own = NULL;
     }
-    if (!PQsendQuery(c, "SELECT 1")) {
-        snprintf(detail, len, "%.*s", (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
-        eb_db_discard(db, c);
+    if (!*own && !(*own = connect_db(db))) {
+        snprintf(detail, len, "%s", eb_error_message());
         return false;
     }
-    while (PQisBusy(c)) {
-        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-        long long left = deadline - eb_monotonic_ms();
-
-        if (left <= 0) {
-            snprintf(detail, len, "PostgreSQL did not answer within %d ms", DB_CHECK_LIMIT_MS);
-            eb_db_discard(db, c); /* a question left unanswered: not for the next user */
-            return false;
-        }
-        if (poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c))
-            break; /* the connection failed: PQgetResult says how */
+    if (!exec_within(*own, "SELECT 1", DB_CHECK_LIMIT_MS, detail, len)) {
+        PQfinish(*own); /* a question left unanswered, or a broken connection */
+        *own = NULL;
+        return false;
     }
-    ok = true;
-    for (PGresult *r; (r = PQgetResult(c)) != NULL; PQclear(r)) {
-        if (ok && PQresultStatus(r) != PGRES_TUPLES_OK) {
-            ok = false;
-            snprintf(detail, len, "%.*s", (int)strcspn(PQresultErrorMessage(r), "\n"),
-                     PQresultErrorMessage(r));
-        }
-    }
-    if (PQstatus(c) != CONNECTION_OK && ok) {
-        ok = false;
-        snprintf(detail, len, "%.*s", (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
-    }
-    eb_db_put(db, c);
-    return ok;
+    return true;
 }
 
 static void *check_main(void *arg)
 {
     eb_db *db = arg;
+    PGconn *own = NULL;
 
     pthread_mutex_lock(&db->hmu);
     while (!db->hstop) {
@@ -265,7 +278,7 @@ static void *check_main(void *arg)
 
         db->hbegan_ms = eb_monotonic_ms();
         pthread_mutex_unlock(&db->hmu);
-        ok = check_once(db, detail, sizeof(detail));
+        ok = check_once(db, &own, detail, sizeof(detail));
         pthread_mutex_lock(&db->hmu);
         db->hbegan_ms = 0;
         db->hok = ok;
@@ -278,6 +291,7 @@ static void *check_main(void *arg)
         }
     }
     pthread_mutex_unlock(&db->hmu);
+    PQfinish(own);
     return NULL;
 }
 

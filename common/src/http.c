@@ -922,15 +922,21 @@ void eb_http_req_offload(eb_http_req *req, eb_http_handler fn, void *arg)
     eb_pool_submit(req->srv->workers, handler_work, handler_done, req);
 }
 
+/* Answers 400 (true) for a path segment that is not UTF-8 or holds a NUL: checked once the caller
+ * is known, before anything (a denial's audit row, a handler) takes the path or the segment. */
+static bool refuse_bad_param(eb_http_req *req)
+{
+    if (!req->bad_param)
+        return false;
+    eb_http_reply_error(req, EB_ERR_INVALID,
+                        "the path segment {%s} is not valid UTF-8 or holds a NUL (%%00)",
+                        req->param_names[req->bad_param - 1]);
+    return true;
+}
+
 static void run_handler(eb_http_req *req)
 {
-    if (req->bad_param) {
-        eb_http_reply_error(req, EB_ERR_INVALID,
-                            "the path segment {%s} is not valid UTF-8 or holds a NUL (%%00)",
-                            req->param_names[req->bad_param - 1]);
-        return;
-    }
-    if (!query_ok(req))
+    if (refuse_bad_param(req) || !query_ok(req))
         return;
     if (req->route->blocking)
         eb_http_req_offload(req, req->route->handler, req->srv->ctx);
@@ -997,6 +1003,8 @@ static void on_authenticated(eb_status st, const eb_principal *p, const char *re
     }
     req->principal = *p;
     req->authenticated = true;
+    if (refuse_bad_param(req))
+        return;
     if (p->role < r->min_role || (r->scope && !(p->scopes & r->scope)))
         req->denied_why = p->role < r->min_role ? "role" : "scope";
     else if (r->team_wide && p->project[0])

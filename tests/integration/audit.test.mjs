@@ -2,6 +2,9 @@
 // request id, never with a secret; only the team's admins can read it.
 
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -134,5 +137,18 @@ describe('audit log', () => {
     for (const id of [ownerWho.team.id, ownerWho.key_id, viewer.id, member.id, admin.id, owner.email]) {
       assert.ok(!theirs.text.includes(id), `team B's audit log mentions team A's ${id}`);
     }
+  }));
+
+  it('a path segment that is not UTF-8 is refused as bad input before a role check, whose audit row could not hold it', T, stack.wrap(async () => {
+    const member = await stack.createKey(owner.key, { name: 'm-utf8', scopes: ['traces:read'] });
+    const r = await stack.api('DELETE', '/api/v1/users/%FF', { key: member.key });
+    assertError(r, 'invalid_argument', 'a member deleting a user named by bytes that are not UTF-8');
+    assert.match(r.body.error.message, /path segment \{id\} is not valid UTF-8/);
+    // a denial with a well-formed id is still a 403 and audited
+    const id = crypto.randomUUID();
+    assertError(await stack.api('DELETE', `/api/v1/users/${id}`, { key: member.key }), 'forbidden', 'a member deleting a user');
+    await waitForEvent(owner.key, (e) => e.action === 'denied' && JSON.stringify(e).includes(id), 'the denial');
+    const log = fs.readFileSync(path.join(stack.state, 'logs', 'auth.log'), 'utf8');
+    assert.doesNotMatch(log, /invalid byte sequence/, 'no audit row failed on the bytes of a path');
   }));
 });

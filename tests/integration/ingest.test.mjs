@@ -1134,15 +1134,11 @@ describe('ingest: JSON batch API and trace queries', () => {
     // both connections are waiting on the lock
     await pollUntil(async () => Number((await stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM ingest.traces t WHERE%'"))[0][0]) >= 2,
       { timeoutMs: 5000, intervalMs: 50 });
-    // the check runs once a second on a thread of its own: its next answer sees the pool in use
-    const seen = await pollUntil(async () => {
-      const r = await stack.api('GET', '/readyz', { base: replica.url });
-      assertStatus(r, 200, 'readyz');
-      assert.equal(r.body.checks.postgres.ok, true, 'a pool all in use reads as reachable');
-      return /in use/.test(r.body.checks.postgres.detail ?? '');
-    }, { timeoutMs: 3000, intervalMs: 100 });
+    // the check asks PostgreSQL on a connection of its own, outside the pool
+    const ready = await stack.api('GET', '/readyz', { base: replica.url });
     order.push('readyz');
-    assert.ok(seen.value, 'readyz says every connection is in use');
+    assertStatus(ready, 200, 'readyz');
+    assert.equal(ready.body.checks.postgres.ok, true, 'PostgreSQL answers');
     for (const r of await Promise.all(listings)) assertStatus(r, 200, 'the listings answer once the lock is gone');
     await locker;
     assert.equal(order[0], 'readyz', `readyz answered while the listings waited (order: ${order.join(', ')})`);

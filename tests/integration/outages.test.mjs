@@ -5,6 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -194,11 +195,22 @@ describe('dependency outages', () => {
       headers: { authorization: `Bearer ${owner.key}`, 'content-type': 'application/json' } });
     const sfx = uniqueSlug('h');
     assert.equal((await post(`warm-${sfx}`)).status, 202, 'the key is checked (and cached) while PostgreSQL answers');
-    for (const [name, base] of services) assert.equal((await get(`${base}/readyz`)).status, 200, `${name} is ready`);
+    // a replica whose pool (2) the two API threads' queries fill: stuck on PostgreSQL, they do
+    // not hide its silence from the check (which has a connection of its own)
+    const small = await stack.spawnService('ingest', { EVALBUS_DB_POOL: '2', EVALBUS_API_THREADS: '2', EVALBUS_WRITER_THREADS: '0' });
+    services.push(['ingest with a full pool', small.url, 200, 'degraded']);
+    const lookup = () => get(`${small.url}/api/v1/traces/warm-${sfx}`, { headers: { authorization: `Bearer ${owner.key}` } });
+    assert.ok((await pollUntil(async () => (await lookup()).status === 200, { timeoutMs: 10_000, intervalMs: 200 })).value,
+      'the replica reads the trace (its key cached)');
+    for (const [name, base] of services) {
+      assert.ok((await pollUntil(async () => (await get(`${base}/readyz`)).status === 200, { timeoutMs: 10_000, intervalMs: 200 })).value,
+        `${name} is ready`);
+    }
     const pg = stack.readPid('postgres');
     const children = execFileSync('pgrep', ['-P', String(pg)]).toString().trim().split('\n').map(Number);
     const pids = [pg, ...children];
     for (const p of pids) process.kill(p, 'SIGSTOP');
+    const stuck = [lookup(), lookup()];
     try {
       for (const [name, base, status, word] of services) {
         const seen = await pollUntil(async () => {
@@ -218,6 +230,7 @@ describe('dependency outages', () => {
     } finally {
       for (const p of pids) process.kill(p, 'SIGCONT');
     }
+    await Promise.all(stuck);
     for (const [name, base] of services) {
       const back = await pollUntil(async () => (await get(`${base}/readyz`)).status === 200, { timeoutMs: 10_000, intervalMs: 200 });
       assert.ok(back.value, `${name} is ready again once PostgreSQL answers`);
@@ -225,5 +238,57 @@ describe('dependency outages', () => {
     const stored = await pollUntil(async () => (await stack.api('GET', `/api/v1/traces/during-${sfx}`, { base: stack.url, key: owner.key })).status === 200,
       { timeoutMs: 10_000, intervalMs: 200 });
     assert.ok(stored.value, 'the trace taken meanwhile is stored');
+    small.proc.kill('SIGTERM');
+    await small.exited;
+  }));
+
+  it('a service whose PostgreSQL completes new connections and then answers nothing still stops on SIGTERM', T, stack.wrap(async () => {
+    // a proxy in front of PostgreSQL that, once frozen, lets a new connection's start-up through
+    // up to its first ReadyForQuery and holds back everything after (as a pooler in front of a
+    // hung server would): the readiness check's new connection then waits in its first
+    // statements, which must be bounded, or SIGTERM would wait for it for ever
+    const READY = Buffer.from([0x5a, 0, 0, 0, 5]);
+    const url = new URL(stack.env.EVALBUS_DATABASE_URL);
+    let frozen = false;
+    const sockets = [];
+    const proxy = net.createServer((client) => {
+      const server = net.connect(Number(url.port), url.hostname);
+      let started = false;
+      sockets.push(client, server);
+      client.on('data', (d) => server.write(d));
+      server.on('data', (d) => {
+        if (started && frozen) return;
+        const at = d.indexOf(READY);
+        if (at >= 0) started = true;
+        client.write(frozen && at >= 0 ? d.subarray(0, at + READY.length + 1) : d);
+      });
+      for (const sock of [client, server]) sock.on('error', () => {});
+      client.on('close', () => server.destroy());
+      server.on('close', () => client.destroy());
+    });
+    await new Promise((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const viaProxy = new URL(url);
+    viaProxy.port = String(proxy.address().port);
+    let replica;
+    try {
+      replica = await stack.spawnService('auth', { EVALBUS_DATABASE_URL: viaProxy.toString() });
+      const ready = async () => (await (await fetch(`${replica.url}/readyz`, { signal: AbortSignal.timeout(3000) })).json());
+      assert.equal((await ready()).checks.postgres.ok, true, 'ready through the proxy');
+      frozen = true;
+      for (const sock of sockets) sock.destroy(); // every connection made again, through the frozen proxy
+      const failing = await pollUntil(async () => (await ready()).checks.postgres.ok === false, { timeoutMs: 10_000, intervalMs: 250 });
+      assert.ok(failing.value, 'the postgres check fails');
+      replica.proc.kill('SIGTERM');
+      const exited = await Promise.race([replica.exited.then(() => true), sleep(20_000).then(() => false)]);
+      assert.ok(exited, 'the service exits on SIGTERM');
+    } finally {
+      if (replica && replica.exitCode === null) {
+        replica.proc.kill('SIGKILL');
+        await replica.exited;
+      }
+      frozen = false;
+      for (const sock of sockets) sock.destroy();
+      proxy.close();
+    }
   }));
 });

@@ -50,12 +50,13 @@ void eb_db_put(eb_db *db, PGconn *conn);
  * cannot hit the next user's statement. */
 void eb_db_discard(eb_db *db, PGconn *conn);
 
-/* The readiness check: true if a connection answered SELECT 1 at the last check, or every
- * connection of the pool was in use then. The checks run on a thread of their own, once a
- * second, started by the first call (which waits up to 0.5 s for the first answer); a call never
- * waits on PostgreSQL otherwise, since readiness probes call it on the loop thread. A check left
- * unanswered for 2 s counts as a failure at once (a PostgreSQL that takes connections but does
- * not answer). detail (may be NULL) gets a short reason. */
+/* The readiness check: true if PostgreSQL answered SELECT 1 at the last check. The checks run
+ * once a second on a thread of their own, with a connection of their own outside the pool (a
+ * pool all in use says nothing either way), started by the first call (which waits up to 0.5 s
+ * for the first answer); a call never waits on PostgreSQL otherwise, since readiness probes
+ * call it on the loop thread. A check left unanswered for 2 s counts as a failure at once (a
+ * PostgreSQL that takes connections but does not answer). detail (may be NULL) gets a short
+ * reason. */
 bool eb_db_ping(eb_db *db, char *detail, size_t detail_len);
 
 /* Runs sql with text parameters (NULL entries are SQL NULL). On success *res (if res is not
