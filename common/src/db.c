@@ -164,6 +164,14 @@ static PGconn *connect_db(eb_db *db)
     return c;
 }
 
+/* Whether an idle connection is still open: one the server closed meanwhile (a restart, a
+ * terminated backend) has its farewell and the end of the stream waiting on its socket, which
+ * reading what is there finds (the message, then the end: two reads), without waiting. */
+static bool still_open(PGconn *c)
+{
+    return PQconsumeInput(c) && PQconsumeInput(c) && PQstatus(c) == CONNECTION_OK;
+}
+
 /* Gives back a place in the pool; keep (when not NULL) goes on the idle stack. */
 static void release(eb_db *db, PGconn *keep)
 {
@@ -200,7 +208,7 @@ static PGconn *take(eb_db *db, bool wait, bool *full)
         conn = db->idle[--db->nidle];
     pthread_mutex_unlock(&db->mu);
 
-    if (conn && PQstatus(conn) != CONNECTION_OK) {
+    if (conn && !still_open(conn)) {
         PQfinish(conn);
         conn = NULL;
     }
@@ -250,7 +258,7 @@ void eb_db_discard(eb_db *db, PGconn *conn)
  * connection is given up. */
 static bool check_once(eb_db *db, PGconn **own, char *detail, size_t len)
 {
-    if (*own && PQstatus(*own) != CONNECTION_OK) {
+    if (*own && !still_open(*own)) {
         PQfinish(*own);
         *own = NULL;
     }

@@ -85,7 +85,9 @@ struct ingest_publisher {
     size_t cap, used;
     pub_batch *ready;
     struct event *wake;
-    atomic_bool full;         /* the stream watch's verdict: refuse new records */
+    atomic_bool full;            /* the stream watch's verdict: refuse new records */
+    long long refusal_logged_ms; /* when a JetStream refusal was last logged (loop thread) */
+    unsigned long refusals_unlogged;
     size_t open;              /* batches handed over and not yet answered */
     pub_batch *sending;       /* batches with records still to hand over, a slice per turn */
     pub_batch *in_order_last; /* the last in-order batch not yet handed over whole, or NULL */
@@ -221,7 +223,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 /* What JetStream answered for one record: its PubAck ({"stream": ..., "seq": ...}, with
  * "duplicate" for a record already in the stream) or an error ({"error": {"code": ...,
  * "description": ...}}). */
-static eb_status ack_status(natsMsg *m)
+static eb_status ack_status(ingest_publisher *p, natsMsg *m)
 {
     const char *desc = NULL;
     eb_status st;
@@ -233,6 +235,9 @@ static eb_status ack_status(natsMsg *m)
         desc = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(err, "description"));
         st = eb_error(EB_ERR_UNAVAILABLE, "JetStream refused the record: %s",
                       desc ? desc : "no reason given");
+        /* full (discard new) before the stream watch's next check refused new records */
+        if (desc && strstr(desc, "maximum bytes exceeded"))
+            eb_metrics_add("evalbus_ingest_refused_stream_full_total", NULL, 1);
     } else if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "seq"))) {
         st = EB_OK;
     } else {
@@ -241,8 +246,21 @@ static eb_status ack_status(natsMsg *m)
                       natsMsg_GetData(m));
     }
     cJSON_Delete(j);
-    if (st != EB_OK)
-        eb_log_warn(NULL, "%s", eb_error_message());
+    if (st != EB_OK) {
+        /* a full stream refuses every record of a burst: one line a second says so */
+        long long now = eb_monotonic_ms();
+        if (now - p->refusal_logged_ms >= 1000) {
+            if (p->refusals_unlogged)
+                eb_log_warn(NULL, "%s (and %lu more refusals since the last such line)",
+                            eb_error_message(), p->refusals_unlogged);
+            else
+                eb_log_warn(NULL, "%s", eb_error_message());
+            p->refusal_logged_ms = now;
+            p->refusals_unlogged = 0;
+        } else {
+            p->refusals_unlogged++;
+        }
+    }
     return st;
 }
 
@@ -310,7 +328,7 @@ static void take_acks(void *arg)
         pub_batch *b = NULL;
         size_t index = 0;
         if (table_take(p, reply_seq(natsMsg_GetSubject(m)), &b, &index))
-            record_result(p, b, index, ack_status(m));
+            record_result(p, b, index, ack_status(p, m));
         /* else the batch timed out already */
         natsMsg_Destroy(m);
     }
@@ -369,7 +387,8 @@ ingest_publisher *ingest_publisher_new(struct event_base *base, eb_bus *bus, lon
     eb_bus_set_read_hook(bus, take_acks, p);
     *st = EB_OK;
     eb_metrics_describe("evalbus_ingest_refused_stream_full_total", "counter",
-                        "records refused while the stream was full of records not yet stored");
+                        "records refused while the stream was full of records not yet stored"
+                        " (by the stream watch's verdict, or by the stream itself)");
     eb_metrics_describe("evalbus_ingest_refused_nats_down_total", "counter",
                         "records refused while the connection to NATS was down");
     eb_metrics_describe("evalbus_ingest_refused_no_stream_total", "counter",

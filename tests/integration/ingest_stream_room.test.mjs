@@ -59,6 +59,7 @@ describe('ingest: room in the INGEST stream', () => {
     assert.ok((await pollUntil(async () => (await stored('small')).size === SMALL, { timeoutMs: 30_000, intervalMs: 300 })).value,
       'the small traces are stored');
     const purgesBefore = await metric('evalbus_ingest_stream_purges_total');
+    const fullBefore = await metric('evalbus_ingest_refused_stream_full_total');
     // 2. the writers are held up (as by a slow PostgreSQL) while a burst of large traces (40 KB
     // of text that does not compress each, 2.8 MB in all) arrives: more than the stream holds
     const lock = await stack.lockTable('ingest.trace_keys', 20_000);
@@ -73,6 +74,7 @@ describe('ingest: room in the INGEST stream', () => {
     }
     assert.ok(counts[503] > 0, `the stream could not take them all: some were refused: ${JSON.stringify(counts)}`);
     assert.ok(accepted.length > 0, `some were taken: ${JSON.stringify(counts)}`);
+    assert.equal(await metric('evalbus_ingest_refused_stream_full_total') - fullBefore, counts[503], 'each refusal is counted as the stream being full, once');
     await lock.released;
     // 3. every acknowledged large trace is stored
     const done = await pollUntil(async () => (await stored('big')).size === accepted.length, { timeoutMs: 30_000, intervalMs: 300 });

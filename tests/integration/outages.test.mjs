@@ -202,9 +202,12 @@ describe('dependency outages', () => {
     const lookup = () => get(`${small.url}/api/v1/traces/warm-${sfx}`, { headers: { authorization: `Bearer ${owner.key}` } });
     assert.ok((await pollUntil(async () => (await lookup()).status === 200, { timeoutMs: 10_000, intervalMs: 200 })).value,
       'the replica reads the trace (its key cached)');
+    const postgresOk = async (base) => {
+      const r = await get(`${base}/readyz`);
+      return r.status === 200 && JSON.parse(r.text).checks.postgres.ok === true;
+    };
     for (const [name, base] of services) {
-      assert.ok((await pollUntil(async () => (await get(`${base}/readyz`)).status === 200, { timeoutMs: 10_000, intervalMs: 200 })).value,
-        `${name} is ready`);
+      assert.ok((await pollUntil(() => postgresOk(base), { timeoutMs: 10_000, intervalMs: 200 })).value, `${name} is ready`);
     }
     const pg = stack.readPid('postgres');
     const children = execFileSync('pgrep', ['-P', String(pg)]).toString().trim().split('\n').map(Number);
