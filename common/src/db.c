@@ -89,6 +89,12 @@ static void on_notice(void *arg, const char *message)
     eb_log_debug(NULL, "PostgreSQL: %.*s", (int)strcspn(message, "\n"), message);
 }
 
+/* The first line of a libpq message into detail. */
+static void first_line(char *detail, size_t len, const char *msg)
+{
+    snprintf(detail, len, "%.*s", (int)strcspn(msg, "\n"), msg);
+}
+
 /* Runs sql (no parameters, any number of statements) on c, waiting at most ms for the answer:
  * false with detail when a statement fails, the connection does, or the time runs out (c is then
  * left with a question unanswered: the caller closes it). */
@@ -99,7 +105,7 @@ static bool exec_within(PGconn *c, const char *sql, int ms, char *detail, size_t
 
     detail[0] = '\0';
     if (!PQsendQuery(c, sql)) {
-        snprintf(detail, len, "%.*s", (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+        first_line(detail, len, PQerrorMessage(c));
         return false;
     }
     while (PQisBusy(c)) {
@@ -117,13 +123,12 @@ static bool exec_within(PGconn *c, const char *sql, int ms, char *detail, size_t
         ExecStatusType rs = PQresultStatus(r);
         if (ok && rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
             ok = false;
-            snprintf(detail, len, "%.*s", (int)strcspn(PQresultErrorMessage(r), "\n"),
-                     PQresultErrorMessage(r));
+            first_line(detail, len, PQresultErrorMessage(r));
         }
     }
     if (ok && PQstatus(c) != CONNECTION_OK) {
         ok = false;
-        snprintf(detail, len, "%.*s", (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+        first_line(detail, len, PQerrorMessage(c));
     }
     return ok;
 }
@@ -185,20 +190,15 @@ static void release(eb_db *db, PGconn *keep)
     pthread_mutex_unlock(&db->mu);
 }
 
-/* A connection, waiting for one if wait (else NULL at once when all are out: *full, when not
- * NULL, tells that from a failure to connect). */
-static PGconn *take(eb_db *db, bool wait, bool *full)
+/* A connection, waiting for one if wait (else NULL at once when all are out). */
+static PGconn *take(eb_db *db, bool wait)
 {
     PGconn *conn = NULL;
 
-    if (full)
-        *full = false;
     pthread_mutex_lock(&db->mu);
     while (wait && db->out >= db->size)
         pthread_cond_wait(&db->cv, &db->mu);
     if (db->out >= db->size) {
-        if (full)
-            *full = true;
         pthread_mutex_unlock(&db->mu);
         eb_error(EB_ERR_UNAVAILABLE, "every PostgreSQL connection of the pool is in use");
         return NULL;
@@ -221,12 +221,12 @@ static PGconn *take(eb_db *db, bool wait, bool *full)
 
 PGconn *eb_db_get(eb_db *db)
 {
-    return take(db, true, NULL);
+    return take(db, true);
 }
 
 PGconn *eb_db_try_get(eb_db *db)
 {
-    return take(db, false, NULL);
+    return take(db, false);
 }
 
 void eb_db_put(eb_db *db, PGconn *conn)

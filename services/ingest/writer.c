@@ -1276,9 +1276,9 @@ static void pass_days(eb_buf *days, const rec *recs, size_t n)
 static eb_status store_pass(PGconn *c, rec *recs, size_t n)
 {
     eb_buf *traces = &rows_traces, *obs = &rows_obs, days = {0};
+    const char *day_list; /* the upsert statements' $1 (pass_days) */
     eb_status st;
     bool existing = false, merges = false;
-    const char *params[1];
 
     st = check_projects(c, recs, n);
     if (st == EB_OK)
@@ -1297,7 +1297,7 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
     if (st != EB_OK || traces->len == 0)
         return st; /* everything went in directly */
     pass_days(&days, recs, n);
-    params[0] = days.data;
+    day_list = days.data;
     {
         /* the upsert path's temporary tables (once per session; inside the transaction, so a
          * rollback takes them away and the next pass makes them again) */
@@ -1315,12 +1315,12 @@ static eb_status store_pass(PGconn *c, rec *recs, size_t n)
         st = copy_in(c, "COPY tmp_observations (" OBS_COLS ") FROM STDIN", obs);
     /* only traces stored before can have stale observations; only OTLP traces merge */
     if (st == EB_OK && obs->len)
-        st = existing || merges ? exec_upsert(c, upsert_observations, params[0])
+        st = existing || merges ? exec_upsert(c, upsert_observations, day_list)
                                 : exec_upsert(c, insert_observations, NULL);
     if (st == EB_OK && existing)
-        st = eb_db_exec(c, drop_replaced_observations, 1, params, NULL);
+        st = eb_db_exec(c, drop_replaced_observations, 1, &day_list, NULL);
     if (st == EB_OK && (merges || existing))
-        st = eb_db_exec(c, recompute_sql, 1, params, NULL);
+        st = eb_db_exec(c, recompute_sql, 1, &day_list, NULL);
     /* the temporary tables empty themselves at COMMIT (ON COMMIT DELETE ROWS) */
     eb_buf_free(&days);
     return st;

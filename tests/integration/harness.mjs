@@ -737,6 +737,25 @@ export class Stack {
   }
 
   // -------------------------------------------------------------------------------------------
+  // /metrics
+
+  /** The value of the metric `name` on a service's /metrics (base: the stack's ingest by
+   * default), summed over its series (those whose labels include `label` when given); 0 when
+   * it has none. */
+  async metric(name, { base = this.env.EVALBUS_INGEST_URL, label = null } = {}) {
+    const r = await this.api('GET', '/metrics', { base });
+    assertStatus(r, 200, `${base}/metrics`);
+    let sum = 0;
+    for (const line of r.text.split('\n')) {
+      const m = /^([a-z_]+)(?:\{([^}]*)\})?\s+([0-9.eE+-]+)$/.exec(line.trim());
+      if (!m || m[1] !== name) continue;
+      if (label && !(m[2] ?? '').includes(label)) continue;
+      sum += Number(m[3]);
+    }
+    return sum;
+  }
+
+  // -------------------------------------------------------------------------------------------
   // PostgreSQL
 
   /** Runs sql with psql against the stack's database (EVALBUS_DATABASE_URL, the services' own

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, assertStatus, pollUntil, sleep, uniqueSlug } from './harness.mjs';
+import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, pollUntil, sleep, uniqueSlug } from './harness.mjs';
 
 const LIMITS = { EVALBUS_STREAM_MAX_BYTES: '1MiB', EVALBUS_STREAM_HIGH_WATER: '50' };
 const stack = new Stack('ingest-backpressure', { env: { ...LIMITS, EVALBUS_WRITER_THREADS: '0' } });
@@ -34,12 +34,7 @@ function batch(prefix, from, n) {
   }));
 }
 
-async function metric(name) {
-  const r = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
-  assertStatus(r, 200, 'metrics');
-  const line = r.text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
-  return line ? Number(line.split(' ').pop()) : null;
-}
+const metric = (name) => stack.metric(name);
 
 describe('ingest: records not yet stored are never pushed out of a full stream', () => {
   let A;

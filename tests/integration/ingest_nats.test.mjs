@@ -93,20 +93,7 @@ async function deadLetters(reason = null) {
   return metric('evalbus_ingest_dead_letters_total', reason && `reason="${reason}"`);
 }
 
-/** The ingest service's counter `name` summed over its series (those whose labels include
- * `label` when given). */
-async function metric(name, label = null) {
-  const r = await stack.api('GET', '/metrics', { base: stack.env.EVALBUS_INGEST_URL });
-  assert.equal(r.status, 200, `ingest /metrics: ${r.status}`);
-  let sum = 0;
-  for (const line of r.text.split('\n')) {
-    const m = /^([a-z_]+)(?:\{([^}]*)\})?\s+([0-9.eE+-]+)$/.exec(line.trim());
-    if (!m || m[1] !== name) continue;
-    if (label && !(m[2] ?? '').includes(label)) continue;
-    sum += Number(m[3]);
-  }
-  return sum;
-}
+const metric = (name, label = null) => stack.metric(name, { label });
 
 /** Subscribes to the team's dead-letter subject; next(timeoutMs) resolves the next message. */
 async function deadLetterTap(team) {

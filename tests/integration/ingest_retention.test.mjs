@@ -152,10 +152,7 @@ describe('retention per project', () => {
     // 365 days for one project keeps every day partition younger than that; the traces of
     // projects without a setting still go after the default 90 days, row by row
     assert.equal((await api('PUT', '/api/v1/projects/keep-long/settings', { key: owner.key, body: { retention_days: 365 } })).status, 200);
-    const deleted = async () => {
-      const text = await (await fetch(`${replica.url}/metrics`)).text();
-      return Number((text.match(/^evalbus_ingest_retention_deleted_total (\S+)$/m) ?? [])[1] ?? 0);
-    };
+    const deleted = () => stack.metric('evalbus_ingest_retention_deleted_total', { base: replica.url });
     const before = await deleted();
     const r = await api('POST', '/api/v1/traces', { key: owner.key, body: { traces: [trace('dflt-old', 'nosetting', 95), trace('long-old', 'keep-long', 95), trace('dflt-new', 'nosetting', 80)] } });
     assert.equal(r.status, 202, JSON.stringify(r.body));

@@ -15,11 +15,7 @@ const LIMITS = { EVALBUS_STREAM_MAX_BYTES: '2MiB', EVALBUS_STREAM_HIGH_WATER: '5
 const stack = new Stack('ingest-stream-room', { env: LIMITS });
 const T = { timeout: 180_000 };
 
-async function metric(name) {
-  const r = await fetch(`${stack.env.EVALBUS_INGEST_URL}/metrics`);
-  const line = (await r.text()).split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
-  return line ? Number(line.split(' ').pop()) : 0;
-}
+const metric = (name) => stack.metric(name);
 
 describe('ingest: room in the INGEST stream', () => {
   let A;
