@@ -2,7 +2,7 @@
  * deletion is stored again.
  *
  * The INGEST stream drops a record whose message id it has seen within its duplicate window
- * (stream-dupe-window, 2 minutes by default), and the message id of a record is its team, its
+ * (stream-dupe-window, 20 seconds by default), and the message id of a record is its team, its
  * trace id and the hash of its content. A trace deleted and then sent again unchanged within the
  * window would be acknowledged, then dropped as a duplicate of the record that stored it before.
  * So for a window after a deletion of a team's traces, the message ids of that team's records

@@ -69,13 +69,17 @@ static const eb_setting settings[] = {
     {"writer-batch", "EVALBUS_WRITER_BATCH", EB_SET_INT, "500", 1, 5000, false,
      offsetof(T, writer_batch), "records per writer transaction at most"},
     {"stream-max-bytes", "EVALBUS_STREAM_MAX_BYTES", EB_SET_SIZE, "4GiB", 1048576, 1e15, false,
-     offsetof(T, stream_max_bytes), "size of the INGEST stream (oldest records go first)"},
+     offsetof(T, stream_max_bytes), "size of the INGEST stream (full, it refuses new records)"},
     {"stream-high-water", "EVALBUS_STREAM_HIGH_WATER", EB_SET_INT, "90", 20, 99, false,
      offsetof(T, stream_high_water),
      "percent of stream-max-bytes that records not yet stored may fill before new ones are "
      "refused (accepted again 10 points below)"},
-    {"stream-dupe-window", "EVALBUS_STREAM_DUPE_WINDOW", EB_SET_DURATION, "2m", 120000, 86400000,
-     false, offsetof(T, stream_dupe_window_ms), "JetStream duplicate window (>= 2 min)"},
+    /* nats-server keeps every message id of the window in memory and its garbage collector
+     * walks them all: at 11,000 traces/s a 2 min window (1.3 million ids) stalled the server
+     * for 40-60 ms every second and doubled the intake's p99 (services/ingest/README.md) */
+    {"stream-dupe-window", "EVALBUS_STREAM_DUPE_WINDOW", EB_SET_DURATION, "20s", 1000, 86400000,
+     false, offsetof(T, stream_dupe_window_ms),
+     "JetStream duplicate window of INGEST (at least publish-timeout)"},
     {"retention-days", "EVALBUS_RETENTION_DAYS", EB_SET_INT, "90", 1, 36500, false,
      offsetof(T, retention_days), "default retention of a project's traces"},
     {"retention-interval", "EVALBUS_RETENTION_INTERVAL", EB_SET_DURATION, "1h", 1000, 86400000,
@@ -154,6 +158,16 @@ int main(int argc, char **argv)
         }
         free(cfg.review_reasons);
         cfg.review_reasons = reasons;
+    }
+    if (cfg.stream_dupe_window_ms < cfg.publish_timeout_ms) {
+        /* a record whose acknowledgement timed out may still be stored: the caller's resend
+         * must fall within the window to be recognised */
+        fprintf(stderr,
+                "evalbus-ingest: setting stream-dupe-window (%lld ms) must be at least "
+                "publish-timeout (%lld ms)\n",
+                (long long)cfg.stream_dupe_window_ms, (long long)cfg.publish_timeout_ms);
+        eb_config_free(settings, sizeof(settings) / sizeof(settings[0]), &cfg);
+        return 2;
     }
     ctx.cfg = &cfg;
     ctx.limits = INGEST_LIMITS_DEFAULT;

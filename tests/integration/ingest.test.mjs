@@ -492,12 +492,16 @@ describe('ingest: JSON batch API and trace queries', () => {
     assertError(await api('GET', '/api/v1/traces?review=maybe', A.key), 'invalid_argument', 'review filter value');
   }));
 
-  it('review-reasons: spaces around the reasons are dropped; an empty reason stops start-up', T, stack.wrap(async () => {
+  it('review-reasons: spaces around the reasons are dropped; an empty reason, or a duplicate window shorter than publish-timeout, stops start-up', T, stack.wrap(async () => {
     for (const list of ['incorrect,,other', ',incorrect', 'incorrect,other,', 'incorrect, ']) {
       const bad = spawnSync(path.join(BIN_DIR, 'evalbus-ingest'), [], { env: { ...process.env, EVALBUS_REVIEW_REASONS: list }, encoding: 'utf8', timeout: 10_000 });
       assert.equal(bad.status, 2, `an empty reason in '${list}': exit ${bad.status}: ${bad.stderr}`);
       assert.match(bad.stderr, /review-reasons: an empty reason/);
     }
+    // the duplicate window must hold a resend after a publish timeout
+    const short = spawnSync(path.join(BIN_DIR, 'evalbus-ingest'), [], { env: { ...process.env, EVALBUS_STREAM_DUPE_WINDOW: '4s', EVALBUS_PUBLISH_TIMEOUT: '5s' }, encoding: 'utf8', timeout: 10_000 });
+    assert.equal(short.status, 2, `a window shorter than publish-timeout: exit ${short.status}: ${short.stderr}`);
+    assert.match(short.stderr, /stream-dupe-window \(4000 ms\) must be at least publish-timeout \(5000 ms\)/);
     const replica = await stack.spawnService('ingest', { EVALBUS_REVIEW_REASONS: 'incorrect, incomplete ,  other', EVALBUS_WRITER_THREADS: '0' });
     try {
       const id = rid('rr');
@@ -762,7 +766,7 @@ describe('ingest: JSON batch API and trace queries', () => {
   }));
 
   it('a deleted trace sent again unchanged right away is stored again (not taken for a duplicate)', T, stack.wrap(async () => {
-    // the stream drops a record whose message id it saw within its duplicate window (2 min):
+    // the stream drops a record whose message id it saw within its duplicate window (20 s):
     // a resend after a deletion must not be taken for the record that was deleted
     const project = `again-${crypto.randomBytes(3).toString('hex')}`;
     const [one, two] = [rid('again'), rid('again')];

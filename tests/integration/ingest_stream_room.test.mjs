@@ -30,14 +30,18 @@ describe('ingest: room in the INGEST stream', () => {
   const stored = async (project) => new Set((await stack.psql(
     `SELECT id FROM ingest.traces WHERE team_id = '${A.id}' AND project = '${project}'`)).map((r) => r[0]));
 
-  it('a stream made with discard old by an earlier version is set to discard new at start-up', T, stack.wrap(async () => {
+  it('a stream made by an earlier version (discard old, a 2 min duplicate window) is set to discard new and the window of the settings at start-up', T, stack.wrap(async () => {
     const jsm = await (await stack.nats()).jetstreamManager();
-    assert.equal((await jsm.streams.info('INGEST')).config.discard, 'new');
-    const config = (await jsm.streams.info('INGEST')).config;
-    await jsm.streams.update('INGEST', { ...config, discard: 'old' });
-    const replica = await stack.spawnService('ingest', { ...LIMITS, EVALBUS_WRITER_THREADS: '0' });
+    const seconds = (ns) => ns / 1e9;
+    let config = (await jsm.streams.info('INGEST')).config;
+    assert.equal(config.discard, 'new');
+    assert.equal(seconds(config.duplicate_window), 20, 'the default duplicate window');
+    await jsm.streams.update('INGEST', { ...config, discard: 'old', duplicate_window: 120e9 });
+    const replica = await stack.spawnService('ingest', { ...LIMITS, EVALBUS_WRITER_THREADS: '0', EVALBUS_STREAM_DUPE_WINDOW: '45s' });
     try {
-      assert.equal((await jsm.streams.info('INGEST')).config.discard, 'new');
+      config = (await jsm.streams.info('INGEST')).config;
+      assert.equal(config.discard, 'new');
+      assert.equal(seconds(config.duplicate_window), 45, 'the replica\'s stream-dupe-window');
     } finally {
       replica.proc.kill('SIGTERM');
       await replica.exited;
