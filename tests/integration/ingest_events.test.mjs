@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -40,6 +41,13 @@ describe('ingest: stored events and IngestAcks on a server with a small max_payl
     await stack.setTier(A.team, 'enterprise', A.key); // not about rate limits
   }, { timeout: UP_TIMEOUT_MS });
   after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
+
+  it('scripts/stack starts nats-server with the max_payload asked for, scheduling on half the cores (GOMAXPROCS)', T, stack.wrap(async () => {
+    const nc = await stack.nats();
+    assert.equal(nc.info.max_payload, MAX_PAYLOAD);
+    const environ = fs.readFileSync(`/proc/${stack.readPid('nats')}/environ`, 'utf8').split('\0');
+    assert.ok(environ.includes(`GOMAXPROCS=${Math.max(1, Math.floor(os.availableParallelism() / 2))}`), `nats-server's GOMAXPROCS: ${environ.filter((e) => e.startsWith('GOMAX'))}`);
+  }));
 
   it('the ids of a writer batch larger than max_payload go out as several events under it, each stored trace announced once', T, stack.wrap(async () => {
     const { TracesStored } = await protoTypes();
