@@ -75,8 +75,8 @@ static const eb_setting settings[] = {
      "percent of stream-max-bytes that records not yet stored may fill before new ones are "
      "refused (accepted again 10 points below)"},
     /* nats-server keeps every message id of the window in memory and its garbage collector
-     * walks them all: at 11,000 traces/s a 2 min window (1.3 million ids) stalled the server
-     * for 40-60 ms every second and doubled the intake's p99 (services/ingest/README.md) */
+     * walks them all: with a 2 min window and 200,000-300,000 ids a cycle took both cores for
+     * 40-60 ms about once a second, and the intake's p99 with it (services/ingest/README.md) */
     {"stream-dupe-window", "EVALBUS_STREAM_DUPE_WINDOW", EB_SET_DURATION, "20s", 1000, 86400000,
      false, offsetof(T, stream_dupe_window_ms),
      "JetStream duplicate window of INGEST (at least publish-timeout)"},
