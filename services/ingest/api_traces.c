@@ -101,7 +101,7 @@ static void on_published(void *arg, const eb_status *results, size_t n)
 {
     batch_state *b = arg;
     cJSON *root = cJSON_CreateObject(), *accepted = cJSON_AddArrayToObject(root, "accepted");
-    size_t nacc = 0, nunavail = 0;
+    size_t nacc = 0, nunavail = 0, nfull = 0;
     int code;
 
     for (size_t i = 0; i < n; i++) {
@@ -110,6 +110,7 @@ static void on_published(void *arg, const eb_status *results, size_t n)
             nacc++;
         } else {
             nunavail++;
+            nfull += results[i] == EB_ERR_RATE_LIMITED;
             cJSON_AddItemToArray(b->rejected, rejection(b->index[i], b->ids[i], EB_ERR_UNAVAILABLE,
                                                         ingest_publish_message(results[i])));
         }
@@ -124,15 +125,19 @@ static void on_published(void *arg, const eb_status *results, size_t n)
     } else {
         cJSON *e = cJSON_CreateObject();
         bool unavailable = nunavail > 0 && nunavail == b->total;
+        bool full = unavailable && nfull == nunavail;
         cJSON_AddStringToObject(e, "code", unavailable ? "unavailable" : "invalid_argument");
         cJSON_AddStringToObject(e, "message",
-                                unavailable ? "the ingest stream is unavailable; retry"
-                                            : "no trace in the batch was accepted");
+                                full          ? ingest_publish_message(EB_ERR_RATE_LIMITED)
+                                : unavailable ? "the ingest stream is unavailable; retry"
+                                              : "no trace in the batch was accepted");
         cJSON_AddStringToObject(e, "request_id", eb_http_req_id(b->req));
         cJSON_AddItemToObject(root, "error", e);
         code = unavailable ? 503 : 400;
+        /* a full stream takes records again once the writers have stored some (checked once
+         * a second) */
         if (unavailable)
-            eb_http_add_header(b->req, "Retry-After", "1");
+            eb_http_add_header(b->req, "Retry-After", full ? "5" : "1");
     }
     cJSON_AddItemToObject(root, "rejected", b->rejected);
     b->rejected = NULL;

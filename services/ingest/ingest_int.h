@@ -94,6 +94,8 @@ static inline const char *ingest_publish_message(eb_status result)
 {
     if (result == EB_ERR_TOO_LARGE)
         return "the trace is larger as a stream record than the NATS server takes (max_payload)";
+    if (result == EB_ERR_RATE_LIMITED)
+        return "the ingest stream is full of traces not yet stored; retry in a few seconds";
     return result == EB_ERR_TIMEOUT ? "the ingest stream did not acknowledge it in time; it may "
                                       "still be stored: send it again with the same id"
                                     : "the ingest stream did not take it; retry";
@@ -131,7 +133,9 @@ bool ingest_dead_letter(natsConnection *nc, const char *subject, natsMsg *msg, c
 /* Publishes msgs[0..n) (taking every message and setting the entries to NULL; a NULL entry
  * counts as failed with unmade[i], the status its packing gave, or EB_ERR_UNAVAILABLE when
  * unmade is NULL; unmade is copied). done runs once, on the loop thread, when every record is
- * acknowledged by JetStream or has failed (inside this call when all are refused at once). The
+ * acknowledged by JetStream or has failed (inside this call when all are refused at once); a
+ * record refused because the stream is full of records not yet stored (above
+ * stream-high-water, or full itself) fails with EB_ERR_RATE_LIMITED. The
  * records go out in slices of a few hundred, one per turn of the loop, so that a large batch does
  * not hold the loop; the wait for the acknowledgements (timeout_ms at most) starts once the last
  * one is handed over. The slices of batches handed over one after the other may go out

@@ -147,7 +147,7 @@ static bool reason(otlp_state *s, long long spans, const char *fmt, ...)
 static void on_published(void *arg, const eb_status *results, size_t n)
 {
     otlp_state *s = arg;
-    long long rejected = s->rejected, failed = 0, too_large = 0, too_large_spans = 0;
+    long long rejected = s->rejected, failed = 0, full = 0, too_large = 0, too_large_spans = 0;
 
     for (size_t i = 0; i < n; i++) {
         long long spans = s->spans[i]; /* 0 for the first fragment of a split trace alone */
@@ -158,6 +158,7 @@ static void on_published(void *arg, const eb_status *results, size_t n)
             too_large_spans += spans;
         } else if (results[i] != EB_OK) {
             failed++;
+            full += results[i] == EB_ERR_RATE_LIMITED;
             rejected += spans;
         }
     }
@@ -165,11 +166,17 @@ static void on_published(void *arg, const eb_status *results, size_t n)
         /* OTLP exporters retry a 503 but never a partial success: ask for the whole request
          * again (what the stream already has is recognised by its message id, and fragments
          * merge idempotently) */
-        char msg[96];
+        char msg[160];
 
-        snprintf(msg, sizeof(msg), "the ingest stream did not take %lld of %zu traces; retry",
-                 failed, n);
-        eb_http_add_header(s->req, "Retry-After", "1");
+        if (full == failed)
+            snprintf(msg, sizeof(msg),
+                     "the ingest stream is full of traces not yet stored and did not take %lld "
+                     "of %zu traces; retry in a few seconds",
+                     failed, n);
+        else
+            snprintf(msg, sizeof(msg), "the ingest stream did not take %lld of %zu traces; retry",
+                     failed, n);
+        eb_http_add_header(s->req, "Retry-After", full == failed ? "5" : "1");
         reply_error(s->req, s->json, EB_ERR_UNAVAILABLE, msg);
     } else {
         if (too_large > 0) /* one reason for them all, counted as the others are */

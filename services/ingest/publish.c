@@ -232,11 +232,13 @@ static eb_status ack_status(ingest_publisher *p, natsMsg *m)
     j = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
     err = cJSON_GetObjectItemCaseSensitive(j, "error");
     if (err) {
+        bool full;
         desc = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(err, "description"));
-        st = eb_error(EB_ERR_UNAVAILABLE, "JetStream refused the record: %s",
-                      desc ? desc : "no reason given");
         /* full (discard new) before the stream watch's next check refused new records */
-        if (desc && strstr(desc, "maximum bytes exceeded"))
+        full = desc && strstr(desc, "maximum bytes exceeded");
+        st = eb_error(full ? EB_ERR_RATE_LIMITED : EB_ERR_UNAVAILABLE,
+                      "JetStream refused the record: %s", desc ? desc : "no reason given");
+        if (full)
             eb_metrics_add("evalbus_ingest_refused_stream_full_total", NULL, 1);
     } else if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "seq"))) {
         st = EB_OK;
@@ -662,7 +664,7 @@ void ingest_publish_packed(ingest_publisher *p, natsMsg **msgs, size_t n, const 
         for (size_t i = 0; i < n; i++) {
             natsMsg_Destroy(msgs[i]);
             msgs[i] = NULL;
-            b->results[i] = EB_ERR_UNAVAILABLE;
+            b->results[i] = full && !p->closing ? EB_ERR_RATE_LIMITED : EB_ERR_UNAVAILABLE;
         }
         if (n && !p->closing)
             eb_metrics_add(full        ? "evalbus_ingest_refused_stream_full_total"

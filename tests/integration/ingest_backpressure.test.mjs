@@ -11,6 +11,7 @@
 // over the stream's message size limit, and records whose subject no stream takes.
 
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -65,9 +66,12 @@ describe('ingest: records not yet stored are never pushed out of a full stream',
       }
       await sleep(200);
     }
+    // the answer says why: the stream is full of traces not yet stored (not that it is down)
+    const FULL = 'the ingest stream is full of traces not yet stored; retry in a few seconds';
     assert.equal(refused.body.error.code, 'unavailable');
-    assert.equal(refused.headers.get('retry-after'), '1');
-    assert.ok(refused.body.rejected.every((x) => x.error.code === 'unavailable'));
+    assert.equal(refused.body.error.message, FULL);
+    assert.equal(refused.headers.get('retry-after'), '5');
+    assert.ok(refused.body.rejected.every((x) => x.error.code === 'unavailable' && x.error.message === FULL), refused.text.slice(0, 300));
     assert.ok(accepted.length >= 40, `about half of 1 MiB was accepted first (${accepted.length} traces)`);
     assert.equal(await metric('evalbus_ingest_stream_full'), 1, 'the refusal shows in /metrics');
     assert.ok((await metric('evalbus_ingest_refused_stream_full_total')) >= 5);
@@ -75,6 +79,14 @@ describe('ingest: records not yet stored are never pushed out of a full stream',
     await sleep(1500);
     const again = await stack.api('POST', '/api/v1/traces', { base: stack.url, key: A.key, body: { traces: batch('bp', next, 5) } });
     assert.equal(again.status, 503, 'still refused while the backlog stays');
+    // over OTLP too (the exporter retries the whole request)
+    const now = BigInt(Date.now()) * 1000000n;
+    const otlp = await stack.api('POST', '/otlp/v1/traces', { base: stack.url, key: A.key, body: { resourceSpans: [{ scopeSpans: [{ spans: [
+      { traceId: crypto.randomBytes(16).toString('hex'), spanId: crypto.randomBytes(8).toString('hex'), name: 'bp-otlp', startTimeUnixNano: String(now), endTimeUnixNano: String(now + 1000n) }] }] }] } });
+    assert.equal(otlp.status, 503, otlp.text);
+    assert.equal(otlp.headers.get('retry-after'), '5');
+    assert.equal(otlp.body.code, 14, 'UNAVAILABLE');
+    assert.match(otlp.body.message, /^the ingest stream is full of traces not yet stored and did not take 1 of 1 traces; retry in a few seconds$/);
 
     // a replica with writers stores the backlog: every acknowledged trace, once
     await stack.spawnService('ingest', { ...LIMITS, EVALBUS_WRITER_THREADS: '2' });
