@@ -16,7 +16,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, pollUntil, sleep, uniqueSlug } from './harness.mjs';
+import { headers as natsHeaders } from 'nats';
+import protobuf from 'protobufjs';
+
+import { DOWN_TIMEOUT_MS, PROTO_ROOT, Stack, UP_TIMEOUT_MS, pollUntil, sleep, uniqueSlug } from './harness.mjs';
 
 const LIMITS = { EVALBUS_STREAM_MAX_BYTES: '1MiB', EVALBUS_STREAM_HIGH_WATER: '50' };
 const stack = new Stack('ingest-backpressure', { env: { ...LIMITS, EVALBUS_WRITER_THREADS: '0' } });
@@ -87,6 +90,19 @@ describe('ingest: records not yet stored are never pushed out of a full stream',
     assert.equal(otlp.headers.get('retry-after'), '5');
     assert.equal(otlp.body.code, 14, 'UNAVAILABLE');
     assert.match(otlp.body.message, /^the ingest stream is full of traces not yet stored and did not take 1 of 1 traces; retry in a few seconds$/);
+    // and over NATS, in the IngestAck
+    const root = new protobuf.Root();
+    root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
+    await root.load('evalbus/v1/trace.proto', { keepCase: true });
+    const [TraceBatch, IngestAck] = ['TraceBatch', 'IngestAck'].map((n) => root.lookupType(`evalbus.v1.${n}`));
+    const h = natsHeaders();
+    h.set('Evalbus-Api-Key', A.key);
+    const reply = await (await stack.nats()).request(`evalbus.v1.ingest.traces.${A.team}`,
+      TraceBatch.encode(TraceBatch.fromObject({ traces: [{ id: 'bp-nats-1', project: 'backpressure' }] })).finish(),
+      { timeout: 10_000, headers: h, noMux: true });
+    const ack = IngestAck.toObject(IngestAck.decode(reply.data), { defaults: true, arrays: true });
+    assert.deepEqual(ack.accepted_ids, []);
+    assert.deepEqual(ack.rejected.map((x) => [x.index, x.id, x.code, x.message]), [[0, 'bp-nats-1', 'unavailable', FULL]]);
 
     // a replica with writers stores the backlog: every acknowledged trace, once
     await stack.spawnService('ingest', { ...LIMITS, EVALBUS_WRITER_THREADS: '2' });
