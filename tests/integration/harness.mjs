@@ -309,17 +309,20 @@ export function run(file, args, { env = process.env, input, timeoutMs = 60_000, 
 // ---------------------------------------------------------------------------------------------
 // protobuf
 
-let protoRootPromise;
+const protoRoots = new Map();
 
-/** Loads proto/evalbus/v1/auth.proto (and its imports) once, with field names as written. */
-export function protoRoot() {
-  if (!protoRootPromise) {
+/** Loads files of proto/ (default evalbus/v1/auth.proto) and their imports into one root, once
+ * for each list, with field names as written. */
+export function protoRoot(...files) {
+  if (files.length === 0) files = ['evalbus/v1/auth.proto'];
+  const key = files.join(' ');
+  if (!protoRoots.has(key)) {
     const root = new protobuf.Root();
     root.resolvePath = (_origin, target) =>
       path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target);
-    protoRootPromise = root.load('evalbus/v1/auth.proto', { keepCase: true });
+    protoRoots.set(key, root.load(files, { keepCase: true }));
   }
-  return protoRootPromise;
+  return protoRoots.get(key);
 }
 
 export function decodeVerifyResponse(root, bytes) {

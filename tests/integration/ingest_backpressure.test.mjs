@@ -17,9 +17,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { headers as natsHeaders } from 'nats';
-import protobuf from 'protobufjs';
 
-import { DOWN_TIMEOUT_MS, PROTO_ROOT, Stack, UP_TIMEOUT_MS, pollUntil, sleep, uniqueSlug } from './harness.mjs';
+import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, pollUntil, protoRoot, sleep, uniqueSlug } from './harness.mjs';
 
 const LIMITS = { EVALBUS_STREAM_MAX_BYTES: '1MiB', EVALBUS_STREAM_HIGH_WATER: '50' };
 const stack = new Stack('ingest-backpressure', { env: { ...LIMITS, EVALBUS_WRITER_THREADS: '0' } });
@@ -91,9 +90,7 @@ describe('ingest: records not yet stored are never pushed out of a full stream',
     assert.equal(otlp.body.code, 14, 'UNAVAILABLE');
     assert.match(otlp.body.message, /^the ingest stream is full of traces not yet stored and did not take 1 of 1 traces; retry in a few seconds$/);
     // and over NATS, in the IngestAck
-    const root = new protobuf.Root();
-    root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
-    await root.load('evalbus/v1/trace.proto', { keepCase: true });
+    const root = await protoRoot('evalbus/v1/trace.proto');
     const [TraceBatch, IngestAck] = ['TraceBatch', 'IngestAck'].map((n) => root.lookupType(`evalbus.v1.${n}`));
     const h = natsHeaders();
     h.set('Evalbus-Api-Key', A.key);

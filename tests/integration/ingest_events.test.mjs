@@ -14,9 +14,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { headers as natsHeaders } from 'nats';
-import protobuf from 'protobufjs';
 
-import { DOWN_TIMEOUT_MS, PROTO_ROOT, Stack, UP_TIMEOUT_MS, pollUntil, sleep, uniqueSlug } from './harness.mjs';
+import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, pollUntil, protoRoot, sleep, uniqueSlug } from './harness.mjs';
 
 const MAX_PAYLOAD = 65536;
 const MAX_TRACE_BYTES = '32KiB';
@@ -26,9 +25,7 @@ const stack = new Stack('ingest-events', {
 const T = { timeout: 90_000 };
 
 async function protoTypes() {
-  const root = new protobuf.Root();
-  root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
-  await root.load('evalbus/v1/trace.proto', { keepCase: true });
+  const root = await protoRoot('evalbus/v1/trace.proto');
   return Object.fromEntries(['TracesStored', 'TraceBatch', 'IngestAck'].map((n) => [n, root.lookupType(`evalbus.v1.${n}`)]));
 }
 

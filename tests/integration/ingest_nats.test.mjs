@@ -11,12 +11,11 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { createInbox, headers as natsHeaders } from 'nats';
-import protobuf from 'protobufjs';
 
 import {
   BIN_DIR,
   DOWN_TIMEOUT_MS,
-  PROTO_ROOT,
+  protoRoot,
   Stack,
   UP_TIMEOUT_MS,
   assertError,
@@ -40,9 +39,7 @@ const ns = (ms) => String(BigInt(ms) * 1_000_000n);
 let types;
 async function loadTypes() {
   if (!types) {
-    const root = new protobuf.Root();
-    root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
-    await root.load('evalbus/v1/trace.proto', { keepCase: true });
+    const root = await protoRoot('evalbus/v1/trace.proto');
     types = {
       TraceBatch: root.lookupType('evalbus.v1.TraceBatch'),
       IngestAck: root.lookupType('evalbus.v1.IngestAck'),

@@ -16,12 +16,11 @@ import { OTLPTraceExporter as OTLPHttpExporter } from '@opentelemetry/exporter-t
 import { OTLPTraceExporter as OTLPProtoExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
-import protobuf from 'protobufjs';
 
 import {
   BIN_DIR,
   DOWN_TIMEOUT_MS,
-  PROTO_ROOT,
+  protoRoot,
   Stack,
   UP_TIMEOUT_MS,
   assertError,
@@ -41,10 +40,7 @@ const nsStr = (ms) => String(BigInt(Math.round(ms * 1000)) * 1000n);
 let types;
 async function loadTypes() {
   if (!types) {
-    const root = new protobuf.Root();
-    root.resolvePath = (_o, target) => (path.isAbsolute(target) ? target : path.join(PROTO_ROOT, target));
-    await root.load('evalbus/otlp/v1/otlp.proto', { keepCase: true });
-    await root.load('evalbus/v1/trace.proto', { keepCase: true });
+    const root = await protoRoot('evalbus/otlp/v1/otlp.proto', 'evalbus/v1/trace.proto');
     types = {
       TracesStored: root.lookupType('evalbus.v1.TracesStored'),
       Req: root.lookupType('evalbus.otlp.v1.ExportTraceServiceRequest'),
