@@ -1405,11 +1405,6 @@ static void dead_letter(eb_bus *bus, natsMsg *msg, const char *team, const char 
     eb_metrics_add("evalbus_ingest_dead_letters_total", "stage=\"writer\"", 1);
 }
 
-static int cmp_id(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* TracesStored events of one team for ids[0..n) (sorted, each once), as many as the server's
  * max_payload asks for. */
 static void publish_stored_ids(eb_bus *bus, const char *team_id, const char *subject, char **ids,
@@ -1455,33 +1450,29 @@ static void publish_stored_ids(eb_bus *bus, const char *team_id, const char *sub
 static void publish_stored(eb_bus *bus, rec *recs, size_t n)
 {
     /* one event per team in the batch (more if it would not fit a message), each trace once
-     * however many of its records the batch had */
-    for (size_t i = 0; i < n; i++) {
-        char **ids = NULL, subject[160];
-        size_t nids = 0, kept = 0;
-        bool first = true;
+     * however many of its records the batch had: recs are in key order (team, then trace id),
+     * so a team's records are next to each other and its ids come sorted */
+    char **ids = eb_malloc((n ? n : 1) * sizeof(char *));
 
-        if (!recs[i].stored || recs[i].gone)
-            continue;
-        for (size_t j = 0; j < i && first; j++)
-            first = !recs[j].stored || recs[j].gone ||
-                    strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) != 0;
-        if (!first)
-            continue;
-        ids = eb_malloc(n * sizeof(char *));
-        for (size_t j = i; j < n; j++)
-            if (recs[j].stored && !recs[j].gone &&
-                strcmp(recs[j].r->envelope->team_id, recs[i].r->envelope->team_id) == 0)
+    for (size_t i = 0, j; i < n; i = j) {
+        const char *team = recs[i].r->envelope->team_id, *slug = NULL;
+        char subject[160];
+        size_t nids = 0;
+
+        for (j = i; j < n && strcmp(recs[j].r->envelope->team_id, team) == 0; j++) {
+            if (!recs[j].stored || recs[j].gone)
+                continue;
+            if (nids == 0 || strcmp(ids[nids - 1], recs[j].r->trace->id) != 0)
                 ids[nids++] = recs[j].r->trace->id;
-        qsort(ids, nids, sizeof(*ids), cmp_id);
-        for (size_t j = 0; j < nids; j++)
-            if (kept == 0 || strcmp(ids[kept - 1], ids[j]) != 0)
-                ids[kept++] = ids[j];
-        snprintf(subject, sizeof(subject), STORED_SUBJECT_PREFIX "%s",
-                 recs[i].r->team_slug ? recs[i].r->team_slug : "unknown");
-        publish_stored_ids(bus, recs[i].r->envelope->team_id, subject, ids, kept);
-        free(ids);
+            if (!slug)
+                slug = recs[j].r->team_slug;
+        }
+        if (nids == 0)
+            continue;
+        snprintf(subject, sizeof(subject), STORED_SUBJECT_PREFIX "%s", slug ? slug : "unknown");
+        publish_stored_ids(bus, team, subject, ids, nids);
     }
+    free(ids);
 }
 
 /* The heartbeat: once a batch has been in store_batch for half the consumer's AckWait, its

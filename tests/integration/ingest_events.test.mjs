@@ -2,7 +2,7 @@
 // EVALBUS_NATS_MAX_PAYLOAD):
 //   - the writer's evalbus.v1.traces.stored.<team> events: the ids of one writer batch that do
 //     not fit one message go out as several events, each under the limit, and every stored trace
-//     is announced once;
+//     is announced once; a batch of two teams announces each team's traces on its own subject;
 //   - an IngestAck of many rejections with messages, which would exceed the limit, leaves out the
 //     messages of its last rejections: it is sent, complete in what was accepted.
 
@@ -95,6 +95,53 @@ describe('ingest: stored events and IngestAcks on a server with a small max_payl
     const log = fs.readFileSync(path.join(stack.state, 'logs', 'ingest.log'), 'utf8');
     assert.doesNotMatch(log, /stored event of \d+ traces on .* not sent/, 'no event refused by the server');
   }));
+  it('a writer batch of two teams announces each team\'s traces on its own subject, each once, a trace sent twice included', T, stack.wrap(async () => {
+    const { TracesStored } = await protoTypes();
+    const tag = crypto.randomBytes(3).toString('hex');
+    const B = await stack.bootstrap(uniqueSlug('ev2'));
+    await stack.setTier(B.team, 'enterprise', B.key);
+    const nc = await stack.nats();
+    const heard = { [A.team]: [], [B.team]: [] };
+    const subs = [A.team, B.team].map((team) => {
+      const sub = nc.subscribe(`evalbus.v1.traces.stored.${team}`);
+      (async () => {
+        for await (const m of sub) heard[team].push(...TracesStored.decode(m.data).trace_ids);
+      })();
+      return sub;
+    });
+    await nc.flush();
+    const idsA = Array.from({ length: 120 }, (_, i) => `mix-${tag}-a-${i}`);
+    const idsB = Array.from({ length: 80 }, (_, i) => `mix-${tag}-b-${i}`);
+
+    // as above: the writers paused while a replica without writers fills the stream, so one
+    // writer batch holds both teams' records, A's first ten twice
+    const intake = await stack.spawnService('ingest', { EVALBUS_WRITER_THREADS: '0', EVALBUS_MAX_TRACE_BYTES: MAX_TRACE_BYTES });
+    const main = stack.readPid('ingest');
+    process.kill(main, 'SIGSTOP');
+    try {
+      await sleep(600);
+      for (const [who, ids] of [[A, idsA.slice(0, 60)], [B, idsB.slice(0, 40)], [A, idsA.slice(60)],
+        [B, idsB.slice(40)], [A, idsA.slice(0, 10)]]) {
+        const r = await stack.api('POST', '/api/v1/traces', { base: intake.url, key: who.key,
+          body: { traces: ids.map((id) => ({ id, project: 'mix', name: 'n' })) } });
+        assert.equal(r.status, 202, r.text.slice(0, 300));
+      }
+    } finally {
+      process.kill(main, 'SIGCONT');
+    }
+    const mine = (team) => heard[team].filter((id) => id.startsWith(`mix-${tag}-`));
+    const all = await pollUntil(async () => mine(A.team).length >= idsA.length && mine(B.team).length >= idsB.length,
+      { timeoutMs: 30_000, intervalMs: 200 });
+    assert.ok(all.value, `every trace announced within 30 s: ${mine(A.team).length} of ${idsA.length}, ${mine(B.team).length} of ${idsB.length}`);
+    await sleep(500); // a late duplicate would show up now
+    subs.forEach((s) => s.unsubscribe());
+    intake.proc.kill('SIGTERM');
+    await intake.exited;
+
+    assert.deepEqual([...mine(A.team)].sort(), [...idsA].sort(), 'team A hears exactly its traces, each once');
+    assert.deepEqual([...mine(B.team)].sort(), [...idsB].sort(), 'team B hears exactly its traces, each once');
+  }));
+
   it('an IngestAck that would exceed max_payload leaves out the messages of its last rejections: it is sent, with every accepted id and every rejection by index and code', T, stack.wrap(async () => {
     const { TraceBatch, IngestAck } = await protoTypes();
     const tag = crypto.randomBytes(3).toString('hex');
