@@ -56,11 +56,25 @@ struct ingest_watch {
 #define PURGE_PAUSE_MS 5
 #define PURGE_SLICES_PER_CHECK 40
 
+/* Whether INGEST is still the stream made at created (not deleted and made again since, which
+ * would start its positions anew). */
+static bool same_stream(eb_bus *bus, int64_t created)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    bool same = js_GetStreamInfo(&si, eb_bus_js(bus), INGEST_STREAM, NULL, &jerr) == NATS_OK &&
+                si->Created == created;
+
+    jsStreamInfo_Destroy(si);
+    return same;
+}
+
 /* Purges the records from first to the writer consumer's acknowledgement floor (every one of
- * them stored, or dropped for good) from INGEST, in slices, to make room: the stream refuses
- * new records when full rather than push out old ones. True when some are left for the next
- * check. */
-static bool purge_stored(ingest_watch *w, eb_bus *bus, uint64_t first, uint64_t floor)
+ * them stored, or dropped for good) from INGEST, the stream made at created, in slices, to make
+ * room: the stream refuses new records when full rather than push out old ones. True when some
+ * are left for the next check. */
+static bool purge_stored(ingest_watch *w, eb_bus *bus, int64_t created, uint64_t first,
+                         uint64_t floor)
 {
     uint64_t from = first;
     int slices = 0;
@@ -71,8 +85,14 @@ static bool purge_stored(ingest_watch *w, eb_bus *bus, uint64_t first, uint64_t 
         jsErrCode jerr = 0;
         natsStatus s;
 
-        if (slices > 0)
+        if (slices > 0) {
             usleep(PURGE_PAUSE_MS * 1000);
+            /* the positions are those of the stream the floor was read from */
+            if (!same_stream(bus, created)) {
+                eb_log_warn(NULL, "INGEST was made again during a purge; the purge stops");
+                break;
+            }
+        }
         jsOptions_Init(&o);
         o.Stream.Purge.Sequence = to; /* up to, not including */
         s = js_PurgeStream(eb_bus_js(bus), INGEST_STREAM, &o, &jerr);
@@ -119,7 +139,7 @@ static bool unwritten_bytes(ingest_watch *w, eb_bus *bus, double purge_share, do
         *max_bytes = si->Config ? si->Config->MaxBytes : -1;
         if (*max_bytes > 0 && floor >= si->State.FirstSeq && si->State.Msgs > 0 &&
             100.0 * (double)si->State.Bytes >= purge_share * (double)*max_bytes) {
-            *more = purge_stored(w, bus, si->State.FirstSeq, floor);
+            *more = purge_stored(w, bus, si->Created, si->State.FirstSeq, floor);
             jsStreamInfo_Destroy(si);
             si = NULL;
             if (js_GetStreamInfo(&si, eb_bus_js(bus), INGEST_STREAM, NULL, &jerr) != NATS_OK)
