@@ -4,16 +4,17 @@
  * INGEST keeps records by limits (7 days, stream-max-bytes) and refuses new records when full
  * (discard new): a full stream never pushes out an old record, which could be one acknowledged
  * but not yet stored. Stored records stay for replay until room is needed. This thread, once a
- * second, reads the stream's size and the writer consumer's acknowledgement floor and backlog
- * (records not yet delivered plus delivered but not acknowledged). From stream-high-water - 10
- * percent of stream-max-bytes on, it purges the records at or below the floor (stored, or
- * dropped for good), in slices that each hold the stream only a few milliseconds: what is left
- * is then records not yet stored, and their bytes are the stream's own. Above stream-high-water
- * percent the publisher refuses new records (callers get 503 / "unavailable" and retry, as
- * OpenTelemetry exporters do), until the backlog is 10 points below the mark again; should the
- * stream fill before a check, JetStream's own refusal is a 503 too. Below the purge mark the
- * backlog's bytes are only estimated (backlog x the stream's mean record size), for the metric.
- * What was acknowledged stays until it is written; what is refused was never acknowledged.
+ * second (at once again while a purge is unfinished), reads the stream's size and the writer
+ * consumer's acknowledgement floor and backlog (records not yet delivered plus delivered but not
+ * acknowledged). From stream-high-water - 10 percent of stream-max-bytes on, it purges the records
+ * at or below the floor (stored, or dropped for good), in slices that each hold the stream only a
+ * few milliseconds: what is left is then records not yet stored, and their bytes are the stream's
+ * own. Above stream-high-water percent the publisher refuses new records (callers get 503 /
+ * "unavailable" and retry, as OpenTelemetry exporters do), until the backlog is 10 points below the
+ * mark again; should the stream fill before a check, JetStream's own refusal is a 503 too. Below
+ * the purge mark the backlog's bytes are only estimated (backlog x the stream's mean record size),
+ * for the metric. What was acknowledged stays until it is written; what is refused was never
+ * acknowledged.
  *
  * The check runs on its own thread with its own NATS connection (the JetStream management
  * calls are synchronous). If the stream or the consumer cannot be read, the last verdict
@@ -57,14 +58,18 @@ struct ingest_watch {
 #define PURGE_SLICES_PER_CHECK 40
 
 /* Whether INGEST is still the stream made at created (not deleted and made again since, which
- * would start its positions anew). */
-static bool same_stream(eb_bus *bus, int64_t created)
+ * would start its positions anew); false, with why[] said, if not or if it cannot be read. */
+static bool same_stream(eb_bus *bus, int64_t created, char *why, size_t len)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    bool same = js_GetStreamInfo(&si, eb_bus_js(bus), INGEST_STREAM, NULL, &jerr) == NATS_OK &&
-                si->Created == created;
+    natsStatus s = js_GetStreamInfo(&si, eb_bus_js(bus), INGEST_STREAM, NULL, &jerr);
+    bool same = s == NATS_OK && si->Created == created;
 
+    if (s != NATS_OK)
+        snprintf(why, len, "INGEST cannot be read (%s, %d)", natsStatus_GetText(s), (int)jerr);
+    else if (!same)
+        snprintf(why, len, "INGEST was deleted and made again meanwhile");
     jsStreamInfo_Destroy(si);
     return same;
 }
@@ -87,9 +92,12 @@ static bool purge_stored(ingest_watch *w, eb_bus *bus, int64_t created, uint64_t
 
         if (slices > 0) {
             usleep(PURGE_PAUSE_MS * 1000);
-            /* the positions are those of the stream the floor was read from */
-            if (!same_stream(bus, created)) {
-                eb_log_warn(NULL, "INGEST was made again during a purge; the purge stops");
+            /* the positions are those of the stream the floor was read from (this narrows the
+             * window in which a stream made again by hand would lose records to milliseconds
+             * before a slice; JetStream has no purge on condition) */
+            char why[160];
+            if (!same_stream(bus, created, why, sizeof why)) {
+                eb_log_warn(NULL, "INGEST: a purge of the records stored stops: %s", why);
                 break;
             }
         }
@@ -104,14 +112,14 @@ static bool purge_stored(ingest_watch *w, eb_bus *bus, int64_t created, uint64_t
         slices++;
         from = to;
     }
-    if (slices > 0) {
-        eb_metrics_add("evalbus_ingest_stream_purges_total", NULL, 1);
+    if (slices > 0)
         eb_log_info(NULL,
                     "INGEST: the records stored from position %llu to %llu purged to make room,"
-                    " in %d slices%s",
+                    " in %d slice%s%s",
                     (unsigned long long)first, (unsigned long long)from - 1, slices,
-                    from <= floor ? "; the rest next" : "");
-    }
+                    slices == 1 ? "" : "s", from <= floor ? "; the rest next" : "");
+    if (from > floor) /* done: every record stored when the mark was passed is gone */
+        eb_metrics_add("evalbus_ingest_stream_purges_total", NULL, 1);
     return slices == PURGE_SLICES_PER_CHECK && from <= floor;
 }
 
@@ -235,8 +243,8 @@ ingest_watch *ingest_watch_start(ingest_ctx *ctx)
                         "bytes of records in INGEST not yet stored (estimated below the purge "
                         "mark, stream-high-water - 10 percent)");
     eb_metrics_describe("evalbus_ingest_stream_purges_total", "counter",
-                        "purges of the stored records from INGEST, to make room (each in "
-                        "slices)");
+                        "purges of the stored records from INGEST, to make room, done (each in "
+                        "slices, over one check or more)");
     eb_metrics_describe(
         "evalbus_ingest_stream_full", "gauge",
         "1 while new records are refused: unstored records above stream-high-water");

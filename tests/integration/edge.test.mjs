@@ -88,7 +88,7 @@ describe('through the nginx edge', () => {
     assertError(await api('POST', '/api/v1/auth/login', { raw: big }), 'too_large', 'edge: 70 KiB body');
     const longHeader = await api('GET', '/api/v1/auth/whoami', { key: owner.key, headers: { 'x-note': 'n'.repeat(9 * 1024) } });
     assertError(longHeader, 'invalid_argument', 'edge: 9 KiB header');
-    assert.match(longHeader.body.error.message, /header exceeds 8 KiB/);
+    assert.match(longHeader.body.error.message, /request headers are too large/);
     assertError(await api('DELETE', '/api/v1/keys/00000000-0000-4000-8000-000000000000', { key: owner.key }), 'not_found', 'edge: unknown key id');
     const viewer = await stack.createKey(owner.key, { name: 'edge-viewer', role: 'viewer', scopes: ['traces:read'] }, edge);
     assertError(await api('GET', '/api/v1/audit?limit=5', { key: viewer.key }), 'forbidden', 'edge: viewer reads audit');

@@ -112,11 +112,15 @@ describe('ingest: stored events and IngestAcks on a server with a small max_payl
     await nc.flush();
     const idsA = Array.from({ length: 120 }, (_, i) => `mix-${tag}-a-${i}`);
     const idsB = Array.from({ length: 80 }, (_, i) => `mix-${tag}-b-${i}`);
+    const mine = (team) => heard[team].filter((id) => id.startsWith(`mix-${tag}-`));
 
-    // as above: the writers paused while a replica without writers fills the stream, so one
-    // writer batch holds both teams' records, A's first ten twice
+    // as above: the writers paused while a replica without writers fills the stream; then a
+    // replica with one writer thread stores them, so one writer batch holds both teams'
+    // records, A's first ten twice (two threads could split them between two batches, each of
+    // which announces what it stored)
     const intake = await stack.spawnService('ingest', { EVALBUS_WRITER_THREADS: '0', EVALBUS_MAX_TRACE_BYTES: MAX_TRACE_BYTES });
     const main = stack.readPid('ingest');
+    let writer = null;
     process.kill(main, 'SIGSTOP');
     try {
       await sleep(600);
@@ -126,17 +130,19 @@ describe('ingest: stored events and IngestAcks on a server with a small max_payl
           body: { traces: ids.map((id) => ({ id, project: 'mix', name: 'n' })) } });
         assert.equal(r.status, 202, r.text.slice(0, 300));
       }
+      writer = await stack.spawnService('ingest', { EVALBUS_WRITER_THREADS: '1', EVALBUS_MAX_TRACE_BYTES: MAX_TRACE_BYTES });
+      const all = await pollUntil(async () => mine(A.team).length >= idsA.length && mine(B.team).length >= idsB.length,
+        { timeoutMs: 30_000, intervalMs: 200 });
+      assert.ok(all.value, `every trace announced within 30 s: ${mine(A.team).length} of ${idsA.length}, ${mine(B.team).length} of ${idsB.length}`);
+      await sleep(500); // a late duplicate would show up now
     } finally {
       process.kill(main, 'SIGCONT');
     }
-    const mine = (team) => heard[team].filter((id) => id.startsWith(`mix-${tag}-`));
-    const all = await pollUntil(async () => mine(A.team).length >= idsA.length && mine(B.team).length >= idsB.length,
-      { timeoutMs: 30_000, intervalMs: 200 });
-    assert.ok(all.value, `every trace announced within 30 s: ${mine(A.team).length} of ${idsA.length}, ${mine(B.team).length} of ${idsB.length}`);
-    await sleep(500); // a late duplicate would show up now
     subs.forEach((s) => s.unsubscribe());
-    intake.proc.kill('SIGTERM');
-    await intake.exited;
+    for (const svc of [intake, writer]) {
+      svc.proc.kill('SIGTERM');
+      await svc.exited;
+    }
 
     assert.deepEqual([...mine(A.team)].sort(), [...idsA].sort(), 'team A hears exactly its traces, each once');
     assert.deepEqual([...mine(B.team)].sort(), [...idsB].sort(), 'team B hears exactly its traces, each once');
