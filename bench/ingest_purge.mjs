@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 const require = createRequire(new URL('../tests/package.json', import.meta.url));
 const { connect } = require('nats');
 
-const SLICE = 5000; // PURGE_SLICE in stream_watch.c
+const SLICE = 5000; // the default stream-purge-slice (services/ingest/main.c)
 const PAUSE_MS = 5; // PURGE_PAUSE_MS
 const STREAM = 'BENCH_PURGE';
 const N = Number(process.argv[2] ?? 200000);

@@ -42,7 +42,8 @@ typedef struct ingest_config {
     long long writer_batch;
     long long decode_threads;
     long long stream_max_bytes;
-    long long stream_high_water; /* percent */
+    long long stream_high_water;  /* percent */
+    long long stream_purge_slice; /* records */
     long long stream_dupe_window_ms;
     long long retention_days;
     long long retention_interval_ms;

@@ -74,6 +74,10 @@ static const eb_setting settings[] = {
      offsetof(T, stream_high_water),
      "percent of stream-max-bytes that records not yet stored may fill before new ones are "
      "refused (accepted again 10 points below)"},
+    {"stream-purge-slice", "EVALBUS_STREAM_PURGE_SLICE", EB_SET_INT, "5000", 100, 1000000, false,
+     offsetof(T, stream_purge_slice),
+     "stored records purged from INGEST at a time when it needs room (a purge holds the "
+     "stream's publishes: 5,000 records take a few milliseconds)"},
     /* nats-server keeps every message id of the window in memory and its garbage collector
      * walks them all: with a 2 min window and 200,000-300,000 ids a cycle took both cores for
      * 40-60 ms about once a second, and the intake's p99 with it (services/ingest/README.md) */

@@ -42,6 +42,11 @@ struct ingest_watch {
     pthread_t tid;
     atomic_bool stop;
     bool full;
+    /* a purge of the stored records under way (purge_stored): of the stream made at
+     * purge_created, up to position purge_to (the floor when it began) */
+    bool purging;
+    uint64_t purge_to;
+    int64_t purge_created;
     pthread_rwlock_t mu; /* read: a request on bus; write: bus set or closed */
     eb_bus *bus;         /* under mu: set once connected, NULL again when closed */
     sem_t started;       /* posted once the first connection attempt has ended */
@@ -49,11 +54,12 @@ struct ingest_watch {
 
 /* A purge holds the stream while nats-server drops the records, and every publish to it waits
  * meanwhile: one purge of the 1.8 million stored records that fill 80 % of a 4 GiB stream took
- * over a second. So the stored records go in slices of PURGE_SLICE records (one takes about
- * 5-10 ms), PURGE_PAUSE_MS apart so that waiting publishes go through, PURGE_SLICES_PER_CHECK
- * slices a check; while stored records are left, the next check comes at once: over 200,000
- * records a second, far more than the intake takes in. */
-#define PURGE_SLICE 5000
+ * over a second. So the stored records go in slices of stream-purge-slice records (5,000 take
+ * about 5-15 ms), PURGE_PAUSE_MS apart so that waiting publishes go through,
+ * PURGE_SLICES_PER_CHECK slices a check; a purge goes on at the next check, which comes at once,
+ * until every record stored when it began is gone (also once the stream is below the mark
+ * again): with the default slice, over 200,000 records a second, far more than the intake takes
+ * in. */
 #define PURGE_PAUSE_MS 5
 #define PURGE_SLICES_PER_CHECK 40
 
@@ -84,8 +90,10 @@ static bool purge_stored(ingest_watch *w, eb_bus *bus, int64_t created, uint64_t
     uint64_t from = first;
     int slices = 0;
 
+    uint64_t slice = (uint64_t)w->ctx->cfg->stream_purge_slice;
+
     while (from <= floor && slices < PURGE_SLICES_PER_CHECK && !atomic_load(&w->stop)) {
-        uint64_t to = floor + 1 - from > PURGE_SLICE ? from + PURGE_SLICE : floor + 1;
+        uint64_t to = floor + 1 - from > slice ? from + slice : floor + 1;
         jsOptions o;
         jsErrCode jerr = 0;
         natsStatus s;
@@ -145,9 +153,19 @@ static bool unwritten_bytes(ingest_watch *w, eb_bus *bus, double purge_share, do
         double backlog, msgs;
 
         *max_bytes = si->Config ? si->Config->MaxBytes : -1;
-        if (*max_bytes > 0 && floor >= si->State.FirstSeq && si->State.Msgs > 0 &&
+        /* a purge under way goes on below the mark too, until every record stored when it
+         * began is gone; one of a stream since made again ends */
+        if (w->purging && (si->Created != w->purge_created || w->purge_to < si->State.FirstSeq))
+            w->purging = false;
+        if (!w->purging && *max_bytes > 0 && floor >= si->State.FirstSeq && si->State.Msgs > 0 &&
             100.0 * (double)si->State.Bytes >= purge_share * (double)*max_bytes) {
-            *more = purge_stored(w, bus, si->Created, si->State.FirstSeq, floor);
+            w->purging = true;
+            w->purge_to = floor;
+            w->purge_created = si->Created;
+        }
+        if (w->purging) {
+            w->purging = purge_stored(w, bus, si->Created, si->State.FirstSeq, w->purge_to);
+            *more = w->purging;
             jsStreamInfo_Destroy(si);
             si = NULL;
             if (js_GetStreamInfo(&si, eb_bus_js(bus), INGEST_STREAM, NULL, &jerr) != NATS_OK)

@@ -1,7 +1,9 @@
-// The stream watch purges the stored records from INGEST in slices of 5,000 records (each holds
-// the stream for a few milliseconds, so publishes meanwhile wait no longer), and goes on until
-// every stored record is gone. Here the stream (8 MiB, high water 50 %, so the purge mark is
-// 40 %) holds well over two slices of small stored records when it passes the mark.
+// The stream watch purges the stored records from INGEST in slices (stream-purge-slice records;
+// each holds the stream's publishes for a few milliseconds), 40 a check, and goes on at the next
+// checks, also once the stream is below the mark again, until every record stored when the
+// purge began is gone. Here the stream (8 MiB, high water 50 %, so the purge mark is 40 %) holds
+// over 10,000 small stored records when it passes the mark, and a slice is 100 records: the
+// purge takes several checks.
 // (Publish latency during a purge is measured, not asserted: services/ingest/README.md.)
 
 import assert from 'node:assert/strict';
@@ -12,9 +14,12 @@ import { after, before, describe, it } from 'node:test';
 import { DOWN_TIMEOUT_MS, Stack, UP_TIMEOUT_MS, pollUntil, uniqueSlug } from './harness.mjs';
 
 const MAX_BYTES = 8 * 1024 * 1024;
-const stack = new Stack('ingest-stream-purge', { env: { EVALBUS_STREAM_MAX_BYTES: '8MiB', EVALBUS_STREAM_HIGH_WATER: '50' } });
+const SLICE = 100;
+const PER_CHECK = 40; // PURGE_SLICES_PER_CHECK in stream_watch.c
+const stack = new Stack('ingest-stream-purge', {
+  env: { EVALBUS_STREAM_MAX_BYTES: '8MiB', EVALBUS_STREAM_HIGH_WATER: '50', EVALBUS_STREAM_PURGE_SLICE: String(SLICE) },
+});
 const T = { timeout: 180_000 };
-const SLICE = 5000;
 
 describe('ingest: purging the stored records from INGEST', () => {
   let A;
@@ -26,7 +31,7 @@ describe('ingest: purging the stored records from INGEST', () => {
   }, { timeout: UP_TIMEOUT_MS });
   after(() => stack.down(), { timeout: DOWN_TIMEOUT_MS });
 
-  it('more stored records than one slice are purged in several slices, every one of them, and nothing acknowledged is lost', T, stack.wrap(async () => {
+  it('stored records are purged in slices over several checks, every one stored when the purge began, and nothing acknowledged is lost', T, stack.wrap(async () => {
     const jsm = await (await stack.nats()).jetstreamManager();
     const purges = await stack.metric('evalbus_ingest_stream_purges_total');
     const send = async (from, n) => {
@@ -44,7 +49,7 @@ describe('ingest: purging the stored records from INGEST', () => {
     let info = await jsm.streams.info('INGEST');
     const perRecord = info.state.bytes / info.state.messages;
     const below = Math.floor((0.375 * MAX_BYTES) / perRecord);
-    assert.ok(below > 2 * SLICE, `records this small fill the stream with over two slices below the mark: ${below} of ${perRecord.toFixed(0)} bytes`);
+    assert.ok(below > 2 * SLICE * PER_CHECK, `records this small fill the stream with more than two checks' worth below the mark: ${below} of ${perRecord.toFixed(0)} bytes`);
     await send(2000, below - 2000);
     assert.ok((await pollUntil(async () => (await count()) === below, { timeoutMs: 60_000, intervalMs: 300 })).value, 'all stored');
     info = await jsm.streams.info('INGEST');
@@ -64,13 +69,15 @@ describe('ingest: purging the stored records from INGEST', () => {
     assert.ok(gone.value, 'every record stored before the mark was passed is purged');
     assert.ok(await stack.metric('evalbus_ingest_stream_purges_total') > purges, 'the purges are counted');
     const log = fs.readFileSync(path.join(stack.state, 'logs', 'ingest.log'), 'utf8');
-    const slices = [...log.matchAll(/INGEST: the records stored from position (\d+) to (\d+) purged to make room, in (\d+) slices?/g)]
-      .map((m) => ({ from: Number(m[1]), to: Number(m[2]), slices: Number(m[3]) }));
-    assert.ok(slices.length > 0, 'the purge is logged');
-    const first = slices[0];
-    assert.ok(first.to >= lastBelow && first.to - first.from + 1 > 2 * SLICE,
-      `the first purge took every record stored before the mark, more than two slices' worth: ${JSON.stringify(first)}`);
-    assert.ok(first.slices >= Math.ceil((first.to - first.from + 1) / SLICE), `in slices of at most ${SLICE}: ${JSON.stringify(first)}`);
+    const checks = [...log.matchAll(/INGEST: the records stored from position (\d+) to (\d+) purged to make room, in (\d+) slices?(; the rest next)?/g)]
+      .map((m) => ({ from: Number(m[1]), to: Number(m[2]), slices: Number(m[3]), rest: Boolean(m[4]) }));
+    assert.ok(checks.length >= 3, `the purge took several checks: ${JSON.stringify(checks)}`);
+    checks.forEach((c, i) => {
+      assert.ok(c.slices <= PER_CHECK && c.to - c.from + 1 <= c.slices * SLICE, `check ${i}: in slices of at most ${SLICE}, ${PER_CHECK} a check: ${JSON.stringify(c)}`);
+      if (i > 0) assert.equal(c.from, checks[i - 1].to + 1, `check ${i} goes on where the one before stopped`);
+      assert.equal(c.rest, i < checks.length - 1, `check ${i}: "the rest next" on every check but the last`);
+    });
+    assert.ok(checks.at(-1).to >= lastBelow, 'the last check reached every record stored before the mark was passed');
     assert.equal(await count(), total, 'nothing acknowledged lost, nothing twice');
   }));
 });
