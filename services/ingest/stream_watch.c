@@ -80,17 +80,16 @@ static bool same_stream(eb_bus *bus, int64_t created, char *why, size_t len)
     return same;
 }
 
-/* Purges the records from first to the writer consumer's acknowledgement floor (every one of
- * them stored, or dropped for good) from INGEST, the stream made at created, in slices, to make
- * room: the stream refuses new records when full rather than push out old ones. True when some
- * are left for the next check. */
-static bool purge_stored(ingest_watch *w, eb_bus *bus, int64_t created, uint64_t first,
-                         uint64_t floor)
+/* The purge under way (w->purging): purges the records from first, the stream's first, to
+ * w->purge_to (the writer consumer's acknowledgement floor when it began: every one of them
+ * stored, or dropped for good) from INGEST in slices, to make room: the stream refuses new
+ * records when full rather than push out old ones. True when some are left for the next
+ * check. */
+static bool purge_stored(ingest_watch *w, eb_bus *bus, uint64_t first)
 {
-    uint64_t from = first;
-    int slices = 0;
-
+    uint64_t from = first, floor = w->purge_to;
     uint64_t slice = (uint64_t)w->ctx->cfg->stream_purge_slice;
+    int slices = 0;
 
     while (from <= floor && slices < PURGE_SLICES_PER_CHECK && !atomic_load(&w->stop)) {
         uint64_t to = floor + 1 - from > slice ? from + slice : floor + 1;
@@ -104,7 +103,7 @@ static bool purge_stored(ingest_watch *w, eb_bus *bus, int64_t created, uint64_t
              * window in which a stream made again by hand would lose records to milliseconds
              * before a slice; JetStream has no purge on condition) */
             char why[160];
-            if (!same_stream(bus, created, why, sizeof why)) {
+            if (!same_stream(bus, w->purge_created, why, sizeof why)) {
                 eb_log_warn(NULL, "INGEST: a purge of the records stored stops: %s", why);
                 break;
             }
@@ -164,7 +163,7 @@ static bool unwritten_bytes(ingest_watch *w, eb_bus *bus, double purge_share, do
             w->purge_created = si->Created;
         }
         if (w->purging) {
-            w->purging = purge_stored(w, bus, si->Created, si->State.FirstSeq, w->purge_to);
+            w->purging = purge_stored(w, bus, si->State.FirstSeq);
             *more = w->purging;
             jsStreamInfo_Destroy(si);
             si = NULL;

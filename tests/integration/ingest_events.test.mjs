@@ -95,6 +95,7 @@ describe('ingest: stored events and IngestAcks on a server with a small max_payl
     const log = fs.readFileSync(path.join(stack.state, 'logs', 'ingest.log'), 'utf8');
     assert.doesNotMatch(log, /stored event of \d+ traces on .* not sent/, 'no event refused by the server');
   }));
+
   it('a writer batch of two teams announces each team\'s traces on its own subject, each once, a trace sent twice included', T, stack.wrap(async () => {
     const { TracesStored } = await protoTypes();
     const tag = crypto.randomBytes(3).toString('hex');
